@@ -1,0 +1,46 @@
+"""The Serve application builder, referenced as ``raygrade.app:build_app``.
+
+Graph::
+
+    HTTP → RaygradeIngress ─→ JobRegistry (job state)
+                         └─→ Batcher ─→ PageReader (OCR, text-only models)
+                                    └─→ Grader ×N (autoscaling) ─→ TokenBucketActor (one, cluster-wide)
+                                                                └─→ provider: hosted API | vLLM (GPU) |
+                                                                    LocalVLLMServer (embedded CPU vLLM)
+
+The same builder serves ``serve.run(build_app({...}))`` and ``serve_config.yaml``
+(``import_path: raygrade.app:build_app`` + ``args:``), and so KubeRay's RayService.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from raygrade.config import RaygradeArgs
+from raygrade.serve.batcher import Batcher
+from raygrade.serve.engine import LocalVLLMServer
+from raygrade.serve.grader import Grader
+from raygrade.serve.ingress import RaygradeIngress
+from raygrade.serve.job_registry import JobRegistry
+from raygrade.serve.reader import PageReader
+
+
+def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
+    """Build the raygrade Serve application.
+
+    Args:
+        args: :class:`RaygradeArgs` or its dict form (from YAML). ``None`` → defaults:
+            OpenAI if ``OPENAI_API_KEY`` is set, else the embedded CPU vLLM.
+
+    Raises:
+        pydantic.ValidationError: unknown or invalid fields in ``args``.
+    """
+    args = args if isinstance(args, RaygradeArgs) else RaygradeArgs.model_validate(args or {})
+    engine = LocalVLLMServer.bind(args.local_engine) if args.local_engine is not None else None
+    registry = JobRegistry.bind()
+    reader = PageReader.bind()
+    grader = Grader.bind(args.provider, args.batcher, args.namespace, engine)
+    batcher = Batcher.bind(args, registry, reader, grader, engine)
+    return RaygradeIngress.bind(registry, batcher)

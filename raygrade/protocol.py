@@ -1,0 +1,299 @@
+"""Wire protocol: the pydantic v2 models raygrade accepts and returns over HTTP.
+
+Shapes, in short::
+
+    GradingJob
+      assessment: Assessment(questions=[Question(id, prompt, max_score, ...)])
+      submissions: [Submission(student_id, pages=[ImagePage | TextPage], question_ids?)]
+      options: JobOptions(model, reading_mode, idempotency_key, ...)
+
+    JobResults
+      results: [GradeResult(student_id, question_id, score, feedback, confidence, pages, ...)]
+      errors:  [GradingErrorItem(student_ids, question_ids, type, message)]
+
+Every model forbids unknown fields, so a misspelt field is a 400 naming it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Largest decoded page image accepted, in bytes.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImagePage(_Model):
+    """One scanned page, as a base64-encoded PNG or JPEG (no ``data:`` prefix)."""
+
+    type: Literal["image"] = "image"
+    data: str = Field(description="Base64 PNG or JPEG bytes.", repr=False)
+
+    @field_validator("data")
+    @classmethod
+    def _check_image(cls, v: str) -> str:
+        try:
+            raw = base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("page data is not valid base64") from None
+        if len(raw) > MAX_IMAGE_BYTES:
+            raise ValueError(f"page image is {len(raw)} bytes; the limit is {MAX_IMAGE_BYTES}")
+        if not (raw.startswith(_PNG_MAGIC) or raw.startswith(_JPEG_MAGIC)):
+            raise ValueError("page image must be PNG or JPEG")
+        return v
+
+    @property
+    def media_type(self) -> str:
+        """``image/png`` or ``image/jpeg``, from the magic bytes."""
+        return "image/png" if self.image_bytes().startswith(_PNG_MAGIC) else "image/jpeg"
+
+    def image_bytes(self) -> bytes:
+        """The decoded image file bytes."""
+        return base64.b64decode(self.data)
+
+
+class TextPage(_Model):
+    """One page given as plain text (typed answers, or text already transcribed)."""
+
+    type: Literal["text"] = "text"
+    text: str = Field(max_length=200_000, repr=False)
+
+
+Page = Annotated[ImagePage | TextPage, Field(discriminator="type")]
+
+
+class GradedExample(_Model):
+    """An answer to the same question with its human grade, shown to the model for calibration."""
+
+    answer: str = Field(max_length=20_000)
+    score: float = Field(ge=0)
+    feedback: str | None = None
+
+
+class Question(_Model):
+    """One question of an assessment.
+
+    ``max_score`` is in points; grades are in ``[0, max_score]``. ``score_step``
+    (points) restricts grades to multiples of it, e.g. 0.5.
+    """
+
+    id: str = Field(min_length=1, max_length=128)
+    prompt: str = Field(min_length=1, max_length=20_000)
+    reference_answer: str | None = Field(default=None, max_length=50_000)
+    rubric: str = Field(default="", max_length=50_000)
+    max_score: float = Field(gt=0, le=1000)
+    score_step: float | None = Field(default=None, gt=0)
+    model_answer_images: list[ImagePage] = Field(default_factory=list, max_length=8)
+    examples: list[GradedExample] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _check_examples(self) -> Question:
+        for i, ex in enumerate(self.examples):
+            if ex.score > self.max_score:
+                raise ValueError(f"examples[{i}].score {ex.score} exceeds max_score {self.max_score}")
+        return self
+
+    def allowed_scores(self) -> list[float] | None:
+        """The grid of legal scores when ``score_step`` is set, else ``None``."""
+        if self.score_step is None:
+            return None
+        n = int(round(self.max_score / self.score_step))
+        grid = [round(i * self.score_step, 6) for i in range(n + 1)]
+        if grid[-1] < self.max_score:
+            grid.append(self.max_score)
+        return grid
+
+
+class Assessment(_Model):
+    """A set of questions graded together, with optional title."""
+
+    id: str | None = Field(default=None, max_length=128)
+    title: str | None = Field(default=None, max_length=1000)
+    questions: list[Question] = Field(min_length=1, max_length=200)
+
+    @field_validator("questions")
+    @classmethod
+    def _unique_ids(cls, qs: list[Question]) -> list[Question]:
+        seen: set[str] = set()
+        for q in qs:
+            if q.id in seen:
+                raise ValueError(f"duplicate question id {q.id!r}")
+            seen.add(q.id)
+        return qs
+
+    def question(self, qid: str) -> Question:
+        """Return the question with id ``qid``. Raises ``KeyError`` if absent."""
+        for q in self.questions:
+            if q.id == qid:
+                return q
+        raise KeyError(qid)
+
+
+class Submission(_Model):
+    """One student's answer pages, in order.
+
+    ``question_ids`` names the questions these pages answer (default: all of the
+    assessment's questions).
+    """
+
+    student_id: str = Field(min_length=1, max_length=256)
+    pages: list[Page] = Field(min_length=1, max_length=200)
+    question_ids: list[str] | None = None
+
+
+class ReadingMode(str, enum.Enum):
+    """How pages reach the model.
+
+    - ``auto``: ``vision`` when the provider accepts images, else ``ocr``.
+    - ``vision``: images go to a vision-language model as they are.
+    - ``ocr``: images are read by OCR first and the text goes to the model.
+    """
+
+    AUTO = "auto"
+    VISION = "vision"
+    OCR = "ocr"
+
+
+class JobOptions(_Model):
+    """Per-job options."""
+
+    model: str | None = Field(default=None, description="Model name; default: the deployment's.")
+    reading_mode: ReadingMode = ReadingMode.AUTO
+    idempotency_key: str | None = Field(default=None, max_length=256)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+
+
+class GradingJob(_Model):
+    """The body of ``POST /v1/jobs``: one assessment and many students' submissions."""
+
+    assessment: Assessment
+    submissions: list[Submission] = Field(min_length=1, max_length=10_000)
+    options: JobOptions = Field(default_factory=JobOptions)
+
+    @model_validator(mode="after")
+    def _check_refs(self) -> GradingJob:
+        qids = {q.id for q in self.assessment.questions}
+        seen: set[str] = set()
+        for i, sub in enumerate(self.submissions):
+            if sub.student_id in seen:
+                raise ValueError(f"submissions[{i}]: duplicate student_id {sub.student_id!r}")
+            seen.add(sub.student_id)
+            for qid in sub.question_ids or []:
+                if qid not in qids:
+                    raise ValueError(f"submissions[{i}].question_ids: unknown question id {qid!r}")
+        return self
+
+    def questions_for(self, sub: Submission) -> list[Question]:
+        """The questions a submission answers, in assessment order."""
+        if sub.question_ids is None:
+            return list(self.assessment.questions)
+        wanted = set(sub.question_ids)
+        return [q for q in self.assessment.questions if q.id in wanted]
+
+
+# ----------------------------------------------------------------------------- results
+
+
+class Usage(_Model):
+    """Token usage as the provider reported it (OpenAI ``usage`` object)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+                     completion_tokens=self.completion_tokens + other.completion_tokens)
+
+
+class GradeResult(_Model):
+    """One grade: one student, one question.
+
+    ``usage`` is this item's share of its batch's usage (the batch's usage
+    divided evenly over its items); ``batch_id`` names the request it came from.
+    """
+
+    student_id: str
+    question_id: str
+    score: float
+    max_score: float
+    feedback: str
+    confidence: float = Field(ge=0, le=1)
+    pages: list[int] = Field(description="0-based indices of the student's pages the grade used.")
+    model: str
+    batch_id: str
+    usage: Usage
+
+
+class GradingErrorItem(_Model):
+    """An error that prevented grading some items; the rest of the job goes on."""
+
+    student_ids: list[str]
+    question_ids: list[str]
+    type: str
+    message: str
+    batch_id: str | None = None
+
+
+class JobState(str, enum.Enum):
+    """Lifecycle of a job: queued → running → (succeeded | partial | failed)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED)
+
+
+class JobProgress(_Model):
+    """Counts for a job in progress."""
+
+    students: int = 0
+    items_total: int = 0
+    items_graded: int = 0
+    items_failed: int = 0
+    batches_total: int = 0
+    batches_done: int = 0
+
+
+class JobStatus(_Model):
+    """The body of ``GET /v1/jobs/{id}`` and of the 202 answer to ``POST /v1/jobs``."""
+
+    id: str
+    object: Literal["grading.job"] = "grading.job"
+    state: JobState
+    created_at: float = Field(default_factory=time.time, description="Unix seconds.")
+    finished_at: float | None = None
+    progress: JobProgress = Field(default_factory=JobProgress)
+    model: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+
+class JobResults(_Model):
+    """The body of ``GET /v1/jobs/{id}/results``."""
+
+    id: str
+    object: Literal["grading.job.results"] = "grading.job.results"
+    state: JobState
+    results: list[GradeResult]
+    errors: list[GradingErrorItem]
+    usage: Usage

@@ -1,0 +1,154 @@
+"""One OpenAI-compatible chat provider on ``openai.AsyncOpenAI``.
+
+It covers hosted OpenAI, OpenRouter and any vLLM server (GPU nodes or the
+embedded CPU one) by configuration alone. openai-python's own retries are
+turned off (``max_retries=0``): raygrade retries in :mod:`raygrade.retry`, one
+try per token-bucket reservation. :func:`map_openai_errors` is the one place
+where openai's exceptions become raygrade's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+
+from raygrade.config import ProviderConfig
+from raygrade.errors import (
+    OutputParseError,
+    ProviderConnectionError,
+    ProviderStatusError,
+    ProviderTimeoutError,
+    RateLimitedError,
+)
+from raygrade.protocol import Usage
+from raygrade.retry import parse_retry_after
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ChatResult:
+    """One chat completion, reduced to what grading needs.
+
+    Attributes:
+        content: The message text (``None`` when the model refused).
+        finish_reason: ``stop``, ``length``, ...
+        usage: Reported token usage, or ``None`` if the server sent none.
+        model: The model that answered.
+        headers: Response headers, lower-cased (``x-ratelimit-*`` among them).
+        refusal: The refusal text when the model refused.
+    """
+
+    content: str | None
+    finish_reason: str | None
+    usage: Usage | None
+    model: str
+    headers: dict[str, str]
+    refusal: str | None = None
+
+
+@contextlib.contextmanager
+def map_openai_errors() -> Iterator[None]:
+    """Translate openai-python exceptions into raygrade's tree (the one boundary).
+
+    Error bodies are summarised by type and status only: provider messages may
+    echo prompt text, which holds student answers.
+    """
+    try:
+        yield
+    except openai.APITimeoutError as exc:
+        raise ProviderTimeoutError("provider request timed out") from exc
+    except openai.APIConnectionError as exc:
+        raise ProviderConnectionError(f"provider connection failed: {type(exc.__cause__).__name__}") from exc
+    except openai.APIStatusError as exc:
+        retry_after = parse_retry_after(dict(exc.response.headers))
+        body = exc.body if isinstance(exc.body, dict) else {}
+        err = body.get("error", body) if isinstance(body, dict) else {}
+        etype = err.get("type") if isinstance(err, dict) else None
+        code = err.get("code") if isinstance(err, dict) else None
+        cls = RateLimitedError if exc.status_code == 429 else ProviderStatusError
+        raise cls(f"provider answered HTTP {exc.status_code} ({etype or 'error'})",
+                  provider_status=exc.status_code, retry_after_s=retry_after,
+                  code=str(code) if code is not None else None) from exc
+    except openai.APIResponseValidationError as exc:
+        raise OutputParseError("provider response did not match the OpenAI schema") from exc
+
+
+class OpenAICompatibleProvider:
+    """Chat completions with JSON-schema structured output.
+
+    Args:
+        config: The provider's config (model, base URL, key variable, timeout).
+        base_url: Overrides ``config.base_url`` (the embedded engine's address).
+        client: An ``openai.AsyncOpenAI`` to use (tests inject one); built from config otherwise.
+    """
+
+    def __init__(self, config: ProviderConfig, *, base_url: str | None = None,
+                 client: openai.AsyncOpenAI | None = None):
+        self.config = config
+        self.base_url = base_url or config.base_url
+        self._client = client or openai.AsyncOpenAI(
+            api_key=config.api_key().get_secret_value(),
+            base_url=self.base_url,
+            timeout=config.timeout_s,
+            max_retries=0,
+        )
+
+    async def chat(self, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float,
+                   json_schema: dict[str, Any] | None = None, schema_name: str = "grades",
+                   model: str | None = None) -> ChatResult:
+        """One chat completion (no retries here).
+
+        Args:
+            messages: OpenAI chat messages (text and ``image_url`` parts).
+            max_tokens: Completion budget.
+            temperature: Sampling temperature.
+            json_schema: When given and the provider supports it, constrains the output
+                via ``response_format={"type": "json_schema", ...}``.
+            schema_name: Name of the schema in ``response_format``.
+            model: Overrides the configured model.
+
+        Raises:
+            ProviderStatusError, RateLimitedError, ProviderTimeoutError,
+            ProviderConnectionError: translated by :func:`map_openai_errors`.
+        """
+        kwargs: dict[str, Any] = {
+            "model": model or self.config.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        if json_schema is not None and self.config.structured_output == "json_schema":
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
+            }
+        if self.config.extra_body:
+            kwargs["extra_body"] = self.config.extra_body
+        with map_openai_errors():
+            raw = await self._client.chat.completions.with_raw_response.create(**kwargs)
+            completion = raw.parse()
+        headers = {k.lower(): v for k, v in raw.headers.items()}
+        if not completion.choices:
+            raise OutputParseError("provider returned no choices")
+        choice = completion.choices[0]
+        usage = None
+        if completion.usage is not None:
+            usage = Usage(prompt_tokens=completion.usage.prompt_tokens or 0,
+                          completion_tokens=completion.usage.completion_tokens or 0)
+        return ChatResult(
+            content=choice.message.content,
+            finish_reason=choice.finish_reason,
+            usage=usage,
+            model=completion.model or kwargs["model"],
+            headers=headers,
+            refusal=getattr(choice.message, "refusal", None),
+        )
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,57 @@
+"""``Grader``: autoscaling replicas that grade batches through one provider.
+
+Each replica builds an :class:`~raygrade.providers.openai_compat.OpenAICompatibleProvider`
+(hosted API, vLLM on a GPU node, or the embedded CPU vLLM) and reserves every
+call in the cluster-wide token bucket actor.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ray import serve
+
+from raygrade.config import BatcherConfig, ProviderConfig
+from raygrade.grading import BatchGrader, BatchOutcome, GradeBatch
+from raygrade.providers.openai_compat import OpenAICompatibleProvider
+from raygrade.ratelimit.actor import ActorLimiter
+
+logger = logging.getLogger(__name__)
+
+
+@serve.deployment(name="Grader", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16,
+                  autoscaling_config={"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 4})
+class Grader:
+    """Grades one :class:`GradeBatch` per call.
+
+    Args:
+        provider: The provider config.
+        batcher: Retry bounds for schema-invalid output.
+        namespace: Ray namespace of the shared token bucket.
+        engine: Handle to ``LocalVLLMServer`` when the provider is the embedded engine.
+    """
+
+    def __init__(self, provider: ProviderConfig, batcher: BatcherConfig, namespace: str, engine=None):
+        self._config, self._batcher_config = provider, batcher
+        self._namespace = namespace
+        self._engine = engine
+        self._grader: BatchGrader | None = None
+        ctx = serve.get_replica_context()
+        self.replica_id = ctx.replica_id.unique_id if ctx else "local"
+
+    async def _get(self) -> BatchGrader:
+        if self._grader is None:
+            base_url = None
+            if self._engine is not None:
+                base_url = (await self._engine.info.remote())["base_url"]
+            provider = OpenAICompatibleProvider(self._config, base_url=base_url)
+            self._grader = BatchGrader(
+                provider, ActorLimiter(self._config, self._namespace), bucket_key=self._config.bucket_key,
+                max_retries=self._config.max_retries, max_parse_retries=self._batcher_config.max_parse_retries,
+                schema_bounds=self._config.schema_bounds, retry_after_cap_s=self._config.retry_after_cap_s)
+        return self._grader
+
+    async def grade(self, batch: GradeBatch) -> tuple[BatchOutcome, str]:
+        """Grade a batch; returns the outcome and this replica's id."""
+        grader = await self._get()
+        return await grader.grade(batch), self.replica_id

