@@ -7,7 +7,8 @@ converts the packaged GGUF once into a Hugging Face checkpoint (transformers'
 GGUF loader, dequantised to float32 weights), cached under ``cache_dir``.
 
 :class:`VLLMServerProcess` starts ``python -m vllm.entrypoints.openai.api_server``
-as a child process in its own process group and stops it with the group.
+under :mod:`raygrade.engine.watchdog` in its own process group, so the server
+stops with its owner even when the owner is killed.
 """
 
 from __future__ import annotations
@@ -134,12 +135,15 @@ class VLLMServerProcess:
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_space_gb))
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        env.pop("OMP_NUM_THREADS", None)  # Ray sets 1 for actors; vLLM picks its own threads
         env["HF_HUB_OFFLINE"] = "1"
         env["VLLM_NO_USAGE_STATS"] = "1"
         env["DO_NOT_TRACK"] = "1"
         log = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True)
+        # The watchdog leads a new process group holding vLLM and its engine workers,
+        # and stops that group when this process dies (even by SIGKILL).
+        cmd = [sys.executable, "-m", "raygrade.engine.watchdog", str(os.getpid()), "--", *self.command()]
+        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         logger.info("started vLLM (pid %d) on %s, log %s", self._proc.pid, self.base_url, self.log_path)
 

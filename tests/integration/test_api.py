@@ -1,0 +1,122 @@
+"""A full job through HTTP → ingress → batcher → token bucket → grader replicas → fake provider."""
+
+import base64
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from raygrade.cli import Client
+from raygrade.protocol import GradingJob
+
+def png(w=600, h=400) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), "white").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def make_job(n_students=9, pages=(1, 3, 2), oversize=False, idem=None) -> GradingJob:
+    subs = []
+    for i in range(n_students):
+        k = pages[i % len(pages)]
+        subs.append({"student_id": f"st-{i}", "pages": [{"type": "image", "data": png()} for _ in range(k)]})
+    subs.append({"student_id": "typed", "pages": [{"type": "text", "text": "TCP has sequence numbers."}],
+                 "question_ids": ["q1"]})
+    if oversize:  # more images than one request may carry (max_images_per_request=6)
+        subs.append({"student_id": "huge", "pages": [{"type": "image", "data": png(64, 64)} for _ in range(8)]})
+    return GradingJob.model_validate({
+        "assessment": {"questions": [
+            {"id": "q1", "prompt": "Name two TCP header fields.", "reference_answer": "Sequence number, ACK.",
+             "max_score": 2, "score_step": 0.5},
+            {"id": "q2", "prompt": "Why is UDP faster?", "rubric": "1 point: no handshake.", "max_score": 1}]},
+        "submissions": subs, "options": {"idempotency_key": idem}})
+
+
+def test_full_job_through_the_serve_graph(fake_app, fake):
+    client = Client(fake_app)
+    job = make_job(oversize=True)
+    st = client.submit(job)
+    assert st.state.value in ("queued", "running")
+    st = client.wait(st.id, timeout_s=120, poll_s=0.2, progress=False)
+    res = client.results(st.id)
+
+    # every student but the oversize one graded on each of their questions, exactly once
+    expected = {(s.student_id, q.id) for s in job.submissions if s.student_id != "huge"
+                for q in job.questions_for(s)}
+    got = [(r.student_id, r.question_id) for r in res.results]
+    assert sorted(got) == sorted(expected)
+    assert st.state.value == "partial"
+    assert [(e.type, e.student_ids) for e in res.errors] == [("planning_error", ["huge"])]
+    assert "images" in res.errors[0].message
+
+    for r in res.results:
+        assert 0 <= r.score <= r.max_score and 0 <= r.confidence <= 1 and r.feedback
+        assert r.model == "fake-grader" and r.usage.total_tokens > 0
+    pages = {r.student_id: r.pages for r in res.results}
+    assert pages["st-1"] == [0, 1, 2] and pages["typed"] == [0]
+
+    # requests went through the provider once per batch; usage adds up; several batches, not one per page
+    p = st.progress
+    assert p.items_total == len(expected) + 2 and p.items_graded == len(expected) and p.items_failed == 2
+    assert p.batches_done == p.batches_total == len(fake.log) and 1 < p.batches_total < len(job.submissions)
+    assert all(rec.status == 200 for rec in fake.log)
+    assert st.usage.prompt_tokens == sum(rec.prompt_tokens for rec in fake.log)
+    assert sum(client.replicas(st.id).values()) == p.batches_total
+
+
+def test_validation_error_is_400_with_openai_body(fake_app):
+    body = make_job(2).model_dump(mode="json")
+    body["submissions"][0]["pages"][0]["data"] = "###"
+    r = httpx.post(f"{fake_app}/v1/jobs", json=body)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    assert err["param"].startswith("submissions[0].pages[0]") and "base64" in err["message"]
+    assert "###" not in err["message"]
+
+
+def test_unknown_job_is_404(fake_app):
+    r = httpx.get(f"{fake_app}/v1/jobs/job_nope")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+def test_idempotency_key_replays_and_conflicts(fake_app, fake):
+    client = Client(fake_app)
+    job = make_job(2, idem="key-123")
+    first = client.submit(job)
+    second = httpx.post(f"{fake_app}/v1/jobs", content=job.model_dump_json(),
+                        headers={"content-type": "application/json"})
+    assert second.status_code == 200 and second.json()["id"] == first.id
+    other = make_job(3, idem="key-123")
+    r = httpx.post(f"{fake_app}/v1/jobs", content=other.model_dump_json(), headers={"content-type": "application/json"})
+    assert r.status_code == 409 and r.json()["error"]["param"] == "idempotency_key"
+    st = client.wait(first.id, timeout_s=60, poll_s=0.2, progress=False)
+    assert len(fake.log) == st.progress.batches_total  # graded once, not twice
+
+
+def test_schema_invalid_output_is_retried_then_reported(fake_app, fake):
+    client = Client(fake_app)
+    one = GradingJob.model_validate({
+        "assessment": {"questions": [{"id": "q", "prompt": "p", "max_score": 1}]},
+        "submissions": [{"student_id": "a", "pages": [{"type": "text", "text": "x"}]}]})
+    fake.script.extend(["malformed"])            # first answer is not JSON; the re-ask succeeds
+    st = client.wait(client.submit(one).id, timeout_s=60, poll_s=0.2, progress=False)
+    assert st.state.value == "succeeded" and len(fake.log) == 2
+
+    fake.reset()
+    fake.script.extend(["out_of_range"] * 3)     # every answer has a score above max_score
+    st = client.wait(client.submit(one).id, timeout_s=60, poll_s=0.2, progress=False)
+    res = client.results(st.id)
+    assert st.state.value == "failed" and res.results == []
+    assert res.errors[0].type == "output_parse_error" and "outside [0, 1]" in res.errors[0].message
+    assert len(fake.log) == 3
+
+
+def test_provider_429_is_retried_with_retry_after(fake_app, fake):
+    client = Client(fake_app)
+    one = make_job(1)
+    fake.script.extend(["429"])
+    st = client.wait(client.submit(one).id, timeout_s=60, poll_s=0.2, progress=False)
+    assert st.state.value == "succeeded"
+    assert [rec.status for rec in fake.log][:2] == [429, 200]

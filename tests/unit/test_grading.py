@@ -1,0 +1,154 @@
+"""BatchGrader with an in-process provider double: retries, schema checks, per-item errors."""
+
+import asyncio
+import json
+
+from raygrade.errors import ProviderStatusError, RateLimitedError
+from raygrade.grading import BatchGrader, GradeBatch
+from raygrade.prompts import StudentWork, build_messages, output_schema, parse_output
+from raygrade.protocol import Question, TextPage, Usage
+from raygrade.providers.openai_compat import ChatResult
+from raygrade.ratelimit.bucket import RateLimiter
+
+Q = [Question(id="q1", prompt="Name a TCP header field.", max_score=1, reference_answer="sequence number"),
+     Question(id="q2", prompt="What does UDP lack?", max_score=2, score_step=0.5)]
+
+
+def work(i, qids=("q1", "q2")):
+    return StudentWork(student_id=f"student-{i}", alias=f"s{i}", pages=[TextPage(text=f"answer {i}")],
+                       page_indices=[0], question_ids=list(qids))
+
+
+def batch(n=2):
+    return GradeBatch(batch_id="b1", job_id="j1", questions=Q, students=[work(i) for i in range(1, n + 1)],
+                      prompt_tokens_estimate=100, max_tokens=200)
+
+
+def good(students, score=0.5):
+    return {s.alias: {q: {"feedback": "ok", "score": score, "confidence": 0.9} for q in s.question_ids}
+            for s in students}
+
+
+class ScriptedProvider:
+    """Returns the scripted answers in order; each is a dict (JSON), a str (raw), or an exception."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.calls = []
+
+    async def chat(self, messages, *, max_tokens, temperature, json_schema=None, schema_name="grades", model=None):
+        self.calls.append({"messages": messages, "schema": json_schema})
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        if callable(item):
+            item = item(json_schema)
+        content = item if isinstance(item, str) else json.dumps(item)
+        return ChatResult(content=content, finish_reason="stop", usage=Usage(prompt_tokens=80, completion_tokens=20),
+                          model="m", headers={})
+
+
+class NoSleep:
+    def __init__(self):
+        self.slept = []
+
+    async def __call__(self, s):
+        self.slept.append(s)
+
+
+def grader(provider, sleep=None, **kw):
+    lim = RateLimiter()
+    lim.configure("p/m", None, 10_000)
+    return BatchGrader(provider, lim, bucket_key="p/m", sleep=sleep or NoSleep(), **kw), lim
+
+
+def test_happy_path_maps_aliases_back_and_splits_usage():
+    b = batch()
+    g, lim = grader(ScriptedProvider([good(b.students)]))
+    out = asyncio.run(g.grade(b))
+    assert not out.errors and out.calls == 1
+    assert {(r.student_id, r.question_id) for r in out.results} == {
+        ("student-1", "q1"), ("student-1", "q2"), ("student-2", "q1"), ("student-2", "q2")}
+    assert out.usage.total_tokens == 100 and all(r.usage.prompt_tokens == 20 for r in out.results)
+    assert lim.admitted_tokens == 100, "the reservation was settled with actual usage"
+
+
+def test_student_ids_never_reach_the_provider():
+    b = batch()
+    p = ScriptedProvider([good(b.students)])
+    asyncio.run(grader(p)[0].grade(b))
+    sent = json.dumps(p.calls[0])
+    assert "student-1" not in sent and '"s1"' in sent
+
+
+def test_schema_invalid_output_is_reasked_only_for_failed_items():
+    b = batch()
+
+    def partial(schema):
+        d = good(b.students)
+        d["s2"]["q2"]["score"] = 7          # above max_score 2
+        del d["s1"]["q1"]                   # missing
+        return d
+
+    p = ScriptedProvider([partial, lambda schema: {a: {q: {"feedback": "f", "score": 1, "confidence": 0.5}
+                                                       for q in v["properties"]}
+                                                   for a, v in schema["properties"].items()}])
+    out = asyncio.run(grader(p)[0].grade(b))
+    assert not out.errors and len(out.results) == 4 and out.calls == 2
+    second = p.calls[1]["schema"]["properties"]
+    assert set(second) == {"s1", "s2"} and list(second["s1"]["properties"]) == ["q1"]
+    assert list(second["s2"]["properties"]) == ["q2"]
+
+
+def test_persistently_invalid_output_becomes_per_item_errors():
+    b = batch(1)
+    p = ScriptedProvider(["not json at all"] * 3)
+    out = asyncio.run(grader(p, max_parse_retries=2)[0].grade(b))
+    assert out.results == [] and out.calls == 3
+    assert {(e.student_ids[0], e.question_ids[0], e.type) for e in out.errors} == {
+        ("student-1", "q1", "output_parse_error"), ("student-1", "q2", "output_parse_error")}
+
+
+def test_retry_after_is_honoured_then_success():
+    b = batch(1)
+    sleep = NoSleep()
+    p = ScriptedProvider([RateLimitedError("429", provider_status=429, retry_after_s=3.0),
+                          ProviderStatusError("502", provider_status=502), good(b.students)])
+    out = asyncio.run(grader(p, sleep=sleep)[0].grade(b))
+    assert not out.errors and len(out.results) == 2
+    assert sleep.slept[0] == 3.0 and len(sleep.slept) == 2
+
+
+def test_non_retryable_provider_error_is_reported_for_the_batch():
+    b = batch(2)
+    p = ScriptedProvider([ProviderStatusError("400", provider_status=400)])
+    out = asyncio.run(grader(p)[0].grade(b))
+    assert out.results == [] and len(out.errors) == 1
+    assert out.errors[0].type == "provider_error" and out.errors[0].student_ids == ["student-1", "student-2"]
+
+
+def test_output_schema_forces_every_item_and_bounds():
+    ws = [work(1), work(2, ("q2",))]
+    s = output_schema(Q, ws, bounds=True)
+    assert s["required"] == ["s1", "s2"]
+    assert s["properties"]["s2"]["required"] == ["q2"]
+    assert s["properties"]["s1"]["properties"]["q1"]["properties"]["score"] == {"type": "number", "minimum": 0,
+                                                                               "maximum": 1}
+    assert s["properties"]["s1"]["properties"]["q2"]["properties"]["score"] == {"enum": [0, 0.5, 1, 1.5, 2]}
+
+
+def test_parse_rejects_off_grid_and_bad_confidence():
+    ws = [work(1)]
+    d = good(ws)
+    d["s1"]["q2"]["score"] = 0.7
+    d["s1"]["q1"]["confidence"] = 2
+    grades, invalid = parse_output(json.dumps(d), Q, ws)
+    assert grades == [] and set(invalid) == {("s1", "q1"), ("s1", "q2")}
+
+
+def test_messages_put_pages_in_order():
+    w = StudentWork(student_id="x", alias="s1", pages=[TextPage(text="first"), TextPage(text="second")],
+                    page_indices=[0, 1], question_ids=["q1"])
+    msgs = build_messages(Q[:1], [w])
+    text = msgs[1]["content"]
+    assert isinstance(text, str) and text.index("[Page 1]\nfirst") < text.index("[Page 2]\nsecond")

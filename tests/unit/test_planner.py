@@ -1,0 +1,78 @@
+"""The batch planner: whole students, budgets respected, always terminates."""
+
+import pytest
+
+from raygrade.batching import BatchLimits, StudentCost, plan_batches
+
+LIMITS = BatchLimits(context_window=4000, max_completion_tokens=1000, max_images_per_request=4,
+                     max_students_per_request=3)
+
+
+def _check_partition(students, plan):
+    seen = [i for b in plan.batches for i in b.students] + [r.index for r in plan.rejected]
+    assert sorted(seen) == list(range(len(students))), "every student exactly once"
+
+
+def test_empty_job_gives_empty_plan():
+    plan = plan_batches([], LIMITS, 100)
+    assert plan.batches == [] and plan.rejected == []
+
+
+def test_uneven_page_counts_never_split_a_student():
+    # page counts 1, 3, 2, 1, 4: images per request <= 4 forces several batches
+    students = [StudentCost(f"s{i}", prompt_tokens=100 * p, completion_tokens=50, images=p)
+                for i, p in enumerate([1, 3, 2, 1, 4])]
+    plan = plan_batches(students, LIMITS, overhead_tokens=200)
+    _check_partition(students, plan)
+    assert not plan.rejected
+    for b in plan.batches:
+        assert b.images == sum(students[i].images for i in b.students) <= LIMITS.max_images_per_request
+        assert len(b.students) <= LIMITS.max_students_per_request
+        assert b.prompt_tokens == 200 + sum(students[i].prompt_tokens for i in b.students)
+        assert b.prompt_tokens + b.completion_tokens <= LIMITS.context_window
+    assert [list(b.students) for b in plan.batches] == [[0, 1], [2, 3], [4]]
+
+
+def test_student_over_budget_is_rejected_and_the_rest_go_on():
+    students = [
+        StudentCost("ok1", 500, 100, 1),
+        StudentCost("too-many-pages", 900, 100, images=9),        # more images than a request allows
+        StudentCost("too-long", 3900, 100, 1),                    # prompt + completion > context
+        StudentCost("too-much-output", 100, 5000, 1),             # completion > max_completion_tokens
+        StudentCost("ok2", 500, 100, 1),
+    ]
+    plan = plan_batches(students, LIMITS, overhead_tokens=100)
+    _check_partition(students, plan)
+    assert [r.student_id for r in plan.rejected] == ["too-many-pages", "too-long", "too-much-output"]
+    assert "images" in plan.rejected[0].reason and "context window" in plan.rejected[1].reason
+    assert "completion" in plan.rejected[2].reason
+    assert [list(b.students) for b in plan.batches] == [[0, 4]]
+
+
+def test_more_pages_than_batch_size_terminates():
+    # The seed design looped forever when one student had more pages than the batch size.
+    lim = BatchLimits(context_window=10**6, max_completion_tokens=10**5, max_images_per_request=2,
+                      max_students_per_request=1)
+    students = [StudentCost(f"s{i}", 10, 10, images=5) for i in range(1000)]
+    plan = plan_batches(students, lim)
+    assert len(plan.rejected) == 1000 and plan.batches == []
+
+
+def test_groups_are_packed_separately_with_their_own_overhead():
+    students = [StudentCost("a", 100, 10, 0, group="q1"), StudentCost("b", 100, 10, 0, group="q2"),
+                StudentCost("c", 100, 10, 0, group="q1")]
+    plan = plan_batches(students, LIMITS, overhead_tokens={"q1": 1000, "q2": 50})
+    by_group = {b.group: b for b in plan.batches}
+    assert by_group["q1"].students == (0, 2) and by_group["q1"].prompt_tokens == 1200
+    assert by_group["q2"].students == (1,) and by_group["q2"].prompt_tokens == 150
+
+
+def test_overhead_counts_against_each_student_alone():
+    students = [StudentCost("s", 3000, 500)]
+    assert plan_batches(students, LIMITS, overhead_tokens=0).batches
+    assert plan_batches(students, LIMITS, overhead_tokens=600).rejected
+
+
+def test_limits_must_be_positive():
+    with pytest.raises(ValueError):
+        BatchLimits(context_window=0, max_completion_tokens=1, max_images_per_request=1, max_students_per_request=1)
