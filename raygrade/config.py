@@ -107,6 +107,8 @@ class LocalEngineConfig(_Config):
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, lt=65536, description="0 picks a free port.")
     max_model_len: int = Field(default=4096, gt=0)
+    dtype: Literal["bfloat16", "float32", "auto"] = Field(
+        default="bfloat16", description="bfloat16 decodes ~25% faster than float32 on AVX-512 CPUs.")
     kv_cache_space_gb: int = Field(default=1, gt=0)
     startup_timeout_s: float = Field(default=600.0, gt=0)
     extra_args: list[str] = Field(default_factory=list)
@@ -142,6 +144,8 @@ class RaygradeArgs(_Config):
     def _check(self) -> RaygradeArgs:
         if self.provider.kind == "local_vllm" and self.provider.base_url is None and self.local_engine is None:
             self.local_engine = LocalEngineConfig()
+        if self.provider.kind == "local_vllm" and "batcher" not in self.model_fields_set:
+            self.batcher = local_vllm_batcher()
         return self
 
 
@@ -159,7 +163,17 @@ def local_vllm_provider(engine: LocalEngineConfig | None = None) -> ProviderConf
         context_window=engine.max_model_len,
         max_completion_tokens=engine.max_model_len // 2,
         schema_bounds=True,
+        timeout_s=900.0,  # CPU decoding is slow (≈ 7 tokens/s per stream on 2 cores)
     )
+
+
+def local_vllm_batcher() -> BatcherConfig:
+    """Batcher budgets for the embedded CPU engine.
+
+    vLLM on CPU is bound by per-step overhead (≈ 7 tokens/s for one stream, ≈ 40 for
+    four on 2 cores), so many small requests decode faster than a few large ones.
+    """
+    return BatcherConfig(max_students_per_request=2, completion_tokens_per_item=128)
 
 
 def default_provider() -> ProviderConfig:

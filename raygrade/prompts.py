@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict
 
 from raygrade.protocol import ImagePage, Question, TextPage
 
+#: Upper bound on feedback length when the schema carries bounds (about 60 tokens).
+MAX_FEEDBACK_CHARS = 300
+
 #: Bumped whenever the prompt or schema changes; recorded with every grade.
 PROMPT_VERSION = "rg-2026-11-21.1"
 
@@ -125,7 +128,7 @@ def output_schema(questions: list[Question], students: list[StudentWork], *,
         feedback: dict[str, Any] = {"type": "string"}
         confidence: dict[str, Any] = {"type": "number"}
         if bounds:
-            feedback["maxLength"] = 400
+            feedback["maxLength"] = MAX_FEEDBACK_CHARS
             confidence.update(minimum=0, maximum=1)
         return {"type": "object", "properties": {"feedback": feedback, "score": score, "confidence": confidence},
                 "required": ["feedback", "score", "confidence"], "additionalProperties": False}

@@ -123,7 +123,7 @@ class VLLMServerProcess:
             "--served-model-name", c.served_model_name,
             "--host", c.host, "--port", str(self.port),
             "--max-model-len", str(c.max_model_len),
-            "--dtype", "float32",
+            "--dtype", c.dtype,
             "--enforce-eager",
             "--disable-log-stats",
             "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),

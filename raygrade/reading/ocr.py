@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 
 from raygrade.errors import ReadingError
@@ -20,17 +21,28 @@ class OCRReader:
 
     The engine is created lazily on first use (≈ 1 s) and reused; calls are
     serialised with a lock because one ONNX session is not shared across threads.
+    The text-orientation classifier is off (scans are upright). Measured here on
+    a rendered 1000×900 page: 1.4 s with 2 intra-op threads, 2.5 s with 1.
+
+    Args:
+        threads: onnxruntime intra-op threads (default: CPU count, at most 4).
     """
 
-    def __init__(self):
+    def __init__(self, threads: int | None = None):
         self._engine = None
         self._lock = threading.Lock()
+        self._threads = threads or min(4, os.cpu_count() or 1)
 
     def _get(self):
         if self._engine is None:
             from rapidocr import RapidOCR
 
-            self._engine = RapidOCR(params={"Global.log_level": "error"})
+            self._engine = RapidOCR(params={
+                "Global.log_level": "error",
+                "Global.use_cls": False,
+                "EngineConfig.onnxruntime.intra_op_num_threads": self._threads,
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+            })
         return self._engine
 
     def read(self, image_bytes: bytes) -> str:

@@ -34,6 +34,8 @@ from typing import Any
 
 from aiohttp import web
 
+from raygrade.config import ProviderConfig, RateLimitConfig
+
 
 @dataclasses.dataclass
 class RequestRecord:
@@ -276,6 +278,16 @@ class FakeOpenAIServer:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }, headers=headers)
+
+
+def fake_provider_config(base_url: str, **overrides: Any) -> ProviderConfig:
+    """A :class:`ProviderConfig` for this server: key from ``RAYGRADE_FAKE_KEY``, GPT-4o image rule."""
+    cfg: dict[str, Any] = dict(
+        name="fake", base_url=base_url, api_key_env="RAYGRADE_FAKE_KEY", model="fake-grader", supports_vision=True,
+        image_token_rule="gpt-4o", context_window=16_000, max_completion_tokens=4_000,
+        rate_limit=RateLimitConfig(rpm=6_000, tpm=4_000_000), max_retries=2)
+    cfg.update(overrides)
+    return ProviderConfig(**cfg)
 
 
 def _bump_scores(value: Any) -> None:

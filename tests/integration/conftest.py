@@ -2,9 +2,9 @@ import uuid
 
 import pytest
 
-from raygrade.config import BatcherConfig, ProviderConfig, RaygradeArgs, RateLimitConfig
+from raygrade.config import BatcherConfig, RaygradeArgs
 from raygrade.engine.local_vllm import free_port
-from raygrade.testing.fake_openai import FakeOpenAIServer
+from raygrade.testing.fake_openai import FakeOpenAIServer, fake_provider_config
 
 
 @pytest.fixture(scope="session")
@@ -43,14 +43,6 @@ def serve_url(ray_cluster):
     return f"http://127.0.0.1:{port}"
 
 
-def fake_provider(base_url: str, **over) -> ProviderConfig:
-    cfg = dict(name="fake", base_url=base_url, api_key_env="RAYGRADE_FAKE_KEY", model="fake-grader",
-               supports_vision=True, image_token_rule="gpt-4o", context_window=16_000, max_completion_tokens=4_000,
-               rate_limit=RateLimitConfig(rpm=6_000, tpm=4_000_000), max_retries=2)
-    cfg.update(over)
-    return ProviderConfig(**cfg)
-
-
 @pytest.fixture(scope="session")
 def fake_app(serve_url, fake_openai):
     """The raygrade app on the fake provider, at ``{serve_url}/fake``."""
@@ -58,7 +50,7 @@ def fake_app(serve_url, fake_openai):
 
     from raygrade.app import build_app
 
-    args = RaygradeArgs(provider=fake_provider(fake_openai.base_url),
+    args = RaygradeArgs(provider=fake_provider_config(fake_openai.base_url),
                         batcher=BatcherConfig(max_students_per_request=4, max_images_per_request=6),
                         namespace=f"rg-test-{uuid.uuid4().hex[:8]}")
     serve.run(build_app(args), name="fake", route_prefix="/fake")

@@ -7,8 +7,7 @@ import pytest
 from raygrade.errors import ProviderConnectionError, ProviderStatusError, RateLimitedError
 from raygrade.providers.openai_compat import OpenAICompatibleProvider
 from raygrade.testing.fake_openai import FakeOpenAIServer
-
-from .conftest import fake_provider
+from raygrade.testing.fake_openai import fake_provider_config as fake_provider
 
 MSG = [{"role": "user", "content": "hello"}]
 SCHEMA = {"type": "object", "properties": {"score": {"type": "number", "minimum": 0, "maximum": 4}},
@@ -36,9 +35,13 @@ def test_429_becomes_rate_limited_with_retry_after():
     srv = FakeOpenAIServer(rpm=1).start()
     try:
         p = OpenAICompatibleProvider(fake_provider(srv.base_url))
-        chat(p)
+
+        async def twice():
+            await p.chat(MSG, max_tokens=50, temperature=0)
+            await p.chat(MSG, max_tokens=50, temperature=0)
+
         with pytest.raises(RateLimitedError) as ei:
-            chat(p)
+            asyncio.run(twice())
         assert ei.value.provider_status == 429 and ei.value.retryable
         assert 0 < ei.value.retry_after_s <= 60
         assert [r.status for r in srv.log] == [200, 429]
