@@ -173,7 +173,9 @@ def local_vllm_batcher() -> BatcherConfig:
     vLLM on CPU is bound by per-step overhead (≈ 7 tokens/s for one stream, ≈ 40 for
     four on 2 cores), so many small requests decode faster than a few large ones.
     """
-    return BatcherConfig(max_students_per_request=2, completion_tokens_per_item=128)
+    # 256 tokens per item covers the schema's 200-character feedback even at one character
+    # per token, plus the score, confidence and JSON keys.
+    return BatcherConfig(max_students_per_request=2, completion_tokens_per_item=256)
 
 
 def default_provider() -> ProviderConfig:

@@ -79,30 +79,34 @@ class BatchGrader:
         max_parse_retries: Re-asks for items whose output failed the schema.
         schema_bounds: Put numeric/length bounds in the JSON schema.
         retry_after_cap_s: Cap on a provider's ``Retry-After``.
+        max_completion_tokens: The model's completion limit; a re-ask after output was
+            truncated at ``max_tokens`` doubles ``max_tokens`` up to this cap.
         sleep: Async sleep, injected in tests.
     """
 
     def __init__(self, provider: ChatProvider, limiter: Limiter, *, bucket_key: str, max_retries: int = 3,
                  max_parse_retries: int = 2, schema_bounds: bool = False, retry_after_cap_s: float = 60.0,
+                 max_completion_tokens: int | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self._provider, self._limiter = provider, limiter
         self._key = bucket_key
         self._max_retries, self._max_parse_retries = max_retries, max_parse_retries
         self._bounds = schema_bounds
         self._retry_after_cap_s = retry_after_cap_s
+        self._max_completion_tokens = max_completion_tokens
         self._sleep = sleep
 
-    async def _call(self, batch: GradeBatch, students: list[StudentWork]) -> ChatResult:
+    async def _call(self, batch: GradeBatch, students: list[StudentWork], max_tokens: int) -> ChatResult:
         messages = build_messages(batch.questions, students,
                                   include_model_answer_images=batch.include_model_answer_images)
         schema = output_schema(batch.questions, students, bounds=self._bounds)
-        estimate = batch.prompt_tokens_estimate + batch.max_tokens
+        estimate = batch.prompt_tokens_estimate + max_tokens
 
         async def attempt() -> ChatResult:
             r = await self._limiter.acquire(self._key, estimate)
             actual = None
             try:
-                res = await self._provider.chat(messages, max_tokens=batch.max_tokens,
+                res = await self._provider.chat(messages, max_tokens=max_tokens,
                                                 temperature=batch.temperature, json_schema=schema,
                                                 model=batch.model)
                 actual = res.usage.total_tokens if res.usage else None
@@ -130,9 +134,10 @@ class BatchGrader:
         model_used = batch.model or ""
         errors: list[GradingErrorItem] = []
         invalid: dict[tuple[str, str], str] = {}
+        max_tokens = batch.max_tokens
         for round_ in range(self._max_parse_retries + 1):
             try:
-                res = await self._call(batch, pending)
+                res = await self._call(batch, pending, max_tokens)
             except RaygradeError as exc:
                 errors.append(GradingErrorItem(
                     student_ids=[s.student_id for s in pending],
@@ -149,7 +154,9 @@ class BatchGrader:
             else:
                 got, invalid = parse_output(res.content, batch.questions, pending)
                 if invalid and res.finish_reason == "length":
-                    invalid = {k: f"{v} (output truncated at max_tokens)" for k, v in invalid.items()}
+                    invalid = {k: f"{v} (output truncated at max_tokens={max_tokens})" for k, v in invalid.items()}
+                    # Same prompt, same budget would truncate again: give the re-ask more room.
+                    max_tokens = min(2 * max_tokens, self._max_completion_tokens or 2 * max_tokens)
             grades.extend(got)
             if not invalid:
                 break

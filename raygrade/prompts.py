@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict
 
 from raygrade.protocol import ImagePage, Question, TextPage
 
-#: Upper bound on feedback length when the schema carries bounds (about 60 tokens).
-MAX_FEEDBACK_CHARS = 300
+#: Upper bound on feedback length when the schema carries bounds: about 50 tokens of
+#: prose, 200 in the worst case of one character per token.
+MAX_FEEDBACK_CHARS = 200
 
 #: Bumped whenever the prompt or schema changes; recorded with every grade.
 PROMPT_VERSION = "rg-2026-11-21.1"

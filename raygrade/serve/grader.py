@@ -8,8 +8,10 @@ call in the cluster-wide token bucket actor.
 from __future__ import annotations
 
 import logging
+import time
 
 from ray import serve
+from ray.util import metrics
 
 from raygrade.config import BatcherConfig, ProviderConfig
 from raygrade.grading import BatchGrader, BatchOutcome, GradeBatch
@@ -38,6 +40,15 @@ class Grader:
         self._grader: BatchGrader | None = None
         ctx = serve.get_replica_context()
         self.replica_id = ctx.replica_id.unique_id if ctx else "local"
+        # Exported on Ray's Prometheus endpoint (ray_raygrade_* on each node's metrics port).
+        tags = ("provider", "model")
+        self._items = metrics.Counter("raygrade_items_graded", "Items (student x question) graded.", tags)
+        self._failed = metrics.Counter("raygrade_items_failed", "Items that ended with an error.", tags)
+        self._tokens = metrics.Counter("raygrade_provider_tokens", "Tokens reported by the provider.",
+                                       (*tags, "kind"))
+        self._latency = metrics.Histogram("raygrade_batch_latency_s", "Seconds to grade one batch.",
+                                          [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900], tags)
+        self._tags = {"provider": provider.name, "model": provider.model}
 
     async def _get(self) -> BatchGrader:
         if self._grader is None:
@@ -48,10 +59,21 @@ class Grader:
             self._grader = BatchGrader(
                 provider, ActorLimiter(self._config, self._namespace), bucket_key=self._config.bucket_key,
                 max_retries=self._config.max_retries, max_parse_retries=self._batcher_config.max_parse_retries,
-                schema_bounds=self._config.schema_bounds, retry_after_cap_s=self._config.retry_after_cap_s)
+                schema_bounds=self._config.schema_bounds, retry_after_cap_s=self._config.retry_after_cap_s,
+                max_completion_tokens=self._config.max_completion_tokens)
         return self._grader
 
     async def grade(self, batch: GradeBatch) -> tuple[BatchOutcome, str]:
         """Grade a batch; returns the outcome and this replica's id."""
         grader = await self._get()
-        return await grader.grade(batch), self.replica_id
+        t0 = time.monotonic()
+        outcome = await grader.grade(batch)
+        self._latency.observe(time.monotonic() - t0, self._tags)
+        self._items.inc(len(outcome.results), self._tags)
+        failed = sum(len(e.student_ids) * len(e.question_ids) for e in outcome.errors)
+        if failed:
+            self._failed.inc(failed, self._tags)
+        for kind, n in (("prompt", outcome.usage.prompt_tokens), ("completion", outcome.usage.completion_tokens)):
+            if n:
+                self._tokens.inc(n, {**self._tags, "kind": kind})
+        return outcome, self.replica_id

@@ -152,3 +152,32 @@ def test_messages_put_pages_in_order():
     msgs = build_messages(Q[:1], [w])
     text = msgs[1]["content"]
     assert isinstance(text, str) and text.index("[Page 1]\nfirst") < text.index("[Page 2]\nsecond")
+
+
+class TruncatingProvider(ScriptedProvider):
+    """Truncates its answer unless max_tokens is at least ``need``."""
+
+    def __init__(self, need):
+        super().__init__([])
+        self.need = need
+
+    async def chat(self, messages, *, max_tokens, temperature, json_schema=None, schema_name="grades", model=None):
+        self.calls.append({"max_tokens": max_tokens})
+        full = json.dumps({a: {q: {"feedback": "f", "score": 1, "confidence": 0.5} for q in v["properties"]}
+                           for a, v in json_schema["properties"].items()})
+        if max_tokens < self.need:
+            return ChatResult(content=full[:10], finish_reason="length", usage=Usage(completion_tokens=max_tokens),
+                              model="m", headers={})
+        return ChatResult(content=full, finish_reason="stop", usage=Usage(completion_tokens=50), model="m", headers={})
+
+
+def test_truncated_output_is_reasked_with_a_larger_budget_up_to_the_cap():
+    b = batch(1)  # max_tokens=200
+    p = TruncatingProvider(need=700)
+    out = asyncio.run(grader(p, max_completion_tokens=1000)[0].grade(b))
+    assert [c["max_tokens"] for c in p.calls] == [200, 400, 800] and not out.errors
+
+    p = TruncatingProvider(need=10_000)
+    out = asyncio.run(grader(p, max_completion_tokens=300, max_parse_retries=2)[0].grade(b))
+    assert [c["max_tokens"] for c in p.calls] == [200, 300, 300]
+    assert len(out.errors) == 2 and "truncated at max_tokens=300" in out.errors[0].message
