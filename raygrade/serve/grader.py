@@ -69,11 +69,12 @@ class Grader:
         t0 = time.monotonic()
         outcome = await grader.grade(batch)
         self._latency.observe(time.monotonic() - t0, self._tags)
-        self._items.inc(len(outcome.results), self._tags)
         failed = sum(len(e.student_ids) * len(e.question_ids) for e in outcome.errors)
-        if failed:
-            self._failed.inc(failed, self._tags)
-        for kind, n in (("prompt", outcome.usage.prompt_tokens), ("completion", outcome.usage.completion_tokens)):
-            if n:
-                self._tokens.inc(n, {**self._tags, "kind": kind})
+        for counter, n, tags in (
+                (self._items, len(outcome.results), self._tags),
+                (self._failed, failed, self._tags),
+                (self._tokens, outcome.usage.prompt_tokens, {**self._tags, "kind": "prompt"}),
+                (self._tokens, outcome.usage.completion_tokens, {**self._tags, "kind": "completion"})):
+            if n > 0:  # Ray counters reject increments of 0
+                counter.inc(n, tags)
         return outcome, self.replica_id
