@@ -172,10 +172,11 @@ class Batcher:
         outs = await asyncio.gather(*(one(i) for i in range(len(job.submissions))), return_exceptions=True)
         for sub, out in zip(job.submissions, outs):
             if isinstance(out, BaseException):
+                # Ray re-raises a replica's exception as a subclass of the original type.
                 err = out if isinstance(out, RaygradeError) else ReadingError(f"reading failed: {type(out).__name__}")
                 errors.append(GradingErrorItem(student_ids=[sub.student_id],
                                                question_ids=[q.id for q in job.questions_for(sub)],
-                                               type=err.error_type, message=err.message))
+                                               type=err.error_type, message=getattr(err, "message", str(err))))
             else:
                 works.append(out)
         return works, errors

@@ -38,6 +38,7 @@ class _Job:
         self.status = JobStatus(id=job_id, state=JobState.QUEUED, model=job.options.model)
         self.results: dict[tuple[str, str], GradeResult] = {}
         self.errors: list[GradingErrorItem] = []
+        self.batches_seen: set[str] = set()
         self.batches_by_replica: dict[str, int] = {}
 
 
@@ -96,9 +97,9 @@ class JobRegistryImpl:
     def add_outcome(self, job_id: str, outcome: BatchOutcome, replica: str | None = None) -> None:
         """Record a graded batch. A batch id seen before is ignored (no double grades)."""
         j = self._get(job_id)
-        if any(r.batch_id == outcome.batch_id for r in j.results.values()) or any(
-                e.batch_id == outcome.batch_id for e in j.errors):
+        if outcome.batch_id in j.batches_seen:
             return
+        j.batches_seen.add(outcome.batch_id)
         for r in outcome.results:
             j.results.setdefault((r.student_id, r.question_id), r)
         self.add_errors(job_id, outcome.errors)
