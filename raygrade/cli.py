@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from raygrade.config import RaygradeArgs, reference_similarity_provider
 from raygrade.protocol import GradingJob, JobOptions, JobResults, JobStatus
 
 logger = logging.getLogger("raygrade")
@@ -83,7 +84,7 @@ class Client:
             bar.close()
 
 
-def start_local_app(args_dict: dict | None = None, *, port: int = 8000) -> str:
+def start_local_app(args_dict: dict | RaygradeArgs | None = None, *, port: int = 8000) -> str:
     """Start local Ray + Serve on 127.0.0.1 and deploy the app; returns its base URL."""
     import ray
     from ray import serve
@@ -136,9 +137,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     url = a.url
     if url is None:
         t0 = time.monotonic()
-        print("Starting local Ray + Serve (embedded CPU vLLM when no OPENAI_API_KEY); the first start converts "
-              "the model and boots vLLM, about 2 minutes...", flush=True)
-        url = start_local_app(port=a.port)
+        if a.grader == "baseline":
+            print("Starting local Ray + Serve with the reference-similarity baseline grader...", flush=True)
+        else:
+            print("Starting local Ray + Serve (embedded CPU vLLM when no OPENAI_API_KEY); the first start converts "
+                  "the model and boots vLLM, about 2 minutes...", flush=True)
+        args = RaygradeArgs(provider=reference_similarity_provider()) if a.grader == "baseline" else None
+        url = start_local_app(args, port=a.port)
         print(f"Serve app up at {url} in {time.monotonic() - t0:.0f}s", flush=True)
     client = Client(url, timeout_s=120)
     t0 = time.monotonic()
@@ -192,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--per-question", type=int, default=6)
     d.add_argument("--examples", type=int, default=3, help="graded training answers per question in the prompt")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--grader", choices=("default", "baseline"), default="default",
+                   help="default: OpenAI if OPENAI_API_KEY is set, else the embedded CPU vLLM; "
+                        "baseline: the reference-similarity grader (no model server)")
     d.add_argument("--url", help="use a running raygrade app instead of starting one")
     d.add_argument("--port", type=int, default=8000)
     d.add_argument("--out", default="raygrade-results.json")

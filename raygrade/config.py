@@ -43,7 +43,7 @@ class ProviderConfig(_Config):
     """
 
     name: str = "default"
-    kind: Literal["openai_compatible", "local_vllm"] = "openai_compatible"
+    kind: Literal["openai_compatible", "local_vllm", "reference_similarity"] = "openai_compatible"
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
     model: str = "gpt-4o-mini"
@@ -146,6 +146,8 @@ class RaygradeArgs(_Config):
             self.local_engine = LocalEngineConfig()
         if self.provider.kind == "local_vllm" and "batcher" not in self.model_fields_set:
             self.batcher = local_vllm_batcher()
+        if self.provider.kind == "reference_similarity" and "batcher" not in self.model_fields_set:
+            self.batcher = BatcherConfig(max_students_per_request=64)
         return self
 
 
@@ -176,6 +178,14 @@ def local_vllm_batcher() -> BatcherConfig:
     # 256 tokens per item covers the schema's 200-character feedback even at one character
     # per token, plus the score, confidence and JSON keys.
     return BatcherConfig(max_students_per_request=2, completion_tokens_per_item=256)
+
+
+def reference_similarity_provider() -> ProviderConfig:
+    """The zero-cost baseline grader (:mod:`raygrade.baseline.similarity`): no model server,
+    text pages only (images are OCR'd), no rate limit."""
+    return ProviderConfig(name="baseline", kind="reference_similarity", api_key_env=None,
+                          model="reference-similarity", supports_vision=False, image_token_rule="none",
+                          context_window=1_000_000, max_completion_tokens=1_000_000)
 
 
 def default_provider() -> ProviderConfig:

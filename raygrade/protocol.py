@@ -96,7 +96,7 @@ class Question(_Model):
     max_score: float = Field(gt=0, le=1000)
     score_step: float | None = Field(default=None, gt=0)
     model_answer_images: list[ImagePage] = Field(default_factory=list, max_length=8)
-    examples: list[GradedExample] = Field(default_factory=list, max_length=16)
+    examples: list[GradedExample] = Field(default_factory=list, max_length=500)
 
     @model_validator(mode="after")
     def _check_examples(self) -> Question:

@@ -2,7 +2,8 @@
 
 Each replica builds an :class:`~raygrade.providers.openai_compat.OpenAICompatibleProvider`
 (hosted API, vLLM on a GPU node, or the embedded CPU vLLM) and reserves every
-call in the cluster-wide token bucket actor.
+call in the cluster-wide token bucket actor; or, for ``kind="reference_similarity"``,
+the zero-cost baseline grader, which calls no provider.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from ray import serve
 from ray.util import metrics
 
+from raygrade.baseline.similarity import ReferenceSimilarityGrader
 from raygrade.config import BatcherConfig, ProviderConfig
 from raygrade.grading import BatchGrader, BatchOutcome, GradeBatch
 from raygrade.providers.openai_compat import OpenAICompatibleProvider
@@ -37,7 +39,7 @@ class Grader:
         self._config, self._batcher_config = provider, batcher
         self._namespace = namespace
         self._engine = engine
-        self._grader: BatchGrader | None = None
+        self._grader: BatchGrader | ReferenceSimilarityGrader | None = None
         ctx = serve.get_replica_context()
         self.replica_id = ctx.replica_id.unique_id if ctx else "local"
         # Exported on Ray's Prometheus endpoint (ray_raygrade_* on each node's metrics port).
@@ -50,7 +52,9 @@ class Grader:
                                           [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900], tags)
         self._tags = {"provider": provider.name, "model": provider.model}
 
-    async def _get(self) -> BatchGrader:
+    async def _get(self) -> BatchGrader | ReferenceSimilarityGrader:
+        if self._grader is None and self._config.kind == "reference_similarity":
+            self._grader = ReferenceSimilarityGrader(model_name=self._config.model)
         if self._grader is None:
             base_url = None
             if self._engine is not None:
