@@ -99,7 +99,7 @@ def start_local_app(args_dict: dict | RaygradeArgs | None = None, *, port: int =
 
 
 def _print_table(results: JobResults, human: dict[tuple[str, str], float] | None, file=sys.stdout) -> None:
-    cols = f"{'student':<22} {'question':<14} {'human':>6} {'model':>6} {'conf':>5} {'pages':>5}  feedback"
+    cols = f"{'student':<22} {'question':<14} {'human':>6} {'model':>6} {'conf':>5} {'pages':>5} {'rev':>3}  feedback"
     print(cols, file=file)
     print("-" * len(cols), file=file)
     for r in results.results:
@@ -108,7 +108,7 @@ def _print_table(results: JobResults, human: dict[tuple[str, str], float] | None
         fb = " ".join(r.feedback.split())
         fb = fb[:57] + "..." if len(fb) > 60 else fb
         print(f"{r.student_id[:22]:<22} {r.question_id[:14]:<14} {hstr:>6} {r.score:>6.3g} {r.confidence:>5.2f} "
-              f"{len(r.pages):>5}  {fb}", file=file)
+              f"{len(r.pages):>5} {'yes' if r.needs_review else '':>3}  {fb}", file=file)
     for e in results.errors:
         print(f"ERROR {e.type}: {len(e.student_ids)} student(s) x {len(e.question_ids)} question(s): {e.message}",
               file=file)
@@ -120,7 +120,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from raygrade.demo.saf import find_saf
 
     root = find_saf(a.saf)
-    options = JobOptions(model=None)
+    options = JobOptions(review_share=a.review_share)
     human_list = None
     if root is not None:
         job, human_list = saf_job(root, questions=a.questions, per_question=a.per_question, examples=a.examples,
@@ -156,6 +156,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     replicas = client.replicas(st.id)
     p = st.progress
     print(f"\nJob {st.id}: {st.state.value}; {p.items_graded}/{p.items_total} items graded, {p.items_failed} failed, "
+          f"{p.items_needs_review} flagged for review; "
           f"{p.batches_total} requests over {len(replicas)} grader replicas {sorted(replicas.values())}; "
           f"model {st.model}; {st.usage.prompt_tokens} prompt + {st.usage.completion_tokens} completion tokens; "
           f"{wall:.1f}s.")
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--per-question", type=int, default=6)
     d.add_argument("--examples", type=int, default=3, help="graded training answers per question in the prompt")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--review-share", type=float, default=0.1,
+                   help="share of items (least confident first) to flag for human review")
     d.add_argument("--grader", choices=("default", "baseline"), default="default",
                    help="default: OpenAI if OPENAI_API_KEY is set, else the embedded CPU vLLM; "
                         "baseline: the reference-similarity grader (no model server)")

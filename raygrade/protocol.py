@@ -173,6 +173,8 @@ class JobOptions(_Model):
     reading_mode: ReadingMode = ReadingMode.AUTO
     idempotency_key: str | None = Field(default=None, max_length=256)
     temperature: float = Field(default=0.0, ge=0, le=2)
+    review_share: float = Field(default=0.0, ge=0, le=1, description=(
+        "Share of graded items a human will review: the least confident are flagged needs_review."))
 
 
 class GradingJob(_Model):
@@ -238,6 +240,7 @@ class GradeResult(_Model):
     model: str
     batch_id: str
     usage: Usage
+    needs_review: bool = Field(default=False, description="Among the least confident ``review_share`` of the job.")
 
 
 class GradingErrorItem(_Model):
@@ -271,6 +274,7 @@ class JobProgress(_Model):
     items_total: int = 0
     items_graded: int = 0
     items_failed: int = 0
+    items_needs_review: int = 0
     batches_total: int = 0
     batches_done: int = 0
 

@@ -19,6 +19,7 @@ from ray import serve
 
 from raygrade.errors import ConflictError, NotFoundError
 from raygrade.grading import BatchOutcome
+from raygrade.review import review_cut
 from raygrade.protocol import (
     GradeResult,
     GradingErrorItem,
@@ -111,11 +112,19 @@ class JobRegistryImpl:
             j.batches_by_replica[replica] = j.batches_by_replica.get(replica, 0) + 1
 
     def finish(self, job_id: str, error: GradingErrorItem | None = None) -> JobStatus:
-        """Mark the job terminal: succeeded (no errors), partial, or failed (no grades)."""
+        """Mark the job terminal: succeeded (no errors), partial, or failed (no grades).
+
+        Flags the least confident grades ``needs_review`` per the job's ``review_share``.
+        """
         j = self._get(job_id)
         if error is not None:
             j.errors.append(error)
+        keys = list(j.results)
+        flagged = review_cut([j.results[k].confidence for k in keys], j.job.options.review_share)
+        for i, k in enumerate(keys):
+            j.results[k] = j.results[k].model_copy(update={"needs_review": i in flagged})
         s = j.status
+        s.progress.items_needs_review = len(flagged)
         if not j.errors:
             s.state = JobState.SUCCEEDED
         elif j.results:

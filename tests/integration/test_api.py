@@ -36,6 +36,7 @@ def make_job(n_students=9, pages=(1, 3, 2), oversize=False, idem=None) -> Gradin
 def test_full_job_through_the_serve_graph(fake_app, fake):
     client = Client(fake_app)
     job = make_job(oversize=True)
+    job.options.review_share = 0.25
     st = client.submit(job)
     assert st.state.value in ("queued", "running")
     st = client.wait(st.id, timeout_s=120, poll_s=0.2, progress=False)
@@ -63,6 +64,8 @@ def test_full_job_through_the_serve_graph(fake_app, fake):
     assert all(rec.status == 200 for rec in fake.log)
     assert st.usage.prompt_tokens == sum(rec.prompt_tokens for rec in fake.log)
     assert sum(client.replicas(st.id).values()) == p.batches_total
+    flagged = [r for r in res.results if r.needs_review]
+    assert len(flagged) == p.items_needs_review == -(-len(expected) // 4)  # ceil(25 %)
 
 
 def test_validation_error_is_400_with_openai_body(fake_app):

@@ -48,6 +48,20 @@ def test_a_batch_recorded_twice_counts_once_and_states_follow_errors():
     assert [r.student_id for r in res.results] == ["s0"] and res.errors[0].type == "planning_error"
 
 
+def test_finish_flags_the_least_confident_share_for_review():
+    reg = JobRegistryImpl()
+    j = job(4)
+    j.options.review_share = 0.5
+    st, _ = reg.create(j)
+    out = outcome("b0", ["s0", "s1", "s2", "s3"])
+    for r, c in zip(out.results, [0.9, 0.3, 0.6, 0.1]):
+        r.confidence = c
+    reg.add_outcome(st.id, out)
+    assert reg.finish(st.id).progress.items_needs_review == 2
+    flagged = {r.student_id for r in reg.results(st.id).results if r.needs_review}
+    assert flagged == {"s1", "s3"}
+
+
 def test_unknown_job_and_empty_outcomes():
     reg = JobRegistryImpl()
     with pytest.raises(NotFoundError):
