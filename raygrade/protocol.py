@@ -252,6 +252,11 @@ class GradingErrorItem(_Model):
     message: str
     batch_id: str | None = None
 
+    @property
+    def item_count(self) -> int:
+        """Items (student × question) this error covers."""
+        return len(self.student_ids) * len(self.question_ids)
+
 
 class JobState(str, enum.Enum):
     """Lifecycle of a job: queued → running → (succeeded | partial | failed)."""

@@ -73,7 +73,7 @@ class Grader:
         t0 = time.monotonic()
         outcome = await grader.grade(batch)
         self._latency.observe(time.monotonic() - t0, self._tags)
-        failed = sum(len(e.student_ids) * len(e.question_ids) for e in outcome.errors)
+        failed = sum(e.item_count for e in outcome.errors)
         for counter, n, tags in (
                 (self._items, len(outcome.results), self._tags),
                 (self._failed, failed, self._tags),

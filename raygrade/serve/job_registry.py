@@ -93,7 +93,7 @@ class JobRegistryImpl:
     def add_errors(self, job_id: str, errors: list[GradingErrorItem]) -> None:
         j = self._get(job_id)
         j.errors.extend(errors)
-        j.status.progress.items_failed += sum(len(e.student_ids) * len(e.question_ids) for e in errors)
+        j.status.progress.items_failed += sum(e.item_count for e in errors)
 
     def add_outcome(self, job_id: str, outcome: BatchOutcome, replica: str | None = None) -> None:
         """Record a graded batch. A batch id seen before is ignored (no double grades)."""
