@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
-from raygrade.demo.job import agreement
+from raygrade.evaluation import agreement
 from raygrade.demo.saf import find_saf, load_split
 from raygrade.protocol import GradedExample, Question
 

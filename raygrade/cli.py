@@ -115,9 +115,10 @@ def _print_table(results: JobResults, human: dict[tuple[str, str], float] | None
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from raygrade.demo.job import agreement, sample_job, saf_job
+    from raygrade.demo.job import sample_job, saf_job
     from raygrade.demo.render import font_name
     from raygrade.demo.saf import find_saf
+    from raygrade.evaluation import agreement
 
     root = find_saf(a.saf)
     options = JobOptions(review_share=a.review_share)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from raygrade.evaluation import score_level
 from raygrade.grading import BatchOutcome, GradeBatch
 from raygrade.protocol import GradeResult, GradingErrorItem, Question, TextPage, Usage
 
@@ -119,17 +120,10 @@ def fit_thresholds(sims: Sequence[float], levels: Sequence[int]) -> tuple[float,
     return best[1], best[2]
 
 
-def level_of(score: float, max_score: float) -> int:
-    """0 for no credit, 2 for full marks, 1 in between."""
-    if score >= max_score - 1e-9:
-        return 2
-    return 0 if score <= 1e-9 else 1
-
-
 def level_scores(q: Question) -> tuple[float, float, float]:
     """Scores given for levels 0, 1, 2: zero, the median partial score of the examples
     (half marks by default, snapped to the question's grid), and the maximum."""
-    partial = [e.score for e in q.examples if level_of(e.score, q.max_score) == 1]
+    partial = [e.score for e in q.examples if score_level(e.score, q.max_score) == 1]
     mid = statistics.median(partial) if partial else q.max_score / 2
     if (grid := q.allowed_scores()) is not None:
         inner = [g for g in grid if 0 < g < q.max_score] or grid
@@ -177,7 +171,7 @@ class ReferenceSimilarityGrader:
 
     def thresholds(self, q: Question) -> tuple[float, float]:
         """Thresholds fitted on ``q.examples`` when there are enough, else the defaults."""
-        levels = [level_of(e.score, q.max_score) for e in q.examples]
+        levels = [score_level(e.score, q.max_score) for e in q.examples]
         if len(q.examples) < self._min_examples or len(set(levels)) < 2 or not q.reference_answer:
             return DEFAULT_THRESHOLDS
         key = q.model_dump_json(include={"reference_answer", "examples", "max_score"})

@@ -1,4 +1,4 @@
-"""Build grading jobs from real data (SAF) or the shipped sample, and score agreement.
+"""Build grading jobs from real data (SAF) or the shipped sample.
 
 Used by ``raygrade demo``, the tests and the benchmarks.
 """
@@ -13,7 +13,8 @@ from importlib import resources
 from pathlib import Path
 
 from raygrade.demo.render import render_pages
-from raygrade.demo.saf import SAFAnswer, SAFQuestion, load_split, score_to_label
+from raygrade.demo.saf import SAFAnswer, SAFQuestion, load_split
+from raygrade.evaluation import score_level
 from raygrade.protocol import GradedExample, GradingJob, ImagePage, JobOptions, Question, Submission
 
 
@@ -38,7 +39,7 @@ def pick_examples(train: SAFQuestion | None, k: int, rng: random.Random) -> list
     by_label: dict[int, list[SAFAnswer]] = {}
     for a in train.answers:
         if a.response:
-            by_label.setdefault(score_to_label(a.score, train.max_score), []).append(a)
+            by_label.setdefault(score_level(a.score, train.max_score), []).append(a)
     chosen: list[SAFAnswer] = []
     for label in (2, 1, 0):
         pool = [a for a in by_label.get(label, []) if len(a.response) < 600]
@@ -96,42 +97,3 @@ def sample_job(options: JobOptions | None = None, seed: int = 0) -> GradingJob:
         subs.append(Submission(student_id=st["student_id"], pages=_pages(text, seed + i, "Sample quiz")))
     return GradingJob(assessment={"title": data["title"], "questions": data["questions"]}, submissions=subs,
                       options=options or JobOptions())
-
-
-@dataclasses.dataclass(frozen=True)
-class Agreement:
-    """Agreement between model and human grades on SAF's 3 labels.
-
-    ``qwk`` is Cohen's kappa with quadratic weights (Cohen 1968), computed by
-    ``sklearn.metrics.cohen_kappa_score(weights="quadratic")``; ``exact`` the share
-    of identical labels; ``mae`` the mean absolute score difference as a fraction
-    of the maximum.
-    """
-
-    n: int
-    exact: float
-    qwk: float
-    mae: float
-
-
-def agreement(pairs: list[tuple[float, float, float]]) -> Agreement:
-    """Agreement over ``(human_score, model_score, max_score)`` triples (at least one).
-
-    Raises:
-        ValueError: ``pairs`` is empty.
-    """
-    if not pairs:
-        raise ValueError("no graded items to compare")
-    from sklearn.metrics import cohen_kappa_score
-
-    h = [score_to_label(a, m) for a, _, m in pairs]
-    g = [score_to_label(b, m) for _, b, m in pairs]
-    exact = sum(x == y for x, y in zip(h, g)) / len(h)
-    if len(set(h) | set(g)) < 2:
-        qwk = 1.0 if h == g else 0.0
-    else:
-        qwk = float(cohen_kappa_score(h, g, weights="quadratic", labels=[0, 1, 2]))
-        if qwk != qwk:  # NaN: one side constant
-            qwk = 0.0
-    mae = sum(abs(a - b) / m for a, b, m in pairs) / len(pairs)
-    return Agreement(n=len(pairs), exact=exact, qwk=qwk, mae=mae)

@@ -19,7 +19,6 @@ from pathlib import Path
 #: Where the dataset is looked for when no path is given.
 DEFAULT_SAF_PATHS = (os.environ.get("RAYGRADE_SAF_PATH", ""), "../shared/data/saf", "../../shared/data/saf")
 
-LABELS = ("Incorrect", "Partially correct", "Correct")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,16 +92,3 @@ def load_split(root: Path, split: str = "unseen_answers", lang: str = "english",
         out.append(SAFQuestion(key=f.stem, text=_text(r.find("questionText")), reference="\n".join(refs),
                                max_score=max_score, answers=tuple(answers)))
     return out
-
-
-def score_to_label(score: float, max_score: float) -> int:
-    """SAF's 3-way label as an ordinal: 0 Incorrect, 1 Partially correct, 2 Correct.
-
-    Full marks are Correct, zero is Incorrect, anything between is Partially correct
-    (how SAF's ``verification_feedback`` relates to its scores).
-    """
-    if score >= max_score - 1e-9:
-        return 2
-    if score <= 1e-9:
-        return 0
-    return 1

@@ -7,7 +7,7 @@ import pytest
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
 from raygrade.cli import Client
 from raygrade.config import RaygradeArgs, reference_similarity_provider
-from raygrade.demo.job import agreement
+from raygrade.evaluation import agreement
 from raygrade.demo.saf import find_saf, load_split
 from raygrade.protocol import GradedExample, GradingJob, Question
 

@@ -1,0 +1,109 @@
+"""Agreement between machine and human grades, with bootstrap confidence intervals.
+
+Grades are compared on three ordinal levels (0 no credit, 1 partial, 2 full), the
+way SAF labels answers (Incorrect / Partially correct / Correct).
+
+- exact agreement: share of identical levels;
+- Cohen's κ (Cohen 1960) and quadratic weighted κ, QWK (Cohen 1968), by
+  ``sklearn.metrics.cohen_kappa_score``;
+- MAE: mean absolute score difference as a fraction of the maximum;
+- 95 % intervals: percentile bootstrap over items (Efron & Tibshirani 1993, ch. 13).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Callable, Sequence
+
+#: (human score, machine score, max score) of one item.
+Pair = tuple[float, float, float]
+
+
+def score_level(score: float, max_score: float) -> int:
+    """0 for no credit, 2 for full marks, 1 in between."""
+    if score >= max_score - 1e-9:
+        return 2
+    return 0 if score <= 1e-9 else 1
+
+
+def _kappa(h: Sequence[int], g: Sequence[int], weights: str | None) -> float:
+    if len(set(h) | set(g)) < 2:
+        return 1.0 if list(h) == list(g) else 0.0
+    from sklearn.metrics import cohen_kappa_score
+
+    k = float(cohen_kappa_score(h, g, weights=weights, labels=[0, 1, 2]))
+    return 0.0 if math.isnan(k) else k  # NaN when one side is constant
+
+
+@dataclasses.dataclass(frozen=True)
+class Agreement:
+    """Agreement figures over ``n`` items (see the module docstring)."""
+
+    n: int
+    exact: float
+    kappa: float
+    qwk: float
+    mae: float
+
+
+def agreement(pairs: Sequence[Pair]) -> Agreement:
+    """Agreement over ``(human, machine, max)`` triples.
+
+    Raises:
+        ValueError: ``pairs`` is empty.
+    """
+    if not pairs:
+        raise ValueError("no graded items to compare")
+    h = [score_level(a, m) for a, _, m in pairs]
+    g = [score_level(b, m) for _, b, m in pairs]
+    return Agreement(n=len(pairs), exact=sum(x == y for x, y in zip(h, g)) / len(h), kappa=_kappa(h, g, None),
+                     qwk=_kappa(h, g, "quadratic"), mae=sum(abs(a - b) / m for a, b, m in pairs) / len(pairs))
+
+
+def bootstrap_ci(pairs: Sequence[Pair], stat: Callable[[Sequence[Pair]], float], *, n_boot: int = 1000,
+                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` over items resampled with replacement.
+
+    Raises:
+        ValueError: ``pairs`` is empty.
+    """
+    if not pairs:
+        raise ValueError("no graded items to compare")
+    rng = random.Random(seed)
+    n = len(pairs)
+    vals = sorted(stat([pairs[rng.randrange(n)] for _ in range(n)]) for _ in range(n_boot))
+    lo = vals[int(math.floor((1 - level) / 2 * (n_boot - 1)))]
+    hi = vals[int(math.ceil((1 + level) / 2 * (n_boot - 1)))]
+    return lo, hi
+
+
+def agreement_with_ci(pairs: Sequence[Pair], *, n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
+    """``{metric: {"value", "lo", "hi"}}`` for exact, kappa, qwk and mae, plus ``n``."""
+    point = agreement(pairs)
+    out: dict[str, dict[str, float]] = {"n": {"value": point.n, "lo": point.n, "hi": point.n}}
+    for name in ("exact", "kappa", "qwk", "mae"):
+        lo, hi = bootstrap_ci(pairs, lambda ps, name=name: getattr(agreement(ps), name), n_boot=n_boot, seed=seed)
+        out[name] = {"value": getattr(point, name), "lo": lo, "hi": hi}
+    return out
+
+
+def coverage_curve(pairs: Sequence[Pair], confidences: Sequence[float],
+                   coverages: Sequence[float] = tuple(i / 10 for i in range(1, 11))) -> list[dict[str, float]]:
+    """Agreement on the most confident share of items, for each coverage.
+
+    Coverage is the share of items *not* sent to review: keeping the top
+    ``coverage`` by confidence (ties: earlier first) is what ``review_share =
+    1 - coverage`` does.
+
+    Returns:
+        ``[{"coverage", "n", "exact", "qwk"}]`` in the order of ``coverages``.
+    """
+    order = sorted(range(len(pairs)), key=lambda i: (-confidences[i], i))
+    out = []
+    for c in coverages:
+        k = max(1, math.ceil(c * len(pairs) - 1e-9))
+        ag = agreement([pairs[i] for i in order[:k]])
+        out.append({"coverage": c, "n": ag.n, "exact": ag.exact, "qwk": ag.qwk})
+    return out
