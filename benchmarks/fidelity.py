@@ -1,0 +1,327 @@
+"""How closely raygrade's grades match human graders, per grader configuration and reading path.
+
+One command grades a real dataset (SAF from ``../shared/data/saf`` or ``--saf``) with
+several configurations in one run:
+
+- ``baseline``: the reference-similarity grader, thresholds fitted on the training split;
+- ``local``: the embedded CPU vLLM model (started here on 127.0.0.1), few-shot prompts;
+- ``endpoint``: any OpenAI-compatible endpoint (``--endpoint-url``, key from
+  ``--endpoint-key-env``, ``--endpoint-model``; ``--endpoint-vision`` sends page images as they are).
+
+Each is run on the answer **text** and on the rendered **image** pages (read by OCR for
+text-only models), so the loss caused by reading is isolated. Reported per
+configuration × path: exact agreement, Cohen's κ and QWK with bootstrap 95 % intervals,
+per-question QWK, invalid-output rate, time and estimated cost per 1,000 answers,
+confusion matrices (PNG) and agreement against coverage (PNG: the share of items
+not sent to review, ordered by confidence). Writes ``fidelity.json`` and ``fidelity.md``.
+
+    .venv/bin/python benchmarks/fidelity.py --configs baseline,local --paths text,image
+    .venv/bin/python benchmarks/fidelity.py --limit 20 --configs baseline      # a quick slice
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
+from raygrade.config import ProviderConfig, RaygradeArgs, local_vllm_provider
+from raygrade.demo.job import pick_examples
+from raygrade.demo.render import render_pages
+from raygrade.demo.saf import SAFQuestion, find_saf, load_split
+from raygrade.evaluation import agreement, agreement_with_ci, coverage_curve, score_level
+from raygrade.grading import BatchGrader
+from raygrade.prompts import StudentWork
+from raygrade.protocol import GradedExample, ImagePage, Question, TextPage
+from raygrade.providers.openai_compat import OpenAICompatibleProvider
+from raygrade.ratelimit.bucket import RateLimiter
+from raygrade.reading.ocr import OCRReader
+from raygrade.serve.batcher import JobPlanner
+from raygrade.tokens import TiktokenCounter, counter_for
+
+Item = tuple[str, str, float, float]  # question key, answer id, human score, max score
+
+
+def load_items(root: Path, split: str, limit: int | None, seed: int) -> tuple[list[SAFQuestion], dict]:
+    test = [q for q in load_split(root, split) if q.answers]
+    train = {q.key: q for q in load_split(root, "training")}
+    if limit:  # a stratified slice: answers spread over questions
+        rng = random.Random(seed)
+        per = max(1, limit // len(test))
+        test = [SAFQuestion(q.key, q.text, q.reference, q.max_score,
+                            tuple(rng.sample(q.answers, min(per, len(q.answers))))) for q in test]
+        budget, kept = limit, []
+        for q in test:
+            if budget <= 0:
+                break
+            kept.append(SAFQuestion(q.key, q.text, q.reference, q.max_score, q.answers[:budget]))
+            budget -= len(kept[-1].answers)
+        test = kept
+    return test, train
+
+
+def read_pages(test: list[SAFQuestion], path: str, ocr_cache: dict) -> dict[tuple[str, str], list]:
+    """Pages per answer: text as-is, or rendered images (OCR text cached alongside)."""
+    pages = {}
+    for q in test:
+        for i, a in enumerate(q.answers):
+            if path == "text":
+                pages[(q.key, a.id)] = [TextPage(text=a.response or "")]
+            else:
+                import base64
+
+                pages[(q.key, a.id)] = [ImagePage(data=base64.b64encode(p).decode())
+                                        for p in render_pages(a.response or "", seed=hash((q.key, i)) & 0xFFFF,
+                                                              header=f"Q {q.key}")]
+    return pages
+
+
+def ocr(pages: dict, cache: dict, reader: OCRReader) -> dict:
+    out = {}
+    for key, ps in pages.items():
+        if key not in cache:
+            cache[key] = [TextPage(text=reader.read(p.image_bytes())) if isinstance(p, ImagePage) else p for p in ps]
+        out[key] = cache[key]
+    return out
+
+
+def grade_baseline(test, train, pages, embedder) -> tuple[dict, dict]:
+    g = ReferenceSimilarityGrader(embedder)
+    grades, errors = {}, {}
+    for q in test:
+        tr = train[q.key]
+        question = Question(id=q.key, prompt=q.text, reference_answer=q.reference, max_score=q.max_score,
+                            examples=[GradedExample(answer=a.response, score=a.score) for a in tr.answers
+                                      if a.response])
+        texts = ["\n".join(p.text for p in pages[(q.key, a.id)]) for a in q.answers]
+        for a, (score, conf, _) in zip(q.answers, g.grade_answers(question, texts)):
+            grades[(q.key, a.id)] = (score, conf)
+    return grades, errors
+
+
+def grade_llm(test, train, pages, provider: ProviderConfig, base_url: str, examples: int, tokenizer_path, vision):
+    args = RaygradeArgs(provider=provider)
+    counter = counter_for(provider, tokenizer_path) if tokenizer_path else TiktokenCounter()
+    planner = JobPlanner(args, counter)
+    rng = random.Random(0)
+    qs, works = [], []
+    for q in test:
+        qs.append(Question(id=q.key, prompt=q.text, reference_answer=q.reference or None, max_score=q.max_score,
+                           examples=pick_examples(train.get(q.key), examples, rng)))
+        for a in q.answers:
+            works.append(StudentWork(student_id=f"{q.key}|{a.id}", alias=f"s{len(works) + 1}",
+                                     pages=pages[(q.key, a.id)], page_indices=list(range(len(pages[(q.key, a.id)]))),
+                                     question_ids=[q.key]))
+    from raygrade.protocol import GradingJob, Submission
+
+    job = GradingJob(assessment={"questions": qs}, submissions=[
+        Submission(student_id=w.student_id, pages=[TextPage(text="-")], question_ids=w.question_ids) for w in works])
+    batches, plan_errors = planner.batches("fidelity", job, works, vision)
+    limiter = RateLimiter()
+    limiter.configure(provider.bucket_key, provider.rate_limit.rpm, provider.rate_limit.tpm)
+    grader = BatchGrader(OpenAICompatibleProvider(provider, base_url=base_url), limiter,
+                         bucket_key=provider.bucket_key, max_retries=provider.max_retries,
+                         schema_bounds=provider.schema_bounds, max_completion_tokens=provider.max_completion_tokens)
+
+    async def run():
+        sem = asyncio.Semaphore(args.batcher.max_concurrent_batches)
+
+        async def one(b):
+            async with sem:
+                return await grader.grade(b)
+
+        return await asyncio.gather(*(one(b) for b in batches))
+
+    outs = asyncio.run(run())
+    grades, errors, usage = {}, {}, [0, 0]
+    for o in outs:
+        usage[0] += o.usage.prompt_tokens
+        usage[1] += o.usage.completion_tokens
+        for r in o.results:
+            k, aid = r.student_id.split("|", 1)
+            grades[(k, aid)] = (r.score, r.confidence)
+        for e in o.errors:
+            for sid in e.student_ids:
+                errors[tuple(sid.split("|", 1))] = e.type
+    for e in plan_errors:
+        for sid in e.student_ids:
+            errors[tuple(sid.split("|", 1))] = e.type
+    return grades, errors, usage
+
+
+def plot_confusion(pairs, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    h = [score_level(a, m) for a, _, m in pairs]
+    g = [score_level(b, m) for _, b, m in pairs]
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ConfusionMatrixDisplay.from_predictions(h, g, labels=[0, 1, 2], display_labels=["inc.", "partial", "correct"],
+                                            ax=ax, colorbar=False)
+    ax.set_xlabel("raygrade")
+    ax.set_ylabel("human")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_coverage(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        ax.plot([c["coverage"] for c in curve], [c["qwk"] for c in curve], marker="o", label=name)
+    ax.set_xlabel("coverage (share of items not sent to review)")
+    ax.set_ylabel("QWK on covered items")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--saf")
+    ap.add_argument("--split", default="unseen_answers")
+    ap.add_argument("--limit", type=int, help="grade a stratified slice of this many answers")
+    ap.add_argument("--configs", default="baseline,local", help="comma list of baseline, local, endpoint")
+    ap.add_argument("--paths", default="text,image")
+    ap.add_argument("--examples", type=int, default=3, help="graded training answers in LLM prompts")
+    ap.add_argument("--endpoint-url")
+    ap.add_argument("--endpoint-model")
+    ap.add_argument("--endpoint-key-env", default="OPENAI_API_KEY")
+    ap.add_argument("--endpoint-vision", action="store_true")
+    ap.add_argument("--price-in", type=float, default=0.0, help="endpoint USD per 1M input tokens")
+    ap.add_argument("--price-out", type=float, default=0.0, help="endpoint USD per 1M output tokens")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "fidelity"))
+    a = ap.parse_args(argv)
+    root = find_saf(a.saf)
+    if root is None:
+        raise SystemExit("SAF not found: pass --saf PATH (see ../shared/data/saf)")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    test, train = load_items(root, a.split, a.limit, a.seed)
+    items = [(q.key, x.id, x.score, q.max_score) for q in test for x in q.answers]
+    configs = [c.strip() for c in a.configs.split(",") if c.strip()]
+    paths = [p.strip() for p in a.paths.split(",") if p.strip()]
+    ocr_cache: dict = {}
+    reader = OCRReader()
+    embedder = minilm_embedder() if "baseline" in configs else None
+    server = None
+    report: dict = {"dataset": f"SAF v1.0 English {a.split}", "answers": len(items), "runs": {}}
+    curves = {}
+    try:
+        for cfg in configs:
+            for path in paths:
+                name = f"{cfg}/{path}"
+                t0 = time.perf_counter()
+                pages = read_pages(test, path, ocr_cache)
+                usage, price = [0, 0], (0.0, 0.0)
+                vision = cfg == "endpoint" and a.endpoint_vision and path == "image"
+                if path == "image" and not vision:
+                    pages = ocr(pages, ocr_cache, reader)
+                if cfg == "baseline":
+                    grades, errors = grade_baseline(test, train, pages, embedder)
+                elif cfg == "local":
+                    if server is None:
+                        from raygrade.config import LocalEngineConfig
+                        from raygrade.engine.local_vllm import VLLMServerProcess, prepare_model
+
+                        eng = LocalEngineConfig()
+                        server = VLLMServerProcess(eng, prepare_model(eng))
+                        server.start()
+                        server.wait_ready()
+                    grades, errors, usage = grade_llm(test, train, pages, local_vllm_provider(), server.base_url,
+                                                      a.examples, str(server.model_dir), False)
+                elif cfg == "endpoint":
+                    if not (a.endpoint_url and a.endpoint_model):
+                        raise SystemExit("--configs endpoint needs --endpoint-url and --endpoint-model")
+                    prov = ProviderConfig(name="endpoint", base_url=a.endpoint_url, api_key_env=a.endpoint_key_env,
+                                          model=a.endpoint_model, supports_vision=a.endpoint_vision,
+                                          image_token_rule="gpt-4o" if a.endpoint_vision else "none",
+                                          price_per_mtok_input_usd=a.price_in, price_per_mtok_output_usd=a.price_out)
+                    grades, errors, usage = grade_llm(test, train, pages, prov, a.endpoint_url, a.examples, None,
+                                                      vision)
+                    price = (a.price_in, a.price_out)
+                else:
+                    raise SystemExit(f"unknown config {cfg!r}")
+                wall = time.perf_counter() - t0
+                pairs = [(h, grades[(k, i)][0], m) for k, i, h, m in items if (k, i) in grades]
+                confs = [grades[(k, i)][1] for k, i, h, m in items if (k, i) in grades]
+                per_q = {}
+                for q in test:
+                    qp = [(h, grades[(k, i)][0], m) for k, i, h, m in items if k == q.key and (k, i) in grades]
+                    if qp:
+                        ag = agreement(qp)
+                        per_q[q.key] = {"n": ag.n, "exact": ag.exact, "qwk": ag.qwk}
+                invalid = sum(1 for t in errors.values() if t == "output_parse_error")
+                cost = (usage[0] * price[0] + usage[1] * price[1]) / 1e6
+                run = {
+                    "graded": len(pairs), "errors": len(errors), "invalid_output_rate": invalid / len(items),
+                    "agreement": agreement_with_ci(pairs, n_boot=a.n_boot, seed=a.seed) if pairs else None,
+                    "per_question": per_q, "wall_s": wall, "s_per_1000_answers": wall / len(items) * 1000,
+                    "tokens": {"prompt": usage[0], "completion": usage[1]},
+                    "usd_per_1000_answers": cost / len(items) * 1000,
+                    "coverage": coverage_curve(pairs, confs) if pairs else [],
+                }
+                report["runs"][name] = run
+                if pairs:
+                    plot_confusion(pairs, f"{name} (n={len(pairs)})", out / f"confusion_{cfg}_{path}.png")
+                    curves[name] = run["coverage"]
+                print(f"{name}: graded {len(pairs)}/{len(items)} in {wall:.0f}s", flush=True)
+                write(report, curves, out)  # after every run, so a long run's early results are kept
+    finally:
+        if server is not None:
+            server.stop()
+    print(markdown(report))
+    return report
+
+
+def write(report: dict, curves: dict, out: Path) -> None:
+    if curves:
+        plot_coverage(curves, out / "coverage.png")
+    (out / "fidelity.json").write_text(json.dumps(report, indent=2))
+    (out / "fidelity.md").write_text(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Fidelity: {report['dataset']}, {report['answers']} answers", "",
+             "| config/path | graded | exact [95% CI] | Cohen's κ [95% CI] | QWK [95% CI] | invalid | s/1k answers "
+             "| USD/1k answers |", "|---|---|---|---|---|---|---|---|"]
+
+    def ci(m):
+        return f"{m['value']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]"
+
+    for name, r in report["runs"].items():
+        ag = r["agreement"]
+        cells = [ci(ag["exact"]), ci(ag["kappa"]), ci(ag["qwk"])] if ag else ["-", "-", "-"]
+        lines.append(f"| {name} | {r['graded']} | {' | '.join(cells)} | {r['invalid_output_rate']:.3f} | "
+                     f"{r['s_per_1000_answers']:.0f} | {r['usd_per_1000_answers']:.2f} |")
+    lines += ["", "Per-question QWK:", "", "| question | " + " | ".join(report["runs"]) + " |",
+              "|---|" + "---|" * len(report["runs"])]
+    keys = sorted({k for r in report["runs"].values() for k in r["per_question"]})
+    for k in keys:
+        row = [f"{r['per_question'][k]['qwk']:.2f}" if k in r["per_question"] else "-"
+               for r in report["runs"].values()]
+        lines.append(f"| {k} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
