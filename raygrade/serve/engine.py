@@ -60,4 +60,6 @@ class LocalVLLMServer:
         await asyncio.to_thread(self._server.poll_ready)
 
     def __del__(self):
-        self._server.stop()
+        server = getattr(self, "_server", None)  # absent when __init__ failed early
+        if server is not None:
+            server.stop()
