@@ -12,7 +12,8 @@ Each is run on the answer **text** and on the rendered **image** pages (read by 
 text-only models), so the loss caused by reading is isolated. Reported per
 configuration × path: exact agreement, Cohen's κ and QWK with bootstrap 95 % intervals,
 per-question QWK, invalid-output rate, time and estimated cost per 1,000 answers,
-confusion matrices (PNG) and agreement against coverage (PNG: the share of items
+expected calibration error of the confidences, confusion matrices (PNG) and agreement
+against coverage (PNG: the share of items
 not sent to review, ordered by confidence). Writes ``fidelity.json`` and ``fidelity.md``.
 
     .venv/bin/python benchmarks/fidelity.py --configs baseline,local --paths text,image
@@ -34,7 +35,13 @@ from raygrade.config import ProviderConfig, RaygradeArgs, local_vllm_provider
 from raygrade.demo.job import pick_examples
 from raygrade.demo.render import render_pages
 from raygrade.demo.saf import SAFQuestion, find_saf, load_split
-from raygrade.evaluation import agreement, agreement_with_ci, coverage_curve, score_level
+from raygrade.evaluation import (
+    agreement,
+    agreement_with_ci,
+    coverage_curve,
+    expected_calibration_error,
+    score_level,
+)
 from raygrade.grading import BatchGrader
 from raygrade.prompts import StudentWork
 from raygrade.protocol import GradedExample, ImagePage, Question, TextPage
@@ -278,6 +285,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "tokens": {"prompt": usage[0], "completion": usage[1]},
                     "usd_per_1000_answers": cost / len(items) * 1000,
                     "coverage": coverage_curve(pairs, confs) if pairs else [],
+                    # ECE of confidence as P(level = the human's)
+                    "ece": expected_calibration_error(confs, [score_level(h, m) == score_level(g, m)
+                                                              for h, g, m in pairs]) if pairs else None,
                 }
                 report["runs"][name] = run
                 if pairs:
@@ -301,8 +311,8 @@ def write(report: dict, curves: dict, out: Path) -> None:
 
 def markdown(report: dict) -> str:
     lines = [f"# Fidelity: {report['dataset']}, {report['answers']} answers", "",
-             "| config/path | graded | exact [95% CI] | Cohen's κ [95% CI] | QWK [95% CI] | invalid | s/1k answers "
-             "| USD/1k answers |", "|---|---|---|---|---|---|---|---|"]
+             "| config/path | graded | exact [95% CI] | Cohen's κ [95% CI] | QWK [95% CI] | invalid | ECE "
+             "| s/1k answers | USD/1k answers |", "|---|---|---|---|---|---|---|---|---|"]
 
     def ci(m):
         return f"{m['value']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]"
@@ -310,7 +320,8 @@ def markdown(report: dict) -> str:
     for name, r in report["runs"].items():
         ag = r["agreement"]
         cells = [ci(ag["exact"]), ci(ag["kappa"]), ci(ag["qwk"])] if ag else ["-", "-", "-"]
-        lines.append(f"| {name} | {r['graded']} | {' | '.join(cells)} | {r['invalid_output_rate']:.3f} | "
+        ece = f"{r['ece']:.3f}" if r.get("ece") is not None else "-"
+        lines.append(f"| {name} | {r['graded']} | {' | '.join(cells)} | {r['invalid_output_rate']:.3f} | {ece} | "
                      f"{r['s_per_1000_answers']:.0f} | {r['usd_per_1000_answers']:.2f} |")
     lines += ["", "Per-question QWK:", "", "| question | " + " | ".join(report["runs"]) + " |",
               "|---|" + "---|" * len(report["runs"])]

@@ -89,6 +89,26 @@ def agreement_with_ci(pairs: Sequence[Pair], *, n_boot: int = 1000, seed: int = 
     return out
 
 
+def expected_calibration_error(confidences: Sequence[float], right: Sequence[bool], bins: int = 10) -> float:
+    """ECE: the item-weighted mean |accuracy − mean confidence| over equal-width confidence bins
+    (Naeini et al. 2015; Guo et al. 2017).
+
+    Raises:
+        ValueError: empty input or lengths differ.
+    """
+    if not confidences or len(confidences) != len(right):
+        raise ValueError("need one correctness flag per confidence")
+    total = 0.0
+    for b in range(bins):
+        idx = [i for i, c in enumerate(confidences)
+               if (b / bins < c <= (b + 1) / bins) or (b == 0 and c == 0)]
+        if idx:
+            acc = sum(bool(right[i]) for i in idx) / len(idx)
+            conf = sum(confidences[i] for i in idx) / len(idx)
+            total += len(idx) * abs(acc - conf)
+    return total / len(confidences)
+
+
 def coverage_curve(pairs: Sequence[Pair], confidences: Sequence[float],
                    coverages: Sequence[float] = tuple(i / 10 for i in range(1, 11))) -> list[dict[str, float]]:
     """Agreement on the most confident share of items, for each coverage.

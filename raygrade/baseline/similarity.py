@@ -16,8 +16,10 @@ them; otherwise defaults are used. Measured on all 252 SAF v1.0 English unseen
 answers, thresholds fitted per question on SAF's training split: QWK 0.70 (exact
 0.75) with the default weight 0.75; F1 alone 0.67, cosine alone 0.71.
 
-The feedback names reference terms the answer covers and misses; confidence grows
-with the distance from the nearest threshold (a heuristic, not yet calibrated).
+The feedback names reference terms the answer covers and misses. Confidence is the
+probability that the grade's level is the human's, from an isotonic map of the
+distance to the nearest threshold, cross-fitted on the graded examples
+(:func:`calibrate_margins`); without enough examples a heuristic of that distance.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import bisect
 import collections
 import dataclasses
 import logging
+import random
 import re
 import statistics
 from collections.abc import Callable, Sequence
@@ -120,6 +123,48 @@ def fit_thresholds(sims: Sequence[float], levels: Sequence[int]) -> tuple[float,
     return best[1], best[2]
 
 
+def heuristic_confidence(margin: float) -> float:
+    """Uncalibrated confidence from the distance to the nearest threshold (no examples to fit on)."""
+    return min(0.95, 0.5 + margin / 0.3)
+
+
+def calibrate_margins(sims: Sequence[float], levels: Sequence[int], *, folds: int = 5, seed: int = 0,
+                      min_examples: int = 10) -> Callable[[float], float] | None:
+    """Map a grade's margin (distance to the nearest threshold) to P(level = the human's).
+
+    Cross-fitted: for each of ``folds`` folds, thresholds are fitted on the other folds
+    and the fold's examples are graded; isotonic regression (increasing, in [0, 1])
+    of "level right" on margin over all held-out grades is the map. Isotonic
+    regression keeps the mean, so the mean confidence equals the held-out accuracy
+    (calibration in the large). Zadrozny & Elkan (2002) for isotonic calibration.
+
+    Returns:
+        The map, or ``None`` with fewer than ``min_examples`` examples.
+    """
+    n = len(sims)
+    if n < min_examples:
+        return None
+    from sklearn.isotonic import IsotonicRegression
+
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    margins, right = [], []
+    for f in range(folds):
+        held = set(order[f::folds])
+        train = [i for i in range(n) if i not in held]
+        if len({levels[i] for i in train}) < 2:
+            continue
+        t1, t2 = fit_thresholds([sims[i] for i in train], [levels[i] for i in train])
+        for i in held:
+            pred = 0 if sims[i] < t1 else (1 if sims[i] < t2 else 2)
+            margins.append(min(abs(sims[i] - t1), abs(sims[i] - t2)))
+            right.append(float(pred == levels[i]))
+    if len(set(right)) < 2:
+        return None
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(margins, right)
+    return lambda m: float(iso.predict([m])[0])
+
+
 def level_scores(q: Question) -> tuple[float, float, float]:
     """Scores given for levels 0, 1, 2: zero, the median partial score of the examples
     (half marks by default, snapped to the question's grid), and the maximum."""
@@ -150,7 +195,7 @@ class ReferenceSimilarityGrader:
         self._w = embedding_weight
         self._min_examples = min_examples
         self.model_name = model_name
-        self._fitted: dict[str, tuple[float, float]] = {}
+        self._fitted: dict[str, tuple[float, float, Callable[[float], float] | None]] = {}
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         if self._embedder is None:
@@ -171,13 +216,16 @@ class ReferenceSimilarityGrader:
 
     def thresholds(self, q: Question) -> tuple[float, float]:
         """Thresholds fitted on ``q.examples`` when there are enough, else the defaults."""
+        return self._fit(q)[:2]
+
+    def _fit(self, q: Question) -> tuple[float, float, Callable[[float], float] | None]:
         levels = [score_level(e.score, q.max_score) for e in q.examples]
         if len(q.examples) < self._min_examples or len(set(levels)) < 2 or not q.reference_answer:
-            return DEFAULT_THRESHOLDS
+            return (*DEFAULT_THRESHOLDS, None)
         key = q.model_dump_json(include={"reference_answer", "examples", "max_score"})
         if key not in self._fitted:  # every batch of a job carries the same question
-            sims = self.similarities([e.answer for e in q.examples], q.reference_answer)
-            self._fitted[key] = fit_thresholds([s.combined for s in sims], levels)
+            sims = [s.combined for s in self.similarities([e.answer for e in q.examples], q.reference_answer)]
+            self._fitted[key] = (*fit_thresholds(sims, levels), calibrate_margins(sims, levels))
         return self._fitted[key]
 
     def grade_answers(self, q: Question, answers: Sequence[str]) -> list[tuple[float, float, str]]:
@@ -188,7 +236,7 @@ class ReferenceSimilarityGrader:
         """
         if not q.reference_answer:
             raise ValueError(f"question {q.id!r} has no reference answer to compare with")
-        t1, t2 = self.thresholds(q)
+        t1, t2, calibration = self._fit(q)
         scores = level_scores(q)
         ref_terms = list(dict.fromkeys(content_words(q.reference_answer)))
         out = []
@@ -196,7 +244,7 @@ class ReferenceSimilarityGrader:
             s = sim.combined
             level = 0 if s < t1 else (1 if s < t2 else 2)
             margin = min(abs(s - t1), abs(s - t2))
-            confidence = round(min(0.95, 0.5 + margin / 0.3), 3)
+            confidence = round(calibration(margin) if calibration else heuristic_confidence(margin), 3)
             words = set(content_words(text))
             covered = [t for t in ref_terms if t in words][:6]
             missing = [t for t in ref_terms if t not in words][:6]

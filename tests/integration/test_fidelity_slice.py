@@ -26,6 +26,7 @@ def test_fidelity_slice(tmp_path):
             ci = run["agreement"][m]
             assert ci["lo"] <= ci["value"] <= ci["hi"]
         assert [c["coverage"] for c in run["coverage"]][-1] == 1.0
+        assert 0 <= run["ece"] <= 1
     saved = json.loads((tmp_path / "fidelity.json").read_text())
     assert saved["answers"] == 6
     for name in ("confusion_baseline_text.png", "confusion_baseline_image.png", "coverage.png", "fidelity.md"):

@@ -105,3 +105,34 @@ def test_batch_grading_reports_image_pages_and_missing_reference_per_item():
     assert [(r.student_id, r.question_id, r.score) for r in out.results] == [("a", "q", 1.0)]
     assert {(e.student_ids[0], e.question_ids[0]) for e in out.errors} == {("b", "q"), ("a", "r")}
     assert out.calls == 0 and out.usage.total_tokens == 0
+
+
+def test_margin_calibration_is_monotone_and_calibrated_in_the_large():
+    import random
+
+    from raygrade.baseline.similarity import calibrate_margins
+
+    rng = random.Random(3)
+    sims, levels = [], []
+    for _ in range(120):  # true cuts at 0.4 / 0.7, with label noise near the cuts
+        s = rng.random()
+        lvl = 0 if s < 0.4 else (1 if s < 0.7 else 2)
+        if min(abs(s - 0.4), abs(s - 0.7)) < 0.08 and rng.random() < 0.5:
+            lvl = min(2, lvl + 1) if rng.random() < 0.5 else max(0, lvl - 1)
+        sims.append(s)
+        levels.append(lvl)
+    cal = calibrate_margins(sims, levels)
+    assert cal is not None
+    grid = [cal(m) for m in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)]
+    assert grid == sorted(grid) and 0 <= grid[0] < grid[-1] <= 1
+    assert grid[0] < 0.8 and grid[-1] > 0.9   # near a cut: unsure; far from both: sure
+    assert calibrate_margins(sims[:5], levels[:5]) is None
+
+
+def test_expected_calibration_error():
+    from raygrade.evaluation import expected_calibration_error
+
+    assert expected_calibration_error([0.9] * 10, [True] * 9 + [False]) == pytest.approx(0.0)
+    assert expected_calibration_error([1.0, 1.0], [False, False]) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        expected_calibration_error([], [])
