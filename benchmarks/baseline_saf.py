@@ -18,8 +18,8 @@ from pathlib import Path
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
 from raygrade.evaluation import agreement
+from raygrade.demo.job import saf_question
 from raygrade.demo.saf import find_saf, load_split
-from raygrade.protocol import GradedExample, Question
 
 
 def run(root: Path, split: str) -> dict:
@@ -32,8 +32,7 @@ def run(root: Path, split: str) -> dict:
     t0 = time.perf_counter()
     for sq in test:
         tr = train[sq.key]
-        q = Question(id=sq.key, prompt=sq.text, reference_answer=sq.reference, max_score=sq.max_score,
-                     examples=[GradedExample(answer=a.response, score=a.score) for a in tr.answers if a.response])
+        q = saf_question(sq, tr)
         answers = [a.response for a in sq.answers]
         for name, w in graders.items():
             graded = ReferenceSimilarityGrader(embed, embedding_weight=w).grade_answers(q, answers)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import random
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
 from raygrade.config import ProviderConfig, RaygradeArgs, local_vllm_provider
-from raygrade.demo.job import pick_examples
+from raygrade.demo.job import pick_examples, saf_question
 from raygrade.demo.render import render_pages
 from raygrade.demo.saf import SAFQuestion, find_saf, load_split
 from raygrade.evaluation import (
@@ -44,7 +45,7 @@ from raygrade.evaluation import (
 )
 from raygrade.grading import BatchGrader
 from raygrade.prompts import StudentWork
-from raygrade.protocol import GradedExample, ImagePage, Question, TextPage
+from raygrade.protocol import ImagePage, Question, TextPage
 from raygrade.providers.openai_compat import OpenAICompatibleProvider
 from raygrade.ratelimit.bucket import RateLimiter
 from raygrade.reading.ocr import OCRReader
@@ -72,7 +73,7 @@ def load_items(root: Path, split: str, limit: int | None, seed: int) -> tuple[li
     return test, train
 
 
-def read_pages(test: list[SAFQuestion], path: str, ocr_cache: dict) -> dict[tuple[str, str], list]:
+def read_pages(test: list[SAFQuestion], path: str) -> dict[tuple[str, str], list]:
     """Pages per answer: text as-is, or rendered images (OCR text cached alongside)."""
     pages = {}
     for q in test:
@@ -80,8 +81,6 @@ def read_pages(test: list[SAFQuestion], path: str, ocr_cache: dict) -> dict[tupl
             if path == "text":
                 pages[(q.key, a.id)] = [TextPage(text=a.response or "")]
             else:
-                import base64
-
                 pages[(q.key, a.id)] = [ImagePage(data=base64.b64encode(p).decode())
                                         for p in render_pages(a.response or "", seed=hash((q.key, i)) & 0xFFFF,
                                                               header=f"Q {q.key}")]
@@ -102,9 +101,7 @@ def grade_baseline(test, train, pages, embedder) -> tuple[dict, dict]:
     grades, errors = {}, {}
     for q in test:
         tr = train[q.key]
-        question = Question(id=q.key, prompt=q.text, reference_answer=q.reference, max_score=q.max_score,
-                            examples=[GradedExample(answer=a.response, score=a.score) for a in tr.answers
-                                      if a.response])
+        question = saf_question(q, tr)
         texts = ["\n".join(p.text for p in pages[(q.key, a.id)]) for a in q.answers]
         for a, (score, conf, _) in zip(q.answers, g.grade_answers(question, texts)):
             grades[(q.key, a.id)] = (score, conf)
@@ -237,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
             for path in paths:
                 name = f"{cfg}/{path}"
                 t0 = time.perf_counter()
-                pages = read_pages(test, path, ocr_cache)
+                pages = read_pages(test, path)
                 usage, price = [0, 0], (0.0, 0.0)
                 vision = cfg == "endpoint" and a.endpoint_vision and path == "image"
                 if path == "image" and not vision:

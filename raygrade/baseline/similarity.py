@@ -123,6 +123,11 @@ def fit_thresholds(sims: Sequence[float], levels: Sequence[int]) -> tuple[float,
     return best[1], best[2]
 
 
+def level_for(similarity: float, t_partial: float, t_full: float) -> int:
+    """The level (0, 1, 2) a similarity falls in, given the two thresholds."""
+    return 0 if similarity < t_partial else (1 if similarity < t_full else 2)
+
+
 def heuristic_confidence(margin: float) -> float:
     """Uncalibrated confidence from the distance to the nearest threshold (no examples to fit on)."""
     return min(0.95, 0.5 + margin / 0.3)
@@ -156,7 +161,7 @@ def calibrate_margins(sims: Sequence[float], levels: Sequence[int], *, folds: in
             continue
         t1, t2 = fit_thresholds([sims[i] for i in train], [levels[i] for i in train])
         for i in held:
-            pred = 0 if sims[i] < t1 else (1 if sims[i] < t2 else 2)
+            pred = level_for(sims[i], t1, t2)
             margins.append(min(abs(sims[i] - t1), abs(sims[i] - t2)))
             right.append(float(pred == levels[i]))
     if len(set(right)) < 2:
@@ -242,7 +247,7 @@ class ReferenceSimilarityGrader:
         out = []
         for text, sim in zip(answers, self.similarities(answers, q.reference_answer)):
             s = sim.combined
-            level = 0 if s < t1 else (1 if s < t2 else 2)
+            level = level_for(s, t1, t2)
             margin = min(abs(s - t1), abs(s - t2))
             confidence = round(calibration(margin) if calibration else heuristic_confidence(margin), 3)
             words = set(content_words(text))

@@ -51,6 +51,15 @@ def pick_examples(train: SAFQuestion | None, k: int, rng: random.Random) -> list
     return [GradedExample(answer=a.response, score=a.score, feedback=a.feedback or None) for a in chosen]
 
 
+def saf_question(q: SAFQuestion, train: SAFQuestion | None = None) -> Question:
+    """A SAF question as a :class:`Question`, with every graded training answer of the same
+    question (``train``) as examples: what the baseline grader fits its thresholds on."""
+    examples = [GradedExample(answer=a.response, score=a.score) for a in (train.answers if train else ())
+                if a.response]
+    return Question(id=q.key, prompt=q.text, reference_answer=q.reference or None, max_score=q.max_score,
+                    examples=examples)
+
+
 def saf_job(root: Path, *, questions: int = 6, per_question: int = 6, examples: int = 3, seed: int = 0,
             version: str = "1.0", split: str = "unseen_answers", lang: str = "english", long_answers: int = 2,
             options: JobOptions | None = None) -> tuple[GradingJob, list[HumanGrade]]:

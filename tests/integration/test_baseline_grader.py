@@ -8,8 +8,9 @@ from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embed
 from raygrade.cli import Client
 from raygrade.config import RaygradeArgs, reference_similarity_provider
 from raygrade.evaluation import agreement
+from raygrade.demo.job import saf_question
 from raygrade.demo.saf import find_saf, load_split
-from raygrade.protocol import GradedExample, GradingJob, Question
+from raygrade.protocol import GradingJob, Question
 
 REF = ("A stack is last-in, first-out: push adds an element on top and pop removes the most recently "
        "added element. A queue is first-in, first-out: elements leave in the order they arrived.")
@@ -42,9 +43,7 @@ def test_saf_slice_agreement(embedder):
     train = {q.key: q for q in load_split(root, "training")}
     pairs = []
     for sq in load_split(root, "unseen_answers")[:4]:
-        q = Question(id=sq.key, prompt=sq.text, reference_answer=sq.reference, max_score=sq.max_score,
-                     examples=[GradedExample(answer=a.response, score=a.score)
-                               for a in train[sq.key].answers if a.response])
+        q = saf_question(sq, train[sq.key])
         graded = ReferenceSimilarityGrader(embedder).grade_answers(q, [a.response for a in sq.answers])
         pairs += [(a.score, s, sq.max_score) for a, (s, _, _) in zip(sq.answers, graded)]
     ag = agreement(pairs)

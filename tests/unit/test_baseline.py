@@ -11,6 +11,7 @@ from raygrade.baseline.similarity import (
     ReferenceSimilarityGrader,
     content_words,
     fit_thresholds,
+    level_for,
     level_scores,
     word_f1,
 )
@@ -63,7 +64,7 @@ def test_fit_thresholds_separates_levels():
     levels = [0, 0, 0, 1, 1, 1, 2, 2, 2]
     t1, t2 = fit_thresholds(sims, levels)
     assert 0.2 < t1 < 0.45 and 0.55 < t2 < 0.8
-    pred = [0 if s < t1 else (1 if s < t2 else 2) for s in sims]
+    pred = [level_for(s, t1, t2) for s in sims]
     assert pred == levels
 
 
