@@ -138,12 +138,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     url = a.url
     if url is None:
         t0 = time.monotonic()
+        args = None
         if a.grader == "baseline":
+            args = RaygradeArgs(provider=reference_similarity_provider())
             print("Starting local Ray + Serve with the reference-similarity baseline grader...", flush=True)
         else:
             print("Starting local Ray + Serve (embedded CPU vLLM when no OPENAI_API_KEY); the first start converts "
                   "the model and boots vLLM, about 2 minutes...", flush=True)
-        args = RaygradeArgs(provider=reference_similarity_provider()) if a.grader == "baseline" else None
         url = start_local_app(args, port=a.port)
         print(f"Serve app up at {url} in {time.monotonic() - t0:.0f}s", flush=True)
     client = Client(url, timeout_s=120)
