@@ -47,7 +47,7 @@ from raygrade.grading import BatchGrader
 from raygrade.prompts import StudentWork
 from raygrade.protocol import ImagePage, Question, TextPage
 from raygrade.providers.openai_compat import OpenAICompatibleProvider
-from raygrade.ratelimit.bucket import RateLimiter
+from raygrade.ratelimit.limiter import RateLimiter
 from raygrade.reading.ocr import OCRReader
 from raygrade.serve.batcher import JobPlanner
 from raygrade.tokens import TiktokenCounter, counter_for
@@ -127,7 +127,7 @@ def grade_llm(test, train, pages, provider: ProviderConfig, base_url: str, examp
         Submission(student_id=w.student_id, pages=[TextPage(text="-")], question_ids=w.question_ids) for w in works])
     batches, plan_errors = planner.batches("fidelity", job, works, vision)
     limiter = RateLimiter()
-    limiter.configure(provider.bucket_key, provider.rate_limit.rpm, provider.rate_limit.tpm)
+    limiter.configure(provider.bucket_key, provider.rate_limit.model_dump())
     grader = BatchGrader(OpenAICompatibleProvider(provider, base_url=base_url), limiter,
                          bucket_key=provider.bucket_key, max_retries=provider.max_retries,
                          schema_bounds=provider.schema_bounds, max_completion_tokens=provider.max_completion_tokens)

@@ -22,16 +22,35 @@ ImageTokenRule = Literal["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gp
 
 
 class RateLimitConfig(_Config):
-    """A provider's limits for one model. ``None`` means unlimited.
+    """A provider's limits for one model, and how the shared limiter treats them.
+
+    Enforced by :class:`raygrade.ratelimit.limiter.RateLimiter` (one actor for the
+    whole cluster); the fields mirror :class:`raygrade.ratelimit.limiter.Limits`.
 
     Attributes:
-        rpm: Requests per minute.
+        rpm: Requests per minute (``None``: unlimited unless response headers give one).
         tpm: Tokens per minute, charged as prompt + ``max_tokens`` up front (OpenAI's rule),
             settled with the reported ``usage`` afterwards.
+        window_margin_s: Seconds added to the 60-s window for the delay between a
+            reservation and the provider counting the call.
+        refund_unused: Refund unused ``max_tokens`` on settlement (turn off for a
+            provider that keeps charging the estimate).
+        learn_from_headers: Lower limits / charge unseen usage from ``x-ratelimit-*`` headers.
+        default_backoff_s: Global pause after a 429 that carries no ``Retry-After``.
+        breaker_failure_threshold: Consecutive provider failures that open the circuit breaker.
+        breaker_cooldown_s: Seconds the breaker stays open before a probe (doubles per failed probe).
+        breaker_max_cooldown_s: Cap on that cooldown.
     """
 
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
+    window_margin_s: float = Field(default=1.0, ge=0, le=60)
+    refund_unused: bool = True
+    learn_from_headers: bool = True
+    default_backoff_s: float = Field(default=1.0, gt=0, le=300)
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    breaker_max_cooldown_s: float = Field(default=300.0, gt=0)
 
 
 class ProviderConfig(_Config):

@@ -114,13 +114,17 @@ class ProviderStatusError(ProviderError):
 
     Attributes:
         provider_status: The HTTP status the provider returned.
+        retry_after_s: The provider's ``Retry-After``, in seconds.
+        rate_limit_headers: The response's ``x-ratelimit-*`` headers (for the limiter).
     """
 
     def __init__(self, message: str, *, provider_status: int, retry_after_s: float | None = None,
-                 param: str | None = None, code: str | None = None):
+                 rate_limit_headers: dict[str, str] | None = None, param: str | None = None,
+                 code: str | None = None):
         super().__init__(message, param=param, code=code)
         self.provider_status = provider_status
         self.retry_after_s = retry_after_s
+        self.rate_limit_headers = rate_limit_headers or {}
 
     @property
     def retryable(self) -> bool:  # type: ignore[override]
@@ -155,3 +159,18 @@ class OutputParseError(ProviderError):
 
     error_type = "output_parse_error"
     retryable = True
+
+
+class CircuitOpenError(ProviderError):
+    """The provider's circuit breaker is open: it failed repeatedly, so nothing is sent
+    to it until a probe succeeds. Not retried by the caller; ``retry_after_s`` says when
+    the breaker lets a probe through."""
+
+    status_code = 503
+    error_type = "circuit_open"
+    retryable = False
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.retry_after_s = retry_after_s

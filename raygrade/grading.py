@@ -14,11 +14,17 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from raygrade.errors import OutputParseError, RaygradeError
+from raygrade.errors import (
+    OutputParseError,
+    ProviderConnectionError,
+    ProviderStatusError,
+    ProviderTimeoutError,
+    RaygradeError,
+)
 from raygrade.prompts import PROMPT_VERSION, StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import GradeResult, GradingErrorItem, Question, Usage
 from raygrade.providers.openai_compat import ChatResult
-from raygrade.ratelimit.bucket import Reservation
+from raygrade.ratelimit.limiter import Outcome, Reservation
 from raygrade.retry import call_with_retries
 
 logger = logging.getLogger(__name__)
@@ -63,9 +69,27 @@ class ChatProvider(Protocol):
 
 
 class Limiter(Protocol):
-    async def acquire(self, key: str, tokens: int) -> Reservation: ...
+    """What :class:`BatchGrader` needs from a limiter (``RateLimiter`` or ``ActorLimiter``)."""
 
-    async def settle(self, reservation_id: int, actual_tokens: int | None) -> None: ...
+    async def acquire(self, key: str, tokens: int, *, job: str | None = None) -> Reservation: ...
+
+    async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
+                     retry_after_s: float | None = None, headers: dict[str, str] | None = None) -> None: ...
+
+
+def classify_outcome(exc: BaseException | None) -> Outcome:
+    """How a provider call ended, for the limiter: 429 → ``rate_limited``; 5xx, timeouts
+    and connection errors → ``failure`` (they count for the circuit breaker); other
+    errors (4xx, unparsable responses) → ``client_error``; no error → ``ok``."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, ProviderStatusError):
+        if exc.provider_status == 429:
+            return "rate_limited"
+        return "failure" if exc.provider_status >= 500 else "client_error"
+    if isinstance(exc, (ProviderTimeoutError, ProviderConnectionError)):
+        return "failure"
+    return "client_error"
 
 
 class BatchGrader:
@@ -103,18 +127,21 @@ class BatchGrader:
         estimate = batch.prompt_tokens_estimate + max_tokens
 
         async def attempt() -> ChatResult:
-            r = await self._limiter.acquire(self._key, estimate)
-            actual = None
+            r = await self._limiter.acquire(self._key, estimate, job=batch.job_id)
             try:
                 res = await self._provider.chat(messages, max_tokens=max_tokens,
                                                 temperature=batch.temperature, json_schema=schema,
                                                 model=batch.model)
-                actual = res.usage.total_tokens if res.usage else None
-                return res
-            finally:
+            except BaseException as exc:
                 # A failed call keeps its estimate charged: hosted providers count
                 # rejected and failed requests against the limit too.
-                await self._limiter.settle(r.id, actual)
+                await self._limiter.settle(
+                    r, None, outcome=classify_outcome(exc), retry_after_s=getattr(exc, "retry_after_s", None),
+                    headers=getattr(exc, "rate_limit_headers", None))
+                raise
+            await self._limiter.settle(r, res.usage.total_tokens if res.usage else None,
+                                       headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")})
+            return res
 
         return await call_with_retries(attempt, max_retries=self._max_retries,
                                        retry_after_cap_s=self._retry_after_cap_s, sleep=self._sleep)

@@ -66,7 +66,8 @@ def map_openai_errors() -> Iterator[None]:
     except openai.APIConnectionError as exc:
         raise ProviderConnectionError(f"provider connection failed: {type(exc.__cause__).__name__}") from exc
     except openai.APIStatusError as exc:
-        retry_after = parse_retry_after(dict(exc.response.headers))
+        headers = {k.lower(): v for k, v in exc.response.headers.items()}
+        retry_after = parse_retry_after(headers)
         body = exc.body if isinstance(exc.body, dict) else {}
         err = body.get("error", body) if isinstance(body, dict) else {}
         etype = err.get("type") if isinstance(err, dict) else None
@@ -74,6 +75,7 @@ def map_openai_errors() -> Iterator[None]:
         cls = RateLimitedError if exc.status_code == 429 else ProviderStatusError
         raise cls(f"provider answered HTTP {exc.status_code} ({etype or 'error'})",
                   provider_status=exc.status_code, retry_after_s=retry_after,
+                  rate_limit_headers={k: v for k, v in headers.items() if k.startswith("x-ratelimit-")},
                   code=str(code) if code is not None else None) from exc
     except openai.APIResponseValidationError as exc:
         raise OutputParseError("provider response did not match the OpenAI schema") from exc

@@ -2,16 +2,32 @@
 
 Every grader replica, every job and every bulk regrade reserves through the
 same actor, so the whole cluster stays under each provider's RPM/TPM. The
-actor is detached (it outlives any one replica or Serve app) and looked up by
-name with ``get_if_exists``, so the first caller creates it and the rest find it.
+actor is detached (it outlives any one replica, Serve app or bulk job) and
+looked up by name with ``get_if_exists``, so the first caller creates it and
+the rest find it.
+
+Restarts: Ray restarts the actor (``max_restarts=-1``) with empty state. It then
+knows it was reconstructed and starts every window as if fully used during
+the last minute (:class:`~raygrade.ratelimit.limiter.RateLimiter` with
+``restarted=True``); limits travel with every call, so it reconfigures itself.
+Callers retry an acquire that the dying actor never answered; a settlement
+the new actor does not know only updates headers, pause and breaker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
 import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from raygrade.config import ProviderConfig
-from raygrade.ratelimit.bucket import RateLimiter, Reservation
+from raygrade.ratelimit.limiter import Outcome, Priority, RateLimiter, Reservation
+
+logger = logging.getLogger(__name__)
 
 #: Name of the shared actor (inside the app's Ray namespace).
 TOKEN_BUCKET_ACTOR_NAME = "raygrade-token-bucket"
@@ -22,27 +38,33 @@ class TokenBucketActor:
     """Ray actor wrapping :class:`RateLimiter` (async; many callers wait concurrently)."""
 
     def __init__(self):
-        self._limiter = RateLimiter()
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:
+            logger.warning("token bucket actor restarted: windows start full, capacity returns at the steady rate")
+        self._limiter = RateLimiter(restarted=restarted)
 
-    async def configure(self, key: str, rpm: int | None, tpm: int | None) -> None:
-        self._limiter.configure(key, rpm, tpm)
+    async def acquire(self, key: str, tokens: int, limits: Mapping[str, Any] | None = None,
+                      priority: Priority = "interactive", job: str | None = None) -> Reservation:
+        """Configure ``key`` with ``limits`` (a ``RateLimitConfig`` dump) if needed, then wait and reserve."""
+        if limits is not None:
+            self._limiter.configure(key, limits)
+        return await self._limiter.acquire(key, tokens, priority=priority, job=job)
 
-    async def acquire(self, key: str, tokens: int, rpm: int | None = None,
-                      tpm: int | None = None) -> Reservation:
-        """Configure ``key`` with (rpm, tpm) if needed, then wait and reserve."""
-        self._limiter.configure(key, rpm, tpm)
-        return await self._limiter.acquire(key, tokens)
-
-    async def settle(self, reservation_id: int, actual_tokens: int | None) -> None:
-        await self._limiter.settle(reservation_id, actual_tokens)
+    async def settle(self, reservation: Reservation, actual_tokens: int | None, outcome: Outcome = "ok",
+                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None) -> None:
+        await self._limiter.settle(reservation, actual_tokens, outcome=outcome, retry_after_s=retry_after_s,
+                                   headers=headers)
 
     async def snapshot(self) -> dict:
-        return {"buckets": self._limiter.snapshot(),
-                "admitted_requests": self._limiter.admitted_requests,
-                "admitted_tokens": self._limiter.admitted_tokens}
+        return self._limiter.snapshot()
+
+    async def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
 
-def get_token_bucket(namespace: str):
+def get_token_bucket(namespace: str | None = None):
     """Return the shared token-bucket actor of ``namespace``, creating it if needed."""
     return TokenBucketActor.options(
         name=TOKEN_BUCKET_ACTOR_NAME, namespace=namespace, get_if_exists=True, lifetime="detached",
@@ -53,17 +75,35 @@ class ActorLimiter:
     """Async limiter interface over the shared actor (what :class:`BatchGrader` uses).
 
     Args:
-        provider: Its ``bucket_key`` and ``rate_limit`` configure the bucket.
-        namespace: Ray namespace of the actor.
+        provider: Its ``rate_limit`` configures the bucket on every call.
+        namespace: Ray namespace of the actor (``None``: the caller's).
+        priority: ``"interactive"`` (Serve graders) or ``"bulk"`` (regrades).
+        actor_retries: How often an acquire is retried after the actor died under it.
     """
 
-    def __init__(self, provider: ProviderConfig, namespace: str):
+    def __init__(self, provider: ProviderConfig, namespace: str | None = None, *,
+                 priority: Priority = "interactive", actor_retries: int = 10):
+        self._namespace = namespace
         self._actor = get_token_bucket(namespace)
-        self._limits = (provider.rate_limit.rpm, provider.rate_limit.tpm)
+        self._limits = provider.rate_limit.model_dump()
+        self._priority = priority
+        self._actor_retries = actor_retries
 
-    async def acquire(self, key: str, tokens: int) -> Reservation:
-        # The limits travel with every call, so a restarted actor reconfigures itself.
-        return await self._actor.acquire.remote(key, tokens, *self._limits)
+    async def acquire(self, key: str, tokens: int, *, job: str | None = None) -> Reservation:
+        for attempt in range(self._actor_retries + 1):
+            try:
+                return await self._actor.acquire.remote(key, tokens, self._limits, self._priority, job)
+            except (ActorDiedError, ActorUnavailableError, RayActorError):
+                if attempt == self._actor_retries:
+                    raise
+                # Restarting (or killed for good: then get_if_exists makes a new one).
+                await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
+                self._actor = get_token_bucket(self._namespace)
+        raise AssertionError("unreachable")
 
-    async def settle(self, reservation_id: int, actual_tokens: int | None) -> None:
-        await self._actor.settle.remote(reservation_id, actual_tokens)
+    async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
+                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None) -> None:
+        try:
+            await self._actor.settle.remote(reservation, actual_tokens, outcome, retry_after_s, headers)
+        except (ActorDiedError, ActorUnavailableError, RayActorError):
+            logger.info("token bucket actor restarting; settlement of %s dropped", reservation.id)

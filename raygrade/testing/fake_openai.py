@@ -5,27 +5,38 @@ It behaves like the hosted API where raygrade depends on it:
 - ``POST /v1/chat/completions`` answers with a ``chat.completion`` object, a
   ``usage`` block, and ``x-request-id`` / ``openai-processing-ms`` /
   ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers.
+- Prompt tokens are counted like the real API: tiktoken on the text parts, 3 per
+  message plus 3 to prime the reply (OpenAI cookbook, "How to count tokens with
+  tiktoken"), and GPT-4o tile tokens for each image from its pixel size.
 - With ``response_format={"type": "json_schema"}`` the content is a JSON
   instance of the schema (so graders get well-formed grades).
-- RPM and TPM are enforced per 60-second window, charged up front as estimated
-  input + ``max_tokens``; a request over the limit gets 429 with an OpenAI error
-  body (``type: "requests"`` or ``"tokens"``) and ``retry-after``.
-- Faults can be scripted per request (``script``) for deterministic tests:
-  ``"429"``, ``"500"``, ``"malformed"`` (not JSON), ``"out_of_range"`` (a score
-  above the maximum), ``"truncated"`` (cut JSON, ``finish_reason="length"``),
-  ``"refusal"``.
-- Every request, admitted or rejected, is recorded in ``log`` for auditing.
+- RPM and TPM are enforced over a **sliding 60-second window**: a request is
+  charged input + ``max_tokens`` when admitted, and the charge drops to the
+  actual ``usage`` when it completes (``refund_unused``). A request that would
+  take any trailing minute over a limit gets 429 with an OpenAI error body
+  (``type: "requests"`` or ``"tokens"``), ``retry-after`` / ``retry-after-ms``
+  (when it would fit) and the rate-limit headers; it is not charged.
+- Latency: ``latency_s`` per request plus ``latency_per_token_s`` per completion token.
+- Faults, scripted per request (``script``, for deterministic tests) or drawn at
+  ``fault_rates`` (seeded): ``"429"``, ``"500"``, ``"malformed"`` (not JSON),
+  ``"out_of_range"`` (a score above the maximum), ``"truncated"`` (cut JSON,
+  ``finish_reason="length"``), ``"refusal"``.
+- Every request, admitted or rejected, is recorded in ``log`` for auditing
+  (:func:`audit_windows` checks that no minute went over the limits).
 
-Run standalone: ``python -m raygrade.testing.fake_openai --port 8100``.
+Run standalone: ``python -m raygrade.testing.fake_openai --port 8100 --tpm 200000``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
+import io
 import json
 import math
+import random
 import threading
 import time
 import uuid
@@ -33,13 +44,30 @@ from collections import deque
 from typing import Any
 
 from aiohttp import web
+from PIL import Image
 
 from raygrade.config import ProviderConfig, RateLimitConfig
+from raygrade.tokens import TiktokenCounter, gpt4o_image_tokens
+
+#: Length of the rate-limit window, seconds.
+WINDOW_S = 60.0
+FAULTS = ("429", "500", "malformed", "out_of_range", "truncated", "refusal")
 
 
 @dataclasses.dataclass
 class RequestRecord:
-    """One request as the server saw it."""
+    """One request as the server saw it.
+
+    Attributes:
+        t: Wall-clock time it arrived (``time.time()``).
+        status: HTTP status answered.
+        model: Requested model.
+        charged_tokens: Input + ``max_tokens`` charged on admission (also set for a 429: what it asked for).
+        prompt_tokens, completion_tokens: As reported in ``usage``.
+        fault: The injected fault, if any.
+        mono: ``time.monotonic()`` at admission (or rejection).
+        final_tokens: What stays charged in the window once it completed (0 if rejected).
+    """
 
     t: float
     status: int
@@ -48,6 +76,14 @@ class RequestRecord:
     prompt_tokens: int
     completion_tokens: int
     fault: str | None
+    mono: float = 0.0
+    final_tokens: int = 0
+
+
+@dataclasses.dataclass
+class _Entry:
+    t: float
+    tokens: int
 
 
 def _error(status: int, message: str, etype: str, code: str | None = None, param: str | None = None,
@@ -56,25 +92,58 @@ def _error(status: int, message: str, etype: str, code: str | None = None, param
     return web.json_response(body, status=status, headers=headers)
 
 
+_COUNTER: TiktokenCounter | None = None
+
+
+def _image_size(url: str) -> tuple[int, int] | None:
+    if not url.startswith("data:"):
+        return None
+    try:
+        data = base64.b64decode(url.split(",", 1)[1])
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            return im.size
+    except Exception:
+        return None
+
+
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """Rough token count: 4 characters per token, 85 per image, 4 per message."""
-    n = 0
+    """Prompt tokens as the hosted API counts them (see the module docstring).
+
+    Images that are not ``data:`` URLs or cannot be decoded count 85 tokens (low detail).
+    """
+    global _COUNTER
+    if _COUNTER is None:
+        _COUNTER = TiktokenCounter()
+    n = 3
     for m in messages:
-        n += 4
+        n += 3
         c = m.get("content")
         if isinstance(c, str):
-            n += math.ceil(len(c) / 4)
+            n += _COUNTER.count(c)
         elif isinstance(c, list):
             for part in c:
                 if part.get("type") == "text":
-                    n += math.ceil(len(part.get("text", "")) / 4)
+                    n += _COUNTER.count(part.get("text", ""))
                 elif part.get("type") == "image_url":
-                    n += 85
+                    image = part.get("image_url") or {}
+                    size = _image_size(image.get("url", ""))
+                    detail = "low" if image.get("detail") == "low" else "high"
+                    n += gpt4o_image_tokens(*size, detail=detail) if size else 85
     return n
 
 
-def schema_instance(schema: dict[str, Any], name: str = "") -> Any:
-    """A deterministic JSON value valid under ``schema`` (the subset raygrade emits)."""
+def schema_instance(schema: dict[str, Any], name: str = "", pad_tokens: int | None = None) -> Any:
+    """A deterministic JSON value valid under ``schema`` (the subset raygrade emits).
+
+    With ``pad_tokens``, string fields are lengthened so the whole value is about that many tokens.
+    """
+    if pad_tokens:
+        value = schema_instance(schema, name)
+        strings = _count_strings(value)
+        extra = max(0, pad_tokens - math.ceil(len(json.dumps(value)) / 4))
+        if strings and extra:
+            _pad_strings(value, " Detail" * (extra // strings // 2 + 1))
+        return value
     if "enum" in schema:
         vals = schema["enum"]
         return vals[len(vals) // 2]
@@ -100,25 +169,38 @@ class FakeOpenAIServer:
     """The fake server, run on its own event loop in a background thread.
 
     Args:
-        rpm, tpm: Limits per 60-s window (``None``: unlimited).
-        latency_s: Fixed latency per request.
-        latency_per_token_s: Extra latency per completion token.
+        rpm, tpm: Limits per sliding 60-s window (``None``: unlimited).
+        latency_s: Fixed latency per request, seconds.
+        latency_per_token_s: Extra latency per completion token, seconds.
+        refund_unused: On completion, the charge drops from input + ``max_tokens`` to actual usage.
+        fault_rates: Probability of each fault in :data:`FAULTS` per request (after ``script``).
+        seed: Seed of the fault draws.
+        completion_tokens: When set, completions are padded to about this many tokens
+            (a realistic output length for load tests); otherwise as short as the schema allows.
         api_key: When set, requests must carry ``Authorization: Bearer <api_key>``.
         host, port: Where to listen (port 0 picks a free one).
     """
 
     def __init__(self, *, rpm: int | None = None, tpm: int | None = None, latency_s: float = 0.0,
-                 latency_per_token_s: float = 0.0, api_key: str | None = "sk-test",
-                 host: str = "127.0.0.1", port: int = 0):
+                 latency_per_token_s: float = 0.0, refund_unused: bool = True,
+                 fault_rates: dict[str, float] | None = None, seed: int = 0, completion_tokens: int | None = None,
+                 api_key: str | None = "sk-test", host: str = "127.0.0.1", port: int = 0):
         self.rpm, self.tpm = rpm, tpm
         self.latency_s, self.latency_per_token_s = latency_s, latency_per_token_s
+        self.refund_unused = refund_unused
+        unknown = set(fault_rates or {}) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
+        self.fault_rates = dict(fault_rates or {})
+        self._rng = random.Random(seed)
+        self.completion_tokens = completion_tokens
         self.api_key = api_key
         self.host, self.port = host, port
         self.script: deque[str] = deque()
         self.log: list[RequestRecord] = []
-        self._window_start = time.monotonic()
-        self._window_requests = 0
-        self._window_tokens = 0
+        self._req_window: deque[float] = deque()
+        self._tok_window: deque[_Entry] = deque()
+        self._tok_used = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -152,7 +234,7 @@ class FakeOpenAIServer:
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -170,44 +252,88 @@ class FakeOpenAIServer:
         with self._lock:
             self.log.clear()
             self.script.clear()
-            self._window_start = time.monotonic()
-            self._window_requests = self._window_tokens = 0
+            self._req_window.clear()
+            self._tok_window.clear()
+            self._tok_used = 0
 
     # -- handlers ----------------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
             {"id": "fake-grader", "object": "model", "created": 0, "owned_by": "raygrade-testing"}]})
 
-    def _admit(self, tokens: int) -> tuple[str | None, dict[str, str]]:
+    def _expire(self, now: float) -> None:
+        while self._req_window and self._req_window[0] <= now - WINDOW_S:
+            self._req_window.popleft()
+        while self._tok_window and self._tok_window[0].t <= now - WINDOW_S:
+            self._tok_used -= self._tok_window.popleft().tokens
+
+    def _tokens_free_in(self, tokens: int, now: float) -> float | None:
+        """Seconds until ``tokens`` fit in the token window (``None``: never, above the limit)."""
+        if self.tpm is None or tokens > self.tpm:
+            return None
+        excess, freed = self._tok_used + tokens - self.tpm, 0
+        for e in self._tok_window:
+            freed += e.tokens
+            if freed >= excess:
+                return e.t + WINDOW_S - now
+        return 0.0
+
+    def _admit(self, tokens: int) -> tuple[str | None, dict[str, str], _Entry | None, float]:
+        """Charge one request of ``tokens`` if both windows allow it, under the lock."""
         with self._lock:
             now = time.monotonic()
-            if now - self._window_start >= 60:
-                self._window_start, self._window_requests, self._window_tokens = now, 0, 0
-            reset_s = max(0.0, 60 - (now - self._window_start))
-            over = None
-            if self.rpm is not None and self._window_requests + 1 > self.rpm:
-                over = "requests"
-            elif self.tpm is not None and self._window_tokens + tokens > self.tpm:
-                over = "tokens"
+            self._expire(now)
+            over, retry = None, None
+            if self.rpm is not None and len(self._req_window) + 1 > self.rpm:
+                over, retry = "requests", self._req_window[0] + WINDOW_S - now
+            elif self.tpm is not None and self._tok_used + tokens > self.tpm:
+                over, retry = "tokens", self._tokens_free_in(tokens, now)
+            entry = None
             if over is None:
-                self._window_requests += 1
-                self._window_tokens += tokens
+                self._req_window.append(now)
+                entry = _Entry(now, tokens)
+                self._tok_window.append(entry)
+                self._tok_used += tokens
             headers = {}
             if self.rpm is not None:
+                reset = (self._req_window[-1] + WINDOW_S - now) if self._req_window else 0.0
                 headers["x-ratelimit-limit-requests"] = str(self.rpm)
-                headers["x-ratelimit-remaining-requests"] = str(max(0, self.rpm - self._window_requests))
-                headers["x-ratelimit-reset-requests"] = f"{reset_s:.3f}s"
+                headers["x-ratelimit-remaining-requests"] = str(max(0, self.rpm - len(self._req_window)))
+                headers["x-ratelimit-reset-requests"] = f"{reset:.3f}s"
             if self.tpm is not None:
+                reset = (self._tok_window[-1].t + WINDOW_S - now) if self._tok_window else 0.0
                 headers["x-ratelimit-limit-tokens"] = str(self.tpm)
-                headers["x-ratelimit-remaining-tokens"] = str(max(0, self.tpm - self._window_tokens))
-                headers["x-ratelimit-reset-tokens"] = f"{reset_s:.3f}s"
-            if over:
-                headers["retry-after"] = str(max(1, math.ceil(reset_s)))
-            return over, headers
+                headers["x-ratelimit-remaining-tokens"] = str(max(0, self.tpm - self._tok_used))
+                headers["x-ratelimit-reset-tokens"] = f"{reset:.3f}s"
+            if over and retry is not None:
+                headers["retry-after"] = str(max(1, math.ceil(retry)))
+                headers["retry-after-ms"] = str(max(1, math.ceil(retry * 1000)))
+            return over, headers, entry, now
 
-    def _record(self, *args: Any) -> None:
+    def _complete(self, entry: _Entry, actual: int) -> int:
+        """Settle an admitted request's charge to ``actual`` tokens (if refunds are on)."""
         with self._lock:
-            self.log.append(RequestRecord(time.time(), *args))
+            if self.refund_unused and entry.tokens != actual:
+                if self._tok_window and entry.t > time.monotonic() - WINDOW_S:
+                    self._tok_used += actual - entry.tokens
+                entry.tokens = actual
+            return entry.tokens
+
+    def _record(self, *args: Any, mono: float | None = None, final_tokens: int = 0) -> RequestRecord:
+        rec = RequestRecord(time.time(), *args, mono=mono if mono is not None else time.monotonic(),
+                            final_tokens=final_tokens)
+        with self._lock:
+            self.log.append(rec)
+        return rec
+
+    def _draw_fault(self) -> str | None:
+        with self._lock:
+            if self.script:
+                return self.script.popleft()
+            for fault, p in self.fault_rates.items():
+                if self._rng.random() < p:
+                    return fault
+        return None
 
     async def _chat(self, request: web.Request) -> web.Response:
         rid = f"req_{uuid.uuid4().hex[:24]}"
@@ -230,25 +356,29 @@ class FakeOpenAIServer:
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 4096)
         prompt_tokens = estimate_prompt_tokens(messages)
         charged = prompt_tokens + max_tokens
-        with self._lock:
-            fault = self.script.popleft() if self.script else None
-        over, rl_headers = self._admit(charged) if fault != "429" else ("requests", {"retry-after": "1"})
+        fault = self._draw_fault()
+        if fault == "429":
+            over, rl_headers, entry, mono = "requests", {"retry-after": "1"}, None, time.monotonic()
+        else:
+            over, rl_headers, entry, mono = self._admit(charged)
         headers = {**base_headers, **rl_headers}
         if over:
-            self._record(429, model, charged, prompt_tokens, 0, fault)
+            self._record(429, model, charged, prompt_tokens, 0, fault, mono=mono)
             kind = "requests" if over == "requests" else "tokens"
             limit = self.rpm if kind == "requests" else self.tpm
             return _error(429, f"Rate limit reached for {model} on {kind} per min (RPM/TPM): Limit {limit}. "
                           "Please try again later.", kind, "rate_limit_exceeded", headers=headers)
+        assert entry is not None
         if fault == "500":
-            self._record(500, model, charged, prompt_tokens, 0, fault)
+            # The failed call stays charged at its estimate, as hosted providers do.
+            self._record(500, model, charged, prompt_tokens, 0, fault, mono=mono, final_tokens=charged)
             return _error(500, "The server had an error while processing your request.", "server_error",
                           headers=headers)
 
         rf = body.get("response_format") or {}
         finish_reason, refusal = "stop", None
         if rf.get("type") == "json_schema":
-            value = schema_instance(rf["json_schema"]["schema"])
+            value = schema_instance(rf["json_schema"]["schema"], pad_tokens=self.completion_tokens)
             if fault == "out_of_range":
                 _bump_scores(value)
             content: str | None = json.dumps(value)
@@ -260,13 +390,14 @@ class FakeOpenAIServer:
             content, finish_reason = (content or "")[: max(1, len(content or "") // 2)], "length"
         elif fault == "refusal":
             content, refusal = None, "I can't help with that."
-        completion_tokens = math.ceil(len(content or refusal or "") / 4)
+        completion_tokens = min(max_tokens, math.ceil(len(content or refusal or "") / 4))
         delay = self.latency_s + self.latency_per_token_s * completion_tokens
         started = time.monotonic()
         if delay:
             await asyncio.sleep(delay)
+        final = self._complete(entry, prompt_tokens + completion_tokens)
         headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
-        self._record(200, model, charged, prompt_tokens, completion_tokens, fault)
+        self._record(200, model, charged, prompt_tokens, completion_tokens, fault, mono=mono, final_tokens=final)
         return web.json_response({
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -280,6 +411,27 @@ class FakeOpenAIServer:
         }, headers=headers)
 
 
+def audit_windows(log: list[RequestRecord], window_s: float = WINDOW_S) -> dict[str, float]:
+    """The busiest ``window_s`` window in a server log, from admitted requests' final charges.
+
+    Returns:
+        ``{"admitted", "rejected_429", "max_window_requests", "max_window_tokens"}``: the
+        largest number of requests / tokens admitted in any window starting at an admission.
+    """
+    adm = sorted((r for r in log if r.final_tokens > 0 or r.status == 200), key=lambda r: r.mono)
+    times = [r.mono for r in adm]
+    max_req = max_tok = 0
+    j, tok = 0, 0
+    for i, r in enumerate(adm):  # two pointers over [times[i], times[i] + window_s)
+        while j < len(adm) and times[j] < times[i] + window_s:
+            tok += adm[j].final_tokens
+            j += 1
+        max_req, max_tok = max(max_req, j - i), max(max_tok, tok)
+        tok -= r.final_tokens
+    return {"admitted": len(adm), "rejected_429": sum(1 for r in log if r.status == 429),
+            "max_window_requests": max_req, "max_window_tokens": max_tok}
+
+
 def fake_provider_config(base_url: str, **overrides: Any) -> ProviderConfig:
     """A :class:`ProviderConfig` for this server: key from ``RAYGRADE_FAKE_KEY``, GPT-4o image rule."""
     cfg: dict[str, Any] = dict(
@@ -288,6 +440,23 @@ def fake_provider_config(base_url: str, **overrides: Any) -> ProviderConfig:
         rate_limit=RateLimitConfig(rpm=6_000, tpm=4_000_000), max_retries=2)
     cfg.update(overrides)
     return ProviderConfig(**cfg)
+
+
+def _count_strings(value: Any) -> int:
+    if isinstance(value, dict):
+        return sum(_count_strings(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_count_strings(v) for v in value)
+    return 1 if isinstance(value, str) else 0
+
+
+def _pad_strings(value: Any, pad: str) -> None:
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in list(items):
+        if isinstance(v, str):
+            value[k] = v + pad
+        else:
+            _pad_strings(v, pad)
 
 
 def _bump_scores(value: Any) -> None:
@@ -305,8 +474,10 @@ def main() -> None:  # pragma: no cover - manual use
     ap.add_argument("--rpm", type=int)
     ap.add_argument("--tpm", type=int)
     ap.add_argument("--latency-s", type=float, default=0.0)
+    ap.add_argument("--latency-per-token-s", type=float, default=0.0)
     a = ap.parse_args()
-    srv = FakeOpenAIServer(rpm=a.rpm, tpm=a.tpm, latency_s=a.latency_s, port=a.port).start()
+    srv = FakeOpenAIServer(rpm=a.rpm, tpm=a.tpm, latency_s=a.latency_s, latency_per_token_s=a.latency_per_token_s,
+                           port=a.port).start()
     print(f"fake OpenAI server on {srv.base_url}")
     threading.Event().wait()
 

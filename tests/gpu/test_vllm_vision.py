@@ -15,7 +15,7 @@ from raygrade.demo.job import sample_job
 from raygrade.grading import BatchGrader
 from raygrade.prompts import StudentWork
 from raygrade.providers.openai_compat import OpenAICompatibleProvider
-from raygrade.ratelimit.bucket import RateLimiter
+from raygrade.ratelimit.limiter import RateLimiter
 from raygrade.serve.batcher import JobPlanner
 from raygrade.tokens import TiktokenCounter
 
@@ -35,7 +35,7 @@ def test_vision_model_grades_page_images():
     batches, errors = JobPlanner(args, TiktokenCounter()).batches("gpu", job, works, vision=True)
     assert not errors
     limiter = RateLimiter()
-    limiter.configure(provider.bucket_key, None, None)
+    limiter.configure(provider.bucket_key, provider.rate_limit.model_dump())
     grader = BatchGrader(OpenAICompatibleProvider(provider), limiter, bucket_key=provider.bucket_key,
                          schema_bounds=True)
 

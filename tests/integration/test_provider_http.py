@@ -62,3 +62,79 @@ def test_connection_refused_is_a_connection_error():
 
     with pytest.raises(ProviderConnectionError):
         chat(OpenAICompatibleProvider(fake_provider(f"http://127.0.0.1:{free_port()}/v1", timeout_s=5)))
+
+
+def test_server_counts_tokens_like_the_api_and_refunds_unused_max_tokens():
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (1024, 1024), 255).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "hello"},
+                                         {"type": "image_url", "image_url": {"url": url}}]}]
+    srv = FakeOpenAIServer(tpm=10_000).start()
+    try:
+        p = OpenAICompatibleProvider(fake_provider(srv.base_url))
+
+        async def go():
+            res = await p.chat(msgs, max_tokens=1000, temperature=0)
+            rec = srv.log[0]
+            assert rec.prompt_tokens == res.usage.prompt_tokens == 3 + 3 + 1 + 765, "text + 1024² image = 765"
+            assert rec.charged_tokens == rec.prompt_tokens + 1000
+            assert rec.final_tokens == res.usage.total_tokens < rec.charged_tokens, "unused max_tokens refunded"
+            # After the refund the window has room for a request that would not have fit before.
+            res2 = await p.chat(MSG, max_tokens=10_000 - rec.final_tokens - 20, temperature=0)
+            assert res2.finish_reason == "stop"
+
+        asyncio.run(go())
+    finally:
+        srv.stop()
+
+
+def test_token_429_carries_precise_retry_after_and_rate_limit_headers():
+    srv = FakeOpenAIServer(tpm=1000, refund_unused=False).start()
+    try:
+        p = OpenAICompatibleProvider(fake_provider(srv.base_url))
+
+        async def go():
+            await p.chat(MSG, max_tokens=900, temperature=0)
+            await p.chat(MSG, max_tokens=900, temperature=0)
+
+        with pytest.raises(RateLimitedError) as ei:
+            asyncio.run(go())
+        err = ei.value
+        assert 55 < err.retry_after_s <= 60, "until the first charge leaves the sliding window"
+        assert err.rate_limit_headers["x-ratelimit-limit-tokens"] == "1000"
+        assert int(err.rate_limit_headers["x-ratelimit-remaining-tokens"]) < 900
+    finally:
+        srv.stop()
+
+
+def test_fault_rates_are_seeded_and_logged_and_audit_counts_windows():
+    from raygrade.testing.fake_openai import audit_windows
+
+    def faults(seed):
+        srv = FakeOpenAIServer(fault_rates={"500": 0.3, "malformed": 0.2}, seed=seed).start()
+        try:
+            p = OpenAICompatibleProvider(fake_provider(srv.base_url))
+
+            async def go():
+                for _ in range(30):
+                    try:
+                        await p.chat(MSG, max_tokens=10, temperature=0)
+                    except ProviderStatusError:
+                        pass
+
+            asyncio.run(go())
+            return [r.fault for r in srv.log], audit_windows(srv.log)
+        finally:
+            srv.stop()
+
+    a, audit = faults(1)
+    assert a == faults(1)[0] and {"500", "malformed", None} == set(a)
+    assert audit["admitted"] == 30 and audit["rejected_429"] == 0 and audit["max_window_requests"] == 30
+    with pytest.raises(ValueError):
+        FakeOpenAIServer(fault_rates={"explode": 1.0})

@@ -8,7 +8,7 @@ from raygrade.grading import BatchGrader, GradeBatch
 from raygrade.prompts import StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import Question, TextPage, Usage
 from raygrade.providers.openai_compat import ChatResult
-from raygrade.ratelimit.bucket import RateLimiter
+from raygrade.ratelimit.limiter import RateLimiter
 
 Q = [Question(id="q1", prompt="Name a TCP header field.", max_score=1, reference_answer="sequence number"),
      Question(id="q2", prompt="What does UDP lack?", max_score=2, score_step=0.5)]
@@ -58,7 +58,7 @@ class NoSleep:
 
 def grader(provider, sleep=None, **kw):
     lim = RateLimiter()
-    lim.configure("p/m", None, 10_000)
+    lim.configure("p/m", tpm=10_000)
     return BatchGrader(provider, lim, bucket_key="p/m", sleep=sleep or NoSleep(), **kw), lim
 
 
@@ -70,7 +70,7 @@ def test_happy_path_maps_aliases_back_and_splits_usage():
     assert {(r.student_id, r.question_id) for r in out.results} == {
         ("student-1", "q1"), ("student-1", "q2"), ("student-2", "q1"), ("student-2", "q2")}
     assert out.usage.total_tokens == 100 and all(r.usage.prompt_tokens == 20 for r in out.results)
-    assert lim.admitted_tokens == 100, "the reservation was settled with actual usage"
+    assert lim.snapshot()["p/m"]["tokens_available"] == 10_000 - 100, "settled with actual usage"
 
 
 def test_student_ids_never_reach_the_provider():

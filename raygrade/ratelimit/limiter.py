@@ -1,0 +1,405 @@
+"""The rate limiter every caller shares: RPM/TPM per (provider, model) with priorities,
+fair shares, header learning, global 429 backoff and a circuit breaker.
+
+Plain asyncio with an injected clock and sleep, so it is unit-tested without Ray
+or real time; :class:`raygrade.ratelimit.actor.TokenBucketActor` runs one instance
+for the whole cluster.
+
+Per key (``provider:model``):
+
+- **Reserve, then settle.** A call reserves one request and its estimated tokens
+  (prompt + ``max_tokens``, charged up front as hosted providers do) in two
+  :class:`~raygrade.ratelimit.window.SlidingWindow` s; afterwards it settles with
+  the reported ``usage`` and the unused part of ``max_tokens`` is refunded. A call
+  that failed keeps its estimate (providers count failed calls too).
+- **Queueing.** Waiters are admitted by one pump per key, strictly in order of
+  priority class (``interactive`` before ``bulk``: bulk only gets what interactive
+  leaves), then by start-time fair queueing between jobs of the same class (the job
+  that has been granted the fewest tokens goes first; Goyal et al., "Start-time Fair
+  Queueing", SIGCOMM 1996), then FIFO. The head is never bypassed, so a large
+  request is not starved by small ones.
+- **Header learning.** ``x-ratelimit-limit-*`` lowers a configured limit that is
+  above the provider's real one (or sets an unconfigured one); when
+  ``x-ratelimit-remaining-*`` shows more usage than this limiter charged (another
+  client of the same organisation, or a different token count), the difference is
+  charged until the header's reset time.
+- **429s.** A 429 pauses the key for every caller (``Retry-After``, else
+  ``default_backoff_s``), not just the replica that got it.
+- **Circuit breaker** per key (:class:`~raygrade.ratelimit.breaker.CircuitBreaker`):
+  while open, :meth:`RateLimiter.acquire` raises :class:`CircuitOpenError` at once.
+- **Restart safety.** Built with ``restarted=True`` (the actor was reconstructed and
+  lost its log) each window starts as if it had been used at the limit during the
+  last window, so capacity comes back at the steady rate, never as a burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
+
+from raygrade.errors import CircuitOpenError
+from raygrade.ratelimit.breaker import CircuitBreaker
+from raygrade.ratelimit.window import Charge, SlidingWindow, parse_rate_limit_headers
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+Priority = Literal["interactive", "bulk"]
+Outcome = Literal["ok", "rate_limited", "failure", "client_error"]
+
+#: Lower rank goes first.
+PRIORITY_RANK: dict[str, int] = {"interactive": 0, "bulk": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Limits and policy of one key (the fields of :class:`raygrade.config.RateLimitConfig`).
+
+    Attributes:
+        rpm: Requests per minute (``None``: unlimited until headers say otherwise).
+        tpm: Tokens per minute.
+        window_margin_s: Added to the 60-s window to cover the delay between a
+            reservation here and the provider counting the call.
+        refund_unused: Settle with reported usage (refund unused ``max_tokens``).
+        learn_from_headers: Use ``x-ratelimit-*`` response headers.
+        default_backoff_s: Global pause after a 429 without ``Retry-After``.
+        breaker_failure_threshold, breaker_cooldown_s, breaker_max_cooldown_s:
+            Circuit breaker settings.
+    """
+
+    rpm: int | None = None
+    tpm: int | None = None
+    window_margin_s: float = 1.0
+    refund_unused: bool = True
+    learn_from_headers: bool = True
+    default_backoff_s: float = 1.0
+    breaker_failure_threshold: int = 5
+    breaker_cooldown_s: float = 30.0
+    breaker_max_cooldown_s: float = 300.0
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any] | None) -> Limits:
+        """From a dict (``RateLimitConfig.model_dump()``); unknown keys are ignored."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (m or {}).items() if k in fields})
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """What :meth:`RateLimiter.acquire` granted; pass it back to :meth:`RateLimiter.settle`.
+
+    Attributes:
+        id: Reservation id (unique within one limiter instance).
+        key: The bucket key.
+        tokens: Tokens reserved.
+        waited_s: Seconds spent queued.
+        probe: Whether this call is a circuit-breaker probe.
+    """
+
+    id: int
+    key: str
+    tokens: int
+    waited_s: float
+    probe: bool = False
+
+
+@dataclasses.dataclass
+class _Waiter:
+    seq: int
+    tokens: int
+    rank: int
+    job: str
+    future: asyncio.Future
+    enqueued: float
+
+
+@dataclasses.dataclass
+class _Open:
+    reservation: Reservation
+    req: Charge | None
+    tok: Charge | None
+    admitted_at: float
+
+
+class _KeyState:
+    def __init__(self, key: str, limits: Limits):
+        self.key, self.limits = key, limits
+        self.window_s = 60.0 + limits.window_margin_s
+        self.learned: dict[str, int] = {}
+        self.req: SlidingWindow | None = SlidingWindow(limits.rpm, self.window_s) if limits.rpm else None
+        self.tok: SlidingWindow | None = SlidingWindow(limits.tpm, self.window_s) if limits.tpm else None
+        self.breaker = self._breaker(limits)
+        self.waiters: list[_Waiter] = []
+        self.vtime: dict[tuple[int, str], float] = {}
+        self.vclock: dict[int, float] = {}
+        self.paused_until = 0.0
+        self.timer: asyncio.Task | None = None
+        self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
+                      "failures": 0, "rejected_open": 0, "header_corrections": 0}
+
+    @staticmethod
+    def _breaker(limits: Limits) -> CircuitBreaker:
+        return CircuitBreaker(failure_threshold=limits.breaker_failure_threshold,
+                              cooldown_s=limits.breaker_cooldown_s, max_cooldown_s=limits.breaker_max_cooldown_s)
+
+    def window(self, dim: str) -> SlidingWindow | None:
+        return self.req if dim == "requests" else self.tok
+
+    def effective(self, dim: str) -> int | None:
+        configured = self.limits.rpm if dim == "requests" else self.limits.tpm
+        learned = self.learned.get(dim)
+        if configured and learned:
+            return min(configured, learned)
+        return configured or learned
+
+    def apply_limits(self) -> None:
+        for dim in ("requests", "tokens"):
+            eff, w = self.effective(dim), self.window(dim)
+            if eff is None:
+                w = None
+            elif w is None:
+                w = SlidingWindow(eff, self.window_s)
+            else:
+                w.limit = float(eff)
+            if dim == "requests":
+                self.req = w
+            else:
+                self.tok = w
+
+
+class RateLimiter:
+    """Shared RPM/TPM limiter for many keys; see the module docstring for the policy.
+
+    Args:
+        clock: Monotonic clock in seconds.
+        sleep: Async sleep (``asyncio.sleep``; a fake in tests).
+        restarted: The previous instance's state was lost (actor restart): start
+            every key's windows as if used at the limit (no burst after a restart).
+    """
+
+    def __init__(self, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep, *, restarted: bool = False):
+        self._clock, self._sleep = clock, sleep
+        self._restarted = restarted
+        self._keys: dict[str, _KeyState] = {}
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+        self._open: dict[int, _Open] = {}
+
+    # -- configuration --------------------------------------------------------------------
+    def configure(self, key: str, limits: Limits | Mapping[str, Any] | None = None, *,
+                  rpm: int | None = None, tpm: int | None = None) -> None:
+        """Create or update the limits of ``key``; the same limits again is a no-op.
+
+        ``limits`` may be a :class:`Limits`, a ``RateLimitConfig.model_dump()`` dict,
+        or omitted in favour of ``rpm``/``tpm``. Changing limits keeps what was
+        already charged in the window.
+        """
+        if not isinstance(limits, Limits):
+            limits = Limits.from_mapping(limits) if limits is not None else Limits(rpm=rpm, tpm=tpm)
+        st = self._keys.get(key)
+        if st is None:
+            st = self._keys[key] = _KeyState(key, limits)
+            if self._restarted:
+                now = self._clock()
+                for w in (st.req, st.tok):
+                    if w is not None:
+                        w.prefill(now)
+            return
+        if st.limits != limits:
+            old = st.limits
+            st.limits = limits
+            if (old.breaker_failure_threshold, old.breaker_cooldown_s, old.breaker_max_cooldown_s) != (
+                    limits.breaker_failure_threshold, limits.breaker_cooldown_s, limits.breaker_max_cooldown_s):
+                st.breaker = _KeyState._breaker(limits)
+            st.apply_limits()
+            self._pump(st)
+
+    # -- acquire / settle -----------------------------------------------------------------
+    async def acquire(self, key: str, tokens: int, *, priority: Priority = "interactive",
+                      job: str | None = None) -> Reservation:
+        """Wait until ``key`` admits one request of ``tokens`` tokens, and reserve it.
+
+        Args:
+            key: A configured bucket key.
+            tokens: Estimated tokens (prompt + ``max_tokens``), ≥ 0.
+            priority: ``"interactive"`` (online jobs) or ``"bulk"`` (regrades).
+            job: Fair-share group (a job id); ``None`` shares one group.
+
+        Raises:
+            KeyError: ``key`` was never configured.
+            ValueError: ``tokens`` < 0 or an unknown priority.
+            CircuitOpenError: the key's breaker is open (now or while waiting).
+        """
+        st = self._keys[key]
+        if tokens < 0:
+            raise ValueError("tokens must be >= 0")
+        if priority not in PRIORITY_RANK:
+            raise ValueError(f"priority must be one of {sorted(PRIORITY_RANK)}")
+        now = self._clock()
+        if st.breaker.retry_in(now) > 0 and st.breaker.state == "open":
+            st.stats["rejected_open"] += 1
+            raise CircuitOpenError(f"circuit open for {key}", retry_after_s=st.breaker.retry_in(now))
+        rank, group = PRIORITY_RANK[priority], job or ""
+        if not any(w.rank == rank and w.job == group for w in st.waiters):
+            # A job (re)joining the queue starts at the class's virtual clock: no credit for idle time.
+            vk = (rank, group)
+            st.vtime[vk] = max(st.vtime.get(vk, 0.0), st.vclock.get(rank, 0.0))
+        w = _Waiter(next(self._seq), tokens, rank, group, asyncio.get_running_loop().create_future(), now)
+        st.waiters.append(w)
+        self._pump(st)
+        try:
+            return await w.future
+        except asyncio.CancelledError:
+            if w in st.waiters:
+                st.waiters.remove(w)
+            elif w.future.done() and not w.future.cancelled() and w.future.exception() is None:
+                # Admitted just as the caller gave up: nothing was sent, keep the charge honest.
+                await self.settle(w.future.result(), 0, outcome="client_error")
+            self._pump(st)
+            raise
+
+    async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
+                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None) -> None:
+        """Report how a reserved call ended.
+
+        Args:
+            reservation: What :meth:`acquire` returned (an unknown or already-settled
+                one still updates the key's headers, pause and breaker).
+            actual_tokens: ``usage.total_tokens`` when the provider reported it; the
+                reservation is then adjusted to it. ``None`` keeps the estimate.
+            outcome: ``ok``; ``rate_limited`` (429: pauses the key for everyone);
+                ``failure`` (5xx/timeout/connection: counts for the breaker);
+                ``client_error`` (4xx or invalid output: the provider is healthy).
+            retry_after_s: The provider's ``Retry-After`` with a 429.
+            headers: Response headers (``x-ratelimit-*`` are learned from).
+        """
+        st = self._keys.get(reservation.key)
+        if st is None:
+            return
+        now = self._clock()
+        o = self._open.pop(reservation.id, None)
+        if o is not None and actual_tokens is not None:
+            st.stats["settled_tokens"] += actual_tokens - o.reservation.tokens
+            if st.limits.refund_unused and o.tok is not None and st.tok is not None:
+                st.tok.adjust(o.tok, actual_tokens, now)
+        if headers and st.limits.learn_from_headers:
+            self._learn(st, headers, o.admitted_at if o else now, now)
+        probe = reservation.probe
+        if outcome == "failure":
+            st.stats["failures"] += 1
+            st.breaker.on_failure(now, probe)
+            if st.breaker.state == "open":
+                logger.warning("circuit breaker for %s opened for %.0fs", reservation.key,
+                               st.breaker.current_cooldown_s)
+        else:
+            st.breaker.on_success(probe)
+        if outcome == "rate_limited":
+            st.stats["rate_limited"] += 1
+            pause = retry_after_s if retry_after_s is not None else st.limits.default_backoff_s
+            st.paused_until = max(st.paused_until, now + pause)
+        self._pump(st)
+
+    def _learn(self, st: _KeyState, headers: Mapping[str, str], sent_at: float, now: float) -> None:
+        parsed = parse_rate_limit_headers(headers)
+        changed = False
+        for dim, h in parsed.items():
+            if h.limit and st.learned.get(dim) != h.limit:
+                st.learned[dim] = h.limit
+                changed = True
+        if changed:
+            st.apply_limits()
+        for dim, h in parsed.items():
+            w = st.window(dim)
+            if w is None or h.remaining is None:
+                continue
+            server_limit = h.limit or w.limit
+            # What the provider says is left vs what this limiter can have spent meanwhile.
+            ours_left = w.limit - w.used_since(sent_at, now)
+            theirs_left = h.remaining - max(0.0, server_limit - w.limit)
+            missing = ours_left - theirs_left
+            if missing > 0.5:
+                reset = h.reset_s if h.reset_s is not None else st.window_s
+                w.charge_until(missing, now, now + min(st.window_s, reset))
+                st.stats["header_corrections"] += 1
+
+    # -- the pump -------------------------------------------------------------------------
+    def _head(self, st: _KeyState) -> _Waiter:
+        rank = min(w.rank for w in st.waiters)
+        return min((w for w in st.waiters if w.rank == rank),
+                   key=lambda w: (st.vtime.get((w.rank, w.job), 0.0), w.seq))
+
+    def _pump(self, st: _KeyState) -> None:
+        """Admit waiters while the head fits; otherwise arm one timer for when it will."""
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None
+        while st.waiters:
+            now = self._clock()
+            b = st.breaker
+            if b.retry_in(now) > 0 and b.state == "open":
+                err_wait = b.retry_in(now)
+                for w in st.waiters:
+                    if not w.future.done():
+                        w.future.set_exception(CircuitOpenError("circuit opened while waiting",
+                                                                retry_after_s=err_wait))
+                st.stats["rejected_open"] += len(st.waiters)
+                st.waiters.clear()
+                return
+            w = self._head(st)
+            if w.future.done():  # cancelled by its caller
+                st.waiters.remove(w)
+                continue
+            wait = max(b.retry_in(now), st.paused_until - now,
+                       st.req.wait_for(1, now) if st.req else 0.0,
+                       st.tok.wait_for(w.tokens, now) if st.tok else 0.0)
+            if wait > 0:
+                st.timer = asyncio.get_running_loop().create_task(self._wake(st, wait))
+                return
+            st.waiters.remove(w)
+            probe = b.on_admit(now)
+            req = st.req.charge(1, now) if st.req else None
+            tok = st.tok.charge(w.tokens, now) if st.tok else None
+            vk = (w.rank, w.job)
+            st.vclock[w.rank] = st.vtime.get(vk, 0.0)
+            st.vtime[vk] = st.vtime.get(vk, 0.0) + max(1, w.tokens)
+            if len(st.vtime) > 4096:
+                self._prune(st)
+            r = Reservation(next(self._ids), st.key, w.tokens, now - w.enqueued, probe)
+            self._open[r.id] = _Open(r, req, tok, now)
+            st.stats["admitted_requests"] += 1
+            st.stats["admitted_tokens"] += w.tokens
+            w.future.set_result(r)
+
+    @staticmethod
+    def _prune(st: _KeyState) -> None:
+        queued = {(w.rank, w.job) for w in st.waiters}
+        st.vtime = {k: v for k, v in st.vtime.items() if k in queued}
+
+    async def _wake(self, st: _KeyState, wait: float) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sleep(wait)
+            st.timer = None
+            self._pump(st)
+
+    # -- status ---------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per key: effective limits, availability, queue, pause, breaker and counters."""
+        now = self._clock()
+        out = {}
+        for key, st in self._keys.items():
+            out[key] = {
+                "rpm": st.effective("requests"), "tpm": st.effective("tokens"),
+                "requests_available": st.req.limit - st.req.used(now) if st.req else None,
+                "tokens_available": st.tok.limit - st.tok.used(now) if st.tok else None,
+                "waiting": len(st.waiters), "paused_for_s": max(0.0, st.paused_until - now),
+                "breaker": st.breaker.state, "breaker_opened": st.breaker.times_opened,
+                **st.stats,
+            }
+        return out

@@ -1,0 +1,192 @@
+"""Per-minute budgets as a sliding-window log, and parsing of ``x-ratelimit-*`` headers.
+
+Plain classes with an injected clock: unit-tested without Ray or real time.
+
+Why a sliding window and not a continuously refilled bucket: a bucket of one
+minute's capacity refilled at ``limit/60`` per second admits up to *two*
+minutes' worth in the first 60 s after it was idle, which a provider that
+counts any trailing minute rejects. A log of what was charged in the last
+``window_s`` seconds admits at most ``limit`` in any window of that length,
+which is also within the limit of a fixed-window or a continuously refilled
+provider (any interval of length T then holds at most ``ceil(T/60)·limit ≤
+limit + limit·T/60``). The charge of a call "refills" exactly one window after
+it was made, so the actor that owns these windows is still the cluster's token
+bucket in the usual sense.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+from collections.abc import Mapping
+
+
+@dataclasses.dataclass
+class Charge:
+    """One entry in a :class:`SlidingWindow`: ``amount`` units charged at ``t`` (seconds)."""
+
+    t: float
+    amount: float
+    expires: float
+
+
+class SlidingWindow:
+    """At most ``limit`` units charged in any ``window_s``-second window.
+
+    Args:
+        limit: Units (requests or tokens) per window; must be > 0.
+        window_s: Window length in seconds (60 plus a safety margin for the
+            delay between reserving here and the provider counting the call).
+
+    Raises:
+        ValueError: ``limit`` or ``window_s`` is not positive.
+    """
+
+    def __init__(self, limit: float, window_s: float = 60.0):
+        if limit <= 0 or window_s <= 0:
+            raise ValueError("limit and window_s must be > 0")
+        self.limit, self.window_s = float(limit), float(window_s)
+        self._log: collections.deque[Charge] = collections.deque()
+        self._used = 0.0
+        self._timed: list[Charge] = []  # entries with their own expiry (header corrections)
+        self._expired: collections.deque[Charge] = collections.deque()  # recent expiries, see used_since
+
+    def _expire(self, now: float) -> None:
+        while self._log and self._log[0].expires <= now:
+            c = self._log.popleft()
+            self._used -= c.amount
+            self._expired.append(c)
+        if self._timed:
+            keep = [c for c in self._timed if c.expires > now]
+            for c in self._timed:
+                if c.expires <= now:
+                    self._used -= c.amount
+            self._timed = keep
+        if not self._log and not self._timed:
+            self._used = 0.0  # no float drift when empty
+        while self._expired and self._expired[0].expires < now - self.window_s:
+            self._expired.popleft()
+
+    def used_since(self, since: float, now: float) -> float:
+        """Units that were live at some time in ``[since, now]``: an upper bound on what a
+        provider that answered in that interval can have counted from these charges."""
+        self._expire(now)
+        return self._used + sum(c.amount for c in self._expired if c.expires > since)
+
+    def used(self, now: float) -> float:
+        """Units charged in the window ending at ``now``."""
+        self._expire(now)
+        return self._used
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds from ``now`` until ``amount`` more units fit (0.0 if they fit now).
+
+        An amount above the limit is admitted once the window is empty, so it
+        cannot wait forever (it then blocks the window for a full period).
+        """
+        self._expire(now)
+        need = min(float(amount), self.limit)
+        if self._used + need <= self.limit + 1e-9:
+            return 0.0
+        # Walk the expiries in time order until enough has been freed.
+        freed, excess = 0.0, self._used + need - self.limit
+        for c in sorted([*self._log, *self._timed], key=lambda c: c.expires):
+            freed += c.amount
+            if freed >= excess - 1e-9:
+                return max(0.0, c.expires - now)
+        return 0.0  # only negative (refunded) amounts remain
+
+    def charge(self, amount: float, now: float) -> Charge:
+        """Charge ``amount`` at ``now`` (the caller checked :meth:`wait_for`); returns the entry."""
+        self._expire(now)
+        c = Charge(now, float(amount), now + self.window_s)
+        self._log.append(c)
+        self._used += c.amount
+        return c
+
+    def charge_until(self, amount: float, now: float, expires: float) -> None:
+        """Charge ``amount`` that frees at ``expires`` instead of one window later."""
+        self._expire(now)
+        if amount > 0 and expires > now:
+            self._timed.append(Charge(now, float(amount), expires))
+            self._used += amount
+
+    def adjust(self, entry: Charge, new_amount: float, now: float) -> None:
+        """Change a live entry's amount (a settlement); an expired entry is left alone."""
+        self._expire(now)
+        if entry.expires > now:
+            self._used += new_amount - entry.amount
+            entry.amount = float(new_amount)
+
+    def prefill(self, now: float, steps: int = 60) -> None:
+        """Assume the window was used at exactly the limit, evenly, until ``now``.
+
+        Used after the limiter's actor restarted (what was sent in the last minute
+        is unknown): capacity then frees at the steady rate ``limit/window_s``
+        instead of all at once, so a restart never causes a burst.
+        """
+        self._expire(now)
+        per = self.limit / steps
+        for i in range(1, steps + 1):
+            self._timed.append(Charge(now, per, now + self.window_s * i / steps))
+            self._used += per
+
+
+_DURATION = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<u>ms|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in an OpenAI reset header value: ``"1s"``, ``"6m0s"``, ``"20ms"``, ``"0.5"``.
+
+    Returns ``None`` when absent or unparsable.
+    """
+    if not text:
+        return None
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = list(_DURATION.finditer(text))
+    if not parts or "".join(p.group(0) for p in parts) != text:
+        return None
+    return sum(float(p.group("n")) * _UNIT_S[p.group("u")] for p in parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderLimits:
+    """What a response's ``x-ratelimit-*`` headers say about one dimension."""
+
+    limit: int | None
+    remaining: int | None
+    reset_s: float | None
+
+
+def parse_rate_limit_headers(headers: Mapping[str, str] | None) -> dict[str, HeaderLimits]:
+    """``{"requests": HeaderLimits, "tokens": HeaderLimits}`` from OpenAI's headers.
+
+    Headers: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (OpenAI API
+    reference, "Rate limits"). Dimensions without a limit or remaining header are left out.
+    """
+    out: dict[str, HeaderLimits] = {}
+    if not headers:
+        return out
+    lower = {k.lower(): v for k, v in headers.items()}
+
+    def as_int(v: str | None) -> int | None:
+        try:
+            return int(float(v)) if v is not None else None
+        except ValueError:
+            return None
+
+    for dim in ("requests", "tokens"):
+        limit = as_int(lower.get(f"x-ratelimit-limit-{dim}"))
+        remaining = as_int(lower.get(f"x-ratelimit-remaining-{dim}"))
+        if limit is None and remaining is None:
+            continue
+        reset = parse_duration(lower.get(f"x-ratelimit-reset-{dim}"))
+        out[dim] = HeaderLimits(limit, remaining, reset)
+    return out
+

@@ -1,0 +1,345 @@
+"""The shared rate limiter: windows, settlement, headers, 429s, priorities, fairness,
+breaker and restarts, on a virtual clock (no Ray, no waiting)."""
+
+import asyncio
+
+import pytest
+
+from raygrade.errors import CircuitOpenError
+from raygrade.ratelimit.breaker import CircuitBreaker
+from raygrade.ratelimit.limiter import Limits, RateLimiter
+from raygrade.ratelimit.window import SlidingWindow, parse_duration, parse_rate_limit_headers
+from raygrade.testing.clock import VirtualClock
+
+W = 61.0  # 60 s + the default 1 s margin
+
+
+def run(coro_fn):
+    return asyncio.run(coro_fn())
+
+
+def limiter(clock, restarted=False, **limits):
+    lim = RateLimiter(clock=clock, sleep=clock.sleep, restarted=restarted)
+    lim.configure("k", Limits(**limits))
+    return lim
+
+
+# -- window and header parsing ------------------------------------------------------------
+def test_sliding_window_admits_at_most_the_limit_in_any_window():
+    w = SlidingWindow(100, 60)
+    assert w.wait_for(60, 0) == 0
+    w.charge(60, 0)
+    w.charge(30, 10)
+    assert w.wait_for(20, 20) == pytest.approx(40)  # needs the t=0 charge gone: at 60
+    assert w.wait_for(10, 20) == 0
+    assert w.used(60) == 30 and w.used(70) == 0
+    assert w.wait_for(500, 70) == 0, "an oversized request goes once the window is empty"
+
+
+def test_window_adjust_charge_until_and_used_since():
+    w = SlidingWindow(100, 60)
+    c = w.charge(50, 0)
+    w.adjust(c, 20, 1)
+    assert w.used(1) == 20
+    w.charge_until(30, 1, 11)
+    assert w.used(5) == 50 and w.used(11) == 20
+    assert w.used_since(59, 61) == 20, "expired at 60 but was live at 59"
+    assert w.used_since(60.5, 61) == 0
+
+
+def test_prefill_releases_capacity_at_the_steady_rate():
+    w = SlidingWindow(600, 60)
+    w.prefill(0)
+    assert w.used(0) == pytest.approx(600)
+    assert w.used(30) == pytest.approx(300)
+    assert w.used(60) == pytest.approx(0)
+
+
+@pytest.mark.parametrize("text,seconds", [("1s", 1), ("6m0s", 360), ("20ms", 0.02), ("1h2m3.5s", 3723.5),
+                                          ("0.5", 0.5), ("", None), ("soon", None), ("5x", None)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_parse_rate_limit_headers():
+    h = parse_rate_limit_headers({"X-RateLimit-Limit-Tokens": "30000", "x-ratelimit-remaining-tokens": "29000",
+                                  "x-ratelimit-reset-tokens": "2s", "x-request-id": "r"})
+    assert h["tokens"].limit == 30000 and h["tokens"].remaining == 29000 and h["tokens"].reset_s == 2
+    assert "requests" not in h
+
+
+# -- reservation and settlement -----------------------------------------------------------
+def test_reserve_then_settle_refunds_unused_max_tokens():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=1000)
+        r = await lim.acquire("k", 600)
+        assert lim.snapshot()["k"]["tokens_available"] == 400
+        await lim.settle(r, 150)
+        assert lim.snapshot()["k"]["tokens_available"] == 850
+        await lim.settle(r, 10)  # settling twice changes nothing
+        assert lim.snapshot()["k"]["tokens_available"] == 850
+        failed = await lim.acquire("k", 300)
+        await lim.settle(failed, None, outcome="client_error")
+        assert lim.snapshot()["k"]["tokens_available"] == 550, "a failed call keeps its estimate"
+    run(main)
+
+
+def test_no_refund_when_the_provider_keeps_the_estimate():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=1000, refund_unused=False)
+        await lim.settle(await lim.acquire("k", 600), 100)
+        assert lim.snapshot()["k"]["tokens_available"] == 400
+    run(main)
+
+
+def test_waiter_is_admitted_exactly_when_the_window_frees():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=2, tpm=1000)
+        await lim.acquire("k", 500)
+        await lim.acquire("k", 400)
+        third = asyncio.create_task(lim.acquire("k", 10))  # rpm=2 binds
+        await clock.advance(W - 0.01)
+        assert not third.done()
+        await clock.advance(0.02)
+        assert third.done() and third.result().waited_s == pytest.approx(W, abs=0.02)
+    run(main)
+
+
+def test_unknown_key_and_bad_arguments():
+    async def main():
+        lim = RateLimiter()
+        with pytest.raises(KeyError):
+            await lim.acquire("nope", 1)
+        lim.configure("k", rpm=1)
+        with pytest.raises(ValueError):
+            await lim.acquire("k", -1)
+        with pytest.raises(ValueError):
+            await lim.acquire("k", 1, priority="urgent")
+    run(main)
+
+
+# -- headers ------------------------------------------------------------------------------
+def test_learns_a_lower_real_limit_and_an_unconfigured_one():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=100_000)
+        r = await lim.acquire("k", 1000)
+        await lim.settle(r, 1000, headers={"x-ratelimit-limit-tokens": "30000",
+                                           "x-ratelimit-remaining-tokens": "29000",
+                                           "x-ratelimit-limit-requests": "500",
+                                           "x-ratelimit-remaining-requests": "499"})
+        snap = lim.snapshot()["k"]
+        assert snap["tpm"] == 30_000 and snap["rpm"] == 500
+        assert snap["tokens_available"] == 29_000
+        assert snap["requests_available"] == 499, "the call made before the limit was known is charged too"
+    run(main)
+
+
+def test_configured_limit_below_the_real_one_is_kept():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=10_000)
+        r = await lim.acquire("k", 1000)
+        await lim.settle(r, 1000, headers={"x-ratelimit-limit-tokens": "30000",
+                                           "x-ratelimit-remaining-tokens": "29000"})
+        assert lim.snapshot()["k"]["tpm"] == 10_000 and lim.snapshot()["k"]["tokens_available"] == 9_000
+    run(main)
+
+
+def test_usage_the_limiter_did_not_see_is_charged_until_the_reset():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=10_000)
+        r = await lim.acquire("k", 1000)
+        # Another client of the same organisation used 5000 more.
+        await lim.settle(r, 1000, headers={"x-ratelimit-limit-tokens": "10000",
+                                           "x-ratelimit-remaining-tokens": "4000",
+                                           "x-ratelimit-reset-tokens": "20s"})
+        snap = lim.snapshot()["k"]
+        assert snap["tokens_available"] == pytest.approx(4000) and snap["header_corrections"] == 1
+        await clock.advance(20)
+        assert lim.snapshot()["k"]["tokens_available"] == pytest.approx(9000)
+    run(main)
+
+
+def test_stale_headers_cause_no_correction():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=10_000)
+        old = await lim.acquire("k", 3000)
+        await clock.advance(30)
+        r = await lim.acquire("k", 1000)
+        await clock.advance(W - 30 + 1)  # `old` expired here while `r` was in flight...
+        # ...but the provider answered `r` before that, still counting `old`.
+        await lim.settle(r, 1000, headers={"x-ratelimit-limit-tokens": "10000",
+                                           "x-ratelimit-remaining-tokens": "6000"})
+        assert lim.snapshot()["k"]["header_corrections"] == 0
+        assert old.id != r.id
+    run(main)
+
+
+# -- 429s ---------------------------------------------------------------------------------
+def test_429_pauses_every_caller_for_retry_after():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=1_000_000)
+        r = await lim.acquire("k", 10)
+        await lim.settle(r, None, outcome="rate_limited", retry_after_s=5)
+        others = [asyncio.create_task(lim.acquire("k", 10, job=f"j{i}")) for i in range(3)]
+        await clock.advance(4.9)
+        assert not any(t.done() for t in others)
+        await clock.advance(0.2)
+        assert all(t.done() for t in others)
+        assert lim.snapshot()["k"]["rate_limited"] == 1
+    run(main)
+
+
+def test_429_without_retry_after_uses_the_default_backoff():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=1_000_000, default_backoff_s=2)
+        await lim.settle(await lim.acquire("k", 10), None, outcome="rate_limited")
+        t = asyncio.create_task(lim.acquire("k", 10))
+        await clock.advance(1.9)
+        assert not t.done()
+        await clock.advance(0.2)
+        assert t.done()
+    run(main)
+
+
+# -- priority and fairness ----------------------------------------------------------------
+def test_interactive_goes_ahead_of_bulk_and_bulk_fills_the_rest():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=2)
+        await lim.acquire("k", 1)
+        await lim.acquire("k", 1)  # window full until t0 + W
+        order = []
+
+        async def call(name, prio):
+            await lim.acquire("k", 1, priority=prio, job=name)
+            order.append(name)
+
+        tasks = [asyncio.create_task(call("bulk-1", "bulk")), asyncio.create_task(call("bulk-2", "bulk"))]
+        await clock.settle()
+        tasks += [asyncio.create_task(call("web-1", "interactive")),
+                  asyncio.create_task(call("web-2", "interactive"))]
+        await clock.advance(W)
+        assert order == ["web-1", "web-2"], "interactive queued later still goes first"
+        await clock.advance(W)
+        assert order == ["web-1", "web-2", "bulk-1", "bulk-2"], "bulk gets capacity nobody else wants"
+        await asyncio.gather(*tasks)
+    run(main)
+
+
+def test_jobs_of_one_class_share_fairly():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=1)
+        await lim.acquire("k", 1)
+        order = []
+
+        async def call(job, tokens):
+            await lim.acquire("k", tokens, job=job)
+            order.append(job)
+
+        tasks = [asyncio.create_task(call("A", 100)) for _ in range(6)]
+        await clock.settle()
+        tasks += [asyncio.create_task(call("B", 100)) for _ in range(3)]
+        for _ in range(9):
+            await clock.advance(W)
+        assert order[:6] == ["A", "B", "A", "B", "A", "B"], order
+        await asyncio.gather(*tasks)
+    run(main)
+
+
+def test_a_cancelled_waiter_leaves_the_queue():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=1)
+        await lim.acquire("k", 1)
+        first = asyncio.create_task(lim.acquire("k", 1))
+        second = asyncio.create_task(lim.acquire("k", 1))
+        await clock.settle()
+        first.cancel()
+        await clock.advance(W)
+        assert first.cancelled() and second.done()
+    run(main)
+
+
+# -- circuit breaker ----------------------------------------------------------------------
+def test_breaker_opens_probes_and_closes():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=1_000_000, breaker_failure_threshold=3, breaker_cooldown_s=10)
+        for _ in range(3):
+            await lim.settle(await lim.acquire("k", 1), None, outcome="failure")
+        assert lim.snapshot()["k"]["breaker"] == "open"
+        with pytest.raises(CircuitOpenError) as e:
+            await lim.acquire("k", 1)
+        assert e.value.retry_after_s == pytest.approx(10)
+        await clock.advance(10)
+        probe = await lim.acquire("k", 1)
+        assert probe.probe
+        queued = asyncio.create_task(lim.acquire("k", 1))
+        await clock.advance(1)
+        assert not queued.done(), "one probe at a time while half-open"
+        await lim.settle(probe, None, outcome="failure")  # failed probe: open again, cooldown doubles
+        await clock.settle()
+        with pytest.raises(CircuitOpenError):
+            await queued
+        await clock.advance(19.9)
+        with pytest.raises(CircuitOpenError):
+            await lim.acquire("k", 1)
+        await clock.advance(0.2)
+        probe = await lim.acquire("k", 1)
+        await lim.settle(probe, 5)
+        assert lim.snapshot()["k"]["breaker"] == "closed"
+        assert not (await lim.acquire("k", 1)).probe
+    run(main)
+
+
+def test_breaker_ignores_429s_and_client_errors_and_resets_on_success():
+    b = CircuitBreaker(failure_threshold=2, cooldown_s=5)
+    b.on_failure(0, False)
+    b.on_success(False)
+    b.on_failure(1, False)
+    assert b.state == "closed"
+    b.on_failure(2, False)
+    assert b.state == "open" and b.retry_in(3) == pytest.approx(4)
+    assert b.retry_in(7) == 0 and b.state == "half_open"
+
+
+def test_rate_limited_outcome_does_not_open_the_breaker():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=1_000_000, breaker_failure_threshold=1)
+        await lim.settle(await lim.acquire("k", 1), None, outcome="rate_limited", retry_after_s=0)
+        await lim.settle(await lim.acquire("k", 1), None, outcome="client_error")
+        assert lim.snapshot()["k"]["breaker"] == "closed"
+    run(main)
+
+
+# -- restart ------------------------------------------------------------------------------
+def test_a_restarted_limiter_does_not_burst():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, restarted=True, tpm=6000)  # 100 tokens/s steady
+        admitted = []
+
+        async def worker():
+            while clock.now < 1000 + W:
+                await lim.acquire("k", 100)
+                admitted.append(clock.now)
+
+        tasks = [asyncio.create_task(worker()) for _ in range(4)]
+        await clock.advance(W)
+        for t in tasks:
+            t.cancel()
+        first_10s = sum(1 for t in admitted if t < 1010)
+        assert first_10s <= 11, f"{first_10s} requests of 100 tokens in 10 s after a restart"
+        assert 55 <= len(admitted) <= 61, "and the steady rate comes back"
+    run(main)
