@@ -31,7 +31,9 @@ class RateLimitConfig(_Config):
         rpm: Requests per minute (``None``: unlimited unless response headers give one).
         tpm: Tokens per minute, charged as prompt + ``max_tokens`` up front (OpenAI's rule),
             settled with the reported ``usage`` afterwards.
-        window_margin_s: Seconds added to the 60-s window for the delay between a
+        window_s: The provider's window, seconds (60 for OpenAI; Azure OpenAI checks 1- or
+            10-s windows pro rata); the limiter allows ``rpm·window_s/60`` per window.
+        window_margin_s: Seconds added to the window for the delay between a
             reservation and the provider counting the call.
         refund_unused: Refund unused ``max_tokens`` on settlement (turn off for a
             provider that keeps charging the estimate).
@@ -44,6 +46,7 @@ class RateLimitConfig(_Config):
 
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
+    window_s: float = Field(default=60.0, gt=0, le=3600)
     window_margin_s: float = Field(default=1.0, ge=0, le=60)
     refund_unused: bool = True
     learn_from_headers: bool = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -74,7 +75,17 @@ class Limiter(Protocol):
     async def acquire(self, key: str, tokens: int, *, job: str | None = None) -> Reservation: ...
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
-                     retry_after_s: float | None = None, headers: dict[str, str] | None = None) -> None: ...
+                     retry_after_s: float | None = None, headers: dict[str, str] | None = None,
+                     send_delay_s: float | None = None) -> None: ...
+
+
+def send_delay(elapsed_s: float, headers: dict[str, str]) -> float | None:
+    """Upper bound on when the provider counted a call, in seconds after it was granted:
+    the response time minus the provider's ``openai-processing-ms`` (``None`` without it)."""
+    try:
+        return max(0.0, elapsed_s - float(headers["openai-processing-ms"]) / 1000.0)
+    except (KeyError, ValueError):
+        return None
 
 
 def classify_outcome(exc: BaseException | None) -> Outcome:
@@ -128,6 +139,7 @@ class BatchGrader:
 
         async def attempt() -> ChatResult:
             r = await self._limiter.acquire(self._key, estimate, job=batch.job_id)
+            granted = time.monotonic()
             try:
                 res = await self._provider.chat(messages, max_tokens=max_tokens,
                                                 temperature=batch.temperature, json_schema=schema,
@@ -140,7 +152,8 @@ class BatchGrader:
                     headers=getattr(exc, "rate_limit_headers", None))
                 raise
             await self._limiter.settle(r, res.usage.total_tokens if res.usage else None,
-                                       headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")})
+                                       headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")},
+                                       send_delay_s=send_delay(time.monotonic() - granted, res.headers))
             return res
 
         return await call_with_retries(attempt, max_retries=self._max_retries,

@@ -51,9 +51,10 @@ class TokenBucketActor:
         return await self._limiter.acquire(key, tokens, priority=priority, job=job)
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, outcome: Outcome = "ok",
-                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None) -> None:
+                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
+                     send_delay_s: float | None = None) -> None:
         await self._limiter.settle(reservation, actual_tokens, outcome=outcome, retry_after_s=retry_after_s,
-                                   headers=headers)
+                                   headers=headers, send_delay_s=send_delay_s)
 
     async def snapshot(self) -> dict:
         return self._limiter.snapshot()
@@ -102,8 +103,10 @@ class ActorLimiter:
         raise AssertionError("unreachable")
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
-                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None) -> None:
+                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
+                     send_delay_s: float | None = None) -> None:
         try:
-            await self._actor.settle.remote(reservation, actual_tokens, outcome, retry_after_s, headers)
+            await self._actor.settle.remote(reservation, actual_tokens, outcome, retry_after_s, headers,
+                                            send_delay_s)
         except (ActorDiedError, ActorUnavailableError, RayActorError):
             logger.info("token bucket actor restarting; settlement of %s dropped", reservation.id)

@@ -65,6 +65,9 @@ class Limits:
     Attributes:
         rpm: Requests per minute (``None``: unlimited until headers say otherwise).
         tpm: Tokens per minute.
+        window_s: Length of the provider's window: 60 for OpenAI; shorter for providers
+            that enforce a per-minute limit pro rata over short intervals (Azure OpenAI
+            checks 1- or 10-s windows), i.e. ``rpm·window_s/60`` per window.
         window_margin_s: Added to the 60-s window to cover the delay between a
             reservation here and the provider counting the call.
         refund_unused: Settle with reported usage (refund unused ``max_tokens``).
@@ -76,6 +79,7 @@ class Limits:
 
     rpm: int | None = None
     tpm: int | None = None
+    window_s: float = 60.0
     window_margin_s: float = 1.0
     refund_unused: bool = True
     learn_from_headers: bool = True
@@ -131,10 +135,12 @@ class _Open:
 class _KeyState:
     def __init__(self, key: str, limits: Limits):
         self.key, self.limits = key, limits
-        self.window_s = 60.0 + limits.window_margin_s
-        self.learned: dict[str, int] = {}
-        self.req: SlidingWindow | None = SlidingWindow(limits.rpm, self.window_s) if limits.rpm else None
-        self.tok: SlidingWindow | None = SlidingWindow(limits.tpm, self.window_s) if limits.tpm else None
+        self.scale = limits.window_s / 60.0  # per-minute limit -> per-window limit
+        self.window_s = limits.window_s + limits.window_margin_s
+        self.learned: dict[str, float] = {}  # per minute
+        self.req: SlidingWindow | None = None
+        self.tok: SlidingWindow | None = None
+        self.apply_limits()
         self.breaker = self._breaker(limits)
         self.waiters: list[_Waiter] = []
         self.vtime: dict[tuple[int, str], float] = {}
@@ -152,7 +158,8 @@ class _KeyState:
     def window(self, dim: str) -> SlidingWindow | None:
         return self.req if dim == "requests" else self.tok
 
-    def effective(self, dim: str) -> int | None:
+    def effective(self, dim: str) -> float | None:
+        """The per-minute limit in force: the configured one, lowered by a learned one."""
         configured = self.limits.rpm if dim == "requests" else self.limits.tpm
         learned = self.learned.get(dim)
         if configured and learned:
@@ -165,9 +172,9 @@ class _KeyState:
             if eff is None:
                 w = None
             elif w is None:
-                w = SlidingWindow(eff, self.window_s)
+                w = SlidingWindow(eff * self.scale, self.window_s)
             else:
-                w.limit = float(eff)
+                w.limit = float(eff * self.scale)
             if dim == "requests":
                 self.req = w
             else:
@@ -214,6 +221,13 @@ class RateLimiter:
             return
         if st.limits != limits:
             old = st.limits
+            if (old.window_s, old.window_margin_s) != (limits.window_s, limits.window_margin_s):
+                if st.timer is not None:
+                    st.timer.cancel()
+                self._keys[key] = _KeyState(key, limits)  # a different window: start over
+                self._keys[key].waiters = st.waiters
+                self._pump(self._keys[key])
+                return
             st.limits = limits
             if (old.breaker_failure_threshold, old.breaker_cooldown_s, old.breaker_max_cooldown_s) != (
                     limits.breaker_failure_threshold, limits.breaker_cooldown_s, limits.breaker_max_cooldown_s):
@@ -266,7 +280,8 @@ class RateLimiter:
             raise
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
-                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None) -> None:
+                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
+                     send_delay_s: float | None = None) -> None:
         """Report how a reserved call ended.
 
         Args:
@@ -279,12 +294,19 @@ class RateLimiter:
                 ``client_error`` (4xx or invalid output: the provider is healthy).
             retry_after_s: The provider's ``Retry-After`` with a 429.
             headers: Response headers (``x-ratelimit-*`` are learned from).
+            send_delay_s: Upper bound on the seconds between the grant and the provider
+                counting the call (response time minus ``openai-processing-ms``); the
+                call's charges then leave the window that much later.
         """
         st = self._keys.get(reservation.key)
         if st is None:
             return
         now = self._clock()
         o = self._open.pop(reservation.id, None)
+        if o is not None and send_delay_s and send_delay_s > 0:
+            for w, c in ((st.req, o.req), (st.tok, o.tok)):
+                if w is not None and c is not None:
+                    w.postpone(c, send_delay_s, now)
         if o is not None and actual_tokens is not None:
             st.stats["settled_tokens"] += actual_tokens - o.reservation.tokens
             if st.limits.refund_unused and o.tok is not None and st.tok is not None:
@@ -310,8 +332,9 @@ class RateLimiter:
         parsed = parse_rate_limit_headers(headers)
         changed = False
         for dim, h in parsed.items():
-            if h.limit and st.learned.get(dim) != h.limit:
-                st.learned[dim] = h.limit
+            # Headers speak in the provider's window; learned limits are kept per minute.
+            if h.limit and st.learned.get(dim) != h.limit / st.scale:
+                st.learned[dim] = h.limit / st.scale
                 changed = True
         if changed:
             st.apply_limits()

@@ -29,6 +29,12 @@ class Charge:
     t: float
     amount: float
     expires: float
+    before: float = 0.0          # amount before the last adjustment
+    adjusted_at: float = float("-inf")
+
+    def peak_since(self, since: float) -> float:
+        """The largest amount this entry had at any time after ``since``."""
+        return max(self.amount, self.before) if self.adjusted_at >= since else self.amount
 
 
 class SlidingWindow:
@@ -69,10 +75,12 @@ class SlidingWindow:
             self._expired.popleft()
 
     def used_since(self, since: float, now: float) -> float:
-        """Units that were live at some time in ``[since, now]``: an upper bound on what a
-        provider that answered in that interval can have counted from these charges."""
+        """Units that were live at some time in ``[since, now]``, each at its largest amount
+        then (before a refund): an upper bound on what a provider that answered in that
+        interval can have counted from these charges."""
         self._expire(now)
-        return self._used + sum(c.amount for c in self._expired if c.expires > since)
+        return sum(c.peak_since(since) for c in (*self._log, *self._timed)) + sum(
+            c.peak_since(since) for c in self._expired if c.expires > since)
 
     def used(self, now: float) -> float:
         """Units charged in the window ending at ``now``."""
@@ -117,7 +125,20 @@ class SlidingWindow:
         self._expire(now)
         if entry.expires > now:
             self._used += new_amount - entry.amount
+            entry.before, entry.adjusted_at = entry.amount, now
             entry.amount = float(new_amount)
+
+    def postpone(self, entry: Charge, seconds: float, now: float) -> None:
+        """Expire a live entry ``seconds`` later (the provider counted the call late)."""
+        self._expire(now)
+        if seconds <= 0 or entry.expires <= now:
+            return
+        try:
+            self._log.remove(entry)
+        except ValueError:
+            return
+        entry.expires += seconds
+        self._timed.append(entry)
 
     def prefill(self, now: float, steps: int = 60) -> None:
         """Assume the window was used at exactly the limit, evenly, until ``now``.

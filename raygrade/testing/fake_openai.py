@@ -10,7 +10,9 @@ It behaves like the hosted API where raygrade depends on it:
   tiktoken"), and GPT-4o tile tokens for each image from its pixel size.
 - With ``response_format={"type": "json_schema"}`` the content is a JSON
   instance of the schema (so graders get well-formed grades).
-- RPM and TPM are enforced over a **sliding 60-second window**: a request is
+- RPM and TPM are enforced over a **sliding 60-second window** (or a shorter
+  ``window_s``, allowing ``rpm·window_s/60`` per window, as Azure OpenAI does; the
+  ``x-ratelimit-*`` headers then speak in the window's units): a request is
   charged input + ``max_tokens`` when admitted, and the charge drops to the
   actual ``usage`` when it completes (``refund_unused``). A request that would
   take any trailing minute over a limit gets 429 with an OpenAI error body
@@ -169,7 +171,8 @@ class FakeOpenAIServer:
     """The fake server, run on its own event loop in a background thread.
 
     Args:
-        rpm, tpm: Limits per sliding 60-s window (``None``: unlimited).
+        rpm, tpm: Limits per minute (``None``: unlimited).
+        window_s: Length of the sliding window; the window allows ``rpm·window_s/60``.
         latency_s: Fixed latency per request, seconds.
         latency_per_token_s: Extra latency per completion token, seconds.
         refund_unused: On completion, the charge drops from input + ``max_tokens`` to actual usage.
@@ -181,11 +184,16 @@ class FakeOpenAIServer:
         host, port: Where to listen (port 0 picks a free one).
     """
 
-    def __init__(self, *, rpm: int | None = None, tpm: int | None = None, latency_s: float = 0.0,
+    def __init__(self, *, rpm: int | None = None, tpm: int | None = None, window_s: float = WINDOW_S,
+                 latency_s: float = 0.0,
                  latency_per_token_s: float = 0.0, refund_unused: bool = True,
                  fault_rates: dict[str, float] | None = None, seed: int = 0, completion_tokens: int | None = None,
                  api_key: str | None = "sk-test", host: str = "127.0.0.1", port: int = 0):
         self.rpm, self.tpm = rpm, tpm
+        self.window_s = window_s
+        # Limits per window, in the window's units.
+        self._rpm_w = int(rpm * window_s / WINDOW_S) if rpm is not None else None
+        self._tpm_w = int(tpm * window_s / WINDOW_S) if tpm is not None else None
         self.latency_s, self.latency_per_token_s = latency_s, latency_per_token_s
         self.refund_unused = refund_unused
         unknown = set(fault_rates or {}) - set(FAULTS)
@@ -262,20 +270,20 @@ class FakeOpenAIServer:
             {"id": "fake-grader", "object": "model", "created": 0, "owned_by": "raygrade-testing"}]})
 
     def _expire(self, now: float) -> None:
-        while self._req_window and self._req_window[0] <= now - WINDOW_S:
+        while self._req_window and self._req_window[0] <= now - self.window_s:
             self._req_window.popleft()
-        while self._tok_window and self._tok_window[0].t <= now - WINDOW_S:
+        while self._tok_window and self._tok_window[0].t <= now - self.window_s:
             self._tok_used -= self._tok_window.popleft().tokens
 
     def _tokens_free_in(self, tokens: int, now: float) -> float | None:
         """Seconds until ``tokens`` fit in the token window (``None``: never, above the limit)."""
-        if self.tpm is None or tokens > self.tpm:
+        if self._tpm_w is None or tokens > self._tpm_w:
             return None
-        excess, freed = self._tok_used + tokens - self.tpm, 0
+        excess, freed = self._tok_used + tokens - self._tpm_w, 0
         for e in self._tok_window:
             freed += e.tokens
             if freed >= excess:
-                return e.t + WINDOW_S - now
+                return e.t + self.window_s - now
         return 0.0
 
     def _admit(self, tokens: int) -> tuple[str | None, dict[str, str], _Entry | None, float]:
@@ -284,9 +292,9 @@ class FakeOpenAIServer:
             now = time.monotonic()
             self._expire(now)
             over, retry = None, None
-            if self.rpm is not None and len(self._req_window) + 1 > self.rpm:
-                over, retry = "requests", self._req_window[0] + WINDOW_S - now
-            elif self.tpm is not None and self._tok_used + tokens > self.tpm:
+            if self._rpm_w is not None and len(self._req_window) + 1 > self._rpm_w:
+                over, retry = "requests", self._req_window[0] + self.window_s - now
+            elif self._tpm_w is not None and self._tok_used + tokens > self._tpm_w:
                 over, retry = "tokens", self._tokens_free_in(tokens, now)
             entry = None
             if over is None:
@@ -295,15 +303,15 @@ class FakeOpenAIServer:
                 self._tok_window.append(entry)
                 self._tok_used += tokens
             headers = {}
-            if self.rpm is not None:
-                reset = (self._req_window[-1] + WINDOW_S - now) if self._req_window else 0.0
-                headers["x-ratelimit-limit-requests"] = str(self.rpm)
-                headers["x-ratelimit-remaining-requests"] = str(max(0, self.rpm - len(self._req_window)))
+            if self._rpm_w is not None:
+                reset = (self._req_window[-1] + self.window_s - now) if self._req_window else 0.0
+                headers["x-ratelimit-limit-requests"] = str(self._rpm_w)
+                headers["x-ratelimit-remaining-requests"] = str(max(0, self._rpm_w - len(self._req_window)))
                 headers["x-ratelimit-reset-requests"] = f"{reset:.3f}s"
-            if self.tpm is not None:
-                reset = (self._tok_window[-1].t + WINDOW_S - now) if self._tok_window else 0.0
-                headers["x-ratelimit-limit-tokens"] = str(self.tpm)
-                headers["x-ratelimit-remaining-tokens"] = str(max(0, self.tpm - self._tok_used))
+            if self._tpm_w is not None:
+                reset = (self._tok_window[-1].t + self.window_s - now) if self._tok_window else 0.0
+                headers["x-ratelimit-limit-tokens"] = str(self._tpm_w)
+                headers["x-ratelimit-remaining-tokens"] = str(max(0, self._tpm_w - self._tok_used))
                 headers["x-ratelimit-reset-tokens"] = f"{reset:.3f}s"
             if over and retry is not None:
                 headers["retry-after"] = str(max(1, math.ceil(retry)))
@@ -314,7 +322,7 @@ class FakeOpenAIServer:
         """Settle an admitted request's charge to ``actual`` tokens (if refunds are on)."""
         with self._lock:
             if self.refund_unused and entry.tokens != actual:
-                if self._tok_window and entry.t > time.monotonic() - WINDOW_S:
+                if self._tok_window and entry.t > time.monotonic() - self.window_s:
                     self._tok_used += actual - entry.tokens
                 entry.tokens = actual
             return entry.tokens
@@ -365,7 +373,7 @@ class FakeOpenAIServer:
         if over:
             self._record(429, model, charged, prompt_tokens, 0, fault, mono=mono)
             kind = "requests" if over == "requests" else "tokens"
-            limit = self.rpm if kind == "requests" else self.tpm
+            limit = self._rpm_w if kind == "requests" else self._tpm_w
             return _error(429, f"Rate limit reached for {model} on {kind} per min (RPM/TPM): Limit {limit}. "
                           "Please try again later.", kind, "rate_limit_exceeded", headers=headers)
         assert entry is not None

@@ -343,3 +343,47 @@ def test_a_restarted_limiter_does_not_burst():
         assert first_10s <= 11, f"{first_10s} requests of 100 tokens in 10 s after a restart"
         assert 55 <= len(admitted) <= 61, "and the steady rate comes back"
     run(main)
+
+
+def test_short_provider_windows_allow_the_pro_rata_share():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=600, window_s=6, window_margin_s=0)  # 60 tokens per 6 s
+        await lim.acquire("k", 60)
+        t = asyncio.create_task(lim.acquire("k", 1))
+        await clock.advance(5.9)
+        assert not t.done()
+        await clock.advance(0.2)
+        assert t.done()
+        # A learned limit arrives in the window's units too: 30 per 6 s is 300 per minute.
+        await lim.settle(t.result(), 1, headers={"x-ratelimit-limit-tokens": "30",
+                                                 "x-ratelimit-remaining-tokens": "29"})
+        assert lim.snapshot()["k"]["tpm"] == 300 and lim.snapshot()["k"]["tokens_available"] == 29
+    run(main)
+
+
+def test_headers_taken_before_a_concurrent_refund_cause_no_correction():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=2000)
+        a = await lim.acquire("k", 500)
+        b = await lim.acquire("k", 500)
+        await lim.settle(a, 100)  # a's refund happened after the provider answered b
+        await lim.settle(b, 100, headers={"x-ratelimit-limit-tokens": "2000",
+                                          "x-ratelimit-remaining-tokens": "1000"})
+        assert lim.snapshot()["k"]["header_corrections"] == 0
+    run(main)
+
+
+def test_a_call_the_provider_counted_late_leaves_the_window_late():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=1)
+        r = await lim.acquire("k", 1)
+        await lim.settle(r, 1, send_delay_s=5)
+        t = asyncio.create_task(lim.acquire("k", 1))
+        await clock.advance(W + 4.9)
+        assert not t.done()
+        await clock.advance(0.2)
+        assert t.done()
+    run(main)
