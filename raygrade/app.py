@@ -27,20 +27,33 @@ from raygrade.serve.job_registry import JobRegistry
 from raygrade.serve.reader import PageReader
 
 
-def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
+def build_app(args: RaygradeArgs | dict[str, Any] | None = None, *,
+              deployment_options: dict[str, dict[str, Any]] | None = None) -> Application:
     """Build the raygrade Serve application.
 
     Args:
         args: :class:`RaygradeArgs` or its dict form (from YAML). ``None`` → defaults:
             OpenAI if ``OPENAI_API_KEY`` is set, else the embedded CPU vLLM.
+        deployment_options: Per-deployment ``.options(...)`` from Python, e.g.
+            ``{"Grader": {"autoscaling_config": {"min_replicas": 4, "max_replicas": 8}}}``
+            (``serve_config.yaml`` does the same with its ``deployments:`` list).
 
     Raises:
         pydantic.ValidationError: unknown or invalid fields in ``args``.
+        ValueError: ``deployment_options`` names an unknown deployment.
     """
     args = args if isinstance(args, RaygradeArgs) else RaygradeArgs.model_validate(args or {})
-    engine = LocalVLLMServer.bind(args.local_engine) if args.local_engine is not None else None
-    registry = JobRegistry.bind()
-    reader = PageReader.bind()
-    grader = Grader.bind(args.provider, args.batcher, args.namespace, engine)
-    batcher = Batcher.bind(args, registry, reader, grader, engine)
-    return RaygradeIngress.bind(registry, batcher)
+    opts = dict(deployment_options or {})
+    deployments = {d.name: d for d in (LocalVLLMServer, JobRegistry, PageReader, Grader, Batcher, RaygradeIngress)}
+    if unknown := set(opts) - set(deployments):
+        raise ValueError(f"unknown deployments {sorted(unknown)}; known: {sorted(deployments)}")
+
+    def dep(d):
+        return d.options(**opts[d.name]) if d.name in opts else d
+
+    engine = dep(LocalVLLMServer).bind(args.local_engine) if args.local_engine is not None else None
+    registry = dep(JobRegistry).bind()
+    reader = dep(PageReader).bind()
+    grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, engine)
+    batcher = dep(Batcher).bind(args, registry, reader, grader, engine)
+    return dep(RaygradeIngress).bind(registry, batcher)

@@ -240,6 +240,9 @@ class FakeOpenAIServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        # Test-only endpoints for a server run in another process (benchmarks).
+        app.router.add_get("/_raygrade/log", self._get_log)
+        app.router.add_post("/_raygrade/reset", self._post_reset)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
@@ -268,6 +271,15 @@ class FakeOpenAIServer:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
             {"id": "fake-grader", "object": "model", "created": 0, "owned_by": "raygrade-testing"}]})
+
+    async def _get_log(self, request: web.Request) -> web.Response:
+        with self._lock:
+            rows = [dataclasses.asdict(r) for r in self.log]
+        return web.json_response({"log": rows, "rpm": self.rpm, "tpm": self.tpm, "window_s": self.window_s})
+
+    async def _post_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True})
 
     def _expire(self, now: float) -> None:
         while self._req_window and self._req_window[0] <= now - self.window_s:
@@ -476,17 +488,22 @@ def _bump_scores(value: Any) -> None:
                 _bump_scores(v)
 
 
-def main() -> None:  # pragma: no cover - manual use
+def main() -> None:  # pragma: no cover - manual use and benchmarks
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=8100)
     ap.add_argument("--rpm", type=int)
     ap.add_argument("--tpm", type=int)
+    ap.add_argument("--window-s", type=float, default=WINDOW_S)
     ap.add_argument("--latency-s", type=float, default=0.0)
     ap.add_argument("--latency-per-token-s", type=float, default=0.0)
+    ap.add_argument("--completion-tokens", type=int)
+    ap.add_argument("--no-refund", action="store_true", help="keep charging input + max_tokens")
+    ap.add_argument("--api-key", default="sk-test")
     a = ap.parse_args()
-    srv = FakeOpenAIServer(rpm=a.rpm, tpm=a.tpm, latency_s=a.latency_s, latency_per_token_s=a.latency_per_token_s,
-                           port=a.port).start()
-    print(f"fake OpenAI server on {srv.base_url}")
+    srv = FakeOpenAIServer(rpm=a.rpm, tpm=a.tpm, window_s=a.window_s, latency_s=a.latency_s,
+                           latency_per_token_s=a.latency_per_token_s, completion_tokens=a.completion_tokens,
+                           refund_unused=not a.no_refund, api_key=a.api_key, port=a.port).start()
+    print(f"fake OpenAI server on {srv.base_url}", flush=True)
     threading.Event().wait()
 
 

@@ -8,7 +8,7 @@ from raygrade.grading import BatchGrader, GradeBatch
 from raygrade.prompts import StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import Question, TextPage, Usage
 from raygrade.providers.openai_compat import ChatResult
-from raygrade.ratelimit.limiter import RateLimiter
+from raygrade.ratelimit.limiter import Limits, RateLimiter
 
 Q = [Question(id="q1", prompt="Name a TCP header field.", max_score=1, reference_answer="sequence number"),
      Question(id="q2", prompt="What does UDP lack?", max_score=2, score_step=0.5)]
@@ -49,17 +49,25 @@ class ScriptedProvider:
 
 
 class NoSleep:
+    """Records sleeps and advances a virtual clock instead of waiting."""
+
     def __init__(self):
         self.slept = []
+        self.now = 0.0
 
     async def __call__(self, s):
         self.slept.append(s)
+        self.now += s
+
+    def clock(self):
+        return self.now
 
 
-def grader(provider, sleep=None, **kw):
-    lim = RateLimiter()
-    lim.configure("p/m", tpm=10_000)
-    return BatchGrader(provider, lim, bucket_key="p/m", sleep=sleep or NoSleep(), **kw), lim
+def grader(provider, sleep=None, limits=None, **kw):
+    sleep = sleep or NoSleep()
+    lim = RateLimiter(clock=sleep.clock, sleep=sleep)
+    lim.configure("p/m", limits or Limits(tpm=10_000))
+    return BatchGrader(provider, lim, bucket_key="p/m", sleep=sleep, **kw), lim
 
 
 def test_happy_path_maps_aliases_back_and_splits_usage():
@@ -114,9 +122,21 @@ def test_retry_after_is_honoured_then_success():
     sleep = NoSleep()
     p = ScriptedProvider([RateLimitedError("429", provider_status=429, retry_after_s=3.0),
                           ProviderStatusError("502", provider_status=502), good(b.students)])
-    out = asyncio.run(grader(p, sleep=sleep)[0].grade(b))
+    g, lim = grader(p, sleep=sleep)
+    out = asyncio.run(g.grade(b))
     assert not out.errors and len(out.results) == 2
     assert sleep.slept[0] == 3.0 and len(sleep.slept) == 2
+    snap = lim.snapshot()["p/m"]
+    assert snap["rate_limited"] == 1 and snap["failures"] == 1, "outcomes reach the shared limiter"
+
+
+def test_an_open_circuit_breaker_stops_retries_and_is_reported():
+    b = batch(1)
+    p = ScriptedProvider([ProviderStatusError("503", provider_status=503), good(b.students)])
+    g, lim = grader(p, limits=Limits(tpm=10_000, breaker_failure_threshold=1, breaker_cooldown_s=600))
+    out = asyncio.run(g.grade(b))
+    assert len(p.calls) == 1, "nothing is sent while the breaker is open"
+    assert [e.type for e in out.errors] == ["circuit_open"]
 
 
 def test_non_retryable_provider_error_is_reported_for_the_batch():

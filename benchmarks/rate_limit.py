@@ -1,0 +1,438 @@
+"""Rate-limit benchmark: raygrade's shared limiter vs LiteLLM's Router, Ray Data's HTTP
+request processor and a plain asyncio + semaphore client, on one workload, one run.
+
+Every system sends the same grading requests (students' handwriting-style page
+images packed by raygrade's planner, GPT-4o image tokens, JSON-schema output,
+``max_tokens`` from the planner) to its own fresh instance of the rate-limited
+OpenAI-compatible test server (``raygrade.testing.fake_openai``, a separate process,
+sliding 60-s RPM/TPM window, input + ``max_tokens`` charged up front and refunded to
+actual usage on completion, fixed + per-token latency). Each system gets the
+provider's limits through its own native knobs:
+
+- **raygrade**: the Serve app with 4 Grader replicas, interactive jobs over HTTP, plus
+  a concurrent Ray Data bulk regrade (``raygrade.bulk.BatchGradingUDF``, 2 actors) at
+  ``bulk`` priority; all share the token-bucket actor.
+- **litellm**: 4 worker processes, each with a ``litellm.Router`` whose deployment has
+  ``rpm``/``tpm`` (usage-based-routing-v2, pre-call checks, 3 retries), installed in its
+  own virtualenv (``--litellm-python``; LiteLLM pins an older openai than raygrade).
+- **ray-data**: ``ray.data.llm`` ``HttpRequestProcessorConfig`` with 4 actors, ``qps``
+  per actor = the binding limit's request rate ÷ 4 (it counts no tokens), 3 retries.
+- **asyncio**: one ``AsyncOpenAI`` client (its default 2 retries, honouring
+  ``Retry-After``) under a semaphore of 4 × 16.
+
+Per system, from the server's audit log: utilisation (tokens counted in each 60-s
+window inside the run ÷ TPM: mean and max), requests answered 429 (share of all
+requests sent), failed requests (never answered 200), wall time and wall time ÷ the
+theoretical minimum (total tokens ÷ TPM). One table on stdout, JSON and a PNG plot
+under ``--out``. A system still running after ``--max-wall-s`` is stopped; its
+unfinished requests count as failed.
+
+Run (≈ 15 min on 2 cores): ``.venv/bin/python benchmarks/rate_limit.py``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAYGRADE_FAKE_KEY", "sk-test")
+
+from raygrade.config import BatcherConfig, RaygradeArgs, RateLimitConfig  # noqa: E402
+from raygrade.engine.local_vllm import free_port  # noqa: E402
+from raygrade.grading import GradeBatch  # noqa: E402
+from raygrade.prompts import build_messages, output_schema  # noqa: E402
+from raygrade.protocol import Assessment, GradingJob, ImagePage, Submission  # noqa: E402
+from raygrade.testing.fake_openai import RequestRecord, fake_provider_config  # noqa: E402
+
+SYSTEMS = ("raygrade", "litellm", "ray-data", "asyncio")
+
+
+# -- workload -------------------------------------------------------------------------------
+def make_workload(n_students: int, seed: int = 0) -> tuple[Assessment, list[Submission]]:
+    """``n_students`` one-page handwriting-style answers to two questions (12 distinct pages)."""
+    import base64
+
+    from raygrade.demo.render import render_pages
+
+    data = json.loads((ROOT / "raygrade/data/sample_assessment.json").read_text())
+    assessment = Assessment(title=data["title"], questions=data["questions"][:2])
+    answers = [
+        "TCP uses a three-way handshake so both sides agree on initial sequence numbers before data flows.",
+        "The receiver window limits how much unacknowledged data the sender may have in flight.",
+        "UDP has no retransmission, no ordering and no congestion control, so it is faster but unreliable.",
+        "Slow start doubles the congestion window every round trip until loss or the threshold is reached.",
+    ]
+    pages = [base64.b64encode(render_pages(" ".join(answers[i % 4:] + answers[:i % 4]), seed=i)[0]).decode()
+             for i in range(12)]
+    subs = [Submission(student_id=f"student-{i:05d}", pages=[ImagePage(data=pages[i % len(pages)])])
+            for i in range(n_students)]
+    return assessment, subs
+
+
+def plan(args: RaygradeArgs, job_id: str, job: GradingJob) -> list[GradeBatch]:
+    """The batches raygrade's batcher makes of ``job`` (same planner, same counter)."""
+    from raygrade.prompts import StudentWork
+    from raygrade.serve.batcher import JobPlanner
+    from raygrade.tokens import counter_for
+
+    planner = JobPlanner(args, counter_for(args.provider))
+    works = [StudentWork(student_id=s.student_id, alias=f"s{i + 1}", pages=list(s.pages),
+                         page_indices=list(range(len(s.pages))), question_ids=[q.id for q in job.questions_for(s)])
+             for i, s in enumerate(job.submissions)]
+    batches, errors = planner.batches(job_id, job, works, vision=True)
+    assert not errors, errors
+    return batches
+
+
+def payload(b: GradeBatch, schema_bounds: bool) -> dict:
+    """The chat-completions body raygrade's grader sends for batch ``b``."""
+    return {"model": "fake-grader", "messages": build_messages(b.questions, b.students),
+            "max_tokens": b.max_tokens, "temperature": 0.0,
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "grades", "schema": output_schema(b.questions, b.students, bounds=schema_bounds),
+                "strict": True}}}
+
+
+# -- the test server in its own process -----------------------------------------------------
+class ServerProcess:
+    def __init__(self, a: argparse.Namespace):
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "raygrade.testing.fake_openai", "--port", str(self.port),
+               "--rpm", str(a.rpm), "--tpm", str(a.tpm), "--latency-s", str(a.latency_s),
+               "--latency-per-token-s", str(a.latency_per_token_s), "--completion-tokens", str(a.completion_tokens)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc.stdout.readline()  # "fake OpenAI server on ..."
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def log(self) -> list[RequestRecord]:
+        rows = httpx.get(f"http://127.0.0.1:{self.port}/_raygrade/log", timeout=60).json()["log"]
+        return [RequestRecord(**r) for r in rows]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# -- systems --------------------------------------------------------------------------------
+def run_asyncio(payloads: list[dict], base_url: str, a: argparse.Namespace) -> dict:
+    import openai
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-test")  # default: 2 retries
+        sem = asyncio.Semaphore(a.workers * a.per_worker_concurrency)
+        failed = 0
+
+        async def one(p):
+            nonlocal failed
+            async with sem:
+                try:
+                    await client.chat.completions.create(**p)
+                except openai.OpenAIError:
+                    failed += 1
+
+        await asyncio.wait_for(asyncio.gather(*(one(p) for p in payloads)), a.max_wall_s)
+        return failed
+
+    try:
+        failed = asyncio.run(main())
+        return {"failed_requests": failed, "stopped": False}
+    except asyncio.TimeoutError:
+        return {"failed_requests": None, "stopped": True}
+
+
+def run_litellm(payload_file: Path, base_url: str, a: argparse.Namespace) -> dict:
+    if not Path(a.litellm_python).exists():
+        raise SystemExit(f"LiteLLM's python not found at {a.litellm_python}: create it with "
+                         f"python -m venv benchmarks/out/litellm-venv && benchmarks/out/litellm-venv/bin/pip "
+                         "install litellm aiohttp")
+    outs = [a.out / f"litellm-{i}.json" for i in range(a.workers)]
+    procs = [subprocess.Popen([a.litellm_python, str(ROOT / "benchmarks/_litellm_worker.py"), str(payload_file),
+                               str(i), str(a.workers), base_url, str(a.rpm), str(a.tpm),
+                               str(a.per_worker_concurrency), str(outs[i])], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for i in range(a.workers)]
+    deadline, stopped = time.monotonic() + a.max_wall_s, False
+    for p in procs:
+        try:
+            p.wait(max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            stopped = True
+    if stopped:
+        return {"failed_requests": None, "stopped": True}
+    results = [o for f in outs for o in json.loads(f.read_text())]
+    errors: dict[str, int] = {}
+    for o in results:
+        if not o["ok"]:
+            errors[o["error"]] = errors.get(o["error"], 0) + 1
+    return {"failed_requests": sum(errors.values()), "errors": errors, "stopped": False}
+
+
+def run_ray_data(payload_file: Path, base_url: str, a: argparse.Namespace, charge: float) -> dict:
+    """Ray Data LLM's HTTP processor, in a child driver so it can be stopped at the deadline."""
+    qps = max(1, round(min(a.rpm / 60, a.tpm / charge / 60) / a.workers))
+    cmd = [sys.executable, __file__, "--run-ray-data", str(payload_file), base_url, str(qps), str(a.workers)]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=a.max_wall_s + 60)
+        last = out.strip().splitlines()[-1] if out.strip() else "{}"
+        res = json.loads(last) if last.startswith("{") else {"error": last}
+        return {"failed_requests": res.get("failed"), "stopped": False, "qps_per_actor": qps,
+                **({"aborted": res["aborted"]} if res.get("aborted") else {})}
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        return {"failed_requests": None, "stopped": True, "qps_per_actor": qps}
+
+
+def ray_data_child(payload_file: str, base_url: str, qps: int, workers: int) -> None:
+    import ray
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    rows = [{"payload_json": line} for line in Path(payload_file).read_text().splitlines()]
+    config = HttpRequestProcessorConfig(url=f"{base_url}/chat/completions", headers={"Authorization": "Bearer sk-test"},
+                                        qps=qps, concurrency=workers, batch_size=16, max_retries=3)
+    proc = build_processor(config, preprocess=lambda r: {"payload": json.loads(r["payload_json"])},
+                           postprocess=lambda r: {"ok": bool(r.get("http_response", {}).get("choices"))})
+    ds = ray.data.from_items(rows).repartition(workers * 4)
+    try:
+        out = proc(ds).take_all()
+        print(json.dumps({"failed": sum(1 for r in out if not r["ok"]) + len(rows) - len(out)}), flush=True)
+    except Exception as exc:  # Ray Data fails the whole dataset when one row runs out of retries
+        print(json.dumps({"failed": None, "aborted": type(exc).__name__}), flush=True)
+
+
+def run_raygrade(assessment: Assessment, interactive: list[list[Submission]], bulk_batches: list[GradeBatch],
+                 args: RaygradeArgs, a: argparse.Namespace) -> dict:
+    import ray
+    from ray import serve
+    from ray.data import ActorPoolStrategy
+
+    from raygrade.app import build_app
+    from raygrade.bulk import BatchGradingUDF
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
+             namespace=args.namespace)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+    serve.run(build_app(args, deployment_options={"Grader": {"autoscaling_config": {
+        "min_replicas": a.workers, "max_replicas": a.workers, "target_ongoing_requests": 8}}}),
+        name="bench", route_prefix="/bench")
+    url = f"http://127.0.0.1:{port}/bench"
+    bulk_result: dict = {}
+
+    def bulk() -> None:
+        ds = ray.data.from_items([{"batch": b.model_dump_json()} for b in bulk_batches]).repartition(16)
+        try:
+            rows = ds.map_batches(BatchGradingUDF, fn_constructor_kwargs={
+                "provider": args.provider.model_dump(), "namespace": args.namespace},
+                compute=ActorPoolStrategy(size=2), batch_size=8, num_cpus=0.5).take_all()
+        except Exception as exc:
+            bulk_result["error"] = type(exc).__name__
+            bulk_result["failed_requests"] = sum(len(b.students) * len(b.questions) for b in bulk_batches)
+            return
+        bulk_result["failed_requests"] = sum(len(json.loads(r["errors"])) for r in rows)
+        bulk_result["rows"] = len(rows)
+
+    t = threading.Thread(target=bulk, daemon=True)
+    t.start()
+    failed = 0
+    with httpx.Client(timeout=120) as client:
+        jobs = []
+        for i, subs in enumerate(interactive):
+            job = GradingJob(assessment=assessment, submissions=subs)
+            r = client.post(f"{url}/v1/jobs", json=job.model_dump(mode="json"))
+            r.raise_for_status()
+            jobs.append(r.json()["id"])
+        deadline = time.monotonic() + a.max_wall_s
+        pending = set(jobs)
+        while pending and time.monotonic() < deadline:
+            for jid in list(pending):
+                st = client.get(f"{url}/v1/jobs/{jid}").json()
+                if st["state"] in ("succeeded", "partial", "failed"):
+                    pending.discard(jid)
+                    failed += sum(len(e["student_ids"]) * len(e["question_ids"]) for e in client.get(
+                        f"{url}/v1/jobs/{jid}/results").json().get("errors", []))
+            time.sleep(1)
+    t.join(max(1, deadline - time.monotonic()))
+    stopped = bool(pending) or t.is_alive()
+    serve.shutdown()
+    ray.shutdown()
+    items_failed = failed + bulk_result.get("failed_requests", 0)
+    return {"failed_requests": None if stopped else items_failed, "stopped": stopped,
+            "bulk": bulk_result, "note": "failed counts items (student x question) for raygrade"}
+
+
+# -- metrics --------------------------------------------------------------------------------
+def metrics(log: list[RequestRecord], tpm: int, n_requests: int, t_start: float, t_end: float) -> dict:
+    ok = [r for r in log if r.status == 200]
+    total_tokens = sum(r.final_tokens for r in ok)
+    if ok:
+        t0 = min(r.mono for r in log)
+        t_last = max(r.mono for r in ok)
+        starts = [t0 + s for s in range(0, max(1, int(t_last - t0 - 60) + 1))]
+        windows = [sum(r.final_tokens for r in ok if s <= r.mono < s + 60) for s in starts] \
+            if t_last - t0 >= 60 else []
+    else:
+        windows = []
+    wall = t_end - t_start
+    return {
+        "requests_sent": len(log), "answered_200": len(ok), "rejected_429": sum(r.status == 429 for r in log),
+        "rejected_429_share": sum(r.status == 429 for r in log) / max(1, len(log)),
+        "unanswered": n_requests - len(ok),
+        "utilisation_mean": (sum(windows) / len(windows) / tpm) if windows else None,
+        "utilisation_max": (max(windows) / tpm) if windows else None,
+        "tokens": total_tokens, "wall_s": wall, "theoretical_min_s": total_tokens / tpm * 60,
+        "wall_over_min": wall / (total_tokens / tpm * 60) if total_tokens else None,
+        "tokens_per_10s": _histogram(ok, t_start),
+    }
+
+
+def _histogram(ok: list[RequestRecord], t_start_wall: float) -> list[int]:
+    if not ok:
+        return []
+    t0 = min(r.t for r in ok)
+    bins: dict[int, int] = {}
+    for r in ok:
+        k = int((r.t - t0) // 10)
+        bins[k] = bins.get(k, 0) + r.final_tokens
+    return [bins.get(i, 0) for i in range(max(bins) + 1)]
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--run-ray-data":
+        ray_data_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--students", type=int, default=4000)
+    ap.add_argument("--students-per-request", type=int, default=2)
+    ap.add_argument("--rpm", type=int, default=1500)
+    ap.add_argument("--tpm", type=int, default=2_500_000)
+    ap.add_argument("--latency-s", type=float, default=0.5)
+    ap.add_argument("--latency-per-token-s", type=float, default=0.004)
+    ap.add_argument("--completion-tokens", type=int, default=250)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--per-worker-concurrency", type=int, default=16)
+    ap.add_argument("--interactive-jobs", type=int, default=4)
+    ap.add_argument("--bulk-share", type=float, default=0.25)
+    ap.add_argument("--max-wall-s", type=float, default=420)
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--litellm-python", default=str(ROOT / "benchmarks/out/litellm-venv/bin/python"))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    systems = [s for s in a.systems.split(",") if s]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        raise SystemExit(f"unknown systems {sorted(unknown)}")
+
+    provider = fake_provider_config("http://127.0.0.1:1/v1", name="bench", rate_limit=RateLimitConfig(
+        rpm=a.rpm, tpm=a.tpm), max_retries=3)
+    args = RaygradeArgs(provider=provider, namespace=f"rg-bench-{uuid.uuid4().hex[:6]}", batcher=BatcherConfig(
+        max_students_per_request=a.students_per_request, max_concurrent_batches=a.per_worker_concurrency * 2))
+    print(f"building the workload: {a.students} students ...", flush=True)
+    assessment, subs = make_workload(a.students)
+    n_bulk = int(len(subs) * a.bulk_share)
+    bulk_subs, inter_subs = subs[:n_bulk], subs[n_bulk:]
+    k = a.interactive_jobs
+    interactive = [inter_subs[i::k] for i in range(k)]
+    bulk_batches = plan(args, "bulk", GradingJob(assessment=assessment, submissions=bulk_subs)) if bulk_subs else []
+    inter_batches = [b for i, s in enumerate(interactive)
+                     for b in plan(args, f"job{i}", GradingJob(assessment=assessment, submissions=s))]
+    batches = bulk_batches + inter_batches
+    payloads = [payload(b, provider.schema_bounds) for b in batches]
+    payload_file = a.out / "rate_limit_payloads.jsonl"
+    payload_file.write_text("".join(json.dumps(p) + "\n" for p in payloads))
+    charge = sum(b.prompt_tokens_estimate + b.max_tokens for b in batches) / len(batches)
+    print(f"{len(batches)} requests ({len(bulk_batches)} bulk), mean charge {charge:.0f} tokens "
+          f"(input + max_tokens); limits RPM {a.rpm}, TPM {a.tpm}", flush=True)
+
+    report: dict = {"config": {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(a).items()},
+                    "requests": len(batches), "mean_charge_tokens": charge, "systems": {}}
+    for name in systems:
+        srv = ServerProcess(a)
+        print(f"== {name} ...", flush=True)
+        t_start = time.time()
+        if name == "raygrade":
+            args_s = args.model_copy(update={"provider": provider.model_copy(update={"base_url": srv.base_url})})
+            extra = run_raygrade(assessment, interactive, bulk_batches, args_s, a)
+        elif name == "litellm":
+            extra = run_litellm(payload_file, srv.base_url, a)
+        elif name == "ray-data":
+            extra = run_ray_data(payload_file, srv.base_url, a, charge)
+        else:
+            extra = run_asyncio(payloads, srv.base_url, a)
+        t_end = time.time()
+        log = srv.log()
+        srv.stop()
+        m = metrics(log, a.tpm, len(batches), t_start, t_end)
+        if log and [r for r in log if r.status == 200]:
+            m["wall_s"] = max(r.t for r in log) - min(r.t for r in log)  # first request to last answer
+            m["wall_over_min"] = m["wall_s"] / m["theoretical_min_s"] if m["tokens"] else None
+        report["systems"][name] = {**m, **extra}
+        print(json.dumps({k2: v for k2, v in report["systems"][name].items() if k2 != "tokens_per_10s"}), flush=True)
+
+    print_table(report)
+    (a.out / "rate_limit.json").write_text(json.dumps(report, indent=2))
+    plot(report, a.out / "rate_limit.png", a.tpm)
+    print(f"wrote {a.out / 'rate_limit.json'} and {a.out / 'rate_limit.png'}")
+
+
+def print_table(report: dict) -> None:
+    def f(v, fmt):
+        return "—" if v is None else format(v, fmt)
+
+    print(f"\n{report['requests']} grading requests, mean charge {report['mean_charge_tokens']:.0f} tokens; "
+          f"limits RPM {report['config']['rpm']}, TPM {report['config']['tpm']}\n")
+    print("| system | tokens/min ÷ TPM (mean, max 60-s window) | 429s (share of sent) | failed | "
+          "wall s | wall ÷ (tokens ÷ TPM) |")
+    print("|---|---|---|---|---|---|")
+    for name, m in report["systems"].items():
+        failed = "stopped" if m.get("stopped") else f(m.get("failed_requests"), "d")
+        if m.get("aborted"):
+            failed = f"dataset aborted ({m['aborted']}); {m['unanswered']} unanswered"
+        print(f"| {name} | {f(m['utilisation_mean'], '.3f')}, {f(m['utilisation_max'], '.3f')} | "
+              f"{m['rejected_429']} ({f(m['rejected_429_share'], '.2%')}) | {failed} | {m['wall_s']:.0f} | "
+              f"{f(m['wall_over_min'], '.2f')} |")
+
+
+def plot(report: dict, path: Path, tpm: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, m in report["systems"].items():
+        h = m.get("tokens_per_10s") or []
+        # tokens per minute, as a trailing 60-s sum of 10-s bins
+        tpm_series = [sum(h[max(0, i - 5):i + 1]) for i in range(len(h))]
+        ax.plot([10 * (i + 1) for i in range(len(h))], [v / tpm for v in tpm_series], label=name)
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="TPM limit")
+    ax.set_xlabel("seconds since the first request")
+    ax.set_ylabel("tokens in the trailing minute ÷ TPM")
+    ax.set_title("Achieved tokens/min against one rate-limited endpoint")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
