@@ -19,8 +19,16 @@ import json
 from typing import Any
 
 from raygrade.config import ProviderConfig
-from raygrade.grading import BatchGrader, BatchOutcome, GradeBatch
+from raygrade.grading import BatchOutcome, GradeBatch, build_batch_grader
 from raygrade.protocol import GradingErrorItem
+
+
+def bulk_grader(provider: ProviderConfig, namespace: str, max_parse_retries: int = 2, base_url: str | None = None):
+    """A batch grader whose calls reserve at ``bulk`` priority in the shared token bucket."""
+    from raygrade.ratelimit.actor import ActorLimiter
+
+    limiter = ActorLimiter(provider, namespace, priority="bulk") if provider.kind != "reference_similarity" else None
+    return build_batch_grader(provider, limiter, max_parse_retries=max_parse_retries, base_url=base_url)
 
 
 class BatchGradingUDF:
@@ -33,22 +41,11 @@ class BatchGradingUDF:
     """
 
     def __init__(self, provider: ProviderConfig | dict[str, Any], namespace: str = "raygrade",
-                 max_parse_retries: int = 2):
-        from raygrade.providers.openai_compat import OpenAICompatibleProvider
-        from raygrade.ratelimit.actor import ActorLimiter
-
+                 max_parse_retries: int = 2, base_url: str | None = None):
         self._provider = provider if isinstance(provider, ProviderConfig) else ProviderConfig(**provider)
+        # One event loop per actor, reused for every block (the HTTP client belongs to it).
         self._loop = asyncio.new_event_loop()
-        # The client belongs to this actor's one event loop (reused for every block).
-        client = self._loop.run_until_complete(self._make(OpenAICompatibleProvider))
-        self._grader = BatchGrader(
-            client, ActorLimiter(self._provider, namespace, priority="bulk"), bucket_key=self._provider.bucket_key,
-            max_retries=self._provider.max_retries, max_parse_retries=max_parse_retries,
-            schema_bounds=self._provider.schema_bounds, retry_after_cap_s=self._provider.retry_after_cap_s,
-            max_completion_tokens=self._provider.max_completion_tokens)
-
-    async def _make(self, cls):
-        return cls(self._provider)
+        self._grader = bulk_grader(self._provider, namespace, max_parse_retries, base_url)
 
     async def _one(self, raw: str) -> dict[str, Any]:
         batch = GradeBatch.model_validate_json(raw)

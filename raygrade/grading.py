@@ -219,3 +219,32 @@ class BatchGrader:
             pages=by_alias[g.alias].page_indices, model=model_used, batch_id=batch.batch_id, usage=share,
         ) for g in grades]
         return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=usage, calls=calls)
+
+
+def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_retries: int = 2,
+                       base_url: str | None = None):
+    """The grader for a provider config: :class:`BatchGrader` over an OpenAI-compatible
+    endpoint, or the zero-cost reference-similarity baseline (``kind="reference_similarity"``,
+    no provider, no limiter). Both have ``async grade(GradeBatch) -> BatchOutcome``.
+
+    Args:
+        provider_config: A :class:`raygrade.config.ProviderConfig`.
+        limiter: The shared limiter (``ActorLimiter``); unused by the baseline.
+        max_parse_retries: Re-asks for schema-invalid items.
+        base_url: Overrides the config's URL (the embedded engine's address).
+
+    Raises:
+        ConfigError: a hosted provider whose API key variable is unset.
+    """
+    if provider_config.kind == "reference_similarity":
+        from raygrade.baseline.similarity import ReferenceSimilarityGrader
+
+        return ReferenceSimilarityGrader(model_name=provider_config.model)
+    from raygrade.providers.openai_compat import OpenAICompatibleProvider
+
+    provider = OpenAICompatibleProvider(provider_config, base_url=base_url)
+    return BatchGrader(
+        provider, limiter, bucket_key=provider_config.bucket_key, max_retries=provider_config.max_retries,
+        max_parse_retries=max_parse_retries, schema_bounds=provider_config.schema_bounds,
+        retry_after_cap_s=provider_config.retry_after_cap_s,
+        max_completion_tokens=provider_config.max_completion_tokens)

@@ -16,8 +16,7 @@ from ray.util import metrics
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader
 from raygrade.config import BatcherConfig, ProviderConfig
-from raygrade.grading import BatchGrader, BatchOutcome, GradeBatch
-from raygrade.providers.openai_compat import OpenAICompatibleProvider
+from raygrade.grading import BatchGrader, BatchOutcome, GradeBatch, build_batch_grader
 from raygrade.ratelimit.actor import ActorLimiter
 
 logger = logging.getLogger(__name__)
@@ -53,18 +52,14 @@ class Grader:
         self._tags = {"provider": provider.name, "model": provider.model}
 
     async def _get(self) -> BatchGrader | ReferenceSimilarityGrader:
-        if self._grader is None and self._config.kind == "reference_similarity":
-            self._grader = ReferenceSimilarityGrader(model_name=self._config.model)
         if self._grader is None:
             base_url = None
             if self._engine is not None:
                 base_url = (await self._engine.info.remote())["base_url"]
-            provider = OpenAICompatibleProvider(self._config, base_url=base_url)
-            self._grader = BatchGrader(
-                provider, ActorLimiter(self._config, self._namespace), bucket_key=self._config.bucket_key,
-                max_retries=self._config.max_retries, max_parse_retries=self._batcher_config.max_parse_retries,
-                schema_bounds=self._config.schema_bounds, retry_after_cap_s=self._config.retry_after_cap_s,
-                max_completion_tokens=self._config.max_completion_tokens)
+            limiter = (ActorLimiter(self._config, self._namespace)
+                       if self._config.kind != "reference_similarity" else None)
+            self._grader = build_batch_grader(self._config, limiter, base_url=base_url,
+                                              max_parse_retries=self._batcher_config.max_parse_retries)
         return self._grader
 
     async def grade(self, batch: GradeBatch) -> tuple[BatchOutcome, str]:

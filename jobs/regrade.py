@@ -1,0 +1,96 @@
+"""Regrade an archive with Ray Data: ``ray job submit --working-dir . -- python jobs/regrade.py IN OUT``.
+
+``IN`` is a dataset folder in raygrade's Parquet layout (see ``raygrade/regrade.py``;
+``python -m raygrade.datasets`` writes one from SAF or from online jobs); ``OUT`` gets
+``results/`` (one row per submission and question), ``report.json``/``report.md`` and
+``confusion.png``. Re-running with the same ``OUT`` resumes: graded submissions are skipped.
+
+The provider comes from ``--serve-config`` (the online app's ``serve_config.yaml``: same
+provider, same token-bucket namespace, so the regrade shares the online rate budget at
+bulk priority), from ``--provider`` (a YAML/JSON ``ProviderConfig``), or is the app's
+default (OpenAI with ``OPENAI_API_KEY``, else the embedded CPU vLLM started here).
+``--baseline`` grades with the zero-cost reference-similarity grader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from raygrade.config import ProviderConfig, RaygradeArgs, reference_similarity_provider  # noqa: E402
+from raygrade.regrade import RegradeConfig, run_regrade  # noqa: E402
+
+
+def _load(path: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("input", help="dataset folder (assessment.json + submissions/*.parquet)")
+    ap.add_argument("output", help="output folder (local path)")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--serve-config", help="take provider, batcher and namespace from this serve_config.yaml")
+    src.add_argument("--provider", help="a ProviderConfig as YAML or JSON")
+    src.add_argument("--baseline", action="store_true", help="the reference-similarity grader (no model)")
+    ap.add_argument("--namespace", help="Ray namespace of the shared token bucket (default: the app's)")
+    ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--submissions-per-block", type=int, default=32)
+    ap.add_argument("--reading-mode", choices=["auto", "vision", "ocr"], default="auto")
+    ap.add_argument("--review-share", type=float, default=0.0)
+    ap.add_argument("--compare", help="earlier results folder to report changes against")
+    ap.add_argument("--no-retry-errors", action="store_true", help="on resume, keep earlier error rows")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    if a.serve_config:
+        app_args = RaygradeArgs.model_validate(_load(a.serve_config)["applications"][0].get("args") or {})
+    elif a.provider:
+        app_args = RaygradeArgs(provider=ProviderConfig.model_validate(_load(a.provider)))
+    elif a.baseline:
+        app_args = RaygradeArgs(provider=reference_similarity_provider())
+    else:
+        app_args = RaygradeArgs()
+    cfg = RegradeConfig(input=a.input, output=a.output, provider=app_args.provider, batcher=app_args.batcher,
+                        namespace=a.namespace or app_args.namespace, reading_mode=a.reading_mode, actors=a.actors,
+                        submissions_per_block=a.submissions_per_block, review_share=a.review_share,
+                        compare=a.compare, retry_errors=not a.no_retry_errors)
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(namespace=cfg.namespace)  # the submitting cluster under `ray job submit`, else a local one
+    engine = None
+    if cfg.provider.kind == "local_vllm" and cfg.provider.base_url is None:
+        # The embedded CPU vLLM, started beside this driver for the run.
+        from raygrade.engine.local_vllm import VLLMServerProcess, prepare_model
+
+        local = app_args.local_engine
+        engine = VLLMServerProcess(local, prepare_model(local))
+        engine.start()
+        engine.wait_ready(local.startup_timeout_s)
+        cfg = cfg.model_copy(update={"base_url": engine.base_url})
+    try:
+        summary = run_regrade(cfg)
+    finally:
+        if engine is not None:
+            engine.stop()
+    print(f"{summary.submissions} submissions: {summary.skipped} already graded, {summary.graded_now} graded now; "
+          f"{summary.items} result rows, {summary.failed_items} with errors -> {Path(cfg.output) / 'results'}")
+    if "agreement" in summary.report:
+        ag = summary.report["agreement"]
+        print(f"against {summary.report['compared_with']}: exact {ag['exact']:.3f}, within one point "
+              f"{ag['within_one_point']:.3f}, QWK {ag['qwk']:.3f} (n={ag['n']})")
+    print(json.dumps({k: summary.report[k] for k in ("tokens_per_1k_pages", "cost_per_1k_pages_usd")}))
+
+
+if __name__ == "__main__":
+    main()

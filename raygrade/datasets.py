@@ -1,0 +1,161 @@
+"""Writing datasets in the layout :mod:`raygrade.regrade` reads.
+
+- :func:`saf_to_dataset`: SAF answers (``../shared/data/saf``) with their human scores,
+  as typed text or as rendered handwriting-style page images.
+- :func:`job_to_dataset`: an online grading job (the JSON body of ``POST /v1/jobs``) and
+  its results (``GET /v1/jobs/{id}/results``, or the demo's results file) as a dataset
+  whose ``human_scores`` are the online grades, so a regrade reports what changed.
+
+CLI: ``python -m raygrade.datasets saf OUT [--images] [--split unseen_answers]`` and
+``python -m raygrade.datasets job JOB.json OUT [--results RESULTS.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raygrade.protocol import Assessment, GradingJob, ImagePage
+
+SUBMISSION_SCHEMA = pa.schema([
+    ("submission_id", pa.string()), ("student_id", pa.string()), ("question_ids", pa.list_(pa.string())),
+    ("page_images", pa.list_(pa.binary())), ("page_texts", pa.list_(pa.string())), ("human_scores", pa.string()),
+])
+
+
+def write_dataset(out: str | Path, assessment: Assessment, rows: list[dict[str, Any]], *,
+                  rows_per_file: int = 256) -> Path:
+    """Write ``assessment.json`` and ``submissions/part-*.parquet`` under ``out``.
+
+    Args:
+        rows: Dicts with the :data:`SUBMISSION_SCHEMA` columns (missing ones are null).
+        rows_per_file: Rows per Parquet file (several files let Ray Data read in parallel).
+
+    Raises:
+        ValueError: duplicate ``submission_id`` s.
+    """
+    out = Path(out)
+    ids = [r["submission_id"] for r in rows]
+    if len(ids) != len(set(ids)):
+        raise ValueError("submission_id values must be unique")
+    (out / "submissions").mkdir(parents=True, exist_ok=True)
+    (out / "assessment.json").write_text(assessment.model_dump_json(indent=2))
+    for k in range(0, max(1, len(rows)), rows_per_file):
+        chunk = rows[k:k + rows_per_file]
+        table = pa.Table.from_pylist([{c: r.get(c) for c in SUBMISSION_SCHEMA.names} for r in chunk],
+                                     schema=SUBMISSION_SCHEMA)
+        pq.write_table(table, out / "submissions" / f"part-{k // rows_per_file:05d}.parquet")
+    return out
+
+
+def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers", lang: str = "english",
+                   version: str = "1.0", images: bool = False, limit: int | None = None, examples: int = 3,
+                   seed: int = 0) -> Path:
+    """SAF answers as a regrade dataset, human scores included.
+
+    Questions carry up to ``examples`` graded answers from SAF's *training* split
+    (never from the split being graded). With ``images``, each answer becomes
+    handwriting-style page images (:func:`raygrade.demo.render.render_pages`).
+
+    Raises:
+        FileNotFoundError: the SAF split is missing.
+    """
+    from raygrade.demo.job import pick_examples
+    from raygrade.demo.saf import load_split
+    from raygrade.protocol import Question
+
+    rng = random.Random(seed)
+    test = [q for q in load_split(root, split, lang, version) if q.answers]
+    train = {q.key: q for q in load_split(root, "training", lang, version)} if split != "training" else {}
+    questions, rows = [], []
+    for q in test:
+        questions.append(Question(id=q.key, prompt=q.text, reference_answer=q.reference or None,
+                                  max_score=q.max_score, examples=pick_examples(train.get(q.key), examples, rng)))
+        for a in q.answers:
+            if not a.response:
+                continue
+            row: dict[str, Any] = {"submission_id": f"{q.key}:{a.id}", "student_id": a.id, "question_ids": [q.key],
+                                   "human_scores": json.dumps({q.key: a.score})}
+            if images:
+                from raygrade.demo.render import render_pages
+
+                row["page_images"] = render_pages(a.response, seed=rng.randrange(1 << 30), header=f"Q {q.key}")
+            else:
+                row["page_texts"] = [a.response]
+            rows.append(row)
+    if limit is not None:
+        rng.shuffle(rows)
+        rows = sorted(rows[:limit], key=lambda r: r["submission_id"])
+        keep = {r["question_ids"][0] for r in rows}
+        questions = [q for q in questions if q.id in keep]
+    assessment = Assessment(title=f"SAF {version} {split} ({lang})", questions=questions)
+    return write_dataset(out, assessment, rows)
+
+
+def job_to_dataset(job: GradingJob, out: str | Path, results: dict[str, Any] | None = None) -> Path:
+    """An online job (and optionally its results) as a regrade dataset.
+
+    ``results`` is a ``GET /v1/jobs/{id}/results`` body (or a file with a ``results``
+    list of the same items); its scores become ``human_scores``, i.e. what the
+    regrade's report compares against.
+    """
+    scores: dict[str, dict[str, float]] = {}
+    items = (results or {}).get("results", [])
+    if isinstance(items, dict):  # the demo's file: {"summary": ..., "results": <results body>}
+        items = items.get("results", [])
+    for r in items:
+        scores.setdefault(r["student_id"], {})[r["question_id"]] = r["score"]
+    rows = []
+    for sub in job.submissions:
+        imgs = [p.image_bytes() for p in sub.pages if isinstance(p, ImagePage)]
+        texts = [p.text for p in sub.pages if not isinstance(p, ImagePage)]
+        if imgs and texts:
+            raise ValueError(f"submission {sub.student_id} mixes image and text pages; the Parquet layout "
+                             "holds one kind per submission")
+        rows.append({"submission_id": sub.student_id, "student_id": sub.student_id, "question_ids": sub.question_ids,
+                     "page_images": imgs or None, "page_texts": texts or None,
+                     "human_scores": json.dumps(scores[sub.student_id]) if sub.student_id in scores else None})
+    return write_dataset(out, job.assessment, rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m raygrade.datasets", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("saf", help="SAF answers with human scores")
+    s.add_argument("out")
+    s.add_argument("--saf", help="SAF folder (default: ../shared/data/saf)")
+    s.add_argument("--split", default="unseen_answers")
+    s.add_argument("--lang", default="english")
+    s.add_argument("--version", default="1.0")
+    s.add_argument("--images", action="store_true", help="render answers as handwriting-style page images")
+    s.add_argument("--limit", type=int)
+    j = sub.add_parser("job", help="an online job's body and results")
+    j.add_argument("job", help="the JSON body that was POSTed to /v1/jobs")
+    j.add_argument("out")
+    j.add_argument("--results", help="GET /v1/jobs/{id}/results body (or the demo's results file)")
+    a = ap.parse_args(argv)
+    if a.cmd == "saf":
+        from raygrade.demo.saf import find_saf
+
+        root = find_saf(a.saf)
+        if root is None:
+            raise SystemExit("SAF not found: pass --saf PATH")
+        path = saf_to_dataset(root, a.out, split=a.split, lang=a.lang, version=a.version, images=a.images,
+                              limit=a.limit)
+    else:
+        job = GradingJob.model_validate_json(Path(a.job).read_text())
+        res = json.loads(Path(a.results).read_text()) if a.results else None
+        path = job_to_dataset(job, a.out, res)
+    n = sum(pq.read_metadata(f).num_rows for f in sorted((Path(path) / "submissions").glob("*.parquet")))
+    print(f"wrote {n} submissions to {path}")
+
+
+if __name__ == "__main__":
+    main()
