@@ -56,7 +56,7 @@ from raygrade.engine.local_vllm import free_port  # noqa: E402
 from raygrade.grading import GradeBatch  # noqa: E402
 from raygrade.prompts import build_messages, output_schema  # noqa: E402
 from raygrade.protocol import Assessment, GradingJob, ImagePage, Submission  # noqa: E402
-from raygrade.testing.fake_openai import RequestRecord, fake_provider_config  # noqa: E402
+from raygrade.testing.fake_openai import FakeOpenAIProcess, RequestRecord, fake_provider_config  # noqa: E402
 
 SYSTEMS = ("raygrade", "litellm", "ray-data", "asyncio")
 
@@ -105,26 +105,6 @@ def payload(b: GradeBatch, schema_bounds: bool) -> dict:
             "response_format": {"type": "json_schema", "json_schema": {
                 "name": "grades", "schema": output_schema(b.questions, b.students, bounds=schema_bounds),
                 "strict": True}}}
-
-
-# -- the test server in its own process -----------------------------------------------------
-class ServerProcess:
-    def __init__(self, a: argparse.Namespace):
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "raygrade.testing.fake_openai", "--port", str(self.port),
-               "--rpm", str(a.rpm), "--tpm", str(a.tpm), "--latency-s", str(a.latency_s),
-               "--latency-per-token-s", str(a.latency_per_token_s), "--completion-tokens", str(a.completion_tokens)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.proc.stdout.readline()  # "fake OpenAI server on ..."
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def log(self) -> list[RequestRecord]:
-        rows = httpx.get(f"http://127.0.0.1:{self.port}/_raygrade/log", timeout=60).json()["log"]
-        return [RequestRecord(**r) for r in rows]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 # -- systems --------------------------------------------------------------------------------
@@ -367,7 +347,8 @@ def main() -> None:
     report: dict = {"config": {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(a).items()},
                     "requests": len(batches), "mean_charge_tokens": charge, "systems": {}}
     for name in systems:
-        srv = ServerProcess(a)
+        srv = FakeOpenAIProcess(rpm=a.rpm, tpm=a.tpm, latency_s=a.latency_s,
+                                latency_per_token_s=a.latency_per_token_s, completion_tokens=a.completion_tokens)
         print(f"== {name} ...", flush=True)
         t_start = time.time()
         if name == "raygrade":

@@ -60,6 +60,7 @@ def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers"
                    seed: int = 0) -> Path:
     """SAF answers as a regrade dataset, human scores included.
 
+    ``split`` may name several splits, comma-separated (``unseen_answers,unseen_questions``).
     Questions carry up to ``examples`` graded answers from SAF's *training* split
     (never from the split being graded). With ``images``, each answer becomes
     handwriting-style page images (:func:`raygrade.demo.render.render_pages`).
@@ -72,8 +73,9 @@ def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers"
     from raygrade.protocol import Question
 
     rng = random.Random(seed)
-    test = [q for q in load_split(root, split, lang, version) if q.answers]
-    train = {q.key: q for q in load_split(root, "training", lang, version)} if split != "training" else {}
+    splits = [s.strip() for s in split.split(",") if s.strip()]
+    test = [q for s in splits for q in load_split(root, s, lang, version) if q.answers]
+    train = {q.key: q for q in load_split(root, "training", lang, version)} if "training" not in splits else {}
     questions, rows = [], []
     for q in test:
         questions.append(Question(id=q.key, prompt=q.text, reference_answer=q.reference or None,
@@ -95,7 +97,7 @@ def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers"
         rows = sorted(rows[:limit], key=lambda r: r["submission_id"])
         keep = {r["question_ids"][0] for r in rows}
         questions = [q for q in questions if q.id in keep]
-    assessment = Assessment(title=f"SAF {version} {split} ({lang})", questions=questions)
+    assessment = Assessment(title=f"SAF {version} {'+'.join(splits)} ({lang})", questions=questions)
     return write_dataset(out, assessment, rows)
 
 
