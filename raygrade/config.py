@@ -80,6 +80,9 @@ class ProviderConfig(_Config):
     schema_bounds: bool = Field(default=False, description=(
         "Put minimum/maximum/maxLength in the output schema (vLLM's xgrammar enforces them; "
         "OpenAI strict mode rejects some)."))
+    score_logprobs: bool = Field(default=False, description=(
+        "Request token log-probabilities and use P(score tokens | prompt, feedback) as each grade's confidence "
+        "(vLLM and OpenAI chat models return them)."))
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries of retryable errors per call.")
@@ -187,6 +190,7 @@ def local_vllm_provider(engine: LocalEngineConfig | None = None) -> ProviderConf
         context_window=engine.max_model_len,
         max_completion_tokens=engine.max_model_len // 2,
         schema_bounds=True,
+        score_logprobs=True,
         timeout_s=900.0,  # CPU decoding is slow (≈ 7 tokens/s per stream on 2 cores)
     )
 

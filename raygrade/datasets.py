@@ -7,7 +7,7 @@
   whose ``human_scores`` are the online grades, so a regrade reports what changed.
 
 CLI: ``python -m raygrade.datasets saf OUT [--images] [--split unseen_answers]`` and
-``python -m raygrade.datasets job JOB.json OUT [--results RESULTS.json]``.
+``python -m raygrade.datasets job JOB.json OUT [--results RESULTS.json | --results URL]``.
 """
 
 from __future__ import annotations
@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     j = sub.add_parser("job", help="an online job's body and results")
     j.add_argument("job", help="the JSON body that was POSTed to /v1/jobs")
     j.add_argument("out")
-    j.add_argument("--results", help="GET /v1/jobs/{id}/results body (or the demo's results file)")
+    j.add_argument("--results", help="a file with the GET /v1/jobs/{id}/results body (or the demo's results "
+                   "file), or that URL on a running app")
     a = ap.parse_args(argv)
     if a.cmd == "saf":
         from raygrade.demo.saf import find_saf
@@ -153,7 +154,15 @@ def main(argv: list[str] | None = None) -> None:
                               limit=a.limit)
     else:
         job = GradingJob.model_validate_json(Path(a.job).read_text())
-        res = json.loads(Path(a.results).read_text()) if a.results else None
+        res = None
+        if a.results and a.results.startswith(("http://", "https://")):
+            import httpx
+
+            r = httpx.get(a.results, timeout=120)
+            r.raise_for_status()
+            res = r.json()
+        elif a.results:
+            res = json.loads(Path(a.results).read_text())
         path = job_to_dataset(job, a.out, res)
     n = sum(pq.read_metadata(f).num_rows for f in sorted((Path(path) / "submissions").glob("*.parquet")))
     print(f"wrote {n} submissions to {path}")

@@ -192,7 +192,8 @@ class BatchGrader:
             if res.refusal and not res.content:
                 got, invalid = [], {(s.alias, q): "model refused" for s in pending for q in s.question_ids}
             else:
-                got, invalid = parse_output(res.content, batch.questions, pending)
+                got, invalid = parse_output(res.content, batch.questions, pending,
+                                            token_logprobs=getattr(res, "token_logprobs", None))
                 if invalid and res.finish_reason == "length":
                     invalid = {k: f"{v} (output truncated at max_tokens={max_tokens})" for k, v in invalid.items()}
                     # Same prompt, same budget would truncate again: give the re-ask more room.
@@ -215,7 +216,9 @@ class BatchGrader:
         share = Usage(prompt_tokens=usage.prompt_tokens // n, completion_tokens=usage.completion_tokens // n)
         results = [GradeResult(
             student_id=by_alias[g.alias].student_id, question_id=g.question_id, score=g.score,
-            max_score=qmax[g.question_id], feedback=g.feedback, confidence=g.confidence,
+            max_score=qmax[g.question_id], feedback=g.feedback,
+            confidence=g.score_prob if g.score_prob is not None else g.confidence,
+            confidence_source="score_logprob" if g.score_prob is not None else "self_reported",
             pages=by_alias[g.alias].page_indices, model=model_used, batch_id=batch.batch_id, usage=share,
         ) for g in grades]
         return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=usage, calls=calls)

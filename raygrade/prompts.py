@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -148,9 +149,37 @@ class ParsedGrade(BaseModel):
     score: float
     feedback: str
     confidence: float
+    score_prob: float | None = None
 
 
-def parse_output(content: str | None, questions: list[Question], students: list[StudentWork]
+_SCORE_VALUE = re.compile(r'(?<!\\)"score"\s*:\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)')
+
+
+def score_probabilities(content: str, token_logprobs: list[tuple[str, float]] | None) -> list[float] | None:
+    """P(score tokens) for every ``"score": <number>`` in ``content``, in document order.
+
+    The probability of a score is the product of the probabilities of the completion
+    tokens that overlap the number's characters (each conditioned on everything before
+    it: the prompt and the feedback the schema puts first). ``None`` when no logprobs
+    were returned or they do not spell ``content`` (trailing tokens such as vLLM's
+    end-of-turn token are allowed).
+    """
+    if not token_logprobs or not "".join(t for t, _ in token_logprobs).startswith(content):
+        return None
+    starts, pos = [], 0
+    for tok, _ in token_logprobs:
+        starts.append(pos)
+        pos += len(tok)
+    out = []
+    for m in _SCORE_VALUE.finditer(content):
+        a, b = m.start(1), m.end(1)
+        lp = sum(lp for (tok, lp), st in zip(token_logprobs, starts) if st < b and st + len(tok) > a)
+        out.append(math.exp(lp))
+    return out
+
+
+def parse_output(content: str | None, questions: list[Question], students: list[StudentWork],
+                 token_logprobs: list[tuple[str, float]] | None = None
                  ) -> tuple[list[ParsedGrade], dict[tuple[str, str], str]]:
     """Check the model's answer against the batch.
 
@@ -158,7 +187,8 @@ def parse_output(content: str | None, questions: list[Question], students: list[
         ``(grades, invalid)``: valid grades, and ``{(alias, question_id): reason}`` for
         every expected item that is missing or invalid (not JSON, score out of
         ``[0, max_score]`` or off the allowed grid, confidence outside ``[0, 1]``).
-        Reasons never quote student text.
+        Reasons never quote student text. With ``token_logprobs``, each grade's
+        ``score_prob`` is :func:`score_probabilities` of its score.
     """
     expected = [(s.alias, qid) for s in students for qid in s.question_ids]
     try:
@@ -170,6 +200,11 @@ def parse_output(content: str | None, questions: list[Question], students: list[
     qmap = {q.id: q for q in questions}
     grades: list[ParsedGrade] = []
     invalid: dict[tuple[str, str], str] = {}
+    # Scores appear in the text in the order json.loads kept the objects' keys.
+    order = [(a, q) for a, v in data.items() if isinstance(v, dict) for q, e in v.items()
+             if isinstance(e, dict) and "score" in e]
+    probs = score_probabilities(content or "", token_logprobs)
+    prob_of = dict(zip(order, probs)) if probs is not None and len(probs) == len(order) else {}
     for alias, qid in expected:
         entry = data.get(alias, {}).get(qid) if isinstance(data.get(alias), dict) else None
         if not isinstance(entry, dict):
@@ -180,7 +215,8 @@ def parse_output(content: str | None, questions: list[Question], students: list[
             invalid[(alias, qid)] = reason
             continue
         grades.append(ParsedGrade(alias=alias, question_id=qid, score=float(entry["score"]),
-                                  feedback=entry["feedback"].strip(), confidence=float(entry["confidence"])))
+                                  feedback=entry["feedback"].strip(), confidence=float(entry["confidence"]),
+                                  score_prob=prob_of.get((alias, qid))))
     return grades, invalid
 
 

@@ -236,6 +236,10 @@ class GradeResult(_Model):
     max_score: float
     feedback: str
     confidence: float = Field(ge=0, le=1)
+    confidence_source: Literal["self_reported", "score_logprob", "reference_similarity"] = Field(
+        default="self_reported", description=(
+            "Where the confidence comes from: the model's own number, the probability of the score's "
+            "tokens (token log-probabilities), or the baseline's calibrated margin."))
     pages: list[int] = Field(description="0-based indices of the student's pages the grade used.")
     model: str
     batch_id: str

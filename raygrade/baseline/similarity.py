@@ -294,6 +294,6 @@ class ReferenceSimilarityGrader:
             for s, (score, conf, fb) in zip(ok, graded):
                 results.append(GradeResult(student_id=s.student_id, question_id=q.id, score=score,
                                            max_score=q.max_score, feedback=fb, confidence=conf,
-                                           pages=s.page_indices, model=self.model_name, batch_id=batch.batch_id,
+                                           confidence_source="reference_similarity", pages=s.page_indices, model=self.model_name, batch_id=batch.batch_id,
                                            usage=Usage()))
         return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=Usage(), calls=0)

@@ -42,6 +42,7 @@ class ChatResult:
         model: The model that answered.
         headers: Response headers, lower-cased (``x-ratelimit-*`` among them).
         refusal: The refusal text when the model refused.
+        token_logprobs: ``(token, logprob)`` per completion token, when requested and returned.
     """
 
     content: str | None
@@ -50,6 +51,7 @@ class ChatResult:
     model: str
     headers: dict[str, str]
     refusal: str | None = None
+    token_logprobs: list[tuple[str, float]] | None = None
 
 
 @contextlib.contextmanager
@@ -130,6 +132,8 @@ class OpenAICompatibleProvider:
                 "type": "json_schema",
                 "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
             }
+        if self.config.score_logprobs:
+            kwargs["logprobs"] = True
         if self.config.extra_body:
             kwargs["extra_body"] = self.config.extra_body
         with map_openai_errors():
@@ -150,6 +154,8 @@ class OpenAICompatibleProvider:
             model=completion.model or kwargs["model"],
             headers=headers,
             refusal=getattr(choice.message, "refusal", None),
+            token_logprobs=[(t.token, t.logprob) for t in choice.logprobs.content]
+            if choice.logprobs is not None and choice.logprobs.content else None,
         )
 
     async def close(self) -> None:

@@ -411,6 +411,9 @@ class FakeOpenAIServer:
         elif fault == "refusal":
             content, refusal = None, "I can't help with that."
         completion_tokens = min(max_tokens, math.ceil(len(content or refusal or "") / 4))
+        logprobs = None
+        if body.get("logprobs") and content:
+            logprobs = {"content": _fake_logprobs(content), "refusal": None}
         delay = self.latency_s + self.latency_per_token_s * completion_tokens
         started = time.monotonic()
         if delay:
@@ -424,7 +427,7 @@ class FakeOpenAIServer:
             "created": int(time.time()),
             "model": model,
             "system_fingerprint": "fp_raygrade_fake",
-            "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": None,
+            "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": logprobs,
                          "message": {"role": "assistant", "content": content, "refusal": refusal}}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
@@ -497,6 +500,21 @@ def fake_provider_config(base_url: str, **overrides: Any) -> ProviderConfig:
         rate_limit=RateLimitConfig(rpm=6_000, tpm=4_000_000), max_retries=2)
     cfg.update(overrides)
     return ProviderConfig(**cfg)
+
+
+#: Log-probability the fake server gives every token it emits (score digits included).
+FAKE_TOKEN_LOGPROB = math.log(0.9)
+
+
+def _fake_logprobs(content: str) -> list[dict[str, Any]]:
+    """OpenAI-shaped ``logprobs.content``: the text in 4-character tokens, each at
+    :data:`FAKE_TOKEN_LOGPROB`; digits and ``.`` are single tokens, as in real BPE vocabularies."""
+    import re
+
+    out = []
+    for tok in re.findall(r"\d|\.|[^\d.]{1,4}", content):
+        out.append({"token": tok, "logprob": FAKE_TOKEN_LOGPROB, "bytes": list(tok.encode()), "top_logprobs": []})
+    return out
 
 
 def _count_strings(value: Any) -> int:

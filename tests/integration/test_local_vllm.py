@@ -28,6 +28,7 @@ def test_sample_job_through_local_vllm(serve_url):
         for r in res.results:
             assert r.model == "smollm2-135m-instruct"
             assert r.score in grids[r.question_id] and 0 <= r.confidence <= 1
+            assert r.confidence_source == "score_logprob", "vLLM returned token logprobs for the score"
         assert st.usage.prompt_tokens > 200 and st.usage.completion_tokens > 0
     finally:
         serve.delete("local")

@@ -138,3 +138,13 @@ def test_fault_rates_are_seeded_and_logged_and_audit_counts_windows():
     assert audit["admitted"] == 30 and audit["rejected_429"] == 0 and audit["max_window_requests"] == 30
     with pytest.raises(ValueError):
         FakeOpenAIServer(fault_rates={"explode": 1.0})
+
+
+def test_logprobs_are_requested_and_returned_like_the_api(fake):
+    from raygrade.prompts import score_probabilities
+
+    p = OpenAICompatibleProvider(fake_provider(fake.base_url, score_logprobs=True))
+    res = chat(p, json_schema=SCHEMA)
+    assert "".join(t for t, _ in res.token_logprobs) == res.content == '{"score": 2.0}'
+    assert score_probabilities(res.content, res.token_logprobs) == [pytest.approx(0.9 ** 3)]
+    assert chat(OpenAICompatibleProvider(fake_provider(fake.base_url)), json_schema=SCHEMA).token_logprobs is None

@@ -201,3 +201,37 @@ def test_truncated_output_is_reasked_with_a_larger_budget_up_to_the_cap():
     out = asyncio.run(grader(p, max_completion_tokens=300, max_parse_retries=2)[0].grade(b))
     assert [c["max_tokens"] for c in p.calls] == [200, 300, 300]
     assert len(out.errors) == 2 and "truncated at max_tokens=300" in out.errors[0].message
+
+
+def test_score_probability_from_token_logprobs():
+    import math
+
+    from raygrade.prompts import score_probabilities
+
+    content = '{"s1": {"q1": {"feedback": "says \\"score\\": 2", "score": 0.5, "confidence": 0.9}}}'
+    toks = [(ch, math.log(0.5) if ch in "05." else 0.0) for ch in content]
+    # The escaped "score" inside the feedback is text; only the real score's "0", ".", "5" count.
+    p = score_probabilities(content, toks)
+    assert len(p) == 1 and abs(p[0] - 0.125) < 1e-12
+    assert score_probabilities(content, toks[:-1]) is None, "tokens that do not spell the content"
+    assert score_probabilities(content, [*toks, ("<|im_end|>", -0.1)]) == p, "an end-of-turn token is allowed"
+    assert score_probabilities(content, None) is None
+
+
+def test_grades_take_their_confidence_from_score_logprobs_when_given():
+    import math
+
+    b = batch(1)
+    content = json.dumps(good(b.students))
+
+    class LogprobProvider(ScriptedProvider):
+        async def chat(self, *args, **kw):
+            res = await super().chat(*args, **kw)
+            res.token_logprobs = [(ch, math.log(0.8) if ch in "0.5" else 0.0) for ch in res.content]
+            return res
+
+    out = asyncio.run(grader(LogprobProvider([content]))[0].grade(b))
+    assert {r.confidence_source for r in out.results} == {"score_logprob"}
+    assert all(abs(r.confidence - 0.8 ** 3) < 1e-9 for r in out.results), "P('0') P('.') P('5')"
+    plain = asyncio.run(grader(ScriptedProvider([content]))[0].grade(b))
+    assert {(r.confidence_source, r.confidence) for r in plain.results} == {("self_reported", 0.9)}
