@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--saf")
     ap.add_argument("--split", default="unseen_answers")
     ap.add_argument("--limit", type=int, help="grade a stratified slice of this many answers")
-    ap.add_argument("--configs", default="baseline,local", help="comma list of baseline, local, endpoint")
+    ap.add_argument("--configs", default="baseline,local", help="comma list of baseline, local (confidence from score logprobs), local-selfconf (the model's "
+                    "own confidence), endpoint")
     ap.add_argument("--paths", default="text,image")
     ap.add_argument("--examples", type=int, default=3, help="graded training answers in LLM prompts")
     ap.add_argument("--endpoint-url")
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
                     pages = ocr(pages, ocr_cache, reader)
                 if cfg == "baseline":
                     grades, errors = grade_baseline(test, train, pages, embedder)
-                elif cfg == "local":
+                elif cfg in ("local", "local-selfconf"):
                     if server is None:
                         from raygrade.config import LocalEngineConfig
                         from raygrade.engine.local_vllm import VLLMServerProcess, prepare_model
@@ -250,7 +251,9 @@ def main(argv: list[str] | None = None) -> dict:
                         server = VLLMServerProcess(eng, prepare_model(eng))
                         server.start()
                         server.wait_ready()
-                    grades, errors, usage = grade_llm(test, train, pages, local_vllm_provider(), server.base_url,
+                    # "local": confidence = P(score tokens); "local-selfconf": the model's own number.
+                    prov = local_vllm_provider().model_copy(update={"score_logprobs": cfg == "local"})
+                    grades, errors, usage = grade_llm(test, train, pages, prov, server.base_url,
                                                       a.examples, str(server.model_dir), False)
                 elif cfg == "endpoint":
                     if not (a.endpoint_url and a.endpoint_model):
