@@ -83,6 +83,9 @@ class ProviderConfig(_Config):
     score_logprobs: bool = Field(default=False, description=(
         "Request token log-probabilities and use P(score tokens | prompt, feedback) as each grade's confidence "
         "(vLLM and OpenAI chat models return them)."))
+    fallback_to_baseline: bool = Field(default=False, description=(
+        "While this provider's circuit breaker is open, grade with the reference-similarity baseline "
+        "(results say model 'reference-similarity') instead of reporting circuit_open errors."))
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries of retryable errors per call.")

@@ -16,6 +16,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict
 
 from raygrade.errors import (
+    CircuitOpenError,
     OutputParseError,
     ProviderConnectionError,
     ProviderStatusError,
@@ -116,14 +117,18 @@ class BatchGrader:
         retry_after_cap_s: Cap on a provider's ``Retry-After``.
         max_completion_tokens: The model's completion limit; a re-ask after output was
             truncated at ``max_tokens`` doubles ``max_tokens`` up to this cap.
+        fallback: A grader (``async grade(GradeBatch) -> BatchOutcome``) for the items
+            still pending while the provider's circuit breaker is open, e.g. the
+            reference-similarity baseline; ``None`` reports them as ``circuit_open`` errors.
         sleep: Async sleep, injected in tests.
     """
 
     def __init__(self, provider: ChatProvider, limiter: Limiter, *, bucket_key: str, max_retries: int = 3,
                  max_parse_retries: int = 2, schema_bounds: bool = False, retry_after_cap_s: float = 60.0,
-                 max_completion_tokens: int | None = None,
+                 max_completion_tokens: int | None = None, fallback=None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self._provider, self._limiter = provider, limiter
+        self._fallback = fallback
         self._key = bucket_key
         self._max_retries, self._max_parse_retries = max_retries, max_parse_retries
         self._bounds = schema_bounds
@@ -174,10 +179,25 @@ class BatchGrader:
         model_used = batch.model or ""
         errors: list[GradingErrorItem] = []
         invalid: dict[tuple[str, str], str] = {}
+        fallback_results: list[GradeResult] = []
         max_tokens = batch.max_tokens
         for round_ in range(self._max_parse_retries + 1):
             try:
                 res = await self._call(batch, pending, max_tokens)
+            except CircuitOpenError as exc:
+                if self._fallback is None:
+                    errors.append(GradingErrorItem(
+                        student_ids=[s.student_id for s in pending],
+                        question_ids=sorted({q for s in pending for q in s.question_ids}),
+                        type=exc.error_type, message=exc.message, batch_id=batch.batch_id))
+                else:
+                    # The provider is failing: grade what is left with the fallback, marked as such.
+                    fb = await self._fallback.grade(batch.model_copy(update={"students": pending}))
+                    fallback_results, errors = fb.results, errors + fb.errors
+                    logger.info("batch %s: %d items graded by the fallback (circuit open)", batch.batch_id,
+                                len(fb.results))
+                invalid = {}
+                break
             except RaygradeError as exc:
                 errors.append(GradingErrorItem(
                     student_ids=[s.student_id for s in pending],
@@ -220,7 +240,7 @@ class BatchGrader:
             confidence=g.score_prob if g.score_prob is not None else g.confidence,
             confidence_source="score_logprob" if g.score_prob is not None else "self_reported",
             pages=by_alias[g.alias].page_indices, model=model_used, batch_id=batch.batch_id, usage=share,
-        ) for g in grades]
+        ) for g in grades] + fallback_results
         return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=usage, calls=calls)
 
 
@@ -246,8 +266,13 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
     from raygrade.providers.openai_compat import OpenAICompatibleProvider
 
     provider = OpenAICompatibleProvider(provider_config, base_url=base_url)
+    fallback = None
+    if provider_config.fallback_to_baseline:
+        from raygrade.baseline.similarity import ReferenceSimilarityGrader
+
+        fallback = ReferenceSimilarityGrader()
     return BatchGrader(
         provider, limiter, bucket_key=provider_config.bucket_key, max_retries=provider_config.max_retries,
         max_parse_retries=max_parse_retries, schema_bounds=provider_config.schema_bounds,
         retry_after_cap_s=provider_config.retry_after_cap_s,
-        max_completion_tokens=provider_config.max_completion_tokens)
+        max_completion_tokens=provider_config.max_completion_tokens, fallback=fallback)

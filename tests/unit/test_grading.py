@@ -235,3 +235,37 @@ def test_grades_take_their_confidence_from_score_logprobs_when_given():
     assert all(abs(r.confidence - 0.8 ** 3) < 1e-9 for r in out.results), "P('0') P('.') P('5')"
     plain = asyncio.run(grader(ScriptedProvider([content]))[0].grade(b))
     assert {(r.confidence_source, r.confidence) for r in plain.results} == {("self_reported", 0.9)}
+
+
+def test_items_go_to_the_fallback_while_the_breaker_is_open():
+    from raygrade.grading import BatchOutcome
+    from raygrade.protocol import GradeResult
+
+    class Baseline:
+        def __init__(self):
+            self.seen = []
+
+        async def grade(self, b):
+            self.seen.append([s.student_id for s in b.students])
+            return BatchOutcome(batch_id=b.batch_id, errors=[], usage=Usage(), calls=0, results=[GradeResult(
+                student_id=s.student_id, question_id=q, score=1, max_score=2, feedback="baseline", confidence=0.6,
+                confidence_source="reference_similarity", pages=[0], model="reference-similarity",
+                batch_id=b.batch_id, usage=Usage()) for s in b.students for q in s.question_ids])
+
+    b = batch(2)
+    base = Baseline()
+    p = ScriptedProvider([ProviderStatusError("503", provider_status=503)])
+    g, _ = grader(p, limits=Limits(tpm=10_000, breaker_failure_threshold=1, breaker_cooldown_s=600), fallback=base)
+    out = asyncio.run(g.grade(b))
+    assert not out.errors and len(out.results) == 4 and base.seen == [["student-1", "student-2"]]
+    assert {r.model for r in out.results} == {"reference-similarity"} and len(p.calls) == 1
+
+
+def test_fallback_to_baseline_is_wired_from_the_provider_config():
+    from raygrade.baseline.similarity import ReferenceSimilarityGrader
+    from raygrade.grading import build_batch_grader
+    from raygrade.testing.fake_openai import fake_provider_config
+
+    cfg = fake_provider_config("http://127.0.0.1:9/v1", fallback_to_baseline=True)
+    assert isinstance(build_batch_grader(cfg, None)._fallback, ReferenceSimilarityGrader)
+    assert build_batch_grader(cfg.model_copy(update={"fallback_to_baseline": False}), None)._fallback is None
