@@ -54,6 +54,10 @@ Sleep = Callable[[float], Awaitable[None]]
 Priority = Literal["interactive", "bulk"]
 Outcome = Literal["ok", "rate_limited", "failure", "client_error"]
 
+#: Reservations not settled after this long are forgotten (checked once the map is large).
+OPEN_RESERVATION_TTL_S = 3600.0
+OPEN_RESERVATIONS_SOFT_CAP = 10_000
+
 #: Lower rank goes first.
 PRIORITY_RANK: dict[str, int] = {"interactive": 0, "bulk": 1}
 
@@ -396,9 +400,18 @@ class RateLimiter:
                 self._prune(st)
             r = Reservation(next(self._ids), st.key, w.tokens, now - w.enqueued, probe)
             self._open[r.id] = _Open(r, req, tok, now)
+            if len(self._open) > OPEN_RESERVATIONS_SOFT_CAP:
+                self._expire_open(now)
             st.stats["admitted_requests"] += 1
             st.stats["admitted_tokens"] += w.tokens
             w.future.set_result(r)
+
+    def _expire_open(self, now: float) -> None:
+        """Forget reservations never settled for an hour (their caller died): their charges
+        have long left the windows; only the bookkeeping remains."""
+        stale = [rid for rid, o in self._open.items() if o.admitted_at < now - OPEN_RESERVATION_TTL_S]
+        for rid in stale:
+            del self._open[rid]
 
     @staticmethod
     def _prune(st: _KeyState) -> None:

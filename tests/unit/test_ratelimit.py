@@ -387,3 +387,19 @@ def test_a_call_the_provider_counted_late_leaves_the_window_late():
         await clock.advance(0.2)
         assert t.done()
     run(main)
+
+
+def test_reservations_never_settled_are_forgotten_after_an_hour(monkeypatch):
+    import raygrade.ratelimit.limiter as limiter_mod
+
+    monkeypatch.setattr(limiter_mod, "OPEN_RESERVATIONS_SOFT_CAP", 3)
+
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=1000)
+        old = [await lim.acquire("k", 1) for _ in range(3)]  # their callers died: never settled
+        await clock.advance(3601)
+        fresh = [await lim.acquire("k", 1) for _ in range(2)]
+        assert set(lim._open) == {r.id for r in fresh}
+        await lim.settle(old[0], 1)  # a late settlement of a forgotten one is harmless
+    run(main)
