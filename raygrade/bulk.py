@@ -19,16 +19,7 @@ import json
 from typing import Any
 
 from raygrade.config import ProviderConfig
-from raygrade.grading import BatchOutcome, GradeBatch, build_batch_grader
-from raygrade.protocol import GradingErrorItem
-
-
-def bulk_grader(provider: ProviderConfig, namespace: str, max_parse_retries: int = 2, base_url: str | None = None):
-    """A batch grader whose calls reserve at ``bulk`` priority in the shared token bucket."""
-    from raygrade.ratelimit.actor import ActorLimiter
-
-    limiter = ActorLimiter(provider, namespace, priority="bulk") if provider.kind != "reference_similarity" else None
-    return build_batch_grader(provider, limiter, max_parse_retries=max_parse_retries, base_url=base_url)
+from raygrade.grading import BatchOutcome, GradeBatch, cluster_grader, students_error
 
 
 class BatchGradingUDF:
@@ -45,18 +36,17 @@ class BatchGradingUDF:
         self._provider = provider if isinstance(provider, ProviderConfig) else ProviderConfig(**provider)
         # One event loop per actor, reused for every block (the HTTP client belongs to it).
         self._loop = asyncio.new_event_loop()
-        self._grader = bulk_grader(self._provider, namespace, max_parse_retries, base_url)
+        self._grader = cluster_grader(self._provider, namespace, priority="bulk", max_parse_retries=max_parse_retries,
+                                      base_url=base_url)
 
     async def _one(self, raw: str) -> dict[str, Any]:
         batch = GradeBatch.model_validate_json(raw)
         try:
             out = await self._grader.grade(batch)
         except Exception as exc:  # BatchGrader reports provider errors itself; this is anything else
-            out = BatchOutcome(batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[GradingErrorItem(
-                student_ids=[s.student_id for s in batch.students],
-                question_ids=sorted({q for s in batch.students for q in s.question_ids}),
-                type=getattr(exc, "error_type", "internal_error"), message=f"grading failed: {type(exc).__name__}",
-                batch_id=batch.batch_id)])
+            out = BatchOutcome(batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[students_error(
+                batch.students, getattr(exc, "error_type", "internal_error"), f"grading failed: {type(exc).__name__}",
+                batch.batch_id)])
         return {"batch_id": out.batch_id,
                 "results": json.dumps([r.model_dump(mode="json") for r in out.results]),
                 "errors": json.dumps([e.model_dump(mode="json") for e in out.errors]),

@@ -25,7 +25,7 @@ class RateLimitConfig(_Config):
     """A provider's limits for one model, and how the shared limiter treats them.
 
     Enforced by :class:`raygrade.ratelimit.limiter.RateLimiter` (one actor for the
-    whole cluster); the fields mirror :class:`raygrade.ratelimit.limiter.Limits`.
+    whole cluster), which takes this model as its policy.
 
     Attributes:
         rpm: Requests per minute (``None``: unlimited unless response headers give one).

@@ -80,6 +80,14 @@ class Limiter(Protocol):
                      send_delay_s: float | None = None) -> None: ...
 
 
+def students_error(students: list[StudentWork], error_type: str, message: str, batch_id: str | None
+                   ) -> GradingErrorItem:
+    """One error covering every item (student × question) of ``students``."""
+    return GradingErrorItem(student_ids=[s.student_id for s in students],
+                            question_ids=sorted({q for s in students for q in s.question_ids}),
+                            type=error_type, message=message, batch_id=batch_id)
+
+
 def send_delay(elapsed_s: float, headers: dict[str, str]) -> float | None:
     """Upper bound on when the provider counted a call, in seconds after it was granted:
     the response time minus the provider's ``openai-processing-ms`` (``None`` without it)."""
@@ -184,25 +192,15 @@ class BatchGrader:
         for round_ in range(self._max_parse_retries + 1):
             try:
                 res = await self._call(batch, pending, max_tokens)
-            except CircuitOpenError as exc:
-                if self._fallback is None:
-                    errors.append(GradingErrorItem(
-                        student_ids=[s.student_id for s in pending],
-                        question_ids=sorted({q for s in pending for q in s.question_ids}),
-                        type=exc.error_type, message=exc.message, batch_id=batch.batch_id))
-                else:
+            except RaygradeError as exc:
+                if isinstance(exc, CircuitOpenError) and self._fallback is not None:
                     # The provider is failing: grade what is left with the fallback, marked as such.
                     fb = await self._fallback.grade(batch.model_copy(update={"students": pending}))
                     fallback_results, errors = fb.results, errors + fb.errors
                     logger.info("batch %s: %d items graded by the fallback (circuit open)", batch.batch_id,
                                 len(fb.results))
-                invalid = {}
-                break
-            except RaygradeError as exc:
-                errors.append(GradingErrorItem(
-                    student_ids=[s.student_id for s in pending],
-                    question_ids=sorted({q for s in pending for q in s.question_ids}),
-                    type=exc.error_type, message=exc.message, batch_id=batch.batch_id))
+                else:
+                    errors.append(students_error(pending, exc.error_type, exc.message, batch.batch_id))
                 invalid = {}
                 break
             calls += 1
@@ -212,8 +210,7 @@ class BatchGrader:
             if res.refusal and not res.content:
                 got, invalid = [], {(s.alias, q): "model refused" for s in pending for q in s.question_ids}
             else:
-                got, invalid = parse_output(res.content, batch.questions, pending,
-                                            token_logprobs=getattr(res, "token_logprobs", None))
+                got, invalid = parse_output(res.content, batch.questions, pending, token_logprobs=res.token_logprobs)
                 if invalid and res.finish_reason == "length":
                     invalid = {k: f"{v} (output truncated at max_tokens={max_tokens})" for k, v in invalid.items()}
                     # Same prompt, same budget would truncate again: give the re-ask more room.
@@ -242,6 +239,19 @@ class BatchGrader:
             pages=by_alias[g.alias].page_indices, model=model_used, batch_id=batch.batch_id, usage=share,
         ) for g in grades] + fallback_results
         return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=usage, calls=calls)
+
+
+def cluster_grader(provider_config, namespace: str | None, *, priority: str = "interactive",
+                   max_parse_retries: int = 2, base_url: str | None = None):
+    """:func:`build_batch_grader` with the cluster's shared token-bucket actor of ``namespace``
+    as limiter, reserving at ``priority`` (``"interactive"`` for Serve, ``"bulk"`` for regrades);
+    the baseline needs no limiter. Needs a running Ray."""
+    limiter = None
+    if provider_config.kind != "reference_similarity":
+        from raygrade.ratelimit.actor import ActorLimiter
+
+        limiter = ActorLimiter(provider_config, namespace, priority=priority)
+    return build_batch_grader(provider_config, limiter, max_parse_retries=max_parse_retries, base_url=base_url)
 
 
 def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_retries: int = 2,

@@ -158,8 +158,13 @@ def submission_rows_to_jobs(rows: list[dict[str, Any]], assessment: Assessment
         except (RaygradeError, ValueError) as exc:
             etype = exc.error_type if isinstance(exc, RaygradeError) else InvalidRequestError.error_type
             msg = exc.message if isinstance(exc, RaygradeError) else "invalid submission row"
-            errors.extend(_error_rows(r, wanted or sorted(qids), etype, msg, assessment))
+            errors.extend(_error_rows(r, _row_questions(r, assessment), etype, msg, assessment))
     return subs, errors
+
+
+def _row_questions(row: dict[str, Any], assessment: Assessment) -> list[str]:
+    """The question ids a dataset row answers (every question when it names none)."""
+    return list(row.get("question_ids") or []) or [q.id for q in assessment.questions]
 
 
 def _error_rows(row: dict[str, Any], qids: Iterable[str], etype: str, msg: str, assessment: Assessment,
@@ -167,8 +172,8 @@ def _error_rows(row: dict[str, Any], qids: Iterable[str], etype: str, msg: str, 
     qmax = {q.id: q.max_score for q in assessment.questions}
     return [{"submission_id": str(row["submission_id"]), "student_id": str(row.get("student_id") or ""),
              "question_id": q, "score": None, "max_score": qmax.get(q), "feedback": None, "confidence": None,
-             "confidence_source": None, "needs_review": False, "model": None, "prompt_version": PROMPT_VERSION, "prompt_tokens": 0,
-             "completion_tokens": 0, "pages": _page_count(row), "batch_id": batch_id, "error_type": etype,
+             "confidence_source": None, "needs_review": False, "model": None, "prompt_version": PROMPT_VERSION,
+             "prompt_tokens": 0, "completion_tokens": 0, "pages": _page_count(row), "batch_id": batch_id, "error_type": etype,
              "error_message": msg} for q in qids]
 
 
@@ -191,24 +196,19 @@ class RegradeUDF:
     """
 
     def __init__(self, config: dict[str, Any], assessment: dict[str, Any], run_id: str):
-        from raygrade.bulk import bulk_grader
-        from raygrade.serve.batcher import JobPlanner
-        from raygrade.tokens import counter_for
+        from raygrade.config import RaygradeArgs
+        from raygrade.grading import cluster_grader
+        from raygrade.serve.batcher import planner_for
 
         self.cfg = RegradeConfig.model_validate(config)
         self.assessment = Assessment.model_validate(assessment)
         self.run_id = run_id
-        provider = self.cfg.provider
-        if provider.tokenizer == "hf" and provider.tokenizer_path is None:
-            provider = provider.model_copy(update={"tokenizer": "tiktoken"})
-        from raygrade.config import RaygradeArgs
-
-        args = RaygradeArgs(provider=self.cfg.provider, batcher=self.cfg.batcher_config(),
-                            namespace=self.cfg.namespace)
-        self.planner = JobPlanner(args, counter_for(provider))
+        batcher = self.cfg.batcher_config()
+        self.planner = planner_for(RaygradeArgs(provider=self.cfg.provider, batcher=batcher,
+                                                namespace=self.cfg.namespace))
         self.loop = asyncio.new_event_loop()
-        self.grader = bulk_grader(self.cfg.provider, self.cfg.namespace, self.cfg.batcher_config().max_parse_retries,
-                                  self.cfg.base_url)
+        self.grader = cluster_grader(self.cfg.provider, self.cfg.namespace, priority="bulk",
+                                     max_parse_retries=batcher.max_parse_retries, base_url=self.cfg.base_url)
         mode = self.cfg.reading_mode
         if mode == ReadingMode.AUTO:
             mode = ReadingMode.VISION if self.cfg.provider.supports_vision else ReadingMode.OCR
@@ -232,9 +232,8 @@ class RegradeUDF:
         except Exception as exc:  # never fail the job for one block: error rows instead
             logger.exception("block failed")
             etype = exc.error_type if isinstance(exc, RaygradeError) else "internal_error"
-            out = [e for r in rows for e in _error_rows(
-                r, r.get("question_ids") or [q.id for q in self.assessment.questions], etype,
-                f"block failed: {type(exc).__name__}", self.assessment)]
+            out = [e for r in rows for e in _error_rows(r, _row_questions(r, self.assessment), etype,
+                                                        f"block failed: {type(exc).__name__}", self.assessment)]
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         for r in out:
             r["run_id"], r["graded_at"] = self.run_id, now
@@ -243,23 +242,24 @@ class RegradeUDF:
     async def _grade_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_id = {str(r["submission_id"]): r for r in rows}
         subs, out = submission_rows_to_jobs(rows, self.assessment)
+        if not subs:
+            return out
+        job = GradingJob(assessment=self.assessment, submissions=subs)
         works = []
         for i, sub in enumerate(subs):
+            qids = [q.id for q in job.questions_for(sub)]
             try:
                 pages = await asyncio.to_thread(self._read, sub)
             except Exception as exc:
-                out.extend(_error_rows(by_id[sub.student_id], [q.id for q in self._questions(sub)],
-                                       ReadingError.error_type, f"reading failed: {type(exc).__name__}",
-                                       self.assessment))
+                out.extend(_error_rows(by_id[sub.student_id], qids, ReadingError.error_type,
+                                       f"reading failed: {type(exc).__name__}", self.assessment))
                 continue
             works.append(StudentWork(student_id=sub.student_id, alias=f"s{i + 1}", pages=pages,
-                                     page_indices=list(range(len(sub.pages))),
-                                     question_ids=[q.id for q in self._questions(sub)]))
+                                     page_indices=list(range(len(sub.pages))), question_ids=qids))
         if not works:
             return out
-        ok = {w.student_id for w in works}
-        job = GradingJob(assessment=self.assessment, submissions=[s for s in subs if s.student_id in ok])
-        job_id = f"regrade-{self.run_id}-{hashlib.sha1(''.join(sorted(ok)).encode()).hexdigest()[:10]}"
+        ok = sorted(w.student_id for w in works)
+        job_id = f"regrade-{self.run_id}-{hashlib.sha1(''.join(ok).encode()).hexdigest()[:10]}"
         batches, plan_errors = self.planner.batches(job_id, job, works, self.mode == ReadingMode.VISION)
         for e in plan_errors:
             for sid in e.student_ids:
@@ -273,10 +273,6 @@ class RegradeUDF:
         for b, outcome in await asyncio.gather(*(grade(b) for b in batches)):
             out.extend(self._outcome_rows(b, outcome, by_id))
         return out
-
-    def _questions(self, sub: Submission):
-        wanted = sub.question_ids
-        return [q for q in self.assessment.questions if not wanted or q.id in wanted]
 
     def _outcome_rows(self, b: GradeBatch, outcome: BatchOutcome, by_id: dict[str, dict[str, Any]]
                       ) -> list[dict[str, Any]]:

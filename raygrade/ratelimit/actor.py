@@ -19,12 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from raygrade.config import ProviderConfig
+from raygrade.config import ProviderConfig, RateLimitConfig
 from raygrade.ratelimit.limiter import Outcome, Priority, RateLimiter, Reservation
 
 logger = logging.getLogger(__name__)
@@ -43,9 +42,9 @@ class TokenBucketActor:
             logger.warning("token bucket actor restarted: windows start full, capacity returns at the steady rate")
         self._limiter = RateLimiter(restarted=restarted)
 
-    async def acquire(self, key: str, tokens: int, limits: Mapping[str, Any] | None = None,
+    async def acquire(self, key: str, tokens: int, limits: RateLimitConfig | None = None,
                       priority: Priority = "interactive", job: str | None = None) -> Reservation:
-        """Configure ``key`` with ``limits`` (a ``RateLimitConfig`` dump) if needed, then wait and reserve."""
+        """Configure ``key`` with ``limits`` if they changed, then wait and reserve."""
         if limits is not None:
             self._limiter.configure(key, limits)
         return await self._limiter.acquire(key, tokens, priority=priority, job=job)
@@ -86,7 +85,7 @@ class ActorLimiter:
                  priority: Priority = "interactive", actor_retries: int = 10):
         self._namespace = namespace
         self._actor = get_token_bucket(namespace)
-        self._limits = provider.rate_limit.model_dump()
+        self._limits = provider.rate_limit  # travels pickled: no re-validation per call
         self._priority = priority
         self._actor_retries = actor_retries
 

@@ -43,6 +43,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
+from raygrade.config import RateLimitConfig
 from raygrade.errors import CircuitOpenError
 from raygrade.ratelimit.breaker import CircuitBreaker
 from raygrade.ratelimit.window import Charge, SlidingWindow, parse_rate_limit_headers
@@ -60,43 +61,6 @@ OPEN_RESERVATIONS_SOFT_CAP = 10_000
 
 #: Lower rank goes first.
 PRIORITY_RANK: dict[str, int] = {"interactive": 0, "bulk": 1}
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Limits and policy of one key (the fields of :class:`raygrade.config.RateLimitConfig`).
-
-    Attributes:
-        rpm: Requests per minute (``None``: unlimited until headers say otherwise).
-        tpm: Tokens per minute.
-        window_s: Length of the provider's window: 60 for OpenAI; shorter for providers
-            that enforce a per-minute limit pro rata over short intervals (Azure OpenAI
-            checks 1- or 10-s windows), i.e. ``rpm·window_s/60`` per window.
-        window_margin_s: Added to the 60-s window to cover the delay between a
-            reservation here and the provider counting the call.
-        refund_unused: Settle with reported usage (refund unused ``max_tokens``).
-        learn_from_headers: Use ``x-ratelimit-*`` response headers.
-        default_backoff_s: Global pause after a 429 without ``Retry-After``.
-        breaker_failure_threshold, breaker_cooldown_s, breaker_max_cooldown_s:
-            Circuit breaker settings.
-    """
-
-    rpm: int | None = None
-    tpm: int | None = None
-    window_s: float = 60.0
-    window_margin_s: float = 1.0
-    refund_unused: bool = True
-    learn_from_headers: bool = True
-    default_backoff_s: float = 1.0
-    breaker_failure_threshold: int = 5
-    breaker_cooldown_s: float = 30.0
-    breaker_max_cooldown_s: float = 300.0
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any] | None) -> Limits:
-        """From a dict (``RateLimitConfig.model_dump()``); unknown keys are ignored."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in (m or {}).items() if k in fields})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +101,7 @@ class _Open:
 
 
 class _KeyState:
-    def __init__(self, key: str, limits: Limits):
+    def __init__(self, key: str, limits: RateLimitConfig):
         self.key, self.limits = key, limits
         self.scale = limits.window_s / 60.0  # per-minute limit -> per-window limit
         self.window_s = limits.window_s + limits.window_margin_s
@@ -155,7 +119,7 @@ class _KeyState:
                       "failures": 0, "rejected_open": 0, "header_corrections": 0}
 
     @staticmethod
-    def _breaker(limits: Limits) -> CircuitBreaker:
+    def _breaker(limits: RateLimitConfig) -> CircuitBreaker:
         return CircuitBreaker(failure_threshold=limits.breaker_failure_threshold,
                               cooldown_s=limits.breaker_cooldown_s, max_cooldown_s=limits.breaker_max_cooldown_s)
 
@@ -204,16 +168,16 @@ class RateLimiter:
         self._open: dict[int, _Open] = {}
 
     # -- configuration --------------------------------------------------------------------
-    def configure(self, key: str, limits: Limits | Mapping[str, Any] | None = None, *,
+    def configure(self, key: str, limits: RateLimitConfig | Mapping[str, Any] | None = None, *,
                   rpm: int | None = None, tpm: int | None = None) -> None:
         """Create or update the limits of ``key``; the same limits again is a no-op.
 
-        ``limits`` may be a :class:`Limits`, a ``RateLimitConfig.model_dump()`` dict,
-        or omitted in favour of ``rpm``/``tpm``. Changing limits keeps what was
+        ``limits`` may be a :class:`~raygrade.config.RateLimitConfig` (its fields are the
+        policy), its dict form, or omitted in favour of ``rpm``/``tpm``. Changing limits keeps what was
         already charged in the window.
         """
-        if not isinstance(limits, Limits):
-            limits = Limits.from_mapping(limits) if limits is not None else Limits(rpm=rpm, tpm=tpm)
+        if not isinstance(limits, RateLimitConfig):
+            limits = RateLimitConfig.model_validate(limits) if limits is not None else RateLimitConfig(rpm=rpm, tpm=tpm)
         st = self._keys.get(key)
         if st is None:
             st = self._keys[key] = _KeyState(key, limits)

@@ -18,7 +18,7 @@ from ray import serve
 from raygrade.batching import BatchLimits, StudentCost, plan_batches
 from raygrade.config import RaygradeArgs
 from raygrade.errors import PlanningError, RaygradeError, ReadingError
-from raygrade.grading import BatchOutcome, GradeBatch
+from raygrade.grading import BatchOutcome, GradeBatch, students_error
 from raygrade.prompts import SYSTEM_PROMPT, StudentWork, page_header, question_section, student_header
 from raygrade.protocol import GradingErrorItem, GradingJob, ImagePage, Question, ReadingMode, TextPage
 from raygrade.tokens import TokenCounter, counter_for, image_tokens
@@ -105,6 +105,15 @@ class JobPlanner:
         return batches, errors
 
 
+def planner_for(args: RaygradeArgs, model_dir: str | None = None) -> JobPlanner:
+    """The planner for ``args``, counting with the model's own tokenizer from ``model_dir``
+    when given; an ``hf`` tokenizer with no path to load falls back to tiktoken."""
+    provider = args.provider
+    if model_dir is None and provider.tokenizer == "hf" and provider.tokenizer_path is None:
+        provider = provider.model_copy(update={"tokenizer": "tiktoken"})
+    return JobPlanner(args, counter_for(provider, model_dir))
+
+
 @serve.deployment(name="Batcher", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100, num_replicas=1)
 class Batcher:
     """Runs accepted jobs in the background of this replica.
@@ -130,11 +139,7 @@ class Batcher:
                 path = (await self._engine.info.remote())["model_dir"]
                 if not os.path.isdir(path):  # engine on another node: estimate with tiktoken
                     path = None
-            provider = self._args.provider
-            if path is None and provider.tokenizer == "hf" and provider.tokenizer_path is None:
-                provider = provider.model_copy(update={"tokenizer": "tiktoken"})
-            counter = await asyncio.to_thread(counter_for, provider, path)
-            self._planner = JobPlanner(self._args, counter)
+            self._planner = await asyncio.to_thread(planner_for, self._args, path)
         return self._planner
 
     async def submit(self, job_id: str) -> None:
@@ -212,10 +217,7 @@ class Batcher:
             except Exception as exc:  # replica died or the call failed outside BatchGrader
                 logger.warning("batch %s failed: %s", batch.batch_id, type(exc).__name__)
                 outcome, replica = BatchOutcome(
-                    batch_id=batch.batch_id, results=[], usage={}, calls=0,
-                    errors=[GradingErrorItem(
-                        student_ids=[s.student_id for s in batch.students],
-                        question_ids=sorted({q for s in batch.students for q in s.question_ids}),
-                        type=getattr(exc, "error_type", "grader_error"), message=f"grader call failed: "
-                        f"{type(exc).__name__}", batch_id=batch.batch_id)]), None
+                    batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[students_error(
+                        batch.students, getattr(exc, "error_type", "grader_error"),
+                        f"grader call failed: {type(exc).__name__}", batch.batch_id)]), None
             await self._registry.add_outcome.remote(job_id, outcome, replica)

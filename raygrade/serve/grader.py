@@ -16,8 +16,7 @@ from ray.util import metrics
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader
 from raygrade.config import BatcherConfig, ProviderConfig
-from raygrade.grading import BatchGrader, BatchOutcome, GradeBatch, build_batch_grader
-from raygrade.ratelimit.actor import ActorLimiter
+from raygrade.grading import BatchGrader, BatchOutcome, GradeBatch, cluster_grader
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +55,8 @@ class Grader:
             base_url = None
             if self._engine is not None:
                 base_url = (await self._engine.info.remote())["base_url"]
-            limiter = (ActorLimiter(self._config, self._namespace)
-                       if self._config.kind != "reference_similarity" else None)
-            self._grader = build_batch_grader(self._config, limiter, base_url=base_url,
-                                              max_parse_retries=self._batcher_config.max_parse_retries)
+            self._grader = cluster_grader(self._config, self._namespace, base_url=base_url,
+                                          max_parse_retries=self._batcher_config.max_parse_retries)
         return self._grader
 
     async def grade(self, batch: GradeBatch) -> tuple[BatchOutcome, str]:

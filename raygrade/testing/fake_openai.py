@@ -39,6 +39,7 @@ import io
 import json
 import math
 import random
+import re
 import threading
 import time
 import uuid
@@ -509,8 +510,6 @@ FAKE_TOKEN_LOGPROB = math.log(0.9)
 def _fake_logprobs(content: str) -> list[dict[str, Any]]:
     """OpenAI-shaped ``logprobs.content``: the text in 4-character tokens, each at
     :data:`FAKE_TOKEN_LOGPROB`; digits and ``.`` are single tokens, as in real BPE vocabularies."""
-    import re
-
     out = []
     for tok in re.findall(r"\d|\.|[^\d.]{1,4}", content):
         out.append({"token": tok, "logprob": FAKE_TOKEN_LOGPROB, "bytes": list(tok.encode()), "top_logprobs": []})

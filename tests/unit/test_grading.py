@@ -8,7 +8,8 @@ from raygrade.grading import BatchGrader, GradeBatch
 from raygrade.prompts import StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import Question, TextPage, Usage
 from raygrade.providers.openai_compat import ChatResult
-from raygrade.ratelimit.limiter import Limits, RateLimiter
+from raygrade.config import RateLimitConfig
+from raygrade.ratelimit.limiter import RateLimiter
 
 Q = [Question(id="q1", prompt="Name a TCP header field.", max_score=1, reference_answer="sequence number"),
      Question(id="q2", prompt="What does UDP lack?", max_score=2, score_step=0.5)]
@@ -66,7 +67,7 @@ class NoSleep:
 def grader(provider, sleep=None, limits=None, **kw):
     sleep = sleep or NoSleep()
     lim = RateLimiter(clock=sleep.clock, sleep=sleep)
-    lim.configure("p/m", limits or Limits(tpm=10_000))
+    lim.configure("p/m", limits or RateLimitConfig(tpm=10_000))
     return BatchGrader(provider, lim, bucket_key="p/m", sleep=sleep, **kw), lim
 
 
@@ -133,7 +134,7 @@ def test_retry_after_is_honoured_then_success():
 def test_an_open_circuit_breaker_stops_retries_and_is_reported():
     b = batch(1)
     p = ScriptedProvider([ProviderStatusError("503", provider_status=503), good(b.students)])
-    g, lim = grader(p, limits=Limits(tpm=10_000, breaker_failure_threshold=1, breaker_cooldown_s=600))
+    g, lim = grader(p, limits=RateLimitConfig(tpm=10_000, breaker_failure_threshold=1, breaker_cooldown_s=600))
     out = asyncio.run(g.grade(b))
     assert len(p.calls) == 1, "nothing is sent while the breaker is open"
     assert [e.type for e in out.errors] == ["circuit_open"]
@@ -255,7 +256,7 @@ def test_items_go_to_the_fallback_while_the_breaker_is_open():
     b = batch(2)
     base = Baseline()
     p = ScriptedProvider([ProviderStatusError("503", provider_status=503)])
-    g, _ = grader(p, limits=Limits(tpm=10_000, breaker_failure_threshold=1, breaker_cooldown_s=600), fallback=base)
+    g, _ = grader(p, limits=RateLimitConfig(tpm=10_000, breaker_failure_threshold=1, breaker_cooldown_s=600), fallback=base)
     out = asyncio.run(g.grade(b))
     assert not out.errors and len(out.results) == 4 and base.seen == [["student-1", "student-2"]]
     assert {r.model for r in out.results} == {"reference-similarity"} and len(p.calls) == 1

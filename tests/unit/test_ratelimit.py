@@ -7,7 +7,8 @@ import pytest
 
 from raygrade.errors import CircuitOpenError
 from raygrade.ratelimit.breaker import CircuitBreaker
-from raygrade.ratelimit.limiter import Limits, RateLimiter
+from raygrade.config import RateLimitConfig
+from raygrade.ratelimit.limiter import RateLimiter
 from raygrade.ratelimit.window import SlidingWindow, parse_duration, parse_rate_limit_headers
 from raygrade.testing.clock import VirtualClock
 
@@ -20,7 +21,7 @@ def run(coro_fn):
 
 def limiter(clock, restarted=False, **limits):
     lim = RateLimiter(clock=clock, sleep=clock.sleep, restarted=restarted)
-    lim.configure("k", Limits(**limits))
+    lim.configure("k", RateLimitConfig(**limits))
     return lim
 
 
