@@ -18,6 +18,11 @@ not sent to review, ordered by confidence). Writes ``fidelity.json`` and ``fidel
 
     .venv/bin/python benchmarks/fidelity.py --configs baseline,local --paths text,image
     .venv/bin/python benchmarks/fidelity.py --limit 20 --configs baseline      # a quick slice
+    .venv/bin/python benchmarks/fidelity.py --configs local --paths text --calibrate 200 --baseline-agreement
+
+``--calibrate N`` fits each LLM configuration's confidence map (``raygrade.calibration``) on
+N training-split answers graded by it, reports the ECE and coverage with the map applied
+to the test answers, and writes the map for ``ProviderConfig.calibration_path``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import time
 from pathlib import Path
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
+from raygrade.calibration import fit_calibration
 from raygrade.config import ProviderConfig, RaygradeArgs, local_vllm_provider
 from raygrade.demo.job import pick_examples, saf_question
 from raygrade.demo.render import render_pages
@@ -44,7 +50,7 @@ from raygrade.evaluation import (
     score_level,
 )
 from raygrade.grading import BatchGrader
-from raygrade.prompts import StudentWork
+from raygrade.prompts import PROMPT_VERSION, StudentWork
 from raygrade.protocol import ImagePage, Question, TextPage
 from raygrade.providers.openai_compat import OpenAICompatibleProvider
 from raygrade.ratelimit.limiter import RateLimiter
@@ -148,7 +154,7 @@ def grade_llm(test, train, pages, provider: ProviderConfig, base_url: str, examp
         usage[1] += o.usage.completion_tokens
         for r in o.results:
             k, aid = r.student_id.split("|", 1)
-            grades[(k, aid)] = (r.score, r.confidence)
+            grades[(k, aid)] = (r.score, r.confidence, r.confidence_source)
         for e in o.errors:
             for sid in e.student_ids:
                 errors[tuple(sid.split("|", 1))] = e.type
@@ -156,6 +162,28 @@ def grade_llm(test, train, pages, provider: ProviderConfig, base_url: str, examp
         for sid in e.student_ids:
             errors[tuple(sid.split("|", 1))] = e.type
     return grades, errors, usage
+
+
+def calibration_set(train: dict, test: list[SAFQuestion], n: int, seed: int) -> list[SAFQuestion]:
+    """About ``n`` training answers to fit a confidence map on, spread over the test questions."""
+    rng = random.Random(seed + 1)
+    qs = [train[q.key] for q in test if q.key in train and train[q.key].answers]
+    per = max(1, -(-n // max(1, len(qs))))
+    out, budget = [], n
+    for q in qs:
+        if budget <= 0:
+            break
+        picked = tuple(rng.sample(q.answers, min(per, len(q.answers), budget)))
+        out.append(SAFQuestion(q.key, q.text, q.reference, q.max_score, picked))
+        budget -= len(picked)
+    return out
+
+
+def baseline_levels(qs: list[SAFQuestion], train: dict, pages: dict, embedder) -> dict:
+    """The baseline's level (0/1/2) per (question, answer) on the same pages."""
+    grades, _ = grade_baseline(qs, train, pages, embedder)
+    maxes = {q.key: q.max_score for q in qs}
+    return {k: score_level(v[0], maxes[k[0]]) for k, v in grades.items()}
 
 
 def plot_confusion(pairs, title: str, path: Path) -> None:
@@ -211,6 +239,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--endpoint-vision", action="store_true")
     ap.add_argument("--price-in", type=float, default=0.0, help="endpoint USD per 1M input tokens")
     ap.add_argument("--price-out", type=float, default=0.0, help="endpoint USD per 1M output tokens")
+    ap.add_argument("--calibrate", type=int, default=0, metavar="N",
+                    help="for LLM configs: grade N training-split answers first, fit a confidence map on them "
+                         "(written as calibration_<config>_<path>.json, usable as ProviderConfig.calibration_path) "
+                         "and report the calibrated ECE and coverage on the test answers")
+    ap.add_argument("--baseline-agreement", action="store_true",
+                    help="with --calibrate: fit separate maps for grades that agree / disagree with the baseline")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "fidelity"))
@@ -226,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
     paths = [p.strip() for p in a.paths.split(",") if p.strip()]
     ocr_cache: dict = {}
     reader = OCRReader()
-    embedder = minilm_embedder() if "baseline" in configs else None
+    embedder = minilm_embedder() if "baseline" in configs or a.baseline_agreement else None
+    cal_qs = calibration_set(train, test, a.calibrate, a.seed) if a.calibrate else []
     server = None
     report: dict = {"dataset": f"SAF v1.0 English {a.split}", "answers": len(items), "runs": {}}
     curves = {}
@@ -253,8 +288,11 @@ def main(argv: list[str] | None = None) -> dict:
                         server.wait_ready()
                     # "local": confidence = P(score tokens); "local-selfconf": the model's own number.
                     prov = local_vllm_provider().model_copy(update={"score_logprobs": cfg == "local"})
-                    grades, errors, usage = grade_llm(test, train, pages, prov, server.base_url,
-                                                      a.examples, str(server.model_dir), False)
+
+                    def llm(qs, pg, prov=prov):
+                        return grade_llm(qs, train, pg, prov, server.base_url, a.examples, str(server.model_dir),
+                                         False)
+                    grades, errors, usage = llm(test, pages)
                 elif cfg == "endpoint":
                     if not (a.endpoint_url and a.endpoint_model):
                         raise SystemExit("--configs endpoint needs --endpoint-url and --endpoint-model")
@@ -262,8 +300,10 @@ def main(argv: list[str] | None = None) -> dict:
                                           model=a.endpoint_model, supports_vision=a.endpoint_vision,
                                           image_token_rule="gpt-4o" if a.endpoint_vision else "none",
                                           price_per_mtok_input_usd=a.price_in, price_per_mtok_output_usd=a.price_out)
-                    grades, errors, usage = grade_llm(test, train, pages, prov, a.endpoint_url, a.examples, None,
-                                                      vision)
+
+                    def llm(qs, pg, prov=prov, vision=vision):
+                        return grade_llm(qs, train, pg, prov, a.endpoint_url, a.examples, None, vision)
+                    grades, errors, usage = llm(test, pages)
                     price = (a.price_in, a.price_out)
                 else:
                     raise SystemExit(f"unknown config {cfg!r}")
@@ -289,6 +329,11 @@ def main(argv: list[str] | None = None) -> dict:
                     "ece": expected_calibration_error(confs, [score_level(h, m) == score_level(g, m)
                                                               for h, g, m in pairs]) if pairs else None,
                 }
+                if cal_qs and cfg != "baseline":
+                    run["calibrated"] = calibrate_run(cfg, path, llm, cal_qs, train, items, grades, test, pages,
+                                                      embedder if a.baseline_agreement else None, reader, ocr_cache,
+                                                      vision, out)
+                    curves[f"{name} calibrated"] = run["calibrated"]["coverage"]
                 report["runs"][name] = run
                 if pairs:
                     plot_confusion(pairs, f"{name} (n={len(pairs)})", out / f"confusion_{cfg}_{path}.png")
@@ -300,6 +345,45 @@ def main(argv: list[str] | None = None) -> dict:
             server.stop()
     print(markdown(report))
     return report
+
+
+def calibrate_run(cfg, path, llm, cal_qs, train, items, grades, test, pages, embedder, reader, ocr_cache, vision,
+                  out: Path) -> dict:
+    """Fit a confidence map on ``cal_qs`` (training answers graded by the same config and path),
+    apply it to the test grades; returns the calibrated ECE, coverage curve and the map's summary."""
+    cal_pages = read_pages(cal_qs, path)
+    if path == "image" and not vision:
+        cal_pages = ocr(cal_pages, ocr_cache, reader)
+    t0 = time.perf_counter()
+    cal_grades, _, _ = llm(cal_qs, cal_pages)
+    fit_s = time.perf_counter() - t0
+    maxes = {q.key: q.max_score for q in cal_qs}
+    humans = {(q.key, x.id): x.score for q in cal_qs for x in q.answers}
+    sources = [v[2] for v in cal_grades.values()]
+    source = max(set(sources), key=sources.count)
+    keys = [k for k, v in cal_grades.items() if v[2] == source]
+    right = [score_level(cal_grades[k][0], maxes[k[0]]) == score_level(humans[k], maxes[k[0]]) for k in keys]
+    agrees_fit = agrees_test = None
+    if embedder is not None:
+        lv = baseline_levels(cal_qs, train, cal_pages, embedder)
+        agrees_fit = [lv.get(k) == score_level(cal_grades[k][0], maxes[k[0]]) if k in lv else None for k in keys]
+        lv_test = baseline_levels(test, train, pages, embedder)
+        agrees_test = {(k, i): lv_test.get((k, i)) == score_level(grades[(k, i)][0], m)
+                       for k, i, h, m in items if (k, i) in grades and (k, i) in lv_test}
+    cal = fit_calibration([cal_grades[k][1] for k in keys], right, agrees=agrees_fit, provider=cfg, source=source,
+                          prompt_version=PROMPT_VERSION)
+    cal.save(out / f"calibration_{cfg}_{path}.json")
+    pairs, confs = [], []
+    for k, i, h, m in items:
+        if (k, i) in grades:
+            score, conf, src = grades[(k, i)]
+            pairs.append((h, score, m))
+            confs.append(cal.calibrate(conf, (agrees_test or {}).get((k, i))) if src == source else conf)
+    return {"fit_answers": len(keys), "fit_accuracy": sum(right) / max(1, len(right)), "fit_s": fit_s,
+            "strata": sorted(cal.curves), "source": source,
+            "ece": expected_calibration_error(confs, [score_level(h, m) == score_level(g, m) for h, g, m in pairs]),
+            "mean_confidence": sum(confs) / max(1, len(confs)),
+            "coverage": coverage_curve(pairs, confs)}
 
 
 def write(report: dict, curves: dict, out: Path) -> None:
@@ -321,6 +405,8 @@ def markdown(report: dict) -> str:
         ag = r["agreement"]
         cells = [ci(ag["exact"]), ci(ag["kappa"]), ci(ag["qwk"])] if ag else ["-", "-", "-"]
         ece = f"{r['ece']:.3f}" if r.get("ece") is not None else "-"
+        if r.get("calibrated"):
+            ece += f" → {r['calibrated']['ece']:.3f} calibrated"
         lines.append(f"| {name} | {r['graded']} | {' | '.join(cells)} | {r['invalid_output_rate']:.3f} | {ece} | "
                      f"{r['s_per_1000_answers']:.0f} | {r['usd_per_1000_answers']:.2f} |")
     lines += ["", "Per-question QWK:", "", "| question | " + " | ".join(report["runs"]) + " |",

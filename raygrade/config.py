@@ -86,6 +86,12 @@ class ProviderConfig(_Config):
     fallback_to_baseline: bool = Field(default=False, description=(
         "While this provider's circuit breaker is open, grade with the reference-similarity baseline "
         "(results say model 'reference-similarity') instead of reporting circuit_open errors."))
+    calibration_path: str | None = Field(default=None, description=(
+        "JSON confidence map fitted on graded examples for this provider and model "
+        "(raygrade.calibration; written by benchmarks/fidelity.py --calibrate)."))
+    baseline_agreement: bool = Field(default=False, description=(
+        "Also grade each batch with the reference-similarity baseline (text pages only, no tokens) and report "
+        "baseline_agrees per grade; a calibration map fitted with agreement uses it."))
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries of retryable errors per call.")

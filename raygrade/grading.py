@@ -23,6 +23,7 @@ from raygrade.errors import (
     ProviderTimeoutError,
     RaygradeError,
 )
+from raygrade.evaluation import score_level
 from raygrade.prompts import PROMPT_VERSION, StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import GradeResult, GradingErrorItem, Question, Usage
 from raygrade.providers.openai_compat import ChatResult
@@ -128,15 +129,21 @@ class BatchGrader:
         fallback: A grader (``async grade(GradeBatch) -> BatchOutcome``) for the items
             still pending while the provider's circuit breaker is open, e.g. the
             reference-similarity baseline; ``None`` reports them as ``circuit_open`` errors.
+        calibration: A fitted :class:`~raygrade.calibration.ConfidenceCalibration`: each
+            grade's raw confidence (of the map's source) becomes P(level right).
+        agreement: A grader to compare levels with (the baseline): each grade's
+            ``baseline_agrees`` is set where it could grade the item, and a calibration
+            fitted with agreement uses the matching curve.
         sleep: Async sleep, injected in tests.
     """
 
     def __init__(self, provider: ChatProvider, limiter: Limiter, *, bucket_key: str, max_retries: int = 3,
                  max_parse_retries: int = 2, schema_bounds: bool = False, retry_after_cap_s: float = 60.0,
-                 max_completion_tokens: int | None = None, fallback=None,
+                 max_completion_tokens: int | None = None, fallback=None, calibration=None, agreement=None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self._provider, self._limiter = provider, limiter
         self._fallback = fallback
+        self._calibration, self._agreement = calibration, agreement
         self._key = bucket_key
         self._max_retries, self._max_parse_retries = max_retries, max_parse_retries
         self._bounds = schema_bounds
@@ -237,8 +244,39 @@ class BatchGrader:
             confidence=g.score_prob if g.score_prob is not None else g.confidence,
             confidence_source="score_logprob" if g.score_prob is not None else "self_reported",
             pages=by_alias[g.alias].page_indices, model=model_used, batch_id=batch.batch_id, usage=share,
-        ) for g in grades] + fallback_results
+        ) for g in grades]
+        if results and (self._agreement is not None or self._calibration is not None):
+            results = await self._calibrate(batch, results)
+        results += fallback_results
         return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=usage, calls=calls)
+
+
+    async def _calibrate(self, batch: GradeBatch, results: list[GradeResult]) -> list[GradeResult]:
+        """Set ``baseline_agrees`` (when an agreement grader is given) and calibrated confidences."""
+        agrees: dict[tuple[str, str], bool] = {}
+        if self._agreement is not None:
+            graded = {(r.student_id, r.question_id) for r in results}
+            students = [s.model_copy(update={"question_ids": [q for q in s.question_ids if (s.student_id, q) in graded]})
+                        for s in batch.students]
+            try:
+                ref = await self._agreement.grade(batch.model_copy(update={"students": [s for s in students
+                                                                                         if s.question_ids]}))
+            except Exception:  # the comparison is optional: grades stand without it
+                logger.exception("batch %s: baseline comparison failed", batch.batch_id)
+            else:
+                levels = {(r.student_id, r.question_id): score_level(r.score, r.max_score) for r in ref.results}
+                agrees = {(r.student_id, r.question_id): levels[(r.student_id, r.question_id)]
+                          == score_level(r.score, r.max_score)
+                          for r in results if (r.student_id, r.question_id) in levels}
+        cal = self._calibration
+        out = []
+        for r in results:
+            a = agrees.get((r.student_id, r.question_id))
+            update: dict = {"baseline_agrees": a}
+            if cal is not None and r.confidence_source == cal.source:
+                update |= {"confidence": cal.calibrate(r.confidence, a), "confidence_calibrated": True}
+            out.append(r.model_copy(update=update))
+        return out
 
 
 def cluster_grader(provider_config, namespace: str | None, *, priority: str = "interactive",
@@ -267,7 +305,8 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
         base_url: Overrides the config's URL (the embedded engine's address).
 
     Raises:
-        ConfigError: a hosted provider whose API key variable is unset.
+        ConfigError: a hosted provider whose API key variable is unset; an unreadable
+            or invalid ``calibration_path``.
     """
     if provider_config.kind == "reference_similarity":
         from raygrade.baseline.similarity import ReferenceSimilarityGrader
@@ -276,13 +315,20 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
     from raygrade.providers.openai_compat import OpenAICompatibleProvider
 
     provider = OpenAICompatibleProvider(provider_config, base_url=base_url)
-    fallback = None
-    if provider_config.fallback_to_baseline:
+    fallback = baseline = None
+    if provider_config.fallback_to_baseline or provider_config.baseline_agreement:
         from raygrade.baseline.similarity import ReferenceSimilarityGrader
 
-        fallback = ReferenceSimilarityGrader()
+        baseline = ReferenceSimilarityGrader()
+        fallback = baseline if provider_config.fallback_to_baseline else None
+    calibration = None
+    if provider_config.calibration_path:
+        from raygrade.calibration import ConfidenceCalibration
+
+        calibration = ConfidenceCalibration.load(provider_config.calibration_path)
     return BatchGrader(
         provider, limiter, bucket_key=provider_config.bucket_key, max_retries=provider_config.max_retries,
         max_parse_retries=max_parse_retries, schema_bounds=provider_config.schema_bounds,
         retry_after_cap_s=provider_config.retry_after_cap_s,
-        max_completion_tokens=provider_config.max_completion_tokens, fallback=fallback)
+        max_completion_tokens=provider_config.max_completion_tokens, fallback=fallback, calibration=calibration,
+        agreement=baseline if provider_config.baseline_agreement else None)

@@ -240,6 +240,10 @@ class GradeResult(_Model):
         default="self_reported", description=(
             "Where the confidence comes from: the model's own number, the probability of the score's "
             "tokens (token log-probabilities), or the baseline's calibrated margin."))
+    confidence_calibrated: bool = Field(default=False, description=(
+        "The confidence went through the provider's fitted calibration map (P(level right) on graded examples)."))
+    baseline_agrees: bool | None = Field(default=None, description=(
+        "Whether the reference-similarity baseline gave the same level (none/partial/full); null when not compared."))
     pages: list[int] = Field(description="0-based indices of the student's pages the grade used.")
     model: str
     batch_id: str

@@ -64,7 +64,8 @@ logger = logging.getLogger(__name__)
 RESULT_SCHEMA = pa.schema([
     ("submission_id", pa.string()), ("student_id", pa.string()), ("question_id", pa.string()),
     ("score", pa.float64()), ("max_score", pa.float64()), ("feedback", pa.string()),
-    ("confidence", pa.float64()), ("confidence_source", pa.string()), ("needs_review", pa.bool_()), ("model", pa.string()),
+    ("confidence", pa.float64()), ("confidence_source", pa.string()), ("confidence_calibrated", pa.bool_()),
+    ("baseline_agrees", pa.bool_()), ("needs_review", pa.bool_()), ("model", pa.string()),
     ("prompt_version", pa.string()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
     ("pages", pa.int64()), ("batch_id", pa.string()), ("error_type", pa.string()), ("error_message", pa.string()),
     ("run_id", pa.string()), ("graded_at", pa.string()),
@@ -172,7 +173,8 @@ def _error_rows(row: dict[str, Any], qids: Iterable[str], etype: str, msg: str, 
     qmax = {q.id: q.max_score for q in assessment.questions}
     return [{"submission_id": str(row["submission_id"]), "student_id": str(row.get("student_id") or ""),
              "question_id": q, "score": None, "max_score": qmax.get(q), "feedback": None, "confidence": None,
-             "confidence_source": None, "needs_review": False, "model": None, "prompt_version": PROMPT_VERSION,
+             "confidence_source": None, "confidence_calibrated": False, "baseline_agrees": None,
+             "needs_review": False, "model": None, "prompt_version": PROMPT_VERSION,
              "prompt_tokens": 0, "completion_tokens": 0, "pages": _page_count(row), "batch_id": batch_id, "error_type": etype,
              "error_message": msg} for q in qids]
 
@@ -282,7 +284,9 @@ class RegradeUDF:
             rows.append({"submission_id": g.student_id, "student_id": str(src.get("student_id") or ""),
                          "question_id": g.question_id, "score": g.score, "max_score": g.max_score,
                          "feedback": g.feedback, "confidence": g.confidence,
-                         "confidence_source": g.confidence_source, "needs_review": False,
+                         "confidence_source": g.confidence_source,
+                         "confidence_calibrated": g.confidence_calibrated, "baseline_agrees": g.baseline_agrees,
+                         "needs_review": False,
                          "model": g.model, "prompt_version": outcome.prompt_version,
                          "prompt_tokens": g.usage.prompt_tokens, "completion_tokens": g.usage.completion_tokens,
                          "pages": _page_count(src), "batch_id": b.batch_id, "error_type": None,

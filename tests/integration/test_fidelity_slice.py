@@ -31,3 +31,31 @@ def test_fidelity_slice(tmp_path):
     assert saved["answers"] == 6
     for name in ("confusion_baseline_text.png", "confusion_baseline_image.png", "coverage.png", "fidelity.md"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_fidelity_calibration_slice_against_the_fake_endpoint(tmp_path, monkeypatch):
+    """``--calibrate`` fits a map on training answers graded by the endpoint (the fake
+    server grades at chance with a self-reported 0.9), applies it and writes it."""
+    if find_saf() is None:
+        pytest.skip("SAF not found at ../shared/data/saf (set RAYGRADE_SAF_PATH)")
+    from raygrade.calibration import ConfidenceCalibration
+    from raygrade.testing.fake_openai import FakeOpenAIProcess
+
+    spec = importlib.util.spec_from_file_location("fidelity", ROOT / "benchmarks" / "fidelity.py")
+    fidelity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fidelity)
+    monkeypatch.setenv("FAKE_KEY", "sk-test")
+    server = FakeOpenAIProcess(latency_s=0.0)
+    try:
+        report = fidelity.main(["--limit", "8", "--configs", "endpoint", "--paths", "text", "--endpoint-url",
+                                server.base_url, "--endpoint-model", "fake", "--endpoint-key-env", "FAKE_KEY",
+                                "--calibrate", "30", "--baseline-agreement", "--n-boot", "20", "--out", str(tmp_path)])
+    finally:
+        server.proc.terminate()
+    run = report["runs"]["endpoint/text"]
+    cal = run["calibrated"]
+    assert cal["fit_answers"] == 30 and cal["source"] == "self_reported"
+    # The fitted map gives mean confidence = accuracy on the fitting answers, not the raw 0.9.
+    saved = ConfidenceCalibration.load(tmp_path / "calibration_endpoint_text.json")
+    assert saved.n == 30 and "all" in saved.curves
+    assert cal["mean_confidence"] < 0.9 and cal["ece"] <= run["ece"]
