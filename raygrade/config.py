@@ -166,12 +166,54 @@ class BatcherConfig(_Config):
     max_parse_retries: int = Field(default=2, ge=0)
 
 
+def default_store_url() -> str:
+    """``sqlite:///`` + ``$RAYGRADE_HOME/jobs.db`` (default ``~/.raygrade/jobs.db``): a file on the head node."""
+    home = os.environ.get("RAYGRADE_HOME") or os.path.join(os.path.expanduser("~"), ".raygrade")
+    return "sqlite:///" + os.path.join(home, "jobs.db")
+
+
+class StoreConfig(_Config):
+    """The durable job store and how jobs are driven from it.
+
+    Attributes:
+        url: SQLAlchemy URL: ``sqlite:///PATH`` (embedded default; the ``JobRegistry``
+            replica is placed on the head node, which holds the file) or
+            ``postgresql+psycopg://USER@HOST/DB`` for clusters. A password belongs in
+            ``url_env`` (an environment variable holding the whole URL), never in config files.
+        url_env: Environment variable whose value, when set, replaces ``url``.
+        batch_lease_s: Seconds a batcher owns a dispatched batch without renewing it; a
+            batch whose owner died is re-dispatched after this.
+        max_batch_attempts: Dispatches of one batch (grader replica deaths) before its
+            items fail with ``grader_error``.
+        poll_interval_s: How often the batcher looks for unfinished jobs, expired
+            leases and due webhooks.
+        webhook_secret_env: Environment variable with the HMAC key for webhook signatures
+            (Standard Webhooks); jobs with a ``webhook_url`` are refused while it is unset.
+        webhook_max_attempts: Deliveries tried before a webhook is given up.
+        webhook_timeout_s: Timeout of one delivery.
+    """
+
+    url: str = Field(default_factory=default_store_url)
+    url_env: str | None = "RAYGRADE_STORE_URL"
+    batch_lease_s: float = Field(default=60.0, gt=0)
+    max_batch_attempts: int = Field(default=3, ge=1)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    webhook_secret_env: str = "RAYGRADE_WEBHOOK_SECRET"
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+
+    def resolved_url(self) -> str:
+        """``url``, or the value of ``url_env`` when that variable is set."""
+        return (os.environ.get(self.url_env) if self.url_env else None) or self.url
+
+
 class RaygradeArgs(_Config):
     """Arguments of :func:`raygrade.app.build_app` (the ``args:`` of ``serve_config.yaml``)."""
 
     provider: ProviderConfig = Field(default_factory=lambda: default_provider())
     local_engine: LocalEngineConfig | None = None
     batcher: BatcherConfig = Field(default_factory=BatcherConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     namespace: str = "raygrade"
 
     @model_validator(mode="after")

@@ -166,6 +166,19 @@ class ReadingMode(str, enum.Enum):
     OCR = "ocr"
 
 
+class CompletionPolicy(_Model):
+    """When a job is complete.
+
+    ``rule="all"``: when every item is graded or has failed. ``rule="quorum"``: as soon
+    as ``min_graded_share`` of the items are graded; items still pending then are
+    cancelled (error type ``not_graded``). A quorum that failures make unreachable ends
+    the job when every item is done, like ``"all"``.
+    """
+
+    rule: Literal["all", "quorum"] = "all"
+    min_graded_share: float = Field(default=1.0, gt=0, le=1)
+
+
 class JobOptions(_Model):
     """Per-job options."""
 
@@ -175,6 +188,10 @@ class JobOptions(_Model):
     temperature: float = Field(default=0.0, ge=0, le=2)
     review_share: float = Field(default=0.0, ge=0, le=1, description=(
         "Share of graded items a human will review: the least confident are flagged needs_review."))
+    completion: CompletionPolicy = Field(default_factory=CompletionPolicy)
+    webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://", description=(
+        "POSTed the final JobStatus when the job ends, signed per Standard Webhooks (webhook-id, "
+        "webhook-timestamp, webhook-signature: v1,base64(HMAC-SHA256(secret, id.timestamp.body)))."))
 
 
 class GradingJob(_Model):
@@ -267,17 +284,19 @@ class GradingErrorItem(_Model):
 
 
 class JobState(str, enum.Enum):
-    """Lifecycle of a job: queued → running → (succeeded | partial | failed)."""
+    """Lifecycle of a job: queued → running → (succeeded | partial | failed), and
+    queued | running → cancelled. Terminal states are final."""
 
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     PARTIAL = "partial"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED)
+        return self in (JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED)
 
 
 class JobProgress(_Model):
@@ -288,8 +307,10 @@ class JobProgress(_Model):
     items_graded: int = 0
     items_failed: int = 0
     items_needs_review: int = 0
+    items_cancelled: int = 0
     batches_total: int = 0
     batches_done: int = 0
+    batches_redispatched: int = Field(default=0, description="Dispatches after a lost grader or batcher.")
 
 
 class JobStatus(_Model):

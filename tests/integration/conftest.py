@@ -1,3 +1,4 @@
+import os
 import uuid
 
 import pytest
@@ -19,6 +20,29 @@ def fake(fake_openai):
     fake_openai.reset()
     yield fake_openai
     fake_openai.reset()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server on 127.0.0.1 for the session (``.ci/run`` installs Debian's
+    package); skipped where none is installed, except in CI, where that is a failure."""
+    from raygrade.testing.postgres import PostgresServer, find_pg_bin
+
+    if find_pg_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's postgresql package)")
+        pytest.skip("PostgreSQL not installed")
+    srv = PostgresServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh, empty store URL on each back end."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/jobs.db"
+    return request.getfixturevalue("postgres").create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(scope="session")

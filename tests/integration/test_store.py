@@ -1,0 +1,220 @@
+"""The durable job store: one suite, run on SQLite and on a real PostgreSQL server."""
+
+import pytest
+
+from raygrade.errors import ConflictError, NotFoundError
+from raygrade.grading import BatchOutcome, GradeBatch
+from raygrade.prompts import StudentWork
+from raygrade.protocol import GradeResult, GradingErrorItem, GradingJob, JobState, TextPage, Usage
+from raygrade.store import (
+    BATCH_TRANSITIONS,
+    IllegalTransitionError,
+    JobStore,
+    batch_key,
+    check_transition,
+)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def make_job(n=3, **options) -> GradingJob:
+    return GradingJob.model_validate({
+        "assessment": {"questions": [{"id": "q1", "prompt": "p1", "max_score": 2},
+                                     {"id": "q2", "prompt": "p2", "max_score": 1}]},
+        "submissions": [{"student_id": f"s{i}", "pages": [{"type": "text", "text": f"answer {i}"}]}
+                        for i in range(n)],
+        "options": options})
+
+
+def plan(job_id: str, job: GradingJob, per_batch=2) -> list[GradeBatch]:
+    works = [StudentWork(student_id=s.student_id, alias=f"a{i}", pages=[TextPage(text="x")], page_indices=[0],
+                         question_ids=["q1", "q2"]) for i, s in enumerate(job.submissions)]
+    out = []
+    for k in range(0, len(works), per_batch):
+        ws = works[k:k + per_batch]
+        out.append(GradeBatch(batch_id=batch_key(job_id, [w.student_id for w in ws], ["q1", "q2"], None),
+                              job_id=job_id, questions=job.assessment.questions, students=ws,
+                              prompt_tokens_estimate=10, max_tokens=10))
+    return out
+
+
+def outcome(b: GradeBatch, conf=0.9, usage=10) -> BatchOutcome:
+    return BatchOutcome(batch_id=b.batch_id, errors=[], calls=1,
+                        usage=Usage(prompt_tokens=usage, completion_tokens=usage), results=[
+        GradeResult(student_id=s.student_id, question_id=q, score=1, max_score=2 if q == "q1" else 1,
+                    feedback="ok", confidence=conf, pages=[0], model="m", batch_id=b.batch_id, usage=Usage())
+        for s in b.students for q in s.question_ids])
+
+
+@pytest.fixture
+def store(store_url):
+    s = JobStore(store_url, clock=Clock())
+    yield s
+    s.close()
+
+
+def started(store, n=3, **options):
+    job = make_job(n, **options)
+    status, created = store.create_job(job)
+    batches = plan(status.id, job)
+    assert store.record_plan(status.id, batches, [], "m")
+    return status.id, batches
+
+
+def test_create_is_idempotent_per_key_and_rejects_a_different_body(store):
+    job = make_job()
+    s1, created1 = store.create_job(job, "key-1")
+    s2, created2 = store.create_job(job, "key-1")
+    assert created1 and not created2 and s1.id == s2.id
+    assert s1.state == JobState.QUEUED and s1.progress.items_total == 6 and s1.progress.students == 3
+    with pytest.raises(ConflictError):
+        store.create_job(make_job(4), "key-1")
+    s3, created3 = store.create_job(job)  # no key: a new job
+    assert created3 and s3.id != s1.id
+    assert store.get_job(s1.id) == job
+    assert store.unfinished_jobs() == [s1.id, s3.id]
+    with pytest.raises(NotFoundError):
+        store.status("job_nope")
+
+
+def test_plan_is_recorded_once_and_batch_ids_are_deterministic(store):
+    job = make_job()
+    status, _ = store.create_job(job)
+    batches = plan(status.id, job)
+    assert [b.batch_id for b in batches] == [b.batch_id for b in plan(status.id, job)]
+    errors = [GradingErrorItem(student_ids=["s2"], question_ids=["q2"], type="reading_error", message="unreadable")]
+    assert store.record_plan(status.id, batches, errors, "m")
+    assert not store.record_plan(status.id, batches, [], "m")  # a replayed plan writes nothing
+    st = store.status(status.id)
+    assert st.state == JobState.RUNNING and st.progress.batches_total == 2 and st.progress.items_failed == 1
+
+
+def test_each_item_is_graded_exactly_once_when_a_batch_completes_twice(store):
+    job_id, batches = started(store)
+    leased = store.lease_batches(job_id, "A", 30, 10)
+    assert [b.batch_id for b in leased] == [b.batch_id for b in batches]
+    first = store.complete_batch(job_id, outcome(batches[0], conf=0.9))
+    again = store.complete_batch(job_id, outcome(batches[0], conf=0.1))  # re-dispatched copy
+    assert first == {"written": 4, "dropped": 0} and again == {"written": 0, "dropped": 4}
+    res = store.results(job_id)
+    assert len(res.results) == 4 and {r.confidence for r in res.results} == {0.9}
+    assert res.usage.prompt_tokens == 10  # usage counted once per batch
+    assert store.finish_if_complete(job_id) is None  # batch 2 still open
+    store.complete_batch(job_id, outcome(batches[1]), replica="r1")
+    st = store.finish_if_complete(job_id)
+    assert st.state == JobState.SUCCEEDED and st.progress.items_graded == 6 and st.finished_at
+    assert store.replicas(job_id) == {"r1": 1}
+    assert store.unfinished_jobs() == []
+
+
+def test_expired_leases_are_taken_over_and_only_the_owner_releases(store):
+    job_id, batches = started(store)
+    clock = store._clock
+    assert len(store.lease_batches(job_id, "A", 30, 1)) == 1
+    assert [b.batch_id for b in store.lease_batches(job_id, "B", 30, 5)] == [batches[1].batch_id]
+    assert store.lease_batches(job_id, "B", 30, 5) == []  # A's lease is live
+    clock.now += 20
+    assert store.renew_leases("A", 30) == 1 and store.renew_leases("B", 30) == 1
+    clock.now += 20  # both renewed: still live
+    assert store.lease_batches(job_id, "B", 30, 5) == []
+    clock.now += 31  # A died: its lease expired, B takes over (and B's own lease expired too)
+    took = store.lease_batches(job_id, "B", 30, 5)
+    assert [b.batch_id for b in took] == [b.batch_id for b in batches]
+    assert store.batch_attempts(batches[0].batch_id) == 2
+    assert not store.release_batch(batches[0].batch_id, "A")  # no longer A's
+    assert store.release_batch(batches[0].batch_id, "B")
+    assert store.status(job_id).progress.batches_redispatched == 2
+
+
+def test_quorum_completion_cancels_what_is_left(store):
+    job_id, batches = started(store, 4, completion={"rule": "quorum", "min_graded_share": 0.5})
+    store.lease_batches(job_id, "A", 30, 5)
+    store.complete_batch(job_id, outcome(batches[0]))
+    st = store.finish_if_complete(job_id)
+    assert st.state == JobState.PARTIAL and st.progress.items_graded == 4 and st.progress.items_cancelled == 4
+    assert {e.type for e in store.results(job_id).errors} == {"not_graded"}
+    # The straggler's late result writes nothing.
+    assert store.complete_batch(job_id, outcome(batches[1]))["written"] == 0
+
+
+def test_errors_missing_items_and_review_flags(store):
+    job_id, batches = started(store, 4, review_share=0.25)
+    b0 = outcome(batches[0], conf=0.2)
+    b0 = b0.model_copy(update={"results": b0.results[:3], "errors": [GradingErrorItem(
+        student_ids=[batches[0].students[1].student_id], question_ids=["q2"], type="output_parse_error",
+        message="bad json", batch_id=batches[0].batch_id)]})
+    b1 = outcome(batches[1], conf=0.9)
+    b1 = b1.model_copy(update={"results": b1.results[:3]})  # one item silently missing
+    store.complete_batch(job_id, b0)
+    store.complete_batch(job_id, b1)
+    st = store.finish_if_complete(job_id)
+    assert st.state == JobState.PARTIAL and st.progress.items_graded == 6 and st.progress.items_failed == 2
+    res = store.results(job_id)
+    assert {(e.type, tuple(e.student_ids), tuple(e.question_ids)) for e in res.errors} == {
+        ("output_parse_error", ("s1",), ("q2",)), ("missing_output", ("s3",), ("q2",))}
+    flagged = [r for r in res.results if r.needs_review]
+    assert len(flagged) == 2 and {r.confidence for r in flagged} == {0.2} and st.progress.items_needs_review == 2
+
+
+def test_cancel_and_illegal_transitions(store):
+    job_id, batches = started(store)
+    store.lease_batches(job_id, "A", 30, 1)
+    store.complete_batch(job_id, outcome(batches[0]))
+    st = store.cancel(job_id)
+    assert st.state == JobState.CANCELLED and st.progress.items_graded == 4 and st.progress.items_cancelled == 2
+    assert store.lease_batches(job_id, "A", 30, 5) == []
+    with pytest.raises(IllegalTransitionError):
+        store.cancel(job_id)
+    with pytest.raises(IllegalTransitionError):
+        store.fail_job(job_id, GradingErrorItem(student_ids=[], question_ids=[], type="x", message="y"))
+    assert store.finish_if_complete(job_id).state == JobState.CANCELLED
+    with pytest.raises(IllegalTransitionError):
+        check_transition(BATCH_TRANSITIONS, "batch", "done", "pending")
+
+
+def test_fail_job_keeps_grades_and_types_the_rest(store):
+    job_id, batches = started(store)
+    store.complete_batch(job_id, outcome(batches[0]))
+    st = store.fail_job(job_id, GradingErrorItem(student_ids=[], question_ids=[], type="internal_error",
+                                                 message="boom"))
+    assert st.state == JobState.PARTIAL and st.progress.items_failed == 2
+    queued, _ = store.create_job(make_job())
+    assert store.fail_job(queued.id, GradingErrorItem(student_ids=[], question_ids=[], type="dispatch_error",
+                                                      message="x")).state == JobState.FAILED
+
+
+def test_webhook_outbox_retries_then_gives_up(store):
+    job_id, batches = started(store, 2, webhook_url="http://127.0.0.1:9/hook")
+    store.complete_batch(job_id, outcome(batches[0]))
+    assert store.lease_webhooks("W", 30) == []  # nothing before the job ends
+    store.finish_if_complete(job_id)
+    assert store.lease_webhooks("W", 30) == [(job_id, "http://127.0.0.1:9/hook", 1)]
+    assert store.lease_webhooks("W2", 30) == []  # leased
+    assert store.webhook_result(job_id, ok=False, error="503", retry_in_s=5, max_attempts=2) == "pending"
+    assert store.lease_webhooks("W", 30) == []  # not due yet
+    store._clock.now += 5
+    assert store.lease_webhooks("W", 30) == [(job_id, "http://127.0.0.1:9/hook", 2)]
+    assert store.webhook_result(job_id, ok=False, error="503", max_attempts=2) == "failed"
+    assert store.webhook(job_id)["attempts"] == 2
+
+
+def test_a_reopened_store_resumes_from_disk(store_url):
+    clock = Clock()
+    s = JobStore(store_url, clock=clock)
+    job_id, batches = started(s)
+    s.lease_batches(job_id, "A", 30, 5)
+    s.complete_batch(job_id, outcome(batches[0]))
+    s.close()
+    s2 = JobStore(store_url, clock=clock)  # the "restarted cluster"
+    assert s2.unfinished_jobs() == [job_id]
+    clock.now += 31
+    assert [b.batch_id for b in s2.lease_batches(job_id, "B", 30, 5)] == [batches[1].batch_id]
+    s2.complete_batch(job_id, outcome(batches[1]))
+    assert s2.finish_if_complete(job_id).progress.items_graded == 6
+    s2.close()
