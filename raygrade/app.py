@@ -2,7 +2,7 @@
 
 Graph::
 
-    HTTP → RaygradeIngress ─→ JobRegistry (job state)
+    HTTP → RaygradeIngress ─→ JobRegistry ─→ JobStore (SQLite on the head node | PostgreSQL)
                          └─→ Batcher ─→ PageReader (OCR, text-only models)
                                     └─→ Grader ×N (autoscaling) ─→ TokenBucketActor (one, cluster-wide)
                                                                 └─→ provider: hosted API | vLLM (GPU) |
@@ -52,7 +52,12 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None, *,
         return d.options(**opts[d.name]) if d.name in opts else d
 
     engine = dep(LocalVLLMServer).bind(args.local_engine) if args.local_engine is not None else None
-    registry = dep(JobRegistry).bind()
+    registry_dep = JobRegistry
+    if args.store.resolved_url().startswith("sqlite"):
+        # The SQLite file lives on the head node: keep the store's only replica there.
+        registry_dep = JobRegistry.options(ray_actor_options={"num_cpus": 0,
+                                                              "resources": {"node:__internal_head__": 0.001}})
+    registry = (registry_dep.options(**opts["JobRegistry"]) if "JobRegistry" in opts else registry_dep).bind(args.store)
     reader = dep(PageReader).bind()
     grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, engine)
     batcher = dep(Batcher).bind(args, registry, reader, grader, engine)

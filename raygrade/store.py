@@ -361,11 +361,15 @@ class JobStore:
                     out.append(GradeBatch.model_validate_json(c.payload))
         return out
 
-    def renew_leases(self, owner: str, lease_s: float) -> int:
-        """Extend every lease ``owner`` holds; returns how many."""
+    def renew_leases(self, owner: str, lease_s: float, batch_ids: list[str] | None = None) -> int:
+        """Extend the leases ``owner`` holds (only on ``batch_ids`` when given: the batches
+        still in flight, so a lease whose task was lost can expire); returns how many."""
         now = self._clock()
+        cond = [batches.c.owner == owner, batches.c.state == "leased"]
+        if batch_ids is not None:
+            cond.append(batches.c.id.in_(batch_ids))
         with self.engine.begin() as conn:
-            return conn.execute(batches.update().where(batches.c.owner == owner, batches.c.state == "leased")
+            return conn.execute(batches.update().where(*cond)
                                 .values(lease_expires_at=now + lease_s, updated_at=now)).rowcount
 
     def batch_attempts(self, batch_id: str) -> int:

@@ -1,17 +1,24 @@
-"""``Batcher``: turns an accepted job into token-budgeted grading requests.
+"""``Batcher``: turns accepted jobs into token-budgeted grading requests, from the store.
 
-For each job it reads the pages (OCR for text-only models), estimates every
-student's tokens, plans batches with :func:`raygrade.batching.plan_batches`
-(never splitting a student), sends the batches to the ``Grader`` deployment
-with bounded concurrency, and records outcomes in the ``JobRegistry``.
+For each unfinished job in the durable store it reads the pages (OCR for text-only
+models), estimates every student's tokens, plans batches with
+:func:`raygrade.batching.plan_batches` (never splitting a student) and records the
+plan; then it leases batches, sends them to the ``Grader`` deployment with bounded
+concurrency, and writes each outcome back. It acts only on what the store says, so
+a batcher that restarts (or a second one) resumes every job where it stood: a batch
+whose grader replica died is released and re-dispatched at once, one whose batcher
+died is re-dispatched when its lease expires, and grades are written exactly once
+(:mod:`raygrade.store`). It also delivers job-completion webhooks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
+import uuid
 
 from ray import serve
 
@@ -20,7 +27,7 @@ from raygrade.config import RaygradeArgs
 from raygrade.errors import PlanningError, RaygradeError, ReadingError
 from raygrade.grading import BatchOutcome, GradeBatch, students_error
 from raygrade.prompts import SYSTEM_PROMPT, StudentWork, page_header, question_section, student_header
-from raygrade.protocol import GradingErrorItem, GradingJob, ImagePage, Question, ReadingMode, TextPage
+from raygrade.protocol import GradingErrorItem, GradingJob, ImagePage, JobState, Question, ReadingMode, TextPage
 from raygrade.tokens import TokenCounter, counter_for, image_tokens
 
 logger = logging.getLogger(__name__)
@@ -114,13 +121,21 @@ def planner_for(args: RaygradeArgs, model_dir: str | None = None) -> JobPlanner:
     return JobPlanner(args, counter_for(provider, model_dir))
 
 
+class _JobFailed(Exception):
+    """A job-fatal error (retrying would fail the same way)."""
+
+    def __init__(self, error: RaygradeError):
+        super().__init__(error.message)
+        self.error = error
+
+
 @serve.deployment(name="Batcher", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100, num_replicas=1)
 class Batcher:
-    """Runs accepted jobs in the background of this replica.
+    """Drives every unfinished job in the store to completion.
 
     Args:
-        args: Application arguments.
-        registry: ``JobRegistry`` handle.
+        args: Application arguments (``args.store``: leases, polling, webhooks).
+        registry: ``JobRegistry`` handle (the store).
         reader: ``PageReader`` handle (OCR).
         grader: ``Grader`` handle.
         engine: ``LocalVLLMServer`` handle, or ``None`` for remote providers.
@@ -128,9 +143,25 @@ class Batcher:
 
     def __init__(self, args: RaygradeArgs, registry, reader, grader, engine=None):
         self._args = args
+        self._store_cfg = args.store
         self._registry, self._reader, self._grader, self._engine = registry, reader, grader, engine
         self._planner: JobPlanner | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._owner = f"batcher-{uuid.uuid4().hex[:12]}"
+        self._jobs: dict[str, asyncio.Task] = {}
+        self._leased: set[str] = set()  # batches this replica is grading now (their leases are renewed)
+        self._control: asyncio.Task | None = None
+        self._ensure_control_loop()
+
+    def _ensure_control_loop(self) -> None:
+        if self._control is None or self._control.done():
+            try:
+                self._control = asyncio.get_running_loop().create_task(self._control_loop())
+            except RuntimeError:  # constructed outside the event loop: started by the first call
+                self._control = None
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check; (re)starts the control loop if it is not running."""
+        self._ensure_control_loop()
 
     async def _get_planner(self) -> JobPlanner:
         if self._planner is None:
@@ -143,10 +174,30 @@ class Batcher:
         return self._planner
 
     async def submit(self, job_id: str) -> None:
-        """Start grading ``job_id`` in the background and return at once."""
-        task = asyncio.create_task(self._run(job_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Start driving ``job_id`` now (the control loop would find it within ``poll_interval_s``)."""
+        self._ensure_control_loop()
+        self._start(job_id)
+
+    def _start(self, job_id: str) -> None:
+        task = self._jobs.get(job_id)
+        if task is None or task.done():
+            self._jobs[job_id] = asyncio.create_task(self._run(job_id))
+
+    async def _control_loop(self) -> None:
+        """Resume unfinished jobs, renew this batcher's leases, deliver due webhooks; forever."""
+        cfg = self._store_cfg
+        while True:
+            try:
+                for job_id in await self._registry.unfinished_jobs.remote():
+                    self._start(job_id)
+                for job_id in [j for j, t in self._jobs.items() if t.done()]:
+                    del self._jobs[job_id]
+                if self._leased:
+                    await self._registry.renew_leases.remote(self._owner, cfg.batch_lease_s, list(self._leased))
+                await self._deliver_webhooks()
+            except Exception as exc:  # the store is briefly unreachable (registry restarting): try again
+                logger.warning("batcher control loop: %s", type(exc).__name__)
+            await asyncio.sleep(cfg.poll_interval_s)
 
     def _mode(self, job: GradingJob) -> ReadingMode:
         mode = job.options.reading_mode
@@ -186,38 +237,103 @@ class Batcher:
                 works.append(out)
         return works, errors
 
-    async def _run(self, job_id: str) -> None:
-        reg = self._registry
-        try:
-            job: GradingJob = await reg.get_job.remote(job_id)
-            mode = self._mode(job)
-            planner = await self._get_planner()
-            works, read_errors = await self._read(job, mode)
-            batches, plan_errors = await asyncio.to_thread(
-                planner.batches, job_id, job, works, mode == ReadingMode.VISION)
-            items = sum(len(job.questions_for(s)) for s in job.submissions)
-            await reg.start.remote(job_id, students=len(job.submissions), items_total=items,
-                                   batches_total=len(batches), model=job.options.model or self._args.provider.model)
-            if read_errors or plan_errors:
-                await reg.add_errors.remote(job_id, read_errors + plan_errors)
-            sem = asyncio.Semaphore(self._args.batcher.max_concurrent_batches)
-            await asyncio.gather(*(self._grade(job_id, b, sem) for b in batches))
-            status = await reg.finish.remote(job_id)
-            logger.info("job %s %s: %d batches", job_id, status.state.value, len(batches))
-        except Exception as exc:  # the job fails as a whole; the service keeps going
-            logger.exception("job %s failed", job_id)
-            err = exc if isinstance(exc, RaygradeError) else RaygradeError(f"internal error: {type(exc).__name__}")
-            await reg.finish.remote(job_id, GradingErrorItem(student_ids=[], question_ids=[], type=err.error_type,
-                                                             message=err.message))
+    async def _plan(self, job_id: str, job: GradingJob) -> None:
+        """Read and plan a queued job and record the plan (``queued → running``); idempotent.
 
-    async def _grade(self, job_id: str, batch: GradeBatch, sem: asyncio.Semaphore) -> None:
-        async with sem:
+        Raises:
+            _JobFailed: planning failed in a way a retry would repeat.
+        """
+        mode = self._mode(job)
+        planner = await self._get_planner()
+        works, read_errors = await self._read(job, mode)
+        try:
+            batches, plan_errors = await asyncio.to_thread(planner.batches, job_id, job, works,
+                                                           mode == ReadingMode.VISION)
+        except Exception as exc:
+            raise _JobFailed(exc if isinstance(exc, RaygradeError)
+                             else PlanningError(f"planning failed: {type(exc).__name__}")) from exc
+        await self._registry.record_plan.remote(job_id, batches, read_errors + plan_errors,
+                                                job.options.model or self._args.provider.model)
+
+    async def _run(self, job_id: str) -> None:
+        reg, cfg = self._registry, self._store_cfg
+        in_flight: set[asyncio.Task] = set()
+        try:
+            status = await reg.status.remote(job_id)
+            if status.state.terminal:
+                return
+            if status.state == JobState.QUEUED:
+                await self._plan(job_id, await reg.get_job.remote(job_id))
+            limit = self._args.batcher.max_concurrent_batches
+            while True:
+                leased = await reg.lease_batches.remote(job_id, self._owner, cfg.batch_lease_s,
+                                                        limit - len(in_flight))
+                in_flight |= {asyncio.create_task(self._grade(job_id, b)) for b in leased}
+                if not in_flight:
+                    final = await reg.finish_if_complete.remote(job_id)
+                    if final is not None:
+                        logger.info("job %s %s: %d batches", job_id, final.state.value,
+                                    final.progress.batches_total)
+                        return
+                    # Batches leased by a batcher that died: re-dispatched when their lease expires.
+                    await asyncio.sleep(cfg.poll_interval_s)
+                    continue
+                done, in_flight = await asyncio.wait(in_flight, timeout=cfg.poll_interval_s,
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()  # a store failure ends this run; the control loop starts it again
+        except _JobFailed as failed:
+            err = failed.error
+            logger.warning("job %s failed: %s", job_id, err.error_type)
             try:
-                outcome, replica = await self._grader.grade.remote(batch)
-            except Exception as exc:  # replica died or the call failed outside BatchGrader
-                logger.warning("batch %s failed: %s", batch.batch_id, type(exc).__name__)
-                outcome, replica = BatchOutcome(
-                    batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[students_error(
-                        batch.students, getattr(exc, "error_type", "grader_error"),
-                        f"grader call failed: {type(exc).__name__}", batch.batch_id)]), None
-            await self._registry.add_outcome.remote(job_id, outcome, replica)
+                await reg.fail_job.remote(job_id, GradingErrorItem(student_ids=[], question_ids=[],
+                                                                   type=err.error_type, message=err.message))
+            except Exception:
+                logger.warning("job %s: could not record the failure; will resume", job_id)
+        except Exception as exc:
+            # The registry, store or engine unreachable (a restart under way) is not the
+            # job's fault: the control loop resumes it from the store.
+            logger.warning("job %s interrupted (%s); will resume", job_id, type(exc).__name__)
+        finally:
+            for t in in_flight:
+                t.cancel()
+
+    async def _grade(self, job_id: str, batch: GradeBatch) -> None:
+        self._leased.add(batch.batch_id)
+        try:
+            await self._grade_once(job_id, batch)
+        finally:
+            self._leased.discard(batch.batch_id)
+
+    async def _grade_once(self, job_id: str, batch: GradeBatch) -> None:
+        try:
+            outcome, replica = await self._grader.grade.remote(batch)
+        except Exception as exc:  # the replica died, or the call failed outside BatchGrader
+            attempts = await self._registry.batch_attempts.remote(batch.batch_id)
+            if attempts < self._store_cfg.max_batch_attempts:
+                logger.warning("batch %s: grader lost (%s), re-dispatching", batch.batch_id, type(exc).__name__)
+                await self._registry.release_batch.remote(batch.batch_id, self._owner)
+                return
+            outcome, replica = BatchOutcome(
+                batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[students_error(
+                    batch.students, "grader_error", f"grader call failed {attempts} times: {type(exc).__name__}",
+                    batch.batch_id)]), None
+        await self._registry.complete_batch.remote(job_id, outcome, replica)
+
+    async def _deliver_webhooks(self) -> None:
+        from raygrade.webhooks import backoff_s, deliver
+
+        cfg = self._store_cfg
+        due = await self._registry.lease_webhooks.remote(self._owner, cfg.webhook_timeout_s * 3)
+        if not due:
+            return
+        secret = os.environ.get(cfg.webhook_secret_env)
+        for job_id, url, attempt in due:
+            body = json.dumps({"type": "grading.job.completed",
+                               "data": (await self._registry.status.remote(job_id)).model_dump(mode="json")}).encode()
+            error = ("no signing secret configured" if not secret else
+                     await deliver(url, secret, f"msg_{job_id}", body, timeout_s=cfg.webhook_timeout_s))
+            state = await self._registry.webhook_result.remote(
+                job_id, ok=error is None, error=error, retry_in_s=backoff_s(attempt),
+                max_attempts=cfg.webhook_max_attempts)
+            logger.info("webhook for job %s: attempt %d, %s", job_id, attempt, state)

@@ -4,6 +4,7 @@ Routes:
     ``POST /v1/jobs``               → 202 :class:`JobStatus` (200 for an idempotent replay)
     ``GET  /v1/jobs/{id}``          → :class:`JobStatus` with progress counts
     ``GET  /v1/jobs/{id}/results``  → :class:`JobResults` (partial while running)
+    ``POST /v1/jobs/{id}/cancel``   → :class:`JobStatus` (``cancelled``; 409 if already ended)
     ``GET  /v1/jobs/{id}/replicas`` → batches graded per grader replica
     ``GET  /healthz``
 
@@ -22,7 +23,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from raygrade.errors import RaygradeError
-from raygrade.protocol import GradingErrorItem, GradingJob, JobResults, JobStatus
+from raygrade.protocol import GradingJob, JobResults, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +84,15 @@ class RaygradeIngress:
                          idempotency_key: str | None = Header(default=None, alias="Idempotency-Key")
                          ) -> JSONResponse:
         key = idempotency_key or job.options.idempotency_key
+        # Durable first (the outbox): the batcher drives jobs from the store, so a lost
+        # nudge below only delays the job until the batcher's next poll.
         status, created = await _call(self._registry.create.remote(job, key))
         if created:
             try:
                 await self._batcher.submit.remote(status.id)
             except Exception as exc:
-                logger.error("job %s could not be dispatched: %s", status.id, type(exc).__name__)
-                status = await self._registry.finish.remote(status.id, GradingErrorItem(
-                    student_ids=[], question_ids=[], type="dispatch_error", message="batcher unavailable"))
+                logger.warning("job %s: batcher not reachable (%s); it will pick the job up from the store",
+                               status.id, type(exc).__name__)
         return JSONResponse(status_code=202 if created else 200, content=status.model_dump(mode="json"))
 
     @api.get("/v1/jobs/{job_id}", response_model=JobStatus)
@@ -100,6 +102,11 @@ class RaygradeIngress:
     @api.get("/v1/jobs/{job_id}/results", response_model=JobResults)
     async def get_results(self, job_id: str) -> JobResults:
         return await _call(self._registry.results.remote(job_id))
+
+    @api.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus)
+    async def cancel_job(self, job_id: str) -> JobStatus:
+        """Cancel a queued or running job (409 once it has ended); grades already made stay."""
+        return await _call(self._registry.cancel.remote(job_id))
 
     @api.get("/v1/jobs/{job_id}/replicas")
     async def get_replicas(self, job_id: str) -> dict[str, int]:

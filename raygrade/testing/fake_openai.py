@@ -70,6 +70,8 @@ class RequestRecord:
         fault: The injected fault, if any.
         mono: ``time.monotonic()`` at admission (or rejection).
         final_tokens: What stays charged in the window once it completed (0 if rejected).
+        items: ``"alias/question_id"`` for each item the structured-output schema asked
+            for, on answered requests (the judge of which grades a provider produced).
     """
 
     t: float
@@ -81,6 +83,7 @@ class RequestRecord:
     fault: str | None
     mono: float = 0.0
     final_tokens: int = 0
+    items: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -340,9 +343,10 @@ class FakeOpenAIServer:
                 entry.tokens = actual
             return entry.tokens
 
-    def _record(self, *args: Any, mono: float | None = None, final_tokens: int = 0) -> RequestRecord:
+    def _record(self, *args: Any, mono: float | None = None, final_tokens: int = 0,
+                items: list[str] | None = None) -> RequestRecord:
         rec = RequestRecord(time.time(), *args, mono=mono if mono is not None else time.monotonic(),
-                            final_tokens=final_tokens)
+                            final_tokens=final_tokens, items=items or [])
         with self._lock:
             self.log.append(rec)
         return rec
@@ -421,7 +425,10 @@ class FakeOpenAIServer:
             await asyncio.sleep(delay)
         final = self._complete(entry, prompt_tokens + completion_tokens)
         headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
-        self._record(200, model, charged, prompt_tokens, completion_tokens, fault, mono=mono, final_tokens=final)
+        asked = [f"{a}/{q}" for a, v in ((rf.get("json_schema") or {}).get("schema") or {}).get("properties", {}).items()
+                 for q in (v.get("properties") or {})] if rf.get("type") == "json_schema" else []
+        self._record(200, model, charged, prompt_tokens, completion_tokens, fault, mono=mono, final_tokens=final,
+                     items=asked)
         return web.json_response({
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
