@@ -124,8 +124,10 @@ class BatchGrader:
         max_parse_retries: Re-asks for items whose output failed the schema.
         schema_bounds: Put numeric/length bounds in the JSON schema.
         retry_after_cap_s: Cap on a provider's ``Retry-After``.
-        max_completion_tokens: The model's completion limit; a re-ask after output was
-            truncated at ``max_tokens`` doubles ``max_tokens`` up to this cap.
+        max_completion_tokens: The model's completion limit. Output truncated at
+            ``max_tokens`` (``finish_reason="length"``) is re-asked split in two halves of
+            the failed students while more than one is left; a single student's re-ask
+            doubles ``max_tokens`` up to this cap.
         fallback: A grader (``async grade(GradeBatch) -> BatchOutcome``) for the items
             still pending while the provider's circuit breaker is open, e.g. the
             reference-similarity baseline; ``None`` reports them as ``circuit_open`` errors.
@@ -183,59 +185,73 @@ class BatchGrader:
         """Grade every (student, question) item of ``batch``.
 
         Never raises for provider or output problems: items that could not be
-        graded come back in ``errors`` with the error's type.
+        graded come back in ``errors`` with the error's type (``output_parse_error``,
+        ``refusal``, ``timeout_error``, ``connection_error``, ``provider_error``,
+        ``rate_limit_error``, ``circuit_open``, ...).
         """
         by_alias = {s.alias: s for s in batch.students}
         qmax = {q.id: q.max_score for q in batch.questions}
-        pending = list(batch.students)
         usage = Usage()
         calls = 0
         grades = []
         model_used = batch.model or ""
         errors: list[GradingErrorItem] = []
-        invalid: dict[tuple[str, str], str] = {}
         fallback_results: list[GradeResult] = []
-        max_tokens = batch.max_tokens
-        for round_ in range(self._max_parse_retries + 1):
+        # Work queue of (students, max_tokens, round). A re-ask carries only the items that
+        # failed; output cut off at max_tokens is split in two (fewer students → shorter
+        # output) while more than one student is left, else re-asked with twice the room.
+        queue: list[tuple[list[StudentWork], int, int]] = [(list(batch.students), batch.max_tokens, 0)]
+        while queue:
+            pending, max_tokens, round_ = queue.pop(0)
             try:
                 res = await self._call(batch, pending, max_tokens)
             except RaygradeError as exc:
                 if isinstance(exc, CircuitOpenError) and self._fallback is not None:
                     # The provider is failing: grade what is left with the fallback, marked as such.
                     fb = await self._fallback.grade(batch.model_copy(update={"students": pending}))
-                    fallback_results, errors = fb.results, errors + fb.errors
+                    fallback_results += fb.results
+                    errors += fb.errors
                     logger.info("batch %s: %d items graded by the fallback (circuit open)", batch.batch_id,
                                 len(fb.results))
                 else:
                     errors.append(students_error(pending, exc.error_type, exc.message, batch.batch_id))
-                invalid = {}
-                break
+                continue
             calls += 1
             model_used = res.model
             if res.usage:
                 usage = usage + res.usage
-            if res.refusal and not res.content:
-                got, invalid = [], {(s.alias, q): "model refused" for s in pending for q in s.question_ids}
+            refused = bool(res.refusal and not res.content)
+            truncated = res.finish_reason == "length"
+            if refused:
+                got, invalid = [], {(s.alias, q): f"model refused: {res.refusal[:200]}"
+                                    for s in pending for q in s.question_ids}
             else:
                 got, invalid = parse_output(res.content, batch.questions, pending, token_logprobs=res.token_logprobs)
-                if invalid and res.finish_reason == "length":
+                if invalid and truncated:
                     invalid = {k: f"{v} (output truncated at max_tokens={max_tokens})" for k, v in invalid.items()}
-                    # Same prompt, same budget would truncate again: give the re-ask more room.
-                    max_tokens = min(2 * max_tokens, self._max_completion_tokens or 2 * max_tokens)
             grades.extend(got)
             if not invalid:
-                break
-            logger.info("batch %s: %d items failed the schema (round %d)", batch.batch_id, len(invalid), round_)
-            # Re-ask only for the items that failed.
-            pending = []
+                continue
+            failed = []
             for alias in dict.fromkeys(a for a, _ in invalid):
-                s = by_alias[alias]
-                qids = [q for q in s.question_ids if (alias, q) in invalid]
-                pending.append(s.model_copy(update={"question_ids": qids}))
-        for (alias, qid), reason in invalid.items():
-            errors.append(GradingErrorItem(student_ids=[by_alias[alias].student_id], question_ids=[qid],
-                                           type=OutputParseError.error_type, message=reason,
-                                           batch_id=batch.batch_id))
+                st = by_alias[alias]
+                failed.append(st.model_copy(update={"question_ids": [q for q in st.question_ids
+                                                                     if (alias, q) in invalid]}))
+            if round_ < self._max_parse_retries:
+                logger.info("batch %s: %d items failed the schema (round %d)", batch.batch_id, len(invalid), round_)
+                if truncated and len(failed) > 1:
+                    half = len(failed) // 2
+                    queue += [(failed[:half], max_tokens, round_ + 1), (failed[half:], max_tokens, round_ + 1)]
+                elif truncated:
+                    queue.append((failed, min(2 * max_tokens, self._max_completion_tokens or 2 * max_tokens),
+                                  round_ + 1))
+                else:
+                    queue.append((failed, max_tokens, round_ + 1))
+                continue
+            etype = "refusal" if refused else OutputParseError.error_type
+            for (alias, qid), reason in invalid.items():
+                errors.append(GradingErrorItem(student_ids=[by_alias[alias].student_id], question_ids=[qid],
+                                               type=etype, message=reason, batch_id=batch.batch_id))
         n = max(1, len(grades))
         share = Usage(prompt_tokens=usage.prompt_tokens // n, completion_tokens=usage.completion_tokens // n)
         results = [GradeResult(

@@ -54,7 +54,7 @@ from raygrade.tokens import TiktokenCounter, gpt4o_image_tokens
 
 #: Length of the rate-limit window, seconds.
 WINDOW_S = 60.0
-FAULTS = ("429", "500", "malformed", "out_of_range", "truncated", "refusal")
+FAULTS = ("429", "500", "malformed", "out_of_range", "truncated", "refusal", "timeout", "reset")
 
 
 @dataclasses.dataclass
@@ -63,7 +63,7 @@ class RequestRecord:
 
     Attributes:
         t: Wall-clock time it arrived (``time.time()``).
-        status: HTTP status answered.
+        status: HTTP status answered (0: none: the connection was reset, or held past the client's timeout).
         model: Requested model.
         charged_tokens: Input + ``max_tokens`` charged on admission (also set for a 429: what it asked for).
         prompt_tokens, completion_tokens: As reported in ``usage``.
@@ -186,14 +186,17 @@ class FakeOpenAIServer:
             (a realistic output length for load tests); otherwise as short as the schema allows.
         api_key: When set, requests must carry ``Authorization: Bearer <api_key>``.
         host, port: Where to listen (port 0 picks a free one).
+        hang_s: How long a ``timeout`` fault holds the request before answering (set it
+            above the client's timeout). A ``reset`` fault closes the connection unanswered.
     """
 
     def __init__(self, *, rpm: int | None = None, tpm: int | None = None, window_s: float = WINDOW_S,
                  latency_s: float = 0.0,
                  latency_per_token_s: float = 0.0, refund_unused: bool = True,
                  fault_rates: dict[str, float] | None = None, seed: int = 0, completion_tokens: int | None = None,
-                 api_key: str | None = "sk-test", host: str = "127.0.0.1", port: int = 0):
+                 api_key: str | None = "sk-test", host: str = "127.0.0.1", port: int = 0, hang_s: float = 30.0):
         self.rpm, self.tpm = rpm, tpm
+        self.hang_s = hang_s
         self.window_s = window_s
         # Limits per window, in the window's units.
         self._rpm_w = int(rpm * window_s / WINDOW_S) if rpm is not None else None
@@ -394,6 +397,15 @@ class FakeOpenAIServer:
             return _error(429, f"Rate limit reached for {model} on {kind} per min (RPM/TPM): Limit {limit}. "
                           "Please try again later.", kind, "rate_limit_exceeded", headers=headers)
         assert entry is not None
+        if fault == "reset":  # the connection drops before any answer (the call stays charged)
+            self._record(0, model, charged, prompt_tokens, 0, fault, mono=mono, final_tokens=charged)
+            request.transport.abort()
+            raise asyncio.CancelledError
+        if fault == "timeout":  # no answer within the client's timeout
+            self._record(0, model, charged, prompt_tokens, 0, fault, mono=mono, final_tokens=charged)
+            await asyncio.sleep(self.hang_s)
+            return _error(500, "The server had an error while processing your request.", "server_error",
+                          headers=headers)
         if fault == "500":
             # The failed call stays charged at its estimate, as hosted providers do.
             self._record(500, model, charged, prompt_tokens, 0, fault, mono=mono, final_tokens=charged)

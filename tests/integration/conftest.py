@@ -10,7 +10,7 @@ from raygrade.testing.fake_openai import FakeOpenAIServer, fake_provider_config
 
 @pytest.fixture(scope="session")
 def fake_openai():
-    srv = FakeOpenAIServer(api_key="sk-test", latency_s=0.02).start()
+    srv = FakeOpenAIServer(api_key="sk-test", latency_s=0.02, hang_s=6.0).start()  # fake_app times out at 3 s
     yield srv
     srv.stop()
 
@@ -74,7 +74,7 @@ def fake_app(serve_url, fake_openai):
 
     from raygrade.app import build_app
 
-    args = RaygradeArgs(provider=fake_provider_config(fake_openai.base_url),
+    args = RaygradeArgs(provider=fake_provider_config(fake_openai.base_url, timeout_s=3.0),
                         batcher=BatcherConfig(max_students_per_request=4, max_images_per_request=6),
                         namespace=f"rg-test-{uuid.uuid4().hex[:8]}")
     serve.run(build_app(args), name="fake", route_prefix="/fake")

@@ -204,6 +204,46 @@ def test_truncated_output_is_reasked_with_a_larger_budget_up_to_the_cap():
     assert len(out.errors) == 2 and "truncated at max_tokens=300" in out.errors[0].message
 
 
+class PerStudentBudgetProvider(TruncatingProvider):
+    """Truncates unless max_tokens covers ``need`` tokens per student in the request."""
+
+    async def chat(self, messages, *, max_tokens, temperature, json_schema=None, schema_name="grades", model=None):
+        n = len(json_schema["properties"])
+        self.calls.append({"max_tokens": max_tokens, "students": sorted(json_schema["properties"])})
+        full = json.dumps({a: {q: {"feedback": "f", "score": 1, "confidence": 0.5} for q in v["properties"]}
+                           for a, v in json_schema["properties"].items()})
+        if max_tokens < self.need * n:
+            return ChatResult(content=full[:10], finish_reason="length", usage=Usage(completion_tokens=max_tokens),
+                              model="m", headers={})
+        return ChatResult(content=full, finish_reason="stop", usage=Usage(completion_tokens=50), model="m", headers={})
+
+
+def test_truncated_output_of_several_students_is_split_into_smaller_requests():
+    b = batch(4)  # max_tokens=200; the answer needs 90 tokens per student
+    p = PerStudentBudgetProvider(need=90)
+    out = asyncio.run(grader(p, max_completion_tokens=200)[0].grade(b))
+    assert not out.errors and len(out.results) == 8
+    assert [c["students"] for c in p.calls] == [["s1", "s2", "s3", "s4"], ["s1", "s2"], ["s3", "s4"]]
+    assert {c["max_tokens"] for c in p.calls} == {200}
+
+
+def test_a_refusal_is_reported_per_item_as_refusal():
+    b = batch(1)
+    refusal = ChatResult(content=None, refusal="I can't help with that.", finish_reason="stop", usage=Usage(),
+                         model="m", headers={})
+
+    class Refusing(ScriptedProvider):
+        async def chat(self, *a, **kw):
+            self.calls.append({})
+            return refusal
+
+    p = Refusing([])
+    out = asyncio.run(grader(p, max_parse_retries=1)[0].grade(b))
+    assert len(p.calls) == 2 and not out.results
+    assert {(e.type, e.question_ids[0]) for e in out.errors} == {("refusal", "q1"), ("refusal", "q2")}
+    assert "can't help" in out.errors[0].message
+
+
 def test_score_probability_from_token_logprobs():
     import math
 
