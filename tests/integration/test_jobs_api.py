@@ -1,0 +1,95 @@
+"""Job lifecycle over HTTP: signed completion webhooks with retries, cancellation, webhook
+validation. The webhook receiver is a real HTTP server on 127.0.0.1."""
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from raygrade.cli import Client
+from raygrade.protocol import GradingJob
+from raygrade.webhooks import verify
+
+
+def job(n: int, **options) -> dict:
+    return {"assessment": {"questions": [{"id": "q", "prompt": "Name a TCP header field.", "max_score": 2}]},
+            "submissions": [{"student_id": f"s{i}", "pages": [{"type": "text", "text": f"answer {i}"}]}
+                            for i in range(n)], "options": options}
+
+
+class Receiver:
+    """Answers 500 to the first ``fail_first`` deliveries, then 200; keeps every delivery."""
+
+    def __init__(self, fail_first: int = 1):
+        self.deliveries: list[tuple[dict, bytes, int]] = []
+        self.got = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                code = 500 if len(outer.deliveries) < fail_first else 200
+                outer.deliveries.append(({k.lower(): v for k, v in self.headers.items()}, body, code))
+                self.send_response(code)
+                self.end_headers()
+                if code == 200:
+                    outer.got.set()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/raygrade"
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def test_completion_webhook_is_signed_and_retried(fake_app, fake):
+    rx = Receiver(fail_first=1)
+    try:
+        r = httpx.post(f"{fake_app}/v1/jobs", json=job(3, webhook_url=rx.url), timeout=30)
+        assert r.status_code == 202, r.text
+        assert rx.got.wait(60), "webhook not delivered"
+    finally:
+        rx.stop()
+    (h1, b1, c1), (h2, b2, c2) = rx.deliveries[:2]
+    assert (c1, c2) == (500, 200) and h1["webhook-id"] == h2["webhook-id"] == f"msg_{r.json()['id']}"
+    secret = os.environ["RAYGRADE_WEBHOOK_SECRET"]
+    assert verify(secret, h2, b2) and not verify(secret, h2, b2 + b" ") and not verify("whsec_b3RoZXI=", h2, b2)
+    event = json.loads(b2)
+    assert event["type"] == "grading.job.completed" and event["data"]["state"] == "succeeded"
+    assert event["data"]["progress"]["items_graded"] == 3
+
+
+def test_cancel_a_running_job(fake_app, fake):
+    fake.script.extend(["timeout"] * 16)  # the first requests hang past the grader's timeout
+    client = Client(fake_app)
+    st = client.submit(GradingJob.model_validate(job(40)))
+    r = httpx.post(f"{fake_app}/v1/jobs/{st.id}/cancel", timeout=30)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    cancelled = r.json()["progress"]
+    assert cancelled["items_cancelled"] + cancelled["items_graded"] == 40 and cancelled["items_cancelled"] > 0
+    again = httpx.post(f"{fake_app}/v1/jobs/{st.id}/cancel", timeout=30)
+    assert again.status_code == 409 and again.json()["error"]["type"] == "illegal_state_transition"
+    # Batches in flight when the job was cancelled finish without writing grades.
+    deadline = time.monotonic() + 15
+    while fake.script and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    assert client.status(st.id).progress.items_graded == cancelled["items_graded"]
+    res = client.results(st.id)
+    assert res.state.value == "cancelled" and {e.type for e in res.errors} == {"cancelled"}
+    fake.script.clear()
+
+
+def test_webhooks_need_a_secret_and_a_http_url(fake_app, fake):
+    r = httpx.post(f"{fake_app}/v1/jobs", json=job(1, webhook_url="ftp://example.org/x"), timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "options.webhook_url"
+    missing = httpx.post(f"{fake_app}/v1/jobs/job_nope/cancel", timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
