@@ -28,6 +28,7 @@ from raygrade.errors import PlanningError, RaygradeError, ReadingError
 from raygrade.grading import BatchOutcome, GradeBatch, students_error
 from raygrade.prompts import SYSTEM_PROMPT, StudentWork, page_header, question_section, student_header
 from raygrade.protocol import GradingErrorItem, GradingJob, ImagePage, JobState, Question, ReadingMode, TextPage
+from raygrade.store import batch_key
 from raygrade.tokens import TokenCounter, counter_for, image_tokens
 
 logger = logging.getLogger(__name__)
@@ -103,9 +104,13 @@ class JobPlanner:
                                    type=PlanningError.error_type, message=f"student {r.reason}")
                   for r in plan.rejected]
         batches = []
-        for k, pb in enumerate(plan.batches):
+        for pb in plan.batches:
             batches.append(GradeBatch(
-                batch_id=f"{job_id}-b{k:05d}", job_id=job_id, questions=by_group[pb.group],
+                # Deterministic (job, students, questions, model, prompt version): a re-planned
+                # job gets the same ids, so the store inserts nothing twice.
+                batch_id=batch_key(job_id, [works[i].student_id for i in pb.students], pb.group,
+                                   job.options.model or self.args.provider.model),
+                job_id=job_id, questions=by_group[pb.group],
                 students=[works[i] for i in pb.students], prompt_tokens_estimate=pb.prompt_tokens,
                 max_tokens=pb.completion_tokens + JSON_OVERHEAD_TOKENS, model=job.options.model,
                 temperature=job.options.temperature, include_model_answer_images=vision))
