@@ -105,10 +105,11 @@ metadata = sa.MetaData()
 jobs = sa.Table(
     "raygrade_jobs", metadata,
     sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("idempotency_key", sa.String(256), unique=True, nullable=True),
+    sa.Column("namespace", sa.String(128), nullable=False, server_default="raygrade"),
+    sa.Column("idempotency_key", sa.String(256), nullable=True),
     sa.Column("body_hash", sa.String(64), nullable=False),
     sa.Column("body", sa.Text, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False),
     sa.Column("model", sa.String(256)),
     sa.Column("students", sa.Integer, nullable=False),
     sa.Column("items_total", sa.Integer, nullable=False),
@@ -119,6 +120,9 @@ jobs = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # Idempotency keys are per application (a NULL key never conflicts).
+    sa.UniqueConstraint("namespace", "idempotency_key", name="raygrade_jobs_namespace_key"),
+    sa.Index("raygrade_jobs_namespace_state", "namespace", "state"),
 )
 items = sa.Table(
     "raygrade_items", metadata,
@@ -227,8 +231,13 @@ class JobStore:
         return res.rowcount == 1
 
     # ------------------------------------------------------------------ jobs
-    def create_job(self, job: GradingJob, idempotency_key: str | None = None) -> tuple[JobStatus, bool]:
+    def create_job(self, job: GradingJob, idempotency_key: str | None = None, namespace: str = "raygrade"
+                   ) -> tuple[JobStatus, bool]:
         """Record a job and its items (state ``queued``), or return the job its key names.
+
+        ``namespace`` is the application's (``RaygradeArgs.namespace``): several raygrade
+        applications can share one database; each resumes only its own jobs, and
+        idempotency keys are unique per namespace.
 
         Returns:
             ``(status, created)``; ``created`` is False for a replay of the same key and body.
@@ -247,19 +256,20 @@ class JobStore:
         with self.engine.begin() as conn:
             if idempotency_key is not None:
                 ins = self._insert_ignore(jobs).values(
-                    id=job_id, idempotency_key=idempotency_key, body_hash=h, body=job.model_dump_json(),
+                    id=job_id, namespace=namespace, idempotency_key=idempotency_key, body_hash=h, body=job.model_dump_json(),
                     state="queued", model=job.options.model, students=len(job.submissions), items_total=len(rows),
                     created_at=now, updated_at=now).returning(jobs.c.id)
                 if conn.execute(ins).first() is None:  # the key exists (rowcount is -1 on psycopg)
                     existing = conn.execute(sa.select(jobs.c.id, jobs.c.body_hash)
-                                            .where(jobs.c.idempotency_key == idempotency_key)).first()
+                                            .where(jobs.c.namespace == namespace,
+                                                   jobs.c.idempotency_key == idempotency_key)).first()
                     if existing.body_hash != h:
                         raise ConflictError("idempotency key was already used with a different request body",
                                             param="idempotency_key")
                     return self._status(conn, existing.id), False
             else:
                 conn.execute(jobs.insert().values(
-                    id=job_id, body_hash=h, body=job.model_dump_json(), state="queued", model=job.options.model,
+                    id=job_id, namespace=namespace, body_hash=h, body=job.model_dump_json(), state="queued", model=job.options.model,
                     students=len(job.submissions), items_total=len(rows), created_at=now, updated_at=now))
             for k in range(0, len(rows), 5000):
                 conn.execute(items.insert(), rows[k:k + 5000])
@@ -294,10 +304,12 @@ class JobStore:
                                  batches_total=j["batches_total"], batches_done=bcounts.get("done", 0),
                                  batches_redispatched=int(redispatched)))
 
-    def unfinished_jobs(self) -> list[str]:
-        """Ids of jobs accepted but not in a terminal state, oldest first (what a restart resumes)."""
+    def unfinished_jobs(self, namespace: str = "raygrade") -> list[str]:
+        """Ids of the namespace's jobs accepted but not in a terminal state, oldest first
+        (what a restart resumes)."""
         with self.engine.connect() as conn:
-            return list(conn.execute(sa.select(jobs.c.id).where(jobs.c.state.in_(["queued", "running"]))
+            return list(conn.execute(sa.select(jobs.c.id).where(jobs.c.namespace == namespace,
+                                                                jobs.c.state.in_(["queued", "running"]))
                                      .order_by(jobs.c.created_at)).scalars())
 
     def record_plan(self, job_id: str, planned: list[GradeBatch], errors: list[GradingErrorItem],

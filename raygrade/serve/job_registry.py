@@ -22,7 +22,7 @@ from raygrade.protocol import GradingJob, JobStatus
 from raygrade.store import JobStore
 
 #: JobStore methods the deployment exposes as they are.
-STORE_METHODS = ("get_job", "status", "results", "replicas", "cancel", "unfinished_jobs", "record_plan",
+STORE_METHODS = ("get_job", "status", "results", "replicas", "cancel", "record_plan",
                  "lease_batches", "renew_leases", "release_batch", "batch_attempts", "complete_batch",
                  "finish_if_complete", "fail_job", "lease_webhooks", "webhook_result", "webhook", "batch_report")
 
@@ -32,10 +32,11 @@ class JobRegistryImpl:
 
     Args:
         config: The store's URL and settings.
+        namespace: The application's namespace: its jobs in a shared database.
     """
 
-    def __init__(self, config: StoreConfig):
-        self._config = config
+    def __init__(self, config: StoreConfig, namespace: str = "raygrade"):
+        self._config, self._namespace = config, namespace
         self._store = JobStore(config.resolved_url())
         self._pool = ThreadPoolExecutor(1 if self._store.dialect == "sqlite" else 4,
                                         thread_name_prefix="raygrade-store")
@@ -53,7 +54,11 @@ class JobRegistryImpl:
         if job.options.webhook_url and not os.environ.get(self._config.webhook_secret_env):
             raise InvalidRequestError(f"webhooks are not enabled on this server (set {self._config.webhook_secret_env})",
                                       param="options.webhook_url")
-        return await self._do(self._store.create_job, job, idempotency_key)
+        return await self._do(self._store.create_job, job, idempotency_key, self._namespace)
+
+    async def unfinished_jobs(self) -> list[str]:
+        """This application's unfinished jobs (see :meth:`JobStore.unfinished_jobs`)."""
+        return await self._do(self._store.unfinished_jobs, self._namespace)
 
 
 def _passthrough(name: str):

@@ -218,3 +218,12 @@ def test_a_reopened_store_resumes_from_disk(store_url):
     s2.complete_batch(job_id, outcome(batches[1]))
     assert s2.finish_if_complete(job_id).progress.items_graded == 6
     s2.close()
+
+
+def test_applications_sharing_a_database_keep_their_own_jobs_and_keys(store):
+    job = make_job()
+    a, _ = store.create_job(job, "key-1", namespace="app-a")
+    b, created = store.create_job(job, "key-1", namespace="app-b")
+    assert created and a.id != b.id
+    assert store.create_job(job, "key-1", namespace="app-a")[0].id == a.id
+    assert store.unfinished_jobs("app-a") == [a.id] and store.unfinished_jobs("app-b") == [b.id]
