@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from raygrade.cli import Client
+from raygrade.config import default_store_url
 from raygrade.protocol import GradingJob
+from raygrade.store import JobStore
 from raygrade.webhooks import verify
 
 
@@ -68,24 +70,35 @@ def test_completion_webhook_is_signed_and_retried(fake_app, fake):
 
 
 def test_cancel_a_running_job(fake_app, fake):
-    fake.script.extend(["timeout"] * 16)  # the first requests hang past the grader's timeout
-    client = Client(fake_app)
-    st = client.submit(GradingJob.model_validate(job(40)))
-    r = httpx.post(f"{fake_app}/v1/jobs/{st.id}/cancel", timeout=30)
-    assert r.status_code == 200 and r.json()["state"] == "cancelled"
-    cancelled = r.json()["progress"]
-    assert cancelled["items_cancelled"] + cancelled["items_graded"] == 40 and cancelled["items_cancelled"] > 0
-    again = httpx.post(f"{fake_app}/v1/jobs/{st.id}/cancel", timeout=30)
-    assert again.status_code == 409 and again.json()["error"]["type"] == "illegal_state_transition"
-    # Batches in flight when the job was cancelled finish without writing grades.
-    deadline = time.monotonic() + 15
-    while fake.script and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1)
-    assert client.status(st.id).progress.items_graded == cancelled["items_graded"]
-    res = client.results(st.id)
-    assert res.state.value == "cancelled" and {e.type for e in res.errors} == {"cancelled"}
-    fake.script.clear()
+    fake.latency_s = 2.0  # every request takes 2 s: the job is surely running when cancelled
+    try:
+        client = Client(fake_app)
+        st = client.submit(GradingJob.model_validate(job(40)))
+        store = JobStore(default_store_url())  # the app's SQLite file (RAYGRADE_HOME)
+        deadline = time.monotonic() + 30
+        while not any(b["state"] == "leased" for b in store.batch_report(st.id)):
+            assert time.monotonic() < deadline, "no batch was dispatched"
+            time.sleep(0.05)
+        store.close()
+        r = httpx.post(f"{fake_app}/v1/jobs/{st.id}/cancel", timeout=30)
+        assert r.status_code == 200 and r.json()["state"] == "cancelled"
+        cancelled = r.json()["progress"]
+        assert cancelled["items_cancelled"] + cancelled["items_graded"] == 40 and cancelled["items_cancelled"] > 0
+        again = httpx.post(f"{fake_app}/v1/jobs/{st.id}/cancel", timeout=30)
+        assert again.status_code == 409 and again.json()["error"]["type"] == "illegal_state_transition"
+        # Batches in flight when the job was cancelled finish without writing grades.
+        deadline, seen = time.monotonic() + 15, -1
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if len(fake.log) == seen and fake.log:
+                break
+            seen = len(fake.log)
+        assert fake.log, "no request was in flight"
+        assert client.status(st.id).progress.items_graded == cancelled["items_graded"]
+        res = client.results(st.id)
+        assert res.state.value == "cancelled" and {e.type for e in res.errors} == {"cancelled"}
+    finally:
+        fake.latency_s = 0.02
 
 
 def test_webhooks_need_a_secret_and_a_http_url(fake_app, fake):
