@@ -57,7 +57,7 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None, *,
         # The SQLite file lives on the head node: keep the store's only replica there.
         registry_dep = JobRegistry.options(ray_actor_options={"num_cpus": 0,
                                                               "resources": {"node:__internal_head__": 0.001}})
-    registry = (registry_dep.options(**opts["JobRegistry"]) if "JobRegistry" in opts else registry_dep).bind(args.store, args.namespace)
+    registry = dep(registry_dep).bind(args.store, args.namespace)
     reader = dep(PageReader).bind()
     grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, engine)
     batcher = dep(Batcher).bind(args, registry, reader, grader, engine)

@@ -266,7 +266,6 @@ class BatchGrader:
         results += fallback_results
         return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=usage, calls=calls)
 
-
     async def _calibrate(self, batch: GradeBatch, results: list[GradeResult]) -> list[GradeResult]:
         """Set ``baseline_agrees`` (when an agreement grader is given) and calibrated confidences."""
         agrees: dict[tuple[str, str], bool] = {}

@@ -293,13 +293,11 @@ class JobStore:
                                     .group_by(batches.c.state)).all())
         redispatched = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(batches.c.attempts - 1), 0))
                                     .where(batches.c.job_id == job_id, batches.c.attempts > 1)).scalar_one()
-        job_errors = [GradingErrorItem.model_validate(e) for e in json.loads(j["errors"])]
-        failed_items = counts.get("failed", 0) + sum(e.item_count for e in job_errors if e.student_ids)
         return JobStatus(
             id=job_id, state=JobState(j["state"]), created_at=j["created_at"], finished_at=j["finished_at"],
             model=j["model"], usage=Usage(prompt_tokens=j["prompt_tokens"], completion_tokens=j["completion_tokens"]),
             progress=JobProgress(students=j["students"], items_total=j["items_total"],
-                                 items_graded=counts.get("graded", 0), items_failed=failed_items,
+                                 items_graded=counts.get("graded", 0), items_failed=counts.get("failed", 0),
                                  items_needs_review=review, items_cancelled=counts.get("cancelled", 0),
                                  batches_total=j["batches_total"], batches_done=bcounts.get("done", 0),
                                  batches_redispatched=int(redispatched)))
@@ -338,7 +336,7 @@ class JobStore:
                 continue
             conn.execute(items.update().where(
                 items.c.job_id == job_id, items.c.student_id.in_(e.student_ids),
-                items.c.question_id.in_(e.question_ids), items.c.state == "pending",
+                items.c.question_id.in_(e.question_ids), items.c.state.in_(_sources(ITEM_TRANSITIONS, "failed")),
             ).values(state="failed", error_type=e.type, error_message=e.message[:2000], batch_id=batch_id,
                      updated_at=now))
 
@@ -417,7 +415,7 @@ class JobStore:
             for r in outcome.results:
                 res = conn.execute(items.update().where(
                     items.c.job_id == job_id, items.c.student_id == r.student_id,
-                    items.c.question_id == r.question_id, items.c.state == "pending",
+                    items.c.question_id == r.question_id, items.c.state.in_(_sources(ITEM_TRANSITIONS, "graded")),
                 ).values(state="graded", result=r.model_dump_json(), confidence=r.confidence,
                          batch_id=outcome.batch_id, updated_at=now))
                 written += res.rowcount
@@ -430,8 +428,8 @@ class JobStore:
             self._fail_items(conn, job_id, missing, outcome.batch_id)
             moved = conn.execute(batches.update().where(
                 batches.c.id == outcome.batch_id, batches.c.state.in_(_sources(BATCH_TRANSITIONS, "done")),
-                batches.c.state != "done").values(state="done", replica=replica, owner=None, lease_expires_at=None,
-                                                  duplicates_dropped=dropped, updated_at=now)).rowcount
+            ).values(state="done", replica=replica, owner=None, lease_expires_at=None,
+                     duplicates_dropped=dropped, updated_at=now)).rowcount
             if moved:  # usage is counted once per batch, even if it was graded twice
                 conn.execute(jobs.update().where(jobs.c.id == job_id).values(
                     prompt_tokens=jobs.c.prompt_tokens + outcome.usage.prompt_tokens,
@@ -458,7 +456,7 @@ class JobStore:
             counts = dict(conn.execute(sa.select(items.c.state, sa.func.count()).where(items.c.job_id == job_id)
                                        .group_by(items.c.state)).all())
             open_batches = conn.execute(sa.select(sa.func.count()).where(
-                batches.c.job_id == job_id, batches.c.state.in_(["pending", "leased"]))).scalar_one()
+                batches.c.job_id == job_id, batches.c.state.in_(_sources(BATCH_TRANSITIONS, "cancelled")))).scalar_one()
             total, graded = j["items_total"], counts.get("graded", 0)
             policy = job.options.completion
             quorum = policy.rule == "quorum" and graded >= policy.min_graded_share * total
@@ -477,9 +475,11 @@ class JobStore:
 
     def _close(self, conn, job_id: str, error_type: str, message: str, item_state: str = "cancelled") -> None:
         now = self._clock()
-        conn.execute(items.update().where(items.c.job_id == job_id, items.c.state == "pending")
+        conn.execute(items.update().where(items.c.job_id == job_id,
+                                          items.c.state.in_(_sources(ITEM_TRANSITIONS, item_state)))
                      .values(state=item_state, error_type=error_type, error_message=message, updated_at=now))
-        conn.execute(batches.update().where(batches.c.job_id == job_id, batches.c.state.in_(["pending", "leased"]))
+        conn.execute(batches.update().where(batches.c.job_id == job_id,
+                                            batches.c.state.in_(_sources(BATCH_TRANSITIONS, "cancelled")))
                      .values(state="cancelled", owner=None, lease_expires_at=None, updated_at=now))
 
     def _flag_review(self, conn, job_id: str, share: float) -> None:

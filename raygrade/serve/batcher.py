@@ -271,9 +271,10 @@ class Batcher:
                 await self._plan(job_id, await reg.get_job.remote(job_id))
             limit = self._args.batcher.max_concurrent_batches
             while True:
-                leased = await reg.lease_batches.remote(job_id, self._owner, cfg.batch_lease_s,
-                                                        limit - len(in_flight))
-                in_flight |= {asyncio.create_task(self._grade(job_id, b)) for b in leased}
+                if len(in_flight) < limit:  # ask the store only when a slot is free
+                    leased = await reg.lease_batches.remote(job_id, self._owner, cfg.batch_lease_s,
+                                                            limit - len(in_flight))
+                    in_flight |= {asyncio.create_task(self._grade(job_id, b)) for b in leased}
                 if not in_flight:
                     final = await reg.finish_if_complete.remote(job_id)
                     if final is not None:
