@@ -212,8 +212,8 @@ def run_raygrade(assessment: Assessment, interactive: list[list[Submission]], bu
     ray.data.DataContext.get_current().enable_progress_bars = False
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-    serve.run(build_app(args, deployment_options={"Grader": {"autoscaling_config": {
-        "min_replicas": a.workers, "max_replicas": a.workers, "target_ongoing_requests": 8}}}),
+    serve.run(build_app(args.model_copy(update={"deployment_options": {"Grader": {"autoscaling_config": {
+        "min_replicas": a.workers, "max_replicas": a.workers, "target_ongoing_requests": 8}}}})),
         name="bench", route_prefix="/bench")
     url = f"http://127.0.0.1:{port}/bench"
     bulk_result: dict = {}

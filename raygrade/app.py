@@ -18,7 +18,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from raygrade.config import RaygradeArgs
+from raygrade.config import RaygradeArgs, resolve_args
 from raygrade.serve.batcher import Batcher
 from raygrade.serve.engine import LocalVLLMServer
 from raygrade.serve.grader import Grader
@@ -27,23 +27,26 @@ from raygrade.serve.job_registry import JobRegistry
 from raygrade.serve.reader import PageReader
 
 
-def build_app(args: RaygradeArgs | dict[str, Any] | None = None, *,
-              deployment_options: dict[str, dict[str, Any]] | None = None) -> Application:
-    """Build the raygrade Serve application.
+def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
+    """Build the raygrade Serve application (Serve's one-parameter builder contract).
+
+    ``serve run serve_config.yaml`` / ``serve deploy`` call it with the application's
+    ``args:`` dict; Python callers pass a dict or :class:`RaygradeArgs`. Environment
+    variables ``RAYGRADE_ARGS__…`` override fields at build time
+    (:func:`raygrade.config.resolve_args`).
 
     Args:
-        args: :class:`RaygradeArgs` or its dict form (from YAML). ``None`` → defaults:
-            OpenAI if ``OPENAI_API_KEY`` is set, else the embedded CPU vLLM.
-        deployment_options: Per-deployment ``.options(...)`` from Python, e.g.
-            ``{"Grader": {"autoscaling_config": {"min_replicas": 4, "max_replicas": 8}}}``
-            (``serve_config.yaml`` does the same with its ``deployments:`` list).
+        args: :class:`RaygradeArgs` or its dict form. ``None`` → defaults: OpenAI if
+            ``OPENAI_API_KEY`` is set, else the embedded CPU vLLM. Per-deployment options
+            from Python go in ``args.deployment_options``.
 
     Raises:
         pydantic.ValidationError: unknown or invalid fields in ``args``.
+        ConfigError: an invalid ``RAYGRADE_ARGS__*`` variable.
         ValueError: ``deployment_options`` names an unknown deployment.
     """
-    args = args if isinstance(args, RaygradeArgs) else RaygradeArgs.model_validate(args or {})
-    opts = dict(deployment_options or {})
+    args = resolve_args(args)
+    opts = args.deployment_options
     deployments = {d.name: d for d in (LocalVLLMServer, JobRegistry, PageReader, Grader, Batcher, RaygradeIngress)}
     if unknown := set(opts) - set(deployments):
         raise ValueError(f"unknown deployments {sorted(unknown)}; known: {sorted(deployments)}")
@@ -51,7 +54,8 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None, *,
     def dep(d):
         return d.options(**opts[d.name]) if d.name in opts else d
 
-    engine = dep(LocalVLLMServer).bind(args.local_engine) if args.local_engine is not None else None
+    engine_cfg = args.embedded_engine
+    engine = dep(LocalVLLMServer).bind(engine_cfg) if engine_cfg is not None else None
     registry_dep = JobRegistry
     if args.store.resolved_url().startswith("sqlite"):
         # The SQLite file lives on the head node: keep the store's only replica there.
@@ -62,3 +66,11 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None, *,
     grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, engine)
     batcher = dep(Batcher).bind(args, registry, reader, grader, engine)
     return dep(RaygradeIngress).bind(registry, batcher)
+
+
+def __getattr__(name: str) -> Application:
+    """``raygrade.app:app``: the application on its defaults (and environment overrides),
+    built on first access, for ``serve build raygrade.app:app`` and ``serve run raygrade.app:app``."""
+    if name == "app":
+        return build_app(None)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -63,6 +63,12 @@ class ConfigError(RaygradeError):
     error_type = "config_error"
 
 
+class MissingDependencyError(ConfigError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    error_type = "missing_dependency"
+
+
 class InvalidRequestError(RaygradeError):
     """The client sent something raygrade cannot accept (HTTP 400)."""
 

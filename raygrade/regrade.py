@@ -501,12 +501,17 @@ def build_report(table: pa.Table, cfg: RegradeConfig, assessment: Assessment, to
         report["agreement"] = {"exact": a.exact, "within_one_point": sum(abs(n - o) <= 1 + 1e-9 for o, n, _ in pairs)
                                / len(pairs), "qwk": a.qwk, "kappa": a.kappa, "mae": a.mae, "n": a.n}
         report["confusion"] = {"labels": ["none", "partial", "full"], "rows_reference_cols_new": confusion}
-        report["moved_most"] = sorted(moves, key=lambda m: (-abs(m["delta"]), m["submission_id"]))[:top]
+        moved = [m for m in moves if abs(m["delta"]) > 1e-9]  # items that did not move are not listed
+        report["moved_most"] = sorted(moved, key=lambda m: (-abs(m["delta"]), m["submission_id"]))[:top]
     return report
 
 
 def write_report(report: dict[str, Any], table: pa.Table, out_dir: Path) -> None:
-    """``report.json``, ``report.md`` and (with a comparison) ``confusion.png`` in ``out_dir``."""
+    """``report.json``, ``report.md`` and (with a comparison) ``confusion.png`` in ``out_dir``.
+
+    The PNG needs matplotlib (``pip install 'raygrade[plots]'``); without it the report
+    says so and keeps the confusion matrix as a Markdown table: the grading already
+    paid for is never lost to a missing plotting library."""
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     lines = [f"# Regrade report ({report['model']}, prompt {report['prompt_version']})", "",
              f"- items: {report['items']} ({report['graded']} graded, errors {report['errors'] or 'none'}), "
@@ -525,7 +530,17 @@ def write_report(report: dict[str, Any], table: pa.Table, out_dir: Path) -> None
                   "|---|---|---|---|"]
         lines += [f"| {m['submission_id']} | {m['question_id']} | {m['old']:g} | {m['new']:g} |"
                   for m in report["moved_most"]]
-        _confusion_png(report["confusion"], report["compared_with"], out_dir / "confusion.png")
+        conf = report["confusion"]
+        lines += ["", f"## Score levels (rows: {report['compared_with']}, columns: new)", "",
+                  "| | " + " | ".join(conf["labels"]) + " |", "|---" * (len(conf["labels"]) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(str(n) for n in row) + " |"
+                  for label, row in zip(conf["labels"], conf["rows_reference_cols_new"])]
+        from raygrade._optional import has_module
+
+        if has_module("matplotlib"):
+            _confusion_png(conf, report["compared_with"], out_dir / "confusion.png")
+        else:
+            lines += ["", "(confusion.png not drawn: pip install 'raygrade[plots]')"]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 

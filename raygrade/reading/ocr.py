@@ -35,9 +35,10 @@ class OCRReader:
 
     def _get(self):
         if self._engine is None:
-            from rapidocr import RapidOCR
+            from raygrade._optional import import_optional
 
-            self._engine = RapidOCR(params={
+            rapidocr = import_optional("rapidocr", "ocr", "OCR of page images (text-only models)")
+            self._engine = rapidocr.RapidOCR(params={
                 "Global.log_level": "error",
                 "Global.use_cls": False,
                 "EngineConfig.onnxruntime.intra_op_num_threads": self._threads,

@@ -13,8 +13,8 @@ request validation errors are 400 and name the offending field in ``param``.
 This module is the HTTP boundary where raygrade's exceptions become responses.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI resolves the route annotations
+# (GradingJob, Header) at import; string annotations break newer FastAPI under serve.ingress.
 import logging
 
 from fastapi import FastAPI, Header, Request
