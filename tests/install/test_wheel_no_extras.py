@@ -1,0 +1,48 @@
+"""``pip install raygrade`` with no extras, the way users install it: the wheel built from this
+checkout goes into a fresh virtual environment (package registries only), and the API and
+bulk-regrade tests run there against the fake provider, importing the installed package.
+
+Without extras there is no vLLM, OCR, sentence-transformers or matplotlib: hosted providers,
+the Serve app, the durable store and bulk regrades (with their reports) must still work.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITES = ["tests/integration/test_api.py", "tests/integration/test_regrade.py"]
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    return out
+
+
+@pytest.mark.install
+def test_wheel_without_extras_serves_and_regrades(tmp_path):
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(tmp_path / "dist")],
+         tmp_path, 300)
+    wheel = next((tmp_path / "dist").glob("raygrade-*.whl"))
+    _run([sys.executable, "-m", "venv", str(tmp_path / "venv")], tmp_path, 120)
+    py = tmp_path / "venv" / "bin" / "python"
+    _run([str(py), "-m", "pip", "install", "-q", str(wheel), "pytest>=8", "pytest-timeout>=2.3"], tmp_path, 900)
+
+    probe = _run([str(py), "-c", "import importlib.util as u, raygrade, fastapi; print(raygrade.__file__); "
+                  "print(fastapi.__version__); print([m for m in ('vllm', 'rapidocr', 'sentence_transformers', "
+                  "'matplotlib', 'torch') if u.find_spec(m)])"], tmp_path, 60).stdout.splitlines()
+    assert probe[0].startswith(str(tmp_path / "venv")), "the tests must import the installed wheel, not the checkout"
+    assert tuple(int(x) for x in probe[1].split(".")[:2]) < (0, 137)
+    assert probe[2] == "[]", f"no extras were asked for, yet {probe[2]} is installed"
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAYGRADE_ARGS__"))}
+    env["RAY_AUTH_MODE"] = "disabled"
+    # Run from outside the checkout (cwd is not on sys.path), with the repository's test config.
+    out = _run([str(tmp_path / "venv" / "bin" / "pytest"), "-q", "-p", "no:cacheprovider", "-c",
+                str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT), *(str(ROOT / s) for s in SUITES)],
+               tmp_path, 900, env=env)
+    assert " passed" in out.stdout and "failed" not in out.stdout.splitlines()[-1]
