@@ -18,6 +18,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from raygrade.blobs import is_local
 from raygrade.config import RaygradeArgs, resolve_args
 from raygrade.serve.batcher import Batcher
 from raygrade.serve.engine import LocalVLLMServer
@@ -56,15 +57,19 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
 
     engine_cfg = args.embedded_engine
     engine = dep(LocalVLLMServer).bind(engine_cfg) if engine_cfg is not None else None
-    registry_dep = JobRegistry
+    registry_dep, batcher_dep = JobRegistry, Batcher
+    on_head = {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
     if args.store.resolved_url().startswith("sqlite"):
         # The SQLite file lives on the head node: keep the store's only replica there.
-        registry_dep = JobRegistry.options(ray_actor_options={"num_cpus": 0,
-                                                              "resources": {"node:__internal_head__": 0.001}})
+        registry_dep = JobRegistry.options(ray_actor_options=on_head)
+    if is_local(args.store.resolved_blob_uri()):
+        # Page images in a folder on the head node: the registry writes them, the batcher reads them.
+        registry_dep, batcher_dep = registry_dep.options(ray_actor_options=on_head), Batcher.options(
+            ray_actor_options=on_head)
     registry = dep(registry_dep).bind(args.store, args.namespace)
     reader = dep(PageReader).bind()
     grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, engine)
-    batcher = dep(Batcher).bind(args, registry, reader, grader, engine)
+    batcher = dep(batcher_dep).bind(args, registry, reader, grader, engine)
     return dep(RaygradeIngress).bind(registry, batcher)
 
 

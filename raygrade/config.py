@@ -192,10 +192,16 @@ class StoreConfig(_Config):
             (Standard Webhooks); jobs with a ``webhook_url`` are refused while it is unset.
         webhook_max_attempts: Deliveries tried before a webhook is given up.
         webhook_timeout_s: Timeout of one delivery.
+        blob_uri: Where accepted page images are stored, once each, by SHA-256
+            (:mod:`raygrade.blobs`): a folder, or a URI pyarrow opens (``s3://bucket/raygrade``,
+            ``gs://…``). Default: ``blobs/`` beside the SQLite file, else ``$RAYGRADE_HOME/blobs``.
+            A folder is on one node: the ``JobRegistry`` and ``Batcher`` replicas are then
+            placed on the head node; with object storage they can run anywhere.
     """
 
     url: str = Field(default_factory=default_store_url)
     url_env: str | None = "RAYGRADE_STORE_URL"
+    blob_uri: str | None = None
     batch_lease_s: float = Field(default=60.0, gt=0)
     max_batch_attempts: int = Field(default=3, ge=1)
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
@@ -206,6 +212,12 @@ class StoreConfig(_Config):
     def resolved_url(self) -> str:
         """``url``, or the value of ``url_env`` when that variable is set."""
         return (os.environ.get(self.url_env) if self.url_env else None) or self.url
+
+    def resolved_blob_uri(self) -> str:
+        """``blob_uri``, or the default location for :meth:`resolved_url`."""
+        from raygrade.blobs import default_blob_uri
+
+        return self.blob_uri or default_blob_uri(self.resolved_url())
 
 
 class RaygradeArgs(_Config):

@@ -69,6 +69,13 @@ class MissingDependencyError(ConfigError, ImportError):
     error_type = "missing_dependency"
 
 
+class StorageError(RaygradeError):
+    """The job store or its blob store cannot read or write (HTTP 503: try again)."""
+
+    status_code = 503
+    error_type = "storage_error"
+
+
 class InvalidRequestError(RaygradeError):
     """The client sent something raygrade cannot accept (HTTP 400)."""
 

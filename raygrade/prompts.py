@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from raygrade.protocol import ImagePage, Question, TextPage
+from raygrade.protocol import ImagePage, Page, Question, TextPage
 
 #: Upper bound on feedback length when the schema carries bounds: about 50 tokens of
 #: prose, 200 in the worst case of one character per token.
@@ -41,7 +41,7 @@ class StudentWork(BaseModel):
 
     student_id: str
     alias: str
-    pages: list[TextPage | ImagePage]
+    pages: list[Page]  # StoredImage only inside the job store and the batcher; graders get ImagePage
     page_indices: list[int]
     question_ids: list[str]
 
@@ -107,6 +107,8 @@ def build_messages(questions: list[Question], students: list[StudentWork], *,
 
 
 def _image_part(img: ImagePage) -> dict[str, Any]:
+    if not isinstance(img, ImagePage):  # a StoredImage: the batcher resolves them before grading
+        raise TypeError(f"page of type {img.type!r} must be resolved into an image before a request is built")
     return {"type": "image_url", "image_url": {"url": f"data:{img.media_type};base64,{img.data}"}}
 
 

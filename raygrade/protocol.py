@@ -64,6 +64,22 @@ class ImagePage(_Model):
         return base64.b64decode(self.data)
 
 
+class StoredImage(_Model):
+    """A page image held in the job store's blob store (:mod:`raygrade.blobs`), by reference.
+
+    Internal: the store puts one in place of every :class:`ImagePage` of an accepted job,
+    and the batcher turns it back into an :class:`ImagePage` for the grader. Clients cannot
+    send it: the HTTP API refuses jobs holding one (:meth:`GradingJob.stored_pages`).
+    """
+
+    type: Literal["stored_image"] = "stored_image"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    media_type: Literal["image/png", "image/jpeg"]
+    width: int = Field(gt=0, description="Pixels.")
+    height: int = Field(gt=0, description="Pixels.")
+    size: int = Field(ge=0, description="Bytes of the image file.")
+
+
 class TextPage(_Model):
     """One page given as plain text (typed answers, or text already transcribed)."""
 
@@ -71,7 +87,7 @@ class TextPage(_Model):
     text: str = Field(max_length=200_000, repr=False)
 
 
-Page = Annotated[ImagePage | TextPage, Field(discriminator="type")]
+Page = Annotated[ImagePage | TextPage | StoredImage, Field(discriminator="type")]
 
 
 class GradedExample(_Model):
@@ -213,6 +229,12 @@ class GradingJob(_Model):
                 if qid not in qids:
                     raise ValueError(f"submissions[{i}].question_ids: unknown question id {qid!r}")
         return self
+
+    def stored_pages(self) -> list[str]:
+        """Where the job holds :class:`StoredImage` pages (``submissions[i].pages[k]``): raygrade's
+        own references, which a client may not send."""
+        return [f"submissions[{i}].pages[{k}]" for i, sub in enumerate(self.submissions)
+                for k, p in enumerate(sub.pages) if isinstance(p, StoredImage)]
 
     def questions_for(self, sub: Submission) -> list[Question]:
         """The questions a submission answers, in assessment order."""

@@ -39,17 +39,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from raygrade.errors import ConflictError, NotFoundError
+from raygrade.blobs import BlobStore, default_blob_uri, image_size
+from raygrade.errors import ConflictError, InvalidRequestError, NotFoundError
 from raygrade.grading import BatchOutcome, GradeBatch
 from raygrade.prompts import PROMPT_VERSION
 from raygrade.protocol import (
     GradeResult,
     GradingErrorItem,
     GradingJob,
+    ImagePage,
     JobProgress,
     JobResults,
     JobState,
     JobStatus,
+    StoredImage,
     Usage,
 )
 from raygrade.review import review_cut
@@ -87,11 +90,6 @@ def _sources(machine: dict[str, set[str]], new: str) -> list[str]:
     return [s for s, targets in machine.items() if new in targets]
 
 
-def body_hash(job: GradingJob) -> str:
-    """SHA-256 of a job's canonical JSON (idempotency-key replays must match it)."""
-    return hashlib.sha256(job.model_dump_json().encode()).hexdigest()
-
-
 def batch_key(job_id: str, student_ids: Iterable[str], question_ids: Iterable[str], model: str | None,
               prompt_version: str = PROMPT_VERSION) -> str:
     """Deterministic batch id: the same job, students, questions, model and prompt give the same id."""
@@ -117,6 +115,11 @@ jobs = sa.Table(
     sa.Column("prompt_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("errors", sa.Text, nullable=False, server_default="[]"),  # job-wide GradingErrorItems
+    # Progress counters, kept in the same transactions as the item and batch changes they
+    # count, so status() reads one row whatever the job's size.
+    *(sa.Column(c, sa.Integer, nullable=False, server_default="0") for c in (
+        "items_graded", "items_failed", "items_cancelled", "items_needs_review", "batches_done",
+        "batches_redispatched")),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
     sa.Column("updated_at", sa.Float, nullable=False),
@@ -139,6 +142,7 @@ items = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("raygrade_items_job_state", "job_id", "state"),
+    sa.Index("raygrade_items_job_batch", "job_id", "batch_id"),
 )
 batches = sa.Table(
     "raygrade_batches", metadata,
@@ -154,6 +158,7 @@ batches = sa.Table(
     sa.Column("duplicates_dropped", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("raygrade_batches_job_state", "job_id", "state"),
+    sa.Index("raygrade_batches_job_state_seq", "job_id", "state", "seq"),
 )
 webhooks = sa.Table(
     "raygrade_webhooks", metadata,
@@ -187,6 +192,48 @@ def create_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+#: Job counters added after the first schema; :func:`migrate` adds and backfills them.
+COUNTER_COLUMNS = ("items_graded", "items_failed", "items_cancelled", "items_needs_review", "batches_done",
+                   "batches_redispatched")
+
+
+def migrate(engine: sa.Engine) -> list[str]:
+    """Bring a store made by an earlier raygrade up to this schema; returns what was done.
+
+    Adds the job counter columns (backfilled from the items and batches of every job) and
+    the indexes added since. Idempotent; runs in one transaction.
+    """
+    done: list[str] = []
+    insp = sa.inspect(engine)
+    have = {c["name"] for c in insp.get_columns(jobs.name)}
+    missing = [c for c in COUNTER_COLUMNS if c not in have]
+    with engine.begin() as conn:
+        for name in missing:
+            conn.execute(sa.text(f"ALTER TABLE {jobs.name} ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"))
+            done.append(f"added {jobs.name}.{name}")
+        if missing:
+            def item_count(*cond):
+                return sa.select(sa.func.count()).where(items.c.job_id == jobs.c.id, *cond).scalar_subquery()
+
+            conn.execute(jobs.update().values(
+                items_graded=item_count(items.c.state == "graded"),
+                items_failed=item_count(items.c.state == "failed"),
+                items_cancelled=item_count(items.c.state == "cancelled"),
+                items_needs_review=item_count(items.c.needs_review.is_(True)),
+                batches_done=sa.select(sa.func.count()).where(batches.c.job_id == jobs.c.id,
+                                                               batches.c.state == "done").scalar_subquery(),
+                batches_redispatched=sa.select(sa.func.coalesce(sa.func.sum(batches.c.attempts - 1), 0)).where(
+                    batches.c.job_id == jobs.c.id, batches.c.attempts > 1).scalar_subquery()))
+            done.append("backfilled job counters")
+        for table in (items, batches):
+            names = {i["name"] for i in insp.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in names:
+                    index.create(conn)
+                    done.append(f"created index {index.name}")
+    return done
+
+
 class JobStore:
     """Jobs, items, batches and webhooks in SQLite or PostgreSQL.
 
@@ -198,14 +245,58 @@ class JobStore:
     unknown job id and :class:`IllegalTransitionError` for a disallowed state change.
     """
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time):
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time, blob_uri: str | None = None):
         self.engine = create_engine(url)
         self.dialect = self.engine.dialect.name
         self._clock = clock
+        self.blobs = BlobStore(blob_uri or default_blob_uri(url))
         metadata.create_all(self.engine)
+        migrate(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def externalize(self, job: GradingJob) -> GradingJob:
+        """``job`` with every submission page image moved to the blob store (one
+        :class:`StoredImage` reference each; the same bytes are stored once).
+
+        Raises:
+            InvalidRequestError: a page image whose header Pillow cannot read (HTTP 400,
+                naming the page).
+        """
+        refs: dict[str, StoredImage] = {}
+        subs = []
+        for i, sub in enumerate(job.submissions):
+            pages = []
+            for k, page in enumerate(sub.pages):
+                if isinstance(page, ImagePage):
+                    ref = refs.get(page.data)
+                    if ref is None:
+                        raw = page.image_bytes()
+                        try:
+                            w, h = image_size(raw)
+                        except ValueError as exc:
+                            raise InvalidRequestError(f"submissions[{i}].pages[{k}]: {exc}",
+                                                      param=f"submissions[{i}].pages[{k}].data") from None
+                        ref = refs[page.data] = StoredImage(
+                            sha256=self.blobs.put(raw), media_type=page.media_type, width=w, height=h, size=len(raw))
+                    page = ref
+                pages.append(page)
+            subs.append(sub.model_copy(update={"pages": pages}))
+        return job.model_copy(update={"submissions": subs})
+
+    def inline(self, page: StoredImage | Any) -> Any:
+        """An :class:`ImagePage` with the bytes of a stored page; other pages as they are.
+
+        Raises:
+            StorageError: the blob is missing or corrupt.
+        """
+        if not isinstance(page, StoredImage):
+            return page
+        import base64
+
+        # Bytes from raygrade's own store, checked against their SHA-256: no re-validation.
+        return ImagePage.model_construct(type="image", data=base64.b64encode(self.blobs.get(page.sha256)).decode())
 
     # ------------------------------------------------------------------ helpers
     def _insert_ignore(self, table: sa.Table):
@@ -245,7 +336,9 @@ class JobStore:
         Raises:
             ConflictError: the key was used with a different body (HTTP 409).
         """
-        h = body_hash(job)
+        job = self.externalize(job)
+        body = job.model_dump_json()
+        h = hashlib.sha256(body.encode()).hexdigest()
         now = self._clock()
         job_id = f"job_{uuid.uuid4().hex}"
         rows = []
@@ -256,7 +349,7 @@ class JobStore:
         with self.engine.begin() as conn:
             if idempotency_key is not None:
                 ins = self._insert_ignore(jobs).values(
-                    id=job_id, namespace=namespace, idempotency_key=idempotency_key, body_hash=h, body=job.model_dump_json(),
+                    id=job_id, namespace=namespace, idempotency_key=idempotency_key, body_hash=h, body=body,
                     state="queued", model=job.options.model, students=len(job.submissions), items_total=len(rows),
                     created_at=now, updated_at=now).returning(jobs.c.id)
                 if conn.execute(ins).first() is None:  # the key exists (rowcount is -1 on psycopg)
@@ -269,38 +362,42 @@ class JobStore:
                     return self._status(conn, existing.id), False
             else:
                 conn.execute(jobs.insert().values(
-                    id=job_id, namespace=namespace, body_hash=h, body=job.model_dump_json(), state="queued", model=job.options.model,
+                    id=job_id, namespace=namespace, body_hash=h, body=body, state="queued", model=job.options.model,
                     students=len(job.submissions), items_total=len(rows), created_at=now, updated_at=now))
             for k in range(0, len(rows), 5000):
                 conn.execute(items.insert(), rows[k:k + 5000])
             return self._status(conn, job_id), True
 
     def get_job(self, job_id: str) -> GradingJob:
+        """The job as stored: page images are :class:`StoredImage` references (see :meth:`inline`)."""
         with self.engine.connect() as conn:
-            return GradingJob.model_validate_json(self._job_row(conn, job_id)["body"])
+            return self._job_body(self._job_row(conn, job_id))
+
+    @staticmethod
+    def _job_body(row) -> GradingJob:
+        return GradingJob.model_validate_json(row["body"])
 
     def status(self, job_id: str) -> JobStatus:
         with self.engine.connect() as conn:
             return self._status(conn, job_id)
 
     def _status(self, conn, job_id: str) -> JobStatus:
+        """One row: the job's counters (kept by every write that changes them)."""
         j = self._job_row(conn, job_id)
-        counts = dict(conn.execute(sa.select(items.c.state, sa.func.count()).where(items.c.job_id == job_id)
-                                   .group_by(items.c.state)).all())
-        review = conn.execute(sa.select(sa.func.count()).where(items.c.job_id == job_id,
-                                                               items.c.needs_review.is_(True))).scalar_one()
-        bcounts = dict(conn.execute(sa.select(batches.c.state, sa.func.count()).where(batches.c.job_id == job_id)
-                                    .group_by(batches.c.state)).all())
-        redispatched = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(batches.c.attempts - 1), 0))
-                                    .where(batches.c.job_id == job_id, batches.c.attempts > 1)).scalar_one()
         return JobStatus(
             id=job_id, state=JobState(j["state"]), created_at=j["created_at"], finished_at=j["finished_at"],
             model=j["model"], usage=Usage(prompt_tokens=j["prompt_tokens"], completion_tokens=j["completion_tokens"]),
             progress=JobProgress(students=j["students"], items_total=j["items_total"],
-                                 items_graded=counts.get("graded", 0), items_failed=counts.get("failed", 0),
-                                 items_needs_review=review, items_cancelled=counts.get("cancelled", 0),
-                                 batches_total=j["batches_total"], batches_done=bcounts.get("done", 0),
-                                 batches_redispatched=int(redispatched)))
+                                 items_graded=j["items_graded"], items_failed=j["items_failed"],
+                                 items_needs_review=j["items_needs_review"], items_cancelled=j["items_cancelled"],
+                                 batches_total=j["batches_total"], batches_done=j["batches_done"],
+                                 batches_redispatched=j["batches_redispatched"]))
+
+    def _count(self, conn, job_id: str, **deltas: int) -> None:
+        """Add ``deltas`` to the job's counters (in the caller's transaction)."""
+        if deltas := {k: v for k, v in deltas.items() if v}:
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                **{k: jobs.c[k] + v for k, v in deltas.items()}))
 
     def unfinished_jobs(self, namespace: str = "raygrade") -> list[str]:
         """Ids of the namespace's jobs accepted but not in a terminal state, oldest first
@@ -326,19 +423,28 @@ class JobStore:
                 conn.execute(self._insert_ignore(batches), [
                     {"id": b.batch_id, "job_id": job_id, "seq": k, "state": "pending", "payload": b.model_dump_json(),
                      "updated_at": now} for k, b in enumerate(planned)])
-            self._fail_items(conn, job_id, errors, None)
+                # Each item learns its batch, so completing a batch touches only its own items.
+                conn.execute(items.update().where(
+                    items.c.job_id == sa.bindparam("j"), items.c.student_id == sa.bindparam("s"),
+                    items.c.question_id == sa.bindparam("q")).values(batch_id=sa.bindparam("b")),
+                    [{"j": job_id, "s": st.student_id, "q": q, "b": b.batch_id}
+                     for b in planned for st in b.students for q in st.question_ids])
+            self._count(conn, job_id, items_failed=self._fail_items(conn, job_id, errors, None))
             return True
 
-    def _fail_items(self, conn, job_id: str, errors: list[GradingErrorItem], batch_id: str | None) -> None:
+    def _fail_items(self, conn, job_id: str, errors: list[GradingErrorItem], batch_id: str | None) -> int:
+        """Fail the still-pending items ``errors`` name; returns how many changed (the caller counts them)."""
         now = self._clock()
+        n = 0
         for e in errors:
             if not e.student_ids:  # job-wide
                 continue
-            conn.execute(items.update().where(
+            n += conn.execute(items.update().where(
                 items.c.job_id == job_id, items.c.student_id.in_(e.student_ids),
                 items.c.question_id.in_(e.question_ids), items.c.state.in_(_sources(ITEM_TRANSITIONS, "failed")),
             ).values(state="failed", error_type=e.type, error_message=e.message[:2000], batch_id=batch_id,
-                     updated_at=now))
+                     updated_at=now)).rowcount
+        return n
 
     # ------------------------------------------------------------------ batches
     def lease_batches(self, job_id: str, owner: str, lease_s: float, limit: int) -> list[GradeBatch]:
@@ -354,21 +460,26 @@ class JobStore:
         with self.engine.begin() as conn:
             if conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar() != "running":
                 return []
-            cands = conn.execute(
-                sa.select(batches.c.id, batches.c.state, batches.c.payload).where(
-                    batches.c.job_id == job_id,
-                    sa.or_(batches.c.state == "pending",
-                           sa.and_(batches.c.state == "leased", batches.c.lease_expires_at < now)))
+            leasable = sa.or_(batches.c.state == "pending",
+                              sa.and_(batches.c.state == "leased", batches.c.lease_expires_at < now))
+            cols = (batches.c.id, batches.c.attempts, batches.c.payload)
+            # Expired leases first (a lost batcher's work), then pending batches in plan order:
+            # each an index range on (job_id, state, seq), never a scan of the job.
+            cands = conn.execute(sa.select(*cols).where(
+                batches.c.job_id == job_id, batches.c.state == "leased", batches.c.lease_expires_at < now)
                 .order_by(batches.c.seq).limit(limit)).all()
+            if len(cands) < limit:
+                cands += conn.execute(sa.select(*cols).where(batches.c.job_id == job_id, batches.c.state == "pending")
+                                      .order_by(batches.c.seq).limit(limit - len(cands))).all()
+            redispatched = 0
             for c in cands:
-                res = conn.execute(batches.update().where(
-                    batches.c.id == c.id,
-                    sa.or_(batches.c.state == "pending",
-                           sa.and_(batches.c.state == "leased", batches.c.lease_expires_at < now)),
-                ).values(state="leased", owner=owner, lease_expires_at=now + lease_s,
-                         attempts=batches.c.attempts + 1, updated_at=now))
+                res = conn.execute(batches.update().where(batches.c.id == c.id, leasable).values(
+                    state="leased", owner=owner, lease_expires_at=now + lease_s,
+                    attempts=batches.c.attempts + 1, updated_at=now))
                 if res.rowcount == 1:
                     out.append(GradeBatch.model_validate_json(c.payload))
+                    redispatched += c.attempts > 0
+            self._count(conn, job_id, batches_redispatched=redispatched)
         return out
 
     def renew_leases(self, owner: str, lease_s: float, batch_ids: list[str] | None = None) -> int:
@@ -408,7 +519,7 @@ class JobStore:
         now = self._clock()
         written = dropped = 0
         with self.engine.begin() as conn:
-            b = conn.execute(sa.select(batches.c.state, batches.c.payload)
+            b = conn.execute(sa.select(batches.c.state)
                              .where(batches.c.id == outcome.batch_id, batches.c.job_id == job_id)).first()
             if b is None:
                 raise NotFoundError(f"no batch {outcome.batch_id!r} in job {job_id!r}", param="batch_id")
@@ -420,12 +531,14 @@ class JobStore:
                          batch_id=outcome.batch_id, updated_at=now))
                 written += res.rowcount
                 dropped += 1 - res.rowcount
-            self._fail_items(conn, job_id, outcome.errors, outcome.batch_id)
-            planned = GradeBatch.model_validate_json(b.payload)
-            missing = [GradingErrorItem(student_ids=[s.student_id], question_ids=s.question_ids,
-                                        type="missing_output", message="the grader returned no grade for this item",
-                                        batch_id=outcome.batch_id) for s in planned.students]
-            self._fail_items(conn, job_id, missing, outcome.batch_id)
+            failed = self._fail_items(conn, job_id, outcome.errors, outcome.batch_id)
+            # Items of this batch that the outcome neither graded nor reported (found by the
+            # batch id each item got at planning; the payload is not read).
+            failed += conn.execute(items.update().where(
+                items.c.job_id == job_id, items.c.batch_id == outcome.batch_id,
+                items.c.state.in_(_sources(ITEM_TRANSITIONS, "failed"))).values(
+                state="failed", error_type="missing_output", error_message="the grader returned no grade for this item",
+                updated_at=now)).rowcount
             moved = conn.execute(batches.update().where(
                 batches.c.id == outcome.batch_id, batches.c.state.in_(_sources(BATCH_TRANSITIONS, "done")),
             ).values(state="done", replica=replica, owner=None, lease_expires_at=None,
@@ -434,6 +547,7 @@ class JobStore:
                 conn.execute(jobs.update().where(jobs.c.id == job_id).values(
                     prompt_tokens=jobs.c.prompt_tokens + outcome.usage.prompt_tokens,
                     completion_tokens=jobs.c.completion_tokens + outcome.usage.completion_tokens, updated_at=now))
+            self._count(conn, job_id, items_graded=written, items_failed=failed, batches_done=moved)
         return {"written": written, "dropped": dropped}
 
     # ------------------------------------------------------------------ completion
@@ -452,15 +566,14 @@ class JobStore:
             j = self._job_row(conn, job_id, lock=True)
             if j["state"] != "running":
                 return self._status(conn, job_id) if JobState(j["state"]).terminal else None
-            job = GradingJob.model_validate_json(j["body"])
-            counts = dict(conn.execute(sa.select(items.c.state, sa.func.count()).where(items.c.job_id == job_id)
-                                       .group_by(items.c.state)).all())
+            job = self._job_body(j)
             open_batches = conn.execute(sa.select(sa.func.count()).where(
                 batches.c.job_id == job_id, batches.c.state.in_(_sources(BATCH_TRANSITIONS, "cancelled")))).scalar_one()
-            total, graded = j["items_total"], counts.get("graded", 0)
+            total, graded = j["items_total"], j["items_graded"]
+            pending = total - graded - j["items_failed"] - j["items_cancelled"]
             policy = job.options.completion
             quorum = policy.rule == "quorum" and graded >= policy.min_graded_share * total
-            if counts.get("pending", 0) and open_batches and not quorum:
+            if pending and open_batches and not quorum:
                 return None
             self._close(conn, job_id, "not_graded", "the job completed without this item "
                         + ("(quorum reached)" if quorum else "(no batch left to grade it)"))
@@ -475,9 +588,10 @@ class JobStore:
 
     def _close(self, conn, job_id: str, error_type: str, message: str, item_state: str = "cancelled") -> None:
         now = self._clock()
-        conn.execute(items.update().where(items.c.job_id == job_id,
-                                          items.c.state.in_(_sources(ITEM_TRANSITIONS, item_state)))
-                     .values(state=item_state, error_type=error_type, error_message=message, updated_at=now))
+        n = conn.execute(items.update().where(items.c.job_id == job_id,
+                                              items.c.state.in_(_sources(ITEM_TRANSITIONS, item_state)))
+                         .values(state=item_state, error_type=error_type, error_message=message, updated_at=now)).rowcount
+        self._count(conn, job_id, **{f"items_{item_state}": n})
         conn.execute(batches.update().where(batches.c.job_id == job_id,
                                             batches.c.state.in_(_sources(BATCH_TRANSITIONS, "cancelled")))
                      .values(state="cancelled", owner=None, lease_expires_at=None, updated_at=now))
@@ -487,10 +601,12 @@ class JobStore:
                             .where(items.c.job_id == job_id, items.c.state == "graded")
                             .order_by(items.c.seq)).all()
         flagged = review_cut([r.confidence for r in rows], share)
-        for i in sorted(flagged):
-            conn.execute(items.update().where(items.c.job_id == job_id, items.c.student_id == rows[i].student_id,
-                                              items.c.question_id == rows[i].question_id)
-                         .values(needs_review=True))
+        if flagged:
+            conn.execute(items.update().where(items.c.job_id == sa.bindparam("j"),
+                                              items.c.student_id == sa.bindparam("s"),
+                                              items.c.question_id == sa.bindparam("q")).values(needs_review=True),
+                         [{"j": job_id, "s": rows[i].student_id, "q": rows[i].question_id} for i in sorted(flagged)])
+        self._count(conn, job_id, items_needs_review=len(flagged))
 
     def fail_job(self, job_id: str, error: GradingErrorItem) -> JobStatus:
         """End a job that cannot go on (``queued | running → failed``); pending items fail with ``error``'s type."""
@@ -499,11 +615,10 @@ class JobStore:
             check_transition(JOB_TRANSITIONS, "job", j["state"], "failed")
             self._close(conn, job_id, error.type, error.message, item_state="failed")
             errs = json.loads(j["errors"]) + [error.model_dump(mode="json")]
-            graded = conn.execute(sa.select(sa.func.count()).where(items.c.job_id == job_id,
-                                                                   items.c.state == "graded")).scalar_one()
+            graded = j["items_graded"]
             self._set_job_state(conn, job_id, "partial" if graded and j["state"] == "running" else "failed",
                                 errors=json.dumps(errs), finished_at=self._clock())
-            self._queue_webhook(conn, job_id, GradingJob.model_validate_json(j["body"]))
+            self._queue_webhook(conn, job_id, self._job_body(j))
             return self._status(conn, job_id)
 
     def cancel(self, job_id: str) -> JobStatus:
@@ -518,7 +633,7 @@ class JobStore:
             check_transition(JOB_TRANSITIONS, "job", j["state"], "cancelled")
             self._close(conn, job_id, "cancelled", "the job was cancelled")
             self._set_job_state(conn, job_id, "cancelled", finished_at=self._clock())
-            self._queue_webhook(conn, job_id, GradingJob.model_validate_json(j["body"]))
+            self._queue_webhook(conn, job_id, self._job_body(j))
             return self._status(conn, job_id)
 
     # ------------------------------------------------------------------ results

@@ -14,7 +14,6 @@ died is re-dispatched when its lease expires, and grades are written exactly onc
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import os
@@ -23,11 +22,22 @@ import uuid
 from ray import serve
 
 from raygrade.batching import BatchLimits, StudentCost, plan_batches
+from raygrade.blobs import BlobStore
+from raygrade.blobs import image_size as blob_image_size
 from raygrade.config import RaygradeArgs
 from raygrade.errors import PlanningError, RaygradeError, ReadingError
 from raygrade.grading import BatchOutcome, GradeBatch, students_error
 from raygrade.prompts import SYSTEM_PROMPT, StudentWork, page_header, question_section, student_header
-from raygrade.protocol import GradingErrorItem, GradingJob, ImagePage, JobState, Question, ReadingMode, TextPage
+from raygrade.protocol import (
+    GradingErrorItem,
+    GradingJob,
+    ImagePage,
+    JobState,
+    Question,
+    ReadingMode,
+    StoredImage,
+    TextPage,
+)
 from raygrade.store import batch_key
 from raygrade.tokens import TokenCounter, counter_for, image_tokens
 
@@ -38,12 +48,15 @@ CHAT_OVERHEAD_TOKENS = 16
 JSON_OVERHEAD_TOKENS = 32
 
 
-def image_size(page: ImagePage) -> tuple[int, int]:
-    """(width, height) in pixels, from the image header only."""
-    from PIL import Image
+def image_size(page: ImagePage | StoredImage) -> tuple[int, int]:
+    """(width, height) in pixels: recorded with a stored page, else from the image header only.
 
-    with Image.open(io.BytesIO(page.image_bytes())) as im:
-        return im.size
+    Raises:
+        ValueError: an inline image Pillow cannot identify.
+    """
+    if isinstance(page, StoredImage):
+        return page.width, page.height
+    return blob_image_size(page.image_bytes())
 
 
 class JobPlanner:
@@ -61,7 +74,7 @@ class JobPlanner:
                                   max_images_per_request=b.max_images_per_request,
                                   max_students_per_request=b.max_students_per_request)
 
-    def _image_tokens(self, page: ImagePage) -> int:
+    def _image_tokens(self, page: ImagePage | StoredImage) -> int:
         w, h = image_size(page)
         return image_tokens(self.args.provider.image_token_rule, w, h, self.args.provider.image_detail)
 
@@ -151,6 +164,7 @@ class Batcher:
         self._store_cfg = args.store
         self._registry, self._reader, self._grader, self._engine = registry, reader, grader, engine
         self._planner: JobPlanner | None = None
+        self._blobs: BlobStore | None = None
         self._owner = f"batcher-{uuid.uuid4().hex[:12]}"
         self._jobs: dict[str, asyncio.Task] = {}
         self._leased: set[str] = set()  # batches this replica is grading now (their leases are renewed)
@@ -177,6 +191,29 @@ class Batcher:
                     path = None
             self._planner = await asyncio.to_thread(planner_for, self._args, path)
         return self._planner
+
+    def _blob_store(self) -> BlobStore:
+        if self._blobs is None:
+            self._blobs = BlobStore(self._store_cfg.resolved_blob_uri())
+        return self._blobs
+
+    def _page_bytes(self, page: ImagePage | StoredImage) -> bytes:
+        return self._blob_store().get(page.sha256) if isinstance(page, StoredImage) else page.image_bytes()
+
+    def _inline(self, batch: GradeBatch) -> GradeBatch:
+        """``batch`` with its stored page images as :class:`ImagePage` s (bytes from the blob
+        store, read here; they reach the grader replica through Ray's object store)."""
+        import base64
+
+        def page(p):
+            if not isinstance(p, StoredImage):
+                return p
+            return ImagePage.model_construct(type="image", data=base64.b64encode(self._page_bytes(p)).decode())
+
+        if not any(isinstance(p, StoredImage) for st in batch.students for p in st.pages):
+            return batch
+        students = [st.model_copy(update={"pages": [page(p) for p in st.pages]}) for st in batch.students]
+        return batch.model_copy(update={"students": students})
 
     async def submit(self, job_id: str) -> None:
         """Start driving ``job_id`` now (the control loop would find it within ``poll_interval_s``)."""
@@ -217,11 +254,12 @@ class Batcher:
 
         async def one(i: int) -> StudentWork:
             sub = job.submissions[i]
-            pages: list[TextPage | ImagePage] = []
+            pages: list[TextPage | ImagePage | StoredImage] = []
             for page in sub.pages:
-                if isinstance(page, ImagePage) and mode == ReadingMode.OCR:
+                if isinstance(page, ImagePage | StoredImage) and mode == ReadingMode.OCR:
                     async with sem:
-                        text = await self._reader.read.remote(page.image_bytes())
+                        data = await asyncio.to_thread(self._page_bytes, page)
+                        text = await self._reader.read.remote(data)
                     pages.append(TextPage(text=text))
                 else:
                     pages.append(page)
@@ -313,7 +351,15 @@ class Batcher:
 
     async def _grade_once(self, job_id: str, batch: GradeBatch) -> None:
         try:
-            outcome, replica = await self._grader.grade.remote(batch)
+            request = await asyncio.to_thread(self._inline, batch)
+        except RaygradeError as exc:  # a page image missing or corrupt in the blob store
+            logger.warning("batch %s: %s", batch.batch_id, exc.error_type)
+            outcome = BatchOutcome(batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[students_error(
+                batch.students, exc.error_type, exc.message, batch.batch_id)])
+            await self._registry.complete_batch.remote(job_id, outcome, None)
+            return
+        try:
+            outcome, replica = await self._grader.grade.remote(request)
         except Exception as exc:  # the replica died, or the call failed outside BatchGrader
             attempts = await self._registry.batch_attempts.remote(batch.batch_id)
             if attempts < self._store_cfg.max_batch_attempts:

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from raygrade.errors import RaygradeError
+from raygrade.errors import InvalidRequestError, RaygradeError
 from raygrade.protocol import GradingJob, JobResults, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,9 @@ class RaygradeIngress:
     async def create_job(self, job: GradingJob,
                          idempotency_key: str | None = Header(default=None, alias="Idempotency-Key")
                          ) -> JSONResponse:
+        if where := job.stored_pages():
+            raise InvalidRequestError(f"{where[0]}: pages of type 'stored_image' are internal to raygrade; "
+                                      "send 'image' or 'text' pages", param=where[0])
         key = idempotency_key or job.options.idempotency_key
         # Durable first (the outbox): the batcher drives jobs from the store, so a lost
         # nudge below only delays the job until the batcher's next poll.

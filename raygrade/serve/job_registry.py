@@ -37,7 +37,7 @@ class JobRegistryImpl:
 
     def __init__(self, config: StoreConfig, namespace: str = "raygrade"):
         self._config, self._namespace = config, namespace
-        self._store = JobStore(config.resolved_url())
+        self._store = JobStore(config.resolved_url(), blob_uri=config.resolved_blob_uri())
         self._pool = ThreadPoolExecutor(1 if self._store.dialect == "sqlite" else 4,
                                         thread_name_prefix="raygrade-store")
 

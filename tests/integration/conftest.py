@@ -1,4 +1,5 @@
 import os
+import tempfile
 import uuid
 
 import pytest
@@ -6,6 +7,10 @@ import pytest
 from raygrade.config import BatcherConfig, RaygradeArgs
 from raygrade.engine.local_vllm import free_port
 from raygrade.testing.fake_openai import FakeOpenAIServer, fake_provider_config
+
+# The job store and its page images (defaults under $RAYGRADE_HOME) stay out of the user's
+# ~/.raygrade; set before the Ray cluster starts, so every replica sees it.
+os.environ.setdefault("RAYGRADE_HOME", tempfile.mkdtemp(prefix="raygrade-tests-"))
 
 
 @pytest.fixture(scope="session")

@@ -79,6 +79,15 @@ def test_validation_error_is_400_with_openai_body(fake_app):
     assert "###" not in err["message"]
 
 
+def test_stored_image_pages_are_internal_only(fake_app):
+    body = make_job(n_students=1).model_dump(mode="json")
+    body["submissions"][0]["pages"] = [{"type": "stored_image", "sha256": "0" * 64, "media_type": "image/png",
+                                        "width": 10, "height": 10, "size": 100}]
+    r = httpx.post(f"{fake_app}/v1/jobs", json=body, timeout=30)
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "submissions[0].pages[0]" and "internal" in err["message"]
+
+
 def test_unknown_job_is_404(fake_app):
     r = httpx.get(f"{fake_app}/v1/jobs/job_nope")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
