@@ -23,7 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from raygrade.config import ProviderConfig, RaygradeArgs, reference_similarity_provider  # noqa: E402
+from raygrade.config import (  # noqa: E402
+    ProviderConfig,
+    RaygradeArgs,
+    reference_similarity_provider,
+    resolve_args,
+)
 from raygrade.regrade import RegradeConfig, run_regrade  # noqa: E402
 
 
@@ -52,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if a.serve_config:
-        app_args = RaygradeArgs.model_validate(_load(a.serve_config)["applications"][0].get("args") or {})
+        # As the online app builds them: the file's args with any RAYGRADE_ARGS__* overrides.
+        app_args = resolve_args(_load(a.serve_config)["applications"][0].get("args") or {})
     elif a.provider:
         app_args = RaygradeArgs(provider=ProviderConfig.model_validate(_load(a.provider)))
     elif a.baseline:

@@ -62,6 +62,9 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
     if args.store.resolved_url().startswith("sqlite"):
         # The SQLite file lives on the head node: keep the store's only replica there.
         registry_dep = JobRegistry.options(ray_actor_options=on_head)
+    else:
+        # PostgreSQL serialises nothing the store's compare-and-swap writes need: scale out.
+        registry_dep = JobRegistry.options(num_replicas=2)
     if is_local(args.store.resolved_blob_uri()):
         # Page images in a folder on the head node: the registry writes them, the batcher reads them.
         registry_dep, batcher_dep = registry_dep.options(ray_actor_options=on_head), Batcher.options(
