@@ -35,6 +35,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def media_type_of(data: bytes) -> str:
+    """``image/png`` or ``image/jpeg`` from an image file's magic bytes (its first 8 suffice)."""
+    return "image/png" if data.startswith(_PNG_MAGIC) else "image/jpeg"
+
+
 class ImagePage(_Model):
     """One scanned page, as a base64-encoded PNG or JPEG (no ``data:`` prefix)."""
 
@@ -56,8 +61,8 @@ class ImagePage(_Model):
 
     @property
     def media_type(self) -> str:
-        """``image/png`` or ``image/jpeg``, from the magic bytes."""
-        return "image/png" if self.image_bytes().startswith(_PNG_MAGIC) else "image/jpeg"
+        """``image/png`` or ``image/jpeg``, from the magic bytes (decodes only the first few)."""
+        return media_type_of(base64.b64decode(self.data[:12]))
 
     def image_bytes(self) -> bytes:
         """The decoded image file bytes."""

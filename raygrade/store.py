@@ -54,6 +54,7 @@ from raygrade.protocol import (
     JobStatus,
     StoredImage,
     Usage,
+    media_type_of,
 )
 from raygrade.review import review_cut
 
@@ -279,7 +280,7 @@ class JobStore:
                             raise InvalidRequestError(f"submissions[{i}].pages[{k}]: {exc}",
                                                       param=f"submissions[{i}].pages[{k}].data") from None
                         ref = refs[page.data] = StoredImage(
-                            sha256=self.blobs.put(raw), media_type=page.media_type, width=w, height=h, size=len(raw))
+                            sha256=self.blobs.put(raw), media_type=media_type_of(raw), width=w, height=h, size=len(raw))
                     page = ref
                 pages.append(page)
             subs.append(sub.model_copy(update={"pages": pages}))
@@ -471,12 +472,17 @@ class JobStore:
             if len(cands) < limit:
                 cands += conn.execute(sa.select(*cols).where(batches.c.job_id == job_id, batches.c.state == "pending")
                                       .order_by(batches.c.seq).limit(limit - len(cands))).all()
+            if not cands:
+                return []
+            # One compare-and-swap for all candidates: a batch another batcher leased meanwhile
+            # is not returned (it no longer matches ``leasable``).
+            got = conn.execute(batches.update().where(batches.c.id.in_([c.id for c in cands]), leasable).values(
+                state="leased", owner=owner, lease_expires_at=now + lease_s,
+                attempts=batches.c.attempts + 1, updated_at=now).returning(batches.c.id)).scalars().all()
+            got = set(got)
             redispatched = 0
-            for c in cands:
-                res = conn.execute(batches.update().where(batches.c.id == c.id, leasable).values(
-                    state="leased", owner=owner, lease_expires_at=now + lease_s,
-                    attempts=batches.c.attempts + 1, updated_at=now))
-                if res.rowcount == 1:
+            for c in cands:  # plan order
+                if c.id in got:
                     out.append(GradeBatch.model_validate_json(c.payload))
                     redispatched += c.attempts > 0
             self._count(conn, job_id, batches_redispatched=redispatched)
@@ -523,14 +529,18 @@ class JobStore:
                              .where(batches.c.id == outcome.batch_id, batches.c.job_id == job_id)).first()
             if b is None:
                 raise NotFoundError(f"no batch {outcome.batch_id!r} in job {job_id!r}", param="batch_id")
-            for r in outcome.results:
+            if outcome.results:  # one statement for the batch's grades, each a compare-and-swap from pending
                 res = conn.execute(items.update().where(
-                    items.c.job_id == job_id, items.c.student_id == r.student_id,
-                    items.c.question_id == r.question_id, items.c.state.in_(_sources(ITEM_TRANSITIONS, "graded")),
-                ).values(state="graded", result=r.model_dump_json(), confidence=r.confidence,
-                         batch_id=outcome.batch_id, updated_at=now))
-                written += res.rowcount
-                dropped += 1 - res.rowcount
+                    items.c.job_id == job_id, items.c.student_id == sa.bindparam("s"),
+                    items.c.question_id == sa.bindparam("q"),
+                    # no IN (…): executemany cannot expand it
+                    sa.or_(*(items.c.state == st for st in _sources(ITEM_TRANSITIONS, "graded"))),
+                ).values(state="graded", result=sa.bindparam("r"), confidence=sa.bindparam("c"),
+                         batch_id=outcome.batch_id, updated_at=now),
+                    [{"s": r.student_id, "q": r.question_id, "r": r.model_dump_json(), "c": r.confidence}
+                     for r in outcome.results])
+                written = res.rowcount  # summed over the rows (supports_sane_multi_rowcount on both back ends)
+                dropped = len(outcome.results) - written
             failed = self._fail_items(conn, job_id, outcome.errors, outcome.batch_id)
             # Items of this batch that the outcome neither graded nor reported (found by the
             # batch id each item got at planning; the payload is not read).

@@ -1,0 +1,163 @@
+"""Durable-job throughput with an instant provider: how fast the HTTP API, the job store and
+the Serve graph turn one large job into grades when the model is not the bottleneck.
+
+Two jobs, each through ``POST /v1/jobs`` → store → batcher → graders → a fake
+OpenAI-compatible server in its own process that answers at once (no latency, no limits):
+
+- **text**: 1,000 typed students × 2 questions = 2,000 items;
+- **image**: 400 students with one ≈ 90 KB handwriting-style page each (distinct files),
+  2 questions, vision mode.
+
+Per job: wall time from the POST to the terminal state, items/s (and students/s), the POST's
+own time. Baseline measured in the same run: the same planned requests sent straight to the
+same server by an ``AsyncOpenAI`` client at the same concurrency (what the provider alone
+allows); the ratio raygrade ÷ direct says what the durable path costs. JSON under ``--out``.
+
+Run: ``.venv/bin/python benchmarks/job_throughput.py`` (≈ 2 min on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAYGRADE_FAKE_KEY", "sk-test")
+
+from raygrade.config import BatcherConfig, RaygradeArgs, RateLimitConfig, StoreConfig  # noqa: E402
+from raygrade.engine.local_vllm import free_port  # noqa: E402
+from raygrade.protocol import GradingJob, ImagePage, Submission, TextPage  # noqa: E402
+from raygrade.testing.fake_openai import FakeOpenAIProcess, fake_provider_config  # noqa: E402
+
+
+def text_job(n: int) -> GradingJob:
+    from rate_limit import make_workload
+
+    assessment, _ = make_workload(1)
+    subs = [Submission(student_id=f"t{i:05d}", pages=[TextPage(
+        text=f"Answer {i}: TCP uses a three-way handshake to agree on sequence numbers; UDP has none.")])
+        for i in range(n)]
+    return GradingJob(assessment=assessment, submissions=subs)
+
+
+def image_job(n: int) -> GradingJob:
+    from rate_limit import make_workload
+    from store import distinct_png
+
+    assessment, subs = make_workload(n)
+    subs = [s.model_copy(update={"pages": [ImagePage(data=base64.b64encode(distinct_png(
+        s.pages[0].image_bytes(), s.student_id)).decode())]}) for s in subs]
+    return GradingJob(assessment=assessment, submissions=subs)
+
+
+def direct(args: RaygradeArgs, job: GradingJob, base_url: str, concurrency: int) -> dict:
+    """The baseline: the planner's requests straight to the server, ``concurrency`` at a time."""
+    import openai
+    from rate_limit import payload
+
+    from raygrade.prompts import StudentWork
+    from raygrade.serve.batcher import planner_for
+
+    planner = planner_for(args)
+    works = [StudentWork(student_id=s.student_id, alias=f"s{i + 1}", pages=list(s.pages), page_indices=[0],
+                         question_ids=[q.id for q in job.questions_for(s)]) for i, s in enumerate(job.submissions)]
+    batches, _ = planner.batches("direct", job, works, any(isinstance(p, ImagePage) for w in works for p in w.pages))
+    bodies = [payload(b, False) for b in batches]
+
+    async def main() -> float:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", max_retries=0)
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(p):
+            async with sem:
+                await client.chat.completions.create(**p)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(p) for p in bodies))
+        return time.perf_counter() - t0
+
+    wall = asyncio.run(main())
+    items = sum(len(w.question_ids) for w in works)
+    return {"requests": len(bodies), "wall_s": wall, "items_per_s": items / wall, "students_per_s": len(works) / wall}
+
+
+def through_raygrade(url: str, job: GradingJob) -> dict:
+    body = job.model_dump_json()
+    with httpx.Client(timeout=600) as http:
+        t0 = time.perf_counter()
+        r = http.post(f"{url}/v1/jobs", content=body, headers={"content-type": "application/json"})
+        r.raise_for_status()
+        t_post = time.perf_counter() - t0
+        jid = r.json()["id"]
+        while True:
+            st = http.get(f"{url}/v1/jobs/{jid}").json()
+            if st["state"] in ("succeeded", "partial", "failed", "cancelled"):
+                break
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+    p = st["progress"]
+    return {"state": st["state"], "items": p["items_total"], "graded": p["items_graded"],
+            "batches": p["batches_total"], "post_s": t_post, "wall_s": wall, "body_mb": len(body) / 1e6,
+            "items_per_s": p["items_graded"] / wall, "students_per_s": p["students"] / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--text-students", type=int, default=1000)
+    ap.add_argument("--image-students", type=int, default=400)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
+    a = ap.parse_args()
+    import ray
+    from ray import serve
+
+    from raygrade.app import build_app
+
+    srv = FakeOpenAIProcess()
+    home = Path(os.environ.setdefault("RAYGRADE_HOME", str(Path("/tmp") / f"rg-throughput-{uuid.uuid4().hex[:6]}")))
+    provider = fake_provider_config(srv.base_url, name="instant", rate_limit=RateLimitConfig(), max_retries=0)
+    args = RaygradeArgs(provider=provider, batcher=BatcherConfig(),
+                        store=StoreConfig(url=f"sqlite:///{home}/jobs.db"), namespace=f"rg-tp-{uuid.uuid4().hex[:6]}")
+    print("building jobs ...", flush=True)
+    jobs = {"text": text_job(a.text_students), "image": image_job(a.image_students)}
+    concurrency = args.batcher.max_concurrent_batches
+    report: dict = {"direct": {}, "raygrade": {}}
+    for name, job in jobs.items():
+        report["direct"][name] = direct(args, job, srv.base_url, concurrency)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace=args.namespace)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+    serve.run(build_app(args), name="tp", route_prefix="/tp")
+    url = f"http://127.0.0.1:{port}/tp"
+    through_raygrade(url, text_job(8))  # warm-up: replicas, tokenizer, connections
+    try:
+        for name, job in jobs.items():
+            report["raygrade"][name] = through_raygrade(url, job)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        srv.stop()
+    print("\n| job | raygrade wall s | raygrade items/s | students/s | POST s | direct items/s | raygrade ÷ direct |")
+    print("|---|---|---|---|---|---|---|")
+    for name in jobs:
+        r, d = report["raygrade"][name], report["direct"][name]
+        print(f"| {name} ({r['items']} items, {r['batches']} requests, {r['body_mb']:.1f} MB) | {r['wall_s']:.2f} | "
+              f"{r['items_per_s']:.0f} | {r['students_per_s']:.0f} | {r['post_s']:.2f} | {d['items_per_s']:.0f} | "
+              f"{r['items_per_s'] / d['items_per_s']:.2f} |")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "job_throughput.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
