@@ -52,13 +52,22 @@ def text_job(n: int) -> GradingJob:
     return GradingJob(assessment=assessment, submissions=subs)
 
 
-def image_job(n: int) -> GradingJob:
+def image_job(n: int, page: str = "scan") -> GradingJob:
+    """``n`` students, one distinct page each: ``scan`` = the ≈ 200 KB handwriting-style renders,
+    ``small`` = a 600×400 blank PNG (≈ 2 KB; what the API tests send)."""
+    import io
+
+    from PIL import Image
     from rate_limit import make_workload
     from store import distinct_png
 
     assessment, subs = make_workload(n)
+    if page == "small":
+        buf = io.BytesIO()
+        Image.new("RGB", (600, 400), "white").save(buf, format="PNG")
     subs = [s.model_copy(update={"pages": [ImagePage(data=base64.b64encode(distinct_png(
-        s.pages[0].image_bytes(), s.student_id)).decode())]}) for s in subs]
+        buf.getvalue() if page == "small" else s.pages[0].image_bytes(), s.student_id)).decode())]})
+        for s in subs]
     return GradingJob(assessment=assessment, submissions=subs)
 
 
@@ -117,6 +126,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text-students", type=int, default=1000)
     ap.add_argument("--image-students", type=int, default=400)
+    ap.add_argument("--page", choices=("scan", "small"), default="scan",
+                    help="scan: ≈ 200 KB handwriting-style pages; small: 600×400 blank PNGs (≈ 2 KB)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
     a = ap.parse_args()
     import ray
@@ -130,7 +141,7 @@ def main() -> None:
     args = RaygradeArgs(provider=provider, batcher=BatcherConfig(),
                         store=StoreConfig(url=f"sqlite:///{home}/jobs.db"), namespace=f"rg-tp-{uuid.uuid4().hex[:6]}")
     print("building jobs ...", flush=True)
-    jobs = {"text": text_job(a.text_students), "image": image_job(a.image_students)}
+    jobs = {"text": text_job(a.text_students), "image": image_job(a.image_students, a.page)}
     concurrency = args.batcher.max_concurrent_batches
     report: dict = {"direct": {}, "raygrade": {}}
     for name, job in jobs.items():

@@ -57,7 +57,7 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
 
     engine_cfg = args.embedded_engine
     engine = dep(LocalVLLMServer).bind(engine_cfg) if engine_cfg is not None else None
-    registry_dep, batcher_dep = JobRegistry, Batcher
+    registry_dep, batcher_dep, ingress_dep = JobRegistry, Batcher, RaygradeIngress
     on_head = {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
     if args.store.resolved_url().startswith("sqlite"):
         # The SQLite file lives on the head node: keep the store's only replica there.
@@ -66,14 +66,13 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
         # PostgreSQL serialises nothing the store's compare-and-swap writes need: scale out.
         registry_dep = JobRegistry.options(num_replicas=2)
     if is_local(args.store.resolved_blob_uri()):
-        # Page images in a folder on the head node: the registry writes them, the batcher reads them.
-        registry_dep, batcher_dep = registry_dep.options(ray_actor_options=on_head), Batcher.options(
-            ray_actor_options=on_head)
+        # Page images in a folder on the head node: the ingress writes them, the batcher reads them.
+        batcher_dep, ingress_dep = (d.options(ray_actor_options=on_head) for d in (Batcher, RaygradeIngress))
     registry = dep(registry_dep).bind(args.store, args.namespace)
     reader = dep(PageReader).bind()
     grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, engine)
     batcher = dep(batcher_dep).bind(args, registry, reader, grader, engine)
-    return dep(RaygradeIngress).bind(registry, batcher)
+    return dep(ingress_dep).bind(registry, batcher, args.store)
 
 
 def __getattr__(name: str) -> Application:

@@ -22,7 +22,8 @@ import uuid
 
 from pyarrow import fs as pafs
 
-from raygrade.errors import StorageError
+from raygrade.errors import InvalidRequestError, StorageError
+from raygrade.protocol import GradingJob, ImagePage, StoredImage, media_type_of
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
@@ -131,3 +132,38 @@ def image_size(data: bytes) -> tuple[int, int]:
             return im.size
     except Exception as exc:  # UnidentifiedImageError, DecompressionBombError, truncated headers
         raise ValueError(f"the page image cannot be read ({type(exc).__name__})") from None
+
+
+def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
+    """``job`` with every submission page image moved to ``blobs``: one :class:`StoredImage`
+    reference each (SHA-256, media type, pixel size); the same bytes are stored once.
+    Pages already stored and text pages are kept as they are.
+
+    Raises:
+        InvalidRequestError: a page image whose header Pillow cannot read, or one past the
+            decompression-bomb limit (HTTP 400, naming the page).
+        StorageError: the blob store cannot be written.
+    """
+    refs: dict[str, StoredImage] = {}
+    subs = []
+    for i, sub in enumerate(job.submissions):
+        if not any(isinstance(p, ImagePage) for p in sub.pages):
+            subs.append(sub)
+            continue
+        pages = []
+        for k, page in enumerate(sub.pages):
+            if isinstance(page, ImagePage):
+                ref = refs.get(page.data)
+                if ref is None:
+                    raw = page.image_bytes()
+                    try:
+                        w, h = image_size(raw)
+                    except ValueError as exc:
+                        raise InvalidRequestError(f"submissions[{i}].pages[{k}]: {exc}",
+                                                  param=f"submissions[{i}].pages[{k}].data") from None
+                    ref = refs[page.data] = StoredImage(sha256=blobs.put(raw), media_type=media_type_of(raw),
+                                                        width=w, height=h, size=len(raw))
+                page = ref
+            pages.append(page)
+        subs.append(sub.model_copy(update={"pages": pages}))
+    return job.model_copy(update={"submissions": subs})

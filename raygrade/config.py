@@ -94,6 +94,10 @@ class ProviderConfig(_Config):
         "Also grade each batch with the reference-similarity baseline (text pages only, no tokens) and report "
         "baseline_agrees per grade; a calibration map fitted with agreement uses it."))
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    check_on_start: bool = Field(default=True, description=(
+        "Grader replicas check the key, the endpoint and the model when they start "
+        "(raygrade.providers.openai_compat.check_provider), so a misconfiguration fails the deployment "
+        "with its message in `serve status` instead of failing every job."))
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries of retryable errors per call.")
     retry_after_cap_s: float = Field(default=60.0, gt=0)

@@ -50,6 +50,15 @@ class RaygradeError(Exception):
         }
 
 
+def raygrade_cause(exc: BaseException) -> RaygradeError | None:
+    """The :class:`RaygradeError` behind ``exc``: itself, or the cause Ray wraps when a replica
+    or actor raised it (``RayTaskError.cause``); ``None`` for anything else (a lost replica)."""
+    for candidate in (getattr(exc, "cause", None), exc.__cause__, exc):
+        if isinstance(candidate, RaygradeError) and "message" in candidate.__dict__:
+            return candidate
+    return None
+
+
 def _rebuild(cls: type[RaygradeError], message: str, state: dict[str, Any]) -> RaygradeError:
     err = cls.__new__(cls)
     Exception.__init__(err, message)

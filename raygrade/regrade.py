@@ -390,6 +390,7 @@ def run_regrade(cfg: RegradeConfig) -> RegradeSummary:
 
     Raises:
         FileNotFoundError: the dataset has no ``assessment.json`` or no submissions.
+        ConfigError: the provider cannot work (missing key, unreachable endpoint, unknown model).
     """
     import ray
 
@@ -407,6 +408,10 @@ def run_regrade(cfg: RegradeConfig) -> RegradeSummary:
     skipped = len(ids) - len(todo)
     logger.info("%d submissions, %d already graded, %d to grade", len(ids), skipped, len(todo))
     if todo:
+        if cfg.provider.kind == "openai_compatible" and cfg.provider.check_on_start:
+            from raygrade.providers.openai_compat import check_provider
+
+            check_provider(cfg.provider)  # a missing key or an unknown model ends the run here, before any grading
         keep = pa.array(sorted(todo))
         ds = ds.map_batches(_keep_rows, fn_kwargs={"keep": keep}, batch_format="pyarrow")
         blocks = max(cfg.actors, math.ceil(len(todo) / cfg.submissions_per_block))

@@ -39,8 +39,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from raygrade.blobs import BlobStore, default_blob_uri, image_size
-from raygrade.errors import ConflictError, InvalidRequestError, NotFoundError
+from raygrade.blobs import BlobStore, default_blob_uri, externalize
+from raygrade.errors import ConflictError, NotFoundError
 from raygrade.grading import BatchOutcome, GradeBatch
 from raygrade.prompts import PROMPT_VERSION
 from raygrade.protocol import (
@@ -54,7 +54,6 @@ from raygrade.protocol import (
     JobStatus,
     StoredImage,
     Usage,
-    media_type_of,
 )
 from raygrade.review import review_cut
 
@@ -258,33 +257,12 @@ class JobStore:
         self.engine.dispose()
 
     def externalize(self, job: GradingJob) -> GradingJob:
-        """``job`` with every submission page image moved to the blob store (one
-        :class:`StoredImage` reference each; the same bytes are stored once).
+        """``job`` with its page images in this store's blob store (:func:`raygrade.blobs.externalize`).
 
         Raises:
-            InvalidRequestError: a page image whose header Pillow cannot read (HTTP 400,
-                naming the page).
+            InvalidRequestError: a page image Pillow cannot read (HTTP 400, naming the page).
         """
-        refs: dict[str, StoredImage] = {}
-        subs = []
-        for i, sub in enumerate(job.submissions):
-            pages = []
-            for k, page in enumerate(sub.pages):
-                if isinstance(page, ImagePage):
-                    ref = refs.get(page.data)
-                    if ref is None:
-                        raw = page.image_bytes()
-                        try:
-                            w, h = image_size(raw)
-                        except ValueError as exc:
-                            raise InvalidRequestError(f"submissions[{i}].pages[{k}]: {exc}",
-                                                      param=f"submissions[{i}].pages[{k}].data") from None
-                        ref = refs[page.data] = StoredImage(
-                            sha256=self.blobs.put(raw), media_type=media_type_of(raw), width=w, height=h, size=len(raw))
-                    page = ref
-                pages.append(page)
-            subs.append(sub.model_copy(update={"pages": pages}))
-        return job.model_copy(update={"submissions": subs})
+        return externalize(job, self.blobs)
 
     def inline(self, page: StoredImage | Any) -> Any:
         """An :class:`ImagePage` with the bytes of a stored page; other pages as they are.

@@ -19,6 +19,7 @@ import openai
 
 from raygrade.config import ProviderConfig
 from raygrade.errors import (
+    ConfigError,
     OutputParseError,
     ProviderConnectionError,
     ProviderStatusError,
@@ -52,6 +53,48 @@ class ChatResult:
     headers: dict[str, str]
     refusal: str | None = None
     token_logprobs: list[tuple[str, float]] | None = None
+
+
+#: Where hosted OpenAI answers when ``base_url`` is not set.
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+def check_provider(config: ProviderConfig, *, timeout_s: float = 10.0) -> None:
+    """Fail at deploy time, not once per job: the API key is set, the endpoint answers, and the
+    model is among those ``GET /models`` lists (when the endpoint lists models).
+
+    A 5xx, a 429 or a ``/models`` route the server does not have is not a configuration error
+    and passes (logged). Keys never appear in messages.
+
+    Raises:
+        ConfigError: the key's variable is unset, the key is rejected (401/403), the base URL
+            cannot be reached, or the model is not served there.
+    """
+    import httpx
+
+    key = config.api_key()
+    base = (config.base_url or OPENAI_BASE_URL).rstrip("/")
+    try:
+        r = httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {key.get_secret_value()}"},
+                      timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"provider {config.name!r}: {base} cannot be reached ({type(exc).__name__})",
+                          param="base_url") from None
+    if r.status_code in (401, 403):
+        raise ConfigError(f"provider {config.name!r}: {base} rejected the API key from "
+                          f"{config.api_key_env or 'the configuration'} (HTTP {r.status_code})", param="api_key_env")
+    if r.status_code != 200:
+        logger.warning("provider %r: GET %s/models answered %d; not checking the model", config.name, base,
+                       r.status_code)
+        return
+    try:
+        served = [m["id"] for m in r.json().get("data", []) if isinstance(m, dict) and "id" in m]
+    except (ValueError, AttributeError):
+        return
+    if served and config.model not in served:
+        shown = ", ".join(served[:10]) + (", …" if len(served) > 10 else "")
+        raise ConfigError(f"provider {config.name!r}: model {config.model!r} is not served at {base} "
+                          f"(it lists: {shown})", param="model")
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from raygrade.batching import BatchLimits, StudentCost, plan_batches
 from raygrade.blobs import BlobStore
 from raygrade.blobs import image_size as blob_image_size
 from raygrade.config import RaygradeArgs
-from raygrade.errors import PlanningError, RaygradeError, ReadingError
+from raygrade.errors import PlanningError, RaygradeError, ReadingError, raygrade_cause
 from raygrade.grading import BatchOutcome, GradeBatch, students_error
 from raygrade.prompts import SYSTEM_PROMPT, StudentWork, page_header, question_section, student_header
 from raygrade.protocol import (
@@ -352,24 +352,23 @@ class Batcher:
     async def _grade_once(self, job_id: str, batch: GradeBatch) -> None:
         try:
             request = await asyncio.to_thread(self._inline, batch)
-        except RaygradeError as exc:  # a page image missing or corrupt in the blob store
-            logger.warning("batch %s: %s", batch.batch_id, exc.error_type)
-            outcome = BatchOutcome(batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[students_error(
-                batch.students, exc.error_type, exc.message, batch.batch_id)])
-            await self._registry.complete_batch.remote(job_id, outcome, None)
-            return
-        try:
             outcome, replica = await self._grader.grade.remote(request)
-        except Exception as exc:  # the replica died, or the call failed outside BatchGrader
-            attempts = await self._registry.batch_attempts.remote(batch.batch_id)
-            if attempts < self._store_cfg.max_batch_attempts:
-                logger.warning("batch %s: grader lost (%s), re-dispatching", batch.batch_id, type(exc).__name__)
-                await self._registry.release_batch.remote(batch.batch_id, self._owner)
-                return
-            outcome, replica = BatchOutcome(
-                batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[students_error(
-                    batch.students, "grader_error", f"grader call failed {attempts} times: {type(exc).__name__}",
-                    batch.batch_id)]), None
+        except Exception as exc:
+            if (err := raygrade_cause(exc)) is not None:
+                # A page image missing from the blob store, or an error raised inside the grader
+                # (Ray wraps it): not a lost replica, so no re-dispatch; the items carry its
+                # type and message.
+                logger.warning("batch %s: %s", batch.batch_id, err.error_type)
+                error_type, message = err.error_type, err.message
+            else:  # the replica died, or the call failed outside BatchGrader
+                attempts = await self._registry.batch_attempts.remote(batch.batch_id)
+                if attempts < self._store_cfg.max_batch_attempts:
+                    logger.warning("batch %s: grader lost (%s), re-dispatching", batch.batch_id, type(exc).__name__)
+                    await self._registry.release_batch.remote(batch.batch_id, self._owner)
+                    return
+                error_type, message = "grader_error", f"grader call failed {attempts} times: {type(exc).__name__}"
+            outcome, replica = BatchOutcome(batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[
+                students_error(batch.students, error_type, message, batch.batch_id)]), None
         await self._registry.complete_batch.remote(job_id, outcome, replica)
 
     async def _deliver_webhooks(self) -> None:

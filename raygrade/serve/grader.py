@@ -34,6 +34,12 @@ class Grader:
     """
 
     def __init__(self, provider: ProviderConfig, batcher: BatcherConfig, namespace: str, engine=None):
+        if provider.kind == "openai_compatible" and provider.check_on_start:
+            # A missing key, an unreachable endpoint or an unknown model fails the replica here:
+            # the deployment is unhealthy with this message in `serve status`, no job is taken.
+            from raygrade.providers.openai_compat import check_provider
+
+            check_provider(provider)
         self._config, self._batcher_config = provider, batcher
         self._namespace = namespace
         self._engine = engine

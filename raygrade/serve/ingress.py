@@ -15,6 +15,7 @@ This module is the HTTP boundary where raygrade's exceptions become responses.
 
 # No ``from __future__ import annotations``: FastAPI resolves the route annotations
 # (GradingJob, Header) at import; string annotations break newer FastAPI under serve.ingress.
+import asyncio
 import logging
 
 from fastapi import FastAPI, Header, Request
@@ -22,7 +23,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from raygrade.errors import InvalidRequestError, RaygradeError
+from raygrade.blobs import BlobStore, externalize
+from raygrade.config import StoreConfig
+from raygrade.errors import InvalidRequestError, RaygradeError, raygrade_cause
 from raygrade.protocol import GradingJob, JobResults, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -61,12 +64,9 @@ async def _call(response):
     """Await a handle call, unwrapping Ray's error wrapper so RaygradeErrors reach the handler."""
     try:
         return await response
-    except RaygradeError:
-        raise
     except Exception as exc:
-        cause = getattr(exc, "cause", None) or exc.__cause__
-        if isinstance(cause, RaygradeError):
-            raise cause from None
+        if (err := raygrade_cause(exc)) is not None:
+            raise err from None
         raise
 
 
@@ -74,10 +74,18 @@ async def _call(response):
                   num_replicas=1)
 @serve.ingress(api)
 class RaygradeIngress:
-    """FastAPI ingress: validates jobs, records them, and hands them to the batcher."""
+    """FastAPI ingress: validates jobs, stores their page images, records them, and hands them
+    to the batcher.
 
-    def __init__(self, registry, batcher):
+    Args:
+        registry: ``JobRegistry`` handle.
+        batcher: ``Batcher`` handle.
+        store: The store's settings (where page images go; :mod:`raygrade.blobs`).
+    """
+
+    def __init__(self, registry, batcher, store: StoreConfig | None = None):
         self._registry, self._batcher = registry, batcher
+        self._blobs = BlobStore(store.resolved_blob_uri()) if store is not None else None
 
     @api.post("/v1/jobs", status_code=202, response_model=JobStatus)
     async def create_job(self, job: GradingJob,
@@ -87,6 +95,9 @@ class RaygradeIngress:
             raise InvalidRequestError(f"{where[0]}: pages of type 'stored_image' are internal to raygrade; "
                                       "send 'image' or 'text' pages", param=where[0])
         key = idempotency_key or job.options.idempotency_key
+        if self._blobs is not None:
+            # Page bytes go to the blob store here, once; the registry receives references only.
+            job = await asyncio.to_thread(externalize, job, self._blobs)
         # Durable first (the outbox): the batcher drives jobs from the store, so a lost
         # nudge below only delays the job until the batcher's next poll.
         status, created = await _call(self._registry.create.remote(job, key))

@@ -276,6 +276,8 @@ class FakeOpenAIServer:
 
     # -- handlers ----------------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         return web.json_response({"object": "list", "data": [
             {"id": "fake-grader", "object": "model", "created": 0, "owned_by": "raygrade-testing"}]})
 
