@@ -20,68 +20,11 @@ from pathlib import Path
 
 import httpx
 
+from raygrade.client import Client  # noqa: F401  (raygrade.cli.Client: the name earlier releases exported)
 from raygrade.config import RaygradeArgs, reference_similarity_provider
 from raygrade.protocol import GradingJob, JobOptions, JobResults, JobStatus
 
 logger = logging.getLogger("raygrade")
-
-
-class Client:
-    """A small synchronous client of raygrade's HTTP API.
-
-    Args:
-        base_url: e.g. ``http://127.0.0.1:8000``.
-        timeout_s: Per-request timeout in seconds.
-    """
-
-    def __init__(self, base_url: str, timeout_s: float = 60.0):
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
-
-    def submit(self, job: GradingJob, idempotency_key: str | None = None) -> JobStatus:
-        """``POST /v1/jobs``. Raises ``httpx.HTTPStatusError`` with the OpenAI error body on 4xx/5xx."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        r = self._http.post("/v1/jobs", content=job.model_dump_json(), headers={
-            "content-type": "application/json", **headers})
-        r.raise_for_status()
-        return JobStatus.model_validate(r.json())
-
-    def status(self, job_id: str) -> JobStatus:
-        r = self._http.get(f"/v1/jobs/{job_id}")
-        r.raise_for_status()
-        return JobStatus.model_validate(r.json())
-
-    def results(self, job_id: str) -> JobResults:
-        r = self._http.get(f"/v1/jobs/{job_id}/results")
-        r.raise_for_status()
-        return JobResults.model_validate(r.json())
-
-    def replicas(self, job_id: str) -> dict[str, int]:
-        r = self._http.get(f"/v1/jobs/{job_id}/replicas")
-        r.raise_for_status()
-        return r.json()
-
-    def wait(self, job_id: str, *, timeout_s: float = 3600, poll_s: float = 1.0, progress: bool = True
-             ) -> JobStatus:
-        """Poll until the job is terminal, with a tqdm progress bar over items."""
-        from tqdm import tqdm
-
-        deadline = time.monotonic() + timeout_s
-        bar = tqdm(total=0, unit="item", desc="grading", disable=not progress, file=sys.stderr)
-        try:
-            while True:
-                st = self.status(job_id)
-                p = st.progress
-                bar.total = p.items_total
-                bar.n = p.items_graded + p.items_failed
-                bar.set_postfix(batches=f"{p.batches_done}/{p.batches_total}", failed=p.items_failed,
-                                state=st.state.value)
-                if st.state.terminal:
-                    return st
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} not finished after {timeout_s}s")
-                time.sleep(poll_s)
-        finally:
-            bar.close()
 
 
 def start_local_app(args_dict: dict | RaygradeArgs | None = None, *, port: int = 8000) -> str:

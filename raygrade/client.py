@@ -33,6 +33,7 @@ import httpx
 from raygrade.errors import (
     ConfigError,
     ConflictError,
+    IllegalTransitionError,
     InvalidRequestError,
     MissingDependencyError,
     NotFoundError,
@@ -57,8 +58,6 @@ class APIConnectionError(RaygradeError):
 
 
 def _error_types() -> dict[str, type[RaygradeError]]:
-    from raygrade.store import IllegalTransitionError
-
     classes = (InvalidRequestError, NotFoundError, ConflictError, IllegalTransitionError, PlanningError,
                ReadingError, StorageError, ConfigError, MissingDependencyError)
     return {c.error_type: c for c in classes}
@@ -90,7 +89,10 @@ def _check(r: httpx.Response) -> Any:
 
 
 def _job_body(job: GradingJob | dict[str, Any]) -> bytes:
-    return (job if isinstance(job, GradingJob) else GradingJob.model_validate(job)).model_dump_json().encode()
+    """The request body: a model as its JSON; a dict as it is (the server validates it and names the field)."""
+    import json
+
+    return job.model_dump_json().encode() if isinstance(job, GradingJob) else json.dumps(job).encode()
 
 
 def _headers(idempotency_key: str | None) -> dict[str, str]:

@@ -45,7 +45,7 @@ class RaygradeError(Exception):
                 "message": self.message,
                 "type": self.error_type,
                 "param": self.param,
-                "code": self.code if self.code is not None else self.status_code,
+                "code": self.code,  # a string (OpenAI's convention) or null; the HTTP status says the class
             }
         }
 
@@ -104,6 +104,12 @@ class ConflictError(RaygradeError):
 
     status_code = 409
     error_type = "conflict_error"
+
+
+class IllegalTransitionError(ConflictError):
+    """A state change the job, batch or item state machine does not allow (HTTP 409)."""
+
+    error_type = "illegal_state_transition"
 
 
 class PlanningError(RaygradeError):

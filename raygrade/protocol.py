@@ -362,3 +362,18 @@ class JobResults(_Model):
     results: list[GradeResult]
     errors: list[GradingErrorItem]
     usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` object of every error response (OpenAI's shape)."""
+
+    message: str
+    type: str = Field(description="e.g. invalid_request_error, not_found_error, illegal_state_transition.")
+    param: str | None = Field(default=None, description="The offending field, when there is one.")
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx answer: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorDetail

@@ -40,7 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from raygrade.blobs import BlobStore, default_blob_uri, externalize
-from raygrade.errors import ConflictError, NotFoundError
+from raygrade.errors import ConflictError, IllegalTransitionError, NotFoundError
 from raygrade.grading import BatchOutcome, GradeBatch
 from raygrade.prompts import PROMPT_VERSION
 from raygrade.protocol import (
@@ -56,12 +56,6 @@ from raygrade.protocol import (
     Usage,
 )
 from raygrade.review import review_cut
-
-
-class IllegalTransitionError(ConflictError):
-    """A state change the job, batch or item state machine does not allow (HTTP 409)."""
-
-    error_type = "illegal_state_transition"
 
 
 JOB_TRANSITIONS: dict[str, set[str]] = {

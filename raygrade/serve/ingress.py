@@ -20,13 +20,15 @@ import logging
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 
 from raygrade.blobs import BlobStore, externalize
 from raygrade.config import StoreConfig
 from raygrade.errors import InvalidRequestError, RaygradeError, raygrade_cause
-from raygrade.protocol import GradingJob, JobResults, JobStatus
+from raygrade.protocol import ErrorResponse, GradingJob, JobResults, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,38 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         msg += f" (and {len(errs) - 1} more errors)"
     return JSONResponse(status_code=400, content={"error": {
         "message": msg, "type": "invalid_request_error", "param": param, "code": None}})
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown routes (404) and methods (405) in the same body as every other error."""
+    etype = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse(status_code=exc.status_code, headers=getattr(exc, "headers", None), content={"error": {
+        "message": f"{request.method} {request.url.path}: {exc.detail}", "type": etype, "param": None, "code": None}})
+
+
+def _errors(*codes: int) -> dict[int, dict]:
+    """OpenAPI ``responses`` for the error statuses a route really answers."""
+    what = {400: "Invalid request (``param`` names the field).", 404: "No such job.",
+            409: "Conflict: an idempotency key reused with another body, or a job that already ended.",
+            503: "The job store is unavailable; try again."}
+    return {c: {"model": ErrorResponse, "description": what[c]} for c in codes}
+
+
+def _openapi() -> dict:
+    """FastAPI's document without the 422 it adds to every route (raygrade answers 400)."""
+    if api.openapi_schema is None:
+        doc = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        for ops in doc.get("paths", {}).values():
+            for op in ops.values():
+                op.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(name, None)
+        api.openapi_schema = doc
+    return api.openapi_schema
+
+
+api.openapi = _openapi
 
 
 @api.exception_handler(RaygradeError)
@@ -87,7 +121,9 @@ class RaygradeIngress:
         self._registry, self._batcher = registry, batcher
         self._blobs = BlobStore(store.resolved_blob_uri()) if store is not None else None
 
-    @api.post("/v1/jobs", status_code=202, response_model=JobStatus)
+    @api.post("/v1/jobs", status_code=202, response_model=JobStatus, responses={
+        200: {"model": JobStatus, "description": "A replay of an idempotency key: the existing job."},
+        **_errors(400, 409, 503)})
     async def create_job(self, job: GradingJob,
                          idempotency_key: str | None = Header(default=None, alias="Idempotency-Key")
                          ) -> JSONResponse:
@@ -109,20 +145,20 @@ class RaygradeIngress:
                                status.id, type(exc).__name__)
         return JSONResponse(status_code=202 if created else 200, content=status.model_dump(mode="json"))
 
-    @api.get("/v1/jobs/{job_id}", response_model=JobStatus)
+    @api.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=_errors(404))
     async def get_job(self, job_id: str) -> JobStatus:
         return await _call(self._registry.status.remote(job_id))
 
-    @api.get("/v1/jobs/{job_id}/results", response_model=JobResults)
+    @api.get("/v1/jobs/{job_id}/results", response_model=JobResults, responses=_errors(404))
     async def get_results(self, job_id: str) -> JobResults:
         return await _call(self._registry.results.remote(job_id))
 
-    @api.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus)
+    @api.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=_errors(404, 409))
     async def cancel_job(self, job_id: str) -> JobStatus:
         """Cancel a queued or running job (409 once it has ended); grades already made stay."""
         return await _call(self._registry.cancel.remote(job_id))
 
-    @api.get("/v1/jobs/{job_id}/replicas")
+    @api.get("/v1/jobs/{job_id}/replicas", responses=_errors(404))
     async def get_replicas(self, job_id: str) -> dict[str, int]:
         return await _call(self._registry.replicas.remote(job_id))
 

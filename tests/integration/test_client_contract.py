@@ -10,8 +10,7 @@ import pytest
 from raygrade import AsyncClient, Client
 from raygrade.client import APIConnectionError
 from raygrade.engine.local_vllm import free_port
-from raygrade.errors import ConflictError, InvalidRequestError, NotFoundError
-from raygrade.store import IllegalTransitionError
+from raygrade.errors import ConflictError, IllegalTransitionError, InvalidRequestError, NotFoundError
 
 from test_api import make_job  # rootdir-relative: pytest puts tests/integration on sys.path
 
