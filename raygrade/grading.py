@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from raygrade.errors import (
     CircuitOpenError,
@@ -64,6 +64,8 @@ class BatchOutcome(BaseModel):
     usage: Usage
     calls: int
     prompt_version: str = PROMPT_VERSION
+    limiter_wait_s: float = Field(default=0.0, ge=0, description="Seconds spent waiting in the token bucket.")
+    provider_s: float = Field(default=0.0, ge=0, description="Seconds spent in provider calls (all attempts).")
 
 
 class ChatProvider(Protocol):
@@ -153,15 +155,20 @@ class BatchGrader:
         self._max_completion_tokens = max_completion_tokens
         self._sleep = sleep
 
-    async def _call(self, batch: GradeBatch, students: list[StudentWork], max_tokens: int) -> ChatResult:
+    async def _call(self, batch: GradeBatch, students: list[StudentWork], max_tokens: int,
+                    timing: dict[str, float] | None = None) -> ChatResult:
+        """One request (with retries); adds seconds to ``timing["limiter"]`` and ``timing["provider"]``."""
+        timing = timing if timing is not None else {"limiter": 0.0, "provider": 0.0}
         messages = build_messages(batch.questions, students,
                                   include_model_answer_images=batch.include_model_answer_images)
         schema = output_schema(batch.questions, students, bounds=self._bounds)
         estimate = batch.prompt_tokens_estimate + max_tokens
 
         async def attempt() -> ChatResult:
+            t0 = time.monotonic()
             r = await self._limiter.acquire(self._key, estimate, job=batch.job_id)
             granted = time.monotonic()
+            timing["limiter"] += granted - t0
             try:
                 res = await self._provider.chat(messages, max_tokens=max_tokens,
                                                 temperature=batch.temperature, json_schema=schema,
@@ -173,6 +180,8 @@ class BatchGrader:
                     r, None, outcome=classify_outcome(exc), retry_after_s=getattr(exc, "retry_after_s", None),
                     headers=getattr(exc, "rate_limit_headers", None))
                 raise
+            finally:
+                timing["provider"] += time.monotonic() - granted
             await self._limiter.settle(r, res.usage.total_tokens if res.usage else None,
                                        headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")},
                                        send_delay_s=send_delay(time.monotonic() - granted, res.headers))
@@ -201,10 +210,11 @@ class BatchGrader:
         # failed; output cut off at max_tokens is split in two (fewer students → shorter
         # output) while more than one student is left, else re-asked with twice the room.
         queue: list[tuple[list[StudentWork], int, int]] = [(list(batch.students), batch.max_tokens, 0)]
+        timing = {"limiter": 0.0, "provider": 0.0}
         while queue:
             pending, max_tokens, round_ = queue.pop(0)
             try:
-                res = await self._call(batch, pending, max_tokens)
+                res = await self._call(batch, pending, max_tokens, timing)
             except RaygradeError as exc:
                 if isinstance(exc, CircuitOpenError) and self._fallback is not None:
                     # The provider is failing: grade what is left with the fallback, marked as such.
@@ -264,7 +274,8 @@ class BatchGrader:
         if results and (self._agreement is not None or self._calibration is not None):
             results = await self._calibrate(batch, results)
         results += fallback_results
-        return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=usage, calls=calls)
+        return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=usage, calls=calls,
+                            limiter_wait_s=timing["limiter"], provider_s=timing["provider"])
 
     async def _calibrate(self, batch: GradeBatch, results: list[GradeResult]) -> list[GradeResult]:
         """Set ``baseline_agrees`` (when an agreement grader is given) and calibrated confidences."""

@@ -647,6 +647,27 @@ class JobStore:
                 batches.c.job_id == job_id, batches.c.state == "done", batches.c.replica.is_not(None))
                 .group_by(batches.c.replica)).all())
 
+    def gauges(self, namespace: str = "raygrade") -> dict[str, Any]:
+        """For the metrics: the namespace's jobs by state and its pending batches (the queue).
+
+        Returns:
+            ``{"jobs": {state: n}, "batches_pending": n}``; two indexed aggregates.
+        """
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(sa.select(jobs.c.state, sa.func.count()).where(jobs.c.namespace == namespace)
+                                       .group_by(jobs.c.state)).all())
+            pending = conn.execute(sa.select(sa.func.count()).select_from(batches.join(jobs, batches.c.job_id == jobs.c.id))
+                                   .where(jobs.c.namespace == namespace, jobs.c.state == "running",
+                                          batches.c.state == "pending")).scalar_one()
+        return {"jobs": {s: counts.get(s, 0) for s in JOB_TRANSITIONS}, "batches_pending": int(pending)}
+
+    def failure_counts(self, job_id: str) -> dict[str, int]:
+        """Failed items of a job by error type (once, when it ends: for the metrics)."""
+        with self.engine.connect() as conn:
+            return {t or "error": n for t, n in conn.execute(
+                sa.select(items.c.error_type, sa.func.count()).where(items.c.job_id == job_id, items.c.state == "failed")
+                .group_by(items.c.error_type)).all()}
+
     def batch_report(self, job_id: str) -> list[dict[str, Any]]:
         """Per batch: id, state, attempts, duplicates dropped (for operators and chaos tests)."""
         with self.engine.connect() as conn:

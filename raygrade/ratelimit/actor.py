@@ -41,10 +41,43 @@ class TokenBucketActor:
         if restarted:
             logger.warning("token bucket actor restarted: windows start full, capacity returns at the steady rate")
         self._limiter = RateLimiter(restarted=restarted)
+        self._exported: dict[tuple[str, str], float] = {}  # counters already reported, per (key, stat)
+        self._export_task: asyncio.Task | None = None
+
+    def _ensure_export(self) -> None:
+        if self._export_task is None or self._export_task.done():
+            self._export_task = asyncio.get_running_loop().create_task(self._export_loop())
+
+    async def _export_loop(self, every_s: float = 5.0) -> None:
+        """Report the limiter's state as metrics (raygrade.metrics), every ``every_s`` seconds."""
+        from raygrade.metrics import BREAKER_STATES, Recorder
+
+        m = Recorder()
+        counters = {"admitted_requests": "raygrade_limiter_admitted_requests",
+                    "admitted_tokens": "raygrade_limiter_admitted_tokens",
+                    "rate_limited": "raygrade_limiter_rate_limited"}
+        while True:
+            try:
+                for key, snap in self._limiter.snapshot().items():
+                    tags = {"key": key}
+                    for stat, name in counters.items():
+                        delta = snap.get(stat, 0) - self._exported.get((key, stat), 0)
+                        m.inc(name, delta, tags)
+                        self._exported[(key, stat)] = snap.get(stat, 0)
+                    for dim in ("requests", "tokens"):
+                        if snap.get(f"{dim}_utilisation") is not None:
+                            m.set("raygrade_limiter_utilisation", snap[f"{dim}_utilisation"], {**tags, "dimension": dim})
+                    m.set("raygrade_limiter_waiting", snap["waiting"], tags)
+                    m.set("raygrade_limiter_paused", 1.0 if snap["paused_for_s"] > 0 else 0.0, tags)
+                    m.set("raygrade_breaker_state", BREAKER_STATES.get(snap["breaker"], 0), tags)
+            except Exception:  # metrics never take the limiter down
+                logger.exception("token bucket metrics export failed")
+            await asyncio.sleep(every_s)
 
     async def acquire(self, key: str, tokens: int, limits: RateLimitConfig | None = None,
                       priority: Priority = "interactive", job: str | None = None) -> Reservation:
         """Configure ``key`` with ``limits`` if they changed, then wait and reserve."""
+        self._ensure_export()
         if limits is not None:
             self._limiter.configure(key, limits)
         return await self._limiter.acquire(key, tokens, priority=priority, job=job)

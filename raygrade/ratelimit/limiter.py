@@ -398,6 +398,9 @@ class RateLimiter:
                 "rpm": st.effective("requests"), "tpm": st.effective("tokens"),
                 "requests_available": st.req.limit - st.req.used(now) if st.req else None,
                 "tokens_available": st.tok.limit - st.tok.used(now) if st.tok else None,
+                # share of the window's limit in use (0–1), None without a limit
+                "requests_utilisation": min(1.0, st.req.used(now) / st.req.limit) if st.req else None,
+                "tokens_utilisation": min(1.0, st.tok.used(now) / st.tok.limit) if st.tok else None,
                 "waiting": len(st.waiters), "paused_for_s": max(0.0, st.paused_until - now),
                 "breaker": st.breaker.state, "breaker_opened": st.breaker.times_opened,
                 **st.stats,

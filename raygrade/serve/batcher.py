@@ -27,6 +27,7 @@ from raygrade.blobs import image_size as blob_image_size
 from raygrade.config import RaygradeArgs
 from raygrade.errors import PlanningError, RaygradeError, ReadingError, raygrade_cause
 from raygrade.grading import BatchOutcome, GradeBatch, students_error
+from raygrade.metrics import Recorder
 from raygrade.prompts import SYSTEM_PROMPT, StudentWork, page_header, question_section, student_header
 from raygrade.protocol import (
     GradingErrorItem,
@@ -147,7 +148,8 @@ class _JobFailed(Exception):
         self.error = error
 
 
-@serve.deployment(name="Batcher", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100, num_replicas=1)
+@serve.deployment(name="Batcher", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100, num_replicas=1,
+                  logging_config={"enable_access_log": False})
 class Batcher:
     """Drives every unfinished job in the store to completion.
 
@@ -169,6 +171,8 @@ class Batcher:
         self._jobs: dict[str, asyncio.Task] = {}
         self._leased: set[str] = set()  # batches this replica is grading now (their leases are renewed)
         self._control: asyncio.Task | None = None
+        self._metrics = Recorder()  # raygrade.metrics
+        self._ns = {"namespace": args.namespace}
         self._ensure_control_loop()
 
     def _ensure_control_loop(self) -> None:
@@ -237,9 +241,25 @@ class Batcher:
                 if self._leased:
                     await self._registry.renew_leases.remote(self._owner, cfg.batch_lease_s, list(self._leased))
                 await self._deliver_webhooks()
+                await self._report_gauges()
             except Exception as exc:  # the store is briefly unreachable (registry restarting): try again
                 logger.warning("batcher control loop: %s", type(exc).__name__)
             await asyncio.sleep(cfg.poll_interval_s)
+
+    async def _report_gauges(self) -> None:
+        g = await self._registry.gauges.remote()
+        for state, n in g["jobs"].items():
+            self._metrics.set("raygrade_jobs", n, {**self._ns, "state": state})
+        self._metrics.set("raygrade_batches_pending", g["batches_pending"], self._ns)
+
+    async def _report_finished(self, job_id: str, final) -> None:
+        """Job duration and failed items by error type, once per job."""
+        tags = {**self._ns, "state": final.state.value}
+        if final.finished_at is not None:
+            self._metrics.observe("raygrade_job_duration_s", max(0.0, final.finished_at - final.created_at), tags)
+        if final.progress.items_failed:
+            for etype, n in (await self._registry.failure_counts.remote(job_id)).items():
+                self._metrics.inc("raygrade_items_failed", n, {**self._ns, "error_type": etype})
 
     def _mode(self, job: GradingJob) -> ReadingMode:
         mode = job.options.reading_mode
@@ -318,6 +338,7 @@ class Batcher:
                     if final is not None:
                         logger.info("job %s %s: %d batches", job_id, final.state.value,
                                     final.progress.batches_total)
+                        await self._report_finished(job_id, final)
                         return
                     # Batches leased by a batcher that died: re-dispatched when their lease expires.
                     await asyncio.sleep(cfg.poll_interval_s)
@@ -330,8 +351,9 @@ class Batcher:
             err = failed.error
             logger.warning("job %s failed: %s", job_id, err.error_type)
             try:
-                await reg.fail_job.remote(job_id, GradingErrorItem(student_ids=[], question_ids=[],
-                                                                   type=err.error_type, message=err.message))
+                final = await reg.fail_job.remote(job_id, GradingErrorItem(student_ids=[], question_ids=[],
+                                                                           type=err.error_type, message=err.message))
+                await self._report_finished(job_id, final)
             except Exception:
                 logger.warning("job %s: could not record the failure; will resume", job_id)
         except Exception as exc:
@@ -388,3 +410,5 @@ class Batcher:
                 job_id, ok=error is None, error=error, retry_in_s=backoff_s(attempt),
                 max_attempts=cfg.webhook_max_attempts)
             logger.info("webhook for job %s: attempt %d, %s", job_id, attempt, state)
+            self._metrics.inc("raygrade_webhook_deliveries", 1,
+                              {**self._ns, "outcome": "delivered" if error is None else "failed"})

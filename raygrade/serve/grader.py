@@ -12,11 +12,11 @@ import logging
 import time
 
 from ray import serve
-from ray.util import metrics
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader
 from raygrade.config import BatcherConfig, ProviderConfig
 from raygrade.grading import BatchGrader, BatchOutcome, GradeBatch, cluster_grader
+from raygrade.metrics import Recorder
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +46,7 @@ class Grader:
         self._grader: BatchGrader | ReferenceSimilarityGrader | None = None
         ctx = serve.get_replica_context()
         self.replica_id = ctx.replica_id.unique_id if ctx else "local"
-        # Exported on Ray's Prometheus endpoint (ray_raygrade_* on each node's metrics port).
-        tags = ("provider", "model")
-        self._items = metrics.Counter("raygrade_items_graded", "Items (student x question) graded.", tags)
-        self._failed = metrics.Counter("raygrade_items_failed", "Items that ended with an error.", tags)
-        self._tokens = metrics.Counter("raygrade_provider_tokens", "Tokens reported by the provider.",
-                                       (*tags, "kind"))
-        self._latency = metrics.Histogram("raygrade_batch_latency_s", "Seconds to grade one batch.",
-                                          [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900], tags)
+        self._metrics = Recorder()  # raygrade.metrics: exported as ray_raygrade_* on each node's metrics port
         self._tags = {"provider": provider.name, "model": provider.model}
 
     async def _get(self) -> BatchGrader | ReferenceSimilarityGrader:
@@ -70,13 +63,11 @@ class Grader:
         grader = await self._get()
         t0 = time.monotonic()
         outcome = await grader.grade(batch)
-        self._latency.observe(time.monotonic() - t0, self._tags)
-        failed = sum(e.item_count for e in outcome.errors)
-        for counter, n, tags in (
-                (self._items, len(outcome.results), self._tags),
-                (self._failed, failed, self._tags),
-                (self._tokens, outcome.usage.prompt_tokens, {**self._tags, "kind": "prompt"}),
-                (self._tokens, outcome.usage.completion_tokens, {**self._tags, "kind": "completion"})):
-            if n > 0:  # Ray counters reject increments of 0
-                counter.inc(n, tags)
+        m, tags = self._metrics, self._tags
+        m.observe("raygrade_batch_latency_s", time.monotonic() - t0, tags)
+        m.observe("raygrade_batch_limiter_wait_s", outcome.limiter_wait_s, tags)
+        m.observe("raygrade_batch_provider_s", outcome.provider_s, tags)
+        m.inc("raygrade_items_graded", len(outcome.results), tags)
+        m.inc("raygrade_provider_tokens", outcome.usage.prompt_tokens, {**tags, "kind": "prompt"})
+        m.inc("raygrade_provider_tokens", outcome.usage.completion_tokens, {**tags, "kind": "completion"})
         return outcome, self.replica_id

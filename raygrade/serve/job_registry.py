@@ -24,7 +24,8 @@ from raygrade.store import JobStore
 #: JobStore methods the deployment exposes as they are.
 STORE_METHODS = ("get_job", "status", "results", "replicas", "cancel", "record_plan",
                  "lease_batches", "renew_leases", "release_batch", "batch_attempts", "complete_batch",
-                 "finish_if_complete", "fail_job", "lease_webhooks", "webhook_result", "webhook", "batch_report")
+                 "finish_if_complete", "fail_job", "lease_webhooks", "webhook_result", "webhook", "batch_report",
+                 "failure_counts")
 
 
 class JobRegistryImpl:
@@ -56,6 +57,10 @@ class JobRegistryImpl:
                                       param="options.webhook_url")
         return await self._do(self._store.create_job, job, idempotency_key, self._namespace)
 
+    async def gauges(self) -> dict:
+        """This application's jobs by state and pending batches (see :meth:`JobStore.gauges`)."""
+        return await self._do(self._store.gauges, self._namespace)
+
     async def unfinished_jobs(self) -> list[str]:
         """This application's unfinished jobs (see :meth:`JobStore.unfinished_jobs`)."""
         return await self._do(self._store.unfinished_jobs, self._namespace)
@@ -74,4 +79,6 @@ for _name in STORE_METHODS:
     setattr(JobRegistryImpl, _name, _passthrough(_name))
 
 JobRegistry = serve.deployment(name="JobRegistry", num_replicas=1, ray_actor_options={"num_cpus": 0},
-                               max_ongoing_requests=1000)(JobRegistryImpl)
+                               max_ongoing_requests=1000,
+                               # internal calls every second: no access-log line per call
+                               logging_config={"enable_access_log": False})(JobRegistryImpl)

@@ -1,5 +1,4 @@
 import os
-import tempfile
 import uuid
 
 import pytest
@@ -7,10 +6,6 @@ import pytest
 from raygrade.config import BatcherConfig, RaygradeArgs
 from raygrade.engine.local_vllm import free_port
 from raygrade.testing.fake_openai import FakeOpenAIServer, fake_provider_config
-
-# The job store and its page images (defaults under $RAYGRADE_HOME) stay out of the user's
-# ~/.raygrade; set before the Ray cluster starts, so every replica sees it.
-os.environ.setdefault("RAYGRADE_HOME", tempfile.mkdtemp(prefix="raygrade-tests-"))
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +49,11 @@ def store_url(request, tmp_path):
 def ray_cluster():
     import ray
 
+    # Ray's metrics agent serves Prometheus text on this port (tests/integration/test_metrics.py).
+    os.environ["RAYGRADE_TEST_METRICS_PORT"] = str(free_port())
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             namespace=f"raygrade-tests-{uuid.uuid4().hex[:8]}")
+             namespace=f"raygrade-tests-{uuid.uuid4().hex[:8]}",
+             _metrics_export_port=int(os.environ["RAYGRADE_TEST_METRICS_PORT"]))
     yield
     from ray import serve
 

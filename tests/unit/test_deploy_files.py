@@ -119,3 +119,17 @@ def test_crd_schema_catches_a_broken_manifest():
     typo = _manifest()
     typo["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParms"] = {}
     assert unknown_fields(typo, schema) == ["/spec/rayClusterConfig/headGroupSpec/rayStartParms"]
+
+
+def test_grafana_dashboard_is_generated_from_the_metrics():
+    import re
+
+    from raygrade.metrics import METRICS
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "grafana_dashboard.py")], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((ROOT / "deploy" / "grafana" / "raygrade.json").read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    charted = {re.sub(r"_(bucket)$", "", n) for e in exprs for n in re.findall(r"ray_raygrade_\w+", e)}
+    assert charted == {m.exported for m in METRICS.values()}
