@@ -47,12 +47,10 @@ from raygrade.protocol import (
     GradeResult,
     GradingErrorItem,
     GradingJob,
-    ImagePage,
     JobProgress,
     JobResults,
     JobState,
     JobStatus,
-    StoredImage,
     Usage,
 )
 from raygrade.review import review_cut
@@ -92,6 +90,10 @@ def batch_key(job_id: str, student_ids: Iterable[str], question_ids: Iterable[st
     return f"{job_id}-{h}"
 
 
+#: Job progress counters (added after the first schema; :func:`migrate` adds and backfills them).
+COUNTER_COLUMNS = ("items_graded", "items_failed", "items_cancelled", "items_needs_review", "batches_done",
+                   "batches_redispatched")
+
 metadata = sa.MetaData()
 
 jobs = sa.Table(
@@ -111,9 +113,7 @@ jobs = sa.Table(
     sa.Column("errors", sa.Text, nullable=False, server_default="[]"),  # job-wide GradingErrorItems
     # Progress counters, kept in the same transactions as the item and batch changes they
     # count, so status() reads one row whatever the job's size.
-    *(sa.Column(c, sa.Integer, nullable=False, server_default="0") for c in (
-        "items_graded", "items_failed", "items_cancelled", "items_needs_review", "batches_done",
-        "batches_redispatched")),
+    *(sa.Column(c, sa.Integer, nullable=False, server_default="0") for c in COUNTER_COLUMNS),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
     sa.Column("updated_at", sa.Float, nullable=False),
@@ -186,11 +186,6 @@ def create_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-#: Job counters added after the first schema; :func:`migrate` adds and backfills them.
-COUNTER_COLUMNS = ("items_graded", "items_failed", "items_cancelled", "items_needs_review", "batches_done",
-                   "batches_redispatched")
-
-
 def migrate(engine: sa.Engine) -> list[str]:
     """Bring a store made by an earlier raygrade up to this schema; returns what was done.
 
@@ -257,19 +252,6 @@ class JobStore:
             InvalidRequestError: a page image Pillow cannot read (HTTP 400, naming the page).
         """
         return externalize(job, self.blobs)
-
-    def inline(self, page: StoredImage | Any) -> Any:
-        """An :class:`ImagePage` with the bytes of a stored page; other pages as they are.
-
-        Raises:
-            StorageError: the blob is missing or corrupt.
-        """
-        if not isinstance(page, StoredImage):
-            return page
-        import base64
-
-        # Bytes from raygrade's own store, checked against their SHA-256: no re-validation.
-        return ImagePage.model_construct(type="image", data=base64.b64encode(self.blobs.get(page.sha256)).decode())
 
     # ------------------------------------------------------------------ helpers
     def _insert_ignore(self, table: sa.Table):
@@ -342,7 +324,7 @@ class JobStore:
             return self._status(conn, job_id), True
 
     def get_job(self, job_id: str) -> GradingJob:
-        """The job as stored: page images are :class:`StoredImage` references (see :meth:`inline`)."""
+        """The job as stored: page images are :class:`StoredImage` references (:func:`raygrade.blobs.inline`)."""
         with self.engine.connect() as conn:
             return self._job_body(self._job_row(conn, job_id))
 

@@ -22,7 +22,7 @@ import uuid
 from ray import serve
 
 from raygrade.batching import BatchLimits, StudentCost, plan_batches
-from raygrade.blobs import BlobStore
+from raygrade.blobs import BlobStore, inline
 from raygrade.blobs import image_size as blob_image_size
 from raygrade.config import RaygradeArgs
 from raygrade.errors import PlanningError, RaygradeError, ReadingError, raygrade_cause
@@ -207,16 +207,10 @@ class Batcher:
     def _inline(self, batch: GradeBatch) -> GradeBatch:
         """``batch`` with its stored page images as :class:`ImagePage` s (bytes from the blob
         store, read here; they reach the grader replica through Ray's object store)."""
-        import base64
-
-        def page(p):
-            if not isinstance(p, StoredImage):
-                return p
-            return ImagePage.model_construct(type="image", data=base64.b64encode(self._page_bytes(p)).decode())
-
         if not any(isinstance(p, StoredImage) for st in batch.students for p in st.pages):
             return batch
-        students = [st.model_copy(update={"pages": [page(p) for p in st.pages]}) for st in batch.students]
+        blobs = self._blob_store()
+        students = [st.model_copy(update={"pages": [inline(p, blobs) for p in st.pages]}) for st in batch.students]
         return batch.model_copy(update={"students": students})
 
     async def submit(self, job_id: str) -> None:

@@ -3,6 +3,7 @@
 import pytest
 import sqlalchemy as sa
 
+from raygrade.blobs import inline
 from raygrade.errors import ConflictError, NotFoundError
 from raygrade.grading import BatchOutcome, GradeBatch
 from raygrade.prompts import StudentWork
@@ -274,7 +275,7 @@ def test_page_images_are_stored_once_by_reference(store, tmp_path):
     assert len({p.sha256 for p in pages}) == 3, "three students sent one file: stored once"
     assert len(list((tmp_path / "blobs").rglob("*"))) - len(list((tmp_path / "blobs").glob("*"))) == 3
     assert (pages[4].width, pages[4].height, pages[4].media_type) == (44, 30, "image/png")
-    back = store.inline(pages[4])
+    back = inline(pages[4], store.blobs)
     assert isinstance(back, ImagePage) and back.data == job.submissions[4].pages[0].data
     # Rows carry references, never bytes: the body and every batch payload stay small.
     batches = image_plan(status.id, stored)
@@ -305,17 +306,19 @@ def test_an_unreadable_image_is_a_400_naming_the_page(store):
     assert err.value.param == "submissions[1].pages[0].data" and err.value.status_code == 400
 
 
-def test_a_missing_blob_is_a_storage_error(store):
+def test_a_missing_or_corrupt_blob_is_a_storage_error(store, tmp_path):
+    from raygrade.blobs import BlobStore
     from raygrade.errors import StorageError
 
     status, _ = store.create_job(image_job(1))
     page = store.get_job(status.id).submissions[0].pages[0]
-    for f in store.blobs._fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector(store.blobs._root, recursive=True)):
-        if f.is_file:
-            store.blobs._fs.delete_file(f.path)
-    store.blobs._known.clear()
+    (path,) = (tmp_path / "blobs").rglob(page.sha256)
+    path.write_bytes(b"not the stored image")
+    with pytest.raises(StorageError, match="corrupt"):
+        inline(page, BlobStore(str(tmp_path / "blobs")))
+    path.unlink()
     with pytest.raises(StorageError, match="missing"):
-        store.inline(page)
+        inline(page, BlobStore(str(tmp_path / "blobs")))
 
 
 def test_status_lease_and_complete_cost_does_not_grow_with_the_job(store):
