@@ -136,28 +136,28 @@ def main() -> None:
     from raygrade.app import build_app
 
     srv = FakeOpenAIProcess()
-    home = Path(os.environ.setdefault("RAYGRADE_HOME", str(Path("/tmp") / f"rg-throughput-{uuid.uuid4().hex[:6]}")))
-    provider = fake_provider_config(srv.base_url, name="instant", rate_limit=RateLimitConfig(), max_retries=0)
-    args = RaygradeArgs(provider=provider, batcher=BatcherConfig(),
-                        store=StoreConfig(url=f"sqlite:///{home}/jobs.db"), namespace=f"rg-tp-{uuid.uuid4().hex[:6]}")
-    print("building jobs ...", flush=True)
-    jobs = {"text": text_job(a.text_students), "image": image_job(a.image_students, a.page)}
-    concurrency = args.batcher.max_concurrent_batches
     report: dict = {"direct": {}, "raygrade": {}}
-    for name, job in jobs.items():
-        report["direct"][name] = direct(args, job, srv.base_url, concurrency)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace=args.namespace)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-    serve.run(build_app(args), name="tp", route_prefix="/tp")
-    url = f"http://127.0.0.1:{port}/tp"
-    through_raygrade(url, text_job(8))  # warm-up: replicas, tokenizer, connections
-    try:
+    try:  # the server process and the cluster are stopped whatever happens
+        home = Path(os.environ.setdefault("RAYGRADE_HOME", str(Path("/tmp") / f"rg-throughput-{uuid.uuid4().hex[:6]}")))
+        provider = fake_provider_config(srv.base_url, name="instant", rate_limit=RateLimitConfig(), max_retries=0)
+        args = RaygradeArgs(provider=provider, batcher=BatcherConfig(), store=StoreConfig(url=f"sqlite:///{home}/jobs.db"),
+                            namespace=f"rg-tp-{uuid.uuid4().hex[:6]}")
+        print("building jobs ...", flush=True)
+        jobs = {"text": text_job(a.text_students), "image": image_job(a.image_students, a.page)}
+        for name, job in jobs.items():
+            report["direct"][name] = direct(args, job, srv.base_url, args.batcher.max_concurrent_batches)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace=args.namespace)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+        serve.run(build_app(args), name="tp", route_prefix="/tp")
+        url = f"http://127.0.0.1:{port}/tp"
+        through_raygrade(url, text_job(8))  # warm-up: replicas, tokenizer, connections
         for name, job in jobs.items():
             report["raygrade"][name] = through_raygrade(url, job)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
         srv.stop()
     print("\n| job | raygrade wall s | raygrade items/s | students/s | POST s | direct items/s | raygrade ÷ direct |")
     print("|---|---|---|---|---|---|---|")

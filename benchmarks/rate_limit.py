@@ -134,11 +134,16 @@ def run_asyncio(payloads: list[dict], base_url: str, a: argparse.Namespace) -> d
         return {"failed_requests": None, "stopped": True}
 
 
+def litellm_missing(a: argparse.Namespace) -> str | None:
+    """Why the LiteLLM peer cannot run (its own virtualenv is missing), or ``None``."""
+    if Path(a.litellm_python).exists():
+        return None
+    return (f"LiteLLM's python not found at {a.litellm_python}: create it with python -m venv "
+            "benchmarks/out/litellm-venv && benchmarks/out/litellm-venv/bin/pip install litellm aiohttp, "
+            "or leave litellm out of --systems")
+
+
 def run_litellm(payload_file: Path, base_url: str, a: argparse.Namespace) -> dict:
-    if not Path(a.litellm_python).exists():
-        raise SystemExit(f"LiteLLM's python not found at {a.litellm_python}: create it with "
-                         f"python -m venv benchmarks/out/litellm-venv && benchmarks/out/litellm-venv/bin/pip "
-                         "install litellm aiohttp")
     outs = [a.out / f"litellm-{i}.json" for i in range(a.workers)]
     procs = [subprocess.Popen([a.litellm_python, str(ROOT / "benchmarks/_litellm_worker.py"), str(payload_file),
                                str(i), str(a.workers), base_url, str(a.rpm), str(a.tpm),
@@ -322,6 +327,8 @@ def main() -> None:
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         raise SystemExit(f"unknown systems {sorted(unknown)}")
+    if "litellm" in systems and (why := litellm_missing(a)):
+        raise SystemExit(why)  # before anything is started
 
     provider = fake_provider_config("http://127.0.0.1:1/v1", name="bench", rate_limit=RateLimitConfig(
         rpm=a.rpm, tpm=a.tpm), max_retries=3)
@@ -351,18 +358,20 @@ def main() -> None:
                                 latency_per_token_s=a.latency_per_token_s, completion_tokens=a.completion_tokens)
         print(f"== {name} ...", flush=True)
         t_start = time.time()
-        if name == "raygrade":
-            args_s = args.model_copy(update={"provider": provider.model_copy(update={"base_url": srv.base_url})})
-            extra = run_raygrade(assessment, interactive, bulk_batches, args_s, a)
-        elif name == "litellm":
-            extra = run_litellm(payload_file, srv.base_url, a)
-        elif name == "ray-data":
-            extra = run_ray_data(payload_file, srv.base_url, a, charge)
-        else:
-            extra = run_asyncio(payloads, srv.base_url, a)
-        t_end = time.time()
-        log = srv.log()
-        srv.stop()
+        try:  # the server process is stopped whatever happens to the system under test
+            if name == "raygrade":
+                args_s = args.model_copy(update={"provider": provider.model_copy(update={"base_url": srv.base_url})})
+                extra = run_raygrade(assessment, interactive, bulk_batches, args_s, a)
+            elif name == "litellm":
+                extra = run_litellm(payload_file, srv.base_url, a)
+            elif name == "ray-data":
+                extra = run_ray_data(payload_file, srv.base_url, a, charge)
+            else:
+                extra = run_asyncio(payloads, srv.base_url, a)
+            t_end = time.time()
+            log = srv.log()
+        finally:
+            srv.stop()
         m = metrics(log, a.tpm, len(batches), t_start, t_end)
         if log and [r for r in log if r.status == 200]:
             m["wall_s"] = max(r.t for r in log) - min(r.t for r in log)  # first request to last answer

@@ -26,6 +26,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -146,31 +147,35 @@ def main() -> None:
     jobs = {n: make_job(n) for n in sizes}
     rows = []
     pg = None
-    for backend in a.backends.split(","):
-        if backend == "postgresql":
-            from raygrade.testing.postgres import PostgresServer, find_pg_bin
+    try:  # the PostgreSQL server and the temporary folders go away whatever happens
+        for backend in a.backends.split(","):
+            if backend == "postgresql":
+                from raygrade.testing.postgres import PostgresServer, find_pg_bin
 
-            if find_pg_bin() is None:
-                print("PostgreSQL not installed: skipping that back end (Debian: apt-get install postgresql)")
-                continue
-            pg = PostgresServer().start()
-        for n in sizes:
-            if backend == "sqlite":
-                url = f"sqlite:///{tempfile.mkdtemp(prefix='rg-store-')}/jobs.db"
-            else:
-                url = pg.create_database(f"b_{uuid.uuid4().hex[:10]}")
-            store = JobStore(url)
-            t = run_size(store, planner, jobs[n], a.profile if n == max(sizes) else None)
-            store.close()
-            for op in OPS:
-                xs = t[op]
-                rows.append({"backend": backend, "students": n, "op": op, "calls": len(xs),
-                             "per_s": len(xs) / sum(xs), "p50_ms": statistics.median(xs) * 1e3,
-                             "p95_ms": percentile(xs, 95) * 1e3})
-            print(f"{backend} {n}: " + ", ".join(f"{op} p50 {statistics.median(t[op]) * 1e3:.2f} ms" for op in OPS),
-                  flush=True)
-    if pg is not None:
-        pg.stop()
+                if find_pg_bin() is None:
+                    print("PostgreSQL not installed: skipping that back end (Debian: apt-get install postgresql)")
+                    continue
+                pg = PostgresServer().start()
+            for n in sizes:
+                tmp = tempfile.mkdtemp(prefix="rg-store-")
+                url = f"sqlite:///{tmp}/jobs.db" if backend == "sqlite" else pg.create_database(
+                    f"b_{uuid.uuid4().hex[:10]}")
+                store = JobStore(url, blob_uri=f"{tmp}/blobs")
+                try:
+                    t = run_size(store, planner, jobs[n], a.profile if n == max(sizes) else None)
+                finally:
+                    store.close()
+                    shutil.rmtree(tmp, ignore_errors=True)
+                for op in OPS:
+                    xs = t[op]
+                    rows.append({"backend": backend, "students": n, "op": op, "calls": len(xs),
+                                 "per_s": len(xs) / sum(xs), "p50_ms": statistics.median(xs) * 1e3,
+                                 "p95_ms": percentile(xs, 95) * 1e3})
+                print(f"{backend} {n}: " + ", ".join(f"{op} p50 {statistics.median(t[op]) * 1e3:.2f} ms"
+                                                      for op in OPS), flush=True)
+    finally:
+        if pg is not None:
+            pg.stop()
     lo, hi = min(sizes), max(sizes)
     print(f"\n| back end | students | op | calls | calls/s | p50 ms | p95 ms | p50 ÷ p50 at {lo} |")
     print("|---|---|---|---|---|---|---|---|")

@@ -29,7 +29,7 @@ from raygrade.config import (  # noqa: E402
     reference_similarity_provider,
     resolve_args,
 )
-from raygrade.regrade import RegradeConfig, run_regrade  # noqa: E402
+from raygrade.regrade import RegradeConfig, load_assessment, run_regrade  # noqa: E402
 
 
 def _load(path: str) -> dict:
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                         submissions_per_block=a.submissions_per_block, review_share=a.review_share,
                         compare=a.compare, retry_errors=not a.no_retry_errors)
 
+    load_assessment(cfg.input)  # a wrong input path fails here, before a cluster starts
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -99,4 +100,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from raygrade._cli import run
+
+    run(main, "jobs/regrade.py")

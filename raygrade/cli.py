@@ -161,5 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     return a.fn(a)
 
 
+def entry() -> None:
+    """The ``raygrade`` console script: user mistakes end in one line (:mod:`raygrade._cli`)."""
+    from raygrade._cli import run
+
+    run(main, "raygrade")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raygrade.protocol import Assessment, GradingJob, ImagePage
+from raygrade.protocol import Assessment, GradingJob, ImagePage, StoredImage
 
 SUBMISSION_SCHEMA = pa.schema([
     ("submission_id", pa.string()), ("student_id", pa.string()), ("question_ids", pa.list_(pa.string())),
@@ -83,20 +83,19 @@ def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers"
         for a in q.answers:
             if not a.response:
                 continue
-            row: dict[str, Any] = {"submission_id": f"{q.key}:{a.id}", "student_id": a.id, "question_ids": [q.key],
-                                   "human_scores": json.dumps({q.key: a.score})}
-            if images:
-                from raygrade.demo.render import render_pages
-
-                row["page_images"] = render_pages(a.response, seed=rng.randrange(1 << 30), header=f"Q {q.key}")
-            else:
-                row["page_texts"] = [a.response]
-            rows.append(row)
+            rows.append({"submission_id": f"{q.key}:{a.id}", "student_id": a.id, "question_ids": [q.key],
+                         "human_scores": json.dumps({q.key: a.score}), "page_texts": [a.response]})
     if limit is not None:
         rng.shuffle(rows)
         rows = sorted(rows[:limit], key=lambda r: r["submission_id"])
         keep = {r["question_ids"][0] for r in rows}
         questions = [q for q in questions if q.id in keep]
+    if images:  # rendered after the --limit cut: only the rows kept are drawn
+        from raygrade.demo.render import render_pages
+
+        for r in rows:
+            r["page_images"] = render_pages(r.pop("page_texts")[0], seed=rng.randrange(1 << 30),
+                                            header=f"Q {r['question_ids'][0]}")
     assessment = Assessment(title=f"SAF {version} {'+'.join(splits)} ({lang})", questions=questions)
     return write_dataset(out, assessment, rows)
 
@@ -116,6 +115,9 @@ def job_to_dataset(job: GradingJob, out: str | Path, results: dict[str, Any] | N
         scores.setdefault(r["student_id"], {})[r["question_id"]] = r["score"]
     rows = []
     for sub in job.submissions:
+        if stored := [k for k, p in enumerate(sub.pages) if isinstance(p, StoredImage)]:
+            raise ValueError(f"submission {sub.student_id} page {stored[0]} is a store reference; export the job "
+                             "body as it was POSTed")
         imgs = [p.image_bytes() for p in sub.pages if isinstance(p, ImagePage)]
         texts = [p.text for p in sub.pages if not isinstance(p, ImagePage)]
         if imgs and texts:
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
 
         root = find_saf(a.saf)
         if root is None:
-            raise SystemExit("SAF not found: pass --saf PATH")
+            raise FileNotFoundError(2, "SAF dataset not found (pass --saf PATH)", a.saf or "../shared/data/saf")
         path = saf_to_dataset(root, a.out, split=a.split, lang=a.lang, version=a.version, images=a.images,
                               limit=a.limit)
     else:
@@ -169,4 +171,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from raygrade._cli import run
+
+    run(main, "python -m raygrade.datasets")
