@@ -85,8 +85,13 @@ def main(argv: list[str] | None = None) -> None:
         engine.start()
         engine.wait_ready(local.startup_timeout_s)
         cfg = cfg.model_copy(update={"base_url": engine.base_url})
+    def show(p: dict) -> None:  # the driver's stdout: `ray job submit` and `ray job logs` stream it
+        eta = f", ETA {p['eta_s']:.0f} s" if p["eta_s"] is not None else ""
+        print(f"regrade: {p['submissions_done']}/{p['submissions_total']} submissions, {p['items']} items "
+              f"({p['items_failed']} failed), {p['per_s']:.1f} submissions/s{eta}", flush=True)
+
     try:
-        summary = run_regrade(cfg)
+        summary = run_regrade(cfg, progress=show)
     finally:
         if engine is not None:
             engine.stop()

@@ -37,7 +37,9 @@ def start_local_app(args_dict: dict | RaygradeArgs | None = None, *, port: int =
     if not ray.is_initialized():
         ray.init(log_to_driver=False, include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-    serve.run(build_app(args_dict), name="raygrade", route_prefix="/")
+    # As serve_config.yaml: JSON lines, no access-log line per internal call (the batcher polls every second).
+    serve.run(build_app(args_dict), name="raygrade", route_prefix="/",
+              logging_config={"encoding": "JSON", "enable_access_log": False})
     return f"http://127.0.0.1:{port}"
 
 

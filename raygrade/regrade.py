@@ -43,8 +43,9 @@ import json
 import logging
 import math
 import os
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -385,8 +386,36 @@ class RegradeSummary:
     report: dict[str, Any]
 
 
-def run_regrade(cfg: RegradeConfig) -> RegradeSummary:
+class _Progress:
+    """Counts finished blocks' rows and reports ``{submissions_done, submissions_total, items,
+    items_failed, per_s, eta_s}`` after each (to ``report``, else the log at INFO)."""
+
+    def __init__(self, total: int, report: Callable[[dict[str, Any]], None] | None):
+        self.total, self.report = total, report
+        self.subs = self.items = self.failed = 0
+        self.t0 = time.monotonic()
+
+    def add(self, block: pa.Table) -> None:
+        self.subs += len(set(block.column("submission_id").to_pylist()))
+        self.items += block.num_rows
+        self.failed += sum(1 for e in block.column("error_type").to_pylist() if e)
+        rate = self.subs / max(1e-9, time.monotonic() - self.t0)
+        p = {"submissions_done": self.subs, "submissions_total": self.total, "items": self.items,
+             "items_failed": self.failed, "per_s": rate,
+             "eta_s": (self.total - self.subs) / rate if rate > 0 else None}
+        if self.report is not None:
+            self.report(p)
+        else:
+            logger.info("regrade: %d/%d submissions, %d items (%d failed)", self.subs, self.total, self.items,
+                        self.failed)
+
+
+def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> RegradeSummary:
     """Regrade ``cfg.input`` into ``cfg.output`` on the current Ray cluster (resumable).
+
+    ``progress`` is called after each finished block with ``{submissions_done,
+    submissions_total, items, items_failed, per_s, eta_s}`` (seconds; ``None`` before a rate
+    is known).
 
     Raises:
         FileNotFoundError: the dataset has no ``assessment.json`` or no submissions.
@@ -420,8 +449,15 @@ def run_regrade(cfg: RegradeConfig) -> RegradeSummary:
             RegradeUDF, fn_constructor_args=(cfg.model_dump(mode="json"), assessment.model_dump(mode="json"), run_id),
             compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.submissions_per_block,
             batch_format="pyarrow", num_cpus=0.5)
-        # One file per finished block, visible as the run goes on (the resume points).
-        graded.write_parquet(str(staging))
+        # One file per finished block, visible as the run goes on (the resume points), written
+        # by this driver under a temporary name and renamed: a kill leaves no half file behind.
+        # The same loop reports progress in submissions and items, with an ETA.
+        tracker = _Progress(len(todo), progress)
+        for k, block in enumerate(graded.iter_batches(batch_size=None, batch_format="pyarrow")):
+            tmp = staging / f"{run_id}-{k:06d}.parquet.tmp"
+            pq.write_table(block, tmp)
+            tmp.rename(staging / f"{run_id}-{k:06d}.parquet")
+            tracker.add(block)
     table = finalize(out_dir, cfg.review_share)
     report = build_report(table, cfg, assessment)
     write_report(report, table, out_dir)

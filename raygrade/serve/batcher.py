@@ -42,7 +42,9 @@ from raygrade.protocol import (
 from raygrade.store import batch_key
 from raygrade.tokens import TokenCounter, counter_for, image_tokens
 
-logger = logging.getLogger(__name__)
+# A child of Serve's logger: lines go to the replica's log file in the app's logging_config
+# format (JSON in serve_config.yaml), as Serve documents for deployment code.
+logger = logging.getLogger(f"ray.serve.{__name__}")
 
 #: Tokens a chat template adds per message, and for JSON punctuation in the answer.
 CHAT_OVERHEAD_TOKENS = 16
@@ -140,6 +142,13 @@ def planner_for(args: RaygradeArgs, model_dir: str | None = None) -> JobPlanner:
     return JobPlanner(args, counter_for(provider, model_dir))
 
 
+def ids(job_id: str, batch_id: str | None = None) -> dict[str, str]:
+    """``extra=`` for a job's log lines: fields of their own in Serve's JSON logs
+    (``logging_config: {encoding: JSON}``), so an operator can follow one job or batch.
+    Named ``raygrade_job_id``/``raygrade_batch_id``: Ray's own log context owns ``job_id``."""
+    return {"raygrade_job_id": job_id, **({"raygrade_batch_id": batch_id} if batch_id else {})}
+
+
 class _JobFailed(Exception):
     """A job-fatal error (retrying would fail the same way)."""
 
@@ -148,8 +157,7 @@ class _JobFailed(Exception):
         self.error = error
 
 
-@serve.deployment(name="Batcher", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100, num_replicas=1,
-                  logging_config={"enable_access_log": False})
+@serve.deployment(name="Batcher", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100, num_replicas=1)
 class Batcher:
     """Drives every unfinished job in the store to completion.
 
@@ -331,7 +339,7 @@ class Batcher:
                     final = await reg.finish_if_complete.remote(job_id)
                     if final is not None:
                         logger.info("job %s %s: %d batches", job_id, final.state.value,
-                                    final.progress.batches_total)
+                                    final.progress.batches_total, extra=ids(job_id))
                         await self._report_finished(job_id, final)
                         return
                     # Batches leased by a batcher that died: re-dispatched when their lease expires.
@@ -343,17 +351,17 @@ class Batcher:
                     t.result()  # a store failure ends this run; the control loop starts it again
         except _JobFailed as failed:
             err = failed.error
-            logger.warning("job %s failed: %s", job_id, err.error_type)
+            logger.warning("job %s failed: %s", job_id, err.error_type, extra=ids(job_id))
             try:
                 final = await reg.fail_job.remote(job_id, GradingErrorItem(student_ids=[], question_ids=[],
                                                                            type=err.error_type, message=err.message))
                 await self._report_finished(job_id, final)
             except Exception:
-                logger.warning("job %s: could not record the failure; will resume", job_id)
+                logger.warning("job %s: could not record the failure; will resume", job_id, extra=ids(job_id))
         except Exception as exc:
             # The registry, store or engine unreachable (a restart under way) is not the
             # job's fault: the control loop resumes it from the store.
-            logger.warning("job %s interrupted (%s); will resume", job_id, type(exc).__name__)
+            logger.warning("job %s interrupted (%s); will resume", job_id, type(exc).__name__, extra=ids(job_id))
         finally:
             for t in in_flight:
                 t.cancel()
@@ -374,12 +382,13 @@ class Batcher:
                 # A page image missing from the blob store, or an error raised inside the grader
                 # (Ray wraps it): not a lost replica, so no re-dispatch; the items carry its
                 # type and message.
-                logger.warning("batch %s: %s", batch.batch_id, err.error_type)
+                logger.warning("batch %s: %s", batch.batch_id, err.error_type, extra=ids(job_id, batch.batch_id))
                 error_type, message = err.error_type, err.message
             else:  # the replica died, or the call failed outside BatchGrader
                 attempts = await self._registry.batch_attempts.remote(batch.batch_id)
                 if attempts < self._store_cfg.max_batch_attempts:
-                    logger.warning("batch %s: grader lost (%s), re-dispatching", batch.batch_id, type(exc).__name__)
+                    logger.warning("batch %s: grader lost (%s), re-dispatching", batch.batch_id, type(exc).__name__,
+                                   extra=ids(job_id, batch.batch_id))
                     await self._registry.release_batch.remote(batch.batch_id, self._owner)
                     return
                 error_type, message = "grader_error", f"grader call failed {attempts} times: {type(exc).__name__}"
@@ -403,6 +412,6 @@ class Batcher:
             state = await self._registry.webhook_result.remote(
                 job_id, ok=error is None, error=error, retry_in_s=backoff_s(attempt),
                 max_attempts=cfg.webhook_max_attempts)
-            logger.info("webhook for job %s: attempt %d, %s", job_id, attempt, state)
+            logger.info("webhook for job %s: attempt %d, %s", job_id, attempt, state, extra=ids(job_id))
             self._metrics.inc("raygrade_webhook_deliveries", 1,
                               {**self._ns, "outcome": "delivered" if error is None else "failed"})

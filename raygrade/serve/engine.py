@@ -17,7 +17,9 @@ from raygrade.config import LocalEngineConfig
 from raygrade.engine.local_vllm import VLLMServerProcess, prepare_model
 from raygrade.errors import ConfigError
 
-logger = logging.getLogger(__name__)
+# A child of Serve's logger: lines go to the replica's log file in the app's logging_config
+# format (JSON in serve_config.yaml), as Serve documents for deployment code.
+logger = logging.getLogger(f"ray.serve.{__name__}")
 
 
 @serve.deployment(name="LocalVLLMServer", num_replicas=1, ray_actor_options={"num_cpus": 1},

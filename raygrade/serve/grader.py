@@ -18,7 +18,9 @@ from raygrade.config import BatcherConfig, ProviderConfig
 from raygrade.grading import BatchGrader, BatchOutcome, GradeBatch, cluster_grader
 from raygrade.metrics import Recorder
 
-logger = logging.getLogger(__name__)
+# A child of Serve's logger: lines go to the replica's log file in the app's logging_config
+# format (JSON in serve_config.yaml), as Serve documents for deployment code.
+logger = logging.getLogger(f"ray.serve.{__name__}")
 
 
 @serve.deployment(name="Grader", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16,

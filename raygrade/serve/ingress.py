@@ -30,7 +30,9 @@ from raygrade.config import StoreConfig
 from raygrade.errors import InvalidRequestError, RaygradeError, raygrade_cause
 from raygrade.protocol import ErrorResponse, GradingJob, JobResults, JobStatus
 
-logger = logging.getLogger(__name__)
+# A child of Serve's logger: lines go to the replica's log file in the app's logging_config
+# format (JSON in serve_config.yaml), as Serve documents for deployment code.
+logger = logging.getLogger(f"ray.serve.{__name__}")
 
 api = FastAPI(title="raygrade", version="0.1.0",
               description="Grade scanned answer pages against questions, reference answers and rubrics.")
@@ -142,7 +144,7 @@ class RaygradeIngress:
                 await self._batcher.submit.remote(status.id)
             except Exception as exc:
                 logger.warning("job %s: batcher not reachable (%s); it will pick the job up from the store",
-                               status.id, type(exc).__name__)
+                               status.id, type(exc).__name__, extra={"raygrade_job_id": status.id})
         return JSONResponse(status_code=202 if created else 200, content=status.model_dump(mode="json"))
 
     @api.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=_errors(404))

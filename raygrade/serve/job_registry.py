@@ -79,6 +79,4 @@ for _name in STORE_METHODS:
     setattr(JobRegistryImpl, _name, _passthrough(_name))
 
 JobRegistry = serve.deployment(name="JobRegistry", num_replicas=1, ray_actor_options={"num_cpus": 0},
-                               max_ongoing_requests=1000,
-                               # internal calls every second: no access-log line per call
-                               logging_config={"enable_access_log": False})(JobRegistryImpl)
+                               max_ongoing_requests=1000)(JobRegistryImpl)

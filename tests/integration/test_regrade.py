@@ -39,7 +39,10 @@ def results(out):
 
 def test_regrade_writes_one_row_per_item_and_reports_against_human_scores(ray_cluster, fake, dataset, tmp_path):
     out = tmp_path / "out"
-    s = run_regrade(config(dataset, out, fake, review_share=0.25))
+    seen = []
+    s = run_regrade(config(dataset, out, fake, review_share=0.25), progress=seen.append)
+    assert [p["submissions_done"] for p in seen] == [4, 8, 12] and seen[-1]["submissions_total"] == 12
+    assert seen[-1]["items"] == 12 and seen[-1]["items_failed"] == 0 and seen[0]["eta_s"] > 0
     rows = results(out)
     assert (s.submissions, s.skipped, s.graded_now, s.items, s.failed_items) == (12, 0, 12, 12, 0)
     assert sorted((r["submission_id"], r["question_id"]) for r in rows) == [(f"sub-{i:02d}", "q1") for i in range(12)]

@@ -9,6 +9,7 @@ address file, so it is not found), deploys through Serve's config path (schema,
 127.0.0.1:8000, and stops with its process group.
 """
 
+import glob
 import json
 import os
 import signal
@@ -102,6 +103,16 @@ def test_serve_config_as_shipped_grades_a_job(serve_run, fake_provider):
     assert st.progress.batches_total >= 3
     assert len(fake_provider.log) >= st.progress.batches_total
     assert (home / "jobs.db").exists()
+    # The file's logging_config (encoding: JSON): the batcher's line about the job is a JSON
+    # object with the job id as a field of its own (raygrade_job_id: Ray's context owns job_id).
+    lines = []
+    deadline = time.monotonic() + 30
+    while not lines and time.monotonic() < deadline:
+        for log in glob.glob("/tmp/ray/session_*/logs/serve/*Batcher*.log"):
+            with open(log, errors="replace") as f:
+                lines += [json.loads(line) for line in f if st.id in line and line.startswith("{")]
+        time.sleep(0.5)
+    assert lines and all(rec.get("raygrade_job_id") == st.id for rec in lines), lines[:3]
 
 
 def test_serve_config_bad_input_is_an_openai_shaped_400(serve_run):
