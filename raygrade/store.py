@@ -102,7 +102,6 @@ jobs = sa.Table(
     sa.Column("namespace", sa.String(128), nullable=False, server_default="raygrade"),
     sa.Column("idempotency_key", sa.String(256), nullable=True),
     sa.Column("body_hash", sa.String(64), nullable=False),
-    sa.Column("body", sa.Text, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("model", sa.String(256)),
     sa.Column("students", sa.Integer, nullable=False),
@@ -121,6 +120,13 @@ jobs = sa.Table(
     sa.UniqueConstraint("namespace", "idempotency_key", name="raygrade_jobs_namespace_key"),
     sa.Index("raygrade_jobs_namespace_state", "namespace", "state"),
 )
+# The job's body (questions, rubric, page references) apart from the row every status,
+# lease and completion reads or updates: that row stays a few hundred bytes at any job size.
+job_bodies = sa.Table(
+    "raygrade_job_bodies", metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("body", sa.Text, nullable=False),
+)
 items = sa.Table(
     "raygrade_items", metadata,
     sa.Column("job_id", sa.String(64), primary_key=True),
@@ -136,7 +142,7 @@ items = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("raygrade_items_job_state", "job_id", "state"),
-    sa.Index("raygrade_items_job_batch", "job_id", "batch_id"),
+    sa.Index("raygrade_items_job_batch", "job_id", "batch_id", "state"),  # a batch's pending items
 )
 batches = sa.Table(
     "raygrade_batches", metadata,
@@ -189,8 +195,9 @@ def create_engine(url: str) -> sa.Engine:
 def migrate(engine: sa.Engine) -> list[str]:
     """Bring a store made by an earlier raygrade up to this schema; returns what was done.
 
-    Adds the job counter columns (backfilled from the items and batches of every job) and
-    the indexes added since. Idempotent; runs in one transaction.
+    Adds the job counter columns (backfilled from the items and batches of every job), moves
+    job bodies to their own table, and creates the indexes added since. Idempotent; runs in
+    one transaction.
     """
     done: list[str] = []
     insp = sa.inspect(engine)
@@ -214,6 +221,12 @@ def migrate(engine: sa.Engine) -> list[str]:
                 batches_redispatched=sa.select(sa.func.coalesce(sa.func.sum(batches.c.attempts - 1), 0)).where(
                     batches.c.job_id == jobs.c.id, batches.c.attempts > 1).scalar_subquery()))
             done.append("backfilled job counters")
+        if "body" in have:  # bodies move to their own table; the hot job row keeps only counters and state
+            conn.execute(job_bodies.insert().from_select(["job_id", "body"], sa.select(
+                sa.column("id"), sa.column("body")).select_from(sa.table(jobs.name)).where(
+                sa.column("id").not_in(sa.select(job_bodies.c.job_id)))))
+            conn.execute(sa.text(f"ALTER TABLE {jobs.name} DROP COLUMN body"))
+            done.append(f"moved {jobs.name}.body to {job_bodies.name}")
         for table in (items, batches):
             names = {i["name"] for i in insp.get_indexes(table.name)}
             for index in table.indexes:
@@ -304,7 +317,7 @@ class JobStore:
         with self.engine.begin() as conn:
             if idempotency_key is not None:
                 ins = self._insert_ignore(jobs).values(
-                    id=job_id, namespace=namespace, idempotency_key=idempotency_key, body_hash=h, body=body,
+                    id=job_id, namespace=namespace, idempotency_key=idempotency_key, body_hash=h,
                     state="queued", model=job.options.model, students=len(job.submissions), items_total=len(rows),
                     created_at=now, updated_at=now).returning(jobs.c.id)
                 if conn.execute(ins).first() is None:  # the key exists (rowcount is -1 on psycopg)
@@ -317,8 +330,9 @@ class JobStore:
                     return self._status(conn, existing.id), False
             else:
                 conn.execute(jobs.insert().values(
-                    id=job_id, namespace=namespace, body_hash=h, body=body, state="queued", model=job.options.model,
+                    id=job_id, namespace=namespace, body_hash=h, state="queued", model=job.options.model,
                     students=len(job.submissions), items_total=len(rows), created_at=now, updated_at=now))
+            conn.execute(job_bodies.insert().values(job_id=job_id, body=body))
             for k in range(0, len(rows), 5000):
                 conn.execute(items.insert(), rows[k:k + 5000])
             return self._status(conn, job_id), True
@@ -326,11 +340,13 @@ class JobStore:
     def get_job(self, job_id: str) -> GradingJob:
         """The job as stored: page images are :class:`StoredImage` references (:func:`raygrade.blobs.inline`)."""
         with self.engine.connect() as conn:
-            return self._job_body(self._job_row(conn, job_id))
+            self._job_row(conn, job_id)  # NotFoundError for an unknown id
+            return self._job_body(conn, job_id)
 
     @staticmethod
-    def _job_body(row) -> GradingJob:
-        return GradingJob.model_validate_json(row["body"])
+    def _job_body(conn, job_id: str) -> GradingJob:
+        return GradingJob.model_validate_json(
+            conn.execute(sa.select(job_bodies.c.body).where(job_bodies.c.job_id == job_id)).scalar_one())
 
     def status(self, job_id: str) -> JobStatus:
         with self.engine.connect() as conn:
@@ -530,7 +546,7 @@ class JobStore:
             j = self._job_row(conn, job_id, lock=True)
             if j["state"] != "running":
                 return self._status(conn, job_id) if JobState(j["state"]).terminal else None
-            job = self._job_body(j)
+            job = self._job_body(conn, job_id)
             open_batches = conn.execute(sa.select(sa.func.count()).where(
                 batches.c.job_id == job_id, batches.c.state.in_(_sources(BATCH_TRANSITIONS, "cancelled")))).scalar_one()
             total, graded = j["items_total"], j["items_graded"]
@@ -582,7 +598,7 @@ class JobStore:
             graded = j["items_graded"]
             self._set_job_state(conn, job_id, "partial" if graded and j["state"] == "running" else "failed",
                                 errors=json.dumps(errs), finished_at=self._clock())
-            self._queue_webhook(conn, job_id, self._job_body(j))
+            self._queue_webhook(conn, job_id, self._job_body(conn, job_id))
             return self._status(conn, job_id)
 
     def cancel(self, job_id: str) -> JobStatus:
@@ -597,7 +613,7 @@ class JobStore:
             check_transition(JOB_TRANSITIONS, "job", j["state"], "cancelled")
             self._close(conn, job_id, "cancelled", "the job was cancelled")
             self._set_job_state(conn, job_id, "cancelled", finished_at=self._clock())
-            self._queue_webhook(conn, job_id, self._job_body(j))
+            self._queue_webhook(conn, job_id, self._job_body(conn, job_id))
             return self._status(conn, job_id)
 
     # ------------------------------------------------------------------ results

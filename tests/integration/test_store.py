@@ -265,7 +265,7 @@ def image_plan(job_id: str, job: GradingJob, per_batch=2) -> list[GradeBatch]:
 def test_page_images_are_stored_once_by_reference(store, tmp_path):
     from raygrade.protocol import ImagePage, StoredImage
     from raygrade.store import batches as batches_table
-    from raygrade.store import jobs as jobs_table
+    from raygrade.store import job_bodies
 
     job = image_job(5, shared=3)
     status, _ = store.create_job(job)
@@ -283,7 +283,7 @@ def test_page_images_are_stored_once_by_reference(store, tmp_path):
     leased = store.lease_batches(status.id, "A", 30, 10)
     assert isinstance(leased[0].students[0].pages[0], StoredImage)
     with store.engine.connect() as conn:
-        body = conn.execute(sa.select(jobs_table.c.body).where(jobs_table.c.id == status.id)).scalar_one()
+        body = conn.execute(sa.select(job_bodies.c.body).where(job_bodies.c.job_id == status.id)).scalar_one()
         payloads = conn.execute(sa.select(batches_table.c.payload).where(batches_table.c.job_id == status.id)).scalars()
         assert job.submissions[4].pages[0].data not in body
         assert max(len(p) for p in payloads) < 3000
@@ -359,14 +359,21 @@ def test_migrate_brings_an_old_store_up_to_date(store_url, tmp_path):
     s.lease_batches(job_id, "A", 30, 10)
     s.complete_batch(job_id, outcome(batches[0]))
     before = s.status(job_id)
-    with s.engine.begin() as conn:  # the schema before counters and the plan-order index
+    job = s.get_job(job_id)
+    with s.engine.begin() as conn:  # the schema before counters, split bodies and the new indexes
         conn.execute(sa.text("DROP INDEX raygrade_batches_job_state_seq"))
         conn.execute(sa.text("DROP INDEX raygrade_items_job_batch"))
         for c in COUNTER_COLUMNS:
             conn.execute(sa.text(f"ALTER TABLE raygrade_jobs DROP COLUMN {c}"))
+        conn.execute(sa.text("ALTER TABLE raygrade_jobs ADD COLUMN body TEXT"))
+        conn.execute(sa.text("UPDATE raygrade_jobs SET body = (SELECT body FROM raygrade_job_bodies "
+                             "WHERE raygrade_job_bodies.job_id = raygrade_jobs.id)"))
+        conn.execute(sa.text("DELETE FROM raygrade_job_bodies"))
     s.close()
     s = JobStore(store_url, clock=Clock(), blob_uri=str(tmp_path / "blobs"))  # migrates on open
     assert s.status(job_id) == before and before.progress.items_graded == 4
+    assert s.get_job(job_id) == job
+    assert "body" not in {c["name"] for c in sa.inspect(s.engine).get_columns("raygrade_jobs")}
     assert migrate(s.engine) == []  # idempotent
     s.complete_batch(job_id, outcome(batches[1]))
     assert s.finish_if_complete(job_id).state == JobState.SUCCEEDED
