@@ -169,6 +169,15 @@ def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
     return job.model_copy(update={"submissions": subs})
 
 
+def page_bytes(page: ImagePage | StoredImage, blobs: BlobStore) -> bytes:
+    """The image file bytes of a page, inline or stored.
+
+    Raises:
+        StorageError: a stored page's blob is missing or corrupt.
+    """
+    return blobs.get(page.sha256) if isinstance(page, StoredImage) else page.image_bytes()
+
+
 def inline(page, blobs: BlobStore):
     """An :class:`ImagePage` holding a :class:`StoredImage`'s bytes; any other page as it is.
 
@@ -180,4 +189,4 @@ def inline(page, blobs: BlobStore):
     import base64
 
     # Bytes from raygrade's own store, checked against their SHA-256: no re-validation.
-    return ImagePage.model_construct(type="image", data=base64.b64encode(blobs.get(page.sha256)).decode())
+    return ImagePage.model_construct(type="image", data=base64.b64encode(page_bytes(page, blobs)).decode())

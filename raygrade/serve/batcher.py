@@ -17,12 +17,13 @@ import asyncio
 import json
 import logging
 import os
+import time
 import uuid
 
 from ray import serve
 
 from raygrade.batching import BatchLimits, StudentCost, plan_batches
-from raygrade.blobs import BlobStore, inline
+from raygrade.blobs import BlobStore, inline, page_bytes
 from raygrade.blobs import image_size as blob_image_size
 from raygrade.config import RaygradeArgs
 from raygrade.errors import PlanningError, RaygradeError, ReadingError, raygrade_cause
@@ -45,6 +46,10 @@ from raygrade.tokens import TokenCounter, counter_for, image_tokens
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config
 # format (JSON in serve_config.yaml), as Serve documents for deployment code.
 logger = logging.getLogger(f"ray.serve.{__name__}")
+
+#: Seconds between reads of the store's job and queue gauges (Ray exports metrics every few
+#: seconds anyway; the control loop itself polls every ``poll_interval_s``).
+GAUGE_INTERVAL_S = 5.0
 
 #: Tokens a chat template adds per message, and for JSON punctuation in the answer.
 CHAT_OVERHEAD_TOKENS = 16
@@ -180,6 +185,7 @@ class Batcher:
         self._leased: set[str] = set()  # batches this replica is grading now (their leases are renewed)
         self._control: asyncio.Task | None = None
         self._metrics = Recorder()  # raygrade.metrics
+        self._gauges_at = float("-inf")  # when the store's gauges were last read
         self._ns = {"namespace": args.namespace}
         self._ensure_control_loop()
 
@@ -208,9 +214,6 @@ class Batcher:
         if self._blobs is None:
             self._blobs = BlobStore(self._store_cfg.resolved_blob_uri())
         return self._blobs
-
-    def _page_bytes(self, page: ImagePage | StoredImage) -> bytes:
-        return self._blob_store().get(page.sha256) if isinstance(page, StoredImage) else page.image_bytes()
 
     def _inline(self, batch: GradeBatch) -> GradeBatch:
         """``batch`` with its stored page images as :class:`ImagePage` s (bytes from the blob
@@ -243,7 +246,9 @@ class Batcher:
                 if self._leased:
                     await self._registry.renew_leases.remote(self._owner, cfg.batch_lease_s, list(self._leased))
                 await self._deliver_webhooks()
-                await self._report_gauges()
+                if time.monotonic() - self._gauges_at >= GAUGE_INTERVAL_S:
+                    self._gauges_at = time.monotonic()
+                    await self._report_gauges()
             except Exception as exc:  # the store is briefly unreachable (registry restarting): try again
                 logger.warning("batcher control loop: %s", type(exc).__name__)
             await asyncio.sleep(cfg.poll_interval_s)
@@ -280,7 +285,7 @@ class Batcher:
             for page in sub.pages:
                 if isinstance(page, ImagePage | StoredImage) and mode == ReadingMode.OCR:
                     async with sem:
-                        data = await asyncio.to_thread(self._page_bytes, page)
+                        data = await asyncio.to_thread(page_bytes, page, self._blob_store())
                         text = await self._reader.read.remote(data)
                     pages.append(TextPage(text=text))
                 else:
