@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -90,7 +91,7 @@ def batch_key(job_id: str, student_ids: Iterable[str], question_ids: Iterable[st
     return f"{job_id}-{h}"
 
 
-#: Job progress counters (added after the first schema; :func:`migrate` adds and backfills them).
+#: Job progress counters (revision 0002 added and backfilled them).
 COUNTER_COLUMNS = ("items_graded", "items_failed", "items_cancelled", "items_needs_review", "batches_done",
                    "batches_redispatched")
 
@@ -192,48 +193,53 @@ def create_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+#: Alembic's version table for the job store (named so that it cannot collide with an
+#: application's own Alembic history in the same PostgreSQL database).
+VERSION_TABLE = "raygrade_alembic_version"
+#: The revision that stores made before the store used Alembic are stamped with.
+_PRE_ALEMBIC_REVISION = "0001"
+_MIGRATION_LOCK = 0x7261796772616465  # "raygrade": PostgreSQL advisory lock key
+_migrating = threading.Lock()  # Alembic's op/context proxies are module globals: one upgrade per process
+
+
 def migrate(engine: sa.Engine) -> list[str]:
-    """Bring a store made by an earlier raygrade up to this schema; returns what was done.
+    """Create or upgrade the job store's schema to the newest Alembic revision; returns the revisions applied.
 
-    Adds the job counter columns (backfilled from the items and batches of every job), moves
-    job bodies to their own table, and creates the indexes added since. Idempotent; runs in
-    one transaction.
+    The revisions are in :mod:`raygrade.migrations`. A new database gets every revision in
+    order; a store made before the store used Alembic (tables but no version table) is
+    stamped with the first revision and upgraded from there. Safe to call from several
+    processes at once: on PostgreSQL the upgrade runs under a transaction-scoped advisory
+    lock, so the second caller finds the schema current and applies nothing; SQLite stores
+    have one writer process (the registry replica on the head node), and threads of one
+    process take turns.
+
+    Raises:
+        alembic.util.CommandError: the database carries a revision this raygrade does not
+            know (it was upgraded by a newer raygrade).
     """
-    done: list[str] = []
-    insp = sa.inspect(engine)
-    have = {c["name"] for c in insp.get_columns(jobs.name)}
-    missing = [c for c in COUNTER_COLUMNS if c not in have]
-    with engine.begin() as conn:
-        for name in missing:
-            conn.execute(sa.text(f"ALTER TABLE {jobs.name} ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"))
-            done.append(f"added {jobs.name}.{name}")
-        if missing:
-            def item_count(*cond):
-                return sa.select(sa.func.count()).where(items.c.job_id == jobs.c.id, *cond).scalar_subquery()
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
-            conn.execute(jobs.update().values(
-                items_graded=item_count(items.c.state == "graded"),
-                items_failed=item_count(items.c.state == "failed"),
-                items_cancelled=item_count(items.c.state == "cancelled"),
-                items_needs_review=item_count(items.c.needs_review.is_(True)),
-                batches_done=sa.select(sa.func.count()).where(batches.c.job_id == jobs.c.id,
-                                                               batches.c.state == "done").scalar_subquery(),
-                batches_redispatched=sa.select(sa.func.coalesce(sa.func.sum(batches.c.attempts - 1), 0)).where(
-                    batches.c.job_id == jobs.c.id, batches.c.attempts > 1).scalar_subquery()))
-            done.append("backfilled job counters")
-        if "body" in have:  # bodies move to their own table; the hot job row keeps only counters and state
-            conn.execute(job_bodies.insert().from_select(["job_id", "body"], sa.select(
-                sa.column("id"), sa.column("body")).select_from(sa.table(jobs.name)).where(
-                sa.column("id").not_in(sa.select(job_bodies.c.job_id)))))
-            conn.execute(sa.text(f"ALTER TABLE {jobs.name} DROP COLUMN body"))
-            done.append(f"moved {jobs.name}.body to {job_bodies.name}")
-        for table in (items, batches):
-            names = {i["name"] for i in insp.get_indexes(table.name)}
-            for index in table.indexes:
-                if index.name not in names:
-                    index.create(conn)
-                    done.append(f"created index {index.name}")
-    return done
+    cfg = Config()
+    cfg.set_main_option("script_location", "raygrade:migrations")
+    script = ScriptDirectory.from_config(cfg)
+    with _migrating, engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        current = context.get_current_revision()
+        if current is None and jobs.name in sa.inspect(conn).get_table_names():
+            context.stamp(script, _PRE_ALEMBIC_REVISION)
+            current = _PRE_ALEMBIC_REVISION
+        head = script.get_current_head()
+        if current == head:
+            return []
+        pending = [r.revision for r in script.iterate_revisions(head, current)][::-1]
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    return pending
 
 
 class JobStore:
@@ -252,7 +258,6 @@ class JobStore:
         self.dialect = self.engine.dialect.name
         self._clock = clock
         self.blobs = BlobStore(blob_uri or default_blob_uri(url))
-        metadata.create_all(self.engine)
         migrate(self.engine)
 
     def close(self) -> None:

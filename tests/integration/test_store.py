@@ -351,8 +351,8 @@ def test_status_lease_and_complete_cost_does_not_grow_with_the_job(store):
     assert not slow, f"per-call cost grows with the job: {slow} (50 items: {small}, 5,000 items: {large})"
 
 
-def test_migrate_brings_an_old_store_up_to_date(store_url, tmp_path):
-    from raygrade.store import COUNTER_COLUMNS, migrate
+def test_a_store_from_before_alembic_is_stamped_and_upgraded(store_url, tmp_path):
+    from raygrade.store import COUNTER_COLUMNS, VERSION_TABLE, migrate
 
     s = JobStore(store_url, clock=Clock(), blob_uri=str(tmp_path / "blobs"))
     job_id, batches = started(s, n=3)
@@ -360,7 +360,8 @@ def test_migrate_brings_an_old_store_up_to_date(store_url, tmp_path):
     s.complete_batch(job_id, outcome(batches[0]))
     before = s.status(job_id)
     job = s.get_job(job_id)
-    with s.engine.begin() as conn:  # the schema before counters, split bodies and the new indexes
+    with s.engine.begin() as conn:  # raygrade 0.1's first schema: no counters, bodies in the job row, no version
+        conn.execute(sa.text(f"DROP TABLE {VERSION_TABLE}"))
         conn.execute(sa.text("DROP INDEX raygrade_batches_job_state_seq"))
         conn.execute(sa.text("DROP INDEX raygrade_items_job_batch"))
         for c in COUNTER_COLUMNS:
@@ -368,9 +369,9 @@ def test_migrate_brings_an_old_store_up_to_date(store_url, tmp_path):
         conn.execute(sa.text("ALTER TABLE raygrade_jobs ADD COLUMN body TEXT"))
         conn.execute(sa.text("UPDATE raygrade_jobs SET body = (SELECT body FROM raygrade_job_bodies "
                              "WHERE raygrade_job_bodies.job_id = raygrade_jobs.id)"))
-        conn.execute(sa.text("DELETE FROM raygrade_job_bodies"))
+        conn.execute(sa.text("DROP TABLE raygrade_job_bodies"))
     s.close()
-    s = JobStore(store_url, clock=Clock(), blob_uri=str(tmp_path / "blobs"))  # migrates on open
+    s = JobStore(store_url, clock=Clock(), blob_uri=str(tmp_path / "blobs"))  # stamps 0001, upgrades on open
     assert s.status(job_id) == before and before.progress.items_graded == 4
     assert s.get_job(job_id) == job
     assert "body" not in {c["name"] for c in sa.inspect(s.engine).get_columns("raygrade_jobs")}
@@ -378,3 +379,46 @@ def test_migrate_brings_an_old_store_up_to_date(store_url, tmp_path):
     s.complete_batch(job_id, outcome(batches[1]))
     assert s.finish_if_complete(job_id).state == JobState.SUCCEEDED
     s.close()
+
+
+def test_the_revisions_build_exactly_the_declared_schema_and_downgrade_keeps_the_data(store_url, tmp_path):
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+
+    from raygrade.store import VERSION_TABLE, metadata, migrate
+
+    s = JobStore(store_url, clock=Clock(), blob_uri=str(tmp_path / "blobs"))
+
+    def diff():
+        with s.engine.connect() as conn:
+            return [d for d in compare_metadata(MigrationContext.configure(conn), metadata)
+                    if not (d[0] == "remove_table" and d[1].name == VERSION_TABLE)]
+
+    assert diff() == []  # a new store: the revisions in order produce the tables the code declares
+    job_id, batches = started(s, n=3)
+    s.lease_batches(job_id, "A", 30, 10)
+    s.complete_batch(job_id, outcome(batches[0]))
+    before, job = s.status(job_id), s.get_job(job_id)
+    cfg = Config()
+    cfg.set_main_option("script_location", "raygrade:migrations")
+    with s.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    assert "raygrade_job_bodies" not in sa.inspect(s.engine).get_table_names()
+    assert migrate(s.engine) == ["0002"]
+    assert diff() == []
+    assert s.status(job_id) == before and s.get_job(job_id) == job  # bodies and counters survived the round trip
+    s.close()
+
+
+def test_replicas_opening_a_new_store_at_once_migrate_it_once(store_url, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:  # PostgreSQL deployments start two registry replicas together
+        stores = list(pool.map(lambda _: JobStore(store_url, clock=Clock(), blob_uri=str(tmp_path / "b")), range(4)))
+    job_id, _ = started(stores[0], n=2)
+    assert all(s.status(job_id).id == job_id for s in stores)
+    for s in stores:
+        s.close()
