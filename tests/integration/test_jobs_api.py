@@ -1,6 +1,9 @@
 """Job lifecycle over HTTP: signed completion webhooks with retries, cancellation, webhook
 validation. The webhook receiver is a real HTTP server on 127.0.0.1."""
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import threading
@@ -64,6 +67,10 @@ def test_completion_webhook_is_signed_and_retried(fake_app, fake):
     assert (c1, c2) == (500, 200) and h1["webhook-id"] == h2["webhook-id"] == f"msg_{r.json()['id']}"
     secret = os.environ["RAYGRADE_WEBHOOK_SECRET"]
     assert verify(secret, h2, b2) and not verify(secret, h2, b2 + b" ") and not verify("whsec_b3RoZXI=", h2, b2)
+    # the specification's formula, by hand: base64(HMAC-SHA256(base64-decoded key, "id.timestamp.body"))
+    mac = hmac.new(base64.b64decode(secret.removeprefix("whsec_")),
+                   f"{h2['webhook-id']}.{h2['webhook-timestamp']}.".encode() + b2, hashlib.sha256).digest()
+    assert h2["webhook-signature"] == "v1," + base64.b64encode(mac).decode()
     event = json.loads(b2)
     assert event["type"] == "grading.job.completed" and event["data"]["state"] == "succeeded"
     assert event["data"]["progress"]["items_graded"] == 3
