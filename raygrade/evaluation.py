@@ -7,14 +7,15 @@ way SAF labels answers (Incorrect / Partially correct / Correct).
 - Cohen's κ (Cohen 1960) and quadratic weighted κ, QWK (Cohen 1968), by
   ``sklearn.metrics.cohen_kappa_score``;
 - MAE: mean absolute score difference as a fraction of the maximum;
-- 95 % intervals: percentile bootstrap over items (Efron & Tibshirani 1993, ch. 13).
+- 95 % intervals: percentile bootstrap over items (``scipy.stats.bootstrap``; Efron &
+  Tibshirani 1993, ch. 13).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import random
+import warnings
 from collections.abc import Callable, Sequence
 
 #: (human score, machine score, max score) of one item.
@@ -64,18 +65,35 @@ def agreement(pairs: Sequence[Pair]) -> Agreement:
 
 def bootstrap_ci(pairs: Sequence[Pair], stat: Callable[[Sequence[Pair]], float], *, n_boot: int = 1000,
                  level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat`` over items resampled with replacement.
+    """Percentile bootstrap interval of ``stat`` over items resampled with replacement
+    (``scipy.stats.bootstrap``, ``method="percentile"``; Efron & Tibshirani 1993, ch. 13).
+
+    The percentile method rather than SciPy's default BCa: BCa's jackknife evaluates ``stat``
+    once per item, which for a 10,000-item regrade report costs more than the resamples.
+
+    Returns:
+        ``(low, high)``; both equal the estimate for one item or when every resample gives
+        the same value.
 
     Raises:
         ValueError: ``pairs`` is empty.
     """
     if not pairs:
         raise ValueError("no graded items to compare")
-    rng = random.Random(seed)
-    n = len(pairs)
-    vals = sorted(stat([pairs[rng.randrange(n)] for _ in range(n)]) for _ in range(n_boot))
-    lo = vals[int(math.floor((1 - level) / 2 * (n_boot - 1)))]
-    hi = vals[int(math.ceil((1 + level) / 2 * (n_boot - 1)))]
+    if len(pairs) < 2:  # nothing to resample
+        value = stat(pairs)
+        return value, value
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    with warnings.catch_warnings():  # a degenerate resample distribution (all equal) warns; the interval is the value
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = bootstrap((np.arange(len(pairs)),), lambda idx: stat([pairs[i] for i in idx]), n_resamples=n_boot,
+                        confidence_level=level, method="percentile", vectorized=False, rng=np.random.default_rng(seed))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if math.isnan(lo) or math.isnan(hi):
+        value = stat(pairs)
+        return value, value
     return lo, hi
 
 
