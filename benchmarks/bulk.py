@@ -39,6 +39,7 @@ from raygrade.prompts import StudentWork, build_messages, output_schema  # noqa:
 from raygrade.protocol import Assessment, ImagePage  # noqa: E402
 from raygrade.regrade import RegradeConfig, load_assessment, run_regrade  # noqa: E402
 from raygrade.testing.fake_openai import FakeOpenAIProcess, fake_provider_config  # noqa: E402
+from _serving_metrics import serving_throughput  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 def make_dataset(path: Path, n: int) -> Path:
@@ -121,15 +122,17 @@ def main() -> None:
         log = srv.log()
         srv.stop()
         rows[name] = {"wall_s": wall, "pages": a.students, "pages_per_s": a.students / wall,
-                      "requests": len(log), "rejected_429": sum(r.status == 429 for r in log), **extra}
+                      "requests": len(log), "rejected_429": sum(r.status == 429 for r in log),
+                      **serving_throughput(log, wall), **extra}
         print(name, json.dumps(rows[name]), flush=True)
     ratio = rows["raygrade"]["pages_per_s"] / rows["ray.data.llm"]["pages_per_s"]
     print(f"\n{a.students} one-page submissions; server latency {a.latency_s}s + {a.latency_per_token_s}s/token, "
           f"RPM {a.rpm}, TPM {a.tpm}; {a.workers} workers each\n")
-    print("| pipeline | pages/s | wall s | requests | 429s |")
-    print("|---|---|---|---|---|")
+    print("| pipeline | pages/s | wall s | requests | 429s | request throughput req/s | output throughput tok/s |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['pages_per_s']:.2f} | {r['wall_s']:.1f} | {r['requests']} | {r['rejected_429']} |")
+        print(f"| {name} | {r['pages_per_s']:.2f} | {r['wall_s']:.1f} | {r['requests']} | {r['rejected_429']} | "
+              f"{r['request_throughput']:.2f} | {r['output_throughput']:.0f} |")
     print(f"\nraygrade ÷ ray.data.llm pages/s: {ratio:.2f}×")
     (a.out / "bulk.json").write_text(json.dumps({"config": {k: str(v) for k, v in vars(a).items()},
                                                  "systems": rows, "ratio_pages_per_s": ratio}, indent=2))

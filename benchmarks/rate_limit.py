@@ -23,7 +23,8 @@ provider's limits through its own native knobs:
 Per system, from the server's audit log: utilisation (tokens counted in each 60-s
 window inside the run ÷ TPM: mean and max), requests answered 429 (share of all
 requests sent), failed requests (never answered 200), wall time and wall time ÷ the
-theoretical minimum (total tokens ÷ TPM). One table on stdout, JSON and a PNG plot
+theoretical minimum (total tokens ÷ TPM), and vLLM's ``request_throughput`` /
+``output_throughput`` (benchmarks/_serving_metrics.py). One table on stdout, JSON and a PNG plot
 under ``--out``. A system still running after ``--max-wall-s`` is stopped; its
 unfinished requests count as failed.
 
@@ -50,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAYGRADE_FAKE_KEY", "sk-test")
+
+from _serving_metrics import serving_throughput  # noqa: E402  (benchmarks/, the script's own folder)
 
 from raygrade.config import BatcherConfig, RaygradeArgs, RateLimitConfig  # noqa: E402
 from raygrade.engine.local_vllm import free_port  # noqa: E402
@@ -376,6 +379,8 @@ def main() -> None:
         if log and [r for r in log if r.status == 200]:
             m["wall_s"] = max(r.t for r in log) - min(r.t for r in log)  # first request to last answer
             m["wall_over_min"] = m["wall_s"] / m["theoretical_min_s"] if m["tokens"] else None
+            if m["wall_s"] > 0:
+                m.update(serving_throughput(log, m["wall_s"]))
         report["systems"][name] = {**m, **extra}
         print(json.dumps({k2: v for k2, v in report["systems"][name].items() if k2 != "tokens_per_10s"}), flush=True)
 
@@ -392,15 +397,15 @@ def print_table(report: dict) -> None:
     print(f"\n{report['requests']} grading requests, mean charge {report['mean_charge_tokens']:.0f} tokens; "
           f"limits RPM {report['config']['rpm']}, TPM {report['config']['tpm']}\n")
     print("| system | tokens/min ÷ TPM (mean, max 60-s window) | 429s (share of sent) | failed | "
-          "wall s | wall ÷ (tokens ÷ TPM) |")
-    print("|---|---|---|---|---|---|")
+          "wall s | wall ÷ (tokens ÷ TPM) | request throughput req/s |")
+    print("|---|---|---|---|---|---|---|")
     for name, m in report["systems"].items():
         failed = "stopped" if m.get("stopped") else f(m.get("failed_requests"), "d")
         if m.get("aborted"):
             failed = f"dataset aborted ({m['aborted']}); {m['unanswered']} unanswered"
         print(f"| {name} | {f(m['utilisation_mean'], '.3f')}, {f(m['utilisation_max'], '.3f')} | "
               f"{m['rejected_429']} ({f(m['rejected_429_share'], '.2%')}) | {failed} | {m['wall_s']:.0f} | "
-              f"{f(m['wall_over_min'], '.2f')} |")
+              f"{f(m['wall_over_min'], '.2f')} | {f(m.get('request_throughput'), '.2f')} |")
 
 
 def plot(report: dict, path: Path, tpm: int) -> None:

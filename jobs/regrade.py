@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(namespace=cfg.namespace)  # the submitting cluster under `ray job submit`, else a local one
+    # Ray Data's own bars cannot know the row count of a filtered, repartitioned read (they show
+    # "0/?" for the whole run); the driver's lines below count submissions and items with an ETA.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     engine = None
     if cfg.provider.kind == "local_vllm" and cfg.provider.base_url is None:
         # The embedded CPU vLLM, started beside this driver for the run.
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         engine.start()
         engine.wait_ready(local.startup_timeout_s)
         cfg = cfg.model_copy(update={"base_url": engine.base_url})
+
     def show(p: dict) -> None:  # the driver's stdout: `ray job submit` and `ray job logs` stream it
         eta = f", ETA {p['eta_s']:.0f} s" if p["eta_s"] is not None else ""
         print(f"regrade: {p['submissions_done']}/{p['submissions_total']} submissions, {p['items']} items "
