@@ -56,7 +56,7 @@ from _serving_metrics import serving_throughput  # noqa: E402  (benchmarks/, the
 
 from raygrade.config import BatcherConfig, RaygradeArgs, RateLimitConfig  # noqa: E402
 from raygrade.engine.local_vllm import free_port  # noqa: E402
-from raygrade.grading import GradeBatch  # noqa: E402
+from raygrade.batch import GradeBatch  # noqa: E402
 from raygrade.prompts import build_messages, output_schema  # noqa: E402
 from raygrade.protocol import Assessment, GradingJob, ImagePage, Submission  # noqa: E402
 from raygrade.testing.fake_openai import FakeOpenAIProcess, RequestRecord, fake_provider_config  # noqa: E402

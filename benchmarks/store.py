@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from raygrade.config import BatcherConfig, RaygradeArgs  # noqa: E402
-from raygrade.grading import BatchOutcome  # noqa: E402
+from raygrade.batch import BatchOutcome  # noqa: E402
 from raygrade.protocol import GradeResult, GradingJob, Usage  # noqa: E402
 from raygrade.store import JobStore  # noqa: E402
 from raygrade.testing.fake_openai import fake_provider_config  # noqa: E402

@@ -19,7 +19,8 @@ import json
 from typing import Any
 
 from raygrade.config import ProviderConfig
-from raygrade.grading import BatchOutcome, GradeBatch, cluster_grader, students_error
+from raygrade.batch import BatchOutcome, GradeBatch, students_error
+from raygrade.graders import cluster_grader
 
 
 class BatchGradingUDF:

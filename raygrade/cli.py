@@ -18,11 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from raygrade.client import Client  # noqa: F401  (raygrade.cli.Client: the name earlier releases exported)
 from raygrade.config import RaygradeArgs, reference_similarity_provider
-from raygrade.protocol import GradingJob, JobOptions, JobResults, JobStatus
+from raygrade.protocol import JobOptions, JobResults
 
 logger = logging.getLogger("raygrade")
 

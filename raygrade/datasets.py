@@ -13,7 +13,6 @@ CLI: ``python -m raygrade.datasets saf OUT [--images] [--split unseen_answers]``
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import random
 from pathlib import Path

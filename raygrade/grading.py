@@ -13,8 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from raygrade.errors import (
     CircuitOpenError,
     OutputParseError,
@@ -23,49 +21,15 @@ from raygrade.errors import (
     ProviderTimeoutError,
     RaygradeError,
 )
+from raygrade.batch import BatchOutcome, GradeBatch, students_error
 from raygrade.evaluation import score_level
-from raygrade.prompts import PROMPT_VERSION, StudentWork, build_messages, output_schema, parse_output
-from raygrade.protocol import GradeResult, GradingErrorItem, Question, Usage
+from raygrade.prompts import StudentWork, build_messages, output_schema, parse_output
+from raygrade.protocol import GradeResult, GradingErrorItem, Usage
 from raygrade.providers.openai_compat import ChatResult
 from raygrade.ratelimit.limiter import Outcome, Reservation
 from raygrade.retry import call_with_retries
 
 logger = logging.getLogger(__name__)
-
-
-class GradeBatch(BaseModel):
-    """One planned request: some students' pages and the questions they answer.
-
-    ``prompt_tokens_estimate`` and ``max_tokens`` come from the planner; the
-    reservation in the token bucket is their sum.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    batch_id: str
-    job_id: str
-    questions: list[Question]
-    students: list[StudentWork]
-    prompt_tokens_estimate: int
-    max_tokens: int
-    model: str | None = None
-    temperature: float = 0.0
-    include_model_answer_images: bool = False
-
-
-class BatchOutcome(BaseModel):
-    """What grading a batch produced: grades, per-item errors, usage, provider calls made."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    batch_id: str
-    results: list[GradeResult]
-    errors: list[GradingErrorItem]
-    usage: Usage
-    calls: int
-    prompt_version: str = PROMPT_VERSION
-    limiter_wait_s: float = Field(default=0.0, ge=0, description="Seconds spent waiting in the token bucket.")
-    provider_s: float = Field(default=0.0, ge=0, description="Seconds spent in provider calls (all attempts).")
 
 
 class ChatProvider(Protocol):
@@ -81,14 +45,6 @@ class Limiter(Protocol):
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: dict[str, str] | None = None,
                      send_delay_s: float | None = None) -> None: ...
-
-
-def students_error(students: list[StudentWork], error_type: str, message: str, batch_id: str | None
-                   ) -> GradingErrorItem:
-    """One error covering every item (student × question) of ``students``."""
-    return GradingErrorItem(student_ids=[s.student_id for s in students],
-                            question_ids=sorted({q for s in students for q in s.question_ids}),
-                            type=error_type, message=message, batch_id=batch_id)
 
 
 def send_delay(elapsed_s: float, headers: dict[str, str]) -> float | None:
@@ -303,58 +259,3 @@ class BatchGrader:
                 update |= {"confidence": cal.calibrate(r.confidence, a), "confidence_calibrated": True}
             out.append(r.model_copy(update=update))
         return out
-
-
-def cluster_grader(provider_config, namespace: str | None, *, priority: str = "interactive",
-                   max_parse_retries: int = 2, base_url: str | None = None):
-    """:func:`build_batch_grader` with the cluster's shared token-bucket actor of ``namespace``
-    as limiter, reserving at ``priority`` (``"interactive"`` for Serve, ``"bulk"`` for regrades);
-    the baseline needs no limiter. Needs a running Ray."""
-    limiter = None
-    if provider_config.kind != "reference_similarity":
-        from raygrade.ratelimit.actor import ActorLimiter
-
-        limiter = ActorLimiter(provider_config, namespace, priority=priority)
-    return build_batch_grader(provider_config, limiter, max_parse_retries=max_parse_retries, base_url=base_url)
-
-
-def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_retries: int = 2,
-                       base_url: str | None = None):
-    """The grader for a provider config: :class:`BatchGrader` over an OpenAI-compatible
-    endpoint, or the zero-cost reference-similarity baseline (``kind="reference_similarity"``,
-    no provider, no limiter). Both have ``async grade(GradeBatch) -> BatchOutcome``.
-
-    Args:
-        provider_config: A :class:`raygrade.config.ProviderConfig`.
-        limiter: The shared limiter (``ActorLimiter``); unused by the baseline.
-        max_parse_retries: Re-asks for schema-invalid items.
-        base_url: Overrides the config's URL (the embedded engine's address).
-
-    Raises:
-        ConfigError: a hosted provider whose API key variable is unset; an unreadable
-            or invalid ``calibration_path``.
-    """
-    if provider_config.kind == "reference_similarity":
-        from raygrade.baseline.similarity import ReferenceSimilarityGrader
-
-        return ReferenceSimilarityGrader(model_name=provider_config.model)
-    from raygrade.providers.openai_compat import OpenAICompatibleProvider
-
-    provider = OpenAICompatibleProvider(provider_config, base_url=base_url)
-    fallback = baseline = None
-    if provider_config.fallback_to_baseline or provider_config.baseline_agreement:
-        from raygrade.baseline.similarity import ReferenceSimilarityGrader
-
-        baseline = ReferenceSimilarityGrader()
-        fallback = baseline if provider_config.fallback_to_baseline else None
-    calibration = None
-    if provider_config.calibration_path:
-        from raygrade.calibration import ConfidenceCalibration
-
-        calibration = ConfidenceCalibration.load(provider_config.calibration_path)
-    return BatchGrader(
-        provider, limiter, bucket_key=provider_config.bucket_key, max_retries=provider_config.max_retries,
-        max_parse_retries=max_parse_retries, schema_bounds=provider_config.schema_bounds,
-        retry_after_cap_s=provider_config.retry_after_cap_s,
-        max_completion_tokens=provider_config.max_completion_tokens, fallback=fallback, calibration=calibration,
-        agreement=baseline if provider_config.baseline_agreement else None)

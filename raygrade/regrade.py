@@ -54,8 +54,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from raygrade.config import BatcherConfig, ProviderConfig, default_provider
-from raygrade.errors import InvalidRequestError, PlanningError, RaygradeError, ReadingError
-from raygrade.grading import BatchOutcome, GradeBatch
+from raygrade.errors import InvalidRequestError, RaygradeError, ReadingError
+from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.prompts import PROMPT_VERSION, StudentWork
 from raygrade.protocol import Assessment, GradingJob, ImagePage, ReadingMode, Submission, TextPage
 from raygrade.review import review_cut
@@ -200,7 +200,7 @@ class RegradeUDF:
 
     def __init__(self, config: dict[str, Any], assessment: dict[str, Any], run_id: str):
         from raygrade.config import RaygradeArgs
-        from raygrade.grading import cluster_grader
+        from raygrade.graders import cluster_grader
         from raygrade.serve.batcher import planner_for
 
         self.cfg = RegradeConfig.model_validate(config)

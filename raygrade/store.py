@@ -42,7 +42,7 @@ import sqlalchemy as sa
 
 from raygrade.blobs import BlobStore, default_blob_uri, externalize
 from raygrade.errors import ConflictError, IllegalTransitionError, NotFoundError
-from raygrade.grading import BatchOutcome, GradeBatch
+from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.prompts import PROMPT_VERSION
 from raygrade.protocol import (
     GradeResult,

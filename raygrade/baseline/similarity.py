@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from raygrade.evaluation import score_level
-from raygrade.grading import BatchOutcome, GradeBatch
+from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.protocol import GradeResult, GradingErrorItem, Question, TextPage, Usage
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from raygrade.blobs import BlobStore, inline, page_bytes
 from raygrade.blobs import image_size as blob_image_size
 from raygrade.config import RaygradeArgs
 from raygrade.errors import PlanningError, RaygradeError, ReadingError, raygrade_cause
-from raygrade.grading import BatchOutcome, GradeBatch, students_error
+from raygrade.batch import BatchOutcome, GradeBatch, students_error
 from raygrade.metrics import Recorder
 from raygrade.prompts import SYSTEM_PROMPT, StudentWork, page_header, question_section, student_header
 from raygrade.protocol import (

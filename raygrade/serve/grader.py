@@ -15,7 +15,9 @@ from ray import serve
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader
 from raygrade.config import BatcherConfig, ProviderConfig
-from raygrade.grading import BatchGrader, BatchOutcome, GradeBatch, cluster_grader
+from raygrade.batch import BatchOutcome, GradeBatch
+from raygrade.graders import cluster_grader
+from raygrade.grading import BatchGrader
 from raygrade.metrics import Recorder
 
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config

@@ -4,7 +4,6 @@ import base64
 import io
 
 import httpx
-import pytest
 from PIL import Image
 
 from raygrade.cli import Client

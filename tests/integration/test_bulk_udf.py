@@ -4,7 +4,7 @@ back, a failed batch as an error row (its block is not dropped), at bulk priorit
 import json
 import uuid
 
-from raygrade.grading import GradeBatch
+from raygrade.batch import GradeBatch
 from raygrade.prompts import StudentWork
 from raygrade.protocol import Question, TextPage
 from raygrade.testing.fake_openai import fake_provider_config

@@ -38,7 +38,7 @@ def make_worker():
                                       bucket_key=provider.bucket_key, max_retries=3)
 
         async def run(self, name, n):
-            from raygrade.grading import GradeBatch
+            from raygrade.batch import GradeBatch
             from raygrade.prompts import StudentWork, build_messages
             from raygrade.protocol import Question, TextPage
             from raygrade.testing.fake_openai import estimate_prompt_tokens

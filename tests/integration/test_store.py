@@ -5,7 +5,7 @@ import sqlalchemy as sa
 
 from raygrade.blobs import inline
 from raygrade.errors import ConflictError, NotFoundError
-from raygrade.grading import BatchOutcome, GradeBatch
+from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.prompts import StudentWork
 from raygrade.protocol import GradeResult, GradingErrorItem, GradingJob, JobState, TextPage, Usage
 from raygrade.store import (

@@ -15,7 +15,7 @@ from raygrade.baseline.similarity import (
     level_scores,
     word_f1,
 )
-from raygrade.grading import GradeBatch
+from raygrade.batch import GradeBatch
 from raygrade.prompts import StudentWork
 from raygrade.protocol import ImagePage, Question, TextPage
 

@@ -74,7 +74,7 @@ def test_calibration_file_round_trip_and_errors(tmp_path):
 def test_batch_grader_applies_calibration_and_baseline_agreement(tmp_path):
     from tests.unit.test_grading import ScriptedProvider, batch, good, grader
 
-    from raygrade.grading import BatchOutcome
+    from raygrade.batch import BatchOutcome
     from raygrade.protocol import GradeResult, Usage
 
     class Baseline:  # agrees on student-1 (same level), disagrees on student-2
@@ -107,7 +107,7 @@ def test_batch_grader_applies_calibration_and_baseline_agreement(tmp_path):
 
 def test_calibration_and_agreement_are_wired_from_the_provider_config(tmp_path):
     from raygrade.baseline.similarity import ReferenceSimilarityGrader
-    from raygrade.grading import build_batch_grader
+    from raygrade.graders import build_batch_grader
     from raygrade.testing.fake_openai import fake_provider_config
 
     path = tmp_path / "cal.json"

@@ -4,7 +4,8 @@ import asyncio
 import json
 
 from raygrade.errors import ProviderStatusError, RateLimitedError
-from raygrade.grading import BatchGrader, GradeBatch
+from raygrade.batch import GradeBatch
+from raygrade.grading import BatchGrader
 from raygrade.prompts import StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import Question, TextPage, Usage
 from raygrade.providers.openai_compat import ChatResult
@@ -279,7 +280,7 @@ def test_grades_take_their_confidence_from_score_logprobs_when_given():
 
 
 def test_items_go_to_the_fallback_while_the_breaker_is_open():
-    from raygrade.grading import BatchOutcome
+    from raygrade.batch import BatchOutcome
     from raygrade.protocol import GradeResult
 
     class Baseline:
@@ -304,7 +305,7 @@ def test_items_go_to_the_fallback_while_the_breaker_is_open():
 
 def test_fallback_to_baseline_is_wired_from_the_provider_config():
     from raygrade.baseline.similarity import ReferenceSimilarityGrader
-    from raygrade.grading import build_batch_grader
+    from raygrade.graders import build_batch_grader
     from raygrade.testing.fake_openai import fake_provider_config
 
     cfg = fake_provider_config("http://127.0.0.1:9/v1", fallback_to_baseline=True)

@@ -1,0 +1,55 @@
+"""What flows between the planner, the graders and the store: one planned request and its outcome.
+
+These types sit below every grader (:mod:`raygrade.grading`, :mod:`raygrade.baseline`)
+and the job store, so each can use them without importing the others.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from raygrade.prompts import PROMPT_VERSION, StudentWork
+from raygrade.protocol import GradeResult, GradingErrorItem, Question, Usage
+
+
+class GradeBatch(BaseModel):
+    """One planned request: some students' pages and the questions they answer.
+
+    ``prompt_tokens_estimate`` and ``max_tokens`` come from the planner; the
+    reservation in the token bucket is their sum.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str
+    job_id: str
+    questions: list[Question]
+    students: list[StudentWork]
+    prompt_tokens_estimate: int
+    max_tokens: int
+    model: str | None = None
+    temperature: float = 0.0
+    include_model_answer_images: bool = False
+
+
+class BatchOutcome(BaseModel):
+    """What grading a batch produced: grades, per-item errors, usage, provider calls made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str
+    results: list[GradeResult]
+    errors: list[GradingErrorItem]
+    usage: Usage
+    calls: int
+    prompt_version: str = PROMPT_VERSION
+    limiter_wait_s: float = Field(default=0.0, ge=0, description="Seconds spent waiting in the token bucket.")
+    provider_s: float = Field(default=0.0, ge=0, description="Seconds spent in provider calls (all attempts).")
+
+
+def students_error(students: list[StudentWork], error_type: str, message: str, batch_id: str | None
+                   ) -> GradingErrorItem:
+    """One error covering every item (student × question) of ``students``."""
+    return GradingErrorItem(student_ids=[s.student_id for s in students],
+                            question_ids=sorted({q for s in students for q in s.question_ids}),
+                            type=error_type, message=message, batch_id=batch_id)

@@ -1,0 +1,66 @@
+"""Grader factories: the right grader for a provider configuration.
+
+Above both graders (:class:`raygrade.grading.BatchGrader` over an OpenAI-compatible
+endpoint, :class:`raygrade.baseline.similarity.ReferenceSimilarityGrader`), so neither
+imports the other; Serve's ``Grader`` deployment, bulk regrades and benchmarks build
+graders here.
+"""
+
+from __future__ import annotations
+
+from raygrade.grading import BatchGrader, Limiter
+
+
+def cluster_grader(provider_config, namespace: str | None, *, priority: str = "interactive",
+                   max_parse_retries: int = 2, base_url: str | None = None):
+    """:func:`build_batch_grader` with the cluster's shared token-bucket actor of ``namespace``
+    as limiter, reserving at ``priority`` (``"interactive"`` for Serve, ``"bulk"`` for regrades);
+    the baseline needs no limiter. Needs a running Ray."""
+    limiter = None
+    if provider_config.kind != "reference_similarity":
+        from raygrade.ratelimit.actor import ActorLimiter
+
+        limiter = ActorLimiter(provider_config, namespace, priority=priority)
+    return build_batch_grader(provider_config, limiter, max_parse_retries=max_parse_retries, base_url=base_url)
+
+
+def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_retries: int = 2,
+                       base_url: str | None = None):
+    """The grader for a provider config: :class:`BatchGrader` over an OpenAI-compatible
+    endpoint, or the zero-cost reference-similarity baseline (``kind="reference_similarity"``,
+    no provider, no limiter). Both have ``async grade(GradeBatch) -> BatchOutcome``.
+
+    Args:
+        provider_config: A :class:`raygrade.config.ProviderConfig`.
+        limiter: The shared limiter (``ActorLimiter``); unused by the baseline.
+        max_parse_retries: Re-asks for schema-invalid items.
+        base_url: Overrides the config's URL (the embedded engine's address).
+
+    Raises:
+        ConfigError: a hosted provider whose API key variable is unset; an unreadable
+            or invalid ``calibration_path``.
+    """
+    if provider_config.kind == "reference_similarity":
+        from raygrade.baseline.similarity import ReferenceSimilarityGrader
+
+        return ReferenceSimilarityGrader(model_name=provider_config.model)
+    from raygrade.providers.openai_compat import OpenAICompatibleProvider
+
+    provider = OpenAICompatibleProvider(provider_config, base_url=base_url)
+    fallback = baseline = None
+    if provider_config.fallback_to_baseline or provider_config.baseline_agreement:
+        from raygrade.baseline.similarity import ReferenceSimilarityGrader
+
+        baseline = ReferenceSimilarityGrader()
+        fallback = baseline if provider_config.fallback_to_baseline else None
+    calibration = None
+    if provider_config.calibration_path:
+        from raygrade.calibration import ConfidenceCalibration
+
+        calibration = ConfidenceCalibration.load(provider_config.calibration_path)
+    return BatchGrader(
+        provider, limiter, bucket_key=provider_config.bucket_key, max_retries=provider_config.max_retries,
+        max_parse_retries=max_parse_retries, schema_bounds=provider_config.schema_bounds,
+        retry_after_cap_s=provider_config.retry_after_cap_s,
+        max_completion_tokens=provider_config.max_completion_tokens, fallback=fallback, calibration=calibration,
+        agreement=baseline if provider_config.baseline_agreement else None)
