@@ -1,7 +1,7 @@
 """What packing students into token-budgeted requests saves, on real SAF answers.
 
 Baseline: one request per student (what a naive grader sends). raygrade: students
-packed by :func:`raygrade.batching.plan_batches` under the model's budgets. Both
+packed by :func:`raygrade.planner.plan_batches` under the model's budgets. Both
 are planned in the same run from the same answers, with the same prompt (system
 prompt, question, reference answer, graded examples) and the same tokenizer, so
 the ratios isolate the effect of packing: fewer requests (RPM) and fewer prompt
@@ -25,7 +25,7 @@ from raygrade.demo.job import pick_examples
 from raygrade.demo.saf import find_saf, load_split
 from raygrade.prompts import StudentWork
 from raygrade.protocol import GradingJob, Question, Submission, TextPage
-from raygrade.serve.batcher import JobPlanner
+from raygrade.planner import JobPlanner
 from raygrade.tokens import TiktokenCounter
 
 

@@ -55,7 +55,7 @@ from raygrade.protocol import ImagePage, Question, TextPage
 from raygrade.providers.openai_compat import OpenAICompatibleProvider
 from raygrade.ratelimit.limiter import RateLimiter
 from raygrade.reading.ocr import OCRReader
-from raygrade.serve.batcher import JobPlanner
+from raygrade.planner import JobPlanner
 from raygrade.tokens import TiktokenCounter, counter_for
 
 Item = tuple[str, str, float, float]  # question key, answer id, human score, max score

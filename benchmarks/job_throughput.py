@@ -77,7 +77,7 @@ def direct(args: RaygradeArgs, job: GradingJob, base_url: str, concurrency: int)
     from rate_limit import payload
 
     from raygrade.prompts import StudentWork
-    from raygrade.serve.batcher import planner_for
+    from raygrade.planner import planner_for
 
     planner = planner_for(args)
     works = [StudentWork(student_id=s.student_id, alias=f"s{i + 1}", pages=list(s.pages), page_indices=[0],

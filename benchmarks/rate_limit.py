@@ -89,7 +89,7 @@ def make_workload(n_students: int, seed: int = 0) -> tuple[Assessment, list[Subm
 def plan(args: RaygradeArgs, job_id: str, job: GradingJob) -> list[GradeBatch]:
     """The batches raygrade's batcher makes of ``job`` (same planner, same counter)."""
     from raygrade.prompts import StudentWork
-    from raygrade.serve.batcher import JobPlanner
+    from raygrade.planner import JobPlanner
     from raygrade.tokens import counter_for
 
     planner = JobPlanner(args, counter_for(args.provider))

@@ -140,7 +140,7 @@ def main() -> None:
     sizes = [int(s) for s in a.sizes.split(",")]
     args = RaygradeArgs(provider=fake_provider_config("http://127.0.0.1:1/v1"),
                         batcher=BatcherConfig(max_students_per_request=2))
-    from raygrade.serve.batcher import planner_for
+    from raygrade.planner import planner_for
 
     planner = planner_for(args)
     print(f"building jobs of {sizes} students ...", flush=True)

@@ -201,7 +201,7 @@ class RegradeUDF:
     def __init__(self, config: dict[str, Any], assessment: dict[str, Any], run_id: str):
         from raygrade.config import RaygradeArgs
         from raygrade.graders import cluster_grader
-        from raygrade.serve.batcher import planner_for
+        from raygrade.planner import planner_for
 
         self.cfg = RegradeConfig.model_validate(config)
         self.assessment = Assessment.model_validate(assessment)

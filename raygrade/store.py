@@ -16,7 +16,7 @@ Exactly-once grades: a job's items are created with the job; a grade is written 
 compare-and-swap (``UPDATE … WHERE state = 'pending'``), so a batch graded twice (a
 re-dispatch after a lost grader, two batchers after a lease expired) writes each
 item once and the second copy is counted as dropped. Batch ids are deterministic
-(:func:`batch_key`), so a re-planned job inserts nothing new.
+(:func:`raygrade.planner.batch_key`), so a re-planned job inserts nothing new.
 
 Leases: a batcher leases a batch for ``lease_s`` seconds of wall-clock time (stored
 as Unix seconds, so they survive a restart of the whole Ray cluster) and renews the
@@ -34,7 +34,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ import sqlalchemy as sa
 from raygrade.blobs import BlobStore, default_blob_uri, externalize
 from raygrade.errors import ConflictError, IllegalTransitionError, NotFoundError
 from raygrade.batch import BatchOutcome, GradeBatch
-from raygrade.prompts import PROMPT_VERSION
 from raygrade.protocol import (
     GradeResult,
     GradingErrorItem,
@@ -81,14 +80,6 @@ def check_transition(machine: dict[str, set[str]], kind: str, current: str, new:
 
 def _sources(machine: dict[str, set[str]], new: str) -> list[str]:
     return [s for s, targets in machine.items() if new in targets]
-
-
-def batch_key(job_id: str, student_ids: Iterable[str], question_ids: Iterable[str], model: str | None,
-              prompt_version: str = PROMPT_VERSION) -> str:
-    """Deterministic batch id: the same job, students, questions, model and prompt give the same id."""
-    h = hashlib.sha256(json.dumps([job_id, sorted(student_ids), sorted(question_ids), model or "", prompt_version])
-                       .encode()).hexdigest()[:16]
-    return f"{job_id}-{h}"
 
 
 #: Job progress counters (revision 0002 added and backfilled them).

@@ -2,7 +2,7 @@
 
 For each unfinished job in the durable store it reads the pages (OCR for text-only
 models), estimates every student's tokens, plans batches with
-:func:`raygrade.batching.plan_batches` (never splitting a student) and records the
+:mod:`raygrade.planner` (never splitting a student) and records the
 plan; then it leases batches, sends them to the ``Grader`` deployment with bounded
 concurrency, and writes each outcome back. It acts only on what the store says, so
 a batcher that restarts (or a second one) resumes every job where it stood: a batch
@@ -22,26 +22,22 @@ import uuid
 
 from ray import serve
 
-from raygrade.batching import BatchLimits, StudentCost, plan_batches
 from raygrade.blobs import BlobStore, inline, page_bytes
-from raygrade.blobs import image_size as blob_image_size
 from raygrade.config import RaygradeArgs
 from raygrade.errors import PlanningError, RaygradeError, ReadingError, raygrade_cause
 from raygrade.batch import BatchOutcome, GradeBatch, students_error
 from raygrade.metrics import Recorder
-from raygrade.prompts import SYSTEM_PROMPT, StudentWork, page_header, question_section, student_header
+from raygrade.planner import JobPlanner, planner_for
+from raygrade.prompts import StudentWork
 from raygrade.protocol import (
     GradingErrorItem,
     GradingJob,
     ImagePage,
     JobState,
-    Question,
     ReadingMode,
     StoredImage,
     TextPage,
 )
-from raygrade.store import batch_key
-from raygrade.tokens import TokenCounter, counter_for, image_tokens
 
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config
 # format (JSON in serve_config.yaml), as Serve documents for deployment code.
@@ -50,102 +46,6 @@ logger = logging.getLogger(f"ray.serve.{__name__}")
 #: Seconds between reads of the store's job and queue gauges (Ray exports metrics every few
 #: seconds anyway; the control loop itself polls every ``poll_interval_s``).
 GAUGE_INTERVAL_S = 5.0
-
-#: Tokens a chat template adds per message, and for JSON punctuation in the answer.
-CHAT_OVERHEAD_TOKENS = 16
-JSON_OVERHEAD_TOKENS = 32
-
-
-def image_size(page: ImagePage | StoredImage) -> tuple[int, int]:
-    """(width, height) in pixels: recorded with a stored page, else from the image header only.
-
-    Raises:
-        ValueError: an inline image Pillow cannot identify.
-    """
-    if isinstance(page, StoredImage):
-        return page.width, page.height
-    return blob_image_size(page.image_bytes())
-
-
-class JobPlanner:
-    """Token estimates and plans for one provider (plain code, no Ray).
-
-    Args:
-        args: The application's arguments (provider, batcher budgets).
-        counter: Token counter of the provider's model.
-    """
-
-    def __init__(self, args: RaygradeArgs, counter: TokenCounter):
-        self.args, self.counter = args, counter
-        p, b = args.provider, args.batcher
-        self.limits = BatchLimits(context_window=p.context_window, max_completion_tokens=p.max_completion_tokens,
-                                  max_images_per_request=b.max_images_per_request,
-                                  max_students_per_request=b.max_students_per_request)
-
-    def _image_tokens(self, page: ImagePage | StoredImage) -> int:
-        w, h = image_size(page)
-        return image_tokens(self.args.provider.image_token_rule, w, h, self.args.provider.image_detail)
-
-    def student_cost(self, work: StudentWork, group: tuple[str, ...]) -> StudentCost:
-        """Estimated prompt tokens, completion budget and images of one student."""
-        text = student_header(work.alias) + f" (answers questions: {', '.join(work.question_ids)})"
-        tokens, images = 0, 0
-        for n, page in enumerate(work.pages, 1):
-            text += "\n" + page_header(n)
-            if isinstance(page, TextPage):
-                text += "\n" + page.text
-            else:
-                tokens += self._image_tokens(page)
-                images += 1
-        tokens += self.counter.count(text)
-        completion = len(work.question_ids) * self.args.batcher.completion_tokens_per_item
-        return StudentCost(work.student_id, tokens, completion, images, group)
-
-    def overhead(self, questions: list[Question], vision: bool) -> int:
-        """Prompt tokens every request carrying ``questions`` pays (system prompt, questions)."""
-        n = self.counter.count(SYSTEM_PROMPT) + self.counter.count(question_section(questions))
-        n += CHAT_OVERHEAD_TOKENS + JSON_OVERHEAD_TOKENS
-        if vision:
-            n += sum(self._image_tokens(img) for q in questions for img in q.model_answer_images)
-        return n
-
-    def batches(self, job_id: str, job: GradingJob, works: list[StudentWork], vision: bool
-                ) -> tuple[list[GradeBatch], list[GradingErrorItem]]:
-        """Plan ``works`` into :class:`GradeBatch` es plus per-student planning errors."""
-        by_group: dict[tuple[str, ...], list[Question]] = {}
-        costs = []
-        for w in works:
-            group = tuple(w.question_ids)
-            if group not in by_group:
-                by_group[group] = [job.assessment.question(q) for q in group]
-            costs.append(self.student_cost(w, group))
-        overheads = {g: self.overhead(qs, vision) for g, qs in by_group.items()}
-        plan = plan_batches(costs, self.limits, overheads)
-        errors = [GradingErrorItem(student_ids=[r.student_id], question_ids=list(works[r.index].question_ids),
-                                   type=PlanningError.error_type, message=f"student {r.reason}")
-                  for r in plan.rejected]
-        batches = []
-        for pb in plan.batches:
-            batches.append(GradeBatch(
-                # Deterministic (job, students, questions, model, prompt version): a re-planned
-                # job gets the same ids, so the store inserts nothing twice.
-                batch_id=batch_key(job_id, [works[i].student_id for i in pb.students], pb.group,
-                                   job.options.model or self.args.provider.model),
-                job_id=job_id, questions=by_group[pb.group],
-                students=[works[i] for i in pb.students], prompt_tokens_estimate=pb.prompt_tokens,
-                max_tokens=pb.completion_tokens + JSON_OVERHEAD_TOKENS, model=job.options.model,
-                temperature=job.options.temperature, include_model_answer_images=vision))
-        return batches, errors
-
-
-def planner_for(args: RaygradeArgs, model_dir: str | None = None) -> JobPlanner:
-    """The planner for ``args``, counting with the model's own tokenizer from ``model_dir``
-    when given; an ``hf`` tokenizer with no path to load falls back to tiktoken."""
-    provider = args.provider
-    if model_dir is None and provider.tokenizer == "hf" and provider.tokenizer_path is None:
-        provider = provider.model_copy(update={"tokenizer": "tiktoken"})
-    return JobPlanner(args, counter_for(provider, model_dir))
-
 
 def ids(job_id: str, batch_id: str | None = None) -> dict[str, str]:
     """``extra=`` for a job's log lines: fields of their own in Serve's JSON logs

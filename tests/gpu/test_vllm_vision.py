@@ -16,7 +16,7 @@ from raygrade.grading import BatchGrader
 from raygrade.prompts import StudentWork
 from raygrade.providers.openai_compat import OpenAICompatibleProvider
 from raygrade.ratelimit.limiter import RateLimiter
-from raygrade.serve.batcher import JobPlanner
+from raygrade.planner import JobPlanner
 from raygrade.tokens import TiktokenCounter
 
 pytestmark = pytest.mark.gpu

@@ -8,11 +8,11 @@ from raygrade.errors import ConflictError, NotFoundError
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.prompts import StudentWork
 from raygrade.protocol import GradeResult, GradingErrorItem, GradingJob, JobState, TextPage, Usage
+from raygrade.planner import batch_key
 from raygrade.store import (
     BATCH_TRANSITIONS,
     IllegalTransitionError,
     JobStore,
-    batch_key,
     check_transition,
 )
 

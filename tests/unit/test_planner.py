@@ -2,7 +2,7 @@
 
 import pytest
 
-from raygrade.batching import BatchLimits, StudentCost, plan_batches
+from raygrade.planner import BatchLimits, StudentCost, plan_batches
 
 LIMITS = BatchLimits(context_window=4000, max_completion_tokens=1000, max_images_per_request=4,
                      max_students_per_request=3)

@@ -1,0 +1,265 @@
+"""The batch planner: estimates each student's tokens and packs whole students into requests.
+
+One module for everything planning needs, used by the online ``Batcher``, bulk regrades,
+benchmarks and tests alike (plain code: no Ray, no network):
+
+- :func:`plan_batches`, the packer: a pure function taking each student's estimated cost
+  and the model's budgets, returning batches of student indices plus the students that
+  cannot fit any request. Students are never split across requests; the loop consumes
+  one student per step, so it always terminates.
+- :class:`JobPlanner` / :func:`planner_for`: the cost estimates (text tokens by the
+  provider's tokenizer, image tokens by its rule from :func:`image_size`, prompt overheads)
+  and :class:`raygrade.batch.GradeBatch` es with deterministic ids (:func:`batch_key`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+
+from raygrade.batch import GradeBatch
+from raygrade.blobs import image_size as blob_image_size
+from raygrade.config import RaygradeArgs
+from raygrade.errors import PlanningError
+from raygrade.prompts import PROMPT_VERSION, SYSTEM_PROMPT, StudentWork, page_header, question_section, student_header
+from raygrade.protocol import GradingErrorItem, GradingJob, ImagePage, Question, StoredImage, TextPage
+from raygrade.tokens import TokenCounter, counter_for, image_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentCost:
+    """Estimated cost of one student's work in a request.
+
+    Attributes:
+        student_id: The student's id.
+        prompt_tokens: Tokens of the student's pages (text and images) in the prompt.
+        completion_tokens: Completion budget for the student's items.
+        images: Number of images the student contributes.
+        group: Students are only packed with others of the same group (e.g. the
+            same set of questions, since the prompt carries those questions).
+    """
+
+    student_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    images: int = 0
+    group: Hashable = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLimits:
+    """A model's per-request budgets (tokens, images, students)."""
+
+    context_window: int
+    max_completion_tokens: int
+    max_images_per_request: int
+    max_students_per_request: int
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) <= 0:
+                raise ValueError(f"{f.name} must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedBatch:
+    """One request: indices into the planner's input, and its summed estimates."""
+
+    students: tuple[int, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+    group: Hashable = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """A student that alone exceeds a budget, with the reason (no student text)."""
+
+    index: int
+    student_id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    batches: list[PlannedBatch]
+    rejected: list[Rejected]
+
+
+def _too_big(s: StudentCost, overhead: int, lim: BatchLimits) -> str | None:
+    prompt = overhead + s.prompt_tokens
+    if s.completion_tokens > lim.max_completion_tokens:
+        return (f"needs {s.completion_tokens} completion tokens; the model allows "
+                f"{lim.max_completion_tokens} per request")
+    if prompt + s.completion_tokens > lim.context_window:
+        return (f"needs {prompt} prompt + {s.completion_tokens} completion tokens; "
+                f"the context window is {lim.context_window}")
+    if s.images > lim.max_images_per_request:
+        return f"has {s.images} images; at most {lim.max_images_per_request} fit one request"
+    return None
+
+
+def plan_batches(students: Sequence[StudentCost], limits: BatchLimits,
+                 overhead_tokens: Mapping[Hashable, int] | int = 0) -> Plan:
+    """Pack students, in order, into as few requests as the budgets allow.
+
+    Greedy next-fit per group: a student joins the open batch of its group when
+    every budget still holds, otherwise that batch is closed and a new one opens.
+    Order within a group is kept, so plans are deterministic.
+
+    Args:
+        students: Per-student cost estimates.
+        limits: The model's budgets.
+        overhead_tokens: Prompt tokens every request of a group carries (system
+            prompt, questions, rubric, examples): one int for all, or per group.
+
+    Returns:
+        A :class:`Plan`. Every input index is in exactly one batch or in ``rejected``.
+        An empty input gives an empty plan.
+    """
+    def overhead(group: Hashable) -> int:
+        return overhead_tokens if isinstance(overhead_tokens, int) else overhead_tokens.get(group, 0)
+
+    batches: list[PlannedBatch] = []
+    rejected: list[Rejected] = []
+    open_: dict[Hashable, list[int]] = {}  # group -> indices of its open batch
+
+    def close(group: Hashable) -> None:
+        idx = open_.pop(group, None)
+        if idx:
+            batches.append(PlannedBatch(
+                students=tuple(idx),
+                prompt_tokens=overhead(group) + sum(students[i].prompt_tokens for i in idx),
+                completion_tokens=sum(students[i].completion_tokens for i in idx),
+                images=sum(students[i].images for i in idx),
+                group=group,
+            ))
+
+    for i, s in enumerate(students):
+        reason = _too_big(s, overhead(s.group), limits)
+        if reason is not None:
+            rejected.append(Rejected(i, s.student_id, reason))
+            continue
+        cur = open_.get(s.group, [])
+        cand = cur + [i]
+        prompt = overhead(s.group) + sum(students[j].prompt_tokens for j in cand)
+        completion = sum(students[j].completion_tokens for j in cand)
+        fits = (len(cand) <= limits.max_students_per_request
+                and completion <= limits.max_completion_tokens
+                and prompt + completion <= limits.context_window
+                and sum(students[j].images for j in cand) <= limits.max_images_per_request)
+        if fits:
+            open_[s.group] = cand
+        else:
+            close(s.group)
+            open_[s.group] = [i]
+    for group in list(open_):
+        close(group)
+    return Plan(batches=batches, rejected=rejected)
+
+
+def batch_key(job_id: str, student_ids: Iterable[str], question_ids: Iterable[str], model: str | None,
+              prompt_version: str = PROMPT_VERSION) -> str:
+    """Deterministic batch id: the same job, students, questions, model and prompt give the same id."""
+    h = hashlib.sha256(json.dumps([job_id, sorted(student_ids), sorted(question_ids), model or "", prompt_version])
+                       .encode()).hexdigest()[:16]
+    return f"{job_id}-{h}"
+
+
+#: Tokens a chat template adds per message, and for JSON punctuation in the answer.
+CHAT_OVERHEAD_TOKENS = 16
+JSON_OVERHEAD_TOKENS = 32
+
+
+def image_size(page: ImagePage | StoredImage) -> tuple[int, int]:
+    """(width, height) in pixels: recorded with a stored page, else from the image header only.
+
+    Raises:
+        ValueError: an inline image Pillow cannot identify.
+    """
+    if isinstance(page, StoredImage):
+        return page.width, page.height
+    return blob_image_size(page.image_bytes())
+
+
+class JobPlanner:
+    """Token estimates and plans for one provider (plain code, no Ray).
+
+    Args:
+        args: The application's arguments (provider, batcher budgets).
+        counter: Token counter of the provider's model.
+    """
+
+    def __init__(self, args: RaygradeArgs, counter: TokenCounter):
+        self.args, self.counter = args, counter
+        p, b = args.provider, args.batcher
+        self.limits = BatchLimits(context_window=p.context_window, max_completion_tokens=p.max_completion_tokens,
+                                  max_images_per_request=b.max_images_per_request,
+                                  max_students_per_request=b.max_students_per_request)
+
+    def _image_tokens(self, page: ImagePage | StoredImage) -> int:
+        w, h = image_size(page)
+        return image_tokens(self.args.provider.image_token_rule, w, h, self.args.provider.image_detail)
+
+    def student_cost(self, work: StudentWork, group: tuple[str, ...]) -> StudentCost:
+        """Estimated prompt tokens, completion budget and images of one student."""
+        text = student_header(work.alias) + f" (answers questions: {', '.join(work.question_ids)})"
+        tokens, images = 0, 0
+        for n, page in enumerate(work.pages, 1):
+            text += "\n" + page_header(n)
+            if isinstance(page, TextPage):
+                text += "\n" + page.text
+            else:
+                tokens += self._image_tokens(page)
+                images += 1
+        tokens += self.counter.count(text)
+        completion = len(work.question_ids) * self.args.batcher.completion_tokens_per_item
+        return StudentCost(work.student_id, tokens, completion, images, group)
+
+    def overhead(self, questions: list[Question], vision: bool) -> int:
+        """Prompt tokens every request carrying ``questions`` pays (system prompt, questions)."""
+        n = self.counter.count(SYSTEM_PROMPT) + self.counter.count(question_section(questions))
+        n += CHAT_OVERHEAD_TOKENS + JSON_OVERHEAD_TOKENS
+        if vision:
+            n += sum(self._image_tokens(img) for q in questions for img in q.model_answer_images)
+        return n
+
+    def batches(self, job_id: str, job: GradingJob, works: list[StudentWork], vision: bool
+                ) -> tuple[list[GradeBatch], list[GradingErrorItem]]:
+        """Plan ``works`` into :class:`GradeBatch` es plus per-student planning errors."""
+        by_group: dict[tuple[str, ...], list[Question]] = {}
+        costs = []
+        for w in works:
+            group = tuple(w.question_ids)
+            if group not in by_group:
+                by_group[group] = [job.assessment.question(q) for q in group]
+            costs.append(self.student_cost(w, group))
+        overheads = {g: self.overhead(qs, vision) for g, qs in by_group.items()}
+        plan = plan_batches(costs, self.limits, overheads)
+        errors = [GradingErrorItem(student_ids=[r.student_id], question_ids=list(works[r.index].question_ids),
+                                   type=PlanningError.error_type, message=f"student {r.reason}")
+                  for r in plan.rejected]
+        batches = []
+        for pb in plan.batches:
+            batches.append(GradeBatch(
+                # Deterministic (job, students, questions, model, prompt version): a re-planned
+                # job gets the same ids, so the store inserts nothing twice.
+                batch_id=batch_key(job_id, [works[i].student_id for i in pb.students], pb.group,
+                                   job.options.model or self.args.provider.model),
+                job_id=job_id, questions=by_group[pb.group],
+                students=[works[i] for i in pb.students], prompt_tokens_estimate=pb.prompt_tokens,
+                max_tokens=pb.completion_tokens + JSON_OVERHEAD_TOKENS, model=job.options.model,
+                temperature=job.options.temperature, include_model_answer_images=vision))
+        return batches, errors
+
+
+def planner_for(args: RaygradeArgs, model_dir: str | None = None) -> JobPlanner:
+    """The planner for ``args``, counting with the model's own tokenizer from ``model_dir``
+    when given; an ``hf`` tokenizer with no path to load falls back to tiktoken."""
+    provider = args.provider
+    if model_dir is None and provider.tokenizer == "hf" and provider.tokenizer_path is None:
+        provider = provider.model_copy(update={"tokenizer": "tiktoken"})
+    return JobPlanner(args, counter_for(provider, model_dir))
