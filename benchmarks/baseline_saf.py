@@ -18,8 +18,8 @@ from pathlib import Path
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
 from raygrade.evaluation import agreement
-from raygrade.demo.job import saf_question
-from raygrade.demo.saf import find_saf, load_split
+from raygrade.datasets.sample_jobs import saf_question
+from raygrade.datasets.saf import find_saf, load_split
 
 
 def run(root: Path, split: str) -> dict:

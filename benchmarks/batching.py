@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from raygrade.config import BatcherConfig, ProviderConfig, RaygradeArgs
-from raygrade.demo.job import pick_examples
-from raygrade.demo.saf import find_saf, load_split
+from raygrade.datasets.sample_jobs import pick_examples
+from raygrade.datasets.saf import find_saf, load_split
 from raygrade.prompts import StudentWork
 from raygrade.protocol import GradingJob, Question, Submission, TextPage
 from raygrade.planner import JobPlanner

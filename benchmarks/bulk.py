@@ -5,7 +5,7 @@ The dataset is ``--students`` one-page handwriting-style answers (page images in
 raygrade's layout). Each system gets a fresh test-server process with the same latency
 and RPM/TPM limits:
 
-- **raygrade**: ``raygrade.regrade.run_regrade`` (actor pool of ``--workers``, students
+- **raygrade**: ``raygrade.bulk.run_regrade`` (actor pool of ``--workers``, students
   packed into token-budgeted requests by the online planner, bulk priority in the shared
   token bucket, Parquet results with error rows, staging + atomic rename).
 - **ray.data.llm**: ``HttpRequestProcessorConfig`` (``concurrency=--workers``,
@@ -37,13 +37,13 @@ from raygrade.config import BatcherConfig, RateLimitConfig  # noqa: E402
 from raygrade.datasets import write_dataset  # noqa: E402
 from raygrade.prompts import StudentWork, build_messages, output_schema  # noqa: E402
 from raygrade.protocol import Assessment, ImagePage  # noqa: E402
-from raygrade.regrade import RegradeConfig, load_assessment, run_regrade  # noqa: E402
+from raygrade.bulk import RegradeConfig, load_assessment, run_regrade  # noqa: E402
 from raygrade.testing.fake_openai import FakeOpenAIProcess, fake_provider_config  # noqa: E402
 from _serving_metrics import serving_throughput  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 def make_dataset(path: Path, n: int) -> Path:
-    from raygrade.demo.render import render_pages
+    from raygrade.datasets.render import render_pages
 
     data = json.loads((ROOT / "raygrade/data/sample_assessment.json").read_text())
     assessment = Assessment(title=data["title"], questions=data["questions"][:1])

@@ -37,11 +37,12 @@ import time
 from pathlib import Path
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
+from raygrade.bulk.report import confusion_png, level_confusion
 from raygrade.calibration import fit_calibration
 from raygrade.config import ProviderConfig, RaygradeArgs, local_vllm_provider
-from raygrade.demo.job import pick_examples, saf_question
-from raygrade.demo.render import render_pages
-from raygrade.demo.saf import SAFQuestion, find_saf, load_split
+from raygrade.datasets.sample_jobs import pick_examples, saf_question
+from raygrade.datasets.render import render_pages
+from raygrade.datasets.saf import SAFQuestion, find_saf, load_split
 from raygrade.evaluation import (
     agreement,
     agreement_with_ci,
@@ -49,13 +50,12 @@ from raygrade.evaluation import (
     expected_calibration_error,
     score_level,
 )
-from raygrade.grading import BatchGrader
+from raygrade.graders import build_batch_grader
+from raygrade.planner import JobPlanner
 from raygrade.prompts import PROMPT_VERSION, StudentWork
 from raygrade.protocol import ImagePage, Question, TextPage
-from raygrade.providers.openai_compat import OpenAICompatibleProvider
 from raygrade.ratelimit.limiter import RateLimiter
 from raygrade.reading.ocr import OCRReader
-from raygrade.planner import JobPlanner
 from raygrade.tokens import TiktokenCounter, counter_for
 
 Item = tuple[str, str, float, float]  # question key, answer id, human score, max score
@@ -134,9 +134,7 @@ def grade_llm(test, train, pages, provider: ProviderConfig, base_url: str, examp
     batches, plan_errors = planner.batches("fidelity", job, works, vision)
     limiter = RateLimiter()
     limiter.configure(provider.bucket_key, provider.rate_limit.model_dump())
-    grader = BatchGrader(OpenAICompatibleProvider(provider, base_url=base_url), limiter,
-                         bucket_key=provider.bucket_key, max_retries=provider.max_retries,
-                         schema_bounds=provider.schema_bounds, max_completion_tokens=provider.max_completion_tokens)
+    grader = build_batch_grader(provider, limiter, base_url=base_url)  # the product's factory, as Serve builds it
 
     async def run():
         sem = asyncio.Semaphore(args.batcher.max_concurrent_batches)
@@ -184,26 +182,6 @@ def baseline_levels(qs: list[SAFQuestion], train: dict, pages: dict, embedder) -
     grades, _ = grade_baseline(qs, train, pages, embedder)
     maxes = {q.key: q.max_score for q in qs}
     return {k: score_level(v[0], maxes[k[0]]) for k, v in grades.items()}
-
-
-def plot_confusion(pairs, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    h = [score_level(a, m) for a, _, m in pairs]
-    g = [score_level(b, m) for _, b, m in pairs]
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    ConfusionMatrixDisplay.from_predictions(h, g, labels=[0, 1, 2], display_labels=["inc.", "partial", "correct"],
-                                            ax=ax, colorbar=False)
-    ax.set_xlabel("raygrade")
-    ax.set_ylabel("human")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_coverage(curves: dict, path: Path) -> None:
@@ -280,7 +258,10 @@ def main(argv: list[str] | None = None) -> dict:
                 elif cfg in ("local", "local-selfconf"):
                     if server is None:
                         from raygrade.config import LocalEngineConfig
-                        from raygrade.engine.local_vllm import VLLMServerProcess, prepare_model
+                        from raygrade.engine.local_vllm import (
+                            VLLMServerProcess,
+                            prepare_model,
+                        )
 
                         eng = LocalEngineConfig()
                         server = VLLMServerProcess(eng, prepare_model(eng))
@@ -336,7 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
                     curves[f"{name} calibrated"] = run["calibrated"]["coverage"]
                 report["runs"][name] = run
                 if pairs:
-                    plot_confusion(pairs, f"{name} (n={len(pairs)})", out / f"confusion_{cfg}_{path}.png")
+                    confusion_png(level_confusion(pairs), out / f"confusion_{cfg}_{path}.png", ylabel="human",
+                                  xlabel="raygrade", title=f"{name} (n={len(pairs)})")
                     curves[name] = run["coverage"]
                 print(f"{name}: graded {len(pairs)}/{len(items)} in {wall:.0f}s", flush=True)
                 write(report, curves, out)  # after every run, so a long run's early results are kept

@@ -10,7 +10,7 @@ actual usage on completion, fixed + per-token latency). Each system gets the
 provider's limits through its own native knobs:
 
 - **raygrade**: the Serve app with 4 Grader replicas, interactive jobs over HTTP, plus
-  a concurrent Ray Data bulk regrade (``raygrade.bulk.BatchGradingUDF``, 2 actors) at
+  a concurrent Ray Data bulk regrade (``raygrade.bulk.udf.BatchGradingUDF``, 2 actors) at
   ``bulk`` priority; all share the token-bucket actor.
 - **litellm**: 4 worker processes, each with a ``litellm.Router`` whose deployment has
   ``rpm``/``tpm`` (usage-based-routing-v2, pre-call checks, 3 retries), installed in its
@@ -69,7 +69,7 @@ def make_workload(n_students: int, seed: int = 0) -> tuple[Assessment, list[Subm
     """``n_students`` one-page handwriting-style answers to two questions (12 distinct pages)."""
     import base64
 
-    from raygrade.demo.render import render_pages
+    from raygrade.datasets.render import render_pages
 
     data = json.loads((ROOT / "raygrade/data/sample_assessment.json").read_text())
     assessment = Assessment(title=data["title"], questions=data["questions"][:2])
@@ -213,7 +213,7 @@ def run_raygrade(assessment: Assessment, interactive: list[list[Submission]], bu
     from ray.data import ActorPoolStrategy
 
     from raygrade.app import build_app
-    from raygrade.bulk import BatchGradingUDF
+    from raygrade.bulk.udf import BatchGradingUDF
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
              namespace=args.namespace)

@@ -1,6 +1,6 @@
 """Regrade an archive with Ray Data: ``ray job submit --working-dir . -- python jobs/regrade.py IN OUT``.
 
-``IN`` is a dataset folder in raygrade's Parquet layout (see ``raygrade/regrade.py``;
+``IN`` is a dataset folder in raygrade's Parquet layout (see ``raygrade/bulk/__init__.py``;
 ``python -m raygrade.datasets`` writes one from SAF or from online jobs); ``OUT`` gets
 ``results/`` (one row per submission and question), ``report.json``/``report.md`` and
 ``confusion.png``. Re-running with the same ``OUT`` resumes: graded submissions are skipped.
@@ -29,7 +29,7 @@ from raygrade.config import (  # noqa: E402
     reference_similarity_provider,
     resolve_args,
 )
-from raygrade.regrade import RegradeConfig, load_assessment, run_regrade  # noqa: E402
+from raygrade.bulk import RegradeConfig, load_assessment, run_regrade  # noqa: E402
 
 
 def _load(path: str) -> dict:

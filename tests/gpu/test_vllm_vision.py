@@ -11,7 +11,7 @@ import os
 import pytest
 
 from raygrade.config import ProviderConfig, RaygradeArgs
-from raygrade.demo.job import sample_job
+from raygrade.datasets.sample_jobs import sample_job
 from raygrade.grading import BatchGrader
 from raygrade.prompts import StudentWork
 from raygrade.providers.openai_compat import OpenAICompatibleProvider

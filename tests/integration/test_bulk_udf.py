@@ -23,7 +23,7 @@ def test_failed_batches_become_error_rows_and_the_rest_is_graded(ray_cluster, fa
     import ray
     from ray.data import ActorPoolStrategy
 
-    from raygrade.bulk import BatchGradingUDF
+    from raygrade.bulk.udf import BatchGradingUDF
     from raygrade.ratelimit.actor import get_token_bucket
 
     namespace = f"bulk-{uuid.uuid4().hex[:6]}"

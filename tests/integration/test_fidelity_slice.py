@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from raygrade.demo.saf import find_saf
+from raygrade.datasets.saf import find_saf
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import pytest
 
 from raygrade.cli import Client
 from raygrade.config import RaygradeArgs, local_vllm_provider
-from raygrade.demo.job import sample_job
+from raygrade.datasets.sample_jobs import sample_job
 
 
 @pytest.mark.slow

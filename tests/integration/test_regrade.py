@@ -10,7 +10,7 @@ import pytest
 from raygrade._optional import has_module
 from raygrade.datasets import job_to_dataset, write_dataset
 from raygrade.protocol import Assessment, GradingJob, Question
-from raygrade.regrade import RegradeConfig, run_regrade
+from raygrade.bulk import RegradeConfig, run_regrade
 from raygrade.testing.fake_openai import fake_provider_config
 
 QUESTIONS = [Question(id="q1", prompt="What does ARP resolve?", max_score=1, reference_answer="IP to MAC"),

@@ -1,4 +1,4 @@
-"""Writing datasets in the layout :mod:`raygrade.regrade` reads.
+"""Writing datasets in the layout :mod:`raygrade.bulk` reads.
 
 - :func:`saf_to_dataset`: SAF answers (``../shared/data/saf``) with their human scores,
   as typed text or as rendered handwriting-style page images.
@@ -12,7 +12,6 @@ CLI: ``python -m raygrade.datasets saf OUT [--images] [--split unseen_answers]``
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
@@ -21,13 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raygrade.bulk.schema import SUBMISSION_SCHEMA
 from raygrade.protocol import Assessment, GradingJob, ImagePage, StoredImage
-
-SUBMISSION_SCHEMA = pa.schema([
-    ("submission_id", pa.string()), ("student_id", pa.string()), ("question_ids", pa.list_(pa.string())),
-    ("page_images", pa.list_(pa.binary())), ("page_texts", pa.list_(pa.string())), ("human_scores", pa.string()),
-])
-
 
 def write_dataset(out: str | Path, assessment: Assessment, rows: list[dict[str, Any]], *,
                   rows_per_file: int = 256) -> Path:
@@ -62,13 +56,13 @@ def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers"
     ``split`` may name several splits, comma-separated (``unseen_answers,unseen_questions``).
     Questions carry up to ``examples`` graded answers from SAF's *training* split
     (never from the split being graded). With ``images``, each answer becomes
-    handwriting-style page images (:func:`raygrade.demo.render.render_pages`).
+    handwriting-style page images (:func:`raygrade.datasets.render.render_pages`).
 
     Raises:
         FileNotFoundError: the SAF split is missing.
     """
-    from raygrade.demo.job import pick_examples
-    from raygrade.demo.saf import load_split
+    from raygrade.datasets.sample_jobs import pick_examples
+    from raygrade.datasets.saf import load_split
     from raygrade.protocol import Question
 
     rng = random.Random(seed)
@@ -90,7 +84,7 @@ def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers"
         keep = {r["question_ids"][0] for r in rows}
         questions = [q for q in questions if q.id in keep]
     if images:  # rendered after the --limit cut: only the rows kept are drawn
-        from raygrade.demo.render import render_pages
+        from raygrade.datasets.render import render_pages
 
         for r in rows:
             r["page_images"] = render_pages(r.pop("page_texts")[0], seed=rng.randrange(1 << 30),
@@ -126,50 +120,3 @@ def job_to_dataset(job: GradingJob, out: str | Path, results: dict[str, Any] | N
                      "page_images": imgs or None, "page_texts": texts or None,
                      "human_scores": json.dumps(scores[sub.student_id]) if sub.student_id in scores else None})
     return write_dataset(out, job.assessment, rows)
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m raygrade.datasets", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("saf", help="SAF answers with human scores")
-    s.add_argument("out")
-    s.add_argument("--saf", help="SAF folder (default: ../shared/data/saf)")
-    s.add_argument("--split", default="unseen_answers")
-    s.add_argument("--lang", default="english")
-    s.add_argument("--version", default="1.0")
-    s.add_argument("--images", action="store_true", help="render answers as handwriting-style page images")
-    s.add_argument("--limit", type=int)
-    j = sub.add_parser("job", help="an online job's body and results")
-    j.add_argument("job", help="the JSON body that was POSTed to /v1/jobs")
-    j.add_argument("out")
-    j.add_argument("--results", help="a file with the GET /v1/jobs/{id}/results body (or the demo's results "
-                   "file), or that URL on a running app")
-    a = ap.parse_args(argv)
-    if a.cmd == "saf":
-        from raygrade.demo.saf import find_saf
-
-        root = find_saf(a.saf)
-        if root is None:
-            raise FileNotFoundError(2, "SAF dataset not found (pass --saf PATH)", a.saf or "../shared/data/saf")
-        path = saf_to_dataset(root, a.out, split=a.split, lang=a.lang, version=a.version, images=a.images,
-                              limit=a.limit)
-    else:
-        job = GradingJob.model_validate_json(Path(a.job).read_text())
-        res = None
-        if a.results and a.results.startswith(("http://", "https://")):
-            import httpx
-
-            r = httpx.get(a.results, timeout=120)
-            r.raise_for_status()
-            res = r.json()
-        elif a.results:
-            res = json.loads(Path(a.results).read_text())
-        path = job_to_dataset(job, a.out, res)
-    n = sum(pq.read_metadata(f).num_rows for f in sorted((Path(path) / "submissions").glob("*.parquet")))
-    print(f"wrote {n} submissions to {path}")
-
-
-if __name__ == "__main__":
-    from raygrade._cli import run
-
-    run(main, "python -m raygrade.datasets")

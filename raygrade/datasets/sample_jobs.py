@@ -12,8 +12,8 @@ import random
 from importlib import resources
 from pathlib import Path
 
-from raygrade.demo.render import render_pages
-from raygrade.demo.saf import SAFAnswer, SAFQuestion, load_split
+from raygrade.datasets.render import render_pages
+from raygrade.datasets.saf import SAFAnswer, SAFQuestion, load_split
 from raygrade.evaluation import score_level
 from raygrade.protocol import GradedExample, GradingJob, ImagePage, JobOptions, Question, Submission
 

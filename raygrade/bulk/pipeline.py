@@ -1,0 +1,132 @@
+"""The bulk regrade pipeline: read, skip what is staged, grade in an actor pool, stage, finalize, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raygrade.bulk.config import RegradeConfig
+from raygrade.bulk.report import build_report, write_report
+from raygrade.bulk.schema import fs_and_path, load_assessment
+from raygrade.bulk.staging import completed_submissions, finalize, read_staging
+from raygrade.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RegradeSummary:
+    """What one :func:`run_regrade` call did.
+
+    Attributes:
+        submissions: Rows in the input.
+        skipped: Submissions already graded by an earlier run (resume).
+        graded_now: Submissions sent through the pipeline by this run.
+        items: Result rows written (submission × question).
+        failed_items: Rows carrying an error.
+        report: The report's figures (see :func:`build_report`).
+    """
+
+    submissions: int
+    skipped: int
+    graded_now: int
+    items: int
+    failed_items: int
+    report: dict[str, Any]
+
+
+class _Progress:
+    """Counts finished blocks' rows and reports ``{submissions_done, submissions_total, items,
+    items_failed, per_s, eta_s}`` after each (to ``report``, else the log at INFO)."""
+
+    def __init__(self, total: int, report: Callable[[dict[str, Any]], None] | None):
+        self.total, self.report = total, report
+        self.subs = self.items = self.failed = 0
+        self.t0 = time.monotonic()
+
+    def add(self, block: pa.Table) -> None:
+        self.subs += len(set(block.column("submission_id").to_pylist()))
+        self.items += block.num_rows
+        self.failed += sum(1 for e in block.column("error_type").to_pylist() if e)
+        rate = self.subs / max(1e-9, time.monotonic() - self.t0)
+        p = {"submissions_done": self.subs, "submissions_total": self.total, "items": self.items,
+             "items_failed": self.failed, "per_s": rate,
+             "eta_s": (self.total - self.subs) / rate if rate > 0 else None}
+        if self.report is not None:
+            self.report(p)
+        else:
+            logger.info("regrade: %d/%d submissions, %d items (%d failed)", self.subs, self.total, self.items,
+                        self.failed)
+
+
+def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> RegradeSummary:
+    """Regrade ``cfg.input`` into ``cfg.output`` on the current Ray cluster (resumable).
+
+    ``progress`` is called after each finished block with ``{submissions_done,
+    submissions_total, items, items_failed, per_s, eta_s}`` (seconds; ``None`` before a rate
+    is known).
+
+    Raises:
+        FileNotFoundError: the dataset has no ``assessment.json`` or no submissions.
+        ConfigError: the provider cannot work (missing key, unreachable endpoint, unknown model).
+    """
+    import ray
+
+    out_dir = Path(cfg.output)
+    staging = out_dir / "_staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    assessment = load_assessment(cfg.input)
+    fs, root = fs_and_path(cfg.input)
+    ds = ray.data.read_parquet(f"{root}/submissions", filesystem=fs)
+    ids = [str(x) for x in ds.select_columns(["submission_id"]).to_pandas()["submission_id"]]
+    if len(ids) != len(set(ids)):
+        raise InvalidRequestError("submission_id values must be unique")
+    done = completed_submissions(read_staging(staging), cfg.retry_errors)
+    todo = [i for i in ids if i not in done]
+    skipped = len(ids) - len(todo)
+    logger.info("%d submissions, %d already graded, %d to grade", len(ids), skipped, len(todo))
+    if todo:
+        if cfg.provider.kind == "openai_compatible" and cfg.provider.check_on_start:
+            from raygrade.providers.openai_compat import check_provider
+
+            check_provider(cfg.provider)  # a missing key or an unknown model ends the run here, before any grading
+        keep = pa.array(sorted(todo))
+        ds = ds.map_batches(_keep_rows, fn_kwargs={"keep": keep}, batch_format="pyarrow")
+        blocks = max(cfg.actors, math.ceil(len(todo) / cfg.submissions_per_block))
+        run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        from raygrade.bulk.udf import RegradeUDF  # the graders (openai, the limiter actor) load only to grade
+
+        graded = ds.repartition(blocks).map_batches(
+            RegradeUDF, fn_constructor_args=(cfg.model_dump(mode="json"), assessment.model_dump(mode="json"), run_id),
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.submissions_per_block,
+            batch_format="pyarrow", num_cpus=0.5)
+        # One file per finished block, visible as the run goes on (the resume points), written
+        # by this driver under a temporary name and renamed: a kill leaves no half file behind.
+        # The same loop reports progress in submissions and items, with an ETA.
+        tracker = _Progress(len(todo), progress)
+        for k, block in enumerate(graded.iter_batches(batch_size=None, batch_format="pyarrow")):
+            tmp = staging / f"{run_id}-{k:06d}.parquet.tmp"
+            pq.write_table(block, tmp)
+            tmp.rename(staging / f"{run_id}-{k:06d}.parquet")
+            tracker.add(block)
+    table = finalize(out_dir, cfg.review_share)
+    report = build_report(table, cfg, assessment)
+    write_report(report, table, out_dir)
+    errs = sum(1 for e in table.column("error_type").to_pylist() if e)
+    return RegradeSummary(len(ids), skipped, len(todo), table.num_rows, errs, report)
+
+
+def _keep_rows(batch: pa.Table, keep: pa.Array) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_in(batch.column("submission_id").cast(pa.string()), value_set=keep))

@@ -1,0 +1,201 @@
+"""The grading actors of bulk regrades: ``Dataset.map_batches`` callable classes.
+
+Each actor holds one grader (:func:`raygrade.graders.cluster_grader`) reserving at
+``bulk`` priority in the cluster's shared token bucket (online jobs go first; bulk fills
+the spare budget) and one event loop reused for every block. Neither class raises for
+a row: what could not be graded comes back as rows carrying the error's type, so no
+block is dropped and the job does not fail.
+
+- :class:`RegradeUDF`: submission rows in (:data:`~raygrade.bulk.schema.SUBMISSION_SCHEMA`),
+  result rows out; plans its block itself. What ``jobs/regrade.py`` runs.
+- :class:`BatchGradingUDF`: already planned batches in (``{"batch": <GradeBatch JSON>}``),
+  one row per batch out (``batch_id``, ``results`` and ``errors`` as JSON lists,
+  ``prompt_tokens``, ``completion_tokens``, ``calls``, ``error_type``, ``""`` when it
+  succeeded); for loads built from the same batches as other systems
+  (``benchmarks/rate_limit.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pyarrow as pa
+
+from raygrade.batch import BatchOutcome, GradeBatch, students_error
+from raygrade.bulk.config import RegradeConfig
+from raygrade.bulk.schema import RESULT_SCHEMA, error_rows, page_count, row_questions, submission_rows_to_jobs
+from raygrade.config import ProviderConfig, RaygradeArgs
+from raygrade.errors import RaygradeError, ReadingError
+from raygrade.graders import cluster_grader
+from raygrade.planner import planner_for
+from raygrade.prompts import StudentWork
+from raygrade.protocol import Assessment, GradingJob, ImagePage, ReadingMode, Submission, TextPage
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class _GradingActor:
+    """One grader at ``bulk`` priority and one event loop, shared by the UDFs below."""
+
+    def __init__(self, provider: ProviderConfig, namespace: str, max_parse_retries: int, base_url: str | None):
+        self.loop = asyncio.new_event_loop()  # the HTTP client belongs to this loop: reuse it for every block
+        self.grader = cluster_grader(provider, namespace, priority="bulk", max_parse_retries=max_parse_retries,
+                                     base_url=base_url)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        asyncio.set_event_loop(self.loop)  # Ray Data may call from a worker thread: run this actor's loop there
+        return self.loop.run_until_complete(coro)
+
+    async def _grade(self, batch: GradeBatch) -> BatchOutcome:
+        """``grader.grade(batch)``; an unexpected exception becomes an error for the batch's items."""
+        try:
+            return await self.grader.grade(batch)
+        except Exception as exc:  # BatchGrader reports provider errors itself; this is anything else
+            logger.exception("batch %s failed", batch.batch_id)
+            return BatchOutcome(batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[students_error(
+                batch.students, getattr(exc, "error_type", "internal_error"), f"grading failed: {type(exc).__name__}",
+                batch.batch_id)])
+
+
+class BatchGradingUDF(_GradingActor):
+    """``map_batches`` UDF grading planned :class:`~raygrade.batch.GradeBatch` rows through one provider.
+
+    Args:
+        provider: The provider config (its ``rate_limit`` configures the shared bucket).
+        namespace: Ray namespace of the token-bucket actor shared with the Serve app.
+        max_parse_retries: Re-asks for schema-invalid items.
+        base_url: Overrides the provider's endpoint.
+    """
+
+    def __init__(self, provider: ProviderConfig | dict[str, Any], namespace: str = "raygrade",
+                 max_parse_retries: int = 2, base_url: str | None = None):
+        provider = provider if isinstance(provider, ProviderConfig) else ProviderConfig(**provider)
+        super().__init__(provider, namespace, max_parse_retries, base_url)
+
+    async def _one(self, raw: str) -> dict[str, Any]:
+        out = await self._grade(GradeBatch.model_validate_json(raw))
+        return {"batch_id": out.batch_id,
+                "results": json.dumps([r.model_dump(mode="json") for r in out.results]),
+                "errors": json.dumps([e.model_dump(mode="json") for e in out.errors]),
+                "prompt_tokens": out.usage.prompt_tokens, "completion_tokens": out.usage.completion_tokens,
+                "calls": out.calls, "error_type": out.errors[0].type if out.errors else ""}
+
+    async def _all(self, raws: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(self._one(r) for r in raws))
+
+    def __call__(self, rows: dict[str, Any]) -> dict[str, list[Any]]:
+        outs = self._run(self._all([str(r) for r in rows["batch"]]))
+        return {k: [o[k] for o in outs] for k in outs[0]} if outs else {}
+
+
+class RegradeUDF(_GradingActor):
+    """``map_batches`` callable class: grades a block of submission rows, returns result rows
+    (:data:`~raygrade.bulk.schema.RESULT_SCHEMA`).
+
+    Each block's submissions are read (OCR for text-only models), planned by
+    :mod:`raygrade.planner` and graded concurrently (``batches_in_flight``).
+
+    Args:
+        config: :class:`~raygrade.bulk.config.RegradeConfig` as a dict.
+        assessment: The dataset's assessment as a dict.
+        run_id: Identifies this run in the output rows.
+    """
+
+    def __init__(self, config: dict[str, Any], assessment: dict[str, Any], run_id: str):
+        self.cfg = RegradeConfig.model_validate(config)
+        batcher = self.cfg.batcher_config()
+        super().__init__(self.cfg.provider, self.cfg.namespace, batcher.max_parse_retries, self.cfg.base_url)
+        self.assessment = Assessment.model_validate(assessment)
+        self.run_id = run_id
+        self.planner = planner_for(RaygradeArgs(provider=self.cfg.provider, batcher=batcher,
+                                                namespace=self.cfg.namespace))
+        mode = self.cfg.reading_mode
+        if mode == ReadingMode.AUTO:
+            mode = ReadingMode.VISION if self.cfg.provider.supports_vision else ReadingMode.OCR
+        self.mode = mode
+        self._ocr = None
+
+    def _read(self, sub: Submission) -> list[TextPage | ImagePage]:
+        if self.mode != ReadingMode.OCR:
+            return list(sub.pages)
+        if self._ocr is None:
+            from raygrade.reading.ocr import OCRReader
+
+            self._ocr = OCRReader()
+        return [TextPage(text=self._ocr.read(p.image_bytes())) if isinstance(p, ImagePage) else p for p in sub.pages]
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        rows = block.to_pylist()
+        try:
+            out = self._run(self._grade_rows(rows))
+        except Exception as exc:  # never fail the job for one block: error rows instead
+            logger.exception("block failed")
+            etype = exc.error_type if isinstance(exc, RaygradeError) else "internal_error"
+            out = [e for r in rows for e in error_rows(r, row_questions(r, self.assessment), etype,
+                                                        f"block failed: {type(exc).__name__}", self.assessment)]
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        for r in out:
+            r["run_id"], r["graded_at"] = self.run_id, now
+        return pa.Table.from_pylist([{c: r.get(c) for c in RESULT_SCHEMA.names} for r in out], schema=RESULT_SCHEMA)
+
+    async def _grade_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        by_id = {str(r["submission_id"]): r for r in rows}
+        subs, out = submission_rows_to_jobs(rows, self.assessment)
+        if not subs:
+            return out
+        job = GradingJob(assessment=self.assessment, submissions=subs)
+        works = []
+        for i, sub in enumerate(subs):
+            qids = [q.id for q in job.questions_for(sub)]
+            try:
+                pages = await asyncio.to_thread(self._read, sub)
+            except Exception as exc:
+                out.extend(error_rows(by_id[sub.student_id], qids, ReadingError.error_type,
+                                       f"reading failed: {type(exc).__name__}", self.assessment))
+                continue
+            works.append(StudentWork(student_id=sub.student_id, alias=f"s{i + 1}", pages=pages,
+                                     page_indices=list(range(len(sub.pages))), question_ids=qids))
+        if not works:
+            return out
+        ok = sorted(w.student_id for w in works)
+        job_id = f"regrade-{self.run_id}-{hashlib.sha1(''.join(ok).encode()).hexdigest()[:10]}"
+        batches, plan_errors = self.planner.batches(job_id, job, works, self.mode == ReadingMode.VISION)
+        for e in plan_errors:
+            for sid in e.student_ids:
+                out.extend(error_rows(by_id[sid], e.question_ids, e.type, e.message, self.assessment))
+        sem = asyncio.Semaphore(self.cfg.batches_in_flight)
+
+        async def grade(b: GradeBatch) -> tuple[GradeBatch, BatchOutcome]:
+            async with sem:
+                return b, await self._grade(b)
+
+        for b, outcome in await asyncio.gather(*(grade(b) for b in batches)):
+            out.extend(self._outcome_rows(b, outcome, by_id))
+        return out
+
+    def _outcome_rows(self, b: GradeBatch, outcome: BatchOutcome, by_id: dict[str, dict[str, Any]]
+                      ) -> list[dict[str, Any]]:
+        rows = []
+        for g in outcome.results:
+            src = by_id[g.student_id]
+            rows.append({"submission_id": g.student_id, "student_id": str(src.get("student_id") or ""),
+                         "question_id": g.question_id, "score": g.score, "max_score": g.max_score,
+                         "feedback": g.feedback, "confidence": g.confidence,
+                         "confidence_source": g.confidence_source,
+                         "confidence_calibrated": g.confidence_calibrated, "baseline_agrees": g.baseline_agrees,
+                         "needs_review": False,
+                         "model": g.model, "prompt_version": outcome.prompt_version,
+                         "prompt_tokens": g.usage.prompt_tokens, "completion_tokens": g.usage.completion_tokens,
+                         "pages": page_count(src), "batch_id": b.batch_id, "error_type": None,
+                         "error_message": None})
+        for e in outcome.errors:
+            for sid in e.student_ids:
+                rows.extend(error_rows(by_id[sid], e.question_ids, e.type, e.message, self.assessment, b.batch_id))
+        return rows
