@@ -58,9 +58,9 @@ def _print_table(results: JobResults, human: dict[tuple[str, str], float] | None
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from raygrade.datasets.sample_jobs import sample_job, saf_job
     from raygrade.datasets.render import font_name
     from raygrade.datasets.saf import find_saf
+    from raygrade.datasets.sample_jobs import saf_job, sample_job
     from raygrade.evaluation import agreement
 
     root = find_saf(a.saf)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from raygrade.batch import BatchOutcome, GradeBatch, students_error
 from raygrade.errors import (
     CircuitOpenError,
     OutputParseError,
@@ -21,7 +22,6 @@ from raygrade.errors import (
     ProviderTimeoutError,
     RaygradeError,
 )
-from raygrade.batch import BatchOutcome, GradeBatch, students_error
 from raygrade.evaluation import score_level
 from raygrade.prompts import StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import GradeResult, GradingErrorItem, Usage

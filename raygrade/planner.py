@@ -23,8 +23,22 @@ from raygrade.batch import GradeBatch
 from raygrade.blobs import image_size as blob_image_size
 from raygrade.config import RaygradeArgs
 from raygrade.errors import PlanningError
-from raygrade.prompts import PROMPT_VERSION, SYSTEM_PROMPT, StudentWork, page_header, question_section, student_header
-from raygrade.protocol import GradingErrorItem, GradingJob, ImagePage, Question, StoredImage, TextPage
+from raygrade.prompts import (
+    PROMPT_VERSION,
+    SYSTEM_PROMPT,
+    StudentWork,
+    page_header,
+    question_section,
+    student_header,
+)
+from raygrade.protocol import (
+    GradingErrorItem,
+    GradingJob,
+    ImagePage,
+    Question,
+    StoredImage,
+    TextPage,
+)
 from raygrade.tokens import TokenCounter, counter_for, image_tokens
 
 

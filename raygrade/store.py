@@ -40,9 +40,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.blobs import BlobStore, default_blob_uri, externalize
 from raygrade.errors import ConflictError, IllegalTransitionError, NotFoundError
-from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.protocol import (
     GradeResult,
     GradingErrorItem,
@@ -54,7 +54,6 @@ from raygrade.protocol import (
     Usage,
 )
 from raygrade.review import review_cut
-
 
 JOB_TRANSITIONS: dict[str, set[str]] = {
     "queued": {"running", "cancelled", "failed"},

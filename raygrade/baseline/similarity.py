@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from raygrade.evaluation import score_level
 from raygrade.batch import BatchOutcome, GradeBatch
+from raygrade.evaluation import score_level
 from raygrade.protocol import GradeResult, GradingErrorItem, Question, TextPage, Usage
 
 logger = logging.getLogger(__name__)

@@ -104,7 +104,9 @@ def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] |
         ds = ds.map_batches(_keep_rows, fn_kwargs={"keep": keep}, batch_format="pyarrow")
         blocks = max(cfg.actors, math.ceil(len(todo) / cfg.submissions_per_block))
         run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        from raygrade.bulk.udf import RegradeUDF  # the graders (openai, the limiter actor) load only to grade
+        from raygrade.bulk.udf import (
+            RegradeUDF,  # the graders (openai, the limiter actor) load only to grade
+        )
 
         graded = ds.repartition(blocks).map_batches(
             RegradeUDF, fn_constructor_args=(cfg.model_dump(mode="json"), assessment.model_dump(mode="json"), run_id),

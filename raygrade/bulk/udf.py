@@ -29,13 +29,26 @@ import pyarrow as pa
 
 from raygrade.batch import BatchOutcome, GradeBatch, students_error
 from raygrade.bulk.config import RegradeConfig
-from raygrade.bulk.schema import RESULT_SCHEMA, error_rows, page_count, row_questions, submission_rows_to_jobs
+from raygrade.bulk.schema import (
+    RESULT_SCHEMA,
+    error_rows,
+    page_count,
+    row_questions,
+    submission_rows_to_jobs,
+)
 from raygrade.config import ProviderConfig, RaygradeArgs
 from raygrade.errors import RaygradeError, ReadingError
 from raygrade.graders import cluster_grader
 from raygrade.planner import planner_for
 from raygrade.prompts import StudentWork
-from raygrade.protocol import Assessment, GradingJob, ImagePage, ReadingMode, Submission, TextPage
+from raygrade.protocol import (
+    Assessment,
+    GradingJob,
+    ImagePage,
+    ReadingMode,
+    Submission,
+    TextPage,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

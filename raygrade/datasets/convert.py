@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from raygrade.bulk.schema import SUBMISSION_SCHEMA
 from raygrade.protocol import Assessment, GradingJob, ImagePage, StoredImage
 
+
 def write_dataset(out: str | Path, assessment: Assessment, rows: list[dict[str, Any]], *,
                   rows_per_file: int = 256) -> Path:
     """Write ``assessment.json`` and ``submissions/part-*.parquet`` under ``out``.
@@ -61,8 +62,8 @@ def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers"
     Raises:
         FileNotFoundError: the SAF split is missing.
     """
-    from raygrade.datasets.sample_jobs import pick_examples
     from raygrade.datasets.saf import load_split
+    from raygrade.datasets.sample_jobs import pick_examples
     from raygrade.protocol import Question
 
     rng = random.Random(seed)

@@ -15,7 +15,14 @@ from pathlib import Path
 from raygrade.datasets.render import render_pages
 from raygrade.datasets.saf import SAFAnswer, SAFQuestion, load_split
 from raygrade.evaluation import score_level
-from raygrade.protocol import GradedExample, GradingJob, ImagePage, JobOptions, Question, Submission
+from raygrade.protocol import (
+    GradedExample,
+    GradingJob,
+    ImagePage,
+    JobOptions,
+    Question,
+    Submission,
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,13 +8,14 @@ concurrency, and writes each outcome back. It acts only on what the store says, 
 a batcher that restarts (or a second one) resumes every job where it stood: a batch
 whose grader replica died is released and re-dispatched at once, one whose batcher
 died is re-dispatched when its lease expires, and grades are written exactly once
-(:mod:`raygrade.store`). It also delivers job-completion webhooks.
+(:mod:`raygrade.store`). OCR fan-out is :func:`raygrade.serve.reader.read_submissions`;
+job-completion webhooks go out from :class:`raygrade.serve.webhook_sender.WebhookSender`,
+in a task of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -22,22 +23,22 @@ import uuid
 
 from ray import serve
 
-from raygrade.blobs import BlobStore, inline, page_bytes
-from raygrade.config import RaygradeArgs
-from raygrade.errors import PlanningError, RaygradeError, ReadingError, raygrade_cause
 from raygrade.batch import BatchOutcome, GradeBatch, students_error
+from raygrade.blobs import BlobStore, inline
+from raygrade.config import RaygradeArgs
+from raygrade.errors import PlanningError, RaygradeError, raygrade_cause
 from raygrade.metrics import Recorder
 from raygrade.planner import JobPlanner, planner_for
-from raygrade.prompts import StudentWork
 from raygrade.protocol import (
     GradingErrorItem,
     GradingJob,
-    ImagePage,
     JobState,
     ReadingMode,
     StoredImage,
-    TextPage,
 )
+from raygrade.serve.logs import ids
+from raygrade.serve.reader import read_submissions, reading_mode
+from raygrade.serve.webhook_sender import WebhookSender
 
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config
 # format (JSON in serve_config.yaml), as Serve documents for deployment code.
@@ -46,13 +47,6 @@ logger = logging.getLogger(f"ray.serve.{__name__}")
 #: Seconds between reads of the store's job and queue gauges (Ray exports metrics every few
 #: seconds anyway; the control loop itself polls every ``poll_interval_s``).
 GAUGE_INTERVAL_S = 5.0
-
-def ids(job_id: str, batch_id: str | None = None) -> dict[str, str]:
-    """``extra=`` for a job's log lines: fields of their own in Serve's JSON logs
-    (``logging_config: {encoding: JSON}``), so an operator can follow one job or batch.
-    Named ``raygrade_job_id``/``raygrade_batch_id``: Ray's own log context owns ``job_id``."""
-    return {"raygrade_job_id": job_id, **({"raygrade_batch_id": batch_id} if batch_id else {})}
-
 
 class _JobFailed(Exception):
     """A job-fatal error (retrying would fail the same way)."""
@@ -84,17 +78,23 @@ class Batcher:
         self._jobs: dict[str, asyncio.Task] = {}
         self._leased: set[str] = set()  # batches this replica is grading now (their leases are renewed)
         self._control: asyncio.Task | None = None
+        self._webhook_loop: asyncio.Task | None = None
         self._metrics = Recorder()  # raygrade.metrics
         self._gauges_at = float("-inf")  # when the store's gauges were last read
         self._ns = {"namespace": args.namespace}
+        self._webhooks = WebhookSender(registry, args.store, self._owner, self._metrics, self._ns)
         self._ensure_control_loop()
 
     def _ensure_control_loop(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # constructed outside the event loop: started by the first call
+            return
         if self._control is None or self._control.done():
-            try:
-                self._control = asyncio.get_running_loop().create_task(self._control_loop())
-            except RuntimeError:  # constructed outside the event loop: started by the first call
-                self._control = None
+            self._control = loop.create_task(self._control_loop())
+        if self._webhook_loop is None or self._webhook_loop.done():
+            # Its own task: a slow webhook receiver never holds up dispatch, leases or other jobs.
+            self._webhook_loop = loop.create_task(self._webhooks.run(self._store_cfg.poll_interval_s))
 
     async def check_health(self) -> None:
         """Serve's periodic health check; (re)starts the control loop if it is not running."""
@@ -135,7 +135,7 @@ class Batcher:
             self._jobs[job_id] = asyncio.create_task(self._run(job_id))
 
     async def _control_loop(self) -> None:
-        """Resume unfinished jobs, renew this batcher's leases, deliver due webhooks; forever."""
+        """Resume unfinished jobs, renew this batcher's leases, report gauges; forever."""
         cfg = self._store_cfg
         while True:
             try:
@@ -145,7 +145,6 @@ class Batcher:
                     del self._jobs[job_id]
                 if self._leased:
                     await self._registry.renew_leases.remote(self._owner, cfg.batch_lease_s, list(self._leased))
-                await self._deliver_webhooks()
                 if time.monotonic() - self._gauges_at >= GAUGE_INTERVAL_S:
                     self._gauges_at = time.monotonic()
                     await self._report_gauges()
@@ -168,54 +167,15 @@ class Batcher:
             for etype, n in (await self._registry.failure_counts.remote(job_id)).items():
                 self._metrics.inc("raygrade_items_failed", n, {**self._ns, "error_type": etype})
 
-    def _mode(self, job: GradingJob) -> ReadingMode:
-        mode = job.options.reading_mode
-        if mode == ReadingMode.AUTO:
-            return ReadingMode.VISION if self._args.provider.supports_vision else ReadingMode.OCR
-        return mode
-
-    async def _read(self, job: GradingJob, mode: ReadingMode
-                    ) -> tuple[list[StudentWork], list[GradingErrorItem]]:
-        """Build each student's :class:`StudentWork`, OCR-ing image pages in OCR mode."""
-        sem = asyncio.Semaphore(32)
-
-        async def one(i: int) -> StudentWork:
-            sub = job.submissions[i]
-            pages: list[TextPage | ImagePage | StoredImage] = []
-            for page in sub.pages:
-                if isinstance(page, ImagePage | StoredImage) and mode == ReadingMode.OCR:
-                    async with sem:
-                        data = await asyncio.to_thread(page_bytes, page, self._blob_store())
-                        text = await self._reader.read.remote(data)
-                    pages.append(TextPage(text=text))
-                else:
-                    pages.append(page)
-            return StudentWork(student_id=sub.student_id, alias=f"s{i + 1}", pages=pages,
-                               page_indices=list(range(len(sub.pages))),
-                               question_ids=[q.id for q in job.questions_for(sub)])
-
-        works, errors = [], []
-        outs = await asyncio.gather(*(one(i) for i in range(len(job.submissions))), return_exceptions=True)
-        for sub, out in zip(job.submissions, outs):
-            if isinstance(out, BaseException):
-                # Ray re-raises a replica's exception as a subclass of the original type.
-                err = out if isinstance(out, RaygradeError) else ReadingError(f"reading failed: {type(out).__name__}")
-                errors.append(GradingErrorItem(student_ids=[sub.student_id],
-                                               question_ids=[q.id for q in job.questions_for(sub)],
-                                               type=err.error_type, message=getattr(err, "message", str(err))))
-            else:
-                works.append(out)
-        return works, errors
-
     async def _plan(self, job_id: str, job: GradingJob) -> None:
         """Read and plan a queued job and record the plan (``queued → running``); idempotent.
 
         Raises:
             _JobFailed: planning failed in a way a retry would repeat.
         """
-        mode = self._mode(job)
+        mode = reading_mode(job, self._args.provider)
         planner = await self._get_planner()
-        works, read_errors = await self._read(job, mode)
+        works, read_errors = await read_submissions(job, mode, self._reader, self._blob_store())
         try:
             batches, plan_errors = await asyncio.to_thread(planner.batches, job_id, job, works,
                                                            mode == ReadingMode.VISION)
@@ -300,23 +260,3 @@ class Batcher:
             outcome, replica = BatchOutcome(batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[
                 students_error(batch.students, error_type, message, batch.batch_id)]), None
         await self._registry.complete_batch.remote(job_id, outcome, replica)
-
-    async def _deliver_webhooks(self) -> None:
-        from raygrade.webhooks import backoff_s, deliver
-
-        cfg = self._store_cfg
-        due = await self._registry.lease_webhooks.remote(self._owner, cfg.webhook_timeout_s * 3)
-        if not due:
-            return
-        secret = os.environ.get(cfg.webhook_secret_env)
-        for job_id, url, attempt in due:
-            body = json.dumps({"type": "grading.job.completed",
-                               "data": (await self._registry.status.remote(job_id)).model_dump(mode="json")}).encode()
-            error = ("no signing secret configured" if not secret else
-                     await deliver(url, secret, f"msg_{job_id}", body, timeout_s=cfg.webhook_timeout_s))
-            state = await self._registry.webhook_result.remote(
-                job_id, ok=error is None, error=error, retry_in_s=backoff_s(attempt),
-                max_attempts=cfg.webhook_max_attempts)
-            logger.info("webhook for job %s: attempt %d, %s", job_id, attempt, state, extra=ids(job_id))
-            self._metrics.inc("raygrade_webhook_deliveries", 1,
-                              {**self._ns, "outcome": "delivered" if error is None else "failed"})

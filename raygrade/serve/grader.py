@@ -14,8 +14,8 @@ import time
 from ray import serve
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader
-from raygrade.config import BatcherConfig, ProviderConfig
 from raygrade.batch import BatchOutcome, GradeBatch
+from raygrade.config import BatcherConfig, ProviderConfig
 from raygrade.graders import cluster_grader
 from raygrade.grading import BatchGrader
 from raygrade.metrics import Recorder

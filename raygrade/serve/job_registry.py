@@ -13,19 +13,15 @@ import asyncio
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from ray import serve
 
+from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.config import StoreConfig
 from raygrade.errors import InvalidRequestError
-from raygrade.protocol import GradingJob, JobStatus
+from raygrade.protocol import GradingErrorItem, GradingJob, JobResults, JobStatus
 from raygrade.store import JobStore
-
-#: JobStore methods the deployment exposes as they are.
-STORE_METHODS = ("get_job", "status", "results", "replicas", "cancel", "record_plan",
-                 "lease_batches", "renew_leases", "release_batch", "batch_attempts", "complete_batch",
-                 "finish_if_complete", "fail_job", "lease_webhooks", "webhook_result", "webhook", "batch_report",
-                 "failure_counts")
 
 
 class JobRegistryImpl:
@@ -65,18 +61,85 @@ class JobRegistryImpl:
         """This application's unfinished jobs (see :meth:`JobStore.unfinished_jobs`)."""
         return await self._do(self._store.unfinished_jobs, self._namespace)
 
+    # -- reads ------------------------------------------------------------------------------
+    async def get_job(self, job_id: str) -> GradingJob:
+        """The job as stored (:meth:`JobStore.get_job`). Raises ``NotFoundError``."""
+        return await self._do(self._store.get_job, job_id)
 
-def _passthrough(name: str):
-    async def method(self, *args, **kwargs):
-        return await self._do(getattr(self._store, name), *args, **kwargs)
+    async def status(self, job_id: str) -> JobStatus:
+        """The job's state and progress (:meth:`JobStore.status`). Raises ``NotFoundError``."""
+        return await self._do(self._store.status, job_id)
 
-    method.__name__ = name
-    method.__doc__ = getattr(JobStore, name).__doc__
-    return method
+    async def results(self, job_id: str) -> JobResults:
+        """Grades and errors so far (:meth:`JobStore.results`). Raises ``NotFoundError``."""
+        return await self._do(self._store.results, job_id)
 
+    async def replicas(self, job_id: str) -> dict[str, int]:
+        """Batches completed per grader replica (:meth:`JobStore.replicas`)."""
+        return await self._do(self._store.replicas, job_id)
 
-for _name in STORE_METHODS:
-    setattr(JobRegistryImpl, _name, _passthrough(_name))
+    async def batch_report(self, job_id: str) -> list[dict[str, Any]]:
+        """Per batch: id, state, attempts, duplicates dropped (:meth:`JobStore.batch_report`)."""
+        return await self._do(self._store.batch_report, job_id)
+
+    async def failure_counts(self, job_id: str) -> dict[str, int]:
+        """Failed items by error type (:meth:`JobStore.failure_counts`)."""
+        return await self._do(self._store.failure_counts, job_id)
+
+    async def batch_attempts(self, batch_id: str) -> int:
+        """How many times the batch was leased (:meth:`JobStore.batch_attempts`)."""
+        return await self._do(self._store.batch_attempts, batch_id)
+
+    # -- job transitions ----------------------------------------------------------------------
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a queued or running job (:meth:`JobStore.cancel`). Raises ``NotFoundError``."""
+        return await self._do(self._store.cancel, job_id)
+
+    async def record_plan(self, job_id: str, planned: list[GradeBatch], errors: list[GradingErrorItem],
+                          model: str | None) -> bool:
+        """Record the job's batches, ``queued → running`` (:meth:`JobStore.record_plan`)."""
+        return await self._do(self._store.record_plan, job_id, planned, errors, model)
+
+    async def finish_if_complete(self, job_id: str) -> JobStatus | None:
+        """Apply the completion policy (:meth:`JobStore.finish_if_complete`)."""
+        return await self._do(self._store.finish_if_complete, job_id)
+
+    async def fail_job(self, job_id: str, error: GradingErrorItem) -> JobStatus:
+        """End a job that cannot go on (:meth:`JobStore.fail_job`)."""
+        return await self._do(self._store.fail_job, job_id, error)
+
+    # -- batch leases -------------------------------------------------------------------------
+    async def lease_batches(self, job_id: str, owner: str, lease_s: float, limit: int) -> list[GradeBatch]:
+        """Lease up to ``limit`` pending (or expired) batches (:meth:`JobStore.lease_batches`)."""
+        return await self._do(self._store.lease_batches, job_id, owner, lease_s, limit)
+
+    async def renew_leases(self, owner: str, lease_s: float, batch_ids: list[str] | None = None) -> int:
+        """Extend ``owner``'s leases (:meth:`JobStore.renew_leases`)."""
+        return await self._do(self._store.renew_leases, owner, lease_s, batch_ids)
+
+    async def release_batch(self, batch_id: str, owner: str) -> bool:
+        """``leased → pending`` after a lost grader (:meth:`JobStore.release_batch`)."""
+        return await self._do(self._store.release_batch, batch_id, owner)
+
+    async def complete_batch(self, job_id: str, outcome: BatchOutcome, replica: str | None = None) -> dict[str, int]:
+        """Write a graded batch exactly once per item (:meth:`JobStore.complete_batch`)."""
+        return await self._do(self._store.complete_batch, job_id, outcome, replica)
+
+    # -- the webhook outbox -------------------------------------------------------------------
+    async def lease_webhooks(self, owner: str, lease_s: float, limit: int = 16) -> list[tuple[str, str, int]]:
+        """Due webhooks leased to ``owner`` (:meth:`JobStore.lease_webhooks`)."""
+        return await self._do(self._store.lease_webhooks, owner, lease_s, limit)
+
+    async def webhook_result(self, job_id: str, *, ok: bool, error: str | None = None,
+                             retry_in_s: float | None = None, max_attempts: int = 8) -> str:
+        """Record a delivery attempt (:meth:`JobStore.webhook_result`); returns the new state."""
+        return await self._do(self._store.webhook_result, job_id, ok=ok, error=error, retry_in_s=retry_in_s,
+                              max_attempts=max_attempts)
+
+    async def webhook(self, job_id: str) -> dict[str, Any] | None:
+        """The job's webhook row (:meth:`JobStore.webhook`)."""
+        return await self._do(self._store.webhook, job_id)
+
 
 JobRegistry = serve.deployment(name="JobRegistry", num_replicas=1, ray_actor_options={"num_cpus": 0},
                                max_ongoing_requests=1000)(JobRegistryImpl)

@@ -1,0 +1,72 @@
+"""Delivering job-completion webhooks from the store's outbox.
+
+The store writes a webhook row in the same transaction as a job's terminal state
+(:mod:`raygrade.store`); :class:`WebhookSender` leases the rows that are due, POSTs them
+signed (:mod:`raygrade.webhooks`) and records each result, which schedules a retry with
+backoff or gives up after ``webhook_max_attempts``. Deliveries run concurrently, in a task
+apart from the Batcher's control loop, so one slow receiver delays nobody else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+
+from raygrade.config import StoreConfig
+from raygrade.metrics import Recorder
+from raygrade.serve.logs import ids
+from raygrade.webhooks import backoff_s, deliver
+
+logger = logging.getLogger(f"ray.serve.{__name__}")
+
+#: Deliveries in flight at once per sender.
+MAX_CONCURRENT_DELIVERIES = 16
+
+
+class WebhookSender:
+    """Sends the due webhooks of one application.
+
+    Args:
+        registry: ``JobRegistry`` handle (``lease_webhooks``, ``status``, ``webhook_result``).
+        config: The store settings (timeouts, attempts, the secret's variable).
+        owner: Lease owner id (the Batcher replica's).
+        metrics: Where ``raygrade_webhook_deliveries`` is counted.
+        tags: Metric tags (the application's namespace).
+    """
+
+    def __init__(self, registry, config: StoreConfig, owner: str, metrics: Recorder, tags: dict[str, str]):
+        self._registry, self._cfg, self._owner, self._metrics, self._tags = registry, config, owner, metrics, tags
+        self._sem = asyncio.Semaphore(MAX_CONCURRENT_DELIVERIES)
+
+    async def run(self, interval_s: float) -> None:
+        """Deliver what is due every ``interval_s`` seconds, forever."""
+        while True:
+            try:
+                await self.deliver_due()
+            except Exception as exc:  # the store is briefly unreachable: try again
+                logger.warning("webhook sender: %s", type(exc).__name__)
+            await asyncio.sleep(interval_s)
+
+    async def deliver_due(self) -> int:
+        """Lease the due webhooks and deliver them concurrently; returns how many were tried."""
+        cfg = self._cfg
+        # The lease outlives a delivery's timeout, so no other sender takes a row mid-delivery.
+        due = await self._registry.lease_webhooks.remote(self._owner, cfg.webhook_timeout_s * 3)
+        await asyncio.gather(*(self._one(job_id, url, attempt) for job_id, url, attempt in due))
+        return len(due)
+
+    async def _one(self, job_id: str, url: str, attempt: int) -> None:
+        cfg = self._cfg
+        async with self._sem:
+            secret = os.environ.get(cfg.webhook_secret_env)
+            status = await self._registry.status.remote(job_id)
+            body = json.dumps({"type": "grading.job.completed", "data": status.model_dump(mode="json")}).encode()
+            error = ("no signing secret configured" if not secret else
+                     await deliver(url, secret, f"msg_{job_id}", body, timeout_s=cfg.webhook_timeout_s))
+        state = await self._registry.webhook_result.remote(
+            job_id, ok=error is None, error=error, retry_in_s=backoff_s(attempt), max_attempts=cfg.webhook_max_attempts)
+        logger.info("webhook for job %s: attempt %d, %s", job_id, attempt, state, extra=ids(job_id))
+        self._metrics.inc("raygrade_webhook_deliveries", 1,
+                          {**self._tags, "outcome": "delivered" if error is None else "failed"})
