@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from raygrade.store import VERSION_TABLE, metadata
+from raygrade.store.schema import VERSION_TABLE, metadata
 
 config = context.config
 
@@ -25,7 +25,7 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
-    from raygrade.store import create_engine
+    from raygrade.store.schema import create_engine
 
     engine = create_engine(config.get_main_option("sqlalchemy.url"))
     with engine.begin() as conn:

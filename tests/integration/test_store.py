@@ -264,8 +264,8 @@ def image_plan(job_id: str, job: GradingJob, per_batch=2) -> list[GradeBatch]:
 
 def test_page_images_are_stored_once_by_reference(store, tmp_path):
     from raygrade.protocol import ImagePage, StoredImage
-    from raygrade.store import batches as batches_table
-    from raygrade.store import job_bodies
+    from raygrade.store.schema import batches as batches_table
+    from raygrade.store.schema import job_bodies
 
     job = image_job(5, shared=3)
     status, _ = store.create_job(job)

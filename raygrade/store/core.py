@@ -1,0 +1,87 @@
+"""The store's engine, clock, blob store and the row helpers every part of it shares."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from raygrade.blobs import BlobStore, default_blob_uri, externalize
+from raygrade.errors import NotFoundError
+from raygrade.protocol import GradingJob, JobProgress, JobState, JobStatus, Usage
+from raygrade.store.schema import create_engine, job_bodies, jobs, migrate
+from raygrade.store.states import JOB_TRANSITIONS, sources
+
+
+class StoreCore:
+    """Engine, clock and helpers; :class:`raygrade.store.JobStore` adds the operations.
+
+    Args:
+        url: SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg://…``); the schema is
+            created or upgraded on open (:func:`raygrade.store.schema.migrate`).
+        clock: Wall clock, Unix seconds (injected in tests).
+        blob_uri: Where page images go (default: a folder beside a SQLite file).
+    """
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time, blob_uri: str | None = None):
+        self.engine = create_engine(url)
+        self.dialect = self.engine.dialect.name
+        self._clock = clock
+        self.blobs = BlobStore(blob_uri or default_blob_uri(url))
+        migrate(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def externalize(self, job: GradingJob) -> GradingJob:
+        """``job`` with its page images in this store's blob store (:func:`raygrade.blobs.externalize`).
+
+        Raises:
+            InvalidRequestError: a page image Pillow cannot read (HTTP 400, naming the page).
+        """
+        return externalize(job, self.blobs)
+    def _insert_ignore(self, table: sa.Table):
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table).on_conflict_do_nothing()
+
+    def _job_row(self, conn, job_id: str, *, lock: bool = False):
+        q = sa.select(jobs).where(jobs.c.id == job_id)
+        if lock and self.dialect == "postgresql":
+            q = q.with_for_update()
+        row = conn.execute(q).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no job with id {job_id!r}", param="job_id")
+        return row
+
+    def _set_job_state(self, conn, job_id: str, new: str, **values) -> bool:
+        """CAS the job into ``new`` from any state allowed to reach it; False if none matched."""
+        res = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_(sources(JOB_TRANSITIONS, new)))
+                           .values(state=new, updated_at=self._clock(), **values))
+        return res.rowcount == 1
+    @staticmethod
+    def _job_body(conn, job_id: str) -> GradingJob:
+        return GradingJob.model_validate_json(
+            conn.execute(sa.select(job_bodies.c.body).where(job_bodies.c.job_id == job_id)).scalar_one())
+
+    def _status(self, conn, job_id: str) -> JobStatus:
+        """One row: the job's counters (kept by every write that changes them)."""
+        j = self._job_row(conn, job_id)
+        return JobStatus(
+            id=job_id, state=JobState(j["state"]), created_at=j["created_at"], finished_at=j["finished_at"],
+            model=j["model"], usage=Usage(prompt_tokens=j["prompt_tokens"], completion_tokens=j["completion_tokens"]),
+            progress=JobProgress(students=j["students"], items_total=j["items_total"],
+                                 items_graded=j["items_graded"], items_failed=j["items_failed"],
+                                 items_needs_review=j["items_needs_review"], items_cancelled=j["items_cancelled"],
+                                 batches_total=j["batches_total"], batches_done=j["batches_done"],
+                                 batches_redispatched=j["batches_redispatched"]))
+
+    def _count(self, conn, job_id: str, **deltas: int) -> None:
+        """Add ``deltas`` to the job's counters (in the caller's transaction)."""
+        if deltas := {k: v for k, v in deltas.items() if v}:
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                **{k: jobs.c[k] + v for k, v in deltas.items()}))
+

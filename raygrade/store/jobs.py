@@ -1,0 +1,252 @@
+"""The :class:`JobStore`: jobs from creation to their terminal state, and what is read of them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+
+from raygrade.errors import ConflictError
+from raygrade.protocol import (
+    GradeResult,
+    GradingErrorItem,
+    GradingJob,
+    JobResults,
+    JobState,
+    JobStatus,
+    Usage,
+)
+from raygrade.review import review_cut
+from raygrade.store.batches import BatchLeases
+from raygrade.store.outbox import WebhookOutbox
+from raygrade.store.schema import batches, items, job_bodies, jobs
+from raygrade.store.states import (
+    BATCH_TRANSITIONS,
+    ITEM_TRANSITIONS,
+    JOB_TRANSITIONS,
+    check_transition,
+    sources,
+)
+
+
+class JobStore(BatchLeases, WebhookOutbox):
+    """Jobs, items, batches and webhooks in SQLite or PostgreSQL.
+
+    Args:
+        url: SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg://…``).
+        clock: Wall clock, Unix seconds (injected in tests).
+        blob_uri: Where page images go (default: a folder beside a SQLite file).
+
+    Every method is one transaction. Methods raise :class:`NotFoundError` for an
+    unknown job id and :class:`IllegalTransitionError` for a disallowed state change.
+    The operations live in three parts: this class (jobs), :class:`BatchLeases`
+    (plans, leases, completion of batches) and :class:`WebhookOutbox`.
+    """
+
+    def create_job(self, job: GradingJob, idempotency_key: str | None = None, namespace: str = "raygrade"
+                   ) -> tuple[JobStatus, bool]:
+        """Record a job and its items (state ``queued``), or return the job its key names.
+
+        ``namespace`` is the application's (``RaygradeArgs.namespace``): several raygrade
+        applications can share one database; each resumes only its own jobs, and
+        idempotency keys are unique per namespace.
+
+        Returns:
+            ``(status, created)``; ``created`` is False for a replay of the same key and body.
+
+        Raises:
+            ConflictError: the key was used with a different body (HTTP 409).
+        """
+        job = self.externalize(job)
+        body = job.model_dump_json()
+        h = hashlib.sha256(body.encode()).hexdigest()
+        now = self._clock()
+        job_id = f"job_{uuid.uuid4().hex}"
+        rows = []
+        for i, sub in enumerate(job.submissions):
+            for j, q in enumerate(job.questions_for(sub)):
+                rows.append({"job_id": job_id, "student_id": sub.student_id, "question_id": q.id,
+                             "seq": i * 10_000 + j, "state": "pending", "updated_at": now})
+        with self.engine.begin() as conn:
+            if idempotency_key is not None:
+                ins = self._insert_ignore(jobs).values(
+                    id=job_id, namespace=namespace, idempotency_key=idempotency_key, body_hash=h,
+                    state="queued", model=job.options.model, students=len(job.submissions), items_total=len(rows),
+                    created_at=now, updated_at=now).returning(jobs.c.id)
+                if conn.execute(ins).first() is None:  # the key exists (rowcount is -1 on psycopg)
+                    existing = conn.execute(sa.select(jobs.c.id, jobs.c.body_hash)
+                                            .where(jobs.c.namespace == namespace,
+                                                   jobs.c.idempotency_key == idempotency_key)).first()
+                    if existing.body_hash != h:
+                        raise ConflictError("idempotency key was already used with a different request body",
+                                            param="idempotency_key")
+                    return self._status(conn, existing.id), False
+            else:
+                conn.execute(jobs.insert().values(
+                    id=job_id, namespace=namespace, body_hash=h, state="queued", model=job.options.model,
+                    students=len(job.submissions), items_total=len(rows), created_at=now, updated_at=now))
+            conn.execute(job_bodies.insert().values(job_id=job_id, body=body))
+            for k in range(0, len(rows), 5000):
+                conn.execute(items.insert(), rows[k:k + 5000])
+            return self._status(conn, job_id), True
+
+    def get_job(self, job_id: str) -> GradingJob:
+        """The job as stored: page images are :class:`StoredImage` references (:func:`raygrade.blobs.inline`)."""
+        with self.engine.connect() as conn:
+            self._job_row(conn, job_id)  # NotFoundError for an unknown id
+            return self._job_body(conn, job_id)
+
+    def status(self, job_id: str) -> JobStatus:
+        with self.engine.connect() as conn:
+            return self._status(conn, job_id)
+
+    def unfinished_jobs(self, namespace: str = "raygrade") -> list[str]:
+        """Ids of the namespace's jobs accepted but not in a terminal state, oldest first
+        (what a restart resumes)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(jobs.c.id).where(jobs.c.namespace == namespace,
+                                                                jobs.c.state.in_(["queued", "running"]))
+                                     .order_by(jobs.c.created_at)).scalars())
+    def finish_if_complete(self, job_id: str) -> JobStatus | None:
+        """Apply the job's completion policy; if it is met, make the job terminal.
+
+        Terminal state: ``succeeded`` (every item graded), ``partial`` (some graded),
+        ``failed`` (none). On finishing: pending items (a quorum was reached) are
+        cancelled with ``not_graded``, open batches cancelled, the least confident
+        ``review_share`` of the grades flagged ``needs_review``, and the webhook queued.
+
+        Returns:
+            The terminal status, or ``None`` while the job is not complete.
+        """
+        with self.engine.begin() as conn:
+            j = self._job_row(conn, job_id, lock=True)
+            if j["state"] != "running":
+                return self._status(conn, job_id) if JobState(j["state"]).terminal else None
+            job = self._job_body(conn, job_id)
+            open_batches = conn.execute(sa.select(sa.func.count()).where(
+                batches.c.job_id == job_id, batches.c.state.in_(sources(BATCH_TRANSITIONS, "cancelled")))).scalar_one()
+            total, graded = j["items_total"], j["items_graded"]
+            pending = total - graded - j["items_failed"] - j["items_cancelled"]
+            policy = job.options.completion
+            quorum = policy.rule == "quorum" and graded >= policy.min_graded_share * total
+            if pending and open_batches and not quorum:
+                return None
+            self._close(conn, job_id, "not_graded", "the job completed without this item "
+                        + ("(quorum reached)" if quorum else "(no batch left to grade it)"))
+            self._flag_review(conn, job_id, job.options.review_share)
+            errors = json.loads(j["errors"])
+            failed = total - graded
+            state = "succeeded" if failed == 0 and not errors else ("partial" if graded else "failed")
+            check_transition(JOB_TRANSITIONS, "job", "running", state)
+            self._set_job_state(conn, job_id, state, finished_at=self._clock())
+            self._queue_webhook(conn, job_id, job)
+            return self._status(conn, job_id)
+
+    def _close(self, conn, job_id: str, error_type: str, message: str, item_state: str = "cancelled") -> None:
+        now = self._clock()
+        n = conn.execute(items.update().where(items.c.job_id == job_id,
+                                              items.c.state.in_(sources(ITEM_TRANSITIONS, item_state)))
+                         .values(state=item_state, error_type=error_type, error_message=message, updated_at=now)).rowcount
+        self._count(conn, job_id, **{f"items_{item_state}": n})
+        conn.execute(batches.update().where(batches.c.job_id == job_id,
+                                            batches.c.state.in_(sources(BATCH_TRANSITIONS, "cancelled")))
+                     .values(state="cancelled", owner=None, lease_expires_at=None, updated_at=now))
+
+    def _flag_review(self, conn, job_id: str, share: float) -> None:
+        rows = conn.execute(sa.select(items.c.student_id, items.c.question_id, items.c.confidence)
+                            .where(items.c.job_id == job_id, items.c.state == "graded")
+                            .order_by(items.c.seq)).all()
+        flagged = review_cut([r.confidence for r in rows], share)
+        if flagged:
+            conn.execute(items.update().where(items.c.job_id == sa.bindparam("j"),
+                                              items.c.student_id == sa.bindparam("s"),
+                                              items.c.question_id == sa.bindparam("q")).values(needs_review=True),
+                         [{"j": job_id, "s": rows[i].student_id, "q": rows[i].question_id} for i in sorted(flagged)])
+        self._count(conn, job_id, items_needs_review=len(flagged))
+
+    def fail_job(self, job_id: str, error: GradingErrorItem) -> JobStatus:
+        """End a job that cannot go on (``queued | running → failed``); pending items fail with ``error``'s type."""
+        with self.engine.begin() as conn:
+            j = self._job_row(conn, job_id, lock=True)
+            check_transition(JOB_TRANSITIONS, "job", j["state"], "failed")
+            self._close(conn, job_id, error.type, error.message, item_state="failed")
+            errs = json.loads(j["errors"]) + [error.model_dump(mode="json")]
+            graded = j["items_graded"]
+            self._set_job_state(conn, job_id, "partial" if graded and j["state"] == "running" else "failed",
+                                errors=json.dumps(errs), finished_at=self._clock())
+            self._queue_webhook(conn, job_id, self._job_body(conn, job_id))
+            return self._status(conn, job_id)
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a queued or running job: pending items and open batches are cancelled;
+        grades already written stay. In-flight batches finish but write nothing.
+
+        Raises:
+            IllegalTransitionError: the job already ended.
+        """
+        with self.engine.begin() as conn:
+            j = self._job_row(conn, job_id, lock=True)
+            check_transition(JOB_TRANSITIONS, "job", j["state"], "cancelled")
+            self._close(conn, job_id, "cancelled", "the job was cancelled")
+            self._set_job_state(conn, job_id, "cancelled", finished_at=self._clock())
+            self._queue_webhook(conn, job_id, self._job_body(conn, job_id))
+            return self._status(conn, job_id)
+
+    def results(self, job_id: str) -> JobResults:
+        """Grades in submission and question order, and errors grouped per (student, type, batch)."""
+        with self.engine.connect() as conn:
+            j = self._job_row(conn, job_id)
+            rows = conn.execute(sa.select(items).where(items.c.job_id == job_id, items.c.state != "pending")
+                                .order_by(items.c.seq)).mappings().all()
+            out, errs = [], {}
+            for r in rows:
+                if r["state"] == "graded":
+                    g = GradeResult.model_validate_json(r["result"])
+                    out.append(g.model_copy(update={"needs_review": bool(r["needs_review"])}))
+                else:
+                    key = (r["student_id"], r["error_type"], r["error_message"], r["batch_id"])
+                    errs.setdefault(key, []).append(r["question_id"])
+            errors = [GradingErrorItem.model_validate(e) for e in json.loads(j["errors"])]
+            errors += [GradingErrorItem(student_ids=[sid], question_ids=qids, type=t or "error", message=m or "",
+                                        batch_id=bid) for (sid, t, m, bid), qids in errs.items()]
+            return JobResults(id=job_id, state=JobState(j["state"]), results=out, errors=errors,
+                              usage=Usage(prompt_tokens=j["prompt_tokens"], completion_tokens=j["completion_tokens"]))
+
+    def replicas(self, job_id: str) -> dict[str, int]:
+        """Batches completed per grader replica for this job."""
+        with self.engine.connect() as conn:
+            self._job_row(conn, job_id)
+            return dict(conn.execute(sa.select(batches.c.replica, sa.func.count()).where(
+                batches.c.job_id == job_id, batches.c.state == "done", batches.c.replica.is_not(None))
+                .group_by(batches.c.replica)).all())
+
+    def gauges(self, namespace: str = "raygrade") -> dict[str, Any]:
+        """For the metrics: the namespace's jobs by state and its pending batches (the queue).
+
+        Returns:
+            ``{"jobs": {state: n}, "batches_pending": n}``; two indexed aggregates.
+        """
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(sa.select(jobs.c.state, sa.func.count()).where(jobs.c.namespace == namespace)
+                                       .group_by(jobs.c.state)).all())
+            pending = conn.execute(sa.select(sa.func.count()).select_from(batches.join(jobs, batches.c.job_id == jobs.c.id))
+                                   .where(jobs.c.namespace == namespace, jobs.c.state == "running",
+                                          batches.c.state == "pending")).scalar_one()
+        return {"jobs": {s.value: counts.get(s.value, 0) for s in JobState}, "batches_pending": int(pending)}
+
+    def failure_counts(self, job_id: str) -> dict[str, int]:
+        """Failed items of a job by error type (once, when it ends: for the metrics)."""
+        with self.engine.connect() as conn:
+            return {t or "error": n for t, n in conn.execute(
+                sa.select(items.c.error_type, sa.func.count()).where(items.c.job_id == job_id, items.c.state == "failed")
+                .group_by(items.c.error_type)).all()}
+
+    def batch_report(self, job_id: str) -> list[dict[str, Any]]:
+        """Per batch: id, state, attempts, duplicates dropped (for operators and chaos tests)."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                sa.select(batches.c.id, batches.c.state, batches.c.attempts, batches.c.duplicates_dropped)
+                .where(batches.c.job_id == job_id).order_by(batches.c.seq)).mappings()]

@@ -1,0 +1,158 @@
+"""The job store's tables, its engine, and the schema migrations (Alembic, :mod:`raygrade.migrations`)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import sqlalchemy as sa
+
+#: Job progress counters (revision 0002 added and backfilled them).
+COUNTER_COLUMNS = ("items_graded", "items_failed", "items_cancelled", "items_needs_review", "batches_done",
+                   "batches_redispatched")
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "raygrade_jobs", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("namespace", sa.String(128), nullable=False, server_default="raygrade"),
+    sa.Column("idempotency_key", sa.String(256), nullable=True),
+    sa.Column("body_hash", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("model", sa.String(256)),
+    sa.Column("students", sa.Integer, nullable=False),
+    sa.Column("items_total", sa.Integer, nullable=False),
+    sa.Column("batches_total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("errors", sa.Text, nullable=False, server_default="[]"),  # job-wide GradingErrorItems
+    # Progress counters, kept in the same transactions as the item and batch changes they
+    # count, so status() reads one row whatever the job's size.
+    *(sa.Column(c, sa.Integer, nullable=False, server_default="0") for c in COUNTER_COLUMNS),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    # Idempotency keys are per application (a NULL key never conflicts).
+    sa.UniqueConstraint("namespace", "idempotency_key", name="raygrade_jobs_namespace_key"),
+    sa.Index("raygrade_jobs_namespace_state", "namespace", "state"),
+)
+# The job's body (questions, rubric, page references) apart from the row every status,
+# lease and completion reads or updates: that row stays a few hundred bytes at any job size.
+job_bodies = sa.Table(
+    "raygrade_job_bodies", metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("body", sa.Text, nullable=False),
+)
+items = sa.Table(
+    "raygrade_items", metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("student_id", sa.String(256), primary_key=True),
+    sa.Column("question_id", sa.String(256), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("batch_id", sa.String(96)),
+    sa.Column("result", sa.Text),
+    sa.Column("confidence", sa.Float),
+    sa.Column("needs_review", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("error_type", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("raygrade_items_job_state", "job_id", "state"),
+    sa.Index("raygrade_items_job_batch", "job_id", "batch_id", "state"),  # a batch's pending items
+)
+batches = sa.Table(
+    "raygrade_batches", metadata,
+    sa.Column("id", sa.String(96), primary_key=True),
+    sa.Column("job_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("owner", sa.String(96)),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("replica", sa.String(128)),
+    sa.Column("duplicates_dropped", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("raygrade_batches_job_state", "job_id", "state"),
+    sa.Index("raygrade_batches_job_state_seq", "job_id", "state", "seq"),
+)
+webhooks = sa.Table(
+    "raygrade_webhooks", metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending → delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("last_error", sa.String(512)),
+    sa.Column("owner", sa.String(96)),
+    sa.Column("lease_expires_at", sa.Float),
+)
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for ``url``; SQLite files get their folder, WAL and a busy timeout."""
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+#: Alembic's version table for the job store (named so that it cannot collide with an
+#: application's own Alembic history in the same PostgreSQL database).
+VERSION_TABLE = "raygrade_alembic_version"
+#: The revision that stores made before the store used Alembic are stamped with.
+_PRE_ALEMBIC_REVISION = "0001"
+_MIGRATION_LOCK = 0x7261796772616465  # "raygrade": PostgreSQL advisory lock key
+_migrating = threading.Lock()  # Alembic's op/context proxies are module globals: one upgrade per process
+
+
+def migrate(engine: sa.Engine) -> list[str]:
+    """Create or upgrade the job store's schema to the newest Alembic revision; returns the revisions applied.
+
+    The revisions are in :mod:`raygrade.migrations`. A new database gets every revision in
+    order; a store made before the store used Alembic (tables but no version table) is
+    stamped with the first revision and upgraded from there. Safe to call from several
+    processes at once: on PostgreSQL the upgrade runs under a transaction-scoped advisory
+    lock, so the second caller finds the schema current and applies nothing; SQLite stores
+    have one writer process (the registry replica on the head node), and threads of one
+    process take turns.
+
+    Raises:
+        alembic.util.CommandError: the database carries a revision this raygrade does not
+            know (it was upgraded by a newer raygrade).
+    """
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", "raygrade:migrations")
+    script = ScriptDirectory.from_config(cfg)
+    with _migrating, engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        current = context.get_current_revision()
+        if current is None and jobs.name in sa.inspect(conn).get_table_names():
+            context.stamp(script, _PRE_ALEMBIC_REVISION)
+            current = _PRE_ALEMBIC_REVISION
+        head = script.get_current_head()
+        if current == head:
+            return []
+        pending = [r.revision for r in script.iterate_revisions(head, current)][::-1]
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    return pending
