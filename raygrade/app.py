@@ -4,7 +4,7 @@ Graph::
 
     HTTP → RaygradeIngress ─→ JobRegistry ─→ JobStore (SQLite on the head node | PostgreSQL)
                          └─→ Batcher ─→ PageReader (OCR, text-only models)
-                                    └─→ Grader ×N (autoscaling) ─→ TokenBucketActor (one, cluster-wide)
+                                    └─→ Grader ×N (autoscaling) ─→ RateLimiterActor (one, cluster-wide)
                                                                 └─→ provider: hosted API | vLLM (GPU) |
                                                                     LocalVLLMServer (embedded CPU vLLM)
 

@@ -16,7 +16,7 @@ class GradeBatch(BaseModel):
     """One planned request: some students' pages and the questions they answer.
 
     ``prompt_tokens_estimate`` and ``max_tokens`` come from the planner; the
-    reservation in the token bucket is their sum.
+    reservation in the rate limiter is their sum.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -43,7 +43,7 @@ class BatchOutcome(BaseModel):
     usage: Usage
     calls: int
     prompt_version: str = PROMPT_VERSION
-    limiter_wait_s: float = Field(default=0.0, ge=0, description="Seconds spent waiting in the token bucket.")
+    limiter_wait_s: float = Field(default=0.0, ge=0, description="Seconds spent waiting in the rate limiter.")
     provider_s: float = Field(default=0.0, ge=0, description="Seconds spent in provider calls (all attempts).")
 
 

@@ -115,7 +115,7 @@ class ProviderConfig(_Config):
 
     @property
     def bucket_key(self) -> str:
-        """Key of this provider's token bucket: one bucket per (provider, model)."""
+        """Key of this provider's budget in the rate limiter: one per (provider, model)."""
         return f"{self.name}/{self.model}"
 
     def api_key(self) -> SecretStr:
@@ -234,7 +234,7 @@ class RaygradeArgs(_Config):
             environment override of the provider needs no edit here).
         batcher: How students are packed into requests.
         store: The durable job store.
-        namespace: The application's namespace (Ray namespace of the token bucket, and
+        namespace: The application's namespace (Ray namespace of the rate limiter, and
             the application's jobs in a shared database).
         deployment_options: Per-deployment ``.options(...)`` for Python callers, e.g.
             ``{"Grader": {"autoscaling_config": {"min_replicas": 4, "max_replicas": 8}}}``

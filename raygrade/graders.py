@@ -13,7 +13,7 @@ from raygrade.grading import BatchGrader, Limiter
 
 def cluster_grader(provider_config, namespace: str | None, *, priority: str = "interactive",
                    max_parse_retries: int = 2, base_url: str | None = None):
-    """:func:`build_batch_grader` with the cluster's shared token-bucket actor of ``namespace``
+    """:func:`build_batch_grader` with the cluster's shared rate-limiter actor of ``namespace``
     as limiter, reserving at ``priority`` (``"interactive"`` for Serve, ``"bulk"`` for regrades);
     the baseline needs no limiter. Needs a running Ray."""
     limiter = None

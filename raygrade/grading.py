@@ -72,11 +72,11 @@ def classify_outcome(exc: BaseException | None) -> Outcome:
 
 
 class BatchGrader:
-    """Grades batches through one provider under one token bucket.
+    """Grades batches through one provider under one rate limiter.
 
     Args:
         provider: The chat provider (``OpenAICompatibleProvider`` or a test double).
-        limiter: The shared token bucket (``ActorLimiter`` in Serve).
+        limiter: The shared rate limiter (``ActorLimiter`` in Serve).
         bucket_key: The (provider, model) key to reserve under.
         max_retries: Transport retries per call (429, 5xx, timeouts).
         max_parse_retries: Re-asks for items whose output failed the schema.

@@ -8,7 +8,7 @@ KubeRay setup runs). The Grafana dashboard ``deploy/grafana/raygrade.json`` is g
 
 Who reports what: Grader replicas the items, tokens and batch latency (split into limiter
 wait and provider time); the Batcher the jobs by state, the queue of pending batches, job
-durations, failed items by error type and webhook deliveries; the token-bucket actor the
+durations, failed items by error type and webhook deliveries; the rate-limiter actor the
 limiter's admissions, 429s, utilisation, queue, pause and circuit-breaker state.
 """
 
@@ -59,7 +59,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("raygrade_provider_tokens", "counter", "Tokens the provider reported.", (*_P, "kind")),
     Metric("raygrade_batch_latency_s", "histogram", "Seconds to grade one batch (limiter wait + provider).",
            _P, tuple(SECONDS)),
-    Metric("raygrade_batch_limiter_wait_s", "histogram", "Seconds a batch waited in the token bucket.",
+    Metric("raygrade_batch_limiter_wait_s", "histogram", "Seconds a batch waited in the rate limiter.",
            _P, tuple(SECONDS)),
     Metric("raygrade_batch_provider_s", "histogram", "Seconds a batch spent in provider calls.", _P, tuple(SECONDS)),
     Metric("raygrade_jobs", "gauge", "Jobs in the store by state.", ("namespace", "state")),
@@ -68,12 +68,12 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            ("namespace", "state"), tuple(JOB_SECONDS)),
     Metric("raygrade_webhook_deliveries", "counter", "Webhook delivery attempts by outcome.",
            ("namespace", "outcome")),
-    Metric("raygrade_limiter_admitted_requests", "counter", "Calls the token bucket admitted.", ("key",)),
-    Metric("raygrade_limiter_admitted_tokens", "counter", "Tokens the token bucket reserved.", ("key",)),
-    Metric("raygrade_limiter_rate_limited", "counter", "Provider 429 answers seen by the token bucket.", ("key",)),
+    Metric("raygrade_limiter_admitted_requests", "counter", "Calls the rate limiter admitted.", ("key",)),
+    Metric("raygrade_limiter_admitted_tokens", "counter", "Tokens the rate limiter reserved.", ("key",)),
+    Metric("raygrade_limiter_rate_limited", "counter", "Provider 429 answers seen by the rate limiter.", ("key",)),
     Metric("raygrade_limiter_utilisation", "gauge", "Share of the RPM/TPM window in use (0-1).",
            ("key", "dimension")),
-    Metric("raygrade_limiter_waiting", "gauge", "Callers queued in the token bucket.", ("key",)),
+    Metric("raygrade_limiter_waiting", "gauge", "Callers queued in the rate limiter.", ("key",)),
     Metric("raygrade_limiter_paused", "gauge", "1 while a 429 pauses every caller of the key.", ("key",)),
     Metric("raygrade_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 half-open, 2 open.", ("key",)),
 )}

@@ -13,7 +13,6 @@ five minutes from now.
 from __future__ import annotations
 
 import datetime as dt
-import random
 import time
 
 import httpx
@@ -38,11 +37,6 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
     except (WebhookVerificationError, ValueError):
         return False
     return True
-
-
-def backoff_s(attempt: int, *, base_s: float = 1.0, cap_s: float = 300.0) -> float:
-    """Seconds before retry ``attempt + 1``: full-jitter exponential backoff (AWS Architecture Blog, 2015)."""
-    return random.uniform(0, min(cap_s, base_s * 2 ** attempt))
 
 
 async def deliver(url: str, secret: str, msg_id: str, body: bytes, *, timeout_s: float = 10.0) -> str | None:

@@ -32,7 +32,7 @@ per question; the staging files give the same resume at submission granularity.
 Grading runs in an actor pool (:class:`~raygrade.bulk.udf.RegradeUDF`):
 each block's submissions are read (OCR for text-only models), planned into
 token-budgeted batches by the same planner as the online app, and graded at
-``bulk`` priority through the cluster's token-bucket actor, so a regrade never
+``bulk`` priority through the cluster's rate-limiter actor, so a regrade never
 overruns or starves online grading. A row or batch that fails becomes error rows
 with the error's type; it never drops its block or fails the job.
 """

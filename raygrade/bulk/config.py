@@ -16,7 +16,7 @@ class RegradeConfig(BaseModel):
         output: Output folder (local path).
         provider: Who grades (default: the app's default provider).
         batcher: Packing budgets (default: the provider's preset, as in the Serve app).
-        namespace: Ray namespace of the shared token-bucket actor (the Serve app's).
+        namespace: Ray namespace of the shared rate-limiter actor (the Serve app's).
         reading_mode: ``auto`` (vision if the provider supports it, else OCR), ``vision`` or ``ocr``.
         actors: Grading actors in the pool.
         submissions_per_block: Submissions planned and graded together by one actor call.

@@ -1,7 +1,7 @@
 """The grading actors of bulk regrades: ``Dataset.map_batches`` callable classes.
 
 Each actor holds one grader (:func:`raygrade.graders.cluster_grader`) reserving at
-``bulk`` priority in the cluster's shared token bucket (online jobs go first; bulk fills
+``bulk`` priority in the cluster's shared rate limiter (online jobs go first; bulk fills
 the spare budget) and one event loop reused for every block. Neither class raises for
 a row: what could not be graded comes back as rows carrying the error's type, so no
 block is dropped and the job does not fail.
@@ -82,7 +82,7 @@ class BatchGradingUDF(_GradingActor):
 
     Args:
         provider: The provider config (its ``rate_limit`` configures the shared bucket).
-        namespace: Ray namespace of the token-bucket actor shared with the Serve app.
+        namespace: Ray namespace of the rate-limiter actor shared with the Serve app.
         max_parse_retries: Re-asks for schema-invalid items.
         base_url: Overrides the provider's endpoint.
     """

@@ -3,7 +3,7 @@
 It covers hosted OpenAI, OpenRouter and any vLLM server (GPU nodes or the
 embedded CPU one) by configuration alone. openai-python's own retries are
 turned off (``max_retries=0``): raygrade retries in :mod:`raygrade.retry`, one
-try per token-bucket reservation. :func:`map_openai_errors` is the one place
+try per rate-limiter reservation. :func:`map_openai_errors` is the one place
 where openai's exceptions become raygrade's.
 """
 

@@ -1,4 +1,4 @@
-"""The global token bucket: one named Ray actor shared by every caller.
+"""The global rate limiter: one named Ray actor shared by every caller.
 
 Every grader replica, every job and every bulk regrade reserves through the
 same actor, so the whole cluster stays under each provider's RPM/TPM. The
@@ -25,21 +25,24 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from raygrade.config import ProviderConfig, RateLimitConfig
 from raygrade.ratelimit.limiter import Outcome, Priority, RateLimiter, Reservation
+from raygrade.retry import backoff_delay
 
 logger = logging.getLogger(__name__)
 
 #: Name of the shared actor (inside the app's Ray namespace).
-TOKEN_BUCKET_ACTOR_NAME = "raygrade-token-bucket"
+RATE_LIMITER_ACTOR_NAME = "raygrade-rate-limiter"
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=10_000)
-class TokenBucketActor:
-    """Ray actor wrapping :class:`RateLimiter` (async; many callers wait concurrently)."""
+class RateLimiterActor:
+    """The cluster's one rate limiter: a Ray actor wrapping :class:`RateLimiter` (async; many
+    callers wait concurrently). It keeps RPM and TPM in sliding 60-s windows per (provider,
+    model) key, not a refilling rate limiter (see :mod:`raygrade.ratelimit.limiter`)."""
 
     def __init__(self):
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         if restarted:
-            logger.warning("token bucket actor restarted: windows start full, capacity returns at the steady rate")
+            logger.warning("rate limiter actor restarted: windows start full, capacity returns at the steady rate")
         self._limiter = RateLimiter(restarted=restarted)
         self._exported: dict[tuple[str, str], float] = {}  # counters already reported, per (key, stat)
         self._export_task: asyncio.Task | None = None
@@ -71,7 +74,7 @@ class TokenBucketActor:
                     m.set("raygrade_limiter_paused", 1.0 if snap["paused_for_s"] > 0 else 0.0, tags)
                     m.set("raygrade_breaker_state", BREAKER_STATES.get(snap["breaker"], 0), tags)
             except Exception:  # metrics never take the limiter down
-                logger.exception("token bucket metrics export failed")
+                logger.exception("rate limiter metrics export failed")
             await asyncio.sleep(every_s)
 
     async def acquire(self, key: str, tokens: int, limits: RateLimitConfig | None = None,
@@ -97,10 +100,10 @@ class TokenBucketActor:
         return os.getpid()
 
 
-def get_token_bucket(namespace: str | None = None):
-    """Return the shared token-bucket actor of ``namespace``, creating it if needed."""
-    return TokenBucketActor.options(
-        name=TOKEN_BUCKET_ACTOR_NAME, namespace=namespace, get_if_exists=True, lifetime="detached",
+def get_rate_limiter(namespace: str | None = None):
+    """Return the shared :class:`RateLimiterActor` of ``namespace``, creating it if needed."""
+    return RateLimiterActor.options(
+        name=RATE_LIMITER_ACTOR_NAME, namespace=namespace, get_if_exists=True, lifetime="detached",
     ).remote()
 
 
@@ -117,7 +120,7 @@ class ActorLimiter:
     def __init__(self, provider: ProviderConfig, namespace: str | None = None, *,
                  priority: Priority = "interactive", actor_retries: int = 10):
         self._namespace = namespace
-        self._actor = get_token_bucket(namespace)
+        self._actor = get_rate_limiter(namespace)
         self._limits = provider.rate_limit  # travels pickled: no re-validation per call
         self._priority = priority
         self._actor_retries = actor_retries
@@ -130,8 +133,8 @@ class ActorLimiter:
                 if attempt == self._actor_retries:
                     raise
                 # Restarting (or killed for good: then get_if_exists makes a new one).
-                await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
-                self._actor = get_token_bucket(self._namespace)
+                await asyncio.sleep(backoff_delay(attempt, base_s=0.1, cap_s=2.0))
+                self._actor = get_rate_limiter(self._namespace)
         raise AssertionError("unreachable")
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
@@ -141,4 +144,4 @@ class ActorLimiter:
             await self._actor.settle.remote(reservation, actual_tokens, outcome, retry_after_s, headers,
                                             send_delay_s)
         except (ActorDiedError, ActorUnavailableError, RayActorError):
-            logger.info("token bucket actor restarting; settlement of %s dropped", reservation.id)
+            logger.info("rate limiter actor restarting; settlement of %s dropped", reservation.id)

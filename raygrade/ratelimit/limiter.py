@@ -2,7 +2,7 @@
 fair shares, header learning, global 429 backoff and a circuit breaker.
 
 Plain asyncio with an injected clock and sleep, so it is unit-tested without Ray
-or real time; :class:`raygrade.ratelimit.actor.TokenBucketActor` runs one instance
+or real time; :class:`raygrade.ratelimit.actor.RateLimiterActor` runs one instance
 for the whole cluster.
 
 Per key (``provider:model``):

@@ -2,7 +2,7 @@
 
 Each replica builds an :class:`~raygrade.providers.openai_compat.OpenAICompatibleProvider`
 (hosted API, vLLM on a GPU node, or the embedded CPU vLLM) and reserves every
-call in the cluster-wide token bucket actor; or, for ``kind="reference_similarity"``,
+call in the cluster-wide rate limiter actor; or, for ``kind="reference_similarity"``,
 the zero-cost baseline grader, which calls no provider.
 """
 
@@ -33,7 +33,7 @@ class Grader:
     Args:
         provider: The provider config.
         batcher: Retry bounds for schema-invalid output.
-        namespace: Ray namespace of the shared token bucket.
+        namespace: Ray namespace of the shared rate limiter.
         engine: Handle to ``LocalVLLMServer`` when the provider is the embedded engine.
     """
 

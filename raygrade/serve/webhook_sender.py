@@ -16,8 +16,9 @@ import os
 
 from raygrade.config import StoreConfig
 from raygrade.metrics import Recorder
+from raygrade.retry import backoff_delay
 from raygrade.serve.logs import ids
-from raygrade.webhooks import backoff_s, deliver
+from raygrade.webhooks import deliver
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -66,7 +67,7 @@ class WebhookSender:
             error = ("no signing secret configured" if not secret else
                      await deliver(url, secret, f"msg_{job_id}", body, timeout_s=cfg.webhook_timeout_s))
         state = await self._registry.webhook_result.remote(
-            job_id, ok=error is None, error=error, retry_in_s=backoff_s(attempt), max_attempts=cfg.webhook_max_attempts)
+            job_id, ok=error is None, error=error, retry_in_s=backoff_delay(attempt, base_s=1.0, cap_s=300.0), max_attempts=cfg.webhook_max_attempts)
         logger.info("webhook for job %s: attempt %d, %s", job_id, attempt, state, extra=ids(job_id))
         self._metrics.inc("raygrade_webhook_deliveries", 1,
                           {**self._tags, "outcome": "delivered" if error is None else "failed"})

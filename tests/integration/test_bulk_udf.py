@@ -24,7 +24,7 @@ def test_failed_batches_become_error_rows_and_the_rest_is_graded(ray_cluster, fa
     from ray.data import ActorPoolStrategy
 
     from raygrade.bulk.udf import BatchGradingUDF
-    from raygrade.ratelimit.actor import get_token_bucket
+    from raygrade.ratelimit.actor import get_rate_limiter
 
     namespace = f"bulk-{uuid.uuid4().hex[:6]}"
     provider = fake_provider_config(fake.base_url, name="bulk", max_retries=0)
@@ -39,6 +39,6 @@ def test_failed_batches_become_error_rows_and_the_rest_is_graded(ray_cluster, fa
     assert json.loads(failed[0]["errors"])[0]["student_ids"] == [failed[0]["batch_id"].replace("b", "st")]
     graded = [json.loads(r["results"]) for r in rows if not r["error_type"]]
     assert len(graded) == 5 and all(len(g) == 1 and g[0]["question_id"] == "q1" for g in graded)
-    snap = ray.get(get_token_bucket(namespace).snapshot.remote())["bulk/fake-grader"]
+    snap = ray.get(get_rate_limiter(namespace).snapshot.remote())["bulk/fake-grader"]
     assert snap["admitted_requests"] == 6 and snap["failures"] == 1
-    ray.kill(get_token_bucket(namespace), no_restart=True)
+    ray.kill(get_rate_limiter(namespace), no_restart=True)

@@ -52,7 +52,7 @@ def test_chaos_every_item_graded_exactly_once(serve_url, store_url):
     from ray import serve
 
     from raygrade.app import build_app
-    from raygrade.ratelimit.actor import get_token_bucket
+    from raygrade.ratelimit.actor import get_rate_limiter
     from raygrade.store import JobStore
 
     server = FakeOpenAIServer(api_key="sk-test", latency_s=1.0).start()
@@ -95,7 +95,7 @@ def test_chaos_every_item_graded_exactly_once(serve_url, store_url):
                 elif done < 0.95 and graded >= last_kill_at + 12:  # the next kill once work moved on
                     target = ("Grader", "Batcher", "Grader", "token_bucket")[step % 4]
                     if target == "token_bucket":
-                        ray.kill(get_token_bucket(namespace), no_restart=False)  # Ray restarts it, empty
+                        ray.kill(get_rate_limiter(namespace), no_restart=False)  # Ray restarts it, empty
                         kills[target] += 1
                     elif kill_replica(app, target):
                         kills[target] += 1
@@ -109,7 +109,7 @@ def test_chaos_every_item_graded_exactly_once(serve_url, store_url):
         serve.delete(app)
         server.stop()
         try:
-            ray.kill(get_token_bucket(namespace), no_restart=True)
+            ray.kill(get_rate_limiter(namespace), no_restart=True)
         except Exception:
             pass
 

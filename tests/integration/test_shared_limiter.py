@@ -62,7 +62,7 @@ def test_replicas_sharing_the_limiter_never_exceed_the_limit_even_across_an_acto
         ray_cluster, limited_server):
     import ray
 
-    from raygrade.ratelimit.actor import get_token_bucket
+    from raygrade.ratelimit.actor import get_rate_limiter
 
     namespace = f"rl-{uuid.uuid4().hex[:8]}"
     provider = fake_provider_config(limited_server.base_url, name="limited")
@@ -75,21 +75,21 @@ def test_replicas_sharing_the_limiter_never_exceed_the_limit_even_across_an_acto
     deadline = time.monotonic() + 60
     while len(limited_server.log) < 12 and time.monotonic() < deadline:
         time.sleep(0.05)
-    actor = get_token_bucket(namespace)
+    actor = get_rate_limiter(namespace)
     pid = ray.get(actor.pid.remote())
     ray.kill(actor, no_restart=False)  # Ray restarts it with empty state
 
     results = ray.get(runs, timeout=120)
     assert all(graded == 1 and not errors for r in results for graded, errors in r), results
-    assert ray.get(get_token_bucket(namespace).pid.remote()) != pid, "the actor really restarted"
+    assert ray.get(get_rate_limiter(namespace).pid.remote()) != pid, "the actor really restarted"
 
     audit = audit_windows(limited_server.log, window_s=WINDOW_S)
     assert audit["admitted"] == WORKERS * BATCHES
     assert audit["rejected_429"] == 0
     assert audit["max_window_requests"] <= RPM * WINDOW_S / 60
     assert audit["max_window_tokens"] <= TPM * WINDOW_S / 60
-    snap = ray.get(get_token_bucket(namespace).snapshot.remote())["limited/fake-grader"]
+    snap = ray.get(get_rate_limiter(namespace).snapshot.remote())["limited/fake-grader"]
     assert snap["rate_limited"] == 0 and snap["breaker"] == "closed"
     for w in workers:
         ray.kill(w)
-    ray.kill(get_token_bucket(namespace), no_restart=True)
+    ray.kill(get_rate_limiter(namespace), no_restart=True)
