@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
-from raygrade.evaluation import agreement
-from raygrade.datasets.sample_jobs import saf_question
 from raygrade.datasets.saf import find_saf, load_split
+from raygrade.datasets.sample_jobs import saf_question
+from raygrade.evaluation import agreement
 
 
 def run(root: Path, split: str) -> dict:
@@ -57,7 +57,8 @@ def main() -> None:
     base = r["agreement"]["always full marks"]
     print(f"{'grader':<22} {'exact':>6} {'QWK':>6} {'MAE':>6} {'exact/majority':>15}")
     for name, ag in r["agreement"].items():
-        print(f"{name:<22} {ag['exact']:>6.3f} {ag['qwk']:>6.3f} {ag['mae']:>6.3f} {ag['exact'] / base['exact']:>15.2f}")
+        ratio = ag["exact"] / base["exact"]
+        print(f"{name:<22} {ag['exact']:>6.3f} {ag['qwk']:>6.3f} {ag['mae']:>6.3f} {ratio:>15.2f}")
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
     (out / "baseline_saf.json").write_text(json.dumps(r, indent=2))

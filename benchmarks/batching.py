@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from raygrade.config import BatcherConfig, ProviderConfig, RaygradeArgs
-from raygrade.datasets.sample_jobs import pick_examples
 from raygrade.datasets.saf import find_saf, load_split
+from raygrade.datasets.sample_jobs import pick_examples
+from raygrade.planner import JobPlanner
 from raygrade.prompts import StudentWork
 from raygrade.protocol import GradingJob, Question, Submission, TextPage
-from raygrade.planner import JobPlanner
 from raygrade.tokens import TiktokenCounter
 
 

@@ -33,13 +33,14 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAYGRADE_FAKE_KEY", "sk-test")
 
+from _serving_metrics import serving_throughput  # noqa: E402  (benchmarks/, the script's own folder)
+
+from raygrade.bulk import RegradeConfig, load_assessment, run_regrade  # noqa: E402
 from raygrade.config import BatcherConfig, RateLimitConfig  # noqa: E402
 from raygrade.datasets import write_dataset  # noqa: E402
 from raygrade.prompts import StudentWork, build_messages, output_schema  # noqa: E402
 from raygrade.protocol import Assessment, ImagePage  # noqa: E402
-from raygrade.bulk import RegradeConfig, load_assessment, run_regrade  # noqa: E402
 from raygrade.testing.fake_openai import FakeOpenAIProcess, fake_provider_config  # noqa: E402
-from _serving_metrics import serving_throughput  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 def make_dataset(path: Path, n: int) -> Path:

@@ -40,9 +40,9 @@ from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embed
 from raygrade.bulk.report import confusion_png, level_confusion
 from raygrade.calibration import fit_calibration
 from raygrade.config import ProviderConfig, RaygradeArgs, local_vllm_provider
-from raygrade.datasets.sample_jobs import pick_examples, saf_question
 from raygrade.datasets.render import render_pages
 from raygrade.datasets.saf import SAFQuestion, find_saf, load_split
+from raygrade.datasets.sample_jobs import pick_examples, saf_question
 from raygrade.evaluation import (
     agreement,
     agreement_with_ci,
@@ -207,8 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--saf")
     ap.add_argument("--split", default="unseen_answers")
     ap.add_argument("--limit", type=int, help="grade a stratified slice of this many answers")
-    ap.add_argument("--configs", default="baseline,local", help="comma list of baseline, local (confidence from score logprobs), local-selfconf (the model's "
-                    "own confidence), endpoint")
+    ap.add_argument("--configs", default="baseline,local",
+                    help="comma list of baseline, local (confidence from score logprobs), local-selfconf "
+                    "(the model's own confidence), endpoint")
     ap.add_argument("--paths", default="text,image")
     ap.add_argument("--examples", type=int, default=3, help="graded training answers in LLM prompts")
     ap.add_argument("--endpoint-url")
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
                     # "local": confidence = P(score tokens); "local-selfconf": the model's own number.
                     prov = local_vllm_provider().model_copy(update={"score_logprobs": cfg == "local"})
 
-                    def llm(qs, pg, prov=prov):
+                    def llm(qs, pg, prov=prov, server=server):
                         return grade_llm(qs, train, pg, prov, server.base_url, a.examples, str(server.model_dir),
                                          False)
                     grades, errors, usage = llm(test, pages)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAYGRADE_FAKE_KEY", "sk-test")
 
-from raygrade.config import BatcherConfig, RaygradeArgs, RateLimitConfig, StoreConfig  # noqa: E402
+from raygrade.config import BatcherConfig, RateLimitConfig, RaygradeArgs, StoreConfig  # noqa: E402
 from raygrade.engine.local_vllm import free_port  # noqa: E402
 from raygrade.protocol import GradingJob, ImagePage, Submission, TextPage  # noqa: E402
 from raygrade.testing.fake_openai import FakeOpenAIProcess, fake_provider_config  # noqa: E402
@@ -76,8 +76,8 @@ def direct(args: RaygradeArgs, job: GradingJob, base_url: str, concurrency: int)
     import openai
     from rate_limit import payload
 
-    from raygrade.prompts import StudentWork
     from raygrade.planner import planner_for
+    from raygrade.prompts import StudentWork
 
     planner = planner_for(args)
     works = [StudentWork(student_id=s.student_id, alias=f"s{i + 1}", pages=list(s.pages), page_indices=[0],

@@ -54,9 +54,9 @@ os.environ.setdefault("RAYGRADE_FAKE_KEY", "sk-test")
 
 from _serving_metrics import serving_throughput  # noqa: E402  (benchmarks/, the script's own folder)
 
-from raygrade.config import BatcherConfig, RaygradeArgs, RateLimitConfig  # noqa: E402
-from raygrade.engine.local_vllm import free_port  # noqa: E402
 from raygrade.batch import GradeBatch  # noqa: E402
+from raygrade.config import BatcherConfig, RateLimitConfig, RaygradeArgs  # noqa: E402
+from raygrade.engine.local_vllm import free_port  # noqa: E402
 from raygrade.prompts import build_messages, output_schema  # noqa: E402
 from raygrade.protocol import Assessment, GradingJob, ImagePage, Submission  # noqa: E402
 from raygrade.testing.fake_openai import FakeOpenAIProcess, RequestRecord, fake_provider_config  # noqa: E402
@@ -88,8 +88,8 @@ def make_workload(n_students: int, seed: int = 0) -> tuple[Assessment, list[Subm
 
 def plan(args: RaygradeArgs, job_id: str, job: GradingJob) -> list[GradeBatch]:
     """The batches raygrade's batcher makes of ``job`` (same planner, same counter)."""
-    from raygrade.prompts import StudentWork
     from raygrade.planner import JobPlanner
+    from raygrade.prompts import StudentWork
     from raygrade.tokens import counter_for
 
     planner = JobPlanner(args, counter_for(args.provider))
@@ -133,7 +133,7 @@ def run_asyncio(payloads: list[dict], base_url: str, a: argparse.Namespace) -> d
     try:
         failed = asyncio.run(main())
         return {"failed_requests": failed, "stopped": False}
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return {"failed_requests": None, "stopped": True}
 
 
@@ -244,7 +244,7 @@ def run_raygrade(assessment: Assessment, interactive: list[list[Submission]], bu
     failed = 0
     with httpx.Client(timeout=120) as client:
         jobs = []
-        for i, subs in enumerate(interactive):
+        for subs in interactive:
             job = GradingJob(assessment=assessment, submissions=subs)
             r = client.post(f"{url}/v1/jobs", json=job.model_dump(mode="json"))
             r.raise_for_status()

@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from raygrade.config import BatcherConfig, RaygradeArgs  # noqa: E402
 from raygrade.batch import BatchOutcome  # noqa: E402
+from raygrade.config import BatcherConfig, RaygradeArgs  # noqa: E402
 from raygrade.protocol import GradeResult, GradingJob, Usage  # noqa: E402
 from raygrade.store import JobStore  # noqa: E402
 from raygrade.testing.fake_openai import fake_provider_config  # noqa: E402
@@ -150,7 +150,8 @@ def main() -> None:
     try:  # the PostgreSQL server and the temporary folders go away whatever happens
         for backend in a.backends.split(","):
             if backend == "postgresql":
-                from raygrade.testing.postgres import PostgresServer, find_pg_bin
+                sys.path.insert(0, str(ROOT / "tests"))  # the tests' PostgreSQL helper (not in the wheel)
+                from support.postgres import PostgresServer, find_pg_bin
 
                 if find_pg_bin() is None:
                     print("PostgreSQL not installed: skipping that back end (Debian: apt-get install postgresql)")

@@ -23,13 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from raygrade.bulk import RegradeConfig, load_assessment, run_regrade  # noqa: E402
 from raygrade.config import (  # noqa: E402
     ProviderConfig,
     RaygradeArgs,
     reference_similarity_provider,
     resolve_args,
 )
-from raygrade.bulk import RegradeConfig, load_assessment, run_regrade  # noqa: E402
 
 
 def _load(path: str) -> dict:

@@ -14,9 +14,10 @@ The same builder serves ``serve.run(build_app({...}))`` and ``serve_config.yaml`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ray.serve import Application
+from ray.serve.deployment import Deployment
 
 from raygrade.blobs import is_local
 from raygrade.config import RaygradeArgs, resolve_args
@@ -48,7 +49,9 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
     """
     args = resolve_args(args)
     opts = args.deployment_options
-    deployments = {d.name: d for d in (LocalVLLMServer, JobRegistry, PageReader, Grader, Batcher, RaygradeIngress)}
+    all_deployments = cast(tuple[Deployment, ...],
+                           (LocalVLLMServer, JobRegistry, PageReader, Grader, Batcher, RaygradeIngress))
+    deployments = {d.name: d for d in all_deployments}
     if unknown := set(opts) - set(deployments):
         raise ValueError(f"unknown deployments {sorted(unknown)}; known: {sorted(deployments)}")
 
@@ -57,7 +60,8 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
 
     engine_cfg = args.embedded_engine
     engine = dep(LocalVLLMServer).bind(engine_cfg) if engine_cfg is not None else None
-    registry_dep, batcher_dep, ingress_dep = JobRegistry, Batcher, RaygradeIngress
+    registry_dep, batcher_dep, ingress_dep = cast(tuple[Deployment, Deployment, Deployment],
+                                                  (JobRegistry, Batcher, RaygradeIngress))
     on_head = {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
     if args.store.resolved_url().startswith("sqlite"):
         # The SQLite file lives on the head node: keep the store's only replica there.
@@ -67,7 +71,8 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
         registry_dep = JobRegistry.options(num_replicas=2)
     if is_local(args.store.resolved_blob_uri()):
         # Page images in a folder on the head node: the ingress writes them, the batcher reads them.
-        batcher_dep, ingress_dep = (d.options(ray_actor_options=on_head) for d in (Batcher, RaygradeIngress))
+        batcher_dep, ingress_dep = (d.options(ray_actor_options=on_head)
+                                    for d in cast(tuple[Deployment, ...], (Batcher, RaygradeIngress)))
     registry = dep(registry_dep).bind(args.store, args.namespace)
     reader = dep(PageReader).bind()
     grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, engine)

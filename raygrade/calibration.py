@@ -142,7 +142,8 @@ def fit_calibration(raw: Sequence[float], right: Sequence[bool], *, provider: st
         raise ValueError("need one 'right' (and 'agrees') per raw confidence, at least one")
     curves: dict[Stratum, CalibrationCurve] = {"all": _isotonic(raw, right)}
     if agrees is not None:
-        for name, want in (("agree", True), ("disagree", False)):
+        strata: tuple[tuple[Stratum, bool], ...] = (("agree", True), ("disagree", False))
+        for name, want in strata:
             idx = [i for i, a in enumerate(agrees) if a is want]
             if len(idx) >= min_per_stratum:
                 curves[name] = _isotonic([raw[i] for i in idx], [right[i] for i in idx])

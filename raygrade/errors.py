@@ -24,10 +24,14 @@ class RaygradeError(Exception):
         status_code: HTTP status the ingress answers with when this error reaches it.
         error_type: The OpenAI-style ``error.type`` string.
         param: Name of the offending field, when there is one.
+        http_status, body: On errors the HTTP client raises (:mod:`raygrade.client`): the
+            server's status and parsed error body (``None`` elsewhere).
     """
 
     status_code: int = 500
     error_type: str = "internal_error"
+    http_status: int | None = None
+    body: Any = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)

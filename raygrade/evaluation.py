@@ -14,6 +14,7 @@ way SAF labels answers (Incorrect / Partially correct / Correct).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -97,12 +98,16 @@ def bootstrap_ci(pairs: Sequence[Pair], stat: Callable[[Sequence[Pair]], float],
     return lo, hi
 
 
+def _metric(name: str, pairs: Sequence[Pair]) -> float:
+    return float(getattr(agreement(pairs), name))
+
+
 def agreement_with_ci(pairs: Sequence[Pair], *, n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
     """``{metric: {"value", "lo", "hi"}}`` for exact, kappa, qwk and mae, plus ``n``."""
     point = agreement(pairs)
     out: dict[str, dict[str, float]] = {"n": {"value": point.n, "lo": point.n, "hi": point.n}}
     for name in ("exact", "kappa", "qwk", "mae"):
-        lo, hi = bootstrap_ci(pairs, lambda ps, name=name: getattr(agreement(ps), name), n_boot=n_boot, seed=seed)
+        lo, hi = bootstrap_ci(pairs, functools.partial(_metric, name), n_boot=n_boot, seed=seed)
         out[name] = {"value": getattr(point, name), "lo": lo, "hi": hi}
     return out
 
@@ -128,7 +133,8 @@ def expected_calibration_error(confidences: Sequence[float], right: Sequence[boo
 
 
 def coverage_curve(pairs: Sequence[Pair], confidences: Sequence[float],
-                   coverages: Sequence[float] = tuple(i / 10 for i in range(1, 11))) -> list[dict[str, float]]:
+                   coverages: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+                   ) -> list[dict[str, float]]:
     """Agreement on the most confident share of items, for each coverage.
 
     Coverage is the share of items *not* sent to review: keeping the top

@@ -8,10 +8,12 @@ graders here.
 
 from __future__ import annotations
 
+from raygrade.errors import ConfigError
 from raygrade.grading import BatchGrader, Limiter
+from raygrade.ratelimit.limiter import Priority
 
 
-def cluster_grader(provider_config, namespace: str | None, *, priority: str = "interactive",
+def cluster_grader(provider_config, namespace: str | None, *, priority: Priority = "interactive",
                    max_parse_retries: int = 2, base_url: str | None = None):
     """:func:`build_batch_grader` with the cluster's shared rate-limiter actor of ``namespace``
     as limiter, reserving at ``priority`` (``"interactive"`` for Serve, ``"bulk"`` for regrades);
@@ -37,7 +39,8 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
         base_url: Overrides the config's URL (the embedded engine's address).
 
     Raises:
-        ConfigError: a hosted provider whose API key variable is unset; an unreadable
+        ConfigError: no ``limiter`` for an endpoint provider; a hosted provider whose API key
+            variable is unset; an unreadable
             or invalid ``calibration_path``.
     """
     if provider_config.kind == "reference_similarity":
@@ -58,6 +61,8 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
         from raygrade.calibration import ConfidenceCalibration
 
         calibration = ConfidenceCalibration.load(provider_config.calibration_path)
+    if limiter is None:
+        raise ConfigError(f"provider {provider_config.name!r} calls an endpoint and needs a rate limiter")
     return BatchGrader(
         provider, limiter, bucket_key=provider_config.bucket_key, max_retries=provider_config.max_retries,
         max_parse_retries=max_parse_retries, schema_bounds=provider_config.schema_bounds,

@@ -23,7 +23,7 @@ from raygrade.errors import (
     RaygradeError,
 )
 from raygrade.evaluation import score_level
-from raygrade.prompts import StudentWork, build_messages, output_schema, parse_output
+from raygrade.prompts import ParsedGrade, StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import GradeResult, GradingErrorItem, Usage
 from raygrade.providers.openai_compat import ChatResult
 from raygrade.ratelimit.limiter import Outcome, Reservation
@@ -188,8 +188,9 @@ class BatchGrader:
                 usage = usage + res.usage
             refused = bool(res.refusal and not res.content)
             truncated = res.finish_reason == "length"
+            got: list[ParsedGrade]
             if refused:
-                got, invalid = [], {(s.alias, q): f"model refused: {res.refusal[:200]}"
+                got, invalid = [], {(s.alias, q): f"model refused: {(res.refusal or '')[:200]}"
                                     for s in pending for q in s.question_ids}
             else:
                 got, invalid = parse_output(res.content, batch.questions, pending, token_logprobs=res.token_logprobs)
@@ -238,7 +239,8 @@ class BatchGrader:
         agrees: dict[tuple[str, str], bool] = {}
         if self._agreement is not None:
             graded = {(r.student_id, r.question_id) for r in results}
-            students = [s.model_copy(update={"question_ids": [q for q in s.question_ids if (s.student_id, q) in graded]})
+            students = [s.model_copy(update={"question_ids": [q for q in s.question_ids
+                                                              if (s.student_id, q) in graded]})
                         for s in batch.students]
             try:
                 ref = await self._agreement.grade(batch.model_copy(update={"students": [s for s in students

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import cast
 
 from raygrade.batch import GradeBatch
 from raygrade.blobs import image_size as blob_image_size
@@ -251,19 +252,20 @@ class JobPlanner:
             if group not in by_group:
                 by_group[group] = [job.assessment.question(q) for q in group]
             costs.append(self.student_cost(w, group))
-        overheads = {g: self.overhead(qs, vision) for g, qs in by_group.items()}
+        overheads: dict[Hashable, int] = {g: self.overhead(qs, vision) for g, qs in by_group.items()}
         plan = plan_batches(costs, self.limits, overheads)
         errors = [GradingErrorItem(student_ids=[r.student_id], question_ids=list(works[r.index].question_ids),
                                    type=PlanningError.error_type, message=f"student {r.reason}")
                   for r in plan.rejected]
         batches = []
         for pb in plan.batches:
+            group = cast(tuple[str, ...], pb.group)  # the question ids this planner grouped by
             batches.append(GradeBatch(
                 # Deterministic (job, students, questions, model, prompt version): a re-planned
                 # job gets the same ids, so the store inserts nothing twice.
-                batch_id=batch_key(job_id, [works[i].student_id for i in pb.students], pb.group,
+                batch_id=batch_key(job_id, [works[i].student_id for i in pb.students], group,
                                    job.options.model or self.args.provider.model),
-                job_id=job_id, questions=by_group[pb.group],
+                job_id=job_id, questions=by_group[group],
                 students=[works[i] for i in pb.students], prompt_tokens_estimate=pb.prompt_tokens,
                 max_tokens=pb.completion_tokens + JSON_OVERHEAD_TOKENS, model=job.options.model,
                 temperature=job.options.temperature, include_model_answer_images=vision))

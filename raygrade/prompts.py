@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import BaseModel, ConfigDict
 
-from raygrade.protocol import ImagePage, Page, Question, TextPage
+from raygrade.protocol import ImagePage, Page, Question, StoredImage, TextPage
 
 #: Upper bound on feedback length when the schema carries bounds: about 50 tokens of
 #: prose, 200 in the worst case of one character per token.
@@ -106,7 +106,7 @@ def build_messages(questions: list[Question], students: list[StudentWork], *,
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def _image_part(img: ImagePage) -> dict[str, Any]:
+def _image_part(img: ImagePage | StoredImage) -> dict[str, Any]:
     if not isinstance(img, ImagePage):  # a StoredImage: the batcher resolves them before grading
         raise TypeError(f"page of type {img.type!r} must be resolved into an image before a request is built")
     return {"type": "image_url", "image_url": {"url": f"data:{img.media_type};base64,{img.data}"}}
@@ -237,7 +237,7 @@ def _check_entry(entry: dict[str, Any], q: Question) -> str | None:
     return None
 
 
-def _is_number(x: Any) -> bool:
+def _is_number(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 

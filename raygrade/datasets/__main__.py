@@ -17,7 +17,8 @@ from raygrade.protocol import GradingJob
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m raygrade.datasets", description="Write a regrade dataset (raygrade.bulk's layout) from SAF or from an online job.")
+    ap = argparse.ArgumentParser(prog="python -m raygrade.datasets", description="Write a regrade dataset "
+                                 "(raygrade.bulk's layout) from SAF or from an online job.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("saf", help="SAF answers with human scores")
     s.add_argument("out")

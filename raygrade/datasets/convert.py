@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raygrade.bulk.schema import SUBMISSION_SCHEMA
-from raygrade.protocol import Assessment, GradingJob, ImagePage, StoredImage
+from raygrade.protocol import Assessment, GradingJob, ImagePage, StoredImage, TextPage
 
 
 def write_dataset(out: str | Path, assessment: Assessment, rows: list[dict[str, Any]], *,
@@ -70,7 +70,8 @@ def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers"
     splits = [s.strip() for s in split.split(",") if s.strip()]
     test = [q for s in splits for q in load_split(root, s, lang, version) if q.answers]
     train = {q.key: q for q in load_split(root, "training", lang, version)} if "training" not in splits else {}
-    questions, rows = [], []
+    questions: list[Question] = []
+    rows: list[dict[str, Any]] = []
     for q in test:
         questions.append(Question(id=q.key, prompt=q.text, reference_answer=q.reference or None,
                                   max_score=q.max_score, examples=pick_examples(train.get(q.key), examples, rng)))
@@ -81,7 +82,7 @@ def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers"
                          "human_scores": json.dumps({q.key: a.score}), "page_texts": [a.response]})
     if limit is not None:
         rng.shuffle(rows)
-        rows = sorted(rows[:limit], key=lambda r: r["submission_id"])
+        rows = sorted(rows[:limit], key=lambda r: str(r["submission_id"]))
         keep = {r["question_ids"][0] for r in rows}
         questions = [q for q in questions if q.id in keep]
     if images:  # rendered after the --limit cut: only the rows kept are drawn
@@ -113,7 +114,7 @@ def job_to_dataset(job: GradingJob, out: str | Path, results: dict[str, Any] | N
             raise ValueError(f"submission {sub.student_id} page {stored[0]} is a store reference; export the job "
                              "body as it was POSTed")
         imgs = [p.image_bytes() for p in sub.pages if isinstance(p, ImagePage)]
-        texts = [p.text for p in sub.pages if not isinstance(p, ImagePage)]
+        texts = [p.text for p in sub.pages if isinstance(p, TextPage)]
         if imgs and texts:
             raise ValueError(f"submission {sub.student_id} mixes image and text pages; the Parquet layout "
                              "holds one kind per submission")

@@ -90,7 +90,7 @@ def render_pages(text: str, *, seed: int = 0, header: str | None = None) -> list
             x = MARGIN_X + rng.randint(-4, 4)
             y = MARGIN_TOP + i * LINE_H + rng.randint(-3, 3)
             d.text((x, y), line, font=font, fill=(25, 35, 90))
-        img = img.rotate(rng.uniform(-0.6, 0.6), resample=Image.BICUBIC, fillcolor=(252, 250, 243))
+        img = img.rotate(rng.uniform(-0.6, 0.6), resample=Image.Resampling.BICUBIC, fillcolor=(252, 250, 243))
         img = img.filter(ImageFilter.GaussianBlur(0.4))
         buf = io.BytesIO()
         img.save(buf, format="PNG", optimize=True)

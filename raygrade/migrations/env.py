@@ -27,7 +27,7 @@ if connection is not None:
 else:
     from raygrade.store.schema import create_engine
 
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite:///raygrade-alembic-dev.db")
     with engine.begin() as conn:
         _run(conn)
     engine.dispose()

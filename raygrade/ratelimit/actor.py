@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 RATE_LIMITER_ACTOR_NAME = "raygrade-rate-limiter"
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=10_000)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=10_000)  # type: ignore[call-overload]
 class RateLimiterActor:
     """The cluster's one rate limiter: a Ray actor wrapping :class:`RateLimiter` (async; many
     callers wait concurrently). It keeps RPM and TPM in sliding 60-s windows per (provider,
@@ -69,7 +69,8 @@ class RateLimiterActor:
                         self._exported[(key, stat)] = snap.get(stat, 0)
                     for dim in ("requests", "tokens"):
                         if snap.get(f"{dim}_utilisation") is not None:
-                            m.set("raygrade_limiter_utilisation", snap[f"{dim}_utilisation"], {**tags, "dimension": dim})
+                            m.set("raygrade_limiter_utilisation", snap[f"{dim}_utilisation"],
+                                  {**tags, "dimension": dim})
                     m.set("raygrade_limiter_waiting", snap["waiting"], tags)
                     m.set("raygrade_limiter_paused", 1.0 if snap["paused_for_s"] > 0 else 0.0, tags)
                     m.set("raygrade_breaker_state", BREAKER_STATES.get(snap["breaker"], 0), tags)
@@ -102,7 +103,7 @@ class RateLimiterActor:
 
 def get_rate_limiter(namespace: str | None = None):
     """Return the shared :class:`RateLimiterActor` of ``namespace``, creating it if needed."""
-    return RateLimiterActor.options(
+    return RateLimiterActor.options(  # type: ignore[attr-defined]  # Ray's actor class, not the plain class
         name=RATE_LIMITER_ACTOR_NAME, namespace=namespace, get_if_exists=True, lifetime="detached",
     ).remote()
 

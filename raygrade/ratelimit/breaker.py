@@ -37,7 +37,8 @@ class CircuitBreaker:
     def _tick(self, now: float) -> None:
         if self.state == "open" and now >= self.opened_at + self.current_cooldown_s:
             self.state, self.probes_in_flight = "half_open", 0
-        elif self.state == "half_open" and self.probes_in_flight and now >= self.probe_started + self.current_cooldown_s:
+        elif (self.state == "half_open" and self.probes_in_flight
+              and now >= self.probe_started + self.current_cooldown_s):
             self.probes_in_flight = 0  # a probe that never reported back (its caller died) frees its slot
 
     def retry_in(self, now: float) -> float:

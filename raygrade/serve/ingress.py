@@ -17,6 +17,7 @@ This module is the HTTP boundary where raygrade's exceptions become responses.
 # (GradingJob, Header) at import; string annotations break newer FastAPI under serve.ingress.
 import asyncio
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -67,7 +68,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         "message": f"{request.method} {request.url.path}: {exc.detail}", "type": etype, "param": None, "code": None}})
 
 
-def _errors(*codes: int) -> dict[int, dict]:
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the error statuses a route really answers."""
     what = {400: "Invalid request (``param`` names the field).", 404: "No such job.",
             409: "Conflict: an idempotency key reused with another body, or a job that already ended.",
@@ -88,7 +89,7 @@ def _openapi() -> dict:
     return api.openapi_schema
 
 
-api.openapi = _openapi
+api.openapi = _openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the document
 
 
 @api.exception_handler(RaygradeError)

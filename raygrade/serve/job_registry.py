@@ -49,8 +49,9 @@ class JobRegistryImpl:
             ConflictError: the idempotency key was used with a different body.
         """
         if job.options.webhook_url and not os.environ.get(self._config.webhook_secret_env):
-            raise InvalidRequestError(f"webhooks are not enabled on this server (set {self._config.webhook_secret_env})",
-                                      param="options.webhook_url")
+            raise InvalidRequestError(
+                f"webhooks are not enabled on this server (set {self._config.webhook_secret_env})",
+                param="options.webhook_url")
         return await self._do(self._store.create_job, job, idempotency_key, self._namespace)
 
     async def gauges(self) -> dict:

@@ -67,7 +67,8 @@ class WebhookSender:
             error = ("no signing secret configured" if not secret else
                      await deliver(url, secret, f"msg_{job_id}", body, timeout_s=cfg.webhook_timeout_s))
         state = await self._registry.webhook_result.remote(
-            job_id, ok=error is None, error=error, retry_in_s=backoff_delay(attempt, base_s=1.0, cap_s=300.0), max_attempts=cfg.webhook_max_attempts)
+            job_id, ok=error is None, error=error, retry_in_s=backoff_delay(attempt, base_s=1.0, cap_s=300.0),
+            max_attempts=cfg.webhook_max_attempts)
         logger.info("webhook for job %s: attempt %d, %s", job_id, attempt, state, extra=ids(job_id))
         self._metrics.inc("raygrade_webhook_deliveries", 1,
                           {**self._tags, "outcome": "delivered" if error is None else "failed"})

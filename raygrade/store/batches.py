@@ -73,9 +73,9 @@ class BatchLeases(StoreCore):
             cols = (batches.c.id, batches.c.attempts, batches.c.payload)
             # Expired leases first (a lost batcher's work), then pending batches in plan order:
             # each an index range on (job_id, state, seq), never a scan of the job.
-            cands = conn.execute(sa.select(*cols).where(
+            cands = list(conn.execute(sa.select(*cols).where(
                 batches.c.job_id == job_id, batches.c.state == "leased", batches.c.lease_expires_at < now)
-                .order_by(batches.c.seq).limit(limit)).all()
+                .order_by(batches.c.seq).limit(limit)).all())
             if len(cands) < limit:
                 cands += conn.execute(sa.select(*cols).where(batches.c.job_id == job_id, batches.c.state == "pending")
                                       .order_by(batches.c.seq).limit(limit - len(cands))).all()
@@ -83,10 +83,9 @@ class BatchLeases(StoreCore):
                 return []
             # One compare-and-swap for all candidates: a batch another batcher leased meanwhile
             # is not returned (it no longer matches ``leasable``).
-            got = conn.execute(batches.update().where(batches.c.id.in_([c.id for c in cands]), leasable).values(
+            got = set(conn.execute(batches.update().where(batches.c.id.in_([c.id for c in cands]), leasable).values(
                 state="leased", owner=owner, lease_expires_at=now + lease_s,
-                attempts=batches.c.attempts + 1, updated_at=now).returning(batches.c.id)).scalars().all()
-            got = set(got)
+                attempts=batches.c.attempts + 1, updated_at=now).returning(batches.c.id)).scalars().all())
             redispatched = 0
             for c in cands:  # plan order
                 if c.id in got:

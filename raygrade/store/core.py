@@ -42,11 +42,14 @@ class StoreCore:
         """
         return externalize(job, self.blobs)
     def _insert_ignore(self, table: sa.Table):
+        """``INSERT … ON CONFLICT DO NOTHING`` in this back end's dialect."""
         if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table).on_conflict_do_nothing()
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table).on_conflict_do_nothing()
 
     def _job_row(self, conn, job_id: str, *, lock: bool = False):
         q = sa.select(jobs).where(jobs.c.id == job_id)

@@ -79,7 +79,7 @@ class JobStore(BatchLeases, WebhookOutbox):
                 if conn.execute(ins).first() is None:  # the key exists (rowcount is -1 on psycopg)
                     existing = conn.execute(sa.select(jobs.c.id, jobs.c.body_hash)
                                             .where(jobs.c.namespace == namespace,
-                                                   jobs.c.idempotency_key == idempotency_key)).first()
+                                                   jobs.c.idempotency_key == idempotency_key)).one()
                     if existing.body_hash != h:
                         raise ConflictError("idempotency key was already used with a different request body",
                                             param="idempotency_key")
@@ -149,7 +149,8 @@ class JobStore(BatchLeases, WebhookOutbox):
         now = self._clock()
         n = conn.execute(items.update().where(items.c.job_id == job_id,
                                               items.c.state.in_(sources(ITEM_TRANSITIONS, item_state)))
-                         .values(state=item_state, error_type=error_type, error_message=message, updated_at=now)).rowcount
+                         .values(state=item_state, error_type=error_type, error_message=message,
+                                 updated_at=now)).rowcount
         self._count(conn, job_id, **{f"items_{item_state}": n})
         conn.execute(batches.update().where(batches.c.job_id == job_id,
                                             batches.c.state.in_(sources(BATCH_TRANSITIONS, "cancelled")))
@@ -201,7 +202,8 @@ class JobStore(BatchLeases, WebhookOutbox):
             j = self._job_row(conn, job_id)
             rows = conn.execute(sa.select(items).where(items.c.job_id == job_id, items.c.state != "pending")
                                 .order_by(items.c.seq)).mappings().all()
-            out, errs = [], {}
+            out: list[GradeResult] = []
+            errs: dict[tuple[str, str | None, str | None, str | None], list[str]] = {}
             for r in rows:
                 if r["state"] == "graded":
                     g = GradeResult.model_validate_json(r["result"])
@@ -230,9 +232,10 @@ class JobStore(BatchLeases, WebhookOutbox):
             ``{"jobs": {state: n}, "batches_pending": n}``; two indexed aggregates.
         """
         with self.engine.connect() as conn:
-            counts = dict(conn.execute(sa.select(jobs.c.state, sa.func.count()).where(jobs.c.namespace == namespace)
-                                       .group_by(jobs.c.state)).all())
-            pending = conn.execute(sa.select(sa.func.count()).select_from(batches.join(jobs, batches.c.job_id == jobs.c.id))
+            by_state = sa.select(jobs.c.state, sa.func.count()).where(jobs.c.namespace == namespace)
+            counts: dict[str, int] = {s: n for s, n in conn.execute(by_state.group_by(jobs.c.state)).all()}
+            queue = batches.join(jobs, batches.c.job_id == jobs.c.id)
+            pending = conn.execute(sa.select(sa.func.count()).select_from(queue)
                                    .where(jobs.c.namespace == namespace, jobs.c.state == "running",
                                           batches.c.state == "pending")).scalar_one()
         return {"jobs": {s.value: counts.get(s.value, 0) for s in JobState}, "batches_pending": int(pending)}
@@ -241,7 +244,8 @@ class JobStore(BatchLeases, WebhookOutbox):
         """Failed items of a job by error type (once, when it ends: for the metrics)."""
         with self.engine.connect() as conn:
             return {t or "error": n for t, n in conn.execute(
-                sa.select(items.c.error_type, sa.func.count()).where(items.c.job_id == job_id, items.c.state == "failed")
+                sa.select(items.c.error_type, sa.func.count())
+                .where(items.c.job_id == job_id, items.c.state == "failed")
                 .group_by(items.c.error_type)).all()}
 
     def batch_report(self, job_id: str) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ class ItemState(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-J, B, I = JobState, BatchState, ItemState
+J, B, It = JobState, BatchState, ItemState
 JOB_TRANSITIONS: dict[str, set[str]] = {
     J.QUEUED: {J.RUNNING, J.CANCELLED, J.FAILED},
     J.RUNNING: {J.SUCCEEDED, J.PARTIAL, J.FAILED, J.CANCELLED},
@@ -43,10 +43,10 @@ BATCH_TRANSITIONS: dict[str, set[str]] = {
     B.DONE: set(), B.CANCELLED: set(),
 }
 ITEM_TRANSITIONS: dict[str, set[str]] = {
-    I.PENDING: {I.GRADED, I.FAILED, I.CANCELLED},
-    I.GRADED: set(), I.FAILED: set(), I.CANCELLED: set(),
+    It.PENDING: {It.GRADED, It.FAILED, It.CANCELLED},
+    It.GRADED: set(), It.FAILED: set(), It.CANCELLED: set(),
 }
-del J, B, I
+del J, B, It
 
 
 def check_transition(machine: dict[str, set[str]], kind: str, current: str, new: str) -> None:

@@ -44,13 +44,18 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from PIL import Image
 
+from raygrade._optional import import_optional
 from raygrade.config import ProviderConfig, RateLimitConfig
 from raygrade.tokens import TiktokenCounter, gpt4o_image_tokens
+
+if TYPE_CHECKING:
+    from aiohttp import web
+else:
+    web = import_optional("aiohttp.web", "fake", "the fake OpenAI-compatible server")
 
 #: Length of the rate-limit window, seconds.
 WINDOW_S = 60.0
@@ -348,10 +353,12 @@ class FakeOpenAIServer:
                 entry.tokens = actual
             return entry.tokens
 
-    def _record(self, *args: Any, mono: float | None = None, final_tokens: int = 0,
+    def _record(self, status: int, model: str | None, charged_tokens: int, prompt_tokens: int,
+                completion_tokens: int, fault: str | None, *, mono: float | None = None, final_tokens: int = 0,
                 items: list[str] | None = None) -> RequestRecord:
-        rec = RequestRecord(time.time(), *args, mono=mono if mono is not None else time.monotonic(),
-                            final_tokens=final_tokens, items=items or [])
+        rec = RequestRecord(time.time(), status, model, charged_tokens, prompt_tokens, completion_tokens, fault,
+                            mono=mono if mono is not None else time.monotonic(), final_tokens=final_tokens,
+                            items=items or [])
         with self._lock:
             self.log.append(rec)
         return rec
@@ -388,6 +395,7 @@ class FakeOpenAIServer:
         charged = prompt_tokens + max_tokens
         fault = self._draw_fault()
         if fault == "429":
+            over: str | None
             over, rl_headers, entry, mono = "requests", {"retry-after": "1"}, None, time.monotonic()
         else:
             over, rl_headers, entry, mono = self._admit(charged)
@@ -401,7 +409,8 @@ class FakeOpenAIServer:
         assert entry is not None
         if fault == "reset":  # the connection drops before any answer (the call stays charged)
             self._record(0, model, charged, prompt_tokens, 0, fault, mono=mono, final_tokens=charged)
-            request.transport.abort()
+            if request.transport is not None:
+                request.transport.abort()
             raise asyncio.CancelledError
         if fault == "timeout":  # no answer within the client's timeout
             self._record(0, model, charged, prompt_tokens, 0, fault, mono=mono, final_tokens=charged)
@@ -439,7 +448,8 @@ class FakeOpenAIServer:
             await asyncio.sleep(delay)
         final = self._complete(entry, prompt_tokens + completion_tokens)
         headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
-        asked = [f"{a}/{q}" for a, v in ((rf.get("json_schema") or {}).get("schema") or {}).get("properties", {}).items()
+        props = ((rf.get("json_schema") or {}).get("schema") or {}).get("properties", {})
+        asked = [f"{a}/{q}" for a, v in props.items()
                  for q in (v.get("properties") or {})] if rf.get("type") == "json_schema" else []
         self._record(200, model, charged, prompt_tokens, completion_tokens, fault, mono=mono, final_tokens=final,
                      items=asked)
@@ -498,6 +508,7 @@ class FakeOpenAIProcess:
             if v is not None:
                 cmd += [f"--{k.replace('_', '-')}", str(v)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
         if not (self.proc.stdout.readline() or "").startswith("fake OpenAI server"):
             raise RuntimeError("fake OpenAI server process did not start")
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

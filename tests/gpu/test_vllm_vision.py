@@ -13,10 +13,10 @@ import pytest
 from raygrade.config import ProviderConfig, RaygradeArgs
 from raygrade.datasets.sample_jobs import sample_job
 from raygrade.grading import BatchGrader
+from raygrade.planner import JobPlanner
 from raygrade.prompts import StudentWork
 from raygrade.providers.openai_compat import OpenAICompatibleProvider
 from raygrade.ratelimit.limiter import RateLimiter
-from raygrade.planner import JobPlanner
 from raygrade.tokens import TiktokenCounter
 
 pytestmark = pytest.mark.gpu

@@ -26,7 +26,7 @@ def fake(fake_openai):
 def postgres():
     """One PostgreSQL server on 127.0.0.1 for the session (``.ci/run`` installs Debian's
     package); skipped where none is installed, except in CI, where that is a failure."""
-    from raygrade.testing.postgres import PostgresServer, find_pg_bin
+    from support.postgres import PostgresServer, find_pg_bin
 
     if find_pg_bin() is None:
         if os.environ.get("CI"):

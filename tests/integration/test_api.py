@@ -9,6 +9,7 @@ from PIL import Image
 from raygrade.cli import Client
 from raygrade.protocol import GradingJob
 
+
 def png(w=600, h=400) -> str:
     buf = io.BytesIO()
     Image.new("RGB", (w, h), "white").save(buf, format="PNG")

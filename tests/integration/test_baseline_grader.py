@@ -7,9 +7,9 @@ import pytest
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
 from raygrade.cli import Client
 from raygrade.config import RaygradeArgs, reference_similarity_provider
-from raygrade.evaluation import agreement
-from raygrade.datasets.sample_jobs import saf_question
 from raygrade.datasets.saf import find_saf, load_split
+from raygrade.datasets.sample_jobs import saf_question
+from raygrade.evaluation import agreement
 from raygrade.protocol import GradingJob, Question
 
 REF = ("A stack is last-in, first-out: push adds an element on top and pop removes the most recently "

@@ -1,7 +1,8 @@
 """Accepted work is never lost or graded twice: a job of 220 students runs while grader
-replicas, the batcher and the token-bucket actor are killed again and again and the
+replicas, the batcher and the rate-limiter actor are killed again and again and the
 Serve application is restarted once, on each store back end (SQLite, PostgreSQL). The
-job store and the provider's request log are the judges. Bounded: at most 240 s, loopback only, and it stops by itself."""
+job store and the provider's request log are the judges. Bounded: at most 240 s, loopback only,
+and it stops by itself."""
 
 import json
 import os
@@ -101,7 +102,8 @@ def test_chaos_every_item_graded_exactly_once(serve_url, store_url):
                         kills[target] += 1
                     step += 1
                     last_kill_at = graded
-                print(f"{time.monotonic() - t0:6.1f}s {status.get('state')} {(status.get('progress') or {}).get('items_graded')} {kills}", flush=True)
+                n_graded = (status.get("progress") or {}).get("items_graded")
+                print(f"{time.monotonic() - t0:6.1f}s {status.get('state')} {n_graded} {kills}", flush=True)
                 time.sleep(1.0)
             assert status.get("state") == "succeeded", (status, kills)
             results = http.get(f"{url}/v1/jobs/{job_id}/results").json()

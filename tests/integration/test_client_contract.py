@@ -6,13 +6,12 @@ import asyncio
 
 import httpx
 import pytest
+from test_api import make_job  # rootdir-relative: pytest puts tests/integration on sys.path
 
 from raygrade import AsyncClient, Client
 from raygrade.client import APIConnectionError
 from raygrade.engine.local_vllm import free_port
 from raygrade.errors import ConflictError, IllegalTransitionError, InvalidRequestError, NotFoundError
-
-from test_api import make_job  # rootdir-relative: pytest puts tests/integration on sys.path
 
 
 def test_client_covers_every_route_with_typed_errors(fake_app, fake):

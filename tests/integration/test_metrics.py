@@ -9,11 +9,10 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+from test_api import make_job  # rootdir-relative: pytest puts tests/integration on sys.path
 
 from raygrade.client import Client
 from raygrade.metrics import METRICS
-
-from test_api import make_job  # rootdir-relative: pytest puts tests/integration on sys.path
 
 
 def _receiver():
@@ -45,7 +44,8 @@ def test_dashboard_metrics_exist_after_a_job(fake_app, fake):
         job.options.webhook_url = f"http://127.0.0.1:{rx.server_address[1]}/hook"
         with Client(fake_app) as client:
             st = client.wait(client.submit(job).id, timeout_s=120, poll_s=0.2)
-            errors = [(e.type, e.message[:200]) for e in client.results(st.id).errors] if st.state.value != "partial" else []
+            errors = ([(e.type, e.message[:200]) for e in client.results(st.id).errors]
+                      if st.state.value != "partial" else [])
             assert st.state.value == "partial" and st.progress.items_failed > 0, errors
         want = {m.exported for m in METRICS.values()}
         deadline, missing, text = time.monotonic() + 60, want, ""

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from raygrade._optional import has_module
+from raygrade.bulk import RegradeConfig, run_regrade
 from raygrade.datasets import job_to_dataset, write_dataset
 from raygrade.protocol import Assessment, GradingJob, Question
-from raygrade.bulk import RegradeConfig, run_regrade
 from raygrade.testing.fake_openai import fake_provider_config
 
 QUESTIONS = [Question(id="q1", prompt="What does ARP resolve?", max_score=1, reference_answer="IP to MAC"),
@@ -98,7 +98,8 @@ def test_resume_after_a_kill_skips_finished_rows(ray_cluster, fake, dataset, tmp
     assert len(fake.log) == 2, "only the two lost blocks are graded again"
     after = results(out)
     assert len(after) == 12 and len({(r["submission_id"], r["question_id"]) for r in after}) == 12
-    regraded = {r["submission_id"] for r in after if r["run_id"] != before[(r["submission_id"], r["question_id"])]["run_id"]}
+    regraded = {r["submission_id"] for r in after
+                if r["run_id"] != before[(r["submission_id"], r["question_id"])]["run_id"]}
     assert regraded == lost | cut
 
 

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_api import make_job  # rootdir-relative: pytest puts tests/integration on sys.path
 
 from raygrade.cli import Client
 from raygrade.testing.fake_openai import FakeOpenAIServer
-
-from test_api import make_job  # rootdir-relative: pytest puts tests/integration on sys.path
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 8000  # serve_config.yaml's http_options.port, as shipped

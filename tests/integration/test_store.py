@@ -3,12 +3,12 @@
 import pytest
 import sqlalchemy as sa
 
+from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.blobs import inline
 from raygrade.errors import ConflictError, NotFoundError
-from raygrade.batch import BatchOutcome, GradeBatch
+from raygrade.planner import batch_key
 from raygrade.prompts import StudentWork
 from raygrade.protocol import GradeResult, GradingErrorItem, GradingJob, JobState, TextPage, Usage
-from raygrade.planner import batch_key
 from raygrade.store import (
     BATCH_TRANSITIONS,
     IllegalTransitionError,

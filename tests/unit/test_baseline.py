@@ -20,7 +20,6 @@ from raygrade.prompts import StudentWork
 from raygrade.protocol import ImagePage, Question, TextPage
 
 
-
 def png_b64() -> str:
     import base64
     import io

@@ -72,10 +72,9 @@ def test_calibration_file_round_trip_and_errors(tmp_path):
 
 
 def test_batch_grader_applies_calibration_and_baseline_agreement(tmp_path):
-    from tests.unit.test_grading import ScriptedProvider, batch, good, grader
-
     from raygrade.batch import BatchOutcome
     from raygrade.protocol import GradeResult, Usage
+    from tests.unit.test_grading import ScriptedProvider, batch, good, grader
 
     class Baseline:  # agrees on student-1 (same level), disagrees on student-2
         async def grade(self, b):
@@ -108,12 +107,13 @@ def test_batch_grader_applies_calibration_and_baseline_agreement(tmp_path):
 def test_calibration_and_agreement_are_wired_from_the_provider_config(tmp_path):
     from raygrade.baseline.similarity import ReferenceSimilarityGrader
     from raygrade.graders import build_batch_grader
+    from raygrade.ratelimit.limiter import RateLimiter
     from raygrade.testing.fake_openai import fake_provider_config
 
     path = tmp_path / "cal.json"
     fit_calibration([0.2, 0.9], [False, True], provider="fake/m", source="self_reported").save(path)
     g = build_batch_grader(fake_provider_config("http://127.0.0.1:9/v1", calibration_path=str(path),
-                                                baseline_agreement=True), None)
+                                                baseline_agreement=True), RateLimiter())
     assert g._calibration.n == 2 and isinstance(g._agreement, ReferenceSimilarityGrader) and g._fallback is None
     with pytest.raises(ConfigError):
         build_batch_grader(fake_provider_config("http://127.0.0.1:9/v1", calibration_path=str(tmp_path / "x")), None)

@@ -24,10 +24,10 @@ def _serve_config() -> dict:
 
 
 def test_serve_config_passes_serves_schema_and_builder_contract(monkeypatch):
+    from ray._common.utils import import_attr
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.deployment import Application
     from ray.serve.schema import ServeDeploySchema
-    from ray._common.utils import import_attr
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     config = ServeDeploySchema.model_validate(_serve_config())
@@ -37,8 +37,8 @@ def test_serve_config_passes_serves_schema_and_builder_contract(monkeypatch):
 
 
 def test_serve_build_import_path_is_an_application():
-    from ray.serve.deployment import Application
     from ray._common.utils import import_attr
+    from ray.serve.deployment import Application
 
     assert isinstance(import_attr("raygrade.app:app"), Application)
 

@@ -3,13 +3,13 @@
 import asyncio
 import json
 
-from raygrade.errors import ProviderStatusError, RateLimitedError
 from raygrade.batch import GradeBatch
+from raygrade.config import RateLimitConfig
+from raygrade.errors import ProviderStatusError, RateLimitedError
 from raygrade.grading import BatchGrader
 from raygrade.prompts import StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import Question, TextPage, Usage
 from raygrade.providers.openai_compat import ChatResult
-from raygrade.config import RateLimitConfig
 from raygrade.ratelimit.limiter import RateLimiter
 
 Q = [Question(id="q1", prompt="Name a TCP header field.", max_score=1, reference_answer="sequence number"),
@@ -297,7 +297,8 @@ def test_items_go_to_the_fallback_while_the_breaker_is_open():
     b = batch(2)
     base = Baseline()
     p = ScriptedProvider([ProviderStatusError("503", provider_status=503)])
-    g, _ = grader(p, limits=RateLimitConfig(tpm=10_000, breaker_failure_threshold=1, breaker_cooldown_s=600), fallback=base)
+    limits = RateLimitConfig(tpm=10_000, breaker_failure_threshold=1, breaker_cooldown_s=600)
+    g, _ = grader(p, limits=limits, fallback=base)
     out = asyncio.run(g.grade(b))
     assert not out.errors and len(out.results) == 4 and base.seen == [["student-1", "student-2"]]
     assert {r.model for r in out.results} == {"reference-similarity"} and len(p.calls) == 1
@@ -309,5 +310,5 @@ def test_fallback_to_baseline_is_wired_from_the_provider_config():
     from raygrade.testing.fake_openai import fake_provider_config
 
     cfg = fake_provider_config("http://127.0.0.1:9/v1", fallback_to_baseline=True)
-    assert isinstance(build_batch_grader(cfg, None)._fallback, ReferenceSimilarityGrader)
-    assert build_batch_grader(cfg.model_copy(update={"fallback_to_baseline": False}), None)._fallback is None
+    assert isinstance(build_batch_grader(cfg, RateLimiter())._fallback, ReferenceSimilarityGrader)
+    assert build_batch_grader(cfg.model_copy(update={"fallback_to_baseline": False}), RateLimiter())._fallback is None

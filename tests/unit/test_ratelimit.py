@@ -4,13 +4,13 @@ breaker and restarts, on a virtual clock (no Ray, no waiting)."""
 import asyncio
 
 import pytest
+from support.clock import VirtualClock
 
+from raygrade.config import RateLimitConfig
 from raygrade.errors import CircuitOpenError
 from raygrade.ratelimit.breaker import CircuitBreaker
-from raygrade.config import RateLimitConfig
 from raygrade.ratelimit.limiter import RateLimiter
 from raygrade.ratelimit.window import SlidingWindow, parse_duration, parse_rate_limit_headers
-from raygrade.testing.clock import VirtualClock
 
 W = 61.0  # 60 s + the default 1 s margin
 
