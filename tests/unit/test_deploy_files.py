@@ -133,3 +133,4 @@ def test_grafana_dashboard_is_generated_from_the_metrics():
     exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
     charted = {re.sub(r"_(bucket)$", "", n) for e in exprs for n in re.findall(r"ray_raygrade_\w+", e)}
     assert charted == {m.exported for m in METRICS.values()}
+
