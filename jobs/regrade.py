@@ -24,12 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raygrade.bulk import RegradeConfig, load_assessment, run_regrade  # noqa: E402
-from raygrade.config import (  # noqa: E402
-    ProviderConfig,
-    RaygradeArgs,
-    reference_similarity_provider,
-    resolve_args,
-)
+from raygrade.config import ProviderConfig, RaygradeArgs, reference_similarity_provider  # noqa: E402
+from raygrade.settings import resolve_args  # noqa: E402
 
 
 def _load(path: str) -> dict:

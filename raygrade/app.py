@@ -20,13 +20,14 @@ from ray.serve import Application
 from ray.serve.deployment import Deployment
 
 from raygrade.blobs import is_local
-from raygrade.config import RaygradeArgs, resolve_args
+from raygrade.config import RaygradeArgs
 from raygrade.serve.batcher import Batcher
 from raygrade.serve.engine import LocalVLLMServer
 from raygrade.serve.grader import Grader
 from raygrade.serve.ingress import RaygradeIngress
 from raygrade.serve.job_registry import JobRegistry
 from raygrade.serve.reader import PageReader
+from raygrade.settings import resolve_args
 
 
 def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
@@ -35,7 +36,7 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
     ``serve run serve_config.yaml`` / ``serve deploy`` call it with the application's
     ``args:`` dict; Python callers pass a dict or :class:`RaygradeArgs`. Environment
     variables ``RAYGRADE_ARGS__…`` override fields at build time
-    (:func:`raygrade.config.resolve_args`).
+    (:func:`raygrade.settings.resolve_args`).
 
     Args:
         args: :class:`RaygradeArgs` or its dict form. ``None`` → defaults: OpenAI if

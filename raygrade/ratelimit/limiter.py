@@ -36,117 +36,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 from raygrade.config import RateLimitConfig
 from raygrade.errors import CircuitOpenError
-from raygrade.ratelimit.breaker import CircuitBreaker
-from raygrade.ratelimit.window import Charge, SlidingWindow, parse_rate_limit_headers
+from raygrade.ratelimit.state import (  # noqa: F401  (Clock, Outcome, Priority, Reservation, Sleep: public here too)
+    OPEN_RESERVATION_TTL_S,
+    OPEN_RESERVATIONS_SOFT_CAP,
+    PRIORITY_RANK,
+    Clock,
+    Outcome,
+    Priority,
+    Reservation,
+    Sleep,
+    _KeyState,
+    _Open,
+    _Waiter,
+)
+from raygrade.ratelimit.window import parse_rate_limit_headers
 
 logger = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
-Priority = Literal["interactive", "bulk"]
-Outcome = Literal["ok", "rate_limited", "failure", "client_error"]
-
-#: Reservations not settled after this long are forgotten (checked once the map is large).
-OPEN_RESERVATION_TTL_S = 3600.0
-OPEN_RESERVATIONS_SOFT_CAP = 10_000
-
-#: Lower rank goes first.
-PRIORITY_RANK: dict[str, int] = {"interactive": 0, "bulk": 1}
-
-
-@dataclasses.dataclass(frozen=True)
-class Reservation:
-    """What :meth:`RateLimiter.acquire` granted; pass it back to :meth:`RateLimiter.settle`.
-
-    Attributes:
-        id: Reservation id (unique within one limiter instance).
-        key: The bucket key.
-        tokens: Tokens reserved.
-        waited_s: Seconds spent queued.
-        probe: Whether this call is a circuit-breaker probe.
-    """
-
-    id: int
-    key: str
-    tokens: int
-    waited_s: float
-    probe: bool = False
-
-
-@dataclasses.dataclass
-class _Waiter:
-    seq: int
-    tokens: int
-    rank: int
-    job: str
-    future: asyncio.Future
-    enqueued: float
-
-
-@dataclasses.dataclass
-class _Open:
-    reservation: Reservation
-    req: Charge | None
-    tok: Charge | None
-    admitted_at: float
-
-
-class _KeyState:
-    def __init__(self, key: str, limits: RateLimitConfig):
-        self.key, self.limits = key, limits
-        self.scale = limits.window_s / 60.0  # per-minute limit -> per-window limit
-        self.window_s = limits.window_s + limits.window_margin_s
-        self.learned: dict[str, float] = {}  # per minute
-        self.req: SlidingWindow | None = None
-        self.tok: SlidingWindow | None = None
-        self.apply_limits()
-        self.breaker = self._breaker(limits)
-        self.waiters: list[_Waiter] = []
-        self.vtime: dict[tuple[int, str], float] = {}
-        self.vclock: dict[int, float] = {}
-        self.paused_until = 0.0
-        self.timer: asyncio.Task | None = None
-        self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
-                      "failures": 0, "rejected_open": 0, "header_corrections": 0}
-
-    @staticmethod
-    def _breaker(limits: RateLimitConfig) -> CircuitBreaker:
-        return CircuitBreaker(failure_threshold=limits.breaker_failure_threshold,
-                              cooldown_s=limits.breaker_cooldown_s, max_cooldown_s=limits.breaker_max_cooldown_s)
-
-    def window(self, dim: str) -> SlidingWindow | None:
-        return self.req if dim == "requests" else self.tok
-
-    def effective(self, dim: str) -> float | None:
-        """The per-minute limit in force: the configured one, lowered by a learned one."""
-        configured = self.limits.rpm if dim == "requests" else self.limits.tpm
-        learned = self.learned.get(dim)
-        if configured and learned:
-            return min(configured, learned)
-        return configured or learned
-
-    def apply_limits(self) -> None:
-        for dim in ("requests", "tokens"):
-            eff, w = self.effective(dim), self.window(dim)
-            if eff is None:
-                w = None
-            elif w is None:
-                w = SlidingWindow(eff * self.scale, self.window_s)
-            else:
-                w.limit = float(eff * self.scale)
-            if dim == "requests":
-                self.req = w
-            else:
-                self.tok = w
 
 
 class RateLimiter:

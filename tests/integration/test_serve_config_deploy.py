@@ -2,7 +2,7 @@
 
 The shipped file is not edited: the provider is switched to the fake OpenAI-compatible
 server by the documented mechanism, ``RAYGRADE_ARGS__PROVIDER`` in the environment
-(:func:`raygrade.config.resolve_args`), and the store goes to a temporary ``RAYGRADE_HOME``.
+(:func:`raygrade.settings.resolve_args`), and the store goes to a temporary ``RAYGRADE_HOME``.
 ``serve run`` starts its own local Ray cluster (the test session's cluster writes no
 address file, so it is not found), deploys through Serve's config path (schema,
 ``import_path``, one-parameter builder, ``deployments:`` overrides) on the file's

@@ -1,94 +1,32 @@
-"""A fake OpenAI-compatible chat server for tests and benchmarks (127.0.0.1 only).
-
-It behaves like the hosted API where raygrade depends on it:
-
-- ``POST /v1/chat/completions`` answers with a ``chat.completion`` object, a
-  ``usage`` block, and ``x-request-id`` / ``openai-processing-ms`` /
-  ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers.
-- Prompt tokens are counted like the real API: tiktoken on the text parts, 3 per
-  message plus 3 to prime the reply (OpenAI cookbook, "How to count tokens with
-  tiktoken"), and GPT-4o tile tokens for each image from its pixel size.
-- With ``response_format={"type": "json_schema"}`` the content is a JSON
-  instance of the schema (so graders get well-formed grades).
-- RPM and TPM are enforced over a **sliding 60-second window** (or a shorter
-  ``window_s``, allowing ``rpm·window_s/60`` per window, as Azure OpenAI does; the
-  ``x-ratelimit-*`` headers then speak in the window's units): a request is
-  charged input + ``max_tokens`` when admitted, and the charge drops to the
-  actual ``usage`` when it completes (``refund_unused``). A request that would
-  take any trailing minute over a limit gets 429 with an OpenAI error body
-  (``type: "requests"`` or ``"tokens"``), ``retry-after`` / ``retry-after-ms``
-  (when it would fit) and the rate-limit headers; it is not charged.
-- Latency: ``latency_s`` per request plus ``latency_per_token_s`` per completion token.
-- Faults, scripted per request (``script``, for deterministic tests) or drawn at
-  ``fault_rates`` (seeded): ``"429"``, ``"500"``, ``"malformed"`` (not JSON),
-  ``"out_of_range"`` (a score above the maximum), ``"truncated"`` (cut JSON,
-  ``finish_reason="length"``), ``"refusal"``.
-- Every request, admitted or rejected, is recorded in ``log`` for auditing
-  (:func:`audit_windows` checks that no minute went over the limits).
-
-Run standalone: ``python -m raygrade.testing.fake_openai --port 8100 --tpm 200000``.
-"""
+"""The fake OpenAI-compatible server: HTTP handlers, sliding-window RPM/TPM accounting, faults."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import base64
 import dataclasses
-import io
 import json
 import math
 import random
-import re
 import threading
 import time
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Any
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from raygrade._optional import import_optional
-from raygrade.config import ProviderConfig, RateLimitConfig
-from raygrade.tokens import TiktokenCounter, gpt4o_image_tokens
 
 if TYPE_CHECKING:
     from aiohttp import web
 else:
     web = import_optional("aiohttp.web", "fake", "the fake OpenAI-compatible server")
 
-#: Length of the rate-limit window, seconds.
-WINDOW_S = 60.0
-FAULTS = ("429", "500", "malformed", "out_of_range", "truncated", "refusal", "timeout", "reset")
-
-
-@dataclasses.dataclass
-class RequestRecord:
-    """One request as the server saw it.
-
-    Attributes:
-        t: Wall-clock time it arrived (``time.time()``).
-        status: HTTP status answered (0: none: the connection was reset, or held past the client's timeout).
-        model: Requested model.
-        charged_tokens: Input + ``max_tokens`` charged on admission (also set for a 429: what it asked for).
-        prompt_tokens, completion_tokens: As reported in ``usage``.
-        fault: The injected fault, if any.
-        mono: ``time.monotonic()`` at admission (or rejection).
-        final_tokens: What stays charged in the window once it completed (0 if rejected).
-        items: ``"alias/question_id"`` for each item the structured-output schema asked
-            for, on answered requests (the judge of which grades a provider produced).
-    """
-
-    t: float
-    status: int
-    model: str | None
-    charged_tokens: int
-    prompt_tokens: int
-    completion_tokens: int
-    fault: str | None
-    mono: float = 0.0
-    final_tokens: int = 0
-    items: list[str] = dataclasses.field(default_factory=list)
+from raygrade.testing.fake_openai.content import (
+    _bump_scores,
+    _fake_logprobs,
+    estimate_prompt_tokens,
+    schema_instance,
+)
+from raygrade.testing.fake_openai.records import FAULTS, WINDOW_S, RequestRecord
 
 
 @dataclasses.dataclass
@@ -103,77 +41,6 @@ def _error(status: int, message: str, etype: str, code: str | None = None, param
     return web.json_response(body, status=status, headers=headers)
 
 
-_COUNTER: TiktokenCounter | None = None
-
-
-def _image_size(url: str) -> tuple[int, int] | None:
-    if not url.startswith("data:"):
-        return None
-    try:
-        data = base64.b64decode(url.split(",", 1)[1])
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            return im.size
-    except Exception:
-        return None
-
-
-def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """Prompt tokens as the hosted API counts them (see the module docstring).
-
-    Images that are not ``data:`` URLs or cannot be decoded count 85 tokens (low detail).
-    """
-    global _COUNTER
-    if _COUNTER is None:
-        _COUNTER = TiktokenCounter()
-    n = 3
-    for m in messages:
-        n += 3
-        c = m.get("content")
-        if isinstance(c, str):
-            n += _COUNTER.count(c)
-        elif isinstance(c, list):
-            for part in c:
-                if part.get("type") == "text":
-                    n += _COUNTER.count(part.get("text", ""))
-                elif part.get("type") == "image_url":
-                    image = part.get("image_url") or {}
-                    size = _image_size(image.get("url", ""))
-                    detail = "low" if image.get("detail") == "low" else "high"
-                    n += gpt4o_image_tokens(*size, detail=detail) if size else 85
-    return n
-
-
-def schema_instance(schema: dict[str, Any], name: str = "", pad_tokens: int | None = None) -> Any:
-    """A deterministic JSON value valid under ``schema`` (the subset raygrade emits).
-
-    With ``pad_tokens``, string fields are lengthened so the whole value is about that many tokens.
-    """
-    if pad_tokens:
-        value = schema_instance(schema, name)
-        strings = _count_strings(value)
-        extra = max(0, pad_tokens - math.ceil(len(json.dumps(value)) / 4))
-        if strings and extra:
-            _pad_strings(value, " Detail" * (extra // strings // 2 + 1))
-        return value
-    if "enum" in schema:
-        vals = schema["enum"]
-        return vals[len(vals) // 2]
-    t = schema.get("type")
-    if t == "object":
-        return {k: schema_instance(v, k) for k, v in schema.get("properties", {}).items()}
-    if t == "array":
-        return [schema_instance(schema.get("items", {}), name)]
-    if t in ("number", "integer"):
-        if name == "confidence":
-            return 0.8
-        lo, hi = schema.get("minimum", 0), schema.get("maximum", 1)
-        v = lo + (hi - lo) / 2
-        return int(v) if t == "integer" else v
-    if t == "string":
-        return "Covers the main point; one detail of the reference answer is missing."
-    if t == "boolean":
-        return True
-    return None
 
 
 class FakeOpenAIServer:
@@ -464,134 +331,3 @@ class FakeOpenAIServer:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }, headers=headers)
-
-
-def audit_windows(log: list[RequestRecord], window_s: float = WINDOW_S) -> dict[str, float]:
-    """The busiest ``window_s`` window in a server log, from admitted requests' final charges.
-
-    Returns:
-        ``{"admitted", "rejected_429", "max_window_requests", "max_window_tokens"}``: the
-        largest number of requests / tokens admitted in any window starting at an admission.
-    """
-    adm = sorted((r for r in log if r.final_tokens > 0 or r.status == 200), key=lambda r: r.mono)
-    times = [r.mono for r in adm]
-    max_req = max_tok = 0
-    j, tok = 0, 0
-    for i, r in enumerate(adm):  # two pointers over [times[i], times[i] + window_s)
-        while j < len(adm) and times[j] < times[i] + window_s:
-            tok += adm[j].final_tokens
-            j += 1
-        max_req, max_tok = max(max_req, j - i), max(max_tok, tok)
-        tok -= r.final_tokens
-    return {"admitted": len(adm), "rejected_429": sum(1 for r in log if r.status == 429),
-            "max_window_requests": max_req, "max_window_tokens": max_tok}
-
-
-class FakeOpenAIProcess:
-    """The fake server in a child process (``python -m raygrade.testing.fake_openai``), so a
-    benchmark's clients and the server do not share one interpreter.
-
-    Args:
-        **options: ``rpm``, ``tpm``, ``window_s``, ``latency_s``, ``latency_per_token_s``,
-            ``completion_tokens`` (as :class:`FakeOpenAIServer`).
-    """
-
-    def __init__(self, **options: Any):
-        import subprocess
-        import sys
-
-        from raygrade.engine.local_vllm import free_port
-
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "raygrade.testing.fake_openai", "--port", str(self.port)]
-        for k, v in options.items():
-            if v is not None:
-                cmd += [f"--{k.replace('_', '-')}", str(v)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert self.proc.stdout is not None
-        if not (self.proc.stdout.readline() or "").startswith("fake OpenAI server"):
-            raise RuntimeError("fake OpenAI server process did not start")
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def log(self) -> list[RequestRecord]:
-        """The server's audit log."""
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_raygrade/log", timeout=60) as r:
-            return [RequestRecord(**row) for row in json.loads(r.read())["log"]]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def fake_provider_config(base_url: str, **overrides: Any) -> ProviderConfig:
-    """A :class:`ProviderConfig` for this server: key from ``RAYGRADE_FAKE_KEY``, GPT-4o image rule."""
-    cfg: dict[str, Any] = dict(
-        name="fake", base_url=base_url, api_key_env="RAYGRADE_FAKE_KEY", model="fake-grader", supports_vision=True,
-        image_token_rule="gpt-4o", context_window=16_000, max_completion_tokens=4_000,
-        rate_limit=RateLimitConfig(rpm=6_000, tpm=4_000_000), max_retries=2)
-    cfg.update(overrides)
-    return ProviderConfig(**cfg)
-
-
-#: Log-probability the fake server gives every token it emits (score digits included).
-FAKE_TOKEN_LOGPROB = math.log(0.9)
-
-
-def _fake_logprobs(content: str) -> list[dict[str, Any]]:
-    """OpenAI-shaped ``logprobs.content``: the text in 4-character tokens, each at
-    :data:`FAKE_TOKEN_LOGPROB`; digits and ``.`` are single tokens, as in real BPE vocabularies."""
-    out = []
-    for tok in re.findall(r"\d|\.|[^\d.]{1,4}", content):
-        out.append({"token": tok, "logprob": FAKE_TOKEN_LOGPROB, "bytes": list(tok.encode()), "top_logprobs": []})
-    return out
-
-
-def _count_strings(value: Any) -> int:
-    if isinstance(value, dict):
-        return sum(_count_strings(v) for v in value.values())
-    if isinstance(value, list):
-        return sum(_count_strings(v) for v in value)
-    return 1 if isinstance(value, str) else 0
-
-
-def _pad_strings(value: Any, pad: str) -> None:
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for k, v in list(items):
-        if isinstance(v, str):
-            value[k] = v + pad
-        else:
-            _pad_strings(v, pad)
-
-
-def _bump_scores(value: Any) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k == "score" and isinstance(v, (int, float)):
-                value[k] = v + 1000
-            else:
-                _bump_scores(v)
-
-
-def main() -> None:  # pragma: no cover - manual use and benchmarks
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, default=8100)
-    ap.add_argument("--rpm", type=int)
-    ap.add_argument("--tpm", type=int)
-    ap.add_argument("--window-s", type=float, default=WINDOW_S)
-    ap.add_argument("--latency-s", type=float, default=0.0)
-    ap.add_argument("--latency-per-token-s", type=float, default=0.0)
-    ap.add_argument("--completion-tokens", type=int)
-    ap.add_argument("--no-refund", action="store_true", help="keep charging input + max_tokens")
-    ap.add_argument("--api-key", default="sk-test")
-    a = ap.parse_args()
-    srv = FakeOpenAIServer(rpm=a.rpm, tpm=a.tpm, window_s=a.window_s, latency_s=a.latency_s,
-                           latency_per_token_s=a.latency_per_token_s, completion_tokens=a.completion_tokens,
-                           refund_unused=not a.no_refund, api_key=a.api_key, port=a.port).start()
-    print(f"fake OpenAI server on {srv.base_url}", flush=True)
-    threading.Event().wait()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

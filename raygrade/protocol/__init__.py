@@ -1,0 +1,75 @@
+"""Wire protocol: the pydantic v2 models raygrade accepts and returns over HTTP.
+
+Shapes, in short::
+
+    GradingJob
+      assessment: Assessment(questions=[Question(id, prompt, max_score, ...)])
+      submissions: [Submission(student_id, pages=[ImagePage | TextPage], question_ids?)]
+      options: JobOptions(model, reading_mode, idempotency_key, ...)
+
+    JobResults
+      results: [GradeResult(student_id, question_id, score, feedback, confidence, pages, ...)]
+      errors:  [GradingErrorItem(student_ids, question_ids, type, message)]
+
+Every model forbids unknown fields, so a misspelt field is a 400 naming it. The models live in
+:mod:`~raygrade.protocol.pages`, :mod:`~raygrade.protocol.jobs` and
+:mod:`~raygrade.protocol.results`; import them from here.
+"""
+
+from __future__ import annotations
+
+from raygrade.protocol.jobs import (
+    Assessment,
+    CompletionPolicy,
+    GradedExample,
+    GradingJob,
+    JobOptions,
+    Question,
+    ReadingMode,
+    Submission,
+)
+from raygrade.protocol.pages import (
+    MAX_IMAGE_BYTES,
+    ImagePage,
+    Page,
+    StoredImage,
+    TextPage,
+    media_type_of,
+)
+from raygrade.protocol.results import (
+    ErrorDetail,
+    ErrorResponse,
+    GradeResult,
+    GradingErrorItem,
+    JobProgress,
+    JobResults,
+    JobState,
+    JobStatus,
+    Usage,
+)
+
+__all__ = [
+    "Assessment",
+    "CompletionPolicy",
+    "ErrorDetail",
+    "ErrorResponse",
+    "GradeResult",
+    "GradedExample",
+    "GradingErrorItem",
+    "GradingJob",
+    "ImagePage",
+    "JobOptions",
+    "JobProgress",
+    "JobResults",
+    "JobState",
+    "JobStatus",
+    "MAX_IMAGE_BYTES",
+    "Page",
+    "Question",
+    "ReadingMode",
+    "StoredImage",
+    "Submission",
+    "TextPage",
+    "Usage",
+    "media_type_of",
+]

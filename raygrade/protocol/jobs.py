@@ -1,0 +1,168 @@
+"""What a grading job is made of: the assessment (questions, rubric, examples), submissions, options."""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from raygrade.protocol._base import _Model
+from raygrade.protocol.pages import ImagePage, Page, StoredImage
+
+
+class GradedExample(_Model):
+    """An answer to the same question with its human grade, shown to the model for calibration."""
+
+    answer: str = Field(max_length=20_000)
+    score: float = Field(ge=0)
+    feedback: str | None = None
+
+
+class Question(_Model):
+    """One question of an assessment.
+
+    ``max_score`` is in points; grades are in ``[0, max_score]``. ``score_step``
+    (points) restricts grades to multiples of it, e.g. 0.5.
+    """
+
+    id: str = Field(min_length=1, max_length=128)
+    prompt: str = Field(min_length=1, max_length=20_000)
+    reference_answer: str | None = Field(default=None, max_length=50_000)
+    rubric: str = Field(default="", max_length=50_000)
+    max_score: float = Field(gt=0, le=1000)
+    score_step: float | None = Field(default=None, gt=0)
+    model_answer_images: list[ImagePage] = Field(default_factory=list, max_length=8)
+    examples: list[GradedExample] = Field(default_factory=list, max_length=500)
+
+    @model_validator(mode="after")
+    def _check_examples(self) -> Question:
+        for i, ex in enumerate(self.examples):
+            if ex.score > self.max_score:
+                raise ValueError(f"examples[{i}].score {ex.score} exceeds max_score {self.max_score}")
+        return self
+
+    def allowed_scores(self) -> list[float] | None:
+        """The grid of legal scores when ``score_step`` is set, else ``None``."""
+        if self.score_step is None:
+            return None
+        n = int(round(self.max_score / self.score_step))
+        grid = [round(i * self.score_step, 6) for i in range(n + 1)]
+        if grid[-1] < self.max_score:
+            grid.append(self.max_score)
+        return grid
+
+
+class Assessment(_Model):
+    """A set of questions graded together, with optional title."""
+
+    id: str | None = Field(default=None, max_length=128)
+    title: str | None = Field(default=None, max_length=1000)
+    questions: list[Question] = Field(min_length=1, max_length=200)
+
+    @field_validator("questions")
+    @classmethod
+    def _unique_ids(cls, qs: list[Question]) -> list[Question]:
+        seen: set[str] = set()
+        for q in qs:
+            if q.id in seen:
+                raise ValueError(f"duplicate question id {q.id!r}")
+            seen.add(q.id)
+        return qs
+
+    def question(self, qid: str) -> Question:
+        """Return the question with id ``qid``. Raises ``KeyError`` if absent."""
+        for q in self.questions:
+            if q.id == qid:
+                return q
+        raise KeyError(qid)
+
+
+class Submission(_Model):
+    """One student's answer pages, in order.
+
+    ``question_ids`` names the questions these pages answer (default: all of the
+    assessment's questions).
+    """
+
+    student_id: str = Field(min_length=1, max_length=256)
+    pages: list[Page] = Field(min_length=1, max_length=200)
+    question_ids: list[str] | None = None
+
+
+class ReadingMode(str, enum.Enum):
+    """How pages reach the model.
+
+    - ``auto``: ``vision`` when the provider accepts images, else ``ocr``.
+    - ``vision``: images go to a vision-language model as they are.
+    - ``ocr``: images are read by OCR first and the text goes to the model.
+    """
+
+    AUTO = "auto"
+    VISION = "vision"
+    OCR = "ocr"
+
+
+class CompletionPolicy(_Model):
+    """When a job is complete.
+
+    ``rule="all"``: when every item is graded or has failed. ``rule="quorum"``: as soon
+    as ``min_graded_share`` of the items are graded; items still pending then are
+    cancelled (error type ``not_graded``). A quorum that failures make unreachable ends
+    the job when every item is done, like ``"all"``.
+    """
+
+    rule: Literal["all", "quorum"] = "all"
+    min_graded_share: float = Field(default=1.0, gt=0, le=1)
+
+
+class JobOptions(_Model):
+    """Per-job options."""
+
+    model: str | None = Field(default=None, description="Model name; default: the deployment's.")
+    reading_mode: ReadingMode = ReadingMode.AUTO
+    idempotency_key: str | None = Field(default=None, max_length=256)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    review_share: float = Field(default=0.0, ge=0, le=1, description=(
+        "Share of graded items a human will review: the least confident are flagged needs_review."))
+    completion: CompletionPolicy = Field(default_factory=CompletionPolicy)
+    webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://", description=(
+        "POSTed the final JobStatus when the job ends, signed per Standard Webhooks (webhook-id, "
+        "webhook-timestamp, webhook-signature: v1,base64(HMAC-SHA256(secret, id.timestamp.body)))."))
+
+
+class GradingJob(_Model):
+    """The body of ``POST /v1/jobs``: one assessment and many students' submissions."""
+
+    assessment: Assessment
+    submissions: list[Submission] = Field(min_length=1, max_length=10_000)
+    options: JobOptions = Field(default_factory=JobOptions)
+
+    @model_validator(mode="after")
+    def _check_refs(self) -> GradingJob:
+        qids = {q.id for q in self.assessment.questions}
+        seen: set[str] = set()
+        for i, sub in enumerate(self.submissions):
+            if sub.student_id in seen:
+                raise ValueError(f"submissions[{i}]: duplicate student_id {sub.student_id!r}")
+            seen.add(sub.student_id)
+            for qid in sub.question_ids or []:
+                if qid not in qids:
+                    raise ValueError(f"submissions[{i}].question_ids: unknown question id {qid!r}")
+        return self
+
+    def stored_pages(self) -> list[str]:
+        """Where the job holds :class:`StoredImage` pages (``submissions[i].pages[k]``): raygrade's
+        own references, which a client may not send."""
+        return [f"submissions[{i}].pages[{k}]" for i, sub in enumerate(self.submissions)
+                for k, p in enumerate(sub.pages) if isinstance(p, StoredImage)]
+
+    def questions_for(self, sub: Submission) -> list[Question]:
+        """The questions a submission answers, in assessment order."""
+        if sub.question_ids is None:
+            return list(self.assessment.questions)
+        wanted = set(sub.question_ids)
+        return [q for q in self.assessment.questions if q.id in wanted]
+
+
+# ----------------------------------------------------------------------------- results

@@ -1,0 +1,138 @@
+"""What comes back: job status and progress, grades, per-item errors, usage, the error body."""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from raygrade.protocol._base import _Model
+
+
+class Usage(_Model):
+    """Token usage as the provider reported it (OpenAI ``usage`` object)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+                     completion_tokens=self.completion_tokens + other.completion_tokens)
+
+
+class GradeResult(_Model):
+    """One grade: one student, one question.
+
+    ``usage`` is this item's share of its batch's usage (the batch's usage
+    divided evenly over its items); ``batch_id`` names the request it came from.
+    """
+
+    student_id: str
+    question_id: str
+    score: float
+    max_score: float
+    feedback: str
+    confidence: float = Field(ge=0, le=1)
+    confidence_source: Literal["self_reported", "score_logprob", "reference_similarity"] = Field(
+        default="self_reported", description=(
+            "Where the confidence comes from: the model's own number, the probability of the score's "
+            "tokens (token log-probabilities), or the baseline's calibrated margin."))
+    confidence_calibrated: bool = Field(default=False, description=(
+        "The confidence went through the provider's fitted calibration map (P(level right) on graded examples)."))
+    baseline_agrees: bool | None = Field(default=None, description=(
+        "Whether the reference-similarity baseline gave the same level (none/partial/full); null when not compared."))
+    pages: list[int] = Field(description="0-based indices of the student's pages the grade used.")
+    model: str
+    batch_id: str
+    usage: Usage
+    needs_review: bool = Field(default=False, description="Among the least confident ``review_share`` of the job.")
+
+
+class GradingErrorItem(_Model):
+    """An error that prevented grading some items; the rest of the job goes on."""
+
+    student_ids: list[str]
+    question_ids: list[str]
+    type: str
+    message: str
+    batch_id: str | None = None
+
+    @property
+    def item_count(self) -> int:
+        """Items (student × question) this error covers."""
+        return len(self.student_ids) * len(self.question_ids)
+
+
+class JobState(str, enum.Enum):
+    """Lifecycle of a job: queued → running → (succeeded | partial | failed), and
+    queued | running → cancelled. Terminal states are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED)
+
+
+class JobProgress(_Model):
+    """Counts for a job in progress."""
+
+    students: int = 0
+    items_total: int = 0
+    items_graded: int = 0
+    items_failed: int = 0
+    items_needs_review: int = 0
+    items_cancelled: int = 0
+    batches_total: int = 0
+    batches_done: int = 0
+    batches_redispatched: int = Field(default=0, description="Dispatches after a lost grader or batcher.")
+
+
+class JobStatus(_Model):
+    """The body of ``GET /v1/jobs/{id}`` and of the 202 answer to ``POST /v1/jobs``."""
+
+    id: str
+    object: Literal["grading.job"] = "grading.job"
+    state: JobState
+    created_at: float = Field(default_factory=time.time, description="Unix seconds.")
+    finished_at: float | None = None
+    progress: JobProgress = Field(default_factory=JobProgress)
+    model: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+
+class JobResults(_Model):
+    """The body of ``GET /v1/jobs/{id}/results``."""
+
+    id: str
+    object: Literal["grading.job.results"] = "grading.job.results"
+    state: JobState
+    results: list[GradeResult]
+    errors: list[GradingErrorItem]
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` object of every error response (OpenAI's shape)."""
+
+    message: str
+    type: str = Field(description="e.g. invalid_request_error, not_found_error, illegal_state_transition.")
+    param: str | None = Field(default=None, description="The offending field, when there is one.")
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx answer: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorDetail
