@@ -5,7 +5,9 @@ Graph::
     HTTP → RaygradeIngress ─→ JobRegistry ─→ JobStore (SQLite on the head node | PostgreSQL)
                          └─→ Batcher ─→ PageReader (OCR, text-only models)
                                     └─→ Grader ×N (autoscaling) ─→ RateLimiterActor (one, cluster-wide)
-                                                                └─→ provider: hosted API | vLLM (GPU) |
+                                                                └─→ provider: hosted API | vLLM server |
+                                                                    LLMServer ×M (ray.serve.llm: args.models,
+                                                                    GPU or CPU nodes, via handle) |
                                                                     LocalVLLMServer (embedded CPU vLLM)
 
 The same builder serves ``serve.run(build_app({...}))`` and ``serve_config.yaml``
@@ -76,7 +78,10 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
                                     for d in cast(tuple[Deployment, ...], (Batcher, RaygradeIngress)))
     registry = dep(registry_dep).bind(args.store, args.namespace)
     reader = dep(PageReader).bind()
-    grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, engine)
+    # Self-hosted models on Ray's LLM serving library: one LLMServer deployment each; graders
+    # get their handles (Serve routes to a replica on any node).
+    models = {m.model_id: m.deployment() for m in args.models}
+    grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, engine, models)
     batcher = dep(batcher_dep).bind(args, registry, reader, grader, engine)
     return dep(ingress_dep).bind(registry, batcher, args.store)
 

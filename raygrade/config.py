@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from raygrade.errors import ConfigError
+from raygrade.selfhosted import ServedModelConfig
 
 
 class _Config(BaseModel):
@@ -61,11 +62,13 @@ class ProviderConfig(_Config):
 
     The API key is read from the environment variable named by ``api_key_env``
     (never stored in config files, never logged). ``base_url=None`` with
-    ``kind="local_vllm"`` means "the embedded local vLLM server".
+    ``kind="local_vllm"`` means "the embedded local vLLM server"; ``kind="serve_llm"``
+    means the self-hosted model of ``RaygradeArgs.models`` whose ``model_id`` is ``model``,
+    called through its Serve deployment handle (no URL, no key).
     """
 
     name: str = "default"
-    kind: Literal["openai_compatible", "local_vllm", "reference_similarity"] = "openai_compatible"
+    kind: Literal["openai_compatible", "local_vllm", "serve_llm", "reference_similarity"] = "openai_compatible"
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
     model: str = "gpt-4o-mini"
@@ -235,6 +238,8 @@ class RaygradeArgs(_Config):
         store: The durable job store.
         namespace: The application's namespace (Ray namespace of the rate limiter, and
             the application's jobs in a shared database).
+        models: Self-hosted models deployed in the application with ``ray.serve.llm``
+            (:class:`raygrade.selfhosted.ServedModelConfig`); a ``serve_llm`` provider names one.
         deployment_options: Per-deployment ``.options(...)`` for Python callers, e.g.
             ``{"Grader": {"autoscaling_config": {"min_replicas": 4, "max_replicas": 8}}}``
             (``serve_config.yaml`` does the same with its ``deployments:`` list, which wins).
@@ -245,6 +250,7 @@ class RaygradeArgs(_Config):
     batcher: BatcherConfig = Field(default_factory=BatcherConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     namespace: str = "raygrade"
+    models: list[ServedModelConfig] = Field(default_factory=list)
     deployment_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @property
@@ -262,6 +268,12 @@ class RaygradeArgs(_Config):
             self.batcher = local_vllm_batcher()
         if self.provider.kind == "reference_similarity" and "batcher" not in self.model_fields_set:
             self.batcher = BatcherConfig(max_students_per_request=64)
+        ids = [m.model_id for m in self.models]
+        if len(ids) != len(set(ids)):
+            raise ValueError("models: model_id values must be unique")
+        if self.provider.kind == "serve_llm" and self.provider.model not in ids:
+            raise ValueError(f"provider kind 'serve_llm' names model {self.provider.model!r}, which is not among "
+                             f"models ({ids or 'none configured'})")
         return self
 
 

