@@ -19,7 +19,8 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-ImageTokenRule = Literal["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "qwen2-vl", "none"]
+ImageTokenRule = Literal["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "qwen2-vl", "idefics3",
+                         "none"]
 
 
 class RateLimitConfig(_Config):

@@ -217,7 +217,8 @@ class JobPlanner:
 
     def _image_tokens(self, page: ImagePage | StoredImage) -> int:
         w, h = image_size(page)
-        return image_tokens(self.args.provider.image_token_rule, w, h, self.args.provider.image_detail)
+        p = self.args.provider
+        return image_tokens(p.image_token_rule, w, h, p.image_detail, model_dir=p.tokenizer_path)
 
     def student_cost(self, work: StudentWork, group: tuple[str, ...]) -> StudentCost:
         """Estimated prompt tokens, completion budget and images of one student."""

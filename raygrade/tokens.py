@@ -8,9 +8,11 @@ bucket *before* a call; the budget is always settled afterwards with the
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
-from typing import Protocol
+import os
+from typing import Any, Protocol
 
 from raygrade.config import ImageTokenRule, ProviderConfig
 from raygrade.errors import ConfigError
@@ -193,12 +195,73 @@ def qwen2vl_image_tokens(width: int, height: int, *, min_pixels: int = 56 * 56,
     return (h_bar // factor) * (w_bar // factor) + 2
 
 
-def image_tokens(rule: ImageTokenRule, width: int, height: int, detail: str = "high") -> int:
+def idefics3_image_tokens(width: int, height: int, *, longest_edge: int = 2048, tile: int = 512,
+                          tokens_per_tile: int = 64, splitting: bool = True) -> int:
+    """Image tokens of an Idefics3 / SmolVLM model (prompt tokens the image's placeholder expands to).
+
+    The processor scales the image so its longest edge is ``longest_edge`` (up or down; the
+    other side rounded down, then up to even), cuts it into ``tile``-px tiles
+    (``ceil(h/tile)`` rows × ``ceil(w/tile)`` columns) and adds one downscaled global image.
+    Each tile is ``<fake_token_around_image><row_r_col_c>`` + ``tokens_per_tile`` ``<image>``
+    tokens, each row ends with a newline, and the global image is
+    ``<fake_token_around_image><global-img>`` + ``tokens_per_tile`` + ``<fake_token_around_image>``;
+    one tile (or no splitting) is the global image alone. Source: ``Idefics3ImageProcessor``
+    (``_resize_output_size_rescale_to_max_len``, ``resize_for_vision_encoder``, ``split_image``)
+    and ``Idefics3Processor._prompt_split_image`` in transformers; the defaults are
+    SmolVLM-256M/500M's (``size.longest_edge`` 2048, ``max_image_size.longest_edge`` 512,
+    ``image_seq_len`` 64); a model folder's ``processor_config.json`` gives its own
+    (:func:`idefics3_settings`).
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError("image dimensions must be positive")
+    aspect = width / height
+    if width >= height:
+        w, h = longest_edge, int(longest_edge / aspect)
+        h += h % 2
+    else:
+        w, h = int(longest_edge * aspect), longest_edge
+        w += w % 2
+    rows, cols = math.ceil(max(h, 1) / tile), math.ceil(max(w, 1) / tile)
+    global_image = tokens_per_tile + 3
+    if not splitting or rows * cols == 1:
+        return global_image
+    return rows * cols * (tokens_per_tile + 2) + rows + global_image
+
+
+@functools.lru_cache(maxsize=16)
+def idefics3_settings(model_dir: str) -> dict[str, Any]:
+    """``longest_edge``, ``tile``, ``tokens_per_tile``, ``splitting`` from an Idefics3 model folder's
+    ``processor_config.json`` (or ``preprocessor_config.json``); ``{}`` when it has neither."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = os.path.join(model_dir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                cfg = json.load(f)
+            ip = cfg.get("image_processor", cfg)
+            out: dict[str, Any] = {}
+            if "longest_edge" in (ip.get("size") or {}):
+                out["longest_edge"] = int(ip["size"]["longest_edge"])
+            if "longest_edge" in (ip.get("max_image_size") or {}):
+                out["tile"] = int(ip["max_image_size"]["longest_edge"])
+            if "image_seq_len" in cfg:
+                out["tokens_per_tile"] = int(cfg["image_seq_len"])
+            if "do_image_splitting" in ip:
+                out["splitting"] = bool(ip["do_image_splitting"])
+            return out
+    return {}
+
+
+def image_tokens(rule: ImageTokenRule, width: int, height: int, detail: str = "high",
+                 model_dir: str | None = None) -> int:
     """Image tokens of one ``width``×``height`` image under a named provider rule.
+
+    ``model_dir``: for ``idefics3``, the model folder whose processor settings apply.
 
     Raises:
         ConfigError: ``rule="none"`` (the model takes no images).
     """
+    if rule == "idefics3":
+        return idefics3_image_tokens(width, height, **(idefics3_settings(model_dir) if model_dir else {}))
     if rule in _TILE_RULES:
         return gpt4o_image_tokens(width, height, detail, rule)
     if rule in _PATCH_MULTIPLIER:

@@ -54,3 +54,22 @@ def test_tiktoken_counts_offline():
     assert c.count("hello world") == 2
     assert c.count("") == 0
     assert counter_for(ProviderConfig(base_url="http://x")).count("hello world") == 2
+
+
+def test_idefics3_image_tokens_follow_the_processors_tiling(tmp_path):
+    import json
+
+    from raygrade.tokens import idefics3_image_tokens, idefics3_settings, image_tokens
+
+    tiny = {"longest_edge": 1024, "tile": 512, "tokens_per_tile": 64}
+    # 1000×900 → 1024×922 → 2×2 tiles of 66 + 2 row ends + the global image's 67 (transformers' count)
+    assert idefics3_image_tokens(1000, 900, **tiny) == 333
+    assert idefics3_image_tokens(400, 300, **tiny) == 333          # scaled up to the longest edge too
+    assert idefics3_image_tokens(2000, 500, **tiny) == 200         # one row of two tiles
+    assert idefics3_image_tokens(2000, 500, **tiny, splitting=False) == 67
+    assert idefics3_image_tokens(1240, 1754) == 4 * 3 * 66 + 4 + 67  # SmolVLM-256M's defaults: 2048 / 512 / 64
+    (tmp_path / "processor_config.json").write_text(json.dumps({
+        "image_seq_len": 64, "image_processor": {"size": {"longest_edge": 1024},
+                                                 "max_image_size": {"longest_edge": 512}, "do_image_splitting": True}}))
+    assert idefics3_settings(str(tmp_path)) == {**tiny, "splitting": True}
+    assert image_tokens("idefics3", 1000, 900, model_dir=str(tmp_path)) == 333
