@@ -44,6 +44,12 @@ class RateLimitConfig(_Config):
         breaker_failure_threshold: Consecutive provider failures that open the circuit breaker.
         breaker_cooldown_s: Seconds the breaker stays open before a probe (doubles per failed probe).
         breaker_max_cooldown_s: Cap on that cooldown.
+        max_concurrent_requests: Calls in flight at once (admitted, not yet settled); the
+            budget of a self-hosted model, whose capacity is its replicas' concurrent
+            sequences rather than a per-minute count (``None``: no such limit).
+        max_concurrent_tokens: Prompt + ``max_tokens`` of the calls in flight at once (the
+            replicas' KV-cache budget); one call larger than it still goes when nothing else
+            is in flight.
     """
 
     rpm: int | None = Field(default=None, gt=0)
@@ -56,6 +62,8 @@ class RateLimitConfig(_Config):
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     breaker_max_cooldown_s: float = Field(default=300.0, gt=0)
+    max_concurrent_requests: int | None = Field(default=None, gt=0)
+    max_concurrent_tokens: int | None = Field(default=None, gt=0)
 
 
 class ProviderConfig(_Config):
@@ -275,6 +283,15 @@ class RaygradeArgs(_Config):
         if self.provider.kind == "serve_llm" and self.provider.model not in ids:
             raise ValueError(f"provider kind 'serve_llm' names model {self.provider.model!r}, which is not among "
                              f"models ({ids or 'none configured'})")
+        rl = self.provider.rate_limit
+        if self.provider.kind == "serve_llm" and rl.max_concurrent_requests is None and rl.rpm is None \
+                and rl.tpm is None:
+            # A self-hosted model's budget is its capacity: the calls all its replicas take at once.
+            # Every caller (graders, bulk regrades) reserves in it, interactive first.
+            model = next(m for m in self.models if m.model_id == self.provider.model)
+            cap = model.max_replicas * model.target_ongoing_requests
+            self.provider = self.provider.model_copy(
+                update={"rate_limit": rl.model_copy(update={"max_concurrent_requests": cap})})
         return self
 
 

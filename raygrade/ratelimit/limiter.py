@@ -107,6 +107,8 @@ class RateLimiter:
                     st.timer.cancel()
                 self._keys[key] = _KeyState(key, limits)  # a different window: start over
                 self._keys[key].waiters = st.waiters
+                self._keys[key].in_flight_requests = st.in_flight_requests
+                self._keys[key].in_flight_tokens = st.in_flight_tokens
                 self._pump(self._keys[key])
                 return
             st.limits = limits
@@ -184,6 +186,8 @@ class RateLimiter:
             return
         now = self._clock()
         o = self._open.pop(reservation.id, None)
+        if o is not None:
+            self._release(st, o.reservation)
         if o is not None and send_delay_s and send_delay_s > 0:
             for w, c in ((st.req, o.req), (st.tok, o.tok)):
                 if w is not None and c is not None:
@@ -260,6 +264,8 @@ class RateLimiter:
             if w.future.done():  # cancelled by its caller
                 st.waiters.remove(w)
                 continue
+            if self._over_concurrency(st, w.tokens):
+                return  # a settlement frees capacity and pumps again; no timer
             wait = max(b.retry_in(now), st.paused_until - now,
                        st.req.wait_for(1, now) if st.req else 0.0,
                        st.tok.wait_for(w.tokens, now) if st.tok else 0.0)
@@ -281,14 +287,32 @@ class RateLimiter:
                 self._expire_open(now)
             st.stats["admitted_requests"] += 1
             st.stats["admitted_tokens"] += w.tokens
+            st.in_flight_requests += 1
+            st.in_flight_tokens += w.tokens
             w.future.set_result(r)
+
+    @staticmethod
+    def _over_concurrency(st: _KeyState, tokens: int) -> bool:
+        """Whether admitting a call of ``tokens`` would exceed the key's in-flight limits."""
+        lim = st.limits
+        if lim.max_concurrent_requests is not None and st.in_flight_requests >= lim.max_concurrent_requests:
+            return True
+        return (lim.max_concurrent_tokens is not None and st.in_flight_requests > 0
+                and st.in_flight_tokens + tokens > lim.max_concurrent_tokens)
+
+    @staticmethod
+    def _release(st: _KeyState, reservation: Reservation) -> None:
+        st.in_flight_requests = max(0, st.in_flight_requests - 1)
+        st.in_flight_tokens = max(0, st.in_flight_tokens - reservation.tokens)
 
     def _expire_open(self, now: float) -> None:
         """Forget reservations never settled for an hour (their caller died): their charges
-        have long left the windows; only the bookkeeping remains."""
+        have long left the windows; only the bookkeeping remains (and their in-flight slots)."""
         stale = [rid for rid, o in self._open.items() if o.admitted_at < now - OPEN_RESERVATION_TTL_S]
         for rid in stale:
-            del self._open[rid]
+            o = self._open.pop(rid)
+            if (st := self._keys.get(o.reservation.key)) is not None:
+                self._release(st, o.reservation)
 
     @staticmethod
     def _prune(st: _KeyState) -> None:
@@ -315,6 +339,7 @@ class RateLimiter:
                 "requests_utilisation": min(1.0, st.req.used(now) / st.req.limit) if st.req else None,
                 "tokens_utilisation": min(1.0, st.tok.used(now) / st.tok.limit) if st.tok else None,
                 "waiting": len(st.waiters), "paused_for_s": max(0.0, st.paused_until - now),
+                "in_flight_requests": st.in_flight_requests, "in_flight_tokens": st.in_flight_tokens,
                 "breaker": st.breaker.state, "breaker_opened": st.breaker.times_opened,
                 **st.stats,
             }

@@ -80,6 +80,8 @@ class _KeyState:
         self.vtime: dict[tuple[int, str], float] = {}
         self.vclock: dict[int, float] = {}
         self.paused_until = 0.0
+        self.in_flight_requests = 0  # admitted, not yet settled (max_concurrent_* limits)
+        self.in_flight_tokens = 0
         self.timer: asyncio.Task | None = None
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
                       "failures": 0, "rejected_open": 0, "header_corrections": 0}

@@ -404,3 +404,61 @@ def test_reservations_never_settled_are_forgotten_after_an_hour(monkeypatch):
         assert set(lim._open) == {r.id for r in fresh}
         await lim.settle(old[0], 1)  # a late settlement of a forgotten one is harmless
     run(main)
+
+
+# -- in-flight limits (self-hosted models) ------------------------------------------------
+def test_in_flight_requests_are_capped_and_freed_by_settlement():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, max_concurrent_requests=2)
+        a, b = await lim.acquire("k", 10), await lim.acquire("k", 10)
+        third = asyncio.ensure_future(lim.acquire("k", 10))
+        await asyncio.sleep(0)
+        assert not third.done() and lim.snapshot()["k"]["in_flight_requests"] == 2
+        await clock.advance(3600)  # time alone frees nothing: only a settlement does
+        assert not third.done()
+        await lim.settle(a, 5)
+        c = await third
+        assert lim.snapshot()["k"]["in_flight_requests"] == 2
+        for r in (b, c):
+            await lim.settle(r, None, outcome="failure")  # any outcome frees the slot
+        assert lim.snapshot()["k"]["in_flight_requests"] == 0
+
+    run(main)
+
+
+def test_a_freed_slot_goes_to_interactive_before_bulk():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, max_concurrent_requests=1)
+        held = await lim.acquire("k", 10, priority="bulk")
+        bulk = asyncio.ensure_future(lim.acquire("k", 10, priority="bulk", job="regrade"))
+        await asyncio.sleep(0)
+        online = asyncio.ensure_future(lim.acquire("k", 10, priority="interactive", job="job-1"))
+        await asyncio.sleep(0)
+        await lim.settle(held, 10)
+        await asyncio.sleep(0)
+        assert online.done() and not bulk.done()
+        await lim.settle(online.result(), 10)
+        await bulk
+
+    run(main)
+
+
+def test_in_flight_tokens_are_capped_but_one_large_call_still_goes():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, max_concurrent_tokens=1000)
+        a = await lim.acquire("k", 700)
+        b = asyncio.ensure_future(lim.acquire("k", 400))
+        await asyncio.sleep(0)
+        assert not b.done()
+        await lim.settle(a, 100)
+        big = asyncio.ensure_future(lim.acquire("k", 5000))  # larger than the budget: alone, it goes
+        r = await b
+        await asyncio.sleep(0)
+        assert not big.done()
+        await lim.settle(r, 400)
+        await big
+
+    run(main)

@@ -29,3 +29,12 @@ def test_a_serve_llm_provider_must_name_a_configured_model():
 def test_model_settings_are_checked(bad, match):
     with pytest.raises(ValidationError, match=match):
         ServedModelConfig.model_validate({"model_id": "m", "model_source": "/m", **bad})
+
+
+def test_a_self_hosted_model_gets_its_capacity_as_its_budget():
+    models = [{"model_id": "vlm", "model_source": "/m", "max_replicas": 3, "target_ongoing_requests": 8}]
+    args = RaygradeArgs.model_validate({"provider": SERVE_LLM, "models": models})
+    assert args.provider.rate_limit.max_concurrent_requests == 24
+    explicit = {**SERVE_LLM, "rate_limit": {"max_concurrent_requests": 5}}
+    assert RaygradeArgs.model_validate({"provider": explicit, "models": models}
+                                       ).provider.rate_limit.max_concurrent_requests == 5
