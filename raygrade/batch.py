@@ -45,6 +45,8 @@ class BatchOutcome(BaseModel):
     prompt_version: str = PROMPT_VERSION
     limiter_wait_s: float = Field(default=0.0, ge=0, description="Seconds spent waiting in the rate limiter.")
     provider_s: float = Field(default=0.0, ge=0, description="Seconds spent in provider calls (all attempts).")
+    grant_to_send_s: float = Field(default=0.0, ge=0, description=(
+        "Longest delay from a rate-limiter grant to its request leaving (seconds)."))
 
 
 def students_error(students: list[StudentWork], error_type: str, message: str, batch_id: str | None

@@ -44,6 +44,10 @@ class RateLimitConfig(_Config):
         breaker_failure_threshold: Consecutive provider failures that open the circuit breaker.
         breaker_cooldown_s: Seconds the breaker stays open before a probe (doubles per failed probe).
         breaker_max_cooldown_s: Cap on that cooldown.
+        rejected_requests_count: Whether the provider counts a rejected (429) call against its
+            limits. OpenAI documents that it does; many OpenAI-compatible servers do not, and
+            then the limiter refunds the rejected call's charge at once instead of keeping it
+            for a whole window.
         max_concurrent_requests: Calls in flight at once (admitted, not yet settled); the
             budget of a self-hosted model, whose capacity is its replicas' concurrent
             sequences rather than a per-minute count (``None``: no such limit).
@@ -62,6 +66,7 @@ class RateLimitConfig(_Config):
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     breaker_max_cooldown_s: float = Field(default=300.0, gt=0)
+    rejected_requests_count: bool = True
     max_concurrent_requests: int | None = Field(default=None, gt=0)
     max_concurrent_tokens: int | None = Field(default=None, gt=0)
 
@@ -130,16 +135,18 @@ class ProviderConfig(_Config):
         return f"{self.name}/{self.model}"
 
     def api_key(self) -> SecretStr:
-        """The API key from the environment; a placeholder for keyless local servers.
+        """The API key from the environment; a placeholder for keyless servers (``api_key_env: null``).
 
         Raises:
-            ConfigError: a hosted provider (no ``base_url``) whose variable is unset.
+            ConfigError: an OpenAI-compatible provider names a key variable that is unset (a
+                hosted ``base_url`` would otherwise be sent the key ``EMPTY``).
         """
         value = os.environ.get(self.api_key_env) if self.api_key_env else None
         if value:
             return SecretStr(value)
-        if self.base_url is None and self.kind == "openai_compatible":
-            raise ConfigError(f"environment variable {self.api_key_env} is not set", param="api_key_env")
+        if self.api_key_env and self.kind == "openai_compatible":
+            raise ConfigError(f"environment variable {self.api_key_env} is not set (a keyless server: "
+                              f"api_key_env: null)", param="api_key_env")
         return SecretStr("EMPTY")
 
 

@@ -40,11 +40,12 @@ class ChatProvider(Protocol):
 class Limiter(Protocol):
     """What :class:`BatchGrader` needs from a limiter (``RateLimiter`` or ``ActorLimiter``)."""
 
-    async def acquire(self, key: str, tokens: int, *, job: str | None = None) -> Reservation: ...
+    async def acquire(self, key: str, tokens: int, *, job: str | None = None,
+                      prompt_tokens: int | None = None) -> Reservation: ...
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: dict[str, str] | None = None,
-                     send_delay_s: float | None = None) -> None: ...
+                     send_delay_s: float | None = None, prompt_tokens: int | None = None) -> None: ...
 
 
 def send_delay(elapsed_s: float, headers: dict[str, str]) -> float | None:
@@ -114,15 +115,19 @@ class BatchGrader:
     async def _call(self, batch: GradeBatch, students: list[StudentWork], max_tokens: int,
                     timing: dict[str, float] | None = None) -> ChatResult:
         """One request (with retries); adds seconds to ``timing["limiter"]`` and ``timing["provider"]``."""
-        timing = timing if timing is not None else {"limiter": 0.0, "provider": 0.0}
+        timing = timing if timing is not None else {"limiter": 0.0, "provider": 0.0, "grant_to_send": 0.0}
         messages = build_messages(batch.questions, students,
                                   include_model_answer_images=batch.include_model_answer_images)
         schema = output_schema(batch.questions, students, bounds=self._bounds)
         estimate = batch.prompt_tokens_estimate + max_tokens
+        # The prompt estimate is the whole batch's: only a call carrying the whole batch teaches the
+        # limiter the provider's count (a re-ask of a few students would look like an over-estimate).
+        whole = len(students) == len(batch.students)
+        prompt = batch.prompt_tokens_estimate if whole else None
 
         async def attempt() -> ChatResult:
             t0 = time.monotonic()
-            r = await self._limiter.acquire(self._key, estimate, job=batch.job_id)
+            r = await self._limiter.acquire(self._key, estimate, job=batch.job_id, prompt_tokens=prompt)
             granted = time.monotonic()
             timing["limiter"] += granted - t0
             try:
@@ -138,9 +143,17 @@ class BatchGrader:
                 raise
             finally:
                 timing["provider"] += time.monotonic() - granted
+            delay: float | None
+            if res.sent_at is not None:  # measured: the request left this long after the grant
+                measured = max(0.0, res.sent_at - granted)
+                timing["grant_to_send"] = max(timing.get("grant_to_send", 0.0), measured)
+                delay = measured
+            else:  # estimated from the provider's processing time, where it says
+                delay = send_delay(time.monotonic() - granted, res.headers)
             await self._limiter.settle(r, res.usage.total_tokens if res.usage else None,
                                        headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")},
-                                       send_delay_s=send_delay(time.monotonic() - granted, res.headers))
+                                       send_delay_s=delay,
+                                       prompt_tokens=res.usage.prompt_tokens if res.usage and whole else None)
             return res
 
         return await call_with_retries(attempt, max_retries=self._max_retries,
@@ -166,7 +179,7 @@ class BatchGrader:
         # failed; output cut off at max_tokens is split in two (fewer students → shorter
         # output) while more than one student is left, else re-asked with twice the room.
         queue: list[tuple[list[StudentWork], int, int]] = [(list(batch.students), batch.max_tokens, 0)]
-        timing = {"limiter": 0.0, "provider": 0.0}
+        timing = {"limiter": 0.0, "provider": 0.0, "grant_to_send": 0.0}
         while queue:
             pending, max_tokens, round_ = queue.pop(0)
             try:
@@ -232,7 +245,8 @@ class BatchGrader:
             results = await self._calibrate(batch, results)
         results += fallback_results
         return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=usage, calls=calls,
-                            limiter_wait_s=timing["limiter"], provider_s=timing["provider"])
+                            limiter_wait_s=timing["limiter"], provider_s=timing["provider"],
+                            grant_to_send_s=timing["grant_to_send"])
 
     async def _calibrate(self, batch: GradeBatch, results: list[GradeResult]) -> list[GradeResult]:
         """Set ``baseline_agrees`` (when an agreement grader is given) and calibrated confidences."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,8 @@ class ChatResult:
         headers: Response headers, lower-cased (``x-ratelimit-*`` among them).
         refusal: The refusal text when the model refused.
         token_logprobs: ``(token, logprob)`` per completion token, when requested and returned.
+        sent_at: ``time.monotonic()`` when the request left (the HTTP client's request hook),
+            or ``None`` when the transport does not say.
     """
 
     content: str | None
@@ -53,6 +56,7 @@ class ChatResult:
     headers: dict[str, str]
     refusal: str | None = None
     token_logprobs: list[tuple[str, float]] | None = None
+    sent_at: float | None = None
 
 
 #: Where hosted OpenAI answers when ``base_url`` is not set.
@@ -144,7 +148,7 @@ def chat_request(config: ProviderConfig, messages: list[dict[str, Any]], *, max_
     return body
 
 
-def chat_result(completion: Any, headers: dict[str, str], model: str) -> ChatResult:
+def chat_result(completion: Any, headers: dict[str, str], model: str, sent_at: float | None = None) -> ChatResult:
     """Reduce an OpenAI ``ChatCompletion`` (or one of the same shape) to a :class:`ChatResult`.
 
     Raises:
@@ -167,7 +171,17 @@ def chat_result(completion: Any, headers: dict[str, str], model: str) -> ChatRes
         refusal=getattr(choice.message, "refusal", None),
         token_logprobs=[(t.token, t.logprob) for t in logprobs.content] if logprobs is not None and logprobs.content
         else None,
+        sent_at=sent_at,
     )
+
+
+#: Request extension where :func:`_stamp_send` records when a request left.
+_SENT_AT = "raygrade_sent_at"
+
+
+async def _stamp_send(request: Any) -> None:
+    """httpx request hook: the moment the request is handed to the transport, per attempt."""
+    request.extensions[_SENT_AT] = time.monotonic()
 
 
 class OpenAICompatibleProvider:
@@ -188,6 +202,8 @@ class OpenAICompatibleProvider:
             base_url=self.base_url,
             timeout=config.timeout_s,
             max_retries=0,
+            # Record when each request leaves: the limiter charges from then, not from the grant.
+            http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [_stamp_send]}),
         )
 
     async def chat(self, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float,
@@ -215,7 +231,8 @@ class OpenAICompatibleProvider:
         with map_openai_errors():
             raw = await self._client.chat.completions.with_raw_response.create(**kwargs)
             completion = raw.parse()
-        return chat_result(completion, {k.lower(): v for k, v in raw.headers.items()}, kwargs["model"])
+        sent_at = raw.http_request.extensions.get(_SENT_AT)
+        return chat_result(completion, {k.lower(): v for k, v in raw.headers.items()}, kwargs["model"], sent_at)
 
     async def close(self) -> None:
         await self._client.close()

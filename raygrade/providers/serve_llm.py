@@ -11,6 +11,7 @@ the one place where the engine's errors and Ray's become raygrade's.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from raygrade.config import ProviderConfig
@@ -47,6 +48,7 @@ class ServeLLMProvider:
                             json_schema=json_schema, schema_name=schema_name, model=model)
         body.update(self.config.extra_body)  # vLLM's own sampling parameters, as on its HTTP server
         request = ChatCompletionRequest(**body)
+        sent_at = time.monotonic()
         try:
             answer = await asyncio.wait_for(self._first(request), timeout=self.config.timeout_s)
         except TimeoutError:
@@ -65,7 +67,7 @@ class ServeLLMProvider:
                       code=str(err.code) if err.code is not None else None)
         if answer is None:
             raise ProviderStatusError("self-hosted model returned nothing", provider_status=502)
-        return chat_result(answer, {}, body["model"])
+        return chat_result(answer, {}, body["model"], sent_at)
 
     async def _first(self, request: Any) -> Any:
         async for item in self._handle.chat.remote(request):

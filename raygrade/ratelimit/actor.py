@@ -73,24 +73,26 @@ class RateLimiterActor:
                                   {**tags, "dimension": dim})
                     m.set("raygrade_limiter_waiting", snap["waiting"], tags)
                     m.set("raygrade_limiter_paused", 1.0 if snap["paused_for_s"] > 0 else 0.0, tags)
+                    m.set("raygrade_limiter_count_ratio", snap["count_ratio"], tags)
                     m.set("raygrade_breaker_state", BREAKER_STATES.get(snap["breaker"], 0), tags)
             except Exception:  # metrics never take the limiter down
                 logger.exception("rate limiter metrics export failed")
             await asyncio.sleep(every_s)
 
     async def acquire(self, key: str, tokens: int, limits: RateLimitConfig | None = None,
-                      priority: Priority = "interactive", job: str | None = None) -> Reservation:
+                      priority: Priority = "interactive", job: str | None = None,
+                      prompt_tokens: int | None = None) -> Reservation:
         """Configure ``key`` with ``limits`` if they changed, then wait and reserve."""
         self._ensure_export()
         if limits is not None:
             self._limiter.configure(key, limits)
-        return await self._limiter.acquire(key, tokens, priority=priority, job=job)
+        return await self._limiter.acquire(key, tokens, priority=priority, job=job, prompt_tokens=prompt_tokens)
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
-                     send_delay_s: float | None = None) -> None:
+                     send_delay_s: float | None = None, prompt_tokens: int | None = None) -> None:
         await self._limiter.settle(reservation, actual_tokens, outcome=outcome, retry_after_s=retry_after_s,
-                                   headers=headers, send_delay_s=send_delay_s)
+                                   headers=headers, send_delay_s=send_delay_s, prompt_tokens=prompt_tokens)
 
     async def snapshot(self) -> dict:
         return self._limiter.snapshot()
@@ -126,10 +128,11 @@ class ActorLimiter:
         self._priority = priority
         self._actor_retries = actor_retries
 
-    async def acquire(self, key: str, tokens: int, *, job: str | None = None) -> Reservation:
+    async def acquire(self, key: str, tokens: int, *, job: str | None = None,
+                      prompt_tokens: int | None = None) -> Reservation:
         for attempt in range(self._actor_retries + 1):
             try:
-                return await self._actor.acquire.remote(key, tokens, self._limits, self._priority, job)
+                return await self._actor.acquire.remote(key, tokens, self._limits, self._priority, job, prompt_tokens)
             except (ActorDiedError, ActorUnavailableError, RayActorError):
                 if attempt == self._actor_retries:
                     raise
@@ -140,9 +143,9 @@ class ActorLimiter:
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
-                     send_delay_s: float | None = None) -> None:
+                     send_delay_s: float | None = None, prompt_tokens: int | None = None) -> None:
         try:
             await self._actor.settle.remote(reservation, actual_tokens, outcome, retry_after_s, headers,
-                                            send_delay_s)
+                                            send_delay_s, prompt_tokens)
         except (ActorDiedError, ActorUnavailableError, RayActorError):
             logger.info("rate limiter actor restarting; settlement of %s dropped", reservation.id)

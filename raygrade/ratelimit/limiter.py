@@ -44,6 +44,7 @@ from typing import Any
 
 from raygrade.config import RateLimitConfig
 from raygrade.errors import CircuitOpenError
+from raygrade.ratelimit.learning import learn_count_ratio, learn_from_headers
 from raygrade.ratelimit.state import (  # noqa: F401  (Clock, Outcome, Priority, Reservation, Sleep: public here too)
     OPEN_RESERVATION_TTL_S,
     OPEN_RESERVATIONS_SOFT_CAP,
@@ -57,7 +58,6 @@ from raygrade.ratelimit.state import (  # noqa: F401  (Clock, Outcome, Priority,
     _Open,
     _Waiter,
 )
-from raygrade.ratelimit.window import parse_rate_limit_headers
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class RateLimiter:
 
     # -- acquire / settle -----------------------------------------------------------------
     async def acquire(self, key: str, tokens: int, *, priority: Priority = "interactive",
-                      job: str | None = None) -> Reservation:
+                      job: str | None = None, prompt_tokens: int | None = None) -> Reservation:
         """Wait until ``key`` admits one request of ``tokens`` tokens, and reserve it.
 
         Args:
@@ -128,6 +128,10 @@ class RateLimiter:
             tokens: Estimated tokens (prompt + ``max_tokens``), ≥ 0.
             priority: ``"interactive"`` (online jobs) or ``"bulk"`` (regrades).
             job: Fair-share group (a job id); ``None`` shares one group.
+            prompt_tokens: The prompt part of ``tokens``. When given, it is scaled by the
+                key's learned ratio of the provider's count to the estimates (see
+                :meth:`settle`), so a provider that counts images 4× the estimate is reserved
+                4×: reservations match what the provider will charge.
 
         Raises:
             KeyError: ``key`` was never configured.
@@ -148,7 +152,10 @@ class RateLimiter:
             # A job (re)joining the queue starts at the class's virtual clock: no credit for idle time.
             vk = (rank, group)
             st.vtime[vk] = max(st.vtime.get(vk, 0.0), st.vclock.get(rank, 0.0))
-        w = _Waiter(next(self._seq), tokens, rank, group, asyncio.get_running_loop().create_future(), now)
+        prompt = max(0, min(prompt_tokens or 0, tokens))
+        if prompt:
+            tokens = max(0, tokens + round(prompt * (st.prompt_ratio() - 1.0)))
+        w = _Waiter(next(self._seq), tokens, rank, group, asyncio.get_running_loop().create_future(), now, prompt)
         st.waiters.append(w)
         self._pump(st)
         try:
@@ -164,7 +171,7 @@ class RateLimiter:
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
-                     send_delay_s: float | None = None) -> None:
+                     send_delay_s: float | None = None, prompt_tokens: int | None = None) -> None:
         """Report how a reserved call ended.
 
         Args:
@@ -177,9 +184,12 @@ class RateLimiter:
                 ``client_error`` (4xx or invalid output: the provider is healthy).
             retry_after_s: The provider's ``Retry-After`` with a 429.
             headers: Response headers (``x-ratelimit-*`` are learned from).
-            send_delay_s: Upper bound on the seconds between the grant and the provider
-                counting the call (response time minus ``openai-processing-ms``); the
-                call's charges then leave the window that much later.
+            send_delay_s: Seconds between the grant and the request leaving (measured by
+                the HTTP client), or an upper bound from ``openai-processing-ms``; the call's
+                charges then leave the window that much later.
+            prompt_tokens: The provider's reported prompt tokens. With the reservation's
+                ``prompt_estimate`` it updates the key's count ratio (an EWMA, fast up, slow
+                down); a ratio outside 0.8–1.25 is logged once per key.
         """
         st = self._keys.get(reservation.key)
         if st is None:
@@ -187,17 +197,23 @@ class RateLimiter:
         now = self._clock()
         o = self._open.pop(reservation.id, None)
         if o is not None:
-            self._release(st, o.reservation)
+            st.release(o.reservation)
         if o is not None and send_delay_s and send_delay_s > 0:
             for w, c in ((st.req, o.req), (st.tok, o.tok)):
                 if w is not None and c is not None:
                     w.postpone(c, send_delay_s, now)
-        if o is not None and actual_tokens is not None:
+        if o is not None and outcome == "rate_limited" and not st.limits.rejected_requests_count:
+            for w, c in ((st.req, o.req), (st.tok, o.tok)):  # the provider did not count it: neither do we
+                if w is not None and c is not None:
+                    w.adjust(c, 0, now)
+        elif o is not None and actual_tokens is not None:
             st.stats["settled_tokens"] += actual_tokens - o.reservation.tokens
             if st.limits.refund_unused and o.tok is not None and st.tok is not None:
                 st.tok.adjust(o.tok, actual_tokens, now)
+        if prompt_tokens and reservation.prompt_estimate and outcome == "ok":
+            learn_count_ratio(st, prompt_tokens / reservation.prompt_estimate)
         if headers and st.limits.learn_from_headers:
-            self._learn(st, headers, o.admitted_at if o else now, now)
+            learn_from_headers(st, headers, o.admitted_at if o else now, now)
         probe = reservation.probe
         if outcome == "failure":
             st.stats["failures"] += 1
@@ -212,30 +228,6 @@ class RateLimiter:
             pause = retry_after_s if retry_after_s is not None else st.limits.default_backoff_s
             st.paused_until = max(st.paused_until, now + pause)
         self._pump(st)
-
-    def _learn(self, st: _KeyState, headers: Mapping[str, str], sent_at: float, now: float) -> None:
-        parsed = parse_rate_limit_headers(headers)
-        changed = False
-        for dim, h in parsed.items():
-            # Headers speak in the provider's window; learned limits are kept per minute.
-            if h.limit and st.learned.get(dim) != h.limit / st.scale:
-                st.learned[dim] = h.limit / st.scale
-                changed = True
-        if changed:
-            st.apply_limits()
-        for dim, h in parsed.items():
-            w = st.window(dim)
-            if w is None or h.remaining is None:
-                continue
-            server_limit = h.limit or w.limit
-            # What the provider says is left vs what this limiter can have spent meanwhile.
-            ours_left = w.limit - w.used_since(sent_at, now)
-            theirs_left = h.remaining - max(0.0, server_limit - w.limit)
-            missing = ours_left - theirs_left
-            if missing > 0.5:
-                reset = h.reset_s if h.reset_s is not None else st.window_s
-                w.charge_until(missing, now, now + min(st.window_s, reset))
-                st.stats["header_corrections"] += 1
 
     # -- the pump -------------------------------------------------------------------------
     def _head(self, st: _KeyState) -> _Waiter:
@@ -264,7 +256,7 @@ class RateLimiter:
             if w.future.done():  # cancelled by its caller
                 st.waiters.remove(w)
                 continue
-            if self._over_concurrency(st, w.tokens):
+            if st.over_concurrency(w.tokens):
                 return  # a settlement frees capacity and pumps again; no timer
             wait = max(b.retry_in(now), st.paused_until - now,
                        st.req.wait_for(1, now) if st.req else 0.0,
@@ -281,7 +273,7 @@ class RateLimiter:
             st.vtime[vk] = st.vtime.get(vk, 0.0) + max(1, w.tokens)
             if len(st.vtime) > 4096:
                 self._prune(st)
-            r = Reservation(next(self._ids), st.key, w.tokens, now - w.enqueued, probe)
+            r = Reservation(next(self._ids), st.key, w.tokens, now - w.enqueued, probe, w.prompt)
             self._open[r.id] = _Open(r, req, tok, now)
             if len(self._open) > OPEN_RESERVATIONS_SOFT_CAP:
                 self._expire_open(now)
@@ -291,20 +283,6 @@ class RateLimiter:
             st.in_flight_tokens += w.tokens
             w.future.set_result(r)
 
-    @staticmethod
-    def _over_concurrency(st: _KeyState, tokens: int) -> bool:
-        """Whether admitting a call of ``tokens`` would exceed the key's in-flight limits."""
-        lim = st.limits
-        if lim.max_concurrent_requests is not None and st.in_flight_requests >= lim.max_concurrent_requests:
-            return True
-        return (lim.max_concurrent_tokens is not None and st.in_flight_requests > 0
-                and st.in_flight_tokens + tokens > lim.max_concurrent_tokens)
-
-    @staticmethod
-    def _release(st: _KeyState, reservation: Reservation) -> None:
-        st.in_flight_requests = max(0, st.in_flight_requests - 1)
-        st.in_flight_tokens = max(0, st.in_flight_tokens - reservation.tokens)
-
     def _expire_open(self, now: float) -> None:
         """Forget reservations never settled for an hour (their caller died): their charges
         have long left the windows; only the bookkeeping remains (and their in-flight slots)."""
@@ -312,7 +290,7 @@ class RateLimiter:
         for rid in stale:
             o = self._open.pop(rid)
             if (st := self._keys.get(o.reservation.key)) is not None:
-                self._release(st, o.reservation)
+                st.release(o.reservation)
 
     @staticmethod
     def _prune(st: _KeyState) -> None:
@@ -340,6 +318,7 @@ class RateLimiter:
                 "tokens_utilisation": min(1.0, st.tok.used(now) / st.tok.limit) if st.tok else None,
                 "waiting": len(st.waiters), "paused_for_s": max(0.0, st.paused_until - now),
                 "in_flight_requests": st.in_flight_requests, "in_flight_tokens": st.in_flight_tokens,
+                "count_ratio": st.count_ratio, "count_ratio_samples": st.ratio_samples,
                 "breaker": st.breaker.state, "breaker_opened": st.breaker.times_opened,
                 **st.stats,
             }

@@ -25,6 +25,13 @@ Outcome = Literal["ok", "rate_limited", "failure", "client_error"]
 OPEN_RESERVATION_TTL_S = 3600.0
 OPEN_RESERVATIONS_SOFT_CAP = 10_000
 
+#: Settled calls needed before a learned count ratio below 1 shrinks reservations.
+RATIO_MIN_SAMPLES = 3
+#: EWMA weights of a new ratio sample: fast up (an under-estimate causes 429s), slow down.
+RATIO_ALPHA_UP, RATIO_ALPHA_DOWN = 0.5, 0.1
+#: Outside this band the estimates are off enough to warn about.
+RATIO_WARN_BAND = (0.8, 1.25)
+
 #: Lower rank goes first.
 PRIORITY_RANK: dict[str, int] = {"interactive": 0, "bulk": 1}
 
@@ -39,6 +46,8 @@ class Reservation:
         tokens: Tokens reserved.
         waited_s: Seconds spent queued.
         probe: Whether this call is a circuit-breaker probe.
+        prompt_estimate: The caller's prompt-token estimate, before the learned count ratio
+            (0: none given); settlement compares the provider's count with it.
     """
 
     id: int
@@ -46,6 +55,7 @@ class Reservation:
     tokens: int
     waited_s: float
     probe: bool = False
+    prompt_estimate: int = 0
 
 
 @dataclasses.dataclass
@@ -56,6 +66,7 @@ class _Waiter:
     job: str
     future: asyncio.Future
     enqueued: float
+    prompt: int = 0
 
 
 @dataclasses.dataclass
@@ -82,9 +93,30 @@ class _KeyState:
         self.paused_until = 0.0
         self.in_flight_requests = 0  # admitted, not yet settled (max_concurrent_* limits)
         self.in_flight_tokens = 0
+        # The provider's prompt-token count ÷ the callers' estimates (EWMA), and its evidence.
+        self.count_ratio = 1.0
+        self.ratio_samples = 0
+        self.ratio_warned = False
         self.timer: asyncio.Task | None = None
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
                       "failures": 0, "rejected_open": 0, "header_corrections": 0}
+
+    def over_concurrency(self, tokens: int) -> bool:
+        """Whether admitting a call of ``tokens`` would exceed the key's in-flight limits."""
+        lim = self.limits
+        if lim.max_concurrent_requests is not None and self.in_flight_requests >= lim.max_concurrent_requests:
+            return True
+        return (lim.max_concurrent_tokens is not None and self.in_flight_requests > 0
+                and self.in_flight_tokens + tokens > lim.max_concurrent_tokens)
+
+    def release(self, reservation: Reservation) -> None:
+        """A reserved call ended (settled or forgotten): its in-flight slot and tokens are free."""
+        self.in_flight_requests = max(0, self.in_flight_requests - 1)
+        self.in_flight_tokens = max(0, self.in_flight_tokens - reservation.tokens)
+
+    def prompt_ratio(self) -> float:
+        """The ratio reservations use: the learned one once 3 calls back it, never below 1 before."""
+        return self.count_ratio if self.ratio_samples >= RATIO_MIN_SAMPLES else max(1.0, self.count_ratio)
 
     @staticmethod
     def _breaker(limits: RateLimitConfig) -> CircuitBreaker:

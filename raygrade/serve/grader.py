@@ -78,6 +78,7 @@ class Grader:
         m.observe("raygrade_batch_latency_s", time.monotonic() - t0, tags)
         m.observe("raygrade_batch_limiter_wait_s", outcome.limiter_wait_s, tags)
         m.observe("raygrade_batch_provider_s", outcome.provider_s, tags)
+        m.observe("raygrade_batch_grant_to_send_s", outcome.grant_to_send_s, tags)
         m.inc("raygrade_items_graded", len(outcome.results), tags)
         m.inc("raygrade_provider_tokens", outcome.usage.prompt_tokens, {**tags, "kind": "prompt"})
         m.inc("raygrade_provider_tokens", outcome.usage.completion_tokens, {**tags, "kind": "completion"})

@@ -47,3 +47,13 @@ def test_hosted_provider_without_key_fails_clearly(monkeypatch):
 
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         ProviderConfig().api_key()
+
+
+def test_a_named_key_variable_that_is_unset_fails_for_any_endpoint(monkeypatch):
+    from raygrade.errors import ConfigError
+
+    monkeypatch.delenv("ROUTER_KEY", raising=False)
+    p = ProviderConfig(base_url="https://openrouter.ai/api/v1", api_key_env="ROUTER_KEY")
+    with pytest.raises(ConfigError, match="ROUTER_KEY"):
+        p.api_key()
+    assert ProviderConfig(base_url="http://vllm:8000/v1", api_key_env=None).api_key().get_secret_value() == "EMPTY"

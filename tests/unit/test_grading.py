@@ -3,6 +3,8 @@
 import asyncio
 import json
 
+import pytest
+
 from raygrade.batch import GradeBatch
 from raygrade.config import RateLimitConfig
 from raygrade.errors import ProviderStatusError, RateLimitedError
@@ -312,3 +314,29 @@ def test_fallback_to_baseline_is_wired_from_the_provider_config():
     cfg = fake_provider_config("http://127.0.0.1:9/v1", fallback_to_baseline=True)
     assert isinstance(build_batch_grader(cfg, RateLimiter())._fallback, ReferenceSimilarityGrader)
     assert build_batch_grader(cfg.model_copy(update={"fallback_to_baseline": False}), RateLimiter())._fallback is None
+
+
+def test_charges_leave_the_window_from_when_the_request_was_sent():
+    """The provider reports when the request left (the HTTP hook); the limiter is told the delay."""
+    import time as _time
+
+    class Spy(RateLimiter):
+        delays: list = []
+
+        async def settle(self, reservation, actual_tokens, **kw):
+            self.delays.append(kw.get("send_delay_s"))
+            await super().settle(reservation, actual_tokens, **kw)
+
+    class LateSender(ScriptedProvider):
+        async def chat(self, *args, **kw):
+            res = await super().chat(*args, **kw)
+            res.sent_at = _time.monotonic() + 2.0  # left two seconds after the grant (a busy replica)
+            return res
+
+    b = batch()
+    lim = Spy()
+    lim.configure("p/m", RateLimitConfig(tpm=10_000))
+    g = BatchGrader(LateSender([good(b.students)]), lim, bucket_key="p/m", sleep=NoSleep())
+    out = asyncio.run(g.grade(b))
+    assert not out.errors and lim.delays[0] == pytest.approx(2.0, abs=0.2)
+    assert out.grant_to_send_s == pytest.approx(2.0, abs=0.2)

@@ -462,3 +462,67 @@ def test_in_flight_tokens_are_capped_but_one_large_call_still_goes():
         await big
 
     run(main)
+
+
+@pytest.mark.parametrize("counted", [True, False])
+def test_a_rejected_call_is_refunded_when_the_provider_does_not_count_rejections(counted):
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=2, tpm=1000, rejected_requests_count=counted, default_backoff_s=1)
+        r = await lim.acquire("k", 600)
+        await lim.settle(r, None, outcome="rate_limited")
+        snap = lim.snapshot()["k"]
+        if counted:  # OpenAI's rule: the 429 stays charged for its window
+            assert (snap["requests_available"], snap["tokens_available"]) == (1, 400)
+        else:
+            assert (snap["requests_available"], snap["tokens_available"]) == (2, 1000)
+        assert snap["paused_for_s"] == 1 and snap["rate_limited"] == 1  # the pause applies either way
+
+    run(main)
+
+
+# -- the provider's own count ---------------------------------------------------------------
+def test_reservations_learn_the_providers_prompt_count():
+    """A provider that counts 4x raygrade's prompt estimate (images by another rule): after a few
+    settlements every reservation is prompt x 4 + max_tokens, so the window holds what it charges."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=100_000)
+        sizes = []
+        for _ in range(6):
+            r = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000)
+            sizes.append(r.tokens)
+            await lim.settle(r, 4_000 + 50, prompt_tokens=4_000)
+        assert sizes[0] == 1_200 and sizes[-1] > 3_900 + 200
+        snap = lim.snapshot()["k"]
+        assert snap["count_ratio"] == pytest.approx(4.0, rel=0.05) and snap["count_ratio_samples"] == 6
+
+    run(main)
+
+
+def test_an_over_estimate_shrinks_reservations_only_after_evidence_and_slowly():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=100_000)
+        sizes = []
+        for _ in range(8):
+            r = await lim.acquire("k", 1_000, prompt_tokens=1_000)
+            sizes.append(r.tokens)
+            await lim.settle(r, 500, prompt_tokens=500)  # the provider counts half
+        assert sizes[:3] == [1_000, 1_000, 1_000], "no shrinking before 3 settled calls"
+        assert 500 < sizes[-1] < 1_000 and sizes == sorted(sizes, reverse=True)
+        r = await lim.acquire("k", 1_000)  # without a prompt part, nothing is scaled
+        assert r.tokens == 1_000
+
+    run(main)
+
+
+def test_failed_calls_teach_no_ratio():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=100_000)
+        r = await lim.acquire("k", 1_000, prompt_tokens=800)
+        await lim.settle(r, None, outcome="failure", prompt_tokens=10)
+        assert lim.snapshot()["k"]["count_ratio_samples"] == 0
+
+    run(main)

@@ -1,0 +1,58 @@
+"""What the rate limiter learns from the provider: its count of prompt tokens, and its headers.
+
+- :func:`learn_count_ratio`: the ratio of the provider's reported prompt tokens to the
+  callers' estimates, per key (an EWMA: fast up, since an under-estimate brings 429s; slow
+  down), which :meth:`~raygrade.ratelimit.limiter.RateLimiter.acquire` scales prompt
+  reservations by.
+- :func:`learn_from_headers`: lower limits and unseen usage from ``x-ratelimit-*`` headers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from raygrade.ratelimit.state import RATIO_ALPHA_DOWN, RATIO_ALPHA_UP, RATIO_MIN_SAMPLES, RATIO_WARN_BAND, _KeyState
+from raygrade.ratelimit.window import parse_rate_limit_headers
+
+logger = logging.getLogger("raygrade.ratelimit.limiter")
+
+
+def learn_count_ratio(st: _KeyState, sample: float) -> None:
+    """Fold one call's (provider's prompt count ÷ estimate) into the key's ratio; warn once outside the band."""
+    sample = min(8.0, max(0.25, sample))
+    alpha = RATIO_ALPHA_UP if sample > st.count_ratio else RATIO_ALPHA_DOWN
+    st.count_ratio += alpha * (sample - st.count_ratio)
+    st.ratio_samples += 1
+    lo, hi = RATIO_WARN_BAND
+    if st.ratio_samples >= RATIO_MIN_SAMPLES and not lo <= st.count_ratio <= hi and not st.ratio_warned:
+        st.ratio_warned = True
+        logger.warning("%s: the provider counts %.2fx raygrade's prompt-token estimates; reservations "
+                       "follow its count (check image_token_rule / tokenizer)", st.key, st.count_ratio)
+
+
+def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float, now: float) -> None:
+    """Lower the key's limits to the provider's, and charge usage it saw but this limiter did not
+    (``x-ratelimit-*``: ``remaining`` below what the windows say is left)."""
+    parsed = parse_rate_limit_headers(headers)
+    changed = False
+    for dim, h in parsed.items():
+        # Headers speak in the provider's window; learned limits are kept per minute.
+        if h.limit and st.learned.get(dim) != h.limit / st.scale:
+            st.learned[dim] = h.limit / st.scale
+            changed = True
+    if changed:
+        st.apply_limits()
+    for dim, h in parsed.items():
+        w = st.window(dim)
+        if w is None or h.remaining is None:
+            continue
+        server_limit = h.limit or w.limit
+        # What the provider says is left vs what this limiter can have spent meanwhile.
+        ours_left = w.limit - w.used_since(sent_at, now)
+        theirs_left = h.remaining - max(0.0, server_limit - w.limit)
+        missing = ours_left - theirs_left
+        if missing > 0.5:
+            reset = h.reset_s if h.reset_s is not None else st.window_s
+            w.charge_until(missing, now, now + min(st.window_s, reset))
+            st.stats["header_corrections"] += 1
