@@ -152,9 +152,7 @@ class RateLimiter:
             # A job (re)joining the queue starts at the class's virtual clock: no credit for idle time.
             vk = (rank, group)
             st.vtime[vk] = max(st.vtime.get(vk, 0.0), st.vclock.get(rank, 0.0))
-        prompt = max(0, min(prompt_tokens or 0, tokens))
-        if prompt:
-            tokens = max(0, tokens + round(prompt * (st.prompt_ratio() - 1.0)))
+        prompt = max(0, min(prompt_tokens or 0, tokens))  # scaled by the ratio in force when admitted
         w = _Waiter(next(self._seq), tokens, rank, group, asyncio.get_running_loop().create_future(), now, prompt)
         st.waiters.append(w)
         self._pump(st)
@@ -256,31 +254,35 @@ class RateLimiter:
             if w.future.done():  # cancelled by its caller
                 st.waiters.remove(w)
                 continue
-            if st.over_concurrency(w.tokens):
+            # The provider's count as learned so far, applied now: calls queued before the
+            # ratio was known are not admitted at the old, smaller size.
+            tokens = max(0, w.tokens + round(w.prompt * (st.prompt_ratio() - 1.0))) if w.prompt else w.tokens
+            if st.over_concurrency(tokens, w.prompt):
                 return  # a settlement frees capacity and pumps again; no timer
             wait = max(b.retry_in(now), st.paused_until - now,
                        st.req.wait_for(1, now) if st.req else 0.0,
-                       st.tok.wait_for(w.tokens, now) if st.tok else 0.0)
+                       st.tok.wait_for(tokens, now) if st.tok else 0.0)
             if wait > 0:
                 st.timer = asyncio.get_running_loop().create_task(self._wake(st, wait))
                 return
             st.waiters.remove(w)
             probe = b.on_admit(now)
             req = st.req.charge(1, now) if st.req else None
-            tok = st.tok.charge(w.tokens, now) if st.tok else None
+            tok = st.tok.charge(tokens, now) if st.tok else None
             vk = (w.rank, w.job)
             st.vclock[w.rank] = st.vtime.get(vk, 0.0)
-            st.vtime[vk] = st.vtime.get(vk, 0.0) + max(1, w.tokens)
+            st.vtime[vk] = st.vtime.get(vk, 0.0) + max(1, tokens)
             if len(st.vtime) > 4096:
                 self._prune(st)
-            r = Reservation(next(self._ids), st.key, w.tokens, now - w.enqueued, probe, w.prompt)
+            r = Reservation(next(self._ids), st.key, tokens, now - w.enqueued, probe, w.prompt)
             self._open[r.id] = _Open(r, req, tok, now)
             if len(self._open) > OPEN_RESERVATIONS_SOFT_CAP:
                 self._expire_open(now)
             st.stats["admitted_requests"] += 1
-            st.stats["admitted_tokens"] += w.tokens
+            st.stats["admitted_tokens"] += tokens
             st.in_flight_requests += 1
-            st.in_flight_tokens += w.tokens
+            st.in_flight_tokens += tokens
+            st.prompt_in_flight += 1 if w.prompt else 0
             w.future.set_result(r)
 
     def _expire_open(self, now: float) -> None:

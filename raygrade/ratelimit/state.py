@@ -97,12 +97,21 @@ class _KeyState:
         self.count_ratio = 1.0
         self.ratio_samples = 0
         self.ratio_warned = False
+        self.prompt_in_flight = 0  # in-flight calls that carry a prompt estimate (the learning probes)
         self.timer: asyncio.Task | None = None
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
                       "failures": 0, "rejected_open": 0, "header_corrections": 0}
 
-    def over_concurrency(self, tokens: int) -> bool:
-        """Whether admitting a call of ``tokens`` would exceed the key's in-flight limits."""
+    def over_concurrency(self, tokens: int, prompt: int = 0) -> bool:
+        """Whether admitting a call of ``tokens`` would exceed the key's in-flight limits.
+
+        Until :data:`RATIO_MIN_SAMPLES` calls have taught the provider's prompt count, at most
+        that many calls with a prompt estimate fly at once (a slow start): an estimate the
+        provider counts far higher then costs a few rejected calls, not a window's worth.
+        """
+        if prompt and self.ratio_samples < RATIO_MIN_SAMPLES \
+                and self.prompt_in_flight >= RATIO_MIN_SAMPLES - self.ratio_samples:
+            return True
         lim = self.limits
         if lim.max_concurrent_requests is not None and self.in_flight_requests >= lim.max_concurrent_requests:
             return True
@@ -113,6 +122,8 @@ class _KeyState:
         """A reserved call ended (settled or forgotten): its in-flight slot and tokens are free."""
         self.in_flight_requests = max(0, self.in_flight_requests - 1)
         self.in_flight_tokens = max(0, self.in_flight_tokens - reservation.tokens)
+        if reservation.prompt_estimate:
+            self.prompt_in_flight = max(0, self.prompt_in_flight - 1)
 
     def prompt_ratio(self) -> float:
         """The ratio reservations use: the learned one once 3 calls back it, never below 1 before."""

@@ -93,3 +93,37 @@ def test_replicas_sharing_the_limiter_never_exceed_the_limit_even_across_an_acto
     for w in workers:
         ray.kill(w)
     ray.kill(get_rate_limiter(namespace), no_restart=True)
+
+
+def test_a_provider_that_counts_4x_the_estimate_and_sends_no_processing_time(ray_cluster):
+    """A provider raygrade does not control: it counts (and charges) four times raygrade's prompt
+    estimate, sends no openai-processing-ms, and does not charge rejections. The limiter learns the
+    count from the reported usage, so after the first calls reservations match the charges: the
+    work completes with at most a few 429s and the windows hold."""
+    import ray
+
+    from raygrade.ratelimit.actor import get_rate_limiter
+
+    srv = FakeOpenAIServer(rpm=RPM, tpm=TPM, window_s=WINDOW_S, latency_s=0.05, prompt_token_multiplier=4.0,
+                           processing_ms_header=False).start()
+    try:
+        namespace = f"rl4-{uuid.uuid4().hex[:8]}"
+        provider = fake_provider_config(srv.base_url, name="counts4x")
+        provider = provider.model_copy(update={"rate_limit": provider.rate_limit.model_copy(update=dict(
+            rpm=RPM, tpm=TPM, window_s=WINDOW_S, window_margin_s=0.25, rejected_requests_count=False))})
+        LoadWorker = make_worker()
+        workers = [LoadWorker.remote(provider, namespace, "interactive") for _ in range(WORKERS)]
+        results = ray.get([w.run.remote(f"job{i}", BATCHES) for i, w in enumerate(workers)], timeout=180)
+        assert all(graded == 1 and not errors for r in results for graded, errors in r), results
+        audit = audit_windows(srv.log, window_s=WINDOW_S)
+        assert audit["admitted"] == WORKERS * BATCHES
+        assert audit["max_window_tokens"] <= TPM * WINDOW_S / 60
+        snap = ray.get(get_rate_limiter(namespace).snapshot.remote())["counts4x/fake-grader"]
+        print(f"4x provider: {audit}, learned ratio {snap['count_ratio']:.2f}")
+        assert 3.0 <= snap["count_ratio"] <= 5.0, snap
+        assert audit["rejected_429"] <= 4, audit  # the first calls, before the ratio is learned
+        for w in workers:
+            ray.kill(w)
+        ray.kill(get_rate_limiter(namespace), no_restart=True)
+    finally:
+        srv.stop()

@@ -526,3 +526,18 @@ def test_failed_calls_teach_no_ratio():
         assert lim.snapshot()["k"]["count_ratio_samples"] == 0
 
     run(main)
+
+
+def test_until_the_count_is_learned_at_most_three_calls_fly():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=100_000)
+        calls = [asyncio.ensure_future(lim.acquire("k", 300, prompt_tokens=200)) for _ in range(5)]
+        await asyncio.sleep(0)
+        assert [c.done() for c in calls] == [True, True, True, False, False]
+        for c in calls[:3]:
+            await lim.settle(c.result(), 900, prompt_tokens=800)  # the provider counts 4x
+        await asyncio.gather(*calls[3:])
+        assert calls[3].result().tokens > 300 + 2 * 200, "later calls are reserved at the learned count"
+
+    run(main)

@@ -20,10 +20,17 @@ def main() -> None:  # pragma: no cover - manual use and benchmarks
     ap.add_argument("--completion-tokens", type=int)
     ap.add_argument("--no-refund", action="store_true", help="keep charging input + max_tokens")
     ap.add_argument("--api-key", default="sk-test")
+    ap.add_argument("--prompt-token-multiplier", type=float, default=1.0,
+                    help="count prompts this many times the API's rule (a provider that disagrees)")
+    ap.add_argument("--no-processing-ms-header", action="store_true")
+    ap.add_argument("--count-rejected", action="store_true", help="charge 429'd requests (OpenAI's rule)")
     a = ap.parse_args()
     srv = FakeOpenAIServer(rpm=a.rpm, tpm=a.tpm, window_s=a.window_s, latency_s=a.latency_s,
                            latency_per_token_s=a.latency_per_token_s, completion_tokens=a.completion_tokens,
-                           refund_unused=not a.no_refund, api_key=a.api_key, port=a.port).start()
+                           refund_unused=not a.no_refund, api_key=a.api_key, port=a.port,
+                           prompt_token_multiplier=a.prompt_token_multiplier,
+                           processing_ms_header=not a.no_processing_ms_header,
+                           count_rejected=a.count_rejected).start()
     print(f"fake OpenAI server on {srv.base_url}", flush=True)
     threading.Event().wait()
 

@@ -27,7 +27,9 @@ class FakeOpenAIProcess:
         self.port = free_port()
         cmd = [sys.executable, "-m", "raygrade.testing.fake_openai", "--port", str(self.port)]
         for k, v in options.items():
-            if v is not None:
+            if isinstance(v, bool):  # a flag: given when true (e.g. count_rejected, no_processing_ms_header)
+                cmd += [f"--{k.replace('_', '-')}"] if v else []
+            elif v is not None:
                 cmd += [f"--{k.replace('_', '-')}", str(v)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None

@@ -60,13 +60,20 @@ class FakeOpenAIServer:
         host, port: Where to listen (port 0 picks a free one).
         hang_s: How long a ``timeout`` fault holds the request before answering (set it
             above the client's timeout). A ``reset`` fault closes the connection unanswered.
+        prompt_token_multiplier: The server counts (charges and reports) this many times the
+            API's prompt-token rule: a provider whose count disagrees with raygrade's estimate.
+        processing_ms_header: Send ``openai-processing-ms`` (many compatible servers do not).
+        count_rejected: Charge a 429'd request at its size anyway (OpenAI's documented rule);
+            by default a rejection is not charged.
     """
 
     def __init__(self, *, rpm: int | None = None, tpm: int | None = None, window_s: float = WINDOW_S,
                  latency_s: float = 0.0,
                  latency_per_token_s: float = 0.0, refund_unused: bool = True,
                  fault_rates: dict[str, float] | None = None, seed: int = 0, completion_tokens: int | None = None,
-                 api_key: str | None = "sk-test", host: str = "127.0.0.1", port: int = 0, hang_s: float = 30.0):
+                 api_key: str | None = "sk-test", host: str = "127.0.0.1", port: int = 0, hang_s: float = 30.0,
+                 prompt_token_multiplier: float = 1.0, processing_ms_header: bool = True,
+                 count_rejected: bool = False):
         self.rpm, self.tpm = rpm, tpm
         self.hang_s = hang_s
         self.window_s = window_s
@@ -75,6 +82,11 @@ class FakeOpenAIServer:
         self._tpm_w = int(tpm * window_s / WINDOW_S) if tpm is not None else None
         self.latency_s, self.latency_per_token_s = latency_s, latency_per_token_s
         self.refund_unused = refund_unused
+        # Ways a provider raygrade does not control disagrees with it: its own prompt count,
+        # no processing-time header, rejected calls charged (OpenAI's rule) or not.
+        self.prompt_token_multiplier = prompt_token_multiplier
+        self.processing_ms_header = processing_ms_header
+        self.count_rejected = count_rejected
         unknown = set(fault_rates or {}) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
@@ -190,6 +202,10 @@ class FakeOpenAIServer:
             elif self._tpm_w is not None and self._tok_used + tokens > self._tpm_w:
                 over, retry = "tokens", self._tokens_free_in(tokens, now)
             entry = None
+            if over is not None and self.count_rejected:  # charged although rejected, as OpenAI counts them
+                self._req_window.append(now)
+                self._tok_window.append(_Entry(now, tokens))
+                self._tok_used += tokens
             if over is None:
                 self._req_window.append(now)
                 entry = _Entry(now, tokens)
@@ -258,7 +274,7 @@ class FakeOpenAIServer:
             return _error(400, "'messages' is a required property", "invalid_request_error",
                           param="messages", headers=base_headers)
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 4096)
-        prompt_tokens = estimate_prompt_tokens(messages)
+        prompt_tokens = math.ceil(estimate_prompt_tokens(messages) * self.prompt_token_multiplier)
         charged = prompt_tokens + max_tokens
         fault = self._draw_fault()
         if fault == "429":
@@ -314,7 +330,8 @@ class FakeOpenAIServer:
         if delay:
             await asyncio.sleep(delay)
         final = self._complete(entry, prompt_tokens + completion_tokens)
-        headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
+        if self.processing_ms_header:
+            headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
         props = ((rf.get("json_schema") or {}).get("schema") or {}).get("properties", {})
         asked = [f"{a}/{q}" for a, v in props.items()
                  for q in (v.get("properties") or {})] if rf.get("type") == "json_schema" else []
