@@ -74,6 +74,18 @@ def main(argv: list[str] | None = None) -> None:
     # Ray Data's own bars cannot know the row count of a filtered, repartitioned read (they show
     # "0/?" for the whole run); the driver's lines below count submissions and items with an ETA.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    if a.serve_config and cfg.provider.kind != "reference_similarity":
+        # Which budget this run draws from: the online app's limiter only lives on the app's cluster.
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+            where = "shared with the Serve app on this cluster"
+        except ValueError:
+            where = ("NOT shared: no Serve app runs on this cluster (submit with `ray job submit` to the "
+                     "app's cluster to share its budget)")
+        print(f"rate limiter: {cfg.provider.bucket_key} in namespace {cfg.namespace!r}, at bulk priority, "
+              f"{where}", flush=True)
     engine = None
     if cfg.provider.kind == "local_vllm" and cfg.provider.base_url is None:
         # The embedded CPU vLLM, started beside this driver for the run.

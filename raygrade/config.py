@@ -48,12 +48,11 @@ class RateLimitConfig(_Config):
             limits. OpenAI documents that it does; many OpenAI-compatible servers do not, and
             then the limiter refunds the rejected call's charge at once instead of keeping it
             for a whole window.
-        max_concurrent_requests: Calls in flight at once (admitted, not yet settled); the
-            budget of a self-hosted model, whose capacity is its replicas' concurrent
-            sequences rather than a per-minute count (``None``: no such limit).
-        max_concurrent_tokens: Prompt + ``max_tokens`` of the calls in flight at once (the
-            replicas' KV-cache budget); one call larger than it still goes when nothing else
-            is in flight.
+        max_concurrent_requests: Calls in flight at once (admitted, not yet settled): a self-hosted
+            model's budget, whose capacity is concurrent sequences, not a per-minute count.
+        max_concurrent_tokens: Prompt + ``max_tokens`` in flight at once (the KV-cache budget);
+            one larger call still goes when nothing else is in flight.
+        in_flight_timeout_s: After this long an unsettled call stops counting (its caller died).
     """
 
     rpm: int | None = Field(default=None, gt=0)
@@ -69,6 +68,7 @@ class RateLimitConfig(_Config):
     rejected_requests_count: bool = True
     max_concurrent_requests: int | None = Field(default=None, gt=0)
     max_concurrent_tokens: int | None = Field(default=None, gt=0)
+    in_flight_timeout_s: float = Field(default=900.0, gt=0)
 
 
 class ProviderConfig(_Config):

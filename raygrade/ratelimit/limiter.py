@@ -107,8 +107,7 @@ class RateLimiter:
                     st.timer.cancel()
                 self._keys[key] = _KeyState(key, limits)  # a different window: start over
                 self._keys[key].waiters = st.waiters
-                self._keys[key].in_flight_requests = st.in_flight_requests
-                self._keys[key].in_flight_tokens = st.in_flight_tokens
+                self._keys[key].in_flight = st.in_flight
                 self._pump(self._keys[key])
                 return
             st.limits = limits
@@ -257,9 +256,7 @@ class RateLimiter:
             # The provider's count as learned so far, applied now: calls queued before the
             # ratio was known are not admitted at the old, smaller size.
             tokens = max(0, w.tokens + round(w.prompt * (st.prompt_ratio() - 1.0))) if w.prompt else w.tokens
-            if st.over_concurrency(tokens, w.prompt):
-                return  # a settlement frees capacity and pumps again; no timer
-            wait = max(b.retry_in(now), st.paused_until - now,
+            wait = max(b.retry_in(now), st.paused_until - now, st.concurrency_wait(now, tokens, w.prompt),
                        st.req.wait_for(1, now) if st.req else 0.0,
                        st.tok.wait_for(tokens, now) if st.tok else 0.0)
             if wait > 0:
@@ -280,9 +277,7 @@ class RateLimiter:
                 self._expire_open(now)
             st.stats["admitted_requests"] += 1
             st.stats["admitted_tokens"] += tokens
-            st.in_flight_requests += 1
-            st.in_flight_tokens += tokens
-            st.prompt_in_flight += 1 if w.prompt else 0
+            st.admit(r, now)
             w.future.set_result(r)
 
     def _expire_open(self, now: float) -> None:
@@ -319,7 +314,8 @@ class RateLimiter:
                 "requests_utilisation": min(1.0, st.req.used(now) / st.req.limit) if st.req else None,
                 "tokens_utilisation": min(1.0, st.tok.used(now) / st.tok.limit) if st.tok else None,
                 "waiting": len(st.waiters), "paused_for_s": max(0.0, st.paused_until - now),
-                "in_flight_requests": st.in_flight_requests, "in_flight_tokens": st.in_flight_tokens,
+                "in_flight_requests": len(st.in_flight),
+                "in_flight_tokens": sum(n for _, n, _ in st.in_flight.values()),
                 "count_ratio": st.count_ratio, "count_ratio_samples": st.ratio_samples,
                 "breaker": st.breaker.state, "breaker_opened": st.breaker.times_opened,
                 **st.stats,

@@ -32,6 +32,11 @@ RATIO_ALPHA_UP, RATIO_ALPHA_DOWN = 0.5, 0.1
 #: Outside this band the estimates are off enough to warn about.
 RATIO_WARN_BAND = (0.8, 1.25)
 
+#: A learning probe that has not settled after this long stops holding back other calls.
+PROBE_TIMEOUT_S = 15.0
+#: Slow start applies while a call this many times its estimate could overflow the token window.
+UNDER_ESTIMATE_GUARD = 4
+
 #: Lower rank goes first.
 PRIORITY_RANK: dict[str, int] = {"interactive": 0, "bulk": 1}
 
@@ -91,39 +96,65 @@ class _KeyState:
         self.vtime: dict[tuple[int, str], float] = {}
         self.vclock: dict[int, float] = {}
         self.paused_until = 0.0
-        self.in_flight_requests = 0  # admitted, not yet settled (max_concurrent_* limits)
-        self.in_flight_tokens = 0
+        # Admitted, not yet settled: reservation id -> (admitted at, tokens, a learning probe).
+        # A caller that dies never settles, so entries older than in_flight_timeout_s stop counting.
+        self.in_flight: dict[int, tuple[float, int, bool]] = {}
         # The provider's prompt-token count ÷ the callers' estimates (EWMA), and its evidence.
         self.count_ratio = 1.0
         self.ratio_samples = 0
         self.ratio_warned = False
-        self.prompt_in_flight = 0  # in-flight calls that carry a prompt estimate (the learning probes)
         self.timer: asyncio.Task | None = None
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
                       "failures": 0, "rejected_open": 0, "header_corrections": 0}
 
-    def over_concurrency(self, tokens: int, prompt: int = 0) -> bool:
-        """Whether admitting a call of ``tokens`` would exceed the key's in-flight limits.
+    @property
+    def learning(self) -> bool:
+        """Whether the provider's prompt count is still being learned (too few settled calls)."""
+        return self.ratio_samples < RATIO_MIN_SAMPLES
 
-        Until :data:`RATIO_MIN_SAMPLES` calls have taught the provider's prompt count, at most
-        that many calls with a prompt estimate fly at once (a slow start): an estimate the
-        provider counts far higher then costs a few rejected calls, not a window's worth.
+    def concurrency_wait(self, now: float, tokens: int, prompt: int = 0) -> float:
+        """Seconds until a call of ``tokens`` fits the key's in-flight limits (0: it fits now).
+
+        A settlement frees a slot at once (and pumps); the returned time is when the oldest
+        blocking entry stops counting without one (its caller died).
+
+        Until :data:`RATIO_MIN_SAMPLES` calls have taught the provider's prompt count, and while
+        the token window is tight (:meth:`tight`), at most that many calls with a prompt
+        estimate fly at once (a slow start), each for at most :data:`PROBE_TIMEOUT_S`: an
+        estimate the provider counts far higher then costs a few rejected calls, not a
+        window's worth.
         """
-        if prompt and self.ratio_samples < RATIO_MIN_SAMPLES \
-                and self.prompt_in_flight >= RATIO_MIN_SAMPLES - self.ratio_samples:
-            return True
         lim = self.limits
-        if lim.max_concurrent_requests is not None and self.in_flight_requests >= lim.max_concurrent_requests:
-            return True
-        return (lim.max_concurrent_tokens is not None and self.in_flight_requests > 0
-                and self.in_flight_tokens + tokens > lim.max_concurrent_tokens)
+        stale = now - lim.in_flight_timeout_s
+        for rid in [rid for rid, (t, _, _) in self.in_flight.items() if t <= stale]:
+            del self.in_flight[rid]
+        waits = []
+        if prompt and self.learning and self.tight(now, tokens):
+            probes = sorted(t for t, _, probe in self.in_flight.values() if probe and t > now - PROBE_TIMEOUT_S)
+            if len(probes) >= RATIO_MIN_SAMPLES - self.ratio_samples:
+                waits.append(probes[0] + PROBE_TIMEOUT_S - now)
+        if self.in_flight:
+            oldest = min(t for t, _, _ in self.in_flight.values()) + lim.in_flight_timeout_s - now
+            if lim.max_concurrent_requests is not None and len(self.in_flight) >= lim.max_concurrent_requests:
+                waits.append(oldest)
+            if lim.max_concurrent_tokens is not None and \
+                    sum(n for _, n, _ in self.in_flight.values()) + tokens > lim.max_concurrent_tokens:
+                waits.append(oldest)
+        return max(0.0, min(waits)) if waits else 0.0
+
+    def tight(self, now: float, tokens: int) -> bool:
+        """Whether an under-estimate could overflow the token window: the call at
+        :data:`UNDER_ESTIMATE_GUARD` times its size would not fit what is left (slow start
+        only matters then; a key far below its limit is not held back)."""
+        return self.tok is not None and self.tok.used(now) + tokens * UNDER_ESTIMATE_GUARD > self.tok.limit
+
+    def admit(self, reservation: Reservation, now: float) -> None:
+        """Count a granted call in flight (as a learning probe when it carries a prompt estimate)."""
+        self.in_flight[reservation.id] = (now, reservation.tokens, bool(reservation.prompt_estimate) and self.learning)
 
     def release(self, reservation: Reservation) -> None:
         """A reserved call ended (settled or forgotten): its in-flight slot and tokens are free."""
-        self.in_flight_requests = max(0, self.in_flight_requests - 1)
-        self.in_flight_tokens = max(0, self.in_flight_tokens - reservation.tokens)
-        if reservation.prompt_estimate:
-            self.prompt_in_flight = max(0, self.prompt_in_flight - 1)
+        self.in_flight.pop(reservation.id, None)
 
     def prompt_ratio(self) -> float:
         """The ratio reservations use: the learned one once 3 calls back it, never below 1 before."""
