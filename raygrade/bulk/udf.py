@@ -133,10 +133,7 @@ class RegradeUDF(_GradingActor):
         self.run_id = run_id
         self.planner = planner_for(RaygradeArgs(provider=self.cfg.provider, batcher=batcher,
                                                 namespace=self.cfg.namespace))
-        mode = self.cfg.reading_mode
-        if mode == ReadingMode.AUTO:
-            mode = ReadingMode.VISION if self.cfg.provider.supports_vision else ReadingMode.OCR
-        self.mode = mode
+        self.mode = self.cfg.reading_mode.resolve(self.cfg.provider.supports_vision)
         self._ocr: OCRReader | None = None
 
     def _read(self, sub: Submission) -> list[Page]:

@@ -102,6 +102,12 @@ class ReadingMode(str, enum.Enum):
     VISION = "vision"
     OCR = "ocr"
 
+    def resolve(self, supports_vision: bool) -> ReadingMode:
+        """This mode with ``auto`` decided for a provider that does (or does not) accept images."""
+        if self is ReadingMode.AUTO:
+            return ReadingMode.VISION if supports_vision else ReadingMode.OCR
+        return self
+
 
 class CompletionPolicy(_Model):
     """When a job is complete.

@@ -44,10 +44,7 @@ class PageReader:
 
 def reading_mode(job: GradingJob, provider: ProviderConfig) -> ReadingMode:
     """The job's reading mode, ``auto`` resolved: vision when the provider reads images, else OCR."""
-    mode = job.options.reading_mode
-    if mode == ReadingMode.AUTO:
-        return ReadingMode.VISION if provider.supports_vision else ReadingMode.OCR
-    return mode
+    return job.options.reading_mode.resolve(provider.supports_vision)
 
 
 async def read_submissions(job: GradingJob, mode: ReadingMode, reader, blobs: BlobStore
