@@ -6,7 +6,10 @@ checks), as a team running N replicas of a LiteLLM-based grader would configure
 it. It sends its shard of the workload with bounded concurrency and writes one
 outcome per request.
 
-Usage: python _litellm_worker.py PAYLOADS.jsonl SHARD NSHARDS BASE_URL RPM TPM CONCURRENCY OUT.json
+Usage: python _litellm_worker.py PAYLOADS.jsonl SHARD NSHARDS BASE_URL RPM TPM CONCURRENCY OUT.json [DELAY_S]
+
+``DELAY_S`` (default 0): seconds each call sleeps before it is handed to the router (the
+rate-limit matrix's client-side delay).
 """
 
 import asyncio
@@ -18,6 +21,7 @@ import time
 async def main() -> None:
     path, shard, nshards, base_url, rpm, tpm, conc, out = sys.argv[1:9]
     shard, nshards, rpm, tpm, conc = int(shard), int(nshards), int(rpm), int(tpm), int(conc)
+    delay = float(sys.argv[9]) if len(sys.argv) > 9 else 0.0
     import litellm
     from litellm import Router
 
@@ -33,6 +37,7 @@ async def main() -> None:
 
     async def one(p):
         async with sem:
+            await asyncio.sleep(delay)
             t0 = time.time()
             try:
                 await router.acompletion(model="grader", messages=p["messages"], max_tokens=p["max_tokens"],

@@ -29,6 +29,23 @@ under ``--out``. A system still running after ``--max-wall-s`` is stopped; its
 unfinished requests count as failed.
 
 Run (≈ 15 min on 2 cores): ``.venv/bin/python benchmarks/rate_limit.py``
+
+**Matrix** (``--matrix``, ≈ 1 h with the peers): the same systems against providers that
+disagree with raygrade, one row each, every row sized to last ``--row-minutes`` at its
+binding limit (limits derived from the workload):
+
+- ``tpm``: TPM binding, the provider counts like raygrade, no ``openai-processing-ms``;
+- ``rpm``: RPM binding, otherwise as ``tpm``;
+- ``tpm-4x``: TPM binding, the provider counts every prompt 4× raygrade's estimate (as a
+  provider whose image rule raygrade does not know);
+- ``tpm-delay2s``: TPM binding, every request waits 2 s between the grant and leaving
+  (``RAYGRADE_FAULT_SEND_DELAY_S``, as on an overloaded node; the peers sleep 2 s before
+  each call).
+
+None of these providers charges rejected requests (``count_rejected`` off, the audit's
+provider). Per row and system: 429s (share of sent), failed items, mean utilisation of the
+binding limit, and the minimum over every *full* minute from the first request (per-minute
+buckets of admissions: tokens ÷ TPM or requests ÷ RPM).
 """
 
 from __future__ import annotations
@@ -62,6 +79,13 @@ from raygrade.protocol import Assessment, GradingJob, ImagePage, Submission  # n
 from raygrade.testing.fake_openai import FakeOpenAIProcess, RequestRecord, fake_provider_config  # noqa: E402
 
 SYSTEMS = ("raygrade", "litellm", "ray-data", "asyncio")
+#: Matrix rows: binding limit, the provider's options (FakeOpenAIProcess), client-side send delay.
+ROWS: dict[str, dict] = {
+    "tpm": {"binding": "tpm", "provider": {}, "send_delay_s": 0.0},
+    "rpm": {"binding": "rpm", "provider": {}, "send_delay_s": 0.0},
+    "tpm-4x": {"binding": "tpm", "provider": {"prompt_token_multiplier": 4.0}, "send_delay_s": 0.0},
+    "tpm-delay2s": {"binding": "tpm", "provider": {}, "send_delay_s": 2.0},
+}
 
 
 # -- workload -------------------------------------------------------------------------------
@@ -122,6 +146,7 @@ def run_asyncio(payloads: list[dict], base_url: str, a: argparse.Namespace) -> d
         async def one(p):
             nonlocal failed
             async with sem:
+                await asyncio.sleep(a.send_delay_s)  # the matrix's client-side delay (0 otherwise)
                 try:
                     await client.chat.completions.create(**p)
                 except openai.OpenAIError:
@@ -150,8 +175,8 @@ def run_litellm(payload_file: Path, base_url: str, a: argparse.Namespace) -> dic
     outs = [a.out / f"litellm-{i}.json" for i in range(a.workers)]
     procs = [subprocess.Popen([a.litellm_python, str(ROOT / "benchmarks/_litellm_worker.py"), str(payload_file),
                                str(i), str(a.workers), base_url, str(a.rpm), str(a.tpm),
-                               str(a.per_worker_concurrency), str(outs[i])], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for i in range(a.workers)]
+                               str(a.per_worker_concurrency), str(outs[i]), str(a.send_delay_s)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(a.workers)]
     deadline, stopped = time.monotonic() + a.max_wall_s, False
     for p in procs:
         try:
@@ -214,9 +239,11 @@ def run_raygrade(assessment: Assessment, interactive: list[list[Submission]], bu
 
     from raygrade.app import build_app
     from raygrade.bulk.udf import BatchGradingUDF
+    from raygrade.providers.openai_compat import SEND_DELAY_ENV
 
+    # Every grader replica and bulk actor inherits the job's environment: the matrix's send delay.
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
-             namespace=args.namespace)
+             namespace=args.namespace, runtime_env={"env_vars": {SEND_DELAY_ENV: str(a.send_delay_s)}})
     ray.data.DataContext.get_current().enable_progress_bars = False
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
@@ -304,35 +331,26 @@ def _histogram(ok: list[RequestRecord], t_start_wall: float) -> list[int]:
     return [bins.get(i, 0) for i in range(max(bins) + 1)]
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--run-ray-data":
-        ray_data_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
-        return
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--students", type=int, default=4000)
-    ap.add_argument("--students-per-request", type=int, default=2)
-    ap.add_argument("--rpm", type=int, default=1500)
-    ap.add_argument("--tpm", type=int, default=2_500_000)
-    ap.add_argument("--latency-s", type=float, default=0.5)
-    ap.add_argument("--latency-per-token-s", type=float, default=0.004)
-    ap.add_argument("--completion-tokens", type=int, default=250)
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--per-worker-concurrency", type=int, default=16)
-    ap.add_argument("--interactive-jobs", type=int, default=4)
-    ap.add_argument("--bulk-share", type=float, default=0.25)
-    ap.add_argument("--max-wall-s", type=float, default=420)
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
-    ap.add_argument("--litellm-python", default=str(ROOT / "benchmarks/out/litellm-venv/bin/python"))
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
-    a = ap.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
-    systems = [s for s in a.systems.split(",") if s]
-    unknown = set(systems) - set(SYSTEMS)
-    if unknown:
-        raise SystemExit(f"unknown systems {sorted(unknown)}")
-    if "litellm" in systems and (why := litellm_missing(a)):
-        raise SystemExit(why)  # before anything is started
+def per_minute(log: list[RequestRecord], binding: str, limit: int) -> list[float]:
+    """Use of the binding limit in each full minute from the first request to the last answer.
 
+    Admissions (``mono``) are bucketed by minute since the first request; a bucket counts
+    when the run went on to its end. Tokens are the provider's final charge (its own count).
+    """
+    ok = [r for r in log if r.status == 200]
+    if not ok:
+        return []
+    t0, t_last = min(r.mono for r in log), max(r.mono for r in ok)
+    out = []
+    for k in range(int((t_last - t0) // 60)):
+        rows = [r for r in ok if t0 + 60 * k <= r.mono < t0 + 60 * (k + 1)]
+        used = len(rows) if binding == "rpm" else sum(r.final_tokens for r in rows)
+        out.append(used / limit)
+    return out
+
+
+def build(a: argparse.Namespace) -> dict:
+    """The workload, planned once: interactive jobs, bulk batches and the request bodies."""
     provider = fake_provider_config("http://127.0.0.1:1/v1", name="bench", rate_limit=RateLimitConfig(
         rpm=a.rpm, tpm=a.tpm), max_retries=3)
     args = RaygradeArgs(provider=provider, namespace=f"rg-bench-{uuid.uuid4().hex[:6]}", batcher=BatcherConfig(
@@ -350,40 +368,144 @@ def main() -> None:
     payloads = [payload(b, provider.schema_bounds) for b in batches]
     payload_file = a.out / "rate_limit_payloads.jsonl"
     payload_file.write_text("".join(json.dumps(p) + "\n" for p in payloads))
-    charge = sum(b.prompt_tokens_estimate + b.max_tokens for b in batches) / len(batches)
-    print(f"{len(batches)} requests ({len(bulk_batches)} bulk), mean charge {charge:.0f} tokens "
-          f"(input + max_tokens); limits RPM {a.rpm}, TPM {a.tpm}", flush=True)
+    return {"args": args, "assessment": assessment, "interactive": interactive, "bulk_batches": bulk_batches,
+            "batches": batches, "payloads": payloads, "payload_file": payload_file,
+            "charge": sum(b.prompt_tokens_estimate + b.max_tokens for b in batches) / len(batches),
+            "prompt": sum(b.prompt_tokens_estimate for b in batches) / len(batches)}
 
-    report: dict = {"config": {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(a).items()},
-                    "requests": len(batches), "mean_charge_tokens": charge, "systems": {}}
+
+def run_systems(w: dict, a: argparse.Namespace, systems: list[str], server_opts: dict,
+                binding: str = "tpm") -> dict:
+    """Each system against its own fresh server with ``server_opts``; ``{system: metrics}``."""
+    out: dict = {}
+    provider = w["args"].provider.model_copy(update={"rate_limit": RateLimitConfig(rpm=a.rpm, tpm=a.tpm)})
     for name in systems:
         srv = FakeOpenAIProcess(rpm=a.rpm, tpm=a.tpm, latency_s=a.latency_s,
-                                latency_per_token_s=a.latency_per_token_s, completion_tokens=a.completion_tokens)
+                                latency_per_token_s=a.latency_per_token_s, completion_tokens=a.completion_tokens,
+                                **server_opts)
         print(f"== {name} ...", flush=True)
         t_start = time.time()
         try:  # the server process is stopped whatever happens to the system under test
             if name == "raygrade":
-                args_s = args.model_copy(update={"provider": provider.model_copy(update={"base_url": srv.base_url})})
-                extra = run_raygrade(assessment, interactive, bulk_batches, args_s, a)
+                args_s = w["args"].model_copy(update={"provider": provider.model_copy(
+                    update={"base_url": srv.base_url})})
+                extra = run_raygrade(w["assessment"], w["interactive"], w["bulk_batches"], args_s, a)
             elif name == "litellm":
-                extra = run_litellm(payload_file, srv.base_url, a)
+                extra = run_litellm(w["payload_file"], srv.base_url, a)
             elif name == "ray-data":
-                extra = run_ray_data(payload_file, srv.base_url, a, charge)
+                extra = run_ray_data(w["payload_file"], srv.base_url, a, w["charge"])
             else:
-                extra = run_asyncio(payloads, srv.base_url, a)
+                extra = run_asyncio(w["payloads"], srv.base_url, a)
             t_end = time.time()
             log = srv.log()
         finally:
             srv.stop()
-        m = metrics(log, a.tpm, len(batches), t_start, t_end)
+        m = metrics(log, a.tpm, len(w["batches"]), t_start, t_end)
         if log and [r for r in log if r.status == 200]:
             m["wall_s"] = max(r.t for r in log) - min(r.t for r in log)  # first request to last answer
             m["wall_over_min"] = m["wall_s"] / m["theoretical_min_s"] if m["tokens"] else None
             if m["wall_s"] > 0:
                 m.update(serving_throughput(log, m["wall_s"]))
-        report["systems"][name] = {**m, **extra}
-        print(json.dumps({k2: v for k2, v in report["systems"][name].items() if k2 != "tokens_per_10s"}), flush=True)
+        minutes = per_minute(log, binding, a.rpm if binding == "rpm" else a.tpm)
+        m["per_minute_use"] = minutes
+        m["min_full_minute_use"] = min(minutes) if minutes else None
+        m["mean_full_minute_use"] = sum(minutes) / len(minutes) if minutes else None
+        out[name] = {**m, **extra}
+        print(json.dumps({k2: v for k2, v in out[name].items() if k2 != "tokens_per_10s"}), flush=True)
+    return out
 
+
+def run_matrix(w: dict, a: argparse.Namespace, systems: list[str], rows: list[str]) -> dict:
+    """Every row of :data:`ROWS`: limits sized so the workload takes ``--row-minutes`` at the binding one."""
+    n = len(w["batches"])
+    report: dict = {"config": {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(a).items()},
+                    "requests": n, "mean_charge_tokens": w["charge"], "rows": {}}
+    for row in rows:
+        spec = ROWS[row]
+        mult = spec["provider"].get("prompt_token_multiplier", 1.0)
+        tokens_per_request = w["prompt"] * mult + a.completion_tokens  # the provider's own count, final
+        rate = n / a.row_minutes
+        a.rpm, a.tpm = ((round(rate), round(rate * tokens_per_request * 10)) if spec["binding"] == "rpm"
+                        else (round(rate * 10), round(rate * tokens_per_request)))
+        a.send_delay_s = spec["send_delay_s"]
+        print(f"=== row {row}: RPM {a.rpm}, TPM {a.tpm}, provider {spec['provider'] or 'as raygrade'}, "
+              f"send delay {a.send_delay_s} s", flush=True)
+        res = run_systems(w, a, systems, {"no_processing_ms_header": True, **spec["provider"]}, spec["binding"])
+        report["rows"][row] = {"rpm": a.rpm, "tpm": a.tpm, **spec, "systems": res}
+        (a.out / "rate_limit_matrix.json").write_text(json.dumps(report, indent=2))  # after every row
+    return report
+
+
+def print_matrix(report: dict) -> None:
+    """The matrix as one Markdown table."""
+    def f(v, fmt):
+        return "—" if v is None else format(v, fmt)
+
+    print(f"\n{report['requests']} grading requests per row (4 interactive jobs + a bulk regrade for raygrade); "
+          f"each row sized for {report['config']['row_minutes']} min at its binding limit\n")
+    print("| row | binding limit | system | 429s / sent | failed | use of the limit: mean, min over full minutes "
+          "| per full minute |")
+    print("|---|---|---|---|---|---|---|")
+    for row, r in report["rows"].items():
+        limit = f"{r['rpm']} RPM" if r["binding"] == "rpm" else f"{r['tpm']:,} TPM"
+        for name, m in r["systems"].items():
+            failed = "stopped" if m.get("stopped") else f(m.get("failed_requests"), "d")
+            mean = m.get("mean_full_minute_use")
+            per = ", ".join(f"{u:.2f}" for u in m.get("per_minute_use") or [])
+            print(f"| {row} | {limit} | {name} | {m['rejected_429']} / {m['requests_sent']} "
+                  f"({f(m['rejected_429_share'], '.2%')}) | {failed} | {f(mean, '.3f')}, "
+                  f"{f(m.get('min_full_minute_use'), '.3f')} | {per} |")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--run-ray-data":
+        ray_data_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--students", type=int, default=None, help="default 4000 (matrix: 900)")
+    ap.add_argument("--students-per-request", type=int, default=2)
+    ap.add_argument("--rpm", type=int, default=1500)
+    ap.add_argument("--tpm", type=int, default=2_500_000)
+    ap.add_argument("--latency-s", type=float, default=0.5)
+    ap.add_argument("--latency-per-token-s", type=float, default=0.004)
+    ap.add_argument("--completion-tokens", type=int, default=250)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--per-worker-concurrency", type=int, default=16)
+    ap.add_argument("--interactive-jobs", type=int, default=4)
+    ap.add_argument("--bulk-share", type=float, default=0.25)
+    ap.add_argument("--max-wall-s", type=float, default=None, help="default 420 (matrix: row minutes x 60 + 180)")
+    ap.add_argument("--systems", default=None, help="default: all (matrix: raygrade,asyncio,litellm)")
+    ap.add_argument("--matrix", action="store_true", help="run the provider matrix (see the module doc)")
+    ap.add_argument("--rows", default=",".join(ROWS), help="matrix rows to run")
+    ap.add_argument("--row-minutes", type=float, default=4.5)
+    ap.add_argument("--litellm-python", default=str(ROOT / "benchmarks/out/litellm-venv/bin/python"))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
+    a = ap.parse_args()
+    a.students = a.students or (900 if a.matrix else 4000)
+    a.max_wall_s = a.max_wall_s or (a.row_minutes * 60 + 180 if a.matrix else 420)
+    a.systems = a.systems or ("raygrade,asyncio,litellm" if a.matrix else ",".join(SYSTEMS))
+    a.send_delay_s = 0.0
+    a.out.mkdir(parents=True, exist_ok=True)
+    systems = [s for s in a.systems.split(",") if s]
+    if unknown := set(systems) - set(SYSTEMS):
+        raise SystemExit(f"unknown systems {sorted(unknown)}")
+    rows = [r for r in a.rows.split(",") if r]
+    if unknown := set(rows) - set(ROWS):
+        raise SystemExit(f"unknown rows {sorted(unknown)}; known: {sorted(ROWS)}")
+    if "litellm" in systems and (why := litellm_missing(a)):
+        raise SystemExit(why)  # before anything is started
+
+    w = build(a)
+    print(f"{len(w['batches'])} requests ({len(w['bulk_batches'])} bulk), mean charge {w['charge']:.0f} tokens "
+          f"(input + max_tokens)", flush=True)
+    if a.matrix:
+        report = run_matrix(w, a, systems, rows)
+        print_matrix(report)
+        print(f"wrote {a.out / 'rate_limit_matrix.json'}")
+        return
+    report = {"config": {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(a).items()},
+              "requests": len(w["batches"]), "mean_charge_tokens": w["charge"],
+              "systems": run_systems(w, a, systems, {})}
     print_table(report)
     (a.out / "rate_limit.json").write_text(json.dumps(report, indent=2))
     plot(report, a.out / "rate_limit.png", a.tpm)

@@ -9,9 +9,11 @@ where openai's exceptions become raygrade's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -179,8 +181,15 @@ def chat_result(completion: Any, headers: dict[str, str], model: str, sent_at: f
 _SENT_AT = "raygrade_sent_at"
 
 
+#: Fault injection for benchmarks (``benchmarks/rate_limit.py``): seconds every request waits
+#: between the limiter's grant and leaving, as on an overloaded node. Unset in production.
+SEND_DELAY_ENV = "RAYGRADE_FAULT_SEND_DELAY_S"
+
+
 async def _stamp_send(request: Any) -> None:
     """httpx request hook: the moment the request is handed to the transport, per attempt."""
+    if delay := float(os.environ.get(SEND_DELAY_ENV) or 0):
+        await asyncio.sleep(delay)
     request.extensions[_SENT_AT] = time.monotonic()
 
 
