@@ -4,7 +4,8 @@ One command grades a real dataset (SAF from ``../shared/data/saf`` or ``--saf``)
 several configurations in one run:
 
 - ``baseline``: the reference-similarity grader, thresholds fitted on the training split;
-- ``local``: the embedded CPU vLLM model (started here on 127.0.0.1), few-shot prompts;
+- ``local``: the embedded model (deployed here by Ray's LLM serving library, its OpenAI
+  app on 127.0.0.1), few-shot prompts;
 - ``endpoint``: any OpenAI-compatible endpoint (``--endpoint-url``, key from
   ``--endpoint-key-env``, ``--endpoint-model``; ``--endpoint-vision`` sends page images as they are).
 
@@ -114,6 +115,30 @@ def grade_baseline(test, train, pages, embedder) -> tuple[dict, dict]:
     return grades, errors
 
 
+def start_embedded_model() -> tuple[str, str]:
+    """The embedded model on a local Ray, behind Ray's OpenAI-compatible LLM app on 127.0.0.1.
+
+    Returns ``(base_url, model folder)``.
+    """
+    import ray
+    from ray import serve
+    from ray.serve.llm import build_openai_app
+
+    from raygrade.config import LocalEngineConfig
+    from raygrade.engine.local_vllm import embedded_model, prepare_model
+    from raygrade.testing.ports import free_port
+
+    eng = LocalEngineConfig()
+    folder = prepare_model(eng)  # here, on the only node, before the replica starts
+    # 4 logical CPUs: the OpenAI ingress (1 CPU) beside the model's bundle on a 2-core machine.
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+    serve.run(build_openai_app({"llm_configs": [embedded_model(eng).llm_config()]}), name="fidelity-model",
+              route_prefix="/")
+    return f"http://127.0.0.1:{port}/v1", str(folder)
+
+
 def grade_llm(test, train, pages, provider: ProviderConfig, base_url: str, examples: int, tokenizer_path, vision):
     args = RaygradeArgs(provider=provider)
     counter = counter_for(provider, tokenizer_path) if tokenizer_path else TiktokenCounter()
@@ -134,7 +159,8 @@ def grade_llm(test, train, pages, provider: ProviderConfig, base_url: str, examp
     batches, plan_errors = planner.batches("fidelity", job, works, vision)
     limiter = RateLimiter()
     limiter.configure(provider.bucket_key, provider.rate_limit.model_dump())
-    grader = build_batch_grader(provider, limiter, base_url=base_url)  # the product's factory, as Serve builds it
+    # the product's factory, as Serve builds it, for the endpoint at base_url
+    grader = build_batch_grader(provider.model_copy(update={"base_url": base_url}), limiter)
 
     async def run():
         sem = asyncio.Semaphore(args.batcher.max_concurrent_batches)
@@ -258,22 +284,12 @@ def main(argv: list[str] | None = None) -> dict:
                     grades, errors = grade_baseline(test, train, pages, embedder)
                 elif cfg in ("local", "local-selfconf"):
                     if server is None:
-                        from raygrade.config import LocalEngineConfig
-                        from raygrade.engine.local_vllm import (
-                            VLLMServerProcess,
-                            prepare_model,
-                        )
-
-                        eng = LocalEngineConfig()
-                        server = VLLMServerProcess(eng, prepare_model(eng))
-                        server.start()
-                        server.wait_ready()
+                        server = start_embedded_model()
                     # "local": confidence = P(score tokens); "local-selfconf": the model's own number.
                     prov = local_vllm_provider().model_copy(update={"score_logprobs": cfg == "local"})
 
                     def llm(qs, pg, prov=prov, server=server):
-                        return grade_llm(qs, train, pg, prov, server.base_url, a.examples, str(server.model_dir),
-                                         False)
+                        return grade_llm(qs, train, pg, prov, server[0], a.examples, server[1], False)
                     grades, errors, usage = llm(test, pages)
                 elif cfg == "endpoint":
                     if not (a.endpoint_url and a.endpoint_model):
@@ -325,7 +341,11 @@ def main(argv: list[str] | None = None) -> dict:
                 write(report, curves, out)  # after every run, so a long run's early results are kept
     finally:
         if server is not None:
-            server.stop()
+            import ray
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
     print(markdown(report))
     return report
 

@@ -37,9 +37,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAYGRADE_FAKE_KEY", "sk-test")
 
 from raygrade.config import BatcherConfig, RateLimitConfig, RaygradeArgs, StoreConfig  # noqa: E402
-from raygrade.engine.local_vllm import free_port  # noqa: E402
 from raygrade.protocol import GradingJob, ImagePage, Submission, TextPage  # noqa: E402
 from raygrade.testing.fake_openai import FakeOpenAIProcess, fake_provider_config  # noqa: E402
+from raygrade.testing.ports import free_port  # noqa: E402
 
 
 def text_job(n: int) -> GradingJob:

@@ -73,10 +73,10 @@ from _serving_metrics import serving_throughput  # noqa: E402  (benchmarks/, the
 
 from raygrade.batch import GradeBatch  # noqa: E402
 from raygrade.config import BatcherConfig, RateLimitConfig, RaygradeArgs  # noqa: E402
-from raygrade.engine.local_vllm import free_port  # noqa: E402
 from raygrade.prompts import build_messages, output_schema  # noqa: E402
 from raygrade.protocol import Assessment, GradingJob, ImagePage, Submission  # noqa: E402
 from raygrade.testing.fake_openai import FakeOpenAIProcess, RequestRecord, fake_provider_config  # noqa: E402
+from raygrade.testing.ports import free_port  # noqa: E402
 
 SYSTEMS = ("raygrade", "litellm", "ray-data", "asyncio")
 #: Matrix rows: binding limit, the provider's options (FakeOpenAIProcess), client-side send delay.

@@ -8,7 +8,10 @@
 The provider comes from ``--serve-config`` (the online app's ``serve_config.yaml``: same
 provider, same token-bucket namespace, so the regrade shares the online rate budget at
 bulk priority), from ``--provider`` (a YAML/JSON ``ProviderConfig``), or is the app's
-default (OpenAI with ``OPENAI_API_KEY``, else the embedded CPU vLLM started here).
+default (OpenAI with ``OPENAI_API_KEY``, else the embedded model). A model served in a Serve
+application (``serve_llm``, or the embedded default) is graded through its deployment: the
+online app's when ``--serve-config``'s application runs on this cluster, else one this run
+deploys on the cluster for its duration (Ray's LLM serving library; vLLM on the model nodes).
 ``--baseline`` grades with the zero-cost reference-similarity grader.
 """
 
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raygrade.bulk import RegradeConfig, load_assessment, run_regrade  # noqa: E402
 from raygrade.config import ProviderConfig, RaygradeArgs, reference_similarity_provider  # noqa: E402
+from raygrade.serve.models import provider_model  # noqa: E402
 from raygrade.settings import resolve_args  # noqa: E402
 
 
@@ -32,6 +36,23 @@ def _load(path: str) -> dict:
     import yaml
 
     return yaml.safe_load(Path(path).read_text())
+
+
+def _running_app_with(serve_config: str | None, deployment: str) -> str | None:
+    """The application of ``serve_config`` when it runs on this cluster with ``deployment``, else ``None``."""
+    if not serve_config:
+        return None
+    import ray
+    from ray import serve
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return None
+    name = _load(serve_config)["applications"][0].get("name", "default")
+    app = serve.status().applications.get(name)
+    return name if app is not None and deployment in app.deployments else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(namespace=cfg.namespace)  # the submitting cluster under `ray job submit`, else a local one
+    if not ray.is_initialized():  # (a caller that already is a Ray driver keeps its connection)
+        ray.init(namespace=cfg.namespace)  # the submitting cluster under `ray job submit`, else a local one
     # Ray Data's own bars cannot know the row count of a filtered, repartitioned read (they show
     # "0/?" for the whole run); the driver's lines below count submissions and items with an ETA.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -86,16 +108,23 @@ def main(argv: list[str] | None = None) -> None:
                      "app's cluster to share its budget)")
         print(f"rate limiter: {cfg.provider.bucket_key} in namespace {cfg.namespace!r}, at bulk priority, "
               f"{where}", flush=True)
-    engine = None
-    if cfg.provider.kind == "local_vllm" and cfg.provider.base_url is None:
-        # The embedded CPU vLLM, started beside this driver for the run.
-        from raygrade.engine.local_vllm import VLLMServerProcess, prepare_model
+    own_app = None
+    if (model := provider_model(app_args)) is not None:
+        # A model served in a Serve application (a self-hosted model or the embedded default): grade
+        # through its deployment handle. The online app's, when it runs on this cluster (shared
+        # replicas, shared budget); else this run deploys the model itself, for the run only.
+        app_name = _running_app_with(a.serve_config, model.deployment_name)
+        if app_name is None:
+            from ray import serve
 
-        local = app_args.local_engine
-        engine = VLLMServerProcess(local, prepare_model(local))
-        engine.start()
-        engine.wait_ready(local.startup_timeout_s)
-        cfg = cfg.model_copy(update={"base_url": engine.base_url})
+            from raygrade.serve.models import model_deployments
+
+            app_name = own_app = "raygrade-regrade-model"
+            print(f"deploying model {model.model_id!r} for this run (Serve application {own_app!r}) ...", flush=True)
+            serve.run(model_deployments(app_args)[model.model_id], name=own_app, route_prefix=None)
+        else:
+            print(f"grading with model {model.model_id!r} of the Serve application {app_name!r}", flush=True)
+        cfg = cfg.model_copy(update={"model_deployment": (app_name, model.deployment_name)})
 
     def show(p: dict) -> None:  # the driver's stdout: `ray job submit` and `ray job logs` stream it
         eta = f", ETA {p['eta_s']:.0f} s" if p["eta_s"] is not None else ""
@@ -105,8 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         summary = run_regrade(cfg, progress=show)
     finally:
-        if engine is not None:
-            engine.stop()
+        if own_app is not None:
+            from ray import serve
+
+            serve.delete(own_app)
     print(f"{summary.submissions} submissions: {summary.skipped} already graded, {summary.graded_now} graded now; "
           f"{summary.items} result rows, {summary.failed_items} with errors -> {Path(cfg.output) / 'results'}")
     if "agreement" in summary.report:

@@ -6,9 +6,9 @@ Graph::
                          └─→ Batcher ─→ PageReader (OCR, text-only models)
                                     └─→ Grader ×N (autoscaling) ─→ RateLimiterActor (one, cluster-wide)
                                                                 └─→ provider: hosted API | vLLM server |
-                                                                    LLMServer ×M (ray.serve.llm: args.models,
-                                                                    GPU or CPU nodes, via handle) |
-                                                                    LocalVLLMServer (embedded CPU vLLM)
+                                                                    LLMServer ×M (ray.serve.llm, via handle:
+                                                                    args.models on GPU or CPU nodes, or the
+                                                                    embedded default on one CPU bundle)
 
 The same builder serves ``serve.run(build_app({...}))`` and ``serve_config.yaml``
 (``import_path: raygrade.app:build_app`` + ``args:``), and so KubeRay's RayService.
@@ -24,10 +24,10 @@ from ray.serve.deployment import Deployment
 from raygrade.blobs import is_local
 from raygrade.config import RaygradeArgs
 from raygrade.serve.batcher import Batcher
-from raygrade.serve.engine import LocalVLLMServer
 from raygrade.serve.grader import Grader
 from raygrade.serve.ingress import RaygradeIngress
 from raygrade.serve.job_registry import JobRegistry
+from raygrade.serve.models import model_deployments
 from raygrade.serve.reader import PageReader
 from raygrade.settings import resolve_args
 
@@ -42,8 +42,11 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
 
     Args:
         args: :class:`RaygradeArgs` or its dict form. ``None`` → defaults: OpenAI if
-            ``OPENAI_API_KEY`` is set, else the embedded CPU vLLM. Per-deployment options
+            ``OPENAI_API_KEY`` is set, else the embedded model on CPU. Per-deployment options
             from Python go in ``args.deployment_options``.
+
+    With self-hosted models (``args.models``, or the embedded default), Ray's LLM builder
+    reads the job's runtime environment: called outside a Ray driver, it starts a local Ray.
 
     Raises:
         pydantic.ValidationError: unknown or invalid fields in ``args``.
@@ -52,8 +55,7 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
     """
     args = resolve_args(args)
     opts = args.deployment_options
-    all_deployments = cast(tuple[Deployment, ...],
-                           (LocalVLLMServer, JobRegistry, PageReader, Grader, Batcher, RaygradeIngress))
+    all_deployments = cast(tuple[Deployment, ...], (JobRegistry, PageReader, Grader, Batcher, RaygradeIngress))
     deployments = {d.name: d for d in all_deployments}
     if unknown := set(opts) - set(deployments):
         raise ValueError(f"unknown deployments {sorted(unknown)}; known: {sorted(deployments)}")
@@ -61,8 +63,6 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
     def dep(d):
         return d.options(**opts[d.name]) if d.name in opts else d
 
-    engine_cfg = args.embedded_engine
-    engine = dep(LocalVLLMServer).bind(engine_cfg) if engine_cfg is not None else None
     registry_dep, batcher_dep, ingress_dep = cast(tuple[Deployment, Deployment, Deployment],
                                                   (JobRegistry, Batcher, RaygradeIngress))
     on_head = {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
@@ -78,11 +78,11 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
                                     for d in cast(tuple[Deployment, ...], (Batcher, RaygradeIngress)))
     registry = dep(registry_dep).bind(args.store, args.namespace)
     reader = dep(PageReader).bind()
-    # Self-hosted models on Ray's LLM serving library: one LLMServer deployment each; graders
-    # get their handles (Serve routes to a replica on any node).
-    models = {m.model_id: m.deployment() for m in args.models}
-    grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, engine, models)
-    batcher = dep(batcher_dep).bind(args, registry, reader, grader, engine)
+    # Self-hosted models (and the embedded default) on Ray's LLM serving library: one LLMServer
+    # deployment each; graders get their handles (Serve routes to a replica on any node).
+    models = model_deployments(args) if args.served_models() else {}
+    grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, models)
+    batcher = dep(batcher_dep).bind(args, registry, reader, grader)
     return dep(ingress_dep).bind(registry, batcher, args.store)
 
 

@@ -16,7 +16,7 @@ from raygrade.ratelimit.limiter import Priority
 
 
 def cluster_grader(provider_config, namespace: str | None, *, priority: Priority = "interactive",
-                   max_parse_retries: int = 2, base_url: str | None = None, model_handle: Any = None):
+                   max_parse_retries: int = 2, model_handle: Any = None):
     """:func:`build_batch_grader` with the cluster's shared rate-limiter actor of ``namespace``
     as limiter, reserving at ``priority`` (``"interactive"`` for Serve, ``"bulk"`` for regrades);
     the baseline needs no limiter. Needs a running Ray."""
@@ -25,12 +25,12 @@ def cluster_grader(provider_config, namespace: str | None, *, priority: Priority
         from raygrade.ratelimit.actor import ActorLimiter
 
         limiter = ActorLimiter(provider_config, namespace, priority=priority)
-    return build_batch_grader(provider_config, limiter, max_parse_retries=max_parse_retries, base_url=base_url,
+    return build_batch_grader(provider_config, limiter, max_parse_retries=max_parse_retries,
                               model_handle=model_handle)
 
 
 def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_retries: int = 2,
-                       base_url: str | None = None, model_handle: Any = None):
+                       model_handle: Any = None):
     """The grader for a provider config: :class:`BatchGrader` over an OpenAI-compatible
     endpoint, or the zero-cost reference-similarity baseline (``kind="reference_similarity"``,
     no provider, no limiter). Both have ``async grade(GradeBatch) -> BatchOutcome``.
@@ -39,13 +39,13 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
         provider_config: A :class:`raygrade.config.ProviderConfig`.
         limiter: The shared limiter (``ActorLimiter``); unused by the baseline.
         max_parse_retries: Re-asks for schema-invalid items.
-        base_url: Overrides the config's URL (the embedded engine's address).
-        model_handle: For ``kind="serve_llm"``: the ``LLMServer`` deployment handle of the
-            self-hosted model (:class:`raygrade.providers.serve_llm.ServeLLMProvider`).
+        model_handle: For a model served in the application (``kind="serve_llm"``, or the
+            embedded ``local_vllm``): its ``LLMServer`` deployment handle
+            (:class:`raygrade.providers.serve_llm.ServeLLMProvider`).
 
     Raises:
         ConfigError: no ``limiter`` for a model provider; no ``model_handle`` for a
-            ``serve_llm`` provider; a hosted provider whose API key variable is unset; an
+            model served in the application; a hosted provider whose API key variable is unset; an
             unreadable or invalid ``calibration_path``.
     """
     if provider_config.kind == "reference_similarity":
@@ -53,17 +53,17 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
 
         return ReferenceSimilarityGrader(model_name=provider_config.model)
     provider: ChatProvider
-    if provider_config.kind == "serve_llm":
+    if provider_config.served_in_app:
         if model_handle is None:
-            raise ConfigError(f"provider {provider_config.name!r} (serve_llm) needs the deployment handle of "
-                              f"model {provider_config.model!r}", param="model")
+            raise ConfigError(f"provider {provider_config.name!r} ({provider_config.kind}) needs the deployment "
+                              f"handle of model {provider_config.model!r}", param="model")
         from raygrade.providers.serve_llm import ServeLLMProvider
 
         provider = ServeLLMProvider(provider_config, model_handle)
     else:
         from raygrade.providers.openai_compat import OpenAICompatibleProvider
 
-        provider = OpenAICompatibleProvider(provider_config, base_url=base_url)
+        provider = OpenAICompatibleProvider(provider_config)
     fallback = baseline = None
     if provider_config.fallback_to_baseline or provider_config.baseline_agreement:
         from raygrade.baseline.similarity import ReferenceSimilarityGrader

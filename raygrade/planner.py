@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import cast
 
@@ -275,8 +276,11 @@ class JobPlanner:
 
 def planner_for(args: RaygradeArgs, model_dir: str | None = None) -> JobPlanner:
     """The planner for ``args``, counting with the model's own tokenizer from ``model_dir``
-    when given; an ``hf`` tokenizer with no path to load falls back to tiktoken."""
+    (default: the provider's ``tokenizer_path``). An ``hf`` tokenizer with no folder to load
+    (none given, or a local folder absent on this node, as when the model's replica runs
+    elsewhere) falls back to tiktoken's estimate; the provider's usage settles the budget."""
     provider = args.provider
-    if model_dir is None and provider.tokenizer == "hf" and provider.tokenizer_path is None:
-        provider = provider.model_copy(update={"tokenizer": "tiktoken"})
-    return JobPlanner(args, counter_for(provider, model_dir))
+    path = model_dir or provider.tokenizer_path
+    if provider.tokenizer == "hf" and (path is None or (os.path.isabs(path) and not os.path.isdir(path))):
+        provider, path = provider.model_copy(update={"tokenizer": "tiktoken"}), None
+    return JobPlanner(args, counter_for(provider, path))

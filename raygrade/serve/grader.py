@@ -1,9 +1,9 @@
 """``Grader``: autoscaling replicas that grade batches through one provider.
 
 Each replica builds an :class:`~raygrade.providers.openai_compat.OpenAICompatibleProvider`
-(hosted API, a vLLM server, or the embedded CPU vLLM) or, for a self-hosted model of the
-application, a :class:`~raygrade.providers.serve_llm.ServeLLMProvider` over its
-``ray.serve.llm`` deployment handle, and reserves every
+(hosted API, a vLLM server) or, for a model deployed in the application (a self-hosted
+model or the embedded default), a :class:`~raygrade.providers.serve_llm.ServeLLMProvider`
+over its ``ray.serve.llm`` deployment handle, and reserves every
 call in the cluster-wide rate limiter actor; or, for ``kind="reference_similarity"``,
 the zero-cost baseline grader, which calls no provider.
 """
@@ -36,12 +36,12 @@ class Grader:
         provider: The provider config.
         batcher: Retry bounds for schema-invalid output.
         namespace: Ray namespace of the shared rate limiter.
-        engine: Handle to ``LocalVLLMServer`` when the provider is the embedded engine.
         models: ``{model_id: LLMServer handle}`` of the application's self-hosted models
-            (``ray.serve.llm``); a ``serve_llm`` provider grades through its model's handle.
+            (``ray.serve.llm``, the embedded default included); a provider served in the
+            application grades through its model's handle.
     """
 
-    def __init__(self, provider: ProviderConfig, batcher: BatcherConfig, namespace: str, engine=None,
+    def __init__(self, provider: ProviderConfig, batcher: BatcherConfig, namespace: str,
                  models: dict | None = None):
         if provider.kind == "openai_compatible" and provider.check_on_start:
             # A missing key, an unreachable endpoint or an unknown model fails the replica here:
@@ -51,8 +51,7 @@ class Grader:
             check_provider(provider)
         self._config, self._batcher_config = provider, batcher
         self._namespace = namespace
-        self._engine = engine
-        self._model_handle = (models or {}).get(provider.model) if provider.kind == "serve_llm" else None
+        self._model_handle = (models or {}).get(provider.model) if provider.served_in_app else None
         self._grader: BatchGrader | ReferenceSimilarityGrader | None = None
         ctx = serve.get_replica_context()
         self.replica_id = ctx.replica_id.unique_id if ctx else "local"
@@ -61,10 +60,7 @@ class Grader:
 
     async def _get(self) -> BatchGrader | ReferenceSimilarityGrader:
         if self._grader is None:
-            base_url = None
-            if self._engine is not None:
-                base_url = (await self._engine.info.remote())["base_url"]
-            self._grader = cluster_grader(self._config, self._namespace, base_url=base_url,
+            self._grader = cluster_grader(self._config, self._namespace,
                                           max_parse_retries=self._batcher_config.max_parse_retries,
                                           model_handle=self._model_handle)
         return self._grader

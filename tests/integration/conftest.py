@@ -4,8 +4,8 @@ import uuid
 import pytest
 
 from raygrade.config import BatcherConfig, RaygradeArgs
-from raygrade.engine.local_vllm import free_port
 from raygrade.testing.fake_openai import FakeOpenAIServer, fake_provider_config
+from raygrade.testing.ports import free_port
 
 
 @pytest.fixture(scope="session")

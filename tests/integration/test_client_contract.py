@@ -10,8 +10,8 @@ from test_api import make_job  # rootdir-relative: pytest puts tests/integration
 
 from raygrade import AsyncClient, Client
 from raygrade.client import APIConnectionError
-from raygrade.engine.local_vllm import free_port
 from raygrade.errors import ConflictError, IllegalTransitionError, InvalidRequestError, NotFoundError
+from raygrade.testing.ports import free_port
 
 
 def test_client_covers_every_route_with_typed_errors(fake_app, fake):

@@ -7,10 +7,10 @@ import uuid
 import pytest
 
 from raygrade.config import RaygradeArgs
-from raygrade.engine.local_vllm import free_port
 from raygrade.errors import ConfigError
 from raygrade.providers.openai_compat import check_provider
 from raygrade.testing.fake_openai import fake_provider_config
+from raygrade.testing.ports import free_port
 
 
 def test_check_provider_passes_a_working_provider(fake):

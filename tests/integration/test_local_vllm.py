@@ -32,3 +32,38 @@ def test_sample_job_through_local_vllm(serve_url):
         assert st.usage.prompt_tokens > 200 and st.usage.completion_tokens > 0
     finally:
         serve.delete("local")
+
+
+@pytest.mark.slow
+def test_jobs_regrade_deploys_the_embedded_model_for_its_run(ray_cluster, tmp_path, monkeypatch, capsys):
+    """``jobs/regrade.py`` with no provider flag and no API key: the embedded model is deployed on
+    the cluster for the run (Ray's LLM serving library), graded through its deployment handle by the
+    Ray Data actors at bulk priority, and removed when the run ends."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+    from ray import serve
+
+    from raygrade.datasets import write_dataset
+    from raygrade.protocol import Assessment, Question
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    questions = [Question(id="q1", prompt="What does a router do?", max_score=1,
+                          reference_answer="It forwards packets between networks.")]
+    rows = [{"submission_id": f"sub-{i}", "student_id": f"st{i}", "question_ids": ["q1"],
+             "page_texts": ["A router forwards packets to other networks."], "human_scores": json.dumps({"q1": 1.0})}
+            for i in range(3)]
+    ds = write_dataset(tmp_path / "ds", Assessment(questions=questions), rows)
+    script = Path(__file__).resolve().parents[2] / "jobs/regrade.py"
+    spec = importlib.util.spec_from_file_location("regrade_job", script)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    job.main([str(ds), str(tmp_path / "out"), "--actors", "1", "--namespace", f"rg-bulk-{uuid.uuid4().hex[:6]}"])
+    out = capsys.readouterr().out
+    assert "deploying model 'smollm2-135m-instruct' for this run" in out
+    table = pq.read_table(tmp_path / "out" / "results").to_pylist()
+    assert len(table) == 3 and all(r["error_type"] in (None, "") for r in table), table
+    assert {r["model"] for r in table} == {"smollm2-135m-instruct"} and all(0 <= r["score"] <= 1 for r in table)
+    assert "raygrade-regrade-model" not in serve.status().applications  # removed after the run

@@ -58,7 +58,7 @@ def test_bad_key_is_a_non_retryable_401(monkeypatch, fake_openai):
 
 
 def test_connection_refused_is_a_connection_error():
-    from raygrade.engine.local_vllm import free_port
+    from raygrade.testing.ports import free_port
 
     with pytest.raises(ProviderConnectionError):
         chat(OpenAICompatibleProvider(fake_provider(f"http://127.0.0.1:{free_port()}/v1", timeout_s=5)))

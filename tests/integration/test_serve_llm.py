@@ -2,7 +2,8 @@
 
 ``RaygradeArgs.models`` deploys SmolLM2 (the packaged model) as a ``ray.serve.llm`` LLMServer
 on a CPU bundle; the provider ``kind: serve_llm`` makes every Grader replica call it through
-its Serve deployment handle, with JSON-schema output, and the job completes.
+its Serve deployment handle, with JSON-schema output, and the job completes; a bulk regrade
+(Ray Data actors) grades through the same deployment.
 """
 
 import uuid
@@ -28,7 +29,7 @@ def text_job(n: int = 3) -> GradingJob:
 
 
 @pytest.mark.slow
-def test_a_job_through_a_self_hosted_model_on_ray_serve_llm(serve_url):
+def test_a_job_and_a_bulk_regrade_through_a_self_hosted_model_on_ray_serve_llm(serve_url, tmp_path):
     from ray import serve
 
     from raygrade.app import build_app
@@ -54,6 +55,27 @@ def test_a_job_through_a_self_hosted_model_on_ray_serve_llm(serve_url):
         assert len(res.results) == 6 and {r.model for r in res.results} == {"smollm2-serve"}
         assert all(0 <= r.score <= (2 if r.question_id == "q1" else 1) for r in res.results)
         assert st.usage.prompt_tokens > 100 and st.usage.completion_tokens > 0
+
+        # A bulk regrade through the same deployment (its handle, on whichever node it runs), in the
+        # same budget at bulk priority.
+        import json
+
+        import pyarrow.parquet as pq
+
+        from raygrade.bulk import RegradeConfig, run_regrade
+        from raygrade.datasets import write_dataset
+
+        job = text_job(2)
+        rows = [{"submission_id": s.student_id, "student_id": s.student_id, "question_ids": ["q1", "q2"],
+                 "page_texts": [s.pages[0].text], "human_scores": json.dumps({"q1": 2, "q2": 1})}
+                for s in job.submissions]
+        ds = write_dataset(tmp_path / "ds", job.assessment, rows)
+        summary = run_regrade(RegradeConfig(
+            input=str(ds), output=str(tmp_path / "out"), provider=args.provider, batcher=args.batcher,
+            namespace=args.namespace, actors=1, model_deployment=("selfhosted", model.deployment_name)))
+        table = pq.read_table(tmp_path / "out" / "results").to_pylist()
+        assert summary.failed_items == 0 and len(table) == 4, table
+        assert {r["model"] for r in table} == {"smollm2-serve"}
     finally:
         serve.delete("selfhosted")
 

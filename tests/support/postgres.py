@@ -34,7 +34,7 @@ class PostgresServer:
     """
 
     def __init__(self, port: int | None = None):
-        from raygrade.engine.local_vllm import free_port
+        from raygrade.testing.ports import free_port
 
         self.bin = find_pg_bin()
         if self.bin is None:

@@ -16,9 +16,9 @@ def test_serve_config_args_validate_and_match_the_embedded_default():
     app = cfg["applications"][0]
     assert app["import_path"] == "raygrade.app:build_app"
     args = RaygradeArgs.model_validate(app["args"])
-    assert args.provider == local_vllm_provider(args.local_engine)
+    assert args.provider == RaygradeArgs(provider=local_vllm_provider(args.local_engine)).provider
     names = {d["name"] for d in app["deployments"]}
-    assert names <= {"RaygradeIngress", "Batcher", "Grader", "PageReader", "JobRegistry", "LocalVLLMServer"}
+    assert names <= {"RaygradeIngress", "Batcher", "Grader", "PageReader", "JobRegistry"}
     assert cfg["http_options"]["host"] == "127.0.0.1"
 
 
@@ -57,3 +57,34 @@ def test_a_named_key_variable_that_is_unset_fails_for_any_endpoint(monkeypatch):
     with pytest.raises(ConfigError, match="ROUTER_KEY"):
         p.api_key()
     assert ProviderConfig(base_url="http://vllm:8000/v1", api_key_env=None).api_key().get_secret_value() == "EMPTY"
+
+
+def test_the_embedded_default_is_a_self_hosted_model_on_one_cpu_bundle(monkeypatch):
+    """The embedded default deploys like any self-hosted model (ray.serve.llm, handle-called), on one
+    CPU bundle the replica shares with its engine, with its own budget in the limiter."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    from raygrade.engine.local_vllm import model_dir
+
+    args = RaygradeArgs()
+    assert args.provider.served_in_app and args.embedded_engine is not None
+    (model,) = args.served_models()
+    assert model.model_id == args.provider.model == "smollm2-135m-instruct" and model.device == "cpu"
+    assert model.model_source == str(model_dir(args.embedded_engine)) == args.provider.tokenizer_path
+    assert model.deployment_name == "raygrade:smollm2-135m-instruct"
+    assert args.provider.rate_limit.max_concurrent_requests == model.target_ongoing_requests
+    cfg = model.llm_config()  # Ray's LLMConfig: built without Ray running
+    assert cfg.placement_group_config == {"bundles": [{"CPU": 1.0}]}
+    assert cfg.deployment_config["ray_actor_options"] == {"num_cpus": 0}
+    assert cfg.engine_kwargs["max_model_len"] == 4096 and cfg.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_the_embedded_provider_and_engine_must_name_the_same_model(monkeypatch):
+    provider = local_vllm_provider()
+    with pytest.raises(ValidationError, match="local_engine serves"):
+        RaygradeArgs(provider=provider, local_engine={"served_model_name": "other"})
+    # a vLLM server at a URL is not the embedded model: nothing is deployed for it
+    remote = RaygradeArgs(provider=provider.model_copy(update={"base_url": "http://vllm:8000/v1"}))
+    assert not remote.provider.served_in_app and remote.served_models() == []
+    # a self-hosted model may not take the embedded model's id
+    with pytest.raises(ValidationError, match="unique"):
+        RaygradeArgs(provider=provider, models=[{"model_id": provider.model, "model_source": "/m", "device": "cpu"}])

@@ -22,7 +22,7 @@ class FakeOpenAIProcess:
         import subprocess
         import sys
 
-        from raygrade.engine.local_vllm import free_port
+        from raygrade.testing.ports import free_port
 
         self.port = free_port()
         cmd = [sys.executable, "-m", "raygrade.testing.fake_openai", "--port", str(self.port)]

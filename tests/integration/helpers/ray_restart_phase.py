@@ -17,8 +17,8 @@ from ray import serve
 
 from raygrade.app import build_app
 from raygrade.config import BatcherConfig, RaygradeArgs, StoreConfig
-from raygrade.engine.local_vllm import free_port
 from raygrade.testing.fake_openai import fake_provider_config
+from raygrade.testing.ports import free_port
 
 
 def main() -> None:

@@ -1,0 +1,152 @@
+"""Provider configuration: one OpenAI-compatible endpoint and model, and its rate limits."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from raygrade.errors import ConfigError
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+ImageTokenRule = Literal["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "qwen2-vl", "idefics3",
+                         "none"]
+
+
+class RateLimitConfig(_Config):
+    """A provider's limits for one model, and how the shared limiter treats them.
+
+    Enforced by :class:`raygrade.ratelimit.limiter.RateLimiter` (one actor for the
+    whole cluster), which takes this model as its policy.
+
+    Attributes:
+        rpm: Requests per minute (``None``: unlimited unless response headers give one).
+        tpm: Tokens per minute, charged as prompt + ``max_tokens`` up front (OpenAI's rule),
+            settled with the reported ``usage`` afterwards.
+        window_s: The provider's window, seconds (60 for OpenAI; Azure OpenAI checks 1- or
+            10-s windows pro rata); the limiter allows ``rpm·window_s/60`` per window.
+        window_margin_s: Seconds added to the window for the delay between a
+            reservation and the provider counting the call.
+        refund_unused: Refund unused ``max_tokens`` on settlement (turn off for a
+            provider that keeps charging the estimate).
+        learn_from_headers: Lower limits / charge unseen usage from ``x-ratelimit-*`` headers.
+        default_backoff_s: Global pause after a 429 that carries no ``Retry-After``.
+        breaker_failure_threshold: Consecutive provider failures that open the circuit breaker.
+        breaker_cooldown_s: Seconds the breaker stays open before a probe (doubles per failed probe).
+        breaker_max_cooldown_s: Cap on that cooldown.
+        rejected_requests_count: Whether the provider counts a rejected (429) call against its
+            limits. OpenAI documents that it does; many OpenAI-compatible servers do not, and
+            then the limiter refunds the rejected call's charge at once instead of keeping it
+            for a whole window.
+        max_concurrent_requests: Calls in flight at once (admitted, not yet settled): a self-hosted
+            model's budget, whose capacity is concurrent sequences, not a per-minute count.
+        max_concurrent_tokens: Prompt + ``max_tokens`` in flight at once (the KV-cache budget);
+            one larger call still goes when nothing else is in flight.
+        in_flight_timeout_s: After this long an unsettled call stops counting (its caller died).
+    """
+
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    window_s: float = Field(default=60.0, gt=0, le=3600)
+    window_margin_s: float = Field(default=1.0, ge=0, le=60)
+    refund_unused: bool = True
+    learn_from_headers: bool = True
+    default_backoff_s: float = Field(default=1.0, gt=0, le=300)
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    breaker_max_cooldown_s: float = Field(default=300.0, gt=0)
+    rejected_requests_count: bool = True
+    max_concurrent_requests: int | None = Field(default=None, gt=0)
+    max_concurrent_tokens: int | None = Field(default=None, gt=0)
+    in_flight_timeout_s: float = Field(default=900.0, gt=0)
+
+
+class ProviderConfig(_Config):
+    """One OpenAI-compatible endpoint and model: hosted (OpenAI, OpenRouter) or vLLM.
+
+    The API key is read from the environment variable named by ``api_key_env``
+    (never stored in config files, never logged). ``base_url=None`` with
+    ``kind="local_vllm"`` means "the embedded default model" (served in the application by
+    Ray's LLM serving library, like ``serve_llm``; with a ``base_url``, a vLLM server there);
+    ``kind="serve_llm"`` means the self-hosted model of ``RaygradeArgs.models`` whose
+    ``model_id`` is ``model``. Both are called through the model's Serve deployment handle
+    (no URL, no key).
+    """
+
+    name: str = "default"
+    kind: Literal["openai_compatible", "local_vllm", "serve_llm", "reference_similarity"] = "openai_compatible"
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    model: str = "gpt-4o-mini"
+    supports_vision: bool = True
+    image_token_rule: ImageTokenRule = "gpt-4o"
+    image_detail: Literal["high", "low"] = "high"
+    tokenizer: Literal["tiktoken", "hf"] = "tiktoken"
+    tokenizer_path: str | None = Field(default=None, description="HF tokenizer folder (tokenizer='hf').")
+    context_window: int = Field(default=128_000, gt=0, description="Prompt + completion tokens.")
+    max_completion_tokens: int = Field(default=16_384, gt=0)
+    structured_output: Literal["json_schema", "none"] = "json_schema"
+    schema_bounds: bool = Field(default=False, description=(
+        "Put minimum/maximum/maxLength in the output schema (vLLM's xgrammar enforces them; "
+        "OpenAI strict mode rejects some)."))
+    score_logprobs: bool = Field(default=False, description=(
+        "Request token log-probabilities and use P(score tokens | prompt, feedback) as each grade's confidence "
+        "(vLLM and OpenAI chat models return them)."))
+    fallback_to_baseline: bool = Field(default=False, description=(
+        "While this provider's circuit breaker is open, grade with the reference-similarity baseline "
+        "(results say model 'reference-similarity') instead of reporting circuit_open errors."))
+    calibration_path: str | None = Field(default=None, description=(
+        "JSON confidence map fitted on graded examples for this provider and model "
+        "(raygrade.calibration; written by benchmarks/fidelity.py --calibrate)."))
+    baseline_agreement: bool = Field(default=False, description=(
+        "Also grade each batch with the reference-similarity baseline (text pages only, no tokens) and report "
+        "baseline_agrees per grade; a calibration map fitted with agreement uses it."))
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    check_on_start: bool = Field(default=True, description=(
+        "Grader replicas check the key, the endpoint and the model when they start "
+        "(raygrade.providers.openai_compat.check_provider), so a misconfiguration fails the deployment "
+        "with its message in `serve status` instead of failing every job."))
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=10, description="Retries of retryable errors per call.")
+    retry_after_cap_s: float = Field(default=60.0, gt=0)
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="Sent as-is (e.g. vLLM params).")
+    price_per_mtok_input_usd: float = Field(default=0.0, ge=0)
+    price_per_mtok_output_usd: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ProviderConfig:
+        if self.kind == "openai_compatible" and self.base_url is None and self.api_key_env is None:
+            raise ValueError("a hosted provider needs api_key_env")
+        if self.tokenizer == "hf" and self.tokenizer_path is None and self.kind != "local_vllm":
+            raise ValueError("tokenizer='hf' needs tokenizer_path")
+        return self
+
+    @property
+    def served_in_app(self) -> bool:
+        """Whether the model is a deployment of the application (called by handle, not URL)."""
+        return self.kind == "serve_llm" or (self.kind == "local_vllm" and self.base_url is None)
+
+    @property
+    def bucket_key(self) -> str:
+        """Key of this provider's budget in the rate limiter: one per (provider, model)."""
+        return f"{self.name}/{self.model}"
+
+    def api_key(self) -> SecretStr:
+        """The API key from the environment; a placeholder for keyless servers (``api_key_env: null``).
+
+        Raises:
+            ConfigError: an OpenAI-compatible provider names a key variable that is unset (a
+                hosted ``base_url`` would otherwise be sent the key ``EMPTY``).
+        """
+        value = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if value:
+            return SecretStr(value)
+        if self.api_key_env and self.kind == "openai_compatible":
+            raise ConfigError(f"environment variable {self.api_key_env} is not set (a keyless server: "
+                              f"api_key_env: null)", param="api_key_env")
+        return SecretStr("EMPTY")
