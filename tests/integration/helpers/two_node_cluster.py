@@ -17,9 +17,10 @@ from ray.cluster_utils import Cluster
 from raygrade.app import build_app
 from raygrade.cli import Client
 from raygrade.config import LocalEngineConfig, ProviderConfig, RaygradeArgs, StoreConfig, local_vllm_batcher
+from raygrade.engine.local_vllm import prepare_model
 from raygrade.protocol import GradingJob
 from raygrade.selfhosted import ServedModelConfig
-from raygrade.testing.ports import free_port, prepare_model
+from raygrade.testing.ports import free_port
 
 
 def main() -> None:
