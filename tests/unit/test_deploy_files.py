@@ -29,8 +29,8 @@ def test_builder_rejects_unknown_deployment_options():
         build_app({"deployment_options": {"Gradr": {"num_replicas": 2}}})
 
 
-def _manifest() -> dict:
-    return yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+def _manifest(name: str = "rayservice.yaml") -> dict:
+    return yaml.safe_load((ROOT / "deploy" / "kuberay" / name).read_text())
 
 
 def test_rayservice_manifest_is_in_sync_with_serve_config():
@@ -113,3 +113,35 @@ def test_grafana_dashboard_is_generated_from_the_metrics():
     charted = {re.sub(r"_(bucket)$", "", n) for e in exprs for n in re.findall(r"ray_raygrade_\w+", e)}
     assert charted == {m.exported for m in METRICS.values()}
 
+
+
+def test_the_gpu_manifest_places_the_self_hosted_model_on_its_gpu_group():
+    """deploy/kuberay/rayservice.selfhosted-gpu.yaml: valid against the CRD, its serveConfigV2 is the GPU
+    serve config (in sync, checked by the script above), a GPU group that scales from zero, the model
+    folder mounted where the config reads it, and no provider override that would replace the model."""
+    jsonschema = pytest.importorskip("jsonschema", reason="pip install 'raygrade[test]'")
+    manifest = _manifest("rayservice.selfhosted-gpu.yaml")
+    schema = _crd_schema()
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(manifest), key=str)
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:10])
+    assert unknown_fields({k: v for k, v in manifest.items() if k not in ("apiVersion", "kind", "metadata")},
+                          schema) == []
+    from raygrade.config import RaygradeArgs
+
+    v2 = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    shipped = yaml.safe_load((ROOT / "deploy" / "serve_config.selfhosted-gpu.yaml").read_text())
+    assert v2["applications"] == shipped["applications"]
+    args = RaygradeArgs.model_validate(v2["applications"][0]["args"])
+    (model,) = args.models
+    assert model.device == "gpu" and model.min_replicas == 0 and args.provider.kind == "serve_llm"
+    cluster = manifest["spec"]["rayClusterConfig"]
+    gpu = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}["gpu"]
+    pod = gpu["template"]["spec"]
+    assert gpu["minReplicas"] == 0 and gpu["rayStartParams"]["num-gpus"] == "1"
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"]["nvidia.com/gpu.product"].endswith(model.accelerator_type)
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert any(model.model_source.startswith(m) for m in mounts)
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        env = {e["name"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert not any(n.startswith("RAYGRADE_ARGS__") for n in env), env
