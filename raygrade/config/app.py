@@ -88,7 +88,7 @@ class RaygradeArgs(_Config):
 
     Attributes:
         provider: The model endpoint every Grader replica calls.
-        local_engine: Settings of the embedded CPU vLLM; used only when ``provider`` is
+        local_engine: Settings of the embedded default model; used only when ``provider`` is
             ``kind: local_vllm`` without a ``base_url`` (otherwise ignored, so an
             environment override of the provider needs no edit here).
         batcher: How students are packed into requests.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from raygrade.config import RaygradeArgs
+from raygrade.selfhosted import import_serve_llm
 
 
 def model_deployments(args: RaygradeArgs) -> dict[str, Any]:
@@ -25,6 +26,7 @@ def model_deployments(args: RaygradeArgs) -> dict[str, Any]:
     for m in args.served_models():
         if engine is not None and m.model_id == engine.served_model_name:
             # The replica first writes the packaged model's folder on its own node.
+            import_serve_llm()  # first, so that importing the server class leaves the caller's logging alone
             from raygrade.serve.embedded import EmbeddedLLMServer
 
             out[m.model_id] = m.deployment(server_cls=EmbeddedLLMServer, bind_kwargs={"engine": engine})

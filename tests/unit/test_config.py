@@ -88,3 +88,18 @@ def test_the_embedded_provider_and_engine_must_name_the_same_model(monkeypatch):
     # a self-hosted model may not take the embedded model's id
     with pytest.raises(ValidationError, match="unique"):
         RaygradeArgs(provider=provider, models=[{"model_id": provider.model, "model_source": "/m", "device": "cpu"}])
+
+
+def test_building_a_served_models_config_leaves_the_callers_logging_alone():
+    """Importing Ray's LLM library reconfigures the root logger (JSON at INFO); a driver such as
+    `raygrade demo` keeps its own (checked in a fresh process: the library does it once)."""
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; logging.basicConfig(level=logging.WARNING, stream=sys.stdout); "
+            "h = logging.getLogger().handlers[:]; "
+            "from raygrade.engine.local_vllm import embedded_model; from raygrade.config import LocalEngineConfig; "
+            "embedded_model(LocalEngineConfig()).llm_config(); import ray.serve.llm.deployment; "
+            "r = logging.getLogger(); print(r.level, r.handlers == h)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "30 True", out.stderr[-2000:]
