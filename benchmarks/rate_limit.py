@@ -436,11 +436,13 @@ def run_matrix(w: dict, a: argparse.Namespace, systems: list[str], rows: list[st
     return report
 
 
+def f(v, fmt: str) -> str:
+    """``v`` formatted, or a dash for a figure that does not exist."""
+    return "—" if v is None else format(v, fmt)
+
+
 def print_matrix(report: dict) -> None:
     """The matrix as one Markdown table."""
-    def f(v, fmt):
-        return "—" if v is None else format(v, fmt)
-
     print(f"\n{report['requests']} grading requests per row (4 interactive jobs + a bulk regrade for raygrade); "
           f"each row sized for {report['config']['row_minutes']} min at its binding limit\n")
     print("| row | binding limit | system | 429s / sent | failed | use of the limit: mean, min over full minutes "
@@ -513,9 +515,6 @@ def main() -> None:
 
 
 def print_table(report: dict) -> None:
-    def f(v, fmt):
-        return "—" if v is None else format(v, fmt)
-
     print(f"\n{report['requests']} grading requests, mean charge {report['mean_charge_tokens']:.0f} tokens; "
           f"limits RPM {report['config']['rpm']}, TPM {report['config']['tpm']}\n")
     print("| system | tokens/min ÷ TPM (mean, max 60-s window) | 429s (share of sent) | failed | "
