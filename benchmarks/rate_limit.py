@@ -43,7 +43,8 @@ binding limit (limits derived from the workload):
   each call).
 
 None of these providers charges rejected requests (``count_rejected`` off, the audit's
-provider). Per row and system: 429s (share of sent), failed items, mean utilisation of the
+provider), and raygrade is configured so (``rate_limit.rejected_requests_count: false``).
+Per row and system: 429s (share of sent, and when they fell), failed items, mean use of the
 binding limit, and the minimum over every *full* minute from the first request (per-minute
 buckets of admissions: tokens ÷ TPM or requests ÷ RPM).
 """
@@ -317,6 +318,8 @@ def metrics(log: list[RequestRecord], tpm: int, n_requests: int, t_start: float,
         "tokens": total_tokens, "wall_s": wall, "theoretical_min_s": total_tokens / tpm * 60,
         "wall_over_min": wall / (total_tokens / tpm * 60) if total_tokens else None,
         "tokens_per_10s": _histogram(ok, t_start),
+        # when each 429 was answered, seconds after the first request (where in the run they fall)
+        "rejected_at_s": [round(r.mono - min(x.mono for x in log), 2) for r in log if r.status == 429],
     }
 
 
@@ -378,7 +381,9 @@ def run_systems(w: dict, a: argparse.Namespace, systems: list[str], server_opts:
                 binding: str = "tpm") -> dict:
     """Each system against its own fresh server with ``server_opts``; ``{system: metrics}``."""
     out: dict = {}
-    provider = w["args"].provider.model_copy(update={"rate_limit": RateLimitConfig(rpm=a.rpm, tpm=a.tpm)})
+    # raygrade is told the provider's documented rule for rejected requests (the fake's count_rejected).
+    provider = w["args"].provider.model_copy(update={"rate_limit": RateLimitConfig(
+        rpm=a.rpm, tpm=a.tpm, rejected_requests_count=bool(server_opts.get("count_rejected", False)))})
     for name in systems:
         srv = FakeOpenAIProcess(rpm=a.rpm, tpm=a.tpm, latency_s=a.latency_s,
                                 latency_per_token_s=a.latency_per_token_s, completion_tokens=a.completion_tokens,
