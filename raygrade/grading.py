@@ -45,7 +45,8 @@ class Limiter(Protocol):
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: dict[str, str] | None = None,
-                     send_delay_s: float | None = None, prompt_tokens: int | None = None) -> None: ...
+                     send_delay_s: float | None = None, prompt_tokens: int | None = None,
+                     answer_s: float | None = None) -> None: ...
 
 
 def send_delay(elapsed_s: float, headers: dict[str, str]) -> float | None:
@@ -144,15 +145,19 @@ class BatchGrader:
             finally:
                 timing["provider"] += time.monotonic() - granted
             delay: float | None
+            answer_s = None
             if res.sent_at is not None:  # measured: the request left this long after the grant
                 measured = max(0.0, res.sent_at - granted)
                 timing["grant_to_send"] = max(timing.get("grant_to_send", 0.0), measured)
                 delay = measured
+                # ... and was answered this long after leaving: the limiter bounds the whole delay
+                # since *its* admission with it (the grant's own trip here included).
+                answer_s = time.monotonic() - res.sent_at
             else:  # estimated from the provider's processing time, where it says
                 delay = send_delay(time.monotonic() - granted, res.headers)
             await self._limiter.settle(r, res.usage.total_tokens if res.usage else None,
                                        headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")},
-                                       send_delay_s=delay,
+                                       send_delay_s=delay, answer_s=answer_s,
                                        prompt_tokens=res.usage.prompt_tokens if res.usage and whole else None)
             return res
 

@@ -168,7 +168,8 @@ class RateLimiter:
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
-                     send_delay_s: float | None = None, prompt_tokens: int | None = None) -> None:
+                     send_delay_s: float | None = None, prompt_tokens: int | None = None,
+                     answer_s: float | None = None) -> None:
         """Report how a reserved call ended.
 
         Args:
@@ -184,6 +185,11 @@ class RateLimiter:
             send_delay_s: Seconds between the grant and the request leaving (measured by
                 the HTTP client), or an upper bound from ``openai-processing-ms``; the call's
                 charges then leave the window that much later.
+            answer_s: Seconds from the request leaving to its answer, measured by the caller.
+                Then ``(now - admission) - answer_s`` bounds the delay from this limiter's
+                admission to the request leaving from above (the grant's trip to the caller
+                and the settlement's trip back included; durations only, so it holds across
+                nodes whose clocks differ), and the charges leave the window that much later.
             prompt_tokens: The provider's reported prompt tokens. With the reservation's
                 ``prompt_estimate`` it updates the key's count ratio (an EWMA, fast up, slow
                 down); a ratio outside 0.8–1.25 is logged once per key.
@@ -195,6 +201,8 @@ class RateLimiter:
         o = self._open.pop(reservation.id, None)
         if o is not None:
             st.release(o.reservation)
+        if o is not None and answer_s is not None:
+            send_delay_s = max(send_delay_s or 0.0, now - o.admitted_at - answer_s)
         if o is not None and send_delay_s and send_delay_s > 0:
             for w, c in ((st.req, o.req), (st.tok, o.tok)):
                 if w is not None and c is not None:

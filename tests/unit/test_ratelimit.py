@@ -390,6 +390,24 @@ def test_a_call_the_provider_counted_late_leaves_the_window_late():
     run(main)
 
 
+def test_the_grants_own_trip_to_the_caller_counts_as_send_delay():
+    """The caller measured 0.5 s from receiving its grant to sending, but the grant took longer to
+    reach it (a busy actor or replica): with the time from sending to the answer (1 s) the limiter
+    bounds the whole delay since its admission, 3 - 1 = 2 s, from durations alone."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=1)
+        r = await lim.acquire("k", 1)
+        await clock.advance(3.0)
+        await lim.settle(r, 1, send_delay_s=0.5, answer_s=1.0)
+        t = asyncio.create_task(lim.acquire("k", 1))
+        await clock.advance(W + 1.9 - 3.0)
+        assert not t.done()
+        await clock.advance(0.2)
+        assert t.done()
+    run(main)
+
+
 def test_reservations_never_settled_are_forgotten_after_an_hour(monkeypatch):
     import raygrade.ratelimit.limiter as limiter_mod
 
