@@ -15,8 +15,9 @@ from raygrade.protocol import GradeResult, GradingErrorItem, Question, Usage
 class GradeBatch(BaseModel):
     """One planned request: some students' pages and the questions they answer.
 
-    ``prompt_tokens_estimate`` and ``max_tokens`` come from the planner; the
-    reservation in the rate limiter is their sum.
+    ``prompt_tokens_estimate`` (of which ``image_tokens_estimate`` are images) and
+    ``max_tokens`` come from the planner; the reservation in the rate limiter is their sum
+    (the prompt part scaled by the provider's learned counts).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -26,6 +27,7 @@ class GradeBatch(BaseModel):
     questions: list[Question]
     students: list[StudentWork]
     prompt_tokens_estimate: int
+    image_tokens_estimate: int = 0
     max_tokens: int
     model: str | None = None
     temperature: float = 0.0

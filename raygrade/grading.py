@@ -41,7 +41,7 @@ class Limiter(Protocol):
     """What :class:`BatchGrader` needs from a limiter (``RateLimiter`` or ``ActorLimiter``)."""
 
     async def acquire(self, key: str, tokens: int, *, job: str | None = None,
-                      prompt_tokens: int | None = None) -> Reservation: ...
+                      prompt_tokens: int | None = None, image_tokens: int | None = None) -> Reservation: ...
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: dict[str, str] | None = None,
@@ -125,10 +125,12 @@ class BatchGrader:
         # limiter the provider's count (a re-ask of a few students would look like an over-estimate).
         whole = len(students) == len(batch.students)
         prompt = batch.prompt_tokens_estimate if whole else None
+        images = batch.image_tokens_estimate if whole else None
 
         async def attempt() -> ChatResult:
             t0 = time.monotonic()
-            r = await self._limiter.acquire(self._key, estimate, job=batch.job_id, prompt_tokens=prompt)
+            r = await self._limiter.acquire(self._key, estimate, job=batch.job_id, prompt_tokens=prompt,
+                                            image_tokens=images)
             granted = time.monotonic()
             timing["limiter"] += granted - t0
             try:

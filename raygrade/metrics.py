@@ -78,8 +78,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            ("key", "dimension")),
     Metric("raygrade_limiter_waiting", "gauge", "Callers queued in the rate limiter.", ("key",)),
     Metric("raygrade_limiter_count_ratio", "gauge",
-           "The provider's prompt-token count divided by raygrade's estimates (learned; reservations use it).",
-           ("key",)),
+           "The provider's prompt-token count divided by raygrade's estimates, for text and for images "
+           "(learned; reservations use it).", ("key", "content")),
     Metric("raygrade_limiter_paused", "gauge", "1 while a 429 pauses every caller of the key.", ("key",)),
     Metric("raygrade_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 half-open, 2 open.", ("key",)),
 )}

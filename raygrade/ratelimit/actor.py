@@ -73,7 +73,8 @@ class RateLimiterActor:
                                   {**tags, "dimension": dim})
                     m.set("raygrade_limiter_waiting", snap["waiting"], tags)
                     m.set("raygrade_limiter_paused", 1.0 if snap["paused_for_s"] > 0 else 0.0, tags)
-                    m.set("raygrade_limiter_count_ratio", snap["count_ratio"], tags)
+                    m.set("raygrade_limiter_count_ratio", snap["count_ratio"], {**tags, "content": "text"})
+                    m.set("raygrade_limiter_count_ratio", snap["image_count_ratio"], {**tags, "content": "image"})
                     m.set("raygrade_breaker_state", BREAKER_STATES.get(snap["breaker"], 0), tags)
             except Exception:  # metrics never take the limiter down
                 logger.exception("rate limiter metrics export failed")
@@ -81,12 +82,13 @@ class RateLimiterActor:
 
     async def acquire(self, key: str, tokens: int, limits: RateLimitConfig | None = None,
                       priority: Priority = "interactive", job: str | None = None,
-                      prompt_tokens: int | None = None) -> Reservation:
+                      prompt_tokens: int | None = None, image_tokens: int | None = None) -> Reservation:
         """Configure ``key`` with ``limits`` if they changed, then wait and reserve."""
         self._ensure_export()
         if limits is not None:
             self._limiter.configure(key, limits)
-        return await self._limiter.acquire(key, tokens, priority=priority, job=job, prompt_tokens=prompt_tokens)
+        return await self._limiter.acquire(key, tokens, priority=priority, job=job, prompt_tokens=prompt_tokens,
+                                           image_tokens=image_tokens)
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
@@ -131,10 +133,11 @@ class ActorLimiter:
         self._actor_retries = actor_retries
 
     async def acquire(self, key: str, tokens: int, *, job: str | None = None,
-                      prompt_tokens: int | None = None) -> Reservation:
+                      prompt_tokens: int | None = None, image_tokens: int | None = None) -> Reservation:
         for attempt in range(self._actor_retries + 1):
             try:
-                return await self._actor.acquire.remote(key, tokens, self._limits, self._priority, job, prompt_tokens)
+                return await self._actor.acquire.remote(key, tokens, self._limits, self._priority, job, prompt_tokens,
+                                                        image_tokens)
             except (ActorDiedError, ActorUnavailableError, RayActorError):
                 if attempt == self._actor_retries:
                     raise

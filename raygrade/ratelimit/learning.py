@@ -1,9 +1,9 @@
 """What the rate limiter learns from the provider: its count of prompt tokens, and its headers.
 
 - :func:`learn_count_ratio`: the ratio of the provider's reported prompt tokens to the
-  callers' estimates, per key (an EWMA: fast up, since an under-estimate brings 429s; slow
-  down), which :meth:`~raygrade.ratelimit.limiter.RateLimiter.acquire` scales prompt
-  reservations by.
+  callers' estimates, per key and apart for text and images (EWMAs: fast up, since an
+  under-estimate brings 429s; slow down), which
+  :meth:`~raygrade.ratelimit.limiter.RateLimiter.acquire` scales prompt reservations by.
 - :func:`learn_from_headers`: lower limits and unseen usage from ``x-ratelimit-*`` headers.
 """
 
@@ -18,17 +18,34 @@ from raygrade.ratelimit.window import parse_rate_limit_headers
 logger = logging.getLogger("raygrade.ratelimit.limiter")
 
 
-def learn_count_ratio(st: _KeyState, sample: float) -> None:
-    """Fold one call's (provider's prompt count ÷ estimate) into the key's ratio; warn once outside the band."""
-    sample = min(8.0, max(0.25, sample))
-    alpha = RATIO_ALPHA_UP if sample > st.count_ratio else RATIO_ALPHA_DOWN
-    st.count_ratio += alpha * (sample - st.count_ratio)
+def _ewma(value: float, sample: float) -> float:
+    return value + (RATIO_ALPHA_UP if sample > value else RATIO_ALPHA_DOWN) * (sample - value)
+
+
+def learn_count_ratio(st: _KeyState, reported: int, estimate: int, images: int = 0) -> None:
+    """Fold one call into the key's ratios of the provider's prompt count to raygrade's estimate.
+
+    A call without images teaches the text ratio (``reported / estimate``). A call with images
+    teaches the image ratio from what the text part does not explain:
+    ``(reported - (estimate - images) × text ratio) / images``, so a provider whose image
+    rule differs from raygrade's (while its text count agrees) is learned as such, and text-only
+    calls are not reserved as if they carried its images. Warns once per key when a ratio
+    leaves :data:`RATIO_WARN_BAND`.
+    """
+    if images <= 0:
+        st.count_ratio = _ewma(st.count_ratio, reported / estimate)
+    else:
+        text = (estimate - images) * st.count_ratio
+        st.image_ratio = _ewma(st.image_ratio, min(100.0, max(0.05, (reported - text) / images)))
+        st.image_samples += 1
     st.ratio_samples += 1
     lo, hi = RATIO_WARN_BAND
-    if st.ratio_samples >= RATIO_MIN_SAMPLES and not lo <= st.count_ratio <= hi and not st.ratio_warned:
-        st.ratio_warned = True
-        logger.warning("%s: the provider counts %.2fx raygrade's prompt-token estimates; reservations "
-                       "follow its count (check image_token_rule / tokenizer)", st.key, st.count_ratio)
+    for what, ratio, n in (("prompt-token", st.count_ratio, st.ratio_samples - st.image_samples),
+                           ("image-token", st.image_ratio, st.image_samples)):
+        if n >= RATIO_MIN_SAMPLES and not lo <= ratio <= hi and not st.ratio_warned:
+            st.ratio_warned = True
+            logger.warning("%s: the provider counts %.2fx raygrade's %s estimates; reservations follow its "
+                           "count (check image_token_rule / tokenizer)", st.key, ratio, what)
 
 
 def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float, now: float) -> None:

@@ -119,7 +119,8 @@ class RateLimiter:
 
     # -- acquire / settle -----------------------------------------------------------------
     async def acquire(self, key: str, tokens: int, *, priority: Priority = "interactive",
-                      job: str | None = None, prompt_tokens: int | None = None) -> Reservation:
+                      job: str | None = None, prompt_tokens: int | None = None,
+                      image_tokens: int | None = None) -> Reservation:
         """Wait until ``key`` admits one request of ``tokens`` tokens, and reserve it.
 
         Args:
@@ -131,6 +132,8 @@ class RateLimiter:
                 key's learned ratio of the provider's count to the estimates (see
                 :meth:`settle`), so a provider that counts images 4× the estimate is reserved
                 4×: reservations match what the provider will charge.
+            image_tokens: The images' part of ``prompt_tokens`` (their ratio is learned apart
+                from the text's: a provider's image rule may differ while its text count agrees).
 
         Raises:
             KeyError: ``key`` was never configured.
@@ -151,8 +154,9 @@ class RateLimiter:
             # A job (re)joining the queue starts at the class's virtual clock: no credit for idle time.
             vk = (rank, group)
             st.vtime[vk] = max(st.vtime.get(vk, 0.0), st.vclock.get(rank, 0.0))
-        prompt = max(0, min(prompt_tokens or 0, tokens))  # scaled by the ratio in force when admitted
-        w = _Waiter(next(self._seq), tokens, rank, group, asyncio.get_running_loop().create_future(), now, prompt)
+        prompt = max(0, min(prompt_tokens or 0, tokens))  # scaled by the ratios in force when admitted
+        w = _Waiter(next(self._seq), tokens, rank, group, asyncio.get_running_loop().create_future(), now, prompt,
+                    max(0, min(image_tokens or 0, prompt)))
         st.waiters.append(w)
         self._pump(st)
         try:
@@ -216,7 +220,7 @@ class RateLimiter:
             if st.limits.refund_unused and o.tok is not None and st.tok is not None:
                 st.tok.adjust(o.tok, actual_tokens, now)
         if prompt_tokens and reservation.prompt_estimate and outcome == "ok":
-            learn_count_ratio(st, prompt_tokens / reservation.prompt_estimate)
+            learn_count_ratio(st, prompt_tokens, reservation.prompt_estimate, reservation.image_estimate)
         if headers and st.limits.learn_from_headers:
             learn_from_headers(st, headers, o.admitted_at if o else now, now)
         probe = reservation.probe
@@ -263,7 +267,7 @@ class RateLimiter:
                 continue
             # The provider's count as learned so far, applied now: calls queued before the
             # ratio was known are not admitted at the old, smaller size.
-            tokens = max(0, w.tokens + round(w.prompt * (st.prompt_ratio() - 1.0))) if w.prompt else w.tokens
+            tokens = st.scaled(w.tokens, w.prompt, w.images) if w.prompt else w.tokens
             wait = max(b.retry_in(now), st.paused_until - now, st.concurrency_wait(now, tokens, w.prompt),
                        st.req.wait_for(1, now) if st.req else 0.0,
                        st.tok.wait_for(tokens, now) if st.tok else 0.0)
@@ -279,7 +283,7 @@ class RateLimiter:
             st.vtime[vk] = st.vtime.get(vk, 0.0) + max(1, tokens)
             if len(st.vtime) > 4096:
                 self._prune(st)
-            r = Reservation(next(self._ids), st.key, tokens, now - w.enqueued, probe, w.prompt)
+            r = Reservation(next(self._ids), st.key, tokens, now - w.enqueued, probe, w.prompt, w.images)
             self._open[r.id] = _Open(r, req, tok, now)
             if len(self._open) > OPEN_RESERVATIONS_SOFT_CAP:
                 self._expire_open(now)
@@ -325,6 +329,7 @@ class RateLimiter:
                 "in_flight_requests": len(st.in_flight),
                 "in_flight_tokens": sum(n for _, n, _ in st.in_flight.values()),
                 "count_ratio": st.count_ratio, "count_ratio_samples": st.ratio_samples,
+                "image_count_ratio": st.image_ratio, "image_count_ratio_samples": st.image_samples,
                 "breaker": st.breaker.state, "breaker_opened": st.breaker.times_opened,
                 **st.stats,
             }

@@ -51,8 +51,9 @@ class Reservation:
         tokens: Tokens reserved.
         waited_s: Seconds spent queued.
         probe: Whether this call is a circuit-breaker probe.
-        prompt_estimate: The caller's prompt-token estimate, before the learned count ratio
+        prompt_estimate: The caller's prompt-token estimate, before the learned count ratios
             (0: none given); settlement compares the provider's count with it.
+        image_estimate: The part of ``prompt_estimate`` that is images (learned separately).
     """
 
     id: int
@@ -61,6 +62,7 @@ class Reservation:
     waited_s: float
     probe: bool = False
     prompt_estimate: int = 0
+    image_estimate: int = 0
 
 
 @dataclasses.dataclass
@@ -72,6 +74,7 @@ class _Waiter:
     future: asyncio.Future
     enqueued: float
     prompt: int = 0
+    images: int = 0
 
 
 @dataclasses.dataclass
@@ -99,9 +102,12 @@ class _KeyState:
         # Admitted, not yet settled: reservation id -> (admitted at, tokens, a learning probe).
         # A caller that dies never settles, so entries older than in_flight_timeout_s stop counting.
         self.in_flight: dict[int, tuple[float, int, bool]] = {}
-        # The provider's prompt-token count ÷ the callers' estimates (EWMA), and its evidence.
+        # The provider's prompt-token count ÷ the callers' estimates (EWMAs), for text and for
+        # images apart, and their evidence (calls settled; calls with images).
         self.count_ratio = 1.0
+        self.image_ratio = 1.0
         self.ratio_samples = 0
+        self.image_samples = 0
         self.ratio_warned = False
         self.timer: asyncio.Task | None = None
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
@@ -156,9 +162,18 @@ class _KeyState:
         """A reserved call ended (settled or forgotten): its in-flight slot and tokens are free."""
         self.in_flight.pop(reservation.id, None)
 
-    def prompt_ratio(self) -> float:
-        """The ratio reservations use: the learned one once 3 calls back it, never below 1 before."""
-        return self.count_ratio if self.ratio_samples >= RATIO_MIN_SAMPLES else max(1.0, self.count_ratio)
+    def ratios(self) -> tuple[float, float]:
+        """The (text, image) ratios reservations use: each the learned one once 3 calls back it,
+        never below 1 before."""
+        text = self.count_ratio if self.ratio_samples >= RATIO_MIN_SAMPLES else max(1.0, self.count_ratio)
+        image = self.image_ratio if self.image_samples >= RATIO_MIN_SAMPLES else max(1.0, self.image_ratio)
+        return text, image
+
+    def scaled(self, tokens: int, prompt: int, images: int) -> int:
+        """``tokens`` with its prompt part as the provider will count it: text × the text ratio,
+        images × the image ratio (``images`` is part of ``prompt``)."""
+        text_r, image_r = self.ratios()
+        return max(0, tokens + round((prompt - images) * (text_r - 1.0) + images * (image_r - 1.0)))
 
     @staticmethod
     def _breaker(limits: RateLimitConfig) -> CircuitBreaker:

@@ -76,3 +76,37 @@ def test_overhead_counts_against_each_student_alone():
 def test_limits_must_be_positive():
     with pytest.raises(ValueError):
         BatchLimits(context_window=0, max_completion_tokens=1, max_images_per_request=1, max_students_per_request=1)
+
+
+def test_batches_say_which_part_of_their_prompt_is_images():
+    """GradeBatch.image_tokens_estimate: the pages' and model answers' image tokens by the provider's
+    rule (the limiter learns the provider's image count apart from its text count)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from raygrade.config import ProviderConfig, RaygradeArgs
+    from raygrade.planner import planner_for
+    from raygrade.prompts import StudentWork
+    from raygrade.protocol import GradingJob, ImagePage, TextPage
+    from raygrade.tokens import image_tokens
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1000, 900), "white").save(buf, format="PNG")
+    page = ImagePage(data=base64.b64encode(buf.getvalue()).decode())
+    args = RaygradeArgs(provider=ProviderConfig(base_url="http://x/v1", api_key_env=None, image_token_rule="gpt-4o"))
+    job = GradingJob.model_validate({"assessment": {"questions": [
+        {"id": "q1", "prompt": "Explain ARP.", "max_score": 1}]}, "submissions": [
+        {"student_id": "a", "pages": [page.model_dump(), page.model_dump()]},
+        {"student_id": "b", "pages": [{"type": "text", "text": "ARP maps IP to MAC."}]}]})
+    works = [StudentWork(student_id=s.student_id, alias=f"s{i}", pages=list(s.pages),
+                         page_indices=list(range(len(s.pages))), question_ids=["q1"])
+             for i, s in enumerate(job.submissions)]
+    batches, errors = planner_for(args).batches("j", job, works, vision=True)
+    assert not errors
+    per_page = image_tokens("gpt-4o", 1000, 900, "high")
+    (b,) = batches
+    assert b.image_tokens_estimate == 2 * per_page < b.prompt_tokens_estimate
+    text_only, _ = planner_for(args).batches("j", job, works[1:], vision=True)
+    assert text_only[0].image_tokens_estimate == 0 and isinstance(works[1].pages[0], TextPage)

@@ -518,6 +518,29 @@ def test_reservations_learn_the_providers_prompt_count():
     run(main)
 
 
+def test_images_and_text_are_learned_apart():
+    """A provider whose text count agrees with raygrade's but which counts images 4x: image calls
+    teach the image ratio (what their text part does not explain), text-only calls keep theirs, so a
+    text-only call is not reserved as if it carried the images, nor an image call as if it had none."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=1_000_000)
+        for _ in range(3):  # text only: the provider agrees
+            r = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000)
+            await lim.settle(r, 1_000 + 50, prompt_tokens=1_000)
+        for _ in range(6):  # 400 text + 600 image tokens by raygrade's rule; the provider counts 400 + 2400
+            r = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000, image_tokens=600)
+            await lim.settle(r, 2_800 + 50, prompt_tokens=2_800)
+        snap = lim.snapshot()["k"]
+        assert snap["count_ratio"] == pytest.approx(1.0) and snap["image_count_ratio"] == pytest.approx(4.0, rel=0.05)
+        text = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000)
+        image_heavy = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000, image_tokens=900)
+        assert text.tokens == 1_200  # not 1_000 x the mixed calls' 2.8
+        assert image_heavy.tokens == pytest.approx(100 + 900 * 4 + 200, rel=0.05)
+
+    run(main)
+
+
 def test_an_over_estimate_shrinks_reservations_only_after_evidence_and_slowly():
     async def main():
         clock = VirtualClock()
