@@ -60,7 +60,8 @@ class ServedModelConfig(BaseModel):
         min_replicas, max_replicas: Autoscaling bounds; ``min_replicas: 0`` scales to zero
             when idle (the first job then waits for a replica to start).
         target_ongoing_requests: Autoscaling target per replica.
-        engine_kwargs: Passed to vLLM (``max_model_len``, ``dtype``, ``limit_mm_per_prompt``…).
+        engine_kwargs: Passed to vLLM (``max_model_len``, ``dtype``, ``limit_mm_per_prompt``,
+            ``structured_outputs_config`` as a mapping…).
         runtime_env: Ray runtime environment of the replicas (e.g. ``env_vars``).
     """
 
@@ -101,6 +102,11 @@ class ServedModelConfig(BaseModel):
         """
         llm = import_serve_llm(self.device)
         engine_kwargs = dict(self.engine_kwargs)
+        if isinstance(so := engine_kwargs.get("structured_outputs_config"), dict):
+            # vLLM's engine arguments take its config object here (its CLI parses the same JSON).
+            from vllm.config import StructuredOutputsConfig
+
+            engine_kwargs["structured_outputs_config"] = StructuredOutputsConfig(**so)
         runtime_env = dict(self.runtime_env or {})
         if self.device == "cpu":
             bundles: list[dict[str, float]] = [{"CPU": self.cpus_per_replica}]
