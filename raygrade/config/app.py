@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from raygrade.config.provider import ProviderConfig, RateLimitConfig, _Config
 from raygrade.selfhosted import LocalEngineConfig, ServedModelConfig
@@ -55,6 +55,9 @@ class StoreConfig(_Config):
             (Standard Webhooks); jobs with a ``webhook_url`` are refused while it is unset.
         webhook_max_attempts: Deliveries tried before a webhook is given up.
         webhook_timeout_s: Timeout of one delivery.
+        webhook_allowed_networks: CIDRs webhooks may reach although they are not public (e.g.
+            ``10.0.0.0/8`` for receivers inside the cluster's network); by default webhooks go
+            only to public addresses (checked at submission and at every delivery).
         blob_uri: Where accepted page images are stored, once each, by SHA-256
             (:mod:`raygrade.blobs`): a folder, or a URI pyarrow opens (``s3://bucket/raygrade``,
             ``gs://…``). Default: ``blobs/`` beside the SQLite file, else ``$RAYGRADE_HOME/blobs``.
@@ -71,6 +74,16 @@ class StoreConfig(_Config):
     webhook_secret_env: str = "RAYGRADE_WEBHOOK_SECRET"
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_allowed_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for n in v:
+            ipaddress.ip_network(n, strict=False)  # ValueError: not a CIDR
+        return v
 
     def resolved_url(self) -> str:
         """``url``, or the value of ``url_env`` when that variable is set."""

@@ -134,7 +134,18 @@ class JobOptions(_Model):
     completion: CompletionPolicy = Field(default_factory=CompletionPolicy)
     webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://", description=(
         "POSTed the final JobStatus when the job ends, signed per Standard Webhooks (webhook-id, "
-        "webhook-timestamp, webhook-signature: v1,base64(HMAC-SHA256(secret, id.timestamp.body)))."))
+        "webhook-timestamp, webhook-signature: v1,base64(HMAC-SHA256(secret, id.timestamp.body))). "
+        "http(s) only, no credentials; hosts must resolve to public addresses unless the server's "
+        "webhook_allowed_networks lists them."))
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            from raygrade.webhooks import check_url
+
+            check_url(v)
+        return v
 
 
 class GradingJob(_Model):

@@ -22,6 +22,7 @@ from raygrade.config import StoreConfig
 from raygrade.errors import InvalidRequestError
 from raygrade.protocol import GradingErrorItem, GradingJob, JobResults, JobStatus
 from raygrade.store import JobStore
+from raygrade.webhooks import check_url, resolve_checked
 
 
 class JobRegistryImpl:
@@ -45,13 +46,19 @@ class JobRegistryImpl:
         """Durably record a job (see :meth:`JobStore.create_job`).
 
         Raises:
-            InvalidRequestError: a ``webhook_url`` while no signing secret is configured.
+            InvalidRequestError: a ``webhook_url`` while no signing secret is configured, or
+                one whose host webhooks may not reach (:func:`raygrade.webhooks.resolve_checked`).
             ConflictError: the idempotency key was used with a different body.
         """
         if job.options.webhook_url and not os.environ.get(self._config.webhook_secret_env):
             raise InvalidRequestError(
                 f"webhooks are not enabled on this server (set {self._config.webhook_secret_env})",
                 param="options.webhook_url")
+        if job.options.webhook_url:
+            try:
+                await resolve_checked(check_url(job.options.webhook_url), self._config.webhook_allowed_networks)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc), param="options.webhook_url") from None
         return await self._do(self._store.create_job, job, idempotency_key, self._namespace)
 
     async def gauges(self) -> dict:

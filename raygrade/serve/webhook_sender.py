@@ -64,8 +64,12 @@ class WebhookSender:
             secret = os.environ.get(cfg.webhook_secret_env)
             status = await self._registry.status.remote(job_id)
             body = json.dumps({"type": "grading.job.completed", "data": status.model_dump(mode="json")}).encode()
-            error = ("no signing secret configured" if not secret else
-                     await deliver(url, secret, f"msg_{job_id}", body, timeout_s=cfg.webhook_timeout_s))
+            try:
+                error = ("no signing secret configured" if not secret else
+                         await deliver(url, secret, f"msg_{job_id}", body, timeout_s=cfg.webhook_timeout_s,
+                                       allowed_networks=cfg.webhook_allowed_networks))
+            except Exception as exc:  # any failure is a recorded attempt, never a retry without end
+                error = f"delivery failed: {type(exc).__name__}"
         state = await self._registry.webhook_result.remote(
             job_id, ok=error is None, error=error, retry_in_s=backoff_delay(attempt, base_s=1.0, cap_s=300.0),
             max_attempts=cfg.webhook_max_attempts)

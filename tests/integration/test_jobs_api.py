@@ -11,6 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import pytest
 
 from raygrade.cli import Client
 from raygrade.config import default_store_url
@@ -105,6 +106,20 @@ def test_cancel_a_running_job(fake_app, fake):
         assert res.state.value == "cancelled" and {e.type for e in res.errors} == {"cancelled"}
     finally:
         fake.latency_s = 0.02
+
+
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.1/hook", "http://167772161/hook",  # a private address, and the same as a number
+    "http://169.254.169.254/latest/meta-data", "http://[fd00::1]/hook", "http://192.168.1.1/hook",
+    "http://user:pass@127.0.0.1:9/hook", "http://[::1", "http://127.0.0.1:9/a\r\nX-Evil: 1", "gopher://127.0.0.1/",
+])
+def test_webhooks_cannot_be_aimed_inward(fake_app, fake, url):
+    """Refused at submission (400 naming the field, nothing stored): the app allows only loopback (its
+    test receivers), so private, link-local and metadata addresses, numeric forms, credentials,
+    unparseable URLs and other schemes are all refused."""
+    r = httpx.post(f"{fake_app}/v1/jobs", json=job(1, webhook_url=url), timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "options.webhook_url"
 
 
 def test_webhooks_need_a_secret_and_a_http_url(fake_app, fake):
