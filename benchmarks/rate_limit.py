@@ -289,11 +289,16 @@ def run_raygrade(assessment: Assessment, interactive: list[list[Submission]], bu
             time.sleep(1)
     t.join(max(1, deadline - time.monotonic()))
     stopped = bool(pending) or t.is_alive()
+    from raygrade.ratelimit.actor import get_rate_limiter
+
+    # What the limiter learned and did (count ratios, header corrections, 429s seen, admissions).
+    limiter = ray.get(get_rate_limiter(args.namespace).snapshot.remote()).get(args.provider.bucket_key, {})
     serve.shutdown()
     ray.shutdown()
     items_failed = failed + bulk_result.get("failed_requests", 0)
     return {"failed_requests": None if stopped else items_failed, "stopped": stopped,
-            "bulk": bulk_result, "note": "failed counts items (student x question) for raygrade"}
+            "bulk": bulk_result, "note": "failed counts items (student x question) for raygrade",
+            "limiter": {k: v for k, v in limiter.items() if isinstance(v, (int, float, str)) or v is None}}
 
 
 # -- metrics --------------------------------------------------------------------------------
