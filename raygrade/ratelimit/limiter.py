@@ -268,7 +268,7 @@ class RateLimiter:
             # The provider's count as learned so far, applied now: calls queued before the
             # ratio was known are not admitted at the old, smaller size.
             tokens = st.scaled(w.tokens, w.prompt, w.images) if w.prompt else w.tokens
-            wait = max(b.retry_in(now), st.paused_until - now, st.concurrency_wait(now, tokens, w.prompt),
+            wait = max(b.retry_in(now), st.paused_until - now, st.concurrency_wait(now, tokens, w.prompt, w.images),
                        st.req.wait_for(1, now) if st.req else 0.0,
                        st.tok.wait_for(tokens, now) if st.tok else 0.0)
             if wait > 0:

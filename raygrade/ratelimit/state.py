@@ -113,12 +113,12 @@ class _KeyState:
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
                       "failures": 0, "rejected_open": 0, "header_corrections": 0}
 
-    @property
-    def learning(self) -> bool:
-        """Whether the provider's prompt count is still being learned (too few settled calls)."""
-        return self.ratio_samples < RATIO_MIN_SAMPLES
+    def learning(self, images: int = 0) -> bool:
+        """Whether the provider's count for a call like this is still being learned (too few
+        settled calls; for a call with images, too few with images)."""
+        return self.ratio_samples < RATIO_MIN_SAMPLES or (images > 0 and self.image_samples < RATIO_MIN_SAMPLES)
 
-    def concurrency_wait(self, now: float, tokens: int, prompt: int = 0) -> float:
+    def concurrency_wait(self, now: float, tokens: int, prompt: int = 0, images: int = 0) -> float:
         """Seconds until a call of ``tokens`` fits the key's in-flight limits (0: it fits now).
 
         A settlement frees a slot at once (and pumps); the returned time is when the oldest
@@ -135,9 +135,9 @@ class _KeyState:
         for rid in [rid for rid, (t, _, _) in self.in_flight.items() if t <= stale]:
             del self.in_flight[rid]
         waits = []
-        if prompt and self.learning and self.tight(now, tokens):
+        if prompt and self.learning(images) and self.tight(now, tokens):
             probes = sorted(t for t, _, probe in self.in_flight.values() if probe and t > now - PROBE_TIMEOUT_S)
-            if len(probes) >= RATIO_MIN_SAMPLES - self.ratio_samples:
+            if len(probes) >= RATIO_MIN_SAMPLES - (self.image_samples if images else self.ratio_samples):
                 waits.append(probes[0] + PROBE_TIMEOUT_S - now)
         if self.in_flight:
             oldest = min(t for t, _, _ in self.in_flight.values()) + lim.in_flight_timeout_s - now
@@ -149,14 +149,17 @@ class _KeyState:
         return max(0.0, min(waits)) if waits else 0.0
 
     def tight(self, now: float, tokens: int) -> bool:
-        """Whether an under-estimate could overflow the token window: the call at
-        :data:`UNDER_ESTIMATE_GUARD` times its size would not fit what is left (slow start
-        only matters then; a key far below its limit is not held back)."""
-        return self.tok is not None and self.tok.used(now) + tokens * UNDER_ESTIMATE_GUARD > self.tok.limit
+        """Whether an under-estimate could overflow the token window: the calls in it and this
+        one at :data:`UNDER_ESTIMATE_GUARD` times their size would not fit (slow start only
+        matters then; a key far below its limit is not held back). The window's own calls
+        count at that size too: until the count is learned, they may be under-estimates as well
+        (a first burst at 1× to a provider counting 4× fills its window four times faster)."""
+        return self.tok is not None and (self.tok.used(now) + tokens) * UNDER_ESTIMATE_GUARD > self.tok.limit
 
     def admit(self, reservation: Reservation, now: float) -> None:
         """Count a granted call in flight (as a learning probe when it carries a prompt estimate)."""
-        self.in_flight[reservation.id] = (now, reservation.tokens, bool(reservation.prompt_estimate) and self.learning)
+        probe = bool(reservation.prompt_estimate) and self.learning(reservation.image_estimate)
+        self.in_flight[reservation.id] = (now, reservation.tokens, probe)
 
     def release(self, reservation: Reservation) -> None:
         """A reserved call ended (settled or forgotten): its in-flight slot and tokens are free."""

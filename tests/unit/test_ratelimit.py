@@ -586,6 +586,47 @@ def test_until_the_count_is_learned_at_most_three_calls_fly_when_the_window_is_t
     run(main)
 
 
+def test_a_first_burst_is_held_to_what_a_4x_count_would_fit():
+    """Before anything is learned, a burst of calls to an empty window is admitted only while 4x
+    their sizes fit (each may be an under-estimate), so a provider counting 4x sees at most its
+    limit; then at most three fly until they teach the count."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=100_000)
+        calls = [asyncio.ensure_future(lim.acquire("k", 2_000, prompt_tokens=1_500)) for _ in range(30)]
+        await asyncio.sleep(0)
+        admitted = [c for c in calls if c.done()]
+        assert 4 * 2_000 * len(admitted) <= 100_000 and len(admitted) >= 3
+        for c in admitted[:3]:
+            await lim.settle(c.result(), 6_000 + 100, prompt_tokens=6_000)  # the provider counts 4x
+        await asyncio.sleep(0)
+        assert sum(c.done() for c in calls) > len(admitted), "learned: the rest go at 4x their estimate"
+        for c in calls:
+            c.cancel()
+
+    run(main)
+
+
+def test_image_calls_after_text_calls_start_slowly_too():
+    """Text-only calls taught the text count; the first calls with images still start slowly, as
+    their (image) count is not learned yet."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=20_000)
+        for _ in range(3):
+            r = await lim.acquire("k", 500, prompt_tokens=400)
+            await lim.settle(r, 450, prompt_tokens=400)
+        await clock.advance(W + 1)  # an empty window again
+        calls = [asyncio.ensure_future(lim.acquire("k", 2_000, prompt_tokens=1_500, image_tokens=1_000))
+                 for _ in range(10)]
+        await asyncio.sleep(0)
+        assert sum(c.done() for c in calls) <= 3
+        for c in calls:
+            c.cancel()
+
+    run(main)
+
+
 def test_a_caller_that_never_settles_holds_its_slot_only_until_the_in_flight_timeout():
     async def main():
         clock = VirtualClock()
