@@ -36,6 +36,7 @@ def learn_count_ratio(st: _KeyState, reported: int, estimate: int, images: int =
         st.count_ratio = _ewma(st.count_ratio, reported / estimate)
     else:
         text = (estimate - images) * st.count_ratio
+        st.mixed_ratio = _ewma(st.mixed_ratio, reported / estimate)
         st.image_ratio = _ewma(st.image_ratio, min(100.0, max(0.05, (reported - text) / images)))
         st.image_samples += 1
     st.ratio_samples += 1

@@ -330,6 +330,7 @@ class RateLimiter:
                 "in_flight_tokens": sum(n for _, n, _ in st.in_flight.values()),
                 "count_ratio": st.count_ratio, "count_ratio_samples": st.ratio_samples,
                 "image_count_ratio": st.image_ratio, "image_count_ratio_samples": st.image_samples,
+                "mixed_count_ratio": st.mixed_ratio,
                 "breaker": st.breaker.state, "breaker_opened": st.breaker.times_opened,
                 **st.stats,
             }

@@ -106,6 +106,7 @@ class _KeyState:
         # images apart, and their evidence (calls settled; calls with images).
         self.count_ratio = 1.0
         self.image_ratio = 1.0
+        self.mixed_ratio = 1.0  # whole prompt, calls with images: a floor if text is miscounted too
         self.ratio_samples = 0
         self.image_samples = 0
         self.ratio_warned = False
@@ -165,18 +166,25 @@ class _KeyState:
         """A reserved call ended (settled or forgotten): its in-flight slot and tokens are free."""
         self.in_flight.pop(reservation.id, None)
 
-    def ratios(self) -> tuple[float, float]:
-        """The (text, image) ratios reservations use: each the learned one once 3 calls back it,
-        never below 1 before."""
-        text = self.count_ratio if self.ratio_samples >= RATIO_MIN_SAMPLES else max(1.0, self.count_ratio)
-        image = self.image_ratio if self.image_samples >= RATIO_MIN_SAMPLES else max(1.0, self.image_ratio)
-        return text, image
+    def ratios(self) -> tuple[float, float, float]:
+        """The (text, image, mixed) ratios reservations use: each the learned one once 3 calls
+        back it, never below 1 before."""
+        def r(value: float, samples: int) -> float:
+            return value if samples >= RATIO_MIN_SAMPLES else max(1.0, value)
+
+        return (r(self.count_ratio, self.ratio_samples), r(self.image_ratio, self.image_samples),
+                r(self.mixed_ratio, self.image_samples))
 
     def scaled(self, tokens: int, prompt: int, images: int) -> int:
         """``tokens`` with its prompt part as the provider will count it: text × the text ratio,
-        images × the image ratio (``images`` is part of ``prompt``)."""
-        text_r, image_r = self.ratios()
-        return max(0, tokens + round((prompt - images) * (text_r - 1.0) + images * (image_r - 1.0)))
+        images × the image ratio (``images`` is part of ``prompt``); for a call with images at
+        least prompt × the ratio learned on whole prompts with images, in case the provider
+        miscounts their text too (the split then cannot tell text from images apart)."""
+        text_r, image_r, mixed_r = self.ratios()
+        counted = (prompt - images) * text_r + images * image_r
+        if images:
+            counted = max(counted, prompt * mixed_r)
+        return max(0, tokens + round(counted - prompt))
 
     @staticmethod
     def _breaker(limits: RateLimitConfig) -> CircuitBreaker:

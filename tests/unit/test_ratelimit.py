@@ -541,6 +541,22 @@ def test_images_and_text_are_learned_apart():
     run(main)
 
 
+def test_a_provider_miscounting_text_too_is_not_under_reserved_when_the_mix_changes():
+    """Every call so far had images and the provider counts the whole prompt 4x: the split blames the
+    images alone (text never seen apart), so a later call with more text would be under-reserved; the
+    ratio learned on whole prompts with images is its floor."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=1_000_000)
+        for _ in range(6):  # 600 text + 400 image tokens by raygrade's rule; counted 4x in all
+            r = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000, image_tokens=400)
+            await lim.settle(r, 4_000 + 50, prompt_tokens=4_000)
+        text_heavy = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000, image_tokens=100)
+        assert text_heavy.tokens >= 0.95 * (4_000 + 200)
+
+    run(main)
+
+
 def test_an_over_estimate_shrinks_reservations_only_after_evidence_and_slowly():
     async def main():
         clock = VirtualClock()
