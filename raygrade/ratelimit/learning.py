@@ -49,9 +49,14 @@ def learn_count_ratio(st: _KeyState, reported: int, estimate: int, images: int =
                            "count (check image_token_rule / tokenizer)", st.key, ratio, what)
 
 
-def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float, now: float) -> None:
-    """Lower the key's limits to the provider's, and charge usage it saw but this limiter did not
-    (``x-ratelimit-*``: ``remaining`` below what the windows say is left)."""
+def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float, now: float,
+                       correct_usage: bool = True) -> None:
+    """Lower the key's limits to the provider's, and (``correct_usage``) charge usage it saw but
+    this limiter did not (``x-ratelimit-*``: ``remaining`` below what the windows say is left).
+
+    The caller turns the usage correction off while the provider's count is still being learned:
+    the gap is then this limiter's own under-estimates, which their settlements correct, and a
+    correction on top would count them twice for a whole window."""
     parsed = parse_rate_limit_headers(headers)
     changed = False
     for dim, h in parsed.items():
@@ -61,6 +66,8 @@ def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float
             changed = True
     if changed:
         st.apply_limits()
+    if not correct_usage:
+        return
     for dim, h in parsed.items():
         w = st.window(dim)
         if w is None or h.remaining is None:

@@ -203,6 +203,7 @@ class RateLimiter:
             return
         now = self._clock()
         o = self._open.pop(reservation.id, None)
+        was_probe = st.in_flight.get(reservation.id, (0.0, 0, False))[2]  # admitted while the count was unknown
         if o is not None:
             st.release(o.reservation)
         if o is not None and answer_s is not None:
@@ -222,7 +223,10 @@ class RateLimiter:
         if prompt_tokens and reservation.prompt_estimate and outcome == "ok":
             learn_count_ratio(st, prompt_tokens, reservation.prompt_estimate, reservation.image_estimate)
         if headers and st.limits.learn_from_headers:
-            learn_from_headers(st, headers, o.admitted_at if o else now, now)
+            # While calls admitted before the count was known are settling, the gap the headers show
+            # is their under-estimates (corrected as they settle), not usage this limiter missed.
+            unlearned = was_probe or any(probe for _, _, probe in st.in_flight.values())
+            learn_from_headers(st, headers, o.admitted_at if o else now, now, correct_usage=not unlearned)
         probe = reservation.probe
         if outcome == "failure":
             st.stats["failures"] += 1

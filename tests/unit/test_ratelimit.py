@@ -166,6 +166,25 @@ def test_usage_the_limiter_did_not_see_is_charged_until_the_reset():
     run(main)
 
 
+def test_headers_do_not_charge_twice_what_unlearned_calls_under_reserved():
+    """While calls admitted before the provider's count was known are settling, the provider's
+    remaining tokens are lower by their under-estimates; settlement corrects those, so no header
+    correction is added on top (it would hold a window's worth twice)."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=100_000)
+        calls = [await lim.acquire("k", 2_000, prompt_tokens=1_500) for _ in range(3)]  # reserved at 1x
+        for r in calls:  # the provider counted 4x: its remaining is 3 x 4_500 lower than ours
+            await lim.settle(r, 6_000 + 100, prompt_tokens=6_000, headers={
+                "x-ratelimit-limit-tokens": "100000", "x-ratelimit-remaining-tokens": str(100_000 - 3 * 8_000),
+                "x-ratelimit-reset-tokens": "60s"})
+        snap = lim.snapshot()["k"]
+        assert snap["header_corrections"] == 0
+        assert snap["tokens_available"] == pytest.approx(100_000 - 3 * 6_100)
+
+    run(main)
+
+
 def test_stale_headers_cause_no_correction():
     async def main():
         clock = VirtualClock()
