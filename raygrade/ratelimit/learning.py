@@ -50,13 +50,14 @@ def learn_count_ratio(st: _KeyState, reported: int, estimate: int, images: int =
 
 
 def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float, now: float,
-                       correct_usage: bool = True) -> None:
-    """Lower the key's limits to the provider's, and (``correct_usage``) charge usage it saw but
-    this limiter did not (``x-ratelimit-*``: ``remaining`` below what the windows say is left).
+                       correct_tokens: bool = True) -> None:
+    """Lower the key's limits to the provider's, and charge usage it saw but this limiter did not
+    (``x-ratelimit-*``: ``remaining`` below what the windows say is left).
 
-    The caller turns the usage correction off while the provider's count is still being learned:
-    the gap is then this limiter's own under-estimates, which their settlements correct, and a
-    correction on top would count them twice for a whole window."""
+    The caller turns the *token* correction off (``correct_tokens``) while the provider's token
+    count is still being learned: the gap is then this limiter's own under-estimates, which their
+    settlements correct, and a correction on top would count them twice for a whole window.
+    Requests are always corrected (a request is one request whatever the count)."""
     parsed = parse_rate_limit_headers(headers)
     changed = False
     for dim, h in parsed.items():
@@ -66,11 +67,9 @@ def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float
             changed = True
     if changed:
         st.apply_limits()
-    if not correct_usage:
-        return
     for dim, h in parsed.items():
         w = st.window(dim)
-        if w is None or h.remaining is None:
+        if w is None or h.remaining is None or (dim == "tokens" and not correct_tokens):
             continue
         server_limit = h.limit or w.limit
         # What the provider says is left vs what this limiter can have spent meanwhile.

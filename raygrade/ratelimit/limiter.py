@@ -226,7 +226,7 @@ class RateLimiter:
             # While calls admitted before the count was known are settling, the gap the headers show
             # is their under-estimates (corrected as they settle), not usage this limiter missed.
             unlearned = was_probe or any(probe for _, _, probe in st.in_flight.values())
-            learn_from_headers(st, headers, o.admitted_at if o else now, now, correct_usage=not unlearned)
+            learn_from_headers(st, headers, o.admitted_at if o else now, now, correct_tokens=not unlearned)
         probe = reservation.probe
         if outcome == "failure":
             st.stats["failures"] += 1
