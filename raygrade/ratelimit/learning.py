@@ -12,7 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from raygrade.ratelimit.state import RATIO_ALPHA_DOWN, RATIO_ALPHA_UP, RATIO_MIN_SAMPLES, RATIO_WARN_BAND, _KeyState
+from raygrade.ratelimit.state import (
+    RATIO_ALPHA_DOWN,
+    RATIO_ALPHA_UP,
+    RATIO_MIN_SAMPLES,
+    RATIO_WARN_BAND,
+    _KeyState,
+    _Open,
+)
 from raygrade.ratelimit.window import parse_rate_limit_headers
 
 logger = logging.getLogger("raygrade.ratelimit.limiter")
@@ -47,6 +54,22 @@ def learn_count_ratio(st: _KeyState, reported: int, estimate: int, images: int =
             st.ratio_warned = True
             logger.warning("%s: the provider counts %.2fx raygrade's %s estimates; reservations follow its "
                            "count (check image_token_rule / tokenizer)", st.key, ratio, what)
+
+
+def recharge_unlearned(st: _KeyState, opens: Mapping[int, _Open], now: float) -> None:
+    """Calls admitted before the provider's count was known are charged at it as soon as it is
+    (never less than their reservation): the window then holds what the provider counts for them
+    while they are in flight, not their under-estimates."""
+    if st.tok is None:
+        return
+    for rid, (_, _, probe) in list(st.in_flight.items()):
+        o = opens.get(rid)
+        if not probe or o is None or o.tok is None:
+            continue
+        r = o.reservation
+        new = st.scaled(r.requested, r.prompt_estimate, r.image_estimate)
+        if new > o.tok.amount:
+            st.tok.adjust(o.tok, new, now)
 
 
 def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float, now: float,

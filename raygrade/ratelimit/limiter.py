@@ -44,7 +44,7 @@ from typing import Any
 
 from raygrade.config import RateLimitConfig
 from raygrade.errors import CircuitOpenError
-from raygrade.ratelimit.learning import learn_count_ratio, learn_from_headers
+from raygrade.ratelimit.learning import learn_count_ratio, learn_from_headers, recharge_unlearned
 from raygrade.ratelimit.state import (  # noqa: F401  (Clock, Outcome, Priority, Reservation, Sleep: public here too)
     OPEN_RESERVATION_TTL_S,
     OPEN_RESERVATIONS_SOFT_CAP,
@@ -222,6 +222,7 @@ class RateLimiter:
                 st.tok.adjust(o.tok, actual_tokens, now)
         if prompt_tokens and reservation.prompt_estimate and outcome == "ok":
             learn_count_ratio(st, prompt_tokens, reservation.prompt_estimate, reservation.image_estimate)
+            recharge_unlearned(st, self._open, now)
         if headers and st.limits.learn_from_headers:
             # While calls admitted before the count was known are settling, the gap the headers show
             # is their under-estimates (corrected as they settle), not usage this limiter missed.
@@ -287,7 +288,7 @@ class RateLimiter:
             st.vtime[vk] = st.vtime.get(vk, 0.0) + max(1, tokens)
             if len(st.vtime) > 4096:
                 self._prune(st)
-            r = Reservation(next(self._ids), st.key, tokens, now - w.enqueued, probe, w.prompt, w.images)
+            r = Reservation(next(self._ids), st.key, tokens, now - w.enqueued, probe, w.prompt, w.images, w.tokens)
             self._open[r.id] = _Open(r, req, tok, now)
             if len(self._open) > OPEN_RESERVATIONS_SOFT_CAP:
                 self._expire_open(now)

@@ -54,6 +54,7 @@ class Reservation:
         prompt_estimate: The caller's prompt-token estimate, before the learned count ratios
             (0: none given); settlement compares the provider's count with it.
         image_estimate: The part of ``prompt_estimate`` that is images (learned separately).
+        requested: The tokens the caller asked for, before scaling by the learned ratios.
     """
 
     id: int
@@ -63,6 +64,7 @@ class Reservation:
     probe: bool = False
     prompt_estimate: int = 0
     image_estimate: int = 0
+    requested: int = 0
 
 
 @dataclasses.dataclass

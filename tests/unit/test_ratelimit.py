@@ -607,12 +607,12 @@ def test_failed_calls_teach_no_ratio():
 def test_until_the_count_is_learned_at_most_three_calls_fly_when_the_window_is_tight():
     async def main():
         clock = VirtualClock()
-        lim = limiter(clock, tpm=2_000)  # 4x a 300-token call no longer fits once 900 are used
+        lim = limiter(clock, tpm=4_000)  # 4x (the window's calls + a 300-token call) > 4_000 once 900 are used
         calls = [asyncio.ensure_future(lim.acquire("k", 300, prompt_tokens=200)) for _ in range(5)]
         await asyncio.sleep(0)
         assert [c.done() for c in calls] == [True, True, True, False, False]
         for c in calls[:3]:
-            await lim.settle(c.result(), None, prompt_tokens=800)  # the provider counts 4x
+            await lim.settle(c.result(), 850, prompt_tokens=800)  # the provider counts 4x
         await calls[3]
         assert calls[3].result().tokens > 300 + 2 * 200, "later calls are reserved at the learned count"
         roomy = limiter(VirtualClock(), tpm=1_000_000)  # far below the limit: no slow start
@@ -638,6 +638,24 @@ def test_a_first_burst_is_held_to_what_a_4x_count_would_fit():
         assert sum(c.done() for c in calls) > len(admitted), "learned: the rest go at 4x their estimate"
         for c in calls:
             c.cancel()
+
+    run(main)
+
+
+def test_calls_in_flight_are_recharged_at_the_count_once_it_is_learned():
+    """Calls admitted at 1x before the count was known are raised to the learned count while in
+    flight: the window holds what the provider counts for them, so calls admitted after learning
+    do not overfill it."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=1_000_000)
+        early = [await lim.acquire("k", 2_000, prompt_tokens=1_500) for _ in range(6)]  # all at 1x
+        before = lim.snapshot()["k"]["tokens_available"]
+        for r in early[:3]:  # the provider counts 4x
+            await lim.settle(r, 6_000 + 100, prompt_tokens=6_000)
+        after = lim.snapshot()["k"]["tokens_available"]
+        # 3 settled at 6_100 each, the 3 still in flight raised from 2_000 to about 500 + 1_500 x ratio
+        assert before - after > 3 * 4_100 + 3 * 3_000
 
     run(main)
 
