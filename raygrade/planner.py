@@ -239,15 +239,13 @@ class JobPlanner:
         completion = len(work.question_ids) * self.args.batcher.completion_tokens_per_item
         return StudentCost(work.student_id, tokens, completion, images, group, image_tokens)
 
-    def overhead(self, questions: list[Question], vision: bool) -> int:
-        """Prompt tokens every request carrying ``questions`` pays (system prompt, questions)."""
+    def overhead(self, questions: list[Question], vision: bool) -> tuple[int, int]:
+        """Prompt tokens every request carrying ``questions`` pays (system prompt, questions,
+        model-answer images in vision mode), and the images' part of them."""
         n = self.counter.count(SYSTEM_PROMPT) + self.counter.count(question_section(questions))
         n += CHAT_OVERHEAD_TOKENS + JSON_OVERHEAD_TOKENS
-        return n + self.overhead_images(questions, vision)
-
-    def overhead_images(self, questions: list[Question], vision: bool) -> int:
-        """The image part of :meth:`overhead`: model-answer images, sent in vision mode."""
-        return sum(self._image_tokens(img) for q in questions for img in q.model_answer_images) if vision else 0
+        images = sum(self._image_tokens(img) for q in questions for img in q.model_answer_images) if vision else 0
+        return n + images, images
 
     def batches(self, job_id: str, job: GradingJob, works: list[StudentWork], vision: bool
                 ) -> tuple[list[GradeBatch], list[GradingErrorItem]]:
@@ -259,8 +257,8 @@ class JobPlanner:
             if group not in by_group:
                 by_group[group] = [job.assessment.question(q) for q in group]
             costs.append(self.student_cost(w, group))
-        overheads: dict[Hashable, int] = {g: self.overhead(qs, vision) for g, qs in by_group.items()}
-        overhead_images = {g: self.overhead_images(qs, vision) for g, qs in by_group.items()}
+        both = {g: self.overhead(qs, vision) for g, qs in by_group.items()}
+        overheads: dict[Hashable, int] = {g: total for g, (total, _) in both.items()}
         plan = plan_batches(costs, self.limits, overheads)
         errors = [GradingErrorItem(student_ids=[r.student_id], question_ids=list(works[r.index].question_ids),
                                    type=PlanningError.error_type, message=f"student {r.reason}")
@@ -275,7 +273,7 @@ class JobPlanner:
                                    job.options.model or self.args.provider.model),
                 job_id=job_id, questions=by_group[group],
                 students=[works[i] for i in pb.students], prompt_tokens_estimate=pb.prompt_tokens,
-                image_tokens_estimate=overhead_images[group] + sum(costs[i].image_tokens for i in pb.students),
+                image_tokens_estimate=both[group][1] + sum(costs[i].image_tokens for i in pb.students),
                 max_tokens=pb.completion_tokens + JSON_OVERHEAD_TOKENS, model=job.options.model,
                 temperature=job.options.temperature, include_model_answer_images=vision))
         return batches, errors
