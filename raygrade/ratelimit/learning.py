@@ -40,15 +40,15 @@ def learn_count_ratio(st: _KeyState, reported: int, estimate: int, images: int =
     leaves :data:`RATIO_WARN_BAND`.
     """
     if images <= 0:
-        st.count_ratio = _ewma(st.count_ratio, reported / estimate)
+        st.count_ratio = _ewma(st.count_ratio, min(8.0, max(0.25, reported / estimate)))
     else:
         text = (estimate - images) * st.count_ratio
-        st.mixed_ratio = _ewma(st.mixed_ratio, reported / estimate)
+        st.mixed_ratio = _ewma(st.mixed_ratio, min(8.0, max(0.25, reported / estimate)))
         st.image_ratio = _ewma(st.image_ratio, min(100.0, max(0.05, (reported - text) / images)))
         st.image_samples += 1
     st.ratio_samples += 1
     lo, hi = RATIO_WARN_BAND
-    for what, ratio, n in (("prompt-token", st.count_ratio, st.ratio_samples - st.image_samples),
+    for what, ratio, n in (("prompt-token", st.count_ratio, st.text_samples),
                            ("image-token", st.image_ratio, st.image_samples)):
         if n >= RATIO_MIN_SAMPLES and not lo <= ratio <= hi and not st.ratio_warned:
             st.ratio_warned = True

@@ -116,6 +116,11 @@ class _KeyState:
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
                       "failures": 0, "rejected_open": 0, "header_corrections": 0}
 
+    @property
+    def text_samples(self) -> int:
+        """Settled calls without images: the evidence for the text ratio."""
+        return self.ratio_samples - self.image_samples
+
     def learning(self, images: int = 0) -> bool:
         """Whether the provider's count for a call like this is still being learned (too few
         settled calls; for a call with images, too few with images)."""
@@ -174,7 +179,7 @@ class _KeyState:
         def r(value: float, samples: int) -> float:
             return value if samples >= RATIO_MIN_SAMPLES else max(1.0, value)
 
-        return (r(self.count_ratio, self.ratio_samples), r(self.image_ratio, self.image_samples),
+        return (r(self.count_ratio, self.text_samples), r(self.image_ratio, self.image_samples),
                 r(self.mixed_ratio, self.image_samples))
 
     def scaled(self, tokens: int, prompt: int, images: int) -> int:
