@@ -38,21 +38,26 @@ def _load(path: str) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
-def _running_app_with(serve_config: str | None, deployment: str) -> str | None:
-    """The application of ``serve_config`` when it runs on this cluster with ``deployment``, else ``None``."""
-    if not serve_config:
-        return None
+def _serve_runs_here() -> bool:
+    """Whether Serve (and so possibly the online app and its limiter) runs on this cluster."""
     import ray
-    from ray import serve
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     try:
         ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     except ValueError:
+        return False
+    return True
+
+
+def _running_app_with(app_name: str | None, deployment: str) -> str | None:
+    """``app_name`` when that application runs on this cluster with ``deployment``, else ``None``."""
+    if app_name is None or not _serve_runs_here():
         return None
-    name = _load(serve_config)["applications"][0].get("name", "default")
-    app = serve.status().applications.get(name)
-    return name if app is not None and deployment in app.deployments else None
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    return app_name if app is not None and deployment in app.deployments else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,9 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    serve_app = None
     if a.serve_config:
+        app_cfg = _load(a.serve_config)["applications"][0]
+        serve_app = app_cfg.get("name", "default")
         # As the online app builds them: the file's args with any RAYGRADE_ARGS__* overrides.
-        app_args = resolve_args(_load(a.serve_config)["applications"][0].get("args") or {})
+        app_args = resolve_args(app_cfg.get("args") or {})
     elif a.provider:
         app_args = RaygradeArgs(provider=ProviderConfig.model_validate(_load(a.provider)))
     elif a.baseline:
@@ -98,14 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     if a.serve_config and cfg.provider.kind != "reference_similarity":
         # Which budget this run draws from: the online app's limiter only lives on the app's cluster.
-        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-        try:
-            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-            where = "shared with the Serve app on this cluster"
-        except ValueError:
-            where = ("NOT shared: no Serve app runs on this cluster (submit with `ray job submit` to the "
-                     "app's cluster to share its budget)")
+        where = ("shared with the Serve app on this cluster" if _serve_runs_here() else
+                 "NOT shared: no Serve app runs on this cluster (submit with `ray job submit` to the "
+                 "app's cluster to share its budget)")
         print(f"rate limiter: {cfg.provider.bucket_key} in namespace {cfg.namespace!r}, at bulk priority, "
               f"{where}", flush=True)
     own_app = None
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         # A model served in a Serve application (a self-hosted model or the embedded default): grade
         # through its deployment handle. The online app's, when it runs on this cluster (shared
         # replicas, shared budget); else this run deploys the model itself, for the run only.
-        app_name = _running_app_with(a.serve_config, model.deployment_name)
+        app_name = _running_app_with(serve_app, model.deployment_name)
         if app_name is None:
             from ray import serve
 
