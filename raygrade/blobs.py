@@ -116,6 +116,12 @@ class BlobStore:
         return data
 
 
+#: Most pixels a page image may have (width × height): 64 M, an A4 page scanned at 600 dpi
+#: (4961 × 7016 = 34.8 M) with room to spare. Checked from the header before any pixel is
+#: decoded, so a small file that decodes to gigabytes (a decompression bomb) is refused cheaply.
+MAX_PAGE_PIXELS = 64_000_000
+
+
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) in pixels from an image file's header (pixels are not decoded).
 
@@ -130,8 +136,56 @@ def image_size(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
+    except Image.DecompressionBombError:
+        raise ValueError(f"the page image has more than {2 * Image.MAX_IMAGE_PIXELS} pixels "
+                         "(decompression-bomb guard)") from None
     except Exception as exc:  # UnidentifiedImageError, DecompressionBombError, truncated headers
         raise ValueError(f"the page image cannot be read ({type(exc).__name__})") from None
+
+
+def check_image(data: bytes, max_pixels: int = MAX_PAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of an image file once its header is checked against ``max_pixels`` and
+    every pixel decoded (what a grader or OCR would do with it later).
+
+    Raises:
+        ValueError: not an image Pillow can identify, more than ``max_pixels`` pixels (a
+            decompression bomb included), or pixel data that does not decode (corrupt, truncated).
+    """
+    import io
+    import warnings
+
+    from PIL import Image
+
+    w, h = image_size(data)
+    if w * h > max_pixels:
+        raise ValueError(f"the page image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bounded above, by our own limit
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+    except Exception as exc:  # truncated or corrupt pixel data
+        raise ValueError(f"the page image cannot be decoded ({type(exc).__name__})") from None
+    return w, h
+
+
+def check_model_answer_images(job: GradingJob) -> None:
+    """Decode every model-answer image of ``job``'s questions (:func:`check_image`).
+
+    Raises:
+        InvalidRequestError: an image that does not decode or is too large (HTTP 400, naming it).
+    """
+    seen: set[str] = set()
+    for i, q in enumerate(job.assessment.questions):
+        for k, img in enumerate(q.model_answer_images):
+            if img.data in seen:
+                continue
+            where = f"assessment.questions[{i}].model_answer_images[{k}]"
+            try:
+                check_image(img.image_bytes())
+            except ValueError as exc:
+                raise InvalidRequestError(f"{where}: {exc}", param=f"{where}.data") from None
+            seen.add(img.data)
 
 
 def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
@@ -139,11 +193,15 @@ def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
     reference each (SHA-256, media type, pixel size); the same bytes are stored once.
     Pages already stored and text pages are kept as they are.
 
+    Every image is decoded first (:func:`check_image`), and so are the questions' model-answer
+    images (which stay inline): a page that would fail later is refused now, naming it.
+
     Raises:
-        InvalidRequestError: a page image whose header Pillow cannot read, or one past the
-            decompression-bomb limit (HTTP 400, naming the page).
+        InvalidRequestError: a page image that does not decode, or one past
+            :data:`MAX_PAGE_PIXELS` (HTTP 400, naming the page).
         StorageError: the blob store cannot be written.
     """
+    check_model_answer_images(job)
     refs: dict[str, StoredImage] = {}
     subs = []
     for i, sub in enumerate(job.submissions):
@@ -157,7 +215,7 @@ def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
                 if ref is None:
                     raw = page.image_bytes()
                     try:
-                        w, h = image_size(raw)
+                        w, h = check_image(raw)
                     except ValueError as exc:
                         raise InvalidRequestError(f"submissions[{i}].pages[{k}]: {exc}",
                                                   param=f"submissions[{i}].pages[{k}].data") from None

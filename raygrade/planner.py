@@ -24,7 +24,7 @@ from typing import cast
 from raygrade.batch import GradeBatch
 from raygrade.blobs import image_size as blob_image_size
 from raygrade.config import RaygradeArgs
-from raygrade.errors import PlanningError
+from raygrade.errors import PlanningError, ReadingError
 from raygrade.prompts import (
     PROMPT_VERSION,
     SYSTEM_PROMPT,
@@ -249,20 +249,41 @@ class JobPlanner:
 
     def batches(self, job_id: str, job: GradingJob, works: list[StudentWork], vision: bool
                 ) -> tuple[list[GradeBatch], list[GradingErrorItem]]:
-        """Plan ``works`` into :class:`GradeBatch` es plus per-student planning errors."""
+        """Plan ``works`` into :class:`GradeBatch` es plus per-student errors: a student who fits
+        no request (``planning_error``), or whose pages, or whose questions' model-answer images,
+        cannot be read (``reading_error``); the rest of the job is planned as usual."""
         by_group: dict[tuple[str, ...], list[Question]] = {}
-        costs = []
+        both: dict[tuple[str, ...], tuple[int, int] | Exception] = {}
+        costs, planned, errors = [], [], []
+
+        def unreadable(w: StudentWork, what: str, exc: Exception) -> GradingErrorItem:
+            return GradingErrorItem(student_ids=[w.student_id], question_ids=list(w.question_ids),
+                                    type=ReadingError.error_type, message=f"{what} cannot be read ({exc})")
+
         for w in works:
             group = tuple(w.question_ids)
             if group not in by_group:
                 by_group[group] = [job.assessment.question(q) for q in group]
-            costs.append(self.student_cost(w, group))
-        both = {g: self.overhead(qs, vision) for g, qs in by_group.items()}
-        overheads: dict[Hashable, int] = {g: total for g, (total, _) in both.items()}
+                try:
+                    both[group] = self.overhead(by_group[group], vision)
+                except ValueError as exc:  # a model-answer image (the API checks them; a direct caller may not)
+                    both[group] = exc
+            if isinstance(overhead := both[group], Exception):
+                errors.append(unreadable(w, "a model-answer image of this student's questions", overhead))
+                continue
+            try:
+                costs.append(self.student_cost(w, group))
+            except ValueError as exc:  # a page image that cannot be read fails its student alone
+                errors.append(unreadable(w, "a page of this student", exc))
+                continue
+            planned.append(w)
+        works = planned
+        image_overheads = {g: o[1] for g, o in both.items() if not isinstance(o, Exception)}
+        overheads: dict[Hashable, int] = {g: o[0] for g, o in both.items() if not isinstance(o, Exception)}
         plan = plan_batches(costs, self.limits, overheads)
-        errors = [GradingErrorItem(student_ids=[r.student_id], question_ids=list(works[r.index].question_ids),
-                                   type=PlanningError.error_type, message=f"student {r.reason}")
-                  for r in plan.rejected]
+        errors += [GradingErrorItem(student_ids=[r.student_id], question_ids=list(works[r.index].question_ids),
+                                    type=PlanningError.error_type, message=f"student {r.reason}")
+                   for r in plan.rejected]
         batches = []
         for pb in plan.batches:
             group = cast(tuple[str, ...], pb.group)  # the question ids this planner grouped by
@@ -273,7 +294,7 @@ class JobPlanner:
                                    job.options.model or self.args.provider.model),
                 job_id=job_id, questions=by_group[group],
                 students=[works[i] for i in pb.students], prompt_tokens_estimate=pb.prompt_tokens,
-                image_tokens_estimate=both[group][1] + sum(costs[i].image_tokens for i in pb.students),
+                image_tokens_estimate=image_overheads[group] + sum(costs[i].image_tokens for i in pb.students),
                 max_tokens=pb.completion_tokens + JSON_OVERHEAD_TOKENS, model=job.options.model,
                 temperature=job.options.temperature, include_model_answer_images=vision))
         return batches, errors

@@ -7,19 +7,22 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from raygrade.protocol._base import _Model
+from raygrade.protocol._base import ShortStr, _Input, number
 from raygrade.protocol.pages import ImagePage, Page, StoredImage
 
+#: Most steps a question's score grid may have (``max_score / score_step``).
+MAX_GRID_STEPS = 10_000
 
-class GradedExample(_Model):
+
+class GradedExample(_Input):
     """An answer to the same question with its human grade, shown to the model for calibration."""
 
     answer: str = Field(max_length=20_000)
-    score: float = Field(ge=0)
-    feedback: str | None = None
+    score: float = number(ge=0)
+    feedback: str | None = Field(default=None, max_length=20_000)
 
 
-class Question(_Model):
+class Question(_Input):
     """One question of an assessment.
 
     ``max_score`` is in points; grades are in ``[0, max_score]``. ``score_step``
@@ -30,13 +33,21 @@ class Question(_Model):
     prompt: str = Field(min_length=1, max_length=20_000)
     reference_answer: str | None = Field(default=None, max_length=50_000)
     rubric: str = Field(default="", max_length=50_000)
-    max_score: float = Field(gt=0, le=1000)
-    score_step: float | None = Field(default=None, gt=0)
+    max_score: float = number(gt=0, le=1000)
+    score_step: float | None = number(default=None, gt=0)
     model_answer_images: list[ImagePage] = Field(default_factory=list, max_length=8)
     examples: list[GradedExample] = Field(default_factory=list, max_length=500)
 
     @model_validator(mode="after")
     def _check_examples(self) -> Question:
+        if self.score_step is not None:
+            n = self.max_score / self.score_step
+            if abs(n - round(n)) > 1e-6 * max(1.0, n):
+                raise ValueError(f"score_step {self.score_step} does not divide max_score {self.max_score} "
+                                 "(the grid would pass the maximum)")
+            if round(n) > MAX_GRID_STEPS:
+                raise ValueError(f"score_step {self.score_step} makes a grid of {round(n) + 1} scores; "
+                                 f"the limit is {MAX_GRID_STEPS + 1}")
         for i, ex in enumerate(self.examples):
             if ex.score > self.max_score:
                 raise ValueError(f"examples[{i}].score {ex.score} exceeds max_score {self.max_score}")
@@ -53,7 +64,7 @@ class Question(_Model):
         return grid
 
 
-class Assessment(_Model):
+class Assessment(_Input):
     """A set of questions graded together, with optional title."""
 
     id: str | None = Field(default=None, max_length=128)
@@ -78,7 +89,7 @@ class Assessment(_Model):
         raise KeyError(qid)
 
 
-class Submission(_Model):
+class Submission(_Input):
     """One student's answer pages, in order.
 
     ``question_ids`` names the questions these pages answer (default: all of the
@@ -87,7 +98,7 @@ class Submission(_Model):
 
     student_id: str = Field(min_length=1, max_length=256)
     pages: list[Page] = Field(min_length=1, max_length=200)
-    question_ids: list[str] | None = None
+    question_ids: list[ShortStr] | None = Field(default=None, min_length=1, max_length=200)
 
 
 class ReadingMode(str, enum.Enum):
@@ -109,7 +120,7 @@ class ReadingMode(str, enum.Enum):
         return self
 
 
-class CompletionPolicy(_Model):
+class CompletionPolicy(_Input):
     """When a job is complete.
 
     ``rule="all"``: when every item is graded or has failed. ``rule="quorum"``: as soon
@@ -119,17 +130,18 @@ class CompletionPolicy(_Model):
     """
 
     rule: Literal["all", "quorum"] = "all"
-    min_graded_share: float = Field(default=1.0, gt=0, le=1)
+    min_graded_share: float = number(default=1.0, gt=0, le=1)
 
 
-class JobOptions(_Model):
+class JobOptions(_Input):
     """Per-job options."""
 
-    model: str | None = Field(default=None, description="Model name; default: the deployment's.")
+    model: str | None = Field(default=None, min_length=1, max_length=256,
+                              description="Model name; default: the deployment's.")
     reading_mode: ReadingMode = ReadingMode.AUTO
     idempotency_key: str | None = Field(default=None, max_length=256)
-    temperature: float = Field(default=0.0, ge=0, le=2)
-    review_share: float = Field(default=0.0, ge=0, le=1, description=(
+    temperature: float = number(default=0.0, ge=0, le=2)
+    review_share: float = number(default=0.0, ge=0, le=1, description=(
         "Share of graded items a human will review: the least confident are flagged needs_review."))
     completion: CompletionPolicy = Field(default_factory=CompletionPolicy)
     webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://", description=(
@@ -148,7 +160,7 @@ class JobOptions(_Model):
         return v
 
 
-class GradingJob(_Model):
+class GradingJob(_Input):
     """The body of ``POST /v1/jobs``: one assessment and many students' submissions."""
 
     assessment: Assessment

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from raygrade.protocol._base import _Model
+from raygrade.protocol._base import _Input
 
 #: Largest decoded page image accepted, in bytes.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -24,7 +24,7 @@ def media_type_of(data: bytes) -> str:
     return "image/png" if data.startswith(_PNG_MAGIC) else "image/jpeg"
 
 
-class ImagePage(_Model):
+class ImagePage(_Input):
     """One scanned page, as a base64-encoded PNG or JPEG (no ``data:`` prefix)."""
 
     type: Literal["image"] = "image"
@@ -53,7 +53,7 @@ class ImagePage(_Model):
         return base64.b64decode(self.data)
 
 
-class StoredImage(_Model):
+class StoredImage(_Input):
     """A page image held in the job store's blob store (:mod:`raygrade.blobs`), by reference.
 
     Internal: the store puts one in place of every :class:`ImagePage` of an accepted job,
@@ -69,7 +69,7 @@ class StoredImage(_Model):
     size: int = Field(ge=0, description="Bytes of the image file.")
 
 
-class TextPage(_Model):
+class TextPage(_Input):
     """One page given as plain text (typed answers, or text already transcribed)."""
 
     type: Literal["text"] = "text"

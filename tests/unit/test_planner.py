@@ -110,3 +110,25 @@ def test_batches_say_which_part_of_their_prompt_is_images():
     assert b.image_tokens_estimate == 2 * per_page < b.prompt_tokens_estimate
     text_only, _ = planner_for(args).batches("j", job, works[1:], vision=True)
     assert text_only[0].image_tokens_estimate == 0 and isinstance(works[1].pages[0], TextPage)
+
+
+def test_a_page_that_cannot_be_read_fails_its_student_alone():
+    """A corrupt page reaching the planner (the API refuses it; a direct caller may not) is that
+    student's ``reading_error``; the other students are planned."""
+    import base64
+
+    from raygrade.config import ProviderConfig, RaygradeArgs
+    from raygrade.planner import planner_for
+    from raygrade.prompts import StudentWork
+    from raygrade.protocol import GradingJob
+
+    bad = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4).decode()
+    args = RaygradeArgs(provider=ProviderConfig(base_url="http://x/v1", api_key_env=None, image_token_rule="gpt-4o"))
+    job = GradingJob.model_validate({"assessment": {"questions": [{"id": "q1", "prompt": "Why?", "max_score": 1}]},
+                                     "submissions": [{"student_id": "bad", "pages": [{"type": "image", "data": bad}]},
+                                                     {"student_id": "ok", "pages": [{"type": "text", "text": "x"}]}]})
+    works = [StudentWork(student_id=s.student_id, alias=f"s{i}", pages=list(s.pages), page_indices=[0],
+                         question_ids=["q1"]) for i, s in enumerate(job.submissions)]
+    batches, errors = planner_for(args).batches("j", job, works, vision=True)
+    assert [e.student_ids for e in errors] == [["bad"]] and errors[0].type == "reading_error"
+    assert [s.student_id for b in batches for s in b.students] == ["ok"]

@@ -18,7 +18,7 @@ def png_b64(w=20, h=10) -> str:
 
 
 def job_dict(**over):
-    d = {"assessment": {"questions": [{"id": "q1", "prompt": "Why?", "max_score": 2}]},
+    d = {"options": {}, "assessment": {"questions": [{"id": "q1", "prompt": "Why?", "max_score": 2}]},
          "submissions": [{"student_id": "a", "pages": [{"type": "text", "text": "because"}]},
                          {"student_id": "b", "pages": [{"type": "image", "data": png_b64()}]}]}
     d.update(over)
@@ -40,6 +40,21 @@ def test_valid_job_parses():
     (lambda d: d["assessment"]["questions"][0].update(max_score=-1), "greater than 0"),
     (lambda d: d.update(surprise=1), "Extra inputs"),
     (lambda d: d.update(submissions=[]), "at least 1"),
+    # Strict numbers: no coercion from strings or booleans, finite only.
+    (lambda d: d["assessment"]["questions"][0].update(max_score="2"), "valid number"),
+    (lambda d: d["assessment"]["questions"][0].update(max_score=True), "valid number"),
+    (lambda d: d["assessment"]["questions"][0].update(max_score=float("nan")), "finite number"),
+    (lambda d: d["assessment"]["questions"][0].update(score_step=float("inf")), "finite number"),
+    (lambda d: d["options"].update(temperature="0"), "valid number"),
+    # A grid that would pass the maximum (0.6 on 1 → 1.2), or one of a million steps.
+    (lambda d: d["assessment"]["questions"][0].update(max_score=1, score_step=0.6), "does not divide"),
+    (lambda d: d["assessment"]["questions"][0].update(max_score=1000, score_step=0.0001), "the limit is"),
+    # Bounded strings, no NUL characters, no submission that answers nothing.
+    (lambda d: d["options"].update(model="m" * 100_000), "at most 256"),
+    (lambda d: d["submissions"][0]["pages"][0].update(text="a\x00b"), "NUL"),
+    (lambda d: d["assessment"]["questions"][0].update(id="q\x00"), "NUL"),
+    (lambda d: d["submissions"][0].update(question_ids=[]), "at least 1"),
+    (lambda d: d["submissions"][0].update(question_ids=["q" * 200]), "at most 128"),
 ])
 def test_invalid_jobs_name_the_problem(mutate, needle):
     d = job_dict()
@@ -56,6 +71,14 @@ def test_score_grid_and_examples_checked():
         Question(id="q", prompt="p", max_score=1, examples=[{"answer": "x", "score": 2}])
 
 
+def test_numbers_accept_integers_and_grids_that_divide():
+    q = Question(id="q", prompt="p", max_score=3, score_step=0.1)
+    assert len(q.allowed_scores()) == 31 and q.allowed_scores()[-1] == 3
+    assert GradingJob.model_validate_json(
+        '{"assessment": {"questions": [{"id": "q", "prompt": "p", "max_score": 2}]},'
+        ' "submissions": [{"student_id": "a", "pages": [{"type": "text", "text": "x"}]}]}').assessment.questions[0].max_score == 2
+
+
 def test_image_page_round_trip():
     p = ImagePage(data=png_b64(3, 4))
     assert Image.open(io.BytesIO(p.image_bytes())).size == (3, 4)
@@ -69,3 +92,37 @@ def test_errors_pickle_across_actor_boundaries_and_have_openai_bodies():
     assert isinstance(e2, RaygradeError) and e2.retry_after_s == 2.5 and e2.retryable
     body = e2.to_openai_body()["error"]
     assert body == {"message": "slow down", "type": "rate_limit_error", "param": None, "code": "rate_limit_exceeded"}
+
+
+def _png_bytes(w, h, mode="1") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (w, h)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def test_pages_are_decoded_at_the_edge_naming_the_page(tmp_path):
+    """A decompression bomb (30000 x 30000, one colour, ~100 KB) and a PNG whose header is followed
+    by garbage are refused with 400s naming the page, before anything is stored; so are
+    model-answer images, which stay inline."""
+    from raygrade.blobs import BlobStore, check_image, externalize
+    from raygrade.errors import InvalidRequestError
+
+    bomb = _png_bytes(30_000, 30_000)
+    assert len(bomb) < 200_000
+    garbage = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+    truncated = _png_bytes(200, 200, "RGB")[:-40]
+    for data, needle in ((bomb, "pixels"), (_png_bytes(9000, 8000), "the limit is 64000000"), (garbage, "cannot be read"), (truncated, "cannot be")):
+        with pytest.raises(ValueError, match=needle):
+            check_image(data)
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    d = job_dict()
+    d["submissions"][1]["pages"].append({"type": "image", "data": base64.b64encode(bomb).decode()})
+    with pytest.raises(InvalidRequestError) as ei:
+        externalize(GradingJob.model_validate(d), blobs)
+    assert ei.value.param == "submissions[1].pages[1].data" and "pixels" in ei.value.message
+    d = job_dict()
+    d["assessment"]["questions"][0]["model_answer_images"] = [{"type": "image", "data": base64.b64encode(garbage).decode()}]
+    with pytest.raises(InvalidRequestError) as ei:
+        externalize(GradingJob.model_validate(d), blobs)
+    assert ei.value.param == "assessment.questions[0].model_answer_images[0].data"
+    assert check_image(_png_bytes(30, 20, "RGB")) == (30, 20)
