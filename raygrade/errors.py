@@ -96,6 +96,25 @@ class InvalidRequestError(RaygradeError):
     error_type = "invalid_request_error"
 
 
+class AuthenticationError(RaygradeError):
+    """No API key, or one the server does not know or has revoked (HTTP 401)."""
+
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """The request body is over the API's size limit (HTTP 413)."""
+
+    status_code = 413
+
+
+class RequestTimeoutError(InvalidRequestError):
+    """The request body did not arrive within the API's time limits (HTTP 408)."""
+
+    status_code = 408
+
+
 class NotFoundError(RaygradeError):
     """A job id or resource does not exist (HTTP 404)."""
 

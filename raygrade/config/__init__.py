@@ -6,6 +6,7 @@ are in :mod:`raygrade.config.provider`, the application's settings and presets i
 :mod:`raygrade.config.app`, self-hosted models in :mod:`raygrade.selfhosted`.
 """
 
+from raygrade.config.api import DEFAULT_TENANT, ApiConfig
 from raygrade.config.app import (
     BatcherConfig,
     RaygradeArgs,
@@ -20,6 +21,6 @@ from raygrade.config.app import (
 from raygrade.config.provider import ImageTokenRule, ProviderConfig, RateLimitConfig
 from raygrade.selfhosted import LocalEngineConfig, ServedModelConfig
 
-__all__ = ["BatcherConfig", "ImageTokenRule", "LocalEngineConfig", "ProviderConfig", "RateLimitConfig",
-           "RaygradeArgs", "ServedModelConfig", "StoreConfig", "default_batcher", "default_provider",
+__all__ = ["DEFAULT_TENANT", "ApiConfig", "BatcherConfig", "ImageTokenRule", "LocalEngineConfig", "ProviderConfig",
+           "RateLimitConfig", "RaygradeArgs", "ServedModelConfig", "StoreConfig", "default_batcher", "default_provider",
            "default_store_url", "local_vllm_batcher", "local_vllm_provider", "reference_similarity_provider"]

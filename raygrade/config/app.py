@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from raygrade.config.api import ApiConfig
 from raygrade.config.provider import ProviderConfig, RateLimitConfig, _Config
 from raygrade.selfhosted import LocalEngineConfig, ServedModelConfig
 
@@ -106,6 +107,7 @@ class RaygradeArgs(_Config):
             environment override of the provider needs no edit here).
         batcher: How students are packed into requests.
         store: The durable job store.
+        api: The HTTP API's authentication and request bounds (:class:`ApiConfig`).
         namespace: The application's namespace (Ray namespace of the rate limiter, and
             the application's jobs in a shared database).
         models: Self-hosted models deployed in the application with ``ray.serve.llm``
@@ -119,6 +121,7 @@ class RaygradeArgs(_Config):
     local_engine: LocalEngineConfig | None = None
     batcher: BatcherConfig = Field(default_factory=BatcherConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     namespace: str = "raygrade"
     models: list[ServedModelConfig] = Field(default_factory=list)
     deployment_options: dict[str, dict[str, Any]] = Field(default_factory=dict)

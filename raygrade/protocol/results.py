@@ -112,6 +112,19 @@ class JobStatus(_Model):
     usage: Usage = Field(default_factory=Usage)
 
 
+class JobList(_Model):
+    """The body of ``GET /v1/jobs``: a page of the caller's jobs, newest first (OpenAI's list shape).
+
+    ``last_id`` is the cursor for the next page (``?after=last_id``) while ``has_more``.
+    """
+
+    object: Literal["list"] = "list"
+    data: list[JobStatus]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
 class JobResults(_Model):
     """The body of ``GET /v1/jobs/{id}/results``."""
 

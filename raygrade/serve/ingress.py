@@ -1,7 +1,9 @@
 """``RaygradeIngress``: the HTTP API (FastAPI on Ray Serve).
 
-Routes:
+Routes (every one but ``/healthz`` needs ``Authorization: Bearer <key>`` unless ``api.auth`` is
+``disabled``; a job is its tenant's alone: another tenant's job id is a 404):
     ``POST /v1/jobs``               → 202 :class:`JobStatus` (200 for an idempotent replay)
+    ``GET  /v1/jobs``               → :class:`JobList` of the tenant's jobs (``?status=&limit=&after=``)
     ``GET  /v1/jobs/{id}``          → :class:`JobStatus` with progress counts
     ``GET  /v1/jobs/{id}/results``  → :class:`JobResults` (partial while running)
     ``POST /v1/jobs/{id}/cancel``   → :class:`JobStatus` (``cancelled``; 409 if already ended)
@@ -9,8 +11,10 @@ Routes:
     ``GET  /healthz``
 
 Errors use the OpenAI body ``{"error": {"message", "type", "param", "code"}}``;
-request validation errors are 400 and name the offending field in ``param``.
-This module is the HTTP boundary where raygrade's exceptions become responses.
+request validation errors are 400 and name the offending field in ``param``; a missing or
+invalid key is 401, a body over ``api.max_body_bytes`` 413, one that stalls 408
+(:mod:`raygrade.serve.guard`). This module is the HTTP boundary where raygrade's exceptions
+become responses.
 """
 
 # No ``from __future__ import annotations``: FastAPI resolves the route annotations
@@ -19,17 +23,19 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raygrade.blobs import BlobStore, externalize
-from raygrade.config import StoreConfig
+from raygrade.config import ApiConfig, StoreConfig
 from raygrade.errors import InvalidRequestError, RaygradeError, raygrade_cause
-from raygrade.protocol import ErrorResponse, GradingJob, JobResults, JobStatus
+from raygrade.protocol import ErrorResponse, GradingJob, JobList, JobResults, JobState, JobStatus
+from raygrade.serve.guard import Authenticator, RequestGuard, error_response
 
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config
 # format (JSON in serve_config.yaml), as Serve documents for deployment code.
@@ -37,6 +43,19 @@ logger = logging.getLogger(f"ray.serve.{__name__}")
 
 api = FastAPI(title="raygrade", version="0.1.0",
               description="Grade scanned answer pages against questions, reference answers and rubrics.")
+api.add_middleware(RequestGuard)
+_bearer = HTTPBearer(auto_error=False, description="An API key (`raygrade keys create --tenant NAME`).")
+
+
+async def tenant_of(request: Request,
+                    credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> str:
+    """The caller's tenant (a FastAPI dependency): what :class:`RequestGuard` found for its key
+    before the body was read (``credentials`` only declares the scheme in the OpenAPI document)."""
+    return request.state.tenant
+
+
+Tenant = Depends(tenant_of)
+JobId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 
 
 def _loc_to_param(loc: tuple) -> str:
@@ -69,11 +88,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error statuses a route really answers."""
-    what = {400: "Invalid request (``param`` names the field).", 404: "No such job.",
+    """OpenAPI ``responses`` for the error statuses a route really answers (401 on every
+    authenticated route, 400 for a malformed path or query, 503 when the store is down)."""
+    what = {400: "Invalid request (``param`` names the field).", 401: "No API key, or an invalid or revoked one.",
+            404: "No such job (or another tenant's).", 408: "The request body did not arrive in time.",
             409: "Conflict: an idempotency key reused with another body, or a job that already ended.",
-            503: "The job store is unavailable; try again."}
-    return {c: {"model": ErrorResponse, "description": what[c]} for c in codes}
+            413: "The request body is over the size limit.", 503: "The job store is unavailable; try again."}
+    return {c: {"model": ErrorResponse, "description": what[c]} for c in sorted({400, 401, 503, *codes})}
 
 
 def _openapi() -> dict:
@@ -94,7 +115,7 @@ api.openapi = _openapi  # type: ignore[method-assign]  # FastAPI's documented wa
 
 @api.exception_handler(RaygradeError)
 async def _raygrade_error(request: Request, exc: RaygradeError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content=exc.to_openai_body())
+    return error_response(exc)
 
 
 async def _call(response):
@@ -107,7 +128,8 @@ async def _call(response):
         raise
 
 
-@serve.deployment(name="RaygradeIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200,
+# Stalled uploads hold a slot each until the guard's body timeouts close them: room for many.
+@serve.deployment(name="RaygradeIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000,
                   num_replicas=1)
 @serve.ingress(api)
 class RaygradeIngress:
@@ -118,18 +140,28 @@ class RaygradeIngress:
         registry: ``JobRegistry`` handle.
         batcher: ``Batcher`` handle.
         store: The store's settings (where page images go; :mod:`raygrade.blobs`).
+        config: Authentication and request bounds (:class:`ApiConfig`).
     """
 
-    def __init__(self, registry, batcher, store: StoreConfig | None = None):
+    def __init__(self, registry, batcher, store: StoreConfig | None = None, config: ApiConfig | None = None):
         self._registry, self._batcher = registry, batcher
         self._blobs = BlobStore(store.resolved_blob_uri()) if store is not None else None
+        config = config or ApiConfig()
+        api.state.api_config = config
+        api.state.authenticator = Authenticator(lambda h: registry.tenant_for_key.remote(h), config)
+        if config.auth == "disabled":
+            logger.warning("authentication is DISABLED (api.auth: disabled): anyone who reaches this port acts as "
+                           "tenant 'default'; use it on a laptop or in a test, never on a network")
+        else:
+            logger.info("API keys required (api.auth: api_keys); bodies up to %d bytes", config.max_body_bytes)
 
     @api.post("/v1/jobs", status_code=202, response_model=JobStatus, responses={
         200: {"model": JobStatus, "description": "A replay of an idempotency key: the existing job."},
-        **_errors(400, 409, 503)})
+        **_errors(408, 409, 413)})
     async def create_job(self, job: GradingJob,
-                         idempotency_key: str | None = Header(default=None, alias="Idempotency-Key")
-                         ) -> JSONResponse:
+                         idempotency_key: str | None = Header(default=None, alias="Idempotency-Key", min_length=1,
+                                                              max_length=256),
+                         tenant: str = Tenant) -> JSONResponse:
         if where := job.stored_pages():
             raise InvalidRequestError(f"{where[0]}: pages of type 'stored_image' are internal to raygrade; "
                                       "send 'image' or 'text' pages", param=where[0])
@@ -139,7 +171,7 @@ class RaygradeIngress:
             job = await asyncio.to_thread(externalize, job, self._blobs)
         # Durable first (the outbox): the batcher drives jobs from the store, so a lost
         # nudge below only delays the job until the batcher's next poll.
-        status, created = await _call(self._registry.create.remote(job, key))
+        status, created = await _call(self._registry.create.remote(job, key, tenant))
         if created:
             try:
                 await self._batcher.submit.remote(status.id)
@@ -148,22 +180,32 @@ class RaygradeIngress:
                                status.id, type(exc).__name__, extra={"raygrade_job_id": status.id})
         return JSONResponse(status_code=202 if created else 200, content=status.model_dump(mode="json"))
 
+    @api.get("/v1/jobs", response_model=JobList, responses=_errors(404))
+    async def list_jobs(self, status: JobState | None = Query(default=None),
+                        limit: int = Query(default=20, ge=1, le=100),
+                        after: str | None = Query(default=None, min_length=1, max_length=64),
+                        tenant: str = Tenant) -> JobList:
+        """The caller's jobs, newest first; ``after`` = the previous page's ``last_id`` (404 if unknown)."""
+        data, more = await _call(self._registry.list_jobs.remote(tenant, status, limit, after))
+        return JobList(data=data, has_more=more, first_id=data[0].id if data else None,
+                       last_id=data[-1].id if data else None)
+
     @api.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=_errors(404))
-    async def get_job(self, job_id: str) -> JobStatus:
-        return await _call(self._registry.status.remote(job_id))
+    async def get_job(self, job_id: str = JobId, tenant: str = Tenant) -> JobStatus:
+        return await _call(self._registry.status.remote(job_id, tenant))
 
     @api.get("/v1/jobs/{job_id}/results", response_model=JobResults, responses=_errors(404))
-    async def get_results(self, job_id: str) -> JobResults:
-        return await _call(self._registry.results.remote(job_id))
+    async def get_results(self, job_id: str = JobId, tenant: str = Tenant) -> JobResults:
+        return await _call(self._registry.results.remote(job_id, tenant))
 
     @api.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=_errors(404, 409))
-    async def cancel_job(self, job_id: str) -> JobStatus:
+    async def cancel_job(self, job_id: str = JobId, tenant: str = Tenant) -> JobStatus:
         """Cancel a queued or running job (409 once it has ended); grades already made stay."""
-        return await _call(self._registry.cancel.remote(job_id))
+        return await _call(self._registry.cancel.remote(job_id, tenant))
 
     @api.get("/v1/jobs/{job_id}/replicas", responses=_errors(404))
-    async def get_replicas(self, job_id: str) -> dict[str, int]:
-        return await _call(self._registry.replicas.remote(job_id))
+    async def get_replicas(self, job_id: str = JobId, tenant: str = Tenant) -> dict[str, int]:
+        return await _call(self._registry.replicas.remote(job_id, tenant))
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -18,9 +18,9 @@ from typing import Any
 from ray import serve
 
 from raygrade.batch import BatchOutcome, GradeBatch
-from raygrade.config import StoreConfig
+from raygrade.config import DEFAULT_TENANT, StoreConfig
 from raygrade.errors import InvalidRequestError
-from raygrade.protocol import GradingErrorItem, GradingJob, JobResults, JobStatus
+from raygrade.protocol import GradingErrorItem, GradingJob, JobResults, JobState, JobStatus
 from raygrade.store import JobStore
 from raygrade.webhooks import check_url, resolve_checked
 
@@ -42,8 +42,9 @@ class JobRegistryImpl:
     async def _do(self, fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
-    async def create(self, job: GradingJob, idempotency_key: str | None = None) -> tuple[JobStatus, bool]:
-        """Durably record a job (see :meth:`JobStore.create_job`).
+    async def create(self, job: GradingJob, idempotency_key: str | None = None, tenant: str = DEFAULT_TENANT
+                     ) -> tuple[JobStatus, bool]:
+        """Durably record ``tenant``'s job (see :meth:`JobStore.create_job`).
 
         Raises:
             InvalidRequestError: a ``webhook_url`` while no signing secret is configured, or
@@ -59,7 +60,7 @@ class JobRegistryImpl:
                 await resolve_checked(check_url(job.options.webhook_url), self._config.webhook_allowed_networks)
             except ValueError as exc:
                 raise InvalidRequestError(str(exc), param="options.webhook_url") from None
-        return await self._do(self._store.create_job, job, idempotency_key, self._namespace)
+        return await self._do(self._store.create_job, job, idempotency_key, self._namespace, tenant)
 
     async def gauges(self) -> dict:
         """This application's jobs by state and pending batches (see :meth:`JobStore.gauges`)."""
@@ -74,17 +75,27 @@ class JobRegistryImpl:
         """The job as stored (:meth:`JobStore.get_job`). Raises ``NotFoundError``."""
         return await self._do(self._store.get_job, job_id)
 
-    async def status(self, job_id: str) -> JobStatus:
-        """The job's state and progress (:meth:`JobStore.status`). Raises ``NotFoundError``."""
-        return await self._do(self._store.status, job_id)
+    async def status(self, job_id: str, tenant: str | None = None) -> JobStatus:
+        """The job's state and progress (:meth:`JobStore.status`); with ``tenant``, only that
+        tenant's job. Raises ``NotFoundError``."""
+        return await self._do(self._store.status, job_id, tenant)
 
-    async def results(self, job_id: str) -> JobResults:
+    async def list_jobs(self, tenant: str, state: JobState | None = None, limit: int = 20, after: str | None = None
+                        ) -> tuple[list[JobStatus], bool]:
+        """The tenant's jobs in this application, newest first (:meth:`JobStore.list_jobs`)."""
+        return await self._do(self._store.list_jobs, self._namespace, tenant, state=state, limit=limit, after=after)
+
+    async def tenant_for_key(self, key_hash: str) -> str | None:
+        """The tenant of a valid API key, by the key's SHA-256 (:meth:`JobStore.tenant_for_key`)."""
+        return await self._do(self._store.tenant_for_key, key_hash)
+
+    async def results(self, job_id: str, tenant: str | None = None) -> JobResults:
         """Grades and errors so far (:meth:`JobStore.results`). Raises ``NotFoundError``."""
-        return await self._do(self._store.results, job_id)
+        return await self._do(self._store.results, job_id, tenant)
 
-    async def replicas(self, job_id: str) -> dict[str, int]:
+    async def replicas(self, job_id: str, tenant: str | None = None) -> dict[str, int]:
         """Batches completed per grader replica (:meth:`JobStore.replicas`)."""
-        return await self._do(self._store.replicas, job_id)
+        return await self._do(self._store.replicas, job_id, tenant)
 
     async def batch_report(self, job_id: str) -> list[dict[str, Any]]:
         """Per batch: id, state, attempts, duplicates dropped (:meth:`JobStore.batch_report`)."""
@@ -99,9 +110,9 @@ class JobRegistryImpl:
         return await self._do(self._store.batch_attempts, batch_id)
 
     # -- job transitions ----------------------------------------------------------------------
-    async def cancel(self, job_id: str) -> JobStatus:
+    async def cancel(self, job_id: str, tenant: str | None = None) -> JobStatus:
         """Cancel a queued or running job (:meth:`JobStore.cancel`). Raises ``NotFoundError``."""
-        return await self._do(self._store.cancel, job_id)
+        return await self._do(self._store.cancel, job_id, tenant)
 
     async def record_plan(self, job_id: str, planned: list[GradeBatch], errors: list[GradingErrorItem],
                           model: str | None) -> bool:

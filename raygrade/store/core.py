@@ -51,8 +51,12 @@ class StoreCore:
 
         return sqlite.insert(table).on_conflict_do_nothing()
 
-    def _job_row(self, conn, job_id: str, *, lock: bool = False):
+    def _job_row(self, conn, job_id: str, *, lock: bool = False, tenant: str | None = None):
+        """The job's row; with ``tenant``, only if the job is that tenant's (another tenant's job
+        is as unknown as a job that does not exist)."""
         q = sa.select(jobs).where(jobs.c.id == job_id)
+        if tenant is not None:
+            q = q.where(jobs.c.tenant == tenant)
         if lock and self.dialect == "postgresql":
             q = q.with_for_update()
         row = conn.execute(q).mappings().first()
@@ -70,11 +74,14 @@ class StoreCore:
         return GradingJob.model_validate_json(
             conn.execute(sa.select(job_bodies.c.body).where(job_bodies.c.job_id == job_id)).scalar_one())
 
-    def _status(self, conn, job_id: str) -> JobStatus:
+    def _status(self, conn, job_id: str, tenant: str | None = None) -> JobStatus:
         """One row: the job's counters (kept by every write that changes them)."""
-        j = self._job_row(conn, job_id)
+        return self._status_of(self._job_row(conn, job_id, tenant=tenant))
+
+    @staticmethod
+    def _status_of(j) -> JobStatus:
         return JobStatus(
-            id=job_id, state=JobState(j["state"]), created_at=j["created_at"], finished_at=j["finished_at"],
+            id=j["id"], state=JobState(j["state"]), created_at=j["created_at"], finished_at=j["finished_at"],
             model=j["model"], usage=Usage(prompt_tokens=j["prompt_tokens"], completion_tokens=j["completion_tokens"]),
             progress=JobProgress(students=j["students"], items_total=j["items_total"],
                                  items_graded=j["items_graded"], items_failed=j["items_failed"],

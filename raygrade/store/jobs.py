@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from raygrade.config.api import DEFAULT_TENANT
 from raygrade.errors import ConflictError
 from raygrade.protocol import (
     GradeResult,
@@ -21,6 +22,7 @@ from raygrade.protocol import (
 )
 from raygrade.review import review_cut
 from raygrade.store.batches import BatchLeases
+from raygrade.store.keys import ApiKeys
 from raygrade.store.outbox import WebhookOutbox
 from raygrade.store.schema import batches, items, job_bodies, jobs
 from raygrade.store.states import (
@@ -32,7 +34,7 @@ from raygrade.store.states import (
 )
 
 
-class JobStore(BatchLeases, WebhookOutbox):
+class JobStore(BatchLeases, WebhookOutbox, ApiKeys):
     """Jobs, items, batches and webhooks in SQLite or PostgreSQL.
 
     Args:
@@ -42,17 +44,17 @@ class JobStore(BatchLeases, WebhookOutbox):
 
     Every method is one transaction. Methods raise :class:`NotFoundError` for an
     unknown job id and :class:`IllegalTransitionError` for a disallowed state change.
-    The operations live in three parts: this class (jobs), :class:`BatchLeases`
-    (plans, leases, completion of batches) and :class:`WebhookOutbox`.
+    The operations live in four parts: this class (jobs), :class:`BatchLeases`
+    (plans, leases, completion of batches), :class:`WebhookOutbox` and :class:`ApiKeys`.
     """
 
-    def create_job(self, job: GradingJob, idempotency_key: str | None = None, namespace: str = "raygrade"
-                   ) -> tuple[JobStatus, bool]:
+    def create_job(self, job: GradingJob, idempotency_key: str | None = None, namespace: str = "raygrade",
+                   tenant: str = DEFAULT_TENANT) -> tuple[JobStatus, bool]:
         """Record a job and its items (state ``queued``), or return the job its key names.
 
         ``namespace`` is the application's (``RaygradeArgs.namespace``): several raygrade
-        applications can share one database; each resumes only its own jobs, and
-        idempotency keys are unique per namespace.
+        applications can share one database; each resumes only its own jobs. ``tenant`` owns
+        the job (the API key's tenant). Idempotency keys are unique per namespace and tenant.
 
         Returns:
             ``(status, created)``; ``created`` is False for a replay of the same key and body.
@@ -73,12 +75,12 @@ class JobStore(BatchLeases, WebhookOutbox):
         with self.engine.begin() as conn:
             if idempotency_key is not None:
                 ins = self._insert_ignore(jobs).values(
-                    id=job_id, namespace=namespace, idempotency_key=idempotency_key, body_hash=h,
+                    id=job_id, namespace=namespace, tenant=tenant, idempotency_key=idempotency_key, body_hash=h,
                     state="queued", model=job.options.model, students=len(job.submissions), items_total=len(rows),
                     created_at=now, updated_at=now).returning(jobs.c.id)
                 if conn.execute(ins).first() is None:  # the key exists (rowcount is -1 on psycopg)
                     existing = conn.execute(sa.select(jobs.c.id, jobs.c.body_hash)
-                                            .where(jobs.c.namespace == namespace,
+                                            .where(jobs.c.namespace == namespace, jobs.c.tenant == tenant,
                                                    jobs.c.idempotency_key == idempotency_key)).one()
                     if existing.body_hash != h:
                         raise ConflictError("idempotency key was already used with a different request body",
@@ -86,7 +88,7 @@ class JobStore(BatchLeases, WebhookOutbox):
                     return self._status(conn, existing.id), False
             else:
                 conn.execute(jobs.insert().values(
-                    id=job_id, namespace=namespace, body_hash=h, state="queued", model=job.options.model,
+                    id=job_id, namespace=namespace, tenant=tenant, body_hash=h, state="queued", model=job.options.model,
                     students=len(job.submissions), items_total=len(rows), created_at=now, updated_at=now))
             conn.execute(job_bodies.insert().values(job_id=job_id, body=body))
             for k in range(0, len(rows), 5000):
@@ -99,9 +101,31 @@ class JobStore(BatchLeases, WebhookOutbox):
             self._job_row(conn, job_id)  # NotFoundError for an unknown id
             return self._job_body(conn, job_id)
 
-    def status(self, job_id: str) -> JobStatus:
+    def status(self, job_id: str, tenant: str | None = None) -> JobStatus:
+        """The job's state and progress; with ``tenant``, ``NotFoundError`` unless it is that tenant's."""
         with self.engine.connect() as conn:
-            return self._status(conn, job_id)
+            return self._status(conn, job_id, tenant)
+
+    def list_jobs(self, namespace: str, tenant: str, *, state: JobState | None = None, limit: int = 20,
+                  after: str | None = None) -> tuple[list[JobStatus], bool]:
+        """The tenant's jobs in ``namespace``, newest first: ``(up to limit jobs, whether more follow)``.
+
+        ``after`` is a job id from a previous page (its ``last_id``): the jobs created before it.
+
+        Raises:
+            NotFoundError: ``after`` is not one of the tenant's jobs.
+        """
+        q = sa.select(jobs).where(jobs.c.namespace == namespace, jobs.c.tenant == tenant)
+        if state is not None:
+            q = q.where(jobs.c.state == state.value)
+        with self.engine.connect() as conn:
+            if after is not None:
+                a = self._job_row(conn, after, tenant=tenant)
+                q = q.where(sa.or_(jobs.c.created_at < a["created_at"],
+                                   sa.and_(jobs.c.created_at == a["created_at"], jobs.c.id < a["id"])))
+            rows = conn.execute(q.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)).mappings()
+            out = [self._status_of(r) for r in rows]
+        return out[:limit], len(out) > limit
 
     def unfinished_jobs(self, namespace: str = "raygrade") -> list[str]:
         """Ids of the namespace's jobs accepted but not in a terminal state, oldest first
@@ -181,7 +205,7 @@ class JobStore(BatchLeases, WebhookOutbox):
             self._queue_webhook(conn, job_id, self._job_body(conn, job_id))
             return self._status(conn, job_id)
 
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, tenant: str | None = None) -> JobStatus:
         """Cancel a queued or running job: pending items and open batches are cancelled;
         grades already written stay. In-flight batches finish but write nothing.
 
@@ -189,17 +213,17 @@ class JobStore(BatchLeases, WebhookOutbox):
             IllegalTransitionError: the job already ended.
         """
         with self.engine.begin() as conn:
-            j = self._job_row(conn, job_id, lock=True)
+            j = self._job_row(conn, job_id, lock=True, tenant=tenant)
             check_transition(JOB_TRANSITIONS, "job", j["state"], "cancelled")
             self._close(conn, job_id, "cancelled", "the job was cancelled")
             self._set_job_state(conn, job_id, "cancelled", finished_at=self._clock())
             self._queue_webhook(conn, job_id, self._job_body(conn, job_id))
             return self._status(conn, job_id)
 
-    def results(self, job_id: str) -> JobResults:
+    def results(self, job_id: str, tenant: str | None = None) -> JobResults:
         """Grades in submission and question order, and errors grouped per (student, type, batch)."""
         with self.engine.connect() as conn:
-            j = self._job_row(conn, job_id)
+            j = self._job_row(conn, job_id, tenant=tenant)
             rows = conn.execute(sa.select(items).where(items.c.job_id == job_id, items.c.state != "pending")
                                 .order_by(items.c.seq)).mappings().all()
             out: list[GradeResult] = []
@@ -217,10 +241,10 @@ class JobStore(BatchLeases, WebhookOutbox):
             return JobResults(id=job_id, state=JobState(j["state"]), results=out, errors=errors,
                               usage=Usage(prompt_tokens=j["prompt_tokens"], completion_tokens=j["completion_tokens"]))
 
-    def replicas(self, job_id: str) -> dict[str, int]:
+    def replicas(self, job_id: str, tenant: str | None = None) -> dict[str, int]:
         """Batches completed per grader replica for this job."""
         with self.engine.connect() as conn:
-            self._job_row(conn, job_id)
+            self._job_row(conn, job_id, tenant=tenant)
             return dict(conn.execute(sa.select(batches.c.replica, sa.func.count()).where(
                 batches.c.job_id == job_id, batches.c.state == "done", batches.c.replica.is_not(None))
                 .group_by(batches.c.replica)).all())

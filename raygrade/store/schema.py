@@ -17,6 +17,7 @@ jobs = sa.Table(
     "raygrade_jobs", metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("namespace", sa.String(128), nullable=False, server_default="raygrade"),
+    sa.Column("tenant", sa.String(128), nullable=False, server_default="default"),  # the API key's (0003)
     sa.Column("idempotency_key", sa.String(256), nullable=True),
     sa.Column("body_hash", sa.String(64), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
@@ -33,9 +34,10 @@ jobs = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
     sa.Column("updated_at", sa.Float, nullable=False),
-    # Idempotency keys are per application (a NULL key never conflicts).
-    sa.UniqueConstraint("namespace", "idempotency_key", name="raygrade_jobs_namespace_key"),
+    # Idempotency keys are per application and tenant (a NULL key never conflicts).
+    sa.UniqueConstraint("namespace", "tenant", "idempotency_key", name="raygrade_jobs_tenant_key"),
     sa.Index("raygrade_jobs_namespace_state", "namespace", "state"),
+    sa.Index("raygrade_jobs_tenant_created", "namespace", "tenant", "created_at"),  # GET /v1/jobs
 )
 # The job's body (questions, rubric, page references) apart from the row every status,
 # lease and completion reads or updates: that row stays a few hundred bytes at any job size.
@@ -87,6 +89,20 @@ webhooks = sa.Table(
     sa.Column("last_error", sa.String(512)),
     sa.Column("owner", sa.String(96)),
     sa.Column("lease_expires_at", sa.Float),
+)
+
+# API keys (0003): only the SHA-256 of each secret is kept; ``prefix`` (its first characters)
+# lets a person recognise a key in a listing.
+api_keys = sa.Table(
+    "raygrade_api_keys", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(256)),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+    sa.Index("raygrade_api_keys_tenant", "tenant"),
 )
 
 

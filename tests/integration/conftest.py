@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from raygrade.config import BatcherConfig, RaygradeArgs, StoreConfig
+from raygrade.config import ApiConfig, BatcherConfig, RaygradeArgs, StoreConfig
 from raygrade.testing.fake_openai import FakeOpenAIServer, fake_provider_config
 from raygrade.testing.ports import free_port
 
@@ -78,7 +78,8 @@ def fake_app(serve_url, fake_openai):
     from raygrade.app import build_app
 
     # Webhook receivers in tests listen on loopback: allowed here explicitly (never by default).
-    args = RaygradeArgs(provider=fake_provider_config(fake_openai.base_url, timeout_s=3.0),
+    args = RaygradeArgs(api=ApiConfig(auth="disabled"),
+                        provider=fake_provider_config(fake_openai.base_url, timeout_s=3.0),
                         batcher=BatcherConfig(max_students_per_request=4, max_images_per_request=6),
                         store=StoreConfig(webhook_allowed_networks=["127.0.0.0/8", "::1/128"]),
                         namespace=f"rg-test-{uuid.uuid4().hex[:8]}")

@@ -6,7 +6,7 @@ import pytest
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
 from raygrade.cli import Client
-from raygrade.config import RaygradeArgs, reference_similarity_provider
+from raygrade.config import ApiConfig, RaygradeArgs, reference_similarity_provider
 from raygrade.datasets.saf import find_saf, load_split
 from raygrade.datasets.sample_jobs import saf_question
 from raygrade.evaluation import agreement
@@ -57,7 +57,8 @@ def test_baseline_in_the_serve_graph(serve_url):
 
     from raygrade.app import build_app
 
-    args = RaygradeArgs(provider=reference_similarity_provider(), namespace=f"rg-base-{uuid.uuid4().hex[:8]}")
+    args = RaygradeArgs(api=ApiConfig(auth="disabled"),
+                        provider=reference_similarity_provider(), namespace=f"rg-base-{uuid.uuid4().hex[:8]}")
     serve.run(build_app(args), name="baseline", route_prefix="/baseline")
     try:
         client = Client(f"{serve_url}/baseline")

@@ -12,7 +12,7 @@ import uuid
 import httpx
 import pytest
 
-from raygrade.config import BatcherConfig, RaygradeArgs, StoreConfig
+from raygrade.config import ApiConfig, BatcherConfig, RaygradeArgs, StoreConfig
 from raygrade.testing.fake_openai import FakeOpenAIServer, fake_provider_config
 
 STUDENTS = 220
@@ -58,7 +58,7 @@ def test_chaos_every_item_graded_exactly_once(serve_url, store_url):
 
     server = FakeOpenAIServer(api_key="sk-test", latency_s=1.0).start()
     namespace = f"rg-chaos-{uuid.uuid4().hex[:8]}"
-    args = RaygradeArgs(provider=fake_provider_config(server.base_url),
+    args = RaygradeArgs(api=ApiConfig(auth="disabled"), provider=fake_provider_config(server.base_url),
                         batcher=BatcherConfig(max_students_per_request=4, max_concurrent_batches=3),
                         store=StoreConfig(url=store_url, batch_lease_s=3.0, poll_interval_s=0.25),
                         namespace=namespace)

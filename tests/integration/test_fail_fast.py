@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from raygrade.config import RaygradeArgs
+from raygrade.config import ApiConfig, RaygradeArgs
 from raygrade.errors import ConfigError
 from raygrade.providers.openai_compat import check_provider
 from raygrade.testing.fake_openai import fake_provider_config
@@ -43,7 +43,8 @@ def test_a_deployment_with_an_unknown_model_fails_with_the_message(serve_url, fa
 
     from raygrade.app import build_app
 
-    args = RaygradeArgs(provider=fake_provider_config(fake_openai.base_url, model="gpt-nope"),
+    args = RaygradeArgs(api=ApiConfig(auth="disabled"),
+                        provider=fake_provider_config(fake_openai.base_url, model="gpt-nope"),
                         namespace=f"rg-ff-{uuid.uuid4().hex[:6]}",
                         deployment_options={"Grader": {"max_constructor_retry_count": 1,
                                                        "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}})

@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from raygrade.cli import Client
-from raygrade.config import RaygradeArgs, local_vllm_provider
+from raygrade.config import ApiConfig, RaygradeArgs, local_vllm_provider
 from raygrade.datasets.sample_jobs import sample_job
 
 
@@ -15,7 +15,8 @@ def test_sample_job_through_local_vllm(serve_url):
 
     from raygrade.app import build_app
 
-    args = RaygradeArgs(provider=local_vllm_provider(), namespace=f"rg-vllm-{uuid.uuid4().hex[:8]}")
+    args = RaygradeArgs(api=ApiConfig(auth="disabled"),
+                        provider=local_vllm_provider(), namespace=f"rg-vllm-{uuid.uuid4().hex[:8]}")
     serve.run(build_app(args), name="local", route_prefix="/local")
     try:
         client = Client(f"{serve_url}/local", timeout_s=120)

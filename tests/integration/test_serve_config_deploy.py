@@ -6,7 +6,8 @@ server by the documented mechanism, ``RAYGRADE_ARGS__PROVIDER`` in the environme
 ``serve run`` starts its own local Ray cluster (the test session's cluster writes no
 address file, so it is not found), deploys through Serve's config path (schema,
 ``import_path``, one-parameter builder, ``deployments:`` overrides) on the file's
-127.0.0.1:8000, and stops with its process group.
+127.0.0.1:8000, and stops with its process group. The file requires API keys: the test makes
+one with ``raygrade keys create`` in the same store, as an operator would.
 """
 
 import glob
@@ -75,7 +76,12 @@ def serve_run(fake_provider, tmp_path_factory):
             time.sleep(1)
         else:
             pytest.fail(f"serve_config.yaml not serving after 240 s:\n{(home / 'serve-run.log').read_text()[-3000:]}")
-        yield url, home
+        keys = subprocess.run([str(Path(sys.executable).with_name("raygrade")), "keys", "create", "--tenant",
+                               "school-a"], env=env, capture_output=True, text=True, timeout=60)
+        assert keys.returncode == 0, keys.stderr
+        key = keys.stdout.strip()
+        assert key.startswith("rg_") and key not in keys.stderr
+        yield url, home, key
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # serve run shuts Serve down and its local cluster with it
         try:
@@ -87,8 +93,8 @@ def serve_run(fake_provider, tmp_path_factory):
 
 
 def test_serve_config_as_shipped_grades_a_job(serve_run, fake_provider):
-    url, home = serve_run
-    client = Client(url)
+    url, home, key = serve_run
+    client = Client(url, api_key=key)
     job = make_job(n_students=5)
     st = client.wait(client.submit(job).id, timeout_s=120, poll_s=0.3, progress=False)
     res = client.results(st.id)
@@ -115,6 +121,19 @@ def test_serve_config_as_shipped_grades_a_job(serve_run, fake_provider):
 
 
 def test_serve_config_bad_input_is_an_openai_shaped_400(serve_run):
-    url, _ = serve_run
-    r = httpx.post(f"{url}/v1/jobs", json={"assessment": {"questions": []}, "submissions": []}, timeout=10)
+    url, _, key = serve_run
+    r = httpx.post(f"{url}/v1/jobs", json={"assessment": {"questions": []}, "submissions": []}, timeout=10,
+                   headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_serve_config_requires_a_key(serve_run):
+    url, _, key = serve_run
+    for headers in ({}, {"Authorization": "Bearer rg_not-a-key"}, {"Authorization": f"Basic {key}"}):
+        r = httpx.get(f"{url}/v1/jobs", headers=headers, timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", r.text
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{url}/openapi.json", timeout=10).status_code == 401
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    listed = httpx.get(f"{url}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert listed.status_code == 200 and listed.json()["object"] == "list"

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from raygrade.cli import Client
-from raygrade.config import LocalEngineConfig, ProviderConfig, RaygradeArgs, local_vllm_batcher
+from raygrade.config import ApiConfig, LocalEngineConfig, ProviderConfig, RaygradeArgs, local_vllm_batcher
 from raygrade.protocol import GradingJob
 from raygrade.selfhosted import ServedModelConfig
 
@@ -42,7 +42,7 @@ def test_a_job_and_a_bulk_regrade_through_a_self_hosted_model_on_ray_serve_llm(s
                               supports_vision=False, image_token_rule="none", tokenizer="hf",
                               tokenizer_path=folder, context_window=4096, max_completion_tokens=1024,
                               schema_bounds=True, check_on_start=False)
-    args = RaygradeArgs(provider=provider, models=[model], batcher=local_vllm_batcher(),
+    args = RaygradeArgs(api=ApiConfig(auth="disabled"), provider=provider, models=[model], batcher=local_vllm_batcher(),
                         namespace=f"rg-llm-{uuid.uuid4().hex[:8]}")
     serve.run(build_app(args), name="selfhosted", route_prefix="/selfhosted")
     try:

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from raygrade.cli import Client
-from raygrade.config import ProviderConfig, RaygradeArgs
+from raygrade.config import ApiConfig, ProviderConfig, RaygradeArgs
 from raygrade.protocol import GradingJob
 from raygrade.selfhosted import ServedModelConfig
 
@@ -50,7 +50,8 @@ def test_page_images_reach_a_self_hosted_vision_model(serve_url):
                               supports_vision=True, image_token_rule="idefics3", tokenizer="hf",
                               tokenizer_path=folder, context_window=4096, max_completion_tokens=512,
                               schema_bounds=True, check_on_start=False)
-    args = RaygradeArgs(provider=provider, models=[model], namespace=f"rg-vlm-{uuid.uuid4().hex[:8]}")
+    args = RaygradeArgs(api=ApiConfig(auth="disabled"),
+                        provider=provider, models=[model], namespace=f"rg-vlm-{uuid.uuid4().hex[:8]}")
     serve.run(build_app(args), name="vision", route_prefix="/vision")
     try:
         job = vision_job()

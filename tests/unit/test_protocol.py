@@ -74,9 +74,10 @@ def test_score_grid_and_examples_checked():
 def test_numbers_accept_integers_and_grids_that_divide():
     q = Question(id="q", prompt="p", max_score=3, score_step=0.1)
     assert len(q.allowed_scores()) == 31 and q.allowed_scores()[-1] == 3
-    assert GradingJob.model_validate_json(
+    job = GradingJob.model_validate_json(
         '{"assessment": {"questions": [{"id": "q", "prompt": "p", "max_score": 2}]},'
-        ' "submissions": [{"student_id": "a", "pages": [{"type": "text", "text": "x"}]}]}').assessment.questions[0].max_score == 2
+        ' "submissions": [{"student_id": "a", "pages": [{"type": "text", "text": "x"}]}]}')
+    assert job.assessment.questions[0].max_score == 2
 
 
 def test_image_page_round_trip():
@@ -111,7 +112,9 @@ def test_pages_are_decoded_at_the_edge_naming_the_page(tmp_path):
     assert len(bomb) < 200_000
     garbage = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
     truncated = _png_bytes(200, 200, "RGB")[:-40]
-    for data, needle in ((bomb, "pixels"), (_png_bytes(9000, 8000), "the limit is 64000000"), (garbage, "cannot be read"), (truncated, "cannot be")):
+    cases = ((bomb, "pixels"), (_png_bytes(9000, 8000), "the limit is 64000000"), (garbage, "cannot be read"),
+             (truncated, "cannot be"))
+    for data, needle in cases:
         with pytest.raises(ValueError, match=needle):
             check_image(data)
     blobs = BlobStore(str(tmp_path / "blobs"))
@@ -121,7 +124,8 @@ def test_pages_are_decoded_at_the_edge_naming_the_page(tmp_path):
         externalize(GradingJob.model_validate(d), blobs)
     assert ei.value.param == "submissions[1].pages[1].data" and "pixels" in ei.value.message
     d = job_dict()
-    d["assessment"]["questions"][0]["model_answer_images"] = [{"type": "image", "data": base64.b64encode(garbage).decode()}]
+    d["assessment"]["questions"][0]["model_answer_images"] = [
+        {"type": "image", "data": base64.b64encode(garbage).decode()}]
     with pytest.raises(InvalidRequestError) as ei:
         externalize(GradingJob.model_validate(d), blobs)
     assert ei.value.param == "assessment.questions[0].model_answer_images[0].data"

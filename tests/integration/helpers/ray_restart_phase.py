@@ -16,7 +16,7 @@ import ray
 from ray import serve
 
 from raygrade.app import build_app
-from raygrade.config import BatcherConfig, RaygradeArgs, StoreConfig
+from raygrade.config import ApiConfig, BatcherConfig, RaygradeArgs, StoreConfig
 from raygrade.testing.fake_openai import fake_provider_config
 from raygrade.testing.ports import free_port
 
@@ -24,7 +24,7 @@ from raygrade.testing.ports import free_port
 def main() -> None:
     phase, store_url, base_url, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     job_id = sys.argv[5] if len(sys.argv) > 5 else None
-    args = RaygradeArgs(provider=fake_provider_config(base_url),
+    args = RaygradeArgs(api=ApiConfig(auth="disabled"), provider=fake_provider_config(base_url),
                         batcher=BatcherConfig(max_students_per_request=4, max_concurrent_batches=2),
                         store=StoreConfig(url=store_url, batch_lease_s=3.0, poll_interval_s=0.25),
                         namespace="rg-restart")

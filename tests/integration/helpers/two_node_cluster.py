@@ -16,7 +16,7 @@ from ray.cluster_utils import Cluster
 
 from raygrade.app import build_app
 from raygrade.cli import Client
-from raygrade.config import LocalEngineConfig, ProviderConfig, RaygradeArgs, StoreConfig, local_vllm_batcher
+from raygrade.config import ApiConfig, LocalEngineConfig, ProviderConfig, RaygradeArgs, StoreConfig, local_vllm_batcher
 from raygrade.engine.local_vllm import prepare_model
 from raygrade.protocol import GradingJob
 from raygrade.selfhosted import ServedModelConfig
@@ -40,7 +40,8 @@ def main() -> None:
                                   tokenizer_path=folder, context_window=4096, max_completion_tokens=1024,
                                   schema_bounds=True, check_on_start=False)
         on_head = {"num_cpus": 0, "resources": {"head": 0.01}}
-        args = RaygradeArgs(provider=provider, models=[model], batcher=local_vllm_batcher(),
+        args = RaygradeArgs(api=ApiConfig(auth="disabled"),
+                            provider=provider, models=[model], batcher=local_vllm_batcher(),
                             store=StoreConfig(url=store_url), namespace="rg-two-nodes",
                             deployment_options={"Grader": {"ray_actor_options": on_head, "num_replicas": 2,
                                                            "autoscaling_config": None}})

@@ -1,0 +1,151 @@
+"""The API's gate: API keys to tenants (:class:`Authenticator`), and bounded request bodies
+(:class:`RequestGuard`, ASGI middleware, which authenticates before a byte of the body is read).
+
+Serve's proxy hands a request to the ingress replica as soon as its headers arrive; the body
+follows as the client sends it, and until it has arrived the request holds one of the replica's
+``max_ongoing_requests``. So the replica itself bounds what a body may cost: its size, from
+``Content-Length`` before a byte is read and again while it streams (413), and its pace, a
+``body_idle_timeout_s`` between parts and ``body_timeout_s`` in all (408).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+
+from raygrade.config import DEFAULT_TENANT, ApiConfig
+from raygrade.errors import AuthenticationError, RaygradeError, RequestTooLargeError
+from raygrade.store.keys import KEY_PREFIX, hash_key
+
+#: Routes FastAPI serves itself: the API's description (a key needed unless ``public_docs``).
+DOC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+#: Routes answered without a key.
+PUBLIC_PATHS = frozenset({"/healthz"})
+
+
+class Authenticator:
+    """API key → tenant, with a short cache.
+
+    Args:
+        lookup: ``async (sha256 hex) -> tenant | None`` (the job registry's ``tenant_for_key``).
+        config: The API settings (``auth``, ``key_cache_s``).
+        clock: Monotonic seconds (injected in tests).
+    """
+
+    #: Keys remembered at once; the cache starts over when full.
+    MAX_CACHED = 10_000
+
+    def __init__(self, lookup: Callable[[str], Awaitable[str | None]], config: ApiConfig,
+                 clock: Callable[[], float] = time.monotonic):
+        self._lookup, self._cfg, self._clock = lookup, config, clock
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    async def tenant(self, key: str | None) -> str:
+        """The tenant ``key`` (the bearer token, without ``Bearer``) acts for; ``default`` while
+        authentication is disabled.
+
+        Raises:
+            AuthenticationError: no key, or one the store does not know or has revoked (401).
+        """
+        if self._cfg.auth == "disabled":
+            return DEFAULT_TENANT
+        if not key:
+            raise AuthenticationError("no API key: send 'Authorization: Bearer <key>' (create one with "
+                                      "'raygrade keys create --tenant NAME')", code="missing_api_key")
+        if not key.startswith(KEY_PREFIX) or len(key) > 128:
+            raise AuthenticationError("invalid API key", code="invalid_api_key")
+        h, now = hash_key(key), self._clock()
+        hit = self._cache.get(h)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        tenant = await self._lookup(h)
+        if tenant is None:  # unknown or revoked: not cached, so a key created a moment ago works at once
+            self._cache.pop(h, None)
+            raise AuthenticationError("invalid API key", code="invalid_api_key")
+        if len(self._cache) >= self.MAX_CACHED:
+            self._cache.clear()
+        self._cache[h] = (tenant, now + self._cfg.key_cache_s)
+        return tenant
+
+
+def error_response(err: RaygradeError) -> JSONResponse:
+    """``err`` as the API's error body, with ``WWW-Authenticate`` on a 401 (RFC 6750)."""
+    headers = {"WWW-Authenticate": "Bearer"} if err.status_code == 401 else None
+    return JSONResponse(status_code=err.status_code, content=err.to_openai_body(), headers=headers)
+
+
+def route_path(scope) -> str:
+    """The request's path below the application's route prefix (ASGI ``root_path``)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header among raw ASGI ``headers``."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+class RequestGuard:
+    """ASGI middleware: the caller's key (401), then bounded bodies (413, 408).
+
+    Every path but ``/healthz`` (and the API's description with ``public_docs``) needs a valid
+    key, checked before the body is read; the tenant goes to ``request.state.tenant``. Reads
+    its settings from the app's state (``api_config``, ``authenticator``), which the ingress
+    sets when its replica starts.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = scope["app"].state
+        cfg: ApiConfig = getattr(state, "api_config", None) or ApiConfig()
+        path = route_path(scope)
+        if path not in PUBLIC_PATHS and not (cfg.public_docs and path in DOC_PATHS):
+            try:
+                tenant = await state.authenticator.tenant(bearer_token(scope["headers"]))
+            except RaygradeError as err:
+                return await error_response(err)(scope, receive, send)
+            scope.setdefault("state", {})["tenant"] = tenant
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > cfg.max_body_bytes:
+            too_large = RequestTooLargeError(f"the request body is {int(declared)} bytes; the limit is "
+                                             f"{cfg.max_body_bytes}", code="request_too_large")
+            return await error_response(too_large)(scope, receive, send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.body_timeout_s
+        received, complete = 0, False
+
+        async def bounded_receive():
+            # FastAPI turns any other exception raised while it reads a body into a 400; an
+            # HTTPException keeps its status (the ingress's handler writes raygrade's error body).
+            nonlocal received, complete
+            if complete:  # the body is in: later calls wait for a disconnect, unbounded
+                return await receive()
+            wait = min(cfg.body_idle_timeout_s, deadline - loop.time())
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(wait, 0.0))
+            except TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive in time (the limits are "
+                                         f"{cfg.body_idle_timeout_s:g} s between parts and {cfg.body_timeout_s:g} s "
+                                         "in all)") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > cfg.max_body_bytes:
+                    raise HTTPException(413, f"the request body is over the limit of {cfg.max_body_bytes} bytes")
+                complete = not message.get("more_body", False)
+            return message
+
+        return await self.app(scope, bounded_receive, send)

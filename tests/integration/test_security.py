@@ -1,0 +1,235 @@
+"""The API as an attacker meets it, on an application with API keys on (as shipped): tenants,
+bounded and stalled requests, hostile pages and webhook URLs, and a schemathesis run with a key.
+
+Everything talks to 127.0.0.1 only; every load is bounded in count and time.
+"""
+
+import base64
+import io
+import itertools
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from PIL import Image
+from test_jobs_api import Receiver, job
+
+from raygrade.client import Client
+from raygrade.config import ApiConfig, BatcherConfig, RaygradeArgs, StoreConfig
+from raygrade.errors import AuthenticationError, NotFoundError
+from raygrade.store import JobStore
+from raygrade.testing.fake_openai import fake_provider_config
+
+IDLE_S = 4.0  # the app's body_idle_timeout_s
+LIMIT = 2 * 1024 * 1024  # the app's max_body_bytes
+
+
+@pytest.fixture(scope="module")
+def secure(serve_url, fake_openai, tmp_path_factory):
+    """The app with API keys required, its own store, two tenants with one key each."""
+    from ray import serve
+
+    from raygrade.app import build_app
+
+    home = tmp_path_factory.mktemp("secure")
+    store_cfg = StoreConfig(url=f"sqlite:///{home}/jobs.db")
+    args = RaygradeArgs(provider=fake_provider_config(fake_openai.base_url, timeout_s=3.0), store=store_cfg,
+                        api=ApiConfig(max_body_bytes=LIMIT, body_idle_timeout_s=IDLE_S, body_timeout_s=30,
+                                      key_cache_s=0),
+                        batcher=BatcherConfig(max_students_per_request=4, max_images_per_request=6),
+                        namespace=f"rg-sec-{uuid.uuid4().hex[:8]}")
+    serve.run(build_app(args), name="secure", route_prefix="/secure")
+    store = JobStore(store_cfg.url, blob_uri=str(home / "blobs"))  # the operator's side: `raygrade keys`
+    keys = {t: store.create_key(t)[1] for t in ("school-a", "school-b")}
+    yield SimpleNamespace(url=f"{serve_url}/secure", keys=keys, store=store)
+    store.close()
+    serve.delete("secure")
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_tenants_see_only_their_own_jobs(secure, fake):
+    a = Client(secure.url, api_key=secure.keys["school-a"])
+    b = Client(secure.url, api_key=secure.keys["school-b"])
+    ja = a.submit(job(2), idempotency_key="term-1")
+    jb = b.submit(job(3), idempotency_key="term-1")  # the same key, another tenant: another job
+    assert ja.id != jb.id and a.submit(job(2), idempotency_key="term-1").id == ja.id
+    for call in (b.status, b.results, b.cancel, b.replicas):
+        with pytest.raises(NotFoundError):
+            call(ja.id)
+    assert a.wait(ja.id, timeout_s=60, poll_s=0.2, progress=False).state.value == "succeeded"
+    extra = [a.submit(job(1)).id for _ in range(3)]
+    page1 = a.list_jobs(limit=2)
+    page2 = a.list_jobs(limit=2, after=page1.last_id)
+    assert [j.id for j in page1.data + page2.data] == extra[::-1] + [ja.id] and page1.has_more
+    assert not page2.has_more and jb.id not in {j.id for j in a.list_jobs(limit=100).data}
+    assert [j.id for j in a.list_jobs(status="succeeded", limit=100).data][-1] == ja.id
+    with pytest.raises(NotFoundError):
+        a.list_jobs(after=jb.id)  # another tenant's job is no cursor
+
+
+def test_no_key_bad_key_and_revoked_key_are_401_before_the_body_is_read(secure):
+    info, key = secure.store.create_key("school-c")
+    assert Client(secure.url, api_key=key).list_jobs().data == []
+    secure.store.revoke_key(info.id)
+    with pytest.raises(AuthenticationError):  # key_cache_s=0: refused at once
+        Client(secure.url, api_key=key).list_jobs()
+    for headers in ({}, {"Authorization": "Bearer rg_nope"}, {"Authorization": "Token x"}):
+        for method, path in (("GET", "/v1/jobs"), ("GET", "/v1/jobs/job_x"), ("POST", "/v1/jobs/job_x/cancel"),
+                             ("GET", "/openapi.json"), ("GET", "/docs")):
+            r = httpx.request(method, f"{secure.url}{path}", headers=headers, timeout=10)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", (path, r.text)
+    # A body that would be refused for its size is refused for the missing key first, unread.
+    status, _ = _raw_post(secure.url, "/v1/jobs", {}, declared=LIMIT * 10, send=b"{")
+    assert status == 401
+    assert httpx.get(f"{secure.url}/healthz", timeout=10).status_code == 200
+
+
+def _raw_post(url: str, path: str, headers: dict[str, str], *, declared: int, send: bytes, timeout_s: float = 10.0):
+    """POST by hand: declare ``declared`` bytes, send ``send``, read the answer (status, seconds)."""
+    u = urlsplit(url)
+    t0 = time.monotonic()
+    with socket.create_connection((u.hostname, u.port), timeout=timeout_s) as s:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        s.sendall(f"POST {u.path}{path} HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\n"
+                  f"{head}Content-Length: {declared}\r\n\r\n".encode() + send)
+        answer = s.recv(4096).decode("latin-1")
+    return int(answer.split(" ", 2)[1]), time.monotonic() - t0
+
+
+def test_bodies_over_the_limit_are_413_and_stalled_bodies_408(secure):
+    key = _auth(secure.keys["school-a"])
+    status, took = _raw_post(secure.url, "/v1/jobs", key, declared=LIMIT + 1, send=b"{")
+    assert status == 413 and took < IDLE_S  # from Content-Length, without waiting for the body
+    big = job(1)
+    big["submissions"][0]["pages"][0]["text"] = "x" * 150_000
+    big["submissions"] *= 1
+    big["submissions"] = [dict(big["submissions"][0], student_id=f"s{i}") for i in range(15)]  # ~2.25 MB
+    chunks = (c for c in [httpx.Request("POST", "/", json=big).content[i:i + 65536]
+                          for i in range(0, 2_400_000, 65536)] if c)
+    r = httpx.post(f"{secure.url}/v1/jobs", content=chunks, headers=key, timeout=30)  # chunked: no Content-Length
+    assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
+    status, took = _raw_post(secure.url, "/v1/jobs", key, declared=100_000, send=b'{"assess',
+                             timeout_s=IDLE_S + 20)
+    assert status == 408 and IDLE_S - 0.5 < took < IDLE_S + 15
+
+
+def test_250_stalled_uploads_do_not_stop_health_or_jobs(secure, fake):
+    """Each connection declares 100 kB and sends 5 bytes. While they all hang, /healthz and a
+    valid job answer within 2 s; the guard then closes every one of them (408)."""
+    u = urlsplit(secure.url)
+    key = secure.keys["school-a"]
+    socks = []
+    try:
+        for _ in range(250):
+            s = socket.create_connection((u.hostname, u.port), timeout=IDLE_S + 30)
+            s.sendall(f"POST {u.path}/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"ass".encode())
+            socks.append(s)
+        t0 = time.monotonic()
+        assert httpx.get(f"{secure.url}/healthz", timeout=10).status_code == 200
+        health_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        r = httpx.post(f"{secure.url}/v1/jobs", json=job(2), headers=_auth(key), timeout=10)
+        job_s = time.monotonic() - t0
+        assert r.status_code == 202 and health_s < 2 and job_s < 2, (health_s, job_s)
+
+        def answer(s):
+            try:
+                return s.recv(64).decode("latin-1").split(" ", 2)[1]
+            except (OSError, IndexError):
+                return "closed"
+
+        with ThreadPoolExecutor(32) as pool:
+            statuses = list(pool.map(answer, socks))
+        assert statuses.count("408") == 250, {x: statuses.count(x) for x in set(statuses)}
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _png(w: int, h: int, mode: str = "RGB") -> str:
+    buf = io.BytesIO()
+    Image.new(mode, (w, h)).save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize("where", ["page", "model_answer"])
+@pytest.mark.parametrize("data,needle", [
+    (_png(30_000, 30_000, "1"), "pixels"),  # ~110 kB that decodes to 900 M pixels
+    (base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 16).decode(), "cannot be read"),
+])
+def test_bombs_and_corrupt_pages_are_400s_naming_the_page(secure, where, data, needle):
+    body = job(3)
+    body["submissions"][1]["pages"].append({"type": "image", "data": data})
+    if where == "model_answer":
+        body = job(3)
+        body["assessment"]["questions"][0]["model_answer_images"] = [{"type": "image", "data": data}]
+    r = httpx.post(f"{secure.url}/v1/jobs", json=body, headers=_auth(secure.keys["school-a"]), timeout=60)
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["param"] == ("submissions[1].pages[1].data" if where == "page"
+                                          else "assessment.questions[0].model_answer_images[0].data")
+
+
+def test_webhooks_to_loopback_in_every_form_are_refused_and_nothing_is_delivered(secure, fake):
+    """This app has no allow-list: a receiver on 127.0.0.1 is an internal address however it is
+    written, and it is never called."""
+    rx = Receiver(fail_first=0)
+    port = rx.server.server_address[1]
+    try:
+        forms = [f"http://127.0.0.1:{port}/h", f"http://2130706433:{port}/h", f"http://0x7f.1:{port}/h",
+                 f"http://127.1:{port}/h", f"http://localhost:{port}/h", f"http://[::1]:{port}/h",
+                 f"http://[::ffff:127.0.0.1]:{port}/h", f"http://user:pass@127.0.0.1:{port}/h",
+                 f"http://[::1:{port}/h", f"http://127.0.0.1:{port}/h\r\nX: 1", f"https://0.0.0.0:{port}/h"]
+        for url in forms:
+            r = httpx.post(f"{secure.url}/v1/jobs", json=job(1, webhook_url=url),
+                           headers=_auth(secure.keys["school-a"]), timeout=30)
+            assert r.status_code == 400 and r.json()["error"]["param"] == "options.webhook_url", (url, r.text)
+        assert rx.deliveries == []
+    finally:
+        rx.stop()
+
+
+def test_schemathesis_with_a_key_finds_no_5xx_and_nothing_undocumented(secure, fake):
+    """Property-based requests from the API's own OpenAPI document (fetched with the key), bounded
+    in examples; every answer is < 500 and conforms to the document (status codes, schemas)."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    headers = _auth(secure.keys["school-b"])
+    schema = schemathesis.openapi.from_url(f"{secure.url}/openapi.json", headers=headers)
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    tried = []
+
+    modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+    for op, mode in itertools.product(list(schema.get_all_operations()), modes):
+        operation = op.ok()
+
+        @settings(max_examples=10, deadline=None, phases=[Phase.explicit, Phase.generate],
+                  suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy(mode))
+        def run(case):
+            response = case.call(base_url=secure.url, headers=headers, timeout=30)
+            tried.append((case.method, case.path, response.status_code))
+            case.validate_response(response, checks=checks)
+
+        try:
+            run()
+        except Unsatisfiable:  # no parameter to make invalid (GET /healthz)
+            assert mode is schemathesis.GenerationMode.NEGATIVE
+    assert len(tried) >= 80 and all(code < 500 for _, _, code in tried)
+    assert {200, 400, 401, 404} <= {code for _, _, code in tried}  # valid, invalid and unauthenticated cases ran

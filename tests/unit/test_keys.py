@@ -1,0 +1,88 @@
+"""API keys and tenants without Ray: the store's keys (hashed), the CLI, the authenticator."""
+
+import asyncio
+
+import pytest
+
+from raygrade.config import ApiConfig
+from raygrade.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from raygrade.serve.guard import Authenticator
+from raygrade.store import JobStore
+from raygrade.store.keys import hash_key
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = JobStore(f"sqlite:///{tmp_path}/jobs.db", blob_uri=str(tmp_path / "blobs"))
+    yield s
+    s.close()
+
+
+def test_keys_are_stored_hashed_scoped_to_a_tenant_and_revocable(store):
+    info, secret = store.create_key("school-a", name="gradebook sync")
+    assert secret.startswith("rg_") and len(secret) == 46 and info.prefix == secret[:7]
+    with store.engine.connect() as conn:
+        dump = "\n".join(str(tuple(r)) for r in conn.exec_driver_sql("SELECT * FROM raygrade_api_keys"))
+    assert secret not in dump and hash_key(secret) in dump
+    assert store.tenant_for_key(hash_key(secret)) == "school-a"
+    assert store.tenant_for_key(hash_key(secret + "x")) is None
+    other, _ = store.create_key("school-b")
+    assert [k.id for k in store.list_keys("school-a")] == [info.id]
+    assert {k.id for k in store.list_keys()} == {info.id, other.id}
+    assert store.revoke_key(info.id).revoked_at is not None
+    assert store.tenant_for_key(hash_key(secret)) is None
+    assert store.list_keys("school-a") == [] and len(store.list_keys("school-a", include_revoked=True)) == 1
+    with pytest.raises(NotFoundError):
+        store.revoke_key("key_nope")
+    for bad in ("", "-a", "a b", "a/b", "x" * 129, "école"):
+        with pytest.raises(InvalidRequestError):
+            store.create_key(bad)
+
+
+def test_keys_cli_prints_the_secret_once_and_lists_only_prefixes(tmp_path, capsys):
+    from raygrade.cli import main
+
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    assert main(["keys", "--store-url", url, "create", "--tenant", "school-a", "--name", "lms"]) == 0
+    out = capsys.readouterr()
+    secret = out.out.strip()
+    assert secret.startswith("rg_") and secret not in out.err and "shown once" in out.err
+    assert main(["keys", "--store-url", url, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "school-a" in listing and secret[:7] in listing and secret not in listing
+    key_id = listing.splitlines()[1].split()[0]
+    assert main(["keys", "--store-url", url, "revoke", key_id]) == 0
+    assert "revoked" in capsys.readouterr().out
+    s = JobStore(url, blob_uri=str(tmp_path / "blobs"))
+    assert s.tenant_for_key(hash_key(secret)) is None
+    s.close()
+
+
+def test_authenticator_checks_keys_caches_valid_ones_and_never_invalid_ones():
+    calls = []
+    known = {hash_key("rg_valid"): "school-a"}
+
+    async def lookup(h):
+        calls.append(h)
+        return known.get(h)
+
+    now = [0.0]
+    auth = Authenticator(lookup, ApiConfig(key_cache_s=10), clock=lambda: now[0])
+
+    async def run():
+        for key, code in ((None, "missing_api_key"), ("", "missing_api_key"), ("sk-other", "invalid_api_key"),
+                          ("rg_unknown", "invalid_api_key"), ("rg_" + "x" * 200, "invalid_api_key")):
+            with pytest.raises(AuthenticationError) as ei:
+                await auth.tenant(key)
+            assert ei.value.status_code == 401 and ei.value.code == code
+        assert calls == [hash_key("rg_unknown")]  # malformed keys never reach the store
+        assert await auth.tenant("rg_valid") == "school-a"
+        assert await auth.tenant("rg_valid") == "school-a"
+        assert len(calls) == 2  # cached
+        known.clear()  # revoked
+        now[0] = 11.0
+        with pytest.raises(AuthenticationError):
+            await auth.tenant("rg_valid")
+        assert await Authenticator(lookup, ApiConfig(auth="disabled")).tenant(None) == "default"
+
+    asyncio.run(run())
