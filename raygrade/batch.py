@@ -32,6 +32,7 @@ class GradeBatch(BaseModel):
     model: str | None = None
     temperature: float = 0.0
     include_model_answer_images: bool = False
+    tenant: str = ""  # the job's tenant: the rate limiter's fair share above jobs
 
 
 class BatchOutcome(BaseModel):

@@ -41,7 +41,8 @@ class Limiter(Protocol):
     """What :class:`BatchGrader` needs from a limiter (``RateLimiter`` or ``ActorLimiter``)."""
 
     async def acquire(self, key: str, tokens: int, *, job: str | None = None,
-                      prompt_tokens: int | None = None, image_tokens: int | None = None) -> Reservation: ...
+                      prompt_tokens: int | None = None, image_tokens: int | None = None,
+                      tenant: str | None = None) -> Reservation: ...
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: dict[str, str] | None = None,
@@ -130,7 +131,7 @@ class BatchGrader:
         async def attempt() -> ChatResult:
             t0 = time.monotonic()
             r = await self._limiter.acquire(self._key, estimate, job=batch.job_id, prompt_tokens=prompt,
-                                            image_tokens=images)
+                                            image_tokens=images, tenant=batch.tenant)
             granted = time.monotonic()
             timing["limiter"] += granted - t0
             try:

@@ -247,7 +247,7 @@ class JobPlanner:
         images = sum(self._image_tokens(img) for q in questions for img in q.model_answer_images) if vision else 0
         return n + images, images
 
-    def batches(self, job_id: str, job: GradingJob, works: list[StudentWork], vision: bool
+    def batches(self, job_id: str, job: GradingJob, works: list[StudentWork], vision: bool, tenant: str = ""
                 ) -> tuple[list[GradeBatch], list[GradingErrorItem]]:
         """Plan ``works`` into :class:`GradeBatch` es plus per-student errors: a student who fits
         no request (``planning_error``), or whose pages, or whose questions' model-answer images,
@@ -296,7 +296,7 @@ class JobPlanner:
                 students=[works[i] for i in pb.students], prompt_tokens_estimate=pb.prompt_tokens,
                 image_tokens_estimate=image_overheads[group] + sum(costs[i].image_tokens for i in pb.students),
                 max_tokens=pb.completion_tokens + JSON_OVERHEAD_TOKENS, model=job.options.model,
-                temperature=job.options.temperature, include_model_answer_images=vision))
+                temperature=job.options.temperature, include_model_answer_images=vision, tenant=tenant))
         return batches, errors
 
 

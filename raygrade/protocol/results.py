@@ -110,6 +110,7 @@ class JobStatus(_Model):
     progress: JobProgress = Field(default_factory=JobProgress)
     model: str | None = None
     usage: Usage = Field(default_factory=Usage)
+    tenant: str = Field(default="default", description="The tenant the job belongs to (its API key's).")
 
 
 class JobList(_Model):

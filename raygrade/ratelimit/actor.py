@@ -82,13 +82,14 @@ class RateLimiterActor:
 
     async def acquire(self, key: str, tokens: int, limits: RateLimitConfig | None = None,
                       priority: Priority = "interactive", job: str | None = None,
-                      prompt_tokens: int | None = None, image_tokens: int | None = None) -> Reservation:
+                      prompt_tokens: int | None = None, image_tokens: int | None = None,
+                      tenant: str | None = None) -> Reservation:
         """Configure ``key`` with ``limits`` if they changed, then wait and reserve."""
         self._ensure_export()
         if limits is not None:
             self._limiter.configure(key, limits)
         return await self._limiter.acquire(key, tokens, priority=priority, job=job, prompt_tokens=prompt_tokens,
-                                           image_tokens=image_tokens)
+                                           image_tokens=image_tokens, tenant=tenant)
 
     async def settle(self, reservation: Reservation, actual_tokens: int | None, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
@@ -133,11 +134,12 @@ class ActorLimiter:
         self._actor_retries = actor_retries
 
     async def acquire(self, key: str, tokens: int, *, job: str | None = None,
-                      prompt_tokens: int | None = None, image_tokens: int | None = None) -> Reservation:
+                      prompt_tokens: int | None = None, image_tokens: int | None = None,
+                      tenant: str | None = None) -> Reservation:
         for attempt in range(self._actor_retries + 1):
             try:
                 return await self._actor.acquire.remote(key, tokens, self._limits, self._priority, job, prompt_tokens,
-                                                        image_tokens)
+                                                        image_tokens, tenant)
             except (ActorDiedError, ActorUnavailableError, RayActorError):
                 if attempt == self._actor_retries:
                     raise

@@ -14,9 +14,9 @@ Per key (``provider:model``):
   that failed keeps its estimate (providers count failed calls too).
 - **Queueing.** Waiters are admitted by one pump per key, strictly in order of
   priority class (``interactive`` before ``bulk``: bulk only gets what interactive
-  leaves), then by start-time fair queueing between jobs of the same class (the job
-  that has been granted the fewest tokens goes first; Goyal et al., "Start-time Fair
-  Queueing", SIGCOMM 1996), then FIFO. The head is never bypassed, so a large
+  leaves), then by start-time fair queueing between tenants of the same class and between
+  each tenant's jobs (the tenant granted the fewest tokens goes first, then its job granted
+  the fewest; Goyal et al., "Start-time Fair Queueing", SIGCOMM 1996), then FIFO. The head is never bypassed, so a large
   request is not starved by small ones.
 - **Header learning.** ``x-ratelimit-limit-*`` lowers a configured limit that is
   above the provider's real one (or sets an unconfigured one); when
@@ -57,6 +57,9 @@ from raygrade.ratelimit.state import (  # noqa: F401  (Clock, Outcome, Priority,
     _KeyState,
     _Open,
     _Waiter,
+    head_waiter,
+    join_share,
+    serve_share,
 )
 
 logger = logging.getLogger(__name__)
@@ -120,14 +123,16 @@ class RateLimiter:
     # -- acquire / settle -----------------------------------------------------------------
     async def acquire(self, key: str, tokens: int, *, priority: Priority = "interactive",
                       job: str | None = None, prompt_tokens: int | None = None,
-                      image_tokens: int | None = None) -> Reservation:
+                      image_tokens: int | None = None, tenant: str | None = None) -> Reservation:
         """Wait until ``key`` admits one request of ``tokens`` tokens, and reserve it.
 
         Args:
             key: A configured bucket key.
             tokens: Estimated tokens (prompt + ``max_tokens``), ≥ 0.
             priority: ``"interactive"`` (online jobs) or ``"bulk"`` (regrades).
-            job: Fair-share group (a job id); ``None`` shares one group.
+            job: Fair-share group within its tenant (a job id); ``None`` shares one group.
+            tenant: Fair-share group above jobs (the job's tenant): tenants share first, then
+                each tenant's jobs share what it gets; ``None`` shares one tenant.
             prompt_tokens: The prompt part of ``tokens``. When given, it is scaled by the
                 key's learned ratio of the provider's count to the estimates (see
                 :meth:`settle`), so a provider that counts images 4× the estimate is reserved
@@ -150,13 +155,10 @@ class RateLimiter:
             st.stats["rejected_open"] += 1
             raise CircuitOpenError(f"circuit open for {key}", retry_after_s=st.breaker.retry_in(now))
         rank, group = PRIORITY_RANK[priority], job or ""
-        if not any(w.rank == rank and w.job == group for w in st.waiters):
-            # A job (re)joining the queue starts at the class's virtual clock: no credit for idle time.
-            vk = (rank, group)
-            st.vtime[vk] = max(st.vtime.get(vk, 0.0), st.vclock.get(rank, 0.0))
+        join_share(st, rank, tenant or "", group)
         prompt = max(0, min(prompt_tokens or 0, tokens))  # scaled by the ratios in force when admitted
         w = _Waiter(next(self._seq), tokens, rank, group, asyncio.get_running_loop().create_future(), now, prompt,
-                    max(0, min(image_tokens or 0, prompt)))
+                    max(0, min(image_tokens or 0, prompt)), tenant or "")
         st.waiters.append(w)
         self._pump(st)
         try:
@@ -244,11 +246,6 @@ class RateLimiter:
         self._pump(st)
 
     # -- the pump -------------------------------------------------------------------------
-    def _head(self, st: _KeyState) -> _Waiter:
-        rank = min(w.rank for w in st.waiters)
-        return min((w for w in st.waiters if w.rank == rank),
-                   key=lambda w: (st.vtime.get((w.rank, w.job), 0.0), w.seq))
-
     def _pump(self, st: _KeyState) -> None:
         """Admit waiters while the head fits; otherwise arm one timer for when it will."""
         if st.timer is not None:
@@ -266,7 +263,7 @@ class RateLimiter:
                 st.stats["rejected_open"] += len(st.waiters)
                 st.waiters.clear()
                 return
-            w = self._head(st)
+            w = head_waiter(st)
             if w.future.done():  # cancelled by its caller
                 st.waiters.remove(w)
                 continue
@@ -283,11 +280,7 @@ class RateLimiter:
             probe = b.on_admit(now)
             req = st.req.charge(1, now) if st.req else None
             tok = st.tok.charge(tokens, now) if st.tok else None
-            vk = (w.rank, w.job)
-            st.vclock[w.rank] = st.vtime.get(vk, 0.0)
-            st.vtime[vk] = st.vtime.get(vk, 0.0) + max(1, tokens)
-            if len(st.vtime) > 4096:
-                self._prune(st)
+            serve_share(st, w, tokens)
             r = Reservation(next(self._ids), st.key, tokens, now - w.enqueued, probe, w.prompt, w.images, w.tokens)
             self._open[r.id] = _Open(r, req, tok, now)
             if len(self._open) > OPEN_RESERVATIONS_SOFT_CAP:
@@ -305,11 +298,6 @@ class RateLimiter:
             o = self._open.pop(rid)
             if (st := self._keys.get(o.reservation.key)) is not None:
                 st.release(o.reservation)
-
-    @staticmethod
-    def _prune(st: _KeyState) -> None:
-        queued = {(w.rank, w.job) for w in st.waiters}
-        st.vtime = {k: v for k, v in st.vtime.items() if k in queued}
 
     async def _wake(self, st: _KeyState, wait: float) -> None:
         with contextlib.suppress(asyncio.CancelledError):

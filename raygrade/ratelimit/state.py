@@ -77,6 +77,7 @@ class _Waiter:
     enqueued: float
     prompt: int = 0
     images: int = 0
+    tenant: str = ""
 
 
 @dataclasses.dataclass
@@ -98,8 +99,10 @@ class _KeyState:
         self.apply_limits()
         self.breaker = self._breaker(limits)
         self.waiters: list[_Waiter] = []
-        self.vtime: dict[tuple[int, str], float] = {}
-        self.vclock: dict[int, float] = {}
+        # Start-time fair queueing in two levels: virtual times per (rank, tenant) and per
+        # (rank, tenant, job); virtual clocks per (rank,) and per (rank, tenant).
+        self.vtime: dict[tuple, float] = {}
+        self.vclock: dict[tuple, float] = {}
         self.paused_until = 0.0
         # Admitted, not yet settled: reservation id -> (admitted at, tokens, a learning probe).
         # A caller that dies never settles, so entries older than in_flight_timeout_s stop counting.
@@ -222,3 +225,35 @@ class _KeyState:
                 self.req = w
             else:
                 self.tok = w
+
+
+def join_share(st: _KeyState, rank: int, tenant: str, job: str) -> None:
+    """A waiter of (``tenant``, ``job``) joins ``st``'s queue: a tenant, or a job within its
+    tenant, that was not queued starts at its level's virtual clock (no credit for idle time)."""
+    tk, jk = (rank, tenant), (rank, tenant, job)
+    if not any(w.rank == rank and w.tenant == tenant for w in st.waiters):
+        st.vtime[tk] = max(st.vtime.get(tk, 0.0), st.vclock.get((rank,), 0.0))
+    if not any(w.rank == rank and w.tenant == tenant and w.job == job for w in st.waiters):
+        st.vtime[jk] = max(st.vtime.get(jk, 0.0), st.vclock.get(tk, 0.0))
+
+
+def head_waiter(st: _KeyState) -> _Waiter:
+    """The next waiter: the best priority class, then the tenant granted the fewest tokens, then
+    that tenant's job granted the fewest, then FIFO (Goyal et al., "Start-time Fair Queueing",
+    SIGCOMM 1996, applied per level as in hierarchical SFQ, OSDI 1996)."""
+    rank = min(w.rank for w in st.waiters)
+    return min((w for w in st.waiters if w.rank == rank),
+               key=lambda w: (st.vtime.get((w.rank, w.tenant), 0.0), st.vtime.get((w.rank, w.tenant, w.job), 0.0),
+                              w.seq))
+
+
+def serve_share(st: _KeyState, w: _Waiter, tokens: int) -> None:
+    """Account ``tokens`` granted to ``w`` at both levels and advance the virtual clocks."""
+    tk, jk = (w.rank, w.tenant), (w.rank, w.tenant, w.job)
+    st.vclock[(w.rank,)] = st.vtime.get(tk, 0.0)
+    st.vclock[tk] = st.vtime.get(jk, 0.0)
+    st.vtime[tk] = st.vtime.get(tk, 0.0) + max(1, tokens)
+    st.vtime[jk] = st.vtime.get(jk, 0.0) + max(1, tokens)
+    if len(st.vtime) > 4096:  # forget what is not queued
+        queued = {k for w2 in st.waiters for k in ((w2.rank, w2.tenant), (w2.rank, w2.tenant, w2.job))}
+        st.vtime = {k: v for k, v in st.vtime.items() if k in queued}

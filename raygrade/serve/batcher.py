@@ -160,7 +160,7 @@ class Batcher:
             for etype, n in (await self._registry.failure_counts.remote(job_id)).items():
                 self._metrics.inc("raygrade_items_failed", n, {**self._ns, "error_type": etype})
 
-    async def _plan(self, job_id: str, job: GradingJob) -> None:
+    async def _plan(self, job_id: str, job: GradingJob, tenant: str = "") -> None:
         """Read and plan a queued job and record the plan (``queued → running``); idempotent.
 
         Raises:
@@ -171,7 +171,7 @@ class Batcher:
         works, read_errors = await read_submissions(job, mode, self._reader, self._blob_store())
         try:
             batches, plan_errors = await asyncio.to_thread(planner.batches, job_id, job, works,
-                                                           mode == ReadingMode.VISION)
+                                                           mode == ReadingMode.VISION, tenant)
         except Exception as exc:
             raise _JobFailed(exc if isinstance(exc, RaygradeError)
                              else PlanningError(f"planning failed: {type(exc).__name__}")) from exc
@@ -186,7 +186,7 @@ class Batcher:
             if status.state.terminal:
                 return
             if status.state == JobState.QUEUED:
-                await self._plan(job_id, await reg.get_job.remote(job_id))
+                await self._plan(job_id, await reg.get_job.remote(job_id), status.tenant)
             limit = self._args.batcher.max_concurrent_batches
             while True:
                 if len(in_flight) < limit:  # ask the store only when a slot is free

@@ -276,6 +276,34 @@ def test_jobs_of_one_class_share_fairly():
     run(main)
 
 
+def test_tenants_share_first_then_their_jobs():
+    """School A queues three jobs, school B one: B gets half the grants (not a quarter), and A's
+    half rotates among its jobs."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=1)
+        await lim.acquire("k", 1)
+        order = []
+
+        async def call(tenant, job):
+            await lim.acquire("k", 100, job=job, tenant=tenant)
+            order.append(f"{tenant}/{job}")
+
+        tasks = [asyncio.create_task(call("A", j)) for j in ("a1", "a2", "a3") for _ in range(4)]
+        await clock.settle()
+        tasks += [asyncio.create_task(call("B", "b1")) for _ in range(6)]
+        for _ in range(12):
+            await clock.advance(W)
+        first = order[:12]
+        assert first.count("B/b1") == 6, order
+        a_jobs = [o for o in first if o.startswith("A/")]
+        assert sorted(a_jobs) == ["A/a1", "A/a1", "A/a2", "A/a2", "A/a3", "A/a3"], order
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    run(main)
+
+
 def test_a_cancelled_waiter_leaves_the_queue():
     async def main():
         clock = VirtualClock()

@@ -81,3 +81,70 @@ def test_delivery_to_an_allowed_network_keeps_the_urls_host_header(receiver):
 
 def test_an_unparseable_url_is_a_failed_attempt_not_an_exception():
     assert "cannot be parsed" in asyncio.run(deliver("http://[::1", SECRET, "m", b"{}"))
+
+
+def test_a_slow_receiver_delays_no_other_delivery(monkeypatch):
+    """Deliveries run concurrently: while one receiver holds its POST, another job's webhook is
+    delivered and recorded."""
+    from raygrade.config import StoreConfig
+    from raygrade.protocol import JobState, JobStatus
+    from raygrade.serve.webhook_sender import WebhookSender
+
+    release, held = threading.Event(), threading.Event()
+
+    class Slow(_Receiver):
+        def do_POST(self):  # noqa: N802
+            held.set()
+            release.wait(30)
+            super().do_POST()
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), h) for h in (Slow, _Receiver)]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    recorded: list[tuple[str, bool]] = []
+
+    class _Remote:
+        def __init__(self, fn):
+            self.remote = fn
+
+    class Registry:
+        async def _lease(self, owner, lease_s):
+            return [("job_slow", f"http://127.0.0.1:{servers[0].server_address[1]}/h", 1),
+                    ("job_fast", f"http://127.0.0.1:{servers[1].server_address[1]}/h", 1)]
+
+        async def _status(self, job_id):
+            return JobStatus(id=job_id, state=JobState.SUCCEEDED)
+
+        async def _result(self, job_id, *, ok, **kw):
+            recorded.append((job_id, ok))
+            return "delivered" if ok else "pending"
+
+        def __init__(self):
+            self.lease_webhooks, self.status, self.webhook_result = (
+                _Remote(self._lease), _Remote(self._status), _Remote(self._result))
+
+    class Metrics:
+        def inc(self, *a):
+            pass
+
+    monkeypatch.setenv("RAYGRADE_WEBHOOK_SECRET", SECRET)
+    cfg = StoreConfig(url="sqlite:///unused.db", webhook_allowed_networks=["127.0.0.0/8"], webhook_timeout_s=30)
+    sender = WebhookSender(Registry(), cfg, "owner", Metrics(), {})
+
+    async def main():
+        task = asyncio.create_task(sender.deliver_due())
+        for _ in range(200):
+            if recorded:
+                break
+            await asyncio.sleep(0.05)
+        assert held.is_set() and recorded == [("job_fast", True)]  # while the slow receiver holds its POST
+        release.set()
+        assert await task == 2
+        assert recorded == [("job_fast", True), ("job_slow", True)]
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        for srv in servers:
+            srv.shutdown()
