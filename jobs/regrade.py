@@ -12,7 +12,10 @@ default (OpenAI with ``OPENAI_API_KEY``, else the embedded model). A model serve
 application (``serve_llm``, or the embedded default) is graded through its deployment: the
 online app's when ``--serve-config``'s application runs on this cluster, else one this run
 deploys on the cluster for its duration (Ray's LLM serving library; vLLM on the model nodes).
-``--baseline`` grades with the zero-cost reference-similarity grader.
+``--baseline`` grades with the zero-cost reference-similarity grader. ``--mode batch-api``
+sends the same requests through OpenAI's Batch API (half the price, within 24 h; see
+``raygrade/bulk/batch_api.py``): re-running with the same ``OUT`` resumes without submitting
+anything twice, and ``ray job stop`` cancels the open batches.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raygrade.bulk import RegradeConfig, load_assessment, run_regrade  # noqa: E402
+from raygrade.bulk.config import BatchApiConfig  # noqa: E402
 from raygrade.config import ProviderConfig, RaygradeArgs, reference_similarity_provider  # noqa: E402
 from raygrade.serve.models import provider_model  # noqa: E402
 from raygrade.settings import resolve_args  # noqa: E402
@@ -75,6 +79,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--review-share", type=float, default=0.0)
     ap.add_argument("--compare", help="earlier results folder to report changes against")
     ap.add_argument("--no-retry-errors", action="store_true", help="on resume, keep earlier error rows")
+    ap.add_argument("--mode", choices=["sync", "batch-api"], default="sync",
+                    help="sync: requests now, through the rate limiter; batch-api: OpenAI's Batch API, within 24 h "
+                         "at half the price (resumable: re-run with the same OUT)")
+    ap.add_argument("--max-enqueued-tokens", type=int, help="batch-api: the model's enqueued-token limit")
+    ap.add_argument("--poll-interval-s", type=float, default=30.0, help="batch-api: seconds between status polls")
+    ap.add_argument("--max-rounds", type=int, default=3, help="batch-api: submissions of failed requests, in all")
+    ap.add_argument("--fallback", choices=["batch", "sync"], default="batch",
+                    help="batch-api: failed requests go in a follow-up batch, or through the sync API")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -93,7 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = RegradeConfig(input=a.input, output=a.output, provider=app_args.provider, batcher=app_args.batcher,
                         namespace=a.namespace or app_args.namespace, reading_mode=a.reading_mode, actors=a.actors,
                         submissions_per_block=a.submissions_per_block, review_share=a.review_share,
-                        compare=a.compare, retry_errors=not a.no_retry_errors)
+                        compare=a.compare, retry_errors=not a.no_retry_errors, mode=a.mode,
+                        batch_api=BatchApiConfig(max_enqueued_tokens=a.max_enqueued_tokens,
+                                                 poll_interval_s=a.poll_interval_s, max_rounds=a.max_rounds,
+                                                 fallback=a.fallback))
 
     load_assessment(cfg.input)  # a wrong input path fails here, before a cluster starts
     import ray
@@ -130,6 +145,11 @@ def main(argv: list[str] | None = None) -> None:
         cfg = cfg.model_copy(update={"model_deployment": (app_name, model.deployment_name)})
 
     def show(p: dict) -> None:  # the driver's stdout: `ray job submit` and `ray job logs` stream it
+        if cfg.mode == "batch-api":
+            print(f"batch-api: {p['collected']}/{p['parts']} files done, {p['completed']}/{p['requests']} requests "
+                  f"completed, {p['failed']} failed; " + ", ".join(f"{b}: {s}" for b, s in p["batches"].items()),
+                  flush=True)
+            return
         eta = f", ETA {p['eta_s']:.0f} s" if p["eta_s"] is not None else ""
         print(f"regrade: {p['submissions_done']}/{p['submissions_total']} submissions, {p['items']} items "
               f"({p['items_failed']} failed), {p['per_s']:.1f} submissions/s{eta}", flush=True)
@@ -147,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         ag = summary.report["agreement"]
         print(f"against {summary.report['compared_with']}: exact {ag['exact']:.3f}, within one point "
               f"{ag['within_one_point']:.3f}, QWK {ag['qwk']:.3f} (n={ag['n']})")
-    print(json.dumps({k: summary.report[k] for k in ("tokens_per_1k_pages", "cost_per_1k_pages_usd")}))
+    print(json.dumps({k: summary.report[k] for k in ("tokens_per_1k_pages", "cost_per_1k_pages_usd", "batch_ids")
+                      if k in summary.report}))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ the agreement with the human grades, and write the results to a file.
 
 ``raygrade prepare-model``: convert the packaged model for the embedded engine (once).
 
+``raygrade estimate DATASET|JOB.json``: requests, tokens and USD of a regrade (synchronous vs
+the Batch API) before anything is sent (:mod:`raygrade.bulk.estimate`).
+
 ``raygrade keys create|list|revoke``: API keys of tenants, written straight into the job store
 (``--store-url``, default ``$RAYGRADE_STORE_URL`` or ``~/.raygrade/jobs.db``): whoever can
 write the store administers the keys. The secret is printed once, on stdout.
@@ -174,6 +177,30 @@ def cmd_keys(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(a: argparse.Namespace) -> int:
+    import yaml
+
+    from raygrade.bulk import RegradeConfig
+    from raygrade.bulk.estimate import estimate, estimate_job, table
+    from raygrade.config import ProviderConfig
+    from raygrade.settings import resolve_args
+
+    if a.serve_config:
+        args = resolve_args(yaml.safe_load(Path(a.serve_config).read_text())["applications"][0].get("args") or {})
+    elif a.provider:
+        args = RaygradeArgs(provider=ProviderConfig.model_validate(yaml.safe_load(Path(a.provider).read_text())))
+    else:
+        args = RaygradeArgs()
+    cfg = RegradeConfig(input=a.input, output="-", provider=args.provider, batcher=args.batcher,
+                        reading_mode=a.reading_mode)
+    est = estimate_job(a.input, cfg) if a.input.endswith(".json") else estimate(cfg)
+    p_in = a.price_in if a.price_in is not None else args.provider.price_per_mtok_input_usd
+    p_out = a.price_out if a.price_out is not None else args.provider.price_per_mtok_output_usd
+    print(json.dumps(est.as_dict(p_in, p_out, a.batch_factor), indent=2) if a.json
+          else table(est, p_in, p_out, a.batch_factor))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="raygrade", description="Grade scanned answer pages on Ray.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -196,6 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     d.set_defaults(fn=cmd_demo)
     p = sub.add_parser("prepare-model", help="convert the embedded model once (optional; done on first use)")
     p.set_defaults(fn=cmd_prepare_model)
+    e = sub.add_parser("estimate", help="requests, tokens and USD of a regrade (sync vs Batch API), sending nothing")
+    e.add_argument("input", help="a dataset in the regrade layout, or a job JSON file (POST /v1/jobs body)")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--serve-config", help="the provider and batcher of this serve_config.yaml")
+    src.add_argument("--provider", help="a ProviderConfig as YAML or JSON")
+    e.add_argument("--reading-mode", choices=["auto", "vision", "ocr"], default="auto")
+    e.add_argument("--price-in", type=float, help="USD per million input tokens (default: the provider's)")
+    e.add_argument("--price-out", type=float, help="USD per million output tokens (default: the provider's)")
+    e.add_argument("--batch-factor", type=float, default=0.5, help="the Batch API's price factor (OpenAI: 0.5)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_estimate)
     k = sub.add_parser("keys", help="create, list or revoke tenants' API keys (in the job store)")
     k.add_argument("--store-url", help="the job store (default: $RAYGRADE_STORE_URL or ~/.raygrade/jobs.db)")
     ks = k.add_subparsers(dest="action", required=True)

@@ -30,7 +30,7 @@ def cluster_grader(provider_config, namespace: str | None, *, priority: Priority
 
 
 def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_retries: int = 2,
-                       model_handle: Any = None):
+                       model_handle: Any = None, chat_provider: ChatProvider | None = None):
     """The grader for a provider config: :class:`BatchGrader` over an OpenAI-compatible
     endpoint, or the zero-cost reference-similarity baseline (``kind="reference_similarity"``,
     no provider, no limiter). Both have ``async grade(GradeBatch) -> BatchOutcome``.
@@ -42,6 +42,7 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
         model_handle: For a model served in the application (``kind="serve_llm"``, or the
             embedded ``local_vllm``): its ``LLMServer`` deployment handle
             (:class:`raygrade.providers.serve_llm.ServeLLMProvider`).
+        chat_provider: Answers in place of the endpoint (the Batch API's output replayed).
 
     Raises:
         ConfigError: no ``limiter`` for a model provider; no ``model_handle`` for a
@@ -53,7 +54,9 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
 
         return ReferenceSimilarityGrader(model_name=provider_config.model)
     provider: ChatProvider
-    if provider_config.served_in_app:
+    if chat_provider is not None:
+        provider = chat_provider
+    elif provider_config.served_in_app:
         if model_handle is None:
             raise ConfigError(f"provider {provider_config.name!r} ({provider_config.kind}) needs the deployment "
                               f"handle of model {provider_config.model!r}", param="model")

@@ -50,6 +50,25 @@ class Limiter(Protocol):
                      answer_s: float | None = None) -> None: ...
 
 
+def batch_prompt(batch: GradeBatch, students: list[StudentWork], *, bounds: bool = False
+                 ) -> tuple[list[dict], dict]:
+    """The chat messages and the output JSON schema of one request grading ``students`` of ``batch``
+    (all of them, or those a re-ask carries); ``bounds`` puts score ranges in the schema."""
+    messages = build_messages(batch.questions, students, include_model_answer_images=batch.include_model_answer_images)
+    return messages, output_schema(batch.questions, students, bounds=bounds)
+
+
+class UnmeteredLimiter:
+    """A :class:`Limiter` that admits everything at once: for answers already obtained (the
+    Batch API's output, replayed through :class:`BatchGrader`) or queues metered elsewhere."""
+
+    async def acquire(self, key: str, tokens: int, **_: object) -> Reservation:
+        return Reservation(0, key, tokens, 0.0, False)
+
+    async def settle(self, reservation: Reservation, actual_tokens: int | None, **_: object) -> None:
+        return None
+
+
 def send_delay(elapsed_s: float, headers: dict[str, str]) -> float | None:
     """Upper bound on when the provider counted a call, in seconds after it was granted:
     the response time minus the provider's ``openai-processing-ms`` (``None`` without it)."""
@@ -118,9 +137,7 @@ class BatchGrader:
                     timing: dict[str, float] | None = None) -> ChatResult:
         """One request (with retries); adds seconds to ``timing["limiter"]`` and ``timing["provider"]``."""
         timing = timing if timing is not None else {"limiter": 0.0, "provider": 0.0, "grant_to_send": 0.0}
-        messages = build_messages(batch.questions, students,
-                                  include_model_answer_images=batch.include_model_answer_images)
-        schema = output_schema(batch.questions, students, bounds=self._bounds)
+        messages, schema = batch_prompt(batch, students, bounds=self._bounds)
         estimate = batch.prompt_tokens_estimate + max_tokens
         # The prompt estimate is the whole batch's: only a call carrying the whole batch teaches the
         # limiter the provider's count (a re-ask of a few students would look like an over-estimate).

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from raygrade.config import BatcherConfig, ProviderConfig, default_provider
 from raygrade.protocol import ReadingMode
+
+
+class BatchApiConfig(BaseModel):
+    """How ``mode: batch-api`` uses OpenAI's Batch API (https://platform.openai.com/docs/guides/batch).
+
+    Attributes:
+        max_requests_per_file: Requests per input file (the API allows 50,000).
+        max_file_bytes: Bytes per input file (the API allows 200 MB).
+        max_enqueued_tokens: The model's enqueued-token limit (prompt tokens of batches not yet
+            finished, by raygrade's estimate); the next file is submitted when earlier ones
+            finish. ``None``: submit every file at once.
+        poll_interval_s: Seconds between status polls.
+        max_rounds: Submissions of requests that failed, expired, were cancelled or came back
+            invalid (the first included); what is still ungraded after them ends as error rows.
+        fallback: ``batch`` (retries go in a follow-up batch) or ``sync`` (through the regular
+            API and the cluster's rate limiter).
+        price_factor: The Batch API's price relative to the synchronous API (0.5: half price).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_requests_per_file: int = Field(default=50_000, ge=1, le=50_000)
+    max_file_bytes: int = Field(default=200 * 1000 * 1000, ge=1024, le=200 * 1000 * 1000)
+    max_enqueued_tokens: int | None = Field(default=None, ge=1)
+    poll_interval_s: float = Field(default=30.0, gt=0)
+    max_rounds: int = Field(default=3, ge=1)
+    fallback: Literal["batch", "sync"] = "batch"
+    price_factor: float = Field(default=0.5, gt=0, le=1)
 
 
 class RegradeConfig(BaseModel):
@@ -27,6 +57,9 @@ class RegradeConfig(BaseModel):
         model_deployment: ``(application, deployment)`` of the provider's model when it is served
             in a Serve application (a self-hosted model or the embedded default): the actors
             grade through that deployment's handle, on whichever node its replicas run.
+        mode: ``sync`` (requests through the rate limiter, now) or ``batch-api`` (OpenAI's Batch
+            API: within 24 h at half the price, resumable; :mod:`raygrade.bulk.batch_api`).
+        batch_api: Settings of ``batch-api`` mode.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -44,6 +77,8 @@ class RegradeConfig(BaseModel):
     retry_errors: bool = True
     compare: str | None = None
     model_deployment: tuple[str, str] | None = None
+    mode: Literal["sync", "batch-api"] = "sync"
+    batch_api: BatchApiConfig = Field(default_factory=BatchApiConfig)
 
     def batcher_config(self) -> BatcherConfig:
         """The batcher budgets in force (the Serve app's presets when unset)."""

@@ -80,6 +80,8 @@ def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] |
         FileNotFoundError: the dataset has no ``assessment.json`` or no submissions.
         ConfigError: the provider cannot work (missing key, unreachable endpoint, unknown model).
     """
+    if cfg.mode == "batch-api":
+        return run_batch_regrade(cfg, progress)
     import ray
 
     out_dir = Path(cfg.output)
@@ -130,6 +132,57 @@ def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] |
     write_report(report, table, out_dir)
     errs = sum(1 for e in table.column("error_type").to_pylist() if e)
     return RegradeSummary(len(ids), skipped, len(todo), table.num_rows, errs, report)
+
+
+def run_batch_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] | None = None, *,
+                      client: Any = None, sleep: Callable[[float], None] = time.sleep) -> RegradeSummary:
+    """``cfg.mode == "batch-api"``: regrade through OpenAI's Batch API (:mod:`raygrade.bulk.batch_api`),
+    resumable and exactly once; the results, report and staging are the synchronous mode's, and the
+    report adds the batch ids and the cost at the Batch API's price.
+
+    ``progress`` gets :meth:`BatchApiRun.progress` after each poll; ``client`` (an
+    ``openai.OpenAI``) and ``sleep`` are injected in tests.
+
+    Raises:
+        FileNotFoundError: the dataset has no ``assessment.json`` or no submissions.
+        InvalidRequestError: duplicate ``submission_id`` values.
+    """
+    from raygrade.bulk.batch_api import BatchApiRun
+
+    out_dir = Path(cfg.output)
+    (out_dir / "_staging").mkdir(parents=True, exist_ok=True)
+    assessment = load_assessment(cfg.input)
+    run = BatchApiRun(cfg, assessment, out_dir, client=client, sleep=sleep)
+    if not run.state["planned"]:
+        fs, root = fs_and_path(cfg.input)
+        rows = pq.read_table(f"{root}/submissions", filesystem=fs).to_pylist()
+        ids = [str(r["submission_id"]) for r in rows]
+        if len(ids) != len(set(ids)):
+            raise InvalidRequestError("submission_id values must be unique")
+        done = completed_submissions(read_staging(out_dir / "_staging"), cfg.retry_errors)
+        todo = [r for r in rows if str(r["submission_id"]) not in done]
+        run.state.update(submissions=len(ids), skipped=len(ids) - len(todo))
+        logger.info("%d submissions, %d already graded, %d to grade in batches", len(ids), len(ids) - len(todo),
+                    len(todo))
+        run.plan(todo)
+    run.run(progress)
+    table = finalize(out_dir, cfg.review_share)
+    report = build_report(table, cfg, assessment)
+    factor = cfg.batch_api.price_factor
+    report["mode"] = "batch-api"
+    report["batch_ids"] = [p["batch_id"] for p in run.parts if p["batch_id"]]
+    report["price_factor"] = factor
+    first = [p for p in run.parts if p["round"] == 0]
+    report["estimate"] = {"requests": sum(p["requests"] for p in first),
+                          "prompt_tokens": sum(p["tokens"] for p in first)}  # vs report["prompt_tokens"]: actual
+    for k in ("cost_usd", "cost_per_1k_pages_usd"):
+        if report.get(k) is not None:
+            report[k] *= factor
+    write_report(report, table, out_dir)
+    errs = sum(1 for e in table.column("error_type").to_pylist() if e)
+    n = run.state.get("submissions", 0)
+    return RegradeSummary(n, run.state.get("skipped", 0), n - run.state.get("skipped", 0), table.num_rows, errs,
+                          report)
 
 
 def _keep_rows(batch: pa.Table, keep: pa.Array) -> pa.Table:

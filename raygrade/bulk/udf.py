@@ -18,41 +18,19 @@ block is dropped and the job does not fail.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import hashlib
 import json
 import logging
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from raygrade.batch import BatchOutcome, GradeBatch, students_error
 from raygrade.bulk.config import RegradeConfig
-from raygrade.bulk.schema import (
-    RESULT_SCHEMA,
-    error_rows,
-    page_count,
-    row_questions,
-    submission_rows_to_jobs,
-)
-from raygrade.config import ProviderConfig, RaygradeArgs
-from raygrade.errors import RaygradeError, ReadingError
+from raygrade.bulk.plan import BlockPlanner
+from raygrade.config import ProviderConfig
 from raygrade.graders import cluster_grader
-from raygrade.planner import planner_for
-from raygrade.prompts import StudentWork
-from raygrade.protocol import (
-    Assessment,
-    GradingJob,
-    ImagePage,
-    Page,
-    ReadingMode,
-    Submission,
-    TextPage,
-)
-
-if TYPE_CHECKING:
-    from raygrade.reading.ocr import OCRReader
+from raygrade.protocol import Assessment
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,7 +103,7 @@ class RegradeUDF(_GradingActor):
     (:data:`~raygrade.bulk.schema.RESULT_SCHEMA`).
 
     Each block's submissions are read (OCR for text-only models), planned by
-    :mod:`raygrade.planner` and graded concurrently (``batches_in_flight``).
+    :class:`~raygrade.bulk.plan.BlockPlanner` and graded concurrently (``batches_in_flight``).
 
     Args:
         config: :class:`~raygrade.bulk.config.RegradeConfig` as a dict.
@@ -135,26 +113,9 @@ class RegradeUDF(_GradingActor):
 
     def __init__(self, config: dict[str, Any], assessment: dict[str, Any], run_id: str):
         self.cfg = RegradeConfig.model_validate(config)
-        batcher = self.cfg.batcher_config()
-        super().__init__(self.cfg.provider, self.cfg.namespace, batcher.max_parse_retries,
+        super().__init__(self.cfg.provider, self.cfg.namespace, self.cfg.batcher_config().max_parse_retries,
                          self.cfg.model_deployment)
-        self.assessment = Assessment.model_validate(assessment)
-        self.run_id = run_id
-        # The planner reads the provider and the batcher only (a serve_llm provider's models are the app's).
-        self.planner = planner_for(RaygradeArgs.model_construct(provider=self.cfg.provider, batcher=batcher,
-                                                                namespace=self.cfg.namespace))
-        self.mode = self.cfg.reading_mode.resolve(self.cfg.provider.supports_vision)
-        self._ocr: OCRReader | None = None
-
-    def _read(self, sub: Submission) -> list[Page]:
-        if self.mode != ReadingMode.OCR:
-            return list(sub.pages)
-        if self._ocr is None:
-            from raygrade.reading.ocr import OCRReader
-
-            self._ocr = OCRReader()
-        ocr = self._ocr
-        return [TextPage(text=ocr.read(p.image_bytes())) if isinstance(p, ImagePage) else p for p in sub.pages]
+        self.blocks = BlockPlanner(self.cfg, Assessment.model_validate(assessment), run_id)
 
     def __call__(self, block: pa.Table) -> pa.Table:
         rows = block.to_pylist()
@@ -162,39 +123,11 @@ class RegradeUDF(_GradingActor):
             out = self._run(self._grade_rows(rows))
         except Exception as exc:  # never fail the job for one block: error rows instead
             logger.exception("block failed")
-            etype = exc.error_type if isinstance(exc, RaygradeError) else "internal_error"
-            out = [e for r in rows for e in error_rows(r, row_questions(r, self.assessment), etype,
-                                                        f"block failed: {type(exc).__name__}", self.assessment)]
-        now = dt.datetime.now(dt.UTC).isoformat()
-        for r in out:
-            r["run_id"], r["graded_at"] = self.run_id, now
-        return pa.Table.from_pylist([{c: r.get(c) for c in RESULT_SCHEMA.names} for r in out], schema=RESULT_SCHEMA)
+            out = self.blocks.failed_rows(rows, exc)
+        return self.blocks.table(out)
 
     async def _grade_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        by_id = {str(r["submission_id"]): r for r in rows}
-        subs, out = submission_rows_to_jobs(rows, self.assessment)
-        if not subs:
-            return out
-        job = GradingJob(assessment=self.assessment, submissions=subs)
-        works = []
-        for i, sub in enumerate(subs):
-            qids = [q.id for q in job.questions_for(sub)]
-            try:
-                pages = await asyncio.to_thread(self._read, sub)
-            except Exception as exc:
-                out.extend(error_rows(by_id[sub.student_id], qids, ReadingError.error_type,
-                                       f"reading failed: {type(exc).__name__}", self.assessment))
-                continue
-            works.append(StudentWork(student_id=sub.student_id, alias=f"s{i + 1}", pages=pages,
-                                     page_indices=list(range(len(sub.pages))), question_ids=qids))
-        if not works:
-            return out
-        ok = sorted(w.student_id for w in works)
-        job_id = f"regrade-{self.run_id}-{hashlib.sha1(''.join(ok).encode()).hexdigest()[:10]}"
-        batches, plan_errors = self.planner.batches(job_id, job, works, self.mode == ReadingMode.VISION)
-        for e in plan_errors:
-            for sid in e.student_ids:
-                out.extend(error_rows(by_id[sid], e.question_ids, e.type, e.message, self.assessment))
+        batches, by_id, out = await self.blocks.plan_rows(rows)
         sem = asyncio.Semaphore(self.cfg.batches_in_flight)
 
         async def grade(b: GradeBatch) -> tuple[GradeBatch, BatchOutcome]:
@@ -202,25 +135,5 @@ class RegradeUDF(_GradingActor):
                 return b, await self._grade(b)
 
         for b, outcome in await asyncio.gather(*(grade(b) for b in batches)):
-            out.extend(self._outcome_rows(b, outcome, by_id))
+            out.extend(self.blocks.outcome_rows(b, outcome, by_id))
         return out
-
-    def _outcome_rows(self, b: GradeBatch, outcome: BatchOutcome, by_id: dict[str, dict[str, Any]]
-                      ) -> list[dict[str, Any]]:
-        rows = []
-        for g in outcome.results:
-            src = by_id[g.student_id]
-            rows.append({"submission_id": g.student_id, "student_id": str(src.get("student_id") or ""),
-                         "question_id": g.question_id, "score": g.score, "max_score": g.max_score,
-                         "feedback": g.feedback, "confidence": g.confidence,
-                         "confidence_source": g.confidence_source,
-                         "confidence_calibrated": g.confidence_calibrated, "baseline_agrees": g.baseline_agrees,
-                         "needs_review": False,
-                         "model": g.model, "prompt_version": outcome.prompt_version,
-                         "prompt_tokens": g.usage.prompt_tokens, "completion_tokens": g.usage.completion_tokens,
-                         "pages": page_count(src), "batch_id": b.batch_id, "error_type": None,
-                         "error_message": None})
-        for e in outcome.errors:
-            for sid in e.student_ids:
-                rows.extend(error_rows(by_id[sid], e.question_ids, e.type, e.message, self.assessment, b.batch_id))
-        return rows

@@ -31,10 +31,11 @@ Run standalone: ``python -m raygrade.testing.fake_openai --port 8100 --tpm 20000
 
 from __future__ import annotations
 
+from raygrade.testing.fake_openai.batch_api import FakeBatchAPI
 from raygrade.testing.fake_openai.content import estimate_prompt_tokens, schema_instance
 from raygrade.testing.fake_openai.process import FakeOpenAIProcess, fake_provider_config
 from raygrade.testing.fake_openai.records import FAULTS, WINDOW_S, RequestRecord, audit_windows
 from raygrade.testing.fake_openai.server import FakeOpenAIServer
 
-__all__ = ["FAULTS", "WINDOW_S", "FakeOpenAIProcess", "FakeOpenAIServer", "RequestRecord", "audit_windows",
-           "estimate_prompt_tokens", "fake_provider_config", "schema_instance"]
+__all__ = ["FAULTS", "WINDOW_S", "FakeBatchAPI", "FakeOpenAIProcess", "FakeOpenAIServer", "RequestRecord",
+           "audit_windows", "estimate_prompt_tokens", "fake_provider_config", "schema_instance"]

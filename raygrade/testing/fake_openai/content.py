@@ -8,6 +8,8 @@ import io
 import json
 import math
 import re
+import time
+import uuid
 from typing import Any
 
 from PIL import Image
@@ -124,3 +126,50 @@ def _bump_scores(value: Any) -> None:
                 value[k] = v + 1000
             else:
                 _bump_scores(v)
+
+
+def completion(body: dict[str, Any], prompt_tokens: int, *, fault: str | None = None,
+               pad_tokens: int | None = None) -> dict[str, Any]:
+    """The ``chat.completion`` object answering request ``body``: with ``response_format``
+    ``json_schema``, an instance of the schema (padded to about ``pad_tokens``), else ``"OK"``;
+    ``fault`` (``out_of_range``, ``malformed``, ``truncated``, ``refusal``) spoils it the way
+    :data:`~raygrade.testing.fake_openai.records.FAULTS` describes. ``usage`` counts
+    ``prompt_tokens`` and about four characters per completion token."""
+    rf = body.get("response_format") or {}
+    max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 4096)
+    finish_reason, refusal = "stop", None
+    if rf.get("type") == "json_schema":
+        value = schema_instance(rf["json_schema"]["schema"], pad_tokens=pad_tokens)
+        if fault == "out_of_range":
+            _bump_scores(value)
+        content: str | None = json.dumps(value)
+    else:
+        content = "OK"
+    if fault == "malformed":
+        content = "Sure! Here are the grades: {score: high"
+    elif fault == "truncated":
+        content, finish_reason = (content or "")[: max(1, len(content or "") // 2)], "length"
+    elif fault == "refusal":
+        content, refusal = None, "I can't help with that."
+    completion_tokens = min(max_tokens, math.ceil(len(content or refusal or "") / 4))
+    logprobs = {"content": _fake_logprobs(content), "refusal": None} if body.get("logprobs") and content else None
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model"),
+        "system_fingerprint": "fp_raygrade_fake",
+        "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": logprobs,
+                     "message": {"role": "assistant", "content": content, "refusal": refusal}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def asked_items(body: dict[str, Any]) -> list[str]:
+    """``alias/question`` for each item the request's grading schema asks for (for the log)."""
+    rf = body.get("response_format") or {}
+    if rf.get("type") != "json_schema":
+        return []
+    props = ((rf.get("json_schema") or {}).get("schema") or {}).get("properties", {})
+    return [f"{a}/{q}" for a, v in props.items() for q in (v.get("properties") or {})]

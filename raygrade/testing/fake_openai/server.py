@@ -20,13 +20,9 @@ if TYPE_CHECKING:
 else:
     web = import_optional("aiohttp.web", "fake", "the fake OpenAI-compatible server")
 
-from raygrade.testing.fake_openai.content import (
-    _bump_scores,
-    _fake_logprobs,
-    estimate_prompt_tokens,
-    schema_instance,
-)
+from raygrade.testing.fake_openai.content import asked_items, completion, estimate_prompt_tokens
 from raygrade.testing.fake_openai.records import FAULTS, WINDOW_S, RequestRecord
+from raygrade.testing.fake_openai.runner import ThreadedApp
 
 
 @dataclasses.dataclass
@@ -43,7 +39,7 @@ def _error(status: int, message: str, etype: str, code: str | None = None, param
 
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(ThreadedApp):
     """The fake server, run on its own event loop in a background thread.
 
     Args:
@@ -101,53 +97,16 @@ class FakeOpenAIServer:
         self._tok_window: deque[_Entry] = deque()
         self._tok_used = 0
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
-
-    def start(self) -> FakeOpenAIServer:
-        """Start listening; returns once the socket is bound."""
-        ready = threading.Event()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(self._start_app())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="fake-openai", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake OpenAI server did not start")
-        return self
-
-    async def _start_app(self) -> None:
+    # -- lifecycle (ThreadedApp: start, stop, base_url) ----------------------------------------
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         # Test-only endpoints for a server run in another process (benchmarks).
         app.router.add_get("/_raygrade/log", self._get_log)
         app.router.add_post("/_raygrade/reset", self._post_reset)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)  # type: ignore[union-attr]
-        fut.result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)  # type: ignore[union-attr]
-        self._loop = None
+        return app
 
     def reset(self) -> None:
         """Forget the log, the scripted faults and the current window."""
@@ -306,25 +265,8 @@ class FakeOpenAIServer:
             return _error(500, "The server had an error while processing your request.", "server_error",
                           headers=headers)
 
-        rf = body.get("response_format") or {}
-        finish_reason, refusal = "stop", None
-        if rf.get("type") == "json_schema":
-            value = schema_instance(rf["json_schema"]["schema"], pad_tokens=self.completion_tokens)
-            if fault == "out_of_range":
-                _bump_scores(value)
-            content: str | None = json.dumps(value)
-        else:
-            content = "OK"
-        if fault == "malformed":
-            content = "Sure! Here are the grades: {score: high"
-        elif fault == "truncated":
-            content, finish_reason = (content or "")[: max(1, len(content or "") // 2)], "length"
-        elif fault == "refusal":
-            content, refusal = None, "I can't help with that."
-        completion_tokens = min(max_tokens, math.ceil(len(content or refusal or "") / 4))
-        logprobs = None
-        if body.get("logprobs") and content:
-            logprobs = {"content": _fake_logprobs(content), "refusal": None}
+        answer = completion(body, prompt_tokens, fault=fault, pad_tokens=self.completion_tokens)
+        completion_tokens = answer["usage"]["completion_tokens"]
         delay = self.latency_s + self.latency_per_token_s * completion_tokens
         started = time.monotonic()
         if delay:
@@ -332,19 +274,6 @@ class FakeOpenAIServer:
         final = self._complete(entry, prompt_tokens + completion_tokens)
         if self.processing_ms_header:
             headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
-        props = ((rf.get("json_schema") or {}).get("schema") or {}).get("properties", {})
-        asked = [f"{a}/{q}" for a, v in props.items()
-                 for q in (v.get("properties") or {})] if rf.get("type") == "json_schema" else []
         self._record(200, model, charged, prompt_tokens, completion_tokens, fault, mono=mono, final_tokens=final,
-                     items=asked)
-        return web.json_response({
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "system_fingerprint": "fp_raygrade_fake",
-            "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": logprobs,
-                         "message": {"role": "assistant", "content": content, "refusal": refusal}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }, headers=headers)
+                     items=asked_items(body))
+        return web.json_response(answer, headers=headers)

@@ -1,0 +1,216 @@
+"""Bulk regrades through the Batch API against the fake Batch API on 127.0.0.1: one row per
+item through error lines, invalid answers and an expired batch; kills at every step, then a
+re-run that submits nothing twice (the fake's log is the judge). No Ray."""
+
+import collections
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from openai import OpenAI
+
+from raygrade.bulk import RegradeConfig
+from raygrade.bulk.config import BatchApiConfig
+from raygrade.bulk.pipeline import run_batch_regrade
+from raygrade.datasets import write_dataset
+from raygrade.protocol import Assessment, Question
+from raygrade.testing.fake_openai import FakeBatchAPI, fake_provider_config
+
+N = 210
+QUESTIONS = [Question(id="q1", prompt="What does ARP resolve?", max_score=2, score_step=0.5,
+                      reference_answer="IP addresses to MAC addresses"),
+             Question(id="q2", prompt="Why a three-way handshake?", max_score=1, reference_answer="sync sequence")]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    rows = [{"submission_id": f"sub-{i:03d}", "student_id": f"st{i}", "page_texts": [f"answer number {i}"],
+             "question_ids": ["q1"] if i % 7 == 0 else None} for i in range(N)]
+    return write_dataset(tmp_path / "ds", Assessment(questions=QUESTIONS), rows, rows_per_file=50)
+
+
+def items():
+    return {(f"sub-{i:03d}", q) for i in range(N) for q in (["q1"] if i % 7 == 0 else ["q1", "q2"])}
+
+
+def config(dataset, out, api, **batch):
+    provider = fake_provider_config(api.base_url, api_key_env="RAYGRADE_FAKE_KEY", price_per_mtok_input_usd=2.5,
+                                    price_per_mtok_output_usd=10.0)
+    return RegradeConfig(input=str(dataset), output=str(out), provider=provider, mode="batch-api",
+                         submissions_per_block=40,
+                         batch_api=BatchApiConfig(max_requests_per_file=12, poll_interval_s=0.01, **batch))
+
+
+def run(cfg, api, client=None, sleep=None):
+    client = client or OpenAI(base_url=api.base_url, api_key="sk-test")
+    return run_batch_regrade(cfg, client=client, sleep=sleep or (lambda s: __import__("time").sleep(0.02)))
+
+
+def assert_once(api):
+    """Every file uploaded once, every input file in one batch, every exact request run once."""
+    names = collections.Counter(u["filename"] for u in api.log["uploads"])
+    inputs = collections.Counter(b["input_file_id"] for b in api.log["batches"])
+    runs = collections.Counter(api.log["requests"])
+    assert max(names.values()) == 1 and max(inputs.values()) == 1 and max(runs.values()) == 1, (names, inputs, runs)
+
+
+def test_batch_mode_grades_every_item_once_through_errors_invalid_answers_and_expiry(tmp_path, dataset):
+    api = FakeBatchAPI(expire_batches={2}, error_every=17, malformed_every=11).start()
+    try:
+        summary = run(config(dataset, tmp_path / "out", api), api)
+    finally:
+        api.stop()
+    rows = pq.read_table(tmp_path / "out" / "results").to_pylist()
+    assert sorted((r["submission_id"], r["question_id"]) for r in rows) == sorted(items())
+    assert all(r["error_type"] is None for r in rows), collections.Counter(r["error_type"] for r in rows)
+    assert_once(api)
+    rounds = {b["batch_id"] for b in api.log["batches"]}
+    assert len(rounds) > 3 and summary.report["mode"] == "batch-api" and set(summary.report["batch_ids"]) == rounds
+    assert api.batches[api.log["batches"][1]["batch_id"]]["status"] == "expired"
+    assert summary.report["price_factor"] == 0.5 and summary.report["cost_usd"] > 0
+    scores = {(r["submission_id"], r["question_id"]): r["score"] for r in rows}
+    assert all(0 <= s <= 2 for s in scores.values())
+
+
+def test_items_that_never_succeed_end_as_typed_error_rows(tmp_path, dataset):
+    api = FakeBatchAPI(error_every=1).start()  # every request fails
+    try:
+        run(config(dataset, tmp_path / "out", api, max_rounds=2), api)
+    finally:
+        api.stop()
+    rows = pq.read_table(tmp_path / "out" / "results").to_pylist()
+    assert len(rows) == len(items()) and {r["error_type"] for r in rows} == {"provider_error"}
+    assert len(api.log["requests"]) == 2 * len({r["batch_id"].split("~")[0] for r in rows})  # two rounds
+
+
+class Killed(BaseException):
+    """A driver killed without notice (SIGKILL): nothing catches it, nothing is cancelled."""
+
+
+class KillingClient:
+    """The real client, except that the ``n``-th call to ``what`` is made and then the driver dies."""
+
+    def __init__(self, api, what, n=1):
+        self._c, self._what, self._n = OpenAI(base_url=api.base_url, api_key="sk-test"), what, n
+        outer = self
+
+        class Files:
+            def create(self, **kw):
+                return outer._maybe_die("upload", outer._c.files.create(**kw))
+
+            def __getattr__(self, name):
+                return getattr(outer._c.files, name)
+
+        class Batches:
+            def create(self, **kw):
+                return outer._maybe_die("create", outer._c.batches.create(**kw))
+
+            def __getattr__(self, name):
+                return getattr(outer._c.batches, name)
+
+        self.files, self.batches = Files(), Batches()
+
+    def _maybe_die(self, what, result):
+        if what == self._what:
+            self._n -= 1
+            if self._n == 0:
+                raise Killed(what)
+        return result
+
+
+@pytest.mark.parametrize("what,n", [("upload", 1), ("upload", 3), ("create", 2), ("poll", 2)])
+def test_a_killed_driver_resumes_without_submitting_anything_twice(tmp_path, dataset, what, n):
+    api = FakeBatchAPI(per_request_s=0.002).start()
+    cfg = config(dataset, tmp_path / "out", api)
+    polls = [0]
+
+    def dying_sleep(s):
+        polls[0] += 1
+        if what == "poll" and polls[0] == n:
+            raise Killed("poll")
+
+    try:
+        with pytest.raises(Killed):
+            run(cfg, api, client=KillingClient(api, what, n), sleep=dying_sleep)
+        state = json.loads((tmp_path / "out" / "_batch_api" / "state.json").read_text())
+        assert any(p["status"] != "collected" for p in state["parts"])
+        run(cfg, api)  # the re-run: same OUT
+        rows = pq.read_table(tmp_path / "out" / "results").to_pylist()
+        assert sorted((r["submission_id"], r["question_id"]) for r in rows) == sorted(items())
+        assert all(r["error_type"] is None for r in rows)
+        assert_once(api)
+        assert len(api.log["batches"]) == len(state["parts"])  # no batch for a part that had one
+    finally:
+        api.stop()
+
+
+def test_stop_cancels_open_batches_and_a_rerun_finishes_them(tmp_path, dataset):
+    """``ray job stop`` (SIGTERM → SystemExit in the driver) cancels what is open; the re-run
+    sends the requests the cancelled batches did not run, once."""
+    api = FakeBatchAPI(per_request_s=0.01).start()
+    cfg = config(dataset, tmp_path / "out", api)
+
+    def stop(s):
+        raise SystemExit(143)
+
+    try:
+        with pytest.raises(SystemExit):
+            run(cfg, api, sleep=stop)
+        assert {b["status"] for b in api.batches.values()} <= {"cancelling", "cancelled", "completed"}
+        assert any(b["status"] in ("cancelling", "cancelled") for b in api.batches.values())
+        run(cfg, api)
+        rows = pq.read_table(tmp_path / "out" / "results").to_pylist()
+        assert sorted((r["submission_id"], r["question_id"]) for r in rows) == sorted(items())
+        assert all(r["error_type"] is None for r in rows)
+        assert_once(api)
+    finally:
+        api.stop()
+
+
+def test_the_enqueued_token_limit_holds_files_back(tmp_path, dataset):
+    api = FakeBatchAPI(per_request_s=0.001).start()
+    try:
+        cfg = config(dataset, tmp_path / "out", api)
+        run(cfg, api)
+        biggest = max(b["tokens"] for b in api.log["batches"])
+        api2 = FakeBatchAPI(per_request_s=0.001, max_enqueued_tokens=int(biggest * 1.5)).start()
+        try:
+            cfg2 = config(dataset, tmp_path / "out2", api2, max_enqueued_tokens=int(biggest * 1.5))
+            run(cfg2, api2)
+            assert all(b["status"] == "completed" for b in api2.batches.values())  # none failed for the limit
+        finally:
+            api2.stop()
+    finally:
+        api.stop()
+
+
+def test_estimate_matches_what_the_provider_counts_and_the_run_sends(tmp_path, dataset, capsys):
+    """``raygrade estimate``: the requests the run sends, and prompt tokens within 2 % of the fake
+    API's count (tiktoken on the text parts plus its per-message overhead, as OpenAI counts)."""
+    from raygrade.bulk.estimate import estimate
+    from raygrade.testing.fake_openai import estimate_prompt_tokens
+
+    api = FakeBatchAPI().start()
+    try:
+        cfg = config(dataset, tmp_path / "out", api)
+        est = estimate(cfg)
+        summary = run(cfg, api)
+    finally:
+        api.stop()
+    sent = [json.loads(x) for f in sorted((tmp_path / "out" / "_batch_api").glob("r0-*.requests.jsonl"))
+            for x in f.read_text().splitlines()]
+    counted = sum(estimate_prompt_tokens(r["body"]["messages"]) for r in sent)
+    assert est.requests == len(sent) == summary.report["estimate"]["requests"]
+    assert est.max_completion_tokens == sum(r["body"]["max_tokens"] for r in sent)
+    assert abs(est.prompt_tokens - counted) / counted < 0.02, (est.prompt_tokens, counted)
+    assert est.image_tokens == 0 and est.submissions == N
+    d = est.as_dict(2.5, 10.0, 0.5)
+    assert d["usd_batch"]["total_at_most"] == pytest.approx(d["usd_sync"]["total_at_most"] / 2)
+
+    from raygrade.cli import main
+
+    provider = tmp_path / "provider.json"
+    provider.write_text(cfg.provider.model_dump_json())
+    assert main(["estimate", str(dataset), "--provider", str(provider), "--price-in", "2.5", "--price-out", "10"]) == 0
+    out = capsys.readouterr().out
+    assert f"{N} submissions -> {est.requests} requests" in out and "USD batch" in out
