@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from raygrade.bulk import RegradeConfig, load_assessment, run_regrade  # noqa: E402
 from raygrade.bulk.config import BatchApiConfig  # noqa: E402
 from raygrade.config import ProviderConfig, RaygradeArgs, reference_similarity_provider  # noqa: E402
+from raygrade.errors import ConfigError  # noqa: E402
 from raygrade.serve.models import provider_model  # noqa: E402
 from raygrade.settings import resolve_args  # noqa: E402
 
@@ -79,9 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--review-share", type=float, default=0.0)
     ap.add_argument("--compare", help="earlier results folder to report changes against")
     ap.add_argument("--no-retry-errors", action="store_true", help="on resume, keep earlier error rows")
-    ap.add_argument("--mode", choices=["sync", "batch-api"], default="sync",
+    ap.add_argument("--mode", choices=["sync", "batch-api", "vllm-batch"], default="sync",
                     help="sync: requests now, through the rate limiter; batch-api: OpenAI's Batch API, within 24 h "
-                         "at half the price (resumable: re-run with the same OUT)")
+                         "at half the price (resumable: re-run with the same OUT); vllm-batch: the same files "
+                         "through vLLM's offline batch runner on the model's nodes (a self-hosted model)")
     ap.add_argument("--max-enqueued-tokens", type=int, help="batch-api: the model's enqueued-token limit")
     ap.add_argument("--poll-interval-s", type=float, default=30.0, help="batch-api: seconds between status polls")
     ap.add_argument("--max-rounds", type=int, default=3, help="batch-api: submissions of failed requests, in all")
@@ -127,7 +129,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rate limiter: {cfg.provider.bucket_key} in namespace {cfg.namespace!r}, at bulk priority, "
               f"{where}", flush=True)
     own_app = None
-    if (model := provider_model(app_args)) is not None:
+    if a.mode == "vllm-batch":
+        if (model := provider_model(app_args)) is None:
+            raise ConfigError("--mode vllm-batch runs a self-hosted model: the provider must be the embedded "
+                              "default or a serve_llm model", param="mode")
+        engine = app_args.embedded_engine
+        cfg = cfg.model_copy(update={"vllm_model": model, "vllm_engine": engine if engine is not None and
+                                     engine.served_model_name == model.model_id else None})
+        print(f"running model {model.model_id!r} offline with vLLM's batch runner", flush=True)
+    elif (model := provider_model(app_args)) is not None:
         # A model served in a Serve application (a self-hosted model or the embedded default): grade
         # through its deployment handle. The online app's, when it runs on this cluster (shared
         # replicas, shared budget); else this run deploys the model itself, for the run only.
@@ -145,8 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = cfg.model_copy(update={"model_deployment": (app_name, model.deployment_name)})
 
     def show(p: dict) -> None:  # the driver's stdout: `ray job submit` and `ray job logs` stream it
-        if cfg.mode == "batch-api":
-            print(f"batch-api: {p['collected']}/{p['parts']} files done, {p['completed']}/{p['requests']} requests "
+        if cfg.mode != "sync":
+            print(f"{cfg.mode}: {p['collected']}/{p['parts']} files done, {p['completed']}/{p['requests']} requests "
                   f"completed, {p['failed']} failed; " + ", ".join(f"{b}: {s}" for b, s in p["batches"].items()),
                   flush=True)
             return

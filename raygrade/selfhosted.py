@@ -10,6 +10,7 @@ grader on any node can use a model replica on any other.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Literal
@@ -133,6 +134,39 @@ class ServedModelConfig(BaseModel):
                 "target_ongoing_requests": self.target_ongoing_requests}, **deployment_extra},
             runtime_env=runtime_env or None,
         )
+
+    def batch_command(self, input_file: str, output_file: str) -> list[str]:
+        """vLLM's offline batch runner (``vllm run-batch``, as ``python -m``: the CPU build's console
+        script is broken) over OpenAI Batch API JSONL, with this model's engine arguments."""
+        import sys
+
+        kwargs = dict(self.engine_kwargs)
+        if self.device == "cpu":
+            kwargs.setdefault("enforce_eager", True)
+        elif self.gpus_per_replica > 1:
+            kwargs.setdefault("tensor_parallel_size", self.gpus_per_replica)
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "--input-file", input_file,
+               "--output-file", output_file, "--model", self.model_source, "--served-model-name", self.model_id]
+        for k, v in kwargs.items():
+            flag = "--" + k.replace("_", "-")
+            if v is True:
+                cmd.append(flag)
+            elif v is not False and v is not None:
+                cmd += [flag, json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
+        return cmd
+
+    def batch_task_options(self) -> dict[str, Any]:
+        """``ray.remote`` options placing one batch runner like one replica of this model."""
+        env = dict((self.runtime_env or {}).get("env_vars") or {})
+        if self.device == "cpu":
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        opts: dict[str, Any] = {"num_cpus": self.cpus_per_replica, "resources": dict(self.resources_per_replica),
+                                "runtime_env": {**(self.runtime_env or {}), "env_vars": env}, "max_retries": 0}
+        if self.device == "gpu":
+            opts["num_gpus"] = self.gpus_per_replica
+            if self.accelerator_type:
+                opts["accelerator_type"] = self.accelerator_type
+        return opts
 
     def deployment(self, server_cls: Any = None, bind_kwargs: dict[str, Any] | None = None) -> Any:
         """The bound ``LLMServer`` deployment (a Serve ``Application``) for ``build_app``.

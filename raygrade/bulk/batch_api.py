@@ -221,7 +221,7 @@ class BatchApiRun(BatchCollection):
                     if p["status"] == "submitted":
                         b = self.refresh(p)
                         if b.status in TERMINAL:
-                            if b.status == "failed" and _over_enqueued_limit(b):
+                            if b.status == "failed" and _same_file_again(b):
                                 p.update(status="uploaded", batch_id=None)  # the same file, again later
                             else:
                                 self.collect(p, b)
@@ -259,6 +259,8 @@ def _terminate(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def _over_enqueued_limit(batch: Any) -> bool:
+def _same_file_again(batch: Any) -> bool:
+    """A failed batch none of whose requests ran: over the enqueued-token limit, or (vLLM batch
+    mode) its runner was lost with an earlier driver."""
     errors = getattr(batch.errors, "data", None) or []
-    return any(getattr(e, "code", None) == "token_limit_exceeded" for e in errors)
+    return any(getattr(e, "code", None) in ("token_limit_exceeded", "runner_lost") for e in errors)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from raygrade.config import BatcherConfig, ProviderConfig, default_provider
+from raygrade.config import BatcherConfig, LocalEngineConfig, ProviderConfig, ServedModelConfig, default_provider
 from raygrade.protocol import ReadingMode
 
 
@@ -57,9 +57,14 @@ class RegradeConfig(BaseModel):
         model_deployment: ``(application, deployment)`` of the provider's model when it is served
             in a Serve application (a self-hosted model or the embedded default): the actors
             grade through that deployment's handle, on whichever node its replicas run.
-        mode: ``sync`` (requests through the rate limiter, now) or ``batch-api`` (OpenAI's Batch
-            API: within 24 h at half the price, resumable; :mod:`raygrade.bulk.batch_api`).
-        batch_api: Settings of ``batch-api`` mode.
+        mode: ``sync`` (requests through the rate limiter, now), ``batch-api`` (OpenAI's Batch
+            API: within 24 h at half the price, resumable; :mod:`raygrade.bulk.batch_api`) or
+            ``vllm-batch`` (the same files through vLLM's offline batch runner on the cluster's
+            model nodes; :mod:`raygrade.bulk.vllm_batch`).
+        batch_api: Settings of the two batch modes.
+        vllm_model: ``vllm-batch``: the self-hosted model to run (the provider's served model).
+        vllm_engine: ``vllm-batch`` with the embedded model: its settings (the model folder is
+            prepared on the node that runs it).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -77,8 +82,10 @@ class RegradeConfig(BaseModel):
     retry_errors: bool = True
     compare: str | None = None
     model_deployment: tuple[str, str] | None = None
-    mode: Literal["sync", "batch-api"] = "sync"
+    mode: Literal["sync", "batch-api", "vllm-batch"] = "sync"
     batch_api: BatchApiConfig = Field(default_factory=BatchApiConfig)
+    vllm_model: ServedModelConfig | None = None
+    vllm_engine: LocalEngineConfig | None = None
 
     def batcher_config(self) -> BatcherConfig:
         """The batcher budgets in force (the Serve app's presets when unset)."""

@@ -80,7 +80,7 @@ def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] |
         FileNotFoundError: the dataset has no ``assessment.json`` or no submissions.
         ConfigError: the provider cannot work (missing key, unreachable endpoint, unknown model).
     """
-    if cfg.mode == "batch-api":
+    if cfg.mode in ("batch-api", "vllm-batch"):
         return run_batch_regrade(cfg, progress)
     import ray
 
@@ -138,7 +138,8 @@ def run_batch_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], N
                       client: Any = None, sleep: Callable[[float], None] = time.sleep) -> RegradeSummary:
     """``cfg.mode == "batch-api"``: regrade through OpenAI's Batch API (:mod:`raygrade.bulk.batch_api`),
     resumable and exactly once; the results, report and staging are the synchronous mode's, and the
-    report adds the batch ids and the cost at the Batch API's price.
+    report adds the batch ids and the cost at the Batch API's price. ``"vllm-batch"``: the same
+    files through vLLM's offline batch runner on the cluster (:mod:`raygrade.bulk.vllm_batch`).
 
     ``progress`` gets :meth:`BatchApiRun.progress` after each poll; ``client`` (an
     ``openai.OpenAI``) and ``sleep`` are injected in tests.
@@ -146,10 +147,17 @@ def run_batch_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], N
     Raises:
         FileNotFoundError: the dataset has no ``assessment.json`` or no submissions.
         InvalidRequestError: duplicate ``submission_id`` values.
+        ConfigError: ``vllm-batch`` without ``vllm_model``.
     """
     from raygrade.bulk.batch_api import BatchApiRun
 
     out_dir = Path(cfg.output)
+    if cfg.mode == "vllm-batch" and client is None:
+        if cfg.vllm_model is None:
+            raise ConfigError("mode vllm-batch needs the model to run (vllm_model)", param="vllm_model")
+        from raygrade.bulk.vllm_batch import VLLMBatchRunner
+
+        client = VLLMBatchRunner(out_dir / "_batch_api" / "vllm", cfg.vllm_model, cfg.vllm_engine)
     (out_dir / "_staging").mkdir(parents=True, exist_ok=True)
     assessment = load_assessment(cfg.input)
     run = BatchApiRun(cfg, assessment, out_dir, client=client, sleep=sleep)
@@ -168,8 +176,8 @@ def run_batch_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], N
     run.run(progress)
     table = finalize(out_dir, cfg.review_share)
     report = build_report(table, cfg, assessment)
-    factor = cfg.batch_api.price_factor
-    report["mode"] = "batch-api"
+    factor = cfg.batch_api.price_factor if cfg.mode == "batch-api" else 1.0
+    report["mode"] = cfg.mode
     report["batch_ids"] = [p["batch_id"] for p in run.parts if p["batch_id"]]
     report["price_factor"] = factor
     first = [p for p in run.parts if p["round"] == 0]

@@ -68,3 +68,41 @@ def test_jobs_regrade_deploys_the_embedded_model_for_its_run(ray_cluster, tmp_pa
     assert len(table) == 3 and all(r["error_type"] in (None, "") for r in table), table
     assert {r["model"] for r in table} == {"smollm2-135m-instruct"} and all(0 <= r["score"] <= 1 for r in table)
     assert "raygrade-regrade-model" not in serve.status().applications  # removed after the run
+
+
+@pytest.mark.slow
+def test_jobs_regrade_vllm_batch_mode_runs_the_embedded_model_offline(ray_cluster, tmp_path, monkeypatch, capsys):
+    """``jobs/regrade.py --mode vllm-batch``: the Batch API's JSONL through vLLM's offline batch
+    runner (a Ray task on one CPU), answers replayed through the same grader; one row per item."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from raygrade.datasets import write_dataset
+    from raygrade.protocol import Assessment, Question
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    questions = [Question(id="q1", prompt="What does a router do?", max_score=2, score_step=1,
+                          reference_answer="It forwards packets between networks."),
+                 Question(id="q2", prompt="What does DNS resolve?", max_score=1, reference_answer="Names to IPs.")]
+    rows = [{"submission_id": f"sub-{i}", "student_id": f"st{i}", "question_ids": None,
+             "page_texts": [f"Answer {i}: a router forwards packets; DNS maps names to addresses."]}
+            for i in range(4)]
+    ds = write_dataset(tmp_path / "ds", Assessment(questions=questions), rows)
+    script = Path(__file__).resolve().parents[2] / "jobs/regrade.py"
+    spec = importlib.util.spec_from_file_location("regrade_job_vllm_batch", script)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    job.main([str(ds), str(tmp_path / "out"), "--mode", "vllm-batch", "--poll-interval-s", "1", "--max-rounds", "2"])
+    out = capsys.readouterr().out
+    assert "running model 'smollm2-135m-instruct' offline" in out
+    table = pq.read_table(tmp_path / "out" / "results").to_pylist()
+    assert sorted((r["submission_id"], r["question_id"]) for r in table) == sorted(
+        (f"sub-{i}", q) for i in range(4) for q in ("q1", "q2"))
+    graded = [r for r in table if not r["error_type"]]
+    assert graded and {r["model"] for r in graded} == {"smollm2-135m-instruct"}
+    assert all(r["score"] in (0, 1, 2) for r in graded if r["question_id"] == "q1")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["mode"] == "vllm-batch" and report["batch_ids"] and report["prompt_tokens"] > 0
