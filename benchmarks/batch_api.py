@@ -1,7 +1,7 @@
 """Batch API benchmark: what a regrade costs synchronously vs through the Batch API, and a
 batch-mode run end to end against the fake Batch API.
 
-For a dataset in the regrade layout (default: SAF's unseen answers and questions rendered as
+For a dataset in the regrade layout (e.g. SAF's unseen answers and questions rendered as
 page images, written by ``python -m raygrade.datasets saf DIR --images --split
 unseen_answers,unseen_questions``), per hosted vision model given (name, image rule and list
 prices per million input / output tokens):
