@@ -3,7 +3,9 @@
 One command grades a real dataset (SAF from ``../shared/data/saf`` or ``--saf``) with
 several configurations in one run:
 
-- ``baseline``: the reference-similarity grader, thresholds fitted on the training split;
+- ``baseline``: the reference-similarity grader on the question's score grid (a quantile map
+  fitted on the training split's graded answers; ``--baseline-examples K`` keeps K of them);
+- ``baseline-levels``: the earlier baseline, three levels from two fitted thresholds;
 - ``local``: the embedded model (deployed here by Ray's LLM serving library, its OpenAI
   app on 127.0.0.1), few-shot prompts;
 - ``endpoint``: any OpenAI-compatible endpoint (``--endpoint-url``, key from
@@ -11,7 +13,10 @@ several configurations in one run:
 
 Each is run on the answer **text** and on the rendered **image** pages (read by OCR for
 text-only models), so the loss caused by reading is isolated. Reported per
-configuration × path: exact agreement, Cohen's κ and QWK with bootstrap 95 % intervals,
+configuration × path, on the rubric's own grid first (``--version 2.0``: SAF v2.0, scores in
+eighths of a point up to 3.5): exact, within one grid step, QWK and MAE with bootstrap 95 %
+intervals and the ECE of confidence as P(exact score); then on three levels (labelled so):
+exact agreement, Cohen's κ and QWK with bootstrap 95 % intervals,
 per-question QWK, invalid-output rate, time and estimated cost per 1,000 answers,
 expected calibration error of the confidences, confusion matrices (PNG) and agreement
 against coverage (PNG: the share of items
@@ -42,13 +47,15 @@ from raygrade.bulk.report import confusion_png, level_confusion
 from raygrade.calibration import fit_calibration
 from raygrade.config import ProviderConfig, RaygradeArgs, local_vllm_provider
 from raygrade.datasets.render import render_pages
-from raygrade.datasets.saf import SAFQuestion, find_saf, load_split
+from raygrade.datasets.saf import SAFQuestion, find_saf, grid_step, load_split
 from raygrade.datasets.sample_jobs import pick_examples, saf_question
 from raygrade.evaluation import (
     agreement,
     agreement_with_ci,
     coverage_curve,
     expected_calibration_error,
+    grid_agreement,
+    grid_agreement_with_ci,
     score_level,
 )
 from raygrade.graders import build_batch_grader
@@ -62,9 +69,10 @@ from raygrade.tokens import TiktokenCounter, counter_for
 Item = tuple[str, str, float, float]  # question key, answer id, human score, max score
 
 
-def load_items(root: Path, split: str, limit: int | None, seed: int) -> tuple[list[SAFQuestion], dict]:
-    test = [q for q in load_split(root, split) if q.answers]
-    train = {q.key: q for q in load_split(root, "training")}
+def load_items(root: Path, split: str, limit: int | None, seed: int, version: str = "1.0"
+               ) -> tuple[list[SAFQuestion], dict]:
+    test = [q for q in load_split(root, split, version=version) if q.answers]
+    train = {q.key: q for q in load_split(root, "training", version=version)}
     if limit:  # a stratified slice: answers spread over questions
         rng = random.Random(seed)
         per = max(1, limit // len(test))
@@ -103,12 +111,17 @@ def ocr(pages: dict, cache: dict, reader: OCRReader) -> dict:
     return out
 
 
-def grade_baseline(test, train, pages, embedder) -> tuple[dict, dict]:
-    g = ReferenceSimilarityGrader(embedder)
+def grade_baseline(test, train, pages, embedder, scale: str = "grid", examples: int = 0, seed: int = 0
+                   ) -> tuple[dict, dict]:
+    g = ReferenceSimilarityGrader(embedder, scale=scale)  # type: ignore[arg-type]
     grades, errors = {}, {}
+    rng = random.Random(seed)
     for q in test:
         tr = train[q.key]
         question = saf_question(q, tr)
+        if examples:  # a few graded answers only, as a teacher would give
+            question = question.model_copy(update={"examples": rng.sample(question.examples,
+                                                                          min(examples, len(question.examples)))})
         texts = ["\n".join(p.text for p in pages[(q.key, a.id)]) for a in q.answers]
         for a, (score, conf, _) in zip(q.answers, g.grade_answers(question, texts)):
             grades[(q.key, a.id)] = (score, conf)
@@ -205,7 +218,7 @@ def calibration_set(train: dict, test: list[SAFQuestion], n: int, seed: int) -> 
 
 def baseline_levels(qs: list[SAFQuestion], train: dict, pages: dict, embedder) -> dict:
     """The baseline's level (0/1/2) per (question, answer) on the same pages."""
-    grades, _ = grade_baseline(qs, train, pages, embedder)
+    grades, _ = grade_baseline(qs, train, pages, embedder, scale="levels")
     maxes = {q.key: q.max_score for q in qs}
     return {k: score_level(v[0], maxes[k[0]]) for k, v in grades.items()}
 
@@ -232,10 +245,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--saf")
     ap.add_argument("--split", default="unseen_answers")
+    ap.add_argument("--version", default="1.0", choices=["1.0", "2.0"], help="SAF version (2.0: multi-point scores)")
+    ap.add_argument("--baseline-examples", type=int, default=0,
+                    help="graded training answers per question the baseline fits on (0: all)")
     ap.add_argument("--limit", type=int, help="grade a stratified slice of this many answers")
     ap.add_argument("--configs", default="baseline,local",
-                    help="comma list of baseline, local (confidence from score logprobs), local-selfconf "
-                    "(the model's own confidence), endpoint")
+                    help="comma list of baseline, baseline-levels, local (confidence from score logprobs), "
+                    "local-selfconf (the model's own confidence), endpoint")
     ap.add_argument("--paths", default="text,image")
     ap.add_argument("--examples", type=int, default=3, help="graded training answers in LLM prompts")
     ap.add_argument("--endpoint-url")
@@ -259,8 +275,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("SAF not found: pass --saf PATH (see ../shared/data/saf)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    test, train = load_items(root, a.split, a.limit, a.seed)
+    test, train = load_items(root, a.split, a.limit, a.seed, a.version)
     items = [(q.key, x.id, x.score, q.max_score) for q in test for x in q.answers]
+    # Each question's grid: the step its training grades use (a property of the rubric).
+    steps = {q.key: grid_step([x.score for x in train[q.key].answers], q.max_score) or q.max_score / 2 for q in test}
     configs = [c.strip() for c in a.configs.split(",") if c.strip()]
     paths = [p.strip() for p in a.paths.split(",") if p.strip()]
     ocr_cache: dict = {}
@@ -268,7 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     embedder = minilm_embedder() if "baseline" in configs or a.baseline_agreement else None
     cal_qs = calibration_set(train, test, a.calibrate, a.seed) if a.calibrate else []
     server = None
-    report: dict = {"dataset": f"SAF v1.0 English {a.split}", "answers": len(items), "runs": {}}
+    report: dict = {"dataset": f"SAF v{a.version}{' English' if a.version == '1.0' else ''} {a.split}",
+                    "answers": len(items), "baseline_examples": a.baseline_examples or "all", "runs": {}}
     curves = {}
     try:
         for cfg in configs:
@@ -280,8 +299,10 @@ def main(argv: list[str] | None = None) -> dict:
                 vision = cfg == "endpoint" and a.endpoint_vision and path == "image"
                 if path == "image" and not vision:
                     pages = ocr(pages, ocr_cache, reader)
-                if cfg == "baseline":
-                    grades, errors = grade_baseline(test, train, pages, embedder)
+                if cfg in ("baseline", "baseline-levels"):
+                    grades, errors = grade_baseline(test, train, pages, embedder,
+                                                    "grid" if cfg == "baseline" else "levels", a.baseline_examples,
+                                                    a.seed)
                 elif cfg in ("local", "local-selfconf"):
                     if server is None:
                         server = start_embedded_model()
@@ -307,17 +328,25 @@ def main(argv: list[str] | None = None) -> dict:
                     raise SystemExit(f"unknown config {cfg!r}")
                 wall = time.perf_counter() - t0
                 pairs = [(h, grades[(k, i)][0], m) for k, i, h, m in items if (k, i) in grades]
+                rows = [(h, grades[(k, i)][0], m, steps[k]) for k, i, h, m in items if (k, i) in grades]
                 confs = [grades[(k, i)][1] for k, i, h, m in items if (k, i) in grades]
                 per_q = {}
                 for q in test:
                     qp = [(h, grades[(k, i)][0], m) for k, i, h, m in items if k == q.key and (k, i) in grades]
                     if qp:
                         ag = agreement(qp)
-                        per_q[q.key] = {"n": ag.n, "exact": ag.exact, "qwk": ag.qwk}
+                        gq = grid_agreement([(h, gr, m, steps[q.key]) for h, gr, m in qp])
+                        per_q[q.key] = {"n": ag.n, "exact": ag.exact, "qwk": ag.qwk, "grid_exact": gq.exact,
+                                        "grid_qwk": gq.qwk, "grid_mae": gq.mae}
                 invalid = sum(1 for t in errors.values() if t == "output_parse_error")
                 cost = (usage[0] * price[0] + usage[1] * price[1]) / 1e6
                 run = {
                     "graded": len(pairs), "errors": len(errors), "invalid_output_rate": invalid / len(items),
+                    # on the rubric's grid first; then three levels (none / partial / full)
+                    "agreement_grid": grid_agreement_with_ci(rows, n_boot=a.n_boot, seed=a.seed) if rows else None,
+                    "ece_grid": expected_calibration_error(confs, [abs(h - g) < 1e-6 for h, g, _, _ in rows])
+                    if rows else None,
+                    "confidence_ties_share": max(confs.count(c) for c in set(confs)) / len(confs) if confs else None,
                     "agreement": agreement_with_ci(pairs, n_boot=a.n_boot, seed=a.seed) if pairs else None,
                     "per_question": per_q, "wall_s": wall, "s_per_1000_answers": wall / len(items) * 1000,
                     "tokens": {"prompt": usage[0], "completion": usage[1]},
@@ -397,12 +426,23 @@ def write(report: dict, curves: dict, out: Path) -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Fidelity: {report['dataset']}, {report['answers']} answers", "",
-             "| config/path | graded | exact [95% CI] | Cohen's κ [95% CI] | QWK [95% CI] | invalid | ECE "
-             "| s/1k answers | USD/1k answers |", "|---|---|---|---|---|---|---|---|---|"]
-
     def ci(m):
         return f"{m['value']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]"
+
+    lines = [f"# Fidelity: {report['dataset']}, {report['answers']} answers "
+             f"(baseline examples per question: {report.get('baseline_examples', 'all')})", "",
+             "On the rubric's grid (confidence = P(exact score)):", "",
+             "| config/path | exact [95% CI] | within one step [95% CI] | QWK [95% CI] | MAE (of max) | ECE "
+             "| largest tie |", "|---|---|---|---|---|---|---|"]
+    for name, r in report["runs"].items():
+        g = r.get("agreement_grid")
+        if g:
+            tie = f"{r['confidence_ties_share']:.2f}" if r.get("confidence_ties_share") is not None else "-"
+            lines.append(f"| {name} | {ci(g['exact'])} | {ci(g['within_one_step'])} | {ci(g['qwk'])} | "
+                         f"{g['mae']['value']:.3f} | {r['ece_grid']:.3f} | {tie} |")
+    lines += ["", "On three levels (none / partial / full; confidence = P(level right)):", "",
+              "| config/path | graded | exact [95% CI] | Cohen's κ [95% CI] | QWK [95% CI] | invalid | ECE "
+              "| s/1k answers | USD/1k answers |", "|---|---|---|---|---|---|---|---|---|"]
 
     for name, r in report["runs"].items():
         ag = r["agreement"]
@@ -412,12 +452,13 @@ def markdown(report: dict) -> str:
             ece += f" → {r['calibrated']['ece']:.3f} calibrated"
         lines.append(f"| {name} | {r['graded']} | {' | '.join(cells)} | {r['invalid_output_rate']:.3f} | {ece} | "
                      f"{r['s_per_1000_answers']:.0f} | {r['usd_per_1000_answers']:.2f} |")
-    lines += ["", "Per-question QWK:", "", "| question | " + " | ".join(report["runs"]) + " |",
+    lines += ["", "Per-question QWK on the grid (three levels):", "",
+              "| question | " + " | ".join(report["runs"]) + " |",
               "|---|" + "---|" * len(report["runs"])]
     keys = sorted({k for r in report["runs"].values() for k in r["per_question"]})
     for k in keys:
-        row = [f"{r['per_question'][k]['qwk']:.2f}" if k in r["per_question"] else "-"
-               for r in report["runs"].values()]
+        row = [f"{r['per_question'][k].get('grid_qwk', float('nan')):.2f} ({r['per_question'][k]['qwk']:.2f})"
+               if k in r["per_question"] else "-" for r in report["runs"].values()]
         lines.append(f"| {k} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

@@ -174,9 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{summary.submissions} submissions: {summary.skipped} already graded, {summary.graded_now} graded now; "
           f"{summary.items} result rows, {summary.failed_items} with errors -> {Path(cfg.output) / 'results'}")
     if "agreement" in summary.report:
-        ag = summary.report["agreement"]
-        print(f"against {summary.report['compared_with']}: exact {ag['exact']:.3f}, within one point "
-              f"{ag['within_one_point']:.3f}, QWK {ag['qwk']:.3f} (n={ag['n']})")
+        ag, gr = summary.report["agreement"], summary.report["agreement_grid"]
+        print(f"against {summary.report['compared_with']} (n={ag['n']}), on each question's grid: exact "
+              f"{gr['exact']:.3f}, within one step {gr['within_one_step']:.3f}, QWK {gr['qwk']:.3f}, MAE "
+              f"{gr['mae']:.3f}; on three levels (none/partial/full): exact {ag['exact']:.3f}, QWK {ag['qwk']:.3f}")
     print(json.dumps({k: summary.report[k] for k in ("tokens_per_1k_pages", "cost_per_1k_pages_usd", "batch_ids")
                       if k in summary.report}))
 

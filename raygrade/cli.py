@@ -127,13 +127,21 @@ def cmd_demo(a: argparse.Namespace) -> int:
                      "grader_replicas": len(replicas), "model": st.model, "wall_s": round(wall, 1),
                      "usage": st.usage.model_dump()}
     if human:
-        pairs = [(human[(r.student_id, r.question_id)], r.score, r.max_score) for r in results.results
-                 if (r.student_id, r.question_id) in human]
-        if pairs:
+        from raygrade.bulk.report import grid_step_of
+        from raygrade.evaluation import grid_agreement
+
+        steps = {q.id: grid_step_of(q) for q in job.assessment.questions}
+        graded = [r for r in results.results if (r.student_id, r.question_id) in human]
+        if graded:
+            pairs = [(human[(r.student_id, r.question_id)], r.score, r.max_score) for r in graded]
+            gr = grid_agreement([(h, sc, m, steps[r.question_id]) for (h, sc, m), r in zip(pairs, graded)])
             ag = agreement(pairs)
-            print(f"Agreement with human grades on {ag.n} items not used as examples (SAF labels "
-                  f"Incorrect/Partially correct/Correct): exact {ag.exact:.3f}, QWK {ag.qwk:.3f}, "
-                  f"score MAE {ag.mae:.3f} of max.")
+            print(f"Agreement with human grades on {ag.n} items not used as examples, on each question's score "
+                  f"grid: exact {gr.exact:.3f}, within one step {gr.within_one_step:.3f}, QWK {gr.qwk:.3f}, MAE "
+                  f"{gr.mae:.3f} of max; on three levels (SAF's Incorrect/Partially correct/Correct): exact "
+                  f"{ag.exact:.3f}, QWK {ag.qwk:.3f}.")
+            summary["agreement_grid"] = {"n": gr.n, "exact": gr.exact, "within_one_step": gr.within_one_step,
+                                         "qwk": gr.qwk, "mae": gr.mae}
             summary["agreement"] = {"n": ag.n, "exact": ag.exact, "qwk": ag.qwk, "mae": ag.mae}
     else:
         print("No human scores are available for this assessment, so no agreement is reported.")

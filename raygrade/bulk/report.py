@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 
 from raygrade.bulk.config import RegradeConfig
 from raygrade.bulk.schema import fs_and_path
-from raygrade.evaluation import agreement, score_level
+from raygrade.evaluation import agreement, grid_agreement, score_level
 from raygrade.prompts import PROMPT_VERSION
-from raygrade.protocol import Assessment
+from raygrade.protocol import Assessment, Question
 
 
 def reference_scores(cfg: RegradeConfig) -> tuple[str, dict[tuple[str, str], float]]:
@@ -45,20 +45,24 @@ def reference_scores(cfg: RegradeConfig) -> tuple[str, dict[tuple[str, str], flo
 def build_report(table: pa.Table, cfg: RegradeConfig, assessment: Assessment, top: int = 20) -> dict[str, Any]:
     """What changed: agreement with the reference scores, biggest moves, tokens and cost.
 
-    Agreement (:mod:`raygrade.evaluation`): exact on three levels (none/partial/full),
-    within one point (``|new − old| ≤ 1`` in score units), quadratic weighted kappa and
-    Cohen's kappa on the levels, MAE as a fraction of the maximum; a 3×3 confusion
-    matrix of levels (rows: reference, columns: new). Cost per 1,000 pages uses the
+    Agreement (:mod:`raygrade.evaluation`), on each question's own score grid first
+    (``agreement_grid``: exact score, within one grid step, QWK over the grid's scores, MAE as a
+    fraction of the maximum; per question in ``per_question``), then on three levels
+    (``agreement``, labelled so: exact on none/partial/full, within one point (``|new − old| ≤ 1``
+    in score units), QWK and Cohen's kappa on the levels, MAE); a 3×3 confusion matrix of
+    levels (rows: reference, columns: new). Cost per 1,000 pages uses the
     provider's ``price_per_mtok_{input,output}_usd``.
     """
     rows = table.to_pylist()
     against, ref = reference_scores(cfg)
-    pairs, moves = [], []
+    steps = {q.id: grid_step_of(q) for q in assessment.questions}
+    pairs, moves, grid_rows = [], [], []
     for r in rows:
         old = ref.get((r["submission_id"], r["question_id"]))
         if old is None or r["score"] is None:
             continue
         pairs.append((old, r["score"], r["max_score"]))
+        grid_rows.append((r["question_id"], (old, r["score"], r["max_score"], steps.get(r["question_id"], 1.0))))
         moves.append({"submission_id": r["submission_id"], "question_id": r["question_id"], "old": old,
                       "new": r["score"], "delta": r["score"] - old, "confidence": r["confidence"]})
     graded = [r for r in rows if r["error_type"] is None]
@@ -82,6 +86,14 @@ def build_report(table: pa.Table, cfg: RegradeConfig, assessment: Assessment, to
         "compared_with": against, "compared_items": len(pairs),
     }
     if pairs:
+        g = grid_agreement([x for _, x in grid_rows])
+        report["agreement_grid"] = {"exact": g.exact, "within_one_step": g.within_one_step, "qwk": g.qwk,
+                                    "mae": g.mae, "n": g.n}
+        report["per_question"] = {}
+        for qid in sorted({q for q, _ in grid_rows}):
+            gq = grid_agreement([x for q, x in grid_rows if q == qid])
+            report["per_question"][qid] = {"n": gq.n, "exact": gq.exact, "within_one_step": gq.within_one_step,
+                                           "qwk": gq.qwk, "mae": gq.mae}
         a = agreement(pairs)
         report["agreement"] = {"exact": a.exact, "within_one_point": sum(abs(n - o) <= 1 + 1e-9 for o, n, _ in pairs)
                                / len(pairs), "qwk": a.qwk, "kappa": a.kappa, "mae": a.mae, "n": a.n}
@@ -107,12 +119,19 @@ def write_report(report: dict[str, Any], table: pa.Table, out_dir: Path) -> None
              f"- estimated cost: {report['cost_usd']:.4f} USD"
              + (f" ({report['cost_per_1k_pages_usd']:.4f} per 1,000 pages)" if report["pages"] else "")]
     if "agreement" in report:
-        a = report["agreement"]
+        a, g = report["agreement"], report["agreement_grid"]
         lines += ["", f"## Against {report['compared_with']} ({a['n']} items)", "",
+                  "On each question's score grid:", "",
+                  "| exact | within one step | QWK | MAE (of max) |", "|---|---|---|---|",
+                  f"| {g['exact']:.3f} | {g['within_one_step']:.3f} | {g['qwk']:.3f} | {g['mae']:.3f} |", "",
+                  "On three levels (none / partial / full):", "",
                   "| exact | within one point | QWK | Cohen's κ | MAE (of max) |", "|---|---|---|---|---|",
                   f"| {a['exact']:.3f} | {a['within_one_point']:.3f} | {a['qwk']:.3f} | {a['kappa']:.3f} | "
-                  f"{a['mae']:.3f} |", "", "## Moved most", "", "| submission | question | old | new |",
-                  "|---|---|---|---|"]
+                  f"{a['mae']:.3f} |", "", "Per question, on its grid:", "",
+                  "| question | n | exact | within one step | QWK | MAE |", "|---|---|---|---|---|---|"]
+        lines += [f"| {qid} | {x['n']} | {x['exact']:.3f} | {x['within_one_step']:.3f} | {x['qwk']:.3f} | "
+                  f"{x['mae']:.3f} |" for qid, x in report["per_question"].items()]
+        lines += ["", "## Moved most", "", "| submission | question | old | new |", "|---|---|---|---|"]
         lines += [f"| {m['submission_id']} | {m['question_id']} | {m['old']:g} | {m['new']:g} |"
                   for m in report["moved_most"]]
         conf = report["confusion"]
@@ -127,6 +146,17 @@ def write_report(report: dict[str, Any], table: pa.Table, out_dir: Path) -> None
         else:
             lines += ["", "(confusion.png not drawn: pip install 'raygrade[plots]')"]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def grid_step_of(q: Question) -> float:
+    """The question's grid step: its ``score_step``, else the smallest gap between the scores its
+    grades may take (:func:`raygrade.baseline.grid.score_grid`)."""
+    if q.score_step is not None:
+        return q.score_step
+    from raygrade.baseline.grid import score_grid
+
+    grid = score_grid(q)
+    return min((b - a for a, b in zip(grid, grid[1:])), default=q.max_score)
 
 
 #: Names of the three score levels of :func:`raygrade.evaluation.score_level`.

@@ -1,7 +1,9 @@
 """``python -m raygrade.datasets``: write a regrade dataset from SAF or from an online job.
 
-``python -m raygrade.datasets saf OUT [--images] [--split unseen_answers]`` and
-``python -m raygrade.datasets job JOB.json OUT [--results RESULTS.json | --results URL]``.
+``python -m raygrade.datasets saf OUT [--images] [--split unseen_answers]``,
+``python -m raygrade.datasets job JOB.json OUT [--results RESULTS.json | --results URL]`` and
+``python -m raygrade.datasets csv FILE OUT --question-col … --reference-col … --answer-col …
+--score-col … --max-score … --step …`` (or ``--mapping MAPPING.yaml``; :mod:`raygrade.datasets.csv_import`).
 """
 
 from __future__ import annotations
@@ -33,8 +35,29 @@ def main(argv: list[str] | None = None) -> None:
     j.add_argument("out")
     j.add_argument("--results", help="a file with the GET /v1/jobs/{id}/results body (or the demo's results "
                    "file), or that URL on a running app")
+    c = sub.add_parser("csv", help="a CSV of graded answers (question, reference, answer, score)")
+    c.add_argument("file")
+    c.add_argument("out")
+    c.add_argument("--mapping", help="a YAML file with the options below (flags win)")
+    for opt in ("question-col", "reference-col", "answer-col", "score-col", "question-id-col", "student-col"):
+        c.add_argument(f"--{opt}")
+    c.add_argument("--max-score", type=float)
+    c.add_argument("--step", type=float)
+    c.add_argument("--examples-share", type=float, help="share of each question's answers used as examples (0.3)")
+    c.add_argument("--max-examples", type=int)
+    c.add_argument("--seed", type=int)
     a = ap.parse_args(argv)
-    if a.cmd == "saf":
+    if a.cmd == "csv":
+        import yaml
+
+        from raygrade.datasets.csv_import import CsvMapping, csv_to_dataset
+
+        fields = yaml.safe_load(Path(a.mapping).read_text()) if a.mapping else {}
+        for name in CsvMapping.model_fields:
+            if getattr(a, name, None) is not None:
+                fields[name] = getattr(a, name)
+        path = csv_to_dataset(a.file, a.out, CsvMapping.model_validate(fields))
+    elif a.cmd == "saf":
         from raygrade.datasets.saf import find_saf
 
         root = find_saf(a.saf)

@@ -62,7 +62,7 @@ def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers"
     Raises:
         FileNotFoundError: the SAF split is missing.
     """
-    from raygrade.datasets.saf import load_split
+    from raygrade.datasets.saf import grid_step, load_split
     from raygrade.datasets.sample_jobs import pick_examples
     from raygrade.protocol import Question
 
@@ -73,8 +73,10 @@ def saf_to_dataset(root: Path, out: str | Path, *, split: str = "unseen_answers"
     questions: list[Question] = []
     rows: list[dict[str, Any]] = []
     for q in test:
+        tr = train.get(q.key)
+        step = grid_step([a.score for a in tr.answers], q.max_score) if tr else None  # the graders' grid
         questions.append(Question(id=q.key, prompt=q.text, reference_answer=q.reference or None,
-                                  max_score=q.max_score, examples=pick_examples(train.get(q.key), examples, rng)))
+                                  max_score=q.max_score, score_step=step, examples=pick_examples(tr, examples, rng)))
         for a in q.answers:
             if not a.response:
                 continue

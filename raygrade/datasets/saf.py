@@ -92,3 +92,12 @@ def load_split(root: Path, split: str = "unseen_answers", lang: str = "english",
         out.append(SAFQuestion(key=f.stem, text=_text(r.find("questionText")), reference="\n".join(refs),
                                max_score=max_score, answers=tuple(answers)))
     return out
+
+
+def grid_step(scores: list[float], max_score: float) -> float | None:
+    """The coarsest step of 1, 1/2, 1/4, 1/8 or 1/16 point that every score (and the maximum) is
+    a multiple of: the grid the graders used; ``None`` when none is."""
+    for step in (1.0, 0.5, 0.25, 0.125, 0.0625):
+        if all(abs(x / step - round(x / step)) < 1e-6 for x in [*scores, max_score]):
+            return step
+    return None

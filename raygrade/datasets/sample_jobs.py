@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from raygrade.datasets.render import render_pages
-from raygrade.datasets.saf import SAFAnswer, SAFQuestion, load_split
+from raygrade.datasets.saf import SAFAnswer, SAFQuestion, grid_step, load_split
 from raygrade.evaluation import score_level
 from raygrade.protocol import (
     GradedExample,
@@ -60,11 +60,12 @@ def pick_examples(train: SAFQuestion | None, k: int, rng: random.Random) -> list
 
 def saf_question(q: SAFQuestion, train: SAFQuestion | None = None) -> Question:
     """A SAF question as a :class:`Question`, with every graded training answer of the same
-    question (``train``) as examples: what the baseline grader fits its thresholds on."""
+    question (``train``) as examples (what the baseline grader fits on), on the score grid those
+    grades use (:func:`~raygrade.datasets.saf.grid_step`)."""
     examples = [GradedExample(answer=a.response, score=a.score) for a in (train.answers if train else ())
                 if a.response]
     return Question(id=q.key, prompt=q.text, reference_answer=q.reference or None, max_score=q.max_score,
-                    examples=examples)
+                    score_step=grid_step([e.score for e in examples], q.max_score), examples=examples)
 
 
 def saf_job(root: Path, *, questions: int = 6, per_question: int = 6, examples: int = 3, seed: int = 0,

@@ -74,7 +74,7 @@ def test_level_scores_snap_to_grid_and_follow_examples():
 
 
 def test_grades_order_by_similarity_and_explain():
-    g = ReferenceSimilarityGrader(bow_embedder)
+    g = ReferenceSimilarityGrader(bow_embedder, scale="levels")
     answers = [REF, "TCP has sequence numbers and acknowledgement numbers.", "I like bananas."]
     graded = g.grade_answers(question(), answers)
     scores = [s for s, _, _ in graded]
@@ -136,3 +136,67 @@ def test_expected_calibration_error():
     assert expected_calibration_error([1.0, 1.0], [False, False]) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         expected_calibration_error([], [])
+
+
+# -- the grid scale ------------------------------------------------------------------------
+def _exs(pairs):
+    return [{"answer": a, "score": sc} for a, sc in pairs]
+
+
+PARTS = ["TCP headers carry sequence numbers", "acknowledgement numbers", "a receive window",
+         "UDP headers do not"]
+
+
+def _answers(k):
+    """Answers covering the first ``k`` parts of the reference (more parts: more similar)."""
+    return [" ".join(PARTS[:j]) or "bananas" for j in range(k)]
+
+
+def test_grid_scale_reaches_every_grid_value_on_a_0_to_10_half_point_scale():
+    from raygrade.baseline.grid import QuantileMap, score_grid, snap
+
+    q = Question(id="q", prompt="p", reference_answer=REF, max_score=10, score_step=0.5,
+                 examples=_exs([("bananas", 0), ("TCP headers carry sequence numbers", 4),
+                                ("TCP headers carry sequence numbers and acknowledgement numbers", 7), (REF, 10)]))
+    grid = score_grid(q)
+    assert len(grid) == 21 and grid[1] == 0.5
+    qmap = QuantileMap.fit([0.0, 0.3, 0.6, 1.0], [0.0, 0.4, 0.7, 1.0])
+    reached = {snap(qmap.fraction(s / 1000) * 10, grid) for s in range(1001)}
+    assert reached == set(grid)  # monotone, and every half point between 0 and 10
+    graded = ReferenceSimilarityGrader(bow_embedder).grade_answers(q, [REF, "bananas", PARTS[0]])
+    assert graded[0][0] == 10 and graded[1][0] == 0 and 0 < graded[2][0] < 10
+    assert all(s in grid for s, _, _ in graded)
+
+
+def test_one_level_examples_still_give_a_scale():
+    """Examples all at full marks: answers far from the reference still score low (the old
+    baseline fell back to default thresholds and half marks)."""
+    q = Question(id="q", prompt="p", reference_answer=REF, max_score=2, score_step=0.25,
+                 examples=_exs([(REF, 2), (REF + " indeed", 2), ("TCP and UDP headers differ: sequence numbers, "
+                                                                 "acknowledgement numbers, receive window", 2)]))
+    scores = [s for s, _, _ in ReferenceSimilarityGrader(bow_embedder).grade_answers(q, [REF, "I like bananas."])]
+    assert scores[0] == 2 and scores[1] < 1
+
+
+def test_a_question_with_a_single_example_or_none():
+    g = ReferenceSimilarityGrader(bow_embedder)
+    for exs in ([], _exs([(PARTS[0], 0.5)])):
+        q = Question(id="q", prompt="p", reference_answer=REF, max_score=1, score_step=0.125, examples=exs)
+        graded = g.grade_answers(q, [REF, PARTS[0], "bananas"])
+        scores = [s for s, _, _ in graded]
+        assert scores == sorted(scores, reverse=True) and scores[0] > scores[2]
+        assert all(0.01 <= c <= 0.99 for _, c, _ in graded)
+
+
+def test_grid_confidence_is_calibrated_probability_of_the_exact_score():
+    """The shipped pooled map: in [0.01, 0.99], higher for full-marks/no-credit grades deep in
+    their cell than near a boundary, and scaled by the question's own leave-one-out hit rate."""
+    from raygrade.baseline.grid import grid_confidence, pooled_calibration, question_factor
+
+    margins, p, p_end, rate = pooled_calibration()
+    assert list(p) == sorted(p) and 0 < rate < 1 and 0 <= p_end <= 1
+    assert grid_confidence(0.0, False) <= grid_confidence(0.5, False)
+    assert question_factor([]) == pytest.approx(1.0)
+    assert question_factor([True] * 20) > 1 > question_factor([False] * 20)
+    assert grid_confidence(0.5, True, question_factor([True] * 50)) > grid_confidence(0.5, True)
+    assert 0.01 <= grid_confidence(0.0, False, 0.0) and grid_confidence(0.5, True, 10.0) <= 0.99

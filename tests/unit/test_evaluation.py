@@ -43,3 +43,19 @@ def test_coverage_curve_keeps_the_most_confident():
     curve = coverage_curve(PAIRS, conf, coverages=(0.5, 4 / 6, 1.0))
     assert [c["n"] for c in curve] == [3, 4, 6]
     assert curve[0]["exact"] == 1.0 and curve[1]["exact"] == 1.0 and curve[2]["exact"] == pytest.approx(4 / 6)
+
+
+def test_grid_agreement_on_the_rubrics_own_scale():
+    from raygrade.evaluation import grid_agreement, grid_agreement_with_ci
+
+    rows = [(0.5, 0.5, 1, 0.125), (0.625, 0.5, 1, 0.125), (1.0, 0.75, 1, 0.125), (0.0, 0.0, 1, 0.125),
+            (2.5, 2.0, 2.5, 0.5)]
+    ag = grid_agreement(rows)
+    assert ag.n == 5 and ag.exact == pytest.approx(2 / 5) and ag.within_one_step == pytest.approx(4 / 5)
+    assert ag.mae == pytest.approx((0 + 0.125 + 0.25 + 0 + 0.2) / 5)
+    assert 0 < ag.qwk < 1
+    assert grid_agreement([(1, 1, 2, 0.5), (2, 2, 2, 0.5)]).qwk == 1.0
+    ci = grid_agreement_with_ci(rows, n_boot=50)
+    assert ci["exact"]["lo"] <= ci["exact"]["value"] <= ci["exact"]["hi"]
+    with pytest.raises(ValueError):
+        grid_agreement([])

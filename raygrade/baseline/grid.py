@@ -1,0 +1,168 @@
+"""Scores on the rubric's own grid from similarity: a monotone quantile map per question.
+
+For one question with graded examples ``(similarity s_i, score fraction y_i = score_i / max)``,
+an answer of similarity ``s`` gets the fraction at the same quantile of the examples' scores as
+``s`` has among the examples' similarities (quantile mapping: ``F_y⁻¹(F_s(s))``, both
+distributions interpolated linearly between their points), then the nearest score of the grid.
+It is monotone in ``s``, keeps the examples' spread of scores (a regression to the mean would
+squeeze every grade towards the middle), and reaches every grid value between the lowest and
+the highest example score. Two anchor pseudo-examples, similarity 0 → no credit and
+similarity 1 → full marks (``ANCHOR_WEIGHT`` each), give the map a scale when the examples are
+few or all on one level, and are the whole map when there are none.
+
+Measured on SAF v2.0 (26 questions, scores in eighths of a point up to 3.5; test: its unseen
+answers; examples: its training split), QWK on the real scale (``raygrade.evaluation.
+grid_agreement``): all 60–140 examples per question 0.69 (three-level thresholds: 0.64); 8
+examples 0.67 (0.48). Pooling the examples of other questions as a prior (shifted to the
+question's mean similarity) lowered QWK at every example count tried (3, 5, 8, all), so the
+anchors are the only prior.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+
+from raygrade.protocol import Question
+
+#: Weight of each anchor pseudo-example (similarity 0 → 0, similarity 1 → full marks).
+ANCHOR_WEIGHT = 0.5
+
+
+def score_grid(q: Question) -> list[float]:
+    """The scores a grade of ``q`` may take: its ``score_step`` grid, else 0, the maximum and
+    every score its examples use."""
+    if (grid := q.allowed_scores()) is not None:
+        return grid
+    return sorted({0.0, float(q.max_score)} | {round(float(e.score), 6) for e in q.examples})
+
+
+def snap(score: float, grid: Sequence[float]) -> float:
+    """The grid value nearest ``score`` (the lower one on a tie)."""
+    return min(grid, key=lambda g: (abs(g - score), g))
+
+
+def _weighted_cdf(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order]
+    return v, (np.cumsum(w) - w / 2) / w.sum()  # mid-point plotting positions
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantileMap:
+    """Similarity → score fraction for one question (see the module docstring).
+
+    Attributes:
+        sims, sims_cdf: The examples' similarities (anchors included), sorted, and their CDF.
+        fracs, fracs_cdf: The examples' score fractions, sorted, and their CDF.
+    """
+
+    sims: np.ndarray
+    sims_cdf: np.ndarray
+    fracs: np.ndarray
+    fracs_cdf: np.ndarray
+
+    @classmethod
+    def fit(cls, sims: Sequence[float], fractions: Sequence[float], anchor_weight: float = ANCHOR_WEIGHT
+            ) -> QuantileMap:
+        """The map for examples of similarity ``sims`` and score fraction ``fractions`` (in [0, 1]).
+
+        Raises:
+            ValueError: ``sims`` and ``fractions`` differ in length.
+        """
+        if len(sims) != len(fractions):
+            raise ValueError("one score fraction per similarity")
+        s = np.asarray([*sims, 0.0, 1.0], dtype=float)
+        y = np.clip(np.asarray([*fractions, 0.0, 1.0], dtype=float), 0.0, 1.0)
+        w = np.asarray([1.0] * len(sims) + [anchor_weight, anchor_weight])
+        return cls(*_weighted_cdf(s, w), *_weighted_cdf(y, w))
+
+    def fraction(self, similarity: float) -> float:
+        """The score fraction (0–1) for an answer of this similarity."""
+        return float(np.interp(np.interp(similarity, self.sims, self.sims_cdf), self.fracs_cdf, self.fracs))
+
+
+def grid_margin(score: float, grid: Sequence[float]) -> float:
+    """How far ``score`` lies from the nearest point where its snapped value would change, in grid
+    steps (0: on a boundary, 0.5: on a grid value, and at or beyond the grid's ends)."""
+    g = sorted(grid)
+    if score <= g[0] or score >= g[-1]:
+        return 0.5
+    i = int(np.searchsorted(g, score))
+    lo, hi = g[i - 1], g[i]
+    return abs(score - (lo + hi) / 2) / (hi - lo)
+
+
+#: The pooled confidence map shipped with raygrade (``benchmarks/baseline_grid_calibration.py``
+#: writes it): P(exact grid score) for grades at an end of the grid (the map saturated: no credit
+#: or full marks) and, inside it, against :func:`grid_margin`; from leave-one-out grades of every
+#: SAF training question (v1.0 English and v2.0).
+CALIBRATION_FILE = "baseline_grid_calibration.json"
+#: Examples' weight of the pooled hit rate when a question's own is shrunk towards it.
+SHRINK_EXAMPLES = 5
+
+
+@functools.cache
+def pooled_calibration() -> tuple[np.ndarray, np.ndarray, float, float]:
+    """``(margins, P(exact) inside the grid, P(exact) at its ends, pooled hit rate)`` of the shipped map."""
+    doc = json.loads(resources.files("raygrade.data").joinpath(CALIBRATION_FILE).read_text())
+    return (np.asarray(doc["margins"], dtype=float), np.asarray(doc["p_exact"], dtype=float),
+            float(doc["p_exact_at_end"]), float(doc["hit_rate"]))
+
+
+def question_factor(hits: Sequence[bool]) -> float:
+    """How a question's grades fare against the pooled ones: its leave-one-out hit rate, shrunk
+    towards the pooled rate with :data:`SHRINK_EXAMPLES` pseudo-examples, over the pooled rate
+    (1.0 without examples)."""
+    rate = pooled_calibration()[3]
+    return ((sum(hits) + SHRINK_EXAMPLES * rate) / (len(hits) + SHRINK_EXAMPLES)) / rate
+
+
+def at_end(score: float, grid: Sequence[float]) -> bool:
+    """Whether ``score`` is at (or past) the lowest or highest grid value (no credit, full marks)."""
+    return score <= min(grid) + 1e-9 or score >= max(grid) - 1e-9
+
+
+def grid_confidence(margin: float, end: bool, factor: float = 1.0) -> float:
+    """P(the grid score equals the human's) for a grade of no credit or full marks (``end``), else
+    one ``margin`` grid steps from the nearest boundary (:func:`grid_margin`), on a question
+    whose :func:`question_factor` is ``factor``; in [0.01, 0.99] (interpolated, no cap plateau)."""
+    margins, p, p_end, _ = pooled_calibration()
+    base = p_end if end else float(np.interp(margin, margins, p))
+    return round(float(np.clip(base * factor, 0.01, 0.99)), 4)
+
+
+def fit_pooled_calibration(records: Sequence[tuple[float, bool, bool]], points: int = 11) -> dict:
+    """The shipped map's content from ``(margin, end, hit)`` records of leave-one-out grades:
+    the hit rate at the grid's ends, and inside it an isotonic regression of hit on margin
+    (Zadrozny & Elkan 2002) read at ``points`` margins."""
+    from sklearn.isotonic import IsotonicRegression
+
+    inner = [r for r in records if not r[1]]
+    m = np.asarray([r[0] for r in inner], dtype=float)
+    y = np.asarray([float(r[2]) for r in inner])
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(m, y)
+    grid = np.linspace(0.0, 0.5, points)
+    ends = [float(r[2]) for r in records if r[1]]
+    return {"margins": grid.round(4).tolist(), "p_exact": iso.predict(grid).round(4).tolist(),
+            "p_exact_at_end": round(sum(ends) / max(1, len(ends)), 4),
+            "hit_rate": round(sum(float(r[2]) for r in records) / len(records), 4),
+            "records": len(records), "records_at_end": len(ends)}
+
+
+def loo_records(sims: Sequence[float], scores: Sequence[float], max_score: float, grid: Sequence[float]
+                ) -> list[tuple[float, bool, bool]]:
+    """``(margin, at an end, hit)`` of each example graded by the map of the others (leave one out)."""
+    fracs = [x / max_score for x in scores]
+    out = []
+    for i in range(len(sims)):
+        raw = QuantileMap.fit(list(sims[:i]) + list(sims[i + 1:]), fracs[:i] + fracs[i + 1:]).fraction(sims[i])
+        raw *= max_score
+        graded = snap(raw, grid)
+        out.append((grid_margin(raw, grid), at_end(graded, grid), graded == snap(scores[i], grid)))
+    return out
