@@ -35,7 +35,7 @@ def run(root: Path, split: str) -> dict:
         q = saf_question(sq, tr)
         answers = [a.response for a in sq.answers]
         for name, w in graders.items():
-            graded = ReferenceSimilarityGrader(embed, embedding_weight=w).grade_answers(q, answers)
+            graded = ReferenceSimilarityGrader(embed, embedding_weight=w, scale="levels").grade_answers(q, answers)
             pairs[name] += [(a.score, s, sq.max_score) for a, (s, _, _) in zip(sq.answers, graded)]
         pairs["always full marks"] += [(a.score, sq.max_score, sq.max_score) for a in sq.answers]
     wall = time.perf_counter() - t0

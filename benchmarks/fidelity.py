@@ -52,6 +52,7 @@ from raygrade.datasets.sample_jobs import pick_examples, saf_question
 from raygrade.evaluation import (
     agreement,
     agreement_with_ci,
+    bootstrap_ci,
     coverage_curve,
     expected_calibration_error,
     grid_agreement,
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
     server = None
     report: dict = {"dataset": f"SAF v{a.version}{' English' if a.version == '1.0' else ''} {a.split}",
                     "answers": len(items), "baseline_examples": a.baseline_examples or "all", "runs": {}}
-    curves = {}
+    curves: dict = {}
+    run_rows: dict = {}
     try:
         for cfg in configs:
             for path in paths:
@@ -362,6 +364,14 @@ def main(argv: list[str] | None = None) -> dict:
                                                       vision, out)
                     curves[f"{name} calibrated"] = run["calibrated"]["coverage"]
                 report["runs"][name] = run
+                run_rows[name] = {(k, i): (h, grades[(k, i)][0], m, steps[k]) for k, i, h, m in items
+                                  if (k, i) in grades}
+                if cfg == "baseline" and f"baseline-levels/{path}" in run_rows:
+                    report[f"paired_{path}"] = paired_difference(run_rows[name], run_rows[f"baseline-levels/{path}"],
+                                                                 a.n_boot, a.seed)
+                elif cfg == "baseline-levels" and f"baseline/{path}" in run_rows:
+                    report[f"paired_{path}"] = paired_difference(run_rows[f"baseline/{path}"], run_rows[name],
+                                                                 a.n_boot, a.seed)
                 if pairs:
                     confusion_png(level_confusion(pairs), out / f"confusion_{cfg}_{path}.png", ylabel="human",
                                   xlabel="raygrade", title=f"{name} (n={len(pairs)})")
@@ -377,6 +387,21 @@ def main(argv: list[str] | None = None) -> dict:
             ray.shutdown()
     print(markdown(report))
     return report
+
+
+def paired_difference(new: dict, old: dict, n_boot: int, seed: int) -> dict:
+    """QWK and exact agreement on the grid, new baseline minus the three-level one, on the same
+    items, with a paired percentile bootstrap 95 % interval (items resampled together)."""
+    keys = sorted(set(new) & set(old))
+    pairs = [(new[k], old[k]) for k in keys]
+    out = {"n": len(pairs)}
+    for metric in ("qwk", "exact"):
+        def diff(ps, metric=metric):
+            return (getattr(grid_agreement([x for x, _ in ps]), metric)
+                    - getattr(grid_agreement([y for _, y in ps]), metric))
+        lo, hi = bootstrap_ci(pairs, diff, n_boot=n_boot, seed=seed)  # type: ignore[arg-type]
+        out[metric] = {"value": diff(pairs), "lo": lo, "hi": hi}
+    return out
 
 
 def calibrate_run(cfg, path, llm, cal_qs, train, items, grades, test, pages, embedder, reader, ocr_cache, vision,
@@ -440,6 +465,10 @@ def markdown(report: dict) -> str:
             tie = f"{r['confidence_ties_share']:.2f}" if r.get("confidence_ties_share") is not None else "-"
             lines.append(f"| {name} | {ci(g['exact'])} | {ci(g['within_one_step'])} | {ci(g['qwk'])} | "
                          f"{g['mae']['value']:.3f} | {r['ece_grid']:.3f} | {tie} |")
+    for path_key in [k for k in report if k.startswith("paired_")]:
+        p = report[path_key]
+        lines += ["", f"Grid baseline minus three-level baseline ({path_key[7:]}, the same {p['n']} answers, paired "
+                  f"bootstrap 95 % CI): QWK {ci(p['qwk'])}, exact {ci(p['exact'])}"]
     lines += ["", "On three levels (none / partial / full; confidence = P(level right)):", "",
               "| config/path | graded | exact [95% CI] | Cohen's κ [95% CI] | QWK [95% CI] | invalid | ECE "
               "| s/1k answers | USD/1k answers |", "|---|---|---|---|---|---|---|---|---|"]

@@ -214,3 +214,17 @@ def test_estimate_matches_what_the_provider_counts_and_the_run_sends(tmp_path, d
     assert main(["estimate", str(dataset), "--provider", str(provider), "--price-in", "2.5", "--price-out", "10"]) == 0
     out = capsys.readouterr().out
     assert f"{N} submissions -> {est.requests} requests" in out and "USD batch" in out
+
+
+def test_estimate_of_a_job_json(tmp_path):
+    """``raygrade estimate JOB.json``: an online job's body priced the same way (its page images by
+    the provider's image rule)."""
+    from raygrade.bulk.estimate import estimate_job
+    from raygrade.datasets.sample_jobs import sample_job
+
+    job = tmp_path / "job.json"
+    job.write_text(sample_job().model_dump_json())
+    cfg = RegradeConfig(input=str(job), output="-", provider=fake_provider_config("http://127.0.0.1:9/v1"))
+    est = estimate_job(job, cfg)
+    assert est.submissions == len(sample_job().submissions) and est.requests >= 1
+    assert 0 < est.image_tokens < est.prompt_tokens and est.unplanned_items == 0
