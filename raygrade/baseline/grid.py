@@ -8,7 +8,8 @@ It is monotone in ``s``, keeps the examples' spread of scores (a regression to t
 squeeze every grade towards the middle), and reaches every grid value between the lowest and
 the highest example score. Two anchor pseudo-examples, similarity 0 → no credit and
 similarity 1 → full marks (``ANCHOR_WEIGHT`` each), give the map a scale when the examples are
-few or all on one level, and are the whole map when there are none.
+few or all on one level; without examples they sit at the similarities typical of no-credit and
+full-marks answers (:data:`NO_EXAMPLE_ANCHORS`) and are the whole map.
 
 Measured on SAF v2.0 (26 questions, scores in eighths of a point up to 3.5; test: its unseen
 answers; examples: its training split), QWK on the real scale (``raygrade.evaluation.
@@ -32,6 +33,11 @@ from raygrade.protocol import Question
 
 #: Weight of each anchor pseudo-example (similarity 0 → 0, similarity 1 → full marks).
 ANCHOR_WEIGHT = 0.5
+#: The anchors' similarities for a question without examples: the median similarity of the
+#: answers given no credit (0.08) and full marks (0.61) over SAF's training splits (v1.0 English,
+#: v2.0). Without examples they grade SAF v2.0's unseen answers at QWK 0.22 on the grid, anchors
+#: at 0 and 1 at 0.13; with examples, anchors at 0 and 1 do better (0.67 vs 0.65 with 8 examples).
+NO_EXAMPLE_ANCHORS = (0.08, 0.61)
 
 
 def score_grid(q: Question) -> list[float]:
@@ -77,7 +83,7 @@ class QuantileMap:
         """
         if len(sims) != len(fractions):
             raise ValueError("one score fraction per similarity")
-        s = np.asarray([*sims, 0.0, 1.0], dtype=float)
+        s = np.asarray([*sims, *((0.0, 1.0) if len(sims) else NO_EXAMPLE_ANCHORS)], dtype=float)
         y = np.clip(np.asarray([*fractions, 0.0, 1.0], dtype=float), 0.0, 1.0)
         w = np.asarray([1.0] * len(sims) + [anchor_weight, anchor_weight])
         return cls(*_weighted_cdf(s, w), *_weighted_cdf(y, w))
