@@ -42,10 +42,11 @@ NO_EXAMPLE_ANCHORS = (0.08, 0.61)
 
 def score_grid(q: Question) -> list[float]:
     """The scores a grade of ``q`` may take: its ``score_step`` grid, else 0, the maximum and
-    every score its examples use."""
+    every score its examples use (half marks when it has none: the three levels)."""
     if (grid := q.allowed_scores()) is not None:
         return grid
-    return sorted({0.0, float(q.max_score)} | {round(float(e.score), 6) for e in q.examples})
+    used = {round(float(e.score), 6) for e in q.examples} or {float(q.max_score) / 2}
+    return sorted({0.0, float(q.max_score)} | used)
 
 
 def snap(score: float, grid: Sequence[float]) -> float:
