@@ -32,12 +32,12 @@ def score_level(score: float, max_score: float) -> int:
     return 0 if score <= 1e-9 else 1
 
 
-def _kappa(h: Sequence[int], g: Sequence[int], weights: str | None) -> float:
+def _kappa(h: Sequence[int], g: Sequence[int], weights: str | None, labels: Sequence[int] = (0, 1, 2)) -> float:
     if len(set(h) | set(g)) < 2:
         return 1.0 if list(h) == list(g) else 0.0
     from sklearn.metrics import cohen_kappa_score
 
-    k = float(cohen_kappa_score(h, g, weights=weights, labels=[0, 1, 2]))
+    k = float(cohen_kappa_score(h, g, weights=weights, labels=list(labels)))
     return 0.0 if math.isnan(k) else k  # NaN when one side is constant
 
 
@@ -189,14 +189,7 @@ def grid_agreement(rows: Sequence[GridPair]) -> GridAgreement:
     h = [round(a / m, 6) for a, _, m, _ in rows]
     g = [round(b / m, 6) for _, b, m, _ in rows]
     cats = {v: i for i, v in enumerate(sorted(set(h) | set(g)))}
-    if len(cats) < 2:
-        qwk = 1.0 if h == g else 0.0
-    else:
-        from sklearn.metrics import cohen_kappa_score
-
-        qwk = float(cohen_kappa_score([cats[x] for x in h], [cats[x] for x in g], weights="quadratic",
-                                      labels=list(cats.values())))
-        qwk = 0.0 if math.isnan(qwk) else qwk
+    qwk = _kappa([cats[x] for x in h], [cats[x] for x in g], "quadratic", list(cats.values()))
     n = len(rows)
     return GridAgreement(n=n, exact=sum(abs(a - b) < 1e-6 for a, b, _, _ in rows) / n,
                          within_one_step=sum(abs(a - b) <= s + 1e-6 for a, b, _, s in rows) / n, qwk=qwk,
