@@ -237,7 +237,9 @@ class FakeBatchAPI(ThreadedApp):
             line["response"] = {"status_code": 200, "request_id": f"req_{n}", "body": body}
             out.append(line)
             b["request_counts"]["completed"] += 1
-        b["status"], b["finalizing_at"] = "finalizing", int(time.time())
+        cancelled = b["status"] == "cancelling"  # a cancelled batch ends cancelled, its partial output kept
+        if not cancelled:
+            b["status"], b["finalizing_at"] = "finalizing", int(time.time())
         await asyncio.sleep(self.validate_s)
         if out:
             b["output_file_id"] = self._file("".join(json.dumps(x) + "\n" for x in out).encode(),
@@ -248,7 +250,7 @@ class FakeBatchAPI(ThreadedApp):
         now = int(time.time())
         if expire:
             b["status"], b["expired_at"] = "expired", now
-        elif b["status"] == "cancelling":
+        elif cancelled or b["status"] == "cancelling":
             b["status"], b["cancelled_at"] = "cancelled", now
         else:
             b["status"], b["completed_at"] = "completed", now
