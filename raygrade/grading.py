@@ -47,7 +47,7 @@ class Limiter(Protocol):
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: dict[str, str] | None = None,
                      send_delay_s: float | None = None, prompt_tokens: int | None = None,
-                     answer_s: float | None = None) -> None: ...
+                     answer_s: float | None = None, grant_trip_s: float | None = None) -> None: ...
 
 
 def batch_prompt(batch: GradeBatch, students: list[StudentWork], *, bounds: bool = False
@@ -151,6 +151,8 @@ class BatchGrader:
                                             image_tokens=images, tenant=batch.tenant)
             granted = time.monotonic()
             timing["limiter"] += granted - t0
+            # The grant's trip here is at most the round trip less the queueing the limiter reports.
+            trip = max(0.0, granted - t0 - r.waited_s)
             try:
                 res = await self._provider.chat(messages, max_tokens=max_tokens,
                                                 temperature=batch.temperature, json_schema=schema,
@@ -177,7 +179,7 @@ class BatchGrader:
                 delay = send_delay(time.monotonic() - granted, res.headers)
             await self._limiter.settle(r, res.usage.total_tokens if res.usage else None,
                                        headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")},
-                                       send_delay_s=delay, answer_s=answer_s,
+                                       send_delay_s=delay, answer_s=answer_s, grant_trip_s=trip,
                                        prompt_tokens=res.usage.prompt_tokens if res.usage and whole else None)
             return res
 

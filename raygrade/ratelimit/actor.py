@@ -94,10 +94,10 @@ class RateLimiterActor:
     async def settle(self, reservation: Reservation, actual_tokens: int | None, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
                      send_delay_s: float | None = None, prompt_tokens: int | None = None,
-                     answer_s: float | None = None) -> None:
+                     answer_s: float | None = None, grant_trip_s: float | None = None) -> None:
         await self._limiter.settle(reservation, actual_tokens, outcome=outcome, retry_after_s=retry_after_s,
                                    headers=headers, send_delay_s=send_delay_s, prompt_tokens=prompt_tokens,
-                                   answer_s=answer_s)
+                                   answer_s=answer_s, grant_trip_s=grant_trip_s)
 
     async def snapshot(self) -> dict:
         return self._limiter.snapshot()
@@ -151,9 +151,9 @@ class ActorLimiter:
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
                      send_delay_s: float | None = None, prompt_tokens: int | None = None,
-                     answer_s: float | None = None) -> None:
+                     answer_s: float | None = None, grant_trip_s: float | None = None) -> None:
         try:
             await self._actor.settle.remote(reservation, actual_tokens, outcome, retry_after_s, headers,
-                                            send_delay_s, prompt_tokens, answer_s)
+                                            send_delay_s, prompt_tokens, answer_s, grant_trip_s)
         except (ActorDiedError, ActorUnavailableError, RayActorError):
             logger.info("rate limiter actor restarting; settlement of %s dropped", reservation.id)

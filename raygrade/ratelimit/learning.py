@@ -4,7 +4,9 @@
   callers' estimates, per key and apart for text and images (EWMAs: fast up, since an
   under-estimate brings 429s; slow down), which
   :meth:`~raygrade.ratelimit.limiter.RateLimiter.acquire` scales prompt reservations by.
-- :func:`learn_from_headers`: lower limits and unseen usage from ``x-ratelimit-*`` headers.
+- :func:`learn_from_headers`: lower limits and unseen usage from ``x-ratelimit-*`` headers
+  (one :class:`~raygrade.ratelimit.state.Correction` per dimension, re-measured by fresher
+  readings and shrunk by :func:`explain_correction`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from raygrade.ratelimit.state import (
     RATIO_ALPHA_UP,
     RATIO_MIN_SAMPLES,
     RATIO_WARN_BAND,
+    Correction,
     _KeyState,
     _Open,
 )
@@ -77,6 +80,13 @@ def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float
     """Lower the key's limits to the provider's, and charge usage it saw but this limiter did not
     (``x-ratelimit-*``: ``remaining`` below what the windows say is left).
 
+    One correction per dimension stands for the gap (:class:`Correction`): a reading that shows
+    the provider further ahead raises it and holds it until the header's reset; a *fresher*
+    reading (from a call admitted after the correction was made) replaces it, down to 0 when the
+    gap has closed, so a transient gap (calls whose under-estimates settle, the provider's own
+    refunds) does not hold capacity for a whole window. Settlements that explain the gap shrink it
+    too (:func:`explain_correction`).
+
     The caller turns the *token* correction off (``correct_tokens``) while the provider's token
     count is still being learned: the gap is then this limiter's own under-estimates, which their
     settlements correct, and a correction on top would count them twice for a whole window.
@@ -94,12 +104,36 @@ def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float
         w = st.window(dim)
         if w is None or h.remaining is None or (dim == "tokens" and not correct_tokens):
             continue
+        corr = st.corrections.get(dim)
+        live = corr if corr is not None and corr.charge.expires > now else None
         server_limit = h.limit or w.limit
-        # What the provider says is left vs what this limiter can have spent meanwhile.
-        ours_left = w.limit - w.used_since(sent_at, now)
+        # What the provider says is left vs what this limiter can have spent meanwhile (its own
+        # calls only: the standing correction is what is being re-measured).
+        ours = w.used_since(sent_at, now) - (live.charge.peak_since(sent_at) if live else 0.0)
         theirs_left = h.remaining - max(0.0, server_limit - w.limit)
-        missing = ours_left - theirs_left
-        if missing > 0.5:
-            reset = h.reset_s if h.reset_s is not None else st.window_s
-            w.charge_until(missing, now, now + min(st.window_s, reset))
+        missing = (w.limit - ours) - theirs_left
+        until = now + min(st.window_s, h.reset_s if h.reset_s is not None else st.window_s)
+        if live is None:
+            if missing > 0.5 and (c := w.charge_until(missing, now, until)) is not None:
+                st.corrections[dim] = Correction(c, now, sent_at)
+                st.stats["header_corrections"] += 1
+        elif missing > live.charge.amount + 0.5:  # further ahead: raise, hold until its reset
+            w.adjust(live.charge, missing, now)
+            w.extend(live.charge, until, now)
+            live.observed_at, live.source_admitted = now, sent_at
             st.stats["header_corrections"] += 1
+        elif sent_at >= live.observed_at:  # a fresher reading: the gap it shows is all there is
+            w.adjust(live.charge, max(0.0, missing), now)
+            live.observed_at, live.source_admitted = now, sent_at
+
+
+def explain_correction(st: _KeyState, admitted_at: float, under_estimate: float, now: float) -> None:
+    """A call admitted at ``admitted_at`` settled, and the provider had counted it
+    ``under_estimate`` tokens above its reservation. If it was in flight when the standing token
+    correction was read, that much of the gap was this call (now charged at the provider's
+    count by its settlement): the correction shrinks by it."""
+    corr = st.corrections.get("tokens")
+    if st.tok is None or corr is None or under_estimate <= 0 or corr.charge.expires <= now:
+        return
+    if admitted_at <= corr.source_admitted:
+        st.tok.adjust(corr.charge, max(0.0, corr.charge.amount - under_estimate), now)

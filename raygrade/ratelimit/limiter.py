@@ -44,7 +44,12 @@ from typing import Any
 
 from raygrade.config import RateLimitConfig
 from raygrade.errors import CircuitOpenError
-from raygrade.ratelimit.learning import learn_count_ratio, learn_from_headers, recharge_unlearned
+from raygrade.ratelimit.learning import (
+    explain_correction,
+    learn_count_ratio,
+    learn_from_headers,
+    recharge_unlearned,
+)
 from raygrade.ratelimit.state import (  # noqa: F401  (Clock, Outcome, Priority, Reservation, Sleep: public here too)
     OPEN_RESERVATION_TTL_S,
     OPEN_RESERVATIONS_SOFT_CAP,
@@ -175,7 +180,7 @@ class RateLimiter:
     async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
                      retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
                      send_delay_s: float | None = None, prompt_tokens: int | None = None,
-                     answer_s: float | None = None) -> None:
+                     answer_s: float | None = None, grant_trip_s: float | None = None) -> None:
         """Report how a reserved call ended.
 
         Args:
@@ -188,14 +193,19 @@ class RateLimiter:
                 ``client_error`` (4xx or invalid output: the provider is healthy).
             retry_after_s: The provider's ``Retry-After`` with a 429.
             headers: Response headers (``x-ratelimit-*`` are learned from).
-            send_delay_s: Seconds between the grant and the request leaving (measured by
-                the HTTP client), or an upper bound from ``openai-processing-ms``; the call's
-                charges then leave the window that much later.
+            send_delay_s: Seconds from the caller receiving the grant to the request leaving
+                (measured by the HTTP client), or an upper bound from ``openai-processing-ms``;
+                the call's charges then leave the window that much later.
             answer_s: Seconds from the request leaving to its answer, measured by the caller.
                 Then ``(now - admission) - answer_s`` bounds the delay from this limiter's
                 admission to the request leaving from above (the grant's trip to the caller
                 and the settlement's trip back included; durations only, so it holds across
-                nodes whose clocks differ), and the charges leave the window that much later.
+                nodes whose clocks differ).
+            grant_trip_s: An upper bound on the grant's trip from this limiter to the caller:
+                the caller's round trip of :meth:`acquire` less the ``waited_s`` it reports.
+                Then ``send_delay_s + grant_trip_s`` bounds the delay since admission too, and
+                the smaller bound is used: the settlement's own trip back, seconds under load,
+                no longer holds capacity.
             prompt_tokens: The provider's reported prompt tokens. With the reservation's
                 ``prompt_estimate`` it updates the key's count ratio (an EWMA, fast up, slow
                 down); a ratio outside 0.8–1.25 is logged once per key.
@@ -208,8 +218,11 @@ class RateLimiter:
         was_probe = st.in_flight.get(reservation.id, (0.0, 0, False))[2]  # admitted while the count was unknown
         if o is not None:
             st.release(o.reservation)
-        if o is not None and answer_s is not None:
-            send_delay_s = max(send_delay_s or 0.0, now - o.admitted_at - answer_s)
+        bounds = [] if o is None else [now - o.admitted_at - answer_s] if answer_s is not None else []
+        if o is not None and send_delay_s is not None and grant_trip_s is not None:
+            bounds.append(send_delay_s + grant_trip_s)
+        if bounds:  # the tightest upper bound on admission → sending; never below what was measured
+            send_delay_s = max(send_delay_s or 0.0, min(bounds))
         if o is not None and send_delay_s and send_delay_s > 0:
             for w, c in ((st.req, o.req), (st.tok, o.tok)):
                 if w is not None and c is not None:
@@ -225,6 +238,12 @@ class RateLimiter:
         if prompt_tokens and reservation.prompt_estimate and outcome == "ok":
             learn_count_ratio(st, prompt_tokens, reservation.prompt_estimate, reservation.image_estimate)
             recharge_unlearned(st, self._open, now)
+            if o is not None and o.tok is not None and st.tok is not None:
+                # What the provider charged when the call arrived (its prompt count + max_tokens): a
+                # header read since may show it; once refunded, that is not usage anyone missed.
+                counted = prompt_tokens + max(0, reservation.requested - reservation.prompt_estimate)
+                st.tok.note_peak(o.tok, counted, now)
+                explain_correction(st, o.admitted_at, counted - reservation.tokens, now)
         if headers and st.limits.learn_from_headers:
             # While calls admitted before the count was known are settling, the gap the headers show
             # is their under-estimates (corrected as they settle), not usage this limiter missed.
@@ -309,22 +328,4 @@ class RateLimiter:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per key: effective limits, availability, queue, pause, breaker and counters."""
         now = self._clock()
-        out = {}
-        for key, st in self._keys.items():
-            out[key] = {
-                "rpm": st.effective("requests"), "tpm": st.effective("tokens"),
-                "requests_available": st.req.limit - st.req.used(now) if st.req else None,
-                "tokens_available": st.tok.limit - st.tok.used(now) if st.tok else None,
-                # share of the window's limit in use (0–1), None without a limit
-                "requests_utilisation": min(1.0, st.req.used(now) / st.req.limit) if st.req else None,
-                "tokens_utilisation": min(1.0, st.tok.used(now) / st.tok.limit) if st.tok else None,
-                "waiting": len(st.waiters), "paused_for_s": max(0.0, st.paused_until - now),
-                "in_flight_requests": len(st.in_flight),
-                "in_flight_tokens": sum(n for _, n, _ in st.in_flight.values()),
-                "count_ratio": st.count_ratio, "count_ratio_samples": st.ratio_samples,
-                "image_count_ratio": st.image_ratio, "image_count_ratio_samples": st.image_samples,
-                "mixed_count_ratio": st.mixed_ratio,
-                "breaker": st.breaker.state, "breaker_opened": st.breaker.times_opened,
-                **st.stats,
-            }
-        return out
+        return {key: st.snapshot(now) for key, st in self._keys.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
 from raygrade.config import RateLimitConfig
 from raygrade.ratelimit.breaker import CircuitBreaker
@@ -88,6 +88,17 @@ class _Open:
     admitted_at: float
 
 
+@dataclasses.dataclass
+class Correction:
+    """Usage the provider's ``x-ratelimit-remaining-*`` showed beyond this limiter's own charges,
+    charged in the window (``charge``, freed at the header's reset): ``observed_at`` when that
+    header was read, ``source_admitted`` when the call it came with was admitted."""
+
+    charge: Charge
+    observed_at: float
+    source_admitted: float
+
+
 class _KeyState:
     def __init__(self, key: str, limits: RateLimitConfig):
         self.key, self.limits = key, limits
@@ -104,6 +115,7 @@ class _KeyState:
         self.vtime: dict[tuple, float] = {}
         self.vclock: dict[tuple, float] = {}
         self.paused_until = 0.0
+        self.corrections: dict[str, Correction] = {}  # per dimension, see learning.learn_from_headers
         # Admitted, not yet settled: reservation id -> (admitted at, tokens, a learning probe).
         # A caller that dies never settles, so entries older than in_flight_timeout_s stop counting.
         self.in_flight: dict[int, tuple[float, int, bool]] = {}
@@ -195,6 +207,28 @@ class _KeyState:
         if images:
             counted = max(counted, prompt * mixed_r)
         return max(0, tokens + round(counted - prompt))
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Effective limits, availability, queue, pause, learned counts, breaker and counters."""
+        req, tok = self.req, self.tok
+        return {
+            "rpm": self.effective("requests"), "tpm": self.effective("tokens"),
+            "requests_available": req.limit - req.used(now) if req else None,
+            "tokens_available": tok.limit - tok.used(now) if tok else None,
+            # share of the window's limit in use (0–1), None without a limit
+            "requests_utilisation": min(1.0, req.used(now) / req.limit) if req else None,
+            "tokens_utilisation": min(1.0, tok.used(now) / tok.limit) if tok else None,
+            "waiting": len(self.waiters), "paused_for_s": max(0.0, self.paused_until - now),
+            "in_flight_requests": len(self.in_flight),
+            "in_flight_tokens": sum(n for _, n, _ in self.in_flight.values()),
+            "count_ratio": self.count_ratio, "count_ratio_samples": self.ratio_samples,
+            "image_count_ratio": self.image_ratio, "image_count_ratio_samples": self.image_samples,
+            "mixed_count_ratio": self.mixed_ratio,
+            "header_correction_tokens": sum(c.charge.amount for d, c in self.corrections.items()
+                                            if d == "tokens" and c.charge.expires > now),
+            "breaker": self.breaker.state, "breaker_opened": self.breaker.times_opened,
+            **self.stats,
+        }
 
     @staticmethod
     def _breaker(limits: RateLimitConfig) -> CircuitBreaker:

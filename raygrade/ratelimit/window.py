@@ -113,12 +113,28 @@ class SlidingWindow:
         self._used += c.amount
         return c
 
-    def charge_until(self, amount: float, now: float, expires: float) -> None:
-        """Charge ``amount`` that frees at ``expires`` instead of one window later."""
+    def charge_until(self, amount: float, now: float, expires: float) -> Charge | None:
+        """Charge ``amount`` that frees at ``expires`` instead of one window later; returns the
+        entry (``None`` when nothing was charged: ``amount`` ≤ 0 or ``expires`` ≤ ``now``)."""
         self._expire(now)
         if amount > 0 and expires > now:
-            self._timed.append(Charge(now, float(amount), expires))
+            c = Charge(now, float(amount), expires)
+            self._timed.append(c)
             self._used += amount
+            return c
+        return None
+
+    def extend(self, entry: Charge, expires: float, now: float) -> None:
+        """Let a live entry charged with :meth:`charge_until` free at ``expires`` if that is later."""
+        self._expire(now)
+        if entry.expires > now and expires > entry.expires and entry in self._timed:
+            entry.expires = expires
+
+    def note_peak(self, entry: Charge, amount: float, now: float) -> None:
+        """Record that the provider counted ``amount`` for a live entry at some time until
+        ``now`` (more than the entry holds now): :meth:`used_since` bounds by it from then on."""
+        if entry.expires > now and amount > entry.peak_since(entry.adjusted_at):
+            entry.before, entry.adjusted_at = float(amount), now
 
     def adjust(self, entry: Charge, new_amount: float, now: float) -> None:
         """Change a live entry's amount (a settlement); an expired entry is left alone."""

@@ -201,6 +201,97 @@ def test_stale_headers_cause_no_correction():
     run(main)
 
 
+async def learned(lim, n=3):
+    """``n`` calls whose prompt the provider counted as estimated: the count is learned."""
+    for _ in range(n):
+        r = await lim.acquire("k", 1_000, prompt_tokens=600)
+        await lim.settle(r, 700, prompt_tokens=600)
+
+
+def tok_headers(remaining, reset="60s", limit=10_000):
+    return {"x-ratelimit-limit-tokens": str(limit), "x-ratelimit-remaining-tokens": str(remaining),
+            "x-ratelimit-reset-tokens": reset}
+
+
+def test_a_calls_own_up_front_charge_read_in_its_headers_is_no_correction():
+    """The provider charged the call 700 + 400 max_tokens when it arrived (its count, 100 above the
+    estimate) and says so in that call's headers; by the settlement it has refunded the unused part,
+    and the settlement charges the provider's count: nothing is missing (before: 100 tokens held
+    for a whole window, on every under-estimated call)."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=10_000)
+        await learned(lim)
+        await clock.advance(W)
+        r = await lim.acquire("k", 1_000, prompt_tokens=600)
+        await lim.settle(r, 700 + 50, prompt_tokens=700, headers=tok_headers(10_000 - 1_100))
+        snap = lim.snapshot()["k"]
+        assert snap["header_corrections"] == 0 and snap["tokens_available"] == pytest.approx(10_000 - 750)
+    run(main)
+
+
+def test_a_fresher_header_replaces_the_correction_and_a_stale_one_cannot_lower_it():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=10_000)
+        await learned(lim)
+        await clock.advance(W)
+        early = await lim.acquire("k", 1_000, prompt_tokens=600)  # in flight across what follows
+        await clock.advance(1)
+        r = await lim.acquire("k", 1_000, prompt_tokens=600)
+        # Another client used 3,000: the provider shows ours (2 x 1,000) + 3,000.
+        await lim.settle(r, 700, prompt_tokens=600, headers=tok_headers(10_000 - 5_000))
+        assert lim.snapshot()["k"]["header_correction_tokens"] == pytest.approx(3_000)
+        # A reading from a call admitted before that correction says less: it proves nothing.
+        await lim.settle(early, 700, prompt_tokens=600, headers=tok_headers(10_000 - 1_700))
+        assert lim.snapshot()["k"]["header_correction_tokens"] == pytest.approx(3_000)
+        await clock.advance(5)
+        fresh = await lim.acquire("k", 1_000, prompt_tokens=600)  # the other client's use has gone
+        await lim.settle(fresh, 700, prompt_tokens=600, headers=tok_headers(10_000 - 2_400))
+        snap = lim.snapshot()["k"]
+        assert snap["header_correction_tokens"] == 0 and snap["header_corrections"] == 1
+        assert snap["tokens_available"] == pytest.approx(10_000 - 3 * 700)
+    run(main)
+
+
+def test_a_further_gap_raises_the_correction_until_the_new_reset():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=10_000)
+        await learned(lim)
+        await clock.advance(W)
+        a = await lim.acquire("k", 1_000, prompt_tokens=600)
+        await lim.settle(a, 700, prompt_tokens=600, headers=tok_headers(10_000 - 1_000 - 1_000, reset="10s"))
+        b = await lim.acquire("k", 1_000, prompt_tokens=600)
+        await clock.advance(5)
+        await lim.settle(b, 700, prompt_tokens=600, headers=tok_headers(10_000 - 2_000 - 2_500, reset="20s"))
+        assert lim.snapshot()["k"]["header_correction_tokens"] == pytest.approx(2_500)
+        await clock.advance(10)  # past the first reset, before the second
+        assert lim.snapshot()["k"]["header_correction_tokens"] == pytest.approx(2_500)
+        await clock.advance(11)
+        assert lim.snapshot()["k"]["header_correction_tokens"] == 0
+    run(main)
+
+
+def test_a_correction_shrinks_by_what_calls_in_flight_turn_out_to_have_under_reserved():
+    """The gap a header shows can be calls still in flight that the provider counts higher than
+    their reservations; when they settle (charged at its count), that part of the correction goes."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, tpm=10_000)
+        await learned(lim)
+        await clock.advance(W)
+        x = await lim.acquire("k", 1_000, prompt_tokens=600)   # the provider counts its prompt 1,400
+        y = await lim.acquire("k", 1_000, prompt_tokens=600)
+        await lim.settle(y, 700, prompt_tokens=600, headers=tok_headers(10_000 - 1_000 - 1_800))
+        assert lim.snapshot()["k"]["header_correction_tokens"] == pytest.approx(800)
+        await lim.settle(x, 1_500, prompt_tokens=1_400)
+        snap = lim.snapshot()["k"]
+        assert snap["header_correction_tokens"] == 0
+        assert snap["tokens_available"] == pytest.approx(10_000 - 700 - 1_500)
+    run(main)
+
+
 # -- 429s ---------------------------------------------------------------------------------
 def test_429_pauses_every_caller_for_retry_after():
     async def main():
@@ -449,6 +540,23 @@ def test_the_grants_own_trip_to_the_caller_counts_as_send_delay():
         await lim.settle(r, 1, send_delay_s=0.5, answer_s=1.0)
         t = asyncio.create_task(lim.acquire("k", 1))
         await clock.advance(W + 1.9 - 3.0)
+        assert not t.done()
+        await clock.advance(0.2)
+        assert t.done()
+    run(main)
+
+
+def test_the_grants_trip_bounded_by_the_acquire_round_trip_beats_the_settlements_trip_back():
+    """The caller also bounds the grant's trip (its acquire round trip less the limiter's queueing:
+    0.1 s); 0.5 + 0.1 = 0.6 s is tighter than 3 - 1 = 2 s, which includes the settlement's trip back."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=1)
+        r = await lim.acquire("k", 1)
+        await clock.advance(3.0)
+        await lim.settle(r, 1, send_delay_s=0.5, answer_s=1.0, grant_trip_s=0.1)
+        t = asyncio.create_task(lim.acquire("k", 1))
+        await clock.advance(W + 0.5 - 3.0)
         assert not t.done()
         await clock.advance(0.2)
         assert t.done()
