@@ -19,6 +19,7 @@ from raygrade.ratelimit.state import (
     RATIO_ALPHA_UP,
     RATIO_MIN_SAMPLES,
     RATIO_WARN_BAND,
+    REJECTION_RULE_EVIDENCE,
     Correction,
     _KeyState,
     _Open,
@@ -112,6 +113,8 @@ def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float
         ours = w.used_since(sent_at, now) - (live.charge.peak_since(sent_at) if live else 0.0)
         theirs_left = h.remaining - max(0.0, server_limit - w.limit)
         missing = (w.limit - ours) - theirs_left
+        if dim == "requests":
+            learn_rejection_rule(st, missing, sent_at, now)
         until = now + min(st.window_s, h.reset_s if h.reset_s is not None else st.window_s)
         if live is None:
             if missing > 0.5 and (c := w.charge_until(missing, now, until)) is not None:
@@ -137,3 +140,32 @@ def explain_correction(st: _KeyState, admitted_at: float, under_estimate: float,
         return
     if admitted_at <= corr.source_admitted:
         st.tok.adjust(corr.charge, max(0.0, corr.charge.amount - under_estimate), now)
+
+
+def learn_rejection_rule(st: _KeyState, missing: float, sent_at: float, now: float) -> None:
+    """Learn from ``x-ratelimit-remaining-requests`` that a provider configured as not counting
+    rejected calls (``rejected_requests_count: false``: they are refunded) does count them.
+
+    A reading from a call admitted after ``k`` ≥ 1 refunded rejections of the last window that
+    shows at least ``k`` more requests than this limiter's own (``missing`` ≥ ``k``) is evidence;
+    :data:`REJECTION_RULE_EVIDENCE` readings in a row switch the key to keeping rejected calls
+    charged (logged once; ``rejections_counted`` in the snapshot); a reading without the gap
+    resets the count. Only this direction is learned: this limiter's side of the comparison is an
+    upper bound, so a provider that counts *fewer* requests is indistinguishable from timing, and
+    mistaking other clients' use for counted rejections only costs the rare rejected call's slot.
+    """
+    while st.rejections and st.rejections[0][0] <= now - st.window_s:
+        st.rejections.popleft()
+    if st.counts_rejections():
+        return
+    k = sum(1 for _, settled in st.rejections if settled < sent_at)
+    if k == 0:
+        return
+    if missing < k - 0.5:
+        st.rejection_evidence = 0
+        return
+    st.rejection_evidence += 1
+    if st.rejection_evidence >= REJECTION_RULE_EVIDENCE:
+        st.rejections_learned = True
+        logger.warning("%s: the provider's x-ratelimit-remaining-requests counts rejected (429) calls although "
+                       "rate_limit.rejected_requests_count is false; rejected calls now stay charged", st.key)

@@ -227,7 +227,9 @@ class RateLimiter:
             for w, c in ((st.req, o.req), (st.tok, o.tok)):
                 if w is not None and c is not None:
                     w.postpone(c, send_delay_s, now)
-        if o is not None and outcome == "rate_limited" and not st.limits.rejected_requests_count:
+        if o is not None and outcome == "rate_limited":
+            st.rejections.append((o.admitted_at, now))
+        if o is not None and outcome == "rate_limited" and not st.counts_rejections():
             for w, c in ((st.req, o.req), (st.tok, o.tok)):  # the provider did not count it: neither do we
                 if w is not None and c is not None:
                     w.adjust(c, 0, now)

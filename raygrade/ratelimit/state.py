@@ -8,6 +8,7 @@ breaker (:mod:`raygrade.ratelimit.breaker`), queue of waiters and statistics.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -31,6 +32,8 @@ RATIO_MIN_SAMPLES = 3
 RATIO_ALPHA_UP, RATIO_ALPHA_DOWN = 0.5, 0.1
 #: Outside this band the estimates are off enough to warn about.
 RATIO_WARN_BAND = (0.8, 1.25)
+#: Readings in a row that show refunded rejections counted by the provider before it is believed.
+REJECTION_RULE_EVIDENCE = 2
 
 #: A learning probe that has not settled after this long stops holding back other calls.
 PROBE_TIMEOUT_S = 15.0
@@ -116,6 +119,11 @@ class _KeyState:
         self.vclock: dict[tuple, float] = {}
         self.paused_until = 0.0
         self.corrections: dict[str, Correction] = {}  # per dimension, see learning.learn_from_headers
+        # Rejected (429) calls of the last window, (admitted, settled), and whether the provider's
+        # headers showed that it counts them although configured not to (learning.learn_rejection_rule).
+        self.rejections: collections.deque[tuple[float, float]] = collections.deque()
+        self.rejections_learned = False
+        self.rejection_evidence = 0
         # Admitted, not yet settled: reservation id -> (admitted at, tokens, a learning probe).
         # A caller that dies never settles, so entries older than in_flight_timeout_s stop counting.
         self.in_flight: dict[int, tuple[float, int, bool]] = {}
@@ -130,6 +138,10 @@ class _KeyState:
         self.timer: asyncio.Task | None = None
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
                       "failures": 0, "rejected_open": 0, "header_corrections": 0}
+
+    def counts_rejections(self) -> bool:
+        """Whether a rejected call stays charged: configured so, or learned from the headers."""
+        return self.limits.rejected_requests_count or self.rejections_learned
 
     @property
     def text_samples(self) -> int:
@@ -224,6 +236,7 @@ class _KeyState:
             "count_ratio": self.count_ratio, "count_ratio_samples": self.ratio_samples,
             "image_count_ratio": self.image_ratio, "image_count_ratio_samples": self.image_samples,
             "mixed_count_ratio": self.mixed_ratio,
+            "rejections_counted": self.counts_rejections(),
             "header_correction_tokens": sum(c.charge.amount for d, c in self.corrections.items()
                                             if d == "tokens" and c.charge.expires > now),
             "breaker": self.breaker.state, "breaker_opened": self.breaker.times_opened,

@@ -654,6 +654,33 @@ def test_a_rejected_call_is_refunded_when_the_provider_does_not_count_rejections
     run(main)
 
 
+@pytest.mark.parametrize("provider_counts", [True, False])
+def test_the_rule_for_rejected_calls_is_learned_from_remaining_requests(provider_counts):
+    """Configured as not counting rejections, the limiter refunds two 429s; fresh readings of
+    ``x-ratelimit-remaining-requests`` that still include them (two in a row) switch the key to
+    keeping rejected calls charged. A provider whose readings leave them out changes nothing."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=10, rejected_requests_count=False, default_backoff_s=1)
+        for _ in range(2):
+            r = await lim.acquire("k", 1)
+            await lim.settle(r, None, outcome="rate_limited")
+            await clock.advance(1)  # the pause after a 429
+        extra = 2 if provider_counts else 0
+        for n in (1, 2):
+            r = await lim.acquire("k", 1)
+            await lim.settle(r, 1, headers={"x-ratelimit-limit-requests": "10",
+                                            "x-ratelimit-remaining-requests": str(10 - n - extra)})
+            await clock.advance(1)
+        assert lim.snapshot()["k"]["rejections_counted"] is provider_counts
+        r = await lim.acquire("k", 1)
+        before = lim.snapshot()["k"]["requests_available"]
+        await lim.settle(r, None, outcome="rate_limited")
+        assert lim.snapshot()["k"]["requests_available"] == before + (0 if provider_counts else 1)
+
+    run(main)
+
+
 # -- the provider's own count ---------------------------------------------------------------
 def test_reservations_learn_the_providers_prompt_count():
     """A provider that counts 4x raygrade's prompt estimate (images by another rule): after a few
