@@ -101,6 +101,39 @@ def _png_bytes(w, h, mode="1") -> bytes:
     return buf.getvalue()
 
 
+def test_a_jobs_pages_decode_concurrently_and_the_first_bad_one_is_named(tmp_path):
+    """Twelve distinct pages decode in the shared pool; a truncated JPEG (decoded at 1/8 scale,
+    still every block) and a truncated PNG further on: the error names the first in job order;
+    a job of good pages stores each once with its pixel size."""
+    from raygrade.blobs import BlobStore, check_image, externalize
+    from raygrade.errors import InvalidRequestError
+
+    def jpeg(w, h):
+        buf = io.BytesIO()
+        Image.effect_noise((w, h), 60).convert("RGB").save(buf, format="JPEG", quality=90)
+        return buf.getvalue()
+
+    good = [_png_bytes(40 + i, 30, "RGB") for i in range(6)] + [jpeg(64 + i, 48) for i in range(6)]
+    bad_jpeg, bad_png = jpeg(400, 300)[:-600], _png_bytes(200, 200, "RGB")[:-40]
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        check_image(bad_jpeg)
+    assert check_image(good[-1]) == (69, 48)
+
+    def job(pages):
+        return GradingJob.model_validate(job_dict(submissions=[
+            {"student_id": f"s{i}", "pages": [{"type": "image", "data": base64.b64encode(p).decode()}]}
+            for i, p in enumerate(pages)]))
+
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    with pytest.raises(InvalidRequestError) as ei:
+        externalize(job([*good[:5], bad_jpeg, *good[5:], bad_png]), blobs)
+    assert ei.value.param == "submissions[5].pages[0].data"
+    stored = externalize(job([*good, good[0]]), blobs)
+    sizes = [(p.width, p.height) for s in stored.submissions for p in s.pages]
+    assert sizes[:12] == [Image.open(io.BytesIO(g)).size for g in good] and sizes[12] == sizes[0]
+    assert stored.submissions[12].pages[0].sha256 == stored.submissions[0].pages[0].sha256
+
+
 def test_pages_are_decoded_at_the_edge_naming_the_page(tmp_path):
     """A decompression bomb (30000 x 30000, one colour, ~100 KB) and a PNG whose header is followed
     by garbage are refused with 400s naming the page, before anything is stored; so are
