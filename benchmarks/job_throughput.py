@@ -140,7 +140,7 @@ def main() -> None:
     try:  # the server process and the cluster are stopped whatever happens
         home = Path(os.environ.setdefault("RAYGRADE_HOME", str(Path("/tmp") / f"rg-throughput-{uuid.uuid4().hex[:6]}")))
         provider = fake_provider_config(srv.base_url, name="instant", rate_limit=RateLimitConfig(), max_retries=0)
-        args = RaygradeArgs(api=ApiConfig(auth="disabled"),
+        args = RaygradeArgs(api=ApiConfig(auth="disabled", max_body_bytes=1 << 30),
                             provider=provider, batcher=BatcherConfig(), store=StoreConfig(url=f"sqlite:///{home}/jobs.db"),
                             namespace=f"rg-tp-{uuid.uuid4().hex[:6]}")
         print("building jobs ...", flush=True)
