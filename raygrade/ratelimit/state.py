@@ -121,7 +121,7 @@ class _KeyState:
         self.corrections: dict[str, Correction] = {}  # per dimension, see learning.learn_from_headers
         # Rejected (429) calls of the last window, (admitted, settled), and whether the provider's
         # headers showed that it counts them although configured not to (learning.learn_rejection_rule).
-        self.rejections: collections.deque[tuple[float, float]] = collections.deque()
+        self.rejections: collections.deque[tuple[float, float]] = collections.deque(maxlen=4096)
         self.rejections_learned = False
         self.rejection_evidence = 0
         # Admitted, not yet settled: reservation id -> (admitted at, tokens, a learning probe).
