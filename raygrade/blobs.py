@@ -206,13 +206,12 @@ def check_model_answer_images(job: GradingJob) -> None:
     Raises:
         InvalidRequestError: an image that does not decode or is too large (HTTP 400, naming it).
     """
-    where: dict[str, str] = {}
+    first: dict[str, tuple[str, bytes]] = {}  # image data → (where, bytes), first occurrence
     for i, q in enumerate(job.assessment.questions):
         for k, img in enumerate(q.model_answer_images):
-            where.setdefault(img.data, f"assessment.questions[{i}].model_answer_images[{k}]")
-    images = [img.image_bytes() for img in {img.data: img for q in job.assessment.questions
-                                            for img in q.model_answer_images}.values()]
-    for name, res in zip(where.values(), _check_all(images), strict=True):
+            if img.data not in first:
+                first[img.data] = (f"assessment.questions[{i}].model_answer_images[{k}]", img.image_bytes())
+    for (name, _), res in zip(first.values(), _check_all([raw for _, raw in first.values()]), strict=True):
         if isinstance(res, ValueError):
             raise InvalidRequestError(f"{name}: {res}", param=f"{name}.data") from None
 
