@@ -13,6 +13,9 @@ the Batch API) before anything is sent (:mod:`raygrade.bulk.estimate`).
 ``raygrade keys create|list|revoke``: API keys of tenants, written straight into the job store
 (``--store-url``, default ``$RAYGRADE_STORE_URL`` or ``~/.raygrade/jobs.db``): whoever can
 write the store administers the keys. The secret is printed once, on stdout.
+
+``raygrade quotas set|clear|list``: tenants' quotas (active jobs, items and tokens per rolling
+day; :class:`raygrade.protocol.TenantQuota`) in the same store, with each tenant's usage.
 """
 
 from __future__ import annotations
@@ -185,6 +188,31 @@ def cmd_keys(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quotas(a: argparse.Namespace) -> int:
+    from raygrade.protocol import TenantQuota
+
+    store = _key_store(a)
+    if a.action == "set":
+        q = store.set_quota(a.tenant, TenantQuota(max_active_jobs=a.max_active_jobs, items_per_day=a.items_per_day,
+                                                  tokens_per_day=a.tokens_per_day))
+        print(f"tenant {a.tenant!r}: {q.model_dump_json()}")
+    elif a.action == "clear":
+        print(f"tenant {a.tenant!r}: " + ("quota removed" if store.clear_quota(a.tenant) else "had no quota"))
+    else:
+        quotas = store.list_quotas()
+        tenants = [a.tenant] if a.tenant else list(quotas)
+
+        def cell(used: int, limit: int | None) -> str:
+            return f"{used}/{'-' if limit is None else limit}"
+
+        print(f"{'tenant':<20} {'active jobs':>12} {'items (24 h)':>18} {'tokens (24 h)':>24}")
+        for t in tenants:
+            u, q = store.usage(t), quotas.get(t, TenantQuota())
+            print(f"{t[:20]:<20} {cell(u.active_jobs, q.max_active_jobs):>12} {cell(u.items, q.items_per_day):>18} "
+                  f"{cell(u.tokens, q.tokens_per_day):>24}")
+    return 0
+
+
 def cmd_estimate(a: argparse.Namespace) -> int:
     import yaml
 
@@ -254,6 +282,19 @@ def main(argv: list[str] | None = None) -> int:
     kr = ks.add_parser("revoke", help="revoke a key by id (key_...)")
     kr.add_argument("key_id")
     k.set_defaults(fn=cmd_keys)
+    q = sub.add_parser("quotas", help="set, clear or list tenants' quotas and usage (in the job store)")
+    q.add_argument("--store-url", help="the job store (default: $RAYGRADE_STORE_URL or ~/.raygrade/jobs.db)")
+    qs = q.add_subparsers(dest="action", required=True)
+    qset = qs.add_parser("set", help="set (replace) a tenant's quota; a limit left out is no limit")
+    qset.add_argument("tenant")
+    qset.add_argument("--max-active-jobs", type=int, help="jobs queued or running at once")
+    qset.add_argument("--items-per-day", type=int, help="items (student x question) accepted per rolling 24 h")
+    qset.add_argument("--tokens-per-day", type=int, help="provider tokens used by jobs accepted per rolling 24 h")
+    qc = qs.add_parser("clear", help="remove a tenant's quota")
+    qc.add_argument("tenant")
+    ql = qs.add_parser("list", help="quotas with usage (used/limit; - is no limit)")
+    ql.add_argument("--tenant", help="this tenant only (also one without a quota)")
+    q.set_defaults(fn=cmd_quotas)
     a = ap.parse_args(argv)
     logging.basicConfig(level=os.environ.get("RAYGRADE_LOG_LEVEL", "WARNING"))
     return a.fn(a)

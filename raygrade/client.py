@@ -1,7 +1,7 @@
 """Clients of raygrade's HTTP API: :class:`Client` (sync) and :class:`AsyncClient` (asyncio).
 
 Every route has a method: ``submit`` (``POST /v1/jobs``, with an idempotency key), ``list_jobs``,
-``status``, ``results``, ``cancel``, ``replicas``, and ``wait`` (polls until the job ends, with an
+``status``, ``results``, ``cancel``, ``replicas``, ``usage``, and ``wait`` (polls until the job ends, with an
 optional progress callback or bar). Failures raise raygrade's own exception tree
 (:mod:`raygrade.errors`), rebuilt from the server's OpenAI-shaped error body: a 400 is an
 :class:`~raygrade.errors.InvalidRequestError`, a 404 a :class:`~raygrade.errors.NotFoundError`,
@@ -40,11 +40,12 @@ from raygrade.errors import (
     MissingDependencyError,
     NotFoundError,
     PlanningError,
+    QuotaExceededError,
     RaygradeError,
     ReadingError,
     StorageError,
 )
-from raygrade.protocol import GradingJob, JobList, JobResults, JobState, JobStatus
+from raygrade.protocol import GradingJob, JobList, JobResults, JobState, JobStatus, TenantUsage
 
 
 class APIStatusError(RaygradeError):
@@ -61,14 +62,15 @@ class APIConnectionError(RaygradeError):
 
 def _error_types() -> dict[str, type[RaygradeError]]:
     classes = (InvalidRequestError, AuthenticationError, NotFoundError, ConflictError, IllegalTransitionError,
-               PlanningError, ReadingError, StorageError, ConfigError, MissingDependencyError)
+               PlanningError, ReadingError, StorageError, ConfigError, MissingDependencyError, QuotaExceededError)
     return {c.error_type: c for c in classes}
 
 
 def error_from_response(r: httpx.Response) -> RaygradeError:
     """The exception for an error response: raygrade's class for the body's ``error.type``.
 
-    The result has ``http_status`` (int) and ``body`` (the parsed JSON, or ``None``).
+    The result has ``http_status`` (int) and ``body`` (the parsed JSON, or ``None``); a
+    :class:`~raygrade.errors.QuotaExceededError` has ``retry_after_s`` from ``Retry-After``.
     """
     try:
         body = r.json()
@@ -81,6 +83,11 @@ def error_from_response(r: httpx.Response) -> RaygradeError:
     cls = _error_types().get(etype, APIStatusError)
     exc = cls(message, param=err.get("param"), code=err.get("code"))
     exc.http_status, exc.body = r.status_code, body
+    if isinstance(exc, QuotaExceededError):
+        try:
+            exc.retry_after_s = float(r.headers["retry-after"])
+        except (KeyError, ValueError):
+            pass
     return exc
 
 
@@ -173,6 +180,7 @@ class Client:
         Raises:
             InvalidRequestError: the job is invalid (``param`` names the field).
             ConflictError: the key was used with a different body.
+            QuotaExceededError: the tenant's quota refuses a new job (``retry_after_s``: when to try again).
         """
         return JobStatus.model_validate(self._call("POST", "/v1/jobs", content=_job_body(job),
                                                    headers=_headers(idempotency_key)))
@@ -197,6 +205,10 @@ class Client:
     def replicas(self, job_id: str) -> dict[str, int]:
         """``GET /v1/jobs/{id}/replicas``: batches graded per grader replica."""
         return self._call("GET", f"/v1/jobs/{job_id}/replicas")
+
+    def usage(self) -> TenantUsage:
+        """``GET /v1/usage``: this tenant's quota and what counts against it now."""
+        return TenantUsage.model_validate(self._call("GET", "/v1/usage"))
 
     def wait(self, job_id: str, *, timeout_s: float = 3600, poll_s: float = 1.0,
              progress: bool | Callable[[JobStatus], None] = False) -> JobStatus:
@@ -267,6 +279,10 @@ class AsyncClient:
 
     async def replicas(self, job_id: str) -> dict[str, int]:
         return await self._call("GET", f"/v1/jobs/{job_id}/replicas")
+
+    async def usage(self) -> TenantUsage:
+        """``GET /v1/usage`` (see :meth:`Client.usage`)."""
+        return TenantUsage.model_validate(await self._call("GET", "/v1/usage"))
 
     async def wait(self, job_id: str, *, timeout_s: float = 3600, poll_s: float = 1.0,
                    progress: bool | Callable[[JobStatus], None] = False) -> JobStatus:

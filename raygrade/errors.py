@@ -129,6 +129,24 @@ class ConflictError(RaygradeError):
     error_type = "conflict_error"
 
 
+class QuotaExceededError(RaygradeError):
+    """A tenant's quota refuses a new job (HTTP 429, OpenAI's ``insufficient_quota`` type).
+
+    ``code`` names the quota (``max_active_jobs``, ``items_per_day``, ``tokens_per_day``);
+    ``retry_after_s`` is when the rolling window will have room for the job (``None``
+    when only the tenant can make room: ending an active job, or a job larger than the
+    whole quota). Nothing of the refused job is kept.
+    """
+
+    status_code = 429
+    error_type = "insufficient_quota"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.retry_after_s = retry_after_s
+
+
 class IllegalTransitionError(ConflictError):
     """A state change the job, batch or item state machine does not allow (HTTP 409)."""
 

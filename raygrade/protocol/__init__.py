@@ -13,7 +13,7 @@ Shapes, in short::
 
 Every model forbids unknown fields, so a misspelt field is a 400 naming it. The models live in
 :mod:`~raygrade.protocol.pages`, :mod:`~raygrade.protocol.jobs` and
-:mod:`~raygrade.protocol.results`; import them from here.
+:mod:`~raygrade.protocol.results` and :mod:`~raygrade.protocol.tenants`; import them from here.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from raygrade.protocol.results import (
     JobStatus,
     Usage,
 )
+from raygrade.protocol.tenants import QUOTA_WINDOW_S, TenantQuota, TenantUsage
 
 __all__ = [
     "Assessment",
@@ -67,10 +68,13 @@ __all__ = [
     "JobStatus",
     "MAX_IMAGE_BYTES",
     "Page",
+    "QUOTA_WINDOW_S",
     "Question",
     "ReadingMode",
     "StoredImage",
     "Submission",
+    "TenantQuota",
+    "TenantUsage",
     "TextPage",
     "Usage",
     "media_type_of",

@@ -186,6 +186,10 @@ class GradingJob(_Input):
         return [f"submissions[{i}].pages[{k}]" for i, sub in enumerate(self.submissions)
                 for k, p in enumerate(sub.pages) if isinstance(p, StoredImage)]
 
+    def item_count(self) -> int:
+        """Items (student × question) the job grades: what a tenant's ``items_per_day`` counts."""
+        return sum(len(self.questions_for(sub)) for sub in self.submissions)
+
     def questions_for(self, sub: Submission) -> list[Question]:
         """The questions a submission answers, in assessment order."""
         if sub.question_ids is None:

@@ -11,6 +11,7 @@ follows as the client sends it, and until it has arrived the request holds one o
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -73,8 +74,11 @@ class Authenticator:
 
 
 def error_response(err: RaygradeError) -> JSONResponse:
-    """``err`` as the API's error body, with ``WWW-Authenticate`` on a 401 (RFC 6750)."""
-    headers = {"WWW-Authenticate": "Bearer"} if err.status_code == 401 else None
+    """``err`` as the API's error body, with ``WWW-Authenticate`` on a 401 (RFC 6750) and
+    ``Retry-After`` (whole seconds, rounded up; RFC 9110 §10.2.3) when the error says when to retry."""
+    headers = {"WWW-Authenticate": "Bearer"} if err.status_code == 401 else {}
+    if (retry_after := getattr(err, "retry_after_s", None)) is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return JSONResponse(status_code=err.status_code, content=err.to_openai_body(), headers=headers)
 
 

@@ -8,13 +8,14 @@ Routes (every one but ``/healthz`` needs ``Authorization: Bearer <key>`` unless 
     ``GET  /v1/jobs/{id}/results``  → :class:`JobResults` (partial while running)
     ``POST /v1/jobs/{id}/cancel``   → :class:`JobStatus` (``cancelled``; 409 if already ended)
     ``GET  /v1/jobs/{id}/replicas`` → batches graded per grader replica
+    ``GET  /v1/usage``              → :class:`TenantUsage`: the tenant's quota and usage
     ``GET  /healthz``
 
 Errors use the OpenAI body ``{"error": {"message", "type", "param", "code"}}``;
 request validation errors are 400 and name the offending field in ``param``; a missing or
 invalid key is 401, a body over ``api.max_body_bytes`` 413, one that stalls 408
-(:mod:`raygrade.serve.guard`). This module is the HTTP boundary where raygrade's exceptions
-become responses.
+(:mod:`raygrade.serve.guard`), a job the tenant's quota refuses 429 (``Retry-After``). This
+module is the HTTP boundary where raygrade's exceptions become responses.
 """
 
 # No ``from __future__ import annotations``: FastAPI resolves the route annotations
@@ -34,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from raygrade.blobs import BlobStore, externalize
 from raygrade.config import ApiConfig, StoreConfig
 from raygrade.errors import InvalidRequestError, RaygradeError, raygrade_cause
-from raygrade.protocol import ErrorResponse, GradingJob, JobList, JobResults, JobState, JobStatus
+from raygrade.protocol import ErrorResponse, GradingJob, JobList, JobResults, JobState, JobStatus, TenantUsage
 from raygrade.serve.guard import Authenticator, RequestGuard, error_response
 
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config
@@ -93,7 +94,10 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     what = {400: "Invalid request (``param`` names the field).", 401: "No API key, or an invalid or revoked one.",
             404: "No such job (or another tenant's).", 408: "The request body did not arrive in time.",
             409: "Conflict: an idempotency key reused with another body, or a job that already ended.",
-            413: "The request body is over the size limit.", 503: "The job store is unavailable; try again."}
+            413: "The request body is over the size limit.",
+            429: "The tenant's quota refuses a new job (`insufficient_quota`; `Retry-After` when the window will "
+                 "have room).",
+            503: "The job store is unavailable; try again."}
     return {c: {"model": ErrorResponse, "description": what[c]} for c in sorted({400, 401, 503, *codes})}
 
 
@@ -157,7 +161,7 @@ class RaygradeIngress:
 
     @api.post("/v1/jobs", status_code=202, response_model=JobStatus, responses={
         200: {"model": JobStatus, "description": "A replay of an idempotency key: the existing job."},
-        **_errors(408, 409, 413)})
+        **_errors(408, 409, 413, 429)})
     async def create_job(self, job: GradingJob,
                          idempotency_key: str | None = Header(default=None, alias="Idempotency-Key", min_length=1,
                                                               max_length=256),
@@ -166,6 +170,8 @@ class RaygradeIngress:
             raise InvalidRequestError(f"{where[0]}: pages of type 'stored_image' are internal to raygrade; "
                                       "send 'image' or 'text' pages", param=where[0])
         key = idempotency_key or job.options.idempotency_key
+        # Before the pages are decoded: a job the quota refuses costs no work (a replay is never refused).
+        await _call(self._registry.check_quota.remote(tenant, job.item_count(), key))
         if self._blobs is not None:
             # Page bytes go to the blob store here, once; the registry receives references only.
             job = await asyncio.to_thread(externalize, job, self._blobs)
@@ -206,6 +212,11 @@ class RaygradeIngress:
     @api.get("/v1/jobs/{job_id}/replicas", responses=_errors(404))
     async def get_replicas(self, job_id: str = JobId, tenant: str = Tenant) -> dict[str, int]:
         return await _call(self._registry.replicas.remote(job_id, tenant))
+
+    @api.get("/v1/usage", response_model=TenantUsage, responses=_errors())
+    async def get_usage(self, tenant: str = Tenant) -> TenantUsage:
+        """The caller's quota (``raygrade quotas``) and what counts against it now."""
+        return await _call(self._registry.usage.remote(tenant))
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

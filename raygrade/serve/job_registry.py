@@ -20,7 +20,7 @@ from ray import serve
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.config import DEFAULT_TENANT, StoreConfig
 from raygrade.errors import InvalidRequestError
-from raygrade.protocol import GradingErrorItem, GradingJob, JobResults, JobState, JobStatus
+from raygrade.protocol import GradingErrorItem, GradingJob, JobResults, JobState, JobStatus, TenantUsage
 from raygrade.store import JobStore
 from raygrade.webhooks import check_url, resolve_checked
 
@@ -88,6 +88,15 @@ class JobRegistryImpl:
     async def tenant_for_key(self, key_hash: str) -> str | None:
         """The tenant of a valid API key, by the key's SHA-256 (:meth:`JobStore.tenant_for_key`)."""
         return await self._do(self._store.tenant_for_key, key_hash)
+
+    async def usage(self, tenant: str) -> TenantUsage:
+        """The tenant's quota and usage (:meth:`JobStore.usage`)."""
+        return await self._do(self._store.usage, tenant)
+
+    async def check_quota(self, tenant: str, items: int, idempotency_key: str | None = None) -> None:
+        """Raise ``QuotaExceededError`` if the tenant's quota would refuse a job of ``items``
+        items now (:meth:`JobStore.check_quota`; before the ingress decodes the job's pages)."""
+        await self._do(self._store.check_quota, tenant, items, self._namespace, idempotency_key)
 
     async def results(self, job_id: str, tenant: str | None = None) -> JobResults:
         """Grades and errors so far (:meth:`JobStore.results`). Raises ``NotFoundError``."""

@@ -24,6 +24,7 @@ from raygrade.review import review_cut
 from raygrade.store.batches import BatchLeases
 from raygrade.store.keys import ApiKeys
 from raygrade.store.outbox import WebhookOutbox
+from raygrade.store.quotas import TenantQuotas
 from raygrade.store.schema import batches, items, job_bodies, jobs
 from raygrade.store.states import (
     BATCH_TRANSITIONS,
@@ -34,7 +35,7 @@ from raygrade.store.states import (
 )
 
 
-class JobStore(BatchLeases, WebhookOutbox, ApiKeys):
+class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas):
     """Jobs, items, batches and webhooks in SQLite or PostgreSQL.
 
     Args:
@@ -44,8 +45,9 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys):
 
     Every method is one transaction. Methods raise :class:`NotFoundError` for an
     unknown job id and :class:`IllegalTransitionError` for a disallowed state change.
-    The operations live in four parts: this class (jobs), :class:`BatchLeases`
-    (plans, leases, completion of batches), :class:`WebhookOutbox` and :class:`ApiKeys`.
+    The operations live in five parts: this class (jobs), :class:`BatchLeases`
+    (plans, leases, completion of batches), :class:`WebhookOutbox`, :class:`ApiKeys` and
+    :class:`TenantQuotas`.
     """
 
     def create_job(self, job: GradingJob, idempotency_key: str | None = None, namespace: str = "raygrade",
@@ -61,6 +63,8 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys):
 
         Raises:
             ConflictError: the key was used with a different body (HTTP 409).
+            QuotaExceededError: the tenant's quota refuses a new job (HTTP 429; a replay is
+                never refused; :mod:`raygrade.store.quotas`).
         """
         job = self.externalize(job)
         body = job.model_dump_json()
@@ -73,19 +77,21 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys):
                 rows.append({"job_id": job_id, "student_id": sub.student_id, "question_id": q.id,
                              "seq": i * 10_000 + j, "state": "pending", "updated_at": now})
         with self.engine.begin() as conn:
+            if (quota := self._quota_of(conn, tenant)) is not None:
+                self._lock_quota(conn, tenant)
+                if idempotency_key is not None and (replay := self._replay(conn, namespace, tenant,
+                                                                           idempotency_key, h)) is not None:
+                    return replay, False  # accepted before: not counted again, whatever the quota says now
+                self._enforce_quota(conn, tenant, quota, len(rows))
             if idempotency_key is not None:
                 ins = self._insert_ignore(jobs).values(
                     id=job_id, namespace=namespace, tenant=tenant, idempotency_key=idempotency_key, body_hash=h,
                     state="queued", model=job.options.model, students=len(job.submissions), items_total=len(rows),
                     created_at=now, updated_at=now).returning(jobs.c.id)
                 if conn.execute(ins).first() is None:  # the key exists (rowcount is -1 on psycopg)
-                    existing = conn.execute(sa.select(jobs.c.id, jobs.c.body_hash)
-                                            .where(jobs.c.namespace == namespace, jobs.c.tenant == tenant,
-                                                   jobs.c.idempotency_key == idempotency_key)).one()
-                    if existing.body_hash != h:
-                        raise ConflictError("idempotency key was already used with a different request body",
-                                            param="idempotency_key")
-                    return self._status(conn, existing.id), False
+                    replay = self._replay(conn, namespace, tenant, idempotency_key, h)
+                    assert replay is not None
+                    return replay, False
             else:
                 conn.execute(jobs.insert().values(
                     id=job_id, namespace=namespace, tenant=tenant, body_hash=h, state="queued", model=job.options.model,
@@ -94,6 +100,17 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys):
             for k in range(0, len(rows), 5000):
                 conn.execute(items.insert(), rows[k:k + 5000])
             return self._status(conn, job_id), True
+
+    def _replay(self, conn, namespace: str, tenant: str, idempotency_key: str, body_hash: str) -> JobStatus | None:
+        """The job ``idempotency_key`` names, if any. Raises ``ConflictError`` if its body differs."""
+        existing = conn.execute(sa.select(jobs.c.id, jobs.c.body_hash).where(
+            jobs.c.namespace == namespace, jobs.c.tenant == tenant, jobs.c.idempotency_key == idempotency_key)).first()
+        if existing is None:
+            return None
+        if existing.body_hash != body_hash:
+            raise ConflictError("idempotency key was already used with a different request body",
+                                param="idempotency_key")
+        return self._status(conn, existing.id)
 
     def get_job(self, job_id: str) -> GradingJob:
         """The job as stored: page images are :class:`StoredImage` references (:func:`raygrade.blobs.inline`)."""

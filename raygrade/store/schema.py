@@ -38,6 +38,8 @@ jobs = sa.Table(
     sa.UniqueConstraint("namespace", "tenant", "idempotency_key", name="raygrade_jobs_tenant_key"),
     sa.Index("raygrade_jobs_namespace_state", "namespace", "state"),
     sa.Index("raygrade_jobs_tenant_created", "namespace", "tenant", "created_at"),  # GET /v1/jobs
+    sa.Index("raygrade_jobs_tenant_usage", "tenant", "created_at"),  # quotas (0004): items, tokens per day
+    sa.Index("raygrade_jobs_tenant_state", "tenant", "state"),  # quotas (0004): active jobs
 )
 # The job's body (questions, rubric, page references) apart from the row every status,
 # lease and completion reads or updates: that row stays a few hundred bytes at any job size.
@@ -105,6 +107,17 @@ api_keys = sa.Table(
     sa.Index("raygrade_api_keys_tenant", "tenant"),
 )
 
+
+# Tenants' quotas (0004): a limit left NULL is no limit. Usage is counted over every
+# namespace of the database (a tenant's keys work in each of them).
+tenant_quotas = sa.Table(
+    "raygrade_tenant_quotas", metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("max_active_jobs", sa.Integer),
+    sa.Column("items_per_day", sa.BigInteger),
+    sa.Column("tokens_per_day", sa.BigInteger),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
 
 def create_engine(url: str) -> sa.Engine:
     """An engine for ``url``; SQLite files get their folder, WAL and a busy timeout."""

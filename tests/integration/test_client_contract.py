@@ -24,6 +24,8 @@ def test_client_covers_every_route_with_typed_errors(fake_app, fake):
         assert final.state.value == "succeeded" and seen and seen[-1].state.value == "succeeded"
         assert len(client.results(st.id).results) == final.progress.items_total
         assert sum(client.replicas(st.id).values()) == final.progress.batches_done
+        usage = client.usage()  # auth disabled: tenant "default", no quota
+        assert usage.tenant == "default" and usage.quota is None and usage.items >= final.progress.items_total
         with pytest.raises(IllegalTransitionError) as ended:
             client.cancel(st.id)
         assert ended.value.http_status == 409 and ended.value.body["error"]["type"] == "illegal_state_transition"
@@ -65,7 +67,7 @@ def test_openapi_declares_the_real_status_codes_and_the_error_model(fake_app):
     responses = {(path, method): set(op["responses"]) for path, ops in doc["paths"].items()
                  for method, op in ops.items()}
     assert not any("422" in codes for codes in responses.values()), responses
-    assert {"202", "200", "400", "409"} <= responses[("/v1/jobs", "post")]
+    assert {"202", "200", "400", "409", "429"} <= responses[("/v1/jobs", "post")]
     assert {"404", "409"} <= responses[("/v1/jobs/{job_id}/cancel", "post")]
     assert "404" in responses[("/v1/jobs/{job_id}", "get")]
     err = doc["paths"]["/v1/jobs"]["post"]["responses"]["400"]["content"]["application/json"]["schema"]

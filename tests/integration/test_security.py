@@ -22,7 +22,8 @@ from test_jobs_api import Receiver, job
 
 from raygrade.client import Client
 from raygrade.config import ApiConfig, BatcherConfig, RaygradeArgs, StoreConfig
-from raygrade.errors import AuthenticationError, NotFoundError
+from raygrade.errors import AuthenticationError, NotFoundError, QuotaExceededError
+from raygrade.protocol import TenantQuota
 from raygrade.store import JobStore
 from raygrade.testing.fake_openai import fake_provider_config
 
@@ -197,6 +198,33 @@ def test_bombs_and_corrupt_pages_are_400s_naming_the_page(secure, where, data, n
     assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
     assert r.json()["error"]["param"] == ("submissions[1].pages[1].data" if where == "page"
                                           else "assessment.questions[0].model_answer_images[0].data")
+
+
+def test_a_tenants_quota_is_a_429_with_retry_after_and_its_usage_is_readable(secure, fake):
+    """Over its items-per-day quota a tenant gets OpenAI's ``insufficient_quota`` 429 with
+    ``Retry-After``, before its pages are even decoded; a replay of an accepted job still answers;
+    ``GET /v1/usage`` shows what counts; other tenants are not affected."""
+    _, key = secure.store.create_key("school-q")
+    secure.store.set_quota("school-q", TenantQuota(items_per_day=5))
+    client = Client(secure.url, api_key=key)
+    first = client.submit(job(3), idempotency_key="q-1")
+    over = job(3)
+    corrupt = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 16).decode()  # a 400 once decoded
+    over["submissions"][0]["pages"].append({"type": "image", "data": corrupt})
+    r = httpx.post(f"{secure.url}/v1/jobs", json=over, headers=_auth(key), timeout=30)
+    assert r.status_code == 429, r.text  # not the 400 the unreadable page would get: refused before decoding
+    assert r.json()["error"]["type"] == "insufficient_quota" and r.json()["error"]["code"] == "items_per_day"
+    assert 86_000 < int(r.headers["Retry-After"]) <= 86_400
+    with pytest.raises(QuotaExceededError) as refused:
+        client.submit(job(3))
+    assert refused.value.http_status == 429 and 86_000 < refused.value.retry_after_s <= 86_400
+    assert client.submit(job(3), idempotency_key="q-1").id == first.id  # a replay is never refused
+    usage = client.usage()
+    assert (usage.tenant, usage.items, usage.quota.items_per_day, usage.active_jobs >= 0) == ("school-q", 3, 5, True)
+    assert Client(secure.url, api_key=secure.keys["school-a"]).usage().quota is None
+    secure.store.set_quota("school-q", TenantQuota(max_active_jobs=0))
+    r = httpx.post(f"{secure.url}/v1/jobs", json=job(1), headers=_auth(key), timeout=30)
+    assert r.status_code == 429 and "Retry-After" not in r.headers and r.json()["error"]["code"] == "max_active_jobs"
 
 
 def test_webhooks_to_loopback_in_every_form_are_refused_and_nothing_is_delivered(secure, fake):

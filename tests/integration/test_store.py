@@ -5,10 +5,19 @@ import sqlalchemy as sa
 
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.blobs import inline
-from raygrade.errors import ConflictError, NotFoundError
+from raygrade.errors import ConflictError, NotFoundError, QuotaExceededError
 from raygrade.planner import batch_key
 from raygrade.prompts import StudentWork
-from raygrade.protocol import GradeResult, GradingErrorItem, GradingJob, JobState, TextPage, Usage
+from raygrade.protocol import (
+    QUOTA_WINDOW_S,
+    GradeResult,
+    GradingErrorItem,
+    GradingJob,
+    JobState,
+    TenantQuota,
+    TextPage,
+    Usage,
+)
 from raygrade.store import (
     BATCH_TRANSITIONS,
     IllegalTransitionError,
@@ -351,6 +360,93 @@ def test_status_lease_and_complete_cost_does_not_grow_with_the_job(store):
     assert not slow, f"per-call cost grows with the job: {slow} (50 items: {small}, 5,000 items: {large})"
 
 
+def _jobs_in_store(store) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM raygrade_jobs")).scalar_one()
+
+
+def test_quota_of_active_jobs_refuses_the_next_job_until_one_ends(store):
+    store.set_quota("default", TenantQuota(max_active_jobs=2))
+    first, _ = started(store, n=1)
+    store.create_job(make_job(1), "k2")
+    with pytest.raises(QuotaExceededError) as refused:
+        store.create_job(make_job(1))
+    assert refused.value.code == "max_active_jobs" and refused.value.retry_after_s is None
+    assert refused.value.status_code == 429 and refused.value.error_type == "insufficient_quota"
+    assert _jobs_in_store(store) == 2  # nothing of the refused job was kept
+    assert store.create_job(make_job(1), "k2")[1] is False  # a replay is not a new job: never refused
+    assert store.create_job(make_job(1), tenant="school-b")[1]  # another tenant's quota is its own
+    with pytest.raises(QuotaExceededError):
+        store.check_quota("default", 2)  # the cheap pre-check says the same
+    store.check_quota("default", 2, idempotency_key="k2")  # ... and lets a replay through
+    store.cancel(first)
+    assert store.create_job(make_job(1))[1]
+    assert store.usage("default").active_jobs == 2 and store.usage("school-b").quota is None
+
+
+def test_quota_of_items_per_day_is_a_rolling_window_with_a_retry_after(store):
+    clock = store._clock
+    t0 = clock.now
+    store.set_quota("default", TenantQuota(items_per_day=10))
+    store.create_job(make_job(3))  # 6 items at t0
+    clock.now = t0 + 100
+    store.create_job(make_job(2))  # 4 more: 10 of 10
+    clock.now = t0 + 200
+    with pytest.raises(QuotaExceededError) as refused:
+        store.create_job(make_job(1))
+    # 2 items over: room when the first job (6 items, accepted at t0) leaves the window.
+    assert refused.value.code == "items_per_day" and refused.value.retry_after_s == pytest.approx(QUOTA_WINDOW_S - 200)
+    with pytest.raises(QuotaExceededError) as too_big:
+        store.create_job(make_job(6))  # 12 items: more than the whole quota, never fits
+    assert too_big.value.retry_after_s is None and "split it" in too_big.value.message
+    assert store.usage("default").items == 10 and _jobs_in_store(store) == 2
+    clock.now = t0 + QUOTA_WINDOW_S + 1
+    assert store.create_job(make_job(3))[1]  # the first job left the window: 4 + 6
+    u = store.usage("default")
+    assert (u.items, u.quota.items_per_day, u.window_s) == (10, 10, QUOTA_WINDOW_S)
+
+
+def test_quota_of_tokens_per_day_counts_what_the_jobs_used(store):
+    clock = store._clock
+    t0 = clock.now
+    store.set_quota("default", TenantQuota(tokens_per_day=30))
+    job_id, batches = started(store, n=4)
+    store.lease_batches(job_id, "A", 30, 2)
+    store.complete_batch(job_id, outcome(batches[0], usage=10))  # 20 tokens (prompt + completion)
+    clock.now = t0 + 50
+    second, _ = store.create_job(make_job(1))  # 20 < 30: accepted
+    store.complete_batch(job_id, outcome(batches[1], usage=10))  # 40
+    with pytest.raises(QuotaExceededError) as refused:
+        store.create_job(make_job(1))
+    assert refused.value.code == "tokens_per_day"
+    # room when the first job's tokens leave the window, a day after it was accepted
+    assert refused.value.retry_after_s == pytest.approx(QUOTA_WINDOW_S - 50)
+    assert store.usage("default").tokens == 40
+    assert store.clear_quota("default") and not store.clear_quota("default")
+    assert store.create_job(make_job(1))[1] and store.list_quotas() == {}
+
+
+def test_concurrent_creates_from_two_replicas_cannot_pass_a_quota(store_url, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if store_url.startswith("sqlite"):
+        pytest.skip("a SQLite store has one writer thread (the registry replica's)")
+    stores = [JobStore(store_url, clock=Clock(), blob_uri=str(tmp_path / "b")) for _ in range(2)]
+    stores[0].set_quota("school-a", TenantQuota(max_active_jobs=3, items_per_day=40))
+
+    def create(i):
+        try:
+            return stores[i % 2].create_job(make_job(1), tenant="school-a")[1]
+        except QuotaExceededError:
+            return False
+
+    with ThreadPoolExecutor(12) as pool:
+        created = list(pool.map(create, range(24)))
+    assert created.count(True) == 3 and stores[1].usage("school-a").active_jobs == 3
+    for s in stores:
+        s.close()
+
+
 def test_a_store_from_before_alembic_is_stamped_and_upgraded(store_url, tmp_path):
     from raygrade.store import COUNTER_COLUMNS, VERSION_TABLE, migrate
 
@@ -407,7 +503,7 @@ def test_the_revisions_build_exactly_the_declared_schema_and_downgrade_keeps_the
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0001")
     assert "raygrade_job_bodies" not in sa.inspect(s.engine).get_table_names()
-    assert migrate(s.engine) == ["0002", "0003"]
+    assert migrate(s.engine) == ["0002", "0003", "0004"]
     assert diff() == []
     assert s.status(job_id) == before and s.get_job(job_id) == job  # bodies and counters survived the round trip
     s.close()

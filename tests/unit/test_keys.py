@@ -1,4 +1,4 @@
-"""API keys and tenants without Ray: the store's keys (hashed), the CLI, the authenticator."""
+"""API keys and tenants without Ray: the store's keys (hashed), the keys and quotas CLI, the authenticator."""
 
 import asyncio
 
@@ -56,6 +56,38 @@ def test_keys_cli_prints_the_secret_once_and_lists_only_prefixes(tmp_path, capsy
     s = JobStore(url, blob_uri=str(tmp_path / "blobs"))
     assert s.tenant_for_key(hash_key(secret)) is None
     s.close()
+
+
+def test_quotas_cli_sets_lists_with_usage_and_clears(tmp_path, capsys):
+    from pydantic import ValidationError
+
+    from raygrade.cli import main
+
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    assert main(["quotas", "--store-url", url, "set", "school-a", "--max-active-jobs", "2",
+                 "--items-per-day", "100"]) == 0
+    capsys.readouterr()
+    assert main(["quotas", "--store-url", url, "list"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row == ["school-a", "0/2", "0/100", "0/-"]
+    with pytest.raises(ValidationError):  # the console script prints it as one line (raygrade._cli)
+        main(["quotas", "--store-url", url, "set", "school-a", "--items-per-day", "-1"])
+    with pytest.raises(InvalidRequestError):
+        main(["quotas", "--store-url", url, "set", "not a tenant"])
+    assert main(["quotas", "--store-url", url, "clear", "school-a"]) == 0
+    assert "quota removed" in capsys.readouterr().out
+    assert main(["quotas", "--store-url", url, "list"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == []
+
+
+def test_a_retry_after_on_an_error_is_a_header_in_whole_seconds():
+    from raygrade.errors import QuotaExceededError
+    from raygrade.serve.guard import error_response
+
+    r = error_response(QuotaExceededError("over", code="items_per_day", retry_after_s=0.2))
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert error_response(QuotaExceededError("over", retry_after_s=3600.5)).headers["retry-after"] == "3601"
+    assert "retry-after" not in error_response(QuotaExceededError("over")).headers
 
 
 def test_authenticator_checks_keys_caches_valid_ones_and_never_invalid_ones():
