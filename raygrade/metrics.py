@@ -8,7 +8,8 @@ KubeRay setup runs). The Grafana dashboard ``deploy/grafana/raygrade.json`` is g
 
 Who reports what: Grader replicas the items, tokens and batch latency (split into limiter
 wait and provider time); the Batcher the jobs by state, the queue of pending batches, job
-durations, failed items by error type and webhook deliveries; the rate-limiter actor the
+durations, failed items by error type and webhook deliveries; the ingress the jobs that
+tenants' quotas refused; the rate-limiter actor the
 limiter's admissions, 429s, utilisation, queue, pause and circuit-breaker state.
 """
 
@@ -69,6 +70,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("raygrade_batches_pending", "gauge", "Planned batches not yet dispatched (the queue).", ("namespace",)),
     Metric("raygrade_job_duration_s", "histogram", "Seconds from a job's acceptance to its end.",
            ("namespace", "state"), tuple(JOB_SECONDS)),
+    Metric("raygrade_jobs_refused", "counter", "Jobs a tenant's quota refused (HTTP 429), by quota.",
+           ("namespace", "quota")),
     Metric("raygrade_webhook_deliveries", "counter", "Webhook delivery attempts by outcome.",
            ("namespace", "outcome")),
     Metric("raygrade_limiter_admitted_requests", "counter", "Calls the rate limiter admitted.", ("key",)),

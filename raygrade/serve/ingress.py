@@ -34,7 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raygrade.blobs import BlobStore, externalize
 from raygrade.config import ApiConfig, StoreConfig
-from raygrade.errors import InvalidRequestError, RaygradeError, raygrade_cause
+from raygrade.errors import InvalidRequestError, QuotaExceededError, RaygradeError, raygrade_cause
+from raygrade.metrics import Recorder
 from raygrade.protocol import ErrorResponse, GradingJob, JobList, JobResults, JobState, JobStatus, TenantUsage
 from raygrade.serve.guard import Authenticator, RequestGuard, error_response
 
@@ -145,10 +146,13 @@ class RaygradeIngress:
         batcher: ``Batcher`` handle.
         store: The store's settings (where page images go; :mod:`raygrade.blobs`).
         config: Authentication and request bounds (:class:`ApiConfig`).
+        namespace: The application's namespace (a tag of its metrics).
     """
 
-    def __init__(self, registry, batcher, store: StoreConfig | None = None, config: ApiConfig | None = None):
+    def __init__(self, registry, batcher, store: StoreConfig | None = None, config: ApiConfig | None = None,
+                 namespace: str = "raygrade"):
         self._registry, self._batcher = registry, batcher
+        self._metrics, self._ns = Recorder(), namespace
         self._blobs = BlobStore(store.resolved_blob_uri()) if store is not None else None
         config = config or ApiConfig()
         api.state.api_config = config
@@ -170,14 +174,18 @@ class RaygradeIngress:
             raise InvalidRequestError(f"{where[0]}: pages of type 'stored_image' are internal to raygrade; "
                                       "send 'image' or 'text' pages", param=where[0])
         key = idempotency_key or job.options.idempotency_key
-        # Before the pages are decoded: a job the quota refuses costs no work (a replay is never refused).
-        await _call(self._registry.check_quota.remote(tenant, job.item_count(), key))
-        if self._blobs is not None:
-            # Page bytes go to the blob store here, once; the registry receives references only.
-            job = await asyncio.to_thread(externalize, job, self._blobs)
-        # Durable first (the outbox): the batcher drives jobs from the store, so a lost
-        # nudge below only delays the job until the batcher's next poll.
-        status, created = await _call(self._registry.create.remote(job, key, tenant))
+        try:
+            # Before the pages are decoded: a job the quota refuses costs no work (a replay is never refused).
+            await _call(self._registry.check_quota.remote(tenant, job.item_count(), key))
+            if self._blobs is not None:
+                # Page bytes go to the blob store here, once; the registry receives references only.
+                job = await asyncio.to_thread(externalize, job, self._blobs)
+            # Durable first (the outbox): the batcher drives jobs from the store, so a lost
+            # nudge below only delays the job until the batcher's next poll.
+            status, created = await _call(self._registry.create.remote(job, key, tenant))
+        except QuotaExceededError as refused:
+            self._metrics.inc("raygrade_jobs_refused", 1, {"namespace": self._ns, "quota": refused.code or ""})
+            raise
         if created:
             try:
                 await self._batcher.submit.remote(status.id)

@@ -1,5 +1,5 @@
 """Every metric the Grafana dashboard charts exists on Ray's metrics endpoint after a job that
-grades, fails an item, meets a provider 429 and delivers a webhook."""
+grades, fails an item, meets a provider 429 and delivers a webhook, and a job a quota refuses."""
 
 import os
 import re
@@ -9,10 +9,15 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import pytest
 from test_api import make_job  # rootdir-relative: pytest puts tests/integration on sys.path
 
 from raygrade.client import Client
+from raygrade.config import StoreConfig
+from raygrade.errors import QuotaExceededError
 from raygrade.metrics import METRICS
+from raygrade.protocol import TenantQuota
+from raygrade.store import JobStore
 
 
 def _receiver():
@@ -47,6 +52,14 @@ def test_dashboard_metrics_exist_after_a_job(fake_app, fake):
             errors = ([(e.type, e.message[:200]) for e in client.results(st.id).errors]
                       if st.state.value != "partial" else [])
             assert st.state.value == "partial" and st.progress.items_failed > 0, errors
+            store = JobStore(StoreConfig().resolved_url())  # the app's store (auth disabled: tenant "default")
+            store.set_quota("default", TenantQuota(max_active_jobs=0))
+            try:
+                with pytest.raises(QuotaExceededError):
+                    client.submit(make_job(n_students=1))
+            finally:
+                store.clear_quota("default")
+                store.close()
         want = {m.exported for m in METRICS.values()}
         deadline, missing, text = time.monotonic() + 60, want, ""
         while time.monotonic() < deadline and missing:
@@ -59,6 +72,7 @@ def test_dashboard_metrics_exist_after_a_job(fake_app, fake):
         assert not missing, f"not exported: {sorted(missing)}"
         assert re.search(r'ray_raygrade_items_failed_total\{[^}]*error_type="planning_error"', text)
         assert re.search(r'ray_raygrade_webhook_deliveries_total\{[^}]*outcome="delivered"', text)
+        assert re.search(r'ray_raygrade_jobs_refused_total\{[^}]*quota="max_active_jobs"', text)
     finally:
         rx.shutdown()
     assert httpx.get(f"{fake_app}/healthz", timeout=10).status_code == 200
