@@ -13,6 +13,11 @@ own time. Baseline measured in the same run: the same planned requests sent stra
 same server by an ``AsyncOpenAI`` client at the same concurrency (what the provider alone
 allows); the ratio raygrade ÷ direct says what the durable path costs. JSON under ``--out``.
 
+Then **small jobs**: ``--small-jobs`` one-student jobs POSTed by 8 concurrent clients
+(a platform sending each student as it is scanned), once for a tenant without a quota and once
+with a quota that never binds (every quota query runs); POSTs/s, POST p50/p95 and the wall time
+until all are graded, with the ratio quota ÷ none.
+
 Run: ``.venv/bin/python benchmarks/job_throughput.py`` (≈ 2 min on 2 cores).
 """
 
@@ -122,12 +127,44 @@ def through_raygrade(url: str, job: GradingJob) -> dict:
             "items_per_s": p["items_graded"] / wall, "students_per_s": p["students"] / wall}
 
 
+def small_jobs(url: str, n: int, concurrency: int = 8) -> dict:
+    """``n`` one-student text jobs POSTed ``concurrency`` at a time; POST latency and the wall
+    time until every job is terminal."""
+    body = text_job(1).model_dump_json()
+
+    async def run() -> tuple[list[float], list[str], float]:
+        sem, lat, ids = asyncio.Semaphore(concurrency), [], []
+        async with httpx.AsyncClient(timeout=120) as http:
+            async def one():
+                async with sem:
+                    t = time.perf_counter()
+                    r = await http.post(f"{url}/v1/jobs", content=body, headers={"content-type": "application/json"})
+                    r.raise_for_status()
+                    lat.append(time.perf_counter() - t)
+                    ids.append(r.json()["id"])
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(n)))
+            posted = time.perf_counter() - t0
+            for jid in ids:
+                while (await http.get(f"{url}/v1/jobs/{jid}")).json()["state"] not in ("succeeded", "partial",
+                                                                                        "failed", "cancelled"):
+                    await asyncio.sleep(0.05)
+            return lat, ids, posted, time.perf_counter() - t0
+
+    lat, ids, posted, wall = asyncio.run(run())
+    lat.sort()
+    return {"jobs": n, "posts_per_s": n / posted, "post_p50_ms": 1e3 * lat[len(lat) // 2],
+            "post_p95_ms": 1e3 * lat[int(0.95 * (len(lat) - 1))], "wall_s": wall, "jobs_per_s": n / wall}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text-students", type=int, default=1000)
     ap.add_argument("--image-students", type=int, default=400)
     ap.add_argument("--page", choices=("scan", "small"), default="scan",
                     help="scan: ≈ 200 KB handwriting-style pages; small: 600×400 blank PNGs (≈ 2 KB)")
+    ap.add_argument("--small-jobs", type=int, default=300, help="one-student jobs, without and with a quota")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
     a = ap.parse_args()
     import ray
@@ -155,6 +192,15 @@ def main() -> None:
         through_raygrade(url, text_job(8))  # warm-up: replicas, tokenizer, connections
         for name, job in jobs.items():
             report["raygrade"][name] = through_raygrade(url, job)
+        if a.small_jobs:
+            from raygrade.protocol import TenantQuota
+            from raygrade.store import JobStore
+
+            report["small"] = {"no quota": small_jobs(url, a.small_jobs)}
+            store = JobStore(args.store.url)  # the operator's side: `raygrade quotas set default ...`
+            store.set_quota("default", TenantQuota(max_active_jobs=10**6, items_per_day=10**9, tokens_per_day=10**12))
+            store.close()
+            report["small"]["quota"] = small_jobs(url, a.small_jobs)
     finally:
         if ray.is_initialized():
             serve.shutdown()
@@ -167,6 +213,16 @@ def main() -> None:
         print(f"| {name} ({r['items']} items, {r['batches']} requests, {r['body_mb']:.1f} MB) | {r['wall_s']:.2f} | "
               f"{r['items_per_s']:.0f} | {r['students_per_s']:.0f} | {r['post_s']:.2f} | {d['items_per_s']:.0f} | "
               f"{r['items_per_s'] / d['items_per_s']:.2f} |")
+    if small := report.get("small"):
+        print("\n| small jobs (1 student, 8 concurrent POSTs) | POSTs/s | POST p50 ms | POST p95 ms "
+              "| jobs/s to graded |")
+        print("|---|---|---|---|---|")
+        for name, r in small.items():
+            print(f"| {name} ({r['jobs']}) | {r['posts_per_s']:.1f} | {r['post_p50_ms']:.0f} | "
+                  f"{r['post_p95_ms']:.0f} | {r['jobs_per_s']:.1f} |")
+        q, n = small["quota"], small["no quota"]
+        print(f"quota ÷ no quota: POSTs/s {q['posts_per_s'] / n['posts_per_s']:.2f}, "
+              f"POST p50 {q['post_p50_ms'] / n['post_p50_ms']:.2f}, jobs/s {q['jobs_per_s'] / n['jobs_per_s']:.2f}")
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "job_throughput.json").write_text(json.dumps(report, indent=2))
 
