@@ -180,6 +180,12 @@ class GradingJob(_Input):
                     raise ValueError(f"submissions[{i}].question_ids: unknown question id {qid!r}")
         return self
 
+    def has_images(self) -> bool:
+        """Whether the job carries image bytes (pages or model-answer images): what the ingress
+        must decode before it records the job."""
+        return (any(isinstance(p, ImagePage) for sub in self.submissions for p in sub.pages)
+                or any(q.model_answer_images for q in self.assessment.questions))
+
     def stored_pages(self) -> list[str]:
         """Where the job holds :class:`StoredImage` pages (``submissions[i].pages[k]``): raygrade's
         own references, which a client may not send."""

@@ -175,8 +175,10 @@ class RaygradeIngress:
                                       "send 'image' or 'text' pages", param=where[0])
         key = idempotency_key or job.options.idempotency_key
         try:
-            # Before the pages are decoded: a job the quota refuses costs no work (a replay is never refused).
-            await _call(self._registry.check_quota.remote(tenant, job.item_count(), key))
+            if job.has_images():
+                # Before the pages are decoded: a job the quota refuses costs no decoding (a replay is
+                # never refused). Text jobs skip this call: the store's transaction checks every job.
+                await _call(self._registry.check_quota.remote(tenant, job.item_count(), key))
             if self._blobs is not None:
                 # Page bytes go to the blob store here, once; the registry receives references only.
                 job = await asyncio.to_thread(externalize, job, self._blobs)
