@@ -23,6 +23,13 @@ from raygrade.errors import ConfigError, InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
+#: CPUs each grading actor reserves: none. The actors are clients (they wait on the provider or
+#: on the model's replicas; ``--actors`` bounds how many), and Ray Data starts the whole pool
+#: before the read runs, whose first task (``ListFiles``) reserves a whole CPU that no option
+#: lowers: with 0.5 each, two actors and the embedded model's one-CPU bundle took every CPU of
+#: a 2-CPU node and the read waited for ever (`ray job submit` as jobs/README.md writes it).
+ACTOR_CPUS = 0
+
 
 @dataclasses.dataclass
 class RegradeSummary:
@@ -117,7 +124,7 @@ def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] |
         graded = ds.repartition(blocks).map_batches(
             RegradeUDF, fn_constructor_args=(cfg.model_dump(mode="json"), assessment.model_dump(mode="json"), run_id),
             compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.submissions_per_block,
-            batch_format="pyarrow", num_cpus=0.5)
+            batch_format="pyarrow", num_cpus=ACTOR_CPUS)
         # One file per finished block, visible as the run goes on (the resume points), written
         # by this driver under a temporary name and renamed: a kill leaves no half file behind.
         # The same loop reports progress in submissions and items, with an ETA.

@@ -67,6 +67,32 @@ def test_regrade_writes_one_row_per_item_and_reports_against_human_scores(ray_cl
     assert len(fake.log) == 3, "12 students packed 4 per block, one request per block"
 
 
+def test_one_free_cpu_is_enough_while_a_model_bundle_holds_the_rest(ray_cluster, fake, dataset, tmp_path):
+    """Ray Data starts the grading actors before the read, whose ``ListFiles`` task needs a whole
+    CPU. With every CPU but one held (as the embedded model's bundle holds one of a 2-CPU node's),
+    the regrade still runs: the actors reserve no CPU (at 0.5 each, two of them took the last CPU
+    and the read waited for ever)."""
+    import threading
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    held = ray.available_resources().get("CPU", 0) - 1
+    pg = placement_group([{"CPU": held}]) if held > 0 else None
+    done: dict = {}
+    try:
+        assert pg is None or pg.wait(timeout_seconds=60)
+        t = threading.Thread(daemon=True, target=lambda: done.update(
+            s=run_regrade(config(dataset, tmp_path / "out", fake).model_copy(update={"actors": 2}))))
+        t.start()
+        t.join(timeout=180)
+    finally:
+        if pg is not None:
+            remove_placement_group(pg)  # a hung run would go on from here: the assertion below says so
+    assert "s" in done, "the regrade did not finish with one free CPU"
+    assert (done["s"].items, done["s"].failed_items) == (12, 0)
+
+
 def test_failed_batches_are_error_rows_and_a_rerun_retries_only_them(ray_cluster, fake, dataset, tmp_path):
     out = tmp_path / "out"
     fake.script.extend(["500"])  # the first request fails (no retries configured)
