@@ -8,7 +8,8 @@ idempotent, so any process may die at any point and the work resumes from here.
 Parts: :mod:`~raygrade.store.schema` (tables, engine, Alembic migrations),
 :mod:`~raygrade.store.states` (the state machines), :mod:`~raygrade.store.core` (shared
 helpers), :mod:`~raygrade.store.jobs` (:class:`JobStore`), :mod:`~raygrade.store.batches`
-(plans, leases, completion), :mod:`~raygrade.store.outbox` (webhooks).
+(plans, leases, completion), :mod:`~raygrade.store.outbox` (webhooks),
+:mod:`~raygrade.store.keys` (tenants' API keys), :mod:`~raygrade.store.quotas` (tenants' quotas).
 
 State machines (:mod:`raygrade.store.states`; a transition not listed raises
 :class:`IllegalTransitionError`)::
