@@ -27,7 +27,7 @@ from raygrade.protocol import TenantQuota
 from raygrade.store import JobStore
 from raygrade.testing.fake_openai import fake_provider_config
 
-IDLE_S = 6.0  # the app's body_idle_timeout_s
+IDLE_S = 10.0  # the app's body_idle_timeout_s
 LIMIT = 2 * 1024 * 1024  # the app's max_body_bytes
 
 
