@@ -41,15 +41,15 @@ class StoreCore:
             InvalidRequestError: a page image Pillow cannot read (HTTP 400, naming the page).
         """
         return externalize(job, self.blobs)
+    def _insert(self, table: sa.Table):
+        """``INSERT`` in this back end's dialect (with ``on_conflict_do_nothing/_do_update``)."""
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
     def _insert_ignore(self, table: sa.Table):
         """``INSERT … ON CONFLICT DO NOTHING`` in this back end's dialect."""
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            return postgresql.insert(table).on_conflict_do_nothing()
-        from sqlalchemy.dialects import sqlite
-
-        return sqlite.insert(table).on_conflict_do_nothing()
+        return self._insert(table).on_conflict_do_nothing()
 
     def _job_row(self, conn, job_id: str, *, lock: bool = False, tenant: str | None = None):
         """The job's row; with ``tenant``, only if the job is that tenant's (another tenant's job

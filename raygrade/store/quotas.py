@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -37,11 +38,13 @@ def _quota(row) -> TenantQuota:
 
 
 class TenantQuotas:
-    """Quota operations of :class:`raygrade.store.JobStore` (needs ``engine``, ``dialect``, ``_clock``)."""
+    """Quota operations of :class:`raygrade.store.JobStore` (needs ``engine``, ``dialect``, ``_clock``
+    and ``_insert`` of :class:`raygrade.store.core.StoreCore`)."""
 
     engine: sa.Engine
     dialect: str
     _clock: Callable[[], float]
+    _insert: Callable[[sa.Table], Any]
 
     # -- the operator's side (``raygrade quotas``) ----------------------------------------------
     def set_quota(self, tenant: str, quota: TenantQuota) -> TenantQuota:
@@ -52,11 +55,8 @@ class TenantQuotas:
         """
         check_tenant(tenant)
         values = {**quota.model_dump(), "updated_at": self._clock()}
-        from sqlalchemy.dialects import postgresql, sqlite
-
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert  # an upsert in both
         with self.engine.begin() as conn:
-            conn.execute(insert(tenant_quotas).values(tenant=tenant, **values)
+            conn.execute(self._insert(tenant_quotas).values(tenant=tenant, **values)
                          .on_conflict_do_update(index_elements=["tenant"], set_=values))
         return quota
 
