@@ -22,7 +22,8 @@ class RateLimitConfig(_Config):
     """A provider's limits for one model, and how the shared limiter treats them.
 
     Enforced by :class:`raygrade.ratelimit.limiter.RateLimiter` (one actor for the
-    whole cluster), which takes this model as its policy.
+    whole cluster), which takes this model as its policy; where callers of one key configure
+    it differently, the limiter keeps the stricter of each field (:meth:`stricter`).
 
     Attributes:
         rpm: Requests per minute (``None``: unlimited unless response headers give one).
@@ -64,6 +65,47 @@ class RateLimitConfig(_Config):
     max_concurrent_requests: int | None = Field(default=None, gt=0)
     max_concurrent_tokens: int | None = Field(default=None, gt=0)
     in_flight_timeout_s: float = Field(default=900.0, gt=0)
+
+    def stricter(self, other: RateLimitConfig) -> RateLimitConfig:
+        """The stricter of two callers' limits for the same key, field by field.
+
+        Two callers of one provider and model (replicas of different deployments, a bulk job)
+        may be configured differently; the shared limiter then keeps, for each field, the value
+        that admits less (:data:`STRICTER`): the lower of two limits (a limit beats none), the
+        shorter window (the same rate in smaller bursts), the longer margin, pause and cooldown,
+        counting rejected calls, learning from headers, keeping unused ``max_tokens`` charged.
+
+        Returns:
+            A new config (``self`` when ``other`` is equal).
+        """
+        if other == self:
+            return self
+        return RateLimitConfig(**{name: rule(getattr(self, name), getattr(other, name))
+                                  for name, rule in STRICTER.items()})
+
+
+def _lower_limit(a: int | None, b: int | None) -> int | None:
+    """The lower of two limits, where ``None`` (no limit) is the loosest."""
+    return b if a is None else a if b is None else min(a, b)
+
+
+#: For each field of :class:`RateLimitConfig`: which of two values admits less.
+STRICTER: dict[str, Any] = {
+    "rpm": _lower_limit,
+    "tpm": _lower_limit,
+    "window_s": min,
+    "window_margin_s": max,
+    "refund_unused": lambda a, b: a and b,
+    "learn_from_headers": lambda a, b: a or b,
+    "default_backoff_s": max,
+    "breaker_failure_threshold": min,
+    "breaker_cooldown_s": max,
+    "breaker_max_cooldown_s": max,
+    "rejected_requests_count": lambda a, b: a or b,
+    "max_concurrent_requests": _lower_limit,
+    "max_concurrent_tokens": _lower_limit,
+    "in_flight_timeout_s": max,
+}
 
 
 class ProviderConfig(_Config):

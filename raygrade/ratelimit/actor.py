@@ -10,6 +10,8 @@ Restarts: Ray restarts the actor (``max_restarts=-1``) with empty state. It then
 knows it was reconstructed and starts every window as if fully used during
 the last minute (:class:`~raygrade.ratelimit.limiter.RateLimiter` with
 ``restarted=True``); limits travel with every call, so it reconfigures itself.
+Callers configured differently never reset each other's key: it keeps the stricter of
+each limit its callers offered (:meth:`RateLimiter.configure`).
 Callers retry an acquire that the dying actor never answered; a settlement
 the new actor does not know only updates headers, pause and breaker.
 """

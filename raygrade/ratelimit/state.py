@@ -105,6 +105,8 @@ class Correction:
 class _KeyState:
     def __init__(self, key: str, limits: RateLimitConfig):
         self.key, self.limits = key, limits
+        # What each caller of this key configured, and when it last said so (see RateLimiter.configure).
+        self.offered: list[tuple[RateLimitConfig, float]] = []
         self.scale = limits.window_s / 60.0  # per-minute limit -> per-window limit
         self.window_s = limits.window_s + limits.window_margin_s
         self.learned: dict[str, float] = {}  # per minute
@@ -138,6 +140,22 @@ class _KeyState:
         self.timer: asyncio.Task | None = None
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
                       "failures": 0, "rejected_open": 0, "header_corrections": 0}
+
+    def set_limits(self, limits: RateLimitConfig, now: float) -> None:
+        """Put ``limits`` in force, keeping everything charged, queued, in flight and learned
+        (a different window resizes the windows, see :meth:`SlidingWindow.resize`)."""
+        old, self.limits = self.limits, limits
+        self.scale = limits.window_s / 60.0
+        window_s = limits.window_s + limits.window_margin_s
+        if window_s != self.window_s:
+            self.window_s = window_s
+            for w in (self.req, self.tok):
+                if w is not None:
+                    w.resize(window_s, now)
+        if (old.breaker_failure_threshold, old.breaker_cooldown_s, old.breaker_max_cooldown_s) != (
+                limits.breaker_failure_threshold, limits.breaker_cooldown_s, limits.breaker_max_cooldown_s):
+            self.breaker = self._breaker(limits)
+        self.apply_limits()
 
     def counts_rejections(self) -> bool:
         """Whether a rejected call stays charged: configured so, or learned from the headers."""

@@ -156,6 +156,25 @@ class SlidingWindow:
         entry.expires += seconds
         self._timed.append(entry)
 
+    def resize(self, window_s: float, now: float) -> None:
+        """Change the window's length, keeping what is charged: each live entry frees at the later
+        of its own expiry and its charge time plus the new length (a change of configuration never
+        frees capacity early); new charges free one new window after they are made.
+
+        Raises:
+            ValueError: ``window_s`` is not positive.
+        """
+        if window_s <= 0:
+            raise ValueError("window_s must be > 0")
+        self._expire(now)
+        if window_s < self.window_s:  # old entries now outlive newer ones: no longer in expiry order
+            self._timed.extend(self._log)
+            self._log.clear()
+        else:
+            for c in self._log:  # same order as before: every entry moves by the same rule
+                c.expires = max(c.expires, c.t + window_s)
+        self.window_s = float(window_s)
+
     def prefill(self, now: float, steps: int = 60) -> None:
         """Assume the window was used at exactly the limit, evenly, until ``now``.
 

@@ -7,9 +7,10 @@ import pytest
 from support.clock import VirtualClock
 
 from raygrade.config import RateLimitConfig
+from raygrade.config.provider import STRICTER
 from raygrade.errors import CircuitOpenError
 from raygrade.ratelimit.breaker import CircuitBreaker
-from raygrade.ratelimit.limiter import RateLimiter
+from raygrade.ratelimit.limiter import OFFER_TTL_S, RateLimiter
 from raygrade.ratelimit.window import SlidingWindow, parse_duration, parse_rate_limit_headers
 
 W = 61.0  # 60 s + the default 1 s margin
@@ -120,6 +121,104 @@ def test_unknown_key_and_bad_arguments():
         with pytest.raises(ValueError):
             await lim.acquire("k", 1, priority="urgent")
     run(main)
+
+
+# -- who sets a key's limits ----------------------------------------------------------------
+def test_callers_disagreeing_on_limits_never_reset_the_key():
+    """Regression: two callers whose configs differed only in ``window_margin_s`` each reset the
+    key's windows, and 3,600 tokens were admitted at one instant under ``tpm=1000``."""
+    async def main():
+        clock = VirtualClock()
+        lim = RateLimiter(clock=clock, sleep=clock.sleep)
+        a, b = RateLimitConfig(tpm=1000), RateLimitConfig(tpm=1000, window_margin_s=2.0)
+        granted = []
+        for i in range(6):
+            lim.configure("k", a if i % 2 == 0 else b)
+            granted.append(asyncio.create_task(lim.acquire("k", 600)))
+            await clock.settle()
+        assert sum(t.done() for t in granted) == 1, "one 600-token call fits 1000 per window, not six"
+        assert lim.snapshot()["k"]["admitted_tokens"] == 600
+        await clock.advance(62.0 + 0.01)  # the stricter margin (2 s) is in force
+        assert sum(t.done() for t in granted) == 2
+        for t in granted:
+            t.cancel()
+    run(main)
+
+
+def test_the_stricter_of_each_field_is_kept_whoever_configures_last(caplog):
+    async def main():
+        clock = VirtualClock()
+        lim = RateLimiter(clock=clock, sleep=clock.sleep)
+        lim.configure("k", RateLimitConfig(tpm=1000, rpm=None, default_backoff_s=5))
+        with caplog.at_level("WARNING", logger="raygrade.ratelimit.limiter"):
+            lim.configure("k", RateLimitConfig(tpm=5000, rpm=10, default_backoff_s=1))
+            lim.configure("k", RateLimitConfig(tpm=5000, rpm=10, default_backoff_s=1))  # known: no second warning
+        snap = lim.snapshot()["k"]
+        assert (snap["tpm"], snap["rpm"]) == (1000, 10)
+        assert [r.getMessage() for r in caplog.records] == [
+            "callers of k configure different rate limits (default_backoff_s, rpm, tpm); keeping the stricter of each"]
+        r = await lim.acquire("k", 100)
+        await lim.settle(r, 100, outcome="rate_limited")
+        assert snap["paused_for_s"] == 0 and lim.snapshot()["k"]["paused_for_s"] == 5, "the longer backoff"
+    run(main)
+
+
+def test_a_callers_limits_stop_binding_once_it_is_silent():
+    async def main():
+        clock = VirtualClock()
+        lim = RateLimiter(clock=clock, sleep=clock.sleep)
+        loose, strict = RateLimitConfig(tpm=5000), RateLimitConfig(tpm=1000)
+        lim.configure("k", strict)
+        lim.configure("k", loose)
+        assert lim.snapshot()["k"]["tpm"] == 1000
+        await clock.advance(OFFER_TTL_S - 1)
+        lim.configure("k", loose)
+        assert lim.snapshot()["k"]["tpm"] == 1000, "the strict caller spoke within the TTL"
+        await clock.advance(2)
+        lim.configure("k", loose)
+        assert lim.snapshot()["k"]["tpm"] == 5000
+    run(main)
+
+
+def test_a_stricter_window_keeps_what_was_charged():
+    async def main():
+        clock = VirtualClock()
+        lim = RateLimiter(clock=clock, sleep=clock.sleep)
+        lim.configure("k", RateLimitConfig(tpm=600, window_margin_s=0))  # 600 per 60 s
+        await lim.acquire("k", 600)
+        lim.configure("k", RateLimitConfig(tpm=600, window_s=6, window_margin_s=0))  # 60 per 6 s
+        t = asyncio.create_task(lim.acquire("k", 10))
+        await clock.advance(59.9)
+        assert not t.done(), "the 600 charged under the 60-s window stay until it ends"
+        await clock.advance(0.2)
+        assert t.done()
+        assert lim.snapshot()["k"]["tokens_available"] == 50
+    run(main)
+
+
+def test_a_longer_window_extends_what_was_charged():
+    w = SlidingWindow(100, 10)
+    w.charge(100, 0)
+    w.resize(60, 5)
+    assert w.used(59) == 100 and w.used(60) == 0
+    w.charge(100, 60)  # frees at 120
+    w.resize(10, 61)
+    w.charge(10, 61)  # frees at 71
+    assert w.used(70) == 110 and w.used(72) == 100, "a newer, shorter-lived entry is not stuck behind an older one"
+    assert w.used(120) == 0
+    with pytest.raises(ValueError):
+        w.resize(0, 60)
+
+
+def test_every_rate_limit_field_has_a_stricter_rule():
+    assert set(STRICTER) == set(RateLimitConfig.model_fields)
+    a = RateLimitConfig(rpm=10, refund_unused=False, max_concurrent_tokens=100)
+    b = RateLimitConfig(tpm=99, window_s=10, rejected_requests_count=False, max_concurrent_tokens=50)
+    merged = a.stricter(b)
+    assert merged == b.stricter(a)
+    assert (merged.rpm, merged.tpm, merged.window_s, merged.refund_unused, merged.rejected_requests_count,
+            merged.max_concurrent_tokens) == (10, 99, 10, False, True, 50)
+    assert a.stricter(a) is a
 
 
 # -- headers ------------------------------------------------------------------------------
