@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     # Ray Data's own bars cannot know the row count of a filtered, repartitioned read (they show
     # "0/?" for the whole run); the driver's lines below count submissions and items with an ETA.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    if a.serve_config and cfg.provider.kind != "reference_similarity":
+    if a.serve_config and cfg.provider.traits.calls_model:
         # Which budget this run draws from: the online app's limiter only lives on the app's cluster.
         where = ("shared with the Serve app on this cluster" if _serve_runs_here() else
                  "NOT shared: no Serve app runs on this cluster (submit with `ray job submit` to the "

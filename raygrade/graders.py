@@ -1,7 +1,7 @@
 """Grader factories: the right grader for a provider configuration.
 
-Above both graders (:class:`raygrade.grading.BatchGrader` over an OpenAI-compatible
-endpoint, :class:`raygrade.baseline.similarity.ReferenceSimilarityGrader`), so neither
+Above both graders (:class:`raygrade.grading.BatchGrader` over a provider's adapter,
+:class:`raygrade.baseline.similarity.ReferenceSimilarityGrader`), so neither
 imports the other; Serve's ``Grader`` deployment, bulk regrades and benchmarks build
 graders here.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from raygrade.errors import ConfigError
-from raygrade.grading import BatchGrader, ChatProvider, Limiter
+from raygrade.grading import BatchGrader, Limiter
+from raygrade.providers.base import ChatProvider
 from raygrade.ratelimit.limiter import Priority
 
 
@@ -21,7 +22,7 @@ def cluster_grader(provider_config, namespace: str | None, *, priority: Priority
     as limiter, reserving at ``priority`` (``"interactive"`` for Serve, ``"bulk"`` for regrades);
     the baseline needs no limiter. Needs a running Ray."""
     limiter = None
-    if provider_config.kind != "reference_similarity":
+    if provider_config.traits.calls_model:
         from raygrade.ratelimit.actor import ActorLimiter
 
         limiter = ActorLimiter(provider_config, namespace, priority=priority)
@@ -31,17 +32,17 @@ def cluster_grader(provider_config, namespace: str | None, *, priority: Priority
 
 def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_retries: int = 2,
                        model_handle: Any = None, chat_provider: ChatProvider | None = None):
-    """The grader for a provider config: :class:`BatchGrader` over an OpenAI-compatible
-    endpoint, or the zero-cost reference-similarity baseline (``kind="reference_similarity"``,
-    no provider, no limiter). Both have ``async grade(GradeBatch) -> BatchOutcome``.
+    """The grader for a provider config: :class:`BatchGrader` over its kind's adapter
+    (:func:`raygrade.providers.registry.build_chat_provider`), or the zero-cost reference-similarity
+    baseline for a kind that calls no model (no provider, no limiter). Both have
+    ``async grade(GradeBatch) -> BatchOutcome``.
 
     Args:
         provider_config: A :class:`raygrade.config.ProviderConfig`.
         limiter: The shared limiter (``ActorLimiter``); unused by the baseline.
         max_parse_retries: Re-asks for schema-invalid items.
-        model_handle: For a model served in the application (``kind="serve_llm"``, or the
-            embedded ``local_vllm``): its ``LLMServer`` deployment handle
-            (:class:`raygrade.providers.serve_llm.ServeLLMProvider`).
+        model_handle: For a model served in the application (``provider_config.served_in_app``):
+            its ``LLMServer`` deployment handle (:class:`raygrade.providers.serve_llm.ServeLLMProvider`).
         chat_provider: Answers in place of the endpoint (the Batch API's output replayed).
 
     Raises:
@@ -49,24 +50,14 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
             model served in the application; a hosted provider whose API key variable is unset; an
             unreadable or invalid ``calibration_path``.
     """
-    if provider_config.kind == "reference_similarity":
+    if not provider_config.traits.calls_model:
         from raygrade.baseline.similarity import ReferenceSimilarityGrader
 
         return ReferenceSimilarityGrader(model_name=provider_config.model)
-    provider: ChatProvider
-    if chat_provider is not None:
-        provider = chat_provider
-    elif provider_config.served_in_app:
-        if model_handle is None:
-            raise ConfigError(f"provider {provider_config.name!r} ({provider_config.kind}) needs the deployment "
-                              f"handle of model {provider_config.model!r}", param="model")
-        from raygrade.providers.serve_llm import ServeLLMProvider
+    if chat_provider is None:
+        from raygrade.providers.registry import build_chat_provider
 
-        provider = ServeLLMProvider(provider_config, model_handle)
-    else:
-        from raygrade.providers.openai_compat import OpenAICompatibleProvider
-
-        provider = OpenAICompatibleProvider(provider_config)
+        chat_provider = build_chat_provider(provider_config, model_handle)
     fallback = baseline = None
     if provider_config.fallback_to_baseline or provider_config.baseline_agreement:
         from raygrade.baseline.similarity import ReferenceSimilarityGrader
@@ -81,7 +72,7 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
     if limiter is None:
         raise ConfigError(f"provider {provider_config.name!r} calls an endpoint and needs a rate limiter")
     return BatchGrader(
-        provider, limiter, bucket_key=provider_config.bucket_key, max_retries=provider_config.max_retries,
+        chat_provider, limiter, bucket_key=provider_config.bucket_key, max_retries=provider_config.max_retries,
         max_parse_retries=max_parse_retries, schema_bounds=provider_config.schema_bounds,
         retry_after_cap_s=provider_config.retry_after_cap_s,
         max_completion_tokens=provider_config.max_completion_tokens, fallback=fallback, calibration=calibration,

@@ -25,16 +25,11 @@ from raygrade.errors import (
 from raygrade.evaluation import score_level
 from raygrade.prompts import ParsedGrade, StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import GradeResult, GradingErrorItem, Usage
-from raygrade.providers.openai_compat import ChatResult
+from raygrade.providers.base import ChatProvider, ChatRequest, ChatResult
 from raygrade.ratelimit.limiter import Outcome, Reservation
 from raygrade.retry import call_with_retries
 
 logger = logging.getLogger(__name__)
-
-
-class ChatProvider(Protocol):
-    async def chat(self, messages, *, max_tokens, temperature, json_schema=None, schema_name="grades",
-                   model=None) -> ChatResult: ...
 
 
 class Limiter(Protocol):
@@ -50,12 +45,14 @@ class Limiter(Protocol):
                      answer_s: float | None = None, grant_trip_s: float | None = None) -> None: ...
 
 
-def batch_prompt(batch: GradeBatch, students: list[StudentWork], *, bounds: bool = False
-                 ) -> tuple[list[dict], dict]:
-    """The chat messages and the output JSON schema of one request grading ``students`` of ``batch``
-    (all of them, or those a re-ask carries); ``bounds`` puts score ranges in the schema."""
+def batch_request(batch: GradeBatch, students: list[StudentWork], *, max_tokens: int, bounds: bool = False
+                  ) -> ChatRequest:
+    """The request grading ``students`` of ``batch`` (all of them, or those a re-ask carries) with a
+    completion budget of ``max_tokens``: its chat messages and output JSON schema; ``bounds`` puts
+    score ranges in the schema."""
     messages = build_messages(batch.questions, students, include_model_answer_images=batch.include_model_answer_images)
-    return messages, output_schema(batch.questions, students, bounds=bounds)
+    return ChatRequest(messages, max_tokens=max_tokens, temperature=batch.temperature,
+                       json_schema=output_schema(batch.questions, students, bounds=bounds), model=batch.model)
 
 
 class UnmeteredLimiter:
@@ -137,7 +134,7 @@ class BatchGrader:
                     timing: dict[str, float] | None = None) -> ChatResult:
         """One request (with retries); adds seconds to ``timing["limiter"]`` and ``timing["provider"]``."""
         timing = timing if timing is not None else {"limiter": 0.0, "provider": 0.0, "grant_to_send": 0.0}
-        messages, schema = batch_prompt(batch, students, bounds=self._bounds)
+        request = batch_request(batch, students, max_tokens=max_tokens, bounds=self._bounds)
         estimate = batch.prompt_tokens_estimate + max_tokens
         # The prompt estimate is the whole batch's: only a call carrying the whole batch teaches the
         # limiter the provider's count (a re-ask of a few students would look like an over-estimate).
@@ -154,9 +151,7 @@ class BatchGrader:
             # The grant's trip here is at most the round trip less the queueing the limiter reports.
             trip = max(0.0, granted - t0 - r.waited_s)
             try:
-                res = await self._provider.chat(messages, max_tokens=max_tokens,
-                                                temperature=batch.temperature, json_schema=schema,
-                                                model=batch.model)
+                res = await self._provider.chat(request)
             except BaseException as exc:
                 # A failed call keeps its estimate charged: hosted providers count
                 # rejected and failed requests against the limit too.

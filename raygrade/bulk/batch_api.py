@@ -48,7 +48,7 @@ from raygrade.bulk.batch_collect import BatchCollection, Replay
 from raygrade.bulk.config import RegradeConfig
 from raygrade.bulk.plan import BlockPlanner
 from raygrade.bulk.schema import page_count
-from raygrade.grading import batch_prompt
+from raygrade.grading import batch_request
 from raygrade.planner import JSON_OVERHEAD_TOKENS
 from raygrade.protocol import Assessment
 from raygrade.providers.openai_compat import chat_request
@@ -145,9 +145,8 @@ class BatchApiRun(BatchCollection):
             lines, plans, size = [], [], 0
 
         for b in batches:
-            messages, schema = batch_prompt(b, b.students, bounds=self.cfg.provider.schema_bounds)
-            body = chat_request(self.cfg.provider, messages, max_tokens=b.max_tokens, temperature=b.temperature,
-                                json_schema=schema, model=b.model) | (self.cfg.provider.extra_body or {})
+            request = batch_request(b, b.students, max_tokens=b.max_tokens, bounds=self.cfg.provider.schema_bounds)
+            body = chat_request(self.cfg.provider, request) | (self.cfg.provider.extra_body or {})
             line = json.dumps({"custom_id": b.batch_id, "method": "POST", "url": "/v1/chat/completions",
                                "body": body}) + "\n"
             if lines and (len(lines) >= limits.max_requests_per_file or size + len(line) > limits.max_file_bytes):

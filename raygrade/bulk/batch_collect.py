@@ -17,7 +17,8 @@ from raygrade.bulk.plan import BlockPlanner
 from raygrade.bulk.schema import error_rows
 from raygrade.grading import UnmeteredLimiter
 from raygrade.protocol import Assessment
-from raygrade.providers.openai_compat import ChatResult, chat_result
+from raygrade.providers.base import ChatRequest, ChatResult
+from raygrade.providers.openai_compat import chat_result
 
 #: Error types of items worth another submission.
 RETRYABLE = frozenset({"output_parse_error", "batch_expired", "batch_cancelled", "provider_error", "batch_missing"})
@@ -28,10 +29,13 @@ class Replay:
 
     current: ChatResult | None = None
 
-    async def chat(self, messages, *, max_tokens, temperature, json_schema=None, schema_name="grades", model=None):
+    async def chat(self, request: ChatRequest) -> ChatResult:
         assert self.current is not None, "a batch answer is replayed once"
         result, self.current = self.current, None
         return result
+
+    async def close(self) -> None:
+        """Nothing to release: the answers were read from the Batch API's output."""
 
 
 def line_error(line: dict[str, Any] | None) -> tuple[str, str]:

@@ -109,10 +109,9 @@ def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] |
             raise ConfigError(f"provider {cfg.provider.name!r} grades with model {cfg.provider.model!r} served in a "
                               "Serve application: give model_deployment (jobs/regrade.py finds or deploys it)",
                               param="model_deployment")
-        if cfg.provider.kind == "openai_compatible" and cfg.provider.check_on_start:
-            from raygrade.providers.openai_compat import check_provider
+        from raygrade.providers.registry import check_on_start
 
-            check_provider(cfg.provider)  # a missing key or an unknown model ends the run here, before any grading
+        check_on_start(cfg.provider)  # a missing key or an unknown model ends the run here, before any grading
         keep = pa.array(sorted(todo))
         ds = ds.map_batches(_keep_rows, fn_kwargs={"keep": keep}, batch_format="pyarrow")  # type: ignore[arg-type]
         blocks = max(cfg.actors, math.ceil(len(todo) / cfg.submissions_per_block))

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from raygrade.config.api import ApiConfig
-from raygrade.config.provider import ProviderConfig, RateLimitConfig, _Config
+from raygrade.config.provider import PROVIDER_KINDS, ProviderConfig, RateLimitConfig, _Config
 from raygrade.selfhosted import LocalEngineConfig, ServedModelConfig
 
 
@@ -129,7 +129,7 @@ class RaygradeArgs(_Config):
     @property
     def embedded_engine(self) -> LocalEngineConfig | None:
         """The embedded model to deploy: ``local_engine`` when the provider is the embedded default, else ``None``."""
-        if self.provider.kind == "local_vllm" and self.provider.base_url is None:
+        if self.provider.embedded:
             return self.local_engine
         return None
 
@@ -143,7 +143,7 @@ class RaygradeArgs(_Config):
     @model_validator(mode="after")
     def _check(self) -> RaygradeArgs:
         p = self.provider
-        if p.kind == "local_vllm" and p.base_url is None:
+        if p.embedded:
             self.local_engine = self.local_engine or LocalEngineConfig(served_model_name=p.model)
             if p.model != self.local_engine.served_model_name:
                 raise ValueError(f"the embedded provider asks for model {p.model!r} but local_engine serves "
@@ -158,8 +158,8 @@ class RaygradeArgs(_Config):
         ids = [m.model_id for m in served]
         if len(ids) != len(set(ids)):
             raise ValueError("models: model_id values must be unique (and differ from the embedded model's)")
-        if p.kind == "serve_llm" and p.model not in ids:
-            raise ValueError(f"provider kind 'serve_llm' names model {p.model!r}, which is not among "
+        if p.served_in_app and p.model not in ids:
+            raise ValueError(f"provider kind {p.kind!r} names model {p.model!r}, which is not among "
                              f"models ({ids or 'none configured'})")
         rl = self.provider.rate_limit
         if self.provider.served_in_app and rl.max_concurrent_requests is None and rl.rpm is rl.tpm is None:
@@ -192,24 +192,15 @@ def local_vllm_provider(engine: LocalEngineConfig | None = None) -> ProviderConf
 
 
 def local_vllm_batcher() -> BatcherConfig:
-    """Batcher budgets for the embedded CPU engine.
-
-    vLLM on CPU is bound by per-step overhead (≈ 7 tokens/s for one stream, ≈ 40 for
-    four on 2 cores), so many small requests decode faster than a few large ones.
-    """
-    # 256 tokens per item covers the schema's 200-character feedback even at one character
-    # per token, plus the score, confidence and JSON keys.
-    return BatcherConfig(max_students_per_request=2, completion_tokens_per_item=256)
+    """Batcher budgets for the embedded CPU engine (its kind's ``batcher_defaults``, see
+    :data:`~raygrade.config.provider.PROVIDER_KINDS`)."""
+    return BatcherConfig(**PROVIDER_KINDS["local_vllm"].batcher_defaults)
 
 
 def default_batcher(provider: ProviderConfig) -> BatcherConfig:
-    """The batcher preset for ``provider`` when none is given: small requests for the embedded CPU
-    model (:func:`local_vllm_batcher`), 64 students a request for the baseline (no model), else defaults."""
-    if provider.kind == "local_vllm":
-        return local_vllm_batcher()
-    if provider.kind == "reference_similarity":
-        return BatcherConfig(max_students_per_request=64)
-    return BatcherConfig()
+    """The batcher preset for ``provider`` when none is given: its kind's ``batcher_defaults``
+    (small requests for the embedded CPU model, 64 students a request for the baseline), else defaults."""
+    return BatcherConfig(**provider.traits.batcher_defaults)
 
 
 def reference_similarity_provider() -> ProviderConfig:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -108,6 +110,48 @@ STRICTER: dict[str, Any] = {
 }
 
 
+ProviderKind = Literal["openai_compatible", "local_vllm", "serve_llm", "reference_similarity"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderKindTraits:
+    """What configuration needs to know about a provider ``kind`` (its adapter, the code that
+    calls the model, is :mod:`raygrade.providers.registry`'s).
+
+    Attributes:
+        calls_model: ``False`` for a grader without a model (the reference-similarity
+            baseline): no provider adapter, no rate limiter, no tokens.
+        hosted: A remote API called with an API key: the key's variable must be set (unless
+            ``api_key_env`` is null for a keyless server at ``base_url``).
+        in_app: Where the model runs: ``"always"`` a deployment of the application (called by
+            handle), ``"without_base_url"`` the embedded default model unless a ``base_url``
+            points at a server, ``"never"`` behind a URL.
+        own_tokenizer: ``tokenizer: hf`` needs no ``tokenizer_path``: raygrade prepares the
+            model's folder (the embedded model's converted checkpoint) and finds it there.
+        batcher_defaults: :class:`~raygrade.config.BatcherConfig` fields used when the
+            application's args set no batcher (sizes that suit the kind's model).
+    """
+
+    calls_model: bool = True
+    hosted: bool = False
+    in_app: Literal["always", "without_base_url", "never"] = "never"
+    own_tokenizer: bool = False
+    batcher_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+#: Every provider ``kind`` and its traits (:class:`ProviderKindTraits`). The embedded CPU engine
+#: decodes ≈ 7 tokens/s per stream on 2 cores: many small requests finish sooner than a few large
+#: ones, and 256 tokens per item covers the schema's 200-character feedback at one character per
+#: token; the baseline has no model, so a request is only a unit of work.
+PROVIDER_KINDS: dict[str, ProviderKindTraits] = {
+    "openai_compatible": ProviderKindTraits(hosted=True),
+    "local_vllm": ProviderKindTraits(in_app="without_base_url", own_tokenizer=True, batcher_defaults={
+        "max_students_per_request": 2, "completion_tokens_per_item": 256}),
+    "serve_llm": ProviderKindTraits(in_app="always"),
+    "reference_similarity": ProviderKindTraits(calls_model=False, batcher_defaults={"max_students_per_request": 64}),
+}
+
+
 class ProviderConfig(_Config):
     """One OpenAI-compatible endpoint and model: hosted (OpenAI, OpenRouter) or vLLM.
 
@@ -121,7 +165,7 @@ class ProviderConfig(_Config):
     """
 
     name: str = "default"
-    kind: Literal["openai_compatible", "local_vllm", "serve_llm", "reference_similarity"] = "openai_compatible"
+    kind: ProviderKind = "openai_compatible"
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
     model: str = "gpt-4o-mini"
@@ -162,16 +206,26 @@ class ProviderConfig(_Config):
 
     @model_validator(mode="after")
     def _check(self) -> ProviderConfig:
-        if self.kind == "openai_compatible" and self.base_url is None and self.api_key_env is None:
+        if self.traits.hosted and self.base_url is None and self.api_key_env is None:
             raise ValueError("a hosted provider needs api_key_env")
-        if self.tokenizer == "hf" and self.tokenizer_path is None and self.kind != "local_vllm":
+        if self.tokenizer == "hf" and self.tokenizer_path is None and not self.traits.own_tokenizer:
             raise ValueError("tokenizer='hf' needs tokenizer_path")
         return self
 
     @property
+    def traits(self) -> ProviderKindTraits:
+        """What this provider's ``kind`` is (:data:`PROVIDER_KINDS`)."""
+        return PROVIDER_KINDS[self.kind]
+
+    @property
+    def embedded(self) -> bool:
+        """Whether this is the embedded default model (deployed by the application from ``local_engine``)."""
+        return self.traits.in_app == "without_base_url" and self.base_url is None
+
+    @property
     def served_in_app(self) -> bool:
         """Whether the model is a deployment of the application (called by handle, not URL)."""
-        return self.kind == "serve_llm" or (self.kind == "local_vllm" and self.base_url is None)
+        return self.traits.in_app == "always" or self.embedded
 
     @property
     def bucket_key(self) -> str:
@@ -188,7 +242,7 @@ class ProviderConfig(_Config):
         value = os.environ.get(self.api_key_env) if self.api_key_env else None
         if value:
             return SecretStr(value)
-        if self.api_key_env and self.kind == "openai_compatible":
+        if self.api_key_env and self.traits.hosted:
             raise ConfigError(f"environment variable {self.api_key_env} is not set (a keyless server: "
                               f"api_key_env: null)", param="api_key_env")
         return SecretStr("EMPTY")

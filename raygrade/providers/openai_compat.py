@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -30,35 +29,10 @@ from raygrade.errors import (
     RateLimitedError,
 )
 from raygrade.protocol import Usage
+from raygrade.providers.base import ChatRequest, ChatResult
 from raygrade.retry import parse_retry_after
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class ChatResult:
-    """One chat completion, reduced to what grading needs.
-
-    Attributes:
-        content: The message text (``None`` when the model refused).
-        finish_reason: ``stop``, ``length``, ...
-        usage: Reported token usage, or ``None`` if the server sent none.
-        model: The model that answered.
-        headers: Response headers, lower-cased (``x-ratelimit-*`` among them).
-        refusal: The refusal text when the model refused.
-        token_logprobs: ``(token, logprob)`` per completion token, when requested and returned.
-        sent_at: ``time.monotonic()`` when the request left (the HTTP client's request hook),
-            or ``None`` when the transport does not say.
-    """
-
-    content: str | None
-    finish_reason: str | None
-    usage: Usage | None
-    model: str
-    headers: dict[str, str]
-    refusal: str | None = None
-    token_logprobs: list[tuple[str, float]] | None = None
-    sent_at: float | None = None
 
 
 #: Where hosted OpenAI answers when ``base_url`` is not set.
@@ -132,19 +106,17 @@ def map_openai_errors() -> Iterator[None]:
         raise OutputParseError("provider response did not match the OpenAI schema") from exc
 
 
-def chat_request(config: ProviderConfig, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float,
-                 json_schema: dict[str, Any] | None = None, schema_name: str = "grades",
-                 model: str | None = None) -> dict[str, Any]:
-    """The body of one ``POST /v1/chat/completions`` for ``config`` (OpenAI's field names).
+def chat_request(config: ProviderConfig, request: ChatRequest) -> dict[str, Any]:
+    """The body of one ``POST /v1/chat/completions`` for ``request`` under ``config`` (OpenAI's field names).
 
-    ``response_format`` is a strict JSON schema when ``json_schema`` is given and the provider
+    ``response_format`` is a strict JSON schema when the request has one and the provider
     supports structured output; ``logprobs`` when the provider scores confidence from them.
     """
-    body: dict[str, Any] = {"model": model or config.model, "messages": messages, "max_tokens": max_tokens,
-                            "temperature": temperature}
-    if json_schema is not None and config.structured_output == "json_schema":
-        body["response_format"] = {"type": "json_schema",
-                                   "json_schema": {"name": schema_name, "schema": json_schema, "strict": True}}
+    body: dict[str, Any] = {"model": request.model or config.model, "messages": request.messages,
+                            "max_tokens": request.max_tokens, "temperature": request.temperature}
+    if request.json_schema is not None and config.structured_output == "json_schema":
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": request.schema_name, "schema": request.json_schema, "strict": True}}
     if config.score_logprobs:
         body["logprobs"] = True
     return body
@@ -215,26 +187,16 @@ class OpenAICompatibleProvider:
             http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [_stamp_send]}),
         )
 
-    async def chat(self, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float,
-                   json_schema: dict[str, Any] | None = None, schema_name: str = "grades",
-                   model: str | None = None) -> ChatResult:
-        """One chat completion (no retries here).
-
-        Args:
-            messages: OpenAI chat messages (text and ``image_url`` parts).
-            max_tokens: Completion budget.
-            temperature: Sampling temperature.
-            json_schema: When given and the provider supports it, constrains the output
-                via ``response_format={"type": "json_schema", ...}``.
-            schema_name: Name of the schema in ``response_format``.
-            model: Overrides the configured model.
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        """One chat completion (no retries here); the output constrained by
+        ``response_format={"type": "json_schema", ...}`` when the request has a schema and the
+        provider supports it.
 
         Raises:
             ProviderStatusError, RateLimitedError, ProviderTimeoutError,
             ProviderConnectionError: translated by :func:`map_openai_errors`.
         """
-        kwargs = chat_request(self.config, messages, max_tokens=max_tokens, temperature=temperature,
-                              json_schema=json_schema, schema_name=schema_name, model=model)
+        kwargs = chat_request(self.config, request)
         if self.config.extra_body:
             kwargs["extra_body"] = self.config.extra_body
         with map_openai_errors():

@@ -16,7 +16,8 @@ from typing import Any
 
 from raygrade.config import ProviderConfig
 from raygrade.errors import ProviderConnectionError, ProviderStatusError, ProviderTimeoutError, RateLimitedError
-from raygrade.providers.openai_compat import ChatResult, chat_request, chat_result
+from raygrade.providers.base import ChatRequest, ChatResult
+from raygrade.providers.openai_compat import chat_request, chat_result
 
 
 class ServeLLMProvider:
@@ -31,9 +32,7 @@ class ServeLLMProvider:
         self.config = config
         self._handle = handle.options(stream=True)  # LLMServer.chat is a generator, even for one answer
 
-    async def chat(self, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float,
-                   json_schema: dict[str, Any] | None = None, schema_name: str = "grades",
-                   model: str | None = None) -> ChatResult:
+    async def chat(self, request: ChatRequest) -> ChatResult:
         """One chat completion (no retries here; :mod:`raygrade.retry` retries).
 
         Raises:
@@ -44,13 +43,11 @@ class ServeLLMProvider:
         """
         from ray.serve.llm.openai_api_models import ChatCompletionRequest, ErrorResponse
 
-        body = chat_request(self.config, messages, max_tokens=max_tokens, temperature=temperature,
-                            json_schema=json_schema, schema_name=schema_name, model=model)
+        body = chat_request(self.config, request)
         body.update(self.config.extra_body)  # vLLM's own sampling parameters, as on its HTTP server
-        request = ChatCompletionRequest(**body)
         sent_at = time.monotonic()
         try:
-            answer = await asyncio.wait_for(self._first(request), timeout=self.config.timeout_s)
+            answer = await asyncio.wait_for(self._first(ChatCompletionRequest(**body)), timeout=self.config.timeout_s)
         except TimeoutError:
             raise ProviderTimeoutError("self-hosted model did not answer in time") from None
         except (ProviderStatusError, ProviderTimeoutError):

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 import time
@@ -70,11 +69,6 @@ from raygrade.ratelimit.state import (  # noqa: F401  (Clock, Outcome, Priority,
 
 logger = logging.getLogger(__name__)
 
-#: A caller's limits stop constraining a key this long after it last offered them (seconds).
-OFFER_TTL_S = 300.0
-#: At most this many distinct limits are remembered per key (the most recent).
-OFFERS_CAP = 16
-
 
 class RateLimiter:
     """Shared RPM/TPM limiter for many keys; see the module docstring for the policy.
@@ -102,11 +96,12 @@ class RateLimiter:
         ``limits`` may be a :class:`~raygrade.config.RateLimitConfig` (its fields are the
         policy), its dict form, or omitted in favour of ``rpm``/``tpm``. Every caller of a key
         offers its own limits (each acquire through the actor carries them); the key keeps, field
-        by field, the stricter of those offered within the last :data:`OFFER_TTL_S` seconds
-        (:meth:`RateLimitConfig.stricter`) and logs a warning when a caller offers limits that
+        by field, the stricter of those offered within the last
+        :data:`~raygrade.ratelimit.offers.OFFER_TTL_S` seconds
+        (:class:`~raygrade.ratelimit.offers.LimitOffers`) and logs a warning when a caller offers limits that
         differ from the others'. So no caller loosens or resets another's limits; limits
         loosened by a redeploy take effect once the last caller of the old ones has been silent
-        for :data:`OFFER_TTL_S`. A change never loses what the key holds: charges, queue, calls
+        for that long. A change never loses what the key holds: charges, queue, calls
         in flight and learned counts stay (a different window resizes the windows).
         """
         if not isinstance(limits, RateLimitConfig):
@@ -114,35 +109,13 @@ class RateLimiter:
         now = self._clock()
         st = self._keys.get(key)
         if st is None:
-            st = self._keys[key] = _KeyState(key, limits)
-            st.offered.append((limits, now))
+            st = self._keys[key] = _KeyState(key, limits, now)
             if self._restarted:
                 for w in (st.req, st.tok):
                     if w is not None:
                         w.prefill(now)
             return
-        changed = False
-        for i, (offered, _) in enumerate(st.offered):
-            if offered == limits:
-                st.offered[i] = (offered, now)
-                break
-        else:
-            st.offered.append((limits, now))
-            changed = True
-            if len(st.offered) > 1:
-                differ = sorted(f for f in RateLimitConfig.model_fields
-                                if getattr(limits, f) != getattr(st.limits, f))
-                logger.warning("callers of %s configure different rate limits (%s); keeping the stricter of each",
-                               key, ", ".join(differ))
-        if len(st.offered) > 1 and (min(t for _, t in st.offered) < now - OFFER_TTL_S
-                                    or len(st.offered) > OFFERS_CAP):
-            fresh = [o for o in st.offered if o[1] >= now - OFFER_TTL_S][-OFFERS_CAP:]
-            changed |= len(fresh) != len(st.offered)
-            st.offered = fresh
-        if not changed:
-            return
-        merged = functools.reduce(RateLimitConfig.stricter, (o for o, _ in st.offered))
-        if merged != st.limits:
+        if (merged := st.offers.offer(limits, now)) is not None:
             st.set_limits(merged, now)
             self._pump(st)
 

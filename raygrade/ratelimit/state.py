@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from raygrade.config import RateLimitConfig
 from raygrade.ratelimit.breaker import CircuitBreaker
+from raygrade.ratelimit.offers import LimitOffers
 from raygrade.ratelimit.window import Charge, SlidingWindow
 
 Clock = Callable[[], float]
@@ -103,10 +104,9 @@ class Correction:
 
 
 class _KeyState:
-    def __init__(self, key: str, limits: RateLimitConfig):
+    def __init__(self, key: str, limits: RateLimitConfig, now: float = 0.0):
         self.key, self.limits = key, limits
-        # What each caller of this key configured, and when it last said so (see RateLimiter.configure).
-        self.offered: list[tuple[RateLimitConfig, float]] = []
+        self.offers = LimitOffers(key, limits, now)  # what each caller configured (RateLimiter.configure)
         self.scale = limits.window_s / 60.0  # per-minute limit -> per-window limit
         self.window_s = limits.window_s + limits.window_margin_s
         self.learned: dict[str, float] = {}  # per minute

@@ -1,11 +1,10 @@
 """``Grader``: autoscaling replicas that grade batches through one provider.
 
-Each replica builds an :class:`~raygrade.providers.openai_compat.OpenAICompatibleProvider`
-(hosted API, a vLLM server) or, for a model deployed in the application (a self-hosted
-model or the embedded default), a :class:`~raygrade.providers.serve_llm.ServeLLMProvider`
-over its ``ray.serve.llm`` deployment handle, and reserves every
-call in the cluster-wide rate limiter actor; or, for ``kind="reference_similarity"``,
-the zero-cost baseline grader, which calls no provider.
+Each replica builds its provider kind's adapter (:mod:`raygrade.providers.registry`: a hosted
+API or a vLLM server by URL; a model deployed in the application, self-hosted or the embedded
+default, over its ``ray.serve.llm`` deployment handle) and reserves every call in the
+cluster-wide rate limiter actor; or, for a kind that calls no model, the zero-cost baseline
+grader.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from raygrade.config import BatcherConfig, ProviderConfig
 from raygrade.graders import cluster_grader
 from raygrade.grading import BatchGrader
 from raygrade.metrics import Recorder
+from raygrade.providers.registry import check_on_start
 
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config
 # format (JSON in serve_config.yaml), as Serve documents for deployment code.
@@ -43,12 +43,9 @@ class Grader:
 
     def __init__(self, provider: ProviderConfig, batcher: BatcherConfig, namespace: str,
                  models: dict | None = None):
-        if provider.kind == "openai_compatible" and provider.check_on_start:
-            # A missing key, an unreachable endpoint or an unknown model fails the replica here:
-            # the deployment is unhealthy with this message in `serve status`, no job is taken.
-            from raygrade.providers.openai_compat import check_provider
-
-            check_provider(provider)
+        # A missing key, an unreachable endpoint or an unknown model fails the replica here:
+        # the deployment is unhealthy with this message in `serve status`, no job is taken.
+        check_on_start(provider)
         self._config, self._batcher_config = provider, batcher
         self._namespace = namespace
         self._model_handle = (models or {}).get(provider.model) if provider.served_in_app else None

@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from raygrade.errors import ProviderConnectionError, ProviderStatusError, RateLimitedError
+from raygrade.providers.base import ChatRequest
 from raygrade.providers.openai_compat import OpenAICompatibleProvider
 from raygrade.testing.fake_openai import FakeOpenAIServer
 from raygrade.testing.fake_openai import fake_provider_config as fake_provider
@@ -15,7 +16,7 @@ SCHEMA = {"type": "object", "properties": {"score": {"type": "number", "minimum"
 
 
 def chat(provider, **kw):
-    return asyncio.run(provider.chat(MSG, max_tokens=kw.pop("max_tokens", 50), temperature=0, **kw))
+    return asyncio.run(provider.chat(ChatRequest(MSG, max_tokens=kw.pop("max_tokens", 50), temperature=0, **kw)))
 
 
 def test_structured_output_usage_and_headers():
@@ -37,8 +38,8 @@ def test_429_becomes_rate_limited_with_retry_after():
         p = OpenAICompatibleProvider(fake_provider(srv.base_url))
 
         async def twice():
-            await p.chat(MSG, max_tokens=50, temperature=0)
-            await p.chat(MSG, max_tokens=50, temperature=0)
+            await p.chat(ChatRequest(MSG, max_tokens=50, temperature=0))
+            await p.chat(ChatRequest(MSG, max_tokens=50, temperature=0))
 
         with pytest.raises(RateLimitedError) as ei:
             asyncio.run(twice())
@@ -80,13 +81,13 @@ def test_server_counts_tokens_like_the_api_and_refunds_unused_max_tokens():
         p = OpenAICompatibleProvider(fake_provider(srv.base_url))
 
         async def go():
-            res = await p.chat(msgs, max_tokens=1000, temperature=0)
+            res = await p.chat(ChatRequest(msgs, max_tokens=1000, temperature=0))
             rec = srv.log[0]
             assert rec.prompt_tokens == res.usage.prompt_tokens == 3 + 3 + 1 + 765, "text + 1024² image = 765"
             assert rec.charged_tokens == rec.prompt_tokens + 1000
             assert rec.final_tokens == res.usage.total_tokens < rec.charged_tokens, "unused max_tokens refunded"
             # After the refund the window has room for a request that would not have fit before.
-            res2 = await p.chat(MSG, max_tokens=10_000 - rec.final_tokens - 20, temperature=0)
+            res2 = await p.chat(ChatRequest(MSG, max_tokens=10_000 - rec.final_tokens - 20, temperature=0))
             assert res2.finish_reason == "stop"
 
         asyncio.run(go())
@@ -100,8 +101,8 @@ def test_token_429_carries_precise_retry_after_and_rate_limit_headers():
         p = OpenAICompatibleProvider(fake_provider(srv.base_url))
 
         async def go():
-            await p.chat(MSG, max_tokens=900, temperature=0)
-            await p.chat(MSG, max_tokens=900, temperature=0)
+            await p.chat(ChatRequest(MSG, max_tokens=900, temperature=0))
+            await p.chat(ChatRequest(MSG, max_tokens=900, temperature=0))
 
         with pytest.raises(RateLimitedError) as ei:
             asyncio.run(go())
@@ -124,7 +125,7 @@ def test_fault_rates_are_seeded_and_logged_and_audit_counts_windows():
             async def go():
                 for _ in range(30):
                     try:
-                        await p.chat(MSG, max_tokens=10, temperature=0)
+                        await p.chat(ChatRequest(MSG, max_tokens=10, temperature=0))
                     except ProviderStatusError:
                         pass
 

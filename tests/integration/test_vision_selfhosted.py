@@ -40,6 +40,7 @@ def test_page_images_reach_a_self_hosted_vision_model(serve_url):
     from raygrade.engine.tiny_vlm import prepare_tiny_vlm
     from raygrade.planner import planner_for
     from raygrade.prompts import StudentWork, build_messages
+    from raygrade.providers.base import ChatRequest
     from raygrade.providers.serve_llm import ServeLLMProvider
     from raygrade.tokens import image_tokens
 
@@ -69,7 +70,8 @@ def test_page_images_reach_a_self_hosted_vision_model(serve_url):
         text_only = StudentWork(student_id="s0", alias="s1", pages=[], page_indices=[], question_ids=["q1"])
 
         async def prompt_tokens(students):
-            out = await chat.chat(build_messages(job.assessment.questions, students), max_tokens=8, temperature=0)
+            out = await chat.chat(ChatRequest(build_messages(job.assessment.questions, students), max_tokens=8,
+                                              temperature=0))
             return out.usage.prompt_tokens
 
         with_image, without = asyncio.run(prompt_tokens([work])), asyncio.run(prompt_tokens([text_only]))

@@ -11,7 +11,7 @@ from raygrade.errors import ProviderStatusError, RateLimitedError
 from raygrade.grading import BatchGrader
 from raygrade.prompts import StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import Question, TextPage, Usage
-from raygrade.providers.openai_compat import ChatResult
+from raygrade.providers.base import ChatResult
 from raygrade.ratelimit.limiter import RateLimiter
 
 Q = [Question(id="q1", prompt="Name a TCP header field.", max_score=1, reference_answer="sequence number"),
@@ -40,13 +40,13 @@ class ScriptedProvider:
         self.script = list(script)
         self.calls = []
 
-    async def chat(self, messages, *, max_tokens, temperature, json_schema=None, schema_name="grades", model=None):
-        self.calls.append({"messages": messages, "schema": json_schema})
+    async def chat(self, request):
+        self.calls.append({"messages": request.messages, "schema": request.json_schema})
         item = self.script.pop(0)
         if isinstance(item, Exception):
             raise item
         if callable(item):
-            item = item(json_schema)
+            item = item(request.json_schema)
         content = item if isinstance(item, str) else json.dumps(item)
         return ChatResult(content=content, finish_reason="stop", usage=Usage(prompt_tokens=80, completion_tokens=20),
                           model="m", headers={})
@@ -185,7 +185,8 @@ class TruncatingProvider(ScriptedProvider):
         super().__init__([])
         self.need = need
 
-    async def chat(self, messages, *, max_tokens, temperature, json_schema=None, schema_name="grades", model=None):
+    async def chat(self, request):
+        max_tokens, json_schema = request.max_tokens, request.json_schema
         self.calls.append({"max_tokens": max_tokens})
         full = json.dumps({a: {q: {"feedback": "f", "score": 1, "confidence": 0.5} for q in v["properties"]}
                            for a, v in json_schema["properties"].items()})
@@ -210,7 +211,8 @@ def test_truncated_output_is_reasked_with_a_larger_budget_up_to_the_cap():
 class PerStudentBudgetProvider(TruncatingProvider):
     """Truncates unless max_tokens covers ``need`` tokens per student in the request."""
 
-    async def chat(self, messages, *, max_tokens, temperature, json_schema=None, schema_name="grades", model=None):
+    async def chat(self, request):
+        max_tokens, json_schema = request.max_tokens, request.json_schema
         n = len(json_schema["properties"])
         self.calls.append({"max_tokens": max_tokens, "students": sorted(json_schema["properties"])})
         full = json.dumps({a: {q: {"feedback": "f", "score": 1, "confidence": 0.5} for q in v["properties"]}
@@ -236,7 +238,7 @@ def test_a_refusal_is_reported_per_item_as_refusal():
                          model="m", headers={})
 
     class Refusing(ScriptedProvider):
-        async def chat(self, *a, **kw):
+        async def chat(self, request):
             self.calls.append({})
             return refusal
 
@@ -269,8 +271,8 @@ def test_grades_take_their_confidence_from_score_logprobs_when_given():
     content = json.dumps(good(b.students))
 
     class LogprobProvider(ScriptedProvider):
-        async def chat(self, *args, **kw):
-            res = await super().chat(*args, **kw)
+        async def chat(self, request):
+            res = await super().chat(request)
             res.token_logprobs = [(ch, math.log(0.8) if ch in "0.5" else 0.0) for ch in res.content]
             return res
 
@@ -328,8 +330,8 @@ def test_charges_leave_the_window_from_when_the_request_was_sent():
             await super().settle(reservation, actual_tokens, **kw)
 
     class LateSender(ScriptedProvider):
-        async def chat(self, *args, **kw):
-            res = await super().chat(*args, **kw)
+        async def chat(self, request):
+            res = await super().chat(request)
             res.sent_at = _time.monotonic() + 2.0  # left two seconds after the grant (a busy replica)
             return res
 

@@ -10,7 +10,8 @@ from raygrade.config import RateLimitConfig
 from raygrade.config.provider import STRICTER
 from raygrade.errors import CircuitOpenError
 from raygrade.ratelimit.breaker import CircuitBreaker
-from raygrade.ratelimit.limiter import OFFER_TTL_S, RateLimiter
+from raygrade.ratelimit.limiter import RateLimiter
+from raygrade.ratelimit.offers import OFFER_TTL_S
 from raygrade.ratelimit.window import SlidingWindow, parse_duration, parse_rate_limit_headers
 
 W = 61.0  # 60 s + the default 1 s margin
@@ -150,7 +151,7 @@ def test_the_stricter_of_each_field_is_kept_whoever_configures_last(caplog):
         clock = VirtualClock()
         lim = RateLimiter(clock=clock, sleep=clock.sleep)
         lim.configure("k", RateLimitConfig(tpm=1000, rpm=None, default_backoff_s=5))
-        with caplog.at_level("WARNING", logger="raygrade.ratelimit.limiter"):
+        with caplog.at_level("WARNING", logger="raygrade.ratelimit.offers"):
             lim.configure("k", RateLimitConfig(tpm=5000, rpm=10, default_backoff_s=1))
             lim.configure("k", RateLimitConfig(tpm=5000, rpm=10, default_backoff_s=1))  # known: no second warning
         snap = lim.snapshot()["k"]
