@@ -26,7 +26,7 @@ from raygrade.evaluation import score_level
 from raygrade.prompts import ParsedGrade, StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import GradeResult, GradingErrorItem, Usage
 from raygrade.providers.base import ChatProvider, ChatRequest, ChatResult
-from raygrade.ratelimit.limiter import Outcome, Reservation
+from raygrade.ratelimit.limiter import Outcome, Reservation, Settlement
 from raygrade.retry import call_with_retries
 
 logger = logging.getLogger(__name__)
@@ -39,10 +39,7 @@ class Limiter(Protocol):
                       prompt_tokens: int | None = None, image_tokens: int | None = None,
                       tenant: str | None = None) -> Reservation: ...
 
-    async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
-                     retry_after_s: float | None = None, headers: dict[str, str] | None = None,
-                     send_delay_s: float | None = None, prompt_tokens: int | None = None,
-                     answer_s: float | None = None, grant_trip_s: float | None = None) -> None: ...
+    async def settle(self, reservation: Reservation, settlement: Settlement) -> None: ...
 
 
 def batch_request(batch: GradeBatch, students: list[StudentWork], *, max_tokens: int, bounds: bool = False
@@ -62,7 +59,7 @@ class UnmeteredLimiter:
     async def acquire(self, key: str, tokens: int, **_: object) -> Reservation:
         return Reservation(0, key, tokens, 0.0, False)
 
-    async def settle(self, reservation: Reservation, actual_tokens: int | None, **_: object) -> None:
+    async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
         return None
 
 
@@ -155,9 +152,9 @@ class BatchGrader:
             except BaseException as exc:
                 # A failed call keeps its estimate charged: hosted providers count
                 # rejected and failed requests against the limit too.
-                await self._limiter.settle(
-                    r, None, outcome=classify_outcome(exc), retry_after_s=getattr(exc, "retry_after_s", None),
-                    headers=getattr(exc, "rate_limit_headers", None))
+                await self._limiter.settle(r, Settlement(
+                    None, outcome=classify_outcome(exc), retry_after_s=getattr(exc, "retry_after_s", None),
+                    headers=getattr(exc, "rate_limit_headers", None)))
                 raise
             finally:
                 timing["provider"] += time.monotonic() - granted
@@ -172,10 +169,11 @@ class BatchGrader:
                 answer_s = time.monotonic() - res.sent_at
             else:  # estimated from the provider's processing time, where it says
                 delay = send_delay(time.monotonic() - granted, res.headers)
-            await self._limiter.settle(r, res.usage.total_tokens if res.usage else None,
-                                       headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")},
-                                       send_delay_s=delay, answer_s=answer_s, grant_trip_s=trip,
-                                       prompt_tokens=res.usage.prompt_tokens if res.usage and whole else None)
+            await self._limiter.settle(r, Settlement(
+                res.usage.total_tokens if res.usage else None,
+                headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")},
+                send_delay_s=delay, answer_s=answer_s, grant_trip_s=trip,
+                prompt_tokens=res.usage.prompt_tokens if res.usage and whole else None))
             return res
 
         return await call_with_retries(attempt, max_retries=self._max_retries,

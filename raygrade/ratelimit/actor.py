@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from raygrade.config import ProviderConfig, RateLimitConfig
-from raygrade.ratelimit.limiter import Outcome, Priority, RateLimiter, Reservation
+from raygrade.ratelimit.limiter import Priority, RateLimiter, Reservation, Settlement
 from raygrade.retry import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -93,13 +92,8 @@ class RateLimiterActor:
         return await self._limiter.acquire(key, tokens, priority=priority, job=job, prompt_tokens=prompt_tokens,
                                            image_tokens=image_tokens, tenant=tenant)
 
-    async def settle(self, reservation: Reservation, actual_tokens: int | None, outcome: Outcome = "ok",
-                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
-                     send_delay_s: float | None = None, prompt_tokens: int | None = None,
-                     answer_s: float | None = None, grant_trip_s: float | None = None) -> None:
-        await self._limiter.settle(reservation, actual_tokens, outcome=outcome, retry_after_s=retry_after_s,
-                                   headers=headers, send_delay_s=send_delay_s, prompt_tokens=prompt_tokens,
-                                   answer_s=answer_s, grant_trip_s=grant_trip_s)
+    async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
+        await self._limiter.settle(reservation, settlement)
 
     async def snapshot(self) -> dict:
         return self._limiter.snapshot()
@@ -150,12 +144,8 @@ class ActorLimiter:
                 self._actor = get_rate_limiter(self._namespace)
         raise AssertionError("unreachable")
 
-    async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
-                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
-                     send_delay_s: float | None = None, prompt_tokens: int | None = None,
-                     answer_s: float | None = None, grant_trip_s: float | None = None) -> None:
+    async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
         try:
-            await self._actor.settle.remote(reservation, actual_tokens, outcome, retry_after_s, headers,
-                                            send_delay_s, prompt_tokens, answer_s, grant_trip_s)
+            await self._actor.settle.remote(reservation, settlement)
         except (ActorDiedError, ActorUnavailableError, RayActorError):
             logger.info("rate limiter actor restarting; settlement of %s dropped", reservation.id)

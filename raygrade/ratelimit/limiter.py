@@ -50,21 +50,24 @@ from raygrade.ratelimit.learning import (
     learn_from_headers,
     recharge_unlearned,
 )
-from raygrade.ratelimit.state import (  # noqa: F401  (Clock, Outcome, Priority, Reservation, Sleep: public here too)
+from raygrade.ratelimit.state import (
     OPEN_RESERVATION_TTL_S,
     OPEN_RESERVATIONS_SOFT_CAP,
-    PRIORITY_RANK,
-    Clock,
-    Outcome,
-    Priority,
-    Reservation,
-    Sleep,
     _KeyState,
     _Open,
     _Waiter,
     head_waiter,
     join_share,
     serve_share,
+)
+from raygrade.ratelimit.types import (  # noqa: F401  (Clock, Outcome, Priority, Reservation, Settlement, Sleep: public here too)
+    PRIORITY_RANK,
+    Clock,
+    Outcome,
+    Priority,
+    Reservation,
+    Settlement,
+    Sleep,
 )
 
 logger = logging.getLogger(__name__)
@@ -167,43 +170,19 @@ class RateLimiter:
                 st.waiters.remove(w)
             elif w.future.done() and not w.future.cancelled() and w.future.exception() is None:
                 # Admitted just as the caller gave up: nothing was sent, keep the charge honest.
-                await self.settle(w.future.result(), 0, outcome="client_error")
+                await self.settle(w.future.result(), Settlement(0, outcome="client_error"))
             self._pump(st)
             raise
 
-    async def settle(self, reservation: Reservation, actual_tokens: int | None, *, outcome: Outcome = "ok",
-                     retry_after_s: float | None = None, headers: Mapping[str, str] | None = None,
-                     send_delay_s: float | None = None, prompt_tokens: int | None = None,
-                     answer_s: float | None = None, grant_trip_s: float | None = None) -> None:
-        """Report how a reserved call ended.
+    async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
+        """Report how a reserved call ended (:class:`~raygrade.ratelimit.state.Settlement`).
 
-        Args:
-            reservation: What :meth:`acquire` returned (an unknown or already-settled
-                one still updates the key's headers, pause and breaker).
-            actual_tokens: ``usage.total_tokens`` when the provider reported it; the
-                reservation is then adjusted to it. ``None`` keeps the estimate.
-            outcome: ``ok``; ``rate_limited`` (429: pauses the key for everyone);
-                ``failure`` (5xx/timeout/connection: counts for the breaker);
-                ``client_error`` (4xx or invalid output: the provider is healthy).
-            retry_after_s: The provider's ``Retry-After`` with a 429.
-            headers: Response headers (``x-ratelimit-*`` are learned from).
-            send_delay_s: Seconds from the caller receiving the grant to the request leaving
-                (measured by the HTTP client), or an upper bound from ``openai-processing-ms``;
-                the call's charges then leave the window that much later.
-            answer_s: Seconds from the request leaving to its answer, measured by the caller.
-                Then ``(now - admission) - answer_s`` bounds the delay from this limiter's
-                admission to the request leaving from above (the grant's trip to the caller
-                and the settlement's trip back included; durations only, so it holds across
-                nodes whose clocks differ).
-            grant_trip_s: An upper bound on the grant's trip from this limiter to the caller:
-                the caller's round trip of :meth:`acquire` less the ``waited_s`` it reports.
-                Then ``send_delay_s + grant_trip_s`` bounds the delay since admission too, and
-                the smaller bound is used: the settlement's own trip back, seconds under load,
-                no longer holds capacity.
-            prompt_tokens: The provider's reported prompt tokens. With the reservation's
-                ``prompt_estimate`` it updates the key's count ratio (an EWMA, fast up, slow
-                down); a ratio outside 0.8–1.25 is logged once per key.
+        An unknown or already-settled ``reservation`` still updates the key's headers, pause
+        and breaker.
         """
+        actual_tokens, outcome, retry_after_s = settlement.actual_tokens, settlement.outcome, settlement.retry_after_s
+        headers, send_delay_s, prompt_tokens = settlement.headers, settlement.send_delay_s, settlement.prompt_tokens
+        answer_s, grant_trip_s = settlement.answer_s, settlement.grant_trip_s
         st = self._keys.get(reservation.key)
         if st is None:
             return

@@ -1,4 +1,4 @@
-"""The rate limiter's types and per-key state: reservations, waiters, open charges, windows per key.
+"""The rate limiter's per-key state: waiters, open charges, windows, learned counts per key.
 
 :class:`~raygrade.ratelimit.limiter.RateLimiter` keeps one :class:`_KeyState` per (provider,
 model) key: its sliding windows (:mod:`raygrade.ratelimit.window`), learned limits, circuit
@@ -10,18 +10,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 from raygrade.config import RateLimitConfig
 from raygrade.ratelimit.breaker import CircuitBreaker
 from raygrade.ratelimit.offers import LimitOffers
+from raygrade.ratelimit.types import Reservation
 from raygrade.ratelimit.window import Charge, SlidingWindow
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
-Priority = Literal["interactive", "bulk"]
-Outcome = Literal["ok", "rate_limited", "failure", "client_error"]
 
 #: Reservations not settled after this long are forgotten (checked once the map is large).
 OPEN_RESERVATION_TTL_S = 3600.0
@@ -41,34 +36,6 @@ PROBE_TIMEOUT_S = 15.0
 #: Slow start applies while a call this many times its estimate could overflow the token window.
 UNDER_ESTIMATE_GUARD = 4
 
-#: Lower rank goes first.
-PRIORITY_RANK: dict[str, int] = {"interactive": 0, "bulk": 1}
-
-
-@dataclasses.dataclass(frozen=True)
-class Reservation:
-    """What :meth:`RateLimiter.acquire` granted; pass it back to :meth:`RateLimiter.settle`.
-
-    Attributes:
-        id: Reservation id (unique within one limiter instance).
-        key: The bucket key.
-        tokens: Tokens reserved.
-        waited_s: Seconds spent queued.
-        probe: Whether this call is a circuit-breaker probe.
-        prompt_estimate: The caller's prompt-token estimate, before the learned count ratios
-            (0: none given); settlement compares the provider's count with it.
-        image_estimate: The part of ``prompt_estimate`` that is images (learned separately).
-        requested: The tokens the caller asked for, before scaling by the learned ratios.
-    """
-
-    id: int
-    key: str
-    tokens: int
-    waited_s: float
-    probe: bool = False
-    prompt_estimate: int = 0
-    image_estimate: int = 0
-    requested: int = 0
 
 
 @dataclasses.dataclass

@@ -325,9 +325,9 @@ def test_charges_leave_the_window_from_when_the_request_was_sent():
     class Spy(RateLimiter):
         delays: list = []
 
-        async def settle(self, reservation, actual_tokens, **kw):
-            self.delays.append(kw.get("send_delay_s"))
-            await super().settle(reservation, actual_tokens, **kw)
+        async def settle(self, reservation, settlement):
+            self.delays.append(settlement.send_delay_s)
+            await super().settle(reservation, settlement)
 
     class LateSender(ScriptedProvider):
         async def chat(self, request):

@@ -10,7 +10,7 @@ from raygrade.config import RateLimitConfig
 from raygrade.config.provider import STRICTER
 from raygrade.errors import CircuitOpenError
 from raygrade.ratelimit.breaker import CircuitBreaker
-from raygrade.ratelimit.limiter import RateLimiter
+from raygrade.ratelimit.limiter import RateLimiter, Settlement
 from raygrade.ratelimit.offers import OFFER_TTL_S
 from raygrade.ratelimit.window import SlidingWindow, parse_duration, parse_rate_limit_headers
 
@@ -78,12 +78,12 @@ def test_reserve_then_settle_refunds_unused_max_tokens():
         lim = limiter(clock, tpm=1000)
         r = await lim.acquire("k", 600)
         assert lim.snapshot()["k"]["tokens_available"] == 400
-        await lim.settle(r, 150)
+        await lim.settle(r, Settlement(150))
         assert lim.snapshot()["k"]["tokens_available"] == 850
-        await lim.settle(r, 10)  # settling twice changes nothing
+        await lim.settle(r, Settlement(10))  # settling twice changes nothing
         assert lim.snapshot()["k"]["tokens_available"] == 850
         failed = await lim.acquire("k", 300)
-        await lim.settle(failed, None, outcome="client_error")
+        await lim.settle(failed, Settlement(None, outcome="client_error"))
         assert lim.snapshot()["k"]["tokens_available"] == 550, "a failed call keeps its estimate"
     run(main)
 
@@ -92,7 +92,7 @@ def test_no_refund_when_the_provider_keeps_the_estimate():
     async def main():
         clock = VirtualClock()
         lim = limiter(clock, tpm=1000, refund_unused=False)
-        await lim.settle(await lim.acquire("k", 600), 100)
+        await lim.settle(await lim.acquire("k", 600), Settlement(100))
         assert lim.snapshot()["k"]["tokens_available"] == 400
     run(main)
 
@@ -159,7 +159,7 @@ def test_the_stricter_of_each_field_is_kept_whoever_configures_last(caplog):
         assert [r.getMessage() for r in caplog.records] == [
             "callers of k configure different rate limits (default_backoff_s, rpm, tpm); keeping the stricter of each"]
         r = await lim.acquire("k", 100)
-        await lim.settle(r, 100, outcome="rate_limited")
+        await lim.settle(r, Settlement(100, outcome="rate_limited"))
         assert snap["paused_for_s"] == 0 and lim.snapshot()["k"]["paused_for_s"] == 5, "the longer backoff"
     run(main)
 
@@ -228,10 +228,10 @@ def test_learns_a_lower_real_limit_and_an_unconfigured_one():
         clock = VirtualClock()
         lim = limiter(clock, tpm=100_000)
         r = await lim.acquire("k", 1000)
-        await lim.settle(r, 1000, headers={"x-ratelimit-limit-tokens": "30000",
+        await lim.settle(r, Settlement(1000, headers={"x-ratelimit-limit-tokens": "30000",
                                            "x-ratelimit-remaining-tokens": "29000",
                                            "x-ratelimit-limit-requests": "500",
-                                           "x-ratelimit-remaining-requests": "499"})
+                                           "x-ratelimit-remaining-requests": "499"}))
         snap = lim.snapshot()["k"]
         assert snap["tpm"] == 30_000 and snap["rpm"] == 500
         assert snap["tokens_available"] == 29_000
@@ -244,8 +244,8 @@ def test_configured_limit_below_the_real_one_is_kept():
         clock = VirtualClock()
         lim = limiter(clock, tpm=10_000)
         r = await lim.acquire("k", 1000)
-        await lim.settle(r, 1000, headers={"x-ratelimit-limit-tokens": "30000",
-                                           "x-ratelimit-remaining-tokens": "29000"})
+        await lim.settle(r, Settlement(1000, headers={"x-ratelimit-limit-tokens": "30000",
+                                           "x-ratelimit-remaining-tokens": "29000"}))
         assert lim.snapshot()["k"]["tpm"] == 10_000 and lim.snapshot()["k"]["tokens_available"] == 9_000
     run(main)
 
@@ -256,9 +256,9 @@ def test_usage_the_limiter_did_not_see_is_charged_until_the_reset():
         lim = limiter(clock, tpm=10_000)
         r = await lim.acquire("k", 1000)
         # Another client of the same organisation used 5000 more.
-        await lim.settle(r, 1000, headers={"x-ratelimit-limit-tokens": "10000",
+        await lim.settle(r, Settlement(1000, headers={"x-ratelimit-limit-tokens": "10000",
                                            "x-ratelimit-remaining-tokens": "4000",
-                                           "x-ratelimit-reset-tokens": "20s"})
+                                           "x-ratelimit-reset-tokens": "20s"}))
         snap = lim.snapshot()["k"]
         assert snap["tokens_available"] == pytest.approx(4000) and snap["header_corrections"] == 1
         await clock.advance(20)
@@ -275,9 +275,9 @@ def test_headers_do_not_charge_twice_what_unlearned_calls_under_reserved():
         lim = limiter(clock, tpm=100_000)
         calls = [await lim.acquire("k", 2_000, prompt_tokens=1_500) for _ in range(3)]  # reserved at 1x
         for r in calls:  # the provider counted 4x: its remaining is 3 x 4_500 lower than ours
-            await lim.settle(r, 6_000 + 100, prompt_tokens=6_000, headers={
+            await lim.settle(r, Settlement(6_000 + 100, prompt_tokens=6_000, headers={
                 "x-ratelimit-limit-tokens": "100000", "x-ratelimit-remaining-tokens": str(100_000 - 3 * 8_000),
-                "x-ratelimit-reset-tokens": "60s"})
+                "x-ratelimit-reset-tokens": "60s"}))
         snap = lim.snapshot()["k"]
         assert snap["header_corrections"] == 0
         assert snap["tokens_available"] == pytest.approx(100_000 - 3 * 6_100)
@@ -294,8 +294,8 @@ def test_stale_headers_cause_no_correction():
         r = await lim.acquire("k", 1000)
         await clock.advance(W - 30 + 1)  # `old` expired here while `r` was in flight...
         # ...but the provider answered `r` before that, still counting `old`.
-        await lim.settle(r, 1000, headers={"x-ratelimit-limit-tokens": "10000",
-                                           "x-ratelimit-remaining-tokens": "6000"})
+        await lim.settle(r, Settlement(1000, headers={"x-ratelimit-limit-tokens": "10000",
+                                           "x-ratelimit-remaining-tokens": "6000"}))
         assert lim.snapshot()["k"]["header_corrections"] == 0
         assert old.id != r.id
     run(main)
@@ -307,7 +307,7 @@ async def learned(clock, tpm=10_000):
     lim = limiter(clock, tpm=tpm)
     for _ in range(3):
         r = await lim.acquire("k", 1_000, prompt_tokens=600)
-        await lim.settle(r, 700, prompt_tokens=600)
+        await lim.settle(r, Settlement(700, prompt_tokens=600))
     await clock.advance(W)
     return lim
 
@@ -326,7 +326,7 @@ def test_a_calls_own_up_front_charge_read_in_its_headers_is_no_correction():
         clock = VirtualClock()
         lim = await learned(clock)
         r = await lim.acquire("k", 1_000, prompt_tokens=600)
-        await lim.settle(r, 700 + 50, prompt_tokens=700, headers=tok_headers(10_000 - 1_100))
+        await lim.settle(r, Settlement(700 + 50, prompt_tokens=700, headers=tok_headers(10_000 - 1_100)))
         snap = lim.snapshot()["k"]
         assert snap["header_corrections"] == 0 and snap["tokens_available"] == pytest.approx(10_000 - 750)
     run(main)
@@ -340,14 +340,14 @@ def test_a_fresher_header_replaces_the_correction_and_a_stale_one_cannot_lower_i
         await clock.advance(1)
         r = await lim.acquire("k", 1_000, prompt_tokens=600)
         # Another client used 3,000: the provider shows ours (2 x 1,000) + 3,000.
-        await lim.settle(r, 700, prompt_tokens=600, headers=tok_headers(10_000 - 5_000))
+        await lim.settle(r, Settlement(700, prompt_tokens=600, headers=tok_headers(10_000 - 5_000)))
         assert lim.snapshot()["k"]["header_correction_tokens"] == pytest.approx(3_000)
         # A reading from a call admitted before that correction says less: it proves nothing.
-        await lim.settle(early, 700, prompt_tokens=600, headers=tok_headers(10_000 - 1_700))
+        await lim.settle(early, Settlement(700, prompt_tokens=600, headers=tok_headers(10_000 - 1_700)))
         assert lim.snapshot()["k"]["header_correction_tokens"] == pytest.approx(3_000)
         await clock.advance(5)
         fresh = await lim.acquire("k", 1_000, prompt_tokens=600)  # the other client's use has gone
-        await lim.settle(fresh, 700, prompt_tokens=600, headers=tok_headers(10_000 - 2_400))
+        await lim.settle(fresh, Settlement(700, prompt_tokens=600, headers=tok_headers(10_000 - 2_400)))
         snap = lim.snapshot()["k"]
         assert snap["header_correction_tokens"] == 0 and snap["header_corrections"] == 1
         assert snap["tokens_available"] == pytest.approx(10_000 - 3 * 700)
@@ -359,10 +359,12 @@ def test_a_further_gap_raises_the_correction_until_the_new_reset():
         clock = VirtualClock()
         lim = await learned(clock)
         a = await lim.acquire("k", 1_000, prompt_tokens=600)
-        await lim.settle(a, 700, prompt_tokens=600, headers=tok_headers(10_000 - 1_000 - 1_000, reset="10s"))
+        await lim.settle(a, Settlement(700, prompt_tokens=600,
+                                       headers=tok_headers(10_000 - 1_000 - 1_000, reset="10s")))
         b = await lim.acquire("k", 1_000, prompt_tokens=600)
         await clock.advance(5)
-        await lim.settle(b, 700, prompt_tokens=600, headers=tok_headers(10_000 - 2_000 - 2_500, reset="20s"))
+        await lim.settle(b, Settlement(700, prompt_tokens=600,
+                                       headers=tok_headers(10_000 - 2_000 - 2_500, reset="20s")))
         assert lim.snapshot()["k"]["header_correction_tokens"] == pytest.approx(2_500)
         await clock.advance(10)  # past the first reset, before the second
         assert lim.snapshot()["k"]["header_correction_tokens"] == pytest.approx(2_500)
@@ -379,9 +381,9 @@ def test_a_correction_shrinks_by_what_calls_in_flight_turn_out_to_have_under_res
         lim = await learned(clock)
         x = await lim.acquire("k", 1_000, prompt_tokens=600)   # the provider counts its prompt 1,400
         y = await lim.acquire("k", 1_000, prompt_tokens=600)
-        await lim.settle(y, 700, prompt_tokens=600, headers=tok_headers(10_000 - 1_000 - 1_800))
+        await lim.settle(y, Settlement(700, prompt_tokens=600, headers=tok_headers(10_000 - 1_000 - 1_800)))
         assert lim.snapshot()["k"]["header_correction_tokens"] == pytest.approx(800)
-        await lim.settle(x, 1_500, prompt_tokens=1_400)
+        await lim.settle(x, Settlement(1_500, prompt_tokens=1_400))
         snap = lim.snapshot()["k"]
         assert snap["header_correction_tokens"] == 0
         assert snap["tokens_available"] == pytest.approx(10_000 - 700 - 1_500)
@@ -394,7 +396,7 @@ def test_429_pauses_every_caller_for_retry_after():
         clock = VirtualClock()
         lim = limiter(clock, tpm=1_000_000)
         r = await lim.acquire("k", 10)
-        await lim.settle(r, None, outcome="rate_limited", retry_after_s=5)
+        await lim.settle(r, Settlement(None, outcome="rate_limited", retry_after_s=5))
         others = [asyncio.create_task(lim.acquire("k", 10, job=f"j{i}")) for i in range(3)]
         await clock.advance(4.9)
         assert not any(t.done() for t in others)
@@ -408,7 +410,7 @@ def test_429_without_retry_after_uses_the_default_backoff():
     async def main():
         clock = VirtualClock()
         lim = limiter(clock, tpm=1_000_000, default_backoff_s=2)
-        await lim.settle(await lim.acquire("k", 10), None, outcome="rate_limited")
+        await lim.settle(await lim.acquire("k", 10), Settlement(None, outcome="rate_limited"))
         t = asyncio.create_task(lim.acquire("k", 10))
         await clock.advance(1.9)
         assert not t.done()
@@ -511,7 +513,7 @@ def test_breaker_opens_probes_and_closes():
         clock = VirtualClock()
         lim = limiter(clock, tpm=1_000_000, breaker_failure_threshold=3, breaker_cooldown_s=10)
         for _ in range(3):
-            await lim.settle(await lim.acquire("k", 1), None, outcome="failure")
+            await lim.settle(await lim.acquire("k", 1), Settlement(None, outcome="failure"))
         assert lim.snapshot()["k"]["breaker"] == "open"
         with pytest.raises(CircuitOpenError) as e:
             await lim.acquire("k", 1)
@@ -522,7 +524,7 @@ def test_breaker_opens_probes_and_closes():
         queued = asyncio.create_task(lim.acquire("k", 1))
         await clock.advance(1)
         assert not queued.done(), "one probe at a time while half-open"
-        await lim.settle(probe, None, outcome="failure")  # failed probe: open again, cooldown doubles
+        await lim.settle(probe, Settlement(None, outcome="failure"))  # failed probe: open again, cooldown doubles
         await clock.settle()
         with pytest.raises(CircuitOpenError):
             await queued
@@ -531,7 +533,7 @@ def test_breaker_opens_probes_and_closes():
             await lim.acquire("k", 1)
         await clock.advance(0.2)
         probe = await lim.acquire("k", 1)
-        await lim.settle(probe, 5)
+        await lim.settle(probe, Settlement(5))
         assert lim.snapshot()["k"]["breaker"] == "closed"
         assert not (await lim.acquire("k", 1)).probe
     run(main)
@@ -552,8 +554,8 @@ def test_rate_limited_outcome_does_not_open_the_breaker():
     async def main():
         clock = VirtualClock()
         lim = limiter(clock, tpm=1_000_000, breaker_failure_threshold=1)
-        await lim.settle(await lim.acquire("k", 1), None, outcome="rate_limited", retry_after_s=0)
-        await lim.settle(await lim.acquire("k", 1), None, outcome="client_error")
+        await lim.settle(await lim.acquire("k", 1), Settlement(None, outcome="rate_limited", retry_after_s=0))
+        await lim.settle(await lim.acquire("k", 1), Settlement(None, outcome="client_error"))
         assert lim.snapshot()["k"]["breaker"] == "closed"
     run(main)
 
@@ -591,8 +593,8 @@ def test_short_provider_windows_allow_the_pro_rata_share():
         await clock.advance(0.2)
         assert t.done()
         # A learned limit arrives in the window's units too: 30 per 6 s is 300 per minute.
-        await lim.settle(t.result(), 1, headers={"x-ratelimit-limit-tokens": "30",
-                                                 "x-ratelimit-remaining-tokens": "29"})
+        await lim.settle(t.result(), Settlement(1, headers={"x-ratelimit-limit-tokens": "30",
+                                                 "x-ratelimit-remaining-tokens": "29"}))
         assert lim.snapshot()["k"]["tpm"] == 300 and lim.snapshot()["k"]["tokens_available"] == 29
     run(main)
 
@@ -603,9 +605,9 @@ def test_headers_taken_before_a_concurrent_refund_cause_no_correction():
         lim = limiter(clock, tpm=2000)
         a = await lim.acquire("k", 500)
         b = await lim.acquire("k", 500)
-        await lim.settle(a, 100)  # a's refund happened after the provider answered b
-        await lim.settle(b, 100, headers={"x-ratelimit-limit-tokens": "2000",
-                                          "x-ratelimit-remaining-tokens": "1000"})
+        await lim.settle(a, Settlement(100))  # a's refund happened after the provider answered b
+        await lim.settle(b, Settlement(100, headers={"x-ratelimit-limit-tokens": "2000",
+                                          "x-ratelimit-remaining-tokens": "1000"}))
         assert lim.snapshot()["k"]["header_corrections"] == 0
     run(main)
 
@@ -615,7 +617,7 @@ def test_a_call_the_provider_counted_late_leaves_the_window_late():
         clock = VirtualClock()
         lim = limiter(clock, rpm=1)
         r = await lim.acquire("k", 1)
-        await lim.settle(r, 1, send_delay_s=5)
+        await lim.settle(r, Settlement(1, send_delay_s=5))
         t = asyncio.create_task(lim.acquire("k", 1))
         await clock.advance(W + 4.9)
         assert not t.done()
@@ -636,7 +638,7 @@ def test_the_grants_own_trip_to_the_caller_counts_as_send_delay(grant_trip_s, de
         lim = limiter(clock, rpm=1)
         r = await lim.acquire("k", 1)
         await clock.advance(3.0)
-        await lim.settle(r, 1, send_delay_s=0.5, answer_s=1.0, grant_trip_s=grant_trip_s)
+        await lim.settle(r, Settlement(1, send_delay_s=0.5, answer_s=1.0, grant_trip_s=grant_trip_s))
         t = asyncio.create_task(lim.acquire("k", 1))
         await clock.advance(W + delay_s - 0.1 - 3.0)
         assert not t.done()
@@ -657,7 +659,7 @@ def test_reservations_never_settled_are_forgotten_after_an_hour(monkeypatch):
         await clock.advance(3601)
         fresh = [await lim.acquire("k", 1) for _ in range(2)]
         assert set(lim._open) == {r.id for r in fresh}
-        await lim.settle(old[0], 1)  # a late settlement of a forgotten one is harmless
+        await lim.settle(old[0], Settlement(1))  # a late settlement of a forgotten one is harmless
     run(main)
 
 
@@ -672,11 +674,11 @@ def test_in_flight_requests_are_capped_and_freed_by_settlement():
         assert not third.done() and lim.snapshot()["k"]["in_flight_requests"] == 2
         await clock.advance(600)  # time alone frees nothing for a while: a settlement does
         assert not third.done()
-        await lim.settle(a, 5)
+        await lim.settle(a, Settlement(5))
         c = await third
         assert lim.snapshot()["k"]["in_flight_requests"] == 2
         for r in (b, c):
-            await lim.settle(r, None, outcome="failure")  # any outcome frees the slot
+            await lim.settle(r, Settlement(None, outcome="failure"))  # any outcome frees the slot
         assert lim.snapshot()["k"]["in_flight_requests"] == 0
 
     run(main)
@@ -691,10 +693,10 @@ def test_a_freed_slot_goes_to_interactive_before_bulk():
         await asyncio.sleep(0)
         online = asyncio.ensure_future(lim.acquire("k", 10, priority="interactive", job="job-1"))
         await asyncio.sleep(0)
-        await lim.settle(held, 10)
+        await lim.settle(held, Settlement(10))
         await asyncio.sleep(0)
         assert online.done() and not bulk.done()
-        await lim.settle(online.result(), 10)
+        await lim.settle(online.result(), Settlement(10))
         await bulk
 
     run(main)
@@ -708,12 +710,12 @@ def test_in_flight_tokens_are_capped_but_one_large_call_still_goes():
         b = asyncio.ensure_future(lim.acquire("k", 400))
         await asyncio.sleep(0)
         assert not b.done()
-        await lim.settle(a, 100)
+        await lim.settle(a, Settlement(100))
         big = asyncio.ensure_future(lim.acquire("k", 5000))  # larger than the budget: alone, it goes
         r = await b
         await asyncio.sleep(0)
         assert not big.done()
-        await lim.settle(r, 400)
+        await lim.settle(r, Settlement(400))
         await big
 
     run(main)
@@ -725,7 +727,7 @@ def test_a_rejected_call_is_refunded_when_the_provider_does_not_count_rejections
         clock = VirtualClock()
         lim = limiter(clock, rpm=2, tpm=1000, rejected_requests_count=counted, default_backoff_s=1)
         r = await lim.acquire("k", 600)
-        await lim.settle(r, None, outcome="rate_limited")
+        await lim.settle(r, Settlement(None, outcome="rate_limited"))
         snap = lim.snapshot()["k"]
         if counted:  # OpenAI's rule: the 429 stays charged for its window
             assert (snap["requests_available"], snap["tokens_available"]) == (1, 400)
@@ -746,18 +748,18 @@ def test_the_rule_for_rejected_calls_is_learned_from_remaining_requests(provider
         lim = limiter(clock, rpm=10, rejected_requests_count=False, default_backoff_s=1)
         for _ in range(2):
             r = await lim.acquire("k", 1)
-            await lim.settle(r, None, outcome="rate_limited")
+            await lim.settle(r, Settlement(None, outcome="rate_limited"))
             await clock.advance(1)  # the pause after a 429
         extra = 2 if provider_counts else 0
         for n in (1, 2):
             r = await lim.acquire("k", 1)
-            await lim.settle(r, 1, headers={"x-ratelimit-limit-requests": "10",
-                                            "x-ratelimit-remaining-requests": str(10 - n - extra)})
+            await lim.settle(r, Settlement(1, headers={"x-ratelimit-limit-requests": "10",
+                                            "x-ratelimit-remaining-requests": str(10 - n - extra)}))
             await clock.advance(1)
         assert lim.snapshot()["k"]["rejections_counted"] is provider_counts
         r = await lim.acquire("k", 1)
         before = lim.snapshot()["k"]["requests_available"]
-        await lim.settle(r, None, outcome="rate_limited")
+        await lim.settle(r, Settlement(None, outcome="rate_limited"))
         assert lim.snapshot()["k"]["requests_available"] == before + (0 if provider_counts else 1)
 
     run(main)
@@ -774,7 +776,7 @@ def test_reservations_learn_the_providers_prompt_count():
         for _ in range(6):
             r = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000)
             sizes.append(r.tokens)
-            await lim.settle(r, 4_000 + 50, prompt_tokens=4_000)
+            await lim.settle(r, Settlement(4_000 + 50, prompt_tokens=4_000))
         assert sizes[0] == 1_200 and sizes[-1] > 3_900 + 200
         snap = lim.snapshot()["k"]
         assert snap["count_ratio"] == pytest.approx(4.0, rel=0.05) and snap["count_ratio_samples"] == 6
@@ -791,10 +793,10 @@ def test_images_and_text_are_learned_apart():
         lim = limiter(clock, tpm=1_000_000)
         for _ in range(3):  # text only: the provider agrees
             r = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000)
-            await lim.settle(r, 1_000 + 50, prompt_tokens=1_000)
+            await lim.settle(r, Settlement(1_000 + 50, prompt_tokens=1_000))
         for _ in range(6):  # 400 text + 600 image tokens by raygrade's rule; the provider counts 400 + 2400
             r = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000, image_tokens=600)
-            await lim.settle(r, 2_800 + 50, prompt_tokens=2_800)
+            await lim.settle(r, Settlement(2_800 + 50, prompt_tokens=2_800))
         snap = lim.snapshot()["k"]
         assert snap["count_ratio"] == pytest.approx(1.0) and snap["image_count_ratio"] == pytest.approx(4.0, rel=0.05)
         text = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000)
@@ -814,7 +816,7 @@ def test_a_provider_miscounting_text_too_is_not_under_reserved_when_the_mix_chan
         lim = limiter(clock, tpm=1_000_000)
         for _ in range(6):  # 600 text + 400 image tokens by raygrade's rule; counted 4x in all
             r = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000, image_tokens=400)
-            await lim.settle(r, 4_000 + 50, prompt_tokens=4_000)
+            await lim.settle(r, Settlement(4_000 + 50, prompt_tokens=4_000))
         text_heavy = await lim.acquire("k", 1_000 + 200, prompt_tokens=1_000, image_tokens=100)
         assert text_heavy.tokens >= 0.95 * (4_000 + 200)
 
@@ -829,7 +831,7 @@ def test_an_over_estimate_shrinks_reservations_only_after_evidence_and_slowly():
         for _ in range(8):
             r = await lim.acquire("k", 1_000, prompt_tokens=1_000)
             sizes.append(r.tokens)
-            await lim.settle(r, 500, prompt_tokens=500)  # the provider counts half
+            await lim.settle(r, Settlement(500, prompt_tokens=500))  # the provider counts half
         assert sizes[:3] == [1_000, 1_000, 1_000], "no shrinking before 3 settled calls"
         assert 500 < sizes[-1] < 1_000 and sizes == sorted(sizes, reverse=True)
         r = await lim.acquire("k", 1_000)  # without a prompt part, nothing is scaled
@@ -843,7 +845,7 @@ def test_failed_calls_teach_no_ratio():
         clock = VirtualClock()
         lim = limiter(clock, tpm=100_000)
         r = await lim.acquire("k", 1_000, prompt_tokens=800)
-        await lim.settle(r, None, outcome="failure", prompt_tokens=10)
+        await lim.settle(r, Settlement(None, outcome="failure", prompt_tokens=10))
         assert lim.snapshot()["k"]["count_ratio_samples"] == 0
 
     run(main)
@@ -857,7 +859,7 @@ def test_until_the_count_is_learned_at_most_three_calls_fly_when_the_window_is_t
         await asyncio.sleep(0)
         assert [c.done() for c in calls] == [True, True, True, False, False]
         for c in calls[:3]:
-            await lim.settle(c.result(), 850, prompt_tokens=800)  # the provider counts 4x
+            await lim.settle(c.result(), Settlement(850, prompt_tokens=800))  # the provider counts 4x
         await calls[3]
         assert calls[3].result().tokens > 300 + 2 * 200, "later calls are reserved at the learned count"
         roomy = limiter(VirtualClock(), tpm=1_000_000)  # far below the limit: no slow start
@@ -878,7 +880,7 @@ def test_a_first_burst_is_held_to_what_a_4x_count_would_fit():
         admitted = [c for c in calls if c.done()]
         assert 4 * 2_000 * len(admitted) <= 100_000 and len(admitted) >= 3
         for c in admitted[:3]:
-            await lim.settle(c.result(), 6_000 + 100, prompt_tokens=6_000)  # the provider counts 4x
+            await lim.settle(c.result(), Settlement(6_000 + 100, prompt_tokens=6_000))  # the provider counts 4x
         await asyncio.sleep(0)
         assert sum(c.done() for c in calls) > len(admitted), "learned: the rest go at 4x their estimate"
         for c in calls:
@@ -897,7 +899,7 @@ def test_calls_in_flight_are_recharged_at_the_count_once_it_is_learned():
         early = [await lim.acquire("k", 2_000, prompt_tokens=1_500) for _ in range(6)]  # all at 1x
         before = lim.snapshot()["k"]["tokens_available"]
         for r in early[:3]:  # the provider counts 4x
-            await lim.settle(r, 6_000 + 100, prompt_tokens=6_000)
+            await lim.settle(r, Settlement(6_000 + 100, prompt_tokens=6_000))
         after = lim.snapshot()["k"]["tokens_available"]
         # 3 settled at 6_100 each, the 3 still in flight raised from 2_000 to about 500 + 1_500 x ratio
         assert before - after > 3 * 4_100 + 3 * 3_000
@@ -913,7 +915,7 @@ def test_image_calls_after_text_calls_start_slowly_too():
         lim = limiter(clock, tpm=20_000)
         for _ in range(3):
             r = await lim.acquire("k", 500, prompt_tokens=400)
-            await lim.settle(r, 450, prompt_tokens=400)
+            await lim.settle(r, Settlement(450, prompt_tokens=400))
         await clock.advance(W + 1)  # an empty window again
         calls = [asyncio.ensure_future(lim.acquire("k", 2_000, prompt_tokens=1_500, image_tokens=1_000))
                  for _ in range(10)]
