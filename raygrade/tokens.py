@@ -251,6 +251,31 @@ def idefics3_settings(model_dir: str) -> dict[str, Any]:
     return {}
 
 
+#: Claude's image rule (Anthropic, "Vision" guide): an image whose long edge exceeds 1568 px, or
+#: whose tokens would exceed about 1,600 (≈ 1.15 megapixels), is first scaled down keeping its
+#: aspect ratio; then tokens = width × height / 750.
+CLAUDE_MAX_EDGE_PX, CLAUDE_MAX_TOKENS, CLAUDE_PX_PER_TOKEN = 1568, 1600, 750
+
+
+def claude_image_tokens(width: int, height: int) -> int:
+    """Image tokens of one ``width``×``height`` image under Claude's rule (see the constants)."""
+    w, h = float(width), float(height)
+    scale = min(1.0, CLAUDE_MAX_EDGE_PX / max(w, h), math.sqrt(CLAUDE_MAX_TOKENS * CLAUDE_PX_PER_TOKEN / (w * h)))
+    return max(1, math.ceil((w * scale) * (h * scale) / CLAUDE_PX_PER_TOKEN))
+
+
+#: Gemini's image rule (Google AI, "Image understanding", Gemini 2.x): an image with both sides at
+#: most 384 px is 258 tokens; a larger one is cropped and scaled into 768×768 tiles, 258 tokens each.
+GEMINI_TILE_PX, GEMINI_TOKENS_PER_TILE, GEMINI_SMALL_PX = 768, 258, 384
+
+
+def gemini_image_tokens(width: int, height: int) -> int:
+    """Image tokens of one ``width``×``height`` image under Gemini's tile rule (see the constants)."""
+    if width <= GEMINI_SMALL_PX and height <= GEMINI_SMALL_PX:
+        return GEMINI_TOKENS_PER_TILE
+    return math.ceil(width / GEMINI_TILE_PX) * math.ceil(height / GEMINI_TILE_PX) * GEMINI_TOKENS_PER_TILE
+
+
 def image_tokens(rule: ImageTokenRule, width: int, height: int, detail: str = "high",
                  model_dir: str | None = None) -> int:
     """Image tokens of one ``width``×``height`` image under a named provider rule.
@@ -268,4 +293,8 @@ def image_tokens(rule: ImageTokenRule, width: int, height: int, detail: str = "h
         return gpt41_image_tokens(width, height, rule)
     if rule == "qwen2-vl":
         return qwen2vl_image_tokens(width, height)
+    if rule == "claude":
+        return claude_image_tokens(width, height)
+    if rule == "gemini":
+        return gemini_image_tokens(width, height)
     raise ConfigError(f"the model takes no images (image_token_rule={rule!r})", param="image_token_rule")

@@ -17,6 +17,7 @@ class _Config(BaseModel):
 
 
 ImageTokenRule = Literal["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "qwen2-vl", "idefics3",
+                         "claude", "gemini",
                          "none"]
 
 
@@ -110,7 +111,7 @@ STRICTER: dict[str, Any] = {
 }
 
 
-ProviderKind = Literal["openai_compatible", "local_vllm", "serve_llm", "reference_similarity"]
+ProviderKind = Literal["openai_compatible", "anthropic", "local_vllm", "serve_llm", "reference_similarity"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +127,8 @@ class ProviderKindTraits:
         in_app: Where the model runs: ``"always"`` a deployment of the application (called by
             handle), ``"without_base_url"`` the embedded default model unless a ``base_url``
             points at a server, ``"never"`` behind a URL.
+        api_key_env: The key's environment variable when the config names none.
+        structured_outputs: The ``structured_output`` values the kind supports.
         own_tokenizer: ``tokenizer: hf`` needs no ``tokenizer_path``: raygrade prepares the
             model's folder (the embedded model's converted checkpoint) and finds it there.
         batcher_defaults: :class:`~raygrade.config.BatcherConfig` fields used when the
@@ -135,6 +138,8 @@ class ProviderKindTraits:
     calls_model: bool = True
     hosted: bool = False
     in_app: Literal["always", "without_base_url", "never"] = "never"
+    api_key_env: str | None = None
+    structured_outputs: frozenset[str] = frozenset({"json_schema", "none"})
     own_tokenizer: bool = False
     batcher_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -145,6 +150,8 @@ class ProviderKindTraits:
 #: token; the baseline has no model, so a request is only a unit of work.
 PROVIDER_KINDS: dict[str, ProviderKindTraits] = {
     "openai_compatible": ProviderKindTraits(hosted=True),
+    "anthropic": ProviderKindTraits(hosted=True, api_key_env="ANTHROPIC_API_KEY",
+                                    structured_outputs=frozenset({"json_schema", "tool", "none"})),
     "local_vllm": ProviderKindTraits(in_app="without_base_url", own_tokenizer=True, batcher_defaults={
         "max_students_per_request": 2, "completion_tokens_per_item": 256}),
     "serve_llm": ProviderKindTraits(in_app="always"),
@@ -176,7 +183,9 @@ class ProviderConfig(_Config):
     tokenizer_path: str | None = Field(default=None, description="HF tokenizer folder (tokenizer='hf').")
     context_window: int = Field(default=128_000, gt=0, description="Prompt + completion tokens.")
     max_completion_tokens: int = Field(default=16_384, gt=0)
-    structured_output: Literal["json_schema", "none"] = "json_schema"
+    structured_output: Literal["json_schema", "tool", "none"] = Field(default="json_schema", description=(
+        "How the output is held to the grading schema: the provider's JSON-schema output, a forced tool call "
+        "whose input is the schema (kinds whose traits list it: anthropic), or not at all."))
     schema_bounds: bool = Field(default=False, description=(
         "Put minimum/maximum/maxLength in the output schema (vLLM's xgrammar enforces them; "
         "OpenAI strict mode rejects some)."))
@@ -206,6 +215,11 @@ class ProviderConfig(_Config):
 
     @model_validator(mode="after")
     def _check(self) -> ProviderConfig:
+        if "api_key_env" not in self.model_fields_set and self.traits.api_key_env:
+            self.api_key_env = self.traits.api_key_env  # (validate_assignment is off: no recursion)
+        if self.structured_output not in self.traits.structured_outputs:
+            raise ValueError(f"structured_output {self.structured_output!r} is not one of kind {self.kind!r}'s "
+                             f"({', '.join(sorted(self.traits.structured_outputs))})")
         if self.traits.hosted and self.base_url is None and self.api_key_env is None:
             raise ValueError("a hosted provider needs api_key_env")
         if self.tokenizer == "hf" and self.tokenizer_path is None and not self.traits.own_tokenizer:

@@ -61,6 +61,7 @@ class ChatResult:
         token_logprobs: ``(token, logprob)`` per completion token, when requested and returned.
         sent_at: ``time.monotonic()`` when the request left (the HTTP client's request hook),
             or ``None`` when the transport does not say.
+        cached_tokens: The part of ``usage.prompt_tokens`` read from the provider's prompt cache.
     """
 
     content: str | None
@@ -71,6 +72,7 @@ class ChatResult:
     refusal: str | None = None
     token_logprobs: list[tuple[str, float]] | None = None
     sent_at: float | None = None
+    cached_tokens: int = 0
 
 
 class ChatProvider(Protocol):

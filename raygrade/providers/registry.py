@@ -24,6 +24,12 @@ def _openai_compatible(config: ProviderConfig, model_handle: Any) -> ChatProvide
     return OpenAICompatibleProvider(config)
 
 
+def _anthropic(config: ProviderConfig, model_handle: Any) -> ChatProvider:
+    from raygrade.providers.anthropic_messages import AnthropicProvider
+
+    return AnthropicProvider(config)
+
+
 def _serve_llm(config: ProviderConfig, model_handle: Any) -> ChatProvider:
     if model_handle is None:
         raise ConfigError(f"provider {config.name!r} ({config.kind}) needs the deployment handle of model "
@@ -36,6 +42,10 @@ def _serve_llm(config: ProviderConfig, model_handle: Any) -> ChatProvider:
 def _local_vllm(config: ProviderConfig, model_handle: Any) -> ChatProvider:
     """The embedded model through its deployment, or a vLLM server at ``base_url``."""
     return (_serve_llm if config.served_in_app else _openai_compatible)(config, model_handle)
+
+
+def _check_key(config: ProviderConfig) -> None:
+    config.api_key()  # the key's variable is set (raises ConfigError naming it)
 
 
 def _check_openai_compatible(config: ProviderConfig) -> None:
@@ -62,6 +72,7 @@ class ProviderAdapter:
 #: The adapter of every kind that calls a model (``PROVIDER_KINDS[kind].calls_model``).
 ADAPTERS: dict[str, ProviderAdapter] = {
     "openai_compatible": ProviderAdapter(_openai_compatible, check=_check_openai_compatible),
+    "anthropic": ProviderAdapter(_anthropic, check=_check_key),
     "local_vllm": ProviderAdapter(_local_vllm),
     "serve_llm": ProviderAdapter(_serve_llm),
 }

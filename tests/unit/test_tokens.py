@@ -73,3 +73,15 @@ def test_idefics3_image_tokens_follow_the_processors_tiling(tmp_path):
                                                  "max_image_size": {"longest_edge": 512}, "do_image_splitting": True}}))
     assert idefics3_settings(str(tmp_path)) == {**tiny, "splitting": True}
     assert image_tokens("idefics3", 1000, 900, model_dir=str(tmp_path)) == 333
+
+
+@pytest.mark.parametrize("w,h,tokens", [(200, 200, 54), (1000, 1000, 1334), (1092, 1092, 1590), (3000, 2000, 1600)])
+def test_claude_image_rule_matches_anthropics_table(w, h, tokens):
+    """Anthropic's vision guide: ≈ 54 tokens at 200×200, ≈ 1,334 at 1000×1000, ≈ 1,590 at 1092×1092;
+    larger images are scaled down to about 1,600 tokens."""
+    assert image_tokens("claude", w, h) == tokens
+
+
+@pytest.mark.parametrize("w,h,tokens", [(384, 384, 258), (300, 100, 258), (768, 768, 258), (1000, 900, 1032)])
+def test_gemini_image_rule_is_258_per_tile(w, h, tokens):
+    assert image_tokens("gemini", w, h) == tokens
