@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raygrade.config import BatcherConfig, LocalEngineConfig, ProviderConfig, ServedModelConfig, default_provider
 from raygrade.protocol import ReadingMode
@@ -86,6 +86,13 @@ class RegradeConfig(BaseModel):
     batch_api: BatchApiConfig = Field(default_factory=BatchApiConfig)
     vllm_model: ServedModelConfig | None = None
     vllm_engine: LocalEngineConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> RegradeConfig:
+        if self.mode not in self.provider.traits.bulk_modes:
+            raise ValueError(f"provider kind {self.provider.kind!r} regrades in mode "
+                             f"{' or '.join(sorted(self.provider.traits.bulk_modes))}, not {self.mode!r}")
+        return self
 
     def batcher_config(self) -> BatcherConfig:
         """The batcher budgets in force (the Serve app's presets when unset)."""

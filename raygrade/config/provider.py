@@ -129,6 +129,7 @@ class ProviderKindTraits:
             points at a server, ``"never"`` behind a URL.
         api_key_env: The key's environment variable when the config names none.
         structured_outputs: The ``structured_output`` values the kind supports.
+        bulk_modes: The bulk regrade modes (``RegradeConfig.mode``) the kind supports.
         own_tokenizer: ``tokenizer: hf`` needs no ``tokenizer_path``: raygrade prepares the
             model's folder (the embedded model's converted checkpoint) and finds it there.
         batcher_defaults: :class:`~raygrade.config.BatcherConfig` fields used when the
@@ -140,6 +141,7 @@ class ProviderKindTraits:
     in_app: Literal["always", "without_base_url", "never"] = "never"
     api_key_env: str | None = None
     structured_outputs: frozenset[str] = frozenset({"json_schema", "none"})
+    bulk_modes: frozenset[str] = frozenset({"sync", "batch-api", "vllm-batch"})
     own_tokenizer: bool = False
     batcher_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -151,7 +153,8 @@ class ProviderKindTraits:
 PROVIDER_KINDS: dict[str, ProviderKindTraits] = {
     "openai_compatible": ProviderKindTraits(hosted=True),
     "anthropic": ProviderKindTraits(hosted=True, api_key_env="ANTHROPIC_API_KEY",
-                                    structured_outputs=frozenset({"json_schema", "tool", "none"})),
+                                    structured_outputs=frozenset({"json_schema", "tool", "none"}),
+                                    bulk_modes=frozenset({"sync"})),  # Message Batches: not yet
     "local_vllm": ProviderKindTraits(in_app="without_base_url", own_tokenizer=True, batcher_defaults={
         "max_students_per_request": 2, "completion_tokens_per_item": 256}),
     "serve_llm": ProviderKindTraits(in_app="always"),

@@ -87,6 +87,10 @@ def test_the_request_is_anthropics_own():
     assert "temperature" not in kw, "the Messages API of SDK 2.x takes no sampling parameters"
     with pytest.raises(ValueError, match="not one of kind 'openai_compatible'"):
         ProviderConfig(structured_output="tool")
+    from raygrade.bulk.config import RegradeConfig
+
+    with pytest.raises(ValueError, match="'anthropic' regrades in mode sync, not 'batch-api'"):
+        RegradeConfig(input="in", output="out", provider=ProviderConfig(kind="anthropic"), mode="batch-api")
     assert ProviderConfig(kind="anthropic").api_key_env == "ANTHROPIC_API_KEY", "the kind's own key variable"
 
 
