@@ -9,6 +9,7 @@ the rest (see ``[project.optional-dependencies]`` in ``pyproject.toml``)::
     gpu       the CUDA vLLM build
     plots     matplotlib: regrade and benchmark figures
     anthropic the anthropic SDK: Claude through the Messages API (kind: anthropic)
+    gemini    the google-genai SDK: Gemini through the Gemini API (kind: gemini)
 """
 
 from __future__ import annotations

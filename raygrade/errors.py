@@ -208,6 +208,18 @@ class RateLimitedError(ProviderStatusError):
     error_type = "rate_limit_error"
 
 
+class QuotaExhaustedError(ProviderStatusError):
+    """The provider's quota for a longer period than the limiter's window is spent (Gemini's
+    requests per day, reset at midnight Pacific time): the message says until when. Not retried:
+    a retry before the reset is refused again and counts against the per-minute limits."""
+
+    error_type = "quota_exhausted"
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return False
+
+
 class ProviderTimeoutError(ProviderError):
     """The provider did not answer within the configured timeout."""
 

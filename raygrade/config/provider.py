@@ -111,7 +111,7 @@ STRICTER: dict[str, Any] = {
 }
 
 
-ProviderKind = Literal["openai_compatible", "anthropic", "local_vllm", "serve_llm", "reference_similarity"]
+ProviderKind = Literal["openai_compatible", "anthropic", "gemini", "local_vllm", "serve_llm", "reference_similarity"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +155,7 @@ PROVIDER_KINDS: dict[str, ProviderKindTraits] = {
     "anthropic": ProviderKindTraits(hosted=True, api_key_env="ANTHROPIC_API_KEY",
                                     structured_outputs=frozenset({"json_schema", "tool", "none"}),
                                     bulk_modes=frozenset({"sync"})),  # Message Batches: not yet
+    "gemini": ProviderKindTraits(hosted=True, api_key_env="GEMINI_API_KEY", bulk_modes=frozenset({"sync"})),
     "local_vllm": ProviderKindTraits(in_app="without_base_url", own_tokenizer=True, batcher_defaults={
         "max_students_per_request": 2, "completion_tokens_per_item": 256}),
     "serve_llm": ProviderKindTraits(in_app="always"),

@@ -30,6 +30,12 @@ def _anthropic(config: ProviderConfig, model_handle: Any) -> ChatProvider:
     return AnthropicProvider(config)
 
 
+def _gemini(config: ProviderConfig, model_handle: Any) -> ChatProvider:
+    from raygrade.providers.gemini import GeminiProvider
+
+    return GeminiProvider(config)
+
+
 def _serve_llm(config: ProviderConfig, model_handle: Any) -> ChatProvider:
     if model_handle is None:
         raise ConfigError(f"provider {config.name!r} ({config.kind}) needs the deployment handle of model "
@@ -73,6 +79,7 @@ class ProviderAdapter:
 ADAPTERS: dict[str, ProviderAdapter] = {
     "openai_compatible": ProviderAdapter(_openai_compatible, check=_check_openai_compatible),
     "anthropic": ProviderAdapter(_anthropic, check=_check_key),
+    "gemini": ProviderAdapter(_gemini, check=_check_key),
     "local_vllm": ProviderAdapter(_local_vllm),
     "serve_llm": ProviderAdapter(_serve_llm),
 }
