@@ -214,6 +214,9 @@ class ProviderConfig(_Config):
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries of retryable errors per call.")
     retry_after_cap_s: float = Field(default=60.0, gt=0)
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Sent as-is (e.g. vLLM params).")
+    extra_headers: dict[str, str] = Field(default_factory=dict, description=(
+        "HTTP headers sent with every request, e.g. OpenRouter's app attribution (HTTP-Referer, X-Title). "
+        "Not for secrets: the key comes from api_key_env."))
     price_per_mtok_input_usd: float = Field(default=0.0, ge=0)
     price_per_mtok_output_usd: float = Field(default=0.0, ge=0)
 

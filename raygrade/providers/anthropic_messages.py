@@ -195,7 +195,8 @@ class AnthropicProvider:
         self.config = config
         self._client = client or anthropic.AsyncAnthropic(
             api_key=config.api_key().get_secret_value(), base_url=config.base_url, timeout=config.timeout_s,
-            max_retries=0, http_client=anthropic.DefaultAsyncHttpxClient(event_hooks={"request": [_stamp_send]}))
+            max_retries=0, default_headers=config.extra_headers or None,
+            http_client=anthropic.DefaultAsyncHttpxClient(event_hooks={"request": [_stamp_send]}))
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         """One Messages call (no retries here).

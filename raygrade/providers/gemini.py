@@ -186,6 +186,8 @@ class GeminiProvider:
                                    "retry_options": types.HttpRetryOptions(attempts=1)}  # raygrade retries
         if config.base_url:
             options["base_url"] = config.base_url
+        if config.extra_headers:
+            options["headers"] = dict(config.extra_headers)
         self._client = client or genai.Client(api_key=config.api_key().get_secret_value(),
                                               http_options=types.HttpOptions(**options))
 

@@ -183,6 +183,7 @@ class OpenAICompatibleProvider:
             base_url=self.base_url,
             timeout=config.timeout_s,
             max_retries=0,
+            default_headers=config.extra_headers or None,
             # Record when each request leaves: the limiter charges from then, not from the grant.
             http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [_stamp_send]}),
         )

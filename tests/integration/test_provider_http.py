@@ -149,3 +149,12 @@ def test_logprobs_are_requested_and_returned_like_the_api(fake):
     assert "".join(t for t, _ in res.token_logprobs) == res.content == '{"score": 2.0}'
     assert score_probabilities(res.content, res.token_logprobs) == [pytest.approx(0.9 ** 3)]
     assert chat(OpenAICompatibleProvider(fake_provider(fake.base_url)), json_schema=SCHEMA).token_logprobs is None
+
+
+def test_openrouter_attribution_headers_go_with_every_request(fake_openai):
+    fake_openai.reset()
+    cfg = fake_provider(fake_openai.base_url, extra_headers={"HTTP-Referer": "https://school.example",
+                                                             "X-Title": "raygrade"})
+    chat(OpenAICompatibleProvider(cfg))
+    assert fake_openai.last_headers["http-referer"] == "https://school.example"
+    assert fake_openai.last_headers["x-title"] == "raygrade"

@@ -93,6 +93,7 @@ class FakeOpenAIServer(ThreadedApp):
         self.host, self.port = host, port
         self.script: deque[str] = deque()
         self.log: list[RequestRecord] = []
+        self.last_headers: dict[str, str] = {}
         self._req_window: deque[float] = deque()
         self._tok_window: deque[_Entry] = deque()
         self._tok_used = 0
@@ -217,6 +218,8 @@ class FakeOpenAIServer(ThreadedApp):
     async def _chat(self, request: web.Request) -> web.Response:
         rid = f"req_{uuid.uuid4().hex[:24]}"
         base_headers = {"x-request-id": rid}
+        # What the last caller sent besides its key (attribution headers such as OpenRouter's).
+        self.last_headers = {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             self._record(401, None, 0, 0, 0, None)
             return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key",
