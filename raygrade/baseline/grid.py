@@ -67,12 +67,23 @@ class QuantileMap:
     Attributes:
         sims, sims_cdf: The examples' similarities (anchors included), sorted, and their CDF.
         fracs, fracs_cdf: The examples' score fractions, sorted, and their CDF.
+        fallback: Set when the map cannot separate its examples (two or more, all at one
+            similarity, with different scores: e.g. a placeholder reference answer every answer
+            misses alike): then every answer gets this fraction, the examples' median, and
+            :attr:`degenerate` is true. Interpolating across the tie would give every answer the
+            top of it (full marks).
     """
 
     sims: np.ndarray
     sims_cdf: np.ndarray
     fracs: np.ndarray
     fracs_cdf: np.ndarray
+    fallback: float | None = None
+
+    @property
+    def degenerate(self) -> bool:
+        """Whether similarity says nothing about the score here (see :attr:`fallback`)."""
+        return self.fallback is not None
 
     @classmethod
     def fit(cls, sims: Sequence[float], fractions: Sequence[float], anchor_weight: float = ANCHOR_WEIGHT
@@ -87,10 +98,15 @@ class QuantileMap:
         s = np.asarray([*sims, *((0.0, 1.0) if len(sims) else NO_EXAMPLE_ANCHORS)], dtype=float)
         y = np.clip(np.asarray([*fractions, 0.0, 1.0], dtype=float), 0.0, 1.0)
         w = np.asarray([1.0] * len(sims) + [anchor_weight, anchor_weight])
-        return cls(*_weighted_cdf(s, w), *_weighted_cdf(y, w))
+        fallback = None
+        if len(sims) >= 2 and np.ptp(np.asarray(sims, dtype=float)) <= 1e-9 and np.ptp(y[:-2]) > 0:
+            fallback = float(np.median(y[:-2]))
+        return cls(*_weighted_cdf(s, w), *_weighted_cdf(y, w), fallback=fallback)
 
     def fraction(self, similarity: float) -> float:
-        """The score fraction (0–1) for an answer of this similarity."""
+        """The score fraction (0–1) for an answer of this similarity (:attr:`fallback` when degenerate)."""
+        if self.fallback is not None:
+            return self.fallback
         return float(np.interp(np.interp(similarity, self.sims, self.sims_cdf), self.fracs_cdf, self.fracs))
 
 
@@ -133,6 +149,11 @@ def question_factor(hits: Sequence[bool]) -> float:
 def at_end(score: float, grid: Sequence[float]) -> bool:
     """Whether ``score`` is at (or past) the lowest or highest grid value (no credit, full marks)."""
     return score <= min(grid) + 1e-9 or score >= max(grid) - 1e-9
+
+
+#: Confidence of a grade from a map that cannot separate its examples (:attr:`QuantileMap.degenerate`):
+#: the floor, so that any review share sends these grades first.
+DEGENERATE_CONFIDENCE = 0.01
 
 
 def grid_confidence(margin: float, end: bool, factor: float = 1.0) -> float:

@@ -297,10 +297,16 @@ class ReferenceSimilarityGrader:
         grid = gridmap.score_grid(q)
         ref_terms = list(dict.fromkeys(content_words(q.reference_answer or "")))
         out = []
+        if qmap.degenerate:
+            logger.warning("question %s: every graded example has the same similarity to the reference answer, so "
+                           "similarity cannot grade it; its grades are the examples' median score at confidence %s "
+                           "(the first a review share sends to review)", q.id, gridmap.DEGENERATE_CONFIDENCE)
         for text, sim in zip(answers, self.similarities(answers, q.reference_answer or "")):
             raw = qmap.fraction(sim.combined) * q.max_score
             score = gridmap.snap(raw, grid)
             conf = gridmap.grid_confidence(gridmap.grid_margin(raw, grid), gridmap.at_end(score, grid), factor)
+            if qmap.degenerate:
+                conf = gridmap.DEGENERATE_CONFIDENCE
             out.append((score, conf, _feedback(text, sim, ref_terms)))
         return out
 

@@ -200,3 +200,22 @@ def test_grid_confidence_is_calibrated_probability_of_the_exact_score():
     assert question_factor([True] * 20) > 1 > question_factor([False] * 20)
     assert grid_confidence(0.5, True, question_factor([True] * 50)) > grid_confidence(0.5, True)
     assert 0.01 <= grid_confidence(0.0, False, 0.0) and grid_confidence(0.5, True, 10.0) <= 0.99
+
+
+def test_a_map_that_cannot_separate_its_examples_gives_their_median_at_the_lowest_confidence(caplog):
+    """Issue 30: 30 examples all at similarity 0 (a placeholder reference) gave every answer full
+    marks (the interpolation took the top of the tie)."""
+    from raygrade.baseline.grid import DEGENERATE_CONFIDENCE, QuantileMap
+
+    fracs = [0.0] * 10 + [0.5] * 12 + [1.0] * 8
+    qmap = QuantileMap.fit([0.0] * 30, fracs)
+    assert qmap.degenerate and qmap.fraction(0.0) == qmap.fraction(0.9) == 0.5
+    assert not QuantileMap.fit([0.0] * 30, [1.0] * 30).degenerate, "one score: nothing to separate"
+    assert not QuantileMap.fit([0.2], [0.5]).degenerate and not QuantileMap.fit([0.1, 0.4], [0, 1]).degenerate
+
+    q = Question(id="q7", prompt="p", reference_answer="zz", max_score=2, score_step=0.5,
+                 examples=_exs([(f"answer number {i}", 2 * f) for i, f in enumerate(fracs)]))
+    with caplog.at_level("WARNING", logger="raygrade.baseline.similarity"):
+        graded = ReferenceSimilarityGrader(bow_embedder).grade_answers(q, ["TCP headers", "answer number 3"])
+    assert [(s, c) for s, c, _ in graded] == [(1.0, DEGENERATE_CONFIDENCE)] * 2, "the median, not full marks"
+    assert "question q7" in caplog.text and "answer number" not in caplog.text, "no student text in logs"
