@@ -46,7 +46,7 @@ from raygrade.errors import (
     RateLimitedError,
 )
 from raygrade.protocol import Usage
-from raygrade.providers.base import ChatRequest, ChatResult
+from raygrade.providers.base import ChatRequest, ChatResult, data_url, split_system
 from raygrade.retry import parse_retry_after
 
 if TYPE_CHECKING:
@@ -63,14 +63,9 @@ _SENT_AT = "raygrade_sent_at"
 
 
 def _image_block(url: str) -> dict[str, Any]:
-    """A base64 ``image`` block from a ``data:<media type>;base64,<data>`` URL.
-
-    Raises:
-        OutputParseError: never; a URL that is not base64 data goes as an ``url`` image source.
-    """
-    if url.startswith("data:") and ";base64," in url:
-        head, data = url[5:].split(";base64,", 1)
-        return {"type": "image", "source": {"type": "base64", "media_type": head, "data": data}}
+    """A base64 ``image`` block from a ``data:`` URL (any other URL goes as an ``url`` image source)."""
+    if (parsed := data_url(url)) is not None:
+        return {"type": "image", "source": {"type": "base64", "media_type": parsed[0], "data": parsed[1]}}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
@@ -88,13 +83,10 @@ def _blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def messages_request(config: ProviderConfig, request: ChatRequest) -> dict[str, Any]:
     """The keyword arguments of ``client.messages.create`` for ``request`` under ``config``."""
-    system = "\n\n".join(m["content"] if isinstance(m["content"], str) else
-                         "\n".join(p.get("text", "") for p in m["content"] if p.get("type") == "text")
-                         for m in request.messages if m["role"] == "system")
+    system, turns = split_system(request.messages)
     kwargs: dict[str, Any] = {
         "model": request.model or config.model, "max_tokens": request.max_tokens,
-        "messages": [{"role": m["role"], "content": _blocks(m["content"])} for m in request.messages
-                     if m["role"] != "system"],
+        "messages": [{"role": m["role"], "content": _blocks(m["content"])} for m in turns],
     }
     if system:
         kwargs["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]

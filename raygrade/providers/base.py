@@ -75,6 +75,26 @@ class ChatResult:
     cached_tokens: int = 0
 
 
+def split_system(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """``(the system messages' text, the other messages)``: for APIs that take the system prompt
+    apart from the turns (Anthropic's ``system``, Gemini's ``system_instruction``)."""
+    texts = []
+    for m in messages:
+        if m["role"] == "system":
+            c = m["content"]
+            texts.append(c if isinstance(c, str) else
+                         "\n".join(p.get("text", "") for p in c if p.get("type") == "text"))
+    return "\n\n".join(texts), [m for m in messages if m["role"] != "system"]
+
+
+def data_url(url: str) -> tuple[str, str] | None:
+    """``(media type, base64 data)`` of a ``data:<media type>;base64,<data>`` URL, else ``None``."""
+    if url.startswith("data:") and ";base64," in url:
+        media_type, data = url[5:].split(";base64,", 1)
+        return media_type, data
+    return None
+
+
 class ChatProvider(Protocol):
     """A model behind one API: one call per :meth:`chat`, errors in raygrade's tree."""
 

@@ -37,7 +37,7 @@ from raygrade.errors import (
     RateLimitedError,
 )
 from raygrade.protocol import Usage
-from raygrade.providers.base import ChatRequest, ChatResult
+from raygrade.providers.base import ChatRequest, ChatResult, data_url, split_system
 
 if TYPE_CHECKING:
     from google import genai
@@ -122,9 +122,8 @@ def _parts(content: Any) -> list[Any]:
             out.append(types.Part.from_text(text=part.get("text", "")))
         elif part.get("type") == "image_url":
             url = (part.get("image_url") or {}).get("url", "")
-            if url.startswith("data:") and ";base64," in url:
-                mime, data = url[5:].split(";base64,", 1)
-                out.append(types.Part.from_bytes(data=base64.b64decode(data), mime_type=mime))
+            if (parsed := data_url(url)) is not None:
+                out.append(types.Part.from_bytes(data=base64.b64decode(parsed[1]), mime_type=parsed[0]))
             else:
                 out.append(types.Part.from_uri(file_uri=url, mime_type="image/png"))
     return out
@@ -132,9 +131,7 @@ def _parts(content: Any) -> list[Any]:
 
 def generate_request(config: ProviderConfig, request: ChatRequest) -> dict[str, Any]:
     """The keyword arguments of ``client.aio.models.generate_content`` for ``request``."""
-    system = "\n\n".join(m["content"] if isinstance(m["content"], str) else
-                         "\n".join(p.get("text", "") for p in m["content"] if p.get("type") == "text")
-                         for m in request.messages if m["role"] == "system")
+    system, turns = split_system(request.messages)
     cfg: dict[str, Any] = {"temperature": request.temperature, "max_output_tokens": request.max_tokens}
     if system:
         cfg["system_instruction"] = system
@@ -142,7 +139,7 @@ def generate_request(config: ProviderConfig, request: ChatRequest) -> dict[str, 
         cfg["response_mime_type"] = "application/json"
         cfg["response_json_schema"] = request.json_schema
     contents = [types.Content(role="model" if m["role"] == "assistant" else "user", parts=_parts(m["content"]))
-                for m in request.messages if m["role"] != "system"]
+                for m in turns]
     return {"model": request.model or config.model, "contents": contents,
             "config": types.GenerateContentConfig(**cfg)}
 
