@@ -37,7 +37,7 @@ class Limiter(Protocol):
 
     async def acquire(self, key: str, tokens: int, *, job: str | None = None,
                       prompt_tokens: int | None = None, image_tokens: int | None = None,
-                      tenant: str | None = None) -> Reservation: ...
+                      tenant: str | None = None, output_tokens: int | None = None) -> Reservation: ...
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None: ...
 
@@ -142,7 +142,7 @@ class BatchGrader:
         async def attempt() -> ChatResult:
             t0 = time.monotonic()
             r = await self._limiter.acquire(self._key, estimate, job=batch.job_id, prompt_tokens=prompt,
-                                            image_tokens=images, tenant=batch.tenant)
+                                            image_tokens=images, tenant=batch.tenant, output_tokens=max_tokens)
             granted = time.monotonic()
             timing["limiter"] += granted - t0
             # The grant's trip here is at most the round trip less the queueing the limiter reports.
@@ -173,7 +173,8 @@ class BatchGrader:
                 res.usage.total_tokens if res.usage else None,
                 headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")},
                 send_delay_s=delay, answer_s=answer_s, grant_trip_s=trip,
-                prompt_tokens=res.usage.prompt_tokens if res.usage and whole else None))
+                prompt_tokens=res.usage.prompt_tokens if res.usage and whole else None,
+                completion_tokens=res.usage.completion_tokens if res.usage else None, cached_tokens=res.cached_tokens))
             return res
 
         return await call_with_retries(attempt, max_retries=self._max_retries,

@@ -32,6 +32,10 @@ class RateLimitConfig(_Config):
         rpm: Requests per minute (``None``: unlimited unless response headers give one).
         tpm: Tokens per minute, charged as prompt + ``max_tokens`` up front (OpenAI's rule),
             settled with the reported ``usage`` afterwards.
+        itpm: Input tokens per minute (Anthropic's rule): the prompt only, settled to the reported
+            input less cache reads (which do not count toward it).
+        otpm: Output tokens per minute (Anthropic's rule): ``max_tokens`` up front, settled to the
+            reported output tokens.
         window_s: The provider's window, seconds (60 for OpenAI; Azure OpenAI checks 1- or
             10-s windows pro rata); the limiter allows ``rpm·window_s/60`` per window.
         window_margin_s: Seconds added to the window for the delay between a
@@ -56,6 +60,8 @@ class RateLimitConfig(_Config):
 
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
+    itpm: int | None = Field(default=None, gt=0)
+    otpm: int | None = Field(default=None, gt=0)
     window_s: float = Field(default=60.0, gt=0, le=3600)
     window_margin_s: float = Field(default=1.0, ge=0, le=60)
     refund_unused: bool = True
@@ -96,6 +102,8 @@ def _lower_limit(a: int | None, b: int | None) -> int | None:
 STRICTER: dict[str, Any] = {
     "rpm": _lower_limit,
     "tpm": _lower_limit,
+    "itpm": _lower_limit,
+    "otpm": _lower_limit,
     "window_s": min,
     "window_margin_s": max,
     "refund_unused": lambda a, b: a and b,

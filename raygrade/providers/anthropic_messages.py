@@ -15,11 +15,11 @@ OpenAI-compatibility layer (which Anthropic documents as not for production: it 
   sampling parameters the model accepts in ``extra_body``).
 - **Usage.** ``prompt_tokens`` is every input token (uncached + cache writes + cache reads);
   :attr:`ChatResult.cached_tokens` the cache reads.
-- **Rate-limit headers** ``anthropic-ratelimit-{requests,input-tokens}-{limit,remaining,reset}``
-  (reset: an RFC 3339 time) are handed to the limiter under OpenAI's names
-  (``x-ratelimit-*-{requests,tokens}``, reset as seconds from now); the shared limiter's token
-  budget is then the input-tokens-per-minute limit, charged at prompt + ``max_tokens``, which
-  over-reserves by the output (the split input/output rule is still to come).
+- **Rate-limit headers** ``anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,
+  remaining,reset}`` (reset: an RFC 3339 time) are handed to the limiter under OpenAI-style names
+  (``x-ratelimit-*-{requests,input-tokens,output-tokens}``, reset as seconds from now): it keeps
+  requests, input tokens (``itpm``: the prompt, cache reads free) and output tokens (``otpm``:
+  ``max_tokens`` until the answer settles) apart, as Anthropic does.
 - **Errors** map at :func:`map_anthropic_errors`, the one boundary: 429 ``rate_limit_error`` →
   :class:`RateLimitedError` (with ``retry-after``), 529 ``overloaded_error`` and 5xx → retryable
   :class:`ProviderStatusError`, other statuses → :class:`ProviderStatusError` with the error type
@@ -57,8 +57,8 @@ else:
 #: Anthropic's ``stop_reason`` → OpenAI's ``finish_reason``.
 FINISH_REASONS = {"end_turn": "stop", "tool_use": "stop", "stop_sequence": "stop", "max_tokens": "length",
                   "pause_turn": "stop", "refusal": "stop"}
-#: Anthropic's rate-limit header dimensions → the limiter's (OpenAI's names).
-HEADER_DIMENSIONS = {"requests": "requests", "input-tokens": "tokens"}
+#: Anthropic's rate-limit header dimensions → the limiter's (OpenAI-style names).
+HEADER_DIMENSIONS = {"requests": "requests", "input-tokens": "input-tokens", "output-tokens": "output-tokens"}
 _SENT_AT = "raygrade_sent_at"
 
 
@@ -103,8 +103,8 @@ def openai_rate_limit_headers(headers: Mapping[str, str], now: float | None = No
     """Anthropic's ``anthropic-ratelimit-*`` headers under OpenAI's ``x-ratelimit-*`` names.
 
     ``reset`` (an RFC 3339 time when the bucket is full again) becomes seconds from ``now``
-    (``time.time()``), e.g. ``"12.5s"``; dimensions other than requests and input tokens are
-    left out (the limiter has one token budget).
+    (``time.time()``), e.g. ``"12.5s"``; Anthropic's combined ``tokens`` dimension is left out
+    (the limiter keeps input and output apart).
     """
     now = time.time() if now is None else now
     out: dict[str, str] = {}

@@ -84,13 +84,13 @@ class RateLimiterActor:
     async def acquire(self, key: str, tokens: int, limits: RateLimitConfig | None = None,
                       priority: Priority = "interactive", job: str | None = None,
                       prompt_tokens: int | None = None, image_tokens: int | None = None,
-                      tenant: str | None = None) -> Reservation:
+                      tenant: str | None = None, output_tokens: int | None = None) -> Reservation:
         """Configure ``key`` with ``limits`` if they changed, then wait and reserve."""
         self._ensure_export()
         if limits is not None:
             self._limiter.configure(key, limits)
         return await self._limiter.acquire(key, tokens, priority=priority, job=job, prompt_tokens=prompt_tokens,
-                                           image_tokens=image_tokens, tenant=tenant)
+                                           image_tokens=image_tokens, tenant=tenant, output_tokens=output_tokens)
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
         await self._limiter.settle(reservation, settlement)
@@ -131,11 +131,11 @@ class ActorLimiter:
 
     async def acquire(self, key: str, tokens: int, *, job: str | None = None,
                       prompt_tokens: int | None = None, image_tokens: int | None = None,
-                      tenant: str | None = None) -> Reservation:
+                      tenant: str | None = None, output_tokens: int | None = None) -> Reservation:
         for attempt in range(self._actor_retries + 1):
             try:
                 return await self._actor.acquire.remote(key, tokens, self._limits, self._priority, job, prompt_tokens,
-                                                        image_tokens, tenant)
+                                                        image_tokens, tenant, output_tokens)
             except (ActorDiedError, ActorUnavailableError, RayActorError):
                 if attempt == self._actor_retries:
                     raise

@@ -103,7 +103,11 @@ def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float
         st.apply_limits()
     for dim, h in parsed.items():
         w = st.window(dim)
-        if w is None or h.remaining is None or (dim == "tokens" and not correct_tokens):
+        # Input and output budgets learn their limits only: their remaining is rounded (Anthropic
+        # rounds to the thousand) and output is settled after the reading, so a gap read there is
+        # mostly noise that would hold capacity for a window.
+        if w is None or h.remaining is None or dim not in ("requests", "tokens") or \
+                (dim == "tokens" and not correct_tokens):
             continue
         corr = st.corrections.get(dim)
         live = corr if corr is not None and corr.charge.expires > now else None

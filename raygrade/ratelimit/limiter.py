@@ -114,9 +114,8 @@ class RateLimiter:
         if st is None:
             st = self._keys[key] = _KeyState(key, limits, now)
             if self._restarted:
-                for w in (st.req, st.tok):
-                    if w is not None:
-                        w.prefill(now)
+                for w in st.windows():
+                    w.prefill(now)
             return
         if (merged := st.offers.offer(limits, now)) is not None:
             st.set_limits(merged, now)
@@ -125,7 +124,8 @@ class RateLimiter:
     # -- acquire / settle -----------------------------------------------------------------
     async def acquire(self, key: str, tokens: int, *, priority: Priority = "interactive",
                       job: str | None = None, prompt_tokens: int | None = None,
-                      image_tokens: int | None = None, tenant: str | None = None) -> Reservation:
+                      image_tokens: int | None = None, tenant: str | None = None,
+                      output_tokens: int | None = None) -> Reservation:
         """Wait until ``key`` admits one request of ``tokens`` tokens, and reserve it.
 
         Args:
@@ -139,6 +139,9 @@ class RateLimiter:
                 key's learned ratio of the provider's count to the estimates (see
                 :meth:`settle`), so a provider that counts images 4× the estimate is reserved
                 4×: reservations match what the provider will charge.
+            output_tokens: The completion budget (``max_tokens``) within ``tokens``: charged to
+                the output-tokens window (``otpm``), and the rest to the input-tokens window
+                (``itpm``). ``None``: no output part (the whole of ``tokens`` is input).
             image_tokens: The images' part of ``prompt_tokens`` (their ratio is learned apart
                 from the text's: a provider's image rule may differ while its text count agrees).
 
@@ -160,7 +163,7 @@ class RateLimiter:
         join_share(st, rank, tenant or "", group)
         prompt = max(0, min(prompt_tokens or 0, tokens))  # scaled by the ratios in force when admitted
         w = _Waiter(next(self._seq), tokens, rank, group, asyncio.get_running_loop().create_future(), now, prompt,
-                    max(0, min(image_tokens or 0, prompt)), tenant or "")
+                    max(0, min(image_tokens or 0, prompt)), tenant or "", max(0, min(output_tokens or 0, tokens)))
         st.waiters.append(w)
         self._pump(st)
         try:
@@ -197,19 +200,23 @@ class RateLimiter:
         if bounds:  # the tightest upper bound on admission → sending; never below what was measured
             send_delay_s = max(send_delay_s or 0.0, min(bounds))
         if o is not None and send_delay_s and send_delay_s > 0:
-            for w, c in ((st.req, o.req), (st.tok, o.tok)):
-                if w is not None and c is not None:
-                    w.postpone(c, send_delay_s, now)
+            for w, c in o.charges(st):
+                w.postpone(c, send_delay_s, now)
         if o is not None and outcome == "rate_limited":
             st.rejections.append((o.admitted_at, now))
         if o is not None and outcome == "rate_limited" and not st.counts_rejections():
-            for w, c in ((st.req, o.req), (st.tok, o.tok)):  # the provider did not count it: neither do we
-                if w is not None and c is not None:
-                    w.adjust(c, 0, now)
+            for w, c in o.charges(st):  # the provider did not count it: neither do we
+                w.adjust(c, 0, now)
         elif o is not None and actual_tokens is not None:
             st.stats["settled_tokens"] += actual_tokens - o.reservation.tokens
             if st.limits.refund_unused and o.tok is not None and st.tok is not None:
                 st.tok.adjust(o.tok, actual_tokens, now)
+            completion = settlement.completion_tokens
+            if completion is not None and st.limits.refund_unused and o.out is not None and st.out is not None:
+                st.out.adjust(o.out, completion, now)
+            if completion is not None and o.inp is not None and st.inp is not None:
+                # the provider's input count, less the cache reads that do not count toward it
+                st.inp.adjust(o.inp, max(0, actual_tokens - completion - settlement.cached_tokens), now)
         if prompt_tokens and reservation.prompt_estimate and outcome == "ok":
             learn_count_ratio(st, prompt_tokens, reservation.prompt_estimate, reservation.image_estimate)
             recharge_unlearned(st, self._open, now)
@@ -264,9 +271,12 @@ class RateLimiter:
             # The provider's count as learned so far, applied now: calls queued before the
             # ratio was known are not admitted at the old, smaller size.
             tokens = st.scaled(w.tokens, w.prompt, w.images) if w.prompt else w.tokens
+            inp_tokens = max(0, tokens - w.output)  # the input part, as the provider will count it
             wait = max(b.retry_in(now), st.paused_until - now, st.concurrency_wait(now, tokens, w.prompt, w.images),
                        st.req.wait_for(1, now) if st.req else 0.0,
-                       st.tok.wait_for(tokens, now) if st.tok else 0.0)
+                       st.tok.wait_for(tokens, now) if st.tok else 0.0,
+                       st.inp.wait_for(inp_tokens, now) if st.inp else 0.0,
+                       st.out.wait_for(w.output, now) if st.out else 0.0)
             if wait > 0:
                 st.timer = asyncio.get_running_loop().create_task(self._wake(st, wait))
                 return
@@ -274,9 +284,11 @@ class RateLimiter:
             probe = b.on_admit(now)
             req = st.req.charge(1, now) if st.req else None
             tok = st.tok.charge(tokens, now) if st.tok else None
+            inp = st.inp.charge(inp_tokens, now) if st.inp else None
+            out = st.out.charge(w.output, now) if st.out else None
             serve_share(st, w, tokens)
             r = Reservation(next(self._ids), st.key, tokens, now - w.enqueued, probe, w.prompt, w.images, w.tokens)
-            self._open[r.id] = _Open(r, req, tok, now)
+            self._open[r.id] = _Open(r, req, tok, now, inp, out)
             if len(self._open) > OPEN_RESERVATIONS_SOFT_CAP:
                 self._expire_open(now)
             st.stats["admitted_requests"] += 1

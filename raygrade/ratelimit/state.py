@@ -38,6 +38,11 @@ UNDER_ESTIMATE_GUARD = 4
 
 
 
+#: The limiter's dimensions: (attribute of the key's window, field of the configured per-minute limit).
+DIMENSIONS: dict[str, tuple[str, str]] = {"requests": ("req", "rpm"), "tokens": ("tok", "tpm"),
+                                          "input_tokens": ("inp", "itpm"), "output_tokens": ("out", "otpm")}
+
+
 @dataclasses.dataclass
 class _Waiter:
     seq: int
@@ -49,6 +54,7 @@ class _Waiter:
     prompt: int = 0
     images: int = 0
     tenant: str = ""
+    output: int = 0  # the completion budget (max_tokens) within tokens
 
 
 @dataclasses.dataclass
@@ -57,6 +63,13 @@ class _Open:
     req: Charge | None
     tok: Charge | None
     admitted_at: float
+    inp: Charge | None = None
+    out: Charge | None = None
+
+    def charges(self, st: _KeyState) -> list[tuple[SlidingWindow, Charge]]:
+        """(window, charge) of every dimension this call was charged in."""
+        pairs = ((st.req, self.req), (st.tok, self.tok), (st.inp, self.inp), (st.out, self.out))
+        return [(w, c) for w, c in pairs if w is not None and c is not None]
 
 
 @dataclasses.dataclass
@@ -79,6 +92,8 @@ class _KeyState:
         self.learned: dict[str, float] = {}  # per minute
         self.req: SlidingWindow | None = None
         self.tok: SlidingWindow | None = None
+        self.inp: SlidingWindow | None = None  # input tokens (itpm)
+        self.out: SlidingWindow | None = None  # output tokens (otpm)
         self.apply_limits()
         self.breaker = self._breaker(limits)
         self.waiters: list[_Waiter] = []
@@ -116,9 +131,8 @@ class _KeyState:
         window_s = limits.window_s + limits.window_margin_s
         if window_s != self.window_s:
             self.window_s = window_s
-            for w in (self.req, self.tok):
-                if w is not None:
-                    w.resize(window_s, now)
+            for w in self.windows():
+                w.resize(window_s, now)
         if (old.breaker_failure_threshold, old.breaker_cooldown_s, old.breaker_max_cooldown_s) != (
                 limits.breaker_failure_threshold, limits.breaker_cooldown_s, limits.breaker_max_cooldown_s):
             self.breaker = self._breaker(limits)
@@ -207,11 +221,14 @@ class _KeyState:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Effective limits, availability, queue, pause, learned counts, breaker and counters."""
-        req, tok = self.req, self.tok
+        req, tok, inp, out = self.req, self.tok, self.inp, self.out
         return {
             "rpm": self.effective("requests"), "tpm": self.effective("tokens"),
+            "itpm": self.effective("input_tokens"), "otpm": self.effective("output_tokens"),
             "requests_available": req.limit - req.used(now) if req else None,
             "tokens_available": tok.limit - tok.used(now) if tok else None,
+            "input_tokens_available": inp.limit - inp.used(now) if inp else None,
+            "output_tokens_available": out.limit - out.used(now) if out else None,
             # share of the window's limit in use (0–1), None without a limit
             "requests_utilisation": min(1.0, req.used(now) / req.limit) if req else None,
             "tokens_utilisation": min(1.0, tok.used(now) / tok.limit) if tok else None,
@@ -234,18 +251,22 @@ class _KeyState:
                               cooldown_s=limits.breaker_cooldown_s, max_cooldown_s=limits.breaker_max_cooldown_s)
 
     def window(self, dim: str) -> SlidingWindow | None:
-        return self.req if dim == "requests" else self.tok
+        return getattr(self, DIMENSIONS[dim][0])
+
+    def windows(self) -> list[SlidingWindow]:
+        """The key's windows in use (a dimension without a limit has none)."""
+        return [w for dim in DIMENSIONS if (w := self.window(dim)) is not None]
 
     def effective(self, dim: str) -> float | None:
         """The per-minute limit in force: the configured one, lowered by a learned one."""
-        configured = self.limits.rpm if dim == "requests" else self.limits.tpm
+        configured = getattr(self.limits, DIMENSIONS[dim][1])
         learned = self.learned.get(dim)
         if configured and learned:
             return min(configured, learned)
         return configured or learned
 
     def apply_limits(self) -> None:
-        for dim in ("requests", "tokens"):
+        for dim, (attr, _) in DIMENSIONS.items():
             eff, w = self.effective(dim), self.window(dim)
             if eff is None:
                 w = None
@@ -253,10 +274,7 @@ class _KeyState:
                 w = SlidingWindow(eff * self.scale, self.window_s)
             else:
                 w.limit = float(eff * self.scale)
-            if dim == "requests":
-                self.req = w
-            else:
-                self.tok = w
+            setattr(self, attr, w)
 
 
 def join_share(st: _KeyState, rank: int, tenant: str, job: str) -> None:

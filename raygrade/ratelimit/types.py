@@ -66,6 +66,10 @@ class Settlement:
             to the request leaving from above (the grant's trip to the caller and the
             settlement's trip back included; durations only, so it holds across nodes whose
             clocks differ).
+        completion_tokens: The provider's reported output tokens (``actual_tokens`` less them is
+            its input count): the output-tokens window settles to them, the input-tokens window to
+            the input count less ``cached_tokens``.
+        cached_tokens: Input tokens read from the provider's prompt cache (free of ``itpm``).
         grant_trip_s: An upper bound on the grant's trip from the limiter to the caller: the
             caller's round trip of ``acquire`` less the ``waited_s`` it reports. Then
             ``send_delay_s + grant_trip_s`` bounds the delay since admission too, and the smaller
@@ -81,3 +85,5 @@ class Settlement:
     prompt_tokens: int | None = None
     answer_s: float | None = None
     grant_trip_s: float | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int = 0

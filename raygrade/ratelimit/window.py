@@ -220,11 +220,18 @@ class HeaderLimits:
     reset_s: float | None
 
 
+#: Header dimension (``x-ratelimit-limit-<dim>``) → the limiter's dimension.
+HEADER_DIMENSIONS = {"requests": "requests", "tokens": "tokens", "input-tokens": "input_tokens",
+                     "output-tokens": "output_tokens"}
+
+
 def parse_rate_limit_headers(headers: Mapping[str, str] | None) -> dict[str, HeaderLimits]:
-    """``{"requests": HeaderLimits, "tokens": HeaderLimits}`` from OpenAI's headers.
+    """``{"requests": HeaderLimits, "tokens": HeaderLimits, ...}`` from OpenAI-named headers.
 
     Headers: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (OpenAI API
-    reference, "Rate limits"). Dimensions without a limit or remaining header are left out.
+    reference, "Rate limits"), and ``…-input-tokens`` / ``…-output-tokens`` (adapters of
+    providers with separate input and output budgets name Anthropic's that way). Dimensions
+    without a limit or remaining header are left out.
     """
     out: dict[str, HeaderLimits] = {}
     if not headers:
@@ -237,12 +244,12 @@ def parse_rate_limit_headers(headers: Mapping[str, str] | None) -> dict[str, Hea
         except ValueError:
             return None
 
-    for dim in ("requests", "tokens"):
-        limit = as_int(lower.get(f"x-ratelimit-limit-{dim}"))
-        remaining = as_int(lower.get(f"x-ratelimit-remaining-{dim}"))
+    for name, dim in HEADER_DIMENSIONS.items():
+        limit = as_int(lower.get(f"x-ratelimit-limit-{name}"))
+        remaining = as_int(lower.get(f"x-ratelimit-remaining-{name}"))
         if limit is None and remaining is None:
             continue
-        reset = parse_duration(lower.get(f"x-ratelimit-reset-{dim}"))
+        reset = parse_duration(lower.get(f"x-ratelimit-reset-{name}"))
         out[dim] = HeaderLimits(limit, remaining, reset)
     return out
 

@@ -101,8 +101,8 @@ def test_reset_times_become_seconds_under_openais_names():
                                    "anthropic-ratelimit-requests-remaining": "49"},
                                   now=1796292000.0)  # 2026-12-03T10:00:00Z
     parsed = parse_rate_limit_headers(h)
-    assert parsed["tokens"].limit == 40000 and parsed["tokens"].remaining == 39000
-    assert parsed["tokens"].reset_s == pytest.approx(30.0)
+    assert parsed["input_tokens"].limit == 40000 and parsed["input_tokens"].remaining == 39000
+    assert parsed["input_tokens"].reset_s == pytest.approx(30.0)
     assert parsed["requests"].remaining == 49
 
 
@@ -125,8 +125,9 @@ def test_rate_limit_headers_reach_the_limiter_under_openais_names(fresh):
     res = chat(fresh, request(image=False))
     parsed = parse_rate_limit_headers(res.headers)
     assert parsed["requests"].limit == 50 and parsed["requests"].remaining == 49
-    assert parsed["tokens"].limit == 40_000 and parsed["tokens"].remaining % 1000 == 0, "rounded to thousands"
-    assert 0 < parsed["tokens"].reset_s <= 60
+    assert parsed["input_tokens"].limit == 40_000 and parsed["input_tokens"].remaining % 1000 == 0, "rounded"
+    assert parsed["output_tokens"].limit == 8_000 and 0 < parsed["input_tokens"].reset_s <= 60
+    assert "tokens" not in parsed, "input and output stay apart"
 
 
 def test_429_is_rate_limited_with_retry_after_and_529_is_a_retryable_status(fresh):

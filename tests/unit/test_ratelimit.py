@@ -222,6 +222,53 @@ def test_every_rate_limit_field_has_a_stricter_rule():
     assert a.stricter(a) is a
 
 
+# -- separate input and output budgets (Anthropic's rule) ------------------------------------
+def test_output_tokens_bind_apart_from_input_and_settle_to_the_real_output():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, itpm=10_000, otpm=500)
+        a = await lim.acquire("k", 900, prompt_tokens=600, output_tokens=300)
+        snap = lim.snapshot()["k"]
+        assert (snap["input_tokens_available"], snap["output_tokens_available"]) == (10_000 - 600, 200)
+        assert snap["tokens_available"] is None, "no tpm: nothing charges prompt + max_tokens"
+        b = asyncio.create_task(lim.acquire("k", 900, prompt_tokens=600, output_tokens=300))
+        await clock.settle()
+        assert not b.done(), "the output budget binds while input has room"
+        await lim.settle(a, Settlement(650, completion_tokens=50))  # the answer used 50 of its 300
+        await clock.settle()
+        assert b.done() and lim.snapshot()["k"]["output_tokens_available"] == 500 - 50 - 300
+    run(main)
+
+
+def test_cache_reads_are_free_of_the_input_budget():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, itpm=1_000, otpm=1_000)
+        r = await lim.acquire("k", 900, prompt_tokens=800, output_tokens=100)
+        assert lim.snapshot()["k"]["input_tokens_available"] == 200
+        await lim.settle(r, Settlement(850, completion_tokens=50, cached_tokens=700))
+        snap = lim.snapshot()["k"]
+        assert snap["input_tokens_available"] == 1_000 - 100, "800 input, 700 of them read from the cache"
+        assert snap["output_tokens_available"] == 950
+    run(main)
+
+
+def test_input_and_output_limits_are_learned_from_their_headers():
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=100)
+        r = await lim.acquire("k", 900, prompt_tokens=600, output_tokens=300)
+        await lim.settle(r, Settlement(650, completion_tokens=50, headers={
+            "x-ratelimit-limit-input-tokens": "40000", "x-ratelimit-remaining-input-tokens": "39000",
+            "x-ratelimit-limit-output-tokens": "8000", "x-ratelimit-remaining-output-tokens": "8000"}))
+        snap = lim.snapshot()["k"]
+        assert (snap["itpm"], snap["otpm"], snap["tpm"]) == (40_000, 8_000, None)
+        assert snap["header_correction_tokens"] == 0
+        await lim.acquire("k", 900, prompt_tokens=600, output_tokens=300)
+        assert lim.snapshot()["k"]["output_tokens_available"] == 8_000 - 300
+    run(main)
+
+
 # -- headers ------------------------------------------------------------------------------
 def test_learns_a_lower_real_limit_and_an_unconfigured_one():
     async def main():
