@@ -68,7 +68,7 @@ class RateLimiterActor:
                         delta = snap.get(stat, 0) - self._exported.get((key, stat), 0)
                         m.inc(name, delta, tags)
                         self._exported[(key, stat)] = snap.get(stat, 0)
-                    for dim in ("requests", "tokens"):
+                    for dim in ("requests", "tokens", "input_tokens", "output_tokens"):
                         if snap.get(f"{dim}_utilisation") is not None:
                             m.set("raygrade_limiter_utilisation", snap[f"{dim}_utilisation"],
                                   {**tags, "dimension": dim})

@@ -232,6 +232,8 @@ class _KeyState:
             # share of the window's limit in use (0–1), None without a limit
             "requests_utilisation": min(1.0, req.used(now) / req.limit) if req else None,
             "tokens_utilisation": min(1.0, tok.used(now) / tok.limit) if tok else None,
+            "input_tokens_utilisation": min(1.0, inp.used(now) / inp.limit) if inp else None,
+            "output_tokens_utilisation": min(1.0, out.used(now) / out.limit) if out else None,
             "waiting": len(self.waiters), "paused_for_s": max(0.0, self.paused_until - now),
             "in_flight_requests": len(self.in_flight),
             "in_flight_tokens": sum(n for _, n, _ in self.in_flight.values()),
