@@ -45,6 +45,8 @@ class BatchOutcome(BaseModel):
     errors: list[GradingErrorItem]
     usage: Usage
     calls: int
+    cached_prompt_tokens: int = Field(default=0, ge=0, description=(
+        "The part of usage.prompt_tokens the provider read from its prompt cache."))
     prompt_version: str = PROMPT_VERSION
     limiter_wait_s: float = Field(default=0.0, ge=0, description="Seconds spent waiting in the rate limiter.")
     provider_s: float = Field(default=0.0, ge=0, description="Seconds spent in provider calls (all attempts).")

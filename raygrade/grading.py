@@ -191,7 +191,7 @@ class BatchGrader:
         by_alias = {s.alias: s for s in batch.students}
         qmax = {q.id: q.max_score for q in batch.questions}
         usage = Usage()
-        calls = 0
+        calls = cached = 0
         grades = []
         model_used = batch.model or ""
         errors: list[GradingErrorItem] = []
@@ -217,6 +217,7 @@ class BatchGrader:
                     errors.append(students_error(pending, exc.error_type, exc.message, batch.batch_id))
                 continue
             calls += 1
+            cached += res.cached_tokens
             model_used = res.model
             if res.usage:
                 usage = usage + res.usage
@@ -266,6 +267,7 @@ class BatchGrader:
             results = await self._calibrate(batch, results)
         results += fallback_results
         return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=usage, calls=calls,
+                            cached_prompt_tokens=cached,
                             limiter_wait_s=timing["limiter"], provider_s=timing["provider"],
                             grant_to_send_s=timing["grant_to_send"])
 

@@ -75,4 +75,6 @@ class Grader:
         m.inc("raygrade_items_graded", len(outcome.results), tags)
         m.inc("raygrade_provider_tokens", outcome.usage.prompt_tokens, {**tags, "kind": "prompt"})
         m.inc("raygrade_provider_tokens", outcome.usage.completion_tokens, {**tags, "kind": "completion"})
+        # the part of the prompt tokens read from the provider's prompt cache
+        m.inc("raygrade_provider_tokens", outcome.cached_prompt_tokens, {**tags, "kind": "cached_prompt"})
         return outcome, self.replica_id

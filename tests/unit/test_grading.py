@@ -342,3 +342,21 @@ def test_charges_leave_the_window_from_when_the_request_was_sent():
     out = asyncio.run(g.grade(b))
     assert not out.errors and lim.delays[0] == pytest.approx(2.0, abs=0.2)
     assert out.grant_to_send_s == pytest.approx(2.0, abs=0.2)
+
+
+def test_cached_prompt_tokens_are_summed_and_free_of_the_input_budget():
+    """Prompt-cache reads reach the outcome (the cached_prompt token metric) and the limiter, whose
+    input-token budget (itpm) does not count them."""
+    b = batch(1)
+
+    class Cached(ScriptedProvider):
+        async def chat(self, request):
+            res = await super().chat(request)
+            res.cached_tokens = 60  # of the 80 prompt tokens
+            return res
+
+    g, lim = grader(Cached([good(b.students)]), limits=RateLimitConfig(itpm=1_000, otpm=1_000))
+    out = asyncio.run(g.grade(b))
+    assert not out.errors and out.cached_prompt_tokens == 60 and out.usage.prompt_tokens == 80
+    snap = lim.snapshot()["p/m"]
+    assert snap["input_tokens_available"] == 1_000 - 20 and snap["output_tokens_available"] == 1_000 - 20
