@@ -131,10 +131,12 @@ def chat_result(completion: Any, headers: dict[str, str], model: str, sent_at: f
     if not completion.choices:
         raise OutputParseError("provider returned no choices")
     choice = completion.choices[0]
-    usage = None
+    usage, cached = None, 0
     if completion.usage is not None:
         usage = Usage(prompt_tokens=completion.usage.prompt_tokens or 0,
                       completion_tokens=completion.usage.completion_tokens or 0)
+        details = getattr(completion.usage, "prompt_tokens_details", None)
+        cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0
     logprobs = getattr(choice, "logprobs", None)
     return ChatResult(
         content=choice.message.content,
@@ -146,6 +148,7 @@ def chat_result(completion: Any, headers: dict[str, str], model: str, sent_at: f
         token_logprobs=[(t.token, t.logprob) for t in logprobs.content] if logprobs is not None and logprobs.content
         else None,
         sent_at=sent_at,
+        cached_tokens=cached,
     )
 
 

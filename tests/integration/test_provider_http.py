@@ -158,3 +158,14 @@ def test_openrouter_attribution_headers_go_with_every_request(fake_openai):
     chat(OpenAICompatibleProvider(cfg))
     assert fake_openai.last_headers["http-referer"] == "https://school.example"
     assert fake_openai.last_headers["x-title"] == "raygrade"
+
+
+def test_a_repeated_long_system_prefix_is_read_from_the_cache(fake_openai):
+    fake_openai.reset()
+    system = {"role": "system", "content": "Rubric: award one point per correct step. " * 200}
+    p = OpenAICompatibleProvider(fake_provider(fake_openai.base_url))
+    first = asyncio.run(p.chat(ChatRequest([system, *MSG], max_tokens=20, temperature=0)))
+    second = asyncio.run(OpenAICompatibleProvider(fake_provider(fake_openai.base_url)).chat(
+        ChatRequest([system, {"role": "user", "content": "another student"}], max_tokens=20, temperature=0)))
+    assert first.cached_tokens == 0 and second.cached_tokens >= 1024 and second.cached_tokens % 128 == 0
+    assert second.cached_tokens <= second.usage.prompt_tokens

@@ -94,6 +94,7 @@ class FakeOpenAIServer(ThreadedApp):
         self.script: deque[str] = deque()
         self.log: list[RequestRecord] = []
         self.last_headers: dict[str, str] = {}
+        self._prefixes: set[str] = set()  # system messages seen (the prompt cache)
         self._req_window: deque[float] = deque()
         self._tok_window: deque[_Entry] = deque()
         self._tok_used = 0
@@ -114,6 +115,7 @@ class FakeOpenAIServer(ThreadedApp):
         with self._lock:
             self.log.clear()
             self.script.clear()
+            self._prefixes.clear()
             self._req_window.clear()
             self._tok_window.clear()
             self._tok_used = 0
@@ -206,6 +208,19 @@ class FakeOpenAIServer(ThreadedApp):
             self.log.append(rec)
         return rec
 
+    def _cached(self, messages: list) -> int:
+        """OpenAI's automatic prompt cache, for the system message: a prefix of at least 1,024 tokens
+        seen before is read from the cache in 128-token steps (OpenAI, "Prompt caching")."""
+        system = [m for m in messages if isinstance(m, dict) and m.get("role") == "system"]
+        if not system:
+            return 0
+        n = estimate_prompt_tokens(system)
+        key = json.dumps(system, sort_keys=True)
+        with self._lock:
+            hit = key in self._prefixes
+            self._prefixes.add(key)
+        return (n // 128) * 128 if hit and n >= 1024 else 0
+
     def _draw_fault(self) -> str | None:
         with self._lock:
             if self.script:
@@ -269,6 +284,7 @@ class FakeOpenAIServer(ThreadedApp):
                           headers=headers)
 
         answer = completion(body, prompt_tokens, fault=fault, pad_tokens=self.completion_tokens)
+        answer["usage"]["prompt_tokens_details"] = {"cached_tokens": self._cached(messages)}
         completion_tokens = answer["usage"]["completion_tokens"]
         delay = self.latency_s + self.latency_per_token_s * completion_tokens
         started = time.monotonic()
