@@ -178,7 +178,7 @@ class RateLimiter:
             raise
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
-        """Report how a reserved call ended (:class:`~raygrade.ratelimit.state.Settlement`).
+        """Report how a reserved call ended (:class:`~raygrade.ratelimit.types.Settlement`).
 
         An unknown or already-settled ``reservation`` still updates the key's headers, pause
         and breaker.
