@@ -1,5 +1,7 @@
 """Self-hosted model settings (no Ray, no vLLM): what ``args.models`` accepts and refuses."""
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -38,3 +40,17 @@ def test_a_self_hosted_model_gets_its_capacity_as_its_budget():
     explicit = {**SERVE_LLM, "rate_limit": {"max_concurrent_requests": 5}}
     assert RaygradeArgs.model_validate({"provider": explicit, "models": models}
                                        ).provider.rate_limit.max_concurrent_requests == 5
+
+
+def test_self_hosted_models_get_whitespace_free_structured_output_unless_they_say_otherwise():
+    """A small model on CPU padded schema-constrained JSON with whitespace until max_tokens; every
+    self-hosted model now defaults to xgrammar without free whitespace, online and in vllm-batch."""
+    from raygrade.selfhosted import STRUCTURED_OUTPUTS, ServedModelConfig
+
+    m = ServedModelConfig(model_id="m", model_source="/m", device="cpu")
+    cmd = m.batch_command("in.jsonl", "out.jsonl")
+    assert json.loads(cmd[cmd.index("--structured-outputs-config") + 1]) == STRUCTURED_OUTPUTS
+    own = ServedModelConfig(model_id="m", model_source="/m", device="cpu",
+                            engine_kwargs={"structured_outputs_config": {"backend": "guidance"}})
+    cmd = own.batch_command("in.jsonl", "out.jsonl")
+    assert json.loads(cmd[cmd.index("--structured-outputs-config") + 1]) == {"backend": "guidance"}
