@@ -38,7 +38,8 @@ def main() -> None:
         provider = ProviderConfig(name="remote", kind="serve_llm", model="smollm2-remote", api_key_env=None,
                                   supports_vision=False, image_token_rule="none", tokenizer="hf",
                                   tokenizer_path=folder, context_window=4096, max_completion_tokens=1024,
-                                  schema_bounds=True, check_on_start=False)
+                                  schema_bounds=True, check_on_start=False,
+                                  timeout_s=900.0)  # CPU decoding (≈ 7 tokens/s per stream), as the embedded model's
         on_head = {"num_cpus": 0, "resources": {"head": 0.01}}
         args = RaygradeArgs(api=ApiConfig(auth="disabled"),
                             provider=provider, models=[model], batcher=local_vllm_batcher(),
