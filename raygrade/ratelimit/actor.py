@@ -128,14 +128,29 @@ class ActorLimiter:
         self._limits = provider.rate_limit  # travels pickled: no re-validation per call
         self._priority = priority
         self._actor_retries = actor_retries
+        self._releases: set[asyncio.Task] = set()  # settlements of grants whose caller gave up
 
     async def acquire(self, key: str, tokens: int, *, job: str | None = None,
                       prompt_tokens: int | None = None, image_tokens: int | None = None,
                       tenant: str | None = None, output_tokens: int | None = None) -> Reservation:
+        """Wait until the shared actor admits the call and reserve it (see :meth:`RateLimiter.acquire`).
+
+        A caller cancelled while it waits (its request was cancelled, its job stopped) leaves its
+        grant to be settled as unsent when it comes, so it does not hold an in-flight slot of a
+        self-hosted model (or its tokens) until ``in_flight_timeout_s``.
+
+        Raises:
+            CircuitOpenError: the key's breaker is open.
+            RayActorError: the actor stayed unreachable over ``actor_retries`` attempts.
+        """
         for attempt in range(self._actor_retries + 1):
+            ref = self._actor.acquire.remote(key, tokens, self._limits, self._priority, job, prompt_tokens,
+                                             image_tokens, tenant, output_tokens)
             try:
-                return await self._actor.acquire.remote(key, tokens, self._limits, self._priority, job, prompt_tokens,
-                                                        image_tokens, tenant, output_tokens)
+                return await ref
+            except asyncio.CancelledError:
+                self._abandon(ref)
+                raise
             except (ActorDiedError, ActorUnavailableError, RayActorError):
                 if attempt == self._actor_retries:
                     raise
@@ -143,6 +158,21 @@ class ActorLimiter:
                 await asyncio.sleep(backoff_delay(attempt, base_s=0.1, cap_s=2.0))
                 self._actor = get_rate_limiter(self._namespace)
         raise AssertionError("unreachable")
+
+    def _abandon(self, ref: ray.ObjectRef) -> None:
+        """The caller of ``ref`` (an acquire) gave up: settle its reservation as unsent when the
+        actor grants it. (``ray.cancel`` is no substitute: a grant that crosses the cancellation
+        is then lost to the caller while the actor counts it in flight.)"""
+        async def release() -> None:
+            try:
+                reservation = await ref
+            except BaseException:  # refused, or the actor died: nothing is held
+                return
+            await self.settle(reservation, Settlement(0, outcome="client_error"))
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
         try:

@@ -127,3 +127,51 @@ def test_a_provider_that_counts_4x_the_estimate_and_sends_no_processing_time(ray
         ray.kill(get_rate_limiter(namespace), no_restart=True)
     finally:
         srv.stop()
+
+
+def test_a_caller_that_gives_up_while_waiting_holds_no_slot(ray_cluster):
+    """One call in flight at a time (a self-hosted model's budget): a caller cancelled while it
+    waits in the actor's queue, or just as it is granted, must not keep the slot until
+    ``in_flight_timeout_s`` (120 s here); the next caller gets it as soon as the first settles."""
+    import ray
+
+    from raygrade.config import RateLimitConfig
+    from raygrade.ratelimit.actor import ActorLimiter, get_rate_limiter
+    from raygrade.ratelimit.types import Settlement
+
+    provider = fake_provider_config("http://127.0.0.1:9/v1", rate_limit=RateLimitConfig(
+        max_concurrent_requests=1, in_flight_timeout_s=120.0))
+    key, namespace = provider.bucket_key, f"rg-cancel-{uuid.uuid4().hex[:8]}"
+    actor = get_rate_limiter(namespace)
+
+    async def until(pred, what: str, timeout_s: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            snap = (await actor.snapshot.remote())[key]
+            if pred(snap):
+                return snap
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{what}: {snap}")
+
+    async def main() -> None:
+        limiter = ActorLimiter(provider, namespace)
+        first = await limiter.acquire(key, 10)
+        waiting = asyncio.ensure_future(limiter.acquire(key, 10))
+        await until(lambda s: s["waiting"] == 1, "the second caller never queued")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await limiter.settle(first, Settlement(10))
+        third = await asyncio.wait_for(limiter.acquire(key, 10), timeout=30)
+        await limiter.settle(third, Settlement(10))
+        # Callers that give up at once, before or after the actor admits them: nothing stays in flight.
+        for _ in range(5):
+            gone = asyncio.ensure_future(limiter.acquire(key, 10))
+            await asyncio.sleep(0)
+            gone.cancel()
+        await until(lambda s: s["in_flight_requests"] == 0 and s["waiting"] == 0, "a slot stayed taken")
+
+    try:
+        asyncio.run(main())
+    finally:
+        ray.kill(actor)
