@@ -165,8 +165,10 @@ def cmd_prepare_model(a: argparse.Namespace) -> int:
 def _key_store(a: argparse.Namespace):
     from raygrade.config import StoreConfig
     from raygrade.store import JobStore
+    from raygrade.store.schema import check_store_url
 
     cfg = StoreConfig(url=a.store_url) if a.store_url else StoreConfig()
+    check_store_url(cfg.resolved_url(), must_exist=True)  # never a new, empty store the app does not read
     return JobStore(cfg.resolved_url(), blob_uri=cfg.resolved_blob_uri())
 
 
@@ -270,29 +272,34 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--batch-factor", type=float, default=0.5, help="the Batch API's price factor (OpenAI: 0.5)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_estimate)
+    # --store-url before or after the action (`keys --store-url X create`, `keys create --store-url X`).
+    store_help = "the job store (default: $RAYGRADE_STORE_URL or ~/.raygrade/jobs.db)"
+    store_opt = argparse.ArgumentParser(add_help=False)
+    store_opt.add_argument("--store-url", default=argparse.SUPPRESS, help=store_help)
     k = sub.add_parser("keys", help="create, list or revoke tenants' API keys (in the job store)")
-    k.add_argument("--store-url", help="the job store (default: $RAYGRADE_STORE_URL or ~/.raygrade/jobs.db)")
+    k.add_argument("--store-url", help=store_help)
     ks = k.add_subparsers(dest="action", required=True)
-    kc = ks.add_parser("create", help="a new key for a tenant; prints the secret once")
+    kc = ks.add_parser("create", parents=[store_opt], help="a new key for a tenant; prints the secret once")
     kc.add_argument("--tenant", required=True, help="tenant name: 1-128 of A-Z a-z 0-9 . _ -")
     kc.add_argument("--name", help="a label (who or what uses the key)")
-    kl = ks.add_parser("list", help="keys and their tenants (never the secrets)")
+    kl = ks.add_parser("list", parents=[store_opt], help="keys and their tenants (never the secrets)")
     kl.add_argument("--tenant")
     kl.add_argument("--all", action="store_true", help="include revoked keys")
-    kr = ks.add_parser("revoke", help="revoke a key by id (key_...)")
+    kr = ks.add_parser("revoke", parents=[store_opt], help="revoke a key by id (key_...)")
     kr.add_argument("key_id")
     k.set_defaults(fn=cmd_keys)
     q = sub.add_parser("quotas", help="set, clear or list tenants' quotas and usage (in the job store)")
-    q.add_argument("--store-url", help="the job store (default: $RAYGRADE_STORE_URL or ~/.raygrade/jobs.db)")
+    q.add_argument("--store-url", help=store_help)
     qs = q.add_subparsers(dest="action", required=True)
-    qset = qs.add_parser("set", help="set (replace) a tenant's quota; a limit left out is no limit")
+    qset = qs.add_parser("set", parents=[store_opt],
+                         help="set (replace) a tenant's quota; a limit left out is no limit")
     qset.add_argument("tenant")
     qset.add_argument("--max-active-jobs", type=int, help="jobs queued or running at once")
     qset.add_argument("--items-per-day", type=int, help="items (student x question) accepted per rolling 24 h")
     qset.add_argument("--tokens-per-day", type=int, help="provider tokens used by jobs accepted per rolling 24 h")
-    qc = qs.add_parser("clear", help="remove a tenant's quota")
+    qc = qs.add_parser("clear", parents=[store_opt], help="remove a tenant's quota")
     qc.add_argument("tenant")
-    ql = qs.add_parser("list", help="quotas with usage (used/limit; - is no limit)")
+    ql = qs.add_parser("list", parents=[store_opt], help="quotas with usage (used/limit; - is no limit)")
     ql.add_argument("--tenant", help="this tenant only (also one without a quota)")
     q.set_defaults(fn=cmd_quotas)
     a = ap.parse_args(argv)

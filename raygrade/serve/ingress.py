@@ -68,17 +68,42 @@ def _loc_to_param(loc: tuple) -> str:
     return out or "body"
 
 
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errs = exc.errors()
+def validation_error_body(errs: list[dict[str, Any]], body: Any = None) -> dict[str, Any]:
+    """The OpenAI-shaped error body for FastAPI's validation errors of one request.
+
+    Args:
+        errs: ``RequestValidationError.errors()``.
+        body: ``RequestValidationError.body``: for a body that is not JSON, the text FastAPI
+            tried to parse (its error's ``loc`` is ``("body", <character offset>)``).
+
+    Returns:
+        ``{"error": {"message", "type": "invalid_request_error", "param", "code": None}}``:
+        ``param`` names the first invalid field (``None`` for a body that is not JSON, whose
+        message gives the line and column instead, as Python's ``json`` counts them: from 1).
+        Messages name fields and constraints only and never echo input values (student text).
+    """
     first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        loc = tuple(first.get("loc", ()))
+        pos = loc[-1] if loc and isinstance(loc[-1], int) else None
+        reason = str((first.get("ctx") or {}).get("error") or "JSON decode error")
+        where = ""
+        if pos is not None and isinstance(body, str | bytes):
+            text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+            line = text.count("\n", 0, pos) + 1
+            where = f" at line {line}, column {pos - (text.rfind(chr(10), 0, pos) + 1) + 1} (character {pos})"
+        return {"error": {"message": f"the request body is not valid JSON: {reason}{where}",
+                          "type": "invalid_request_error", "param": None, "code": None}}
     param = _loc_to_param(tuple(first.get("loc", ())))
-    # Messages name fields and constraints only; never echo input values (student text).
     msg = f"{param}: {first.get('msg', 'invalid value')}"
     if len(errs) > 1:
         msg += f" (and {len(errs) - 1} more errors)"
-    return JSONResponse(status_code=400, content={"error": {
-        "message": msg, "type": "invalid_request_error", "param": param, "code": None}})
+    return {"error": {"message": msg, "type": "invalid_request_error", "param": param, "code": None}}
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(status_code=400, content=validation_error_body(list(exc.errors()), exc.body))
 
 
 @api.exception_handler(StarletteHTTPException)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from raygrade.blobs import BlobStore, default_blob_uri, externalize
-from raygrade.errors import NotFoundError
+from raygrade.errors import NotFoundError, StorageError
 from raygrade.protocol import GradingJob, JobProgress, JobState, JobStatus, Usage
 from raygrade.store.schema import create_engine, job_bodies, jobs, migrate
 from raygrade.store.states import JOB_TRANSITIONS, sources
@@ -22,14 +22,24 @@ class StoreCore:
             created or upgraded on open (:func:`raygrade.store.schema.migrate`).
         clock: Wall clock, Unix seconds (injected in tests).
         blob_uri: Where page images go (default: a folder beside a SQLite file).
+
+    Raises:
+        ConfigError: a URL :func:`~raygrade.store.schema.check_store_url` refuses.
+        StorageError: the database cannot be reached or opened (one line, no password).
     """
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time, blob_uri: str | None = None):
         self.engine = create_engine(url)
         self.dialect = self.engine.dialect.name
         self._clock = clock
-        self.blobs = BlobStore(blob_uri or default_blob_uri(url))
-        migrate(self.engine)
+        try:
+            migrate(self.engine)
+        except sa.exc.OperationalError as exc:  # unreachable server, refused login, unreadable file
+            self.engine.dispose()
+            reason = " ".join(str(exc.orig or exc).split())[:300]
+            raise StorageError(f"cannot open the job store at {self.engine.url.render_as_string(hide_password=True)}: "
+                               f"{reason}") from None
+        self.blobs = BlobStore(blob_uri or default_blob_uri(url))  # only once the store opened
 
     def close(self) -> None:
         self.engine.dispose()

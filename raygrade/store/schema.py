@@ -119,12 +119,80 @@ tenant_quotas = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+def _default_sqlite_path() -> Path:
+    from raygrade.config import default_store_url
+
+    return Path(sa.engine.make_url(default_store_url()).database or "").expanduser()
+
+
+def check_store_url(url: str, *, must_exist: bool = False) -> sa.engine.URL:
+    """Check a job store URL before anything is created or connected to.
+
+    A SQLite file's folder must exist, except the default store's (``$RAYGRADE_HOME``,
+    ``~/.raygrade``), which is made on first use: a mistyped path then fails instead of
+    silently starting an empty store.
+
+    Args:
+        url: ``sqlite:///PATH`` or ``postgresql+psycopg://USER@HOST/DB``.
+        must_exist: The store must be there already (``raygrade keys``/``quotas`` write into
+            the app's store, which the app creates): a SQLite file that does not exist, other
+            than the default one, is refused.
+
+    Returns:
+        The parsed URL.
+
+    Raises:
+        ConfigError: not a URL, a back end other than SQLite or PostgreSQL (``postgres://``
+            names the spelling SQLAlchemy wants), a missing folder or file; every message is one
+            line and never shows a password.
+        MissingDependencyError: the URL's database driver is not installed.
+    """
+    from raygrade.errors import ConfigError, MissingDependencyError
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigError("the job store URL is not a database URL (sqlite:///PATH or "
+                          "postgresql+psycopg://USER@HOST/DB)", param="store.url") from None
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    if backend == "postgres":
+        raise ConfigError(f"job store URL {shown}: write postgresql+psycopg:// (SQLAlchemy has no 'postgres' "
+                          "dialect)", param="store.url")
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"job store URL {shown}: the job store runs on SQLite or PostgreSQL, not {backend!r}",
+                          param="store.url")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (sa.exc.NoSuchModuleError, ImportError) as exc:
+        driver = parsed.get_driver_name()
+        hint = "pip install psycopg[binary]" if "psycopg" in driver else type(exc).__name__
+        raise MissingDependencyError(f"job store URL {shown}: its driver {driver!r} is not installed ({hint})",
+                                     param="store.url") from None
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        path = Path(parsed.database).expanduser()
+        default = path.absolute() == _default_sqlite_path().absolute()
+        if not default and not path.parent.is_dir():
+            raise ConfigError(f"job store {shown}: no such folder {path.parent} (create it, or fix the store URL)",
+                              param="store.url")
+        if must_exist and not default and not path.is_file():
+            raise ConfigError(f"no job store at {path}: the app creates its store when it starts; give the URL of "
+                              "the store the app uses", param="store.url")
+    return parsed
+
+
 def create_engine(url: str) -> sa.Engine:
-    """An engine for ``url``; SQLite files get their folder, WAL and a busy timeout."""
-    if url.startswith("sqlite"):
-        path = sa.engine.make_url(url).database
+    """An engine for ``url`` (checked by :func:`check_store_url`); SQLite files get WAL and a
+    busy timeout, the default store its folder.
+
+    Raises:
+        ConfigError: see :func:`check_store_url`.
+    """
+    parsed = check_store_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
         if path and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)  # only the default's can be missing
         engine = sa.create_engine(url, connect_args={"timeout": 30})
 
         @sa.event.listens_for(engine, "connect")

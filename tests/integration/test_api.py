@@ -79,6 +79,13 @@ def test_validation_error_is_400_with_openai_body(fake_app):
     assert "###" not in err["message"]
 
 
+def test_a_body_that_is_not_json_is_400_naming_line_and_column(fake_app):
+    r = httpx.post(f"{fake_app}/v1/jobs", content=b'{"assessment": {"questions": []},\n "submissions": [}',
+                   headers={"Content-Type": "application/json"})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] is None and "line 2, column" in err["message"], err
+
+
 def test_stored_image_pages_are_internal_only(fake_app):
     body = make_job(n_students=1).model_dump(mode="json")
     body["submissions"][0]["pages"] = [{"type": "stored_image", "sha256": "0" * 64, "media_type": "image/png",

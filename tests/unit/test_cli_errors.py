@@ -34,3 +34,38 @@ def test_validation_errors_are_joined_on_one_line():
         RaygradeArgs.model_validate({"provider": {"modle": "x", "timeout_s": -1}})
     line = one_line(err.value)
     assert "\n" not in line and "provider.modle" in line and "provider.timeout_s" in line
+
+
+def _raygrade(*args: str, home: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAYGRADE_")}
+    env.update({"RAYGRADE_HOME": str(home), **(env_extra or {})})
+    return subprocess.run([sys.executable, "-m", "raygrade.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+@pytest.mark.parametrize("url, says", [
+    ("postgres://rg:hunter2@127.0.0.1/rg", "write postgresql+psycopg://"),
+    ("mysql://rg@127.0.0.1/rg", "SQLite or PostgreSQL, not 'mysql'"),
+    ("not a url", "not a database URL"),
+    ("sqlite:///{tmp}/typo/jobs.db", "no such folder"),
+    ("sqlite:///{tmp}/jobs-typo.db", "no job store at"),
+    # A closed port on loopback: PostgreSQL unreachable is one line too, and the password is not in it.
+    ("postgresql+psycopg://rg:hunter2@127.0.0.1:9/rg?connect_timeout=2", "cannot open the job store"),
+])
+def test_a_wrong_store_url_is_one_line_and_creates_nothing(tmp_path, url, says):
+    url = url.format(tmp=tmp_path)
+    home = tmp_path / "home"
+    for args in (["keys", "--store-url", url, "list"], ["keys", "create", "--tenant", "a", "--store-url", url]):
+        out = _raygrade(*args, home=home)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and says in lines[0], out.stderr[-2000:]
+        assert "hunter2" not in out.stderr and "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no store, no folder, no blobs
+
+
+def test_the_default_store_is_made_on_first_use(tmp_path):
+    out = _raygrade("keys", "create", "--tenant", "school-a", home=tmp_path / "home")
+    assert out.returncode == 0 and out.stdout.startswith("rg_"), out.stderr[-2000:]
+    assert (tmp_path / "home" / "jobs.db").is_file()

@@ -43,7 +43,9 @@ def test_keys_cli_prints_the_secret_once_and_lists_only_prefixes(tmp_path, capsy
     from raygrade.cli import main
 
     url = f"sqlite:///{tmp_path}/jobs.db"
-    assert main(["keys", "--store-url", url, "create", "--tenant", "school-a", "--name", "lms"]) == 0
+    JobStore(url, blob_uri=str(tmp_path / "blobs")).close()  # the app made its store
+    # --store-url before the action or after it
+    assert main(["keys", "create", "--store-url", url, "--tenant", "school-a", "--name", "lms"]) == 0
     out = capsys.readouterr()
     secret = out.out.strip()
     assert secret.startswith("rg_") and secret not in out.err and "shown once" in out.err
@@ -64,6 +66,7 @@ def test_quotas_cli_sets_lists_with_usage_and_clears(tmp_path, capsys):
     from raygrade.cli import main
 
     url = f"sqlite:///{tmp_path}/jobs.db"
+    JobStore(url, blob_uri=str(tmp_path / "blobs")).close()
     assert main(["quotas", "--store-url", url, "set", "school-a", "--max-active-jobs", "2",
                  "--items-per-day", "100"]) == 0
     capsys.readouterr()

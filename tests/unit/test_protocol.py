@@ -163,3 +163,22 @@ def test_pages_are_decoded_at_the_edge_naming_the_page(tmp_path):
         externalize(GradingJob.model_validate(d), blobs)
     assert ei.value.param == "assessment.questions[0].model_answer_images[0].data"
     assert check_image(_png_bytes(30, 20, "RGB")) == (30, 20)
+
+
+def test_a_body_that_is_not_json_is_named_by_line_and_column():
+    """FastAPI's ``json_invalid`` error (a character offset) becomes line and column, param null."""
+    import json
+
+    from raygrade.serve.ingress import validation_error_body
+
+    doc = '{\n  "assessment": {"questions": []},\n  "submissions": [,]\n}'
+    with pytest.raises(json.JSONDecodeError) as err:
+        json.loads(doc)
+    e = err.value
+    body = validation_error_body([{"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error",
+                                   "input": {}, "ctx": {"error": e.msg}}], doc)["error"]
+    assert body["param"] is None and body["type"] == "invalid_request_error"
+    assert f"line {e.lineno}, column {e.colno}" in body["message"] and "Expecting value" in body["message"]
+    field = validation_error_body([{"type": "missing", "loc": ("body", "submissions", 0, "pages"),
+                                    "msg": "Field required"}])["error"]
+    assert field["param"] == "submissions[0].pages" and field["message"] == "submissions[0].pages: Field required"
