@@ -82,7 +82,7 @@ def validation_error_body(errs: list[dict[str, Any]], body: Any = None) -> dict[
         message gives the line and column instead, as Python's ``json`` counts them: from 1).
         Messages name fields and constraints only and never echo input values (student text).
     """
-    first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = errs[0] if errs else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
         loc = tuple(first.get("loc", ()))
         pos = loc[-1] if loc and isinstance(loc[-1], int) else None
