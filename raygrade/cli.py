@@ -234,6 +234,12 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     est = estimate_job(a.input, cfg) if a.input.endswith(".json") else estimate(cfg)
     p_in = a.price_in if a.price_in is not None else args.provider.price_per_mtok_input_usd
     p_out = a.price_out if a.price_out is not None else args.provider.price_per_mtok_output_usd
+    for reason, n in est.unplanned_reasons.items():  # e.g. OCR for a text-only model without its extra
+        print(f"raygrade: warning: {n} items cannot be graded: {reason}", file=sys.stderr)
+    if args.provider.traits.hosted and not (p_in and p_out):
+        print(f"raygrade: warning: no price for {args.provider.model!r} (input {p_in}, output {p_out} USD per "
+              "million tokens): the USD figures leave it out; give --price-in/--price-out or the provider's "
+              "price_per_mtok_input_usd/price_per_mtok_output_usd", file=sys.stderr)
     print(json.dumps(est.as_dict(p_in, p_out, a.batch_factor), indent=2) if a.json
           else table(est, p_in, p_out, a.batch_factor))
     return 0

@@ -35,6 +35,7 @@ class Estimate:
         image_tokens: The images' part of ``prompt_tokens``, by the provider's image rule.
         max_completion_tokens: The requests' ``max_tokens`` summed (an upper bound on output).
         unplanned_items: Items that would be error rows (unreadable pages, over the context).
+        unplanned_reasons: Their reasons (``"<error type>: <message>"``) and item counts.
     """
 
     submissions: int
@@ -43,6 +44,7 @@ class Estimate:
     image_tokens: int
     max_completion_tokens: int
     unplanned_items: int
+    unplanned_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def usd(self, price_in: float, price_out: float, factor: float = 1.0) -> tuple[float, float]:
         """``(prompt cost, the most the output can cost)`` in USD at per-million-token prices × ``factor``."""
@@ -77,6 +79,9 @@ def estimate(cfg: RegradeConfig) -> Estimate:
         out.image_tokens += sum(b.image_tokens_estimate for b in batches)
         out.max_completion_tokens += sum(b.max_tokens for b in batches)
         out.unplanned_items += len(errors)
+        for e in errors:
+            reason = f"{e['error_type']}: {e['error_message']}"
+            out.unplanned_reasons[reason] = out.unplanned_reasons.get(reason, 0) + 1
     return out
 
 

@@ -15,7 +15,7 @@ from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.bulk.config import RegradeConfig
 from raygrade.bulk.schema import RESULT_SCHEMA, error_rows, page_count, row_questions, submission_rows_to_jobs
 from raygrade.config import RaygradeArgs
-from raygrade.errors import RaygradeError, ReadingError
+from raygrade.errors import MissingDependencyError, RaygradeError, ReadingError
 from raygrade.planner import planner_for
 from raygrade.prompts import StudentWork
 from raygrade.protocol import Assessment, GradingJob, ImagePage, Page, ReadingMode, Submission, TextPage
@@ -66,8 +66,10 @@ class BlockPlanner:
             try:
                 pages = await asyncio.to_thread(self._read, sub)
             except Exception as exc:
+                # A missing extra is named (its message holds no student text); anything else by type only.
+                why = exc.message if isinstance(exc, MissingDependencyError) else type(exc).__name__
                 out.extend(error_rows(by_id[sub.student_id], qids, ReadingError.error_type,
-                                       f"reading failed: {type(exc).__name__}", self.assessment))
+                                       f"reading failed: {why}", self.assessment))
                 continue
             works.append(StudentWork(student_id=sub.student_id, alias=f"s{i + 1}", pages=pages,
                                      page_indices=list(range(len(sub.pages))), question_ids=qids))

@@ -214,8 +214,14 @@ def test_estimate_matches_what_the_provider_counts_and_the_run_sends(tmp_path, d
     provider = tmp_path / "provider.json"
     provider.write_text(cfg.provider.model_dump_json())
     assert main(["estimate", str(dataset), "--provider", str(provider), "--price-in", "2.5", "--price-out", "10"]) == 0
-    out = capsys.readouterr().out
-    assert f"{N} submissions -> {est.requests} requests" in out and "USD batch" in out
+    out = capsys.readouterr()
+    assert f"{N} submissions -> {est.requests} requests" in out.out and "USD batch" in out.out
+    assert "warning" not in out.err
+    # Without a price, a hosted model's USD figures are 0: said once on stderr.
+    provider.write_text(cfg.provider.model_copy(update={"price_per_mtok_output_usd": 0.0}).model_dump_json())
+    assert main(["estimate", str(dataset), "--provider", str(provider)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no price for" in err[0] and "--price-in" in err[0], err
 
 
 def test_estimate_of_a_job_json(tmp_path):
@@ -230,3 +236,25 @@ def test_estimate_of_a_job_json(tmp_path):
     est = estimate_job(job, cfg)
     assert est.submissions == len(sample_job().submissions) and est.requests >= 1
     assert 0 < est.image_tokens < est.prompt_tokens and est.unplanned_items == 0
+
+
+def test_estimate_names_the_missing_extra_of_items_it_cannot_plan(tmp_path, monkeypatch, capsys):
+    """A text-only model reads page images by OCR; without the ``ocr`` extra the estimate says so
+    on stderr, naming the extra (it printed only "N items unplanned")."""
+    import sys
+
+    from raygrade.cli import main
+    from raygrade.datasets.sample_jobs import sample_job
+
+    monkeypatch.setitem(sys.modules, "rapidocr", None)  # import rapidocr -> ImportError, as without the extra
+    job = tmp_path / "job.json"
+    job.write_text(sample_job().model_dump_json())
+    provider = tmp_path / "provider.json"
+    provider.write_text(fake_provider_config("http://127.0.0.1:9/v1", supports_vision=False, image_token_rule="none",
+                                             price_per_mtok_input_usd=1.0, price_per_mtok_output_usd=2.0
+                                             ).model_dump_json())
+    assert main(["estimate", str(job), "--provider", str(provider), "--reading-mode", "ocr"]) == 0
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()
+    assert err and all("raygrade[ocr]" in line and "items cannot be graded" in line for line in err), err
+    assert "items unplanned" in out.out
