@@ -245,25 +245,30 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``raygrade`` command line: each command's ``fn`` is set as a default."""
+    from raygrade import __version__
+
     ap = argparse.ArgumentParser(prog="raygrade", description="Grade scanned answer pages on Ray.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="grade real SAF answers end to end through the Serve app")
     d.add_argument("--saf", help="SAF dataset folder (default: ../shared/data/saf or $RAYGRADE_SAF_PATH)")
-    d.add_argument("--questions", type=int, default=6)
-    d.add_argument("--per-question", type=int, default=6)
+    d.add_argument("--questions", type=int, default=6, help="SAF questions to grade (default: %(default)s)")
+    d.add_argument("--per-question", type=int, default=6, help="students' answers per question (default: %(default)s)")
     d.add_argument("--examples", type=int, default=3, help="graded training answers per question in the prompt")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="which answers and page renderings are drawn")
     d.add_argument("--review-share", type=float, default=0.1,
                    help="share of items (least confident first) to flag for human review")
     d.add_argument("--grader", choices=("default", "baseline"), default="default",
                    help="default: OpenAI if OPENAI_API_KEY is set, else the embedded model on CPU; "
                         "baseline: the reference-similarity grader (no model server)")
     d.add_argument("--url", help="use a running raygrade app instead of starting one")
-    d.add_argument("--port", type=int, default=8000)
-    d.add_argument("--out", default="raygrade-results.json")
-    d.add_argument("--timeout-s", type=float, default=1800)
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--port", type=int, default=8000,
+                   help="HTTP port of the local app on 127.0.0.1 (default: %(default)s)")
+    d.add_argument("--out", default="raygrade-results.json", help="where the results and summary go (JSON)")
+    d.add_argument("--timeout-s", type=float, default=1800, help="seconds to wait for the job (default: %(default)s)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar while the job runs")
     d.set_defaults(fn=cmd_demo)
     p = sub.add_parser("prepare-model", help="convert the embedded model once (optional; done on first use)")
     p.set_defaults(fn=cmd_prepare_model)
@@ -272,11 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     src = e.add_mutually_exclusive_group()
     src.add_argument("--serve-config", help="the provider and batcher of this serve_config.yaml")
     src.add_argument("--provider", help="a ProviderConfig as YAML or JSON")
-    e.add_argument("--reading-mode", choices=["auto", "vision", "ocr"], default="auto")
+    e.add_argument("--reading-mode", choices=["auto", "vision", "ocr"], default="auto",
+                   help="pages as images (vision), as OCR text (ocr), or as the model allows (auto)")
     e.add_argument("--price-in", type=float, help="USD per million input tokens (default: the provider's)")
     e.add_argument("--price-out", type=float, help="USD per million output tokens (default: the provider's)")
     e.add_argument("--batch-factor", type=float, default=0.5, help="the Batch API's price factor (OpenAI: 0.5)")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     e.set_defaults(fn=cmd_estimate)
     # --store-url before or after the action (`keys --store-url X create`, `keys create --store-url X`).
     store_help = "the job store (default: $RAYGRADE_STORE_URL or ~/.raygrade/jobs.db)"
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     kc.add_argument("--tenant", required=True, help="tenant name: 1-128 of A-Z a-z 0-9 . _ -")
     kc.add_argument("--name", help="a label (who or what uses the key)")
     kl = ks.add_parser("list", parents=[store_opt], help="keys and their tenants (never the secrets)")
-    kl.add_argument("--tenant")
+    kl.add_argument("--tenant", help="this tenant's keys only")
     kl.add_argument("--all", action="store_true", help="include revoked keys")
     kr = ks.add_parser("revoke", parents=[store_opt], help="revoke a key by id (key_...)")
     kr.add_argument("key_id")
@@ -308,7 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     ql = qs.add_parser("list", parents=[store_opt], help="quotas with usage (used/limit; - is no limit)")
     ql.add_argument("--tenant", help="this tenant only (also one without a quota)")
     q.set_defaults(fn=cmd_quotas)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``raygrade`` command; returns its exit status."""
+    a = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("RAYGRADE_LOG_LEVEL", "WARNING"))
     return a.fn(a)
 

@@ -69,3 +69,25 @@ def test_the_default_store_is_made_on_first_use(tmp_path):
     out = _raygrade("keys", "create", "--tenant", "school-a", home=tmp_path / "home")
     assert out.returncode == 0 and out.stdout.startswith("rg_"), out.stderr[-2000:]
     assert (tmp_path / "home" / "jobs.db").is_file()
+
+
+def test_every_option_of_every_command_has_a_help_line_and_there_is_a_version():
+    import argparse
+
+    from raygrade import __version__
+    from raygrade.cli import build_parser
+
+    def walk(p: argparse.ArgumentParser, path: str):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction):
+                yield path, action
+
+    missing = [f"{path} {'/'.join(a.option_strings) or a.dest}" for path, a in walk(build_parser(), "raygrade")
+               if a.option_strings and not a.help]
+    assert missing == [], missing
+    out = subprocess.run([sys.executable, "-m", "raygrade.cli", "--version"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"raygrade {__version__}"
