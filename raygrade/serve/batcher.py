@@ -155,7 +155,7 @@ class Batcher:
         """Job duration and failed items by error type, once per job."""
         tags = {**self._ns, "state": final.state.value}
         if final.finished_at is not None:
-            self._metrics.observe("raygrade_job_duration_s", max(0.0, final.finished_at - final.created_at), tags)
+            self._metrics.observe("raygrade_job_duration_seconds", max(0.0, final.finished_at - final.created_at), tags)
         if final.progress.items_failed:
             for etype, n in (await self._registry.failure_counts.remote(job_id)).items():
                 self._metrics.inc("raygrade_items_failed", n, {**self._ns, "error_type": etype})

@@ -15,6 +15,10 @@ def test_names_help_and_tags():
         assert all(t.isidentifier() for t in m.tags)
         assert (m.kind == "histogram") == bool(m.boundaries)
         assert list(m.boundaries) == sorted(m.boundaries)
+        # Prometheus' naming: base units spelled out as the suffix (seconds, not s or ms).
+        if m.description.startswith("Seconds"):
+            assert m.name.endswith("_seconds"), m.name
+        assert not m.name.endswith(("_s", "_ms")), m.name
 
 
 def test_readme_lists_every_metric():
