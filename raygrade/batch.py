@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from raygrade.prompts import PROMPT_VERSION, StudentWork
-from raygrade.protocol import GradeResult, GradingErrorItem, Question, Usage
+from raygrade.protocol import GradeResult, GradingErrorItem, JobWarning, Question, Usage
 
 
 class GradeBatch(BaseModel):
@@ -52,6 +52,8 @@ class BatchOutcome(BaseModel):
     provider_s: float = Field(default=0.0, ge=0, description="Seconds spent in provider calls (all attempts).")
     grant_to_send_s: float = Field(default=0.0, ge=0, description=(
         "Longest delay from a rate-limiter grant to its request leaving (seconds)."))
+    warnings: list[JobWarning] = Field(default_factory=list, description=(
+        "Problems with whole questions (recorded once per job, see JobStatus.warnings)."))
 
 
 def students_error(students: list[StudentWork], error_type: str, message: str, batch_id: str | None

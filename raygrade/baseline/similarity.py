@@ -46,7 +46,7 @@ import numpy as np
 from raygrade.baseline import grid as gridmap
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.evaluation import score_level
-from raygrade.protocol import GradeResult, GradingErrorItem, Question, TextPage, Usage
+from raygrade.protocol import GradeResult, GradingErrorItem, JobWarning, Question, TextPage, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -292,6 +292,17 @@ class ReferenceSimilarityGrader:
                                     gridmap.question_factor(hits))
         return self._grid_fits[key]
 
+    def degenerate_warning(self, q: Question) -> JobWarning | None:
+        """A :class:`~raygrade.protocol.JobWarning` when ``q``'s grades are a fallback because
+        its graded examples all have the same similarity to the reference answer (on the grid
+        scale; ``None`` otherwise, and for a question without a reference answer)."""
+        if self.scale != "grid" or not q.reference_answer or not self._grid_fit(q)[0].degenerate:
+            return None
+        return JobWarning(type="degenerate_reference", question_ids=[q.id], message=(
+            f"question {q.id}: every graded example has the same similarity to the reference answer, so the "
+            f"reference-similarity grader cannot separate answers; its grades are the examples' median score at "
+            f"confidence {gridmap.DEGENERATE_CONFIDENCE} (check the reference answer; review these items)"))
+
     def _grade_on_grid(self, q: Question, answers: Sequence[str]) -> list[tuple[float, float, str]]:
         qmap, factor = self._grid_fit(q)
         grid = gridmap.score_grid(q)
@@ -320,7 +331,7 @@ class ReferenceSimilarityGrader:
         Items whose question lacks a reference answer, or whose pages are images,
         come back as errors; the rest are graded.
         """
-        results, errors = [], []
+        results, errors, warnings = [], [], []
         for q in batch.questions:
             students = [s for s in batch.students if q.id in s.question_ids]
             texts, ok = [], []
@@ -342,9 +353,12 @@ class ReferenceSimilarityGrader:
                                                type="invalid_request_error", message=str(exc),
                                                batch_id=batch.batch_id))
                 continue
+            if (warning := self.degenerate_warning(q)) is not None:
+                warnings.append(warning)
             for s, (score, conf, fb) in zip(ok, graded):
                 results.append(GradeResult(student_id=s.student_id, question_id=q.id, score=score,
                                            max_score=q.max_score, feedback=fb, confidence=conf,
                                            confidence_source="reference_similarity", pages=s.page_indices,
                                            model=self.model_name, batch_id=batch.batch_id, usage=Usage()))
-        return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=Usage(), calls=0)
+        return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=Usage(), calls=0,
+                            warnings=warnings)

@@ -46,6 +46,7 @@ from raygrade.protocol.results import (
     JobResults,
     JobState,
     JobStatus,
+    JobWarning,
     Usage,
 )
 from raygrade.protocol.tenants import QUOTA_WINDOW_S, TenantQuota, TenantUsage
@@ -66,6 +67,7 @@ __all__ = [
     "JobResults",
     "JobState",
     "JobStatus",
+    "JobWarning",
     "MAX_IMAGE_BYTES",
     "Page",
     "QUOTA_WINDOW_S",

@@ -69,6 +69,16 @@ class GradingErrorItem(_Model):
         return len(self.student_ids) * len(self.question_ids)
 
 
+class JobWarning(_Model):
+    """Something about a job's grades that its items do not say alone: every grade of the
+    named questions is affected (e.g. ``degenerate_reference``: the grader could not tell the
+    graded examples apart, so those grades are a fallback at low confidence)."""
+
+    type: str
+    question_ids: list[str]
+    message: str
+
+
 class JobState(str, enum.Enum):
     """Lifecycle of a job: queued → running → (succeeded | partial | failed), and
     queued | running → cancelled. Terminal states are final."""
@@ -111,6 +121,9 @@ class JobStatus(_Model):
     model: str | None = None
     usage: Usage = Field(default_factory=Usage)
     tenant: str = Field(default="default", description="The tenant the job belongs to (its API key's).")
+    warnings: list[JobWarning] = Field(default_factory=list, description=(
+        "Questions whose grades are all affected by one problem, e.g. a reference answer that cannot "
+        "separate the graded examples (type degenerate_reference); their items go to review first."))
 
 
 class JobList(_Model):

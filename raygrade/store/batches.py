@@ -159,6 +159,8 @@ class BatchLeases(StoreCore):
                 batches.c.id == outcome.batch_id, batches.c.state.in_(sources(BATCH_TRANSITIONS, "done")),
             ).values(state="done", replica=replica, owner=None, lease_expires_at=None,
                      duplicates_dropped=dropped, updated_at=now)).rowcount
+            if moved and outcome.warnings:
+                self._add_warnings(conn, job_id, outcome.warnings)
             if moved:  # usage is counted once per batch, even if it was graded twice
                 conn.execute(jobs.update().where(jobs.c.id == job_id).values(
                     prompt_tokens=jobs.c.prompt_tokens + outcome.usage.prompt_tokens,

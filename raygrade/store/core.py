@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -9,7 +10,7 @@ import sqlalchemy as sa
 
 from raygrade.blobs import BlobStore, default_blob_uri, externalize
 from raygrade.errors import NotFoundError, StorageError
-from raygrade.protocol import GradingJob, JobProgress, JobState, JobStatus, Usage
+from raygrade.protocol import GradingJob, JobProgress, JobState, JobStatus, JobWarning, Usage
 from raygrade.store.schema import create_engine, job_bodies, jobs, migrate
 from raygrade.store.states import JOB_TRANSITIONS, sources
 
@@ -92,13 +93,28 @@ class StoreCore:
     def _status_of(j) -> JobStatus:
         return JobStatus(
             id=j["id"], tenant=j["tenant"], state=JobState(j["state"]), created_at=j["created_at"],
-            finished_at=j["finished_at"],
+            finished_at=j["finished_at"], warnings=json.loads(j["warnings"] or "[]"),
             model=j["model"], usage=Usage(prompt_tokens=j["prompt_tokens"], completion_tokens=j["completion_tokens"]),
             progress=JobProgress(students=j["students"], items_total=j["items_total"],
                                  items_graded=j["items_graded"], items_failed=j["items_failed"],
                                  items_needs_review=j["items_needs_review"], items_cancelled=j["items_cancelled"],
                                  batches_total=j["batches_total"], batches_done=j["batches_done"],
                                  batches_redispatched=j["batches_redispatched"]))
+
+    def _add_warnings(self, conn, job_id: str, new: list[JobWarning]) -> None:
+        """Add ``new`` to the job's warnings, once per (type, questions), in the caller's
+        transaction (the job row locked on PostgreSQL: batches complete concurrently)."""
+        j = self._job_row(conn, job_id, lock=True)
+        have = [JobWarning.model_validate(w) for w in json.loads(j["warnings"] or "[]")]
+        seen = {(w.type, tuple(w.question_ids)) for w in have}
+        added = []
+        for w in new:
+            if (key := (w.type, tuple(w.question_ids))) not in seen:
+                seen.add(key)
+                added.append(w)
+        if added:
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                warnings=json.dumps([w.model_dump(mode="json") for w in have + added])))
 
     def _count(self, conn, job_id: str, **deltas: int) -> None:
         """Add ``deltas`` to the job's counters (in the caller's transaction)."""

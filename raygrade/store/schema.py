@@ -28,6 +28,7 @@ jobs = sa.Table(
     sa.Column("prompt_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("errors", sa.Text, nullable=False, server_default="[]"),  # job-wide GradingErrorItems
+    sa.Column("warnings", sa.Text, nullable=False, server_default="[]"),  # JobWarnings (0005)
     # Progress counters, kept in the same transactions as the item and batch changes they
     # count, so status() reads one row whatever the job's size.
     *(sa.Column(c, sa.Integer, nullable=False, server_default="0") for c in COUNTER_COLUMNS),

@@ -56,6 +56,7 @@ def test_baseline_in_the_serve_graph(serve_url):
     from ray import serve
 
     from raygrade.app import build_app
+    from raygrade.baseline.grid import DEGENERATE_CONFIDENCE
 
     args = RaygradeArgs(api=ApiConfig(auth="disabled"),
                         provider=reference_similarity_provider(), namespace=f"rg-base-{uuid.uuid4().hex[:8]}")
@@ -63,14 +64,19 @@ def test_baseline_in_the_serve_graph(serve_url):
     try:
         client = Client(f"{serve_url}/baseline")
         job = GradingJob.model_validate({
-            "assessment": {"questions": [{"id": "ds", "prompt": "Stack vs queue?", "reference_answer": REF,
-                                          "max_score": 2, "score_step": 1}]},
+            "assessment": {"questions": [
+                {"id": "ds", "prompt": "Stack vs queue?", "reference_answer": REF, "max_score": 2, "score_step": 1},
+                # A placeholder reference and examples it cannot tell apart: named in the job's status.
+                {"id": "ph", "prompt": "Anything?", "reference_answer": "zz", "max_score": 2, "score_step": 1,
+                 "examples": [{"answer": "no idea", "score": 0}, {"answer": "no idea", "score": 2}]}]},
             "submissions": [{"student_id": k, "pages": [{"type": "text", "text": v}]} for k, v in ANSWERS.items()]})
         st = client.wait(client.submit(job).id, timeout_s=120, poll_s=0.2, progress=False)
         res = client.results(st.id)
         assert st.state.value == "succeeded" and st.usage.total_tokens == 0
-        by = {r.student_id: r for r in res.results}
+        by = {r.student_id: r for r in res.results if r.question_id == "ds"}
         assert by["full"].score == 2 and by["wrong"].score < 2
         assert by["full"].model == "reference-similarity" and "Similarity to the reference" in by["full"].feedback
+        assert [(w.type, w.question_ids) for w in st.warnings] == [("degenerate_reference", ["ph"])], st.warnings
+        assert {r.confidence for r in res.results if r.question_id == "ph"} == {DEGENERATE_CONFIDENCE}
     finally:
         serve.delete("baseline")

@@ -124,6 +124,22 @@ def test_each_item_is_graded_exactly_once_when_a_batch_completes_twice(store):
     assert store.unfinished_jobs() == []
 
 
+def test_warnings_of_whole_questions_are_kept_once_in_the_status(store):
+    from raygrade.protocol import JobWarning
+
+    job_id, batches = started(store)
+    store.lease_batches(job_id, "A", 30, 10)
+    w = JobWarning(type="degenerate_reference", question_ids=["q1"], message="question q1: cannot separate")
+    assert store.status(job_id).warnings == []
+    store.complete_batch(job_id, outcome(batches[0]).model_copy(update={"warnings": [w]}))
+    store.complete_batch(job_id, outcome(batches[0]).model_copy(update={"warnings": [w, w]}))  # a replayed copy
+    store.complete_batch(job_id, outcome(batches[1]).model_copy(update={"warnings": [w]}))  # another batch
+    st = store.finish_if_complete(job_id)
+    assert st.state == JobState.SUCCEEDED and st.warnings == [w]
+    listed, _ = store.list_jobs("raygrade", "default")
+    assert store.status(job_id).warnings == [w] and [j.warnings for j in listed] == [[w]]
+
+
 def test_expired_leases_are_taken_over_and_only_the_owner_releases(store):
     job_id, batches = started(store)
     clock = store._clock
@@ -503,7 +519,7 @@ def test_the_revisions_build_exactly_the_declared_schema_and_downgrade_keeps_the
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0001")
     assert "raygrade_job_bodies" not in sa.inspect(s.engine).get_table_names()
-    assert migrate(s.engine) == ["0002", "0003", "0004"]
+    assert migrate(s.engine) == ["0002", "0003", "0004", "0005"]
     assert diff() == []
     assert s.status(job_id) == before and s.get_job(job_id) == job  # bodies and counters survived the round trip
     s.close()

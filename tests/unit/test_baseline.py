@@ -219,3 +219,12 @@ def test_a_map_that_cannot_separate_its_examples_gives_their_median_at_the_lowes
         graded = ReferenceSimilarityGrader(bow_embedder).grade_answers(q, ["TCP headers", "answer number 3"])
     assert [(s, c) for s, c, _ in graded] == [(1.0, DEGENERATE_CONFIDENCE)] * 2, "the median, not full marks"
     assert "question q7" in caplog.text and "answer number" not in caplog.text, "no student text in logs"
+
+    # A batch's outcome names the question (the job's status carries it: JobStatus.warnings).
+    students = [StudentWork(student_id="a", alias="s1", pages=[TextPage(text=REF)], page_indices=[0],
+                            question_ids=["q", "q7"])]
+    out = ReferenceSimilarityGrader(bow_embedder).grade_sync(GradeBatch(
+        batch_id="b1", job_id="j", questions=[question(), q], students=students, prompt_tokens_estimate=0,
+        max_tokens=1))
+    assert [(w.type, w.question_ids) for w in out.warnings] == [("degenerate_reference", ["q7"])]
+    assert "q7" in out.warnings[0].message and REF not in out.warnings[0].message
