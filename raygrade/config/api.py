@@ -16,7 +16,7 @@ class ApiConfig(_Config):
     """Who may call the HTTP API, and how much one request may ask of it.
 
     Attributes:
-        auth: ``api_keys`` (default): every route except ``/healthz`` needs
+        auth: ``api_keys`` (default): every route except ``/healthz``, ``/readyz`` needs
             ``Authorization: Bearer <key>``; a key belongs to one tenant (``raygrade keys create
             --tenant …``), and a tenant sees only its own jobs. ``disabled``: no authentication,
             every caller is tenant ``default`` — for a laptop or a test, never for a network; the

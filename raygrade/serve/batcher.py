@@ -98,6 +98,12 @@ class Batcher:
         """Serve's periodic health check; (re)starts the control loop if it is not running."""
         self._ensure_control_loop()
 
+    async def ready(self) -> None:
+        """Return once a job could be graded end to end: the store answers (through the
+        registry) and a Grader replica is ready (:meth:`Grader.ready`). Raises what they raise."""
+        await self._registry.gauges.remote()
+        await self._grader.ready.remote()
+
     async def _get_planner(self) -> JobPlanner:
         if self._planner is None:
             self._planner = await asyncio.to_thread(planner_for, self._args)

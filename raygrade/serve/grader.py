@@ -62,6 +62,14 @@ class Grader:
                                           model_handle=self._model_handle)
         return self._grader
 
+    async def ready(self) -> None:
+        """Return once this replica can grade: its grader built (the baseline's embedding model
+        loaded) and, for a model served in the application, that model answering its health
+        check (``LLMServer.check_health``: the engine is up). A caller bounds the wait."""
+        await self._get()
+        if self._model_handle is not None:
+            await self._model_handle.check_health.remote()
+
     async def grade(self, batch: GradeBatch) -> tuple[BatchOutcome, str]:
         """Grade a batch; returns the outcome and this replica's id."""
         grader = await self._get()

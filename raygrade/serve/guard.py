@@ -25,7 +25,7 @@ from raygrade.store.keys import KEY_PREFIX, hash_key
 #: Routes FastAPI serves itself: the API's description (a key needed unless ``public_docs``).
 DOC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 #: Routes answered without a key.
-PUBLIC_PATHS = frozenset({"/healthz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class Authenticator:
@@ -100,7 +100,7 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
 class RequestGuard:
     """ASGI middleware: the caller's key (401), then bounded bodies (413, 408).
 
-    Every path but ``/healthz`` (and the API's description with ``public_docs``) needs a valid
+    Every path but ``/healthz`` and ``/readyz`` (and the API's description with ``public_docs``) needs a valid
     key, checked before the body is read; the tenant goes to ``request.state.tenant``. Reads
     its settings from the app's state (``api_config``, ``authenticator``), which the ingress
     sets when its replica starts.

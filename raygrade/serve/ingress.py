@@ -1,6 +1,6 @@
 """``RaygradeIngress``: the HTTP API (FastAPI on Ray Serve).
 
-Routes (every one but ``/healthz`` needs ``Authorization: Bearer <key>`` unless ``api.auth`` is
+Routes (every one but ``/healthz``, ``/readyz`` needs ``Authorization: Bearer <key>`` unless ``api.auth`` is
 ``disabled``; a job is its tenant's alone: another tenant's job id is a 404):
     ``POST /v1/jobs``               → 202 :class:`JobStatus` (200 for an idempotent replay)
     ``GET  /v1/jobs``               → :class:`JobList` of the tenant's jobs (``?status=&limit=&after=``)
@@ -9,7 +9,8 @@ Routes (every one but ``/healthz`` needs ``Authorization: Bearer <key>`` unless 
     ``POST /v1/jobs/{id}/cancel``   → :class:`JobStatus` (``cancelled``; 409 if already ended)
     ``GET  /v1/jobs/{id}/replicas`` → batches graded per grader replica
     ``GET  /v1/usage``              → :class:`TenantUsage`: the tenant's quota and usage
-    ``GET  /healthz``
+    ``GET  /healthz``               → 200 while the replica answers (liveness)
+    ``GET  /readyz``                → 200 once a job could be graded, else 503 (readiness)
 
 Errors use the OpenAI body ``{"error": {"message", "type", "param", "code"}}``;
 request validation errors are 400 and name the offending field in ``param``; a missing or
@@ -57,6 +58,9 @@ async def tenant_of(request: Request,
 
 
 Tenant = Depends(tenant_of)
+#: Seconds ``/readyz`` waits for the store, a Grader and the model before answering 503.
+READY_TIMEOUT_S = 5.0
+
 JobId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 
 
@@ -255,4 +259,22 @@ class RaygradeIngress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
+        """Liveness: this replica answers HTTP (models may still be loading; see ``/readyz``)."""
         return {"status": "ok"}
+
+    @api.get("/readyz", responses={503: {"description": "Not ready: the store, a grader or the model is not up "
+                                                         "yet (`reason` says which part did not answer)."}})
+    async def readyz(self) -> JSONResponse:
+        """Readiness: 200 once a job could be graded now (the store answers, a Grader replica
+        has built its grader, and a model served in the application passed its health check);
+        503 while not, e.g. while the embedded model loads. No key needed, as ``/healthz``."""
+        try:
+            await asyncio.wait_for(self._batcher.ready.remote(), timeout=READY_TIMEOUT_S)
+        except TimeoutError:
+            return JSONResponse(status_code=503, content={"status": "not_ready", "reason": (
+                f"no answer within {READY_TIMEOUT_S:g} s (a model loading, or no replica up yet)")})
+        except Exception as exc:  # a replica failing its start (missing key, unknown model) or the store down
+            err = raygrade_cause(exc)
+            return JSONResponse(status_code=503, content={"status": "not_ready", "reason": (
+                err.message if err is not None else type(exc).__name__)})
+        return JSONResponse(status_code=200, content={"status": "ready"})

@@ -11,14 +11,35 @@ from raygrade.datasets.sample_jobs import sample_job
 
 @pytest.mark.slow
 def test_sample_job_through_local_vllm(serve_url):
+    import time
+
+    import httpx
     from ray import serve
+    from ray.serve.api import RunTarget
 
     from raygrade.app import build_app
 
     args = RaygradeArgs(api=ApiConfig(auth="disabled"),
                         provider=local_vllm_provider(), namespace=f"rg-vllm-{uuid.uuid4().hex[:8]}")
-    serve.run(build_app(args), name="local", route_prefix="/local")
+    # Not waiting for the application: /readyz is 503 while the model loads, then 200 (/healthz is
+    # 200 as soon as the ingress answers).
+    serve.run_many([RunTarget(build_app(args), name="local", route_prefix="/local")],
+                   wait_for_applications_running=False)
     try:
+        seen: list[tuple[int, str | None]] = []  # (HTTP status, the body's "status")
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and (not seen or seen[-1][0] != 200):
+            try:
+                r = httpx.get(f"{serve_url}/local/readyz", timeout=30)
+                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                seen.append((r.status_code, body.get("status") if isinstance(body, dict) else None))
+            except httpx.HTTPError:
+                pass
+            if not seen or seen[-1][0] != 200:
+                time.sleep(1.0)
+        # Before the route is up the proxy answers 404/503 itself; then the ingress: not ready, then ready.
+        ours = [s for s in dict.fromkeys(seen) if s[1] is not None]
+        assert ours == [(503, "not_ready"), (200, "ready")], seen
         client = Client(f"{serve_url}/local", timeout_s=120)
         job = sample_job()
         st = client.wait(client.submit(job).id, timeout_s=900, poll_s=1.0, progress=False)

@@ -92,6 +92,8 @@ def test_no_key_bad_key_and_revoked_key_are_401_before_the_body_is_read(secure):
     status, _ = _raw_post(secure.url, "/v1/jobs", {}, declared=LIMIT * 10, send=b"{")
     assert status == 401
     assert httpx.get(f"{secure.url}/healthz", timeout=10).status_code == 200
+    ready = httpx.get(f"{secure.url}/readyz", timeout=10)  # probes carry no key
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
 
 
 def _raw_post(url: str, path: str, headers: dict[str, str], *, declared: int, send: bytes, timeout_s: float = 10.0):
