@@ -29,7 +29,7 @@ from importlib import resources
 
 import numpy as np
 
-from raygrade.protocol import Question
+from raygrade.protocol import JobWarning, Question
 
 #: Weight of each anchor pseudo-example (similarity 0 → 0, similarity 1 → full marks).
 ANCHOR_WEIGHT = 0.5
@@ -154,6 +154,15 @@ def at_end(score: float, grid: Sequence[float]) -> bool:
 #: Confidence of a grade from a map that cannot separate its examples (:attr:`QuantileMap.degenerate`):
 #: the floor, so that any review share sends these grades first.
 DEGENERATE_CONFIDENCE = 0.01
+
+
+def degenerate_warning(question_id: str) -> JobWarning:
+    """The job warning for a question whose map is :attr:`QuantileMap.degenerate` (named in the
+    job's status; the message carries no answer text)."""
+    return JobWarning(type="degenerate_reference", question_ids=[question_id], message=(
+        f"question {question_id}: every graded example has the same similarity to the reference answer, so "
+        f"similarity cannot grade it; its grades are the examples' median score at confidence "
+        f"{DEGENERATE_CONFIDENCE} (check the reference answer; these items go to review first)"))
 
 
 def grid_confidence(margin: float, end: bool, factor: float = 1.0) -> float:
