@@ -8,10 +8,12 @@ deployment only wraps it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from raygrade.batch import BatchOutcome, GradeBatch, students_error
 from raygrade.errors import (
@@ -49,7 +51,18 @@ def batch_request(batch: GradeBatch, students: list[StudentWork], *, max_tokens:
     score ranges in the schema."""
     messages = build_messages(batch.questions, students, include_model_answer_images=batch.include_model_answer_images)
     return ChatRequest(messages, max_tokens=max_tokens, temperature=batch.temperature,
-                       json_schema=output_schema(batch.questions, students, bounds=bounds), model=batch.model)
+                       json_schema=output_schema(batch.questions, students, bounds=bounds), model=batch.model,
+                       cache_key=prefix_cache_key(messages))
+
+
+def prefix_cache_key(messages: list[dict[str, Any]]) -> str | None:
+    """A key naming the shared prefix of a request's ``messages``: ``"rg-"`` + 24 hex digits of the
+    SHA-256 of its system message (the instructions and the questions, the same for every batch of
+    an assessment); ``None`` without a system message. Carries nothing readable of the prompt."""
+    system = [m for m in messages[:1] if m.get("role") == "system"]
+    if not system:
+        return None
+    return "rg-" + hashlib.sha256(json.dumps(system[0], sort_keys=True).encode()).hexdigest()[:24]
 
 
 class UnmeteredLimiter:

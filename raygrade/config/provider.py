@@ -227,6 +227,16 @@ class ProviderConfig(_Config):
         "Not for secrets: the key comes from api_key_env."))
     price_per_mtok_input_usd: float = Field(default=0.0, ge=0)
     price_per_mtok_output_usd: float = Field(default=0.0, ge=0)
+    prompt_cache_key: bool | None = Field(default=None, description=(
+        "Send OpenAI's prompt_cache_key (one per assessment's shared prefix) so its requests reach the same "
+        "prompt cache. None: only to OpenAI's own API (base_url unset or api.openai.com)."))
+
+    @property
+    def sends_prompt_cache_key(self) -> bool:
+        """Whether requests carry ``prompt_cache_key`` (see the field)."""
+        if self.prompt_cache_key is not None:
+            return self.prompt_cache_key
+        return self.kind == "openai_compatible" and (self.base_url is None or "api.openai.com" in self.base_url)
 
     @model_validator(mode="after")
     def _check(self) -> ProviderConfig:

@@ -37,6 +37,9 @@ class ChatRequest:
         json_schema: The output's JSON schema (structured output where the provider has it).
         schema_name: The schema's name, where the provider's request names it.
         model: Overrides the configured model.
+        cache_key: The same for every request that shares this one's prefix (the system message:
+            instructions and questions); OpenAI's ``prompt_cache_key`` routes such requests to
+            the same prompt cache.
     """
 
     messages: list[dict[str, Any]]
@@ -45,6 +48,7 @@ class ChatRequest:
     json_schema: dict[str, Any] | None = None
     schema_name: str = "grades"
     model: str | None = None
+    cache_key: str | None = None
 
 
 @dataclasses.dataclass

@@ -119,6 +119,8 @@ def chat_request(config: ProviderConfig, request: ChatRequest) -> dict[str, Any]
             "name": request.schema_name, "schema": request.json_schema, "strict": True}}
     if config.score_logprobs:
         body["logprobs"] = True
+    if request.cache_key and config.sends_prompt_cache_key:
+        body["prompt_cache_key"] = request.cache_key
     return body
 
 

@@ -169,3 +169,36 @@ def test_a_repeated_long_system_prefix_is_read_from_the_cache(fake_openai):
         ChatRequest([system, {"role": "user", "content": "another student"}], max_tokens=20, temperature=0)))
     assert first.cached_tokens == 0 and second.cached_tokens >= 1024 and second.cached_tokens % 128 == 0
     assert second.cached_tokens <= second.usage.prompt_tokens
+
+
+def test_prompt_cache_key_names_the_shared_prefix_and_goes_to_openai_only(fake_openai):
+    """Requests of one assessment share OpenAI's ``prompt_cache_key`` (a hash of the system message,
+    nothing readable); sent to OpenAI's own API by default, elsewhere only when configured."""
+    from raygrade.batch import GradeBatch
+    from raygrade.grading import batch_request
+    from raygrade.prompts import StudentWork
+    from raygrade.protocol import Question, TextPage
+    from raygrade.providers.openai_compat import chat_request
+
+    questions = [Question(id="q1", prompt="Why does TCP use a three-way handshake?", max_score=2,
+                          reference_answer="To synchronise sequence numbers in both directions.")]
+    batch = GradeBatch(batch_id="b1", job_id="j1", questions=questions, prompt_tokens_estimate=100, max_tokens=100,
+                       students=[StudentWork(student_id=f"s{i}", alias=f"s{i + 1}", question_ids=["q1"],
+                                             page_indices=[0], pages=[TextPage(text=f"answer {i}")])
+                                 for i in range(3)])
+    a = batch_request(batch, batch.students[:1], max_tokens=100)
+    b = batch_request(batch, batch.students[1:], max_tokens=100)
+    other = batch_request(batch.model_copy(update={"questions": [
+        q.model_copy(update={"prompt": q.prompt + "?"}) for q in batch.questions]}), batch.students, max_tokens=100)
+    assert a.cache_key == b.cache_key != other.cache_key and a.cache_key.startswith("rg-")
+    assert batch.questions[0].prompt not in a.cache_key
+    openai_api = fake_provider(None)
+    assert chat_request(openai_api, a)["prompt_cache_key"] == a.cache_key
+    assert "prompt_cache_key" not in chat_request(fake_provider("https://openrouter.ai/api/v1"), a)
+
+    fake_openai.reset()
+    chat_with = OpenAICompatibleProvider(fake_provider(fake_openai.base_url, prompt_cache_key=True))
+    asyncio.run(chat_with.chat(a))
+    assert fake_openai.last_prompt_cache_key == a.cache_key
+    asyncio.run(OpenAICompatibleProvider(fake_provider(fake_openai.base_url)).chat(a))
+    assert fake_openai.last_prompt_cache_key is None

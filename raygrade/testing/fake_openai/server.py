@@ -94,6 +94,7 @@ class FakeOpenAIServer(ThreadedApp):
         self.script: deque[str] = deque()
         self.log: list[RequestRecord] = []
         self.last_headers: dict[str, str] = {}
+        self.last_prompt_cache_key: str | None = None  # OpenAI's prompt_cache_key of the last request
         self._prefixes: set[str] = set()  # system messages seen (the prompt cache)
         self._req_window: deque[float] = deque()
         self._tok_window: deque[_Entry] = deque()
@@ -246,6 +247,7 @@ class FakeOpenAIServer(ThreadedApp):
             return _error(400, "We could not parse the JSON body of your request.", "invalid_request_error",
                           headers=base_headers)
         model, messages = body.get("model"), body.get("messages")
+        self.last_prompt_cache_key = body.get("prompt_cache_key")
         if not model or not isinstance(messages, list) or not messages:
             self._record(400, model, 0, 0, 0, None)
             return _error(400, "'messages' is a required property", "invalid_request_error",
