@@ -23,6 +23,7 @@ module is the HTTP boundary where raygrade's exceptions become responses.
 # (GradingJob, Header) at import; string annotations break newer FastAPI under serve.ingress.
 import asyncio
 import logging
+import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
@@ -58,8 +59,12 @@ async def tenant_of(request: Request,
 
 
 Tenant = Depends(tenant_of)
-#: Seconds ``/readyz`` waits for the store, a Grader and the model before answering 503.
+#: Seconds ``/readyz`` waits for the store, a Grader and the model before answering 503; a
+#: readiness probe in flight is shared by every ``/readyz`` call (at most one per replica, ended
+#: after :data:`READY_PROBE_S`), and a success is reused for :data:`READY_CACHE_S`.
 READY_TIMEOUT_S = 5.0
+READY_PROBE_S = 60.0
+READY_CACHE_S = 5.0
 
 JobId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 
@@ -182,6 +187,8 @@ class RaygradeIngress:
                  namespace: str = "raygrade"):
         self._registry, self._batcher = registry, batcher
         self._metrics, self._ns = Recorder(), namespace
+        self._ready_probe: asyncio.Task | None = None  # the one readiness probe in flight (see readyz)
+        self._ready_until = 0.0  # monotonic time until which the last success stands
         self._blobs = BlobStore(store.resolved_blob_uri()) if store is not None else None
         config = config or ApiConfig()
         api.state.api_config = config
@@ -267,9 +274,17 @@ class RaygradeIngress:
     async def readyz(self) -> JSONResponse:
         """Readiness: 200 once a job could be graded now (the store answers, a Grader replica
         has built its grader, and a model served in the application passed its health check);
-        503 while not, e.g. while the embedded model loads. No key needed, as ``/healthz``."""
+        503 while not, e.g. while the embedded model loads. No key needed, as ``/healthz``.
+
+        Probes do not pile up while a model loads: one probe is in flight per replica and every
+        caller waits on it (a load balancer polling each second adds no calls to the graph)."""
+        if time.monotonic() < self._ready_until:
+            return JSONResponse(status_code=200, content={"status": "ready"})
+        if self._ready_probe is None or self._ready_probe.done():
+            self._ready_probe = asyncio.ensure_future(self._probe_ready())
+            self._ready_probe.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
         try:
-            await asyncio.wait_for(self._batcher.ready.remote(), timeout=READY_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.shield(self._ready_probe), timeout=READY_TIMEOUT_S)
         except TimeoutError:
             return JSONResponse(status_code=503, content={"status": "not_ready", "reason": (
                 f"no answer within {READY_TIMEOUT_S:g} s (a model loading, or no replica up yet)")})
@@ -277,4 +292,14 @@ class RaygradeIngress:
             err = raygrade_cause(exc)
             return JSONResponse(status_code=503, content={"status": "not_ready", "reason": (
                 err.message if err is not None else type(exc).__name__)})
+        self._ready_until = time.monotonic() + READY_CACHE_S
         return JSONResponse(status_code=200, content={"status": "ready"})
+
+    async def _probe_ready(self) -> None:
+        """``Batcher.ready`` (store, Grader, model), given up after :data:`READY_PROBE_S`."""
+        response = self._batcher.ready.remote()
+        try:
+            await asyncio.wait_for(response, timeout=READY_PROBE_S)
+        except TimeoutError:
+            response.cancel()  # explicitly: an abandoned await does not cancel the call in Serve
+            raise
