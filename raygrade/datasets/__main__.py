@@ -35,14 +35,19 @@ def main(argv: list[str] | None = None) -> None:
     j.add_argument("out")
     j.add_argument("--results", help="a file with the GET /v1/jobs/{id}/results body (or the demo's results "
                    "file), or that URL on a running app")
-    c = sub.add_parser("csv", help="a CSV of graded answers (question, reference, answer, score)")
+    c = sub.add_parser("csv", help="a CSV/TSV of graded answers (question, reference, answer, score)")
     c.add_argument("file")
     c.add_argument("out")
     c.add_argument("--mapping", help="a YAML file with the options below (flags win)")
-    for opt in ("question-col", "reference-col", "answer-col", "score-col", "question-id-col", "student-col"):
-        c.add_argument(f"--{opt}")
-    c.add_argument("--max-score", type=float)
-    c.add_argument("--step", type=float)
+    for opt in ("question", "reference", "answer", "score", "question-id", "student"):
+        c.add_argument(f"--{opt}-col", help=f"the column with the {opt.replace('-', ' ')}"
+                       + (" (optional)" if opt in ("question-id", "student") else ""))
+    c.add_argument("--max-score", type=float, help="every question's maximum score (or --max-score-col)")
+    c.add_argument("--step", type=float, help="every question's grid step (or --step-col)")
+    c.add_argument("--max-score-col", help="a column with each row's question's maximum score")
+    c.add_argument("--step-col", help="a column with each row's question's grid step")
+    c.add_argument("--delimiter", help="the field delimiter: one character, or 'tab' (default: sniffed)")
+    c.add_argument("--encoding", help="the file's encoding, e.g. latin-1 (default: utf-8)")
     c.add_argument("--examples-share", type=float, help="share of each question's answers used as examples (0.3)")
     c.add_argument("--max-examples", type=int)
     c.add_argument("--seed", type=int)
@@ -53,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         from raygrade.datasets.csv_import import CsvMapping, csv_to_dataset
 
         fields = yaml.safe_load(Path(a.mapping).read_text()) if a.mapping else {}
+        if a.delimiter in ("tab", "\\t"):
+            a.delimiter = "\t"
         for name in CsvMapping.model_fields:
             if getattr(a, name, None) is not None:
                 fields[name] = getattr(a, name)
