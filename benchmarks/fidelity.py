@@ -57,6 +57,7 @@ from raygrade.evaluation import (
     expected_calibration_error,
     grid_agreement,
     grid_agreement_with_ci,
+    per_question_qwk,
     score_level,
 )
 from raygrade.graders import build_batch_grader
@@ -333,21 +334,26 @@ def main(argv: list[str] | None = None) -> dict:
                 rows = [(h, grades[(k, i)][0], m, steps[k]) for k, i, h, m in items if (k, i) in grades]
                 confs = [grades[(k, i)][1] for k, i, h, m in items if (k, i) in grades]
                 per_q = {}
+                by_question: dict[str, list] = {}
                 for q in test:
                     qp = [(h, grades[(k, i)][0], m) for k, i, h, m in items if k == q.key and (k, i) in grades]
                     if qp:
                         ag = agreement(qp)
-                        gq = grid_agreement([(h, gr, m, steps[q.key]) for h, gr, m in qp])
-                        per_q[q.key] = {"n": ag.n, "exact": ag.exact, "qwk": ag.qwk, "grid_exact": gq.exact,
-                                        "grid_qwk": gq.qwk, "grid_mae": gq.mae}
+                        by_question[q.key] = [(h, gr, m, steps[q.key]) for h, gr, m in qp]
+                        gq = grid_agreement_with_ci(by_question[q.key], n_boot=a.n_boot, seed=a.seed)
+                        per_q[q.key] = {"n": ag.n, "exact": ag.exact, "qwk": ag.qwk, "grid_exact": gq["exact"],
+                                        "grid_qwk": gq["qwk"], "grid_mae": gq["mae"]}
+                hits = [abs(h - g) < 1e-6 for h, g, _, _ in rows]
+                level_hits = [score_level(h, m) == score_level(g, m) for h, g, m in pairs]
                 invalid = sum(1 for t in errors.values() if t == "output_parse_error")
                 cost = (usage[0] * price[0] + usage[1] * price[1]) / 1e6
                 run = {
                     "graded": len(pairs), "errors": len(errors), "invalid_output_rate": invalid / len(items),
                     # on the rubric's grid first; then three levels (none / partial / full)
                     "agreement_grid": grid_agreement_with_ci(rows, n_boot=a.n_boot, seed=a.seed) if rows else None,
-                    "ece_grid": expected_calibration_error(confs, [abs(h - g) < 1e-6 for h, g, _, _ in rows])
-                    if rows else None,
+                    # the headline: each question's QWK on its grid, averaged; interval over questions
+                    "qwk_per_question": per_question_qwk(by_question, n_boot=a.n_boot, seed=a.seed),
+                    "ece_grid": ece_with_ci(confs, hits, a.n_boot, a.seed) if rows else None,
                     "confidence_ties_share": max(confs.count(c) for c in set(confs)) / len(confs) if confs else None,
                     "agreement": agreement_with_ci(pairs, n_boot=a.n_boot, seed=a.seed) if pairs else None,
                     "per_question": per_q, "wall_s": wall, "s_per_1000_answers": wall / len(items) * 1000,
@@ -355,8 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "usd_per_1000_answers": cost / len(items) * 1000,
                     "coverage": coverage_curve(pairs, confs) if pairs else [],
                     # ECE of confidence as P(level = the human's)
-                    "ece": expected_calibration_error(confs, [score_level(h, m) == score_level(g, m)
-                                                              for h, g, m in pairs]) if pairs else None,
+                    "ece": ece_with_ci(confs, level_hits, a.n_boot, a.seed) if pairs else None,
                 }
                 if cal_qs and cfg != "baseline":
                     run["calibrated"] = calibrate_run(cfg, path, llm, cal_qs, train, items, grades, test, pages,
@@ -387,6 +392,14 @@ def main(argv: list[str] | None = None) -> dict:
             ray.shutdown()
     print(markdown(report))
     return report
+
+
+def ece_with_ci(confs: list[float], right: list[bool], n_boot: int, seed: int) -> dict:
+    """ECE (:func:`expected_calibration_error`) with a percentile bootstrap 95 % interval over items."""
+    items = list(zip(confs, right))
+    lo, hi = bootstrap_ci(items, lambda xs: expected_calibration_error([c for c, _ in xs], [r for _, r in xs]),
+                          n_boot=n_boot, seed=seed)
+    return {"value": expected_calibration_error(confs, right), "lo": lo, "hi": hi}
 
 
 def paired_difference(new: dict, old: dict, n_boot: int, seed: int) -> dict:
@@ -438,7 +451,7 @@ def calibrate_run(cfg, path, llm, cal_qs, train, items, grades, test, pages, emb
             confs.append(cal.calibrate(conf, (agrees_test or {}).get((k, i))) if src == source else conf)
     return {"fit_answers": len(keys), "fit_accuracy": sum(right) / max(1, len(right)), "fit_s": fit_s,
             "strata": sorted(cal.curves), "source": source,
-            "ece": expected_calibration_error(confs, [score_level(h, m) == score_level(g, m) for h, g, m in pairs]),
+            "ece": ece_with_ci(confs, [score_level(h, m) == score_level(g, m) for h, g, m in pairs], 1000, 0),
             "mean_confidence": sum(confs) / max(1, len(confs)),
             "coverage": coverage_curve(pairs, confs)}
 
@@ -456,38 +469,44 @@ def markdown(report: dict) -> str:
 
     lines = [f"# Fidelity: {report['dataset']}, {report['answers']} answers "
              f"(baseline examples per question: {report.get('baseline_examples', 'all')})", "",
-             "On the rubric's grid (confidence = P(exact score)):", "",
-             "| config/path | exact [95% CI] | within one step [95% CI] | QWK [95% CI] | MAE (of max) | ECE "
-             "| largest tie |", "|---|---|---|---|---|---|---|"]
+             "On the rubric's grid (confidence = P(exact score)); 95 % percentile bootstrap intervals, over questions "
+             "for the per-question mean, over answers otherwise:", "",
+             "| config/path | QWK per question, mean | QWK pooled | exact | within one step | MAE (of max) | ECE "
+             "| largest tie |", "|---|---|---|---|---|---|---|---|"]
     for name, r in report["runs"].items():
         g = r.get("agreement_grid")
         if g:
             tie = f"{r['confidence_ties_share']:.2f}" if r.get("confidence_ties_share") is not None else "-"
-            lines.append(f"| {name} | {ci(g['exact'])} | {ci(g['within_one_step'])} | {ci(g['qwk'])} | "
-                         f"{g['mae']['value']:.3f} | {r['ece_grid']:.3f} | {tie} |")
+            pq = r["qwk_per_question"]
+            head = f"**{ci(pq)}** ({pq['questions']} q)" if pq.get("value") is not None else "-"
+            lines.append(f"| {name} | {head} | {ci(g['qwk'])} | {ci(g['exact'])} | {ci(g['within_one_step'])} | "
+                         f"{ci(g['mae'])} | {ci(r['ece_grid'])} | {tie} |")
     for path_key in [k for k in report if k.startswith("paired_")]:
         p = report[path_key]
         lines += ["", f"Grid baseline minus three-level baseline ({path_key[7:]}, the same {p['n']} answers, paired "
                   f"bootstrap 95 % CI): QWK {ci(p['qwk'])}, exact {ci(p['exact'])}"]
-    lines += ["", "On three levels (none / partial / full; confidence = P(level right)):", "",
-              "| config/path | graded | exact [95% CI] | Cohen's κ [95% CI] | QWK [95% CI] | invalid | ECE "
+    lines += ["", "On three levels (none / partial / full; confidence = P(level right)), pooled:", "",
+              "| config/path | graded | exact [95% CI] | Cohen's κ [95% CI] | QWK [95% CI] | invalid | ECE [95% CI] "
               "| s/1k answers | USD/1k answers |", "|---|---|---|---|---|---|---|---|---|"]
 
     for name, r in report["runs"].items():
         ag = r["agreement"]
         cells = [ci(ag["exact"]), ci(ag["kappa"]), ci(ag["qwk"])] if ag else ["-", "-", "-"]
-        ece = f"{r['ece']:.3f}" if r.get("ece") is not None else "-"
+        ece = ci(r["ece"]) if r.get("ece") is not None else "-"
         if r.get("calibrated"):
-            ece += f" → {r['calibrated']['ece']:.3f} calibrated"
+            ece += f" → {ci(r['calibrated']['ece'])} calibrated"
         lines.append(f"| {name} | {r['graded']} | {' | '.join(cells)} | {r['invalid_output_rate']:.3f} | {ece} | "
                      f"{r['s_per_1000_answers']:.0f} | {r['usd_per_1000_answers']:.2f} |")
-    lines += ["", "Per-question QWK on the grid (three levels):", "",
+    lines += ["", "Per-question QWK on the grid [95 % CI over its answers] (on three levels):", "",
               "| question | " + " | ".join(report["runs"]) + " |",
               "|---|" + "---|" * len(report["runs"])]
     keys = sorted({k for r in report["runs"].values() for k in r["per_question"]})
+
+    def cell(x: dict) -> str:
+        g = x["grid_qwk"]
+        return f"{g['value']:.2f} [{g['lo']:.2f}, {g['hi']:.2f}] ({x['qwk']:.2f})"
     for k in keys:
-        row = [f"{r['per_question'][k].get('grid_qwk', float('nan')):.2f} ({r['per_question'][k]['qwk']:.2f})"
-               if k in r["per_question"] else "-" for r in report["runs"].values()]
+        row = [cell(r["per_question"][k]) if k in r["per_question"] else "-" for r in report["runs"].values()]
         lines.append(f"| {k} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

@@ -174,10 +174,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{summary.submissions} submissions: {summary.skipped} already graded, {summary.graded_now} graded now; "
           f"{summary.items} result rows, {summary.failed_items} with errors -> {Path(cfg.output) / 'results'}")
     if "agreement" in summary.report:
+        from raygrade.bulk.report import ci
+
         ag, gr = summary.report["agreement"], summary.report["agreement_grid"]
-        print(f"against {summary.report['compared_with']} (n={ag['n']}), on each question's grid: exact "
-              f"{gr['exact']:.3f}, within one step {gr['within_one_step']:.3f}, QWK {gr['qwk']:.3f}, MAE "
-              f"{gr['mae']:.3f}; on three levels (none/partial/full): exact {ag['exact']:.3f}, QWK {ag['qwk']:.3f}")
+        pq = gr["qwk_per_question"]
+        print(f"against {summary.report['compared_with']} (n={ag['n']['value']}; 95 % bootstrap intervals), on "
+              f"each question's grid: QWK per question (mean of {pq['questions']}) "
+              f"{ci(pq) if pq['value'] is not None else '-'}; pooled: QWK {ci(gr['qwk'])}, exact {ci(gr['exact'])}, "
+              f"within one step {ci(gr['within_one_step'])}, MAE {ci(gr['mae'])}; on three levels "
+              f"(none/partial/full): exact {ci(ag['exact'])}, QWK {ci(ag['qwk'])}")
     print(json.dumps({k: summary.report[k] for k in ("tokens_per_1k_pages", "cost_per_1k_pages_usd", "batch_ids")
                       if k in summary.report}))
 

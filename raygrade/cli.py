@@ -131,20 +131,27 @@ def cmd_demo(a: argparse.Namespace) -> int:
                      "usage": st.usage.model_dump()}
     if human:
         from raygrade.bulk.report import grid_step_of
-        from raygrade.evaluation import grid_agreement
+        from raygrade.evaluation import grid_agreement, per_question_qwk
 
         steps = {q.id: grid_step_of(q) for q in job.assessment.questions}
         graded = [r for r in results.results if (r.student_id, r.question_id) in human]
         if graded:
             pairs = [(human[(r.student_id, r.question_id)], r.score, r.max_score) for r in graded]
-            gr = grid_agreement([(h, sc, m, steps[r.question_id]) for (h, sc, m), r in zip(pairs, graded)])
+            grid_rows = [(h, sc, m, steps[r.question_id]) for (h, sc, m), r in zip(pairs, graded)]
+            gr = grid_agreement(grid_rows)
+            by_question: dict[str, list] = {}
+            for row, r in zip(grid_rows, graded):
+                by_question.setdefault(r.question_id, []).append(row)
+            pq = per_question_qwk(by_question, n_boot=200)
+            head = (f"QWK per question {pq['value']:.3f} [95 % CI {pq['lo']:.3f}, {pq['hi']:.3f}] (mean of "
+                    f"{pq['questions']}), " if pq["value"] is not None else "")
             ag = agreement(pairs)
             print(f"Agreement with human grades on {ag.n} items not used as examples, on each question's score "
-                  f"grid: exact {gr.exact:.3f}, within one step {gr.within_one_step:.3f}, QWK {gr.qwk:.3f}, MAE "
-                  f"{gr.mae:.3f} of max; on three levels (SAF's Incorrect/Partially correct/Correct): exact "
-                  f"{ag.exact:.3f}, QWK {ag.qwk:.3f}.")
+                  f"grid: {head}pooled over items: QWK {gr.qwk:.3f}, exact {gr.exact:.3f}, within one step "
+                  f"{gr.within_one_step:.3f}, MAE {gr.mae:.3f} of max; on three levels (SAF's Incorrect/Partially "
+                  f"correct/Correct): exact {ag.exact:.3f}, QWK {ag.qwk:.3f}.")
             summary["agreement_grid"] = {"n": gr.n, "exact": gr.exact, "within_one_step": gr.within_one_step,
-                                         "qwk": gr.qwk, "mae": gr.mae}
+                                         "qwk": gr.qwk, "mae": gr.mae, "qwk_per_question": pq}
             summary["agreement"] = {"n": ag.n, "exact": ag.exact, "qwk": ag.qwk, "mae": ag.mae}
     else:
         print("No human scores are available for this assessment, so no agreement is reported.")

@@ -15,7 +15,14 @@ import pyarrow.parquet as pq
 
 from raygrade.bulk.config import RegradeConfig
 from raygrade.bulk.schema import fs_and_path
-from raygrade.evaluation import agreement, grid_agreement, score_level
+from raygrade.evaluation import (
+    GridPair,
+    agreement_with_ci,
+    grid_agreement_with_ci,
+    mean_with_ci,
+    per_question_qwk,
+    score_level,
+)
 from raygrade.prompts import PROMPT_VERSION
 from raygrade.protocol import Assessment, Question
 
@@ -42,16 +49,19 @@ def reference_scores(cfg: RegradeConfig) -> tuple[str, dict[tuple[str, str], flo
     return "human scores", out
 
 
-def build_report(table: pa.Table, cfg: RegradeConfig, assessment: Assessment, top: int = 20) -> dict[str, Any]:
+def build_report(table: pa.Table, cfg: RegradeConfig, assessment: Assessment, top: int = 20, *, n_boot: int = 1000,
+                 seed: int = 0) -> dict[str, Any]:
     """What changed: agreement with the reference scores, biggest moves, tokens and cost.
 
-    Agreement (:mod:`raygrade.evaluation`), on each question's own score grid first
-    (``agreement_grid``: exact score, within one grid step, QWK over the grid's scores, MAE as a
-    fraction of the maximum; per question in ``per_question``), then on three levels
-    (``agreement``, labelled so: exact on none/partial/full, within one point (``|new − old| ≤ 1``
-    in score units), QWK and Cohen's kappa on the levels, MAE); a 3×3 confusion matrix of
-    levels (rows: reference, columns: new). Cost per 1,000 pages uses the
-    provider's ``price_per_mtok_{input,output}_usd``.
+    Agreement (:mod:`raygrade.evaluation`), every figure ``{"value", "lo", "hi"}`` with a 95 %
+    percentile bootstrap interval (``n_boot`` resamples, seeded). On each question's own score
+    grid first (``agreement_grid``): the headline ``qwk_per_question`` (the mean of the questions'
+    QWKs, interval over questions), then over all items pooled: exact score, within one grid step,
+    ``qwk`` (pooled, so labelled in the Markdown), MAE as a fraction of the maximum; each
+    question's own figures in ``per_question``. Then on three levels (``agreement``, labelled
+    so: exact on none/partial/full, within one point (``|new − old| ≤ 1`` in score units), QWK and
+    Cohen's kappa on the levels, MAE); a 3×3 confusion matrix of levels (rows: reference,
+    columns: new). Cost per 1,000 pages uses the provider's ``price_per_mtok_{input,output}_usd``.
     """
     rows = table.to_pylist()
     against, ref = reference_scores(cfg)
@@ -86,21 +96,27 @@ def build_report(table: pa.Table, cfg: RegradeConfig, assessment: Assessment, to
         "compared_with": against, "compared_items": len(pairs),
     }
     if pairs:
-        g = grid_agreement([x for _, x in grid_rows])
-        report["agreement_grid"] = {"exact": g.exact, "within_one_step": g.within_one_step, "qwk": g.qwk,
-                                    "mae": g.mae, "n": g.n}
-        report["per_question"] = {}
-        for qid in sorted({q for q, _ in grid_rows}):
-            gq = grid_agreement([x for q, x in grid_rows if q == qid])
-            report["per_question"][qid] = {"n": gq.n, "exact": gq.exact, "within_one_step": gq.within_one_step,
-                                           "qwk": gq.qwk, "mae": gq.mae}
-        a = agreement(pairs)
-        report["agreement"] = {"exact": a.exact, "within_one_point": sum(abs(n - o) <= 1 + 1e-9 for o, n, _ in pairs)
-                               / len(pairs), "qwk": a.qwk, "kappa": a.kappa, "mae": a.mae, "n": a.n}
+        by_question: dict[str, list[GridPair]] = {}
+        for qid, row in grid_rows:
+            by_question.setdefault(qid, []).append(row)
+        report["agreement_grid"] = {**grid_agreement_with_ci([x for _, x in grid_rows], n_boot=n_boot, seed=seed),
+                                    "qwk_per_question": per_question_qwk(by_question, n_boot=n_boot, seed=seed)}
+        report["agreement_grid"]["qwk_per_question"].pop("per_question")  # listed below, with intervals
+        report["per_question"] = {qid: grid_agreement_with_ci(r, n_boot=n_boot, seed=seed)
+                                  for qid, r in sorted(by_question.items())}
+        report["agreement"] = {
+            **agreement_with_ci(pairs, n_boot=n_boot, seed=seed),
+            "within_one_point": mean_with_ci([float(abs(n - o) <= 1 + 1e-9) for o, n, _ in pairs], n_boot=n_boot,
+                                             seed=seed)}
         report["confusion"] = {"labels": LEVEL_LABELS, "rows_reference_cols_new": level_confusion(pairs)}
         moved = [m for m in moves if abs(m["delta"]) > 1e-9]  # items that did not move are not listed
         report["moved_most"] = sorted(moved, key=lambda m: (-abs(m["delta"]), m["submission_id"]))[:top]
     return report
+
+
+def ci(m: dict[str, Any]) -> str:
+    """``value [lo, hi]`` of one figure, three decimals."""
+    return f"{m['value']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]"
 
 
 def write_report(report: dict[str, Any], table: pa.Table, out_dir: Path) -> None:
@@ -120,17 +136,24 @@ def write_report(report: dict[str, Any], table: pa.Table, out_dir: Path) -> None
              + (f" ({report['cost_per_1k_pages_usd']:.4f} per 1,000 pages)" if report["pages"] else "")]
     if "agreement" in report:
         a, g = report["agreement"], report["agreement_grid"]
-        lines += ["", f"## Against {report['compared_with']} ({a['n']} items)", "",
-                  "On each question's score grid:", "",
-                  "| exact | within one step | QWK | MAE (of max) |", "|---|---|---|---|",
-                  f"| {g['exact']:.3f} | {g['within_one_step']:.3f} | {g['qwk']:.3f} | {g['mae']:.3f} |", "",
-                  "On three levels (none / partial / full):", "",
+        pq = g["qwk_per_question"]
+        headline = (f"**{ci(pq)}** over {pq['questions']} questions" if pq["value"] is not None
+                    else "- (no question has two graded items)")
+        lines += ["", f"## Against {report['compared_with']} ({a['n']['value']} items)", "",
+                  "95 % percentile bootstrap intervals in brackets (over questions for the per-question mean, "
+                  "over items otherwise).", "",
+                  f"QWK per question on its grid, mean: {headline}"
+                  + (f" (left out, fewer than two items: {', '.join(pq['left_out'])})" if pq["left_out"] else ""),
+                  "", "All items pooled, on each question's score grid:", "",
+                  "| exact | within one step | QWK (pooled) | MAE (of max) |", "|---|---|---|---|",
+                  f"| {ci(g['exact'])} | {ci(g['within_one_step'])} | {ci(g['qwk'])} | {ci(g['mae'])} |", "",
+                  "On three levels (none / partial / full), pooled:", "",
                   "| exact | within one point | QWK | Cohen's κ | MAE (of max) |", "|---|---|---|---|---|",
-                  f"| {a['exact']:.3f} | {a['within_one_point']:.3f} | {a['qwk']:.3f} | {a['kappa']:.3f} | "
-                  f"{a['mae']:.3f} |", "", "Per question, on its grid:", "",
+                  f"| {ci(a['exact'])} | {ci(a['within_one_point'])} | {ci(a['qwk'])} | {ci(a['kappa'])} | "
+                  f"{ci(a['mae'])} |", "", "Per question, on its grid:", "",
                   "| question | n | exact | within one step | QWK | MAE |", "|---|---|---|---|---|---|"]
-        lines += [f"| {qid} | {x['n']} | {x['exact']:.3f} | {x['within_one_step']:.3f} | {x['qwk']:.3f} | "
-                  f"{x['mae']:.3f} |" for qid, x in report["per_question"].items()]
+        lines += [f"| {qid} | {x['n']['value']} | {ci(x['exact'])} | {ci(x['within_one_step'])} | {ci(x['qwk'])} | "
+                  f"{ci(x['mae'])} |" for qid, x in report["per_question"].items()]
         lines += ["", "## Moved most", "", "| submission | question | old | new |", "|---|---|---|---|"]
         lines += [f"| {m['submission_id']} | {m['question_id']} | {m['old']:g} | {m['new']:g} |"
                   for m in report["moved_most"]]

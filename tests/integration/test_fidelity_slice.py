@@ -26,7 +26,10 @@ def test_fidelity_slice(tmp_path):
             ci = run["agreement"][m]
             assert ci["lo"] <= ci["value"] <= ci["hi"]
         assert [c["coverage"] for c in run["coverage"]][-1] == 1.0
-        assert 0 <= run["ece"] <= 1
+        assert 0 <= run["ece"]["lo"] <= run["ece"]["value"] <= run["ece"]["hi"] <= 1
+        pq = run["qwk_per_question"]  # one answer per question in this slice: no question's QWK counts
+        assert pq["questions"] + len(pq["left_out"]) == len(run["per_question"]) > 0
+        assert pq["value"] is None if not pq["questions"] else pq["lo"] <= pq["value"] <= pq["hi"]
     saved = json.loads((tmp_path / "fidelity.json").read_text())
     assert saved["answers"] == 6
     for name in ("confusion_baseline_text.png", "confusion_baseline_image.png", "coverage.png", "fidelity.md"):
@@ -58,4 +61,4 @@ def test_fidelity_calibration_slice_against_the_fake_endpoint(tmp_path, monkeypa
     # The fitted map gives mean confidence = accuracy on the fitting answers, not the raw 0.9.
     saved = ConfidenceCalibration.load(tmp_path / "calibration_endpoint_text.json")
     assert saved.n == 30 and "all" in saved.curves
-    assert cal["mean_confidence"] < 0.9 and cal["ece"] <= run["ece"]
+    assert cal["mean_confidence"] < 0.9 and cal["ece"]["value"] <= run["ece"]["value"]

@@ -52,14 +52,19 @@ def test_regrade_writes_one_row_per_item_and_reports_against_human_scores(ray_cl
     assert sum(r["needs_review"] for r in rows) == 3, "ceil(0.25 x 12) least confident items"
     rep = json.loads((out / "report.json").read_text())
     ag = rep["agreement"]
-    assert rep["compared_with"] == "human scores" and ag["n"] == 12
-    assert ag["exact"] == pytest.approx(6 / 12) and ag["within_one_point"] == 1.0
-    assert ag["mae"] == pytest.approx((4 * 0.5 + 2 * 0.5) / 12)
+    assert rep["compared_with"] == "human scores" and ag["n"]["value"] == 12
+    assert ag["exact"]["value"] == pytest.approx(6 / 12) and ag["within_one_point"]["value"] == 1.0
+    assert ag["mae"]["value"] == pytest.approx((4 * 0.5 + 2 * 0.5) / 12)
+    for fig in (ag["exact"], ag["qwk"], rep["agreement_grid"]["qwk"], rep["agreement_grid"]["mae"]):
+        assert fig["lo"] <= fig["value"] <= fig["hi"], fig
+    pq = rep["agreement_grid"]["qwk_per_question"]
+    assert pq["questions"] == 1 and pq["value"] == pytest.approx(rep["per_question"]["q1"]["qwk"]["value"])
     assert rep["confusion"]["rows_reference_cols_new"] == [[0, 2, 0], [0, 6, 0], [0, 4, 0]]
     assert {abs(m["delta"]) for m in rep["moved_most"][:6]} == {0.5}
     assert rep["pages"] == 12 and rep["tokens_per_1k_pages"] > 0
     md = (out / "report.md").read_text()
     assert "Moved most" in md and "| partial | 0 | 6 | 0 |" in md
+    assert "QWK per question on its grid, mean: **" in md and "| QWK (pooled) |" in md
     if has_module("matplotlib"):
         assert (out / "confusion.png").stat().st_size > 0
     else:  # pip install raygrade without the plots extra: the report says how to get the figure
