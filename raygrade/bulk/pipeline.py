@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 #: lowers: with 0.5 each, two actors and the embedded model's one-CPU bundle took every CPU of
 #: a 2-CPU node and the read waited for ever (`ray job submit` as jobs/README.md writes it).
 ACTOR_CPUS = 0
+#: The grading actors' environment: no progress bars (tqdm's, and Hugging Face's "Loading
+#: weights" bar when the baseline loads its embedding model), one per actor in a job's log.
+QUIET_ACTOR_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 @dataclasses.dataclass
@@ -123,7 +126,7 @@ def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] |
         graded = ds.repartition(blocks).map_batches(
             RegradeUDF, fn_constructor_args=(cfg.model_dump(mode="json"), assessment.model_dump(mode="json"), run_id),
             compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.submissions_per_block,
-            batch_format="pyarrow", num_cpus=ACTOR_CPUS)
+            batch_format="pyarrow", num_cpus=ACTOR_CPUS, runtime_env={"env_vars": QUIET_ACTOR_ENV})
         # One file per finished block, visible as the run goes on (the resume points), written
         # by this driver under a temporary name and renamed: a kill leaves no half file behind.
         # The same loop reports progress in submissions and items, with an ETA.
