@@ -26,9 +26,11 @@ ENGINE_GROUP = "cpu-engine"
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Group tests for ``--dist loadgroup`` (pyproject's addopts): a file's tests stay on one
-    worker (they share its module fixtures and one Ray cluster per worker), the engine tests
-    all on one; the engine tests are collected first so their worker starts with them."""
+    worker (they share its module fixtures and one Ray cluster per worker) unless the file names
+    its group (files that need the same fixed port share one), the engine tests all on one; the
+    engine tests are collected first so their worker starts with them."""
     for item in items:
         slow = item.get_closest_marker("slow") is not None
-        item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP if slow else item.path.stem))
+        if slow or item.get_closest_marker("xdist_group") is None:  # a file may name its own group
+            item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP if slow else item.path.stem))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: engine tests first

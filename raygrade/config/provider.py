@@ -183,18 +183,29 @@ class ProviderConfig(_Config):
     (no URL, no key).
     """
 
-    name: str = "default"
-    kind: ProviderKind = "openai_compatible"
-    base_url: str | None = None
-    api_key_env: str | None = "OPENAI_API_KEY"
-    model: str = "gpt-4o-mini"
-    supports_vision: bool = True
-    image_token_rule: ImageTokenRule = "gpt-4o"
-    image_detail: Literal["high", "low"] = "high"
-    tokenizer: Literal["tiktoken", "hf"] = "tiktoken"
+    name: str = Field(default="default", description="A name for logs, metrics and results.")
+    kind: ProviderKind = Field(default="openai_compatible", description=(
+        "Which adapter: openai_compatible, anthropic, gemini, local_vllm (the embedded model, or a vLLM server at "
+        "base_url), serve_llm (a model of RaygradeArgs.models) or reference_similarity (the baseline)."))
+    base_url: str | None = Field(default=None, description=(
+        "The API's base URL (e.g. http://vllm:8000/v1); None: the kind's own API (OpenAI's, Anthropic's, "
+        "Google's) or, for local_vllm, the embedded model."))
+    api_key_env: str | None = Field(default="OPENAI_API_KEY", description=(
+        "Name of the environment variable holding the API key (the key itself is never in a config file); "
+        "None for servers without keys. Defaults to the kind's own variable (ANTHROPIC_API_KEY, GEMINI_API_KEY)."))
+    model: str = Field(default="gpt-4o-mini", description="The model name the API expects (or the model_id served).")
+    supports_vision: bool = Field(default=True, description=(
+        "Whether the model takes page images; if not, pages are read by OCR first."))
+    image_token_rule: ImageTokenRule = Field(default="gpt-4o", description=(
+        "How the planner counts an image's prompt tokens (the model family's rule: tiles, patches or pixels)."))
+    image_detail: Literal["high", "low"] = Field(default="high", description=(
+        "OpenAI's image detail: high (tiles) or low (85 tokens, 512 px)."))
+    tokenizer: Literal["tiktoken", "hf"] = Field(default="tiktoken", description=(
+        "How text tokens are counted for planning: tiktoken (OpenAI's encodings) or hf (a Hugging Face "
+        "tokenizer at tokenizer_path)."))
     tokenizer_path: str | None = Field(default=None, description="HF tokenizer folder (tokenizer='hf').")
     context_window: int = Field(default=128_000, gt=0, description="Prompt + completion tokens.")
-    max_completion_tokens: int = Field(default=16_384, gt=0)
+    max_completion_tokens: int = Field(default=16_384, gt=0, description="Most completion tokens one call may ask for.")
     structured_output: Literal["json_schema", "tool", "none"] = Field(default="json_schema", description=(
         "How the output is held to the grading schema: the provider's JSON-schema output, a forced tool call "
         "whose input is the schema (kinds whose traits list it: anthropic), or not at all."))
@@ -213,20 +224,23 @@ class ProviderConfig(_Config):
     baseline_agreement: bool = Field(default=False, description=(
         "Also grade each batch with the reference-similarity baseline (text pages only, no tokens) and report "
         "baseline_agrees per grade; a calibration map fitted with agreement uses it."))
-    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, description=(
+        "The provider's limits for the shared token-bucket limiter (RPM/TPM, in flight; learned from headers "
+        "and 429s where left out)."))
     check_on_start: bool = Field(default=True, description=(
         "Grader replicas check the key, the endpoint and the model when they start "
         "(raygrade.providers.openai_compat.check_provider), so a misconfiguration fails the deployment "
         "with its message in `serve status` instead of failing every job."))
-    timeout_s: float = Field(default=120.0, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0, description="Seconds one call may take before it is retried.")
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries of retryable errors per call.")
-    retry_after_cap_s: float = Field(default=60.0, gt=0)
+    retry_after_cap_s: float = Field(default=60.0, gt=0, description="Longest Retry-After honoured, seconds.")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Sent as-is (e.g. vLLM params).")
     extra_headers: dict[str, str] = Field(default_factory=dict, description=(
         "HTTP headers sent with every request, e.g. OpenRouter's app attribution (HTTP-Referer, X-Title). "
         "Not for secrets: the key comes from api_key_env."))
-    price_per_mtok_input_usd: float = Field(default=0.0, ge=0)
-    price_per_mtok_output_usd: float = Field(default=0.0, ge=0)
+    price_per_mtok_input_usd: float = Field(default=0.0, ge=0, description=(
+        "USD per million prompt tokens, for cost reports and raygrade estimate."))
+    price_per_mtok_output_usd: float = Field(default=0.0, ge=0, description="USD per million completion tokens.")
     prompt_cache_key: bool | None = Field(default=None, description=(
         "Send OpenAI's prompt_cache_key (one per assessment's shared prefix) so its requests reach the same "
         "prompt cache. None: only to OpenAI's own API (base_url unset or api.openai.com)."))

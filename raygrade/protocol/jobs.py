@@ -138,12 +138,17 @@ class JobOptions(_Input):
 
     model: str | None = Field(default=None, min_length=1, max_length=256,
                               description="Model name; default: the deployment's.")
-    reading_mode: ReadingMode = ReadingMode.AUTO
-    idempotency_key: str | None = Field(default=None, max_length=256)
-    temperature: float = number(default=0.0, ge=0, le=2)
+    reading_mode: ReadingMode = Field(default=ReadingMode.AUTO, description=(
+        "How pages reach the model: auto (vision when the provider accepts images, else ocr), vision (images as "
+        "they are) or ocr (OCR text)."))
+    idempotency_key: str | None = Field(default=None, max_length=256, description=(
+        "A retried POST with the same key (per tenant) returns the job it created instead of a second one."))
+    temperature: float = number(default=0.0, ge=0, le=2, description="Sampling temperature of the model's calls.")
     review_share: float = number(default=0.0, ge=0, le=1, description=(
         "Share of graded items a human will review: the least confident are flagged needs_review."))
-    completion: CompletionPolicy = Field(default_factory=CompletionPolicy)
+    completion: CompletionPolicy = Field(default_factory=CompletionPolicy, description=(
+        "When the job is complete: rule 'all' (every item graded or failed) or 'quorum' (min_graded_share of the "
+        "items graded; the rest cancelled as not_graded)."))
     webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://", description=(
         "POSTed the final JobStatus when the job ends, signed per Standard Webhooks (webhook-id, "
         "webhook-timestamp, webhook-signature: v1,base64(HMAC-SHA256(secret, id.timestamp.body))). "

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ["serve_config.yaml", "deploy/serve_config.selfhosted-gpu.yaml"]
+CONFIGS = ["serve_config.yaml", "deploy/serve_config.selfhosted-gpu.yaml", "deploy/serve_config.quickstart.yaml"]
 
 
 @pytest.mark.parametrize("path", CONFIGS)

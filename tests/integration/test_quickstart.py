@@ -1,0 +1,75 @@
+"""README.md's quick start, every block as written: ``serve run deploy/serve_config.quickstart.yaml``
+(its own local Ray cluster, on the file's 127.0.0.1:8000), then the curl block (wait for /readyz,
+write job.json, submit, poll, read the results), then the Python block (the typed client).
+Nothing is edited: the blocks are read out of README.md and run with the virtualenv's ``bin`` first
+on PATH, as after ``. .venv/bin/activate``."""
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+#: With tests/integration/test_serve_config_deploy.py: both serve on 127.0.0.1:8000, one after the other.
+pytestmark = pytest.mark.xdist_group("port-8000")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def quickstart_blocks() -> list[tuple[str, str]]:
+    """``[(language, code)]`` of the README's quick start section, in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("[start:quickstart]", 1)[1].split("[end:quickstart]", 1)[0]
+    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+
+
+def test_the_readme_quick_start_runs_as_written(tmp_path):
+    blocks = quickstart_blocks()
+    assert [lang for lang, _ in blocks] == ["bash", "bash", "python"], blocks
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAYGRADE_"))}
+    env.update({"RAY_AUTH_MODE": "disabled", "RAYGRADE_HOME": str(tmp_path / "home"),
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
+    work = tmp_path / "work"
+    work.mkdir()
+    log = open(tmp_path / "serve-run.log", "wb")
+    server = subprocess.Popen(["bash", "-c", blocks[0][1]], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        # The second block waits for /readyz itself; bounded here so a server that never comes up fails.
+        curl = subprocess.run(["bash", "-e", "-c", blocks[1][1]], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=420)
+        assert curl.returncode == 0, (curl.stderr[-2000:], (tmp_path / "serve-run.log").read_text()[-3000:])
+        results = json.loads(curl.stdout)
+        assert sorted((r["student_id"], r["question_id"]) for r in results["results"]) == [("ada", "q1"),
+                                                                                         ("bob", "q1")]
+        scores = {r["student_id"]: r["score"] for r in results["results"]}
+        assert set(scores.values()) <= {0, 1, 2} and scores["ada"] > scores["bob"], scores
+        assert sum(r["needs_review"] for r in results["results"]) == 1  # review_share 0.5 of two items
+        py = subprocess.run([sys.executable, "-c", blocks[2][1]], cwd=work, env=env, capture_output=True, text=True,
+                            timeout=180)
+        assert py.returncode == 0, py.stderr[-2000:]
+        lines = py.stdout.strip().splitlines()
+        assert [line.split()[:2] for line in lines] == [["ada", "q1"], ["bob", "q1"]], lines
+        assert httpx.get("http://127.0.0.1:8000/v1/jobs", timeout=10).json()["object"] == "list"
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C, as in the terminal; then nothing it started outlives the test
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(20)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(10)
+        log.close()
+    deadline = time.monotonic() + 30  # the port is free again for the next test that serves on it
+    while time.monotonic() < deadline:
+        try:
+            httpx.get("http://127.0.0.1:8000/healthz", timeout=1)
+        except httpx.HTTPError:
+            break
+        time.sleep(0.5)
