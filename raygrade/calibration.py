@@ -108,7 +108,10 @@ class ConfidenceCalibration(BaseModel):
 
 
 def _isotonic(raw: Sequence[float], right: Sequence[bool]) -> CalibrationCurve:
-    from sklearn.isotonic import IsotonicRegression
+    from raygrade._optional import import_optional
+
+    isotonic = import_optional("sklearn.isotonic", "baseline", "fitting a confidence map (isotonic regression)")
+    IsotonicRegression = isotonic.IsotonicRegression  # noqa: N806
 
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     iso.fit(np.asarray(raw, dtype=float), np.asarray(right, dtype=float))

@@ -70,7 +70,10 @@ def calibrate_margins(sims: Sequence[float], levels: Sequence[int], *, folds: in
     n = len(sims)
     if n < min_examples:
         return None
-    from sklearn.isotonic import IsotonicRegression
+    from raygrade._optional import import_optional
+
+    IsotonicRegression = import_optional(  # noqa: N806
+        "sklearn.isotonic", "baseline", "the baseline's confidence map").IsotonicRegression
 
     order = list(range(n))
     random.Random(seed).shuffle(order)

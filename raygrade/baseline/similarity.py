@@ -62,9 +62,11 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 def content_words(text: str) -> list[str]:
     """Lower-cased alphanumeric words minus English stop words (scikit-learn's list)."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+    from raygrade._optional import import_optional
 
-    return [w for w in _WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS]
+    text_mod = import_optional("sklearn.feature_extraction.text", "baseline", "the baseline's word overlap")
+    stop = text_mod.ENGLISH_STOP_WORDS
+    return [w for w in _WORD.findall(text.lower()) if w not in stop]
 
 
 def word_f1(answer: str, reference: str) -> float:

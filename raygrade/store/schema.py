@@ -167,7 +167,7 @@ def check_store_url(url: str, *, must_exist: bool = False) -> sa.engine.URL:
         parsed.get_dialect().import_dbapi()
     except (sa.exc.NoSuchModuleError, ImportError) as exc:
         driver = parsed.get_driver_name()
-        hint = "pip install psycopg[binary]" if "psycopg" in driver else type(exc).__name__
+        hint = "pip install 'raygrade[postgresql]'" if "psycopg" in driver else type(exc).__name__
         raise MissingDependencyError(f"job store URL {shown}: its driver {driver!r} is not installed ({hint})",
                                      param="store.url") from None
     if backend == "sqlite" and parsed.database and parsed.database != ":memory:":

@@ -33,7 +33,8 @@ def test_wheel_without_extras_serves_and_regrades(tmp_path):
     py = tmp_path / "venv" / "bin" / "python"
     _run([str(py), "-m", "pip", "install", "-q", str(wheel)], tmp_path, 900)
     probe = _run([str(py), "-c", "import importlib.util as u; print([m for m in ('vllm', 'rapidocr', "
-                  "'sentence_transformers', 'matplotlib', 'torch', 'pytest') if u.find_spec(m)])"], tmp_path, 60)
+                  "'sentence_transformers', 'sklearn', 'psycopg', 'matplotlib', 'torch', 'pytest') "
+                  "if u.find_spec(m)])"], tmp_path, 60)
     assert probe.stdout.strip() == "[]", f"no extras were asked for, yet {probe.stdout.strip()} is installed"
     # The test tools (and the fake provider's server library) come after the check, as a user's CI would add them.
     _run([str(py), "-m", "pip", "install", "-q", "pytest>=8", "pytest-timeout>=2.3", "pytest-xdist==3.8.0",
