@@ -15,10 +15,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
-
-#: With tests/integration/test_serve_config_deploy.py: both serve on 127.0.0.1:8000, one after the other.
-pytestmark = pytest.mark.xdist_group("port-8000")
 
 ROOT = Path(__file__).resolve().parents[2]
 

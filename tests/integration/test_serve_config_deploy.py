@@ -27,9 +27,6 @@ from test_api import make_job  # rootdir-relative: pytest puts tests/integration
 from raygrade.cli import Client
 from raygrade.testing.fake_openai import FakeOpenAIServer
 
-#: With tests/integration/test_quickstart.py: both serve on 127.0.0.1:8000, one after the other.
-pytestmark = pytest.mark.xdist_group("port-8000")
-
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 8000  # serve_config.yaml's http_options.port, as shipped
 
