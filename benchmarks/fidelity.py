@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
-from raygrade.bulk.report import confusion_png, level_confusion
+from raygrade.bulk.report import ci, confusion_png, level_confusion
 from raygrade.calibration import fit_calibration
 from raygrade.config import ProviderConfig, RaygradeArgs, local_vllm_provider
 from raygrade.datasets.render import render_pages
@@ -464,9 +464,6 @@ def write(report: dict, curves: dict, out: Path) -> None:
 
 
 def markdown(report: dict) -> str:
-    def ci(m):
-        return f"{m['value']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]"
-
     lines = [f"# Fidelity: {report['dataset']}, {report['answers']} answers "
              f"(baseline examples per question: {report.get('baseline_examples', 'all')})", "",
              "On the rubric's grid (confidence = P(exact score)); 95 % percentile bootstrap intervals, over questions "
