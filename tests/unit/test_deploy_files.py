@@ -69,7 +69,7 @@ def unknown_fields(obj, schema: dict, path: str = "") -> list[str]:
 
 
 def test_rayservice_manifest_validates_against_the_crd_schema():
-    jsonschema = pytest.importorskip("jsonschema", reason="pip install 'raygrade[test]'")
+    jsonschema = pytest.importorskip("jsonschema", reason="pip install --group test (pyproject.toml)")
     schema = _crd_schema()
     manifest = _manifest()
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(manifest), key=str)
@@ -90,7 +90,7 @@ def test_rayservice_manifest_validates_against_the_crd_schema():
 
 
 def test_crd_schema_catches_a_broken_manifest():
-    jsonschema = pytest.importorskip("jsonschema", reason="pip install 'raygrade[test]'")
+    jsonschema = pytest.importorskip("jsonschema", reason="pip install --group test (pyproject.toml)")
     schema = _crd_schema()
     bad = _manifest()
     bad["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = "one"
@@ -119,7 +119,7 @@ def test_the_gpu_manifest_places_the_self_hosted_model_on_its_gpu_group():
     """deploy/kuberay/rayservice.selfhosted-gpu.yaml: valid against the CRD, its serveConfigV2 is the GPU
     serve config (in sync, checked by the script above), a GPU group that scales from zero, the model
     folder mounted where the config reads it, and no provider override that would replace the model."""
-    jsonschema = pytest.importorskip("jsonschema", reason="pip install 'raygrade[test]'")
+    jsonschema = pytest.importorskip("jsonschema", reason="pip install --group test (pyproject.toml)")
     manifest = _manifest("rayservice.selfhosted-gpu.yaml")
     schema = _crd_schema()
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(manifest), key=str)
@@ -145,3 +145,66 @@ def test_the_gpu_manifest_places_the_self_hosted_model_on_its_gpu_group():
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         env = {e["name"] for e in group["template"]["spec"]["containers"][0]["env"]}
         assert not any(n.startswith("RAYGRADE_ARGS__") for n in env), env
+
+
+def _worker_probes(name: str) -> list[dict]:
+    groups = _manifest(name)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    return [g["template"]["spec"]["containers"][0]["readinessProbe"] for g in groups]
+
+
+@pytest.mark.parametrize("name", ["rayservice.yaml", "rayservice.selfhosted-gpu.yaml"])
+def test_worker_pods_are_ready_only_when_the_app_is(name):
+    """Every worker group's readiness probe, run as the kubelet runs it (``bash -c``, the image's
+    wget), against loopback servers standing in for the raylet's health route and the app: not
+    Ready while ``/readyz`` answers 503 (the model loading) or the raylet is unhealthy, Ready on
+    200; its timeout outlasts the 503 ``/readyz`` gives after ``READY_TIMEOUT_S``."""
+    import http.server
+    import shutil
+    import threading
+
+    from raygrade.serve.ingress import READY_TIMEOUT_S
+
+    if shutil.which("wget") is None:
+        pytest.skip("wget (in the rayproject/ray image the probe runs in) is not installed here")
+    probes = _worker_probes(name)
+    assert len(probes) == 2 and all(p == probes[0] for p in probes)
+    probe = probes[0]
+    command = probe["exec"]["command"]
+    assert command[:2] == ["bash", "-c"]
+    serve_port = yaml.safe_load(_manifest(name)["spec"]["serveConfigV2"])["http_options"]["port"]
+    assert f"http://localhost:{serve_port}/readyz" in command[2]
+    assert probe["timeoutSeconds"] > READY_TIMEOUT_S + 2  # /readyz's own wait, then wget's -T
+
+    answers = {"/api/local_raylet_healthz": (200, b"success"), "/readyz": (503, b'{"status":"not_ready"}')}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            status, body = answers.get(self.path, (404, b""))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    script = (command[2].replace("localhost:52365", f"127.0.0.1:{servers[0].server_port}")
+              .replace(f"localhost:{serve_port}", f"127.0.0.1:{servers[1].server_port}"))
+    assert script != command[2] and "localhost" not in script
+
+    def ready() -> bool:
+        return subprocess.run(["bash", "-c", script], capture_output=True, timeout=30).returncode == 0
+
+    try:
+        assert not ready()                                   # the model is loading
+        answers["/readyz"] = (200, b'{"status":"ready"}')
+        assert ready()
+        answers["/api/local_raylet_healthz"] = (500, b"")    # the node itself is unhealthy
+        assert not ready()
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_docs_site_builds_strictly_with_generated_references(tmp_path):
     if shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None:
-        pytest.fail("mkdocs is not installed (it is in the dev extra: pip install -e '.[dev]')")
+        pytest.fail("mkdocs is not installed (the docs dependency group: pip install --group docs)")
     mkdocs = str(Path(sys.executable).with_name("mkdocs"))
     r = subprocess.run([mkdocs, "build", "--strict", "-d", str(tmp_path / "site")], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
