@@ -108,6 +108,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         print(f"Serve app up at {url} in {time.monotonic() - t0:.0f}s", flush=True)
     client = Client(url, api_key=demo_key[1] if demo_key else None, timeout_s=120)
     t0 = time.monotonic()
+    client.wait_ready(timeout_s=a.timeout_s)   # GET /readyz: a model still loading on a server given by --url
     try:
         st = client.submit(job)
         st = client.wait(st.id, timeout_s=a.timeout_s, progress=not a.no_progress)

@@ -97,6 +97,19 @@ def _check(r: httpx.Response) -> Any:
     return r.json()
 
 
+def _readiness(r: httpx.Response) -> str | None:
+    """None when ``GET /readyz`` answered 200; else why not yet (the 503's ``reason``). Any other
+    status raises the API's error (:func:`error_from_response`)."""
+    if r.status_code == 200:
+        return None
+    if r.status_code == 503:
+        try:
+            return str(r.json().get("reason") or "503")
+        except ValueError:
+            return "503"
+    raise error_from_response(r)
+
+
 def _job_body(job: GradingJob | dict[str, Any]) -> bytes:
     """The request body: a model as its JSON; a dict as it is (the server validates it and names the field)."""
     import json
@@ -210,6 +223,27 @@ class Client:
         """``GET /v1/usage``: this tenant's quota and what counts against it now."""
         return TenantUsage.model_validate(self._call("GET", "/v1/usage"))
 
+    def wait_ready(self, *, timeout_s: float = 600, poll_s: float = 1.0) -> None:
+        """Poll ``GET /readyz`` until the app could grade a job (200): the store answers, a Grader
+        replica is up and every model in the application passed its health check. A 503 (a model
+        loading) or no connection yet (the server starting) is waited out.
+
+        Raises:
+            TimeoutError: not ready after ``timeout_s`` seconds (the message gives the last reason).
+            RaygradeError: any other answer (e.g. a URL that is not raygrade's: 404).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                reason = _readiness(self._http.get("/readyz"))
+            except httpx.TransportError as exc:
+                reason = f"no connection ({type(exc).__name__})"
+            if reason is None:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready after {timeout_s:g}s: {reason}")
+            time.sleep(poll_s)
+
     def wait(self, job_id: str, *, timeout_s: float = 3600, poll_s: float = 1.0,
              progress: bool | Callable[[JobStatus], None] = False) -> JobStatus:
         """Poll until the job is terminal; returns its final status.
@@ -283,6 +317,20 @@ class AsyncClient:
     async def usage(self) -> TenantUsage:
         """``GET /v1/usage`` (see :meth:`Client.usage`)."""
         return TenantUsage.model_validate(await self._call("GET", "/v1/usage"))
+
+    async def wait_ready(self, *, timeout_s: float = 600, poll_s: float = 1.0) -> None:
+        """Poll ``GET /readyz`` until 200 (see :meth:`Client.wait_ready`)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                reason = _readiness(await self._http.get("/readyz"))
+            except httpx.TransportError as exc:
+                reason = f"no connection ({type(exc).__name__})"
+            if reason is None:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready after {timeout_s:g}s: {reason}")
+            await asyncio.sleep(poll_s)
 
     async def wait(self, job_id: str, *, timeout_s: float = 3600, poll_s: float = 1.0,
                    progress: bool | Callable[[JobStatus], None] = False) -> JobStatus:
