@@ -25,7 +25,8 @@ _EXPORTS: dict[str, str] = {
                     "raygrade.config"),
     **dict.fromkeys(("RegradeConfig", "RegradeSummary", "run_regrade"), "raygrade.bulk"),
     **dict.fromkeys(("Assessment", "Question", "Submission", "GradingJob", "JobOptions", "JobState", "JobStatus",
-                     "JobResults", "GradeResult", "GradingErrorItem", "ImagePage", "TextPage"), "raygrade.protocol"),
+                     "JobResults", "GradeResult", "GradingErrorItem", "ImagePage", "TextPage", "ReviewItem",
+                     "ReviewList", "TeacherReview"), "raygrade.protocol"),
     **dict.fromkeys(("RaygradeError", "ConfigError", "MissingDependencyError", "InvalidRequestError", "NotFoundError",
                      "ConflictError", "StorageError", "ProviderError", "RateLimitedError"), "raygrade.errors"),
 }
@@ -58,9 +59,12 @@ __all__ = [
     "RaygradeError",
     "RegradeConfig",
     "RegradeSummary",
+    "ReviewItem",
+    "ReviewList",
     "StorageError",
     "StoreConfig",
     "Submission",
+    "TeacherReview",
     "TextPage",
     "build_app",
     "run_regrade",
@@ -93,7 +97,10 @@ if TYPE_CHECKING:
         JobState,
         JobStatus,
         Question,
+        ReviewItem,
+        ReviewList,
         Submission,
+        TeacherReview,
         TextPage,
     )
 

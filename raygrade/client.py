@@ -1,8 +1,9 @@
 """Clients of raygrade's HTTP API: :class:`Client` (sync) and :class:`AsyncClient` (asyncio).
 
 Every route has a method: ``submit`` (``POST /v1/jobs``, with an idempotency key), ``list_jobs``,
-``status``, ``results``, ``cancel``, ``replicas``, ``usage``, and ``wait`` (polls until the job ends, with an
-optional progress callback or bar). Failures raise raygrade's own exception tree
+``status``, ``results``, ``results_csv``, ``cancel``, ``replicas``, ``usage``, ``reviews`` and ``review``
+(teachers' reviews), ``wait`` (polls until the job ends, with an optional progress callback or bar)
+and ``wait_ready`` (polls ``/readyz``). Failures raise raygrade's own exception tree
 (:mod:`raygrade.errors`), rebuilt from the server's OpenAI-shaped error body: a 400 is an
 :class:`~raygrade.errors.InvalidRequestError`, a 404 a :class:`~raygrade.errors.NotFoundError`,
 a 409 a :class:`~raygrade.errors.ConflictError` (or its ``IllegalTransitionError``), and so on;
@@ -20,149 +21,41 @@ Example::
         grades = client.results(final.id).results
 """
 
+
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from raygrade.errors import (
-    AuthenticationError,
-    ConfigError,
-    ConflictError,
-    IllegalTransitionError,
-    InvalidRequestError,
-    MissingDependencyError,
-    NotFoundError,
-    PlanningError,
-    QuotaExceededError,
-    RaygradeError,
-    ReadingError,
-    StorageError,
+from raygrade._client_http import (
+    APIConnectionError,
+    APIStatusError,
+    _auth_headers,
+    _check,
+    _headers,
+    _job_body,
+    _list_params,
+    _Progress,
+    _readiness,
+    _review_params,
+    error_from_response,
 )
-from raygrade.protocol import GradingJob, JobList, JobResults, JobState, JobStatus, TenantUsage
+from raygrade.protocol import (
+    GradingJob,
+    JobList,
+    JobResults,
+    JobState,
+    JobStatus,
+    ReviewItem,
+    ReviewList,
+    TenantUsage,
+)
 
-
-class APIStatusError(RaygradeError):
-    """The server answered an error without raygrade's error body (a proxy, a load balancer)."""
-
-    error_type = "api_status_error"
-
-
-class APIConnectionError(RaygradeError):
-    """The server could not be reached, or the connection failed mid-request."""
-
-    error_type = "api_connection_error"
-
-
-def _error_types() -> dict[str, type[RaygradeError]]:
-    classes = (InvalidRequestError, AuthenticationError, NotFoundError, ConflictError, IllegalTransitionError,
-               PlanningError, ReadingError, StorageError, ConfigError, MissingDependencyError, QuotaExceededError)
-    return {c.error_type: c for c in classes}
-
-
-def error_from_response(r: httpx.Response) -> RaygradeError:
-    """The exception for an error response: raygrade's class for the body's ``error.type``.
-
-    The result has ``http_status`` (int) and ``body`` (the parsed JSON, or ``None``); a
-    :class:`~raygrade.errors.QuotaExceededError` has ``retry_after_s`` from ``Retry-After``.
-    """
-    try:
-        body = r.json()
-        err = body["error"]
-        message, etype = str(err["message"]), str(err.get("type") or "")
-    except (ValueError, KeyError, TypeError):
-        exc: RaygradeError = APIStatusError(f"HTTP {r.status_code} from {r.request.url.path}: {r.text[:200]}")
-        exc.http_status, exc.body = r.status_code, None
-        return exc
-    cls = _error_types().get(etype, APIStatusError)
-    exc = cls(message, param=err.get("param"), code=err.get("code"))
-    exc.http_status, exc.body = r.status_code, body
-    if isinstance(exc, QuotaExceededError):
-        try:
-            exc.retry_after_s = float(r.headers["retry-after"])
-        except (KeyError, ValueError):
-            pass
-    return exc
-
-
-def _check(r: httpx.Response) -> Any:
-    if r.status_code >= 400:
-        raise error_from_response(r)
-    return r.json()
-
-
-def _readiness(r: httpx.Response) -> str | None:
-    """None when ``GET /readyz`` answered 200; else why not yet (the 503's ``reason``). Any other
-    status raises the API's error (:func:`error_from_response`)."""
-    if r.status_code == 200:
-        return None
-    if r.status_code == 503:
-        try:
-            return str(r.json().get("reason") or "503")
-        except ValueError:
-            return "503"
-    raise error_from_response(r)
-
-
-def _job_body(job: GradingJob | dict[str, Any]) -> bytes:
-    """The request body: a model as its JSON; a dict as it is (the server validates it and names the field)."""
-    import json
-
-    return job.model_dump_json().encode() if isinstance(job, GradingJob) else json.dumps(job).encode()
-
-
-def _auth_headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, str]:
-    """``headers`` plus ``Authorization: Bearer`` with ``api_key`` (default ``$RAYGRADE_API_KEY``)."""
-    key = api_key if api_key is not None else os.environ.get("RAYGRADE_API_KEY")
-    return {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
-
-
-def _list_params(status: JobState | str | None, limit: int, after: str | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"limit": limit}
-    if status is not None:
-        params["status"] = JobState(status).value
-    if after is not None:
-        params["after"] = after
-    return params
-
-
-def _headers(idempotency_key: str | None) -> dict[str, str]:
-    h = {"content-type": "application/json"}
-    if idempotency_key:
-        h["Idempotency-Key"] = idempotency_key
-    return h
-
-
-class _Progress:
-    """A tqdm bar over items (``progress=True``) or a callback given each :class:`JobStatus`."""
-
-    def __init__(self, progress: bool | Callable[[JobStatus], None]):
-        self._callback = progress if callable(progress) else None
-        self._bar = None
-        if progress is True:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=0, unit="item", desc="grading", file=sys.stderr)
-
-    def update(self, st: JobStatus) -> None:
-        if self._callback is not None:
-            self._callback(st)
-        if self._bar is not None:
-            p = st.progress
-            self._bar.total = p.items_total
-            self._bar.n = p.items_graded + p.items_failed + p.items_cancelled
-            self._bar.set_postfix(batches=f"{p.batches_done}/{p.batches_total}", failed=p.items_failed,
-                                  state=st.state.value)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+__all__ = ["APIConnectionError", "APIStatusError", "AsyncClient", "Client", "error_from_response"]
 
 
 class Client:
@@ -180,12 +73,12 @@ class Client:
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
                                   headers=_auth_headers(api_key, headers))
 
-    def _call(self, method: str, path: str, **kw) -> Any:
+    def _call(self, method: str, path: str, *, raw: bool = False, **kw) -> Any:
         try:
             r = self._http.request(method, path, **kw)
         except httpx.TransportError as exc:
             raise APIConnectionError(f"{method} {path}: {type(exc).__name__}") from exc
-        return _check(r)
+        return _check(r, raw=raw)
 
     def submit(self, job: GradingJob | dict[str, Any], idempotency_key: str | None = None) -> JobStatus:
         """``POST /v1/jobs``: the new job's status (or, for a replayed key, the existing job's).
@@ -209,6 +102,29 @@ class Client:
     def results(self, job_id: str) -> JobResults:
         """``GET /v1/jobs/{id}/results`` (partial while the job runs)."""
         return JobResults.model_validate(self._call("GET", f"/v1/jobs/{job_id}/results"))
+
+    def results_csv(self, job_id: str) -> str:
+        """``GET /v1/jobs/{id}/results?format=csv``: one row per student × question, final and model
+        scores, who graded, the reviewer (:data:`raygrade.export.CSV_COLUMNS`)."""
+        return self._call("GET", f"/v1/jobs/{job_id}/results", params={"format": "csv"}, raw=True).text
+
+    def reviews(self, *, job_id: str | None = None, question_id: str | None = None, status: str | None = None,
+                limit: int = 50, after: str | None = None) -> ReviewList:
+        """``GET /v1/reviews``: items flagged for review (``status="pending"``), reviewed (``"done"``)
+        or both; next page: ``after=page.last_id``. Raises :class:`NotFoundError` for an unknown job."""
+        return ReviewList.model_validate(self._call("GET", "/v1/reviews", params=_review_params(
+            job_id, question_id, status, limit, after)))
+
+    def review(self, job_id: str, item_id: str, score: float, comment: str | None = None) -> ReviewItem:
+        """``POST /v1/jobs/{job_id}/items/{item_id}/review``: a teacher's score replaces the model's.
+
+        Raises:
+            InvalidRequestError: the score is off the question's grid (``param == "score"``).
+            IllegalTransitionError: the item is not graded.
+            NotFoundError: no such job or item.
+        """
+        return ReviewItem.model_validate(self._call("POST", f"/v1/jobs/{job_id}/items/{item_id}/review",
+                                                    json={"score": score, "comment": comment}))
 
     def cancel(self, job_id: str) -> JobStatus:
         """``POST /v1/jobs/{id}/cancel``. Raises ``IllegalTransitionError`` (a :class:`ConflictError`)
@@ -285,12 +201,12 @@ class AsyncClient:
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s,
                                        headers=_auth_headers(api_key, headers))
 
-    async def _call(self, method: str, path: str, **kw) -> Any:
+    async def _call(self, method: str, path: str, *, raw: bool = False, **kw) -> Any:
         try:
             r = await self._http.request(method, path, **kw)
         except httpx.TransportError as exc:
             raise APIConnectionError(f"{method} {path}: {type(exc).__name__}") from exc
-        return _check(r)
+        return _check(r, raw=raw)
 
     async def submit(self, job: GradingJob | dict[str, Any], idempotency_key: str | None = None) -> JobStatus:
         """``POST /v1/jobs`` (see :meth:`Client.submit`)."""
@@ -307,6 +223,21 @@ class AsyncClient:
 
     async def results(self, job_id: str) -> JobResults:
         return JobResults.model_validate(await self._call("GET", f"/v1/jobs/{job_id}/results"))
+
+    async def results_csv(self, job_id: str) -> str:
+        """``GET /v1/jobs/{id}/results?format=csv`` (see :meth:`Client.results_csv`)."""
+        return (await self._call("GET", f"/v1/jobs/{job_id}/results", params={"format": "csv"}, raw=True)).text
+
+    async def reviews(self, *, job_id: str | None = None, question_id: str | None = None,
+                      status: str | None = None, limit: int = 50, after: str | None = None) -> ReviewList:
+        """``GET /v1/reviews`` (see :meth:`Client.reviews`)."""
+        return ReviewList.model_validate(await self._call("GET", "/v1/reviews", params=_review_params(
+            job_id, question_id, status, limit, after)))
+
+    async def review(self, job_id: str, item_id: str, score: float, comment: str | None = None) -> ReviewItem:
+        """``POST /v1/jobs/{job_id}/items/{item_id}/review`` (see :meth:`Client.review`)."""
+        return ReviewItem.model_validate(await self._call("POST", f"/v1/jobs/{job_id}/items/{item_id}/review",
+                                                          json={"score": score, "comment": comment}))
 
     async def cancel(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(await self._call("POST", f"/v1/jobs/{job_id}/cancel"))

@@ -12,8 +12,8 @@ Shapes, in short::
       errors:  [GradingErrorItem(student_ids, question_ids, type, message)]
 
 Every model forbids unknown fields, so a misspelt field is a 400 naming it. The models live in
-:mod:`~raygrade.protocol.pages`, :mod:`~raygrade.protocol.jobs` and
-:mod:`~raygrade.protocol.results` and :mod:`~raygrade.protocol.tenants`; import them from here.
+:mod:`~raygrade.protocol.pages`, :mod:`~raygrade.protocol.jobs`, :mod:`~raygrade.protocol.results`,
+:mod:`~raygrade.protocol.reviews` and :mod:`~raygrade.protocol.tenants`; import them from here.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from raygrade.protocol.results import (
     JobWarning,
     Usage,
 )
+from raygrade.protocol.reviews import ReviewItem, ReviewList, ReviewRequest, TeacherReview
 from raygrade.protocol.tenants import QUOTA_WINDOW_S, TenantQuota, TenantUsage
 
 __all__ = [
@@ -73,9 +74,13 @@ __all__ = [
     "QUOTA_WINDOW_S",
     "Question",
     "ReadingMode",
+    "ReviewItem",
+    "ReviewList",
+    "ReviewRequest",
     "StoredImage",
     "Submission",
     "TenantQuota",
+    "TeacherReview",
     "TenantUsage",
     "TextPage",
     "Usage",

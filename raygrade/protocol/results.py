@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from raygrade.protocol._base import _Model
+from raygrade.protocol.reviews import TeacherReview
 
 
 class Usage(_Model):
@@ -52,6 +53,13 @@ class GradeResult(_Model):
     batch_id: str
     usage: Usage
     needs_review: bool = Field(default=False, description="Among the least confident ``review_share`` of the job.")
+    item_id: str | None = Field(default=None, description=(
+        "The item's id within its job (`item_<n>`; the review route's), in the job's results."))
+    graded_by: Literal["model", "teacher"] = Field(default="model", description=(
+        "Who gave ``score``: the model, or a teacher whose review replaced the model's score."))
+    model_score: float | None = Field(default=None, description=(
+        "The model's own score, kept beside a teacher's (in the job's results; equals ``score`` until a review)."))
+    review: TeacherReview | None = Field(default=None, description="The teacher's review, once there is one.")
 
 
 class GradingErrorItem(_Model):
@@ -103,6 +111,7 @@ class JobProgress(_Model):
     items_graded: int = 0
     items_failed: int = 0
     items_needs_review: int = 0
+    items_reviewed: int = Field(default=0, description="Items a teacher has reviewed (flagged or not).")
     items_cancelled: int = 0
     batches_total: int = 0
     batches_done: int = 0

@@ -101,7 +101,8 @@ class RequestGuard:
     """ASGI middleware: the caller's key (401), then bounded bodies (413, 408).
 
     Every path but ``/healthz`` and ``/readyz`` (and the API's description with ``public_docs``) needs a valid
-    key, checked before the body is read; the tenant goes to ``request.state.tenant``. Reads
+    key, checked before the body is read; the tenant goes to ``request.state.tenant`` and the key's
+    SHA-256 to ``request.state.key_hash`` (``None`` with authentication disabled). Reads
     its settings from the app's state (``api_config``, ``authenticator``), which the ingress
     sets when its replica starts.
     """
@@ -116,11 +117,14 @@ class RequestGuard:
         cfg: ApiConfig = getattr(state, "api_config", None) or ApiConfig()
         path = route_path(scope)
         if path not in PUBLIC_PATHS and not (cfg.public_docs and path in DOC_PATHS):
+            token = bearer_token(scope["headers"])
             try:
-                tenant = await state.authenticator.tenant(bearer_token(scope["headers"]))
+                tenant = await state.authenticator.tenant(token)
             except RaygradeError as err:
                 return await error_response(err)(scope, receive, send)
             scope.setdefault("state", {})["tenant"] = tenant
+            # Who acts (reviews name their key in the audit trail): the key's hash, never the key.
+            scope["state"]["key_hash"] = hash_key(token) if token and cfg.auth != "disabled" else None
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > cfg.max_body_bytes:
             too_large = RequestTooLargeError(f"the request body is {int(declared)} bytes; the limit is "

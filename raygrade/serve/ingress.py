@@ -5,7 +5,10 @@ Routes (every one but ``/healthz``, ``/readyz`` needs ``Authorization: Bearer <k
     ``POST /v1/jobs``               → 202 :class:`JobStatus` (200 for an idempotent replay)
     ``GET  /v1/jobs``               → :class:`JobList` of the tenant's jobs (``?status=&limit=&after=``)
     ``GET  /v1/jobs/{id}``          → :class:`JobStatus` with progress counts
-    ``GET  /v1/jobs/{id}/results``  → :class:`JobResults` (partial while running)
+    ``GET  /v1/jobs/{id}/results``  → :class:`JobResults` (partial while running; ``?format=csv``: a gradebook's CSV)
+    ``GET  /v1/reviews``            → :class:`ReviewList`: items flagged for review, and reviewed
+    ``POST /v1/jobs/{id}/items/{item_id}/review`` → :class:`ReviewItem`: a teacher's score replaces the model's
+    ``GET  /v1/jobs/{id}/items/{item_id}/pages/{k}`` → the student's page k (image or text)
     ``POST /v1/jobs/{id}/cancel``   → :class:`JobStatus` (``cancelled``; 409 if already ended)
     ``GET  /v1/jobs/{id}/replicas`` → batches graded per grader replica
     ``GET  /v1/usage``              → :class:`TenantUsage`: the tenant's quota and usage
@@ -24,12 +27,12 @@ module is the HTTP boundary where raygrade's exceptions become responses.
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -37,9 +40,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from raygrade.blobs import BlobStore, externalize
 from raygrade.config import ApiConfig, StoreConfig
 from raygrade.errors import InvalidRequestError, QuotaExceededError, RaygradeError, raygrade_cause
+from raygrade.export import results_csv
 from raygrade.metrics import Recorder
-from raygrade.protocol import ErrorResponse, GradingJob, JobList, JobResults, JobState, JobStatus, TenantUsage
+from raygrade.protocol import (
+    GradingJob,
+    JobList,
+    JobResults,
+    JobState,
+    JobStatus,
+    ReviewItem,
+    ReviewList,
+    ReviewRequest,
+    TenantUsage,
+)
 from raygrade.serve.guard import Authenticator, RequestGuard, error_response
+from raygrade.serve.http_errors import error_responses as _errors
+from raygrade.serve.http_errors import validation_error_body
 
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config
 # format (JSON in serve_config.yaml), as Serve documents for deployment code.
@@ -67,47 +83,7 @@ READY_PROBE_S = 60.0
 READY_CACHE_S = 5.0
 
 JobId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-
-
-def _loc_to_param(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
-    return out or "body"
-
-
-def validation_error_body(errs: list[dict[str, Any]], body: Any = None) -> dict[str, Any]:
-    """The OpenAI-shaped error body for FastAPI's validation errors of one request.
-
-    Args:
-        errs: ``RequestValidationError.errors()``.
-        body: ``RequestValidationError.body``: for a body that is not JSON, the text FastAPI
-            tried to parse (its error's ``loc`` is ``("body", <character offset>)``).
-
-    Returns:
-        ``{"error": {"message", "type": "invalid_request_error", "param", "code": None}}``:
-        ``param`` names the first invalid field (``None`` for a body that is not JSON, whose
-        message gives the line and column instead, as Python's ``json`` counts them: from 1).
-        Messages name fields and constraints only and never echo input values (student text).
-    """
-    first: dict[str, Any] = errs[0] if errs else {"loc": (), "msg": "invalid request"}
-    if first.get("type") == "json_invalid":
-        loc = tuple(first.get("loc", ()))
-        pos = loc[-1] if loc and isinstance(loc[-1], int) else None
-        reason = str((first.get("ctx") or {}).get("error") or "JSON decode error")
-        where = ""
-        if pos is not None and isinstance(body, str | bytes):
-            text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-            line = text.count("\n", 0, pos) + 1
-            where = f" at line {line}, column {pos - (text.rfind(chr(10), 0, pos) + 1) + 1} (character {pos})"
-        return {"error": {"message": f"the request body is not valid JSON: {reason}{where}",
-                          "type": "invalid_request_error", "param": None, "code": None}}
-    param = _loc_to_param(tuple(first.get("loc", ())))
-    msg = f"{param}: {first.get('msg', 'invalid value')}"
-    if len(errs) > 1:
-        msg += f" (and {len(errs) - 1} more errors)"
-    return {"error": {"message": msg, "type": "invalid_request_error", "param": param, "code": None}}
+ItemId = Path(min_length=6, max_length=17, pattern=r"^item_[0-9]+$")
 
 
 @api.exception_handler(RequestValidationError)
@@ -121,19 +97,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     etype = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     return JSONResponse(status_code=exc.status_code, headers=getattr(exc, "headers", None), content={"error": {
         "message": f"{request.method} {request.url.path}: {exc.detail}", "type": etype, "param": None, "code": None}})
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error statuses a route really answers (401 on every
-    authenticated route, 400 for a malformed path or query, 503 when the store is down)."""
-    what = {400: "Invalid request (``param`` names the field).", 401: "No API key, or an invalid or revoked one.",
-            404: "No such job (or another tenant's).", 408: "The request body did not arrive in time.",
-            409: "Conflict: an idempotency key reused with another body, or a job that already ended.",
-            413: "The request body is over the size limit.",
-            429: "The tenant's quota refuses a new job (`insufficient_quota`; `Retry-After` when the window will "
-                 "have room).",
-            503: "The job store is unavailable; try again."}
-    return {c: {"model": ErrorResponse, "description": what[c]} for c in sorted({400, 401, 503, *codes})}
 
 
 def _openapi() -> dict:
@@ -246,9 +209,55 @@ class RaygradeIngress:
     async def get_job(self, job_id: str = JobId, tenant: str = Tenant) -> JobStatus:
         return await _call(self._registry.status.remote(job_id, tenant))
 
-    @api.get("/v1/jobs/{job_id}/results", response_model=JobResults, responses=_errors(404))
-    async def get_results(self, job_id: str = JobId, tenant: str = Tenant) -> JobResults:
-        return await _call(self._registry.results.remote(job_id, tenant))
+    @api.get("/v1/jobs/{job_id}/results", response_model=JobResults, responses={
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+              "description": "The results (JSON), or with `format=csv` one CSV row per student × question."},
+        **_errors(404)})
+    async def get_results(self, job_id: str = JobId, format: Literal["json", "csv"] = Query(default="json"),
+                          tenant: str = Tenant) -> Any:
+        """Grades and errors so far; a teacher's review replaces the model's score (``graded_by``,
+        ``model_score``). ``format=csv``: what a gradebook imports (:mod:`raygrade.export`)."""
+        results = await _call(self._registry.results.remote(job_id, tenant))
+        if format == "csv":
+            return Response(content=results_csv(results), media_type="text/csv; charset=utf-8",
+                            headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
+        return results
+
+    @api.get("/v1/reviews", response_model=ReviewList, responses=_errors(404))
+    async def list_reviews(self, job_id: str | None = Query(default=None, min_length=1, max_length=64,
+                                                            pattern=r"^[A-Za-z0-9_-]+$"),
+                           question_id: str | None = Query(default=None, min_length=1, max_length=128),
+                           status: Literal["pending", "done"] | None = Query(default=None),
+                           limit: int = Query(default=50, ge=1, le=200),
+                           after: str | None = Query(default=None, min_length=1, max_length=100),
+                           tenant: str = Tenant) -> ReviewList:
+        """The caller's review queue: items flagged for review (``pending``) and items reviewed
+        (``done``), in job and item order; the next page is ``after=last_id``."""
+        data, more = await _call(self._registry.review_queue.remote(tenant, job_id, question_id, status, limit,
+                                                                    after))
+        return ReviewList(data=data, has_more=more, first_id=f"{data[0].job_id}/{data[0].id}" if data else None,
+                          last_id=f"{data[-1].job_id}/{data[-1].id}" if data else None)
+
+    @api.post("/v1/jobs/{job_id}/items/{item_id}/review", response_model=ReviewItem, responses=_errors(404, 409))
+    async def review_item(self, request: Request, review: ReviewRequest, job_id: str = JobId,
+                          item_id: str = ItemId, tenant: str = Tenant) -> ReviewItem:
+        """A teacher's score for one graded item, on its question's grid (400 off it; 409 for an
+        item not graded). Idempotent: the same review again changes nothing; a different one
+        replaces it, and every review stays in the audit trail with its time and key id."""
+        key_hash = getattr(request.state, "key_hash", None)
+        return await _call(self._registry.review_item.remote(job_id, item_id, review, tenant, key_hash))
+
+    @api.get("/v1/jobs/{job_id}/items/{item_id}/pages/{page}", response_class=Response, responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "text/plain": {}},
+              "description": "The page as uploaded: an image, or a text page as UTF-8 text."},
+        **_errors(404)})
+    async def item_page(self, job_id: str = JobId, item_id: str = ItemId, page: int = Path(ge=0, le=100_000),
+                        tenant: str = Tenant) -> Response:
+        """Page ``page`` (0-based) of the student an item belongs to, for a reviewer."""
+        data, media_type = await _call(self._registry.item_page.remote(job_id, item_id, page, tenant))
+        return Response(content=data, media_type=media_type, headers={
+            "Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'"})
 
     @api.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=_errors(404, 409))
     async def cancel_job(self, job_id: str = JobId, tenant: str = Tenant) -> JobStatus:

@@ -20,7 +20,16 @@ from ray import serve
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.config import DEFAULT_TENANT, StoreConfig
 from raygrade.errors import InvalidRequestError
-from raygrade.protocol import GradingErrorItem, GradingJob, JobResults, JobState, JobStatus, TenantUsage
+from raygrade.protocol import (
+    GradingErrorItem,
+    GradingJob,
+    JobResults,
+    JobState,
+    JobStatus,
+    ReviewItem,
+    ReviewRequest,
+    TenantUsage,
+)
 from raygrade.store import JobStore
 from raygrade.webhooks import check_url, resolve_checked
 
@@ -101,6 +110,22 @@ class JobRegistryImpl:
     async def results(self, job_id: str, tenant: str | None = None) -> JobResults:
         """Grades and errors so far (:meth:`JobStore.results`). Raises ``NotFoundError``."""
         return await self._do(self._store.results, job_id, tenant)
+
+    async def review_queue(self, tenant: str, job_id: str | None = None, question_id: str | None = None,
+                           status: str | None = None, limit: int = 50, after: str | None = None
+                           ) -> tuple[list[ReviewItem], bool]:
+        """The tenant's items to review or reviewed (:meth:`JobStore.review_queue`)."""
+        return await self._do(self._store.review_queue, self._namespace, tenant, job_id=job_id,
+                              question_id=question_id, status=status, limit=limit, after=after)
+
+    async def review_item(self, job_id: str, item_id: str, review: ReviewRequest, tenant: str | None = None,
+                          key_hash: str | None = None) -> ReviewItem:
+        """Record a teacher's review (:meth:`JobStore.review_item`)."""
+        return await self._do(self._store.review_item, job_id, item_id, review, tenant=tenant, key_hash=key_hash)
+
+    async def item_page(self, job_id: str, item_id: str, page: int, tenant: str | None = None) -> tuple[bytes, str]:
+        """A page of the item's student: ``(bytes, media type)`` (:meth:`JobStore.item_page`)."""
+        return await self._do(self._store.item_page, job_id, item_id, page, tenant)
 
     async def replicas(self, job_id: str, tenant: str | None = None) -> dict[str, int]:
         """Batches completed per grader replica (:meth:`JobStore.replicas`)."""

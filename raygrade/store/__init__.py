@@ -9,7 +9,8 @@ Parts: :mod:`~raygrade.store.schema` (tables, engine, Alembic migrations),
 :mod:`~raygrade.store.states` (the state machines), :mod:`~raygrade.store.core` (shared
 helpers), :mod:`~raygrade.store.jobs` (:class:`JobStore`), :mod:`~raygrade.store.batches`
 (plans, leases, completion), :mod:`~raygrade.store.outbox` (webhooks),
-:mod:`~raygrade.store.keys` (tenants' API keys), :mod:`~raygrade.store.quotas` (tenants' quotas).
+:mod:`~raygrade.store.keys` (tenants' API keys), :mod:`~raygrade.store.quotas` (tenants' quotas),
+:mod:`~raygrade.store.reviews` (teachers' reviews and their audit trail).
 
 State machines (:mod:`raygrade.store.states`; a transition not listed raises
 :class:`IllegalTransitionError`)::

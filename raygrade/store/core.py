@@ -98,6 +98,7 @@ class StoreCore:
             progress=JobProgress(students=j["students"], items_total=j["items_total"],
                                  items_graded=j["items_graded"], items_failed=j["items_failed"],
                                  items_needs_review=j["items_needs_review"], items_cancelled=j["items_cancelled"],
+                                 items_reviewed=j["items_reviewed"],
                                  batches_total=j["batches_total"], batches_done=j["batches_done"],
                                  batches_redispatched=j["batches_redispatched"]))
 

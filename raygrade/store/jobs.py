@@ -25,6 +25,7 @@ from raygrade.store.batches import BatchLeases
 from raygrade.store.keys import ApiKeys
 from raygrade.store.outbox import WebhookOutbox
 from raygrade.store.quotas import TenantQuotas
+from raygrade.store.reviews import Reviews, final_result
 from raygrade.store.schema import batches, items, job_bodies, jobs
 from raygrade.store.states import (
     BATCH_TRANSITIONS,
@@ -35,7 +36,7 @@ from raygrade.store.states import (
 )
 
 
-class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas):
+class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Reviews):
     """Jobs, items, batches and webhooks in SQLite or PostgreSQL.
 
     Args:
@@ -45,9 +46,9 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas):
 
     Every method is one transaction. Methods raise :class:`NotFoundError` for an
     unknown job id and :class:`IllegalTransitionError` for a disallowed state change.
-    The operations live in five parts: this class (jobs), :class:`BatchLeases`
-    (plans, leases, completion of batches), :class:`WebhookOutbox`, :class:`ApiKeys` and
-    :class:`TenantQuotas`.
+    The operations live in six parts: this class (jobs), :class:`BatchLeases`
+    (plans, leases, completion of batches), :class:`WebhookOutbox`, :class:`ApiKeys`,
+    :class:`TenantQuotas` and :class:`Reviews` (teachers' reviews).
     """
 
     def create_job(self, job: GradingJob, idempotency_key: str | None = None, namespace: str = "raygrade",
@@ -238,7 +239,10 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas):
             return self._status(conn, job_id)
 
     def results(self, job_id: str, tenant: str | None = None) -> JobResults:
-        """Grades in submission and question order, and errors grouped per (student, type, batch)."""
+        """Grades in submission and question order, and errors grouped per (student, type, batch).
+
+        Each grade's ``score`` is final: a teacher's review replaces the model's score there
+        (``graded_by: teacher``), and ``model_score`` keeps the model's."""
         with self.engine.connect() as conn:
             j = self._job_row(conn, job_id, tenant=tenant)
             rows = conn.execute(sa.select(items).where(items.c.job_id == job_id, items.c.state != "pending")
@@ -247,8 +251,7 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas):
             errs: dict[tuple[str, str | None, str | None, str | None], list[str]] = {}
             for r in rows:
                 if r["state"] == "graded":
-                    g = GradeResult.model_validate_json(r["result"])
-                    out.append(g.model_copy(update={"needs_review": bool(r["needs_review"])}))
+                    out.append(final_result(r))
                 else:
                     key = (r["student_id"], r["error_type"], r["error_message"], r["batch_id"])
                     errs.setdefault(key, []).append(r["question_id"])

@@ -32,6 +32,7 @@ jobs = sa.Table(
     # Progress counters, kept in the same transactions as the item and batch changes they
     # count, so status() reads one row whatever the job's size.
     *(sa.Column(c, sa.Integer, nullable=False, server_default="0") for c in COUNTER_COLUMNS),
+    sa.Column("items_reviewed", sa.Integer, nullable=False, server_default="0"),  # teachers' reviews (0006)
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
     sa.Column("updated_at", sa.Float, nullable=False),
@@ -62,6 +63,12 @@ items = sa.Table(
     sa.Column("needs_review", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("error_type", sa.String(64)),
     sa.Column("error_message", sa.Text),
+    # The review that stands (0006; the newest of the item's rows in raygrade_reviews).
+    sa.Column("review_score", sa.Float),
+    sa.Column("review_comment", sa.Text),
+    sa.Column("reviewed_by", sa.String(32)),
+    sa.Column("reviewed_at", sa.Float),
+    sa.Column("review_revisions", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("raygrade_items_job_state", "job_id", "state"),
     sa.Index("raygrade_items_job_batch", "job_id", "batch_id", "state"),  # a batch's pending items
@@ -92,6 +99,23 @@ webhooks = sa.Table(
     sa.Column("last_error", sa.String(512)),
     sa.Column("owner", sa.String(96)),
     sa.Column("lease_expires_at", sa.Float),
+)
+
+# Teachers' reviews (0006): every review ever sent, the audit trail (a second review of an item
+# replaces the first in raygrade_items; both stay here).
+reviews = sa.Table(
+    "raygrade_reviews", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(64), nullable=False),
+    sa.Column("student_id", sa.String(256), nullable=False),
+    sa.Column("question_id", sa.String(256), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("model_score", sa.Float, nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("raygrade_reviews_item", "job_id", "student_id", "question_id"),
 )
 
 # API keys (0003): only the SHA-256 of each secret is kept; ``prefix`` (its first characters)

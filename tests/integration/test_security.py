@@ -284,3 +284,64 @@ def test_schemathesis_with_a_key_finds_no_5xx_and_nothing_undocumented(secure, f
             assert mode is schemathesis.GenerationMode.NEGATIVE
     assert len(tried) >= 80 and all(code < 500 for _, _, code in tried)
     assert {200, 400, 401, 404} <= {code for _, _, code in tried}  # valid, invalid and unauthenticated cases ran
+
+
+def test_reviews_are_the_tenants_own_keep_the_reviewers_key_and_export_as_csv(secure, fake):
+    """The review loop over HTTP with keys on: the queue, a teacher's score on the grid (400 off
+    it, 404 for another tenant), the page a reviewer reads, final and model scores in the results
+    and in the CSV export, and the reviewing key's id (never the key) in the audit trail."""
+    import csv
+
+    a = Client(secure.url, api_key=secure.keys["school-a"])
+    b = Client(secure.url, api_key=secure.keys["school-b"])
+    png = io.BytesIO()
+    Image.new("RGB", (64, 48), "white").save(png, format="PNG")
+    body = job(4, review_share=0.5)
+    body["assessment"]["questions"][0]["score_step"] = 0.5
+    body["submissions"][0]["pages"].insert(0, {"type": "image", "data": base64.b64encode(png.getvalue()).decode()})
+    st = a.submit(body)
+    assert a.wait(st.id, timeout_s=60, poll_s=0.2).state.value == "succeeded"
+
+    pending = a.reviews(job_id=st.id, status="pending")
+    assert len(pending.data) == 2 and not pending.has_more
+    assert b.reviews().data == [] and b.reviews(status="pending").data == []
+    with pytest.raises(NotFoundError):
+        b.reviews(job_id=st.id)
+    item = pending.data[0]
+    r = httpx.get(f"{secure.url}{item.page_urls[0]}", headers=_auth(secure.keys["school-a"]), timeout=10)
+    assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff"
+    if item.student_id == "s0":
+        assert r.headers["content-type"] == "image/png" and r.content == png.getvalue()
+    else:
+        assert r.headers["content-type"].startswith("text/plain") and r.text.startswith("answer")
+    assert httpx.get(f"{secure.url}{item.page_urls[0]}", headers=_auth(secure.keys["school-b"]),
+                     timeout=10).status_code == 404
+
+    off = httpx.post(f"{secure.url}/v1/jobs/{st.id}/items/{item.id}/review", json={"score": 0.7},
+                     headers=_auth(secure.keys["school-a"]), timeout=10)
+    assert off.status_code == 400 and off.json()["error"]["param"] == "score"
+    assert httpx.post(f"{secure.url}/v1/jobs/{st.id}/items/{item.id}/review", json={"score": 1},
+                      headers=_auth(secure.keys["school-b"]), timeout=10).status_code == 404
+    bad_id = httpx.post(f"{secure.url}/v1/jobs/{st.id}/items/7/review", json={"score": 1},
+                        headers=_auth(secure.keys["school-a"]), timeout=10)
+    assert bad_id.status_code == 400 and bad_id.json()["error"]["param"] == "path.item_id"
+
+    model_score = item.model_score
+    teacher = 2.0 if model_score != 2.0 else 0.5
+    done = a.review(st.id, item.id, teacher, comment="=cmd|' /C calc'!A0")   # hostile comment: a formula
+    assert done.status == "done" and done.graded_by == "teacher" and done.score == teacher
+    key_id = next(k.id for k in secure.store.list_keys("school-a"))
+    assert done.review.reviewed_by == key_id and secure.keys["school-a"] not in done.model_dump_json()
+    assert a.review(st.id, item.id, teacher, comment="=cmd|' /C calc'!A0").review.revisions == 1  # a retry
+    assert a.status(st.id).progress.items_reviewed == 1
+    assert [i.id for i in a.reviews(job_id=st.id, status="done").data] == [item.id]
+
+    res = {x.item_id: x for x in a.results(st.id).results}
+    assert res[item.id].score == teacher and res[item.id].model_score == model_score
+    assert sum(x.graded_by == "teacher" for x in res.values()) == 1
+    rows = list(csv.DictReader(io.StringIO(a.results_csv(st.id))))
+    assert len(rows) == 4 and {r["student_id"] for r in rows} == {"s0", "s1", "s2", "s3"}
+    row = next(r for r in rows if r["student_id"] == item.student_id)
+    assert (float(row["score"]), float(row["model_score"]), row["graded_by"], row["reviewed_by"]) == (
+        teacher, model_score, "teacher", key_id)
+    assert row["review_comment"].startswith("'=")   # not a formula in a spreadsheet

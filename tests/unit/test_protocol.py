@@ -169,7 +169,7 @@ def test_a_body_that_is_not_json_is_named_by_line_and_column():
     """FastAPI's ``json_invalid`` error (a character offset) becomes line and column, param null."""
     import json
 
-    from raygrade.serve.ingress import validation_error_body
+    from raygrade.serve.http_errors import validation_error_body
 
     doc = '{\n  "assessment": {"questions": []},\n  "submissions": [,]\n}'
     with pytest.raises(json.JSONDecodeError) as err:

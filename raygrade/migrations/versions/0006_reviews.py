@@ -1,0 +1,57 @@
+"""Teachers' reviews: the audit trail, the review that stands on each item, a job counter.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-04
+
+Items graded before this revision have no review; jobs count none.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+_ITEM_COLUMNS = ("review_score", "review_comment", "reviewed_by", "reviewed_at", "review_revisions")
+
+
+def upgrade() -> None:
+    inspector = sa.inspect(op.get_bind())
+    if "raygrade_reviews" in inspector.get_table_names():  # made by a newer raygrade
+        return
+    op.create_table(
+        "raygrade_reviews",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("job_id", sa.String(64), nullable=False),
+        sa.Column("student_id", sa.String(256), nullable=False),
+        sa.Column("question_id", sa.String(256), nullable=False),
+        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("model_score", sa.Float, nullable=False),
+        sa.Column("comment", sa.Text),
+        sa.Column("key_id", sa.String(32)),
+        sa.Column("tenant", sa.String(128), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+    )
+    op.create_index("raygrade_reviews_item", "raygrade_reviews", ["job_id", "student_id", "question_id"])
+    with op.batch_alter_table("raygrade_items") as b:
+        b.add_column(sa.Column("review_score", sa.Float))
+        b.add_column(sa.Column("review_comment", sa.Text))
+        b.add_column(sa.Column("reviewed_by", sa.String(32)))
+        b.add_column(sa.Column("reviewed_at", sa.Float))
+        b.add_column(sa.Column("review_revisions", sa.Integer, nullable=False, server_default="0"))
+    with op.batch_alter_table("raygrade_jobs") as b:
+        b.add_column(sa.Column("items_reviewed", sa.Integer, nullable=False, server_default="0"))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("raygrade_jobs") as b:
+        b.drop_column("items_reviewed")
+    with op.batch_alter_table("raygrade_items") as b:
+        for c in _ITEM_COLUMNS:
+            b.drop_column(c)
+    op.drop_index("raygrade_reviews_item", "raygrade_reviews")
+    op.drop_table("raygrade_reviews")

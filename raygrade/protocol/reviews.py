@@ -1,0 +1,70 @@
+"""Teachers' reviews of grades: the review queue (``GET /v1/reviews``), a review
+(``POST /v1/jobs/{job_id}/items/{item_id}/review``) and what a result keeps of it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from raygrade.protocol._base import _Input, _Model, number
+
+
+class ReviewRequest(_Input):
+    """The body of ``POST /v1/jobs/{job_id}/items/{item_id}/review``: the teacher's score.
+
+    The score must be on the question's grid (``[0, max_score]``, a multiple of ``score_step``
+    when the question has one); otherwise the answer is a 400 naming ``score``.
+    """
+
+    score: float = number(ge=0, description="Points, on the question's grid.")
+    comment: str | None = Field(default=None, max_length=4000, description="The teacher's note (kept in the audit "
+                                                                           "trail; shown in the results).")
+
+
+class TeacherReview(_Model):
+    """The review that stands for an item (the newest one; earlier ones stay in the audit trail)."""
+
+    score: float = Field(description="The teacher's score, in points: the item's final score.")
+    comment: str | None = None
+    reviewed_by: str | None = Field(default=None, description=(
+        "Id of the API key that sent the review (`raygrade keys list`); null with authentication disabled."))
+    reviewed_at: float = Field(description="Unix seconds.")
+    revisions: int = Field(default=1, description="Reviews of this item so far (the audit trail's length).")
+
+
+class ReviewItem(_Model):
+    """One graded item as a reviewer sees it: the model's grade, where to find the student's
+    pages, and the teacher's review once there is one."""
+
+    object: Literal["review.item"] = "review.item"
+    id: str = Field(description="The item's id within its job (`item_<n>`): the review route's `item_id`.")
+    job_id: str
+    student_id: str
+    question_id: str
+    status: Literal["pending", "done"] = Field(description=(
+        "pending: flagged for review and not reviewed yet; done: reviewed (flagged or not)."))
+    score: float = Field(description="The final score: the teacher's once reviewed, else the model's.")
+    graded_by: Literal["model", "teacher"]
+    model_score: float
+    max_score: float
+    score_step: float | None = Field(default=None, description="The question's grid step (null: any score).")
+    feedback: str
+    confidence: float
+    needs_review: bool = Field(description="Flagged among the least confident `review_share` of its job.")
+    pages: list[int] = Field(description="0-based indices of the student's pages the grade used.")
+    page_urls: list[str] = Field(description=(
+        "Paths (below the app's route prefix) of those pages: "
+        "`GET /v1/jobs/{job_id}/items/{id}/pages/{k}` answers the image (or the text page) itself."))
+    review: TeacherReview | None = None
+
+
+class ReviewList(_Model):
+    """The body of ``GET /v1/reviews``: a page of review items in job and item order (OpenAI's
+    list shape); the next page is ``?after=last_id`` while ``has_more``."""
+
+    object: Literal["list"] = "list"
+    data: list[ReviewItem]
+    first_id: str | None = None
+    last_id: str | None = Field(default=None, description="Cursor of the last item (`<job_id>/<item id>`).")
+    has_more: bool = False

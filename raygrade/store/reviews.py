@@ -1,0 +1,228 @@
+"""Teachers' reviews: the review queue, a review (with its audit trail) and the pages a reviewer reads.
+
+An item is reviewable once graded. A review writes a row to ``raygrade_reviews`` (kept for
+ever: the audit trail, with the time and the API key's id) and sets the review that stands on
+the item; a second review replaces the first there. Sending the same review again (same score,
+comment and key) changes nothing: the route is idempotent. The model's grade stays as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import sqlalchemy as sa
+
+from raygrade.errors import IllegalTransitionError, InvalidRequestError, NotFoundError
+from raygrade.protocol import (
+    GradeResult,
+    GradingJob,
+    Question,
+    ReviewItem,
+    ReviewRequest,
+    StoredImage,
+    TeacherReview,
+    TextPage,
+    media_type_of,
+)
+from raygrade.store.core import StoreCore
+from raygrade.store.schema import api_keys, items, jobs, reviews
+
+ITEM_PREFIX = "item_"
+
+
+def item_id_of(seq: int) -> str:
+    """The API's id of the item with sequence number ``seq`` in its job (``item_<seq>``)."""
+    return f"{ITEM_PREFIX}{seq}"
+
+
+def seq_of(item_id: str) -> int:
+    """The sequence number in an item id. Raises :class:`NotFoundError` for a malformed id."""
+    digits = item_id[len(ITEM_PREFIX):] if item_id.startswith(ITEM_PREFIX) else ""
+    if not digits.isdigit() or len(digits) > 12:
+        raise NotFoundError(f"no item with id {item_id!r}", param="item_id")
+    return int(digits)
+
+
+def on_grid(score: float, question: Question) -> bool:
+    """Whether ``score`` (points) is a legal score of ``question``: in ``[0, max_score]`` and, with a
+    ``score_step``, one of :meth:`Question.allowed_scores` (to 1e-6 relative)."""
+    if not 0 <= score <= question.max_score * (1 + 1e-9):
+        return False
+    grid = question.allowed_scores()
+    return grid is None or any(math.isclose(score, g, rel_tol=1e-6, abs_tol=1e-9) for g in grid)
+
+
+def review_of(row: Any) -> TeacherReview | None:
+    """The review that stands on an item row, or ``None``."""
+    if row["reviewed_at"] is None:
+        return None
+    return TeacherReview(score=row["review_score"], comment=row["review_comment"], reviewed_by=row["reviewed_by"],
+                         reviewed_at=row["reviewed_at"], revisions=row["review_revisions"])
+
+
+def final_result(row: Any) -> GradeResult:
+    """A graded item row as a result: the final score (the teacher's once reviewed), the model's
+    beside it, who graded it, and its review flag."""
+    g = GradeResult.model_validate_json(row["result"])
+    review = review_of(row)
+    return g.model_copy(update={
+        "needs_review": bool(row["needs_review"]), "item_id": item_id_of(row["seq"]), "model_score": g.score,
+        "review": review, "graded_by": "teacher" if review else "model",
+        "score": review.score if review else g.score})
+
+
+class Reviews(StoreCore):
+    """The review operations of :class:`raygrade.store.JobStore` (tenant-scoped, as jobs are)."""
+
+    def review_queue(self, namespace: str, tenant: str, *, job_id: str | None = None,
+                     question_id: str | None = None, status: str | None = None, limit: int = 50,
+                     after: str | None = None) -> tuple[list[ReviewItem], bool]:
+        """Items to review, or reviewed: ``(up to limit items, whether more follow)`` in job and item order.
+
+        Args:
+            status: ``pending`` (flagged, not reviewed yet), ``done`` (reviewed), or ``None`` (both).
+            after: The previous page's ``last_id`` (``<job_id>/<item id>``).
+
+        Raises:
+            NotFoundError: ``job_id`` is not one of the tenant's jobs, or ``after`` is malformed.
+        """
+        q = (sa.select(items).join(jobs, jobs.c.id == items.c.job_id)
+             .where(jobs.c.namespace == namespace, jobs.c.tenant == tenant, items.c.state == "graded"))
+        with self.engine.connect() as conn:
+            if job_id is not None:
+                self._job_row(conn, job_id, tenant=tenant)
+                q = q.where(items.c.job_id == job_id)
+            if question_id is not None:
+                q = q.where(items.c.question_id == question_id)
+            if status == "pending":
+                q = q.where(items.c.needs_review.is_(True), items.c.reviewed_at.is_(None))
+            elif status == "done":
+                q = q.where(items.c.reviewed_at.is_not(None))
+            else:
+                q = q.where(sa.or_(items.c.needs_review.is_(True), items.c.reviewed_at.is_not(None)))
+            if after is not None:
+                a_job, _, a_item = after.partition("/")
+                a_seq = seq_of(a_item)
+                q = q.where(sa.or_(items.c.job_id > a_job, sa.and_(items.c.job_id == a_job, items.c.seq > a_seq)))
+            rows = conn.execute(q.order_by(items.c.job_id, items.c.seq).limit(limit + 1)).mappings().all()
+            bodies: dict[str, GradingJob] = {}
+            out = []
+            for r in rows[:limit]:
+                if r["job_id"] not in bodies:
+                    bodies[r["job_id"]] = self._job_body(conn, r["job_id"])
+                out.append(self._review_item(r, bodies[r["job_id"]]))
+        return out, len(rows) > limit
+
+    def review_item(self, job_id: str, item_id: str, review: ReviewRequest, *, tenant: str | None = None,
+                    key_hash: str | None = None) -> ReviewItem:
+        """Record a teacher's review of one graded item; returns the item as reviewed.
+
+        Args:
+            key_hash: SHA-256 of the caller's API key (its id goes into the audit trail);
+                ``None`` with authentication disabled.
+
+        Raises:
+            NotFoundError: no such job (or another tenant's) or item.
+            IllegalTransitionError: the item is not graded (pending, failed or cancelled; 409).
+            InvalidRequestError: the score is off the question's grid (400, ``param: score``).
+        """
+        seq = seq_of(item_id)
+        with self.engine.begin() as conn:
+            self._job_row(conn, job_id, lock=True, tenant=tenant)
+            row = conn.execute(sa.select(items).where(items.c.job_id == job_id, items.c.seq == seq)
+                               ).mappings().first()
+            if row is None:
+                raise NotFoundError(f"no item with id {item_id!r} in job {job_id!r}", param="item_id")
+            if row["state"] != "graded":
+                raise IllegalTransitionError(f"item {item_id} is {row['state']}, not graded: only graded items can "
+                                             "be reviewed", param="item_id")
+            job = self._job_body(conn, job_id)
+            question = next(q for q in job.assessment.questions if q.id == row["question_id"])
+            if not on_grid(review.score, question):
+                grid = question.allowed_scores()
+                where = (f"one of {', '.join(f'{g:g}' for g in grid)}" if grid is not None
+                         else f"in [0, {question.max_score:g}]")
+                raise InvalidRequestError(f"score {review.score:g} is not on question {question.id!r}'s grid: "
+                                          f"{where}", param="score")
+            key_id = None
+            if key_hash is not None:
+                key_id = conn.execute(sa.select(api_keys.c.id).where(api_keys.c.key_hash == key_hash)
+                                      ).scalar_one_or_none()
+            standing = review_of(row)
+            if standing is not None and (standing.score, standing.comment, standing.reviewed_by) == (
+                    review.score, review.comment, key_id):
+                return self._review_item(row, job)  # the same review again: nothing new to record
+            now = self._clock()
+            model_score = GradeResult.model_validate_json(row["result"]).score
+            conn.execute(reviews.insert().values(
+                job_id=job_id, student_id=row["student_id"], question_id=row["question_id"], score=review.score,
+                model_score=model_score, comment=review.comment, key_id=key_id, tenant=tenant or "", created_at=now))
+            conn.execute(items.update().where(items.c.job_id == job_id, items.c.seq == seq).values(
+                review_score=review.score, review_comment=review.comment, reviewed_by=key_id, reviewed_at=now,
+                review_revisions=items.c.review_revisions + 1))
+            if standing is None:
+                self._count(conn, job_id, items_reviewed=1)
+            row = conn.execute(sa.select(items).where(items.c.job_id == job_id, items.c.seq == seq)
+                               ).mappings().one()
+            return self._review_item(row, job)
+
+    def review_history(self, job_id: str, item_id: str, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every review of an item, oldest first (the audit trail): ``score``, ``model_score``,
+        ``comment``, ``key_id``, ``created_at`` (Unix seconds).
+
+        Raises:
+            NotFoundError: no such job (or another tenant's) or item.
+        """
+        seq = seq_of(item_id)
+        with self.engine.connect() as conn:
+            self._job_row(conn, job_id, tenant=tenant)
+            row = conn.execute(sa.select(items.c.student_id, items.c.question_id).where(
+                items.c.job_id == job_id, items.c.seq == seq)).first()
+            if row is None:
+                raise NotFoundError(f"no item with id {item_id!r} in job {job_id!r}", param="item_id")
+            return [dict(r) for r in conn.execute(
+                sa.select(reviews.c.score, reviews.c.model_score, reviews.c.comment, reviews.c.key_id,
+                          reviews.c.created_at)
+                .where(reviews.c.job_id == job_id, reviews.c.student_id == row.student_id,
+                       reviews.c.question_id == row.question_id).order_by(reviews.c.id)).mappings()]
+
+    def item_page(self, job_id: str, item_id: str, page: int, tenant: str | None = None) -> tuple[bytes, str]:
+        """Page ``page`` (0-based) of the student an item belongs to: ``(bytes, media type)``; an
+        image as it was uploaded, a text page as UTF-8 ``text/plain``.
+
+        Raises:
+            NotFoundError: no such job (or another tenant's), item or page.
+            StorageError: the page image's blob is missing or corrupt.
+        """
+        seq = seq_of(item_id)
+        with self.engine.connect() as conn:
+            self._job_row(conn, job_id, tenant=tenant)
+            student = conn.execute(sa.select(items.c.student_id).where(items.c.job_id == job_id,
+                                                                       items.c.seq == seq)).scalar_one_or_none()
+            if student is None:
+                raise NotFoundError(f"no item with id {item_id!r} in job {job_id!r}", param="item_id")
+            job = self._job_body(conn, job_id)
+        pages = next(s.pages for s in job.submissions if s.student_id == student)
+        if not 0 <= page < len(pages):
+            raise NotFoundError(f"item {item_id}'s student has {len(pages)} page(s); no page {page}", param="page")
+        p = pages[page]
+        if isinstance(p, TextPage):
+            return p.text.encode(), "text/plain; charset=utf-8"
+        if isinstance(p, StoredImage):
+            return self.blobs.get(p.sha256), p.media_type
+        raw = p.image_bytes()
+        return raw, media_type_of(raw)
+
+    @staticmethod
+    def _review_item(row: Any, job: GradingJob) -> ReviewItem:
+        g = final_result(row)
+        question = next(q for q in job.assessment.questions if q.id == row["question_id"])
+        item_id = item_id_of(row["seq"])
+        return ReviewItem(
+            id=item_id, job_id=row["job_id"], student_id=row["student_id"], question_id=row["question_id"],
+            status="done" if g.review else "pending", score=g.score, graded_by=g.graded_by,
+            model_score=g.model_score if g.model_score is not None else g.score, max_score=g.max_score,
+            score_step=question.score_step, feedback=g.feedback, confidence=g.confidence, needs_review=g.needs_review,
+            pages=g.pages, page_urls=[f"/v1/jobs/{row['job_id']}/items/{item_id}/pages/{k}" for k in g.pages],
+            review=g.review)
