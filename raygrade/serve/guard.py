@@ -25,7 +25,9 @@ from raygrade.store.keys import KEY_PREFIX, hash_key
 #: Routes FastAPI serves itself: the API's description (a key needed unless ``public_docs``).
 DOC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 #: Routes answered without a key.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+#: Paths served without a key: the probes, and the review page's static files (they hold no data;
+#: the page's script calls the API with the key the reviewer enters).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/review", "/review/review.js", "/review/review.css"})
 
 
 class Authenticator:
@@ -100,7 +102,7 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
 class RequestGuard:
     """ASGI middleware: the caller's key (401), then bounded bodies (413, 408).
 
-    Every path but ``/healthz`` and ``/readyz`` (and the API's description with ``public_docs``) needs a valid
+    Every path but :data:`PUBLIC_PATHS` (and the API's description with ``public_docs``) needs a valid
     key, checked before the body is read; the tenant goes to ``request.state.tenant`` and the key's
     SHA-256 to ``request.state.key_hash`` (``None`` with authentication disabled). Reads
     its settings from the app's state (``api_config``, ``authenticator``), which the ingress

@@ -1,7 +1,8 @@
 """``RaygradeIngress``: the HTTP API (FastAPI on Ray Serve).
 
-Routes (every one but ``/healthz``, ``/readyz`` needs ``Authorization: Bearer <key>`` unless ``api.auth`` is
-``disabled``; a job is its tenant's alone: another tenant's job id is a 404):
+Routes (every one but ``/healthz``, ``/readyz`` and the review page's files needs
+``Authorization: Bearer <key>`` unless ``api.auth`` is ``disabled``; a job is its tenant's alone:
+another tenant's job id is a 404):
     ``POST /v1/jobs``               → 202 :class:`JobStatus` (200 for an idempotent replay)
     ``GET  /v1/jobs``               → :class:`JobList` of the tenant's jobs (``?status=&limit=&after=``)
     ``GET  /v1/jobs/{id}``          → :class:`JobStatus` with progress counts
@@ -12,6 +13,7 @@ Routes (every one but ``/healthz``, ``/readyz`` needs ``Authorization: Bearer <k
     ``POST /v1/jobs/{id}/cancel``   → :class:`JobStatus` (``cancelled``; 409 if already ended)
     ``GET  /v1/jobs/{id}/replicas`` → batches graded per grader replica
     ``GET  /v1/usage``              → :class:`TenantUsage`: the tenant's quota and usage
+    ``GET  /review``                → the review page (no key; its script asks for one: :mod:`raygrade.web`)
     ``GET  /healthz``               → 200 while the replica answers (liveness)
     ``GET  /readyz``                → 200 once a job could be graded, else 503 (readiness)
 
@@ -39,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raygrade.blobs import BlobStore, externalize
 from raygrade.config import ApiConfig, StoreConfig
-from raygrade.errors import InvalidRequestError, QuotaExceededError, RaygradeError, raygrade_cause
+from raygrade.errors import InvalidRequestError, NotFoundError, QuotaExceededError, RaygradeError, raygrade_cause
 from raygrade.export import results_csv
 from raygrade.metrics import Recorder
 from raygrade.protocol import (
@@ -56,6 +58,7 @@ from raygrade.protocol import (
 from raygrade.serve.guard import Authenticator, RequestGuard, error_response
 from raygrade.serve.http_errors import error_responses as _errors
 from raygrade.serve.http_errors import validation_error_body
+from raygrade.web import ASSETS, SECURITY_HEADERS, asset
 
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config
 # format (JSON in serve_config.yaml), as Serve documents for deployment code.
@@ -272,6 +275,19 @@ class RaygradeIngress:
     async def get_usage(self, tenant: str = Tenant) -> TenantUsage:
         """The caller's quota (``raygrade quotas``) and what counts against it now."""
         return await _call(self._registry.usage.remote(tenant))
+
+    @api.get("/review", include_in_schema=False)
+    async def review_page(self) -> Response:
+        """The review page (:mod:`raygrade.web`): public, static; its script calls the API with a key."""
+        return Response(content=asset("review.html"), media_type=ASSETS["review.html"],
+                        headers=SECURITY_HEADERS)
+
+    @api.get("/review/{name}", include_in_schema=False)
+    async def review_asset(self, name: str) -> Response:
+        """The review page's script and style sheet (any other name: 404)."""
+        if name == "review.html" or name not in ASSETS:
+            raise NotFoundError(f"no file {name!r} in the review page", param="name")
+        return Response(content=asset(name), media_type=ASSETS[name], headers=SECURITY_HEADERS)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

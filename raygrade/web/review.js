@@ -1,0 +1,222 @@
+// raygrade's review page: the review queue of one job, the student's pages beside the model's
+// grade, and a teacher's score by click or keyboard. Every call goes to this app's HTTP API with
+// the key from sessionStorage (this tab only). Student text and model feedback are untrusted:
+// they are only ever set as textContent.
+"use strict";
+
+const KEY = "raygrade.apiKey";
+const base = location.pathname.replace(/\/review\/?$/, "");
+const $ = (id) => document.getElementById(id);
+const state = { items: [], index: -1, grid: [], objectUrls: [] };
+
+function apiKey() { return sessionStorage.getItem(KEY) || ""; }
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (apiKey()) headers.Authorization = "Bearer " + apiKey();
+  const response = await fetch(base + path, Object.assign({}, options, { headers }));
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    const error = new Error(body && body.error ? body.error.message : "HTTP " + response.status);
+    error.status = response.status;
+    throw error;
+  }
+  return response;
+}
+
+async function getJson(path) { return (await api(path)).json(); }
+
+function fmt(x) { return Number.isInteger(x) ? String(x) : String(Math.round(x * 1000) / 1000); }
+
+function gridOf(item) {
+  const out = [];
+  if (item.score_step) {
+    const n = Math.round(item.max_score / item.score_step);
+    for (let i = 0; i <= n; i++) out.push(Math.round(i * item.score_step * 1e6) / 1e6);
+    if (out[out.length - 1] < item.max_score) out.push(item.max_score);
+  } else {
+    for (let s = 0; s <= item.max_score; s++) out.push(s);
+    if (out[out.length - 1] < item.max_score) out.push(item.max_score);
+  }
+  return out;
+}
+
+async function login(event) {
+  if (event) event.preventDefault();
+  const typed = $("api-key").value.trim();
+  if (event) sessionStorage.setItem(KEY, typed);
+  $("login-error").textContent = "";
+  let jobs;
+  try {
+    jobs = await getJson("/v1/jobs?limit=100");
+  } catch (error) {
+    sessionStorage.removeItem(KEY);
+    $("login-error").textContent = error.status === 401 ? "That key was not accepted." : error.message;
+    $("login").hidden = false;
+    return;
+  }
+  $("login").hidden = true;
+  for (const id of ["job-picker", "filter-picker", "logout"]) $(id).hidden = false;
+  const select = $("job");
+  select.replaceChildren();
+  for (const job of jobs.data) {
+    const option = document.createElement("option");
+    option.value = job.id;
+    const flagged = job.progress.items_needs_review;
+    option.textContent = `${job.id.slice(0, 12)}… · ${job.state} · ${flagged} flagged`;
+    select.append(option);
+  }
+  const wanted = new URLSearchParams(location.search).get("job");
+  if (wanted && jobs.data.some((j) => j.id === wanted)) select.value = wanted;
+  $("workspace").hidden = false;
+  await loadQueue();
+}
+
+async function loadQueue() {
+  const jobId = $("job").value;
+  const status = $("filter").value;
+  state.items = [];
+  if (jobId) {
+    let after = null;
+    do {  // every page of the job's queue (a page holds up to 200 items)
+      const query = new URLSearchParams({ job_id: jobId, limit: "200" });
+      if (status) query.set("status", status);
+      if (after) query.set("after", after);
+      const page = await getJson("/v1/reviews?" + query);
+      state.items.push(...page.data);
+      after = page.has_more ? page.last_id : null;
+    } while (after);
+  }
+  renderList();
+  $("empty").hidden = state.items.length > 0;
+  show(state.items.findIndex((i) => i.status === "pending"));
+}
+
+function renderList() {
+  const list = $("items");
+  list.replaceChildren();
+  state.items.forEach((item, i) => {
+    const li = document.createElement("li");
+    li.dataset.index = String(i);
+    li.className = (item.status === "done" ? "done" : "") + (i === state.index ? " current" : "");
+    const label = document.createElement("span");
+    label.textContent = `${item.student_id} · ${item.question_id}`;
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = fmt(item.score);
+    li.append(label, score);
+    li.addEventListener("click", () => show(i));
+    list.append(li);
+  });
+  const done = state.items.filter((i) => i.status === "done").length;
+  $("progress").textContent = state.items.length ? `${done} / ${state.items.length} reviewed` : "";
+}
+
+async function show(index) {
+  if (index < 0) index = state.items.length ? 0 : -1;
+  state.index = index;
+  renderList();
+  for (const url of state.objectUrls) URL.revokeObjectURL(url);
+  state.objectUrls = [];
+  $("item").hidden = index < 0;
+  if (index < 0) return;
+  const item = state.items[index];
+  $("student").textContent = item.student_id;
+  $("question").textContent = item.question_id;
+  $("model-score").textContent = fmt(item.model_score);
+  $("max-score").textContent = fmt(item.max_score);
+  $("confidence").textContent = item.confidence.toFixed(2);
+  $("feedback").textContent = item.feedback;
+  $("comment").value = item.review && item.review.comment ? item.review.comment : "";
+  $("reviewed").textContent = item.review
+    ? `Reviewed: ${fmt(item.review.score)} (${new Date(item.review.reviewed_at * 1000).toLocaleString()})` : "";
+  $("item-error").textContent = "";
+  state.grid = gridOf(item);
+  const grid = $("grid");
+  grid.replaceChildren();
+  state.grid.forEach((score, i) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.score = String(score);
+    button.textContent = fmt(score);
+    if (i < 10) {
+      const hint = document.createElement("kbd");
+      hint.textContent = String(i);
+      button.append(hint);
+    }
+    if (score === item.model_score) button.classList.add("model");
+    if (item.review && score === item.review.score) button.classList.add("chosen");
+    button.addEventListener("click", () => review(score));
+    grid.append(button);
+  });
+  const pages = $("pages");
+  pages.replaceChildren();
+  for (const url of item.page_urls) {
+    const response = await api(url);  // paths below the app's route prefix, as the API gives them
+    if (state.items[state.index] !== item) return;  // moved on while the page loaded
+    if ((response.headers.get("content-type") || "").startsWith("image/")) {
+      const objectUrl = URL.createObjectURL(await response.blob());
+      state.objectUrls.push(objectUrl);
+      const img = document.createElement("img");
+      img.alt = `page of ${item.student_id}`;
+      img.src = objectUrl;
+      pages.append(img);
+    } else {
+      const pre = document.createElement("pre");
+      pre.textContent = await response.text();
+      pages.append(pre);
+    }
+  }
+}
+
+async function review(score) {
+  const item = state.items[state.index];
+  if (!item) return;
+  const comment = $("comment").value.trim() || null;
+  try {
+    const response = await api(`/v1/jobs/${encodeURIComponent(item.job_id)}/items/${item.id}/review`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ score, comment }),
+    });
+    state.items[state.index] = await response.json();
+  } catch (error) {
+    $("item-error").textContent = error.message;
+    return;
+  }
+  const next = state.items.findIndex((i, k) => k > state.index && i.status === "pending");
+  await show(next >= 0 ? next : state.index);
+}
+
+function onKey(event) {
+  if ($("workspace").hidden || event.ctrlKey || event.metaKey || event.altKey) return;
+  const typing = ["TEXTAREA", "INPUT", "SELECT"].includes(event.target.tagName);
+  if (typing) {
+    if (event.key === "Escape") event.target.blur();
+    return;
+  }
+  const item = state.items[state.index];
+  if (/^[0-9]$/.test(event.key) && item && Number(event.key) < state.grid.length) {
+    event.preventDefault();
+    review(state.grid[Number(event.key)]);
+  } else if (event.key === "Enter" && item) {
+    event.preventDefault();
+    review(item.model_score);
+  } else if (event.key === "j" || event.key === "ArrowDown") {
+    event.preventDefault();
+    if (state.index + 1 < state.items.length) show(state.index + 1);
+  } else if (event.key === "k" || event.key === "ArrowUp") {
+    event.preventDefault();
+    if (state.index > 0) show(state.index - 1);
+  } else if (event.key === "c") {
+    event.preventDefault();
+    $("comment").focus();
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login").addEventListener("submit", login);
+  $("job").addEventListener("change", loadQueue);
+  $("filter").addEventListener("change", loadQueue);
+  $("logout").addEventListener("click", () => { sessionStorage.removeItem(KEY); location.reload(); });
+  document.addEventListener("keydown", onKey);
+  if (sessionStorage.getItem(KEY) !== null) login(null);
+});

@@ -1,0 +1,172 @@
+"""The review page in a real browser: Playwright driving Debian's Chromium (``.ci/run`` installs
+the ``chromium`` package; ``$RAYGRADE_CHROMIUM`` names another build). An app with API keys on and
+its own store grades a job on the fake provider; a reviewer opens ``/review``, enters a key, sees
+the flagged items with the student's page image, and scores three of them by keyboard.
+
+``RAYGRADE_REVIEW_SCREENSHOT=path`` keeps the screenshot (docs/img/review-page.png is made so).
+"""
+
+import base64
+import io
+import os
+import shutil
+import uuid
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from PIL import Image, ImageDraw
+
+from raygrade.client import Client
+from raygrade.config import ApiConfig, BatcherConfig, RaygradeArgs, StoreConfig
+from raygrade.store import JobStore
+from raygrade.testing.fake_openai import fake_provider_config
+
+CHROMIUM = os.environ.get("RAYGRADE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+RED = (220, 30, 30)
+
+
+def scan(student: int) -> bytes:
+    """A page as a scanner makes one: white, ruled, with a red mark the screenshot test looks for."""
+    img = Image.new("RGB", (600, 400), "white")
+    d = ImageDraw.Draw(img)
+    for y in range(60, 400, 40):
+        d.line([(20, y), (580, y)], fill=(200, 200, 230))
+    d.text((30, 20), f"Student {student}: a router forwards packets between networks", fill="black")
+    d.rectangle([450, 300, 560, 370], fill=RED)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def review_app(serve_url, fake_openai, tmp_path_factory):
+    from ray import serve
+
+    from raygrade.app import build_app
+
+    home = tmp_path_factory.mktemp("review")
+    store_cfg = StoreConfig(url=f"sqlite:///{home}/jobs.db")
+    args = RaygradeArgs(provider=fake_provider_config(fake_openai.base_url, timeout_s=3.0), store=store_cfg,
+                        api=ApiConfig(key_cache_s=0), batcher=BatcherConfig(max_students_per_request=4),
+                        namespace=f"rg-review-{uuid.uuid4().hex[:8]}")
+    serve.run(build_app(args), name="review", route_prefix="/review-app")
+    store = JobStore(store_cfg.url, blob_uri=str(home / "blobs"))
+    keys = {t: store.create_key(t)[1] for t in ("school-a", "school-b")}
+    url = f"{serve_url}/review-app"
+    client = Client(url, api_key=keys["school-a"])
+    job = {"assessment": {"questions": [{"id": "q1", "prompt": "What does a router do?", "max_score": 2,
+                                         "score_step": 0.5}]},
+           "submissions": [{"student_id": f"student-{i}", "pages": [
+               {"type": "image", "data": base64.b64encode(scan(i)).decode()}]} for i in range(5)]
+           + [{"student_id": "mallory", "pages": [{"type": "text", "text": "<img src=x onerror=\"window.pwned=1\">"}]}],
+           "options": {"review_share": 0.5}}
+    st = client.submit(job)
+    assert client.wait(st.id, timeout_s=60, poll_s=0.2).state.value == "succeeded"
+    yield SimpleNamespace(url=url, keys=keys, job_id=st.id, client=client)
+    store.close()
+    serve.delete("review")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must test the review page in Chromium: .ci/run installs Debian's chromium package")
+        pytest.skip("no Chromium here (.ci/run installs Debian's chromium package)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+def test_the_page_needs_no_key_but_its_data_does_and_it_cannot_be_framed(review_app):
+    page = httpx.get(f"{review_app.url}/review", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    assert httpx.get(f"{review_app.url}/review/review.js", timeout=10).status_code == 200
+    assert httpx.get(f"{review_app.url}/review/secrets.txt", timeout=10).status_code == 401  # not a public path
+    assert httpx.get(f"{review_app.url}/v1/reviews", timeout=10).status_code == 401
+
+
+def test_a_reviewer_scores_flagged_items_by_keyboard(review_app, browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{review_app.url}/review?job={review_app.job_id}")
+
+    page.fill("#api-key", "rg_not-a-key")
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#login-error:has-text('not accepted')")
+    page.fill("#api-key", review_app.keys["school-a"])
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#items li")
+    items = page.locator("#items li")
+    assert items.count() == 3 and page.inner_text("#progress") == "0 / 3 reviewed"
+
+    # The student's page image is shown: decoded in the page, and visible in a screenshot (red mark).
+    page.wait_for_function("() => { const i = document.querySelector('#pages img');"
+                           " return i && i.complete && i.naturalWidth === 600; }")
+    shot = tmp_path / "review.png"
+    page.screenshot(path=str(shot))
+    if os.environ.get("RAYGRADE_REVIEW_SCREENSHOT"):
+        shutil.copy(shot, os.environ["RAYGRADE_REVIEW_SCREENSHOT"])
+    pixels = Image.open(shot).convert("RGB").getdata()
+    assert sum(1 for p in pixels if abs(p[0] - RED[0]) < 30 and p[1] < 80 and p[2] < 80) > 500
+
+    reviewed = {}
+    for action in ("1", "Enter", "comment"):     # 0.5 by key "1"; keep the model's; comment, then 2 by key "4"
+        student = page.inner_text("#student")
+        model = float(page.inner_text("#model-score"))
+        if action == "comment":
+            page.keyboard.press("c")
+            page.keyboard.type("clear, complete answer")
+            page.keyboard.press("Escape")
+            page.keyboard.press("4")
+            reviewed[student] = (2.0, "clear, complete answer")
+        else:
+            page.keyboard.press(action)
+            reviewed[student] = (0.5 if action == "1" else model, None)
+        page.wait_for_selector(f"#progress:has-text('{len(reviewed)} / 3 reviewed')")
+    assert len(reviewed) == 3 and not errors
+
+    results = {r.student_id: r for r in review_app.client.results(review_app.job_id).results}
+    for student, (score, comment) in reviewed.items():
+        r = results[student]
+        assert (r.graded_by, r.score, r.review.comment) == ("teacher", score, comment)
+    assert sum(r.graded_by == "teacher" for r in results.values()) == 3
+
+    page.reload()          # the key stays for this tab…
+    page.wait_for_selector("#empty:not([hidden])")   # nothing left to review
+    assert page.is_hidden("#login")
+    page.select_option("#filter", "")                # all: the three reviewed items
+    page.wait_for_selector("#items li.done")
+    assert page.locator("#items li.done").count() == 3
+    # A student's text is shown as text, never run as HTML (mallory's item, reviewed over the API).
+    mallory = results["mallory"]
+    review_app.client.review(review_app.job_id, mallory.item_id, 0)
+    page.select_option("#filter", "pending")
+    page.select_option("#filter", "")
+    page.click("#items li:has-text('mallory')")
+    page.wait_for_selector("#pages pre")
+    assert page.inner_text("#pages pre") == '<img src=x onerror="window.pwned=1">'
+    assert page.locator("#pages img").count() == 0 and page.evaluate("() => window.pwned") is None
+    other = context.browser.new_context().new_page()   # …and only this tab: a new session asks again
+    other.goto(f"{review_app.url}/review")
+    assert other.is_visible("#login")
+    context.close()
+
+
+def test_another_tenants_key_sees_no_items(review_app, browser):
+    page = browser.new_page()
+    page.goto(f"{review_app.url}/review?job={review_app.job_id}")
+    page.fill("#api-key", review_app.keys["school-b"])
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#workspace:not([hidden])")
+    page.wait_for_selector("#empty:not([hidden])")
+    assert page.locator("#items li").count() == 0
+    page.close()
