@@ -26,6 +26,9 @@ not sent to review, ordered by confidence). Writes ``fidelity.json`` and ``fidel
     .venv/bin/python benchmarks/fidelity.py --limit 20 --configs baseline      # a quick slice
     .venv/bin/python benchmarks/fidelity.py --configs local --paths text --calibrate 200 --baseline-agreement
 
+``--review-loop`` runs ``benchmarks/review_loop.py`` instead (agreement against the share of items a
+teacher reviews, with regrading, at random, and by answer groups).
+
 ``--calibrate N`` fits each LLM configuration's confidence map (``raygrade.calibration``) on
 N training-split answers graded by it, reports the ECE and coverage with the map applied
 to the test answers, and writes the map for ``ProviderConfig.calibration_path``.
@@ -39,6 +42,7 @@ import base64
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -244,7 +248,15 @@ def plot_coverage(curves: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--review-loop" in argv:  # the simulated teacher (benchmarks/review_loop.py takes the other options)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from benchmarks.review_loop import main as review_loop
+
+        return review_loop([x for x in argv if x != "--review-loop"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--review-loop", action="store_true",
+                    help="simulate a teacher reviewing a share of items (benchmarks/review_loop.py; its options)")
     ap.add_argument("--saf")
     ap.add_argument("--split", default="unseen_answers")
     ap.add_argument("--version", default="1.0", choices=["1.0", "2.0"], help="SAF version (2.0: multi-point scores)")
