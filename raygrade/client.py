@@ -1,8 +1,8 @@
 """Clients of raygrade's HTTP API: :class:`Client` (sync) and :class:`AsyncClient` (asyncio).
 
 Every route has a method: ``submit`` (``POST /v1/jobs``, with an idempotency key), ``list_jobs``,
-``status``, ``results``, ``results_csv``, ``cancel``, ``replicas``, ``usage``, ``reviews`` and ``review``
-(teachers' reviews), ``wait`` (polls until the job ends, with an optional progress callback or bar)
+``status``, ``results``, ``results_csv``, ``cancel``, ``replicas``, ``usage``, ``reviews``, ``review`` and
+``regrade`` (teachers' reviews), ``wait`` (polls until the job ends, with an optional progress callback or bar)
 and ``wait_ready`` (polls ``/readyz``). Failures raise raygrade's own exception tree
 (:mod:`raygrade.errors`), rebuilt from the server's OpenAI-shaped error body: a 400 is an
 :class:`~raygrade.errors.InvalidRequestError`, a 404 a :class:`~raygrade.errors.NotFoundError`,
@@ -126,6 +126,17 @@ class Client:
         return ReviewItem.model_validate(self._call("POST", f"/v1/jobs/{job_id}/items/{item_id}/review",
                                                     json={"score": score, "comment": comment}))
 
+    def regrade(self, job_id: str, question_id: str) -> JobStatus:
+        """``POST /v1/jobs/{id}/regrade?question_id=``: a regrade job (``regrade_of``) for the question's
+        unreviewed items, with its reviewed answers as examples; wait for it, then read ``job_id``'s results.
+
+        Raises:
+            ConflictError: the job has not ended (``IllegalTransitionError``), or no review to learn from.
+            NotFoundError: no such job or question.
+        """
+        return JobStatus.model_validate(self._call("POST", f"/v1/jobs/{job_id}/regrade",
+                                                   params={"question_id": question_id}))
+
     def cancel(self, job_id: str) -> JobStatus:
         """``POST /v1/jobs/{id}/cancel``. Raises ``IllegalTransitionError`` (a :class:`ConflictError`)
         once the job has ended."""
@@ -238,6 +249,11 @@ class AsyncClient:
         """``POST /v1/jobs/{job_id}/items/{item_id}/review`` (see :meth:`Client.review`)."""
         return ReviewItem.model_validate(await self._call("POST", f"/v1/jobs/{job_id}/items/{item_id}/review",
                                                           json={"score": score, "comment": comment}))
+
+    async def regrade(self, job_id: str, question_id: str) -> JobStatus:
+        """``POST /v1/jobs/{id}/regrade`` (see :meth:`Client.regrade`)."""
+        return JobStatus.model_validate(await self._call("POST", f"/v1/jobs/{job_id}/regrade",
+                                                         params={"question_id": question_id}))
 
     async def cancel(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(await self._call("POST", f"/v1/jobs/{job_id}/cancel"))

@@ -130,6 +130,9 @@ class JobStatus(_Model):
     model: str | None = None
     usage: Usage = Field(default_factory=Usage)
     tenant: str = Field(default="default", description="The tenant the job belongs to (its API key's).")
+    regrade_of: str | None = Field(default=None, description=(
+        "For a regrade (``POST /v1/jobs/{id}/regrade``): the job whose question this job regrades; its "
+        "grades replace that job's unreviewed model grades when this job ends."))
     warnings: list[JobWarning] = Field(default_factory=list, description=(
         "Questions whose grades are all affected by one problem, e.g. a reference answer that cannot "
         "separate the graded examples (type degenerate_reference); their items go to review first."))

@@ -10,6 +10,7 @@ another tenant's job id is a 404):
     ``GET  /v1/reviews``            → :class:`ReviewList`: items flagged for review, and reviewed
     ``POST /v1/jobs/{id}/items/{item_id}/review`` → :class:`ReviewItem`: a teacher's score replaces the model's
     ``GET  /v1/jobs/{id}/items/{item_id}/pages/{k}`` → the student's page k (image or text)
+    ``POST /v1/jobs/{id}/regrade?question_id=`` → 202 :class:`JobStatus` of a regrade learning from the reviews
     ``POST /v1/jobs/{id}/cancel``   → :class:`JobStatus` (``cancelled``; 409 if already ended)
     ``GET  /v1/jobs/{id}/replicas`` → batches graded per grader replica
     ``GET  /v1/usage``              → :class:`TenantUsage`: the tenant's quota and usage
@@ -249,6 +250,24 @@ class RaygradeIngress:
         replaces it, and every review stays in the audit trail with its time and key id."""
         key_hash = getattr(request.state, "key_hash", None)
         return await _call(self._registry.review_item.remote(job_id, item_id, review, tenant, key_hash))
+
+    @api.post("/v1/jobs/{job_id}/regrade", status_code=202, response_model=JobStatus, responses={
+        200: {"model": JobStatus, "description": "The same reviews asked again: the existing regrade job."},
+        **_errors(404, 409, 429)})
+    async def regrade(self, job_id: str = JobId,
+                      question_id: str = Query(min_length=1, max_length=128, description="The question to regrade."),
+                      tenant: str = Tenant) -> JSONResponse:
+        """Regrade a question's unreviewed items with its reviewed answers as graded examples: a new
+        job (``regrade_of``) whose grades replace the model's in this job when it ends; the review
+        flags are then recomputed. 409 while this job runs, or with no review to learn from."""
+        status, created = await _call(self._registry.regrade.remote(job_id, question_id, tenant))
+        if created:
+            try:
+                await self._batcher.submit.remote(status.id)
+            except Exception as exc:
+                logger.warning("job %s: batcher not reachable (%s); it will pick the job up from the store",
+                               status.id, type(exc).__name__, extra={"raygrade_job_id": status.id})
+        return JSONResponse(status_code=202 if created else 200, content=status.model_dump(mode="json"))
 
     @api.get("/v1/jobs/{job_id}/items/{item_id}/pages/{page}", response_class=Response, responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}, "text/plain": {}},

@@ -123,6 +123,10 @@ class JobRegistryImpl:
         """Record a teacher's review (:meth:`JobStore.review_item`)."""
         return await self._do(self._store.review_item, job_id, item_id, review, tenant=tenant, key_hash=key_hash)
 
+    async def regrade(self, job_id: str, question_id: str, tenant: str | None = None) -> tuple[JobStatus, bool]:
+        """A regrade job for a question, learning from its reviews (:meth:`JobStore.regrade_question`)."""
+        return await self._do(self._store.regrade_question, job_id, question_id, tenant=tenant)
+
     async def item_page(self, job_id: str, item_id: str, page: int, tenant: str | None = None) -> tuple[bytes, str]:
         """A page of the item's student: ``(bytes, media type)`` (:meth:`JobStore.item_page`)."""
         return await self._do(self._store.item_page, job_id, item_id, page, tenant)

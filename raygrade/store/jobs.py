@@ -52,12 +52,13 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Reviews):
     """
 
     def create_job(self, job: GradingJob, idempotency_key: str | None = None, namespace: str = "raygrade",
-                   tenant: str = DEFAULT_TENANT) -> tuple[JobStatus, bool]:
+                   tenant: str = DEFAULT_TENANT, *, regrade_of: str | None = None) -> tuple[JobStatus, bool]:
         """Record a job and its items (state ``queued``), or return the job its key names.
 
         ``namespace`` is the application's (``RaygradeArgs.namespace``): several raygrade
         applications can share one database; each resumes only its own jobs. ``tenant`` owns
         the job (the API key's tenant). Idempotency keys are unique per namespace and tenant.
+        ``regrade_of`` names the job whose question this one regrades (:meth:`regrade_question`).
 
         Returns:
             ``(status, created)``; ``created`` is False for a replay of the same key and body.
@@ -88,7 +89,7 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Reviews):
                 ins = self._insert_ignore(jobs).values(
                     id=job_id, namespace=namespace, tenant=tenant, idempotency_key=idempotency_key, body_hash=h,
                     state="queued", model=job.options.model, students=len(job.submissions), items_total=len(rows),
-                    created_at=now, updated_at=now).returning(jobs.c.id)
+                    regrade_of=regrade_of, created_at=now, updated_at=now).returning(jobs.c.id)
                 if conn.execute(ins).first() is None:  # the key exists (rowcount is -1 on psycopg)
                     replay = self._replay(conn, namespace, tenant, idempotency_key, h)
                     assert replay is not None
@@ -96,7 +97,8 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Reviews):
             else:
                 conn.execute(jobs.insert().values(
                     id=job_id, namespace=namespace, tenant=tenant, body_hash=h, state="queued", model=job.options.model,
-                    students=len(job.submissions), items_total=len(rows), created_at=now, updated_at=now))
+                    students=len(job.submissions), items_total=len(rows), regrade_of=regrade_of, created_at=now,
+                    updated_at=now))
             conn.execute(job_bodies.insert().values(job_id=job_id, body=body))
             for k in range(0, len(rows), 5000):
                 conn.execute(items.insert(), rows[k:k + 5000])
@@ -158,7 +160,8 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Reviews):
         Terminal state: ``succeeded`` (every item graded), ``partial`` (some graded),
         ``failed`` (none). On finishing: pending items (a quorum was reached) are
         cancelled with ``not_graded``, open batches cancelled, the least confident
-        ``review_share`` of the grades flagged ``needs_review``, and the webhook queued.
+        ``review_share`` of the grades flagged ``needs_review``, a regrade's grades merged
+        into the job it regrades (:meth:`_merge_regrade`), and the webhook queued.
 
         Returns:
             The terminal status, or ``None`` while the job is not complete.
@@ -184,6 +187,8 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Reviews):
             state = "succeeded" if failed == 0 and not errors else ("partial" if graded else "failed")
             check_transition(JOB_TRANSITIONS, "job", "running", state)
             self._set_job_state(conn, job_id, state, finished_at=self._clock())
+            if j["regrade_of"]:
+                self._merge_regrade(conn, job_id, j["regrade_of"])
             self._queue_webhook(conn, job_id, job)
             return self._status(conn, job_id)
 
@@ -220,6 +225,8 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Reviews):
             graded = j["items_graded"]
             self._set_job_state(conn, job_id, "partial" if graded and j["state"] == "running" else "failed",
                                 errors=json.dumps(errs), finished_at=self._clock())
+            if j["regrade_of"] and graded:
+                self._merge_regrade(conn, job_id, j["regrade_of"])
             self._queue_webhook(conn, job_id, self._job_body(conn, job_id))
             return self._status(conn, job_id)
 

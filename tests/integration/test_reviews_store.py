@@ -140,3 +140,78 @@ def test_a_reviewer_reads_the_students_pages(store):
         store.item_page(job_id, item.id, 2, tenant="school-a")
     with pytest.raises(NotFoundError):
         store.item_page(job_id, item.id, 0, tenant="school-b")
+
+
+def child_plan(store, job_id):
+    from raygrade.batch import GradeBatch
+    from raygrade.planner import batch_key
+    from raygrade.prompts import StudentWork
+    from raygrade.protocol import TextPage
+
+    job = store.get_job(job_id)
+    works = [StudentWork(student_id=s.student_id, alias=f"a{i}", pages=[TextPage(text="x")], page_indices=[0],
+                         question_ids=["q1"]) for i, s in enumerate(job.submissions)]
+    return [GradeBatch(batch_id=batch_key(job_id, [w.student_id for w in works], ["q1"], None), job_id=job_id,
+                       questions=job.assessment.questions, students=works, prompt_tokens_estimate=10, max_tokens=10)]
+
+
+def test_a_regrade_learns_from_reviews_and_replaces_only_unreviewed_model_grades(store):
+    from raygrade.errors import ConflictError
+    from raygrade.protocol import GradeResult, Usage
+
+    job_id = graded(store, n=6, share=0.25)          # 12 items, 3 flagged
+    with pytest.raises(ConflictError):               # nothing reviewed yet: nothing to learn
+        store.regrade_question(job_id, "q1", tenant="school-a")
+    q1 = [i for i in store.review_queue("raygrade", "school-a", job_id=job_id, question_id="q1")[0]]
+    assert q1
+    store.review_item(job_id, q1[0].id, ReviewRequest(score=2, comment="complete"), tenant="school-a")
+    child, created = store.regrade_question(job_id, "q1", tenant="school-a")
+    assert created and child.regrade_of == job_id and child.progress.items_total == 5   # 6 students, 1 reviewed
+    again, created = store.regrade_question(job_id, "q1", tenant="school-a")
+    assert (again.id, created) == (child.id, False)   # the same reviews: the same regrade
+    body = store.get_job(child.id)
+    [question] = body.assessment.questions
+    assert question.id == "q1" and question.examples[-1].score == 2 and question.examples[-1].feedback == "complete"
+    assert question.examples[-1].answer.startswith("answer ")
+    assert q1[0].student_id not in {s.student_id for s in body.submissions}
+    with pytest.raises(NotFoundError):
+        store.regrade_question(job_id, "q1", tenant="school-b")
+    with pytest.raises(NotFoundError):
+        store.regrade_question(job_id, "q9", tenant="school-a")
+
+    # A teacher reviews one more item while the regrade runs: that review stands.
+    late = next(s.student_id for s in body.submissions)
+    late_item = next(r for r in store.results(job_id).results if (r.student_id, r.question_id) == (late, "q1"))
+    store.review_item(job_id, late_item.item_id, ReviewRequest(score=0.5), tenant="school-a")
+
+    [batch] = child_plan(store, child.id)
+    assert store.record_plan(child.id, [batch], [], "m")
+    store.lease_batches(child.id, "A", 30, 10)
+    store.complete_batch(child.id, outcome(batch).model_copy(update={"results": [
+        GradeResult(student_id=s.student_id, question_id="q1", score=1.5, max_score=2, feedback="regraded",
+                    confidence=0.99, pages=[0], model="m", batch_id=batch.batch_id, usage=Usage())
+        for s in batch.students]}))
+    assert store.finish_if_complete(child.id).state == JobState.SUCCEEDED
+
+    after = {(r.student_id, r.question_id): r for r in store.results(job_id).results}
+    for s in body.submissions:
+        r = after[(s.student_id, "q1")]
+        if s.student_id == late:
+            assert (r.graded_by, r.score, r.feedback) == ("teacher", 0.5, "ok")
+        else:
+            assert (r.graded_by, r.score, r.model_score, r.feedback) == ("model", 1.5, 1.5, "regraded")
+    assert after[(q1[0].student_id, "q1")].score == 2
+    # The cut is recomputed: 3 of 12 in all; the regraded items are confident now, so q2's least
+    # confident items (confidence 0.2, from the first batch) fill what the reviewed flagged item leaves.
+    st = store.status(job_id)
+    flagged = [r for r in after.values() if r.needs_review]
+    assert st.progress.items_needs_review == len(flagged) == 3
+    assert all(r.question_id == "q2" or r.review is not None for r in flagged)
+
+
+def test_a_regrade_waits_for_its_job_to_end(store):
+    from raygrade.errors import IllegalTransitionError
+
+    st, _ = store.create_job(grid_job(2), tenant="school-a")
+    with pytest.raises(IllegalTransitionError):
+        store.regrade_question(st.id, "q1", tenant="school-a")

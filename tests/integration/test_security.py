@@ -345,3 +345,20 @@ def test_reviews_are_the_tenants_own_keep_the_reviewers_key_and_export_as_csv(se
     assert (float(row["score"]), float(row["model_score"]), row["graded_by"], row["reviewed_by"]) == (
         teacher, model_score, "teacher", key_id)
     assert row["review_comment"].startswith("'=")   # not a formula in a spreadsheet
+
+    # The question is regraded with the review as an example; its grades replace the model's
+    # (the reviewed item keeps the teacher's score), and asking again returns the same regrade.
+    with pytest.raises(NotFoundError):
+        b.regrade(st.id, "q")
+    child = a.regrade(st.id, "q")
+    assert child.regrade_of == st.id and child.progress.items_total == 3
+    again = httpx.post(f"{secure.url}/v1/jobs/{st.id}/regrade", params={"question_id": "q"},
+                       headers=_auth(secure.keys["school-a"]), timeout=10)
+    assert again.status_code == 200 and again.json()["id"] == child.id
+    assert a.wait(child.id, timeout_s=60, poll_s=0.2).state.value == "succeeded"
+    regraded = {x.item_id: x for x in a.results(st.id).results}
+    assert regraded[item.id].score == teacher and regraded[item.id].graded_by == "teacher"
+    child_results = {x.student_id: x for x in a.results(child.id).results}
+    for x in regraded.values():
+        if x.item_id != item.id:
+            assert x.batch_id == child_results[x.student_id].batch_id   # the regrade's grade, not the first one

@@ -1,4 +1,5 @@
-"""Teachers' reviews: the audit trail, the review that stands on each item, a job counter.
+"""Teachers' reviews: the audit trail, the review that stands on each item, a job counter, and
+the link from a regrade job to the job whose question it regrades.
 
 Revision ID: 0006
 Revises: 0005
@@ -45,10 +46,12 @@ def upgrade() -> None:
         b.add_column(sa.Column("review_revisions", sa.Integer, nullable=False, server_default="0"))
     with op.batch_alter_table("raygrade_jobs") as b:
         b.add_column(sa.Column("items_reviewed", sa.Integer, nullable=False, server_default="0"))
+        b.add_column(sa.Column("regrade_of", sa.String(64)))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("raygrade_jobs") as b:
+        b.drop_column("regrade_of")
         b.drop_column("items_reviewed")
     with op.batch_alter_table("raygrade_items") as b:
         for c in _ITEM_COLUMNS:
