@@ -56,6 +56,8 @@ class ReviewItem(_Model):
     page_urls: list[str] = Field(description=(
         "Paths (below the app's route prefix) of those pages: "
         "`GET /v1/jobs/{job_id}/items/{id}/pages/{k}` answers the image (or the text page) itself."))
+    transcription: str | None = Field(default=None, description=(
+        "The text the model read when the student's pages were page images read by OCR (text-only models)."))
     review: TeacherReview | None = None
 
 

@@ -25,7 +25,8 @@ from raygrade.store.batches import BatchLeases
 from raygrade.store.keys import ApiKeys
 from raygrade.store.outbox import WebhookOutbox
 from raygrade.store.quotas import TenantQuotas
-from raygrade.store.reviews import Reviews, final_result
+from raygrade.store.regrade import Regrades
+from raygrade.store.reviews import final_result
 from raygrade.store.schema import batches, items, job_bodies, jobs
 from raygrade.store.states import (
     BATCH_TRANSITIONS,
@@ -36,7 +37,7 @@ from raygrade.store.states import (
 )
 
 
-class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Reviews):
+class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
     """Jobs, items, batches and webhooks in SQLite or PostgreSQL.
 
     Args:
@@ -48,7 +49,7 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Reviews):
     unknown job id and :class:`IllegalTransitionError` for a disallowed state change.
     The operations live in six parts: this class (jobs), :class:`BatchLeases`
     (plans, leases, completion of batches), :class:`WebhookOutbox`, :class:`ApiKeys`,
-    :class:`TenantQuotas` and :class:`Reviews` (teachers' reviews).
+    :class:`TenantQuotas`, :class:`Reviews` (teachers' reviews) and :class:`Regrades`.
     """
 
     def create_job(self, job: GradingJob, idempotency_key: str | None = None, namespace: str = "raygrade",

@@ -8,33 +8,28 @@ comment and key) changes nothing: the route is idempotent. The model's grade sta
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
 import sqlalchemy as sa
 
-from raygrade.errors import ConflictError, IllegalTransitionError, InvalidRequestError, NotFoundError
+from raygrade.batch import GradeBatch
+from raygrade.errors import IllegalTransitionError, InvalidRequestError, NotFoundError
 from raygrade.protocol import (
-    GradedExample,
     GradeResult,
     GradingJob,
-    JobStatus,
     Question,
     ReviewItem,
     ReviewRequest,
     StoredImage,
-    Submission,
     TeacherReview,
     TextPage,
     media_type_of,
 )
 from raygrade.store.core import StoreCore
-from raygrade.store.schema import api_keys, items, jobs, reviews
+from raygrade.store.schema import api_keys, batches, items, jobs, reviews
 
 ITEM_PREFIX = "item_"
-#: Most graded examples a regraded question carries (``Question.examples``' limit).
-MAX_EXAMPLES = 500
 
 
 def item_id_of(seq: int) -> str:
@@ -79,8 +74,7 @@ def final_result(row: Any) -> GradeResult:
 
 
 class Reviews(StoreCore):
-    """The review operations of :class:`raygrade.store.JobStore` (tenant-scoped, as jobs are).
-    ``create_job`` is the job part's (:meth:`raygrade.store.JobStore.create_job`)."""
+    """The review operations of :class:`raygrade.store.JobStore` (tenant-scoped, as jobs are)."""
 
     def review_queue(self, namespace: str, tenant: str, *, job_id: str | None = None,
                      question_id: str | None = None, status: str | None = None, limit: int = 50,
@@ -113,12 +107,13 @@ class Reviews(StoreCore):
                 a_seq = seq_of(a_item)
                 q = q.where(sa.or_(items.c.job_id > a_job, sa.and_(items.c.job_id == a_job, items.c.seq > a_seq)))
             rows = conn.execute(q.order_by(items.c.job_id, items.c.seq).limit(limit + 1)).mappings().all()
-            bodies: dict[str, GradingJob] = {}
+            page = rows[:limit]
             out = []
-            for r in rows[:limit]:
-                if r["job_id"] not in bodies:
-                    bodies[r["job_id"]] = self._job_body(conn, r["job_id"])
-                out.append(self._review_item(r, bodies[r["job_id"]]))
+            for jid in dict.fromkeys(r["job_id"] for r in page):
+                job = self._job_body(conn, jid)
+                of_job = [r for r in page if r["job_id"] == jid]
+                texts = self._answer_texts(conn, job, of_job)
+                out += [self._review_item(r, job, texts) for r in of_job]
         return out, len(rows) > limit
 
     def review_item(self, job_id: str, item_id: str, review: ReviewRequest, *, tenant: str | None = None,
@@ -134,45 +129,59 @@ class Reviews(StoreCore):
             IllegalTransitionError: the item is not graded (pending, failed or cancelled; 409).
             InvalidRequestError: the score is off the question's grid (400, ``param: score``).
         """
-        seq = seq_of(item_id)
+        return self.review_items(job_id, [item_id], review, tenant=tenant, key_hash=key_hash)[0]
+
+    def review_items(self, job_id: str, item_ids: list[str], review: ReviewRequest, *, tenant: str | None = None,
+                     key_hash: str | None = None, keep_reviewed: bool = False) -> list[ReviewItem]:
+        """One review for several items of a job, in one transaction (an answer group's review);
+        ``keep_reviewed``: items a teacher has reviewed already keep their review. Raises as
+        :meth:`review_item`, before anything is written."""
+        seqs = [seq_of(i) for i in item_ids]
         with self.engine.begin() as conn:
             self._job_row(conn, job_id, lock=True, tenant=tenant)
-            row = conn.execute(sa.select(items).where(items.c.job_id == job_id, items.c.seq == seq)
-                               ).mappings().first()
-            if row is None:
-                raise NotFoundError(f"no item with id {item_id!r} in job {job_id!r}", param="item_id")
-            if row["state"] != "graded":
-                raise IllegalTransitionError(f"item {item_id} is {row['state']}, not graded: only graded items can "
-                                             "be reviewed", param="item_id")
+            found = {r["seq"]: r for r in conn.execute(sa.select(items).where(
+                items.c.job_id == job_id, items.c.seq.in_(seqs))).mappings()}
             job = self._job_body(conn, job_id)
-            question = next(q for q in job.assessment.questions if q.id == row["question_id"])
-            if not on_grid(review.score, question):
-                grid = question.allowed_scores()
-                where = (f"one of {', '.join(f'{g:g}' for g in grid)}" if grid is not None
-                         else f"in [0, {question.max_score:g}]")
-                raise InvalidRequestError(f"score {review.score:g} is not on question {question.id!r}'s grid: "
-                                          f"{where}", param="score")
+            questions = {q.id: q for q in job.assessment.questions}
+            for item_id, seq in zip(item_ids, seqs):
+                row = found.get(seq)
+                if row is None:
+                    raise NotFoundError(f"no item with id {item_id!r} in job {job_id!r}", param="item_id")
+                if row["state"] != "graded":
+                    raise IllegalTransitionError(f"item {item_id} is {row['state']}, not graded: only graded items "
+                                                 "can be reviewed", param="item_id")
+                question = questions[row["question_id"]]
+                if not on_grid(review.score, question):
+                    grid = question.allowed_scores()
+                    where = (f"one of {', '.join(f'{g:g}' for g in grid)}" if grid is not None
+                             else f"in [0, {question.max_score:g}]")
+                    raise InvalidRequestError(f"score {review.score:g} is not on question {question.id!r}'s grid: "
+                                              f"{where}", param="score")
             key_id = None
             if key_hash is not None:
                 key_id = conn.execute(sa.select(api_keys.c.id).where(api_keys.c.key_hash == key_hash)
                                       ).scalar_one_or_none()
-            standing = review_of(row)
-            if standing is not None and (standing.score, standing.comment, standing.reviewed_by) == (
-                    review.score, review.comment, key_id):
-                return self._review_item(row, job)  # the same review again: nothing new to record
-            now = self._clock()
-            model_score = GradeResult.model_validate_json(row["result"]).score
-            conn.execute(reviews.insert().values(
-                job_id=job_id, student_id=row["student_id"], question_id=row["question_id"], score=review.score,
-                model_score=model_score, comment=review.comment, key_id=key_id, tenant=tenant or "", created_at=now))
-            conn.execute(items.update().where(items.c.job_id == job_id, items.c.seq == seq).values(
-                review_score=review.score, review_comment=review.comment, reviewed_by=key_id, reviewed_at=now,
-                review_revisions=items.c.review_revisions + 1))
-            if standing is None:
-                self._count(conn, job_id, items_reviewed=1)
-            row = conn.execute(sa.select(items).where(items.c.job_id == job_id, items.c.seq == seq)
-                               ).mappings().one()
-            return self._review_item(row, job)
+            now, first = self._clock(), 0
+            for seq in seqs:
+                row = found[seq]
+                standing = review_of(row)
+                if standing is not None and (keep_reviewed or (standing.score, standing.comment,
+                                                               standing.reviewed_by) == (review.score, review.comment,
+                                                                                         key_id)):
+                    continue  # kept, or the same review again: nothing new to record
+                conn.execute(reviews.insert().values(
+                    job_id=job_id, student_id=row["student_id"], question_id=row["question_id"], score=review.score,
+                    model_score=GradeResult.model_validate_json(row["result"]).score, comment=review.comment,
+                    key_id=key_id, tenant=tenant or "", created_at=now))
+                conn.execute(items.update().where(items.c.job_id == job_id, items.c.seq == seq).values(
+                    review_score=review.score, review_comment=review.comment, reviewed_by=key_id, reviewed_at=now,
+                    review_revisions=items.c.review_revisions + 1))
+                first += standing is None
+            self._count(conn, job_id, items_reviewed=first)
+            rows = {r["seq"]: r for r in conn.execute(sa.select(items).where(
+                items.c.job_id == job_id, items.c.seq.in_(seqs))).mappings()}
+            texts = self._answer_texts(conn, job, list(rows.values()))
+            return [self._review_item(rows[seq], job, texts) for seq in seqs]
 
     def review_history(self, job_id: str, item_id: str, tenant: str | None = None) -> list[dict[str, Any]]:
         """Every review of an item, oldest first (the audit trail): ``score``, ``model_score``,
@@ -193,89 +202,6 @@ class Reviews(StoreCore):
                           reviews.c.created_at)
                 .where(reviews.c.job_id == job_id, reviews.c.student_id == row.student_id,
                        reviews.c.question_id == row.question_id).order_by(reviews.c.id)).mappings()]
-
-    def regrade_question(self, job_id: str, question_id: str, *, tenant: str | None = None
-                         ) -> tuple[JobStatus, bool]:
-        """Regrade a question's unreviewed items with its reviewed answers as graded examples.
-
-        A new job (``regrade_of = job_id``) holds the question with its examples plus every
-        reviewed answer of it (the teacher's score and comment; answers given as text pages;
-        the newest :data:`MAX_EXAMPLES` kept) and the students whose item is graded but not
-        reviewed. When it ends, its grades replace those items' model grades in ``job_id``
-        (items a teacher reviewed meanwhile keep the review) and ``job_id``'s review flags are
-        recomputed (:meth:`_merge_regrade`). The same reviews asked again give the same job.
-
-        Returns:
-            ``(the regrade job's status, created)``.
-
-        Raises:
-            NotFoundError: no such job (or another tenant's), or no such question in it.
-            IllegalTransitionError: the job has not ended, or was cancelled.
-            ConflictError: no reviewed item of the question has text to learn from, or
-                nothing is left to regrade.
-        """
-        with self.engine.connect() as conn:
-            j = self._job_row(conn, job_id, tenant=tenant)
-            if j["state"] not in ("succeeded", "partial"):
-                raise IllegalTransitionError(f"job {job_id} is {j['state']}: a question is regraded once its job "
-                                             "has succeeded or ended partial", param="job_id")
-            job = self._job_body(conn, job_id)
-            question = next((q for q in job.assessment.questions if q.id == question_id), None)
-            if question is None:
-                raise NotFoundError(f"job {job_id} has no question {question_id!r}", param="question_id")
-            rows = conn.execute(sa.select(items).where(items.c.job_id == job_id, items.c.question_id == question_id,
-                                                       items.c.state == "graded").order_by(items.c.seq)
-                                ).mappings().all()
-        pages = {sub.student_id: sub.pages for sub in job.submissions}
-        learned = []
-        for r in rows:
-            if r["reviewed_at"] is None:
-                continue
-            text = "\n".join(p.text for p in pages[r["student_id"]] if isinstance(p, TextPage)).strip()
-            if text:
-                learned.append(GradedExample(answer=text[:20_000], score=r["review_score"],
-                                             feedback=r["review_comment"]))
-        open_students = [r["student_id"] for r in rows if r["reviewed_at"] is None]
-        if not learned:
-            raise ConflictError(f"no reviewed item of question {question_id!r} has text to learn from (review some "
-                                "first; answers given only as page images are not used as examples)",
-                                param="question_id")
-        if not open_students:
-            raise ConflictError(f"every graded item of question {question_id!r} is reviewed: nothing to regrade",
-                                param="question_id")
-        regraded = question.model_copy(update={"examples": [*question.examples, *learned][-MAX_EXAMPLES:]})
-        child = GradingJob(assessment=job.assessment.model_copy(update={"questions": [regraded]}),
-                           submissions=[Submission(student_id=sid, pages=pages[sid]) for sid in open_students],
-                           options=job.options.model_copy(update={"idempotency_key": None, "webhook_url": None}))
-        digest = hashlib.sha256(child.model_dump_json().encode()).hexdigest()[:24]
-        return self.create_job(child, f"regrade:{job_id}:{digest}", j["namespace"],  # type: ignore[attr-defined]
-                               j["tenant"], regrade_of=job_id)  # (JobStore's create_job)
-
-    def _merge_regrade(self, conn, child_id: str, parent_id: str) -> None:
-        """A regrade's grades into the job it regrades (in the regrade's finishing transaction): each
-        graded item replaces the parent's model grade unless a teacher has reviewed that item; then
-        the parent's review flags are recomputed: its ``review_share`` of graded items in all, flagged
-        items already reviewed counted first, the least confident unreviewed ones after them."""
-        now = self._clock()
-        self._job_row(conn, parent_id, lock=True)
-        for r in conn.execute(sa.select(items.c.student_id, items.c.question_id, items.c.result, items.c.confidence)
-                              .where(items.c.job_id == child_id, items.c.state == "graded")).all():
-            conn.execute(items.update().where(
-                items.c.job_id == parent_id, items.c.student_id == r.student_id, items.c.question_id == r.question_id,
-                items.c.state == "graded", items.c.reviewed_at.is_(None)).values(
-                result=r.result, confidence=r.confidence, updated_at=now))
-        share = self._job_body(conn, parent_id).options.review_share
-        rows = conn.execute(sa.select(items.c.seq, items.c.confidence, items.c.reviewed_at, items.c.needs_review)
-                            .where(items.c.job_id == parent_id, items.c.state == "graded")).all()
-        budget = math.ceil(share * len(rows) - 1e-9)
-        reviewed = sum(1 for r in rows if r.reviewed_at is not None and r.needs_review)
-        unreviewed = sorted((r for r in rows if r.reviewed_at is None), key=lambda r: (r.confidence, r.seq))
-        flagged = {r.seq for r in unreviewed[:max(0, budget - reviewed)]}
-        conn.execute(items.update().where(items.c.job_id == parent_id, items.c.reviewed_at.is_(None))
-                     .values(needs_review=items.c.seq.in_(flagged) if flagged else sa.false()))
-        total = conn.execute(sa.select(sa.func.count()).where(items.c.job_id == parent_id,
-                                                              items.c.needs_review.is_(True))).scalar_one()
-        conn.execute(jobs.update().where(jobs.c.id == parent_id).values(items_needs_review=total, updated_at=now))
 
     def item_page(self, job_id: str, item_id: str, page: int, tenant: str | None = None) -> tuple[bytes, str]:
         """Page ``page`` (0-based) of the student an item belongs to: ``(bytes, media type)``; an
@@ -304,15 +230,39 @@ class Reviews(StoreCore):
         raw = p.image_bytes()
         return raw, media_type_of(raw)
 
+    def _answer_texts(self, conn, job: GradingJob, rows: list[Any]) -> dict[str, tuple[str, bool]]:
+        """``{student_id: (text, transcribed)}`` for the students of item ``rows``: the text the model
+        read (a student's text pages, or the OCR of page images as planned into its batch);
+        ``transcribed`` when that text was read from images. Students read as images (vision)
+        have none."""
+        subs = {s.student_id: s for s in job.submissions}
+        out: dict[str, tuple[str, bool]] = {}
+        need: dict[str, set[str]] = {}
+        for r in rows:
+            sub = subs[r["student_id"]]
+            if all(isinstance(p, TextPage) for p in sub.pages):
+                out[sub.student_id] = ("\n".join(p.text for p in sub.pages if isinstance(p, TextPage)), False)
+            elif r["batch_id"]:
+                need.setdefault(r["batch_id"], set()).add(sub.student_id)
+        if need:
+            for payload in conn.execute(sa.select(batches.c.payload).where(batches.c.id.in_(list(need)))).scalars():
+                batch = GradeBatch.model_validate_json(payload)
+                for w in batch.students:
+                    text = "\n".join(p.text for p in w.pages if isinstance(p, TextPage))
+                    if w.student_id in need[batch.batch_id] and text.strip():
+                        out[w.student_id] = (text, True)
+        return out
+
     @staticmethod
-    def _review_item(row: Any, job: GradingJob) -> ReviewItem:
+    def _review_item(row: Any, job: GradingJob, texts: dict[str, tuple[str, bool]] | None = None) -> ReviewItem:
         g = final_result(row)
         question = next(q for q in job.assessment.questions if q.id == row["question_id"])
         item_id = item_id_of(row["seq"])
+        text, transcribed = (texts or {}).get(row["student_id"], (None, False))
         return ReviewItem(
             id=item_id, job_id=row["job_id"], student_id=row["student_id"], question_id=row["question_id"],
             status="done" if g.review else "pending", score=g.score, graded_by=g.graded_by,
             model_score=g.model_score if g.model_score is not None else g.score, max_score=g.max_score,
             score_step=question.score_step, feedback=g.feedback, confidence=g.confidence, needs_review=g.needs_review,
             pages=g.pages, page_urls=[f"/v1/jobs/{row['job_id']}/items/{item_id}/pages/{k}" for k in g.pages],
-            review=g.review)
+            transcription=text if transcribed else None, review=g.review)

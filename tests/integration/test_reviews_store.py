@@ -48,6 +48,7 @@ def test_the_queue_lists_flagged_items_then_reviews_move_them_to_done(store):
     assert not more and len(pending) == 2 and {p.confidence for p in pending} == {0.2}
     item = pending[0]
     assert item.status == "pending" and item.graded_by == "model" and item.score == item.model_score == 1
+    assert item.transcription is None   # typed answers: nothing was transcribed
     assert item.page_urls == [f"/v1/jobs/{job_id}/items/{item.id}/pages/0"]
     assert item.score_step == (0.5 if item.question_id == "q1" else None)
 
@@ -132,6 +133,7 @@ def test_a_reviewer_reads_the_students_pages(store):
         "options": {"review_share": 1.0}})
     job_id = graded(store, job=job)
     item = store.review_queue("raygrade", "school-a", job_id=job_id)[0][0]
+    assert item.transcription == "x"   # what OCR read into the batch (plan() puts "x" there)
     data, media = store.item_page(job_id, item.id, 0, tenant="school-a")
     assert media == "image/png" and data == png.getvalue()
     text, media = store.item_page(job_id, item.id, 1, tenant="school-a")
@@ -140,6 +142,11 @@ def test_a_reviewer_reads_the_students_pages(store):
         store.item_page(job_id, item.id, 2, tenant="school-a")
     with pytest.raises(NotFoundError):
         store.item_page(job_id, item.id, 0, tenant="school-b")
+    # A regrade learns from a reviewed scanned answer through its transcription.
+    store.review_item(job_id, item.id, ReviewRequest(score=2), tenant="school-a")
+    child, _ = store.regrade_question(job_id, item.question_id, tenant="school-a")
+    [question] = store.get_job(child.id).assessment.questions
+    assert question.examples[-1].answer == "x" and question.examples[-1].score == 2
 
 
 def child_plan(store, job_id):
