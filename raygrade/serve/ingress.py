@@ -21,28 +21,25 @@ another tenant's job id is a 404):
 Errors use the OpenAI body ``{"error": {"message", "type", "param", "code"}}``;
 request validation errors are 400 and name the offending field in ``param``; a missing or
 invalid key is 401, a body over ``api.max_body_bytes`` 413, one that stalls 408
-(:mod:`raygrade.serve.guard`), a job the tenant's quota refuses 429 (``Retry-After``). This
-module is the HTTP boundary where raygrade's exceptions become responses.
+(:mod:`raygrade.serve.guard`), a job the tenant's quota refuses 429 (``Retry-After``). The
+FastAPI app, its error handlers (the one boundary where raygrade's exceptions become responses)
+and shared dependencies are in :mod:`raygrade.serve.http_app`; the review routes in
+:mod:`raygrade.serve.review_routes`.
 """
 
 # No ``from __future__ import annotations``: FastAPI resolves the route annotations
 # (GradingJob, Header) at import; string annotations break newer FastAPI under serve.ingress.
 import asyncio
-import logging
 import time
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
+from fastapi import Header, Query
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raygrade.blobs import BlobStore, externalize
 from raygrade.config import ApiConfig, StoreConfig
-from raygrade.errors import InvalidRequestError, NotFoundError, QuotaExceededError, RaygradeError, raygrade_cause
+from raygrade.errors import InvalidRequestError, QuotaExceededError, raygrade_cause
 from raygrade.export import results_csv
 from raygrade.metrics import Recorder
 from raygrade.protocol import (
@@ -51,34 +48,13 @@ from raygrade.protocol import (
     JobResults,
     JobState,
     JobStatus,
-    ReviewItem,
-    ReviewList,
-    ReviewRequest,
     TenantUsage,
 )
-from raygrade.serve.guard import Authenticator, RequestGuard, error_response
+from raygrade.serve.guard import Authenticator
+from raygrade.serve.http_app import JobId, Tenant, _call, api, logger
 from raygrade.serve.http_errors import error_responses as _errors
-from raygrade.serve.http_errors import validation_error_body
-from raygrade.web import ASSETS, SECURITY_HEADERS, asset
+from raygrade.serve.review_routes import ReviewRoutes
 
-# A child of Serve's logger: lines go to the replica's log file in the app's logging_config
-# format (JSON in serve_config.yaml), as Serve documents for deployment code.
-logger = logging.getLogger(f"ray.serve.{__name__}")
-
-api = FastAPI(title="raygrade", version="0.1.0",
-              description="Grade scanned answer pages against questions, reference answers and rubrics.")
-api.add_middleware(RequestGuard)
-_bearer = HTTPBearer(auto_error=False, description="An API key (`raygrade keys create --tenant NAME`).")
-
-
-async def tenant_of(request: Request,
-                    credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> str:
-    """The caller's tenant (a FastAPI dependency): what :class:`RequestGuard` found for its key
-    before the body was read (``credentials`` only declares the scheme in the OpenAPI document)."""
-    return request.state.tenant
-
-
-Tenant = Depends(tenant_of)
 #: Seconds ``/readyz`` waits for the store, a Grader and the model before answering 503; a
 #: readiness probe in flight is shared by every ``/readyz`` call (at most one per replica, ended
 #: after :data:`READY_PROBE_S`), and a success is reused for :data:`READY_CACHE_S`.
@@ -86,59 +62,12 @@ READY_TIMEOUT_S = 5.0
 READY_PROBE_S = 60.0
 READY_CACHE_S = 5.0
 
-JobId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-ItemId = Path(min_length=6, max_length=17, pattern=r"^item_[0-9]+$")
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse(status_code=400, content=validation_error_body(list(exc.errors()), exc.body))
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """Unknown routes (404) and methods (405) in the same body as every other error."""
-    etype = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    return JSONResponse(status_code=exc.status_code, headers=getattr(exc, "headers", None), content={"error": {
-        "message": f"{request.method} {request.url.path}: {exc.detail}", "type": etype, "param": None, "code": None}})
-
-
-def _openapi() -> dict:
-    """FastAPI's document without the 422 it adds to every route (raygrade answers 400)."""
-    if api.openapi_schema is None:
-        doc = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
-        for ops in doc.get("paths", {}).values():
-            for op in ops.values():
-                op.get("responses", {}).pop("422", None)
-        for name in ("HTTPValidationError", "ValidationError"):
-            doc.get("components", {}).get("schemas", {}).pop(name, None)
-        api.openapi_schema = doc
-    return api.openapi_schema
-
-
-api.openapi = _openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the document
-
-
-@api.exception_handler(RaygradeError)
-async def _raygrade_error(request: Request, exc: RaygradeError) -> JSONResponse:
-    return error_response(exc)
-
-
-async def _call(response):
-    """Await a handle call, unwrapping Ray's error wrapper so RaygradeErrors reach the handler."""
-    try:
-        return await response
-    except Exception as exc:
-        if (err := raygrade_cause(exc)) is not None:
-            raise err from None
-        raise
-
 
 # Stalled uploads hold a slot each until the guard's body timeouts close them: room for many.
 @serve.deployment(name="RaygradeIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000,
                   num_replicas=1)
 @serve.ingress(api)
-class RaygradeIngress:
+class RaygradeIngress(ReviewRoutes):
     """FastAPI ingress: validates jobs, stores their page images, records them, and hands them
     to the batcher.
 
@@ -227,60 +156,6 @@ class RaygradeIngress:
                             headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
         return results
 
-    @api.get("/v1/reviews", response_model=ReviewList, responses=_errors(404))
-    async def list_reviews(self, job_id: str | None = Query(default=None, min_length=1, max_length=64,
-                                                            pattern=r"^[A-Za-z0-9_-]+$"),
-                           question_id: str | None = Query(default=None, min_length=1, max_length=128),
-                           status: Literal["pending", "done"] | None = Query(default=None),
-                           limit: int = Query(default=50, ge=1, le=200),
-                           after: str | None = Query(default=None, min_length=1, max_length=100),
-                           tenant: str = Tenant) -> ReviewList:
-        """The caller's review queue: items flagged for review (``pending``) and items reviewed
-        (``done``), in job and item order; the next page is ``after=last_id``."""
-        data, more = await _call(self._registry.review_queue.remote(tenant, job_id, question_id, status, limit,
-                                                                    after))
-        return ReviewList(data=data, has_more=more, first_id=f"{data[0].job_id}/{data[0].id}" if data else None,
-                          last_id=f"{data[-1].job_id}/{data[-1].id}" if data else None)
-
-    @api.post("/v1/jobs/{job_id}/items/{item_id}/review", response_model=ReviewItem, responses=_errors(404, 409))
-    async def review_item(self, request: Request, review: ReviewRequest, job_id: str = JobId,
-                          item_id: str = ItemId, tenant: str = Tenant) -> ReviewItem:
-        """A teacher's score for one graded item, on its question's grid (400 off it; 409 for an
-        item not graded). Idempotent: the same review again changes nothing; a different one
-        replaces it, and every review stays in the audit trail with its time and key id."""
-        key_hash = getattr(request.state, "key_hash", None)
-        return await _call(self._registry.review_item.remote(job_id, item_id, review, tenant, key_hash))
-
-    @api.post("/v1/jobs/{job_id}/regrade", status_code=202, response_model=JobStatus, responses={
-        200: {"model": JobStatus, "description": "The same reviews asked again: the existing regrade job."},
-        **_errors(404, 409, 429)})
-    async def regrade(self, job_id: str = JobId,
-                      question_id: str = Query(min_length=1, max_length=128, description="The question to regrade."),
-                      tenant: str = Tenant) -> JSONResponse:
-        """Regrade a question's unreviewed items with its reviewed answers as graded examples: a new
-        job (``regrade_of``) whose grades replace the model's in this job when it ends; the review
-        flags are then recomputed. 409 while this job runs, or with no review to learn from."""
-        status, created = await _call(self._registry.regrade.remote(job_id, question_id, tenant))
-        if created:
-            try:
-                await self._batcher.submit.remote(status.id)
-            except Exception as exc:
-                logger.warning("job %s: batcher not reachable (%s); it will pick the job up from the store",
-                               status.id, type(exc).__name__, extra={"raygrade_job_id": status.id})
-        return JSONResponse(status_code=202 if created else 200, content=status.model_dump(mode="json"))
-
-    @api.get("/v1/jobs/{job_id}/items/{item_id}/pages/{page}", response_class=Response, responses={
-        200: {"content": {"image/png": {}, "image/jpeg": {}, "text/plain": {}},
-              "description": "The page as uploaded: an image, or a text page as UTF-8 text."},
-        **_errors(404)})
-    async def item_page(self, job_id: str = JobId, item_id: str = ItemId, page: int = Path(ge=0, le=100_000),
-                        tenant: str = Tenant) -> Response:
-        """Page ``page`` (0-based) of the student an item belongs to, for a reviewer."""
-        data, media_type = await _call(self._registry.item_page.remote(job_id, item_id, page, tenant))
-        return Response(content=data, media_type=media_type, headers={
-            "Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": "default-src 'none'"})
-
     @api.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=_errors(404, 409))
     async def cancel_job(self, job_id: str = JobId, tenant: str = Tenant) -> JobStatus:
         """Cancel a queued or running job (409 once it has ended); grades already made stay."""
@@ -294,19 +169,6 @@ class RaygradeIngress:
     async def get_usage(self, tenant: str = Tenant) -> TenantUsage:
         """The caller's quota (``raygrade quotas``) and what counts against it now."""
         return await _call(self._registry.usage.remote(tenant))
-
-    @api.get("/review", include_in_schema=False)
-    async def review_page(self) -> Response:
-        """The review page (:mod:`raygrade.web`): public, static; its script calls the API with a key."""
-        return Response(content=asset("review.html"), media_type=ASSETS["review.html"],
-                        headers=SECURITY_HEADERS)
-
-    @api.get("/review/{name}", include_in_schema=False)
-    async def review_asset(self, name: str) -> Response:
-        """The review page's script and style sheet (any other name: 404)."""
-        if name == "review.html" or name not in ASSETS:
-            raise NotFoundError(f"no file {name!r} in the review page", param="name")
-        return Response(content=asset(name), media_type=ASSETS[name], headers=SECURITY_HEADERS)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
