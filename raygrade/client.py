@@ -1,9 +1,10 @@
 """Clients of raygrade's HTTP API: :class:`Client` (sync) and :class:`AsyncClient` (asyncio).
 
 Every route has a method: ``submit`` (``POST /v1/jobs``, with an idempotency key), ``list_jobs``,
-``status``, ``results``, ``results_csv``, ``cancel``, ``replicas``, ``usage``, ``reviews``, ``review`` and
-``regrade`` (teachers' reviews), ``wait`` (polls until the job ends, with an optional progress callback or bar)
-and ``wait_ready`` (polls ``/readyz``). Failures raise raygrade's own exception tree
+``status``, ``results``, ``results_csv``, ``cancel``, ``replicas``, ``usage``; for teachers'
+reviews ``reviews``, ``review``, ``regrade``, ``answer_groups`` and ``review_group``; ``wait``
+(polls until the job ends, with an optional progress callback or bar) and ``wait_ready`` (polls
+``/readyz``). Failures raise raygrade's own exception tree
 (:mod:`raygrade.errors`), rebuilt from the server's OpenAI-shaped error body: a 400 is an
 :class:`~raygrade.errors.InvalidRequestError`, a 404 a :class:`~raygrade.errors.NotFoundError`,
 a 409 a :class:`~raygrade.errors.ConflictError` (or its ``IllegalTransitionError``), and so on;
@@ -45,6 +46,7 @@ from raygrade._client_http import (
     error_from_response,
 )
 from raygrade.protocol import (
+    AnswerGroupList,
     GradingJob,
     JobList,
     JobResults,
@@ -136,6 +138,22 @@ class Client:
         """
         return JobStatus.model_validate(self._call("POST", f"/v1/jobs/{job_id}/regrade",
                                                    params={"question_id": question_id}))
+
+    def answer_groups(self, job_id: str, question_id: str, threshold: float | None = None) -> AnswerGroupList:
+        """``GET /v1/jobs/{id}/questions/{q}/groups``: the question's graded answers in groups of
+        similar answers (``threshold``: cosine distance, default the server's 0.25)."""
+        params = {} if threshold is None else {"threshold": threshold}
+        return AnswerGroupList.model_validate(self._call("GET", f"/v1/jobs/{job_id}/questions/{question_id}/groups",
+                                                         params=params))
+
+    def review_group(self, job_id: str, question_id: str, group_id: str, score: float, comment: str | None = None,
+                     threshold: float | None = None) -> ReviewList:
+        """``POST …/groups/{group_id}/review``: one score for the group's members not reviewed yet
+        (use the ``threshold`` the groups were listed with). Raises as :meth:`review`."""
+        params = {} if threshold is None else {"threshold": threshold}
+        return ReviewList.model_validate(self._call(
+            "POST", f"/v1/jobs/{job_id}/questions/{question_id}/groups/{group_id}/review", params=params,
+            json={"score": score, "comment": comment}))
 
     def cancel(self, job_id: str) -> JobStatus:
         """``POST /v1/jobs/{id}/cancel``. Raises ``IllegalTransitionError`` (a :class:`ConflictError`)
@@ -254,6 +272,21 @@ class AsyncClient:
         """``POST /v1/jobs/{id}/regrade`` (see :meth:`Client.regrade`)."""
         return JobStatus.model_validate(await self._call("POST", f"/v1/jobs/{job_id}/regrade",
                                                          params={"question_id": question_id}))
+
+    async def answer_groups(self, job_id: str, question_id: str, threshold: float | None = None
+                            ) -> AnswerGroupList:
+        """``GET /v1/jobs/{id}/questions/{q}/groups`` (see :meth:`Client.answer_groups`)."""
+        params = {} if threshold is None else {"threshold": threshold}
+        return AnswerGroupList.model_validate(await self._call(
+            "GET", f"/v1/jobs/{job_id}/questions/{question_id}/groups", params=params))
+
+    async def review_group(self, job_id: str, question_id: str, group_id: str, score: float,
+                           comment: str | None = None, threshold: float | None = None) -> ReviewList:
+        """``POST …/groups/{group_id}/review`` (see :meth:`Client.review_group`)."""
+        params = {} if threshold is None else {"threshold": threshold}
+        return ReviewList.model_validate(await self._call(
+            "POST", f"/v1/jobs/{job_id}/questions/{question_id}/groups/{group_id}/review", params=params,
+            json={"score": score, "comment": comment}))
 
     async def cancel(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(await self._call("POST", f"/v1/jobs/{job_id}/cancel"))

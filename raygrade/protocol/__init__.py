@@ -49,10 +49,19 @@ from raygrade.protocol.results import (
     JobWarning,
     Usage,
 )
-from raygrade.protocol.reviews import ReviewItem, ReviewList, ReviewRequest, TeacherReview
+from raygrade.protocol.reviews import (
+    AnswerGroup,
+    AnswerGroupList,
+    ReviewItem,
+    ReviewList,
+    ReviewRequest,
+    TeacherReview,
+)
 from raygrade.protocol.tenants import QUOTA_WINDOW_S, TenantQuota, TenantUsage
 
 __all__ = [
+    "AnswerGroup",
+    "AnswerGroupList",
     "Assessment",
     "CompletionPolicy",
     "ErrorDetail",

@@ -70,3 +70,32 @@ class ReviewList(_Model):
     first_id: str | None = None
     last_id: str | None = Field(default=None, description="Cursor of the last item (`<job_id>/<item id>`).")
     has_more: bool = False
+
+
+class AnswerGroup(_Model):
+    """Answers to one question that say much the same thing (:mod:`raygrade.answer_groups`), for a
+    teacher to score at once."""
+
+    object: Literal["answer_group"] = "answer_group"
+    id: str = Field(description="`group_<n>` (n: its first item's number); stable for the same threshold.")
+    job_id: str
+    question_id: str
+    item_ids: list[str]
+    student_ids: list[str]
+    scores: list[float] = Field(description="Each member's final score, in `item_ids` order.")
+    max_score: float
+    score_step: float | None = Field(default=None, description="The question's grid step (null: any score).")
+    size: int
+    sample: str = Field(description="The first member's answer text (up to 500 characters); empty without text.")
+    mean_confidence: float
+    reviewed: int = Field(description="Members a teacher has reviewed.")
+    status: Literal["pending", "done"] = Field(description="done: every member is reviewed.")
+
+
+class AnswerGroupList(_Model):
+    """The body of ``GET /v1/jobs/{job_id}/questions/{question_id}/groups``: every graded answer
+    of the question in exactly one group, groups in item order."""
+
+    object: Literal["list"] = "list"
+    data: list[AnswerGroup]
+    threshold: float = Field(description="The cosine distance the groups were cut at.")

@@ -17,10 +17,12 @@ from typing import Any
 
 from ray import serve
 
+from raygrade.answer_groups import DEFAULT_THRESHOLD, AnswerGrouper
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.config import DEFAULT_TENANT, StoreConfig
-from raygrade.errors import InvalidRequestError
+from raygrade.errors import InvalidRequestError, NotFoundError
 from raygrade.protocol import (
+    AnswerGroup,
     GradingErrorItem,
     GradingJob,
     JobResults,
@@ -47,6 +49,8 @@ class JobRegistryImpl:
         self._store = JobStore(config.resolved_url(), blob_uri=config.resolved_blob_uri())
         self._pool = ThreadPoolExecutor(1 if self._store.dialect == "sqlite" else 4,
                                         thread_name_prefix="raygrade-store")
+        self._grouper = AnswerGrouper()
+        self._group_pool = ThreadPoolExecutor(1, thread_name_prefix="raygrade-groups")
 
     async def _do(self, fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
@@ -126,6 +130,27 @@ class JobRegistryImpl:
     async def regrade(self, job_id: str, question_id: str, tenant: str | None = None) -> tuple[JobStatus, bool]:
         """A regrade job for a question, learning from its reviews (:meth:`JobStore.regrade_question`)."""
         return await self._do(self._store.regrade_question, job_id, question_id, tenant=tenant)
+
+    async def answer_groups(self, job_id: str, question_id: str, tenant: str | None = None,
+                            threshold: float = DEFAULT_THRESHOLD) -> list[AnswerGroup]:
+        """A question's graded items in answer groups (:class:`raygrade.answer_groups.AnswerGrouper`;
+        embedding runs in its own thread, never in the store's)."""
+        found, texts = await self._do(self._store.answers, job_id, question_id, tenant)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._group_pool, self._grouper.groups, job_id, question_id, found, texts, threshold)
+
+    async def review_group(self, job_id: str, question_id: str, group_id: str, review: ReviewRequest,
+                           tenant: str | None = None, key_hash: str | None = None,
+                           threshold: float = DEFAULT_THRESHOLD) -> list[ReviewItem]:
+        """One review for every member of an answer group not reviewed yet (members a teacher
+        reviewed keep their review); returns the members. Raises ``NotFoundError`` for an unknown group."""
+        group = next((g for g in await self.answer_groups(job_id, question_id, tenant, threshold)
+                      if g.id == group_id), None)
+        if group is None:
+            raise NotFoundError(f"question {question_id!r} of job {job_id} has no group {group_id!r} at threshold "
+                                f"{threshold:g}", param="group_id")
+        return await self._do(self._store.review_items, job_id, group.item_ids, review, tenant=tenant,
+                              key_hash=key_hash, keep_reviewed=True)
 
     async def item_page(self, job_id: str, item_id: str, page: int, tenant: str | None = None) -> tuple[bytes, str]:
         """A page of the item's student: ``(bytes, media type)`` (:meth:`JobStore.item_page`)."""

@@ -9,11 +9,17 @@ from typing import Any, Literal
 from fastapi import Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from raygrade.answer_groups import DEFAULT_THRESHOLD
 from raygrade.errors import NotFoundError
-from raygrade.protocol import JobStatus, ReviewItem, ReviewList, ReviewRequest
+from raygrade.protocol import AnswerGroupList, JobStatus, ReviewItem, ReviewList, ReviewRequest
 from raygrade.serve.http_app import ItemId, JobId, Tenant, _call, api, logger
 from raygrade.serve.http_errors import error_responses as _errors
 from raygrade.web import ASSETS, SECURITY_HEADERS, asset
+
+QuestionId = Path(min_length=1, max_length=128)
+GroupId = Path(min_length=7, max_length=18, pattern=r"^group_[0-9]+$")
+Threshold = Query(default=DEFAULT_THRESHOLD, gt=0, le=2, description=(
+    "Cosine distance under which answers share a group (larger: fewer, wider groups)."))
 
 
 class ReviewRoutes:
@@ -76,6 +82,28 @@ class ReviewRoutes:
         return Response(content=data, media_type=media_type, headers={
             "Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "default-src 'none'"})
+
+    @api.get("/v1/jobs/{job_id}/questions/{question_id}/groups", response_model=AnswerGroupList,
+             responses=_errors(404))
+    async def list_groups(self, job_id: str = JobId, question_id: str = QuestionId, threshold: float = Threshold,
+                          tenant: str = Tenant) -> AnswerGroupList:
+        """The question's graded answers in groups of answers that say much the same thing
+        (embeddings, agglomerative clustering cut at ``threshold``), for a teacher to score at once."""
+        data = await _call(self._registry.answer_groups.remote(job_id, question_id, tenant, threshold))
+        return AnswerGroupList(data=data, threshold=threshold)
+
+    @api.post("/v1/jobs/{job_id}/questions/{question_id}/groups/{group_id}/review", response_model=ReviewList,
+              responses=_errors(404, 409))
+    async def review_group(self, request: Request, review: ReviewRequest, job_id: str = JobId,
+                           question_id: str = QuestionId, group_id: str = GroupId, threshold: float = Threshold,
+                           tenant: str = Tenant) -> ReviewList:
+        """One score for every member of a group not reviewed yet (a member a teacher reviewed
+        keeps its review); the members as reviewed. ``threshold`` must be the listing's."""
+        key_hash = getattr(request.state, "key_hash", None)
+        data = await _call(self._registry.review_group.remote(job_id, question_id, group_id, review, tenant,
+                                                              key_hash, threshold))
+        return ReviewList(data=data, first_id=f"{job_id}/{data[0].id}" if data else None,
+                          last_id=f"{job_id}/{data[-1].id}" if data else None)
 
     @api.get("/review", include_in_schema=False)
     async def review_page(self) -> Response:

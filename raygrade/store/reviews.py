@@ -183,6 +183,26 @@ class Reviews(StoreCore):
             texts = self._answer_texts(conn, job, list(rows.values()))
             return [self._review_item(rows[seq], job, texts) for seq in seqs]
 
+    def answers(self, job_id: str, question_id: str, tenant: str | None = None
+                ) -> tuple[list[ReviewItem], list[str | None]]:
+        """Every graded item of a question, in item order, and its answer text (the student's
+        text pages, or what OCR read from the page images; ``None`` when read as images).
+
+        Raises:
+            NotFoundError: no such job (or another tenant's), or no such question in it.
+        """
+        with self.engine.connect() as conn:
+            self._job_row(conn, job_id, tenant=tenant)
+            job = self._job_body(conn, job_id)
+            if all(q.id != question_id for q in job.assessment.questions):
+                raise NotFoundError(f"job {job_id} has no question {question_id!r}", param="question_id")
+            rows = conn.execute(sa.select(items).where(items.c.job_id == job_id, items.c.question_id == question_id,
+                                                       items.c.state == "graded").order_by(items.c.seq)
+                                ).mappings().all()
+            texts = self._answer_texts(conn, job, list(rows))
+        out = [self._review_item(r, job, texts) for r in rows]
+        return out, [texts[r["student_id"]][0] if r["student_id"] in texts else None for r in rows]
+
     def review_history(self, job_id: str, item_id: str, tenant: str | None = None) -> list[dict[str, Any]]:
         """Every review of an item, oldest first (the audit trail): ``score``, ``model_score``,
         ``comment``, ``key_id``, ``created_at`` (Unix seconds).

@@ -7,7 +7,7 @@
 const KEY = "raygrade.apiKey";
 const base = location.pathname.replace(/\/review\/?$/, "");
 const $ = (id) => document.getElementById(id);
-const state = { items: [], index: -1, grid: [], objectUrls: [] };
+const state = { items: [], index: -1, grid: [], objectUrls: [], groups: false };
 
 function apiKey() { return sessionStorage.getItem(KEY) || ""; }
 
@@ -76,7 +76,15 @@ async function loadQueue() {
   const jobId = $("job").value;
   const status = $("filter").value;
   state.items = [];
-  if (jobId) {
+  state.groups = status === "groups";
+  if (jobId && state.groups) {
+    // Every question's answers in groups (the job's results name its questions).
+    const results = await getJson(`/v1/jobs/${encodeURIComponent(jobId)}/results`);
+    for (const q of [...new Set(results.results.map((r) => r.question_id))]) {
+      const page = await getJson(`/v1/jobs/${encodeURIComponent(jobId)}/questions/${encodeURIComponent(q)}/groups`);
+      state.items.push(...page.data);
+    }
+  } else if (jobId) {
     let after = null;
     do {  // every page of the job's queue (a page holds up to 200 items)
       const query = new URLSearchParams({ job_id: jobId, limit: "200" });
@@ -100,16 +108,22 @@ function renderList() {
     li.dataset.index = String(i);
     li.className = (item.status === "done" ? "done" : "") + (i === state.index ? " current" : "");
     const label = document.createElement("span");
-    label.textContent = `${item.student_id} · ${item.question_id}`;
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = fmt(item.score);
+    if (state.groups) {
+      label.textContent = `${item.question_id} · ${item.size} answer${item.size === 1 ? "" : "s"}`;
+      score.textContent = [...new Set(item.scores.map(fmt))].join("/");
+    } else {
+      label.textContent = `${item.student_id} · ${item.question_id}`;
+      score.textContent = fmt(item.score);
+    }
     li.append(label, score);
     li.addEventListener("click", () => show(i));
     list.append(li);
   });
   const done = state.items.filter((i) => i.status === "done").length;
-  $("progress").textContent = state.items.length ? `${done} / ${state.items.length} reviewed` : "";
+  const noun = state.groups ? "groups" : "reviewed";
+  $("progress").textContent = state.items.length ? `${done} / ${state.items.length} ${noun}` : "";
 }
 
 async function show(index) {
@@ -121,6 +135,8 @@ async function show(index) {
   $("item").hidden = index < 0;
   if (index < 0) return;
   const item = state.items[index];
+  if (state.groups) return showGroup(item);
+  $("members").hidden = true;
   $("student").textContent = item.student_id;
   $("question").textContent = item.question_id;
   $("model-score").textContent = fmt(item.model_score);
@@ -131,24 +147,7 @@ async function show(index) {
   $("reviewed").textContent = item.review
     ? `Reviewed: ${fmt(item.review.score)} (${new Date(item.review.reviewed_at * 1000).toLocaleString()})` : "";
   $("item-error").textContent = "";
-  state.grid = gridOf(item);
-  const grid = $("grid");
-  grid.replaceChildren();
-  state.grid.forEach((score, i) => {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.dataset.score = String(score);
-    button.textContent = fmt(score);
-    if (i < 10) {
-      const hint = document.createElement("kbd");
-      hint.textContent = String(i);
-      button.append(hint);
-    }
-    if (score === item.model_score) button.classList.add("model");
-    if (item.review && score === item.review.score) button.classList.add("chosen");
-    button.addEventListener("click", () => review(score));
-    grid.append(button);
-  });
+  renderGrid(item, item.model_score, item.review ? item.review.score : null);
   const pages = $("pages");
   pages.replaceChildren();
   for (const url of item.page_urls) {
@@ -169,9 +168,74 @@ async function show(index) {
   }
 }
 
+function renderGrid(item, model, chosen) {
+  state.grid = gridOf(item);
+  const grid = $("grid");
+  grid.replaceChildren();
+  state.grid.forEach((score, i) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.score = String(score);
+    button.textContent = fmt(score);
+    if (i < 10) {
+      const hint = document.createElement("kbd");
+      hint.textContent = String(i);
+      button.append(hint);
+    }
+    if (score === model) button.classList.add("model");
+    if (score === chosen) button.classList.add("chosen");
+    button.addEventListener("click", () => review(score));
+    grid.append(button);
+  });
+}
+
+function showGroup(group) {
+  // A group: its answers' text, one score for every member not reviewed yet.
+  $("student").textContent = `${group.size} answer${group.size === 1 ? "" : "s"}`;
+  $("question").textContent = group.question_id;
+  const common = [...new Set(group.scores)];
+  $("model-score").textContent = common.map(fmt).join("/");
+  $("max-score").textContent = fmt(group.max_score);
+  $("confidence").textContent = group.mean_confidence.toFixed(2);
+  $("feedback").textContent = group.reviewed ? `${group.reviewed} of ${group.size} reviewed` : "";
+  $("comment").value = "";
+  $("reviewed").textContent = "";
+  $("item-error").textContent = "";
+  renderGrid(group, common.length === 1 ? common[0] : null, null);
+  const members = $("members");
+  members.replaceChildren();
+  group.student_ids.forEach((student, k) => {
+    const li = document.createElement("li");
+    li.textContent = `${student}: ${fmt(group.scores[k])}`;
+    members.append(li);
+  });
+  members.hidden = false;
+  const pre = document.createElement("pre");
+  pre.textContent = group.sample || "(no text: read as page images)";
+  $("pages").replaceChildren(pre);
+}
+
+async function reviewGroup(group, score) {
+  const comment = $("comment").value.trim() || null;
+  const path = `/v1/jobs/${encodeURIComponent(group.job_id)}/questions/${encodeURIComponent(group.question_id)}`
+    + `/groups/${group.id}/review`;
+  try {
+    await api(path, { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ score, comment }) });
+  } catch (error) {
+    $("item-error").textContent = error.message;
+    return;
+  }
+  const at = state.index;
+  await loadQueue();
+  const next = state.items.findIndex((g, k) => k > at && g.status === "pending");
+  await show(next >= 0 ? next : Math.min(at, state.items.length - 1));
+}
+
 async function review(score) {
   const item = state.items[state.index];
   if (!item) return;
+  if (state.groups) return reviewGroup(item, score);
   const comment = $("comment").value.trim() || null;
   try {
     const response = await api(`/v1/jobs/${encodeURIComponent(item.job_id)}/items/${item.id}/review`, {
@@ -197,7 +261,7 @@ function onKey(event) {
   if (/^[0-9]$/.test(event.key) && item && Number(event.key) < state.grid.length) {
     event.preventDefault();
     review(state.grid[Number(event.key)]);
-  } else if (event.key === "Enter" && item) {
+  } else if (event.key === "Enter" && item && !state.groups) {
     event.preventDefault();
     review(item.model_score);
   } else if (event.key === "j" || event.key === "ArrowDown") {

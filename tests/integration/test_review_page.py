@@ -62,8 +62,17 @@ def review_app(serve_url, fake_openai, tmp_path_factory):
            + [{"student_id": "mallory", "pages": [{"type": "text", "text": "<img src=x onerror=\"window.pwned=1\">"}]}],
            "options": {"review_share": 0.5}}
     st = client.submit(job)
-    assert client.wait(st.id, timeout_s=60, poll_s=0.2).state.value == "succeeded"
-    yield SimpleNamespace(url=url, keys=keys, job_id=st.id, client=client)
+    answers = ["A router forwards packets between networks.", "A router forwards packets between networks!",
+               "It forwards packets between different networks.", "A router connects networks and forwards packets.",
+               "It makes the wifi faster.", "It makes wifi go faster.", "A cable.", "I don't know."]
+    typed = {"assessment": {"questions": [{"id": "q1", "prompt": "What does a router do?", "max_score": 2,
+                                           "score_step": 1}]},
+             "submissions": [{"student_id": f"typed-{i}", "pages": [{"type": "text", "text": a}]}
+                             for i, a in enumerate(answers)]}
+    typed_st = client.submit(typed)
+    for job_id in (st.id, typed_st.id):
+        assert client.wait(job_id, timeout_s=60, poll_s=0.2).state.value == "succeeded"
+    yield SimpleNamespace(url=url, keys=keys, job_id=st.id, typed_job_id=typed_st.id, client=client)
     store.close()
     serve.delete("review")
 
@@ -169,4 +178,42 @@ def test_another_tenants_key_sees_no_items(review_app, browser):
     page.wait_for_selector("#workspace:not([hidden])")
     page.wait_for_selector("#empty:not([hidden])")
     assert page.locator("#items li").count() == 0
+    page.close()
+
+
+def test_answer_groups_over_the_api_and_one_group_scored_by_keyboard(review_app, browser):
+    """Similar typed answers share a group (MiniLM + clustering in the registry); the page's group
+    mode scores a whole group with one key; another tenant cannot see or score the groups."""
+    from raygrade.errors import NotFoundError
+
+    client, job_id = review_app.client, review_app.typed_job_id
+    groups = client.answer_groups(job_id, "q1").data
+    assert sum(g.size for g in groups) == 8 and sorted(i for g in groups for i in g.item_ids) == sorted(
+        r.item_id for r in client.results(job_id).results)
+    near = next(g for g in groups if "typed-0" in g.student_ids)
+    assert "typed-1" in near.student_ids and "typed-4" not in near.student_ids   # same answer, not another
+    assert client.answer_groups(job_id, "q1").data == groups                      # stable
+    other = Client(review_app.url, api_key=review_app.keys["school-b"])
+    with pytest.raises(NotFoundError):
+        other.answer_groups(job_id, "q1")
+    with pytest.raises(NotFoundError):
+        client.review_group(job_id, "q1", "group_999", 1)
+
+    page = browser.new_page()
+    page.goto(f"{review_app.url}/review?job={job_id}")
+    page.fill("#api-key", review_app.keys["school-a"])
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#workspace:not([hidden])")
+    page.select_option("#filter", "groups")
+    page.wait_for_selector("#members li")
+    n_groups = len(groups)
+    assert page.locator("#items li").count() == n_groups
+    page.click(f"#items li >> nth={groups.index(near)}")
+    page.wait_for_function("n => document.querySelectorAll('#members li').length === n", arg=near.size)
+    page.keyboard.press("2")                      # the grid 0, 1, 2: score 2 for the whole group
+    page.wait_for_selector(f"#progress:has-text('1 / {n_groups} groups')")
+    after = {r.student_id: r for r in client.results(job_id).results}
+    for student in near.student_ids:
+        assert (after[student].graded_by, after[student].score) == ("teacher", 2.0)
+    assert all(r.graded_by == "model" for s, r in after.items() if s not in near.student_ids)
     page.close()

@@ -39,3 +39,33 @@ def test_a_wide_threshold_merges_and_a_single_answer_is_one_group():
     assert answer_groups([], embed) == []
     with pytest.raises(ValueError):
         answer_groups(texts, embed, threshold=0)
+
+
+def _item(k: int, reviewed: bool = False):
+    from raygrade.protocol import ReviewItem, TeacherReview
+
+    return ReviewItem(id=f"item_{k * 10000}", job_id="job_1", student_id=f"s{k}", question_id="q1",
+                      status="done" if reviewed else "pending", score=1.0, graded_by="model", model_score=1.0,
+                      max_score=2.0, feedback="", confidence=0.5 + k / 100, needs_review=False, pages=[0],
+                      page_urls=[], review=TeacherReview(score=1.0, reviewed_at=1.0) if reviewed else None)
+
+
+def test_the_grouper_makes_stable_ids_keeps_textless_items_apart_and_caches():
+    from raygrade.answer_groups import AnswerGrouper
+
+    calls = []
+
+    def counting(texts):
+        calls.append(len(texts))
+        return embed(texts)
+
+    grouper = AnswerGrouper(counting)
+    items = [_item(k, reviewed=(k == 1)) for k in range(5)]
+    texts = ["a router forwards", "the router routes", None, "a switch learns", None]
+    groups = grouper.groups("job_1", "q1", items, texts, threshold=0.2)
+    assert [(g.id, g.item_ids) for g in groups] == [
+        ("group_0", ["item_0", "item_10000"]), ("group_20000", ["item_20000"]), ("group_30000", ["item_30000"]),
+        ("group_40000", ["item_40000"])]
+    assert groups[0].reviewed == 1 and groups[0].status == "pending" and groups[0].sample == "a router forwards"
+    assert groups[1].sample == "" and groups[0].mean_confidence == pytest.approx(0.505)
+    assert grouper.groups("job_1", "q1", items, texts, threshold=0.2) == groups and calls == [3]
