@@ -52,6 +52,7 @@ from raygrade.protocol.results import (
 from raygrade.protocol.reviews import (
     AnswerGroup,
     AnswerGroupList,
+    ReviewAgreement,
     ReviewItem,
     ReviewList,
     ReviewRequest,
@@ -83,6 +84,7 @@ __all__ = [
     "QUOTA_WINDOW_S",
     "Question",
     "ReadingMode",
+    "ReviewAgreement",
     "ReviewItem",
     "ReviewList",
     "ReviewRequest",

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from raygrade.protocol._base import _Model
-from raygrade.protocol.reviews import TeacherReview
+from raygrade.protocol.reviews import ReviewAgreement, TeacherReview
 
 
 class Usage(_Model):
@@ -160,6 +160,8 @@ class JobResults(_Model):
     results: list[GradeResult]
     errors: list[GradingErrorItem]
     usage: Usage
+    review_agreement: ReviewAgreement | None = Field(default=None, description=(
+        "Agreement between the model and the teachers on the items reviewed so far (null before any review)."))
 
 
 class ErrorDetail(BaseModel):

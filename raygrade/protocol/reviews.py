@@ -99,3 +99,12 @@ class AnswerGroupList(_Model):
     object: Literal["list"] = "list"
     data: list[AnswerGroup]
     threshold: float = Field(description="The cosine distance the groups were cut at.")
+
+
+class ReviewAgreement(_Model):
+    """How often the teacher agreed with the model on the items reviewed so far (a job's results)."""
+
+    reviewed: int = Field(description="Items reviewed.")
+    exact: float = Field(description="Share of reviewed items where the teacher kept the model's score.")
+    mae: float = Field(description="Mean |teacher − model| over reviewed items, in points.")
+    mae_of_max: float = Field(description="The same as a share of each item's max_score.")

@@ -26,7 +26,7 @@ from raygrade.store.keys import ApiKeys
 from raygrade.store.outbox import WebhookOutbox
 from raygrade.store.quotas import TenantQuotas
 from raygrade.store.regrade import Regrades
-from raygrade.store.reviews import final_result
+from raygrade.store.reviews import final_result, review_agreement
 from raygrade.store.schema import batches, items, job_bodies, jobs
 from raygrade.store.states import (
     BATCH_TRANSITIONS,
@@ -267,7 +267,8 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
             errors += [GradingErrorItem(student_ids=[sid], question_ids=qids, type=t or "error", message=m or "",
                                         batch_id=bid) for (sid, t, m, bid), qids in errs.items()]
             return JobResults(id=job_id, state=JobState(j["state"]), results=out, errors=errors,
-                              usage=Usage(prompt_tokens=j["prompt_tokens"], completion_tokens=j["completion_tokens"]))
+                              usage=Usage(prompt_tokens=j["prompt_tokens"], completion_tokens=j["completion_tokens"]),
+                              review_agreement=review_agreement(out))
 
     def replicas(self, job_id: str, tenant: str | None = None) -> dict[str, int]:
         """Batches completed per grader replica for this job."""

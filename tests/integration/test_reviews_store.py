@@ -44,6 +44,7 @@ def graded(store, tenant="school-a", n=4, share=0.25, job=None):
 
 def test_the_queue_lists_flagged_items_then_reviews_move_them_to_done(store):
     job_id = graded(store)
+    assert store.results(job_id).review_agreement is None
     pending, more = store.review_queue("raygrade", "school-a", job_id=job_id, status="pending")
     assert not more and len(pending) == 2 and {p.confidence for p in pending} == {0.2}
     item = pending[0]
@@ -61,7 +62,10 @@ def test_the_queue_lists_flagged_items_then_reviews_move_them_to_done(store):
     assert [p.id for p in store.review_queue("raygrade", "school-a", status="done")[0]] == [item.id]
     assert store.status(job_id).progress.items_reviewed == 1
 
-    results = {r.item_id: r for r in store.results(job_id).results}
+    res = store.results(job_id)
+    assert res.review_agreement.reviewed == 1 and res.review_agreement.exact == 0
+    assert res.review_agreement.mae == 1 and res.review_agreement.mae_of_max in (0.5, 1.0)
+    results = {r.item_id: r for r in res.results}
     assert results[item.id].score == 0 and results[item.id].model_score == 1
     assert results[item.id].graded_by == "teacher" and results[item.id].review.score == 0
     others = [r for r in results.values() if r.item_id != item.id]
