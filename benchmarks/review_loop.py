@@ -17,7 +17,9 @@ per-question QWK mean (the headline, 95 % bootstrap interval over questions), po
 exact agreement on the grid. ``--groups`` adds answer groups (:mod:`raygrade.answer_groups`):
 the teacher scores whole groups, in order of least confident first, giving each group the
 score most of its members deserve and correcting the members that deserve another (one action
-each), until the share of items is covered; reported with the items graded per teacher action.
+each), until the share of items is covered; reported with the items graded per teacher action. ``--target 0.9`` adds a review target on exact
+agreement (``JobOptions.review_target``): the share it picks, the agreement it expects from the
+confidences, and the agreement reached.
 
     .venv/bin/python benchmarks/review_loop.py --version 2.0 --examples 8
     .venv/bin/python benchmarks/fidelity.py --review-loop --version 2.0     # the same, from fidelity
@@ -130,6 +132,18 @@ class Simulation:
         return self.agreement(final) | {"reviewed": len(reviewed), "teacher_actions": actions,
                                         "items_per_action": len(reviewed) / actions if actions else None}
 
+    def run_target(self, value: float) -> dict:
+        """``review_target: {metric: exact, value}`` as the store applies it to the first grades: the
+        share it picks, the agreement it expects, and the agreement reached with the human scores."""
+        from raygrade.review import target_cut
+
+        keys = sorted(self.initial)
+        picked, expected = target_cut([self.initial[k][1] for k in keys], value)
+        reviewed = {keys[i] for i in picked}
+        final = {k: (self.human[k] if k in reviewed else self.initial[k][0]) for k in self.human}
+        return self.agreement(final) | {"target": value, "share": len(reviewed) / len(keys), "expected": expected,
+                                        "reviewed": len(reviewed)}
+
     def agreement(self, final: dict[Key, float]) -> dict:
         rows = [(self.human[k], final[k], self.max[k[0]], self.steps[k[0]]) for k in self.human]
         by_q: dict[str, list] = {}
@@ -154,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--groups", action="store_true", help="also the answer-group variant")
     ap.add_argument("--group-threshold", type=float, default=0.25,
                     help="cosine distance within which answers are grouped")
+    ap.add_argument("--target", type=float, action="append", default=[],
+                    help="also a review target on exact agreement (repeatable): the share chosen and reached")
     ap.add_argument("--limit", type=int, help="a stratified slice of this many answers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "review_loop.json"))
@@ -171,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["runs"][strategy] = {str(s): sim.run(strategy, s, a.rounds, a.seed) for s in shares}
     if a.groups:
         report["runs"]["groups"] = {str(s): sim.run_groups(s, a.group_threshold) for s in shares}
+    report["targets"] = [sim.run_target(v) for v in a.target]
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
@@ -194,6 +211,10 @@ def markdown(report: dict) -> str:
                 cell += f" ({r['items_per_action']:.1f} items/action)"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for t in report.get("targets", []):
+        lines.append(f"\nreview_target exact >= {t['target']:g}: reviews {t['share']:.1%} of the items "
+                     f"(expected exact {t['expected']:.3f}); reached exact {t['exact']:.3f}, "
+                     f"per-question QWK {t['qwk_per_question']['value']:.3f}, pooled QWK {t['qwk_pooled']:.3f}")
     return "\n".join(lines)
 
 

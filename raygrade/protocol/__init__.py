@@ -26,6 +26,7 @@ from raygrade.protocol.jobs import (
     JobOptions,
     Question,
     ReadingMode,
+    ReviewTarget,
     Submission,
 )
 from raygrade.protocol.pages import (
@@ -55,6 +56,7 @@ from raygrade.protocol.reviews import (
     ReviewAgreement,
     ReviewItem,
     ReviewList,
+    ReviewPlan,
     ReviewRequest,
     TeacherReview,
 )
@@ -87,7 +89,9 @@ __all__ = [
     "ReviewAgreement",
     "ReviewItem",
     "ReviewList",
+    "ReviewPlan",
     "ReviewRequest",
+    "ReviewTarget",
     "StoredImage",
     "Submission",
     "TenantQuota",

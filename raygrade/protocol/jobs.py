@@ -133,6 +133,21 @@ class CompletionPolicy(_Input):
     min_graded_share: float = number(default=1.0, gt=0, le=1)
 
 
+class ReviewTarget(_Input):
+    """Review as many of the least confident items as a target agreement needs, instead of a fixed share.
+
+    With ``metric: exact``, raygrade flags the fewest least confident items ``k`` such that the
+    expected share of final scores equal to the teacher's, ``(k + Σ confidence of the others) / n``,
+    reaches ``value``: the confidence is P(exact score), so each unreviewed item is expected right
+    with its confidence and each reviewed one is right. The estimate is as good as the confidence's
+    calibration (its ECE; ``benchmarks/review_loop.py --target`` measures what is reached).
+    """
+
+    metric: Literal["exact"] = Field(default="exact", description=(
+        "exact: the share of final scores equal to the teacher's (QWK targets are not estimated yet)."))
+    value: float = number(gt=0, le=1, description="The target, e.g. 0.9.")
+
+
 class JobOptions(_Input):
     """Per-job options."""
 
@@ -146,6 +161,9 @@ class JobOptions(_Input):
     temperature: float = number(default=0.0, ge=0, le=2, description="Sampling temperature of the model's calls.")
     review_share: float = number(default=0.0, ge=0, le=1, description=(
         "Share of graded items a human will review: the least confident are flagged needs_review."))
+    review_target: ReviewTarget | None = Field(default=None, description=(
+        "Flag as many of the least confident items as the expected agreement needs to reach the target "
+        "(instead of review_share; the share chosen is in the job's status)."))
     completion: CompletionPolicy = Field(default_factory=CompletionPolicy, description=(
         "When the job is complete: rule 'all' (every item graded or failed) or 'quorum' (min_graded_share of the "
         "items graded; the rest cancelled as not_graded)."))
@@ -154,6 +172,12 @@ class JobOptions(_Input):
         "webhook-timestamp, webhook-signature: v1,base64(HMAC-SHA256(secret, id.timestamp.body))). "
         "http(s) only, no credentials; hosts must resolve to public addresses unless the server's "
         "webhook_allowed_networks lists them."))
+
+    @model_validator(mode="after")
+    def _one_review_rule(self) -> JobOptions:
+        if self.review_target is not None and self.review_share > 0:
+            raise ValueError("give review_share or review_target, not both")
+        return self
 
     @field_validator("webhook_url")
     @classmethod

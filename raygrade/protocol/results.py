@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from raygrade.protocol._base import _Model
-from raygrade.protocol.reviews import ReviewAgreement, TeacherReview
+from raygrade.protocol.reviews import ReviewAgreement, ReviewPlan, TeacherReview
 
 
 class Usage(_Model):
@@ -130,6 +130,8 @@ class JobStatus(_Model):
     model: str | None = None
     usage: Usage = Field(default_factory=Usage)
     tenant: str = Field(default="default", description="The tenant the job belongs to (its API key's).")
+    review_plan: ReviewPlan | None = Field(default=None, description=(
+        "With a review_target: the share of items it flagged and the agreement expected (once the job ended)."))
     regrade_of: str | None = Field(default=None, description=(
         "For a regrade (``POST /v1/jobs/{id}/regrade``): the job whose question this job regrades; its "
         "grades replace that job's unreviewed model grades when this job ends."))

@@ -108,3 +108,15 @@ class ReviewAgreement(_Model):
     exact: float = Field(description="Share of reviewed items where the teacher kept the model's score.")
     mae: float = Field(description="Mean |teacher − model| over reviewed items, in points.")
     mae_of_max: float = Field(description="The same as a share of each item's max_score.")
+
+
+class ReviewPlan(_Model):
+    """The share of a job a review target chose (``JobOptions.review_target``), when the job ended
+    or after a regrade."""
+
+    metric: Literal["exact"]
+    target: float
+    flagged: int = Field(description="Items flagged for review.")
+    share: float = Field(description="flagged / graded items.")
+    expected: float = Field(description="Expected agreement once the flagged items are reviewed (from the "
+                                        "confidences, reviewed items counted right).")

@@ -94,6 +94,7 @@ class StoreCore:
         return JobStatus(
             id=j["id"], tenant=j["tenant"], state=JobState(j["state"]), created_at=j["created_at"],
             finished_at=j["finished_at"], warnings=json.loads(j["warnings"] or "[]"), regrade_of=j["regrade_of"],
+            review_plan=json.loads(j["review_plan"]) if j["review_plan"] else None,
             model=j["model"], usage=Usage(prompt_tokens=j["prompt_tokens"], completion_tokens=j["completion_tokens"]),
             progress=JobProgress(students=j["students"], items_total=j["items_total"],
                                  items_graded=j["items_graded"], items_failed=j["items_failed"],

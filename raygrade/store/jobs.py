@@ -20,7 +20,6 @@ from raygrade.protocol import (
     JobStatus,
     Usage,
 )
-from raygrade.review import review_cut
 from raygrade.store.batches import BatchLeases
 from raygrade.store.keys import ApiKeys
 from raygrade.store.outbox import WebhookOutbox
@@ -182,7 +181,7 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
                 return None
             self._close(conn, job_id, "not_graded", "the job completed without this item "
                         + ("(quorum reached)" if quorum else "(no batch left to grade it)"))
-            self._flag_review(conn, job_id, job.options.review_share)
+            self._flag_review(conn, job_id, job.options)
             errors = json.loads(j["errors"])
             failed = total - graded
             state = "succeeded" if failed == 0 and not errors else ("partial" if graded else "failed")
@@ -203,18 +202,6 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
         conn.execute(batches.update().where(batches.c.job_id == job_id,
                                             batches.c.state.in_(sources(BATCH_TRANSITIONS, "cancelled")))
                      .values(state="cancelled", owner=None, lease_expires_at=None, updated_at=now))
-
-    def _flag_review(self, conn, job_id: str, share: float) -> None:
-        rows = conn.execute(sa.select(items.c.student_id, items.c.question_id, items.c.confidence)
-                            .where(items.c.job_id == job_id, items.c.state == "graded")
-                            .order_by(items.c.seq)).all()
-        flagged = review_cut([r.confidence for r in rows], share)
-        if flagged:
-            conn.execute(items.update().where(items.c.job_id == sa.bindparam("j"),
-                                              items.c.student_id == sa.bindparam("s"),
-                                              items.c.question_id == sa.bindparam("q")).values(needs_review=True),
-                         [{"j": job_id, "s": rows[i].student_id, "q": rows[i].question_id} for i in sorted(flagged)])
-        self._count(conn, job_id, items_needs_review=len(flagged))
 
     def fail_job(self, job_id: str, error: GradingErrorItem) -> JobStatus:
         """End a job that cannot go on (``queued | running → failed``); pending items fail with ``error``'s type."""

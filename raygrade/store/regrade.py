@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import hashlib
-import math
 
 import sqlalchemy as sa
 
 from raygrade.errors import ConflictError, IllegalTransitionError, NotFoundError
 from raygrade.protocol import GradedExample, GradingJob, JobStatus, Submission
 from raygrade.store.reviews import Reviews
-from raygrade.store.schema import items, jobs
+from raygrade.store.schema import items
 
 #: Most graded examples a regraded question carries (``Question.examples``' limit).
 MAX_EXAMPLES = 500
@@ -82,8 +81,7 @@ class Regrades(Reviews):
     def _merge_regrade(self, conn, child_id: str, parent_id: str) -> None:
         """A regrade's grades into the job it regrades (in the regrade's finishing transaction): each
         graded item replaces the parent's model grade unless a teacher has reviewed that item; then
-        the parent's review flags are recomputed: its ``review_share`` of graded items in all, flagged
-        items already reviewed counted first, the least confident unreviewed ones after them."""
+        the parent's review flags are recomputed (:meth:`~raygrade.store.reviews.Reviews._flag_review`)."""
         now = self._clock()
         self._job_row(conn, parent_id, lock=True)
         for r in conn.execute(sa.select(items.c.student_id, items.c.question_id, items.c.result, items.c.confidence)
@@ -92,15 +90,4 @@ class Regrades(Reviews):
                 items.c.job_id == parent_id, items.c.student_id == r.student_id, items.c.question_id == r.question_id,
                 items.c.state == "graded", items.c.reviewed_at.is_(None)).values(
                 result=r.result, confidence=r.confidence, updated_at=now))
-        share = self._job_body(conn, parent_id).options.review_share
-        rows = conn.execute(sa.select(items.c.seq, items.c.confidence, items.c.reviewed_at, items.c.needs_review)
-                            .where(items.c.job_id == parent_id, items.c.state == "graded")).all()
-        budget = math.ceil(share * len(rows) - 1e-9)
-        reviewed = sum(1 for r in rows if r.reviewed_at is not None and r.needs_review)
-        unreviewed = sorted((r for r in rows if r.reviewed_at is None), key=lambda r: (r.confidence, r.seq))
-        flagged = {r.seq for r in unreviewed[:max(0, budget - reviewed)]}
-        conn.execute(items.update().where(items.c.job_id == parent_id, items.c.reviewed_at.is_(None))
-                     .values(needs_review=items.c.seq.in_(flagged) if flagged else sa.false()))
-        total = conn.execute(sa.select(sa.func.count()).where(items.c.job_id == parent_id,
-                                                              items.c.needs_review.is_(True))).scalar_one()
-        conn.execute(jobs.update().where(jobs.c.id == parent_id).values(items_needs_review=total, updated_at=now))
+        self._flag_review(conn, parent_id, self._job_body(conn, parent_id).options)

@@ -18,15 +18,18 @@ from raygrade.errors import IllegalTransitionError, InvalidRequestError, NotFoun
 from raygrade.protocol import (
     GradeResult,
     GradingJob,
+    JobOptions,
     Question,
     ReviewAgreement,
     ReviewItem,
+    ReviewPlan,
     ReviewRequest,
     StoredImage,
     TeacherReview,
     TextPage,
     media_type_of,
 )
+from raygrade.review import least_confident, target_cut
 from raygrade.store.core import StoreCore
 from raygrade.store.schema import api_keys, batches, items, jobs, reviews
 
@@ -215,6 +218,34 @@ class Reviews(StoreCore):
             texts = self._answer_texts(conn, job, list(rows))
         out = [self._review_item(r, job, texts) for r in rows]
         return out, [texts[r["student_id"]][0] if r["student_id"] in texts else None for r in rows]
+
+    def _flag_review(self, conn, job_id: str, options: JobOptions) -> None:
+        """Flag the job's items for review (in the caller's transaction): with ``review_share``, that
+        share of the graded items in all, flagged items already reviewed counted first, then the least
+        confident unreviewed ones; with ``review_target``, the fewest least confident unreviewed items
+        whose review is expected to reach it (:func:`raygrade.review.target_cut`; every reviewed item
+        counts right), and the choice is recorded as the job's ``review_plan``. Run when a job ends and
+        again when a regrade of it ends."""
+        rows = conn.execute(sa.select(items.c.seq, items.c.confidence, items.c.reviewed_at, items.c.needs_review)
+                            .where(items.c.job_id == job_id, items.c.state == "graded").order_by(items.c.seq)).all()
+        open_rows = [r for r in rows if r.reviewed_at is None]
+        reviewed_flagged = sum(1 for r in rows if r.reviewed_at is not None and r.needs_review)
+        confs = [r.confidence for r in open_rows]
+        plan = None
+        if (target := options.review_target) is not None:
+            picked, expected = target_cut(confs, target.value, right=len(rows) - len(open_rows))
+            flagged_n = len(picked) + reviewed_flagged
+            plan = ReviewPlan(metric=target.metric, target=target.value, flagged=flagged_n,
+                              share=flagged_n / len(rows) if rows else 0.0, expected=expected)
+        else:
+            budget = math.ceil(options.review_share * len(rows) - 1e-9)
+            picked = least_confident(confs, budget - reviewed_flagged)
+        flagged = [open_rows[i].seq for i in sorted(picked)]
+        conn.execute(items.update().where(items.c.job_id == job_id, items.c.reviewed_at.is_(None))
+                     .values(needs_review=items.c.seq.in_(flagged) if flagged else sa.false()))
+        conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+            items_needs_review=len(flagged) + reviewed_flagged,
+            review_plan=plan.model_dump_json() if plan is not None else None))
 
     def review_history(self, job_id: str, item_id: str, tenant: str | None = None) -> list[dict[str, Any]]:
         """Every review of an item, oldest first (the audit trail): ``score``, ``model_score``,

@@ -226,3 +226,20 @@ def test_a_regrade_waits_for_its_job_to_end(store):
     st, _ = store.create_job(grid_job(2), tenant="school-a")
     with pytest.raises(IllegalTransitionError):
         store.regrade_question(st.id, "q1", tenant="school-a")
+
+
+def test_a_review_target_flags_the_fewest_items_the_expected_agreement_needs(store):
+    from raygrade.protocol import JobOptions
+
+    with pytest.raises(ValueError, match="not both"):
+        JobOptions.model_validate({"review_share": 0.2, "review_target": {"metric": "exact", "value": 0.9}})
+    job = grid_job(4, review_target={"metric": "exact", "value": 0.75})
+    job_id = graded(store, job=job)   # 8 items: 4 at confidence 0.2 (batch 0), 4 at 0.9
+    st = store.status(job_id)
+    # Expected exact with none reviewed: (4 x 0.2 + 4 x 0.9) / 8 = 0.55; each 0.2 item reviewed adds
+    # 0.8 / 8 = 0.1: 0.65 after one, 0.75 after two.
+    assert st.review_plan.flagged == 2 and st.review_plan.expected == pytest.approx(0.75)
+    assert st.review_plan.share == pytest.approx(0.25) and st.progress.items_needs_review == 2
+    assert store.get_job(job_id).options.review_target.value == 0.75   # the stored body reads back
+    flagged = [r for r in store.results(job_id).results if r.needs_review]
+    assert len(flagged) == 2 and {r.confidence for r in flagged} == {0.2}

@@ -74,3 +74,10 @@ def test_groups_cover_the_share_with_fewer_actions_than_items(sim):
     report = {"dataset": "synthetic", "answers": 72, "examples": 6, "rounds": 2,
               "runs": {"groups": {"0.5": r}, "confidence": {"0.5": s.run("confidence", 0.5, 2, 0)}}}
     assert "items/action" in mod.markdown(report)
+
+
+def test_a_review_target_reaches_its_expectation_when_confidence_is_calibrated(sim):
+    mod, s = sim
+    r = s.run_target(0.9)
+    assert r["expected"] >= 0.9 and 0 < r["share"] <= 1 and r["reviewed"] == round(r["share"] * 72)
+    assert s.run_target(1.0)["exact"] == 1.0

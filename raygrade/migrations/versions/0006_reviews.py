@@ -47,10 +47,12 @@ def upgrade() -> None:
     with op.batch_alter_table("raygrade_jobs") as b:
         b.add_column(sa.Column("items_reviewed", sa.Integer, nullable=False, server_default="0"))
         b.add_column(sa.Column("regrade_of", sa.String(64)))
+        b.add_column(sa.Column("review_plan", sa.Text))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("raygrade_jobs") as b:
+        b.drop_column("review_plan")
         b.drop_column("regrade_of")
         b.drop_column("items_reviewed")
     with op.batch_alter_table("raygrade_items") as b:
