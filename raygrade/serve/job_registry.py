@@ -33,6 +33,7 @@ from raygrade.protocol import (
     TenantUsage,
 )
 from raygrade.store import JobStore
+from raygrade.store.outbox import COMPLETED
 from raygrade.webhooks import check_url, resolve_checked
 
 
@@ -208,19 +209,19 @@ class JobRegistryImpl:
         return await self._do(self._store.complete_batch, job_id, outcome, replica)
 
     # -- the webhook outbox -------------------------------------------------------------------
-    async def lease_webhooks(self, owner: str, lease_s: float, limit: int = 16) -> list[tuple[str, str, int]]:
+    async def lease_webhooks(self, owner: str, lease_s: float, limit: int = 16) -> list[tuple[str, str, str, int]]:
         """Due webhooks leased to ``owner`` (:meth:`JobStore.lease_webhooks`)."""
         return await self._do(self._store.lease_webhooks, owner, lease_s, limit)
 
-    async def webhook_result(self, job_id: str, *, ok: bool, error: str | None = None,
+    async def webhook_result(self, job_id: str, *, event: str = COMPLETED, ok: bool, error: str | None = None,
                              retry_in_s: float | None = None, max_attempts: int = 8) -> str:
         """Record a delivery attempt (:meth:`JobStore.webhook_result`); returns the new state."""
-        return await self._do(self._store.webhook_result, job_id, ok=ok, error=error, retry_in_s=retry_in_s,
-                              max_attempts=max_attempts)
+        return await self._do(self._store.webhook_result, job_id, event=event, ok=ok, error=error,
+                              retry_in_s=retry_in_s, max_attempts=max_attempts)
 
-    async def webhook(self, job_id: str) -> dict[str, Any] | None:
-        """The job's webhook row (:meth:`JobStore.webhook`)."""
-        return await self._do(self._store.webhook, job_id)
+    async def webhook(self, job_id: str, event: str = COMPLETED) -> dict[str, Any] | None:
+        """The job's webhook row for ``event`` (:meth:`JobStore.webhook`)."""
+        return await self._do(self._store.webhook, job_id, event)
 
 
 JobRegistry = serve.deployment(name="JobRegistry", num_replicas=1, ray_actor_options={"num_cpus": 0},

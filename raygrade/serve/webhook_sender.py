@@ -1,4 +1,4 @@
-"""Delivering job-completion webhooks from the store's outbox.
+"""Delivering webhooks from the store's outbox (``grading.job.completed``, ``grading.job.reviewed``).
 
 The store writes a webhook row in the same transaction as a job's terminal state
 (:mod:`raygrade.store`); :class:`WebhookSender` leases the rows that are due, POSTs them
@@ -18,6 +18,7 @@ from raygrade.config import StoreConfig
 from raygrade.metrics import Recorder
 from raygrade.retry import backoff_delay
 from raygrade.serve.logs import ids
+from raygrade.store.outbox import COMPLETED
 from raygrade.webhooks import deliver
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
@@ -55,24 +56,26 @@ class WebhookSender:
         cfg = self._cfg
         # The lease outlives a delivery's timeout, so no other sender takes a row mid-delivery.
         due = await self._registry.lease_webhooks.remote(self._owner, cfg.webhook_timeout_s * 3)
-        await asyncio.gather(*(self._one(job_id, url, attempt) for job_id, url, attempt in due))
+        await asyncio.gather(*(self._one(job_id, event, url, attempt) for job_id, event, url, attempt in due))
         return len(due)
 
-    async def _one(self, job_id: str, url: str, attempt: int) -> None:
+    async def _one(self, job_id: str, event: str, url: str, attempt: int) -> None:
         cfg = self._cfg
         async with self._sem:
             secret = os.environ.get(cfg.webhook_secret_env)
             status = await self._registry.status.remote(job_id)
-            body = json.dumps({"type": "grading.job.completed", "data": status.model_dump(mode="json")}).encode()
+            body = json.dumps({"type": event, "data": status.model_dump(mode="json")}).encode()
+            # The message id is the same on every attempt (receivers deduplicate on it), one per event.
+            msg_id = f"msg_{job_id}" if event == COMPLETED else f"msg_{job_id}_{event.rsplit('.', 1)[-1]}"
             try:
                 error = ("no signing secret configured" if not secret else
-                         await deliver(url, secret, f"msg_{job_id}", body, timeout_s=cfg.webhook_timeout_s,
+                         await deliver(url, secret, msg_id, body, timeout_s=cfg.webhook_timeout_s,
                                        allowed_networks=cfg.webhook_allowed_networks))
             except Exception as exc:  # any failure is a recorded attempt, never a retry without end
                 error = f"delivery failed: {type(exc).__name__}"
         state = await self._registry.webhook_result.remote(
-            job_id, ok=error is None, error=error, retry_in_s=backoff_delay(attempt, base_s=1.0, cap_s=300.0),
-            max_attempts=cfg.webhook_max_attempts)
-        logger.info("webhook for job %s: attempt %d, %s", job_id, attempt, state, extra=ids(job_id))
+            job_id, event=event, ok=error is None, error=error,
+            retry_in_s=backoff_delay(attempt, base_s=1.0, cap_s=300.0), max_attempts=cfg.webhook_max_attempts)
+        logger.info("webhook %s for job %s: attempt %d, %s", event, job_id, attempt, state, extra=ids(job_id))
         self._metrics.inc("raygrade_webhook_deliveries", 1,
                           {**self._tags, "outcome": "delivered" if error is None else "failed"})

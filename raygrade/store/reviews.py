@@ -31,6 +31,7 @@ from raygrade.protocol import (
 )
 from raygrade.review import least_confident, target_cut
 from raygrade.store.core import StoreCore
+from raygrade.store.outbox import REVIEWED
 from raygrade.store.schema import api_keys, batches, items, jobs, reviews
 
 ITEM_PREFIX = "item_"
@@ -177,7 +178,7 @@ class Reviews(StoreCore):
             if key_hash is not None:
                 key_id = conn.execute(sa.select(api_keys.c.id).where(api_keys.c.key_hash == key_hash)
                                       ).scalar_one_or_none()
-            now, first = self._clock(), 0
+            now, first, recorded = self._clock(), 0, 0
             for seq in seqs:
                 row = found[seq]
                 standing = review_of(row)
@@ -193,7 +194,10 @@ class Reviews(StoreCore):
                     review_score=review.score, review_comment=review.comment, reviewed_by=key_id, reviewed_at=now,
                     review_revisions=items.c.review_revisions + 1))
                 first += standing is None
+                recorded += 1
             self._count(conn, job_id, items_reviewed=first)
+            if recorded:
+                self._announce_if_reviewed(conn, job_id, job)
             rows = {r["seq"]: r for r in conn.execute(sa.select(items).where(
                 items.c.job_id == job_id, items.c.seq.in_(seqs))).mappings()}
             texts = self._answer_texts(conn, job, list(rows.values()))
@@ -293,6 +297,16 @@ class Reviews(StoreCore):
             return self.blobs.get(p.sha256), p.media_type
         raw = p.image_bytes()
         return raw, media_type_of(raw)
+
+    def _announce_if_reviewed(self, conn, job_id: str, job: GradingJob) -> None:
+        """Queue the ``grading.job.reviewed`` webhook when an ended job's review queue has just
+        emptied (once per job; in the reviewing transaction)."""
+        j = self._job_row(conn, job_id)
+        if j["state"] not in ("succeeded", "partial", "failed") or not j["items_needs_review"]:
+            return
+        if not conn.execute(sa.select(sa.func.count()).where(items.c.job_id == job_id, items.c.needs_review.is_(True),
+                                                             items.c.reviewed_at.is_(None))).scalar_one():
+            self._queue_webhook(conn, job_id, job, REVIEWED)  # type: ignore[attr-defined]  # JobStore's outbox
 
     def _answer_texts(self, conn, job: GradingJob, rows: list[Any]) -> dict[str, tuple[str, bool]]:
         """``{student_id: (text, transcribed)}`` for the students of item ``rows``: the text the model

@@ -94,6 +94,8 @@ batches = sa.Table(
 webhooks = sa.Table(
     "raygrade_webhooks", metadata,
     sa.Column("job_id", sa.String(64), primary_key=True),
+    # grading.job.completed (the terminal state), grading.job.reviewed (the review queue emptied; 0006)
+    sa.Column("event", sa.String(32), primary_key=True, server_default="grading.job.completed"),
     sa.Column("url", sa.String(2048), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),  # pending → delivered | failed
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),

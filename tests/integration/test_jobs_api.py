@@ -127,3 +127,25 @@ def test_webhooks_need_a_secret_and_a_http_url(fake_app, fake):
     assert r.status_code == 400 and r.json()["error"]["param"] == "options.webhook_url"
     missing = httpx.post(f"{fake_app}/v1/jobs/job_nope/cancel", timeout=30)
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+
+
+def test_a_reviewed_webhook_follows_the_last_review(fake_app, fake):
+    """``grading.job.reviewed`` is delivered, signed, once the job's review queue is empty."""
+    rx = Receiver(fail_first=0)
+    try:
+        client = Client(fake_app)
+        st = client.submit(job(4, webhook_url=rx.url, review_share=0.5))
+        assert client.wait(st.id, timeout_s=60, poll_s=0.2).state.value == "succeeded"
+        assert rx.got.wait(30), "completion webhook not delivered"
+        rx.got.clear()
+        for item in client.reviews(job_id=st.id, status="pending").data:
+            client.review(st.id, item.id, 1)
+        assert rx.got.wait(30), "reviewed webhook not delivered"
+    finally:
+        rx.stop()
+    events = [json.loads(b) for _, b, code in rx.deliveries if code == 200]
+    assert [e["type"] for e in events] == ["grading.job.completed", "grading.job.reviewed"]
+    headers, body, _ = rx.deliveries[-1]
+    assert headers["webhook-id"] == f"msg_{st.id}_reviewed" and verify(os.environ["RAYGRADE_WEBHOOK_SECRET"],
+                                                                       headers, body)
+    assert events[1]["data"]["progress"]["items_reviewed"] == 2

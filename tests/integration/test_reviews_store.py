@@ -243,3 +243,21 @@ def test_a_review_target_flags_the_fewest_items_the_expected_agreement_needs(sto
     assert store.get_job(job_id).options.review_target.value == 0.75   # the stored body reads back
     flagged = [r for r in store.results(job_id).results if r.needs_review]
     assert len(flagged) == 2 and {r.confidence for r in flagged} == {0.2}
+
+
+def test_the_reviewed_webhook_is_queued_once_when_the_queue_empties(store):
+    job = grid_job(4, review_share=0.25, webhook_url="http://127.0.0.1:9/hook")
+    job_id = graded(store, job=job)
+    assert store.webhook(job_id)["state"] == "pending"          # grading.job.completed
+    store.webhook_result(job_id, ok=True)
+    pending = store.review_queue("raygrade", "school-a", job_id=job_id, status="pending")[0]
+    assert len(pending) == 2
+    store.review_item(job_id, pending[0].id, ReviewRequest(score=1), tenant="school-a")
+    assert store.webhook(job_id, "grading.job.reviewed") is None  # one left
+    store.review_item(job_id, pending[1].id, ReviewRequest(score=1), tenant="school-a")
+    assert store.webhook(job_id, "grading.job.reviewed")["state"] == "pending"
+    assert store.lease_webhooks("W", 30) == [(job_id, "grading.job.reviewed", "http://127.0.0.1:9/hook", 1)]
+    assert store.webhook_result(job_id, event="grading.job.reviewed", ok=True) == "delivered"
+    store.review_item(job_id, pending[1].id, ReviewRequest(score=0.5), tenant="school-a")   # a correction
+    assert store.webhook(job_id, "grading.job.reviewed")["attempts"] == 1 and store.lease_webhooks("W", 30) == []
+    assert store.webhook(job_id)["state"] == "delivered"        # the completion webhook is its own row

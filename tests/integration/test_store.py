@@ -221,12 +221,12 @@ def test_webhook_outbox_retries_then_gives_up(store):
     store.complete_batch(job_id, outcome(batches[0]))
     assert store.lease_webhooks("W", 30) == []  # nothing before the job ends
     store.finish_if_complete(job_id)
-    assert store.lease_webhooks("W", 30) == [(job_id, "http://127.0.0.1:9/hook", 1)]
+    assert store.lease_webhooks("W", 30) == [(job_id, "grading.job.completed", "http://127.0.0.1:9/hook", 1)]
     assert store.lease_webhooks("W2", 30) == []  # leased
     assert store.webhook_result(job_id, ok=False, error="503", retry_in_s=5, max_attempts=2) == "pending"
     assert store.lease_webhooks("W", 30) == []  # not due yet
     store._clock.now += 5
-    assert store.lease_webhooks("W", 30) == [(job_id, "http://127.0.0.1:9/hook", 2)]
+    assert store.lease_webhooks("W", 30) == [(job_id, "grading.job.completed", "http://127.0.0.1:9/hook", 2)]
     assert store.webhook_result(job_id, ok=False, error="503", max_attempts=2) == "failed"
     assert store.webhook(job_id)["attempts"] == 2
 

@@ -109,8 +109,8 @@ def test_a_slow_receiver_delays_no_other_delivery(monkeypatch):
 
     class Registry:
         async def _lease(self, owner, lease_s):
-            return [("job_slow", f"http://127.0.0.1:{servers[0].server_address[1]}/h", 1),
-                    ("job_fast", f"http://127.0.0.1:{servers[1].server_address[1]}/h", 1)]
+            return [("job_slow", "grading.job.completed", f"http://127.0.0.1:{servers[0].server_address[1]}/h", 1),
+                    ("job_fast", "grading.job.completed", f"http://127.0.0.1:{servers[1].server_address[1]}/h", 1)]
 
         async def _status(self, job_id):
             return JobStatus(id=job_id, state=JobState.SUCCEEDED)

@@ -1,5 +1,6 @@
-"""Teachers' reviews: the audit trail, the review that stands on each item, a job counter, and
-the link from a regrade job to the job whose question it regrades.
+"""Teachers' reviews: the audit trail, the review that stands on each item, a job counter, the
+link from a regrade job to the job whose question it regrades, a review target's plan, and webhook
+events (a job's row per event: completed, reviewed).
 
 Revision ID: 0006
 Revises: 0005
@@ -9,6 +10,9 @@ Items graded before this revision have no review; jobs count none.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,6 +20,16 @@ revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
+
+@contextlib.contextmanager
+def _new_key():
+    """SQLAlchemy warns that the copied table's reflected key column differs from the new primary
+    key, then uses the new key, which is what is wanted here: that warning alone is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not matching locally specified columns",
+                                category=sa.exc.SAWarning)
+        yield
+
 
 _ITEM_COLUMNS = ("review_score", "review_comment", "reviewed_by", "reviewed_at", "review_revisions")
 
@@ -44,6 +58,12 @@ def upgrade() -> None:
         b.add_column(sa.Column("reviewed_by", sa.String(32)))
         b.add_column(sa.Column("reviewed_at", sa.Float))
         b.add_column(sa.Column("review_revisions", sa.Integer, nullable=False, server_default="0"))
+    postgres = op.get_bind().dialect.name == "postgresql"
+    with _new_key(), op.batch_alter_table("raygrade_webhooks") as b:  # SQLite copies the table with the new key
+        b.add_column(sa.Column("event", sa.String(32), nullable=False, server_default="grading.job.completed"))
+        if postgres:
+            b.drop_constraint("raygrade_webhooks_pkey", type_="primary")
+        b.create_primary_key("raygrade_webhooks_pkey", ["job_id", "event"])
     with op.batch_alter_table("raygrade_jobs") as b:
         b.add_column(sa.Column("items_reviewed", sa.Integer, nullable=False, server_default="0"))
         b.add_column(sa.Column("regrade_of", sa.String(64)))
@@ -51,6 +71,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM raygrade_webhooks WHERE event <> 'grading.job.completed'")
+    postgres = op.get_bind().dialect.name == "postgresql"
+    with _new_key(), op.batch_alter_table("raygrade_webhooks") as b:
+        if postgres:
+            b.drop_constraint("raygrade_webhooks_pkey", type_="primary")
+        b.drop_column("event")
+        b.create_primary_key("raygrade_webhooks_pkey", ["job_id"])
     with op.batch_alter_table("raygrade_jobs") as b:
         b.drop_column("review_plan")
         b.drop_column("regrade_of")
