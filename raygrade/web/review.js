@@ -7,7 +7,7 @@
 const KEY = "raygrade.apiKey";
 const base = location.pathname.replace(/\/review\/?$/, "");
 const $ = (id) => document.getElementById(id);
-const state = { items: [], index: -1, grid: [], objectUrls: [], groups: false };
+const state = { items: [], index: -1, grid: [], objectUrls: [], groups: false, load: 0 };
 
 function apiKey() { return sessionStorage.getItem(KEY) || ""; }
 
@@ -73,16 +73,18 @@ async function login(event) {
 }
 
 async function loadQueue() {
+  // Loads can overlap (the job or filter changes while one runs): only the newest one is shown.
+  const load = ++state.load;
   const jobId = $("job").value;
   const status = $("filter").value;
-  state.items = [];
-  state.groups = status === "groups";
-  if (jobId && state.groups) {
+  const groups = status === "groups";
+  const items = [];
+  if (jobId && groups) {
     // Every question's answers in groups (the job's results name its questions).
     const results = await getJson(`/v1/jobs/${encodeURIComponent(jobId)}/results`);
     for (const q of [...new Set(results.results.map((r) => r.question_id))]) {
       const page = await getJson(`/v1/jobs/${encodeURIComponent(jobId)}/questions/${encodeURIComponent(q)}/groups`);
-      state.items.push(...page.data);
+      items.push(...page.data);
     }
   } else if (jobId) {
     let after = null;
@@ -91,13 +93,17 @@ async function loadQueue() {
       if (status) query.set("status", status);
       if (after) query.set("after", after);
       const page = await getJson("/v1/reviews?" + query);
-      state.items.push(...page.data);
+      items.push(...page.data);
       after = page.has_more ? page.last_id : null;
     } while (after);
   }
+  if (load !== state.load) return;
+  state.items = items;
+  state.groups = groups;
+  state.index = -1;
   renderList();
   $("empty").hidden = state.items.length > 0;
-  show(state.items.findIndex((i) => i.status === "pending"));
+  await show(state.items.findIndex((i) => i.status === "pending"));
 }
 
 function renderList() {
@@ -143,6 +149,7 @@ async function show(index) {
   $("max-score").textContent = fmt(item.max_score);
   $("confidence").textContent = item.confidence.toFixed(2);
   $("feedback").textContent = item.feedback;
+  $("transcription").textContent = item.transcription ? "Read as: " + item.transcription : "";
   $("comment").value = item.review && item.review.comment ? item.review.comment : "";
   $("reviewed").textContent = item.review
     ? `Reviewed: ${fmt(item.review.score)} (${new Date(item.review.reviewed_at * 1000).toLocaleString()})` : "";
@@ -166,6 +173,16 @@ async function show(index) {
       pages.append(pre);
     }
   }
+}
+
+function nextPending(at) {
+  // The next item (or group) to review after `at`, from the top again after the last; `at` if none.
+  const n = state.items.length;
+  for (let step = 1; step <= n; step++) {
+    const k = (at + step) % n;
+    if (state.items[k].status === "pending") return k;
+  }
+  return at;
 }
 
 function renderGrid(item, model, chosen) {
@@ -198,6 +215,7 @@ function showGroup(group) {
   $("max-score").textContent = fmt(group.max_score);
   $("confidence").textContent = group.mean_confidence.toFixed(2);
   $("feedback").textContent = group.reviewed ? `${group.reviewed} of ${group.size} reviewed` : "";
+  $("transcription").textContent = "";
   $("comment").value = "";
   $("reviewed").textContent = "";
   $("item-error").textContent = "";
@@ -228,8 +246,7 @@ async function reviewGroup(group, score) {
   }
   const at = state.index;
   await loadQueue();
-  const next = state.items.findIndex((g, k) => k > at && g.status === "pending");
-  await show(next >= 0 ? next : Math.min(at, state.items.length - 1));
+  await show(nextPending(Math.min(at, state.items.length - 1)));
 }
 
 async function review(score) {
@@ -246,8 +263,7 @@ async function review(score) {
     $("item-error").textContent = error.message;
     return;
   }
-  const next = state.items.findIndex((i, k) => k > state.index && i.status === "pending");
-  await show(next >= 0 ? next : state.index);
+  await show(nextPending(state.index));
 }
 
 function onKey(event) {

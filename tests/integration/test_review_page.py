@@ -1,7 +1,9 @@
 """The review page in a real browser: Playwright driving Debian's Chromium (``.ci/run`` installs
 the ``chromium`` package; ``$RAYGRADE_CHROMIUM`` names another build). An app with API keys on and
-its own store grades a job on the fake provider; a reviewer opens ``/review``, enters a key, sees
-the flagged items with the student's page image, and scores three of them by keyboard.
+its own store grades two jobs with the reference-similarity baseline (scanned pages read by OCR,
+and typed answers); a reviewer opens ``/review``, enters a key, sees the flagged items with the
+student's page image, scores three of them and a group of similar answers by keyboard, and a
+regrade of the question learns from those reviews; the CSV export has a gradebook's columns.
 
 ``RAYGRADE_REVIEW_SCREENSHOT=path`` keeps the screenshot (docs/img/review-page.png is made so).
 """
@@ -18,12 +20,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from raygrade.client import Client
-from raygrade.config import ApiConfig, BatcherConfig, RaygradeArgs, StoreConfig
+from raygrade.config import ApiConfig, BatcherConfig, RaygradeArgs, StoreConfig, reference_similarity_provider
 from raygrade.store import JobStore
-from raygrade.testing.fake_openai import fake_provider_config
 
 CHROMIUM = os.environ.get("RAYGRADE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 RED = (220, 30, 30)
+REVIEW_ANSWERS = ["A router forwards packets between networks.", "A router forwards packets between networks!",
+                  "It forwards packets between different networks.",
+                  "A router connects networks and forwards packets.", "It makes the wifi faster.",
+                  "It makes wifi go faster.", "A cable.", "I don't know."]
 
 
 def scan(student: int) -> bytes:
@@ -40,14 +45,14 @@ def scan(student: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def review_app(serve_url, fake_openai, tmp_path_factory):
+def review_app(serve_url, tmp_path_factory):
     from ray import serve
 
     from raygrade.app import build_app
 
     home = tmp_path_factory.mktemp("review")
     store_cfg = StoreConfig(url=f"sqlite:///{home}/jobs.db")
-    args = RaygradeArgs(provider=fake_provider_config(fake_openai.base_url, timeout_s=3.0), store=store_cfg,
+    args = RaygradeArgs(provider=reference_similarity_provider(), store=store_cfg,
                         api=ApiConfig(key_cache_s=0), batcher=BatcherConfig(max_students_per_request=4),
                         namespace=f"rg-review-{uuid.uuid4().hex[:8]}")
     serve.run(build_app(args), name="review", route_prefix="/review-app")
@@ -55,24 +60,25 @@ def review_app(serve_url, fake_openai, tmp_path_factory):
     keys = {t: store.create_key(t)[1] for t in ("school-a", "school-b")}
     url = f"{serve_url}/review-app"
     client = Client(url, api_key=keys["school-a"])
-    job = {"assessment": {"questions": [{"id": "q1", "prompt": "What does a router do?", "max_score": 2,
-                                         "score_step": 0.5}]},
+    router = {"id": "q1", "prompt": "What does a router do?", "max_score": 2, "score_step": 0.5,
+              "reference_answer": "A router forwards packets between networks using their destination address.",
+              "examples": [{"answer": "It forwards packets between networks by address.", "score": 2},
+                           {"answer": "It connects networks.", "score": 1},
+                           {"answer": "It is a cable.", "score": 0}]}
+    job = {"assessment": {"questions": [router]},
            "submissions": [{"student_id": f"student-{i}", "pages": [
                {"type": "image", "data": base64.b64encode(scan(i)).decode()}]} for i in range(5)]
            + [{"student_id": "mallory", "pages": [{"type": "text", "text": "<img src=x onerror=\"window.pwned=1\">"}]}],
            "options": {"review_share": 0.5}}
     st = client.submit(job)
-    answers = ["A router forwards packets between networks.", "A router forwards packets between networks!",
-               "It forwards packets between different networks.", "A router connects networks and forwards packets.",
-               "It makes the wifi faster.", "It makes wifi go faster.", "A cable.", "I don't know."]
-    typed = {"assessment": {"questions": [{"id": "q1", "prompt": "What does a router do?", "max_score": 2,
-                                           "score_step": 1}]},
+    answers = REVIEW_ANSWERS
+    typed = {"assessment": {"questions": [{**router, "score_step": 1}]}, "options": {"review_share": 0.25},
              "submissions": [{"student_id": f"typed-{i}", "pages": [{"type": "text", "text": a}]}
                              for i, a in enumerate(answers)]}
     typed_st = client.submit(typed)
     for job_id in (st.id, typed_st.id):
-        assert client.wait(job_id, timeout_s=60, poll_s=0.2).state.value == "succeeded"
-    yield SimpleNamespace(url=url, keys=keys, job_id=st.id, typed_job_id=typed_st.id, client=client)
+        assert client.wait(job_id, timeout_s=180, poll_s=0.2).state.value == "succeeded"
+    yield SimpleNamespace(url=url, keys=keys, job_id=st.id, typed_job_id=typed_st.id, client=client, store=store)
     store.close()
     serve.delete("review")
 
@@ -117,7 +123,10 @@ def test_a_reviewer_scores_flagged_items_by_keyboard(review_app, browser, tmp_pa
     items = page.locator("#items li")
     assert items.count() == 3 and page.inner_text("#progress") == "0 / 3 reviewed"
 
-    # The student's page image is shown: decoded in the page, and visible in a screenshot (red mark).
+    # The student's page image is shown: decoded in the page, and visible in a screenshot (red mark);
+    # what OCR read from it is shown too (the baseline grades the transcription).
+    page.click("#items li:has-text('student-')")
+    page.wait_for_selector("#transcription:has-text('router')")
     page.wait_for_function("() => { const i = document.querySelector('#pages img');"
                            " return i && i.complete && i.naturalWidth === 600; }")
     shot = tmp_path / "review.png"
@@ -200,20 +209,45 @@ def test_answer_groups_over_the_api_and_one_group_scored_by_keyboard(review_app,
         client.review_group(job_id, "q1", "group_999", 1)
 
     page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{review_app.url}/review?job={job_id}")
     page.fill("#api-key", review_app.keys["school-a"])
     page.click("#login button[type=submit]")
     page.wait_for_selector("#workspace:not([hidden])")
     page.select_option("#filter", "groups")
-    page.wait_for_selector("#members li")
+    try:
+        page.wait_for_selector("#members li", timeout=60_000)
+    except Exception:   # what the page showed, for the log
+        raise AssertionError(f"no group shown; errors {errors}; page: {page.inner_html('main')[:2000]}") from None
     n_groups = len(groups)
     assert page.locator("#items li").count() == n_groups
     page.click(f"#items li >> nth={groups.index(near)}")
     page.wait_for_function("n => document.querySelectorAll('#members li').length === n", arg=near.size)
     page.keyboard.press("2")                      # the grid 0, 1, 2: score 2 for the whole group
-    page.wait_for_selector(f"#progress:has-text('1 / {n_groups} groups')")
+    page.wait_for_selector(f"#progress:has-text('1 / {n_groups} groups')", timeout=60_000)
     after = {r.student_id: r for r in client.results(job_id).results}
     for student in near.student_ids:
         assert (after[student].graded_by, after[student].score) == ("teacher", 2.0)
     assert all(r.graded_by == "model" for s, r in after.items() if s not in near.student_ids)
     page.close()
+
+    # The question is regraded with the group's answers as graded examples (the teacher's score).
+    child = client.regrade(job_id, "q1")
+    [question] = review_app.store.get_job(child.id).assessment.questions
+    learned = {e.answer: e.score for e in question.examples[3:]}
+    assert learned == {a: 2.0 for a in (REVIEW_ANSWERS[int(s.split("-")[1])] for s in near.student_ids)}
+    assert client.wait(child.id, timeout_s=120, poll_s=0.2).state.value == "succeeded"
+    regraded = {r.student_id: r for r in client.results(job_id).results}
+    child_batches = {r.student_id: r.batch_id for r in client.results(child.id).results}
+    assert set(child_batches) == set(after) - set(near.student_ids)
+    assert all(regraded[s].batch_id == b for s, b in child_batches.items())
+
+    # What a gradebook imports: one row per student, the final score, who gave it.
+    import csv
+
+    from raygrade.export import CSV_COLUMNS
+
+    rows = list(csv.DictReader(io.StringIO(client.results_csv(job_id))))
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 8
+    assert {r["student_id"] for r in rows if r["graded_by"] == "teacher"} == set(near.student_ids)
