@@ -51,7 +51,7 @@ from raygrade.protocol import (
     TenantUsage,
 )
 from raygrade.serve.guard import Authenticator
-from raygrade.serve.http_app import JobId, Tenant, _call, api, logger
+from raygrade.serve.http_app import JobId, Tenant, _call, accepted, api, logger
 from raygrade.serve.http_errors import error_responses as _errors
 from raygrade.serve.review_routes import ReviewRoutes
 
@@ -120,13 +120,7 @@ class RaygradeIngress(ReviewRoutes):
         except QuotaExceededError as refused:
             self._metrics.inc("raygrade_jobs_refused", 1, {"namespace": self._ns, "quota": refused.code or ""})
             raise
-        if created:
-            try:
-                await self._batcher.submit.remote(status.id)
-            except Exception as exc:
-                logger.warning("job %s: batcher not reachable (%s); it will pick the job up from the store",
-                               status.id, type(exc).__name__, extra={"raygrade_job_id": status.id})
-        return JSONResponse(status_code=202 if created else 200, content=status.model_dump(mode="json"))
+        return await accepted(self._batcher, status, created)
 
     @api.get("/v1/jobs", response_model=JobList, responses=_errors(404))
     async def list_jobs(self, status: JobState | None = Query(default=None),

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from raygrade.answer_groups import DEFAULT_THRESHOLD
 from raygrade.errors import NotFoundError
 from raygrade.protocol import AnswerGroupList, JobStatus, ReviewItem, ReviewList, ReviewRequest
-from raygrade.serve.http_app import ItemId, JobId, Tenant, _call, api, logger
+from raygrade.serve.http_app import ItemId, JobId, Tenant, _call, accepted, api
 from raygrade.serve.http_errors import error_responses as _errors
 from raygrade.web import ASSETS, SECURITY_HEADERS, asset
 
@@ -63,13 +63,7 @@ class ReviewRoutes:
         job (``regrade_of``) whose grades replace the model's in this job when it ends; the review
         flags are then recomputed. 409 while this job runs, or with no review to learn from."""
         status, created = await _call(self._registry.regrade.remote(job_id, question_id, tenant))
-        if created:
-            try:
-                await self._batcher.submit.remote(status.id)
-            except Exception as exc:
-                logger.warning("job %s: batcher not reachable (%s); it will pick the job up from the store",
-                               status.id, type(exc).__name__, extra={"raygrade_job_id": status.id})
-        return JSONResponse(status_code=202 if created else 200, content=status.model_dump(mode="json"))
+        return await accepted(self._batcher, status, created)
 
     @api.get("/v1/jobs/{job_id}/items/{item_id}/pages/{page}", response_class=Response, responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}, "text/plain": {}},
