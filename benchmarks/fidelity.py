@@ -51,7 +51,7 @@ from raygrade.bulk.report import ci, confusion_png, level_confusion
 from raygrade.calibration import fit_calibration
 from raygrade.config import ProviderConfig, RaygradeArgs, local_vllm_provider
 from raygrade.datasets.render import render_pages
-from raygrade.datasets.saf import SAFQuestion, find_saf, grid_step, load_split
+from raygrade.datasets.saf import SAFQuestion, find_saf, grid_step, load_test_train
 from raygrade.datasets.sample_jobs import pick_examples, saf_question
 from raygrade.evaluation import (
     agreement,
@@ -73,25 +73,6 @@ from raygrade.reading.ocr import OCRReader
 from raygrade.tokens import TiktokenCounter, counter_for
 
 Item = tuple[str, str, float, float]  # question key, answer id, human score, max score
-
-
-def load_items(root: Path, split: str, limit: int | None, seed: int, version: str = "1.0"
-               ) -> tuple[list[SAFQuestion], dict]:
-    test = [q for q in load_split(root, split, version=version) if q.answers]
-    train = {q.key: q for q in load_split(root, "training", version=version)}
-    if limit:  # a stratified slice: answers spread over questions
-        rng = random.Random(seed)
-        per = max(1, limit // len(test))
-        test = [SAFQuestion(q.key, q.text, q.reference, q.max_score,
-                            tuple(rng.sample(q.answers, min(per, len(q.answers))))) for q in test]
-        budget, kept = limit, []
-        for q in test:
-            if budget <= 0:
-                break
-            kept.append(SAFQuestion(q.key, q.text, q.reference, q.max_score, q.answers[:budget]))
-            budget -= len(kept[-1].answers)
-        test = kept
-    return test, train
 
 
 def read_pages(test: list[SAFQuestion], path: str) -> dict[tuple[str, str], list]:
@@ -289,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("SAF not found: pass --saf PATH (see ../shared/data/saf)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    test, train = load_items(root, a.split, a.limit, a.seed, a.version)
+    test, train = load_test_train(root, a.split, a.limit, a.seed, a.version)
     items = [(q.key, x.id, x.score, q.max_score) for q in test for x in q.answers]
     # Each question's grid: the step its training grades use (a property of the rubric).
     steps = {q.key: grid_step([x.score for x in train[q.key].answers], q.max_score) or q.max_score / 2 for q in test}

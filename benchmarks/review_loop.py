@@ -17,9 +17,9 @@ per-question QWK mean (the headline, 95 % bootstrap interval over questions), po
 exact agreement on the grid. ``--groups`` adds answer groups (:mod:`raygrade.answer_groups`):
 the teacher scores whole groups, in order of least confident first, giving each group the
 score most of its members deserve and correcting the members that deserve another (one action
-each), until the share of items is covered; reported with the items graded per teacher action. ``--target 0.9`` adds a review target on exact
-agreement (``JobOptions.review_target``): the share it picks, the agreement it expects from the
-confidences, and the agreement reached.
+each), until the share of items is covered; reported with the items graded per teacher action.
+``--target 0.9`` adds a review target on exact agreement (``JobOptions.review_target``): the share
+it picks, the agreement it expects from the confidences, and the agreement reached.
 
     .venv/bin/python benchmarks/review_loop.py --version 2.0 --examples 8
     .venv/bin/python benchmarks/fidelity.py --review-loop --version 2.0     # the same, from fidelity
@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader, minilm_embedder
-from raygrade.datasets.saf import SAFQuestion, find_saf, grid_step
+from raygrade.datasets.saf import SAFQuestion, find_saf, grid_step, load_test_train
 from raygrade.datasets.sample_jobs import saf_question
 from raygrade.evaluation import grid_agreement, per_question_qwk
 from raygrade.protocol import GradedExample, Question
@@ -156,8 +156,6 @@ class Simulation:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from benchmarks.fidelity import load_items
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--saf", help="SAF's folder (default: ../shared/data/saf)")
     ap.add_argument("--version", default="2.0", choices=["1.0", "2.0"], help="SAF version (2.0: multi-point scores)")
@@ -178,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     if root is None:
         raise SystemExit("SAF not found: pass --saf PATH (see ../shared/data/saf)")
     t0 = time.perf_counter()
-    test, train = load_items(root, a.split, a.limit, a.seed, a.version)
+    test, train = load_test_train(root, a.split, a.limit, a.seed, a.version)
     sim = Simulation(test, train, minilm_embedder(), examples=a.examples, seed=a.seed)
     shares = [float(s) for s in a.shares.split(",")]
     report: dict = {"dataset": f"SAF v{a.version} {a.split}", "answers": len(sim.human), "examples": a.examples,
@@ -206,7 +204,8 @@ def markdown(report: dict) -> str:
         for s in shares:
             r = runs[s]
             q = r["qwk_per_question"]
-            cell = f"{q['value']:.3f} [{q['lo']:.3f}, {q['hi']:.3f}] / {r['qwk_pooled']:.3f} / {r['exact']:.3f}"
+            head = f"{q['value']:.3f} [{q['lo']:.3f}, {q['hi']:.3f}]" if q["value"] is not None else "n/a"
+            cell = f"{head} / {r['qwk_pooled']:.3f} / {r['exact']:.3f}"
             if r.get("items_per_action"):
                 cell += f" ({r['items_per_action']:.1f} items/action)"
             cells.append(cell)
@@ -214,7 +213,7 @@ def markdown(report: dict) -> str:
     for t in report.get("targets", []):
         lines.append(f"\nreview_target exact >= {t['target']:g}: reviews {t['share']:.1%} of the items "
                      f"(expected exact {t['expected']:.3f}); reached exact {t['exact']:.3f}, "
-                     f"per-question QWK {t['qwk_per_question']['value']:.3f}, pooled QWK {t['qwk_pooled']:.3f}")
+                     f"pooled QWK {t['qwk_pooled']:.3f}")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -101,3 +102,25 @@ def grid_step(scores: list[float], max_score: float) -> float | None:
         if all(abs(x / step - round(x / step)) < 1e-6 for x in [*scores, max_score]):
             return step
     return None
+
+
+def load_test_train(root: Path, split: str = "unseen_answers", limit: int | None = None, seed: int = 0,
+                    version: str = "1.0") -> tuple[list[SAFQuestion], dict[str, SAFQuestion]]:
+    """A split's questions with answers (``limit``: a stratified slice of about that many answers,
+    spread over the questions, drawn with ``seed``) and the training split by question key (where
+    graded examples come from)."""
+    test = [q for q in load_split(root, split, version=version) if q.answers]
+    train = {q.key: q for q in load_split(root, "training", version=version)}
+    if limit:  # a stratified slice: answers spread over questions
+        rng = random.Random(seed)
+        per = max(1, limit // len(test))
+        test = [SAFQuestion(q.key, q.text, q.reference, q.max_score,
+                            tuple(rng.sample(q.answers, min(per, len(q.answers))))) for q in test]
+        budget, kept = limit, []
+        for q in test:
+            if budget <= 0:
+                break
+            kept.append(SAFQuestion(q.key, q.text, q.reference, q.max_score, q.answers[:budget]))
+            budget -= len(kept[-1].answers)
+        test = kept
+    return test, train

@@ -74,6 +74,8 @@ def test_groups_cover_the_share_with_fewer_actions_than_items(sim):
     report = {"dataset": "synthetic", "answers": 72, "examples": 6, "rounds": 2,
               "runs": {"groups": {"0.5": r}, "confidence": {"0.5": s.run("confidence", 0.5, 2, 0)}}}
     assert "items/action" in mod.markdown(report)
+    none = {**r, "qwk_per_question": {"value": None, "lo": None, "hi": None}}   # too few items per question
+    assert "n/a" in mod.markdown({**report, "runs": {"groups": {"0.5": none}}})
 
 
 def test_a_review_target_reaches_its_expectation_when_confidence_is_calibrated(sim):
