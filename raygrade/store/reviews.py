@@ -230,7 +230,8 @@ class Reviews(StoreCore):
         whose review is expected to reach it (:func:`raygrade.review.target_cut`; every reviewed item
         counts right), and the choice is recorded as the job's ``review_plan``. Run when a job ends and
         again when a regrade of it ends."""
-        rows = conn.execute(sa.select(items.c.seq, items.c.confidence, items.c.reviewed_at, items.c.needs_review)
+        rows = conn.execute(sa.select(items.c.student_id, items.c.question_id, items.c.confidence,
+                                      items.c.reviewed_at, items.c.needs_review)
                             .where(items.c.job_id == job_id, items.c.state == "graded").order_by(items.c.seq)).all()
         open_rows = [r for r in rows if r.reviewed_at is None]
         reviewed_flagged = sum(1 for r in rows if r.reviewed_at is not None and r.needs_review)
@@ -244,9 +245,14 @@ class Reviews(StoreCore):
         else:
             budget = math.ceil(options.review_share * len(rows) - 1e-9)
             picked = least_confident(confs, budget - reviewed_flagged)
-        flagged = [open_rows[i].seq for i in sorted(picked)]
-        conn.execute(items.update().where(items.c.job_id == job_id, items.c.reviewed_at.is_(None))
-                     .values(needs_review=items.c.seq.in_(flagged) if flagged else sa.false()))
+        flagged = [open_rows[i] for i in sorted(picked)]
+        conn.execute(items.update().where(items.c.job_id == job_id, items.c.reviewed_at.is_(None),
+                                          items.c.needs_review.is_(True)).values(needs_review=False))
+        if flagged:  # by primary key, one row per parameter set: any number of items
+            by_key = items.update().where(items.c.job_id == sa.bindparam("j"), items.c.student_id == sa.bindparam("s"),
+                                          items.c.question_id == sa.bindparam("q"))
+            conn.execute(by_key.values(needs_review=True),
+                         [{"j": job_id, "s": r.student_id, "q": r.question_id} for r in flagged])
         conn.execute(jobs.update().where(jobs.c.id == job_id).values(
             items_needs_review=len(flagged) + reviewed_flagged,
             review_plan=plan.model_dump_json() if plan is not None else None))

@@ -74,6 +74,7 @@ items = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("raygrade_items_job_state", "job_id", "state"),
     sa.Index("raygrade_items_job_batch", "job_id", "batch_id", "state"),  # a batch's pending items
+    sa.Index("raygrade_items_job_seq", "job_id", "seq"),  # an item by its id (reviews; 0006)
 )
 batches = sa.Table(
     "raygrade_batches", metadata,

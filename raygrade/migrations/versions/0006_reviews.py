@@ -64,6 +64,7 @@ def upgrade() -> None:
         if postgres:
             b.drop_constraint("raygrade_webhooks_pkey", type_="primary")
         b.create_primary_key("raygrade_webhooks_pkey", ["job_id", "event"])
+    op.create_index("raygrade_items_job_seq", "raygrade_items", ["job_id", "seq"])
     with op.batch_alter_table("raygrade_jobs") as b:
         b.add_column(sa.Column("items_reviewed", sa.Integer, nullable=False, server_default="0"))
         b.add_column(sa.Column("regrade_of", sa.String(64)))
@@ -82,6 +83,7 @@ def downgrade() -> None:
         b.drop_column("review_plan")
         b.drop_column("regrade_of")
         b.drop_column("items_reviewed")
+    op.drop_index("raygrade_items_job_seq", "raygrade_items")
     with op.batch_alter_table("raygrade_items") as b:
         for c in _ITEM_COLUMNS:
             b.drop_column(c)
