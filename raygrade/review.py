@@ -3,13 +3,16 @@
 A school sets the share of items it is willing to review (``JobOptions.review_share``);
 the items with the lowest confidence, up to that share, are flagged ``needs_review``. Or it sets
 a target agreement (``JobOptions.review_target``): the fewest least confident items whose review
-is expected to reach it are flagged (:func:`target_cut`).
+is expected to reach it are flagged (:func:`target_cut`). As teachers review, their agreement
+with the model is measured (:func:`review_agreement`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+from raygrade.protocol import GradeResult, ReviewAgreement
 
 
 def review_cut(confidences: Sequence[float], share: float) -> set[int]:
@@ -63,3 +66,15 @@ def target_cut(confidences: Sequence[float], target: float, *, right: int = 0) -
         expected += 1 - confidences[order[k]]
         k += 1
     return set(order[:k]), expected / n
+
+
+def review_agreement(results: list[GradeResult]) -> ReviewAgreement | None:
+    """Teacher against model on the reviewed ``results`` (``None`` when none is reviewed)."""
+    pairs = [(r.review.score, r.model_score if r.model_score is not None else r.score, r.max_score)
+             for r in results if r.review is not None]
+    if not pairs:
+        return None
+    return ReviewAgreement(reviewed=len(pairs),
+                           exact=sum(math.isclose(t, m, abs_tol=1e-9) for t, m, _ in pairs) / len(pairs),
+                           mae=sum(abs(t - m) for t, m, _ in pairs) / len(pairs),
+                           mae_of_max=sum(abs(t - m) / mx for t, m, mx in pairs) / len(pairs))

@@ -20,12 +20,13 @@ from raygrade.protocol import (
     JobStatus,
     Usage,
 )
+from raygrade.review import review_agreement
 from raygrade.store.batches import BatchLeases
 from raygrade.store.keys import ApiKeys
 from raygrade.store.outbox import WebhookOutbox
 from raygrade.store.quotas import TenantQuotas
 from raygrade.store.regrade import Regrades
-from raygrade.store.reviews import final_result, review_agreement
+from raygrade.store.reviews import final_result
 from raygrade.store.schema import batches, items, job_bodies, jobs
 from raygrade.store.states import (
     BATCH_TRANSITIONS,

@@ -20,7 +20,6 @@ from raygrade.protocol import (
     GradingJob,
     JobOptions,
     Question,
-    ReviewAgreement,
     ReviewItem,
     ReviewPlan,
     ReviewRequest,
@@ -76,18 +75,6 @@ def final_result(row: Any) -> GradeResult:
         "needs_review": bool(row["needs_review"]), "item_id": item_id_of(row["seq"]), "model_score": g.score,
         "review": review, "graded_by": "teacher" if review else "model",
         "score": review.score if review else g.score})
-
-
-def review_agreement(results: list[GradeResult]) -> ReviewAgreement | None:
-    """Teacher against model on the reviewed ``results`` (``None`` when none is reviewed)."""
-    pairs = [(r.review.score, r.model_score if r.model_score is not None else r.score, r.max_score)
-             for r in results if r.review is not None]
-    if not pairs:
-        return None
-    return ReviewAgreement(reviewed=len(pairs),
-                           exact=sum(math.isclose(t, m, abs_tol=1e-9) for t, m, _ in pairs) / len(pairs),
-                           mae=sum(abs(t - m) for t, m, _ in pairs) / len(pairs),
-                           mae_of_max=sum(abs(t - m) / mx for t, m, mx in pairs) / len(pairs))
 
 
 class Reviews(StoreCore):
