@@ -233,7 +233,7 @@ def _check_entry(entry: dict[str, Any], q: Question) -> str | None:
         return "score is not a number"
     if not 0 <= score <= q.max_score:
         return f"score {score} outside [0, {_fmt(q.max_score)}]"
-    if (grid := q.allowed_scores()) is not None and not any(abs(score - g) < 1e-6 for g in grid):
+    if not q.on_grid(score):
         return f"score {score} not one of the allowed scores"
     if not _is_number(conf) or not 0 <= conf <= 1:
         return "confidence is not a number in [0, 1]"

@@ -53,6 +53,12 @@ class Question(_Input):
                 raise ValueError(f"examples[{i}].score {ex.score} exceeds max_score {self.max_score}")
         return self
 
+    def on_grid(self, score: float) -> bool:
+        """Whether ``score`` (points, already in ``[0, max_score]``) is one of :meth:`allowed_scores`
+        (to 1e-6); any score is when the question has no ``score_step``."""
+        grid = self.allowed_scores()
+        return grid is None or any(abs(score - g) < 1e-6 for g in grid)
+
     def allowed_scores(self) -> list[float] | None:
         """The grid of legal scores when ``score_step`` is set, else ``None``."""
         if self.score_step is None:

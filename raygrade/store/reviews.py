@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from raygrade.batch import GradeBatch
+from raygrade.blobs import page_bytes
 from raygrade.errors import IllegalTransitionError, InvalidRequestError, NotFoundError
 from raygrade.protocol import (
     GradeResult,
@@ -50,12 +51,9 @@ def seq_of(item_id: str) -> int:
 
 
 def on_grid(score: float, question: Question) -> bool:
-    """Whether ``score`` (points) is a legal score of ``question``: in ``[0, max_score]`` and, with a
-    ``score_step``, one of :meth:`Question.allowed_scores` (to 1e-6 relative)."""
-    if not 0 <= score <= question.max_score * (1 + 1e-9):
-        return False
-    grid = question.allowed_scores()
-    return grid is None or any(math.isclose(score, g, rel_tol=1e-6, abs_tol=1e-9) for g in grid)
+    """Whether ``score`` (points) is a legal score of ``question``: in ``[0, max_score]`` and on its
+    grid (:meth:`Question.on_grid`, the rule a model's scores are held to as well)."""
+    return 0 <= score <= question.max_score and question.on_grid(score)
 
 
 def review_of(row: Any) -> TeacherReview | None:
@@ -286,10 +284,8 @@ class Reviews(StoreCore):
         p = pages[page]
         if isinstance(p, TextPage):
             return p.text.encode(), "text/plain; charset=utf-8"
-        if isinstance(p, StoredImage):
-            return self.blobs.get(p.sha256), p.media_type
-        raw = p.image_bytes()
-        return raw, media_type_of(raw)
+        raw = page_bytes(p, self.blobs)
+        return raw, p.media_type if isinstance(p, StoredImage) else media_type_of(raw)
 
     def _announce_if_reviewed(self, conn, job_id: str, job: GradingJob) -> None:
         """Queue the ``grading.job.reviewed`` webhook when an ended job's review queue has just

@@ -72,8 +72,9 @@ async function login(event) {
   await loadQueue();
 }
 
-async function loadQueue() {
+async function loadQueue(after = null) {
   // Loads can overlap (the job or filter changes while one runs): only the newest one is shown.
+  // `after`: show the next pending entry after that index (a reload after a review), else the first.
   const load = ++state.load;
   const jobId = $("job").value;
   const status = $("filter").value;
@@ -103,7 +104,8 @@ async function loadQueue() {
   state.index = -1;
   renderList();
   $("empty").hidden = state.items.length > 0;
-  await show(state.items.findIndex((i) => i.status === "pending"));
+  await show(after === null ? state.items.findIndex((i) => i.status === "pending")
+    : nextPending(Math.min(after, state.items.length - 1)));
 }
 
 function renderList() {
@@ -244,9 +246,7 @@ async function reviewGroup(group, score) {
     $("item-error").textContent = error.message;
     return;
   }
-  const at = state.index;
-  await loadQueue();
-  await show(nextPending(Math.min(at, state.items.length - 1)));
+  await loadQueue(state.index);
 }
 
 async function review(score) {
@@ -294,8 +294,8 @@ function onKey(event) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("login").addEventListener("submit", login);
-  $("job").addEventListener("change", loadQueue);
-  $("filter").addEventListener("change", loadQueue);
+  $("job").addEventListener("change", () => loadQueue());
+  $("filter").addEventListener("change", () => loadQueue());
   $("logout").addEventListener("click", () => { sessionStorage.removeItem(KEY); location.reload(); });
   document.addEventListener("keydown", onKey);
   if (sessionStorage.getItem(KEY) !== null) login(null);
