@@ -1,0 +1,324 @@
+"""The batcher's exactly-once core (``raygrade.dispatch.JobDispatcher``) on a virtual clock.
+
+A real :class:`JobStore` on a temporary SQLite file behind a real ``JobRegistryImpl`` (store
+calls inline, no Ray), the same virtual clock for the store's leases and the dispatcher's
+sleeps; graders are coroutines the tests control: they answer, hang, die or raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+import pytest
+from support.clock import VirtualClock
+
+from raygrade.batch import BatchOutcome, GradeBatch
+from raygrade.config import StoreConfig
+from raygrade.dispatch import GAUGE_INTERVAL_S, JobDispatcher, planning_failed
+from raygrade.errors import OutputParseError
+from raygrade.planner import batch_key
+from raygrade.prompts import StudentWork
+from raygrade.protocol import GradeResult, GradingJob, JobState, TextPage, Usage
+from raygrade.serve.job_registry import JobRegistryImpl
+from raygrade.store import JobStore
+
+LEASE_S, POLL_S = 30.0, 1.0
+
+
+class Metrics:
+    """Records what the dispatcher reports."""
+
+    def __init__(self):
+        self.gauges: dict[tuple, float] = {}
+        self.counters: collections.Counter = collections.Counter()
+        self.observed: list[tuple[str, float, dict]] = []
+
+    def set(self, name, value, tags):
+        self.gauges[(name, tuple(sorted(tags.items())))] = value
+
+    def inc(self, name, value, tags):
+        self.counters[(name, tuple(sorted(tags.items())))] += value
+
+    def observe(self, name, value, tags):
+        self.observed.append((name, value, tags))
+
+
+def make_job(n: int) -> GradingJob:
+    return GradingJob.model_validate({
+        "assessment": {"questions": [{"id": "q1", "prompt": "p1", "max_score": 2},
+                                     {"id": "q2", "prompt": "p2", "max_score": 1}]},
+        "submissions": [{"student_id": f"s{i}", "pages": [{"type": "text", "text": f"answer {i}"}]}
+                        for i in range(n)]})
+
+
+async def plan_two_per_batch(job_id: str, job: GradingJob, tenant: str):
+    works = [StudentWork(student_id=s.student_id, alias=f"s{i + 1}", pages=[TextPage(text="x")], page_indices=[0],
+                         question_ids=["q1", "q2"]) for i, s in enumerate(job.submissions)]
+    batches = [GradeBatch(batch_id=batch_key(job_id, [w.student_id for w in works[k:k + 2]], ["q1", "q2"], None),
+                          job_id=job_id, questions=job.assessment.questions, students=works[k:k + 2],
+                          prompt_tokens_estimate=10, max_tokens=10, tenant=tenant)
+               for k in range(0, len(works), 2)]
+    return batches, [], "m"
+
+
+def outcome(batch: GradeBatch, feedback: str = "ok") -> BatchOutcome:
+    return BatchOutcome(batch_id=batch.batch_id, errors=[], calls=1, usage=Usage(prompt_tokens=5, completion_tokens=5),
+                        results=[GradeResult(student_id=s.student_id, question_id=q, score=1,
+                                             max_score=2 if q == "q1" else 1, feedback=feedback, confidence=0.9,
+                                             pages=[0], model="m", batch_id=batch.batch_id, usage=Usage())
+                                 for s in batch.students for q in s.question_ids])
+
+
+class Grader:
+    """A grader the test scripts: ``behaviour(batch, call_number)`` answers (an outcome),
+    raises, or returns ``None`` to hang until :meth:`release`."""
+
+    def __init__(self, behaviour=None, feedback="ok"):
+        self.behaviour = behaviour or (lambda batch, n: outcome(batch, feedback))
+        self.calls: collections.Counter = collections.Counter()
+        self.in_flight = self.max_in_flight = 0
+        self.released = asyncio.Event()
+        self.feedback = feedback
+
+    async def __call__(self, batch: GradeBatch):
+        self.calls[batch.batch_id] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)
+            result = self.behaviour(batch, self.calls[batch.batch_id])
+            if result is None:
+                await self.released.wait()
+                result = outcome(batch, self.feedback)
+            return result, f"replica-{self.feedback}"
+        finally:
+            self.in_flight -= 1
+
+    def release(self):
+        self.released.set()
+
+
+@pytest.fixture
+def clock():
+    return VirtualClock(start=1_000_000.0)
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    s = JobStore(f"sqlite:///{tmp_path}/jobs.db", clock=clock, blob_uri=str(tmp_path / "blobs"))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def registry(store, tmp_path):
+    return JobRegistryImpl(StoreConfig(url=f"sqlite:///{tmp_path}/jobs.db"), namespace="raygrade", store=store)
+
+
+def dispatcher(registry, clock, grader, *, limit=2, plan=plan_two_per_batch, metrics=None, owner=None, **store_cfg):
+    cfg = StoreConfig(batch_lease_s=LEASE_S, poll_interval_s=POLL_S, **store_cfg)
+    return JobDispatcher(cfg, limit, registry, plan, grader, metrics or Metrics(), tags={"namespace": "t"},
+                         owner=owner, clock=clock, sleep=clock.sleep)
+
+
+async def drive(task: asyncio.Task, clock: VirtualClock, step_s: float = POLL_S, max_steps: int = 500):
+    """Advance the virtual clock until ``task`` is done (bounded)."""
+    for _ in range(max_steps):
+        if task.done():
+            return task.result()
+        await clock.advance(step_s)
+    raise AssertionError("the job did not finish")
+
+
+def test_every_item_graded_once_with_bounded_concurrency(store, registry, clock):
+    async def main():
+        status, _ = store.create_job(make_job(5))
+        grader = Grader()
+        d = dispatcher(registry, clock, grader, limit=2)
+        await drive(d.submit(status.id), clock)
+        return status.id, grader
+
+    job_id, grader = asyncio.run(main())
+    final = store.status(job_id)
+    assert final.state == JobState.SUCCEEDED and final.progress.items_graded == 10
+    assert sorted(grader.calls.values()) == [1, 1, 1] and grader.max_in_flight == 2
+    assert len(store.results(job_id).results) == 10
+
+
+def test_a_lost_grader_is_re_dispatched_and_gives_up_after_max_attempts(store, registry, clock):
+    def behaviour(batch, n):
+        if batch.students[0].student_id == "s0" and n == 1:
+            raise RuntimeError("replica died")          # lost once: graded on the second lease
+        if batch.students[0].student_id == "s2":
+            raise ConnectionError("replica died again")  # lost every time
+        return outcome(batch)
+
+    async def main():
+        status, _ = store.create_job(make_job(4))
+        grader = Grader(behaviour)
+        await drive(dispatcher(registry, clock, grader, max_batch_attempts=3).submit(status.id), clock)
+        return status.id, grader
+
+    job_id, grader = asyncio.run(main())
+    report = {b["id"]: b for b in store.batch_report(job_id)}
+    planned, _, _ = asyncio.run(plan_two_per_batch(job_id, make_job(4), ""))
+    by_student = {b.students[0].student_id: b.batch_id for b in planned}
+    assert grader.calls[by_student["s0"]] == 2 and report[by_student["s0"]]["attempts"] == 2
+    assert grader.calls[by_student["s2"]] == 3 and report[by_student["s2"]]["attempts"] == 3
+    final = store.status(job_id)
+    assert final.state == JobState.PARTIAL and (final.progress.items_graded, final.progress.items_failed) == (4, 4)
+    errors = store.results(job_id).errors
+    assert sorted(s for e in errors for s in e.student_ids) == ["s2", "s3"]
+    assert {e.type for e in errors} == {"grader_error"} and all("3 times: ConnectionError" in e.message for e in errors)
+
+
+def test_an_error_inside_the_grader_fails_the_items_without_re_dispatch(store, registry, clock):
+    def behaviour(batch, n):
+        if batch.students[0].student_id == "s0":
+            raise OutputParseError("the model's answer did not match the schema")
+        return outcome(batch)
+
+    async def main():
+        status, _ = store.create_job(make_job(4))
+        grader = Grader(behaviour)
+        await drive(dispatcher(registry, clock, grader).submit(status.id), clock)
+        return status.id, grader
+
+    job_id, grader = asyncio.run(main())
+    assert sorted(grader.calls.values()) == [1, 1]
+    errors = store.results(job_id).errors
+    assert sorted((e.type, s) for e in errors for s in e.student_ids) == [("output_parse_error", "s0"),
+                                                                          ("output_parse_error", "s1")]
+
+
+def test_a_dead_dispatchers_batches_are_re_dispatched_when_their_lease_expires(store, registry, clock):
+    async def main():
+        status, _ = store.create_job(make_job(4))
+        hung = Grader(lambda b, n: None, feedback="dead")
+        dead = dispatcher(registry, clock, hung, owner="dead")
+        task = dead.submit(status.id)
+        await clock.settle()
+        assert hung.in_flight == 2 and len(dead.leased) == 2
+        task.cancel()  # the dead batcher: its leases are neither renewed nor released
+        await clock.settle()
+
+        grader = Grader(feedback="alive")
+        alive = dispatcher(registry, clock, grader, owner="alive")
+        second = alive.submit(status.id)
+        await clock.advance(LEASE_S - 2 * POLL_S)
+        assert not grader.calls and not second.done()  # leases still valid: nothing stolen
+        await drive(second, clock)
+        # The dead batcher's grader answers late: its write is dropped, grades stay as written.
+        late = [outcome(b, "dead") for b in (await plan_two_per_batch(status.id, make_job(4), ""))[0]]
+        for o in late:
+            await registry.complete_batch(status.id, o, "replica-dead")
+        return status.id, grader
+
+    job_id, grader = asyncio.run(main())
+    results = store.results(job_id).results
+    assert len(results) == 8 and {r.feedback for r in results} == {"alive"}
+    assert sorted(grader.calls.values()) == [1, 1]
+    assert store.replicas(job_id) == {"replica-alive": 2}
+
+
+def test_leases_are_renewed_while_a_slow_grader_works(store, registry, clock):
+    async def main():
+        status, _ = store.create_job(make_job(2))
+        slow = Grader(lambda b, n: None, feedback="slow")
+        owner = dispatcher(registry, clock, slow, owner="slow")
+        control = asyncio.ensure_future(owner.control_loop())  # starts the job and renews its lease
+        await clock.settle()
+        assert slow.in_flight == 1
+
+        other = Grader(feedback="other")
+        rival = dispatcher(registry, clock, other, owner="rival")
+        rival_task = rival.submit(status.id)
+        await clock.advance(3 * LEASE_S)  # three lease periods: renewed every poll, never expired
+        assert not other.calls
+        slow.release()
+        await drive(rival_task, clock)
+        control.cancel()
+        return status.id
+
+    job_id = asyncio.run(main())
+    assert store.status(job_id).state == JobState.SUCCEEDED
+    assert store.replicas(job_id) == {"replica-slow": 1}
+
+
+def test_a_job_that_cannot_be_planned_fails_with_the_error_type_only(store, registry, clock):
+    async def bad_plan(job_id, job, tenant):
+        try:
+            raise ValueError("answer 0 quoted in an exception")
+        except ValueError as exc:
+            raise planning_failed(exc) from exc
+
+    async def main():
+        status, _ = store.create_job(make_job(2))
+        metrics = Metrics()
+        await drive(dispatcher(registry, clock, Grader(), plan=bad_plan, metrics=metrics).submit(status.id), clock)
+        return status.id, metrics
+
+    job_id, metrics = asyncio.run(main())
+    final = store.status(job_id)
+    assert final.state == JobState.FAILED
+    errors = store.results(job_id).errors
+    assert {(e.type, e.message) for e in errors} == {("planning_error", "planning failed: ValueError")}
+    assert [m[0] for m in metrics.observed] == ["raygrade_job_duration_seconds"]
+
+
+def test_a_failing_store_interrupts_the_job_and_the_control_loop_resumes_it(store, registry, clock):
+    class Flaky:
+        """The registry, unreachable for its first lease call (a restart under way)."""
+
+        def __init__(self):
+            self.failures = 1
+
+        def __getattr__(self, name):
+            return getattr(registry, name)
+
+        async def lease_batches(self, *args):
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("registry restarting")
+            return await registry.lease_batches(*args)
+
+    async def main():
+        status, _ = store.create_job(make_job(3))
+        grader, metrics = Grader(), Metrics()
+        d = dispatcher(Flaky(), clock, grader, metrics=metrics)
+        first = d.submit(status.id)
+        await clock.settle()
+        assert first.done() and store.status(status.id).state == JobState.RUNNING  # planned, not failed
+        control = asyncio.ensure_future(d.control_loop())
+        for _ in range(10):
+            await clock.advance(POLL_S)
+            if store.status(status.id).state.terminal:
+                break
+        control.cancel()
+        return status.id, grader, metrics
+
+    job_id, grader, metrics = asyncio.run(main())
+    assert store.status(job_id).state == JobState.SUCCEEDED and sorted(grader.calls.values()) == [1, 1]
+    assert metrics.gauges[("raygrade_jobs", (("namespace", "t"), ("state", "running")))] == 1
+
+
+def test_gauges_are_read_every_gauge_interval(store, registry, clock):
+    reads = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(registry, name)
+
+        async def gauges(self):
+            reads.append(clock())
+            return await registry.gauges()
+
+    async def main():
+        d = dispatcher(Counting(), clock, Grader())
+        control = asyncio.ensure_future(d.control_loop())
+        await clock.advance(3 * GAUGE_INTERVAL_S)
+        control.cancel()
+
+    asyncio.run(main())
+    assert len(reads) == 4 and all(b - a >= GAUGE_INTERVAL_S for a, b in zip(reads, reads[1:]))
