@@ -44,10 +44,12 @@ def test_wheel_without_extras_serves_and_regrades(tmp_path):
     assert probe[0].startswith(str(tmp_path / "venv")), "the tests must import the installed wheel, not the checkout"
     assert tuple(int(x) for x in probe[1].split(".")[:2]) < (0, 137)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAYGRADE_ARGS__"))}
+    # Not this run's pytest-xdist worker or shared cluster: the inner run is one process with its own cluster.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_ADDRESS", "RAYGRADE_ARGS__", "PYTEST_XDIST", "RAYGRADE_TEST_"))}
     env["RAY_AUTH_MODE"] = "disabled"
     # Run from outside the checkout (cwd is not on sys.path), with the repository's test config.
     out = _run([str(tmp_path / "venv" / "bin" / "pytest"), "-q", "-p", "no:cacheprovider", "-c",
-                str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT), *(str(ROOT / s) for s in SUITES)],
+                str(ROOT / "pyproject.toml"), "-o", "addopts=-ra --strict-markers", "--rootdir", str(ROOT), *(str(ROOT / s) for s in SUITES)],
                tmp_path, 900, env=env)
     assert " passed" in out.stdout and "failed" not in out.stdout.splitlines()[-1]

@@ -45,14 +45,35 @@ def store_url(request, tmp_path):
     return request.getfixturevalue("postgres").create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
+#: This pytest-xdist worker ("gw0", "gw1", …), or "" when the tests run in one process.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+def _shared() -> bool:
+    from support.shared_cluster import SHARED_DIR_ENV
+
+    return bool(WORKER and os.environ.get(SHARED_DIR_ENV))
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
+    """One local Ray cluster for the session; under pytest-xdist, one for every worker
+    (:mod:`support.shared_cluster`), each worker in a namespace of its own."""
     import ray
 
+    namespace = f"raygrade-tests-{WORKER or 'main'}-{uuid.uuid4().hex[:8]}"
+    if _shared():
+        from support.shared_cluster import connect
+
+        info = connect(namespace)
+        os.environ["RAYGRADE_TEST_METRICS_PORT"] = str(info["metrics_port"])
+        os.environ["RAYGRADE_TEST_SERVE_PORT"] = str(info["serve_port"])
+        yield
+        ray.shutdown()  # the controller stops the cluster once every worker is done
+        return
     # Ray's metrics agent serves Prometheus text on this port (tests/integration/test_metrics.py).
     os.environ["RAYGRADE_TEST_METRICS_PORT"] = str(free_port())
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             namespace=f"raygrade-tests-{uuid.uuid4().hex[:8]}",
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace=namespace,
              _metrics_export_port=int(os.environ["RAYGRADE_TEST_METRICS_PORT"]))
     yield
     from ray import serve
@@ -63,16 +84,27 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def serve_url(ray_cluster):
+    """Serve's HTTP address on 127.0.0.1 (started here, or by the worker that started the shared cluster)."""
     from ray import serve
 
+    if _shared():
+        return f"http://127.0.0.1:{os.environ['RAYGRADE_TEST_SERVE_PORT']}"
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")
-def fake_app(serve_url, fake_openai):
-    """The raygrade app on the fake provider, at ``{serve_url}/fake``."""
+def fake_store_url(tmp_path_factory):
+    """The store of :func:`fake_app`: this process's own SQLite file (under pytest-xdist the
+    workers share one cluster, whose replicas would otherwise share ``RAYGRADE_HOME``'s store,
+    and a test that sets the default tenant's quota there would refuse another worker's jobs)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('fake-store')}/jobs.db"
+
+
+@pytest.fixture(scope="session")
+def fake_app(serve_url, fake_openai, fake_store_url):
+    """The raygrade app on the fake provider, at ``{serve_url}/fake`` (``/fakegw0``… under pytest-xdist)."""
     from ray import serve
 
     from raygrade.app import build_app
@@ -81,8 +113,9 @@ def fake_app(serve_url, fake_openai):
     args = RaygradeArgs(api=ApiConfig(auth="disabled"),
                         provider=fake_provider_config(fake_openai.base_url, timeout_s=3.0),
                         batcher=BatcherConfig(max_students_per_request=4, max_images_per_request=6),
-                        store=StoreConfig(webhook_allowed_networks=["127.0.0.0/8", "::1/128"]),
+                        store=StoreConfig(url=fake_store_url, webhook_allowed_networks=["127.0.0.0/8", "::1/128"]),
                         namespace=f"rg-test-{uuid.uuid4().hex[:8]}")
-    serve.run(build_app(args), name="fake", route_prefix="/fake")
-    return f"{serve_url}/fake"
+    name = f"fake{WORKER}"  # workers share one Serve instance
+    serve.run(build_app(args), name=name, route_prefix=f"/{name}")
+    return f"{serve_url}/{name}"
 

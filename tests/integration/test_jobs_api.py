@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from raygrade.cli import Client
-from raygrade.config import default_store_url
 from raygrade.protocol import GradingJob
 from raygrade.store import JobStore
 from raygrade.webhooks import verify
@@ -76,12 +75,12 @@ def test_completion_webhook_is_signed_and_retried(fake_app, fake):
     assert event["data"]["progress"]["items_graded"] == 3
 
 
-def test_cancel_a_running_job(fake_app, fake):
+def test_cancel_a_running_job(fake_app, fake, fake_store_url):
     fake.latency_s = 2.0  # every request takes 2 s: the job is surely running when cancelled
     try:
         client = Client(fake_app)
         st = client.submit(GradingJob.model_validate(job(40)))
-        store = JobStore(default_store_url())  # the app's SQLite file (RAYGRADE_HOME)
+        store = JobStore(fake_store_url)  # the app's SQLite file
         deadline = time.monotonic() + 30
         while not any(b["state"] == "leased" for b in store.batch_report(st.id)):
             assert time.monotonic() < deadline, "no batch was dispatched"

@@ -13,7 +13,6 @@ import pytest
 from test_api import make_job  # rootdir-relative: pytest puts tests/integration on sys.path
 
 from raygrade.client import Client
-from raygrade.config import StoreConfig
 from raygrade.errors import QuotaExceededError
 from raygrade.metrics import METRICS
 from raygrade.protocol import TenantQuota
@@ -41,7 +40,7 @@ def scrape() -> str:
         return r.read().decode()
 
 
-def test_dashboard_metrics_exist_after_a_job(fake_app, fake):
+def test_dashboard_metrics_exist_after_a_job(fake_app, fake, fake_store_url):
     rx = _receiver()
     try:
         fake.script.append("429")  # one rate-limited answer, retried
@@ -52,7 +51,7 @@ def test_dashboard_metrics_exist_after_a_job(fake_app, fake):
             errors = ([(e.type, e.message[:200]) for e in client.results(st.id).errors]
                       if st.state.value != "partial" else [])
             assert st.state.value == "partial" and st.progress.items_failed > 0, errors
-            store = JobStore(StoreConfig().resolved_url())  # the app's store (auth disabled: tenant "default")
+            store = JobStore(fake_store_url)  # the app's store (auth disabled: tenant "default")
             store.set_quota("default", TenantQuota(max_active_jobs=0))
             try:
                 with pytest.raises(QuotaExceededError):

@@ -1,0 +1,102 @@
+"""One local Ray cluster (and one Serve instance) shared by every pytest-xdist worker.
+
+The first worker that needs Ray starts the head with ``ray start --head --block`` (a process
+group of its own, on 127.0.0.1, free ports) and Serve on it, under a file lock, and writes
+the cluster's address and ports to ``cluster.json`` in the run's shared folder; every other
+worker reads that file and connects. The controller process (``pytest_unconfigure`` in
+``tests/conftest.py``) stops the head, which stops every process it started. Workers keep to
+their own Ray namespaces and Serve application names (``tests/integration/conftest.py``).
+
+Why one cluster, not one per worker: two local clusters on one machine compete for Ray's
+fixed default ports and, on 2 cores, for the CPUs both would think they own (tried: Serve
+stopped answering on both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+from raygrade.testing.ports import free_port
+
+#: Environment variable naming the run's shared folder (set by the controller before workers start).
+SHARED_DIR_ENV = "RAYGRADE_TEST_SHARED_DIR"
+#: Logical CPUs of the shared cluster: two workers' deployments, Ray Data actors and a model's
+#: CPU bundle at once (the machine has 2 physical cores either way).
+NUM_CPUS = 8
+
+
+def _info_path() -> Path:
+    return Path(os.environ[SHARED_DIR_ENV]) / "cluster.json"
+
+
+def connect(namespace: str) -> dict:
+    """Start the shared cluster and Serve if no worker has yet, then connect this process to it
+    in ``namespace``. Returns ``{"address", "serve_port", "metrics_port", "pid"}``.
+
+    Raises:
+        RuntimeError: the head did not come up within 120 s (its log is in the message).
+    """
+    import ray
+
+    info_path = _info_path()
+    with FileLock(str(info_path) + ".lock"):
+        if info_path.exists():
+            info = json.loads(info_path.read_text())
+            ray.init(address=info["address"], namespace=namespace, log_to_driver=False)
+            return info
+        port, metrics_port, serve_port = free_port(), free_port(), free_port()
+        log = open(info_path.with_name("ray-head.log"), "wb")
+        # Ray's worker processes inherit this process's environment (RAYGRADE_HOME, test keys).
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+             "--node-ip-address", "127.0.0.1", "--port", str(port), f"--num-cpus={NUM_CPUS}",
+             "--include-dashboard=false", "--disable-usage-stats", f"--metrics-export-port={metrics_port}"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ray.init(address=address, namespace=namespace, log_to_driver=False)
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError("the shared Ray head did not start:\n"
+                                       + info_path.with_name("ray-head.log").read_text()[-3000:]) from None
+                time.sleep(0.5)
+        from ray import serve
+
+        serve.start(http_options={"host": "127.0.0.1", "port": serve_port},
+                    logging_config={"enable_access_log": False})
+        info = {"address": address, "serve_port": serve_port, "metrics_port": metrics_port, "pid": proc.pid}
+        info_path.write_text(json.dumps(info))
+        return info
+
+
+def stop(shared_dir: str) -> None:
+    """Stop the shared cluster if a worker started one (SIGTERM to ``ray start --block``, which
+    stops the processes it started; SIGKILL to its group after 60 s)."""
+    path = Path(shared_dir) / "cluster.json"
+    if not path.exists():
+        return
+    pid = json.loads(path.read_text())["pid"]
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.killpg(pid, signal.SIGKILL)
