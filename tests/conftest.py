@@ -14,40 +14,56 @@ os.environ.setdefault("RAYGRADE_WEBHOOK_SECRET", "whsec_" + "dGVzdC1zZWNyZXQtZm9
 
 import pytest  # noqa: E402
 
-#: Tests that start a real CPU vLLM engine (marker ``slow``, 6–7 GB and most of the CPU each) run
-#: one after another on one pytest-xdist worker, with the file whose test holds all but one of
-#: the cluster's CPUs; the two files that serve on the fixed port 8000 share another group.
+#: Files with tests that start a real CPU vLLM engine (marker ``slow``, 6–7 GB and most of the
+#: CPU each) run one after another on one pytest-xdist worker, with ``test_regrade.py`` (one of its
+#: tests holds all but one of the cluster's CPUs); the two files that serve on the fixed port
+#: 8000 share another group; every other file is a group of its own (its module fixtures and
+#: Serve application names stay on one worker).
 ENGINE_GROUP = "cpu-engine"
-ENGINE_FILES = {"test_regrade.py"}
+ENGINE_FILES = {"test_local_vllm.py", "test_serve_llm.py", "test_vision_selfhosted.py",
+                "test_benchmark_hosted_vs_self_hosted.py", "test_two_nodes.py", "test_regrade.py"}
 PORT_8000_GROUP = "port-8000"
 PORT_8000_FILES = {"test_quickstart.py", "test_serve_config_deploy.py"}
 
 
-def _group(item: pytest.Item) -> str:
-    name = item.path.name
-    if item.get_closest_marker("slow") is not None or name in ENGINE_FILES:
+def group_of(nodeid: str) -> str:
+    """The group a test runs in (``path::name`` → a group name or its file's path)."""
+    path = nodeid.split("::", 1)[0]
+    name = path.rsplit("/", 1)[-1]
+    if name in ENGINE_FILES:
         return ENGINE_GROUP
     if name in PORT_8000_FILES:
         return PORT_8000_GROUP
-    return str(item.path.relative_to(item.config.rootpath))  # a file stays on one worker (its module fixtures)
+    return path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist schedules whole groups (:func:`group_of`), in collection order: a worker
+    runs a group's tests one after another; groups go to whichever worker is free. (xdist's own
+    ``loadgroup`` renames items' node ids, which pytest 9 no longer lets it do.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Group tests for ``--dist loadgroup`` (pyproject's addopts) and put the longest groups
-    first (the CPU engines, then the install test, then port 8000), so that one worker starts
-    on them while the other takes every other file."""
+    """Put the longest groups first (the CPU engines, then the install test, then port 8000),
+    so that one worker starts on them while the other takes every other file; a ``slow`` test
+    outside :data:`ENGINE_FILES` is an error (it would start an engine beside another)."""
+    stray = sorted({it.path.name for it in items if it.get_closest_marker("slow") and it.path.name not in ENGINE_FILES})
+    if stray:
+        raise pytest.UsageError(f"tests marked slow outside ENGINE_FILES (tests/conftest.py): {stray}")
     rank = {ENGINE_GROUP: 0, PORT_8000_GROUP: 2}
-    xdist = config.pluginmanager.hasplugin("xdist")  # not in a venv with pytest alone (tests/install)
-    for item in items:
-        group = _group(item)
-        if xdist:
-            item.add_marker(pytest.mark.xdist_group(group))
-        item.stash[_GROUP] = rank.get(group, 1 if item.get_closest_marker("install") else 3)
-    items.sort(key=lambda it: it.stash[_GROUP])  # stable: each group keeps its order
 
+    def order(item: pytest.Item) -> int:
+        return rank.get(group_of(item.nodeid), 1 if item.get_closest_marker("install") else 3)
 
-_GROUP = pytest.StashKey[int]()
+    items.sort(key=order)  # stable: each group keeps its order
 
 
 def pytest_configure(config):

@@ -50,6 +50,7 @@ def test_wheel_without_extras_serves_and_regrades(tmp_path):
     env["RAY_AUTH_MODE"] = "disabled"
     # Run from outside the checkout (cwd is not on sys.path), with the repository's test config.
     out = _run([str(tmp_path / "venv" / "bin" / "pytest"), "-q", "-p", "no:cacheprovider", "-c",
-                str(ROOT / "pyproject.toml"), "-o", "addopts=-ra --strict-markers", "--rootdir", str(ROOT), *(str(ROOT / s) for s in SUITES)],
+                str(ROOT / "pyproject.toml"), "-o", "addopts=-ra --strict-markers",  # one process: no xdist there
+                "--rootdir", str(ROOT), *(str(ROOT / s) for s in SUITES)],
                tmp_path, 900, env=env)
     assert " passed" in out.stdout and "failed" not in out.stdout.splitlines()[-1]
