@@ -12,6 +12,9 @@ from raygrade.protocol.pages import ImagePage, Page, StoredImage
 
 #: Most steps a question's score grid may have (``max_score / score_step``).
 MAX_GRID_STEPS = 10_000
+#: Points within which a score is on the grid (:meth:`Question.on_grid`); the grid's scores are
+#: rounded to it, so neither ``max_score`` nor ``score_step`` may be smaller.
+SCORE_RESOLUTION = 1e-6
 
 
 class GradedExample(_Input):
@@ -40,14 +43,20 @@ class Question(_Input):
 
     @model_validator(mode="after")
     def _check_examples(self) -> Question:
+        for name in ("max_score", "score_step"):
+            value = getattr(self, name)
+            if value is not None and value < SCORE_RESOLUTION:
+                raise ValueError(f"{name} {value:g} is below the score grid's resolution ({SCORE_RESOLUTION:g} points)")
         if self.score_step is not None:
+            if self.score_step > self.max_score:
+                raise ValueError(f"score_step {self.score_step:g} exceeds max_score {self.max_score:g}")
             n = self.max_score / self.score_step
+            if n > MAX_GRID_STEPS + 0.5:
+                raise ValueError(f"score_step {self.score_step:g} makes a grid of {n + 1:.0f} scores; "
+                                 f"the limit is {MAX_GRID_STEPS + 1}")
             if abs(n - round(n)) > 1e-6 * max(1.0, n):
                 raise ValueError(f"score_step {self.score_step} does not divide max_score {self.max_score} "
                                  "(the grid would pass the maximum)")
-            if round(n) > MAX_GRID_STEPS:
-                raise ValueError(f"score_step {self.score_step} makes a grid of {round(n) + 1} scores; "
-                                 f"the limit is {MAX_GRID_STEPS + 1}")
         for i, ex in enumerate(self.examples):
             if ex.score > self.max_score:
                 raise ValueError(f"examples[{i}].score {ex.score} exceeds max_score {self.max_score}")
@@ -57,7 +66,7 @@ class Question(_Input):
         """Whether ``score`` (points, already in ``[0, max_score]``) is one of :meth:`allowed_scores`
         (to 1e-6); any score is when the question has no ``score_step``."""
         grid = self.allowed_scores()
-        return grid is None or any(abs(score - g) < 1e-6 for g in grid)
+        return grid is None or any(abs(score - g) < SCORE_RESOLUTION for g in grid)
 
     def allowed_scores(self) -> list[float] | None:
         """The grid of legal scores when ``score_step`` is set, else ``None``."""

@@ -49,6 +49,11 @@ def test_valid_job_parses():
     # A grid that would pass the maximum (0.6 on 1 → 1.2), or one of a million steps.
     (lambda d: d["assessment"]["questions"][0].update(max_score=1, score_step=0.6), "does not divide"),
     (lambda d: d["assessment"]["questions"][0].update(max_score=1000, score_step=0.0001), "the limit is"),
+    # Below the grid's resolution (found by the API's fuzz test: max_score / 1e-306 overflowed, a 500),
+    # or a step past the maximum.
+    (lambda d: d["assessment"]["questions"][0].update(max_score=900, score_step=1.1e-306), "resolution"),
+    (lambda d: d["assessment"]["questions"][0].update(max_score=5e-324), "resolution"),
+    (lambda d: d["assessment"]["questions"][0].update(max_score=363.5, score_step=9.5e307), "exceeds max_score"),
     # Bounded strings, no NUL characters, no submission that answers nothing.
     (lambda d: d["options"].update(model="m" * 100_000), "at most 256"),
     (lambda d: d["submissions"][0]["pages"][0].update(text="a\x00b"), "NUL"),
