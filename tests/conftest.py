@@ -37,6 +37,7 @@ def group_of(nodeid: str) -> str:
     return path
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: pytest alone (tests/install's venv) has no such hook
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist schedules whole groups (:func:`group_of`), in collection order: a worker
     runs a group's tests one after another; groups go to whichever worker is free. (xdist's own
