@@ -23,7 +23,8 @@ import uuid
 from pyarrow import fs as pafs
 
 from raygrade.errors import InvalidRequestError, StorageError
-from raygrade.protocol import GradingJob, ImagePage, StoredImage, media_type_of
+from raygrade.protocol import MAX_PAGES, GradingJob, ImagePage, StoredImage, media_type_of
+from raygrade.scans import MAX_PAGE_PIXELS, page_images
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
@@ -116,10 +117,6 @@ class BlobStore:
         return data
 
 
-#: Most pixels a page image may have (width × height): 64 M, an A4 page scanned at 600 dpi
-#: (4961 × 7016 = 34.8 M) with room to spare. Checked from the header before any pixel is
-#: decoded, so a small file that decodes to gigabytes (a decompression bomb) is refused cheaply.
-MAX_PAGE_PIXELS = 64_000_000
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -216,17 +213,30 @@ def check_model_answer_images(job: GradingJob) -> None:
             raise InvalidRequestError(f"{name}: {res}", param=f"{name}.data") from None
 
 
+def _pages_of(data: bytes) -> list[tuple[bytes, tuple[int, int]]] | ValueError:
+    """The page images of one uploaded page file (:func:`raygrade.scans.page_images`), each
+    decoded (:func:`check_image`) with its pixel size; an error is returned in place."""
+    try:
+        return [(img, check_image(img)) for img in page_images(data)]
+    except ValueError as exc:
+        return exc
+
+
 def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
-    """``job`` with every submission page image moved to ``blobs``: one :class:`StoredImage`
-    reference each (SHA-256, media type, pixel size); the same bytes are stored once.
+    """``job`` with every submission page file turned into page images (PDF and TIFF pages,
+    HEIC, WebP and rotated phone JPEGs: :mod:`raygrade.scans`) and moved to ``blobs``: one
+    :class:`StoredImage` reference per page image (SHA-256, media type, pixel size); the same
+    bytes are stored once. A multi-page file becomes that many consecutive pages of its student.
     Pages already stored and text pages are kept as they are.
 
-    Every image is decoded first (:func:`check_image`), and so are the questions' model-answer
+    Every page image is decoded first (:func:`check_image`), and so are the questions' model-answer
     images (which stay inline): a page that would fail later is refused now, naming it.
 
     Raises:
-        InvalidRequestError: a page image that does not decode, or one past
-            :data:`MAX_PAGE_PIXELS` (HTTP 400, naming the page).
+        InvalidRequestError: a page file in no accepted format, encrypted or corrupt, a page image
+            that does not decode or is past :data:`MAX_PAGE_PIXELS`, or a student with more than
+            :data:`raygrade.protocol.MAX_PAGES` pages once files are split (HTTP 400, naming the
+            page or the submission).
         StorageError: the blob store cannot be written.
     """
     check_model_answer_images(job)
@@ -235,19 +245,24 @@ def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
         for k, page in enumerate(sub.pages):
             if isinstance(page, ImagePage) and page.data not in first:
                 first[page.data] = (i, k, page.image_bytes())
-    refs: dict[str, StoredImage] = {}
-    for (data, (i, k, raw)), res in zip(first.items(), _check_all([v[2] for v in first.values()]), strict=True):
+    files = list(first.values())
+    results = list(_pool().map(_pages_of, [raw for _, _, raw in files])) if len(files) > 1 else [
+        _pages_of(raw) for _, _, raw in files]
+    refs: dict[str, list[StoredImage]] = {}
+    for (data, (i, k, _)), res in zip(first.items(), results, strict=True):
         if isinstance(res, ValueError):
             raise InvalidRequestError(f"submissions[{i}].pages[{k}]: {res}",
                                       param=f"submissions[{i}].pages[{k}].data") from None
-        w, h = res
-        refs[data] = StoredImage(sha256=blobs.put(raw), media_type=media_type_of(raw), width=w, height=h,
-                                 size=len(raw))
+        refs[data] = [StoredImage(sha256=blobs.put(img), media_type=media_type_of(img), width=w, height=h,
+                                  size=len(img)) for img, (w, h) in res]
     subs = []
-    for sub in job.submissions:
+    for i, sub in enumerate(job.submissions):
         if any(isinstance(p, ImagePage) for p in sub.pages):
-            sub = sub.model_copy(update={"pages": [refs[p.data] if isinstance(p, ImagePage) else p
-                                                   for p in sub.pages]})
+            pages = [ref for p in sub.pages for ref in (refs[p.data] if isinstance(p, ImagePage) else [p])]
+            if len(pages) > MAX_PAGES:
+                raise InvalidRequestError(f"submissions[{i}] has {len(pages)} pages once its files are split into "
+                                          f"pages; the limit is {MAX_PAGES}", param=f"submissions[{i}].pages")
+            sub = sub.model_copy(update={"pages": pages})
         subs.append(sub)
     return job.model_copy(update={"submissions": subs})
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 from raygrade.errors import InvalidRequestError, RaygradeError
 from raygrade.prompts import PROMPT_VERSION
 from raygrade.protocol import Assessment, ImagePage, Submission, TextPage
+from raygrade.scans import page_images
 
 #: One row per submission (``DATASET/submissions/*.parquet``).
 SUBMISSION_SCHEMA = pa.schema([
@@ -68,7 +69,7 @@ def submission_rows_to_jobs(rows: list[dict[str, Any]], assessment: Assessment
             images, texts = r.get("page_images"), r.get("page_texts")
             pages: list[ImagePage | TextPage]
             if images is not None and len(images):
-                pages = [ImagePage(data=base64.b64encode(bytes(b)).decode()) for b in images]
+                pages = [ImagePage(data=base64.b64encode(img).decode()) for img in _split_files(images)]
             elif texts is not None and len(texts):
                 pages = [TextPage(text=str(t)) for t in texts]
             else:
@@ -79,6 +80,21 @@ def submission_rows_to_jobs(rows: list[dict[str, Any]], assessment: Assessment
             msg = exc.message if isinstance(exc, RaygradeError) else "invalid submission row"
             errors.extend(error_rows(r, row_questions(r, assessment), etype, msg, assessment))
     return subs, errors
+
+
+def _split_files(files) -> list[bytes]:
+    """A row's page files split into page images (PDF, TIFF, HEIC, WebP: :mod:`raygrade.scans`).
+
+    Raises:
+        InvalidRequestError: a file in no accepted format, encrypted or corrupt (naming it).
+    """
+    images = []
+    for k, raw in enumerate(files):
+        try:
+            images += page_images(bytes(raw))
+        except ValueError as exc:
+            raise InvalidRequestError(f"page_images[{k}]: {exc}") from None
+    return images
 
 
 def row_questions(row: dict[str, Any], assessment: Assessment) -> list[str]:

@@ -19,6 +19,7 @@ Every model forbids unknown fields, so a misspelt field is a 400 naming it. The 
 from __future__ import annotations
 
 from raygrade.protocol.jobs import (
+    MAX_PAGES,
     Assessment,
     CompletionPolicy,
     GradedExample,
@@ -82,6 +83,7 @@ __all__ = [
     "JobStatus",
     "JobWarning",
     "MAX_IMAGE_BYTES",
+    "MAX_PAGES",
     "Page",
     "QUOTA_WINDOW_S",
     "Question",

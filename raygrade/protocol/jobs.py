@@ -10,6 +10,8 @@ from pydantic import Field, field_validator, model_validator
 from raygrade.protocol._base import ShortStr, _Input, number
 from raygrade.protocol.pages import ImagePage, Page, StoredImage
 
+#: Most pages of one student (once multi-page PDF and TIFF files are split into pages).
+MAX_PAGES = 200
 #: Most steps a question's score grid may have (``max_score / score_step``).
 MAX_GRID_STEPS = 10_000
 #: Points within which a score is on the grid (:meth:`Question.on_grid`); the grid's scores are
@@ -57,6 +59,10 @@ class Question(_Input):
             if abs(n - round(n)) > 1e-6 * max(1.0, n):
                 raise ValueError(f"score_step {self.score_step} does not divide max_score {self.max_score} "
                                  "(the grid would pass the maximum)")
+        for k, img in enumerate(self.model_answer_images):
+            if img.media_type not in ("image/png", "image/jpeg"):
+                raise ValueError(f"model_answer_images[{k}] must be a PNG or JPEG image (a page file of another "
+                                 "format is accepted only in submissions)")
         for i, ex in enumerate(self.examples):
             if ex.score > self.max_score:
                 raise ValueError(f"examples[{i}].score {ex.score} exceeds max_score {self.max_score}")
@@ -112,7 +118,7 @@ class Submission(_Input):
     """
 
     student_id: str = Field(min_length=1, max_length=256)
-    pages: list[Page] = Field(min_length=1, max_length=200)
+    pages: list[Page] = Field(min_length=1, max_length=MAX_PAGES)
     question_ids: list[ShortStr] | None = Field(default=None, min_length=1, max_length=200)
 
 

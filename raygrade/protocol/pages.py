@@ -9,26 +9,32 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from raygrade.protocol._base import _Input
+from raygrade.scans import ACCEPTED, is_page_file, sniff
 
 #: Largest decoded page image accepted, in bytes.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 
 
 def media_type_of(data: bytes) -> str:
-    """``image/png`` or ``image/jpeg`` from an image file's magic bytes (its first 8 suffice)."""
-    return "image/png" if data.startswith(_PNG_MAGIC) else "image/jpeg"
+    """The media type of a page file from its magic bytes (its first 16 suffice): ``image/png``,
+    ``image/jpeg``, ``image/webp``, ``image/tiff``, ``image/heif`` or ``application/pdf``;
+    ``application/octet-stream`` for anything else."""
+    kind = sniff(data)
+    return {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "tiff": "image/tiff",
+            "heif": "image/heif", "pdf": "application/pdf"}.get(kind or "", "application/octet-stream")
 
 
 class ImagePage(_Input):
-    """One scanned page, as a base64-encoded PNG or JPEG (no ``data:`` prefix)."""
+    """One page file, base64-encoded (no ``data:`` prefix): a PNG or JPEG page image, or a file
+    that the server splits into page images when it accepts the job (:mod:`raygrade.scans`: a
+    PDF or multi-page TIFF becomes one page per page, HEIC and WebP are converted, a phone JPEG
+    turned upright)."""
 
     type: Literal["image"] = "image"
-    data: str = Field(description="Base64 PNG or JPEG bytes.", repr=False)
+    data: str = Field(description=f"Base64 bytes of a page file: {ACCEPTED}.", repr=False)
 
     @field_validator("data")
     @classmethod
@@ -39,14 +45,16 @@ class ImagePage(_Input):
             raise ValueError("page data is not valid base64") from None
         if len(raw) > MAX_IMAGE_BYTES:
             raise ValueError(f"page image is {len(raw)} bytes; the limit is {MAX_IMAGE_BYTES}")
-        if not (raw.startswith(_PNG_MAGIC) or raw.startswith(_JPEG_MAGIC)):
-            raise ValueError("page image must be PNG or JPEG")
+        if not is_page_file(raw):
+            kind = sniff(raw)
+            raise ValueError(f"page must be a file in one of: {ACCEPTED}"
+                             + (f" (this is a {kind.upper()} file)" if kind else ""))
         return v
 
     @property
     def media_type(self) -> str:
-        """``image/png`` or ``image/jpeg``, from the magic bytes (decodes only the first few)."""
-        return media_type_of(base64.b64decode(self.data[:12]))
+        """The page file's media type (:func:`media_type_of`; decodes only its first bytes)."""
+        return media_type_of(base64.b64decode(self.data[:24]))
 
     def image_bytes(self) -> bytes:
         """The decoded image file bytes."""

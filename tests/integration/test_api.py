@@ -139,3 +139,43 @@ def test_provider_429_is_retried_with_retry_after(fake_app, fake):
     st = client.wait(client.submit(one).id, timeout_s=60, poll_s=0.2, progress=False)
     assert st.state.value == "succeeded"
     assert [rec.status for rec in fake.log][:2] == [429, 200]
+
+
+def test_page_files_as_schools_make_them_are_split_and_graded(fake_app, fake):
+    """PDF (vector and scanned), a CCITT G4 TIFF, a rotated phone JPEG, HEIC and WebP, each a
+    student's upload: split into page images when accepted, graded; what cannot be read is a 400."""
+    from support import scan_files
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    files = {"vector-pdf": scan_files.vector_pdf(3), "scanned-pdf": scan_files.scanned_pdf(2),
+             "g4-tiff": scan_files.g4_tiff(2), "phone-jpeg": scan_files.rotated_phone_jpeg(),
+             "heic": scan_files.heic(), "webp": scan_files.webp()}
+    body = {"assessment": {"questions": [{"id": "q1", "prompt": "Name a transport protocol.", "max_score": 1}]},
+            "submissions": [{"student_id": sid, "pages": [{"type": "image", "data": b64(data)}]}
+                            for sid, data in files.items()]}
+    r = httpx.post(f"{fake_app}/v1/jobs", json=body, timeout=60)
+    assert r.status_code == 202, r.text
+    client = Client(fake_app)
+    st = client.wait(r.json()["id"], timeout_s=120, poll_s=0.2, progress=False)
+    res = client.results(st.id)
+    assert st.state.value == "succeeded", [(e.type, e.message) for e in res.errors]
+    pages = {x.student_id: x.pages for x in res.results}
+    assert pages == {"vector-pdf": [0, 1, 2], "scanned-pdf": [0, 1], "g4-tiff": [0, 1], "phone-jpeg": [0],
+                     "heic": [0], "webp": [0]}
+    # The third page of the vector PDF is a page image of its own, as the review page shows it.
+    item = next(x for x in res.results if x.student_id == "vector-pdf")
+    page = httpx.get(f"{fake_app}/v1/jobs/{st.id}/items/{item.item_id}/pages/2", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"] in ("image/png", "image/jpeg")
+    assert Image.open(io.BytesIO(page.content)).size[1] > 1600  # a US-letter page at 150 dpi
+    assert httpx.get(f"{fake_app}/v1/jobs/{st.id}/items/{item.item_id}/pages/3", timeout=30).status_code == 404
+
+    for data, param, needle in [(scan_files.encrypted_pdf(), "submissions[0].pages[0].data", "encrypted"),
+                                (b"%PDF-1.4 broken", "submissions[0].pages[0].data", "not a readable PDF"),
+                                (scan_files.gif(), "submissions[0].pages[0].image.data", "this is a GIF file")]:
+        bad = {**body, "submissions": [{"student_id": "s", "pages": [{"type": "image", "data": b64(data)}]}]}
+        r = httpx.post(f"{fake_app}/v1/jobs", json=bad, timeout=60)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request_error" and needle in err["message"] and err["param"] == param, err

@@ -33,7 +33,8 @@ def test_valid_job_parses():
 
 @pytest.mark.parametrize("mutate,needle", [
     (lambda d: d["submissions"][1]["pages"][0].update(data="not base64!!"), "base64"),
-    (lambda d: d["submissions"][1]["pages"][0].update(data=base64.b64encode(b"GIF89a....").decode()), "PNG or JPEG"),
+    (lambda d: d["submissions"][1]["pages"][0].update(data=base64.b64encode(b"GIF89a....").decode()),
+     "(this is a GIF file)"),
     (lambda d: d["submissions"].append({"student_id": "a", "pages": [{"type": "text", "text": "x"}]}), "duplicate"),
     (lambda d: d["submissions"][0].update(question_ids=["nope"]), "unknown question"),
     (lambda d: d["submissions"][0].update(pages=[]), "at least 1"),

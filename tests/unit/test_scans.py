@@ -1,0 +1,148 @@
+"""Page files as schools make them (``raygrade.scans``), from files the tests build."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+from support import scan_files
+
+from raygrade.blobs import BlobStore, externalize
+from raygrade.errors import InvalidRequestError
+from raygrade.protocol import GradingJob, StoredImage
+from raygrade.scans import DEFAULT_PDF_DPI, page_images, sniff
+
+
+def _open(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+def _about(size, want) -> bool:
+    """Pixel sizes equal to within PDFium's rounding of a page's edge (one pixel)."""
+    return all(abs(a - b) <= 1 for a, b in zip(size, want, strict=True))
+
+
+def _has_ink(im: Image.Image) -> bool:
+    return im.convert("L").getextrema()[0] < 100
+
+
+def test_a_vector_pdf_is_rendered_page_by_page_at_the_stated_dpi():
+    pages = page_images(scan_files.vector_pdf(3))
+    assert len(pages) == 3
+    for data in pages:
+        im = _open(data)
+        assert im.format in ("PNG", "JPEG")
+        assert _about(im.size, (612 * DEFAULT_PDF_DPI // 72, 792 * DEFAULT_PDF_DPI // 72))  # 1275 × 1650
+        assert _has_ink(im), "the page's vector text was rendered"
+    [at72] = page_images(scan_files.vector_pdf(1), pdf_dpi=72)
+    assert _about(_open(at72).size, (612, 792))
+
+
+def test_a_scanned_pdf_keeps_its_pages_and_their_ink():
+    pages = page_images(scan_files.scanned_pdf(2))
+    assert len(pages) == 2 and all(_has_ink(_open(p)) for p in pages)
+    # 620 × 877 pixels saved at 150 dpi: the page is 4.13 × 5.85 in, rendered back at 150 dpi.
+    assert _about(_open(pages[0]).size, (620, 877))
+
+
+def test_a_group4_tiff_becomes_one_lossless_page_per_frame():
+    data = scan_files.g4_tiff(2)
+    assert Image.open(io.BytesIO(data)).info.get("compression") == "group4"
+    pages = page_images(data)
+    assert len(pages) == 2
+    for data in pages:
+        im = _open(data)
+        assert im.format == "PNG" and im.size == (620, 877) and _has_ink(im)
+
+
+def test_a_phone_jpeg_is_turned_upright_and_an_upright_one_is_kept_as_it_is():
+    [page] = page_images(scan_files.rotated_phone_jpeg())
+    im = _open(page)
+    assert im.format == "JPEG" and im.size == (620, 877)
+    assert im.getexif().get(0x0112, 1) == 1
+    upright = scan_files.page_image(mode="RGB")
+    out = io.BytesIO()
+    upright.save(out, format="JPEG")
+    assert page_images(out.getvalue()) == [out.getvalue()]
+
+
+@pytest.mark.parametrize("make", [scan_files.heic, scan_files.webp], ids=["heic", "webp"])
+def test_heic_and_webp_photos_become_jpeg_pages(make):
+    data = make()
+    assert sniff(data) in ("heif", "webp")
+    [page] = page_images(data)
+    im = _open(page)
+    assert im.format == "JPEG" and im.size == (620, 877) and _has_ink(im)
+
+
+@pytest.mark.parametrize("data, needle", [
+    (scan_files.gif(), "a GIF file"),
+    (b"BM" + b"\0" * 64, "a BMP file"),
+    (b"hello, world", "not an image or PDF file"),
+    (b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage", "not a readable PDF"),
+    (scan_files.encrypted_pdf(), "encrypted"),
+    (b"II*\x00" + b"\xff" * 40, "TIFF file cannot be read"),
+], ids=["gif", "bmp", "text", "corrupt-pdf", "encrypted-pdf", "corrupt-tiff"])
+def test_files_that_are_not_pages_are_refused_by_name(data, needle):
+    with pytest.raises(ValueError, match=needle):
+        page_images(data)
+
+
+def test_work_is_bounded_before_pixels_are_decoded():
+    with pytest.raises(ValueError, match="has 3 pages; the limit is 2"):
+        page_images(scan_files.vector_pdf(3), max_pages=2)
+    with pytest.raises(ValueError, match="page 1 of the PDF file at 600 dpi is 5100x6600"):
+        page_images(scan_files.vector_pdf(1), pdf_dpi=600, max_pixels=10_000_000)
+    with pytest.raises(ValueError, match="page 1 of the TIFF file is 620x877"):
+        page_images(scan_files.g4_tiff(1), max_pixels=100_000)
+
+
+def test_a_job_of_page_files_is_stored_as_consecutive_page_images(tmp_path):
+    """What the ingress does on accepting a job: files split into pages, in order, per student."""
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    job = GradingJob.model_validate({
+        "assessment": {"questions": [{"id": "q1", "prompt": "Which transport protocols?", "max_score": 2}]},
+        "submissions": [
+            {"student_id": "pdf", "pages": [{"type": "image", "data": b64(scan_files.vector_pdf(3))},
+                                            {"type": "text", "text": "typed note"}]},
+            {"student_id": "tiff", "pages": [{"type": "image", "data": b64(scan_files.g4_tiff(2))}]},
+            {"student_id": "phone", "pages": [{"type": "image", "data": b64(scan_files.rotated_phone_jpeg())},
+                                              {"type": "image", "data": b64(scan_files.heic())},
+                                              {"type": "image", "data": b64(scan_files.webp())}]}]})
+    stored = externalize(job, BlobStore(str(tmp_path / "blobs")))
+    kinds = [[p.type for p in s.pages] for s in stored.submissions]
+    assert kinds == [["stored_image"] * 3 + ["text"], ["stored_image"] * 2, ["stored_image"] * 3]
+    pdf_pages = [p for p in stored.submissions[0].pages if isinstance(p, StoredImage)]
+    assert len({p.sha256 for p in pdf_pages}) == 3 and all(_about((p.width, p.height), (1275, 1650)) for p in pdf_pages)
+    assert [p.media_type for p in stored.submissions[1].pages] == ["image/png"] * 2
+    assert (stored.submissions[2].pages[0].width, stored.submissions[2].pages[0].height) == (620, 877)
+
+    bad = job.model_copy(deep=True)
+    bad.submissions[2].pages[1].data = b64(scan_files.encrypted_pdf())
+    with pytest.raises(InvalidRequestError, match=r"submissions\[2\]\.pages\[1\]: the PDF file is encrypted"):
+        externalize(bad, BlobStore(str(tmp_path / "blobs")))
+
+
+def test_model_answer_images_stay_png_or_jpeg():
+    with pytest.raises(ValueError, match="model_answer_images"):
+        GradingJob.model_validate({
+            "assessment": {"questions": [{"id": "q1", "prompt": "p", "max_score": 1, "model_answer_images": [
+                {"type": "image", "data": base64.b64encode(scan_files.vector_pdf(1)).decode()}]}]},
+            "submissions": [{"student_id": "s", "pages": [{"type": "text", "text": "x"}]}]})
+
+
+def test_bulk_rows_split_their_page_files_the_same_way():
+    from raygrade.bulk.schema import submission_rows_to_jobs
+    from raygrade.protocol import Assessment
+
+    assessment = Assessment.model_validate({"questions": [{"id": "q1", "prompt": "p", "max_score": 1}]})
+    rows = [{"submission_id": "a", "student_id": "a", "page_images": [scan_files.vector_pdf(3), scan_files.webp()]},
+            {"submission_id": "b", "student_id": "b", "page_images": [scan_files.encrypted_pdf()]}]
+    subs, errors = submission_rows_to_jobs(rows, assessment)
+    assert [(s.student_id, len(s.pages)) for s in subs] == [("a", 4)]
+    assert [(e["submission_id"], e["error_type"]) for e in errors] == [("b", "invalid_request_error")]
+    assert errors[0]["error_message"].startswith("page_images[0]: the PDF file is encrypted")
