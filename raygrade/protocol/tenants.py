@@ -27,9 +27,10 @@ class TenantQuota(_Model):
             only as it is graded).
     """
 
-    max_active_jobs: int | None = Field(default=None, ge=0)
-    items_per_day: int | None = Field(default=None, ge=0)
-    tokens_per_day: int | None = Field(default=None, ge=0)
+    # Bounded by the store's columns (INTEGER, BIGINT): a larger value is a 400 or a one-line CLI error.
+    max_active_jobs: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    items_per_day: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    tokens_per_day: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
 class TenantUsage(_Model):

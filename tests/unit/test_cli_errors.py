@@ -65,6 +65,16 @@ def test_a_wrong_store_url_is_one_line_and_creates_nothing(tmp_path, url, says):
     assert list(tmp_path.iterdir()) == []  # no store, no folder, no blobs
 
 
+@pytest.mark.parametrize("option, value", [("--items-per-day", str(10**23)), ("--max-active-jobs", str(2**31)),
+                                           ("--tokens-per-day", "-1")])
+def test_a_quota_out_of_range_is_one_line(tmp_path, option, value):
+    """Past the store's integer columns (it was an OverflowError traceback from SQLite) or negative."""
+    out = _raygrade("quotas", "set", "school-a", option, value, home=tmp_path / "home")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and option.lstrip("-").replace("-", "_") in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_the_default_store_is_made_on_first_use(tmp_path):
     out = _raygrade("keys", "create", "--tenant", "school-a", home=tmp_path / "home")
     assert out.returncode == 0 and out.stdout.startswith("rg_"), out.stderr[-2000:]
