@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +31,10 @@ def test_the_readme_quick_start_runs_as_written(tmp_path):
     blocks = quickstart_blocks()
     assert [lang for lang, _ in blocks] == ["bash", "bash", "python"], blocks
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAYGRADE_"))}
+    # RAY_TMPDIR: as on a user's machine, `serve run` finds no other cluster to join (`ray.init()` looks for
+    # one in <temp>/ray; under pytest-xdist another test's may be up). Short: Ray's socket paths fit 107 bytes.
     env.update({"RAY_AUTH_MODE": "disabled", "RAYGRADE_HOME": str(tmp_path / "home"),
+                "RAY_TMPDIR": tempfile.mkdtemp(prefix="rgq-", dir="/tmp"),
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
     work = tmp_path / "work"
     work.mkdir()

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from raygrade.testing.fake_openai import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 8000  # serve_config.yaml's http_options.port, as shipped
+RAY_TMPDIR = tempfile.mkdtemp(prefix="rgs-", dir="/tmp")  # `serve run`'s cluster's folder (see serve_run)
 
 
 def _port_free(port: int) -> bool:
@@ -53,6 +55,9 @@ def serve_run(fake_provider, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAYGRADE_"))}
     env.update({
         "RAY_AUTH_MODE": "disabled", "RAYGRADE_HOME": str(home), "RAYGRADE_FAKE_KEY": "sk-config",
+        # As on a user's machine, `serve run` finds no other cluster to join (`ray.init()` looks for one in
+        # <temp>/ray; under pytest-xdist another test's may be up). Short: Ray's socket paths fit 107 bytes.
+        "RAY_TMPDIR": RAY_TMPDIR,
         "RAYGRADE_ARGS__PROVIDER": json.dumps({
             "name": "fake", "base_url": fake_provider.base_url, "api_key_env": "RAYGRADE_FAKE_KEY",
             "model": "fake-grader", "image_token_rule": "gpt-4o", "context_window": 16000,
@@ -121,7 +126,7 @@ def test_serve_config_as_shipped_grades_a_job(serve_run, fake_provider):
     lines = []
     deadline = time.monotonic() + 30
     while not lines and time.monotonic() < deadline:
-        for log in glob.glob("/tmp/ray/session_*/logs/serve/*Batcher*.log"):
+        for log in glob.glob(f"{RAY_TMPDIR}/ray/session_*/logs/serve/*Batcher*.log"):
             with open(log, errors="replace") as f:
                 lines += [json.loads(line) for line in f if st.id in line and line.startswith("{")]
         time.sleep(0.5)

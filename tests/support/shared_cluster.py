@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,12 +54,17 @@ def connect(namespace: str) -> dict:
             ray.init(address=info["address"], namespace=namespace, log_to_driver=False)
             return info
         port, metrics_port, serve_port = free_port(), free_port(), free_port()
+        # Its own temp folder: `ray start` writes the head's address to <temp>/ray_current_cluster,
+        # where any `ray.init()` without an address (`serve run` in the quick-start test) would
+        # otherwise find it and join this cluster. Short: Ray's socket paths must fit 107 bytes.
+        temp_dir = tempfile.mkdtemp(prefix="rgt-", dir="/tmp")
         log = open(info_path.with_name("ray-head.log"), "wb")
         # Ray's worker processes inherit this process's environment (RAYGRADE_HOME, test keys).
         proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
              "--node-ip-address", "127.0.0.1", "--port", str(port), f"--num-cpus={NUM_CPUS}",
-             "--include-dashboard=false", "--disable-usage-stats", f"--metrics-export-port={metrics_port}"],
+             "--include-dashboard=false", "--disable-usage-stats", f"--metrics-export-port={metrics_port}",
+             f"--temp-dir={temp_dir}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         address = f"127.0.0.1:{port}"
         deadline = time.monotonic() + 120
