@@ -11,7 +11,7 @@ WebP      decoded, EXIF orientation applied, re-encoded (PNG or JPEG, :func:`_en
 HEIC/HEIF decoded with ``pillow-heif``, EXIF orientation applied, re-encoded
 TIFF      every frame (a multi-page scan), each re-encoded
 PDF       every page rendered at ``pdf_dpi`` with ``pypdfium2`` (PDFium: vector and scanned
-          pages alike), each re-encoded
+          pages alike), each re-encoded (PNG when it has no colour)
 ========  ===========================================================================
 
 Every other format (GIF, BMP, …) is refused. Work is bounded before pixels are decoded: a
@@ -120,6 +120,19 @@ def _encode(im) -> bytes:
     return out.getvalue()
 
 
+def _grey_if_no_colour(im):
+    """An RGB render as a greyscale image when its three channels are equal everywhere (black
+    text, grey scans: stored as PNG, lossless and smaller), else as it is (a red pen stays red)."""
+    from PIL import ImageChops
+
+    if im.mode != "RGB":
+        return im
+    r, g, b = im.split()
+    if ImageChops.difference(r, g).getbbox() is None and ImageChops.difference(g, b).getbbox() is None:
+        return r
+    return im
+
+
 def _check_pixels(w: int, h: int, max_pixels: int, what: str) -> None:
     if w * h > max_pixels:
         raise ValueError(f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
@@ -203,7 +216,7 @@ def _pdf_pages(data: bytes, dpi: int, max_pixels: int, max_pages: int) -> list[b
                 w, h = round(w_pt * scale), round(h_pt * scale)
                 _check_pixels(w, h, max_pixels, f"page {k + 1} of the PDF file at {dpi} dpi")
                 bitmap = page.render(scale=scale, grayscale=False)
-                pages.append(_encode(bitmap.to_pil()))
+                pages.append(_encode(_grey_if_no_colour(bitmap.to_pil())))
             finally:
                 page.close()
         return pages

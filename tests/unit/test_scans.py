@@ -35,7 +35,7 @@ def test_a_vector_pdf_is_rendered_page_by_page_at_the_stated_dpi():
     assert len(pages) == 3
     for data in pages:
         im = _open(data)
-        assert im.format in ("PNG", "JPEG")
+        assert im.format == "PNG" and im.mode == "L"  # black text: no colour, kept lossless
         assert _about(im.size, (612 * DEFAULT_PDF_DPI // 72, 792 * DEFAULT_PDF_DPI // 72))  # 1275 × 1650
         assert _has_ink(im), "the page's vector text was rendered"
     [at72] = page_images(scan_files.vector_pdf(1), pdf_dpi=72)
@@ -45,6 +45,11 @@ def test_a_vector_pdf_is_rendered_page_by_page_at_the_stated_dpi():
 def test_a_scanned_pdf_keeps_its_pages_and_their_ink():
     pages = page_images(scan_files.scanned_pdf(2))
     assert len(pages) == 2 and all(_has_ink(_open(p)) for p in pages)
+    assert {_open(p).format for p in pages} == {"PNG"}  # a grey scan stays grey
+    colour = io.BytesIO()
+    scan_files.page_image("red pen", mode="RGB").save(colour, format="PDF", resolution=150)
+    [red] = page_images(colour.getvalue())
+    assert _open(red).format == "JPEG" and _open(red).mode == "RGB"  # the marks' colour is kept
     # 620 × 877 pixels saved at 150 dpi: the page is 4.13 × 5.85 in, rendered back at 150 dpi.
     assert _about(_open(pages[0]).size, (620, 877))
 
