@@ -19,6 +19,8 @@ import hashlib
 import os
 import re
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from pyarrow import fs as pafs
 
@@ -27,6 +29,7 @@ from raygrade.protocol import MAX_PAGES, GradingJob, ImagePage, StoredImage, med
 from raygrade.scans import MAX_PAGE_PIXELS, page_images
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+T = TypeVar("T")
 
 
 def default_blob_uri(store_url: str) -> str:
@@ -117,8 +120,6 @@ class BlobStore:
         return data
 
 
-
-
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) in pixels from an image file's header (pixels are not decoded).
 
@@ -184,17 +185,18 @@ def _pool():
     return _POOL
 
 
-def _check_all(images: list[bytes]) -> list[tuple[int, int] | ValueError]:
-    """:func:`check_image` of each image, decoded concurrently; an error is returned in place."""
-    def one(data: bytes) -> tuple[int, int] | ValueError:
+def _decode_all(fn: Callable[[bytes], T], files: list[bytes]) -> list[T | ValueError]:
+    """``fn`` of each file, run concurrently on the decode pool (one file runs here); a
+    ``ValueError`` is returned in place."""
+    def one(data: bytes) -> T | ValueError:
         try:
-            return check_image(data)
+            return fn(data)
         except ValueError as exc:
             return exc
 
-    if len(images) < 2:
-        return [one(d) for d in images]
-    return list(_pool().map(one, images))
+    if len(files) < 2:
+        return [one(d) for d in files]
+    return list(_pool().map(one, files))
 
 
 def check_model_answer_images(job: GradingJob) -> None:
@@ -208,18 +210,20 @@ def check_model_answer_images(job: GradingJob) -> None:
         for k, img in enumerate(q.model_answer_images):
             if img.data not in first:
                 first[img.data] = (f"assessment.questions[{i}].model_answer_images[{k}]", img.image_bytes())
-    for (name, _), res in zip(first.values(), _check_all([raw for _, raw in first.values()]), strict=True):
+    checked = _decode_all(check_image, [raw for _, raw in first.values()])
+    for (name, _), res in zip(first.values(), checked, strict=True):
         if isinstance(res, ValueError):
             raise InvalidRequestError(f"{name}: {res}", param=f"{name}.data") from None
 
 
-def _pages_of(data: bytes) -> list[tuple[bytes, tuple[int, int]]] | ValueError:
-    """The page images of one uploaded page file (:func:`raygrade.scans.page_images`), each
-    decoded (:func:`check_image`) with its pixel size; an error is returned in place."""
-    try:
-        return [(img, check_image(img)) for img in page_images(data)]
-    except ValueError as exc:
-        return exc
+def _pages_of(data: bytes) -> list[tuple[bytes, tuple[int, int]]]:
+    """The page images of one uploaded page file (:func:`raygrade.scans.page_images`) with
+    their pixel sizes: a PNG or JPEG kept as uploaded is decoded (:func:`check_image`); one
+    that scans encoded from decoded pixels has its size read from its header.
+
+    Raises:
+        ValueError: the file or a page image cannot be read (see both functions)."""
+    return [(img, check_image(img) if img is data else image_size(img)) for img in page_images(data)]
 
 
 def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
@@ -245,9 +249,7 @@ def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
         for k, page in enumerate(sub.pages):
             if isinstance(page, ImagePage) and page.data not in first:
                 first[page.data] = (i, k, page.image_bytes())
-    files = list(first.values())
-    results = list(_pool().map(_pages_of, [raw for _, _, raw in files])) if len(files) > 1 else [
-        _pages_of(raw) for _, _, raw in files]
+    results = _decode_all(_pages_of, [raw for _, _, raw in first.values()])
     refs: dict[str, list[StoredImage]] = {}
     for (data, (i, k, _)), res in zip(first.items(), results, strict=True):
         if isinstance(res, ValueError):

@@ -81,7 +81,7 @@ def page_images(data: bytes, *, pdf_dpi: int = DEFAULT_PDF_DPI, max_pixels: int 
     """
     kind = sniff(data)
     if kind in ("png", "jpeg"):
-        return [_upright_jpeg(data) if kind == "jpeg" else data]
+        return [_upright_jpeg(data, max_pixels) if kind == "jpeg" else data]
     if kind == "pdf":
         return _pdf_pages(data, pdf_dpi, max_pixels, max_pages)
     if kind in ("webp", "tiff", "heif"):
@@ -138,7 +138,7 @@ def _check_pixels(w: int, h: int, max_pixels: int, what: str) -> None:
         raise ValueError(f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
 
 
-def _upright_jpeg(data: bytes) -> bytes:
+def _upright_jpeg(data: bytes, max_pixels: int) -> bytes:
     """A JPEG as it is, or re-encoded upright when its EXIF orientation says it is rotated or
     mirrored (phones store the sensor's orientation and a tag; not every model reads the tag)."""
     from PIL import Image, ImageOps
@@ -149,7 +149,7 @@ def _upright_jpeg(data: bytes) -> bytes:
             if orientation in (None, 1):
                 return data
             w, h = im.size
-            _check_pixels(w, h, MAX_PAGE_PIXELS, "the page image")
+            _check_pixels(w, h, max_pixels, "the page image")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 upright = ImageOps.exif_transpose(im)
