@@ -36,7 +36,7 @@ def run(root: Path, split: str) -> dict:
         answers = [a.response for a in sq.answers]
         for name, w in graders.items():
             graded = ReferenceSimilarityGrader(embed, embedding_weight=w, scale="levels").grade_answers(q, answers)
-            pairs[name] += [(a.score, s, sq.max_score) for a, (s, _, _) in zip(sq.answers, graded)]
+            pairs[name] += [(a.score, s, sq.max_score) for a, (s, _, _, _) in zip(sq.answers, graded)]
         pairs["always full marks"] += [(a.score, sq.max_score, sq.max_score) for a in sq.answers]
     wall = time.perf_counter() - t0
     return {"answers": len(pairs["always full marks"]), "questions": len(test), "wall_s": wall,

@@ -70,6 +70,7 @@ from raygrade.prompts import PROMPT_VERSION, StudentWork
 from raygrade.protocol import ImagePage, Question, TextPage
 from raygrade.ratelimit.limiter import RateLimiter
 from raygrade.reading.ocr import OCRReader
+from raygrade.review import error_share, risk, routing_curve
 from raygrade.tokens import TiktokenCounter, counter_for
 
 Item = tuple[str, str, float, float]  # question key, answer id, human score, max score
@@ -110,8 +111,8 @@ def grade_baseline(test, train, pages, embedder, scale: str = "grid", examples: 
             question = question.model_copy(update={"examples": rng.sample(question.examples,
                                                                           min(examples, len(question.examples)))})
         texts = ["\n".join(p.text for p in pages[(q.key, a.id)]) for a in q.answers]
-        for a, (score, conf, _) in zip(q.answers, g.grade_answers(question, texts)):
-            grades[(q.key, a.id)] = (score, conf)
+        for a, (score, conf, _, error) in zip(q.answers, g.grade_answers(question, texts)):
+            grades[(q.key, a.id)] = (score, conf, error_share(error, question.max_score))
     return grades, errors
 
 
@@ -178,7 +179,7 @@ def grade_llm(test, train, pages, provider: ProviderConfig, base_url: str, examp
         usage[1] += o.usage.completion_tokens
         for r in o.results:
             k, aid = r.student_id.split("|", 1)
-            grades[(k, aid)] = (r.score, r.confidence, r.confidence_source)
+            grades[(k, aid)] = (r.score, r.confidence, r.confidence_source, error_share(r.expected_error, r.max_score))
         for e in o.errors:
             for sid in e.student_ids:
                 errors[tuple(sid.split("|", 1))] = e.type
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
                 pairs = [(h, grades[(k, i)][0], m) for k, i, h, m in items if (k, i) in grades]
                 rows = [(h, grades[(k, i)][0], m, steps[k]) for k, i, h, m in items if (k, i) in grades]
                 confs = [grades[(k, i)][1] for k, i, h, m in items if (k, i) in grades]
+                shares = [grades[(k, i)][-1] for k, i, h, m in items if (k, i) in grades]
                 per_q = {}
                 by_question: dict[str, list] = {}
                 for q in test:
@@ -353,6 +355,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "tokens": {"prompt": usage[0], "completion": usage[1]},
                     "usd_per_1000_answers": cost / len(items) * 1000,
                     "coverage": coverage_curve(pairs, confs) if pairs else [],
+                    # reviews routed by expected error (the default) and by confidence
+                    "routing": {by: routing_curve(rows, [risk(c, e, by) for c, e in zip(confs, shares)])
+                                for by in ("expected_error", "confidence")} if rows else None,
                     # ECE of confidence as P(level = the human's)
                     "ece": ece_with_ci(confs, level_hits, a.n_boot, a.seed) if pairs else None,
                 }
@@ -439,7 +444,7 @@ def calibrate_run(cfg, path, llm, cal_qs, train, items, grades, test, pages, emb
     pairs, confs = [], []
     for k, i, h, m in items:
         if (k, i) in grades:
-            score, conf, src = grades[(k, i)]
+            score, conf, src, _ = grades[(k, i)]
             pairs.append((h, score, m))
             confs.append(cal.calibrate(conf, (agrees_test or {}).get((k, i))) if src == source else conf)
     return {"fit_answers": len(keys), "fit_accuracy": sum(right) / max(1, len(right)), "fit_s": fit_s,
@@ -447,6 +452,24 @@ def calibrate_run(cfg, path, llm, cal_qs, train, items, grades, test, pages, emb
             "ece": ece_with_ci(confs, [score_level(h, m) == score_level(g, m) for h, g, m in pairs], 1000, 0),
             "mean_confidence": sum(confs) / max(1, len(confs)),
             "coverage": coverage_curve(pairs, confs)}
+
+
+def routing_markdown(report: dict) -> list[str]:
+    """The routing table: agreement against the share of items reviewed, routed by expected error
+    and by confidence, on the items kept and on the whole job once the routed items are reviewed."""
+    lines = ["", "Review routing on the grid: share of items routed to review by expected error (share of the "
+             "maximum) or by confidence (P(exact)); agreement on the items **kept** (not routed) and on **all** items "
+             "once the routed ones carry the human's score (pooled QWK, MAE of the maximum):", "",
+             "| config/path | share | by | kept exact | kept QWK | kept MAE | all exact | all QWK | all MAE |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["runs"].items():
+        for by, curve in (r.get("routing") or {}).items():
+            for p in curve:
+                k, a = p["kept"], p["after_review"]
+                kept = f"{k['exact']:.3f} | {k['qwk']:.3f} | {k['mae']:.3f}" if k else "- | - | -"
+                lines.append(f"| {name} | {p['share']:.1f} | {by} | {kept} | {a['exact']:.3f} | {a['qwk']:.3f} | "
+                             f"{a['mae']:.3f} |")
+    return lines
 
 
 def write(report: dict, curves: dict, out: Path) -> None:
@@ -475,6 +498,7 @@ def markdown(report: dict) -> str:
         p = report[path_key]
         lines += ["", f"Grid baseline minus three-level baseline ({path_key[7:]}, the same {p['n']} answers, paired "
                   f"bootstrap 95 % CI): QWK {ci(p['qwk'])}, exact {ci(p['exact'])}"]
+    lines += routing_markdown(report)
     lines += ["", "On three levels (none / partial / full; confidence = P(level right)), pooled:", "",
               "| config/path | graded | exact [95% CI] | Cohen's κ [95% CI] | QWK [95% CI] | invalid | ECE [95% CI] "
               "| s/1k answers | USD/1k answers |", "|---|---|---|---|---|---|---|---|---|"]

@@ -5,11 +5,13 @@ The grader is the reference-similarity baseline on each question's score grid wi
 examples per question (``--examples``, as a teacher would give). For each share of items reviewed
 (``--shares``) and each way of choosing them:
 
+- ``expected_error+regrade`` and ``expected_error``: the items of largest expected error (as a
+  share of the maximum; ``review_by="expected_error"``, the default), as the two below;
 - ``confidence+regrade``: the least confident items, over ``--rounds`` rounds; after each round
   the reviewed answers join their question's graded examples (what ``POST /v1/jobs/{id}/regrade``
   does) and the question's unreviewed answers are regraded, so the next round's choice and the
   remaining grades use what the teacher decided;
-- ``confidence``: the same items chosen once, without regrading (today's ``review_share``);
+- ``confidence``: the same items chosen once, without regrading (``review_by="confidence"``);
 - ``random+regrade`` and ``random``: the same counts chosen at random.
 
 A reviewed item takes the teacher's (human) score. Reported on every item of the split: the
@@ -42,9 +44,11 @@ from raygrade.datasets.saf import SAFQuestion, find_saf, grid_step, load_test_tr
 from raygrade.datasets.sample_jobs import saf_question
 from raygrade.evaluation import grid_agreement, per_question_qwk
 from raygrade.protocol import GradedExample, Question
+from raygrade.review import risk
 
 Key = tuple[str, str]  # (question key, answer id)
-STRATEGIES = ("confidence+regrade", "confidence", "random+regrade", "random")
+STRATEGIES = ("expected_error+regrade", "expected_error", "confidence+regrade", "confidence", "random+regrade",
+              "random")
 
 
 class Simulation:
@@ -67,15 +71,16 @@ class Simulation:
                       for q in test}
         self.initial = self.grade({q.key: self.questions[q.key] for q in test}, set())
 
-    def grade(self, questions: dict[str, Question], reviewed: set[Key]) -> dict[Key, tuple[float, float]]:
-        """(score, confidence) of every unreviewed answer of ``questions``."""
+    def grade(self, questions: dict[str, Question], reviewed: set[Key]) -> dict[Key, tuple[float, float, float]]:
+        """(score, confidence, expected error ÷ maximum) of every unreviewed answer of ``questions``."""
         out = {}
         for q in self.test:
             if q.key not in questions:
                 continue
             keys = [(q.key, a.id) for a in q.answers if (q.key, a.id) not in reviewed]
             graded = self.grader.grade_answers(questions[q.key], [self.text[k] for k in keys])
-            out.update({k: (s, c) for k, (s, c, _) in zip(keys, graded)})
+            mx = questions[q.key].max_score
+            out.update({k: (s, c, e / mx) for k, (s, c, _, e) in zip(keys, graded)})
         return out
 
     def with_examples(self, questions: dict[str, Question], keys: list[Key]) -> dict[str, Question]:
@@ -91,14 +96,14 @@ class Simulation:
         rng = random.Random(seed)
         total = round(share * len(self.human))
         per_round = [total // rounds + (1 if r < total % rounds else 0) for r in range(rounds)]
-        regrade, by_confidence = strategy.endswith("+regrade"), strategy.startswith("confidence")
+        regrade, by = strategy.endswith("+regrade"), strategy.split("+")[0]
         if not regrade:
             per_round = [total]
         grades, questions, reviewed = dict(self.initial), dict(self.questions), set()
         for n in per_round:
             open_keys = sorted(k for k in grades if k not in reviewed)
-            if by_confidence:
-                pick = sorted(open_keys, key=lambda k: (grades[k][1], k))[:n]
+            if by in ("expected_error", "confidence"):
+                pick = sorted(open_keys, key=lambda k: (-risk(grades[k][1], grades[k][2], by), k))[:n]
             else:
                 pick = rng.sample(open_keys, min(n, len(open_keys)))
             reviewed.update(pick)

@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--submissions-per-block", type=int, default=32)
     ap.add_argument("--reading-mode", choices=["auto", "vision", "ocr"], default="auto")
     ap.add_argument("--review-share", type=float, default=0.0)
+    ap.add_argument("--review-by", choices=["expected_error", "confidence"], default="expected_error",
+                    help="what --review-share ranks by: expected error (share of the maximum) or confidence")
     ap.add_argument("--compare", help="earlier results folder to report changes against")
     ap.add_argument("--no-retry-errors", action="store_true", help="on resume, keep earlier error rows")
     ap.add_argument("--mode", choices=["sync", "batch-api", "vllm-batch"], default="sync",
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = RegradeConfig(input=a.input, output=a.output, provider=app_args.provider, batcher=app_args.batcher,
                         namespace=a.namespace or app_args.namespace, reading_mode=a.reading_mode, actors=a.actors,
                         submissions_per_block=a.submissions_per_block, review_share=a.review_share,
-                        compare=a.compare, retry_errors=not a.no_retry_errors, mode=a.mode,
+                        review_by=a.review_by, compare=a.compare, retry_errors=not a.no_retry_errors, mode=a.mode,
                         batch_api=BatchApiConfig(max_enqueued_tokens=a.max_enqueued_tokens,
                                                  poll_interval_s=a.poll_interval_s, max_rounds=a.max_rounds,
                                                  fallback=a.fallback))

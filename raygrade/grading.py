@@ -30,6 +30,7 @@ from raygrade.protocol import GradeResult, GradingErrorItem, Usage
 from raygrade.providers.base import ChatProvider, ChatRequest, ChatResult
 from raygrade.ratelimit.limiter import Outcome, Reservation, Settlement
 from raygrade.retry import call_with_retries
+from raygrade.review import miss_error, question_step
 
 logger = logging.getLogger(__name__)
 
@@ -269,10 +270,12 @@ class BatchGrader:
                                                type=etype, message=reason, batch_id=batch.batch_id))
         n = max(1, len(grades))
         share = Usage(prompt_tokens=usage.prompt_tokens // n, completion_tokens=usage.completion_tokens // n)
+        step = {q.id: question_step(q) for q in batch.questions}
         results = [GradeResult(
             student_id=by_alias[g.alias].student_id, question_id=g.question_id, score=g.score,
             max_score=qmax[g.question_id], feedback=g.feedback,
-            confidence=g.score_prob if g.score_prob is not None else g.confidence,
+            confidence=(p := g.score_prob if g.score_prob is not None else g.confidence),
+            expected_error=miss_error(p, step[g.question_id]),
             confidence_source="score_logprob" if g.score_prob is not None else "self_reported",
             pages=by_alias[g.alias].page_indices, model=model_used, batch_id=batch.batch_id, usage=share,
         ) for g in grades]
@@ -303,11 +306,14 @@ class BatchGrader:
                           == score_level(r.score, r.max_score)
                           for r in results if (r.student_id, r.question_id) in levels}
         cal = self._calibration
+        step = {q.id: question_step(q) for q in batch.questions}
         out = []
         for r in results:
             a = agrees.get((r.student_id, r.question_id))
             update: dict = {"baseline_agrees": a}
             if cal is not None and r.confidence_source == cal.source:
-                update |= {"confidence": cal.calibrate(r.confidence, a), "confidence_calibrated": True}
+                c = cal.calibrate(r.confidence, a)
+                update |= {"confidence": c, "confidence_calibrated": True,
+                           "expected_error": miss_error(c, step[r.question_id])}
             out.append(r.model_copy(update=update))
         return out

@@ -1,25 +1,78 @@
 """Review routing: which grades a human should check.
 
-A school sets the share of items it is willing to review (``JobOptions.review_share``);
-the items with the lowest confidence, up to that share, are flagged ``needs_review``. Or it sets
-a target agreement (``JobOptions.review_target``): the fewest least confident items whose review
-is expected to reach it are flagged (:func:`target_cut`). As teachers review, their agreement
-with the model is measured (:func:`review_agreement`).
+A school sets the share of items it is willing to review (``JobOptions.review_share``); the
+items most at risk, up to that share, are flagged ``needs_review``. Risk is, by default, the
+grade's expected error (``GradeResult.expected_error``: the expected ``|score − the human's|``,
+in points) as a share of the question's maximum (:func:`review_risk`), so that a grade likely
+to be a little off on a fine grid ranks below one that may be far off; with
+``JobOptions.review_by="confidence"`` it is ``1 − confidence`` (P(exact score)), the earlier
+policy. Measured on SAF (``benchmarks/fidelity.py``, routing table): with the routed items
+reviewed, expected-error routing gives the job lower MAE and higher QWK against the human grades
+at most shares, and lower exact agreement (confidence routing maximises that one).
+
+Or a school sets a target agreement (``JobOptions.review_target``): the fewest least confident
+items whose review is expected to reach it are flagged (:func:`target_cut`). As teachers
+review, their agreement with the model is measured (:func:`review_agreement`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any, Literal
 
-from raygrade.protocol import GradeResult, ReviewAgreement
+from raygrade.evaluation import GridPair, grid_agreement
+from raygrade.protocol import GradeResult, Question, ReviewAgreement
+
+ReviewBy = Literal["expected_error", "confidence"]
 
 
-def review_cut(confidences: Sequence[float], share: float) -> set[int]:
-    """Indices of the ``ceil(share · n)`` least confident items (ties: earlier items first).
+def question_step(question: Question) -> float:
+    """The smallest gap between two scores ``question`` may take (points): its ``score_step``
+    grid's, else half its maximum (the three levels no credit, partial, full)."""
+    grid = question.allowed_scores()
+    if grid is None or len(grid) < 2:
+        return question.max_score / 2
+    return min(b - a for a, b in zip(grid, grid[1:]))
+
+
+def miss_error(confidence: float, step: float) -> float:
+    """Expected ``|score − the human's|`` (points) of a grade right with probability
+    ``confidence`` and otherwise one grid ``step`` off: ``(1 − confidence) · step``.
+
+    A lower bound (a miss is at least one step), for graders that report only P(exact score)
+    (LLM graders: the model's own number or its score tokens' probability); routing by it ranks
+    a question's grades as confidence does and weighs questions by their step's share of the
+    maximum.
+    """
+    return (1.0 - confidence) * step
+
+
+def error_share(expected_error: float | None, max_score: float | None) -> float | None:
+    """An expected error (points) as a share of the maximum, in [0, 1] (``None`` without one)."""
+    if expected_error is None or not max_score or max_score <= 0:
+        return None
+    return min(1.0, expected_error / max_score)
+
+
+def risk(confidence: float, share: float | None, by: ReviewBy = "expected_error") -> float:
+    """How much a review of a grade is worth, in [0, 1] (higher first): its :func:`error_share`
+    ``share``, or ``1 − confidence`` with ``by="confidence"`` or without a share (grades stored
+    before raygrade estimated errors)."""
+    return share if by == "expected_error" and share is not None else 1.0 - confidence
+
+
+def review_risk(result: GradeResult, by: ReviewBy = "expected_error") -> float:
+    """:func:`risk` of one grade."""
+    return risk(result.confidence, error_share(result.expected_error, result.max_score), by)
+
+
+def review_cut(risks: Sequence[float], share: float) -> set[int]:
+    """Indices of the ``ceil(share · n)`` items most at risk (ties: earlier items first).
 
     Args:
-        confidences: One confidence in [0, 1] per graded item.
+        risks: One :func:`review_risk` per graded item.
         share: Share of items to send to review, in [0, 1].
 
     Raises:
@@ -27,12 +80,12 @@ def review_cut(confidences: Sequence[float], share: float) -> set[int]:
     """
     if not 0 <= share <= 1:
         raise ValueError("share must be in [0, 1]")
-    return least_confident(confidences, math.ceil(share * len(confidences) - 1e-9))
+    return most_at_risk(risks, math.ceil(share * len(risks) - 1e-9))
 
 
-def least_confident(confidences: Sequence[float], k: int) -> set[int]:
-    """Indices of the ``k`` least confident items (ties: earlier items first)."""
-    return set(sorted(range(len(confidences)), key=lambda i: (confidences[i], i))[:max(0, k)])
+def most_at_risk(risks: Sequence[float], k: int) -> set[int]:
+    """Indices of the ``k`` items of highest risk (ties: earlier items first)."""
+    return set(sorted(range(len(risks)), key=lambda i: (-risks[i], i))[:max(0, k)])
 
 
 def target_cut(confidences: Sequence[float], target: float, *, right: int = 0) -> tuple[set[int], float]:
@@ -78,3 +131,39 @@ def review_agreement(results: list[GradeResult]) -> ReviewAgreement | None:
                            exact=sum(math.isclose(t, m, abs_tol=1e-9) for t, m, _ in pairs) / len(pairs),
                            mae=sum(abs(t - m) for t, m, _ in pairs) / len(pairs),
                            mae_of_max=sum(abs(t - m) / mx for t, m, mx in pairs) / len(pairs))
+
+
+#: Shares of a job routed to review that :func:`routing_curve` reports.
+ROUTING_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def routing_curve(rows: Sequence[GridPair], risks: Sequence[float], shares: Sequence[float] = ROUTING_SHARES
+                  ) -> list[dict[str, Any]]:
+    """Agreement with the human grades when the items of highest ``risks`` are reviewed.
+
+    Args:
+        rows: ``(human, machine, max, step)`` per graded item (:data:`raygrade.evaluation.GridPair`).
+        risks: One :func:`risk` per item.
+        shares: Shares of the items routed to review (:func:`review_cut`).
+
+    Returns:
+        Per share: ``{"share", "reviewed", "kept", "after_review"}``; ``kept`` is the grid agreement
+        (:class:`raygrade.evaluation.GridAgreement` as a dict: exact, within_one_step, pooled QWK,
+        MAE of the maximum) on the items not routed (``None`` when none is left), ``after_review``
+        on every item with the routed ones given the human's score (what the job's results are
+        once the teacher has reviewed them).
+
+    Raises:
+        ValueError: ``rows`` and ``risks`` differ in length, or ``rows`` is empty.
+    """
+    if len(rows) != len(risks):
+        raise ValueError("one risk per row")
+    out = []
+    for share in shares:
+        routed = review_cut(risks, share)
+        kept = [r for i, r in enumerate(rows) if i not in routed]
+        after = [(h, h if i in routed else m, mx, st) for i, (h, m, mx, st) in enumerate(rows)]
+        out.append({"share": share, "reviewed": len(routed),
+                    "kept": dataclasses.asdict(grid_agreement(kept)) if kept else None,
+                    "after_review": dataclasses.asdict(grid_agreement(after))})
+    return out

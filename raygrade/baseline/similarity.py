@@ -36,7 +36,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -52,6 +52,7 @@ from raygrade.baseline.levels import (  # re-exported: the three-level scale's f
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.evaluation import score_level
 from raygrade.protocol import GradeResult, GradingErrorItem, JobWarning, Question, TextPage, Usage
+from raygrade.review import miss_error, question_step
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,16 @@ def minilm_embedder(device: str = "cpu") -> Embedder:
     return embed
 
 
+class AnswerGrade(NamedTuple):
+    """One answer's grade: ``score`` (points, on the grid), ``confidence`` (P(exact score)),
+    ``feedback``, ``expected_error`` (expected ``|score − the human's|``, points)."""
+
+    score: float
+    confidence: float
+    feedback: str
+    expected_error: float
+
+
 @dataclasses.dataclass(frozen=True)
 class Similarity:
     """Similarity of one answer to the reference: word F1, embedding cosine, combined."""
@@ -139,7 +150,7 @@ class ReferenceSimilarityGrader:
         if scale not in ("grid", "levels"):
             raise ValueError("scale must be 'grid' or 'levels'")
         self.scale = scale
-        self._grid_fits: dict[str, tuple[gridmap.QuantileMap, float]] = {}
+        self._grid_fits: dict[str, tuple[gridmap.QuantileMap, float, list[tuple[float, float]]]] = {}
         self._embedder = embedder
         self._w = embedding_weight
         self._min_examples = min_examples
@@ -177,8 +188,8 @@ class ReferenceSimilarityGrader:
             self._fitted[key] = (*fit_thresholds(sims, levels), calibrate_margins(sims, levels))
         return self._fitted[key]
 
-    def grade_answers(self, q: Question, answers: Sequence[str]) -> list[tuple[float, float, str]]:
-        """(score, confidence, feedback) for each answer to ``q``.
+    def grade_answers(self, q: Question, answers: Sequence[str]) -> list[AnswerGrade]:
+        """The grade of each answer to ``q``.
 
         Raises:
             ValueError: the question has no reference answer.
@@ -196,19 +207,22 @@ class ReferenceSimilarityGrader:
             level = level_for(s, t1, t2)
             margin = min(abs(s - t1), abs(s - t2))
             confidence = round(calibration(margin) if calibration else heuristic_confidence(margin), 3)
-            out.append((scores[level], confidence, _feedback(text, sim, ref_terms)))
+            out.append(AnswerGrade(scores[level], confidence, _feedback(text, sim, ref_terms),
+                                   miss_error(confidence, question_step(q))))
         return out
 
-    def _grid_fit(self, q: Question) -> tuple[gridmap.QuantileMap, float]:
-        """The question's quantile map and its leave-one-out hit rate (cached per question)."""
+    def _grid_fit(self, q: Question) -> tuple[gridmap.QuantileMap, float, list[tuple[float, float]]]:
+        """The question's quantile map, its :func:`~raygrade.baseline.grid.question_factor` and its
+        leave-one-out outcomes (:func:`~raygrade.baseline.grid.loo_fractions`), cached per question."""
         key = q.model_dump_json(include={"reference_answer", "examples", "max_score", "score_step"})
         if key not in self._grid_fits:
             assert q.reference_answer is not None
             sims = [s.combined for s in self.similarities([e.answer for e in q.examples], q.reference_answer)]
-            scores = [e.score for e in q.examples]
-            hits = [hit for _, _, hit in gridmap.loo_records(sims, scores, q.max_score, gridmap.score_grid(q))]
-            self._grid_fits[key] = (gridmap.QuantileMap.fit(sims, [x / q.max_score for x in scores]),
-                                    gridmap.question_factor(hits))
+            fracs = [e.score / q.max_score for e in q.examples]
+            grid = gridmap.score_grid(q)
+            own = gridmap.loo_fractions(sims, fracs)
+            hits = [hit for _, _, hit in gridmap.loo_records(own, q.max_score, grid)]
+            self._grid_fits[key] = (gridmap.QuantileMap.fit(sims, fracs), gridmap.question_factor(hits), own)
         return self._grid_fits[key]
 
     def degenerate_warning(self, q: Question) -> JobWarning | None:
@@ -216,8 +230,8 @@ class ReferenceSimilarityGrader:
         degenerate = self.scale == "grid" and bool(q.reference_answer) and self._grid_fit(q)[0].degenerate
         return gridmap.degenerate_warning(q.id) if degenerate else None
 
-    def _grade_on_grid(self, q: Question, answers: Sequence[str]) -> list[tuple[float, float, str]]:
-        qmap, factor = self._grid_fit(q)
+    def _grade_on_grid(self, q: Question, answers: Sequence[str]) -> list[AnswerGrade]:
+        qmap, factor, own = self._grid_fit(q)
         grid = gridmap.score_grid(q)
         ref_terms = list(dict.fromkeys(content_words(q.reference_answer or "")))
         out = []
@@ -228,8 +242,11 @@ class ReferenceSimilarityGrader:
             score = gridmap.snap(raw, grid)
             conf = gridmap.grid_confidence(gridmap.grid_margin(raw, grid), gridmap.at_end(score, grid), factor)
             if qmap.degenerate:
-                conf = gridmap.DEGENERATE_CONFIDENCE
-            out.append((score, conf, _feedback(text, sim, ref_terms)))
+                conf, error = gridmap.DEGENERATE_CONFIDENCE, gridmap.widest_error(grid, score)
+            else:
+                error = gridmap.expected_error(gridmap.grade_distribution(raw / q.max_score, grid, q.max_score, own),
+                                               grid, score)
+            out.append(AnswerGrade(score, conf, _feedback(text, sim, ref_terms), error))
         return out
 
     async def grade(self, batch: GradeBatch) -> BatchOutcome:
@@ -266,9 +283,9 @@ class ReferenceSimilarityGrader:
                 continue
             if (warning := self.degenerate_warning(q)) is not None:
                 warnings.append(warning)
-            for s, (score, conf, fb) in zip(ok, graded):
+            for s, (score, conf, fb, error) in zip(ok, graded):
                 results.append(GradeResult(student_id=s.student_id, question_id=q.id, score=score,
-                                           max_score=q.max_score, feedback=fb, confidence=conf,
+                                           max_score=q.max_score, feedback=fb, confidence=conf, expected_error=error,
                                            confidence_source="reference_similarity", pages=s.page_indices,
                                            model=self.model_name, batch_id=batch.batch_id, usage=Usage()))
         return BatchOutcome(batch_id=batch.batch_id, results=results, errors=errors, usage=Usage(), calls=0,

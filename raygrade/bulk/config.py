@@ -51,7 +51,9 @@ class RegradeConfig(BaseModel):
         actors: Grading actors in the pool.
         submissions_per_block: Submissions planned and graded together by one actor call.
         batches_in_flight: Concurrent provider calls per actor.
-        review_share: Share of graded items flagged ``needs_review`` (least confident first).
+        review_share: Share of graded items flagged ``needs_review`` (those most at risk first).
+        review_by: What the share ranks by: ``expected_error`` (as a share of the maximum) or
+            ``confidence`` (:func:`raygrade.review.risk`).
         retry_errors: On resume, regrade submissions whose earlier rows carry an error.
         compare: Earlier results (a ``results`` folder) to report changes against.
         model_deployment: ``(application, deployment)`` of the provider's model when it is served
@@ -79,6 +81,7 @@ class RegradeConfig(BaseModel):
     submissions_per_block: int = Field(default=32, ge=1)
     batches_in_flight: int = Field(default=8, ge=1)
     review_share: float = Field(default=0.0, ge=0, le=1)
+    review_by: Literal["expected_error", "confidence"] = "expected_error"
     retry_errors: bool = True
     compare: str | None = None
     model_deployment: tuple[str, str] | None = None

@@ -136,7 +136,7 @@ def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] |
             pq.write_table(block, tmp)
             tmp.rename(staging / f"{run_id}-{k:06d}.parquet")
             tracker.add(block)
-    table = finalize(out_dir, cfg.review_share)
+    table = finalize(out_dir, cfg.review_share, cfg.review_by)
     report = build_report(table, cfg, assessment)
     write_report(report, table, out_dir)
     errs = sum(1 for e in table.column("error_type").to_pylist() if e)
@@ -183,7 +183,7 @@ def run_batch_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], N
                     len(todo))
         run.plan(todo)
     run.run(progress)
-    table = finalize(out_dir, cfg.review_share)
+    table = finalize(out_dir, cfg.review_share, cfg.review_by)
     report = build_report(table, cfg, assessment)
     factor = cfg.batch_api.price_factor if cfg.mode == "batch-api" else 1.0
     report["mode"] = cfg.mode

@@ -87,18 +87,19 @@ class BlockPlanner:
                      ) -> list[dict[str, Any]]:
         """Result rows (grades and errors) for a graded batch of the rows in ``by_id``."""
         rows = []
+        warned = {qid: w.type for w in outcome.warnings for qid in w.question_ids}
         for g in outcome.results:
             src = by_id[g.student_id]
             rows.append({"submission_id": g.student_id, "student_id": str(src.get("student_id") or ""),
                          "question_id": g.question_id, "score": g.score, "max_score": g.max_score,
-                         "feedback": g.feedback, "confidence": g.confidence,
+                         "feedback": g.feedback, "confidence": g.confidence, "expected_error": g.expected_error,
                          "confidence_source": g.confidence_source,
                          "confidence_calibrated": g.confidence_calibrated, "baseline_agrees": g.baseline_agrees,
                          "needs_review": False,
                          "model": g.model, "prompt_version": outcome.prompt_version,
                          "prompt_tokens": g.usage.prompt_tokens, "completion_tokens": g.usage.completion_tokens,
                          "pages": page_count(src), "batch_id": b.batch_id, "error_type": None,
-                         "error_message": None})
+                         "error_message": None, "warning": warned.get(g.question_id)})
         for e in outcome.errors:
             for sid in e.student_ids:
                 rows.extend(error_rows(by_id[sid], e.question_ids, e.type, e.message, self.assessment, b.batch_id))

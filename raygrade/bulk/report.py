@@ -83,9 +83,12 @@ def build_report(table: pa.Table, cfg: RegradeConfig, assessment: Assessment, to
     prov = cfg.provider
     cost = p_tok / 1e6 * prov.price_per_mtok_input_usd + c_tok / 1e6 * prov.price_per_mtok_output_usd
     errors: dict[str, int] = {}
+    warned: dict[str, set[str]] = {}
     for r in rows:
         if r["error_type"]:
             errors[r["error_type"]] = errors.get(r["error_type"], 0) + 1
+        if r.get("warning"):
+            warned.setdefault(r["warning"], set()).add(r["question_id"])
     report: dict[str, Any] = {
         "items": len(rows), "graded": len(graded), "errors": errors,
         "needs_review": sum(1 for r in rows if r["needs_review"]),
@@ -94,6 +97,8 @@ def build_report(table: pa.Table, cfg: RegradeConfig, assessment: Assessment, to
         "tokens_per_1k_pages": (p_tok + c_tok) / n_pages * 1000 if n_pages else None,
         "cost_usd": cost, "cost_per_1k_pages_usd": cost / n_pages * 1000 if n_pages else None,
         "compared_with": against, "compared_items": len(pairs),
+        # problems with whole questions (JobWarning types), e.g. a degenerate reference answer
+        "warnings": [{"type": t, "question_ids": sorted(q)} for t, q in sorted(warned.items())],
     }
     if pairs:
         by_question: dict[str, list[GridPair]] = {}
@@ -112,6 +117,12 @@ def build_report(table: pa.Table, cfg: RegradeConfig, assessment: Assessment, to
         moved = [m for m in moves if abs(m["delta"]) > 1e-9]  # items that did not move are not listed
         report["moved_most"] = sorted(moved, key=lambda m: (-abs(m["delta"]), m["submission_id"]))[:top]
     return report
+
+
+#: What each warning type means, for the Markdown report.
+WARNING_TEXT = {"degenerate_reference": "every graded example has the same similarity to the reference answer, so "
+                                        "its grades are the examples' median at the lowest confidence, routed to "
+                                        "review first: check the reference answer"}
 
 
 def ci(m: dict[str, Any]) -> str:
@@ -134,6 +145,9 @@ def write_report(report: dict[str, Any], table: pa.Table, out_dir: Path) -> None
              + (f" = {report['tokens_per_1k_pages']:.0f} per 1,000 pages" if report["tokens_per_1k_pages"] else ""),
              f"- estimated cost: {report['cost_usd']:.4f} USD"
              + (f" ({report['cost_per_1k_pages_usd']:.4f} per 1,000 pages)" if report["pages"] else "")]
+    lines += [f"- **warning** {w['type']}: question{'s' if len(w['question_ids']) > 1 else ''} "
+              f"{', '.join(w['question_ids'])} ({WARNING_TEXT.get(w['type'], 'see the job warnings')})"
+              for w in report.get("warnings", [])]
     if "agreement" in report:
         a, g = report["agreement"], report["agreement_grid"]
         pq = g["qwk_per_question"]

@@ -27,11 +27,14 @@ SUBMISSION_SCHEMA = pa.schema([
 RESULT_SCHEMA = pa.schema([
     ("submission_id", pa.string()), ("student_id", pa.string()), ("question_id", pa.string()),
     ("score", pa.float64()), ("max_score", pa.float64()), ("feedback", pa.string()),
-    ("confidence", pa.float64()), ("confidence_source", pa.string()), ("confidence_calibrated", pa.bool_()),
+    ("confidence", pa.float64()), ("expected_error", pa.float64()), ("confidence_source", pa.string()),
+    ("confidence_calibrated", pa.bool_()),
     ("baseline_agrees", pa.bool_()), ("needs_review", pa.bool_()), ("model", pa.string()),
     ("prompt_version", pa.string()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
     ("pages", pa.int64()), ("batch_id", pa.string()), ("error_type", pa.string()), ("error_message", pa.string()),
     ("run_id", pa.string()), ("graded_at", pa.string()),
+    # a problem with the row's whole question (a JobWarning's type, e.g. degenerate_reference)
+    ("warning", pa.string()),
 ])
 
 
@@ -107,7 +110,7 @@ def error_rows(row: dict[str, Any], qids: Iterable[str], etype: str, msg: str, a
     qmax = {q.id: q.max_score for q in assessment.questions}
     return [{"submission_id": str(row["submission_id"]), "student_id": str(row.get("student_id") or ""),
              "question_id": q, "score": None, "max_score": qmax.get(q), "feedback": None, "confidence": None,
-             "confidence_source": None, "confidence_calibrated": False, "baseline_agrees": None,
+             "expected_error": None, "confidence_source": None, "confidence_calibrated": False, "baseline_agrees": None,
              "needs_review": False, "model": None, "prompt_version": PROMPT_VERSION,
              "prompt_tokens": 0, "completion_tokens": 0, "pages": page_count(row), "batch_id": batch_id,
              "error_type": etype, "error_message": msg} for q in qids]

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raygrade.bulk.schema import RESULT_SCHEMA
-from raygrade.review import review_cut
+from raygrade.review import ReviewBy, error_share, review_cut, risk
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +57,17 @@ def latest_rows(staged: pa.Table) -> list[dict[str, Any]]:
     return sorted(best.values(), key=lambda r: (r["submission_id"], r["question_id"]))
 
 
-def finalize(out_dir: Path, review_share: float = 0.0) -> pa.Table:
+def finalize(out_dir: Path, review_share: float = 0.0, review_by: ReviewBy = "expected_error") -> pa.Table:
     """Write ``OUT/results`` from the staging files, atomically (write aside, then rename).
 
-    Applies the review cut over the whole run: the least confident ``review_share`` of the
-    graded items get ``needs_review``.
+    Applies the review cut over the whole run: the ``review_share`` of the graded items most at
+    risk (:func:`raygrade.review.risk` by ``review_by``) get ``needs_review``.
     """
     rows = latest_rows(read_staging(out_dir / "_staging"))
     graded = [i for i, r in enumerate(rows) if r["error_type"] is None]
-    for i in review_cut([rows[i]["confidence"] for i in graded], review_share):
+    risks = [risk(r["confidence"], error_share(r["expected_error"], r["max_score"]), review_by)
+             for r in (rows[i] for i in graded)]
+    for i in review_cut(risks, review_share):
         rows[graded[i]]["needs_review"] = True
     table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
     tmp = out_dir / f".results-{uuid.uuid4().hex[:8]}"

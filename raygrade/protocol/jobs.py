@@ -181,7 +181,10 @@ class JobOptions(_Input):
         "A retried POST with the same key (per tenant) returns the job it created instead of a second one."))
     temperature: float = number(default=0.0, ge=0, le=2, description="Sampling temperature of the model's calls.")
     review_share: float = number(default=0.0, ge=0, le=1, description=(
-        "Share of graded items a human will review: the least confident are flagged needs_review."))
+        "Share of graded items a human will review: those most at risk (review_by) are flagged needs_review."))
+    review_by: Literal["expected_error", "confidence"] = Field(default="expected_error", description=(
+        "What review_share ranks items by: expected_error (the grade's expected |score - the human's| as a share "
+        "of the maximum; default) or confidence (P(exact score), least confident first)."))
     review_target: ReviewTarget | None = Field(default=None, description=(
         "Flag as many of the least confident items as the expected agreement needs to reach the target "
         "(instead of review_share; the share chosen is in the job's status)."))

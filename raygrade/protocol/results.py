@@ -44,6 +44,10 @@ class GradeResult(_Model):
         default="self_reported", description=(
             "Where the confidence comes from: the model's own number, the probability of the score's "
             "tokens (token log-probabilities), or the baseline's calibrated margin."))
+    expected_error: float | None = Field(default=None, ge=0, description=(
+        "Expected |score - the human's score| in points: from the baseline's distribution over the grid "
+        "(its examples near this grade and SAF's), else (1 - confidence) x the grid's step (a miss is at "
+        "least one step). What review_share routes by (as a share of max_score)."))
     confidence_calibrated: bool = Field(default=False, description=(
         "The confidence went through the provider's fitted calibration map (P(level right) on graded examples)."))
     baseline_agrees: bool | None = Field(default=None, description=(
@@ -52,7 +56,8 @@ class GradeResult(_Model):
     model: str
     batch_id: str
     usage: Usage
-    needs_review: bool = Field(default=False, description="Among the least confident ``review_share`` of the job.")
+    needs_review: bool = Field(default=False, description=(
+        "Among the ``review_share`` of the job most at risk (``review_by``), or chosen by its review target."))
     item_id: str | None = Field(default=None, description=(
         "The item's id within its job (`item_<n>`; the review route's), in the job's results."))
     graded_by: Literal["model", "teacher"] = Field(default="model", description=(

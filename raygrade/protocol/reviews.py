@@ -51,7 +51,10 @@ class ReviewItem(_Model):
     score_step: float | None = Field(default=None, description="The question's grid step (null: any score).")
     feedback: str
     confidence: float
-    needs_review: bool = Field(description="Flagged among the least confident `review_share` of its job.")
+    expected_error: float | None = Field(default=None, description=(
+        "The grade's expected |score - the human's score| in points (what review_share routes by)."))
+    needs_review: bool = Field(description=(
+        "Flagged for review: among the `review_share` of its job most at risk, or chosen by its review target."))
     pages: list[int] = Field(description="0-based indices of the student's pages the grade used.")
     page_urls: list[str] = Field(description=(
         "Paths (below the app's route prefix) of those pages: "

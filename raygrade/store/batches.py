@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.errors import NotFoundError
 from raygrade.protocol import GradingErrorItem
+from raygrade.review import error_share
 from raygrade.store.core import StoreCore
 from raygrade.store.schema import batches, items, jobs
 from raygrade.store.states import BATCH_TRANSITIONS, ITEM_TRANSITIONS, sources
@@ -142,8 +143,9 @@ class BatchLeases(StoreCore):
                     # no IN (…): executemany cannot expand it
                     sa.or_(*(items.c.state == st for st in sources(ITEM_TRANSITIONS, "graded"))),
                 ).values(state="graded", result=sa.bindparam("r"), confidence=sa.bindparam("c"),
-                         batch_id=outcome.batch_id, updated_at=now),
-                    [{"s": r.student_id, "q": r.question_id, "r": r.model_dump_json(), "c": r.confidence}
+                         error_share=sa.bindparam("e"), batch_id=outcome.batch_id, updated_at=now),
+                    [{"s": r.student_id, "q": r.question_id, "r": r.model_dump_json(), "c": r.confidence,
+                      "e": error_share(r.expected_error, r.max_score)}
                      for r in outcome.results])
                 written = res.rowcount  # summed over the rows (supports_sane_multi_rowcount on both back ends)
                 dropped = len(outcome.results) - written

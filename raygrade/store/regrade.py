@@ -84,10 +84,11 @@ class Regrades(Reviews):
         the parent's review flags are recomputed (:meth:`~raygrade.store.reviews.Reviews._flag_review`)."""
         now = self._clock()
         self._job_row(conn, parent_id, lock=True)
-        for r in conn.execute(sa.select(items.c.student_id, items.c.question_id, items.c.result, items.c.confidence)
-                              .where(items.c.job_id == child_id, items.c.state == "graded")).all():
+        graded = sa.select(items.c.student_id, items.c.question_id, items.c.result, items.c.confidence,
+                           items.c.error_share).where(items.c.job_id == child_id, items.c.state == "graded")
+        for r in conn.execute(graded).all():
             conn.execute(items.update().where(
                 items.c.job_id == parent_id, items.c.student_id == r.student_id, items.c.question_id == r.question_id,
                 items.c.state == "graded", items.c.reviewed_at.is_(None)).values(
-                result=r.result, confidence=r.confidence, updated_at=now))
+                result=r.result, confidence=r.confidence, error_share=r.error_share, updated_at=now))
         self._flag_review(conn, parent_id, self._job_body(conn, parent_id).options)

@@ -29,7 +29,7 @@ from raygrade.protocol import (
     TextPage,
     media_type_of,
 )
-from raygrade.review import least_confident, target_cut
+from raygrade.review import most_at_risk, risk, target_cut
 from raygrade.store.core import StoreCore
 from raygrade.store.outbox import REVIEWED
 from raygrade.store.schema import api_keys, batches, items, jobs, reviews
@@ -210,13 +210,14 @@ class Reviews(StoreCore):
 
     def _flag_review(self, conn, job_id: str, options: JobOptions) -> None:
         """Flag the job's items for review (in the caller's transaction): with ``review_share``, that
-        share of the graded items in all, flagged items already reviewed counted first, then the least
-        confident unreviewed ones; with ``review_target``, the fewest least confident unreviewed items
+        share of the graded items in all, flagged items already reviewed counted first, then the
+        unreviewed ones most at risk (:func:`raygrade.review.risk` by ``options.review_by``); with
+        ``review_target``, the fewest least confident unreviewed items
         whose review is expected to reach it (:func:`raygrade.review.target_cut`; every reviewed item
         counts right), and the choice is recorded as the job's ``review_plan``. Run when a job ends and
         again when a regrade of it ends."""
         rows = conn.execute(sa.select(items.c.student_id, items.c.question_id, items.c.confidence,
-                                      items.c.reviewed_at, items.c.needs_review)
+                                      items.c.error_share, items.c.reviewed_at, items.c.needs_review)
                             .where(items.c.job_id == job_id, items.c.state == "graded").order_by(items.c.seq)).all()
         open_rows = [r for r in rows if r.reviewed_at is None]
         reviewed_flagged = sum(1 for r in rows if r.reviewed_at is not None and r.needs_review)
@@ -229,7 +230,8 @@ class Reviews(StoreCore):
                               share=flagged_n / len(rows) if rows else 0.0, expected=expected)
         else:
             budget = math.ceil(options.review_share * len(rows) - 1e-9)
-            picked = least_confident(confs, budget - reviewed_flagged)
+            picked = most_at_risk([risk(r.confidence, r.error_share, options.review_by) for r in open_rows],
+                                  budget - reviewed_flagged)
         flagged = [open_rows[i] for i in sorted(picked)]
         conn.execute(items.update().where(items.c.job_id == job_id, items.c.reviewed_at.is_(None),
                                           items.c.needs_review.is_(True)).values(needs_review=False))
@@ -330,6 +332,7 @@ class Reviews(StoreCore):
             id=item_id, job_id=row["job_id"], student_id=row["student_id"], question_id=row["question_id"],
             status="done" if g.review else "pending", score=g.score, graded_by=g.graded_by,
             model_score=g.model_score if g.model_score is not None else g.score, max_score=g.max_score,
-            score_step=question.score_step, feedback=g.feedback, confidence=g.confidence, needs_review=g.needs_review,
+            score_step=question.score_step, feedback=g.feedback, confidence=g.confidence,
+            expected_error=g.expected_error, needs_review=g.needs_review,
             pages=g.pages, page_urls=[f"/v1/jobs/{row['job_id']}/items/{item_id}/pages/{k}" for k in g.pages],
             transcription=text if transcribed else None, review=g.review)

@@ -62,6 +62,7 @@ items = sa.Table(
     sa.Column("batch_id", sa.String(96)),
     sa.Column("result", sa.Text),
     sa.Column("confidence", sa.Float),
+    sa.Column("error_share", sa.Float),  # expected error ÷ max score: what review routing ranks by (0007)
     sa.Column("needs_review", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("error_type", sa.String(64)),
     sa.Column("error_message", sa.Text),

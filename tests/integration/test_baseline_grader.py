@@ -45,7 +45,7 @@ def test_saf_slice_agreement(embedder):
     for sq in load_split(root, "unseen_answers")[:4]:
         q = saf_question(sq, train[sq.key])
         graded = ReferenceSimilarityGrader(embedder).grade_answers(q, [a.response for a in sq.answers])
-        pairs += [(a.score, s, sq.max_score) for a, (s, _, _) in zip(sq.answers, graded)]
+        pairs += [(a.score, s, sq.max_score) for a, (s, _, _, _) in zip(sq.answers, graded)]
     ag = agreement(pairs)
     # On these 56 answers (questions 10.1, 10.2, 10.3, 12.1) the baseline measured exact 0.80, QWK 0.74;
     # always-full-marks gets exact 0.36, QWK 0.

@@ -261,3 +261,28 @@ def test_the_reviewed_webhook_is_queued_once_when_the_queue_empties(store):
     store.review_item(job_id, pending[1].id, ReviewRequest(score=0.5), tenant="school-a")   # a correction
     assert store.webhook(job_id, "grading.job.reviewed")["attempts"] == 1 and store.lease_webhooks("W", 30) == []
     assert store.webhook(job_id)["state"] == "delivered"        # the completion webhook is its own row
+
+
+@pytest.mark.parametrize("by", ["expected_error", "confidence"])
+def test_review_share_routes_by_expected_error_or_by_confidence(store, by):
+    """q1's grades (max 2, step 0.5) are less confident but a miss costs a quarter of the maximum;
+    q2's (max 1, two levels) are more confident but a miss costs half of it."""
+    from raygrade.batch import BatchOutcome
+    from raygrade.protocol import GradeResult, Usage
+
+    job = grid_job(4, review_share=0.25, review_by=by)
+    st, _ = store.create_job(job, tenant="school-a")
+    batches = plan(st.id, job)
+    store.record_plan(st.id, batches, [], "m")
+    for b in batches:
+        store.complete_batch(st.id, BatchOutcome(batch_id=b.batch_id, errors=[], calls=1, usage=Usage(), results=[
+            GradeResult(student_id=s.student_id, question_id=q, score=1, max_score=2 if q == "q1" else 1,
+                        feedback="ok", pages=[0], model="m", batch_id=b.batch_id, usage=Usage(),
+                        confidence=0.5 if q == "q1" else 0.7, expected_error=0.25 if q == "q1" else 0.3)
+            for s in b.students for q in s.question_ids]))
+    assert store.finish_if_complete(st.id).state == JobState.SUCCEEDED
+    flagged = [r for r in store.results(st.id).results if r.needs_review]
+    assert len(flagged) == 2
+    assert {r.question_id for r in flagged} == ({"q2"} if by == "expected_error" else {"q1"})
+    pending, _ = store.review_queue("raygrade", "school-a", job_id=st.id, status="pending")
+    assert {p.expected_error for p in pending} == ({0.3} if by == "expected_error" else {0.25})

@@ -77,10 +77,10 @@ def test_grades_order_by_similarity_and_explain():
     g = ReferenceSimilarityGrader(bow_embedder, scale="levels")
     answers = [REF, "TCP has sequence numbers and acknowledgement numbers.", "I like bananas."]
     graded = g.grade_answers(question(), answers)
-    scores = [s for s, _, _ in graded]
+    scores = [s for s, _, _, _ in graded]
     assert scores[0] == 1.0 and scores[2] == 0.0 and scores[0] >= scores[1] >= scores[2]
     assert "Covers: tcp, headers" in graded[0][2] and "Missing:" in graded[1][2]
-    assert all(0.5 <= c <= 0.95 for _, c, _ in graded)
+    assert all(0.5 <= c <= 0.95 for _, c, _, _ in graded)
 
 
 def test_thresholds_fitted_only_with_enough_varied_examples():
@@ -165,7 +165,7 @@ def test_grid_scale_reaches_every_grid_value_on_a_0_to_10_half_point_scale():
     assert reached == set(grid)  # monotone, and every half point between 0 and 10
     graded = ReferenceSimilarityGrader(bow_embedder).grade_answers(q, [REF, "bananas", PARTS[0]])
     assert graded[0][0] == 10 and graded[1][0] == 0 and 0 < graded[2][0] < 10
-    assert all(s in grid for s, _, _ in graded)
+    assert all(s in grid for s, _, _, _ in graded)
 
 
 def test_one_level_examples_still_give_a_scale():
@@ -174,7 +174,7 @@ def test_one_level_examples_still_give_a_scale():
     q = Question(id="q", prompt="p", reference_answer=REF, max_score=2, score_step=0.25,
                  examples=_exs([(REF, 2), (REF + " indeed", 2), ("TCP and UDP headers differ: sequence numbers, "
                                                                  "acknowledgement numbers, receive window", 2)]))
-    scores = [s for s, _, _ in ReferenceSimilarityGrader(bow_embedder).grade_answers(q, [REF, "I like bananas."])]
+    scores = [s for s, _, _, _ in ReferenceSimilarityGrader(bow_embedder).grade_answers(q, [REF, "I like bananas."])]
     assert scores[0] == 2 and scores[1] < 1
 
 
@@ -183,9 +183,9 @@ def test_a_question_with_a_single_example_or_none():
     for exs in ([], _exs([(PARTS[0], 0.5)])):
         q = Question(id="q", prompt="p", reference_answer=REF, max_score=1, score_step=0.125, examples=exs)
         graded = g.grade_answers(q, [REF, PARTS[0], "bananas"])
-        scores = [s for s, _, _ in graded]
+        scores = [s for s, _, _, _ in graded]
         assert scores == sorted(scores, reverse=True) and scores[0] > scores[2]
-        assert all(0.01 <= c <= 0.99 for _, c, _ in graded)
+        assert all(0.01 <= c <= 0.99 for _, c, _, _ in graded)
 
 
 def test_grid_confidence_is_calibrated_probability_of_the_exact_score():
@@ -217,7 +217,8 @@ def test_a_map_that_cannot_separate_its_examples_gives_their_median_at_the_lowes
                  examples=_exs([(f"answer number {i}", 2 * f) for i, f in enumerate(fracs)]))
     with caplog.at_level("WARNING", logger="raygrade.baseline.similarity"):
         graded = ReferenceSimilarityGrader(bow_embedder).grade_answers(q, ["TCP headers", "answer number 3"])
-    assert [(s, c) for s, c, _ in graded] == [(1.0, DEGENERATE_CONFIDENCE)] * 2, "the median, not full marks"
+    assert [(s, c) for s, c, _, _ in graded] == [(1.0, DEGENERATE_CONFIDENCE)] * 2, "the median, not full marks"
+    assert [e for *_, e in graded] == [1.0, 1.0], "the widest error on the grid: routed first by expected error too"
     assert "question q7" in caplog.text and "answer number" not in caplog.text, "no student text in logs"
 
     # A batch's outcome names the question (the job's status carries it: JobStatus.warnings).
@@ -228,3 +229,37 @@ def test_a_map_that_cannot_separate_its_examples_gives_their_median_at_the_lowes
         max_tokens=1))
     assert [(w.type, w.question_ids) for w in out.warnings] == [("degenerate_reference", ["q7"])]
     assert "q7" in out.warnings[0].message and REF not in out.warnings[0].message
+
+
+def test_a_grades_distribution_over_the_grid_comes_from_outcomes_near_it():
+    from raygrade.baseline.grid import SHRINK_EXAMPLES, expected_error, grade_distribution, loo_fractions
+
+    grid = [0.0, 0.5, 1.0, 1.5, 2.0]
+    pooled = grade_distribution(0.5, grid, 2.0)        # SAF's outcomes only
+    assert pooled.shape == (5,) and pooled.sum() == pytest.approx(1.0) and pooled.argmax() in (1, 2, 3)
+    # A question whose examples graded near 0.5 (raw) were all given 1.5 points: its own outcomes
+    # pull the distribution there, shrunk towards the pooled one by their kernel weight.
+    own = [(0.5, 0.75)] * 20
+    mine = grade_distribution(0.5, grid, 2.0, own)
+    assert mine[3] == pytest.approx(20 / (20 + SHRINK_EXAMPLES) + 5 / 25 * pooled[3])
+    assert expected_error(mine, grid, 1.5) < expected_error(pooled, grid, 1.5)
+    far = grade_distribution(0.05, grid, 2.0, own)      # the examples lie far from this grade: the pooled view
+    assert far == pytest.approx(grade_distribution(0.05, grid, 2.0), abs=1e-3)
+    assert expected_error(np.array([0, 0, 0.5, 0, 0.5]), grid, 1.0) == 0.5
+
+    loo = loo_fractions([0.1, 0.5, 0.9], [0.0, 0.5, 1.0])    # each example by the map of the other two
+    assert [y for _, y in loo] == [0.0, 0.5, 1.0] and loo[0][0] < loo[1][0] < loo[2][0]
+
+
+def test_grades_carry_their_expected_error_and_the_batch_passes_it_on():
+    q = Question(id="q", prompt="p", reference_answer=REF, max_score=10, score_step=0.5,
+                 examples=_exs([(REF, 10), (PARTS[0], 5), ("bananas", 0)] * 3))
+    graded = ReferenceSimilarityGrader(bow_embedder).grade_answers(q, [REF, PARTS[0], "I like bananas."])
+    assert all(0 <= g.expected_error <= 10 for g in graded)
+    levels = ReferenceSimilarityGrader(bow_embedder, scale="levels").grade_answers(question(), [REF])
+    assert levels[0].expected_error == pytest.approx((1 - levels[0].confidence) * 0.25)   # a miss: one step
+    students = [StudentWork(student_id="a", alias="s1", pages=[TextPage(text=PARTS[0])], page_indices=[0],
+                            question_ids=["q"])]
+    out = ReferenceSimilarityGrader(bow_embedder).grade_sync(GradeBatch(
+        batch_id="b1", job_id="j", questions=[q], students=students, prompt_tokens_estimate=0, max_tokens=1))
+    assert out.results[0].expected_error == graded[1].expected_error

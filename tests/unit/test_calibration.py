@@ -94,6 +94,9 @@ def test_batch_grader_applies_calibration_and_baseline_agreement(tmp_path):
     r1, r2 = by[("student-1", "q1")], by[("student-2", "q1")]
     assert r1.baseline_agrees is True and r1.confidence == pytest.approx(0.72) and r1.confidence_calibrated
     assert r2.baseline_agrees is False and r2.confidence == pytest.approx(0.09)
+    # the expected error follows the calibrated confidence: (1 − P(exact)) × the question's step
+    assert r1.expected_error == pytest.approx(0.28 * 0.5) and r2.expected_error == pytest.approx(0.91 * 0.5)
+    assert by[("student-1", "q2")].expected_error == pytest.approx((1 - by[("student-1", "q2")].confidence) * 0.5)
     # Calibration alone: the pooled curve; a map for another source leaves grades as they are.
     g, _ = grader(ScriptedProvider([good(b.students, score=0.5)]), calibration=cal)
     out = asyncio.run(g.grade(b))

@@ -281,6 +281,8 @@ def test_grades_take_their_confidence_from_score_logprobs_when_given():
     assert all(abs(r.confidence - 0.8 ** 3) < 1e-9 for r in out.results), "P('0') P('.') P('5')"
     plain = asyncio.run(grader(ScriptedProvider([content]))[0].grade(b))
     assert {(r.confidence_source, r.confidence) for r in plain.results} == {("self_reported", 0.9)}
+    # a miss is at least one step: q1 (max 1, no step) has three levels, q2 steps of 0.5
+    assert {(r.question_id, round(r.expected_error, 9)) for r in plain.results} == {("q1", 0.05), ("q2", 0.05)}
 
 
 def test_items_go_to_the_fallback_while_the_breaker_is_open():

@@ -3,16 +3,16 @@ import pytest
 from raygrade.review import review_cut
 
 
-def test_review_cut_takes_the_least_confident_share():
-    conf = [0.9, 0.2, 0.5, 0.2, 0.99]
-    assert review_cut(conf, 0.0) == set()
-    assert review_cut(conf, 0.4) == {1, 3}
-    assert review_cut(conf, 0.5) == {1, 3, 2}       # ceil(2.5) = 3
-    assert review_cut(conf, 1.0) == set(range(5))
-    assert review_cut([0.7, 0.7, 0.7], 0.34) == {0, 1}  # ties: earlier first
+def test_review_cut_takes_the_share_most_at_risk():
+    risks = [0.1, 0.8, 0.5, 0.8, 0.01]
+    assert review_cut(risks, 0.0) == set()
+    assert review_cut(risks, 0.4) == {1, 3}
+    assert review_cut(risks, 0.5) == {1, 3, 2}       # ceil(2.5) = 3
+    assert review_cut(risks, 1.0) == set(range(5))
+    assert review_cut([0.3, 0.3, 0.3], 0.34) == {0, 1}  # ties: earlier first
     assert review_cut([], 0.5) == set()
     with pytest.raises(ValueError):
-        review_cut(conf, 1.5)
+        review_cut(risks, 1.5)
 
 
 def test_target_cut_reviews_the_fewest_items_the_expected_agreement_needs():
@@ -30,3 +30,44 @@ def test_target_cut_reviews_the_fewest_items_the_expected_agreement_needs():
     assert target_cut([], 0.9) == (set(), 1.0)
     with pytest.raises(ValueError):
         target_cut(conf, 0)
+
+
+def test_risk_is_the_expected_error_as_a_share_of_the_maximum_else_one_minus_confidence():
+    from raygrade.protocol import GradeResult, Question, Usage
+    from raygrade.review import error_share, miss_error, question_step, review_risk, risk
+
+    def grade(conf, error, max_score=4.0):
+        return GradeResult(student_id="s", question_id="q", score=1, max_score=max_score, feedback="", pages=[0],
+                           confidence=conf, expected_error=error, model="m", batch_id="b", usage=Usage())
+
+    assert review_risk(grade(0.9, 2.0)) == 0.5 and review_risk(grade(0.9, 2.0), "confidence") == pytest.approx(0.1)
+    assert review_risk(grade(0.9, None)) == pytest.approx(0.1)        # graded before errors were estimated
+    assert review_risk(grade(0.9, 9.0)) == 1.0                        # capped
+    assert error_share(1.0, 0) is None and risk(0.3, None) == pytest.approx(0.7)
+    q = Question(id="q", prompt="p", max_score=3, score_step=0.5)
+    assert question_step(q) == 0.5 and question_step(Question(id="q", prompt="p", max_score=3)) == 1.5
+    assert miss_error(0.75, 0.5) == 0.125 and miss_error(1.0, 0.5) == 0
+
+
+def test_review_cut_by_risk_differs_from_confidence_where_a_miss_costs_more():
+    # Two grades right with the same probability: a miss is one step of a 10-step grid (item 0)
+    # or the whole of a two-level question (item 1). Confidence cannot tell them apart; risk can.
+    confidences, errors, maxima = [0.8, 0.8, 0.6], [0.02, 0.2, 0.04], [1.0, 1.0, 1.0]
+    from raygrade.review import risk
+
+    by_error = [risk(c, e / m) for c, e, m in zip(confidences, errors, maxima)]
+    by_conf = [risk(c, e / m, "confidence") for c, e, m in zip(confidences, errors, maxima)]
+    assert review_cut(by_error, 0.33) == {1} and review_cut(by_conf, 0.33) == {2}
+
+
+def test_routing_curve_reports_the_kept_items_and_the_job_after_review():
+    from raygrade.review import routing_curve
+
+    rows = [(1.0, 1.0, 1.0, 0.5), (0.0, 1.0, 1.0, 0.5), (0.5, 0.5, 1.0, 0.5), (1.0, 0.5, 1.0, 0.5)]
+    curve = routing_curve(rows, [0.1, 0.9, 0.2, 0.5], shares=(0.0, 0.5, 1.0))
+    assert [p["reviewed"] for p in curve] == [0, 2, 4]
+    assert curve[0]["kept"]["exact"] == 0.5 and curve[0]["after_review"]["mae"] == pytest.approx(1.5 / 4)
+    assert curve[1]["kept"]["exact"] == 1.0 and curve[1]["after_review"]["exact"] == 1.0  # the two misses routed
+    assert curve[2]["kept"] is None and curve[2]["after_review"]["qwk"] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        routing_curve(rows, [0.1])
