@@ -56,6 +56,12 @@ class RateLimitConfig(_Config):
         max_concurrent_tokens: Prompt + ``max_tokens`` in flight at once (the KV-cache budget);
             one larger call still goes when nothing else is in flight.
         in_flight_timeout_s: After this long an unsettled call stops counting (its caller died).
+        burst_s: Smooth admission: at most this many seconds' worth of each window's steady rate
+            (``limit / window``) is admitted at once, then the steady rate
+            (:class:`raygrade.ratelimit.pacer.Pacer`), so a provider that enforces its per-minute
+            limit over shorter periods (OpenAI may enforce 60,000 RPM as 1,000 per second) sees
+            no bursts; halved, down to 0.1 s, when the provider rejects calls while the window
+            has room. ``None``: off (a whole window's worth may go at once).
     """
 
     rpm: int | None = Field(default=None, gt=0)
@@ -74,6 +80,7 @@ class RateLimitConfig(_Config):
     max_concurrent_requests: int | None = Field(default=None, gt=0)
     max_concurrent_tokens: int | None = Field(default=None, gt=0)
     in_flight_timeout_s: float = Field(default=900.0, gt=0)
+    burst_s: float | None = Field(default=6.0, gt=0, le=3600)
 
     def stricter(self, other: RateLimitConfig) -> RateLimitConfig:
         """The stricter of two callers' limits for the same key, field by field.
@@ -116,6 +123,7 @@ STRICTER: dict[str, Any] = {
     "max_concurrent_requests": _lower_limit,
     "max_concurrent_tokens": _lower_limit,
     "in_flight_timeout_s": max,
+    "burst_s": lambda a, b: b if a is None else a if b is None else min(a, b),  # a smaller burst; off is loosest
 }
 
 

@@ -7,6 +7,7 @@
 - :func:`learn_from_headers`: lower limits and unseen usage from ``x-ratelimit-*`` headers
   (one :class:`~raygrade.ratelimit.state.Correction` per dimension, re-measured by fresher
   readings and shrunk by :func:`explain_correction`).
+- :func:`learn_burst`: a smaller smooth-admission burst from 429s the windows do not explain.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from raygrade.ratelimit.pacer import MIN_BURST_S
 from raygrade.ratelimit.state import (
     RATIO_ALPHA_DOWN,
     RATIO_ALPHA_UP,
@@ -173,3 +175,33 @@ def learn_rejection_rule(st: _KeyState, missing: float, sent_at: float, now: flo
         st.rejections_learned = True
         logger.warning("%s: the provider's x-ratelimit-remaining-requests counts rejected (429) calls although "
                        "rate_limit.rejected_requests_count is false; rejected calls now stay charged", st.key)
+
+
+#: A window filled below this share of its limit "had room" when a call was rejected.
+ROOM_SHARE = 0.9
+
+
+def learn_burst(st: _KeyState, o: _Open, now: float) -> bool:
+    """Lower the key's smooth-admission burst after a 429 that its windows do not explain.
+
+    When the provider rejects a call while every window it was charged in was below
+    :data:`ROOM_SHARE` of its limit, the provider enforces its limit over periods shorter than
+    the window (OpenAI documents enforcing 60,000 RPM as 1,000 per second), so the burst is
+    halved (down to :data:`~raygrade.ratelimit.pacer.MIN_BURST_S`). Only a call admitted after
+    the last lowering counts: the calls of one burst rejected together lower it once.
+
+    Returns:
+        Whether the burst was lowered.
+    """
+    burst = st.burst_s()
+    if burst is None or burst <= MIN_BURST_S or o.admitted_at <= st.burst_learned_at:
+        return False
+    if any(w.used(now) >= ROOM_SHARE * w.limit for w, _ in o.charges(st)):
+        return False  # the window was (nearly) full: its own count explains the 429
+    st.learned_burst_s = max(MIN_BURST_S, burst / 2)
+    st.burst_learned_at = now
+    st.stats["burst_lowered"] += 1
+    st.apply_limits()
+    logger.warning("%s: the provider rejected a call while the window had room (it enforces its limit over shorter "
+                   "periods); admitting at most %.2f s of the steady rate at once", st.key, st.learned_burst_s)
+    return True

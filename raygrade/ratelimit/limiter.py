@@ -23,8 +23,11 @@ Per key (``provider:model``):
   ``x-ratelimit-remaining-*`` shows more usage than this limiter charged (another
   client of the same organisation, or a different token count), the difference is
   charged until the header's reset time.
+- **Smooth admission.** Within each window a :class:`~raygrade.ratelimit.pacer.Pacer` lets
+  out at most ``burst_s`` seconds' worth of the window's rate at once, then the steady rate.
 - **429s.** A 429 pauses the key for every caller (``Retry-After``, else
-  ``default_backoff_s``), not just the replica that got it.
+  ``default_backoff_s``), not just the replica that got it; one that comes while the windows
+  have room halves the burst (:func:`~raygrade.ratelimit.learning.learn_burst`).
 - **Circuit breaker** per key (:class:`~raygrade.ratelimit.breaker.CircuitBreaker`):
   while open, :meth:`RateLimiter.acquire` raises :class:`CircuitOpenError` at once.
 - **Restart safety.** Built with ``restarted=True`` (the actor was reconstructed and
@@ -46,6 +49,7 @@ from raygrade.config import RateLimitConfig
 from raygrade.errors import CircuitOpenError
 from raygrade.ratelimit.learning import (
     explain_correction,
+    learn_burst,
     learn_count_ratio,
     learn_from_headers,
     recharge_unlearned,
@@ -204,6 +208,7 @@ class RateLimiter:
                 w.postpone(c, send_delay_s, now)
         if o is not None and outcome == "rate_limited":
             st.rejections.append((o.admitted_at, now))
+            learn_burst(st, o, now)
         if o is not None and outcome == "rate_limited" and not st.counts_rejections():
             for w, c in o.charges(st):  # the provider did not count it: neither do we
                 w.adjust(c, 0, now)

@@ -15,6 +15,7 @@ from typing import Any
 from raygrade.config import RateLimitConfig
 from raygrade.ratelimit.breaker import CircuitBreaker
 from raygrade.ratelimit.offers import LimitOffers
+from raygrade.ratelimit.pacer import Pacer
 from raygrade.ratelimit.types import Reservation
 from raygrade.ratelimit.window import Charge, SlidingWindow
 
@@ -90,6 +91,10 @@ class _KeyState:
         self.scale = limits.window_s / 60.0  # per-minute limit -> per-window limit
         self.window_s = limits.window_s + limits.window_margin_s
         self.learned: dict[str, float] = {}  # per minute
+        # Smooth admission's burst as learned from 429s that came while the windows had room
+        # (learning.learn_burst), and when it was last lowered.
+        self.learned_burst_s: float | None = None
+        self.burst_learned_at = float("-inf")
         self.req: SlidingWindow | None = None
         self.tok: SlidingWindow | None = None
         self.inp: SlidingWindow | None = None  # input tokens (itpm)
@@ -121,7 +126,7 @@ class _KeyState:
         self.ratio_warned = False
         self.timer: asyncio.Task | None = None
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
-                      "failures": 0, "rejected_open": 0, "header_corrections": 0}
+                      "failures": 0, "rejected_open": 0, "header_corrections": 0, "burst_lowered": 0}
 
     def set_limits(self, limits: RateLimitConfig, now: float) -> None:
         """Put ``limits`` in force, keeping everything charged, queued, in flight and learned
@@ -239,7 +244,7 @@ class _KeyState:
             "in_flight_tokens": sum(n for _, n, _ in self.in_flight.values()),
             "count_ratio": self.count_ratio, "count_ratio_samples": self.ratio_samples,
             "image_count_ratio": self.image_ratio, "image_count_ratio_samples": self.image_samples,
-            "mixed_count_ratio": self.mixed_ratio,
+            "mixed_count_ratio": self.mixed_ratio, "burst_s": self.burst_s(),
             "rejections_counted": self.counts_rejections(),
             "header_correction_tokens": sum(c.charge.amount for d, c in self.corrections.items()
                                             if d == "tokens" and c.charge.expires > now),
@@ -267,7 +272,14 @@ class _KeyState:
             return min(configured, learned)
         return configured or learned
 
+    def burst_s(self) -> float | None:
+        """The smooth-admission burst in force: the configured one, lowered by a learned one
+        (``None``: off)."""
+        cfg = self.limits.burst_s
+        return None if cfg is None else min(cfg, self.learned_burst_s or cfg)
+
     def apply_limits(self) -> None:
+        burst = self.burst_s()
         for dim, (attr, _) in DIMENSIONS.items():
             eff, w = self.effective(dim), self.window(dim)
             if eff is None:
@@ -276,6 +288,10 @@ class _KeyState:
                 w = SlidingWindow(eff * self.scale, self.window_s)
             else:
                 w.limit = float(eff * self.scale)
+            if w is not None:
+                w.pacer = None if burst is None else w.pacer or Pacer(burst)
+                if w.pacer is not None and burst is not None:
+                    w.pacer.burst_s = burst
             setattr(self, attr, w)
 
 

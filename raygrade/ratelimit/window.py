@@ -2,6 +2,9 @@
 
 Plain classes with an injected clock: unit-tested without Ray or real time.
 
+Within the window, admissions are spread by an optional :class:`~raygrade.ratelimit.pacer.Pacer`
+(:attr:`SlidingWindow.pacer`): at most a burst, then the window's steady rate.
+
 Why a sliding window and not a continuously refilled bucket: a bucket of one
 minute's capacity refilled at ``limit/60`` per second admits up to *two*
 minutes' worth in the first 60 s after it was idle, which a provider that
@@ -21,6 +24,8 @@ import dataclasses
 import re
 from collections.abc import Mapping
 
+from raygrade.ratelimit.pacer import Pacer
+
 
 @dataclasses.dataclass
 class Charge:
@@ -31,6 +36,7 @@ class Charge:
     expires: float
     before: float = 0.0          # amount before the last adjustment
     adjusted_at: float = float("-inf")
+    paced: bool = False          # taken from the window's pacer (an admission, not a header correction)
 
     def peak_since(self, since: float) -> float:
         """The largest amount this entry had at any time after ``since``."""
@@ -57,6 +63,12 @@ class SlidingWindow:
         self._used = 0.0
         self._timed: list[Charge] = []  # entries with their own expiry (header corrections)
         self._expired: collections.deque[Charge] = collections.deque()  # recent expiries, see used_since
+        self.pacer: Pacer | None = None  # smooth admission within the window (None: bursts of a window)
+
+    @property
+    def rate(self) -> float:
+        """The window's steady rate, units per second (``limit / window_s``)."""
+        return self.limit / self.window_s
 
     def _expire(self, now: float) -> None:
         while self._log and self._log[0].expires <= now:
@@ -88,11 +100,16 @@ class SlidingWindow:
         return self._used
 
     def wait_for(self, amount: float, now: float) -> float:
-        """Seconds from ``now`` until ``amount`` more units fit (0.0 if they fit now).
+        """Seconds from ``now`` until ``amount`` more units fit (0.0 if they fit now): in the
+        window and, with a :attr:`pacer`, in its bucket.
 
         An amount above the limit is admitted once the window is empty, so it
         cannot wait forever (it then blocks the window for a full period).
         """
+        paced = self.pacer.wait_for(amount, self.rate, now) if self.pacer is not None else 0.0
+        return max(paced, self._window_wait(amount, now))
+
+    def _window_wait(self, amount: float, now: float) -> float:
         self._expire(now)
         need = min(float(amount), self.limit)
         if self._used + need <= self.limit + 1e-9:
@@ -111,6 +128,9 @@ class SlidingWindow:
         c = Charge(now, float(amount), now + self.window_s)
         self._log.append(c)
         self._used += c.amount
+        if self.pacer is not None:
+            self.pacer.take(c.amount, self.rate, now)
+            c.paced = True
         return c
 
     def charge_until(self, amount: float, now: float, expires: float) -> Charge | None:
@@ -141,6 +161,8 @@ class SlidingWindow:
         self._expire(now)
         if entry.expires > now:
             self._used += new_amount - entry.amount
+            if self.pacer is not None and entry.paced:  # a refund refills the bucket, a correction drains it
+                self.pacer.take(new_amount - entry.amount, self.rate, now)
             entry.before, entry.adjusted_at = entry.amount, now
             entry.amount = float(new_amount)
 
@@ -183,6 +205,8 @@ class SlidingWindow:
         instead of all at once, so a restart never causes a burst.
         """
         self._expire(now)
+        if self.pacer is not None:
+            self.pacer.empty(now)
         per = self.limit / steps
         for i in range(1, steps + 1):
             self._timed.append(Charge(now, per, now + self.window_s * i / steps))

@@ -22,8 +22,10 @@ def run(coro_fn):
 
 
 def limiter(clock, restarted=False, **limits):
+    """A limiter of one key ``k``; smooth admission off unless ``burst_s`` is given (these tests
+    are about the windows; the pacer's own are in test_pacer.py)."""
     lim = RateLimiter(clock=clock, sleep=clock.sleep, restarted=restarted)
-    lim.configure("k", RateLimitConfig(**limits))
+    lim.configure("k", RateLimitConfig(**{"burst_s": None, **limits}))
     return lim
 
 
