@@ -395,7 +395,8 @@ def run_systems(w: dict, a: argparse.Namespace, systems: list[str], server_opts:
     out: dict = {}
     # raygrade is told the provider's documented rule for rejected requests (the fake's count_rejected).
     provider = w["args"].provider.model_copy(update={"rate_limit": RateLimitConfig(
-        rpm=a.rpm, tpm=a.tpm, rejected_requests_count=bool(server_opts.get("count_rejected", False)))})
+        rpm=a.rpm, tpm=a.tpm, rejected_requests_count=bool(server_opts.get("count_rejected", False)),
+        **({} if a.burst_s is None else {"burst_s": None if a.burst_s == "off" else float(a.burst_s)}))})
     for name in systems:
         srv = FakeOpenAIProcess(rpm=a.rpm, tpm=a.tpm, latency_s=a.latency_s,
                                 latency_per_token_s=a.latency_per_token_s, completion_tokens=a.completion_tokens,
@@ -497,6 +498,7 @@ def main() -> None:
     ap.add_argument("--matrix", action="store_true", help="run the provider matrix (see the module doc)")
     ap.add_argument("--rows", default=",".join(ROWS), help="matrix rows to run")
     ap.add_argument("--row-minutes", type=float, default=4.5)
+    ap.add_argument("--burst-s", help="raygrade's rate_limit.burst_s (default: the config's), or 'off'")
     ap.add_argument("--litellm-python", default=str(ROOT / "benchmarks/out/litellm-venv/bin/python"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
     a = ap.parse_args()

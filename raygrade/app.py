@@ -83,7 +83,7 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
     models = model_deployments(args)  # {} without served models (Ray's LLM library is not imported then)
     grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, models)
     batcher = dep(batcher_dep).bind(args, registry, reader, grader)
-    return dep(ingress_dep).bind(registry, batcher, args.store, args.api, args.namespace)
+    return dep(ingress_dep).bind(registry, batcher, args.store, args.api, args.namespace, args)
 
 
 def __getattr__(name: str) -> Application:

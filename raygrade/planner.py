@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import cast
 
@@ -247,6 +248,32 @@ class JobPlanner:
         images = sum(self._image_tokens(img) for q in questions for img in q.model_answer_images) if vision else 0
         return n + images, images
 
+    def unfit(self, job: GradingJob, vision: bool) -> list[tuple[int, str]]:
+        """Submissions no request can hold, from what is known before any page is read:
+        ``(index, reason)`` per student whose pages (in ``vision`` mode every page, image pages by
+        the provider's image-token rule; otherwise text pages only, since OCR text is not known
+        yet), questions and completion budget pass the model's context window or its completion
+        limit (what :meth:`batches` would reject as ``planning_error`` after reading). raygrade's
+        own packing budget (``max_images_per_request``) is left to :meth:`batches`.
+
+        Raises:
+            ValueError: a page or model-answer image whose size cannot be read.
+        """
+        overheads: dict[tuple[str, ...], int] = {}
+        model_limits = dataclasses.replace(self.limits, max_images_per_request=sys.maxsize)
+        out = []
+        for i, sub in enumerate(job.submissions):
+            qs = job.questions_for(sub)
+            group = tuple(q.id for q in qs)
+            if group not in overheads:
+                overheads[group] = self.overhead(qs, vision)[0]
+            pages = [p for p in sub.pages if vision or isinstance(p, TextPage)]
+            work = StudentWork(student_id=sub.student_id, alias=f"s{i + 1}", pages=pages,
+                               page_indices=list(range(len(pages))), question_ids=list(group))
+            if (reason := _too_big(self.student_cost(work, group), overheads[group], model_limits)) is not None:
+                out.append((i, reason))
+        return out
+
     def batches(self, job_id: str, job: GradingJob, works: list[StudentWork], vision: bool, tenant: str = ""
                 ) -> tuple[list[GradeBatch], list[GradingErrorItem]]:
         """Plan ``works`` into :class:`GradeBatch` es plus per-student errors: a student who fits
@@ -298,6 +325,7 @@ class JobPlanner:
                 max_tokens=pb.completion_tokens + JSON_OVERHEAD_TOKENS, model=job.options.model,
                 temperature=job.options.temperature, include_model_answer_images=vision, tenant=tenant))
         return batches, errors
+
 
 
 def planner_for(args: RaygradeArgs, model_dir: str | None = None) -> JobPlanner:

@@ -38,10 +38,11 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from raygrade.blobs import BlobStore, externalize
-from raygrade.config import ApiConfig, StoreConfig
+from raygrade.config import ApiConfig, RaygradeArgs, StoreConfig
 from raygrade.errors import InvalidRequestError, QuotaExceededError, raygrade_cause
 from raygrade.export import results_csv
 from raygrade.metrics import Recorder
+from raygrade.planner import planner_for
 from raygrade.protocol import (
     GradingJob,
     JobList,
@@ -50,6 +51,7 @@ from raygrade.protocol import (
     JobStatus,
     TenantUsage,
 )
+from raygrade.serve.admission import refuse_unfit
 from raygrade.serve.guard import Authenticator
 from raygrade.serve.http_app import JobId, Tenant, _call, accepted, api, logger
 from raygrade.serve.http_errors import error_responses as _errors
@@ -77,15 +79,18 @@ class RaygradeIngress(ReviewRoutes):
         store: The store's settings (where page images go; :mod:`raygrade.blobs`).
         config: Authentication and request bounds (:class:`ApiConfig`).
         namespace: The application's namespace (a tag of its metrics).
+        args: The application's arguments: with them, a student that no request to the provider
+            could hold is refused at submission (:meth:`raygrade.planner.JobPlanner.unfit`).
     """
 
     def __init__(self, registry, batcher, store: StoreConfig | None = None, config: ApiConfig | None = None,
-                 namespace: str = "raygrade"):
+                 namespace: str = "raygrade", args: RaygradeArgs | None = None):
         self._registry, self._batcher = registry, batcher
         self._metrics, self._ns = Recorder(), namespace
         self._ready_probe: asyncio.Task | None = None  # the one readiness probe in flight (see readyz)
         self._ready_until = 0.0  # monotonic time until which the last success stands
         self._blobs = BlobStore(store.resolved_blob_uri()) if store is not None else None
+        self._planner = planner_for(args) if args is not None else None
         config = config or ApiConfig()
         api.state.api_config = config
         api.state.authenticator = Authenticator(lambda h: registry.tenant_for_key.remote(h), config)
@@ -114,6 +119,8 @@ class RaygradeIngress(ReviewRoutes):
             if self._blobs is not None:
                 # Page bytes go to the blob store here, once; the registry receives references only.
                 job = await asyncio.to_thread(externalize, job, self._blobs)
+            if self._planner is not None:
+                await asyncio.to_thread(refuse_unfit, self._planner, job)
             # Durable first (the outbox): the batcher drives jobs from the store, so a lost
             # nudge below only delays the job until the batcher's next poll.
             status, created = await _call(self._registry.create.remote(job, key, tenant))
@@ -203,3 +210,4 @@ class RaygradeIngress(ReviewRoutes):
         except TimeoutError:
             response.cancel()  # explicitly: an abandoned await does not cancel the call in Serve
             raise
+

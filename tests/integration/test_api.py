@@ -179,3 +179,26 @@ def test_page_files_as_schools_make_them_are_split_and_graded(fake_app, fake):
         assert r.status_code == 400, r.text
         err = r.json()["error"]
         assert err["type"] == "invalid_request_error" and needle in err["message"] and err["param"] == param, err
+
+
+def test_a_student_no_request_can_hold_is_refused_at_submission_naming_them(fake_app):
+    """The fake provider's context is 16,000 tokens; 25 pages of 2048 × 2048 are 25 × 765 tokens by
+    GPT-4o's image rule. The job is refused before anything is recorded (was: accepted, then that
+    student's items failed in planning)."""
+    def page(w, h):
+        buf = io.BytesIO()
+        Image.new("1", (w, h), 1).save(buf, format="PNG")
+        return {"type": "image", "data": base64.b64encode(buf.getvalue()).decode()}
+
+    body = make_job(n_students=1).model_dump(mode="json")
+    body["submissions"].append({"student_id": "thick-file", "pages": [page(2048, 2048)] * 25})
+    before = httpx.get(f"{fake_app}/v1/jobs", params={"limit": 100}, timeout=30).json()["data"]
+    r = httpx.post(f"{fake_app}/v1/jobs", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == "submissions[2].pages", err
+    assert "student 'thick-file' needs" in err["message"] and "the context window is 16000" in err["message"], err
+    after = httpx.get(f"{fake_app}/v1/jobs", params={"limit": 100}, timeout=30).json()["data"]
+    assert [j["id"] for j in after] == [j["id"] for j in before], "nothing was recorded"
+    body["submissions"][2]["pages"] = [page(2048, 2048)] * 8   # 8 × 765 fits
+    assert httpx.post(f"{fake_app}/v1/jobs", json=body, timeout=60).status_code == 202

@@ -132,3 +132,34 @@ def test_a_page_that_cannot_be_read_fails_its_student_alone():
     batches, errors = planner_for(args).batches("j", job, works, vision=True)
     assert [e.student_ids for e in errors] == [["bad"]] and errors[0].type == "reading_error"
     assert [s.student_id for b in batches for s in b.students] == ["ok"]
+
+
+def test_students_that_no_request_can_hold_are_found_before_reading():
+    """Issue 27: a student of 154,186 prompt tokens against a 16,000-token context was found only
+    when the job was planned. ``unfit`` finds them from the pages' sizes: image pages by the
+    provider's rule in vision mode, text pages always (OCR text is not known before reading);
+    raygrade's images-per-request budget is left to the planner."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from raygrade.config import ProviderConfig, RaygradeArgs
+    from raygrade.planner import planner_for
+    from raygrade.protocol import GradingJob
+
+    buf = io.BytesIO()
+    Image.new("1", (2048, 2048), 1).save(buf, format="PNG")
+    page = {"type": "image", "data": base64.b64encode(buf.getvalue()).decode()}
+    args = RaygradeArgs(provider=ProviderConfig(base_url="http://x/v1", api_key_env=None, image_token_rule="gpt-4o",
+                                                context_window=16_000))
+    essay = {"type": "text", "text": "word " * 20_000}
+    job = GradingJob.model_validate({"assessment": {"questions": [{"id": "q1", "prompt": "Why?", "max_score": 1}]},
+                                     "submissions": [{"student_id": "ok", "pages": [page] * 8},       # 8 × 765 tokens
+                                                     {"student_id": "thick", "pages": [page] * 25},  # 25 × 765 > 16,000
+                                                     {"student_id": "essay", "pages": [essay]}]})
+    planner = planner_for(args)
+    unfit = planner.unfit(job, vision=True)
+    assert [i for i, _ in unfit] == [1, 2]
+    assert "the context window is 16000" in unfit[0][1] and unfit[0][1].startswith("needs ")
+    assert [i for i, _ in planner.unfit(job, vision=False)] == [2], "images are read as text later: not counted"
