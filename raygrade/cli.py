@@ -10,9 +10,10 @@ the agreement with the human grades, and write the results to a file.
 ``raygrade estimate DATASET|JOB.json``: requests, tokens and USD of a regrade (synchronous vs
 the Batch API) before anything is sent (:mod:`raygrade.bulk.estimate`).
 
-``raygrade keys create|list|revoke``: API keys of tenants, written straight into the job store
-(``--store-url``, default ``$RAYGRADE_STORE_URL`` or ``~/.raygrade/jobs.db``): whoever can
-write the store administers the keys. The secret is printed once, on stdout.
+``raygrade keys create|list|revoke|webhook-secret``: API keys of tenants and the secrets that sign
+their webhooks, written straight into the job store (``--store-url``, default
+``$RAYGRADE_STORE_URL`` or ``~/.raygrade/jobs.db``): whoever can write the store administers the
+keys. A secret is printed once, on stdout.
 
 ``raygrade quotas set|clear|list``: tenants' quotas (active jobs, items and tokens per rolling
 day; :class:`raygrade.protocol.TenantQuota`) in the same store, with each tenant's usage.
@@ -186,6 +187,10 @@ def cmd_keys(a: argparse.Namespace) -> int:
         info, secret = store.create_key(a.tenant, a.name)
         print(f"created {info.id} for tenant {info.tenant!r}; the key is shown once, store it now:", file=sys.stderr)
         print(secret)
+    elif a.action == "webhook-secret":
+        print(f"new webhook signing secret of tenant {a.tenant!r} (replaces any earlier one); shown once:",
+              file=sys.stderr)
+        print(store.set_webhook_secret(a.tenant))
     elif a.action == "revoke":
         info = store.revoke_key(a.key_id)
         print(f"revoked {info.id} ({info.prefix}..., tenant {info.tenant!r})")
@@ -296,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_help = "the job store (default: $RAYGRADE_STORE_URL or ~/.raygrade/jobs.db)"
     store_opt = argparse.ArgumentParser(add_help=False)
     store_opt.add_argument("--store-url", default=argparse.SUPPRESS, help=store_help)
-    k = sub.add_parser("keys", help="create, list or revoke tenants' API keys (in the job store)")
+    k = sub.add_parser("keys", help="tenants' API keys and webhook secrets (in the job store)")
     k.add_argument("--store-url", help=store_help)
     ks = k.add_subparsers(dest="action", required=True)
     kc = ks.add_parser("create", parents=[store_opt], help="a new key for a tenant; prints the secret once")
@@ -307,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     kl.add_argument("--all", action="store_true", help="include revoked keys")
     kr = ks.add_parser("revoke", parents=[store_opt], help="revoke a key by id (key_...)")
     kr.add_argument("key_id")
+    kw = ks.add_parser("webhook-secret", parents=[store_opt], help="a new secret signing a tenant's webhooks")
+    kw.add_argument("--tenant", required=True, help="tenant name")
     k.set_defaults(fn=cmd_keys)
     q = sub.add_parser("quotas", help="set, clear or list tenants' quotas and usage (in the job store)")
     q.add_argument("--store-url", help=store_help)

@@ -217,6 +217,10 @@ class JobRegistryImpl:
         """Due webhooks leased to ``owner`` (:meth:`JobStore.lease_webhooks`)."""
         return await self._do(self._store.lease_webhooks, owner, lease_s, limit)
 
+    async def signing_secret(self, job_id: str) -> tuple[str, str | None]:
+        """The job's tenant and its webhook secret (:meth:`JobStore.signing_secret`)."""
+        return await self._do(self._store.signing_secret, job_id)
+
     async def webhook_result(self, job_id: str, *, event: str = COMPLETED, ok: bool, error: str | None = None,
                              retry_in_s: float | None = None, max_attempts: int = 8) -> str:
         """Record a delivery attempt (:meth:`JobStore.webhook_result`); returns the new state."""

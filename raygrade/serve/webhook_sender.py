@@ -15,6 +15,7 @@ import logging
 import os
 
 from raygrade.config import StoreConfig
+from raygrade.config.api import DEFAULT_TENANT
 from raygrade.metrics import Recorder
 from raygrade.retry import backoff_delay
 from raygrade.serve.logs import ids
@@ -62,13 +63,16 @@ class WebhookSender:
     async def _one(self, job_id: str, event: str, url: str, attempt: int) -> None:
         cfg = self._cfg
         async with self._sem:
-            secret = os.environ.get(cfg.webhook_secret_env)
+            tenant, secret = await self._registry.signing_secret.remote(job_id)
+            if secret is None and tenant == DEFAULT_TENANT:  # one tenant (no API keys): the app's secret
+                secret = os.environ.get(cfg.webhook_secret_env)
             status = await self._registry.status.remote(job_id)
             body = json.dumps({"type": event, "data": status.model_dump(mode="json")}).encode()
             # The message id is the same on every attempt (receivers deduplicate on it), one per event.
             msg_id = f"msg_{job_id}" if event == COMPLETED else f"msg_{job_id}_{event.rsplit('.', 1)[-1]}"
             try:
-                error = ("no signing secret configured" if not secret else
+                error = (f"no signing secret for tenant {tenant!r} (raygrade keys webhook-secret --tenant "
+                         f"{tenant})" if not secret else
                          await deliver(url, secret, msg_id, body, timeout_s=cfg.webhook_timeout_s,
                                        allowed_networks=cfg.webhook_allowed_networks))
             except Exception as exc:  # any failure is a recorded attempt, never a retry without end

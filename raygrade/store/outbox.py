@@ -4,6 +4,8 @@ of what it announces: ``grading.job.completed`` with the job's terminal state,
 
 from __future__ import annotations
 
+import base64
+import secrets
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,7 +13,8 @@ import sqlalchemy as sa
 from raygrade.errors import NotFoundError
 from raygrade.protocol import GradingJob
 from raygrade.store.core import StoreCore
-from raygrade.store.schema import webhooks
+from raygrade.store.keys import check_tenant
+from raygrade.store.schema import jobs, webhook_secrets, webhooks
 
 #: The webhook events, as the body's ``type``.
 COMPLETED, REVIEWED = "grading.job.completed", "grading.job.reviewed"
@@ -58,6 +61,34 @@ class WebhookOutbox(StoreCore):
                 state=state, attempts=attempts, last_error=(error or "")[:500] or None, owner=None,
                 lease_expires_at=None, next_attempt_at=now + (retry_in_s or 0.0)))
             return state
+
+    def set_webhook_secret(self, tenant: str) -> str:
+        """A new signing secret for ``tenant``'s webhooks (``whsec_`` + base64 of 32 random bytes,
+        Standard Webhooks' form), replacing the one it had; returned once, to hand to the tenant.
+
+        Raises:
+            InvalidRequestError: ``tenant`` is not a tenant name.
+        """
+        check_tenant(tenant)
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        with self.engine.begin() as conn:
+            conn.execute(webhook_secrets.delete().where(webhook_secrets.c.tenant == tenant))
+            conn.execute(webhook_secrets.insert().values(tenant=tenant, secret=secret, created_at=self._clock()))
+        return secret
+
+    def signing_secret(self, job_id: str) -> tuple[str, str | None]:
+        """``(the job's tenant, that tenant's webhook secret or None)``.
+
+        Raises:
+            NotFoundError: no such job.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(jobs.c.tenant, webhook_secrets.c.secret).select_from(
+                jobs.outerjoin(webhook_secrets, webhook_secrets.c.tenant == jobs.c.tenant)).where(
+                jobs.c.id == job_id)).first()
+        if row is None:
+            raise NotFoundError(f"no job {job_id!r}", param="job_id")
+        return row.tenant, row.secret
 
     def webhook(self, job_id: str, event: str = COMPLETED) -> dict[str, Any] | None:
         """A job's webhook row for ``event`` (state, attempts, last_error), or ``None``."""

@@ -139,6 +139,16 @@ api_keys = sa.Table(
 )
 
 
+# Tenants' webhook signing secrets (0008): Standard Webhooks secrets (``whsec_`` + base64), kept
+# to sign (an HMAC needs the key itself); shown once when set (``raygrade keys webhook-secret``).
+webhook_secrets = sa.Table(
+    "raygrade_webhook_secrets", metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
 # Tenants' quotas (0004): a limit left NULL is no limit. Usage is counted over every
 # namespace of the database (a tenant's keys work in each of them).
 tenant_quotas = sa.Table(

@@ -58,6 +58,15 @@ def test_keys_cli_prints_the_secret_once_and_lists_only_prefixes(tmp_path, capsy
     s = JobStore(url, blob_uri=str(tmp_path / "blobs"))
     assert s.tenant_for_key(hash_key(secret)) is None
     s.close()
+    # the secret that signs the tenant's webhooks (per tenant: issue 27), printed once
+    assert main(["keys", "webhook-secret", "--store-url", url, "--tenant", "school-a"]) == 0
+    out = capsys.readouterr()
+    whsec = out.out.strip()
+    assert whsec.startswith("whsec_") and whsec not in out.err and "shown once" in out.err
+    s = JobStore(url, blob_uri=str(tmp_path / "blobs"))
+    other = s.set_webhook_secret("school-b")
+    assert other != whsec
+    s.close()
 
 
 def test_quotas_cli_sets_lists_with_usage_and_clears(tmp_path, capsys):
