@@ -42,9 +42,10 @@ binding limit (limits derived from the workload):
   (``RAYGRADE_FAULT_SEND_DELAY_S``, as on an overloaded node; the peers sleep 2 s before
   each call);
 - ``tpm-per10s``: TPM binding, the provider enforces its per-minute limit pro rata over any 10 s
-  (TPM/6 per 10 s, as OpenAI may enforce a limit over shorter periods) while everyone is told the
-  documented 60-s rule: bursts draw 429s; raygrade's smooth admission (``rate_limit.burst_s``)
-  learns its burst down from them.
+  (TPM/6 per 10 s, as OpenAI may enforce a limit over shorter periods) while its headers and
+  everyone's configuration give the documented per-minute limits: bursts draw 429s; raygrade's
+  smooth admission (``rate_limit.burst_s``; ``--burst-s off`` for the earlier limiter) learns its
+  burst down from them.
 
 None of these providers charges rejected requests (``count_rejected`` off, the audit's
 provider), and raygrade is configured so (``rate_limit.rejected_requests_count: false``).
@@ -90,7 +91,7 @@ ROWS: dict[str, dict] = {
     "rpm": {"binding": "rpm", "provider": {}, "send_delay_s": 0.0},
     "tpm-4x": {"binding": "tpm", "provider": {"prompt_token_multiplier": 4.0}, "send_delay_s": 0.0},
     "tpm-delay2s": {"binding": "tpm", "provider": {}, "send_delay_s": 2.0},
-    "tpm-per10s": {"binding": "tpm", "provider": {"window_s": 10.0}, "send_delay_s": 0.0},
+    "tpm-per10s": {"binding": "tpm", "provider": {"window_s": 10.0, "minute_headers": True}, "send_delay_s": 0.0},
 }
 
 

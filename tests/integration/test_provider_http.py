@@ -30,6 +30,15 @@ def test_structured_output_usage_and_headers():
         assert res.headers["x-request-id"].startswith("req_")
     finally:
         with_limits.stop()
+    # Enforced per 10 s: the window's own limits by default, the per-minute ones as OpenAI's headers give them.
+    for minute, want in ((False, "16"), (True, "100")):
+        per10 = FakeOpenAIServer(rpm=100, tpm=100_000, window_s=10, minute_headers=minute).start()
+        try:
+            res = chat(OpenAICompatibleProvider(fake_provider(per10.base_url)), json_schema=SCHEMA)
+            assert res.headers["x-ratelimit-limit-requests"] == want
+            assert int(res.headers["x-ratelimit-remaining-requests"]) == int(want) - 1
+        finally:
+            per10.stop()
 
 
 def test_429_becomes_rate_limited_with_retry_after():

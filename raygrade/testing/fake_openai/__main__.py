@@ -24,13 +24,15 @@ def main() -> None:  # pragma: no cover - manual use and benchmarks
                     help="count prompts this many times the API's rule (a provider that disagrees)")
     ap.add_argument("--no-processing-ms-header", action="store_true")
     ap.add_argument("--count-rejected", action="store_true", help="charge 429'd requests (OpenAI's rule)")
+    ap.add_argument("--minute-headers", action="store_true",
+                    help="x-ratelimit-limit-* give the per-minute limits while --window-s enforces them")
     a = ap.parse_args()
     srv = FakeOpenAIServer(rpm=a.rpm, tpm=a.tpm, window_s=a.window_s, latency_s=a.latency_s,
                            latency_per_token_s=a.latency_per_token_s, completion_tokens=a.completion_tokens,
                            refund_unused=not a.no_refund, api_key=a.api_key, port=a.port,
                            prompt_token_multiplier=a.prompt_token_multiplier,
                            processing_ms_header=not a.no_processing_ms_header,
-                           count_rejected=a.count_rejected).start()
+                           count_rejected=a.count_rejected, minute_headers=a.minute_headers).start()
     print(f"fake OpenAI server on {srv.base_url}", flush=True)
     threading.Event().wait()
 

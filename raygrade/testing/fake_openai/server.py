@@ -61,6 +61,9 @@ class FakeOpenAIServer(ThreadedApp):
         processing_ms_header: Send ``openai-processing-ms`` (many compatible servers do not).
         count_rejected: Charge a 429'd request at its size anyway (OpenAI's documented rule);
             by default a rejection is not charged.
+        minute_headers: ``x-ratelimit-limit-*`` give the per-minute limits (``rpm``/``tpm``) and
+            ``remaining`` that less the window's use, as OpenAI's do while it enforces a limit
+            over a shorter ``window_s``; by default they give the window's own limit.
     """
 
     def __init__(self, *, rpm: int | None = None, tpm: int | None = None, window_s: float = WINDOW_S,
@@ -69,7 +72,7 @@ class FakeOpenAIServer(ThreadedApp):
                  fault_rates: dict[str, float] | None = None, seed: int = 0, completion_tokens: int | None = None,
                  api_key: str | None = "sk-test", host: str = "127.0.0.1", port: int = 0, hang_s: float = 30.0,
                  prompt_token_multiplier: float = 1.0, processing_ms_header: bool = True,
-                 count_rejected: bool = False):
+                 count_rejected: bool = False, minute_headers: bool = False):
         self.rpm, self.tpm = rpm, tpm
         self.hang_s = hang_s
         self.window_s = window_s
@@ -83,6 +86,7 @@ class FakeOpenAIServer(ThreadedApp):
         self.prompt_token_multiplier = prompt_token_multiplier
         self.processing_ms_header = processing_ms_header
         self.count_rejected = count_rejected
+        self.minute_headers = minute_headers
         unknown = set(fault_rates or {}) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
@@ -177,13 +181,15 @@ class FakeOpenAIServer(ThreadedApp):
             headers = {}
             if self._rpm_w is not None:
                 reset = (self._req_window[-1] + self.window_s - now) if self._req_window else 0.0
-                headers["x-ratelimit-limit-requests"] = str(self._rpm_w)
-                headers["x-ratelimit-remaining-requests"] = str(max(0, self._rpm_w - len(self._req_window)))
+                limit = self.rpm if self.minute_headers and self.rpm is not None else self._rpm_w
+                headers["x-ratelimit-limit-requests"] = str(limit)
+                headers["x-ratelimit-remaining-requests"] = str(max(0, limit - len(self._req_window)))
                 headers["x-ratelimit-reset-requests"] = f"{reset:.3f}s"
             if self._tpm_w is not None:
                 reset = (self._tok_window[-1].t + self.window_s - now) if self._tok_window else 0.0
-                headers["x-ratelimit-limit-tokens"] = str(self._tpm_w)
-                headers["x-ratelimit-remaining-tokens"] = str(max(0, self._tpm_w - self._tok_used))
+                limit = self.tpm if self.minute_headers and self.tpm is not None else self._tpm_w
+                headers["x-ratelimit-limit-tokens"] = str(limit)
+                headers["x-ratelimit-remaining-tokens"] = str(max(0, limit - self._tok_used))
                 headers["x-ratelimit-reset-tokens"] = f"{reset:.3f}s"
             if over and retry is not None:
                 headers["retry-after"] = str(max(1, math.ceil(retry)))
