@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from raygrade.ratelimit.pacer import MIN_BURST_S
 from raygrade.ratelimit.state import (
+    DIMENSIONS,
     RATIO_ALPHA_DOWN,
     RATIO_ALPHA_UP,
     RATIO_MIN_SAMPLES,
@@ -177,18 +178,21 @@ def learn_rejection_rule(st: _KeyState, missing: float, sent_at: float, now: flo
                        "rate_limit.rejected_requests_count is false; rejected calls now stay charged", st.key)
 
 
-#: A window filled below this share of its limit "had room" when a call was rejected.
+#: Without the provider's word, a window filled below this share of its limit "had room" when a
+#: call was rejected.
 ROOM_SHARE = 0.9
 
 
-def learn_burst(st: _KeyState, o: _Open, now: float) -> bool:
-    """Lower the key's smooth-admission burst after a 429 that its windows do not explain.
+def learn_burst(st: _KeyState, o: _Open, now: float, headers: Mapping[str, str] | None = None) -> bool:
+    """Lower the key's smooth-admission burst after a 429 that the per-minute limits do not explain.
 
-    When the provider rejects a call while every window it was charged in was below
-    :data:`ROOM_SHARE` of its limit, the provider enforces its limit over periods shorter than
-    the window (OpenAI documents enforcing 60,000 RPM as 1,000 per second), so the burst is
-    halved (down to :data:`~raygrade.ratelimit.pacer.MIN_BURST_S`). Only a call admitted after
-    the last lowering counts: the calls of one burst rejected together lower it once.
+    When the provider rejects a call although its per-minute budget had room for it, it enforces
+    its limit over periods shorter than the minute (OpenAI documents enforcing 60,000 RPM as
+    1,000 per second), so the burst is halved (down to :data:`~raygrade.ratelimit.pacer.MIN_BURST_S`).
+    Room, per dimension the call was charged in: the 429's ``x-ratelimit-remaining-*`` header
+    covers the call (the provider's own count), else this limiter's window is below
+    :data:`ROOM_SHARE` of its limit. Only a call admitted after the last lowering counts: the calls
+    of one burst rejected together lower it once.
 
     Returns:
         Whether the burst was lowered.
@@ -196,8 +200,16 @@ def learn_burst(st: _KeyState, o: _Open, now: float) -> bool:
     burst = st.burst_s()
     if burst is None or burst <= MIN_BURST_S or o.admitted_at <= st.burst_learned_at:
         return False
-    if any(w.used(now) >= ROOM_SHARE * w.limit for w, _ in o.charges(st)):
-        return False  # the window was (nearly) full: its own count explains the 429
+    said = parse_rate_limit_headers(headers)
+    for dim, (attr, _) in DIMENSIONS.items():
+        w, c = st.window(dim), getattr(o, attr)
+        if w is None or c is None:
+            continue
+        h = said.get(dim)
+        room = h.remaining >= c.amount if h is not None and h.remaining is not None else \
+            w.used(now) < ROOM_SHARE * w.limit
+        if not room:
+            return False  # the minute was full: its own count explains the 429
     st.learned_burst_s = max(MIN_BURST_S, burst / 2)
     st.burst_learned_at = now
     st.stats["burst_lowered"] += 1

@@ -208,7 +208,7 @@ class RateLimiter:
                 w.postpone(c, send_delay_s, now)
         if o is not None and outcome == "rate_limited":
             st.rejections.append((o.admitted_at, now))
-            learn_burst(st, o, now)
+            learn_burst(st, o, now, headers)
         if o is not None and outcome == "rate_limited" and not st.counts_rejections():
             for w, c in o.charges(st):  # the provider did not count it: neither do we
                 w.adjust(c, 0, now)

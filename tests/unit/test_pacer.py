@@ -89,6 +89,19 @@ def test_a_429_while_the_window_has_room_halves_the_burst_once_per_burst():
         full.configure("k", RateLimitConfig(tpm=600, window_margin_s=0, burst_s=None))
         await full.settle(rs[-1], Settlement(None, outcome="rate_limited"))
         assert full.snapshot()["k"]["burst_lowered"] == 0
+
+        # The provider's own count decides when it sends one: a full window of ours whose 429 says
+        # the provider's minute had room is enforcement over a shorter period; the reverse is not.
+        busy = RateLimiter(clock=clock, sleep=clock.sleep)
+        busy.configure("k", RateLimitConfig(tpm=600, window_margin_s=0, burst_s=60))  # a window at once
+        for remaining, lowered in (("50", 0), ("500", 1)):
+            await clock.advance(61)
+            rs = [await busy.acquire("k", 100) for _ in range(6)]
+            await busy.settle(rs[-1], Settlement(None, outcome="rate_limited", headers={
+                "x-ratelimit-limit-tokens": "600", "x-ratelimit-remaining-tokens": remaining}))
+            for r in rs[:-1]:
+                await busy.settle(r, Settlement(100))
+            assert busy.snapshot()["k"]["burst_lowered"] == lowered, remaining
     asyncio.run(main())
 
 
