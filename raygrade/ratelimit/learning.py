@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from raygrade.ratelimit.pacer import MIN_BURST_S
+from raygrade.ratelimit.pacer import MIN_BURST_S, MIN_RATE_SCALE
 from raygrade.ratelimit.state import (
     DIMENSIONS,
     RATIO_ALPHA_DOWN,
@@ -192,13 +192,17 @@ def learn_burst(st: _KeyState, o: _Open, now: float, headers: Mapping[str, str] 
     Room, per dimension the call was charged in: the 429's ``x-ratelimit-remaining-*`` header
     covers the call (the provider's own count), else this limiter's window is below
     :data:`ROOM_SHARE` of its limit. Only a call admitted after the last lowering counts: the calls
-    of one burst rejected together lower it once.
+    of one burst rejected together lower it once. With the burst at its floor, the pace itself is
+    lowered instead, by 2 % a time down to :data:`~raygrade.ratelimit.pacer.MIN_RATE_SCALE` of the
+    window's rate: calls paced at the full rate still arrive bunched (the grant's trip to a
+    replica, the send), and a provider counting over a few seconds has no minute's margin for it.
 
     Returns:
-        Whether the burst was lowered.
+        Whether the burst (or the pace) was lowered.
     """
     burst = st.burst_s()
-    if burst is None or burst <= MIN_BURST_S or o.admitted_at <= st.burst_learned_at:
+    if burst is None or o.admitted_at <= st.burst_learned_at or (
+            burst <= MIN_BURST_S and st.rate_scale <= MIN_RATE_SCALE):
         return False
     said = parse_rate_limit_headers(headers)
     for dim, (attr, _) in DIMENSIONS.items():
@@ -210,10 +214,14 @@ def learn_burst(st: _KeyState, o: _Open, now: float, headers: Mapping[str, str] 
             w.used(now) < ROOM_SHARE * w.limit
         if not room:
             return False  # the minute was full: its own count explains the 429
-    st.learned_burst_s = max(MIN_BURST_S, burst / 2)
+    if burst > MIN_BURST_S:
+        st.learned_burst_s = max(MIN_BURST_S, burst / 2)
+    else:
+        st.rate_scale = max(MIN_RATE_SCALE, st.rate_scale * 0.98)
     st.burst_learned_at = now
     st.stats["burst_lowered"] += 1
     st.apply_limits()
     logger.warning("%s: the provider rejected a call while the window had room (it enforces its limit over shorter "
-                   "periods); admitting at most %.2f s of the steady rate at once", st.key, st.learned_burst_s)
+                   "periods); admitting at most %.2f s of the steady rate at once, at %.2f of it", st.key,
+                   st.burst_s() or 0.0, st.rate_scale)
     return True

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 #: The smallest burst learning goes down to (:func:`raygrade.ratelimit.learning.learn_burst`).
 MIN_BURST_S = 0.1
+#: The lowest share of the window's rate learning paces at, once the burst is at its floor.
+MIN_RATE_SCALE = 0.85
 
 
 class Pacer:
@@ -41,10 +43,12 @@ class Pacer:
         if burst_s <= 0:
             raise ValueError("burst_s must be > 0")
         self.burst_s = float(burst_s)
+        self.scale = 1.0  # share of the given rate let out (learned down from 429s: learn_burst)
         self._level: float | None = None if full else 0.0  # None: full at the first rate seen
         self._t = now
 
     def _refill(self, rate: float, now: float) -> float:
+        rate *= self.scale
         cap = rate * self.burst_s
         if self._level is None:
             self._level = cap
@@ -61,7 +65,7 @@ class Pacer:
         cap = self._refill(rate, now)
         need = min(float(amount), cap)
         assert self._level is not None
-        return 0.0 if self._level >= need - 1e-9 else (need - self._level) / rate
+        return 0.0 if self._level >= need - 1e-9 else (need - self._level) / (rate * self.scale)
 
     def take(self, amount: float, rate: float, now: float) -> None:
         """Let ``amount`` units go (the caller checked :meth:`wait_for`); ``amount`` may be negative

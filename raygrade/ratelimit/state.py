@@ -94,6 +94,7 @@ class _KeyState:
         # Smooth admission's burst as learned from 429s that came while the windows had room
         # (learning.learn_burst), and when it was last lowered.
         self.learned_burst_s: float | None = None
+        self.rate_scale = 1.0  # share of the windows' rate the pacers let out, learned once the burst is minimal
         self.burst_learned_at = float("-inf")
         self.req: SlidingWindow | None = None
         self.tok: SlidingWindow | None = None
@@ -244,7 +245,7 @@ class _KeyState:
             "in_flight_tokens": sum(n for _, n, _ in self.in_flight.values()),
             "count_ratio": self.count_ratio, "count_ratio_samples": self.ratio_samples,
             "image_count_ratio": self.image_ratio, "image_count_ratio_samples": self.image_samples,
-            "mixed_count_ratio": self.mixed_ratio, "burst_s": self.burst_s(),
+            "mixed_count_ratio": self.mixed_ratio, "burst_s": self.burst_s(), "pace_rate_scale": self.rate_scale,
             "rejections_counted": self.counts_rejections(),
             "header_correction_tokens": sum(c.charge.amount for d, c in self.corrections.items()
                                             if d == "tokens" and c.charge.expires > now),
@@ -291,7 +292,7 @@ class _KeyState:
             if w is not None:
                 w.pacer = None if burst is None else w.pacer or Pacer(burst)
                 if w.pacer is not None and burst is not None:
-                    w.pacer.burst_s = burst
+                    w.pacer.burst_s, w.pacer.scale = burst, self.rate_scale
             setattr(self, attr, w)
 
 

@@ -10,7 +10,7 @@ from support.clock import VirtualClock
 
 from raygrade.config import RateLimitConfig
 from raygrade.ratelimit.limiter import RateLimiter, Settlement
-from raygrade.ratelimit.pacer import MIN_BURST_S, Pacer
+from raygrade.ratelimit.pacer import MIN_BURST_S, MIN_RATE_SCALE, Pacer
 
 
 def test_the_bucket_lets_out_a_burst_then_the_steady_rate():
@@ -77,10 +77,13 @@ def test_a_429_while_the_window_has_room_halves_the_burst_once_per_burst():
         await clock.advance(1)
         await lim.settle(await lim.acquire("k", 100), Settlement(None, outcome="rate_limited"))
         assert lim.snapshot()["k"]["burst_s"] == 1
-        for _ in range(12):
-            await clock.advance(1)
+        for _ in range(16):
+            await clock.advance(2)
             await lim.settle(await lim.acquire("k", 100), Settlement(None, outcome="rate_limited"))
-        assert lim.snapshot()["k"]["burst_s"] == MIN_BURST_S, "never below the floor"
+        snap = lim.snapshot()["k"]
+        assert snap["burst_s"] == MIN_BURST_S, "never below the floor"
+        # then the pace: 2 % a time, down to its floor
+        assert snap["pace_rate_scale"] == MIN_RATE_SCALE and snap["burst_lowered"] == 6 + 9  # halvings, then 2 % steps
 
         # A 429 with the window (nearly) full is the window's business: the burst stays.
         full = RateLimiter(clock=clock, sleep=clock.sleep)
