@@ -119,9 +119,12 @@ def test_a_slow_receiver_delays_no_other_delivery(monkeypatch):
             recorded.append((job_id, ok))
             return "delivered" if ok else "pending"
 
+        async def _secret(self, job_id):
+            return "default", None   # one tenant, no secret of its own: the app's signs
+
         def __init__(self):
-            self.lease_webhooks, self.status, self.webhook_result = (
-                _Remote(self._lease), _Remote(self._status), _Remote(self._result))
+            self.lease_webhooks, self.status, self.webhook_result, self.signing_secret = (
+                _Remote(self._lease), _Remote(self._status), _Remote(self._result), _Remote(self._secret))
 
     class Metrics:
         def inc(self, *a):
