@@ -18,7 +18,14 @@ Then **small jobs**: ``--small-jobs`` one-student jobs POSTed by 8 concurrent cl
 with a quota that never binds (every quota query runs); POSTs/s, POST p50/p95 and the wall time
 until all are graded, with the ratio quota ÷ none.
 
-Run: ``.venv/bin/python benchmarks/job_throughput.py`` (≈ 2 min on 2 cores).
+With ``--trace N`` the throughput phases are skipped: Serve's tracing is switched on (sampling
+only requests that carry a ``traceparent``), N one-student text jobs are sent one at a time, each
+with its own trace, and the time per hop (raygrade's spans and Serve's own, from the session's
+span files) is printed: per job, how many spans of each name and their summed time (p50 over the
+jobs), next to the job's end-to-end time from ``POST`` to its last grade.
+
+Run: ``.venv/bin/python benchmarks/job_throughput.py`` (≈ 2 min on 2 cores);
+``.venv/bin/python benchmarks/job_throughput.py --trace 30`` (≈ 1 min).
 """
 
 from __future__ import annotations
@@ -158,6 +165,83 @@ def small_jobs(url: str, n: int, concurrency: int = 8) -> dict:
             "post_p95_ms": 1e3 * lat[int(0.95 * (len(lat) - 1))], "wall_s": wall, "jobs_per_s": n / wall}
 
 
+def traced_jobs(url: str, n: int) -> list[tuple[str, float]]:
+    """``n`` one-student text jobs, one at a time, each POSTed with a sampled ``traceparent``;
+    returns ``(trace id, seconds from POST to the job's terminal state)`` per job."""
+    import secrets
+
+    body, out = text_job(1).model_dump_json(), []
+    with httpx.Client(timeout=60) as http:
+        for _ in range(n):
+            trace_id = secrets.token_hex(16)
+            t0 = time.perf_counter()
+            r = http.post(f"{url}/v1/jobs", content=body, headers={
+                "content-type": "application/json", "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
+            r.raise_for_status()
+            while http.get(f"{url}/v1/jobs/{r.json()['id']}").json()["state"] in ("queued", "running"):
+                time.sleep(0.002)
+            out.append((trace_id, time.perf_counter() - t0))
+    return out
+
+
+def hop_table(spans: list[dict], traces: list[tuple[str, float]]) -> list[dict]:
+    """Per span name over the traced jobs: spans per job, their summed milliseconds per job (p50
+    and p95 over the jobs) and when the hop first starts after the job's first span (p50), in
+    that order."""
+    from datetime import datetime
+
+    def t(iso: str) -> float:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+    by_trace: dict[str, list[tuple[float, float, str]]] = {tid: [] for tid, _ in traces}
+    for s in spans:
+        tid = s["context"]["trace_id"].removeprefix("0x")
+        if tid in by_trace:
+            by_trace[tid].append((t(s["start_time"]), t(s["end_time"]), s["name"]))
+    by_trace = {tid: sp for tid, sp in by_trace.items() if sp}
+    sums: dict[str, dict[str, float]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    starts: dict[str, list[float]] = {}
+    for tid, sp in by_trace.items():
+        t0 = min(a for a, _, _ in sp)
+        for a, b, name in sp:
+            sums.setdefault(name, {})[tid] = sums.get(name, {}).get(tid, 0.0) + (b - a)
+            counts.setdefault(name, {})[tid] = counts.get(name, {}).get(tid, 0) + 1
+            starts.setdefault(name, []).append(a - t0)
+
+    def pct(xs: list[float], q: float) -> float:
+        xs = sorted(xs)
+        return xs[int(q * (len(xs) - 1))]
+
+    rows = []
+    for name in sorted(starts, key=lambda n: pct(starts[n], 0.5)):
+        ms = [1e3 * sums[name].get(tid, 0.0) for tid in by_trace]
+        rows.append({"hop": name, "spans_per_job": sum(counts[name].values()) / len(by_trace),
+                     "start_ms": 1e3 * pct(starts[name], 0.5), "p50_ms": pct(ms, 0.5), "p95_ms": pct(ms, 0.95)})
+    return rows
+
+
+def trace_phase(url: str, n: int) -> dict:
+    """:func:`traced_jobs`, then their spans from the session's span files (waiting until each
+    job's ``raygrade.job`` span is written, at most 30 s) through :func:`hop_table`."""
+    import ray
+
+    from raygrade.tracing import read_span_files
+
+    traces = traced_jobs(url, n)
+    folder = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve" / "spans"
+    wanted, deadline = {f"0x{tid}" for tid, _ in traces}, time.monotonic() + 30
+    while True:
+        spans = [sp for sp in read_span_files(sorted(folder.glob("*.json"))) if sp["context"]["trace_id"] in wanted]
+        done = {sp["context"]["trace_id"] for sp in spans if sp["name"] == "raygrade.job"}
+        if done >= wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    wall = sorted(1e3 * w for _, w in traces)
+    return {"jobs": n, "job_p50_ms": wall[len(wall) // 2], "job_p95_ms": wall[int(0.95 * (len(wall) - 1))],
+            "hops": hop_table(spans, traces)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text-students", type=int, default=1000)
@@ -165,8 +249,12 @@ def main() -> None:
     ap.add_argument("--page", choices=("scan", "small"), default="scan",
                     help="scan: ≈ 200 KB handwriting-style pages; small: 600×400 blank PNGs (≈ 2 KB)")
     ap.add_argument("--small-jobs", type=int, default=300, help="one-student jobs, without and with a quota")
+    ap.add_argument("--trace", type=int, nargs="?", const=30, default=0, metavar="N",
+                    help="instead: N traced one-student jobs, one at a time, and the time per hop (default 30)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
     a = ap.parse_args()
+    if a.trace:
+        a.text_students = a.image_students = a.small_jobs = 0
     import ray
     from ray import serve
 
@@ -181,15 +269,21 @@ def main() -> None:
                             provider=provider, batcher=BatcherConfig(), store=StoreConfig(url=f"sqlite:///{home}/jobs.db"),
                             namespace=f"rg-tp-{uuid.uuid4().hex[:6]}")
         print("building jobs ...", flush=True)
-        jobs = {"text": text_job(a.text_students), "image": image_job(a.image_students, a.page)}
+        jobs = {"text": text_job(a.text_students), "image": image_job(a.image_students, a.page)} if not a.trace else {}
         for name, job in jobs.items():
             report["direct"][name] = direct(args, job, srv.base_url, args.batcher.max_concurrent_batches)
         ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace=args.namespace)
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+        # --trace: Serve's tracing on, with its default exporter (span files under the session's
+        # logs), sampling only the requests that carry a sampled traceparent (the traced jobs).
+        tracing = {"enabled": True, "sampling_ratio": 0.0} if a.trace else None
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False},
+                    tracing_config=tracing)
         serve.run(build_app(args), name="tp", route_prefix="/tp")
         url = f"http://127.0.0.1:{port}/tp"
         through_raygrade(url, text_job(8))  # warm-up: replicas, tokenizer, connections
+        if a.trace:
+            report["trace"] = trace_phase(url, a.trace)
         for name, job in jobs.items():
             report["raygrade"][name] = through_raygrade(url, job)
         if a.small_jobs:
@@ -206,8 +300,16 @@ def main() -> None:
             serve.shutdown()
             ray.shutdown()
         srv.stop()
-    print("\n| job | raygrade wall s | raygrade items/s | students/s | POST s | direct items/s | raygrade ÷ direct |")
-    print("|---|---|---|---|---|---|---|")
+    if tr := report.get("trace"):
+        print(f"\n{a.trace} one-student text jobs, one at a time: POST to terminal state "
+              f"p50 {tr['job_p50_ms']:.1f} ms, p95 {tr['job_p95_ms']:.1f} ms")
+        print("\n| hop (span) | spans per job | starts at ms (p50) | ms per job p50 | p95 |\n|---|---|---|---|---|")
+        for r in tr["hops"]:
+            print(f"| {r['hop']} | {r['spans_per_job']:.1f} | {r['start_ms']:.1f} | {r['p50_ms']:.2f} | "
+                  f"{r['p95_ms']:.2f} |")
+    if jobs:
+        print("\n| job | raygrade wall s | raygrade items/s | students/s | POST s | direct items/s "
+              "| raygrade ÷ direct |\n|---|---|---|---|---|---|---|")
     for name in jobs:
         r, d = report["raygrade"][name], report["direct"][name]
         print(f"| {name} ({r['items']} items, {r['batches']} requests, {r['body_mb']:.1f} MB) | {r['wall_s']:.2f} | "

@@ -10,6 +10,7 @@ the rest (see ``[project.optional-dependencies]`` in ``pyproject.toml``)::
     plots     matplotlib: regrade and benchmark figures
     anthropic the anthropic SDK: Claude through the Messages API (kind: anthropic)
     gemini    the google-genai SDK: Gemini through the Gemini API (kind: gemini)
+    tracing   the OTLP/HTTP span exporter (raygrade.tracing:otlp_exporter)
 """
 
 from __future__ import annotations

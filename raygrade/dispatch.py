@@ -30,6 +30,7 @@ from raygrade.config import StoreConfig
 from raygrade.errors import PlanningError, RaygradeError, raygrade_cause
 from raygrade.protocol import GradingErrorItem, GradingJob, JobState, JobStatus
 from raygrade.serve.logs import ids
+from raygrade.tracing import extract, new_trace, span
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -104,12 +105,15 @@ class JobDispatcher:
         """Ids of the batches this dispatcher is grading now."""
         return frozenset(self._leased)
 
-    def submit(self, job_id: str) -> asyncio.Task:
+    def submit(self, job_id: str, started_by: str = "submit") -> asyncio.Task:
         """Drive ``job_id`` now, unless this dispatcher already is (the control loop would find
-        it within ``poll_interval_s``); returns the job's task. Call on the event loop."""
+        it within ``poll_interval_s``); returns the job's task. Call on the event loop.
+
+        ``started_by``: ``"submit"`` (the ingress's nudge: the job's span joins the caller's
+        trace) or ``"poll"`` (found in the store: it joins the trace stored with the job)."""
         task = self._jobs.get(job_id)
         if task is None or task.done():
-            task = self._jobs[job_id] = asyncio.get_running_loop().create_task(self.run_job(job_id))
+            task = self._jobs[job_id] = asyncio.get_running_loop().create_task(self.run_job(job_id, started_by))
         return task
 
     async def control_step(self) -> None:
@@ -117,7 +121,7 @@ class JobDispatcher:
         finished tasks, renew this dispatcher's leases, report the gauges when due. Raises what
         the registry raises."""
         for job_id in await self._registry.unfinished_jobs():
-            self.submit(job_id)
+            self.submit(job_id, "poll")
         for job_id in [j for j, t in self._jobs.items() if t.done()]:
             del self._jobs[job_id]
         if self._leased:
@@ -150,18 +154,34 @@ class JobDispatcher:
 
     async def _plan(self, job_id: str, tenant: str) -> None:
         """Read, plan and record a queued job (``queued → running``); idempotent in the store."""
-        job = await self._registry.get_job(job_id)
-        batches, errors, model = await self._plan_fn(job_id, job, tenant)
-        await self._registry.record_plan(job_id, batches, errors, model)
+        with span("raygrade.plan") as s:
+            job = await self._registry.get_job(job_id)
+            batches, errors, model = await self._plan_fn(job_id, job, tenant)
+            s.set_attributes({"raygrade.batches": len(batches), "raygrade.errors": len(errors)})
+            await self._registry.record_plan(job_id, batches, errors, model)
 
-    async def run_job(self, job_id: str) -> None:
+    async def run_job(self, job_id: str, started_by: str = "submit") -> None:
         """Drive one job until it is finished; returns early (to be resumed by the control loop)
-        if the store or the registry fails. Never raises."""
+        if the store or the registry fails. Never raises. Spans: ``raygrade.job`` (a child of
+        the current context when ``started_by`` is ``"submit"``, else of the trace context stored
+        with the job, else a new trace), with ``raygrade.plan`` and one ``raygrade.batch`` per batch."""
+        parent = None
+        if started_by != "submit":  # found in the store: the trace its submission joined, if any
+            try:
+                parent = extract(await self._registry.trace_context(job_id) or {}) or new_trace()
+            except Exception:  # the store unreachable: run_job's first call says so again
+                parent = new_trace()
+        with span("raygrade.job", {"raygrade.job_id": job_id, "raygrade.job.started_by": started_by},
+                  parent=parent) as s:
+            s.set_attribute("raygrade.job.outcome", await self._run_job(job_id))
+
+    async def _run_job(self, job_id: str) -> str:
+        """:meth:`run_job`'s body; returns the job's final state, ``failed``, or ``interrupted``."""
         reg, in_flight = self._registry, set[asyncio.Task]()
         try:
             status = await reg.status(job_id)
             if status.state.terminal:
-                return
+                return status.state.value
             if status.state == JobState.QUEUED:
                 await self._plan(job_id, status.tenant)
             while True:
@@ -175,7 +195,7 @@ class JobDispatcher:
                         logger.info("job %s %s: %d batches", job_id, final.state.value,
                                     final.progress.batches_total, extra=ids(job_id))
                         await self._report_finished(job_id, final)
-                        return
+                        return final.state.value
                     # Batches leased by a dispatcher that died: re-dispatched when their lease expires.
                     await self._sleep(self._cfg.poll_interval_s)
                     continue
@@ -196,12 +216,15 @@ class JobDispatcher:
                 final = await reg.fail_job(job_id, GradingErrorItem(student_ids=[], question_ids=[],
                                                                     type=err.error_type, message=err.message))
                 await self._report_finished(job_id, final)
+                return final.state.value
             except Exception:
                 logger.warning("job %s: could not record the failure; will resume", job_id, extra=ids(job_id))
+                return "interrupted"
         except Exception as exc:
             # The registry, store or engine unreachable (a restart under way) is not the
             # job's fault: the control loop resumes it from the store.
             logger.warning("job %s interrupted (%s); will resume", job_id, type(exc).__name__, extra=ids(job_id))
+            return "interrupted"
         finally:
             for t in in_flight:
                 t.cancel()
@@ -209,7 +232,9 @@ class JobDispatcher:
     async def _grade(self, job_id: str, batch: GradeBatch) -> None:
         self._leased.add(batch.batch_id)
         try:
-            await self._grade_once(job_id, batch)
+            with span("raygrade.batch", {"raygrade.batch_id": batch.batch_id,
+                                         "raygrade.students": len(batch.students)}):
+                await self._grade_once(job_id, batch)
         finally:
             self._leased.discard(batch.batch_id)
 

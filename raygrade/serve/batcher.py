@@ -24,6 +24,7 @@ from raygrade.planner import JobPlanner, planner_for
 from raygrade.protocol import GradingErrorItem, GradingJob, ReadingMode, StoredImage
 from raygrade.serve.reader import read_submissions, reading_mode
 from raygrade.serve.webhook_sender import WebhookSender
+from raygrade.tracing import detached, span
 
 
 class HandleCalls:
@@ -74,11 +75,13 @@ class Batcher:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # constructed outside the event loop: started by the first call
             return
+        # Outside the trace of the call that starts them (jobs they find start traces of their own).
         if self._control is None or self._control.done():
-            self._control = loop.create_task(self._dispatcher.control_loop())
+            self._control = loop.create_task(self._dispatcher.control_loop(), context=detached())
         if self._webhook_loop is None or self._webhook_loop.done():
             # Its own task: a slow webhook receiver never holds up dispatch, leases or other jobs.
-            self._webhook_loop = loop.create_task(self._webhooks.run(self._store_cfg.poll_interval_s))
+            self._webhook_loop = loop.create_task(self._webhooks.run(self._store_cfg.poll_interval_s),
+                                                  context=detached())
 
     async def check_health(self) -> None:
         """Serve's periodic health check; (re)starts the control loop if it is not running."""
@@ -115,7 +118,8 @@ class Batcher:
         """
         mode = reading_mode(job, self._args.provider)
         planner = await self._get_planner()
-        works, read_errors = await read_submissions(job, mode, self._reader, self._blob_store())
+        with span("raygrade.read", {"raygrade.reading_mode": mode.value}):
+            works, read_errors = await read_submissions(job, mode, self._reader, self._blob_store())
         try:
             batches, plan_errors = await asyncio.to_thread(planner.batches, job_id, job, works,
                                                            mode == ReadingMode.VISION, tenant)

@@ -21,6 +21,7 @@ from raygrade.graders import cluster_grader
 from raygrade.grading import BatchGrader
 from raygrade.metrics import Recorder
 from raygrade.providers.registry import check_on_start
+from raygrade.tracing import span
 
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config
 # format (JSON in serve_config.yaml), as Serve documents for deployment code.
@@ -74,7 +75,9 @@ class Grader:
         """Grade a batch; returns the outcome and this replica's id."""
         grader = await self._get()
         t0 = time.monotonic()
-        outcome = await grader.grade(batch)
+        with span("raygrade.grade", {"raygrade.batch_id": batch.batch_id, "raygrade.replica": self.replica_id}) as s:
+            outcome = await grader.grade(batch)
+            s.set_attributes({"raygrade.graded": len(outcome.results), "raygrade.calls": outcome.calls})
         m, tags = self._metrics, self._tags
         m.observe("raygrade_batch_latency_seconds", time.monotonic() - t0, tags)
         m.observe("raygrade_batch_limiter_wait_seconds", outcome.limiter_wait_s, tags)

@@ -33,7 +33,7 @@ import asyncio
 import time
 from typing import Any, Literal
 
-from fastapi import Header, Query
+from fastapi import Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
@@ -56,6 +56,7 @@ from raygrade.serve.guard import Authenticator
 from raygrade.serve.http_app import JobId, Tenant, _call, accepted, api, logger
 from raygrade.serve.http_errors import error_responses as _errors
 from raygrade.serve.review_routes import ReviewRoutes
+from raygrade.tracing import extract, inject, span
 
 #: Seconds ``/readyz`` waits for the store, a Grader and the model before answering 503; a
 #: readiness probe in flight is shared by every ``/readyz`` call (at most one per replica, ended
@@ -103,7 +104,7 @@ class RaygradeIngress(ReviewRoutes):
     @api.post("/v1/jobs", status_code=202, response_model=JobStatus, responses={
         200: {"model": JobStatus, "description": "A replay of an idempotency key: the existing job."},
         **_errors(408, 409, 413, 429)})
-    async def create_job(self, job: GradingJob,
+    async def create_job(self, job: GradingJob, request: Request,
                          idempotency_key: str | None = Header(default=None, alias="Idempotency-Key", min_length=1,
                                                               max_length=256),
                          tenant: str = Tenant) -> JSONResponse:
@@ -111,23 +112,31 @@ class RaygradeIngress(ReviewRoutes):
             raise InvalidRequestError(f"{where[0]}: pages of type 'stored_image' are internal to raygrade; "
                                       "send 'image' or 'text' pages", param=where[0])
         key = idempotency_key or job.options.idempotency_key
-        try:
-            if job.has_images():
-                # Before the pages are decoded: a job the quota refuses costs no decoding (a replay is
-                # never refused). Text jobs skip this call: the store's transaction checks every job.
-                await _call(self._registry.check_quota.remote(tenant, job.item_count(), key))
-            if self._blobs is not None:
-                # Page bytes go to the blob store here, once; the registry receives references only.
-                job = await asyncio.to_thread(externalize, job, self._blobs)
-            if self._planner is not None:
-                await asyncio.to_thread(refuse_unfit, self._planner, job)
-            # Durable first (the outbox): the batcher drives jobs from the store, so a lost
-            # nudge below only delays the job until the batcher's next poll.
-            status, created = await _call(self._registry.create.remote(job, key, tenant))
-        except QuotaExceededError as refused:
-            self._metrics.inc("raygrade_jobs_refused", 1, {"namespace": self._ns, "quota": refused.code or ""})
-            raise
-        return await accepted(self._batcher, status, created)
+        # A caller's W3C ``traceparent`` is the parent: its trace continues through raygrade.
+        with span("raygrade.accept", {"raygrade.tenant": tenant, "raygrade.students": len(job.submissions),
+                                      "raygrade.items": job.item_count()}, parent=extract(request.headers)) as s:
+            try:
+                if job.has_images():
+                    # Before the pages are decoded: a job the quota refuses costs no decoding (a replay is
+                    # never refused). Text jobs skip this call: the store's transaction checks every job.
+                    with span("raygrade.quota"):
+                        await _call(self._registry.check_quota.remote(tenant, job.item_count(), key))
+                if self._blobs is not None and job.has_images():
+                    # Page bytes go to the blob store here, once; the registry receives references only.
+                    with span("raygrade.externalize"):
+                        job = await asyncio.to_thread(externalize, job, self._blobs)
+                if self._planner is not None:
+                    with span("raygrade.admission"):
+                        await asyncio.to_thread(refuse_unfit, self._planner, job)
+                # Durable first (the outbox): the batcher drives jobs from the store, so a lost
+                # nudge below only delays the job until the batcher's next poll.
+                status, created = await _call(self._registry.create.remote(job, key, tenant, inject()))
+            except QuotaExceededError as refused:
+                self._metrics.inc("raygrade_jobs_refused", 1, {"namespace": self._ns, "quota": refused.code or ""})
+                raise
+            s.set_attributes({"raygrade.job_id": status.id, "raygrade.created": created})
+            with span("raygrade.nudge"):
+                return await accepted(self._batcher, status, created)
 
     @api.get("/v1/jobs", response_model=JobList, responses=_errors(404))
     async def list_jobs(self, status: JobState | None = Query(default=None),

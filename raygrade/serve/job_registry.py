@@ -10,8 +10,8 @@ serialise anyway; four for PostgreSQL).
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +34,7 @@ from raygrade.protocol import (
 )
 from raygrade.store import JobStore
 from raygrade.store.outbox import COMPLETED
+from raygrade.tracing import span
 from raygrade.webhooks import check_url, resolve_checked
 
 
@@ -56,13 +57,23 @@ class JobRegistryImpl:
         self._group_pool = ThreadPoolExecutor(1, thread_name_prefix="raygrade-groups")
 
     async def _do(self, fn, *args, **kwargs):
-        if self._pool is None:
-            return fn(*args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        """``fn(*args, **kwargs)`` on the store's thread, in a ``raygrade.store <call>`` span that
+        records how long the call waited for the thread (``raygrade.store.queued_ms``)."""
+        with span(f"raygrade.store {fn.__name__}") as s:
+            if self._pool is None:
+                return fn(*args, **kwargs)
+            queued = time.perf_counter()
 
-    async def create(self, job: GradingJob, idempotency_key: str | None = None, tenant: str = DEFAULT_TENANT
-                     ) -> tuple[JobStatus, bool]:
-        """Durably record ``tenant``'s job (see :meth:`JobStore.create_job`).
+            def run():
+                s.set_attribute("raygrade.store.queued_ms", round((time.perf_counter() - queued) * 1e3, 3))
+                return fn(*args, **kwargs)
+
+            return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+
+    async def create(self, job: GradingJob, idempotency_key: str | None = None, tenant: str = DEFAULT_TENANT,
+                     trace_context: dict[str, str] | None = None) -> tuple[JobStatus, bool]:
+        """Durably record ``tenant``'s job (see :meth:`JobStore.create_job`), with the W3C
+        headers of the trace its submission joined.
 
         Raises:
             InvalidRequestError: a ``webhook_url`` while no signing secret is configured, or
@@ -78,7 +89,8 @@ class JobRegistryImpl:
                 await resolve_checked(check_url(job.options.webhook_url), self._config.webhook_allowed_networks)
             except ValueError as exc:
                 raise InvalidRequestError(str(exc), param="options.webhook_url") from None
-        return await self._do(self._store.create_job, job, idempotency_key, self._namespace, tenant)
+        return await self._do(self._store.create_job, job, idempotency_key, self._namespace, tenant,
+                              trace_context=trace_context)
 
     async def gauges(self) -> dict:
         """This application's jobs by state and pending batches (see :meth:`JobStore.gauges`)."""
@@ -92,6 +104,10 @@ class JobRegistryImpl:
     async def get_job(self, job_id: str) -> GradingJob:
         """The job as stored (:meth:`JobStore.get_job`). Raises ``NotFoundError``."""
         return await self._do(self._store.get_job, job_id)
+
+    async def trace_context(self, job_id: str) -> dict[str, str] | None:
+        """The W3C headers of the trace the job's submission joined (:meth:`JobStore.trace_context`)."""
+        return await self._do(self._store.trace_context, job_id)
 
     async def status(self, job_id: str, tenant: str | None = None) -> JobStatus:
         """The job's state and progress (:meth:`JobStore.status`); with ``tenant``, only that

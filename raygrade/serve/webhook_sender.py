@@ -20,6 +20,7 @@ from raygrade.metrics import Recorder
 from raygrade.retry import backoff_delay
 from raygrade.serve.logs import ids
 from raygrade.store.outbox import COMPLETED
+from raygrade.tracing import new_trace, span
 from raygrade.webhooks import deliver
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
@@ -61,6 +62,12 @@ class WebhookSender:
         return len(due)
 
     async def _one(self, job_id: str, event: str, url: str, attempt: int) -> None:
+        with span("raygrade.webhook", {"raygrade.job_id": job_id, "raygrade.webhook.event": event,
+                                       "raygrade.webhook.attempt": attempt}, parent=new_trace()) as s:
+            s.set_attribute("raygrade.webhook.state", await self._deliver(job_id, event, url, attempt))
+
+    async def _deliver(self, job_id: str, event: str, url: str, attempt: int) -> str:
+        """One delivery attempt, recorded in the outbox; returns the row's new state."""
         cfg = self._cfg
         async with self._sem:
             tenant, secret = await self._registry.signing_secret.remote(job_id)
@@ -83,3 +90,4 @@ class WebhookSender:
         logger.info("webhook %s for job %s: attempt %d, %s", event, job_id, attempt, state, extra=ids(job_id))
         self._metrics.inc("raygrade_webhook_deliveries", 1,
                           {**self._tags, "outcome": "delivered" if error is None else "failed"})
+        return state

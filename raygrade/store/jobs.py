@@ -53,13 +53,16 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
     """
 
     def create_job(self, job: GradingJob, idempotency_key: str | None = None, namespace: str = "raygrade",
-                   tenant: str = DEFAULT_TENANT, *, regrade_of: str | None = None) -> tuple[JobStatus, bool]:
+                   tenant: str = DEFAULT_TENANT, *, regrade_of: str | None = None,
+                   trace_context: dict[str, str] | None = None) -> tuple[JobStatus, bool]:
         """Record a job and its items (state ``queued``), or return the job its key names.
 
         ``namespace`` is the application's (``RaygradeArgs.namespace``): several raygrade
         applications can share one database; each resumes only its own jobs. ``tenant`` owns
         the job (the API key's tenant). Idempotency keys are unique per namespace and tenant.
         ``regrade_of`` names the job whose question this one regrades (:meth:`regrade_question`).
+        ``trace_context``: the W3C headers of the trace the submission joined (:func:`raygrade.tracing.inject`),
+        kept for the batcher that drives the job (:meth:`trace_context`).
 
         Returns:
             ``(status, created)``; ``created`` is False for a replay of the same key and body.
@@ -74,6 +77,7 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
         h = hashlib.sha256(body.encode()).hexdigest()
         now = self._clock()
         job_id = f"job_{uuid.uuid4().hex}"
+        tc = json.dumps(trace_context) if trace_context else None
         rows = []
         for i, sub in enumerate(job.submissions):
             for j, q in enumerate(job.questions_for(sub)):
@@ -90,7 +94,7 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
                 ins = self._insert_ignore(jobs).values(
                     id=job_id, namespace=namespace, tenant=tenant, idempotency_key=idempotency_key, body_hash=h,
                     state="queued", model=job.options.model, students=len(job.submissions), items_total=len(rows),
-                    regrade_of=regrade_of, created_at=now, updated_at=now).returning(jobs.c.id)
+                    regrade_of=regrade_of, trace_context=tc, created_at=now, updated_at=now).returning(jobs.c.id)
                 if conn.execute(ins).first() is None:  # the key exists (rowcount is -1 on psycopg)
                     replay = self._replay(conn, namespace, tenant, idempotency_key, h)
                     assert replay is not None
@@ -98,8 +102,8 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
             else:
                 conn.execute(jobs.insert().values(
                     id=job_id, namespace=namespace, tenant=tenant, body_hash=h, state="queued", model=job.options.model,
-                    students=len(job.submissions), items_total=len(rows), regrade_of=regrade_of, created_at=now,
-                    updated_at=now))
+                    students=len(job.submissions), items_total=len(rows), regrade_of=regrade_of, trace_context=tc,
+                    created_at=now, updated_at=now))
             conn.execute(job_bodies.insert().values(job_id=job_id, body=body))
             for k in range(0, len(rows), 5000):
                 conn.execute(items.insert(), rows[k:k + 5000])
@@ -115,6 +119,13 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
             raise ConflictError("idempotency key was already used with a different request body",
                                 param="idempotency_key")
         return self._status(conn, existing.id)
+
+    def trace_context(self, job_id: str) -> dict[str, str] | None:
+        """The W3C headers of the trace the job's submission joined, or ``None`` (none was
+        recording, or the job predates revision 0009). Raises ``NotFoundError``."""
+        with self.engine.connect() as conn:
+            row = self._job_row(conn, job_id)
+        return json.loads(row["trace_context"]) if row["trace_context"] else None
 
     def get_job(self, job_id: str) -> GradingJob:
         """The job as stored: page images are :class:`StoredImage` references (:func:`raygrade.blobs.inline`)."""

@@ -35,6 +35,7 @@ jobs = sa.Table(
     sa.Column("items_reviewed", sa.Integer, nullable=False, server_default="0"),  # teachers' reviews (0006)
     sa.Column("regrade_of", sa.String(64)),  # the job whose question this job regrades (0006)
     sa.Column("review_plan", sa.Text),  # a review target's choice, JSON ReviewPlan (0006)
+    sa.Column("trace_context", sa.Text),  # the W3C trace context its submission joined, JSON (0009)
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
     sa.Column("updated_at", sa.Float, nullable=False),

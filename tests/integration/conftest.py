@@ -2,6 +2,7 @@ import os
 import uuid
 
 import pytest
+from support.shared_cluster import TRACING
 
 from raygrade.config import ApiConfig, BatcherConfig, RaygradeArgs, StoreConfig
 from raygrade.testing.fake_openai import FakeOpenAIServer, fake_provider_config
@@ -90,7 +91,8 @@ def serve_url(ray_cluster):
     if _shared():
         return f"http://127.0.0.1:{os.environ['RAYGRADE_TEST_SERVE_PORT']}"
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False},
+                    tracing_config=TRACING)
     return f"http://127.0.0.1:{port}"
 
 

@@ -32,6 +32,10 @@ SHARED_DIR_ENV = "RAYGRADE_TEST_SHARED_DIR"
 #: Logical CPUs of the shared cluster: two workers' deployments, Ray Data actors and a model's
 #: CPU bundle at once (the machine has 2 physical cores either way).
 NUM_CPUS = 8
+#: Serve's tracing for the session: on (Serve's default exporter, span files under the session's
+#: logs), sampling no trace by itself; a request carrying a sampled ``traceparent`` is traced
+#: (tests/integration/test_job_trace.py).
+TRACING = {"enabled": True, "sampling_ratio": 0.0}
 
 
 def _info_path() -> Path:
@@ -81,7 +85,8 @@ def connect(namespace: str) -> dict:
         from ray import serve
 
         serve.start(http_options={"host": "127.0.0.1", "port": serve_port},
-                    logging_config={"enable_access_log": False})
+                    logging_config={"enable_access_log": False},
+                    tracing_config=TRACING)
         info = {"address": address, "serve_port": serve_port, "metrics_port": metrics_port, "pid": proc.pid}
         info_path.write_text(json.dumps(info))
         return info
