@@ -13,7 +13,7 @@ own time. Baseline measured in the same run: the same planned requests sent stra
 same server by an ``AsyncOpenAI`` client at the same concurrency (what the provider alone
 allows); the ratio raygrade ÷ direct says what the durable path costs. JSON under ``--out``.
 
-Then **small jobs**: ``--small-jobs`` one-student jobs POSTed by 8 concurrent clients
+Then **small jobs**: ``--small-jobs`` one-student jobs POSTed by ``--clients`` concurrent clients (32)
 (a platform sending each student as it is scanned), once for a tenant without a quota and once
 with a quota that never binds (every quota query runs); POSTs/s, POST p50/p95 and the wall time
 until all are graded, with the ratio quota ÷ none.
@@ -134,7 +134,7 @@ def through_raygrade(url: str, job: GradingJob) -> dict:
             "items_per_s": p["items_graded"] / wall, "students_per_s": p["students"] / wall}
 
 
-def small_jobs(url: str, n: int, concurrency: int = 8) -> dict:
+def small_jobs(url: str, n: int, concurrency: int = 32) -> dict:
     """``n`` one-student text jobs POSTed ``concurrency`` at a time; POST latency and the wall
     time until every job is terminal."""
     body = text_job(1).model_dump_json()
@@ -249,6 +249,7 @@ def main() -> None:
     ap.add_argument("--page", choices=("scan", "small"), default="scan",
                     help="scan: ≈ 200 KB handwriting-style pages; small: 600×400 blank PNGs (≈ 2 KB)")
     ap.add_argument("--small-jobs", type=int, default=300, help="one-student jobs, without and with a quota")
+    ap.add_argument("--clients", type=int, default=32, help="concurrent clients POSTing the small jobs")
     ap.add_argument("--trace", type=int, nargs="?", const=30, default=0, metavar="N",
                     help="instead: N traced one-student jobs, one at a time, and the time per hop (default 30)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
@@ -290,11 +291,11 @@ def main() -> None:
             from raygrade.protocol import TenantQuota
             from raygrade.store import JobStore
 
-            report["small"] = {"no quota": small_jobs(url, a.small_jobs)}
+            report["small"] = {"no quota": small_jobs(url, a.small_jobs, a.clients)}
             store = JobStore(args.store.url)  # the operator's side: `raygrade quotas set default ...`
             store.set_quota("default", TenantQuota(max_active_jobs=10**6, items_per_day=10**9, tokens_per_day=10**12))
             store.close()
-            report["small"]["quota"] = small_jobs(url, a.small_jobs)
+            report["small"]["quota"] = small_jobs(url, a.small_jobs, a.clients)
     finally:
         if ray.is_initialized():
             serve.shutdown()
@@ -316,7 +317,7 @@ def main() -> None:
               f"{r['items_per_s']:.0f} | {r['students_per_s']:.0f} | {r['post_s']:.2f} | {d['items_per_s']:.0f} | "
               f"{r['items_per_s'] / d['items_per_s']:.2f} |")
     if small := report.get("small"):
-        print("\n| small jobs (1 student, 8 concurrent POSTs) | POSTs/s | POST p50 ms | POST p95 ms "
+        print(f"\n| small jobs (1 student, {a.clients} concurrent POSTs) | POSTs/s | POST p50 ms | POST p95 ms "
               "| jobs/s to graded |")
         print("|---|---|---|---|---|")
         for name, r in small.items():

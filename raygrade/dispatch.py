@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from raygrade.batch import BatchOutcome, GradeBatch, students_error
 from raygrade.config import StoreConfig
 from raygrade.errors import PlanningError, RaygradeError, raygrade_cause
-from raygrade.protocol import GradingErrorItem, GradingJob, JobState, JobStatus
+from raygrade.protocol import GradingErrorItem, GradingJob, JobStatus
 from raygrade.serve.logs import ids
 from raygrade.tracing import extract, new_trace, span
 
@@ -68,6 +68,15 @@ def planning_failed(exc: Exception) -> JobFailed:
     return JobFailed(exc if isinstance(exc, RaygradeError) else PlanningError(f"planning failed: {type(exc).__name__}"))
 
 
+class _Run:
+    """One run of a job by :meth:`JobDispatcher.run_job`: its batches in flight, and whether the
+    last lease found no more pending batches (the next completion may then finish the job)."""
+
+    def __init__(self) -> None:
+        self.in_flight: set[asyncio.Task] = set()
+        self.exhausted = False
+
+
 class JobDispatcher:
     """Drives every unfinished job in the store to completion, each grade written once.
 
@@ -105,15 +114,20 @@ class JobDispatcher:
         """Ids of the batches this dispatcher is grading now."""
         return frozenset(self._leased)
 
-    def submit(self, job_id: str, started_by: str = "submit") -> asyncio.Task:
+    def submit(self, job_id: str, started_by: str = "submit", *, known: tuple[GradingJob, str] | None = None
+               ) -> asyncio.Task:
         """Drive ``job_id`` now, unless this dispatcher already is (the control loop would find
         it within ``poll_interval_s``); returns the job's task. Call on the event loop.
 
         ``started_by``: ``"submit"`` (the ingress's nudge: the job's span joins the caller's
-        trace) or ``"poll"`` (found in the store: it joins the trace stored with the job)."""
+        trace) or ``"poll"`` (found in the store: it joins the trace stored with the job).
+        ``known``: the job as stored and its tenant, from a caller that just recorded it: the
+        job is planned without asking the store for it (a job already planned, cancelled or
+        ended meanwhile is found so by the plan's compare-and-swap)."""
         task = self._jobs.get(job_id)
         if task is None or task.done():
-            task = self._jobs[job_id] = asyncio.get_running_loop().create_task(self.run_job(job_id, started_by))
+            task = self._jobs[job_id] = asyncio.get_running_loop().create_task(
+                self.run_job(job_id, started_by, known=known))
         return task
 
     async def control_step(self) -> None:
@@ -152,15 +166,17 @@ class JobDispatcher:
             for etype, n in (await self._registry.failure_counts(job_id)).items():
                 self._metrics.inc("raygrade_items_failed", n, {**self._tags, "error_type": etype})
 
-    async def _plan(self, job_id: str, tenant: str) -> None:
-        """Read, plan and record a queued job (``queued → running``); idempotent in the store."""
+    async def _plan(self, job_id: str, job: GradingJob, tenant: str) -> list[GradeBatch]:
+        """Read, plan and record a queued job (``queued → running``; idempotent in the store) and
+        lease its first batches in the same registry call; returns them."""
         with span("raygrade.plan") as s:
-            job = await self._registry.get_job(job_id)
             batches, errors, model = await self._plan_fn(job_id, job, tenant)
             s.set_attributes({"raygrade.batches": len(batches), "raygrade.errors": len(errors)})
-            await self._registry.record_plan(job_id, batches, errors, model)
+            return await self._registry.plan_and_lease(job_id, batches, errors, model, self.owner,
+                                                       self._cfg.batch_lease_s, self._limit)
 
-    async def run_job(self, job_id: str, started_by: str = "submit") -> None:
+    async def run_job(self, job_id: str, started_by: str = "submit", *,
+                      known: tuple[GradingJob, str] | None = None) -> None:
         """Drive one job until it is finished; returns early (to be resumed by the control loop)
         if the store or the registry fails. Never raises. Spans: ``raygrade.job`` (a child of
         the current context when ``started_by`` is ``"submit"``, else of the trace context stored
@@ -173,22 +189,31 @@ class JobDispatcher:
                 parent = new_trace()
         with span("raygrade.job", {"raygrade.job_id": job_id, "raygrade.job.started_by": started_by},
                   parent=parent) as s:
-            s.set_attribute("raygrade.job.outcome", await self._run_job(job_id))
+            s.set_attribute("raygrade.job.outcome", await self._run_job(job_id, known))
 
-    async def _run_job(self, job_id: str) -> str:
+    async def _run_job(self, job_id: str, known: tuple[GradingJob, str] | None) -> str:
         """:meth:`run_job`'s body; returns the job's final state, ``failed``, or ``interrupted``."""
-        reg, in_flight = self._registry, set[asyncio.Task]()
+        reg, run = self._registry, _Run()
+        in_flight = run.in_flight
         try:
-            status = await reg.status(job_id)
-            if status.state.terminal:
-                return status.state.value
-            if status.state == JobState.QUEUED:
-                await self._plan(job_id, status.tenant)
+            if known is not None:  # just recorded (queued): no need to read it back
+                job, tenant = known
+            else:
+                status, job = await reg.status_and_job(job_id)
+                if status.state.terminal:
+                    return status.state.value
+                tenant = status.tenant
+            first: list[GradeBatch] | None = await self._plan(job_id, job, tenant) if job is not None else None
             while True:
-                if len(in_flight) < self._limit:  # ask the store only when a slot is free
-                    leased = await reg.lease_batches(job_id, self.owner, self._cfg.batch_lease_s,
-                                                     self._limit - len(in_flight))
-                    in_flight |= {asyncio.create_task(self._grade(job_id, b)) for b in leased}
+                if len(in_flight) < self._limit and not run.exhausted:  # ask the store only when a slot is free
+                    want = self._limit - len(in_flight)
+                    leased = first if first is not None else await reg.lease_batches(
+                        job_id, self.owner, self._cfg.batch_lease_s, want)
+                    first = None
+                    # Fewer than asked: no batch is pending now (one released, or whose lease
+                    # expires, is looked for again after the next poll interval).
+                    run.exhausted = len(leased) < want
+                    in_flight |= {asyncio.create_task(self._grade(job_id, b, run)) for b in leased}
                 if not in_flight:
                     final = await reg.finish_if_complete(job_id)
                     if final is not None:
@@ -198,6 +223,7 @@ class JobDispatcher:
                         return final.state.value
                     # Batches leased by a dispatcher that died: re-dispatched when their lease expires.
                     await self._sleep(self._cfg.poll_interval_s)
+                    run.exhausted = False
                     continue
                 # A batch finished, or poll_interval_s passed (batches released by a lost
                 # grader, or whose lease expired, are leased again).
@@ -206,9 +232,17 @@ class JobDispatcher:
                     done, _ = await asyncio.wait(in_flight | {tick}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     tick.cancel()
+                if tick in done:
+                    run.exhausted = False
                 for t in done - {tick}:
                     in_flight.discard(t)
-                    t.result()  # a store failure ends this run; the control loop starts it again
+                    # A store failure ends this run (the control loop starts it again); the last
+                    # batch's task may have finished the job.
+                    if (final := t.result()) is not None:
+                        logger.info("job %s %s: %d batches", job_id, final.state.value,
+                                    final.progress.batches_total, extra=ids(job_id))
+                        await self._report_finished(job_id, final)
+                        return final.state.value
         except JobFailed as failed:
             err = failed.error
             logger.warning("job %s failed: %s", job_id, err.error_type, extra=ids(job_id))
@@ -229,16 +263,18 @@ class JobDispatcher:
             for t in in_flight:
                 t.cancel()
 
-    async def _grade(self, job_id: str, batch: GradeBatch) -> None:
+    async def _grade(self, job_id: str, batch: GradeBatch, run: _Run) -> JobStatus | None:
+        """Grade one leased batch and write its outcome; returns the job's terminal status when
+        this batch was its last and the job finished with it."""
         self._leased.add(batch.batch_id)
         try:
             with span("raygrade.batch", {"raygrade.batch_id": batch.batch_id,
                                          "raygrade.students": len(batch.students)}):
-                await self._grade_once(job_id, batch)
+                return await self._grade_once(job_id, batch, run)
         finally:
             self._leased.discard(batch.batch_id)
 
-    async def _grade_once(self, job_id: str, batch: GradeBatch) -> None:
+    async def _grade_once(self, job_id: str, batch: GradeBatch, run: _Run) -> JobStatus | None:
         try:
             outcome, replica = await self._grade_fn(batch)
         except Exception as exc:
@@ -254,8 +290,13 @@ class JobDispatcher:
                     logger.warning("batch %s: grader lost (%s), re-dispatching", batch.batch_id, type(exc).__name__,
                                    extra=ids(job_id, batch.batch_id))
                     await self._registry.release_batch(batch.batch_id, self.owner)
-                    return
+                    run.exhausted = False  # pending again: lease it at once
+                    return None
                 error_type, message = "grader_error", f"grader call failed {attempts} times: {type(exc).__name__}"
             outcome, replica = BatchOutcome(batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[
                 students_error(batch.students, error_type, message, batch.batch_id)]), None
+        if run.exhausted and len(run.in_flight) == 1:  # nothing else pending or in flight: the job's last batch
+            _, final = await self._registry.complete_and_finish(job_id, outcome, replica)
+            return final
         await self._registry.complete_batch(job_id, outcome, replica)
+        return None

@@ -59,9 +59,16 @@ TRACER_NAME = "raygrade"
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
+_TRACER: trace.Tracer | None = None
+
+
 def tracer() -> trace.Tracer:
-    """raygrade's tracer from the global provider (a no-op one until Serve or a test sets one)."""
-    return trace.get_tracer(TRACER_NAME)
+    """raygrade's tracer from the global provider. Made once: before a provider is set it is
+    OpenTelemetry's proxy tracer, which follows the provider Serve (or a test) sets later."""
+    global _TRACER
+    if _TRACER is None:
+        _TRACER = trace.get_tracer(TRACER_NAME)
+    return _TRACER
 
 
 @contextmanager

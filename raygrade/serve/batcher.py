@@ -93,10 +93,12 @@ class Batcher:
         await self._registry.gauges.remote()
         await self._grader.ready.remote()
 
-    async def submit(self, job_id: str) -> None:
-        """Start driving ``job_id`` now (the control loop would find it within ``poll_interval_s``)."""
+    async def submit(self, job_id: str, job: GradingJob | None = None, tenant: str | None = None) -> None:
+        """Start driving ``job_id`` now (the control loop would find it within ``poll_interval_s``);
+        ``job`` and ``tenant``: the job as stored and its tenant, when the caller has them (the
+        ingress, just after recording it), so that it is planned without being read back."""
         self._ensure_control_loop()
-        self._dispatcher.submit(job_id)
+        self._dispatcher.submit(job_id, known=(job, tenant) if job is not None and tenant is not None else None)
 
     async def _get_planner(self) -> JobPlanner:
         if self._planner is None:

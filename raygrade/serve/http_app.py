@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raygrade.errors import RaygradeError, raygrade_cause
-from raygrade.protocol import JobStatus
+from raygrade.protocol import GradingJob, JobStatus
 from raygrade.serve.guard import RequestGuard, error_response
 from raygrade.serve.http_errors import validation_error_body
 
@@ -92,13 +92,14 @@ async def _call(response):
         raise
 
 
-async def accepted(batcher, status: JobStatus, created: bool) -> JSONResponse:
+async def accepted(batcher, status: JobStatus, created: bool, job: GradingJob | None = None) -> JSONResponse:
     """The answer to an accepted job (202; 200 for a replay), after nudging the ``Batcher`` handle
-    to start a new one now. The job is already durable: a lost nudge only delays it until the
+    to start a new one now, with the job as stored when it is given (the batcher then plans it
+    without reading it back). The job is already durable: a lost nudge only delays it until the
     batcher's next poll of the store."""
     if created:
         try:
-            await batcher.submit.remote(status.id)
+            await batcher.submit.remote(status.id, job, status.tenant)
         except Exception as exc:
             logger.warning("job %s: batcher not reachable (%s); it will pick the job up from the store",
                            status.id, type(exc).__name__, extra={"raygrade_job_id": status.id})

@@ -136,7 +136,8 @@ class RaygradeIngress(ReviewRoutes):
                 raise
             s.set_attributes({"raygrade.job_id": status.id, "raygrade.created": created})
             with span("raygrade.nudge"):
-                return await accepted(self._batcher, status, created)
+                # The stored form of a job without inline images is what the batcher would read back.
+                return await accepted(self._batcher, status, created, None if job.has_images() else job)
 
     @api.get("/v1/jobs", response_model=JobList, responses=_errors(404))
     async def list_jobs(self, status: JobState | None = Query(default=None),

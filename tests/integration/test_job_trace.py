@@ -15,9 +15,8 @@ from tests.integration.test_jobs_api import job
 
 #: Spans a one-student text job must leave in its trace (Serve's own spans come in between).
 HOPS = {"raygrade.accept", "raygrade.store create_job", "raygrade.nudge", "raygrade.job", "raygrade.read",
-        "raygrade.plan", "raygrade.store record_plan", "raygrade.store lease_batches", "raygrade.batch",
-        "raygrade.grade", "raygrade.limiter.acquire", "raygrade.limiter.settle", "raygrade.store complete_batch",
-        "raygrade.store finish_if_complete"}
+        "raygrade.plan", "raygrade.store plan_and_lease", "raygrade.batch", "raygrade.grade",
+        "raygrade.limiter.acquire", "raygrade.limiter.settle", "raygrade.store complete_and_finish"}
 
 
 def span_files() -> list[Path]:

@@ -322,3 +322,57 @@ def test_gauges_are_read_every_gauge_interval(store, registry, clock):
 
     asyncio.run(main())
     assert len(reads) == 4 and all(b - a >= GAUGE_INTERVAL_S for a, b in zip(reads, reads[1:]))
+
+
+class CountingRegistry:
+    """The registry's methods, counted per name (each is one round trip through Serve in a deployment)."""
+
+    def __init__(self, registry):
+        self._registry = registry
+        self.calls: collections.Counter = collections.Counter()
+
+    def __getattr__(self, name):
+        self.calls[name] += 1
+        return getattr(self._registry, name)
+
+
+@pytest.mark.parametrize(("students", "expected"), [
+    # One batch: its status and body, the plan with the first lease, the grade with the finish.
+    (2, {"status_and_job": 1, "plan_and_lease": 1, "complete_and_finish": 1}),
+    # Three batches, two at a time: the third leased when a slot frees, the last one finishing the job.
+    (6, {"status_and_job": 1, "plan_and_lease": 1, "lease_batches": 1, "complete_batch": 2,
+         "complete_and_finish": 1}),
+])
+def test_a_small_job_takes_three_registry_calls_and_a_large_one_one_more_per_batch(store, registry, clock, students,
+                                                                                   expected):
+    async def main():
+        status, _ = store.create_job(make_job(students))
+        counting = CountingRegistry(registry)
+        d = dispatcher(counting, clock, Grader(), limit=2)
+        assert await drive(d.submit(status.id), clock) is None
+        return status.id, counting.calls
+
+    job_id, calls = asyncio.run(main())
+    assert dict(calls) == expected
+    final = store.status(job_id)
+    assert final.state == JobState.SUCCEEDED and final.progress.items_graded == 2 * students
+    assert len(store.results(job_id).results) == 2 * students
+
+
+def test_a_job_handed_over_by_the_ingress_is_planned_without_reading_it_back(store, registry, clock):
+    async def main():
+        job = make_job(2)
+        status, _ = store.create_job(job)
+        cancelled, _ = store.create_job(job)
+        store.cancel(cancelled.id)  # cancelled between its POST and the nudge
+        counting = CountingRegistry(registry)
+        d = dispatcher(counting, clock, Grader(), limit=2)
+        await drive(d.submit(status.id, known=(store.get_job(status.id), "default")), clock)
+        first = dict(counting.calls)
+        await drive(d.submit(cancelled.id, known=(store.get_job(cancelled.id), "default")), clock)
+        return status.id, cancelled.id, first
+
+    job_id, cancelled_id, calls = asyncio.run(main())
+    assert calls == {"plan_and_lease": 1, "complete_and_finish": 1}
+    assert store.status(job_id).state == JobState.SUCCEEDED
+    assert store.status(cancelled_id).state == JobState.CANCELLED and not store.results(cancelled_id).results
