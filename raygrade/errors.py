@@ -103,6 +103,19 @@ class AuthenticationError(RaygradeError):
     error_type = "authentication_error"
 
 
+class TooManyFailedAuthenticationsError(RaygradeError):
+    """A client sent more unknown API keys than ``api.failed_auth_per_min`` allows (HTTP 429,
+    OpenAI's ``rate_limit_error`` type, ``code`` ``too_many_failed_authentications``): its requests
+    with keys not verified recently are refused without a store look-up for ``retry_after_s``."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float, code: str | None = "too_many_failed_authentications"):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
 class RequestTooLargeError(InvalidRequestError):
     """The request body is over the API's size limit (HTTP 413)."""
 

@@ -29,6 +29,13 @@ class ApiConfig(_Config):
         body_timeout_s: Seconds a whole request body may take to arrive (408 after that).
         key_cache_s: Seconds an ingress replica trusts a key it has verified; a revoked key
             stops working within this time.
+        unknown_key_cache_s: Seconds an ingress replica remembers a key the store does not know
+            (answered 401 without a look-up; keys are random, so none is created under it).
+        failed_auth_per_min: Look-ups of unknown keys a client (its IP address as the ingress
+            sees it) may cause per minute, a token bucket of ``failed_auth_burst``; beyond it the
+            client's requests with keys not verified recently get 429 without a look-up, so a
+            flood of made-up keys cannot crowd the store's thread. Keys it has verified still pass.
+        failed_auth_burst: The bucket's size (failed look-ups allowed at once).
         public_docs: Serve ``/docs`` and ``/openapi.json`` without a key.
     """
 
@@ -37,4 +44,7 @@ class ApiConfig(_Config):
     body_idle_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=300.0, gt=0)
     key_cache_s: float = Field(default=10.0, ge=0)
+    unknown_key_cache_s: float = Field(default=60.0, ge=0)
+    failed_auth_per_min: float = Field(default=30.0, gt=0)
+    failed_auth_burst: int = Field(default=20, ge=1)
     public_docs: bool = False

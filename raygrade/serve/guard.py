@@ -19,7 +19,12 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
 from raygrade.config import DEFAULT_TENANT, ApiConfig
-from raygrade.errors import AuthenticationError, RaygradeError, RequestTooLargeError
+from raygrade.errors import (
+    AuthenticationError,
+    RaygradeError,
+    RequestTooLargeError,
+    TooManyFailedAuthenticationsError,
+)
 from raygrade.store.keys import KEY_PREFIX, hash_key
 
 #: Routes FastAPI serves itself: the API's description (a key needed unless ``public_docs``).
@@ -30,29 +35,70 @@ DOC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redo
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/review", "/review/review.js", "/review/review.css"})
 
 
+class FailedLookups:
+    """Per client, a token bucket of look-ups of unknown keys (GCRA: one theoretical arrival time
+    per client; Turner's generic cell rate algorithm as in ATM's I.371). Memory is bounded: the
+    table starts over when it holds :attr:`MAX_CLIENTS` clients.
+
+    Args:
+        per_min: Failed look-ups a client may cause per minute.
+        burst: How many it may cause at once.
+        clock: Monotonic seconds.
+    """
+
+    MAX_CLIENTS = 10_000
+
+    def __init__(self, per_min: float, burst: int, clock: Callable[[], float]):
+        self._interval, self._tolerance = 60.0 / per_min, (burst - 1) * 60.0 / per_min
+        self._clock = clock
+        self._tat: dict[str, float] = {}
+
+    def wait_s(self, client: str) -> float:
+        """Seconds until ``client`` may cause another failed look-up (0 when it may now)."""
+        tat = self._tat.get(client)
+        return 0.0 if tat is None else max(0.0, tat - self._tolerance - self._clock())
+
+    def failed(self, client: str) -> None:
+        """Count one failed look-up of ``client``'s."""
+        now = self._clock()
+        if len(self._tat) >= self.MAX_CLIENTS and client not in self._tat:
+            self._tat.clear()
+        self._tat[client] = max(self._tat.get(client, now), now) + self._interval
+
+
 class Authenticator:
-    """API key → tenant, with a short cache.
+    """API key → tenant, with a short cache of verified keys, a longer one of unknown keys, one
+    look-up at a time per key, and a per-client budget of look-ups that find no key
+    (:class:`FailedLookups`): made-up keys cost the store little, and one client's flood of
+    them does not slow other tenants.
 
     Args:
         lookup: ``async (sha256 hex) -> tenant | None`` (the job registry's ``tenant_for_key``).
-        config: The API settings (``auth``, ``key_cache_s``).
+        config: The API settings (``auth``, ``key_cache_s``, ``unknown_key_cache_s``,
+            ``failed_auth_per_min``, ``failed_auth_burst``).
         clock: Monotonic seconds (injected in tests).
     """
 
-    #: Keys remembered at once; the cache starts over when full.
+    #: Keys remembered at once (each cache); a cache starts over when full.
     MAX_CACHED = 10_000
 
     def __init__(self, lookup: Callable[[str], Awaitable[str | None]], config: ApiConfig,
                  clock: Callable[[], float] = time.monotonic):
         self._lookup, self._cfg, self._clock = lookup, config, clock
         self._cache: dict[str, tuple[str, float]] = {}
+        self._unknown: dict[str, float] = {}  # key hash → until when it is known to be unknown
+        self._in_flight: dict[str, asyncio.Future] = {}
+        self._failed = FailedLookups(config.failed_auth_per_min, config.failed_auth_burst, clock)
 
-    async def tenant(self, key: str | None) -> str:
+    async def tenant(self, key: str | None, client: str = "") -> str:
         """The tenant ``key`` (the bearer token, without ``Bearer``) acts for; ``default`` while
-        authentication is disabled.
+        authentication is disabled. ``client``: who sends it (the peer's address), for the
+        budget of failed look-ups.
 
         Raises:
             AuthenticationError: no key, or one the store does not know or has revoked (401).
+            TooManyFailedAuthenticationsError: ``client`` has spent its failed look-ups and the
+                key was not verified recently (429, with when to retry).
         """
         if self._cfg.auth == "disabled":
             return DEFAULT_TENANT
@@ -65,14 +111,34 @@ class Authenticator:
         hit = self._cache.get(h)
         if hit is not None and hit[1] > now:
             return hit[0]
-        tenant = await self._lookup(h)
-        if tenant is None:  # unknown or revoked: not cached, so a key created a moment ago works at once
-            self._cache.pop(h, None)
+        if self._unknown.get(h, 0.0) > now:
             raise AuthenticationError("invalid API key", code="invalid_api_key")
-        if len(self._cache) >= self.MAX_CACHED:
-            self._cache.clear()
-        self._cache[h] = (tenant, now + self._cfg.key_cache_s)
+        if (wait := self._failed.wait_s(client)) > 0:
+            raise TooManyFailedAuthenticationsError(
+                f"too many requests with unknown API keys from this client; retry in {math.ceil(wait)} s",
+                retry_after_s=wait)
+        tenant = await self._look_up(h)
+        now = self._clock()
+        if tenant is None:  # unknown or revoked (a key created later is a new random one: never cached here)
+            self._cache.pop(h, None)
+            self._failed.failed(client)
+            self._remember(self._unknown, h, now + self._cfg.unknown_key_cache_s)
+            raise AuthenticationError("invalid API key", code="invalid_api_key")
+        self._remember(self._cache, h, (tenant, now + self._cfg.key_cache_s))
         return tenant
+
+    async def _look_up(self, h: str) -> str | None:
+        """One store look-up per key hash at a time: concurrent callers share it."""
+        fut = self._in_flight.get(h)
+        if fut is None:
+            fut = self._in_flight[h] = asyncio.ensure_future(self._lookup(h))
+            fut.add_done_callback(lambda _: self._in_flight.pop(h, None))
+        return await asyncio.shield(fut)
+
+    def _remember(self, cache: dict, h: str, value) -> None:
+        if len(cache) >= self.MAX_CACHED and h not in cache:
+            cache.clear()
+        cache[h] = value
 
 
 def error_response(err: RaygradeError) -> JSONResponse:
@@ -88,6 +154,14 @@ def route_path(scope) -> str:
     """The request's path below the application's route prefix (ASGI ``root_path``)."""
     path, root = scope["path"], scope.get("root_path", "")
     return (path[len(root):] or "/") if root and path.startswith(root) else path
+
+
+def client_host(scope) -> str:
+    """The peer's address as the ASGI server saw it (``""`` when it does not say). Behind Serve's
+    proxy this is the client's address; behind a load balancer, the balancer's, unless Serve's
+    proxy is run with forwarded headers trusted."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -121,7 +195,7 @@ class RequestGuard:
         if path not in PUBLIC_PATHS and not (cfg.public_docs and path in DOC_PATHS):
             token = bearer_token(scope["headers"])
             try:
-                tenant = await state.authenticator.tenant(token)
+                tenant = await state.authenticator.tenant(token, client_host(scope))
             except RaygradeError as err:
                 return await error_response(err)(scope, receive, send)
             scope.setdefault("state", {})["tenant"] = tenant

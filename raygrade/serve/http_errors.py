@@ -48,13 +48,14 @@ def validation_error_body(errs: list[dict[str, Any]], body: Any = None) -> dict[
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error statuses a route really answers (401 on every
+    """OpenAPI ``responses`` for the error statuses a route really answers (401 and 429 on every
     authenticated route, 400 for a malformed path or query, 503 when the store is down)."""
     what = {400: "Invalid request (``param`` names the field).", 401: "No API key, or an invalid or revoked one.",
             404: "No such job (or another tenant's).", 408: "The request body did not arrive in time.",
             409: "Conflict: an idempotency key reused with another body, or a job that already ended.",
             413: "The request body is over the size limit.",
-            429: "The tenant's quota refuses a new job (`insufficient_quota`; `Retry-After` when the window will "
-                 "have room).",
+            429: "Too many requests: this client sent too many unknown API keys (`rate_limit_error`, code "
+                 "`too_many_failed_authentications`), or, for a new job, the tenant's quota refuses it "
+                 "(`insufficient_quota`); `Retry-After` says when to retry where a wait helps.",
             503: "The job store is unavailable; try again."}
-    return {c: {"model": ErrorResponse, "description": what[c]} for c in sorted({400, 401, 503, *codes})}
+    return {c: {"model": ErrorResponse, "description": what[c]} for c in sorted({400, 401, 429, 503, *codes})}

@@ -362,3 +362,28 @@ def test_reviews_are_the_tenants_own_keep_the_reviewers_key_and_export_as_csv(se
     for x in regraded.values():
         if x.item_id != item.id:
             assert x.batch_id == child_results[x.student_id].batch_id   # the regrade's grade, not the first one
+
+
+def test_a_flood_of_made_up_keys_gets_429s_that_cost_the_store_nothing(secure):
+    """Last in this module: it spends loopback's budget of failed look-ups (``failed_auth_burst``
+    20, ``failed_auth_per_min`` 30, the defaults). Beyond the burst a made-up key is a 429 with
+    ``Retry-After`` and an OpenAI-shaped body; a key repeated is answered from memory (401); once
+    the budget refills a valid key from the same client works again."""
+    answers = []
+    with httpx.Client(timeout=10) as http:
+        for i in range(40):
+            r = http.get(f"{secure.url}/v1/jobs", headers=_auth(f"rg_made_up_{i}_{uuid.uuid4().hex}"))
+            answers.append((r.status_code, r.headers.get("retry-after"), r.json()["error"]))
+        refused = [a for a in answers if a[0] == 429]
+        assert {a[0] for a in answers} == {401, 429} and len(refused) >= 19, [a[0] for a in answers]
+        assert all(a[0] == 401 for a in answers[:19]), "the burst is looked up"
+        status, retry_after, error = refused[-1]
+        assert error["type"] == "rate_limit_error" and error["code"] == "too_many_failed_authentications"
+        assert retry_after is not None and 1 <= int(retry_after) <= 3
+        again = http.get(f"{secure.url}/v1/jobs", headers=_auth("rg_made_up_0_x"))
+        assert again.status_code in (401, 429)
+        deadline = time.monotonic() + 15
+        while (r := http.get(f"{secure.url}/v1/jobs", headers=_auth(secure.keys["school-a"]))).status_code == 429:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(float(r.headers["retry-after"]))
+        assert r.status_code == 200, r.text

@@ -102,7 +102,7 @@ def test_a_retry_after_on_an_error_is_a_header_in_whole_seconds():
     assert "retry-after" not in error_response(QuotaExceededError("over")).headers
 
 
-def test_authenticator_checks_keys_caches_valid_ones_and_never_invalid_ones():
+def test_authenticator_checks_keys_and_caches_valid_and_unknown_ones():
     calls = []
     known = {hash_key("rg_valid"): "school-a"}
 
@@ -127,6 +127,66 @@ def test_authenticator_checks_keys_caches_valid_ones_and_never_invalid_ones():
         now[0] = 11.0
         with pytest.raises(AuthenticationError):
             await auth.tenant("rg_valid")
+        assert len(calls) == 3
+        for _ in range(5):  # an unknown key is answered from memory for unknown_key_cache_s (60 s)...
+            with pytest.raises(AuthenticationError):
+                await auth.tenant("rg_unknown")
+        assert len(calls) == 3
+        now[0] = 72.0  # ... then looked up again
+        with pytest.raises(AuthenticationError):
+            await auth.tenant("rg_unknown")
+        assert len(calls) == 4
         assert await Authenticator(lookup, ApiConfig(auth="disabled")).tenant(None) == "default"
+
+    asyncio.run(run())
+
+
+def test_a_flood_of_made_up_keys_is_cut_off_per_client_without_store_look_ups():
+    """One client sends distinct unknown keys: after ``failed_auth_burst`` look-ups it gets 429s
+    (with when to retry) that cost the store nothing; its verified key and another client's keys
+    still work; its budget refills at ``failed_auth_per_min``. Concurrent look-ups of one key share
+    one store call."""
+    from raygrade.errors import TooManyFailedAuthenticationsError
+
+    calls = []
+    known = {hash_key("rg_good"): "school-a", hash_key("rg_other"): "school-b"}
+    gate = asyncio.Event()
+
+    async def lookup(h):
+        calls.append(h)
+        if h == hash_key("rg_slow"):
+            await gate.wait()
+        return known.get(h)
+
+    now = [0.0]
+    auth = Authenticator(lookup, ApiConfig(failed_auth_per_min=30, failed_auth_burst=5), clock=lambda: now[0])
+
+    async def run():
+        assert await auth.tenant("rg_good", "10.0.0.1") == "school-a"
+        for i in range(5):
+            with pytest.raises(AuthenticationError):
+                await auth.tenant(f"rg_fake{i}", "10.0.0.1")
+        looked_up = len(calls)
+        for i in range(5, 50):
+            with pytest.raises(TooManyFailedAuthenticationsError) as ei:
+                await auth.tenant(f"rg_fake{i}", "10.0.0.1")
+        assert len(calls) == looked_up == 6, "the flood beyond the burst reached the store"
+        err = ei.value
+        assert err.status_code == 429 and err.error_type == "rate_limit_error" and 0 < err.retry_after_s <= 2.0
+        assert await auth.tenant("rg_good", "10.0.0.1") == "school-a"  # verified recently: still served
+        assert await auth.tenant("rg_other", "10.0.0.2") == "school-b"  # another client is not affected
+        now[0] += err.retry_after_s  # 30 per minute: one more look-up every 2 s
+        with pytest.raises(AuthenticationError) as ok:
+            await auth.tenant("rg_fake99", "10.0.0.1")
+        assert ok.value.status_code == 401
+        with pytest.raises(TooManyFailedAuthenticationsError):
+            await auth.tenant("rg_fake100", "10.0.0.1")
+        # Ten callers at once with one key that is not cached yet: one look-up.
+        before = len(calls)
+        waiting = [asyncio.ensure_future(auth.tenant("rg_slow", "10.0.0.3")) for _ in range(10)]
+        await asyncio.sleep(0)
+        gate.set()
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert len(calls) == before + 1 and all(isinstance(o, AuthenticationError) for o in outcomes)
 
     asyncio.run(run())
