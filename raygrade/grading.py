@@ -113,6 +113,8 @@ class BatchGrader:
         max_parse_retries: Re-asks for items whose output failed the schema.
         schema_bounds: Put numeric/length bounds in the JSON schema.
         retry_after_cap_s: Cap on a provider's ``Retry-After``.
+        rate_limit_patience_s: Seconds a call keeps retrying after the provider's first 429
+            (429s do not spend ``max_retries``; :func:`raygrade.retry.call_with_retries`).
         max_completion_tokens: The model's completion limit. Output truncated at
             ``max_tokens`` (``finish_reason="length"``) is re-asked split in two halves of
             the failed students while more than one is left; a single student's re-ask
@@ -126,12 +128,14 @@ class BatchGrader:
             ``baseline_agrees`` is set where it could grade the item, and a calibration
             fitted with agreement uses the matching curve.
         sleep: Async sleep, injected in tests.
+        clock: Monotonic seconds, injected in tests with ``sleep``.
     """
 
     def __init__(self, provider: ChatProvider, limiter: Limiter, *, bucket_key: str, max_retries: int = 3,
                  max_parse_retries: int = 2, schema_bounds: bool = False, retry_after_cap_s: float = 60.0,
                  max_completion_tokens: int | None = None, fallback=None, calibration=None, agreement=None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+                 rate_limit_patience_s: float = 0.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic):
         self._provider, self._limiter = provider, limiter
         self._fallback = fallback
         self._calibration, self._agreement = calibration, agreement
@@ -140,7 +144,8 @@ class BatchGrader:
         self._bounds = schema_bounds
         self._retry_after_cap_s = retry_after_cap_s
         self._max_completion_tokens = max_completion_tokens
-        self._sleep = sleep
+        self._sleep, self._clock = sleep, clock
+        self._patience_s = rate_limit_patience_s
 
     async def _call(self, batch: GradeBatch, students: list[StudentWork], max_tokens: int,
                     timing: dict[str, float] | None = None) -> ChatResult:
@@ -198,7 +203,8 @@ class BatchGrader:
             return res
 
         return await call_with_retries(attempt, max_retries=self._max_retries,
-                                       retry_after_cap_s=self._retry_after_cap_s, sleep=self._sleep)
+                                       retry_after_cap_s=self._retry_after_cap_s,
+                                       rate_limit_patience_s=self._patience_s, sleep=self._sleep, clock=self._clock)
 
     async def grade(self, batch: GradeBatch) -> BatchOutcome:
         """Grade every (student, question) item of ``batch``.

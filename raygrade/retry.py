@@ -1,7 +1,8 @@
 """Retries, decided in one place.
 
 Retryable errors are those whose ``retryable`` attribute is true (408, 409,
-429, 5xx, timeouts, connection errors, schema-invalid output). ``Retry-After``
+429, 5xx, timeouts, connection errors, schema-invalid output); a 429 waits within a
+patience rather than spending retries. ``Retry-After``
 is honoured up to a cap; otherwise exponential backoff with full jitter
 (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).
 """
@@ -16,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
-from raygrade.errors import RaygradeError
+from raygrade.errors import RateLimitedError, RaygradeError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,31 +62,56 @@ async def call_with_retries(
     *,
     max_retries: int,
     retry_after_cap_s: float = 60.0,
+    rate_limit_patience_s: float = 0.0,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
 ) -> T:
     """Run ``attempt`` and retry it on retryable :class:`RaygradeError` s.
 
+    A provider's 429 (:class:`RateLimitedError`) is not a failure of the request but a wait: it
+    is retried without counting against ``max_retries`` for as long as ``rate_limit_patience_s``
+    has not passed since the first 429 (the shared limiter meanwhile slows every caller of the
+    key); only then does it fail like any other error.
+
     Args:
         attempt: Makes one try; raises a :class:`RaygradeError` on failure.
-        max_retries: Retries after the first try (so at most ``max_retries + 1`` tries).
+        max_retries: Retries of other retryable errors after the first try.
         retry_after_cap_s: Upper bound on a server-requested ``Retry-After`` wait.
+        rate_limit_patience_s: Seconds 429s are retried for (0: they count as other errors).
         sleep: Async sleep (injected in tests).
+        clock: Monotonic seconds (injected in tests, with ``sleep``).
         rng: Random source for jitter.
 
     Raises:
-        RaygradeError: the last error, when it is not retryable or retries ran out.
+        RaygradeError: the last error, when it is not retryable or retries (or patience) ran out.
     """
-    tries = 0
+    tries = rate_limited = 0
+    first_429: float | None = None
     while True:
         try:
             return await attempt()
         except RaygradeError as exc:
-            if not getattr(exc, "retryable", False) or tries >= max_retries:
+            if not getattr(exc, "retryable", False):
                 raise
+            waiting = isinstance(exc, RateLimitedError) and rate_limit_patience_s > 0
+            give_up_at = float("inf")
+            if waiting:
+                first_429 = clock() if first_429 is None else first_429
+                give_up_at = first_429 + rate_limit_patience_s
+                if clock() >= give_up_at:
+                    raise
+                n = rate_limited
+                rate_limited += 1
+            else:
+                if tries >= max_retries:
+                    raise
+                n = tries
+                tries += 1
             delay = getattr(exc, "retry_after_s", None)
-            delay = min(delay, retry_after_cap_s) if delay is not None else backoff_delay(tries, rng=rng)
-            logger.info("retrying after %s (try %d/%d) in %.2fs", type(exc).__name__, tries + 1,
-                        max_retries, delay)
-            tries += 1
+            delay = min(delay, retry_after_cap_s) if delay is not None else backoff_delay(n, rng=rng)
+            if waiting:  # never past the patience
+                delay = max(0.0, min(delay, give_up_at - clock()))
+            logger.info("retrying after %s (%s) in %.2fs", type(exc).__name__,
+                        f"429 number {rate_limited}" if waiting else f"try {tries}/{max_retries}", delay)
             await sleep(delay)

@@ -242,6 +242,10 @@ class ProviderConfig(_Config):
     timeout_s: float = Field(default=120.0, gt=0, description="Seconds one call may take before it is retried.")
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries of retryable errors per call.")
     retry_after_cap_s: float = Field(default=60.0, gt=0, description="Longest Retry-After honoured, seconds.")
+    rate_limit_patience_s: float = Field(default=900.0, ge=0, description=(
+        "Seconds a request keeps being retried after the provider's first 429 before its items fail with "
+        "rate_limit_error; 429s do not spend max_retries (the shared limiter slows every caller of the key "
+        "meanwhile). 0: a 429 is retried as any other error."))
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Sent as-is (e.g. vLLM params).")
     extra_headers: dict[str, str] = Field(default_factory=dict, description=(
         "HTTP headers sent with every request, e.g. OpenRouter's app attribution (HTTP-Referer, X-Title). "

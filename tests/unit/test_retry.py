@@ -44,3 +44,57 @@ def test_retries_stop_after_max_and_skip_non_retryable():
     with pytest.raises(InvalidRequestError):
         asyncio.run(call_with_retries(bad, max_retries=5, sleep=nosleep))
     assert len(calls) == 1
+
+
+class VirtualTime:
+    """``sleep`` that moves a clock instead of waiting."""
+
+    def __init__(self):
+        self.now, self.slept = 0.0, []
+
+    async def sleep(self, s):
+        self.slept.append(s)
+        self.now += s
+
+    def clock(self):
+        return self.now
+
+
+def test_429s_wait_within_the_patience_without_spending_retries():
+    from raygrade.errors import RateLimitedError
+
+    t, calls = VirtualTime(), []
+
+    async def busy_then_ok():
+        calls.append(t.now)
+        if len(calls) <= 12:  # twelve 429s, four times max_retries, then an answer
+            raise RateLimitedError("429", provider_status=429, retry_after_s=20.0 if len(calls) % 2 else None)
+        if len(calls) == 13:
+            raise ProviderTimeoutError("t")  # other errors still spend max_retries
+        return "graded"
+
+    out = asyncio.run(call_with_retries(busy_then_ok, max_retries=3, rate_limit_patience_s=900, sleep=t.sleep,
+                                        clock=t.clock, rng=random.Random(0)))
+    assert out == "graded" and len(calls) == 14
+    assert t.slept[0] == 20.0 and max(t.slept) <= 60.0  # Retry-After honoured (up to its cap)
+
+
+def test_429s_past_the_patience_fail_and_patience_zero_counts_them_as_retries():
+    from raygrade.errors import RateLimitedError
+
+    t, calls = VirtualTime(), []
+
+    async def always_429():
+        calls.append(t.now)
+        raise RateLimitedError("429", provider_status=429, retry_after_s=45.0)
+
+    with pytest.raises(RateLimitedError):
+        asyncio.run(call_with_retries(always_429, max_retries=3, rate_limit_patience_s=300, sleep=t.sleep,
+                                      clock=t.clock))
+    assert calls[-1] == 300.0 and t.now == 300.0  # the last wait is cut to the patience, then one last try
+    assert len(calls) == 8  # 0, 45, …, 270, 300
+    calls.clear()
+    with pytest.raises(RateLimitedError):
+        asyncio.run(call_with_retries(always_429, max_retries=3, rate_limit_patience_s=0, sleep=t.sleep,
+                                      clock=t.clock))
+    assert len(calls) == 4
