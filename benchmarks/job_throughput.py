@@ -14,9 +14,10 @@ same server by an ``AsyncOpenAI`` client at the same concurrency (what the provi
 allows); the ratio raygrade ÷ direct says what the durable path costs. JSON under ``--out``.
 
 Then **small jobs**: ``--small-jobs`` one-student jobs POSTed by ``--clients`` concurrent clients (32)
-(a platform sending each student as it is scanned), once for a tenant without a quota and once
-with a quota that never binds (every quota query runs); POSTs/s, POST p50/p95 and the wall time
-until all are graded, with the ratio quota ÷ none.
+(a platform sending each student as it is scanned), once for a tenant without a quota, once
+with a quota that never binds (every quota query runs) and once with ``batch_across_jobs`` (jobs
+share provider requests); POSTs/s, POST p50/p95, the wall time until all are graded and the
+provider's prompt tokens per job, with the ratio quota ÷ none.
 
 With ``--trace N`` the throughput phases are skipped: Serve's tracing is switched on (sampling
 only requests that carry a ``traceparent``), N one-student text jobs are sent one at a time, each
@@ -134,10 +135,14 @@ def through_raygrade(url: str, job: GradingJob) -> dict:
             "items_per_s": p["items_graded"] / wall, "students_per_s": p["students"] / wall}
 
 
-def small_jobs(url: str, n: int, concurrency: int = 32) -> dict:
-    """``n`` one-student text jobs POSTed ``concurrency`` at a time; POST latency and the wall
-    time until every job is terminal."""
-    body = text_job(1).model_dump_json()
+def small_jobs(url: str, n: int, concurrency: int = 32, share: bool = False) -> dict:
+    """``n`` one-student text jobs POSTed ``concurrency`` at a time (``share``: with
+    ``options.batch_across_jobs``); POST latency, the wall time until every job is terminal, and
+    the provider's prompt tokens per job."""
+    job = text_job(1)
+    if share:
+        job = job.model_copy(update={"options": job.options.model_copy(update={"batch_across_jobs": True})})
+    body = job.model_dump_json()
 
     async def run() -> tuple[list[float], list[str], float]:
         sem, lat, ids = asyncio.Semaphore(concurrency), [], []
@@ -153,16 +158,20 @@ def small_jobs(url: str, n: int, concurrency: int = 32) -> dict:
             t0 = time.perf_counter()
             await asyncio.gather(*(one() for _ in range(n)))
             posted = time.perf_counter() - t0
+            finals = []
             for jid in ids:
-                while (await http.get(f"{url}/v1/jobs/{jid}")).json()["state"] not in ("succeeded", "partial",
-                                                                                        "failed", "cancelled"):
+                while (st := (await http.get(f"{url}/v1/jobs/{jid}")).json())["state"] not in (
+                        "succeeded", "partial", "failed", "cancelled"):
                     await asyncio.sleep(0.05)
-            return lat, ids, posted, time.perf_counter() - t0
+                finals.append(st)
+            return lat, finals, posted, time.perf_counter() - t0
 
-    lat, ids, posted, wall = asyncio.run(run())
+    lat, finals, posted, wall = asyncio.run(run())
     lat.sort()
     return {"jobs": n, "posts_per_s": n / posted, "post_p50_ms": 1e3 * lat[len(lat) // 2],
-            "post_p95_ms": 1e3 * lat[int(0.95 * (len(lat) - 1))], "wall_s": wall, "jobs_per_s": n / wall}
+            "post_p95_ms": 1e3 * lat[int(0.95 * (len(lat) - 1))], "wall_s": wall, "jobs_per_s": n / wall,
+            "prompt_tokens_per_job": sum(f["usage"]["prompt_tokens"] for f in finals) / n,
+            "succeeded": sum(f["state"] == "succeeded" for f in finals)}
 
 
 def traced_jobs(url: str, n: int) -> list[tuple[str, float]]:
@@ -296,6 +305,7 @@ def main() -> None:
             store.set_quota("default", TenantQuota(max_active_jobs=10**6, items_per_day=10**9, tokens_per_day=10**12))
             store.close()
             report["small"]["quota"] = small_jobs(url, a.small_jobs, a.clients)
+            report["small"]["batch_across_jobs"] = small_jobs(url, a.small_jobs, a.clients, share=True)
     finally:
         if ray.is_initialized():
             serve.shutdown()
@@ -318,11 +328,12 @@ def main() -> None:
               f"{r['items_per_s'] / d['items_per_s']:.2f} |")
     if small := report.get("small"):
         print(f"\n| small jobs (1 student, {a.clients} concurrent POSTs) | POSTs/s | POST p50 ms | POST p95 ms "
-              "| jobs/s to graded |")
-        print("|---|---|---|---|---|")
+              "| jobs/s to graded | prompt tokens per job | succeeded |")
+        print("|---|---|---|---|---|---|---|")
         for name, r in small.items():
             print(f"| {name} ({r['jobs']}) | {r['posts_per_s']:.1f} | {r['post_p50_ms']:.0f} | "
-                  f"{r['post_p95_ms']:.0f} | {r['jobs_per_s']:.1f} |")
+                  f"{r['post_p95_ms']:.0f} | {r['jobs_per_s']:.1f} | {r['prompt_tokens_per_job']:.0f} | "
+                  f"{r['succeeded']} |")
         q, n = small["quota"], small["no quota"]
         print(f"quota ÷ no quota: POSTs/s {q['posts_per_s'] / n['posts_per_s']:.2f}, "
               f"POST p50 {q['post_p50_ms'] / n['post_p50_ms']:.2f}, jobs/s {q['jobs_per_s'] / n['jobs_per_s']:.2f}")

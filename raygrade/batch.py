@@ -6,6 +6,9 @@ and the job store, so each can use them without importing the others.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from raygrade.prompts import PROMPT_VERSION, StudentWork
@@ -33,6 +36,8 @@ class GradeBatch(BaseModel):
     temperature: float = 0.0
     include_model_answer_images: bool = False
     tenant: str = ""  # the job's tenant: the rate limiter's fair share above jobs
+    prefix_tokens_estimate: int = 0  # the part of prompt_tokens_estimate every request of its questions repeats
+    share_key: str | None = None  # set when the job allows sharing a request with other jobs (raygrade.coalesce)
 
 
 class BatchOutcome(BaseModel):
@@ -62,3 +67,14 @@ def students_error(students: list[StudentWork], error_type: str, message: str, b
     return GradingErrorItem(student_ids=[s.student_id for s in students],
                             question_ids=sorted({q for s in students for q in s.question_ids}),
                             type=error_type, message=message, batch_id=batch_id)
+
+
+def share_key(batch: GradeBatch) -> str | None:
+    """The key under which ``batch`` may share a request with other jobs' batches: equal for the
+    same tenant, model, temperature, prompt version and questions; ``None`` for a batch that
+    shows model-answer images (their images are part of the prefix, counted once per request)."""
+    if batch.include_model_answer_images and any(q.model_answer_images for q in batch.questions):
+        return None
+    ident = [batch.tenant, batch.model or "", batch.temperature, PROMPT_VERSION,
+             [q.model_dump(mode="json") for q in batch.questions]]
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import cast
 
-from raygrade.batch import GradeBatch
+from raygrade.batch import GradeBatch, share_key
 from raygrade.blobs import image_size as blob_image_size
 from raygrade.config import RaygradeArgs
 from raygrade.errors import PlanningError, ReadingError
@@ -75,6 +75,14 @@ class BatchLimits:
     max_completion_tokens: int
     max_images_per_request: int
     max_students_per_request: int
+
+    @classmethod
+    def of(cls, args: RaygradeArgs) -> BatchLimits:
+        """The budgets of ``args``' provider (context window, completion limit) and batcher."""
+        p, b = args.provider, args.batcher
+        return cls(context_window=p.context_window, max_completion_tokens=p.max_completion_tokens,
+                   max_images_per_request=b.max_images_per_request,
+                   max_students_per_request=b.max_students_per_request)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -214,10 +222,7 @@ class JobPlanner:
 
     def __init__(self, args: RaygradeArgs, counter: TokenCounter):
         self.args, self.counter = args, counter
-        p, b = args.provider, args.batcher
-        self.limits = BatchLimits(context_window=p.context_window, max_completion_tokens=p.max_completion_tokens,
-                                  max_images_per_request=b.max_images_per_request,
-                                  max_students_per_request=b.max_students_per_request)
+        self.limits = BatchLimits.of(args)
 
     def _image_tokens(self, page: ImagePage | StoredImage) -> int:
         w, h = image_size(page)
@@ -323,7 +328,10 @@ class JobPlanner:
                 students=[works[i] for i in pb.students], prompt_tokens_estimate=pb.prompt_tokens,
                 image_tokens_estimate=image_overheads[group] + sum(costs[i].image_tokens for i in pb.students),
                 max_tokens=pb.completion_tokens + JSON_OVERHEAD_TOKENS, model=job.options.model,
-                temperature=job.options.temperature, include_model_answer_images=vision, tenant=tenant))
+                temperature=job.options.temperature, include_model_answer_images=vision, tenant=tenant,
+                prefix_tokens_estimate=overheads[group]))
+        if job.options.batch_across_jobs:  # raygrade.coalesce may send them with other jobs' batches
+            batches = [b.model_copy(update={"share_key": share_key(b)}) for b in batches]
         return batches, errors
 
 

@@ -22,6 +22,8 @@ class BatcherConfig(_Config):
         completion_tokens_per_item: Completion budget per (student, question) item.
         max_concurrent_batches: Batches of one job in flight at once.
         max_parse_retries: Re-asks of a batch whose output failed the schema.
+        share_wait_s: Longest a batch of a job with ``options.batch_across_jobs`` waits for
+            other jobs' batches to share its request (:mod:`raygrade.coalesce`).
     """
 
     max_images_per_request: int = Field(default=16, gt=0)
@@ -29,6 +31,7 @@ class BatcherConfig(_Config):
     completion_tokens_per_item: int = Field(default=160, gt=0)
     max_concurrent_batches: int = Field(default=16, gt=0)
     max_parse_retries: int = Field(default=2, ge=0)
+    share_wait_s: float = Field(default=0.05, ge=0, le=10)
 
 
 def default_store_url() -> str:

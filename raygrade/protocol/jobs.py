@@ -188,6 +188,11 @@ class JobOptions(_Input):
     review_target: ReviewTarget | None = Field(default=None, description=(
         "Flag as many of the least confident items as the expected agreement needs to reach the target "
         "(instead of review_share; the share chosen is in the job's status)."))
+    batch_across_jobs: bool = Field(default=False, description=(
+        "Students of this job may share a provider request with the students of the same tenant's other jobs "
+        "that grade the same questions with the same model, sent within the batcher's wait "
+        "(batcher.share_wait_s): one-student jobs then do not each pay the request's prefix. Never across "
+        "tenants; each job keeps its own results, usage and review flags."))
     completion: CompletionPolicy = Field(default_factory=CompletionPolicy, description=(
         "When the job is complete: rule 'all' (every item graded or failed) or 'quorum' (min_graded_share of the "
         "items graded; the rest cancelled as not_graded)."))

@@ -17,10 +17,11 @@ from ray import serve
 
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.blobs import BlobStore, inline
+from raygrade.coalesce import Coalescer
 from raygrade.config import RaygradeArgs
 from raygrade.dispatch import JobDispatcher, planning_failed
 from raygrade.metrics import Recorder
-from raygrade.planner import JobPlanner, planner_for
+from raygrade.planner import BatchLimits, JobPlanner, planner_for
 from raygrade.protocol import GradingErrorItem, GradingJob, ReadingMode, StoredImage
 from raygrade.serve.reader import read_submissions, reading_mode
 from raygrade.serve.webhook_sender import WebhookSender
@@ -63,8 +64,10 @@ class Batcher:
         self._blobs: BlobStore | None = None
         self._metrics = Recorder()  # raygrade.metrics
         self._ns = {"namespace": args.namespace}
+        # Batches of jobs that allow it share requests with other jobs' (raygrade.coalesce).
+        self._coalescer = Coalescer(self._grade, BatchLimits.of(args), args.batcher.share_wait_s)
         self._dispatcher = JobDispatcher(args.store, args.batcher.max_concurrent_batches, HandleCalls(registry),
-                                         self._plan, self._grade, self._metrics, tags=self._ns)
+                                         self._plan, self._coalescer.grade, self._metrics, tags=self._ns)
         self._webhooks = WebhookSender(registry, args.store, self._dispatcher.owner, self._metrics, self._ns)
         self._control: asyncio.Task | None = None
         self._webhook_loop: asyncio.Task | None = None

@@ -114,7 +114,8 @@ def fake_app(serve_url, fake_openai, fake_store_url):
     # Webhook receivers in tests listen on loopback: allowed here explicitly (never by default).
     args = RaygradeArgs(api=ApiConfig(auth="disabled"),
                         provider=fake_provider_config(fake_openai.base_url, timeout_s=3.0),
-                        batcher=BatcherConfig(max_students_per_request=4, max_images_per_request=6),
+                        # share_wait_s: jobs with batch_across_jobs posted together surely meet (test_jobs_api.py)
+                        batcher=BatcherConfig(max_students_per_request=4, max_images_per_request=6, share_wait_s=2.0),
                         store=StoreConfig(url=fake_store_url, webhook_allowed_networks=["127.0.0.0/8", "::1/128"]),
                         namespace=f"rg-test-{uuid.uuid4().hex[:8]}")
     name = f"fake{WORKER}"  # workers share one Serve instance

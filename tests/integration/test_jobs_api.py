@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -148,3 +149,22 @@ def test_a_reviewed_webhook_follows_the_last_review(fake_app, fake):
     assert headers["webhook-id"] == f"msg_{st.id}_reviewed" and verify(os.environ["RAYGRADE_WEBHOOK_SECRET"],
                                                                        headers, body)
     assert events[1]["data"]["progress"]["items_reviewed"] == 2
+
+
+def test_one_student_jobs_that_allow_it_share_a_provider_request(fake_app, fake):
+    """Three one-student jobs with ``batch_across_jobs`` POSTed together: one request to the provider
+    carries the three students; each job has its own grade, usage and completion."""
+    with ThreadPoolExecutor(3) as pool:
+        posted = list(pool.map(lambda _: httpx.post(f"{fake_app}/v1/jobs", json=job(1, batch_across_jobs=True),
+                                                    timeout=30), range(3)))
+    assert [r.status_code for r in posted] == [202] * 3, [r.text for r in posted]
+    client = Client(fake_app)
+    finals = [client.wait(r.json()["id"], timeout_s=60, poll_s=0.2, progress=False) for r in posted]
+    assert [f.state.value for f in finals] == ["succeeded"] * 3
+    answered = [rec for rec in fake.log if rec.status == 200]
+    assert len(answered) == 1 and sorted(answered[0].items) == ["s1/q", "s2/q", "s3/q"], fake.log
+    for f in finals:
+        res = client.results(f.id)
+        assert [(r.student_id, r.question_id) for r in res.results] == [("s0", "q")]
+        assert f.usage.prompt_tokens > 0
+    assert sum(f.usage.prompt_tokens for f in finals) == answered[0].prompt_tokens
