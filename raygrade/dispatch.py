@@ -166,6 +166,13 @@ class JobDispatcher:
             for etype, n in (await self._registry.failure_counts(job_id)).items():
                 self._metrics.inc("raygrade_items_failed", n, {**self._tags, "error_type": etype})
 
+    async def _finished(self, job_id: str, final: JobStatus) -> str:
+        """Log and report a job that ended; returns its state."""
+        logger.info("job %s %s: %d batches", job_id, final.state.value, final.progress.batches_total,
+                    extra=ids(job_id))
+        await self._report_finished(job_id, final)
+        return final.state.value
+
     async def _plan(self, job_id: str, job: GradingJob, tenant: str) -> list[GradeBatch]:
         """Read, plan and record a queued job (``queued → running``; idempotent in the store) and
         lease its first batches in the same registry call; returns them."""
@@ -217,10 +224,7 @@ class JobDispatcher:
                 if not in_flight:
                     final = await reg.finish_if_complete(job_id)
                     if final is not None:
-                        logger.info("job %s %s: %d batches", job_id, final.state.value,
-                                    final.progress.batches_total, extra=ids(job_id))
-                        await self._report_finished(job_id, final)
-                        return final.state.value
+                        return await self._finished(job_id, final)
                     # Batches leased by a dispatcher that died: re-dispatched when their lease expires.
                     await self._sleep(self._cfg.poll_interval_s)
                     run.exhausted = False
@@ -239,10 +243,7 @@ class JobDispatcher:
                     # A store failure ends this run (the control loop starts it again); the last
                     # batch's task may have finished the job.
                     if (final := t.result()) is not None:
-                        logger.info("job %s %s: %d batches", job_id, final.state.value,
-                                    final.progress.batches_total, extra=ids(job_id))
-                        await self._report_finished(job_id, final)
-                        return final.state.value
+                        return await self._finished(job_id, final)
         except JobFailed as failed:
             err = failed.error
             logger.warning("job %s failed: %s", job_id, err.error_type, extra=ids(job_id))
