@@ -17,6 +17,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+# Imported at collection, not first inside the schemathesis test: compiling its modules (pytest
+# rewrites them: it is a plugin) deep in a test's stack once raised CPython 3.11's "AST constructor
+# recursion depth mismatch" SystemError in a CI run.
+import schemathesis.specs.openapi.schemas  # noqa: F401
 from PIL import Image
 from test_jobs_api import Receiver, job
 
