@@ -32,6 +32,14 @@ def _images(batch: GradeBatch) -> int:
     return sum(isinstance(p, (ImagePage, StoredImage)) for s in batch.students for p in s.pages)
 
 
+def _merged_tokens(batches: list[GradeBatch]) -> tuple[int, int]:
+    """(prompt, completion) token estimates of one request for ``batches``: the shared prefix and
+    the answer's JSON punctuation counted once."""
+    prompt = batches[0].prefix_tokens_estimate + sum(b.prompt_tokens_estimate - b.prefix_tokens_estimate
+                                                     for b in batches)
+    return prompt, JSON_OVERHEAD_TOKENS + sum(b.max_tokens - JSON_OVERHEAD_TOKENS for b in batches)
+
+
 def merge(batches: list[GradeBatch]) -> GradeBatch:
     """One request for ``batches`` (same share key): students renamed ``s1``… in order, with ids
     ``"{k}:{student_id}"`` (``k``: the batch's index) so equal ids of two jobs stay apart; the prompt
@@ -42,8 +50,7 @@ def merge(batches: list[GradeBatch]) -> GradeBatch:
         for s in b.students:
             n += 1
             students.append(s.model_copy(update={"alias": f"s{n}", "student_id": f"{k}:{s.student_id}"}))
-    prompt = first.prefix_tokens_estimate + sum(b.prompt_tokens_estimate - b.prefix_tokens_estimate for b in batches)
-    completion = JSON_OVERHEAD_TOKENS + sum(b.max_tokens - JSON_OVERHEAD_TOKENS for b in batches)
+    prompt, completion = _merged_tokens(batches)
     return first.model_copy(update={
         "batch_id": "+".join(b.batch_id for b in batches)[:200], "students": students,
         "prompt_tokens_estimate": prompt, "max_tokens": completion,
@@ -107,9 +114,10 @@ class Coalescer:
         self._tasks: set[asyncio.Task] = set()
 
     def _fits(self, batches: list[GradeBatch]) -> bool:
-        m, lim = merge(batches), self._limits
-        return (len(m.students) <= lim.max_students_per_request and m.max_tokens <= lim.max_completion_tokens
-                and m.prompt_tokens_estimate + m.max_tokens <= lim.context_window
+        """Whether :func:`merge` of ``batches`` keeps within the limits (its sums, without building it)."""
+        lim, (prompt, completion) = self._limits, _merged_tokens(batches)
+        return (sum(len(b.students) for b in batches) <= lim.max_students_per_request
+                and completion <= lim.max_completion_tokens and prompt + completion <= lim.context_window
                 and sum(_images(b) for b in batches) <= lim.max_images_per_request)
 
     async def grade(self, batch: GradeBatch) -> tuple[BatchOutcome, str | None]:
