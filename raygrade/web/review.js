@@ -99,12 +99,17 @@ async function loadQueue(after = null) {
     } while (after);
   }
   if (load !== state.load) return;
+  // The entry shown now stays shown when the new list has it (the reviewer may have clicked it
+  // while this load ran); after a review, the next pending one; else the first pending one.
+  const current = state.items[state.index];
+  const kept = after === null && current && state.groups === groups
+    ? items.findIndex((i) => i.id === current.id) : -1;
   state.items = items;
   state.groups = groups;
   state.index = -1;
   renderList();
   $("empty").hidden = state.items.length > 0;
-  await show(after === null ? state.items.findIndex((i) => i.status === "pending")
+  await show(kept >= 0 ? kept : after === null ? state.items.findIndex((i) => i.status === "pending")
     : nextPending(Math.min(after, state.items.length - 1)));
 }
 
@@ -161,9 +166,11 @@ async function show(index) {
   pages.replaceChildren();
   for (const url of item.page_urls) {
     const response = await api(url);  // paths below the app's route prefix, as the API gives them
+    const image = (response.headers.get("content-type") || "").startsWith("image/");
+    const body = image ? await response.blob() : await response.text();
     if (state.items[state.index] !== item) return;  // moved on while the page loaded
-    if ((response.headers.get("content-type") || "").startsWith("image/")) {
-      const objectUrl = URL.createObjectURL(await response.blob());
+    if (image) {
+      const objectUrl = URL.createObjectURL(body);
       state.objectUrls.push(objectUrl);
       const img = document.createElement("img");
       img.alt = `page of ${item.student_id}`;
@@ -171,7 +178,7 @@ async function show(index) {
       pages.append(img);
     } else {
       const pre = document.createElement("pre");
-      pre.textContent = await response.text();
+      pre.textContent = body;
       pages.append(pre);
     }
   }
