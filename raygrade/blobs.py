@@ -20,7 +20,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from pyarrow import fs as pafs
 
@@ -98,6 +98,36 @@ class BlobStore:
             raise StorageError(f"could not store a page image: {type(exc).__name__}", param="blob_uri") from exc
         self._known.add(key)
         return key
+
+    def put_stream(self, src: BinaryIO, chunk: int = 1 << 20) -> tuple[str, int]:
+        """Store the bytes read from ``src`` (to its end), ``chunk`` bytes at a time: never the whole
+        file in memory. Returns ``(SHA-256 hex key, size in bytes)``; an existing blob is kept.
+
+        Raises:
+            StorageError: the write failed.
+        """
+        digest, size = hashlib.sha256(), 0
+        tmp = f"{self._root}/tmp/{uuid.uuid4().hex}.tmp"
+        try:
+            self._fs.create_dir(f"{self._root}/tmp", recursive=True)
+            with self._fs.open_output_stream(tmp) as f:
+                while part := src.read(chunk):
+                    digest.update(part)
+                    size += len(part)
+                    f.write(part)
+            key = digest.hexdigest()
+            path = self._path(key)
+            if key in self._known or self._fs.get_file_info(path).type != pafs.FileType.NotFound:
+                self._fs.delete_file(tmp)
+            else:
+                self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+                self._fs.move(tmp, path)
+        except Exception as exc:
+            if self._fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                self._fs.delete_file(tmp)
+            raise StorageError(f"could not store an uploaded file: {type(exc).__name__}", param="blob_uri") from exc
+        self._known.add(key)
+        return key, size
 
     def get(self, key: str) -> bytes:
         """The bytes stored under ``key``, checked against it.
@@ -216,7 +246,7 @@ def check_model_answer_images(job: GradingJob) -> None:
             raise InvalidRequestError(f"{name}: {res}", param=f"{name}.data") from None
 
 
-def _pages_of(data: bytes) -> list[tuple[bytes, tuple[int, int]]]:
+def pages_of(data: bytes) -> list[tuple[bytes, tuple[int, int]]]:
     """The page images of one uploaded page file (:func:`raygrade.scans.page_images`) with
     their pixel sizes: a PNG or JPEG kept as uploaded is decoded (:func:`check_image`); one
     that scans encoded from decoded pixels has its size read from its header.
@@ -249,7 +279,7 @@ def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
         for k, page in enumerate(sub.pages):
             if isinstance(page, ImagePage) and page.data not in first:
                 first[page.data] = (i, k, page.image_bytes())
-    results = _decode_all(_pages_of, [raw for _, _, raw in first.values()])
+    results = _decode_all(pages_of, [raw for _, _, raw in first.values()])
     refs: dict[str, list[StoredImage]] = {}
     for (data, (i, k, _)), res in zip(first.items(), results, strict=True):
         if isinstance(res, ValueError):

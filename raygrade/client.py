@@ -4,9 +4,9 @@ Every route has a method: ``submit`` (``POST /v1/jobs``, with an idempotency key
 ``status``, ``results``, ``results_csv``, ``cancel``, ``replicas``, ``usage``; for teachers'
 reviews ``reviews``, ``review``, ``regrade``, ``answer_groups`` and ``review_group``; ``wait``
 (polls until the job ends, with an optional progress callback or bar) and ``wait_ready`` (polls
-``/readyz``). Failures raise raygrade's own exception tree
-(:mod:`raygrade.errors`), rebuilt from the server's OpenAI-shaped error body: a 400 is an
-:class:`~raygrade.errors.InvalidRequestError`, a 404 a :class:`~raygrade.errors.NotFoundError`,
+``/readyz``); ``client.files`` uploads page files (:mod:`raygrade._client_files`). Failures raise
+raygrade's own exception tree (:mod:`raygrade.errors`), rebuilt from the server's OpenAI-shaped
+error body: a 400 is an :class:`~raygrade.errors.InvalidRequestError`, a 404 a :class:`~raygrade.errors.NotFoundError`,
 a 409 a :class:`~raygrade.errors.ConflictError` (or its ``IllegalTransitionError``), and so on;
 each carries ``http_status`` and the parsed ``body``. Transport failures raise
 :class:`APIConnectionError`; an answer that is not raygrade's error body raises
@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from raygrade._client_files import AsyncFiles, Files
 from raygrade._client_http import (
     APIConnectionError,
     APIStatusError,
@@ -74,6 +75,7 @@ class Client:
                  headers: dict[str, str] | None = None):
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
                                   headers=_auth_headers(api_key, headers))
+        self.files = Files(self._call)  #: The Files API (:class:`raygrade._client_files.Files`).
 
     def _call(self, method: str, path: str, *, raw: bool = False, **kw) -> Any:
         try:
@@ -229,6 +231,7 @@ class AsyncClient:
                  headers: dict[str, str] | None = None):
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s,
                                        headers=_auth_headers(api_key, headers))
+        self.files = AsyncFiles(self._call)  #: The Files API (:class:`raygrade._client_files.AsyncFiles`).
 
     async def _call(self, method: str, path: str, *, raw: bool = False, **kw) -> Any:
         try:

@@ -41,6 +41,7 @@ from raygrade.protocol import (
     Question,
     StoredImage,
     TextPage,
+    resolved,
 )
 from raygrade.tokens import TokenCounter, counter_for, image_tokens
 
@@ -272,7 +273,7 @@ class JobPlanner:
             group = tuple(q.id for q in qs)
             if group not in overheads:
                 overheads[group] = self.overhead(qs, vision)[0]
-            pages = [p for p in sub.pages if vision or isinstance(p, TextPage)]
+            pages = [resolved(p) for p in sub.pages if vision or isinstance(p, TextPage)]
             work = StudentWork(student_id=sub.student_id, alias=f"s{i + 1}", pages=pages,
                                page_indices=list(range(len(pages))), question_ids=list(group))
             if (reason := _too_big(self.student_cost(work, group), overheads[group], model_limits)) is not None:

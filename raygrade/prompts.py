@@ -15,7 +15,7 @@ from typing import Any, TypeGuard
 
 from pydantic import BaseModel, ConfigDict
 
-from raygrade.protocol import ImagePage, Page, Question, StoredImage, TextPage
+from raygrade.protocol import ImagePage, Question, ResolvedPage, StoredImage, TextPage
 
 #: Upper bound on feedback length when the schema carries bounds: about 50 tokens of
 #: prose, 200 in the worst case of one character per token.
@@ -41,7 +41,7 @@ class StudentWork(BaseModel):
 
     student_id: str
     alias: str
-    pages: list[Page]  # StoredImage only inside the job store and the batcher; graders get ImagePage
+    pages: list[ResolvedPage]  # StoredImage only inside the job store and the batcher; graders get ImagePage
     page_indices: list[int]
     question_ids: list[str]
 

@@ -18,7 +18,16 @@ from raygrade.config import RaygradeArgs
 from raygrade.errors import MissingDependencyError, RaygradeError, ReadingError
 from raygrade.planner import planner_for
 from raygrade.prompts import StudentWork
-from raygrade.protocol import Assessment, GradingJob, ImagePage, Page, ReadingMode, Submission, TextPage
+from raygrade.protocol import (
+    Assessment,
+    GradingJob,
+    ImagePage,
+    ReadingMode,
+    ResolvedPage,
+    Submission,
+    TextPage,
+    resolved,
+)
 
 if TYPE_CHECKING:
     from raygrade.reading.ocr import OCRReader
@@ -41,15 +50,16 @@ class BlockPlanner:
         self.mode = cfg.reading_mode.resolve(cfg.provider.supports_vision)
         self._ocr: OCRReader | None = None
 
-    def _read(self, sub: Submission) -> list[Page]:
+    def _read(self, sub: Submission) -> list[ResolvedPage]:
         if self.mode != ReadingMode.OCR:
-            return list(sub.pages)
+            return [resolved(p) for p in sub.pages]
         if self._ocr is None:
             from raygrade.reading.ocr import OCRReader
 
             self._ocr = OCRReader()
         ocr = self._ocr
-        return [TextPage(text=ocr.read(p.image_bytes())) if isinstance(p, ImagePage) else p for p in sub.pages]
+        return [TextPage(text=ocr.read(p.image_bytes())) if isinstance(p, ImagePage) else resolved(p)
+                for p in sub.pages]
 
     async def plan_rows(self, rows: list[dict[str, Any]]
                         ) -> tuple[list[GradeBatch], dict[str, dict[str, Any]], list[dict[str, Any]]]:

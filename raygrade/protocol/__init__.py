@@ -4,7 +4,7 @@ Shapes, in short::
 
     GradingJob
       assessment: Assessment(questions=[Question(id, prompt, max_score, ...)])
-      submissions: [Submission(student_id, pages=[ImagePage | TextPage], question_ids?)]
+      submissions: [Submission(student_id, pages=[ImagePage | TextPage | FilePage], question_ids?)]
       options: JobOptions(model, reading_mode, idempotency_key, ...)
 
     JobResults
@@ -12,12 +12,14 @@ Shapes, in short::
       errors:  [GradingErrorItem(student_ids, question_ids, type, message)]
 
 Every model forbids unknown fields, so a misspelt field is a 400 naming it. The models live in
-:mod:`~raygrade.protocol.pages`, :mod:`~raygrade.protocol.jobs`, :mod:`~raygrade.protocol.results`,
-:mod:`~raygrade.protocol.reviews` and :mod:`~raygrade.protocol.tenants`; import them from here.
+:mod:`~raygrade.protocol.pages`, :mod:`~raygrade.protocol.files`, :mod:`~raygrade.protocol.jobs`,
+:mod:`~raygrade.protocol.results`, :mod:`~raygrade.protocol.reviews` and :mod:`~raygrade.protocol.tenants`;
+import them from here.
 """
 
 from __future__ import annotations
 
+from raygrade.protocol.files import FileDeleted, FileList, FileObject
 from raygrade.protocol.jobs import (
     MAX_PAGES,
     Assessment,
@@ -32,11 +34,14 @@ from raygrade.protocol.jobs import (
 )
 from raygrade.protocol.pages import (
     MAX_IMAGE_BYTES,
+    FilePage,
     ImagePage,
     Page,
+    ResolvedPage,
     StoredImage,
     TextPage,
     media_type_of,
+    resolved,
 )
 from raygrade.protocol.results import (
     ErrorDetail,
@@ -70,6 +75,10 @@ __all__ = [
     "CompletionPolicy",
     "ErrorDetail",
     "ErrorResponse",
+    "FileDeleted",
+    "FileList",
+    "FileObject",
+    "FilePage",
     "GradeResult",
     "GradedExample",
     "GradingErrorItem",
@@ -88,6 +97,7 @@ __all__ = [
     "QUOTA_WINDOW_S",
     "Question",
     "ReadingMode",
+    "ResolvedPage",
     "ReviewAgreement",
     "ReviewItem",
     "ReviewList",
@@ -102,4 +112,5 @@ __all__ = [
     "TextPage",
     "Usage",
     "media_type_of",
+    "resolved",
 ]

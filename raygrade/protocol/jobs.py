@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from raygrade.protocol._base import ShortStr, _Input, number
-from raygrade.protocol.pages import ImagePage, Page, StoredImage
+from raygrade.protocol.pages import FilePage, ImagePage, Page, StoredImage
 
 #: Most pages of one student (once multi-page PDF and TIFF files are split into pages).
 MAX_PAGES = 200
@@ -249,6 +249,11 @@ class GradingJob(_Input):
         own references, which a client may not send."""
         return [f"submissions[{i}].pages[{k}]" for i, sub in enumerate(self.submissions)
                 for k, p in enumerate(sub.pages) if isinstance(p, StoredImage)]
+
+    def file_pages(self) -> list[tuple[int, int, FilePage]]:
+        """The job's pages that name an uploaded file: ``(submission index, page index, page)``."""
+        return [(i, k, p) for i, sub in enumerate(self.submissions) for k, p in enumerate(sub.pages)
+                if isinstance(p, FilePage)]
 
     def item_count(self) -> int:
         """Items (student × question) the job grades: what a tenant's ``items_per_day`` counts."""

@@ -1,4 +1,4 @@
-"""Pages of a submission: inline images, stored image references, typed text."""
+"""Pages of a submission: inline images, pages of uploaded files, stored image references, typed text."""
 
 from __future__ import annotations
 
@@ -77,6 +77,19 @@ class StoredImage(_Input):
     size: int = Field(ge=0, description="Bytes of the image file.")
 
 
+class FilePage(_Input):
+    """A page of a file uploaded to the Files API (``POST /v1/files``, ``purpose: "pages"``), by
+    its id: page ``page`` of it (1-based, as a PDF viewer numbers pages), or every page in order
+    when ``page`` is omitted. The file must be the caller's tenant's; when the job is accepted
+    the reference becomes the file's stored page images, so deleting the file later changes no
+    accepted job."""
+
+    type: Literal["file"] = "file"
+    file_id: str = Field(min_length=1, max_length=64, pattern=r"^file-[A-Za-z0-9]+$")
+    page: int | None = Field(default=None, ge=1, le=100_000, strict=True,
+                             description="1-based page of the file; omitted: all of its pages.")
+
+
 class TextPage(_Input):
     """One page given as plain text (typed answers, or text already transcribed)."""
 
@@ -84,4 +97,21 @@ class TextPage(_Input):
     text: str = Field(max_length=200_000, repr=False)
 
 
-Page = Annotated[ImagePage | TextPage | StoredImage, Field(discriminator="type")]
+Page = Annotated[ImagePage | TextPage | FilePage | StoredImage, Field(discriminator="type")]
+#: A page as graders and planners see it: an accepted job's file pages are already its files'
+#: stored page images (:meth:`raygrade.store.JobStore.resolve_files`).
+ResolvedPage = Annotated[ImagePage | TextPage | StoredImage, Field(discriminator="type")]
+
+
+def resolved(page: ImagePage | TextPage | FilePage | StoredImage) -> ImagePage | TextPage | StoredImage:
+    """``page``, which is not a :class:`FilePage`.
+
+    Raises:
+        InvalidRequestError: a file page (a job read past its acceptance without being resolved).
+    """
+    if isinstance(page, FilePage):
+        from raygrade.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"page of file {page.file_id} was not resolved when the job was accepted",
+                                  param="file_id")
+    return page

@@ -14,6 +14,8 @@ another tenant's job id is a 404):
     ``POST /v1/jobs/{id}/cancel``   → :class:`JobStatus` (``cancelled``; 409 if already ended)
     ``GET  /v1/jobs/{id}/replicas`` → batches graded per grader replica
     ``GET  /v1/usage``              → :class:`TenantUsage`: the tenant's quota and usage
+    ``POST /v1/files``              → :class:`FileObject`: a page file uploaded (multipart), split into pages
+    ``GET  /v1/files``, ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``, ``DELETE /v1/files/{id}``
     ``GET  /review``                → the review page (no key; its script asks for one: :mod:`raygrade.web`)
     ``GET  /healthz``               → 200 while the replica answers (liveness)
     ``GET  /readyz``                → 200 once a job could be graded, else 503 (readiness)
@@ -24,7 +26,7 @@ invalid key is 401, a body over ``api.max_body_bytes`` 413, one that stalls 408
 (:mod:`raygrade.serve.guard`), a job the tenant's quota refuses 429 (``Retry-After``). The
 FastAPI app, its error handlers (the one boundary where raygrade's exceptions become responses)
 and shared dependencies are in :mod:`raygrade.serve.http_app`; the review routes in
-:mod:`raygrade.serve.review_routes`.
+:mod:`raygrade.serve.review_routes`, the Files API's in :mod:`raygrade.serve.file_routes`.
 """
 
 # No ``from __future__ import annotations``: FastAPI resolves the route annotations
@@ -52,6 +54,7 @@ from raygrade.protocol import (
     TenantUsage,
 )
 from raygrade.serve.admission import refuse_unfit
+from raygrade.serve.file_routes import FileRoutes
 from raygrade.serve.guard import Authenticator
 from raygrade.serve.http_app import JobId, Tenant, _call, accepted, api, logger
 from raygrade.serve.http_errors import error_responses as _errors
@@ -70,7 +73,7 @@ READY_CACHE_S = 5.0
 @serve.deployment(name="RaygradeIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000,
                   num_replicas=1)
 @serve.ingress(api)
-class RaygradeIngress(ReviewRoutes):
+class RaygradeIngress(ReviewRoutes, FileRoutes):
     """FastAPI ingress: validates jobs, stores their page images, records them, and hands them
     to the batcher.
 
@@ -121,6 +124,10 @@ class RaygradeIngress(ReviewRoutes):
                     # never refused). Text jobs skip this call: the store's transaction checks every job.
                     with span("raygrade.quota"):
                         await _call(self._registry.check_quota.remote(tenant, job.item_count(), key))
+                if job.file_pages():
+                    # Uploaded files' pages (the Files API): their stored page images, nothing to decode.
+                    with span("raygrade.files"):
+                        job = await _call(self._registry.resolve_files.remote(job, tenant))
                 if self._blobs is not None and job.has_images():
                     # Page bytes go to the blob store here, once; the registry receives references only.
                     with span("raygrade.externalize"):

@@ -23,6 +23,8 @@ from raygrade.config import DEFAULT_TENANT, StoreConfig
 from raygrade.errors import InvalidRequestError, NotFoundError
 from raygrade.protocol import (
     AnswerGroup,
+    FileDeleted,
+    FileObject,
     GradingErrorItem,
     GradingJob,
     JobResults,
@@ -30,6 +32,7 @@ from raygrade.protocol import (
     JobStatus,
     ReviewItem,
     ReviewRequest,
+    StoredImage,
     TenantUsage,
 )
 from raygrade.store import JobStore
@@ -176,6 +179,33 @@ class JobRegistryImpl:
     async def item_page(self, job_id: str, item_id: str, page: int, tenant: str | None = None) -> tuple[bytes, str]:
         """A page of the item's student: ``(bytes, media type)`` (:meth:`JobStore.item_page`)."""
         return await self._do(self._store.item_page, job_id, item_id, page, tenant)
+
+    # -- uploaded files (the Files API: raygrade.store.files) ------------------------------------
+    async def create_file(self, tenant: str, filename: str, size: int, sha256: str, media_type: str,
+                          pages: list[StoredImage]) -> FileObject:
+        """Record an uploaded file whose blobs are stored (:meth:`JobStore.create_file`)."""
+        return await self._do(self._store.create_file, tenant, filename, size, sha256, media_type, pages)
+
+    async def get_file(self, file_id: str, tenant: str) -> FileObject:
+        """The tenant's file (:meth:`JobStore.get_file`). Raises ``NotFoundError``."""
+        return await self._do(self._store.get_file, file_id, tenant)
+
+    async def file_content(self, file_id: str, tenant: str) -> tuple[str, str, str]:
+        """``(blob key, media type, name)`` of the tenant's file (:meth:`JobStore.file_content`)."""
+        return await self._do(self._store.file_content, file_id, tenant)
+
+    async def list_files(self, tenant: str, limit: int = 20, after: str | None = None
+                         ) -> tuple[list[FileObject], bool]:
+        """The tenant's files, newest first (:meth:`JobStore.list_files`)."""
+        return await self._do(self._store.list_files, tenant, limit=limit, after=after)
+
+    async def delete_file(self, file_id: str, tenant: str) -> FileDeleted:
+        """Forget the tenant's file (:meth:`JobStore.delete_file`). Raises ``NotFoundError``."""
+        return await self._do(self._store.delete_file, file_id, tenant)
+
+    async def resolve_files(self, job: GradingJob, tenant: str) -> GradingJob:
+        """``job`` with its file pages as the files' page images (:meth:`JobStore.resolve_files`)."""
+        return await self._do(self._store.resolve_files, job, tenant)
 
     async def replicas(self, job_id: str, tenant: str | None = None) -> dict[str, int]:
         """Batches completed per grader replica (:meth:`JobStore.replicas`)."""

@@ -22,6 +22,7 @@ from raygrade.protocol import (
     ReadingMode,
     StoredImage,
     TextPage,
+    resolved,
 )
 from raygrade.reading.ocr import OCRReader
 
@@ -73,7 +74,7 @@ async def read_submissions(job: GradingJob, mode: ReadingMode, reader, blobs: Bl
                     text = await reader.read.remote(data)
                 pages.append(TextPage(text=text))
             else:
-                pages.append(page)
+                pages.append(resolved(page))
         return StudentWork(student_id=sub.student_id, alias=f"s{i + 1}", pages=pages,
                            page_indices=list(range(len(sub.pages))),
                            question_ids=[q.id for q in job.questions_for(sub)])

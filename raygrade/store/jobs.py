@@ -22,6 +22,7 @@ from raygrade.protocol import (
 )
 from raygrade.review import review_agreement
 from raygrade.store.batches import BatchLeases
+from raygrade.store.files import Files
 from raygrade.store.keys import ApiKeys
 from raygrade.store.outbox import WebhookOutbox
 from raygrade.store.quotas import TenantQuotas
@@ -37,7 +38,7 @@ from raygrade.store.states import (
 )
 
 
-class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
+class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, Files):
     """Jobs, items, batches and webhooks in SQLite or PostgreSQL.
 
     Args:
@@ -49,7 +50,8 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
     unknown job id and :class:`IllegalTransitionError` for a disallowed state change.
     The operations live in six parts: this class (jobs), :class:`BatchLeases`
     (plans, leases, completion of batches), :class:`WebhookOutbox`, :class:`ApiKeys`,
-    :class:`TenantQuotas`, :class:`Reviews` (teachers' reviews) and :class:`Regrades`.
+    :class:`TenantQuotas`, :class:`Reviews` (teachers' reviews), :class:`Regrades` and :class:`Files`
+    (uploads for their pages).
     """
 
     def create_job(self, job: GradingJob, idempotency_key: str | None = None, namespace: str = "raygrade",
@@ -72,7 +74,7 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades):
             QuotaExceededError: the tenant's quota refuses a new job (HTTP 429; a replay is
                 never refused; :mod:`raygrade.store.quotas`).
         """
-        job = self.externalize(job)
+        job = self.externalize(self.resolve_files(job, tenant))
         body = job.model_dump_json()
         h = hashlib.sha256(body.encode()).hexdigest()
         now = self._clock()

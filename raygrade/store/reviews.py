@@ -28,6 +28,7 @@ from raygrade.protocol import (
     TeacherReview,
     TextPage,
     media_type_of,
+    resolved,
 )
 from raygrade.review import most_at_risk, risk, target_cut
 from raygrade.store.core import StoreCore
@@ -283,7 +284,7 @@ class Reviews(StoreCore):
         pages = next(s.pages for s in job.submissions if s.student_id == student)
         if not 0 <= page < len(pages):
             raise NotFoundError(f"item {item_id}'s student has {len(pages)} page(s); no page {page}", param="page")
-        p = pages[page]
+        p = resolved(pages[page])
         if isinstance(p, TextPage):
             return p.text.encode(), "text/plain; charset=utf-8"
         raw = page_bytes(p, self.blobs)

@@ -149,6 +149,23 @@ webhook_secrets = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+# Files uploaded for their pages (Files API, 0010): the file and each page image in the blob store
+# by SHA-256; ``pages`` holds the page images' references (JSON list of StoredImage).
+files = sa.Table(
+    "raygrade_files", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("filename", sa.String(512), nullable=False),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("media_type", sa.String(128), nullable=False),
+    sa.Column("page_count", sa.Integer, nullable=False),
+    sa.Column("pages", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("raygrade_files_tenant_created", "tenant", "created_at"),
+)
+
 
 # Tenants' quotas (0004): a limit left NULL is no limit. Usage is counted over every
 # namespace of the database (a tenant's keys work in each of them).

@@ -28,7 +28,7 @@ from test_jobs_api import Receiver, job
 from raygrade.client import Client
 from raygrade.config import ApiConfig, BatcherConfig, RaygradeArgs, StoreConfig
 from raygrade.errors import AuthenticationError, NotFoundError, QuotaExceededError
-from raygrade.protocol import TenantQuota
+from raygrade.protocol import GradingJob, TenantQuota
 from raygrade.store import JobStore
 from raygrade.testing.fake_openai import fake_provider_config
 
@@ -367,6 +367,61 @@ def test_reviews_are_the_tenants_own_keep_the_reviewers_key_and_export_as_csv(se
     for x in regraded.values():
         if x.item_id != item.id:
             assert x.batch_id == child_results[x.student_id].batch_id   # the regrade's grade, not the first one
+
+
+def test_files_are_uploaded_once_named_in_jobs_and_are_their_tenants_own(secure, fake):
+    """The Files API over HTTP: a 3-page PDF uploaded as multipart (the client streams it), a job
+    whose student is its pages 3 and 1 graded with those page images (read back per item); another
+    tenant cannot read, delete, list or name the file; bad uploads are 400s naming the file or the
+    field, one over the body limit a 413; a deleted file's pages stay in the job that used them."""
+    from support import scan_files
+
+    from raygrade.errors import InvalidRequestError
+
+    a = Client(secure.url, api_key=secure.keys["school-a"])
+    b = Client(secure.url, api_key=secure.keys["school-b"])
+    pdf = scan_files.vector_pdf(3)
+    f = a.files.create(pdf, filename="../class 7b.pdf")
+    assert (f.pages, f.bytes, f.filename, f.media_type) == (3, len(pdf), "class 7b.pdf", "application/pdf")
+    assert a.files.retrieve(f.id) == f and a.files.content(f.id) == pdf and f.id in {x.id for x in a.files.list().data}
+    for call in (b.files.retrieve, b.files.content, b.files.delete):
+        with pytest.raises(NotFoundError):
+            call(f.id)
+    assert f.id not in {x.id for x in b.files.list(limit=100).data}
+    named = job(1)
+    named["submissions"][0]["pages"] = [{"type": "file", "file_id": f.id, "page": 3},
+                                        {"type": "file", "file_id": f.id, "page": 1}]
+    with pytest.raises(InvalidRequestError) as e:
+        b.submit(named)
+    assert e.value.param == "submissions[0].pages[0].file_id"
+
+    st = a.wait(a.submit(named).id, timeout_s=60, poll_s=0.2, progress=False)
+    assert st.state.value == "succeeded" and st.usage.prompt_tokens > 0
+    item = a.results(st.id).results[0].item_id
+    shown = [httpx.get(f"{secure.url}/v1/jobs/{st.id}/items/{item}/pages/{k}", headers=_auth(secure.keys["school-a"]),
+                       timeout=10) for k in (0, 1)]
+    whole = secure.store.resolve_files(GradingJob.model_validate(
+        dict(named, submissions=[{"student_id": "x", "pages": [{"type": "file", "file_id": f.id}]}])), "school-a")
+    want = [secure.store.blobs.get(p.sha256) for p in whole.submissions[0].pages]
+    assert [r.content for r in shown] == [want[2], want[0]] and want[0] != want[2]
+    assert a.files.delete(f.id).deleted and a.status(st.id).state.value == "succeeded"
+    with pytest.raises(InvalidRequestError):
+        a.submit(named)
+    assert httpx.get(f"{secure.url}/v1/jobs/{st.id}/items/{item}/pages/0", headers=_auth(secure.keys["school-a"]),
+                     timeout=10).content == want[2]
+
+    key = _auth(secure.keys["school-a"])
+    for files, data, param, needle in (
+            ({"file": ("a.gif", scan_files.gif())}, {"purpose": "pages"}, "file", "'a.gif' is a GIF file"),
+            ({"file": ("locked.pdf", scan_files.encrypted_pdf())}, {"purpose": "pages"}, "file", "encrypted"),
+            ({"file": ("p.pdf", pdf)}, {"purpose": "fine-tune"}, "purpose", ""),
+            ({}, {"purpose": "pages"}, "file", "")):
+        r = httpx.post(f"{secure.url}/v1/files", files=files, data=data, headers=key, timeout=30)
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == param and needle in err["message"], r.text
+    with pytest.raises(InvalidRequestError) as e:
+        a.files.create(b"%PDF-" + bytes(LIMIT), filename="huge.pdf")
+    assert (e.value.http_status, e.value.code) == (413, "request_too_large")
 
 
 def test_a_flood_of_made_up_keys_gets_429s_that_cost_the_store_nothing(secure):
