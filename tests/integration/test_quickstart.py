@@ -1,6 +1,7 @@
 """README.md's quick start, every block as written: ``serve run deploy/serve_config.quickstart.yaml``
 (its own local Ray cluster, on the file's 127.0.0.1:8000), then the curl block (wait for /readyz,
-write job.json, submit, poll, read the results), then the Python block (the typed client).
+write job.json, submit, poll, read the results), then the Python block (the typed client), then
+the Files API block (a scanned PDF uploaded, its page named in a job, read by OCR).
 Nothing is edited: the blocks are read out of README.md and run with the virtualenv's ``bin`` first
 on PATH, as after ``. .venv/bin/activate``."""
 
@@ -29,7 +30,7 @@ def quickstart_blocks() -> list[tuple[str, str]]:
 
 def test_the_readme_quick_start_runs_as_written(tmp_path):
     blocks = quickstart_blocks()
-    assert [lang for lang, _ in blocks] == ["bash", "bash", "python"], blocks
+    assert [lang for lang, _ in blocks] == ["bash", "bash", "python", "bash"], blocks
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAYGRADE_"))}
     # RAY_TMPDIR: as on a user's machine, `serve run` finds no other cluster to join (`ray.init()` looks for
     # one in <temp>/ray; under pytest-xdist another test's may be up). Short: Ray's socket paths fit 107 bytes.
@@ -58,6 +59,14 @@ def test_the_readme_quick_start_runs_as_written(tmp_path):
         lines = py.stdout.strip().splitlines()
         assert [line.split()[:2] for line in lines] == [["ada", "q1"], ["bob", "q1"]], lines
         assert httpx.get("http://127.0.0.1:8000/v1/jobs", timeout=10).json()["object"] == "list"
+        scan = subprocess.run(["bash", "-e", "-c", blocks[3][1]], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=240)
+        assert scan.returncode == 0, (scan.stderr[-2000:], (tmp_path / "serve-run.log").read_text()[-3000:])
+        graded = json.loads(scan.stdout)["results"]
+        assert [(r["student_id"], r["question_id"]) for r in graded] == [("cy", "q1")], graded
+        assert graded[0]["score"] > 0, graded  # OCR read the PDF page's answer (an unread page scores 0)
+        files = httpx.get("http://127.0.0.1:8000/v1/files", timeout=10).json()["data"]
+        assert [(f["filename"], f["pages"]) for f in files] == [("cy.pdf", 1)], files
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C, as in the terminal; then nothing it started outlives the test
         with contextlib.suppress(subprocess.TimeoutExpired):
