@@ -26,7 +26,7 @@ from pyarrow import fs as pafs
 
 from raygrade.errors import InvalidRequestError, StorageError
 from raygrade.protocol import MAX_PAGES, GradingJob, ImagePage, StoredImage, media_type_of
-from raygrade.scans import MAX_PAGE_PIXELS, page_images
+from raygrade.scans import MAX_PAGE_PIXELS, MAX_PAGES_PER_FILE, page_images
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 T = TypeVar("T")
@@ -246,14 +246,15 @@ def check_model_answer_images(job: GradingJob) -> None:
             raise InvalidRequestError(f"{name}: {res}", param=f"{name}.data") from None
 
 
-def pages_of(data: bytes) -> list[tuple[bytes, tuple[int, int]]]:
-    """The page images of one uploaded page file (:func:`raygrade.scans.page_images`) with
-    their pixel sizes: a PNG or JPEG kept as uploaded is decoded (:func:`check_image`); one
-    that scans encoded from decoded pixels has its size read from its header.
+def pages_of(data: bytes, max_pages: int = MAX_PAGES_PER_FILE) -> list[tuple[bytes, tuple[int, int]]]:
+    """The page images of one uploaded page file (:func:`raygrade.scans.page_images`, at most
+    ``max_pages``) with their pixel sizes: a PNG or JPEG kept as uploaded is decoded
+    (:func:`check_image`); one that scans encoded from decoded pixels has its size read from its header.
 
     Raises:
-        ValueError: the file or a page image cannot be read (see both functions)."""
-    return [(img, check_image(img) if img is data else image_size(img)) for img in page_images(data)]
+        ValueError: the file or a page image cannot be read, or has too many pages (see both functions)."""
+    return [(img, check_image(img) if img is data else image_size(img))
+            for img in page_images(data, max_pages=max_pages)]
 
 
 def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:

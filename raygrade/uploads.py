@@ -20,6 +20,9 @@ from raygrade.errors import InvalidRequestError
 from raygrade.protocol import StoredImage, media_type_of
 from raygrade.scans import ACCEPTED, is_page_file, sniff
 
+#: Most pages an uploaded file may hold: a class's stack of scanned answer sheets (inline base64
+#: page files hold at most :data:`raygrade.scans.MAX_PAGES_PER_FILE`).
+MAX_FILE_PAGES = 2_000
 #: Longest file name kept, in characters.
 MAX_FILENAME = 255
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -60,7 +63,7 @@ def ingest(src: BinaryIO, blobs: BlobStore, filename: str) -> tuple[str, int, st
     src.seek(0)
     data = src.read()  # splitting needs the whole file (bounded by api.max_body_bytes)
     try:
-        pages = pages_of(data)
+        pages = pages_of(data, MAX_FILE_PAGES)
     except ValueError as exc:
         raise InvalidRequestError(f"file {filename!r}: {exc}", param="file") from None
     del data

@@ -11,6 +11,7 @@ from support import scan_files
 
 from raygrade.errors import InvalidRequestError, NotFoundError
 from raygrade.protocol import MAX_PAGES, FilePage, GradingJob, StoredImage, TextPage
+from raygrade.scans import MAX_PAGES_PER_FILE
 from raygrade.store import JobStore
 from raygrade.uploads import clean_filename, ingest
 
@@ -133,3 +134,16 @@ def test_a_refused_file_leaves_nothing_in_the_blob_store(store, tmp_path):
     with pytest.raises(InvalidRequestError):
         upload(store, scan_files.encrypted_pdf())
     assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+
+
+def test_an_uploaded_file_holds_up_to_its_own_page_limit(store, monkeypatch):
+    from raygrade import uploads
+
+    assert uploads.MAX_FILE_PAGES > MAX_PAGES_PER_FILE  # a class's stack, past an inline file's limit
+    monkeypatch.setattr(uploads, "MAX_FILE_PAGES", 3)
+    f = upload(store, scan_files.g4_tiff(3), name="class.tif")
+    assert f.pages == 3 and f.media_type == "image/tiff"
+    monkeypatch.setattr(uploads, "MAX_FILE_PAGES", 2)
+    with pytest.raises(InvalidRequestError, match="has 3 pages; the limit is 2"):
+        upload(store, scan_files.g4_tiff(3), name="class.tif")
+

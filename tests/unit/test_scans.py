@@ -42,16 +42,33 @@ def test_a_vector_pdf_is_rendered_page_by_page_at_the_stated_dpi():
     assert _about(_open(at72).size, (612, 792))
 
 
-def test_a_scanned_pdf_keeps_its_pages_and_their_ink():
-    pages = page_images(scan_files.scanned_pdf(2))
-    assert len(pages) == 2 and all(_has_ink(_open(p)) for p in pages)
-    assert {_open(p).format for p in pages} == {"PNG"}  # a grey scan stays grey
+def test_a_scanned_pdf_s_pages_are_its_jpegs_as_scanned_and_keep_their_ink():
+    pdf = scan_files.scanned_pdf(2)
+    pages = page_images(pdf)
+    assert len(pages) == 2 and all(_has_ink(_open(p)) for p in pages) and pages[0] != pages[1]
+    # One full-page JPEG per page, at no more than the stated dpi: taken as it is, not re-rendered.
+    assert all(_open(p).format == "JPEG" and p in pdf for p in pages)
+    assert _open(pages[0]).size == (620, 877)  # 620 × 877 pixels saved at 150 dpi
     colour = io.BytesIO()
     scan_files.page_image("red pen", mode="RGB").save(colour, format="PDF", resolution=150)
     [red] = page_images(colour.getvalue())
     assert _open(red).format == "JPEG" and _open(red).mode == "RGB"  # the marks' colour is kept
-    # 620 × 877 pixels saved at 150 dpi: the page is 4.13 × 5.85 in, rendered back at 150 dpi.
-    assert _about(_open(pages[0]).size, (620, 877))
+
+
+def test_a_scan_finer_than_the_stated_dpi_or_a_rotated_page_is_rendered():
+    import pypdfium2 as pdfium
+
+    fine = io.BytesIO()  # 620 × 877 pixels at 300 dpi: a page half the size, rendered at 150 dpi
+    scan_files.page_image("fine scan").save(fine, format="PDF", resolution=300)
+    [page] = page_images(fine.getvalue())
+    assert _about(_open(page).size, (310, 438)) and page not in fine.getvalue() and _has_ink(_open(page))
+    doc = pdfium.PdfDocument(scan_files.scanned_pdf(1))
+    doc[0].set_rotation(90)
+    turned = io.BytesIO()
+    doc.save(turned)
+    doc.close()
+    [page] = page_images(turned.getvalue())
+    assert _about(_open(page).size, (877, 620)) and _has_ink(_open(page))  # shown as a viewer shows it
 
 
 def test_a_group4_tiff_becomes_one_lossless_page_per_frame():
