@@ -17,7 +17,9 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
-from raygrade.protocol import FileDeleted, FileList, FileObject
+from pydantic import BaseModel
+
+from raygrade.protocol import FileDeleted, FileList, FileObject, FileSplit
 
 FileInput = str | os.PathLike | bytes | BinaryIO
 
@@ -33,6 +35,10 @@ def _opened(file: FileInput, filename: str | None):
         yield filename or "upload", io.BytesIO(file)
     else:
         yield filename or os.path.basename(getattr(file, "name", "") or "") or "upload", file
+
+
+def _body(how: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    return how.model_dump(mode="json") if isinstance(how, BaseModel) else how
 
 
 def _list_params(limit: int, after: str | None) -> dict[str, Any]:
@@ -73,6 +79,16 @@ class Files:
         """``DELETE /v1/files/{id}``: new jobs can no longer name it; accepted jobs keep their pages."""
         return FileDeleted.model_validate(self._call("DELETE", f"/v1/files/{file_id}"))
 
+    def split(self, file_id: str, how: BaseModel | dict[str, Any]) -> FileSplit:
+        """``POST /v1/files/{id}/split``: a class's scan split into students (``how``: a
+        :class:`~raygrade.protocol.SplitByPageCount`, :class:`~raygrade.protocol.SplitByRoster`,
+        :class:`~raygrade.protocol.SplitByCoverSheets` or its JSON); ``.submissions()`` makes the job's.
+
+        Raises:
+            InvalidRequestError: a split that does not fit the file (naming the field).
+        """
+        return FileSplit.model_validate(self._call("POST", f"/v1/files/{file_id}/split", json=_body(how)))
+
 
 class AsyncFiles:
     """``client.files`` of :class:`raygrade.client.AsyncClient` (same methods as :class:`Files`, awaitable)."""
@@ -101,3 +117,7 @@ class AsyncFiles:
     async def delete(self, file_id: str) -> FileDeleted:
         """``DELETE /v1/files/{id}`` (see :meth:`Files.delete`)."""
         return FileDeleted.model_validate(await self._call("DELETE", f"/v1/files/{file_id}"))
+
+    async def split(self, file_id: str, how: BaseModel | dict[str, Any]) -> FileSplit:
+        """``POST /v1/files/{id}/split`` (see :meth:`Files.split`)."""
+        return FileSplit.model_validate(await self._call("POST", f"/v1/files/{file_id}/split", json=_body(how)))

@@ -6,6 +6,7 @@ answers rendered as handwriting-style pages over HTTP, print a results table and
 the agreement with the human grades, and write the results to a file.
 
 ``raygrade prepare-model``: convert the packaged model for the embedded engine (once).
+``raygrade sheets make --roster R.csv``: QR cover sheets for a class's scan (:mod:`raygrade.sheets`).
 
 ``raygrade estimate DATASET|JOB.json``: requests, tokens and USD of a regrade (synchronous vs
 the Batch API) before anything is sent (:mod:`raygrade.bulk.estimate`).
@@ -16,8 +17,7 @@ their webhooks, written straight into the job store (``--store-url``, default
 keys. A secret is printed once, on stdout.
 
 ``raygrade quotas set|clear|list``: tenants' quotas (active jobs, items and tokens per rolling
-day; :class:`raygrade.protocol.TenantQuota`) in the same store, with each tenant's usage.
-"""
+day; :class:`raygrade.protocol.TenantQuota`) in the same store, with each tenant's usage."""
 
 from __future__ import annotations
 
@@ -260,7 +260,7 @@ def cmd_estimate(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``raygrade`` command line: each command's ``fn`` is set as a default."""
-    from raygrade import __version__
+    from raygrade import __version__, sheets
 
     ap = argparse.ArgumentParser(prog="raygrade", description="Grade scanned answer pages on Ray.")
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -277,8 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: OpenAI if OPENAI_API_KEY is set, else the embedded model on CPU; "
                         "baseline: the reference-similarity grader (no model server)")
     d.add_argument("--url", help="use a running raygrade app instead of starting one")
-    d.add_argument("--port", type=int, default=8000,
-                   help="HTTP port of the local app on 127.0.0.1 (default: %(default)s)")
+    d.add_argument("--port", type=int, default=8000, help="HTTP port of the local app on 127.0.0.1 (default: 8000)")
     d.add_argument("--out", default="raygrade-results.json", help="where the results and summary go (JSON)")
     d.add_argument("--timeout-s", type=float, default=1800, help="seconds to wait for the job (default: %(default)s)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar while the job runs")
@@ -329,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     ql = qs.add_parser("list", parents=[store_opt], help="quotas with usage (used/limit; - is no limit)")
     ql.add_argument("--tenant", help="this tenant only (also one without a quota)")
     q.set_defaults(fn=cmd_quotas)
+    sheets.add_parser(sub)
     return ap
 
 

@@ -19,7 +19,18 @@ import them from here.
 
 from __future__ import annotations
 
-from raygrade.protocol.files import FileDeleted, FileList, FileObject
+from raygrade.protocol.files import (
+    FileDeleted,
+    FileList,
+    FileObject,
+    FileSplit,
+    RosterEntry,
+    SplitByCoverSheets,
+    SplitByPageCount,
+    SplitByRoster,
+    SplitRequest,
+    StudentPages,
+)
 from raygrade.protocol.jobs import (
     MAX_PAGES,
     Assessment,
@@ -79,6 +90,7 @@ __all__ = [
     "FileList",
     "FileObject",
     "FilePage",
+    "FileSplit",
     "GradeResult",
     "GradedExample",
     "GradingErrorItem",
@@ -104,7 +116,13 @@ __all__ = [
     "ReviewPlan",
     "ReviewRequest",
     "ReviewTarget",
+    "RosterEntry",
+    "SplitByCoverSheets",
+    "SplitByPageCount",
+    "SplitByRoster",
+    "SplitRequest",
     "StoredImage",
+    "StudentPages",
     "Submission",
     "TenantQuota",
     "TeacherReview",

@@ -13,10 +13,11 @@ from fastapi import File, Form, Path, Query, UploadFile
 from fastapi.responses import Response
 
 from raygrade.errors import StorageError
-from raygrade.protocol import FileDeleted, FileList, FileObject
+from raygrade.protocol import FileDeleted, FileList, FileObject, FileSplit, SplitRequest
 from raygrade.scans import ACCEPTED
 from raygrade.serve.http_app import Tenant, _call, api
 from raygrade.serve.http_errors import error_responses as _errors
+from raygrade.sheets import split
 from raygrade.tracing import span
 from raygrade.uploads import clean_filename, ingest
 
@@ -75,6 +76,18 @@ class FileRoutes:
         return Response(content=data, media_type=media_type, headers={
             "Content-Disposition": f'attachment; filename="{ascii_name}"', "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "default-src 'none'", "Cache-Control": "private, max-age=3600"})
+
+    @api.post("/v1/files/{file_id}/split", response_model=FileSplit, responses=_errors(404))
+    async def split_file(self, how: SplitRequest, file_id: str = FileId, tenant: str = Tenant) -> FileSplit:
+        """Split a class's scan into students, before grading: by a fixed number of pages each
+        (``pages``), by a roster of page ranges (``roster``), or by the QR cover sheets in front of
+        each student's pages (``cover_sheets``; ``raygrade sheets make`` prints them). The answer
+        lists each student's pages and what could not be assigned; ``FileSplit.submissions()``
+        (or each student's pages as ``{"type": "file", "file_id", "page"}``) makes the job."""
+        refs = await _call(self._registry.file_pages.remote(file_id, tenant))
+        blobs = self._blob_store()
+        with span("raygrade.split", {"raygrade.file.pages": len(refs), "raygrade.split.method": how.method}):
+            return await asyncio.to_thread(split, file_id, len(refs), how, lambda k: blobs.get(refs[k].sha256))
 
     @api.delete("/v1/files/{file_id}", response_model=FileDeleted, responses=_errors(404))
     async def delete_file(self, file_id: str = FileId, tenant: str = Tenant) -> FileDeleted:

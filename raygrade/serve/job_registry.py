@@ -194,6 +194,10 @@ class JobRegistryImpl:
         """``(blob key, media type, name)`` of the tenant's file (:meth:`JobStore.file_content`)."""
         return await self._do(self._store.file_content, file_id, tenant)
 
+    async def file_pages(self, file_id: str, tenant: str) -> list[StoredImage]:
+        """The tenant's file's page images, by reference (:meth:`JobStore.file_pages`)."""
+        return await self._do(self._store.file_pages, file_id, tenant)
+
     async def list_files(self, tenant: str, limit: int = 20, after: str | None = None
                          ) -> tuple[list[FileObject], bool]:
         """The tenant's files, newest first (:meth:`JobStore.list_files`)."""

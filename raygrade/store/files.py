@@ -66,6 +66,12 @@ class Files:
             row = self._file_row(conn, file_id, tenant)
         return row.sha256, row.media_type, row.filename
 
+    def file_pages(self, file_id: str, tenant: str) -> list[StoredImage]:
+        """The references of the tenant's file's page images, in page order. Raises ``NotFoundError``."""
+        with self.engine.connect() as conn:
+            row = self._file_row(conn, file_id, tenant)
+        return [StoredImage.model_validate(p) for p in json.loads(row.pages)]
+
     def list_files(self, tenant: str, *, limit: int = 20, after: str | None = None) -> tuple[list[FileObject], bool]:
         """The tenant's files, newest first: ``(up to limit files, whether more follow)``; ``after``
         is a file id from a previous page. Raises ``NotFoundError`` for an ``after`` not the tenant's."""

@@ -377,6 +377,7 @@ def test_files_are_uploaded_once_named_in_jobs_and_are_their_tenants_own(secure,
     from support import scan_files
 
     from raygrade.errors import InvalidRequestError
+    from raygrade.scans import page_images as scan_pages
 
     a = Client(secure.url, api_key=secure.keys["school-a"])
     b = Client(secure.url, api_key=secure.keys["school-b"])
@@ -409,6 +410,27 @@ def test_files_are_uploaded_once_named_in_jobs_and_are_their_tenants_own(secure,
         a.submit(named)
     assert httpx.get(f"{secure.url}/v1/jobs/{st.id}/items/{item}/pages/0", headers=_auth(secure.keys["school-a"]),
                      timeout=10).content == want[2]
+
+    # A class's scan: two students behind their QR cover sheets, split before grading, then graded.
+    from raygrade.protocol import SplitByCoverSheets
+    from raygrade.sheets import cover_sheets
+
+    covers = [Image.open(io.BytesIO(p)).convert("L") for p in scan_pages(cover_sheets([("ada", None), ("bob", None)]))]
+    stack = [covers[0], scan_files.page_image("ada: page 1"), scan_files.page_image("ada: page 2"), covers[1],
+             scan_files.page_image("bob: page 1")]
+    buf = io.BytesIO()
+    stack[0].save(buf, format="PDF", save_all=True, append_images=stack[1:], resolution=150)
+    scan = a.files.create(buf.getvalue(), filename="class.pdf")
+    found = a.files.split(scan.id, SplitByCoverSheets())
+    assert [(s.student_id, s.pages, s.cover_page) for s in found.students] == [("ada", [2, 3], 1), ("bob", [5], 4)]
+    with pytest.raises(NotFoundError):
+        b.files.split(scan.id, {"method": "cover_sheets"})
+    with pytest.raises(InvalidRequestError) as e:
+        a.files.split(scan.id, {"method": "pages", "pages_per_student": 2, "student_ids": ["ada", "bob"]})
+    assert e.value.param == "pages_per_student"
+    class_job = dict(job(1), submissions=found.submissions())
+    st = a.wait(a.submit(class_job).id, timeout_s=60, poll_s=0.2, progress=False)
+    assert st.state.value == "succeeded" and st.progress.items_graded == 2
 
     key = _auth(secure.keys["school-a"])
     for files, data, param, needle in (
