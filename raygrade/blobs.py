@@ -24,9 +24,10 @@ from typing import BinaryIO, TypeVar
 
 from pyarrow import fs as pafs
 
+from raygrade.decode_pool import decode_pool
 from raygrade.errors import InvalidRequestError, StorageError
 from raygrade.protocol import MAX_PAGES, GradingJob, ImagePage, StoredImage, media_type_of
-from raygrade.scans import MAX_PAGE_PIXELS, MAX_PAGES_PER_FILE, page_images
+from raygrade.scans import MAX_PAGE_PIXELS, MAX_PAGES_PER_FILE, page_images, pixel_count
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 T = TypeVar("T")
@@ -201,22 +202,9 @@ def check_image(data: bytes, max_pixels: int = MAX_PAGE_PIXELS) -> tuple[int, in
     return w, h
 
 
-_POOL = None
-
-
-def _pool():
-    """One process-wide thread pool for decoding pages: Pillow's decoders release the GIL, so a
-    job's pages decode on every core at once (≈ 1.9× on 2 cores, measured)."""
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1), thread_name_prefix="raygrade-decode")
-    return _POOL
-
-
-def _decode_all(fn: Callable[[bytes], T], files: list[bytes]) -> list[T | ValueError]:
-    """``fn`` of each file, run concurrently on the decode pool (one file runs here); a
+def _decode_all(fn: Callable[[bytes], T], files: list[bytes], tenant: str = "") -> list[T | ValueError]:
+    """``fn`` of each file, run concurrently as ``tenant``'s tasks on the decode pool
+    (:func:`raygrade.decode_pool.decode_pool`: tenants take turns; one file runs here); a
     ``ValueError`` is returned in place."""
     def one(data: bytes) -> T | ValueError:
         try:
@@ -226,11 +214,12 @@ def _decode_all(fn: Callable[[bytes], T], files: list[bytes]) -> list[T | ValueE
 
     if len(files) < 2:
         return [one(d) for d in files]
-    return list(_pool().map(one, files))
+    return decode_pool().map(tenant, one, files)
 
 
-def check_model_answer_images(job: GradingJob) -> None:
-    """Decode every model-answer image of ``job``'s questions (:func:`check_image`).
+def check_model_answer_images(job: GradingJob, tenant: str = "") -> None:
+    """Decode every model-answer image of ``job``'s questions (:func:`check_image`), as ``tenant``'s
+    tasks on the decode pool.
 
     Raises:
         InvalidRequestError: an image that does not decode or is too large (HTTP 400, naming it).
@@ -240,7 +229,7 @@ def check_model_answer_images(job: GradingJob) -> None:
         for k, img in enumerate(q.model_answer_images):
             if img.data not in first:
                 first[img.data] = (f"assessment.questions[{i}].model_answer_images[{k}]", img.image_bytes())
-    checked = _decode_all(check_image, [raw for _, raw in first.values()])
+    checked = _decode_all(check_image, [raw for _, raw in first.values()], tenant)
     for (name, _), res in zip(first.values(), checked, strict=True):
         if isinstance(res, ValueError):
             raise InvalidRequestError(f"{name}: {res}", param=f"{name}.data") from None
@@ -257,7 +246,29 @@ def pages_of(data: bytes, max_pages: int = MAX_PAGES_PER_FILE) -> list[tuple[byt
             for img in page_images(data, max_pages=max_pages)]
 
 
-def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
+def check_pixels(files: list[bytes], max_pixels: int | None, what: str) -> None:
+    """Refuse ``files`` whose pages hold more than ``max_pixels`` pixels in all, counted from their
+    headers (:func:`raygrade.scans.pixel_count`) before any is decoded; ``None``: no limit. A file
+    whose headers cannot be read is left to its decoding, which refuses it naming it.
+
+    Raises:
+        InvalidRequestError: over the limit (HTTP 400; ``param``: ``api.max_request_pixels``).
+    """
+    if max_pixels is None:
+        return
+    total = 0
+    for data in files:
+        try:
+            total += pixel_count(data)
+        except ValueError:
+            continue
+        if total > max_pixels:
+            raise InvalidRequestError(f"{what} hold more than {max_pixels} pixels (counted from their headers, "
+                                      f"before decoding); split the work into smaller requests",
+                                      param="api.max_request_pixels")
+
+
+def externalize(job: GradingJob, blobs: BlobStore, tenant: str = "", max_pixels: int | None = None) -> GradingJob:
     """``job`` with every submission page file turned into page images (PDF and TIFF pages,
     HEIC, WebP and rotated phone JPEGs: :mod:`raygrade.scans`) and moved to ``blobs``: one
     :class:`StoredImage` reference per page image (SHA-256, media type, pixel size); the same
@@ -265,22 +276,26 @@ def externalize(job: GradingJob, blobs: BlobStore) -> GradingJob:
     Pages already stored and text pages are kept as they are.
 
     Every page image is decoded first (:func:`check_image`), and so are the questions' model-answer
-    images (which stay inline): a page that would fail later is refused now, naming it.
+    images (which stay inline): a page that would fail later is refused now, naming it. The
+    decoding runs as ``tenant``'s tasks on the decode pool, where tenants take turns
+    (:class:`raygrade.decode_pool.FairPool`), once the pages' pixels counted from their headers are
+    within ``max_pixels`` (:func:`check_pixels`).
 
     Raises:
         InvalidRequestError: a page file in no accepted format, encrypted or corrupt, a page image
             that does not decode or is past :data:`MAX_PAGE_PIXELS`, or a student with more than
             :data:`raygrade.protocol.MAX_PAGES` pages once files are split (HTTP 400, naming the
-            page or the submission).
+            page or the submission), or page files over ``max_pixels`` in all.
         StorageError: the blob store cannot be written.
     """
-    check_model_answer_images(job)
+    check_model_answer_images(job, tenant)
     first: dict[str, tuple[int, int, bytes]] = {}  # page data → (submission, page, bytes), first occurrence
     for i, sub in enumerate(job.submissions):
         for k, page in enumerate(sub.pages):
             if isinstance(page, ImagePage) and page.data not in first:
                 first[page.data] = (i, k, page.image_bytes())
-    results = _decode_all(pages_of, [raw for _, _, raw in first.values()])
+    check_pixels([raw for _, _, raw in first.values()], max_pixels, "the job's page files")
+    results = _decode_all(pages_of, [raw for _, _, raw in first.values()], tenant)
     refs: dict[str, list[StoredImage]] = {}
     for (data, (i, k, _)), res in zip(first.items(), results, strict=True):
         if isinstance(res, ValueError):

@@ -92,6 +92,40 @@ def page_images(data: bytes, *, pdf_dpi: int = DEFAULT_PDF_DPI, max_pixels: int 
     raise ValueError(f"the page is {found}; accepted: {ACCEPTED}")
 
 
+def pixel_count(data: bytes, pdf_dpi: int = DEFAULT_PDF_DPI) -> int:
+    """Pixels (width × height, summed over its pages) of a page file, from its headers only: an
+    image's size, every TIFF frame's, a PDF page's media box at ``pdf_dpi``. What decoding it
+    would produce, known before a pixel is decoded.
+
+    Raises:
+        ValueError: a file whose headers cannot be read (its decoding would fail too).
+    """
+    kind = sniff(data)
+    if kind == "pdf":
+        try:
+            import pypdfium2 as pdfium
+
+            pdf = pdfium.PdfDocument(data)
+        except Exception:
+            raise ValueError("the PDF file cannot be read") from None
+        try:
+            scale = pdf_dpi / 72.0
+            return sum(round(w * scale) * round(h * scale) for w, h in (pdf.get_page_size(k) for k in range(len(pdf))))
+        finally:
+            pdf.close()
+    if kind is None:
+        raise ValueError("not a page file")
+    from PIL import ImageSequence
+
+    im = _open(data, kind)
+    try:
+        if kind == "tiff":
+            return sum(f.size[0] * f.size[1] for f in ImageSequence.Iterator(im))
+        return im.size[0] * im.size[1]
+    finally:
+        im.close()
+
+
 def _open(data: bytes, kind: str):
     from PIL import Image
 

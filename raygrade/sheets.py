@@ -112,17 +112,18 @@ def split_by_roster(file_id: str, pages: int, how: SplitByRoster) -> FileSplit:
 
 
 def split(file_id: str, pages: int, how: SplitByPageCount | SplitByRoster | SplitByCoverSheets,
-          image: Callable[[int], bytes]) -> FileSplit:
+          image: Callable[[int], bytes], tenant: str = "") -> FileSplit:
     """A class scan of ``pages`` pages split as ``how`` says; ``image(k)`` reads its page image k
-    (0-based), only to split by cover sheets: every page's code is read on the decode pool, one
-    page image in memory per thread. Raises :class:`InvalidRequestError` as the splits do."""
+    (0-based), only to split by cover sheets: every page's code is read as ``tenant``'s tasks on
+    the decode pool, one page image in memory per thread. Raises :class:`InvalidRequestError` as
+    the splits do."""
     if isinstance(how, SplitByPageCount):
         return split_by_page_count(file_id, pages, how)
     if isinstance(how, SplitByRoster):
         return split_by_roster(file_id, pages, how)
-    from raygrade.blobs import _pool
+    from raygrade.decode_pool import decode_pool
 
-    return split_by_cover_sheets(file_id, list(_pool().map(lambda k: read_cover(image(k)), range(pages))))
+    return split_by_cover_sheets(file_id, decode_pool().map(tenant, lambda k: read_cover(image(k)), range(pages)))
 
 
 def _unique(ids: Sequence[str], param: str) -> None:

@@ -15,7 +15,8 @@ import re
 import unicodedata
 from typing import BinaryIO
 
-from raygrade.blobs import BlobStore, pages_of
+from raygrade.blobs import BlobStore, check_pixels, pages_of
+from raygrade.decode_pool import decode_pool
 from raygrade.errors import InvalidRequestError
 from raygrade.protocol import StoredImage, media_type_of
 from raygrade.scans import ACCEPTED, is_page_file, sniff
@@ -37,7 +38,8 @@ def clean_filename(name: str | None) -> str:
     return base[:MAX_FILENAME] or "upload"
 
 
-def ingest(src: BinaryIO, blobs: BlobStore, filename: str) -> tuple[str, int, str, list[StoredImage]]:
+def ingest(src: BinaryIO, blobs: BlobStore, filename: str, tenant: str = "", max_pixels: int | None = None
+           ) -> tuple[str, int, str, list[StoredImage]]:
     """Store an uploaded page file and its page images in ``blobs``.
 
     Args:
@@ -45,14 +47,18 @@ def ingest(src: BinaryIO, blobs: BlobStore, filename: str) -> tuple[str, int, st
             to store it; Starlette's spooled upload file is).
         blobs: The blob store.
         filename: The file's name, for error messages.
+        tenant: The uploader: the file is split as one of its tasks on the decode pool, where
+            tenants take turns (:class:`raygrade.decode_pool.FairPool`).
+        max_pixels: Most pixels its pages may hold in all, counted from its headers before any
+            is decoded (:func:`raygrade.blobs.check_pixels`); ``None``: no limit.
 
     Returns:
         ``(SHA-256 of the file, its size in bytes, its media type, one reference per page image)``.
 
     Raises:
         InvalidRequestError: an empty file, a format not accepted, or a file that cannot be split
-            into pages (encrypted or corrupt, too many pages, a page over the pixel limit): HTTP
-            400 naming the file and the reason, never its content.
+            into pages (encrypted or corrupt, too many pages, a page over the pixel limit, pages
+            over ``max_pixels`` in all): HTTP 400 naming the file and the reason, never its content.
         StorageError: the blob store cannot be written.
     """
     head = src.read(16)
@@ -62,8 +68,9 @@ def ingest(src: BinaryIO, blobs: BlobStore, filename: str) -> tuple[str, int, st
         raise InvalidRequestError(f"file {filename!r} is {found}; accepted: {ACCEPTED}", param="file")
     src.seek(0)
     data = src.read()  # splitting needs the whole file (bounded by api.max_body_bytes)
+    check_pixels([data], max_pixels, f"file {filename!r}'s pages")
     try:
-        pages = pages_of(data, MAX_FILE_PAGES)
+        pages = decode_pool().submit(tenant, pages_of, data, MAX_FILE_PAGES).result()
     except ValueError as exc:
         raise InvalidRequestError(f"file {filename!r}: {exc}", param="file") from None
     del data

@@ -36,6 +36,10 @@ class ApiConfig(_Config):
             client's requests with keys not verified recently get 429 without a look-up, so a
             flood of made-up keys cannot crowd the store's thread. Keys it has verified still pass.
         failed_auth_burst: The bucket's size (failed look-ups allowed at once).
+        max_request_pixels: Most pixels (width × height, summed over every page) one job's page
+            files or one uploaded file may hold, read from their headers (a PDF page's at the
+            rendering dpi) before a pixel is decoded: HTTP 400 above it. Default 5·10⁹: a class
+            of 2,000 A4 pages at 150 dpi.
         public_docs: Serve ``/docs`` and ``/openapi.json`` without a key.
     """
 
@@ -47,4 +51,5 @@ class ApiConfig(_Config):
     unknown_key_cache_s: float = Field(default=60.0, ge=0)
     failed_auth_per_min: float = Field(default=30.0, gt=0)
     failed_auth_burst: int = Field(default=20, ge=1)
+    max_request_pixels: int = Field(default=5_000_000_000, gt=0)
     public_docs: bool = False

@@ -30,6 +30,7 @@ class FileRoutes:
 
     _registry: Any
     _blobs: Any
+    _config: Any  # ApiConfig
 
     def _blob_store(self):
         if self._blobs is None:
@@ -46,7 +47,8 @@ class FileRoutes:
         blobs = self._blob_store()
         name = clean_filename(file.filename)
         with span("raygrade.upload") as s:
-            sha256, size, media_type, pages = await asyncio.to_thread(ingest, file.file, blobs, name)
+            sha256, size, media_type, pages = await asyncio.to_thread(ingest, file.file, blobs, name, tenant,
+                                                                      self._config.max_request_pixels)
             s.set_attributes({"raygrade.tenant": tenant, "raygrade.file.bytes": size,
                               "raygrade.file.pages": len(pages)})
             return await _call(self._registry.create_file.remote(tenant, name, size, sha256, media_type, pages))
@@ -87,7 +89,7 @@ class FileRoutes:
         refs = await _call(self._registry.file_pages.remote(file_id, tenant))
         blobs = self._blob_store()
         with span("raygrade.split", {"raygrade.file.pages": len(refs), "raygrade.split.method": how.method}):
-            return await asyncio.to_thread(split, file_id, len(refs), how, lambda k: blobs.get(refs[k].sha256))
+            return await asyncio.to_thread(split, file_id, len(refs), how, lambda k: blobs.get(refs[k].sha256), tenant)
 
     @api.delete("/v1/files/{file_id}", response_model=FileDeleted, responses=_errors(404))
     async def delete_file(self, file_id: str = FileId, tenant: str = Tenant) -> FileDeleted:

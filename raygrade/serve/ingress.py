@@ -16,6 +16,7 @@ another tenant's job id is a 404):
     ``GET  /v1/usage``              → :class:`TenantUsage`: the tenant's quota and usage
     ``POST /v1/files``              → :class:`FileObject`: a page file uploaded (multipart), split into pages
     ``GET  /v1/files``, ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``, ``DELETE /v1/files/{id}``
+    ``POST /v1/files/{id}/split``   → :class:`FileSplit`: a class's scan split into students (pages, roster, QR sheets)
     ``GET  /review``                → the review page (no key; its script asks for one: :mod:`raygrade.web`)
     ``GET  /healthz``               → 200 while the replica answers (liveness)
     ``GET  /readyz``                → 200 once a job could be graded, else 503 (readiness)
@@ -95,7 +96,7 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
         self._ready_until = 0.0  # monotonic time until which the last success stands
         self._blobs = BlobStore(store.resolved_blob_uri()) if store is not None else None
         self._planner = planner_for(args) if args is not None else None
-        config = config or ApiConfig()
+        self._config = config = config or ApiConfig()
         api.state.api_config = config
         api.state.authenticator = Authenticator(lambda h: registry.tenant_for_key.remote(h), config)
         if config.auth == "disabled":
@@ -131,7 +132,8 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
                 if self._blobs is not None and job.has_images():
                     # Page bytes go to the blob store here, once; the registry receives references only.
                     with span("raygrade.externalize"):
-                        job = await asyncio.to_thread(externalize, job, self._blobs)
+                        job = await asyncio.to_thread(externalize, job, self._blobs, tenant,
+                                                      self._config.max_request_pixels)
                 if self._planner is not None:
                     with span("raygrade.admission"):
                         await asyncio.to_thread(refuse_unfit, self._planner, job)

@@ -147,3 +147,43 @@ def test_an_uploaded_file_holds_up_to_its_own_page_limit(store, monkeypatch):
     with pytest.raises(InvalidRequestError, match="has 3 pages; the limit is 2"):
         upload(store, scan_files.g4_tiff(3), name="class.tif")
 
+
+
+def _huge_bilevel_png(side: int = 8000) -> bytes:
+    out = io.BytesIO()
+    Image.new("1", (side, side), 1).save(out, format="PNG")  # 64 Mpx in a few kB
+    return out.getvalue()
+
+
+def test_pixels_are_counted_from_headers_and_a_job_or_file_past_the_limit_is_refused_before_decoding(
+        store, monkeypatch):
+    import base64
+
+    from raygrade import blobs
+    from raygrade.scans import pixel_count
+
+    png = _huge_bilevel_png()
+    assert pixel_count(png) == 64_000_000 and len(png) < 30_000
+    assert pixel_count(scan_files.vector_pdf(3)) == 3 * 1275 * 1650  # letter pages at 150 dpi
+    assert pixel_count(scan_files.g4_tiff(2)) == 2 * 620 * 877
+    monkeypatch.setattr(blobs, "pages_of", lambda *a: pytest.fail("a page was decoded"))
+    # The probe: a thousand small files of 64 Mpx each; refused from their headers.
+    probe = GradingJob.model_validate({
+        "assessment": {"questions": [{"id": "q1", "prompt": "?", "max_score": 1}]},
+        "submissions": [{"student_id": f"s{i}", "pages": [
+            {"type": "image", "data": base64.b64encode(_tagged(png, i)).decode()}]} for i in range(100)]})
+    with pytest.raises(InvalidRequestError) as e:
+        blobs.externalize(probe, store.blobs, "school-a", max_pixels=5_000_000_000)
+    assert e.value.param == "api.max_request_pixels" and "more than 5000000000 pixels" in e.value.message
+    with pytest.raises(InvalidRequestError, match="'class.pdf''s pages hold more than"):
+        ingest(io.BytesIO(scan_files.vector_pdf(3)), store.blobs, "class.pdf", max_pixels=3 * 1275 * 1650 - 1)
+
+
+def _tagged(png: bytes, i: int) -> bytes:
+    """``png`` with a tEXt chunk: the same picture, distinct bytes (a distinct page file)."""
+    import struct
+    import zlib
+
+    data = b"student\x00" + str(i).encode()
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    return png[:33] + chunk + png[33:]
