@@ -11,7 +11,10 @@ from raygrade.testing.ports import free_port
 
 @pytest.fixture(scope="session")
 def fake_openai():
-    srv = FakeOpenAIServer(api_key="sk-test", latency_s=0.02, hang_s=6.0).start()  # fake_app times out at 3 s
+    # fake_app times out at 6 s: a 2 s answer (test_jobs_api's cancel) stays far from it on a machine whose
+    # cores a CPU vLLM engine fills (a 3 s timeout once failed five in a row there, opening the circuit
+    # breaker of every later test on the worker); a `timeout` fault holds a request past it.
+    srv = FakeOpenAIServer(api_key="sk-test", latency_s=0.02, hang_s=9.0).start()
     yield srv
     srv.stop()
 
@@ -113,7 +116,7 @@ def fake_app(serve_url, fake_openai, fake_store_url):
 
     # Webhook receivers in tests listen on loopback: allowed here explicitly (never by default).
     args = RaygradeArgs(api=ApiConfig(auth="disabled"),
-                        provider=fake_provider_config(fake_openai.base_url, timeout_s=3.0),
+                        provider=fake_provider_config(fake_openai.base_url, timeout_s=6.0),
                         # share_wait_s: jobs with batch_across_jobs posted together surely meet (test_jobs_api.py)
                         batcher=BatcherConfig(max_students_per_request=4, max_images_per_request=6, share_wait_s=2.0),
                         store=StoreConfig(url=fake_store_url, webhook_allowed_networks=["127.0.0.0/8", "::1/128"]),

@@ -45,7 +45,7 @@ def secure(serve_url, fake_openai, tmp_path_factory):
 
     home = tmp_path_factory.mktemp("secure")
     store_cfg = StoreConfig(url=f"sqlite:///{home}/jobs.db")
-    args = RaygradeArgs(provider=fake_provider_config(fake_openai.base_url, timeout_s=3.0), store=store_cfg,
+    args = RaygradeArgs(provider=fake_provider_config(fake_openai.base_url, timeout_s=6.0), store=store_cfg,
                         api=ApiConfig(max_body_bytes=LIMIT, body_idle_timeout_s=IDLE_S, body_timeout_s=30,
                                       key_cache_s=0),
                         batcher=BatcherConfig(max_students_per_request=4, max_images_per_request=6),
@@ -205,6 +205,23 @@ def test_bombs_and_corrupt_pages_are_400s_naming_the_page(secure, where, data, n
     assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
     assert r.json()["error"]["param"] == ("submissions[1].pages[1].data" if where == "page"
                                           else "assessment.questions[0].model_answer_images[0].data")
+
+
+def test_a_job_of_many_small_huge_pixel_pages_is_refused_from_their_headers(fake_app):
+    """The probe's job (small files of 8000×8000 bilevel pages, 64 M pixels each): past
+    ``api.max_request_pixels`` (5·10⁹) in all, it is a 400 before a page is decoded, and the app
+    answers the next job as before."""
+    from support.scan_files import tagged_png
+
+    huge = io.BytesIO()
+    Image.new("1", (8000, 8000), 1).save(huge, format="PNG")
+    body = job(80)  # 80 × 64 M = 5.12·10⁹ pixels in ≈ 2.5 MB of base64
+    for i, sub in enumerate(body["submissions"]):
+        sub["pages"] = [{"type": "image", "data": base64.b64encode(tagged_png(huge.getvalue(), i)).decode()}]
+    r = httpx.post(f"{fake_app}/v1/jobs", json=body, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "api.max_request_pixels", r.text
+    assert "counted from their headers" in r.json()["error"]["message"]
+    assert httpx.post(f"{fake_app}/v1/jobs", json=job(1), timeout=60).status_code == 202
 
 
 def test_a_tenants_quota_is_a_429_with_retry_after_and_its_usage_is_readable(secure, fake):

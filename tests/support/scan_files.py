@@ -110,3 +110,13 @@ def gif() -> bytes:
     out = io.BytesIO()
     page_image("GIF page").save(out, format="GIF")
     return out.getvalue()
+
+
+def tagged_png(png: bytes, tag: int | str) -> bytes:
+    """``png`` with a ``tEXt`` chunk holding ``tag``: the same picture, distinct bytes (a distinct page file)."""
+    import struct
+    import zlib
+
+    data = b"student\x00" + str(tag).encode()
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    return png[:33] + chunk + png[33:]  # 8-byte signature + 25-byte IHDR chunk

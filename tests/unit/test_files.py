@@ -171,19 +171,10 @@ def test_pixels_are_counted_from_headers_and_a_job_or_file_past_the_limit_is_ref
     probe = GradingJob.model_validate({
         "assessment": {"questions": [{"id": "q1", "prompt": "?", "max_score": 1}]},
         "submissions": [{"student_id": f"s{i}", "pages": [
-            {"type": "image", "data": base64.b64encode(_tagged(png, i)).decode()}]} for i in range(100)]})
+            {"type": "image", "data": base64.b64encode(scan_files.tagged_png(png, i)).decode()}]} for i in range(100)]})
     with pytest.raises(InvalidRequestError) as e:
         blobs.externalize(probe, store.blobs, "school-a", max_pixels=5_000_000_000)
     assert e.value.param == "api.max_request_pixels" and "more than 5000000000 pixels" in e.value.message
     with pytest.raises(InvalidRequestError, match="'class.pdf''s pages hold more than"):
         ingest(io.BytesIO(scan_files.vector_pdf(3)), store.blobs, "class.pdf", max_pixels=3 * 1275 * 1650 - 1)
 
-
-def _tagged(png: bytes, i: int) -> bytes:
-    """``png`` with a tEXt chunk: the same picture, distinct bytes (a distinct page file)."""
-    import struct
-    import zlib
-
-    data = b"student\x00" + str(i).encode()
-    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
-    return png[:33] + chunk + png[33:]
