@@ -152,8 +152,10 @@ def test_a_reviewed_webhook_follows_the_last_review(fake_app, fake):
 
 
 def test_one_student_jobs_that_allow_it_share_a_provider_request(fake_app, fake):
-    """Three one-student jobs with ``batch_across_jobs`` POSTed together: one request to the provider
-    carries the three students; each job has its own grade, usage and completion."""
+    """Three one-student jobs with ``batch_across_jobs`` POSTed together share provider requests (all
+    three in one, or two in one when a POST reaches the batcher after the others' wait of
+    ``share_wait_s``: a CI run beside a CPU vLLM engine saw that); each job has its own grade,
+    usage and completion."""
     with ThreadPoolExecutor(3) as pool:
         posted = list(pool.map(lambda _: httpx.post(f"{fake_app}/v1/jobs", json=job(1, batch_across_jobs=True),
                                                     timeout=30), range(3)))
@@ -162,9 +164,9 @@ def test_one_student_jobs_that_allow_it_share_a_provider_request(fake_app, fake)
     finals = [client.wait(r.json()["id"], timeout_s=60, poll_s=0.2, progress=False) for r in posted]
     assert [f.state.value for f in finals] == ["succeeded"] * 3
     answered = [rec for rec in fake.log if rec.status == 200]
-    assert len(answered) == 1 and sorted(answered[0].items) == ["s1/q", "s2/q", "s3/q"], fake.log
+    assert sorted(len(rec.items) for rec in answered) in ([3], [1, 2]), fake.log  # students renamed s1.. per request
     for f in finals:
         res = client.results(f.id)
         assert [(r.student_id, r.question_id) for r in res.results] == [("s0", "q")]
         assert f.usage.prompt_tokens > 0
-    assert sum(f.usage.prompt_tokens for f in finals) == answered[0].prompt_tokens
+    assert sum(f.usage.prompt_tokens for f in finals) == sum(rec.prompt_tokens for rec in answered)
