@@ -307,12 +307,22 @@ def externalize(job: GradingJob, blobs: BlobStore, tenant: str = "", max_pixels:
     for i, sub in enumerate(job.submissions):
         if any(isinstance(p, ImagePage) for p in sub.pages):
             pages = [ref for p in sub.pages for ref in (refs[p.data] if isinstance(p, ImagePage) else [p])]
-            if len(pages) > MAX_PAGES:
-                raise InvalidRequestError(f"submissions[{i}] has {len(pages)} pages once its files are split into "
-                                          f"pages; the limit is {MAX_PAGES}", param=f"submissions[{i}].pages")
+            check_student_pages(i, len(pages))
             sub = sub.model_copy(update={"pages": pages})
         subs.append(sub)
     return job.model_copy(update={"submissions": subs})
+
+
+def check_student_pages(i: int, pages: int) -> None:
+    """Refuse submission ``i`` when its files, split into page images, make more than
+    :data:`raygrade.protocol.MAX_PAGES` pages.
+
+    Raises:
+        InvalidRequestError: over the limit (HTTP 400, ``param``: ``submissions[i].pages``).
+    """
+    if pages > MAX_PAGES:
+        raise InvalidRequestError(f"submissions[{i}] has {pages} pages once its files are split into "
+                                  f"pages; the limit is {MAX_PAGES}", param=f"submissions[{i}].pages")
 
 
 def page_bytes(page: ImagePage | StoredImage, blobs: BlobStore) -> bytes:

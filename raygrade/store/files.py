@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
+from raygrade.blobs import check_student_pages
 from raygrade.errors import InvalidRequestError, NotFoundError
-from raygrade.protocol import MAX_PAGES, FileDeleted, FileObject, FilePage, GradingJob, StoredImage
+from raygrade.protocol import FileDeleted, FileObject, FilePage, GradingJob, StoredImage
 from raygrade.store.schema import files
 
 
@@ -99,7 +100,7 @@ class Files:
 
         Raises:
             InvalidRequestError: a file that is not the tenant's (or no longer exists), a page the
-                file does not have, or a student past :data:`MAX_PAGES` pages (HTTP 400, naming
+                file does not have, or a student past :data:`raygrade.protocol.MAX_PAGES` pages (HTTP 400, naming
                 the page).
         """
         named = job.file_pages()
@@ -127,8 +128,6 @@ class Files:
                     raise InvalidRequestError(f"{where}: file {p.file_id} has {len(held)} page(s); no page {p.page}",
                                               param=f"{where}.page")
                 pages.extend(held if p.page is None else [held[p.page - 1]])
-            if len(pages) > MAX_PAGES:
-                raise InvalidRequestError(f"submissions[{i}] has {len(pages)} pages once its files are split into "
-                                          f"pages; the limit is {MAX_PAGES}", param=f"submissions[{i}].pages")
+            check_student_pages(i, len(pages))
             subs[i] = sub.model_copy(update={"pages": pages})
         return job.model_copy(update={"submissions": subs})
