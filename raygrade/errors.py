@@ -223,10 +223,19 @@ class RateLimitedError(ProviderStatusError):
 
 class QuotaExhaustedError(ProviderStatusError):
     """The provider's quota for a longer period than the limiter's window is spent (Gemini's
-    requests per day, reset at midnight Pacific time): the message says until when. Not retried:
-    a retry before the reset is refused again and counts against the per-minute limits."""
+    requests per day, reset at midnight Pacific time), or the limiter's count of it is: the message
+    says until when. Not retried: a retry before the reset is refused again and counts against the
+    per-minute limits.
+
+    Attributes:
+        reset_at: When the quota resets, seconds since the epoch (``None``: not known).
+    """
 
     error_type = "quota_exhausted"
+
+    def __init__(self, message: str, *, provider_status: int = 429, reset_at: float | None = None, **kwargs: Any):
+        super().__init__(message, provider_status=provider_status, **kwargs)
+        self.reset_at = reset_at
 
     @property
     def retryable(self) -> bool:  # type: ignore[override]

@@ -22,6 +22,7 @@ from raygrade.errors import (
     ProviderConnectionError,
     ProviderStatusError,
     ProviderTimeoutError,
+    QuotaExhaustedError,
     RaygradeError,
 )
 from raygrade.evaluation import score_level
@@ -41,7 +42,8 @@ class Limiter(Protocol):
 
     async def acquire(self, key: str, tokens: int, *, job: str | None = None,
                       prompt_tokens: int | None = None, image_tokens: int | None = None,
-                      tenant: str | None = None, output_tokens: int | None = None) -> Reservation: ...
+                      tenant: str | None = None, output_tokens: int | None = None,
+                      patience_s: float | None = None) -> Reservation: ...
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None: ...
 
@@ -88,11 +90,14 @@ def send_delay(elapsed_s: float, headers: dict[str, str]) -> float | None:
 
 
 def classify_outcome(exc: BaseException | None) -> Outcome:
-    """How a provider call ended, for the limiter: 429 → ``rate_limited``; 5xx, timeouts
+    """How a provider call ended, for the limiter: a daily quota spent → ``quota_exhausted``;
+    other 429s → ``rate_limited``; 5xx, timeouts
     and connection errors → ``failure`` (they count for the circuit breaker); other
     errors (4xx, unparsable responses) → ``client_error``; no error → ``ok``."""
     if exc is None:
         return "ok"
+    if isinstance(exc, QuotaExhaustedError):
+        return "quota_exhausted"
     if isinstance(exc, ProviderStatusError):
         if exc.provider_status == 429:
             return "rate_limited"
@@ -163,7 +168,8 @@ class BatchGrader:
             t0 = time.monotonic()
             with span("raygrade.limiter.acquire", {"raygrade.limiter.key": self._key, "raygrade.tokens": estimate}):
                 r = await self._limiter.acquire(self._key, estimate, job=batch.job_id, prompt_tokens=prompt,
-                                                image_tokens=images, tenant=batch.tenant, output_tokens=max_tokens)
+                                                image_tokens=images, tenant=batch.tenant, output_tokens=max_tokens,
+                                                patience_s=self._patience_s)
             granted = time.monotonic()
             timing["limiter"] += granted - t0
             # The grant's trip here is at most the round trip less the queueing the limiter reports.
@@ -177,7 +183,7 @@ class BatchGrader:
                 # rejected and failed requests against the limit too.
                 await self._limiter.settle(r, Settlement(
                     None, outcome=classify_outcome(exc), retry_after_s=getattr(exc, "retry_after_s", None),
-                    headers=getattr(exc, "rate_limit_headers", None)))
+                    headers=getattr(exc, "rate_limit_headers", None), quota_reset_at=getattr(exc, "reset_at", None)))
                 raise
             finally:
                 timing["provider"] += time.monotonic() - granted

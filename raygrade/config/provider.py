@@ -36,6 +36,11 @@ class RateLimitConfig(_Config):
             input less cache reads (which do not count toward it).
         otpm: Output tokens per minute (Anthropic's rule): ``max_tokens`` up front, settled to the
             reported output tokens.
+        rpd: Requests per day, counted per calendar day and reset at midnight Pacific time
+            (Gemini's rule, :mod:`raygrade.ratelimit.daily`). Once the day's requests are spent, a
+            call waits for the reset if its caller's patience (``rate_limit_patience_s``) reaches
+            it, else it is refused at once with ``quota_exhausted`` naming the reset time. A
+            provider's own per-day refusal spends the day the same way, configured or not.
         window_s: The provider's window, seconds (60 for OpenAI; Azure OpenAI checks 1- or
             10-s windows pro rata); the limiter allows ``rpm·window_s/60`` per window.
         window_margin_s: Seconds added to the window for the delay between a
@@ -68,6 +73,7 @@ class RateLimitConfig(_Config):
     tpm: int | None = Field(default=None, gt=0)
     itpm: int | None = Field(default=None, gt=0)
     otpm: int | None = Field(default=None, gt=0)
+    rpd: int | None = Field(default=None, gt=0)
     window_s: float = Field(default=60.0, gt=0, le=3600)
     window_margin_s: float = Field(default=1.0, ge=0, le=60)
     refund_unused: bool = True
@@ -111,6 +117,7 @@ STRICTER: dict[str, Any] = {
     "tpm": _lower_limit,
     "itpm": _lower_limit,
     "otpm": _lower_limit,
+    "rpd": _lower_limit,
     "window_s": min,
     "window_margin_s": max,
     "refund_unused": lambda a, b: a and b,
@@ -245,7 +252,8 @@ class ProviderConfig(_Config):
     rate_limit_patience_s: float = Field(default=900.0, ge=0, description=(
         "Seconds a request keeps being retried after the provider's first 429 before its items fail with "
         "rate_limit_error; 429s do not spend max_retries (the shared limiter slows every caller of the key "
-        "meanwhile). 0: a 429 is retried as any other error."))
+        "meanwhile). 0: a 429 is retried as any other error. Also the longest a request waits for a spent "
+        "daily quota (rate_limit.rpd) to reset before its items fail with quota_exhausted."))
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Sent as-is (e.g. vLLM params).")
     extra_headers: dict[str, str] = Field(default_factory=dict, description=(
         "HTTP headers sent with every request, e.g. OpenRouter's app attribution (HTTP-Referer, X-Title). "

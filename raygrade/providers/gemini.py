@@ -12,7 +12,8 @@ compatibility layer.
   the body (``RetryInfo.retryDelay``, no ``Retry-After`` header) and names the quota that ran out
   (``QuotaFailure``). A per-minute quota is :class:`RateLimitedError` with that wait; a per-day
   quota (requests per day, reset at midnight Pacific time) is :class:`QuotaExhaustedError` until
-  then, never retried before the reset. ``finish_reason`` ``SAFETY``/``PROHIBITED_CONTENT``/… is
+  then (``reset_at``), never retried before the reset: the limiter then sends nothing on the key
+  before it (:mod:`raygrade.ratelimit.daily`). ``finish_reason`` ``SAFETY``/``PROHIBITED_CONTENT``/… is
   reported as a refusal.
 """
 
@@ -25,7 +26,6 @@ import re
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from raygrade._optional import import_optional
 from raygrade.config import ProviderConfig
@@ -38,6 +38,7 @@ from raygrade.errors import (
 )
 from raygrade.protocol import Usage
 from raygrade.providers.base import ChatRequest, ChatResult, data_url, split_system
+from raygrade.ratelimit.daily import PACIFIC, next_midnight
 
 if TYPE_CHECKING:
     from google import genai
@@ -48,8 +49,6 @@ else:
     genai_errors = import_optional("google.genai.errors", "gemini", "the Gemini provider (kind: gemini)")
     types = import_optional("google.genai.types", "gemini", "the Gemini provider (kind: gemini)")
 
-#: Where Gemini's per-day quotas reset: midnight in this zone (Gemini API, "Rate limits").
-QUOTA_DAY_ZONE = ZoneInfo("America/Los_Angeles")
 #: Finish reasons that mean the model would not answer.
 REFUSALS = frozenset({"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION", "IMAGE_SAFETY"})
 _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
@@ -57,8 +56,8 @@ _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 def next_quota_day(now: dt.datetime | None = None) -> dt.datetime:
     """The next midnight Pacific time after ``now`` (aware; UTC now by default): when a per-day quota resets."""
-    local = (now or dt.datetime.now(dt.UTC)).astimezone(QUOTA_DAY_ZONE)
-    return dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), tzinfo=QUOTA_DAY_ZONE)
+    reset = next_midnight((now or dt.datetime.now(dt.UTC)).timestamp(), PACIFIC)
+    return dt.datetime.fromtimestamp(reset, PACIFIC)
 
 
 def quota_details(details: Any) -> tuple[float | None, list[str]]:
@@ -101,7 +100,7 @@ def map_genai_errors(now: dt.datetime | None = None) -> Iterator[None]:
             if any("perday" in q.lower() for q in quotas):
                 reset = next_quota_day(now)
                 raise QuotaExhaustedError(f"provider quota {', '.join(quotas)} is spent until {reset.isoformat()}",
-                                          provider_status=429, code=quotas[0]) from exc
+                                          provider_status=429, code=quotas[0], reset_at=reset.timestamp()) from exc
             raise RateLimitedError(f"provider answered HTTP 429 ({code or 'RESOURCE_EXHAUSTED'}"
                                    f"{': ' + ', '.join(quotas) if quotas else ''})", provider_status=429,
                                    retry_after_s=delay, code=code) from exc

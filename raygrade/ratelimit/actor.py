@@ -84,13 +84,15 @@ class RateLimiterActor:
     async def acquire(self, key: str, tokens: int, limits: RateLimitConfig | None = None,
                       priority: Priority = "interactive", job: str | None = None,
                       prompt_tokens: int | None = None, image_tokens: int | None = None,
-                      tenant: str | None = None, output_tokens: int | None = None) -> Reservation:
+                      tenant: str | None = None, output_tokens: int | None = None,
+                      patience_s: float | None = None) -> Reservation:
         """Configure ``key`` with ``limits`` if they changed, then wait and reserve."""
         self._ensure_export()
         if limits is not None:
             self._limiter.configure(key, limits)
         return await self._limiter.acquire(key, tokens, priority=priority, job=job, prompt_tokens=prompt_tokens,
-                                           image_tokens=image_tokens, tenant=tenant, output_tokens=output_tokens)
+                                           image_tokens=image_tokens, tenant=tenant, output_tokens=output_tokens,
+                                           patience_s=patience_s)
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None:
         await self._limiter.settle(reservation, settlement)
@@ -132,7 +134,8 @@ class ActorLimiter:
 
     async def acquire(self, key: str, tokens: int, *, job: str | None = None,
                       prompt_tokens: int | None = None, image_tokens: int | None = None,
-                      tenant: str | None = None, output_tokens: int | None = None) -> Reservation:
+                      tenant: str | None = None, output_tokens: int | None = None,
+                      patience_s: float | None = None) -> Reservation:
         """Wait until the shared actor admits the call and reserve it (see :meth:`RateLimiter.acquire`).
 
         A caller cancelled while it waits (its request was cancelled, its job stopped) leaves its
@@ -141,11 +144,12 @@ class ActorLimiter:
 
         Raises:
             CircuitOpenError: the key's breaker is open.
+            QuotaExhaustedError: the key's requests per day are spent beyond ``patience_s``.
             RayActorError: the actor stayed unreachable over ``actor_retries`` attempts.
         """
         for attempt in range(self._actor_retries + 1):
             ref = self._actor.acquire.remote(key, tokens, self._limits, self._priority, job, prompt_tokens,
-                                             image_tokens, tenant, output_tokens)
+                                             image_tokens, tenant, output_tokens, patience_s)
             try:
                 return await ref
             except asyncio.CancelledError:

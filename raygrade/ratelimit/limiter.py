@@ -28,6 +28,9 @@ Per key (``provider:model``):
 - **429s.** A 429 pauses the key for every caller (``Retry-After``, else
   ``default_backoff_s``), not just the replica that got it; one that comes while the windows
   have room halves the burst (:func:`~raygrade.ratelimit.learning.learn_burst`).
+- **Requests per day** (``rpd``, Gemini's rule; :mod:`~raygrade.ratelimit.daily`): counted per
+  calendar day, and spent until its reset when the provider refuses a call for it. Nothing is sent
+  on a spent day: a waiter whose ``patience_s`` reaches the reset waits for it, others are refused.
 - **Circuit breaker** per key (:class:`~raygrade.ratelimit.breaker.CircuitBreaker`):
   while open, :meth:`RateLimiter.acquire` raises :class:`CircuitOpenError` at once.
 - **Restart safety.** Built with ``restarted=True`` (the actor was reconstructed and
@@ -47,6 +50,7 @@ from typing import Any
 
 from raygrade.config import RateLimitConfig
 from raygrade.errors import CircuitOpenError
+from raygrade.ratelimit.daily import refuse_impatient
 from raygrade.ratelimit.learning import (
     explain_correction,
     learn_burst,
@@ -85,10 +89,12 @@ class RateLimiter:
         sleep: Async sleep (``asyncio.sleep``; a fake in tests).
         restarted: The previous instance's state was lost (actor restart): start
             every key's windows as if used at the limit (no burst after a restart).
+        wall: The wall clock, seconds since the epoch: where a calendar day starts (``rpd``).
     """
 
-    def __init__(self, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep, *, restarted: bool = False):
-        self._clock, self._sleep = clock, sleep
+    def __init__(self, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep, *, restarted: bool = False,
+                 wall: Clock = time.time):
+        self._clock, self._sleep, self._wall = clock, sleep, wall
         self._restarted = restarted
         self._keys: dict[str, _KeyState] = {}
         self._ids = itertools.count(1)
@@ -116,7 +122,7 @@ class RateLimiter:
         now = self._clock()
         st = self._keys.get(key)
         if st is None:
-            st = self._keys[key] = _KeyState(key, limits, now)
+            st = self._keys[key] = _KeyState(key, limits, now, self._wall)
             if self._restarted:
                 for w in st.windows():
                     w.prefill(now)
@@ -129,7 +135,7 @@ class RateLimiter:
     async def acquire(self, key: str, tokens: int, *, priority: Priority = "interactive",
                       job: str | None = None, prompt_tokens: int | None = None,
                       image_tokens: int | None = None, tenant: str | None = None,
-                      output_tokens: int | None = None) -> Reservation:
+                      output_tokens: int | None = None, patience_s: float | None = None) -> Reservation:
         """Wait until ``key`` admits one request of ``tokens`` tokens, and reserve it.
 
         Args:
@@ -148,11 +154,15 @@ class RateLimiter:
                 (``itpm``). ``None``: no output part (the whole of ``tokens`` is input).
             image_tokens: The images' part of ``prompt_tokens`` (their ratio is learned apart
                 from the text's: a provider's image rule may differ while its text count agrees).
+            patience_s: The longest this call waits for the key's spent daily quota to reset,
+                seconds (``None``: however long).
 
         Raises:
             KeyError: ``key`` was never configured.
             ValueError: ``tokens`` < 0 or an unknown priority.
             CircuitOpenError: the key's breaker is open (now or while waiting).
+            QuotaExhaustedError: the key's requests per day are spent until later than
+                ``patience_s`` from now (now or while waiting).
         """
         st = self._keys[key]
         if tokens < 0:
@@ -167,7 +177,8 @@ class RateLimiter:
         join_share(st, rank, tenant or "", group)
         prompt = max(0, min(prompt_tokens or 0, tokens))  # scaled by the ratios in force when admitted
         w = _Waiter(next(self._seq), tokens, rank, group, asyncio.get_running_loop().create_future(), now, prompt,
-                    max(0, min(image_tokens or 0, prompt)), tenant or "", max(0, min(output_tokens or 0, tokens)))
+                    max(0, min(image_tokens or 0, prompt)), tenant or "", max(0, min(output_tokens or 0, tokens)),
+                    patience_s)
         st.waiters.append(w)
         self._pump(st)
         try:
@@ -212,6 +223,9 @@ class RateLimiter:
         if o is not None and outcome == "rate_limited" and not st.counts_rejections():
             for w, c in o.charges(st):  # the provider did not count it: neither do we
                 w.adjust(c, 0, now)
+            st.day.refund(o.day)
+        if outcome == "quota_exhausted":
+            st.day.spend(settlement.quota_reset_at)
         elif o is not None and actual_tokens is not None:
             st.stats["settled_tokens"] += actual_tokens - o.reservation.tokens
             if st.limits.refund_unused and o.tok is not None and st.tok is not None:
@@ -277,7 +291,11 @@ class RateLimiter:
             # ratio was known are not admitted at the old, smaller size.
             tokens = st.scaled(w.tokens, w.prompt, w.images) if w.prompt else w.tokens
             inp_tokens = max(0, tokens - w.output)  # the input part, as the provider will count it
-            wait = max(b.retry_in(now), st.paused_until - now, st.concurrency_wait(now, tokens, w.prompt, w.images),
+            if (day_wait := st.day.wait()) > 0 and (n := refuse_impatient(st.day, st.key, st.waiters, day_wait)):
+                st.stats["quota_refused"] += n
+                continue
+            wait = max(day_wait, b.retry_in(now), st.paused_until - now,
+                       st.concurrency_wait(now, tokens, w.prompt, w.images),
                        st.req.wait_for(1, now) if st.req else 0.0,
                        st.tok.wait_for(tokens, now) if st.tok else 0.0,
                        st.inp.wait_for(inp_tokens, now) if st.inp else 0.0,
@@ -291,9 +309,10 @@ class RateLimiter:
             tok = st.tok.charge(tokens, now) if st.tok else None
             inp = st.inp.charge(inp_tokens, now) if st.inp else None
             out = st.out.charge(w.output, now) if st.out else None
+            day = st.day.charge()
             serve_share(st, w, tokens)
             r = Reservation(next(self._ids), st.key, tokens, now - w.enqueued, probe, w.prompt, w.images, w.tokens)
-            self._open[r.id] = _Open(r, req, tok, now, inp, out)
+            self._open[r.id] = _Open(r, req, tok, now, inp, out, day)
             if len(self._open) > OPEN_RESERVATIONS_SOFT_CAP:
                 self._expire_open(now)
             st.stats["admitted_requests"] += 1

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import time
 from typing import Any
 
 from raygrade.config import RateLimitConfig
 from raygrade.ratelimit.breaker import CircuitBreaker
+from raygrade.ratelimit.daily import DailyQuota
 from raygrade.ratelimit.offers import LimitOffers
 from raygrade.ratelimit.pacer import Pacer
-from raygrade.ratelimit.types import Reservation
+from raygrade.ratelimit.types import Clock, Reservation
 from raygrade.ratelimit.window import Charge, SlidingWindow
 
 #: Reservations not settled after this long are forgotten (checked once the map is large).
@@ -56,6 +58,7 @@ class _Waiter:
     images: int = 0
     tenant: str = ""
     output: int = 0  # the completion budget (max_tokens) within tokens
+    patience: float | None = None  # longest wait for a spent daily quota (None: any)
 
 
 @dataclasses.dataclass
@@ -66,6 +69,7 @@ class _Open:
     admitted_at: float
     inp: Charge | None = None
     out: Charge | None = None
+    day: float | None = None  # the day its request was counted in (DailyQuota.charge)
 
     def charges(self, st: _KeyState) -> list[tuple[SlidingWindow, Charge]]:
         """(window, charge) of every dimension this call was charged in."""
@@ -85,8 +89,9 @@ class Correction:
 
 
 class _KeyState:
-    def __init__(self, key: str, limits: RateLimitConfig, now: float = 0.0):
+    def __init__(self, key: str, limits: RateLimitConfig, now: float = 0.0, wall: Clock = time.time):
         self.key, self.limits = key, limits
+        self.day = DailyQuota(limits.rpd, wall)  # requests per day (Gemini's rule)
         self.offers = LimitOffers(key, limits, now)  # what each caller configured (RateLimiter.configure)
         self.scale = limits.window_s / 60.0  # per-minute limit -> per-window limit
         self.window_s = limits.window_s + limits.window_margin_s
@@ -127,12 +132,14 @@ class _KeyState:
         self.ratio_warned = False
         self.timer: asyncio.Task | None = None
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
-                      "failures": 0, "rejected_open": 0, "header_corrections": 0, "burst_lowered": 0}
+                      "failures": 0, "rejected_open": 0, "header_corrections": 0, "burst_lowered": 0,
+                      "quota_refused": 0}
 
     def set_limits(self, limits: RateLimitConfig, now: float) -> None:
         """Put ``limits`` in force, keeping everything charged, queued, in flight and learned
         (a different window resizes the windows, see :meth:`SlidingWindow.resize`)."""
         old, self.limits = self.limits, limits
+        self.day.limit = limits.rpd
         self.scale = limits.window_s / 60.0
         window_s = limits.window_s + limits.window_margin_s
         if window_s != self.window_s:
@@ -250,7 +257,7 @@ class _KeyState:
             "header_correction_tokens": sum(c.charge.amount for d, c in self.corrections.items()
                                             if d == "tokens" and c.charge.expires > now),
             "breaker": self.breaker.state, "breaker_opened": self.breaker.times_opened,
-            **self.stats,
+            **self.day.snapshot(), **self.stats,
         }
 
     @staticmethod

@@ -10,7 +10,7 @@ from typing import Literal
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 Priority = Literal["interactive", "bulk"]
-Outcome = Literal["ok", "rate_limited", "failure", "client_error"]
+Outcome = Literal["ok", "rate_limited", "quota_exhausted", "failure", "client_error"]
 
 #: Lower rank goes first.
 PRIORITY_RANK: dict[str, int] = {"interactive": 0, "bulk": 1}
@@ -49,7 +49,9 @@ class Settlement:
     Attributes:
         actual_tokens: ``usage.total_tokens`` when the provider reported it; the reservation
             is then adjusted to it. ``None`` keeps the estimate.
-        outcome: ``ok``; ``rate_limited`` (429: pauses the key for everyone); ``failure``
+        outcome: ``ok``; ``rate_limited`` (429: pauses the key for everyone); ``quota_exhausted``
+            (the provider's daily quota is spent: nothing is sent on the key before
+            ``quota_reset_at``, :mod:`raygrade.ratelimit.daily`); ``failure``
             (5xx/timeout/connection: counts for the breaker); ``client_error`` (4xx or invalid
             output: the provider is healthy).
         retry_after_s: The provider's ``Retry-After`` with a 429, seconds.
@@ -70,6 +72,8 @@ class Settlement:
             its input count): the output-tokens window settles to them, the input-tokens window to
             the input count less ``cached_tokens``.
         cached_tokens: Input tokens read from the provider's prompt cache (free of ``itpm``).
+        quota_reset_at: With ``quota_exhausted``: when the provider's quota resets, seconds since
+            the epoch (``None``: the next midnight Pacific time).
         grant_trip_s: An upper bound on the grant's trip from the limiter to the caller: the
             caller's round trip of ``acquire`` less the ``waited_s`` it reports. Then
             ``send_delay_s + grant_trip_s`` bounds the delay since admission too, and the smaller
@@ -87,3 +91,4 @@ class Settlement:
     grant_trip_s: float | None = None
     completion_tokens: int | None = None
     cached_tokens: int = 0
+    quota_reset_at: float | None = None

@@ -8,14 +8,20 @@ import base64
 import datetime as dt
 import io
 import json
+import time
 import uuid
 
 import pytest
 
+from raygrade.batch import GradeBatch
 from raygrade.config import ApiConfig, BatcherConfig, ProviderConfig, RateLimitConfig, RaygradeArgs
 from raygrade.errors import ProviderStatusError, QuotaExhaustedError, RateLimitedError
+from raygrade.graders import build_batch_grader
+from raygrade.prompts import StudentWork
+from raygrade.protocol import Question, TextPage
 from raygrade.providers.base import ChatRequest
 from raygrade.providers.gemini import GeminiProvider, next_quota_day, quota_details
+from raygrade.ratelimit.limiter import RateLimiter
 from raygrade.testing.fake_gemini import FakeGeminiServer
 from raygrade.tokens import gemini_image_tokens
 
@@ -155,3 +161,47 @@ def test_a_page_image_job_through_the_serve_app_on_gemini(serve_url, fresh):
         assert len(ok) == 2 and ok[1].cached_tokens > 0, "two students a request; the second reads the cache"
     finally:
         serve.delete("gemini")
+
+
+def text_batch(batch_id: str) -> GradeBatch:
+    q = Question(id="q1", prompt="What does a router do?", max_score=2, reference_answer="It forwards packets.")
+    work = StudentWork(student_id="st1", alias="s1", pages=[TextPage(text="It forwards packets.")],
+                       page_indices=[0], question_ids=["q1"])
+    return GradeBatch(batch_id=batch_id, job_id="j1", questions=[q], students=[work], prompt_tokens_estimate=200,
+                      max_tokens=300)
+
+
+def test_a_spent_day_sends_nothing_more_until_the_reset_and_fails_items_as_quota_exhausted(fresh, monkeypatch):
+    """The provider allows 1 request a day and raygrade is not told (no ``rpd``): its per-day
+    refusal spends the day at the limiter, so the next batch is refused there without a request;
+    after midnight Pacific the key sends again."""
+    day, wall = ["2026-12-03"], [time.time()]
+    monkeypatch.setattr(fresh, "day_reset", lambda: day[0])
+    fresh.rpd = 1
+    fresh.reset()
+
+    async def grade_all(g, ids):
+        return [await g.grade(text_batch(b)) for b in ids]
+
+    async def go():
+        lim, cfg = RateLimiter(wall=lambda: wall[0]), config(fresh, rate_limit_patience_s=60)
+        lim.configure(cfg.bucket_key, cfg.rate_limit)
+        provider = GeminiProvider(cfg)
+        try:
+            g = build_batch_grader(cfg, lim, chat_provider=provider)
+            before = await grade_all(g, ["b1", "b2", "b3"])
+            key_snapshot = next(iter(lim.snapshot().values()))
+            wall[0], day[0] = next_quota_day().timestamp() + 1, "2026-12-04"  # past midnight Pacific
+            return before, key_snapshot, await grade_all(g, ["b4"])
+        finally:
+            await provider.close()
+
+    (b1, b2, b3), snap, [b4] = asyncio.run(go())
+    assert len(b1.results) == 1 and not b1.errors
+    [provider_refusal], [limiter_refusal] = b2.errors, b3.errors
+    assert provider_refusal.type == limiter_refusal.type == "quota_exhausted"
+    assert next_quota_day().isoformat() in provider_refusal.message
+    assert "the provider refused it" in limiter_refusal.message and "patience of 60 s" in limiter_refusal.message
+    assert [r.status for r in fresh.log] == [200, 429, 200], "b3 was never sent; b4 went after the reset"
+    assert snap["day_spent_until"] == next_quota_day().isoformat() and snap["quota_refused"] == 1
+    assert len(b4.results) == 1 and not b4.errors
