@@ -59,7 +59,8 @@ class RateLimiterActor:
         m = Recorder()
         counters = {"admitted_requests": "raygrade_limiter_admitted_requests",
                     "admitted_tokens": "raygrade_limiter_admitted_tokens",
-                    "rate_limited": "raygrade_limiter_rate_limited"}
+                    "rate_limited": "raygrade_limiter_rate_limited",
+                    "quota_refused": "raygrade_limiter_quota_refused"}
         while True:
             try:
                 for key, snap in self._limiter.snapshot().items():
@@ -72,6 +73,9 @@ class RateLimiterActor:
                         if snap.get(f"{dim}_utilisation") is not None:
                             m.set("raygrade_limiter_utilisation", snap[f"{dim}_utilisation"],
                                   {**tags, "dimension": dim})
+                    if snap.get("rpd"):
+                        m.set("raygrade_limiter_utilisation", min(1.0, snap["day_requests"] / snap["rpd"]),
+                              {**tags, "dimension": "requests_per_day"})
                     m.set("raygrade_limiter_waiting", snap["waiting"], tags)
                     m.set("raygrade_limiter_paused", 1.0 if snap["paused_for_s"] > 0 else 0.0, tags)
                     m.set("raygrade_limiter_count_ratio", snap["count_ratio"], {**tags, "content": "text"})
