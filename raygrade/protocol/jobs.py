@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -254,6 +255,11 @@ class GradingJob(_Input):
         """The job's pages that name an uploaded file: ``(submission index, page index, page)``."""
         return [(i, k, p) for i, sub in enumerate(self.submissions) for k, p in enumerate(sub.pages)
                 if isinstance(p, FilePage)]
+
+    def request_hash(self) -> str:
+        """SHA-256 (hex) of the job as validated from its caller's body (pages unresolved): the same
+        request sent again hashes the same, whatever became of the files it names."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
     def item_count(self) -> int:
         """Items (student × question) the job grades: what a tenant's ``items_per_day`` counts."""

@@ -120,6 +120,12 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
         with span("raygrade.accept", {"raygrade.tenant": tenant, "raygrade.students": len(job.submissions),
                                       "raygrade.items": job.item_count()}, parent=extract(request.headers)) as s:
             try:
+                sent = key and (job.has_images() or job.file_pages()) and job.request_hash()
+                if key and sent and (replay := await _call(self._registry.replay.remote(key, sent, tenant))):
+                    # The same request again: answered before its pages are decoded or resolved (a
+                    # file it names may have been deleted since; the job holds its pages already).
+                    s.set_attributes({"raygrade.job_id": replay.id, "raygrade.created": False})
+                    return await accepted(self._batcher, replay, False, None)
                 if job.has_images():
                     # Before the pages are decoded: a job the quota refuses costs no decoding (a replay is
                     # never refused). Text jobs skip this call: the store's transaction checks every job.
@@ -139,7 +145,8 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
                         await asyncio.to_thread(refuse_unfit, self._planner, job)
                 # Durable first (the outbox): the batcher drives jobs from the store, so a lost
                 # nudge below only delays the job until the batcher's next poll.
-                status, created = await _call(self._registry.create.remote(job, key, tenant, inject()))
+                status, created = await _call(self._registry.create.remote(job, key, tenant, inject(),
+                                                                           sent or None))
             except QuotaExceededError as refused:
                 self._metrics.inc("raygrade_jobs_refused", 1, {"namespace": self._ns, "quota": refused.code or ""})
                 raise

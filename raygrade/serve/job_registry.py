@@ -74,9 +74,10 @@ class JobRegistryImpl:
             return await asyncio.get_running_loop().run_in_executor(self._pool, run)
 
     async def create(self, job: GradingJob, idempotency_key: str | None = None, tenant: str = DEFAULT_TENANT,
-                     trace_context: dict[str, str] | None = None) -> tuple[JobStatus, bool]:
+                     trace_context: dict[str, str] | None = None,
+                     request_hash: str | None = None) -> tuple[JobStatus, bool]:
         """Durably record ``tenant``'s job (see :meth:`JobStore.create_job`), with the W3C
-        headers of the trace its submission joined.
+        headers of the trace its submission joined and the hash of the job as sent.
 
         Raises:
             InvalidRequestError: a ``webhook_url`` while no signing secret is configured, or
@@ -93,7 +94,11 @@ class JobRegistryImpl:
             except ValueError as exc:
                 raise InvalidRequestError(str(exc), param="options.webhook_url") from None
         return await self._do(self._store.create_job, job, idempotency_key, self._namespace, tenant,
-                              trace_context=trace_context)
+                              trace_context=trace_context, request_hash=request_hash)
+
+    async def replay(self, idempotency_key: str, request_hash: str, tenant: str = DEFAULT_TENANT) -> JobStatus | None:
+        """The job an idempotent replay of the same request names, or ``None`` (:meth:`JobStore.replay_request`)."""
+        return await self._do(self._store.replay_request, idempotency_key, request_hash, self._namespace, tenant)
 
     async def gauges(self) -> dict:
         """This application's jobs by state and pending batches (see :meth:`JobStore.gauges`)."""

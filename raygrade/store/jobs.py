@@ -56,7 +56,8 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
 
     def create_job(self, job: GradingJob, idempotency_key: str | None = None, namespace: str = "raygrade",
                    tenant: str = DEFAULT_TENANT, *, regrade_of: str | None = None,
-                   trace_context: dict[str, str] | None = None) -> tuple[JobStatus, bool]:
+                   trace_context: dict[str, str] | None = None,
+                   request_hash: str | None = None) -> tuple[JobStatus, bool]:
         """Record a job and its items (state ``queued``), or return the job its key names.
 
         ``namespace`` is the application's (``RaygradeArgs.namespace``): several raygrade
@@ -64,7 +65,9 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
         the job (the API key's tenant). Idempotency keys are unique per namespace and tenant.
         ``regrade_of`` names the job whose question this one regrades (:meth:`regrade_question`).
         ``trace_context``: the W3C headers of the trace the submission joined (:func:`raygrade.tracing.inject`),
-        kept for the batcher that drives the job (:meth:`trace_context`).
+        kept for the batcher that drives the job (:meth:`trace_context`). ``request_hash``: the
+        hash of the job as its caller sent it (:meth:`GradingJob.request_hash`), kept with an idempotency key
+        so a replay is answered before its pages are resolved (:meth:`replay_request`).
 
         Returns:
             ``(status, created)``; ``created`` is False for a replay of the same key and body.
@@ -95,8 +98,9 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
             if idempotency_key is not None:
                 ins = self._insert_ignore(jobs).values(
                     id=job_id, namespace=namespace, tenant=tenant, idempotency_key=idempotency_key, body_hash=h,
-                    state="queued", model=job.options.model, students=len(job.submissions), items_total=len(rows),
-                    regrade_of=regrade_of, trace_context=tc, created_at=now, updated_at=now).returning(jobs.c.id)
+                    request_hash=request_hash, state="queued", model=job.options.model,
+                    students=len(job.submissions), items_total=len(rows), regrade_of=regrade_of, trace_context=tc,
+                    created_at=now, updated_at=now).returning(jobs.c.id)
                 if conn.execute(ins).first() is None:  # the key exists (rowcount is -1 on psycopg)
                     replay = self._replay(conn, namespace, tenant, idempotency_key, h)
                     assert replay is not None
@@ -121,6 +125,21 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
             raise ConflictError("idempotency key was already used with a different request body",
                                 param="idempotency_key")
         return self._status(conn, existing.id)
+
+    def replay_request(self, idempotency_key: str, request_hash: str, namespace: str = "raygrade",
+                       tenant: str = DEFAULT_TENANT) -> JobStatus | None:
+        """The job ``idempotency_key`` names if it was accepted from the same request as sent
+        (``request_hash``, :meth:`GradingJob.request_hash`), else ``None``: no such key, another request,
+        or a job accepted without the hash (then :meth:`create_job` compares the stored bodies
+        and raises ``ConflictError`` where they differ). Reads only: a replay is never refused
+        by a quota, and its pages are not resolved again (the files they name may be gone)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(jobs.c.id, jobs.c.request_hash).where(
+                jobs.c.namespace == namespace, jobs.c.tenant == tenant,
+                jobs.c.idempotency_key == idempotency_key)).first()
+            if row is None or row.request_hash != request_hash:
+                return None
+            return self._status(conn, row.id)
 
     def trace_context(self, job_id: str) -> dict[str, str] | None:
         """The W3C headers of the trace the job's submission joined, or ``None`` (none was

@@ -19,7 +19,8 @@ jobs = sa.Table(
     sa.Column("namespace", sa.String(128), nullable=False, server_default="raygrade"),
     sa.Column("tenant", sa.String(128), nullable=False, server_default="default"),  # the API key's (0003)
     sa.Column("idempotency_key", sa.String(256), nullable=True),
-    sa.Column("body_hash", sa.String(64), nullable=False),
+    sa.Column("body_hash", sa.String(64), nullable=False),  # the job as stored (pages resolved)
+    sa.Column("request_hash", sa.String(64)),  # the job as sent, with an idempotency key (0011)
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("model", sa.String(256)),
     sa.Column("students", sa.Integer, nullable=False),

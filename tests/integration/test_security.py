@@ -413,7 +413,8 @@ def test_files_are_uploaded_once_named_in_jobs_and_are_their_tenants_own(secure,
         b.submit(named)
     assert e.value.param == "submissions[0].pages[0].file_id"
 
-    st = a.wait(a.submit(named).id, timeout_s=60, poll_s=0.2, progress=False)
+    replay_key = f"files-{uuid.uuid4().hex}"
+    st = a.wait(a.submit(named, idempotency_key=replay_key).id, timeout_s=60, poll_s=0.2, progress=False)
     assert st.state.value == "succeeded" and st.usage.prompt_tokens > 0
     item = a.results(st.id).results[0].item_id
     shown = [httpx.get(f"{secure.url}/v1/jobs/{st.id}/items/{item}/pages/{k}", headers=_auth(secure.keys["school-a"]),
@@ -425,6 +426,12 @@ def test_files_are_uploaded_once_named_in_jobs_and_are_their_tenants_own(secure,
     assert a.files.delete(f.id).deleted and a.status(st.id).state.value == "succeeded"
     with pytest.raises(InvalidRequestError):
         a.submit(named)
+    # The same request again under its idempotency key: the job it made, though the file is gone.
+    r = httpx.post(f"{secure.url}/v1/jobs", json=named, timeout=30,
+                   headers={**_auth(secure.keys["school-a"]), "Idempotency-Key": replay_key})
+    assert (r.status_code, r.json()["id"]) == (200, st.id), r.text
+    with pytest.raises(InvalidRequestError):  # another request under that key still names the file
+        a.submit(dict(named, options={"review_share": 0.5}), idempotency_key=replay_key)
     assert httpx.get(f"{secure.url}/v1/jobs/{st.id}/items/{item}/pages/0", headers=_auth(secure.keys["school-a"]),
                      timeout=10).content == want[2]
 
