@@ -232,7 +232,7 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     import yaml
 
     from raygrade.bulk import RegradeConfig
-    from raygrade.bulk.estimate import estimate, estimate_job, table
+    from raygrade.bulk.estimate import estimate, estimate_job, report
     from raygrade.config import ProviderConfig
     from raygrade.settings import resolve_args
 
@@ -245,16 +245,10 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     cfg = RegradeConfig(input=a.input, output="-", provider=args.provider, batcher=args.batcher,
                         reading_mode=a.reading_mode)
     est = estimate_job(a.input, cfg) if a.input.endswith(".json") else estimate(cfg)
-    p_in = a.price_in if a.price_in is not None else args.provider.price_per_mtok_input_usd
-    p_out = a.price_out if a.price_out is not None else args.provider.price_per_mtok_output_usd
-    for reason, n in est.unplanned_reasons.items():  # e.g. OCR for a text-only model without its extra
-        print(f"raygrade: warning: {n} items cannot be graded: {reason}", file=sys.stderr)
-    if args.provider.traits.hosted and not (p_in and p_out):
-        print(f"raygrade: warning: no price for {args.provider.model!r} (input {p_in}, output {p_out} USD per "
-              "million tokens): the USD figures leave it out; give --price-in/--price-out or the provider's "
-              "price_per_mtok_input_usd/price_per_mtok_output_usd", file=sys.stderr)
-    print(json.dumps(est.as_dict(p_in, p_out, a.batch_factor), indent=2) if a.json
-          else table(est, p_in, p_out, a.batch_factor))
+    text, warnings = report(est, args.provider, a.price_in, a.price_out, a.batch_factor, as_json=a.json)
+    for line in warnings:  # e.g. OCR for a text-only model without its extra; no price for a hosted model
+        print(f"raygrade: warning: {line}", file=sys.stderr)
+    print(text)
     return 0
 
 

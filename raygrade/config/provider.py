@@ -261,6 +261,16 @@ class ProviderConfig(_Config):
     price_per_mtok_input_usd: float = Field(default=0.0, ge=0, description=(
         "USD per million prompt tokens, for cost reports and raygrade estimate."))
     price_per_mtok_output_usd: float = Field(default=0.0, ge=0, description="USD per million completion tokens.")
+    price_per_mtok_cache_read_usd: float | None = Field(default=None, ge=0, description=(
+        "USD per million prompt tokens read from the provider's prompt cache (OpenAI's cached input, Anthropic's "
+        "cache read, Gemini's cached context); raygrade estimate then prices the shared prefix with the cache "
+        "too. None: not priced."))
+    price_per_mtok_cache_write_usd: float | None = Field(default=None, ge=0, description=(
+        "USD per million prompt tokens written to the cache where writing costs more than input (Anthropic's "
+        "5-minute cache: 1.25x input). None: as input."))
+    prompt_cache_min_tokens: int = Field(default=1024, ge=0, description=(
+        "The smallest prompt prefix the provider caches (OpenAI, Anthropic's Sonnet and Opus models, Gemini "
+        "Flash: 1024 tokens; Claude Haiku: 2048; Gemini Pro: 4096): shorter prefixes are priced uncached."))
     prompt_cache_key: bool | None = Field(default=None, description=(
         "Send OpenAI's prompt_cache_key (one per assessment's shared prefix) so its requests reach the same "
         "prompt cache. None: only to OpenAI's own API (base_url unset or api.openai.com)."))

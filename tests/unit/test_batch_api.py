@@ -258,3 +258,58 @@ def test_estimate_names_the_missing_extra_of_items_it_cannot_plan(tmp_path, monk
     err = out.err.strip().splitlines()
     assert err and all("raygrade[ocr]" in line and "items cannot be graded" in line for line in err), err
     assert "items unplanned" in out.out
+
+
+def test_estimate_prices_the_shared_prefix_read_from_the_cache_as_the_provider_reports_it(tmp_path, capsys):
+    """A 1,500-token rubric prefix and 400 students: the requests a run sends (planned as the run
+    plans them), sent to the fake OpenAI API, read their prefix from its prompt cache (≥ 1,024
+    tokens, 128-token steps) on ≥ 90 % of requests after the first of each group of questions;
+    ``raygrade estimate``'s cache reads are within 10 % of what it reports, and the cached price
+    is below the uncached one by the discount on them."""
+    import asyncio
+
+    import httpx
+
+    from raygrade.bulk.estimate import estimate, report
+    from raygrade.bulk.plan import BlockPlanner
+    from raygrade.bulk.schema import load_assessment
+    from raygrade.grading import batch_request
+    from raygrade.testing.fake_openai import FakeOpenAIServer
+
+    rubric = "Award a point for naming the layer, another for the failure it prevents, none for a guess. " * 75
+    questions = [Question(id="q1", prompt="What does ARP resolve?", max_score=2, reference_answer=rubric),
+                 Question(id="q2", prompt="Why a three-way handshake?", max_score=1, reference_answer="sync seq")]
+    rows = [{"submission_id": f"sub-{i:03d}", "student_id": f"st{i}", "page_texts": [f"answer number {i}"],
+             "question_ids": ["q1"] if i % 7 == 0 else None} for i in range(400)]
+    ds = write_dataset(tmp_path / "ds", Assessment(questions=questions), rows, rows_per_file=100)
+    provider = fake_provider_config("http://127.0.0.1:9/v1", price_per_mtok_input_usd=2.5,
+                                    price_per_mtok_output_usd=10.0, price_per_mtok_cache_read_usd=1.25)
+    cfg = RegradeConfig(input=str(ds), output="-", provider=provider, submissions_per_block=100)
+    est = estimate(cfg)
+    assert est.cache_write_tokens > 0 and est.cache_read_tokens > 10 * est.cache_write_tokens
+
+    blocks, stored = BlockPlanner(cfg, load_assessment(str(ds)), "t"), pq.read_table(f"{ds}/submissions").to_pylist()
+    batches = [b for k in range(0, len(stored), 100) for b in asyncio.run(blocks.plan_rows(stored[k:k + 100]))[0]]
+    assert len(batches) == est.requests
+    chat = FakeOpenAIServer().start()
+    try:
+        with httpx.Client(base_url=chat.base_url, headers={"Authorization": "Bearer sk-test"}, timeout=30) as http:
+            cached = []
+            for b in batches:
+                req = batch_request(b, b.students, max_tokens=b.max_tokens)
+                body = {"model": "m", "messages": req.messages, "max_tokens": req.max_tokens}
+                usage = http.post("/chat/completions", json=body).raise_for_status().json()["usage"]
+                cached.append(usage["prompt_tokens_details"]["cached_tokens"])
+    finally:
+        chat.stop()
+    groups = len({tuple(q.id for q in b.questions) for b in batches})
+    assert sum(c > 0 for c in cached) >= 0.9 * (len(batches) - groups), cached
+    assert abs(est.cache_read_tokens - sum(cached)) / sum(cached) < 0.10, (est.cache_read_tokens, sum(cached))
+
+    d = est.as_dict(2.5, 10.0, 0.5, cache_read=1.25)
+    saved = est.cache_read_tokens * (2.5 - 1.25) / 1e6
+    assert d["usd_sync"]["prompt"] - d["usd_sync_cached"]["prompt"] == pytest.approx(saved)
+    assert d["usd_batch_cached"]["prompt"] == pytest.approx(d["usd_sync_cached"]["prompt"] / 2)
+    text, warnings = report(est, provider)
+    assert "USD sync, cached" in text and "USD batch, cached" in text and "cache read 1.25" in text and not warnings
+    assert "cached" not in report(est, provider.model_copy(update={"price_per_mtok_cache_read_usd": None}))[0]
