@@ -77,8 +77,12 @@ class ConfigError(RaygradeError):
 
 
 class MissingDependencyError(ConfigError, ImportError):
-    """An optional dependency is not installed; the message names the extra to install."""
+    """An optional dependency is not installed; the message names the extra to install. Over HTTP
+    a 501 (the server does not have what the route needs, e.g. answer groups without the
+    ``baseline`` extra), not a 500: nothing failed, and asking again will not help until the
+    operator installs it."""
 
+    status_code = 501
     error_type = "missing_dependency"
 
 

@@ -57,5 +57,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
             429: "Too many requests: this client sent too many unknown API keys (`rate_limit_error`, code "
                  "`too_many_failed_authentications`), or, for a new job, the tenant's quota refuses it "
                  "(`insufficient_quota`); `Retry-After` says when to retry where a wait helps.",
+            501: "An optional extra the route needs is not installed on the server (`missing_dependency`; the "
+                 "message names the extra).",
             503: "The job store is unavailable; try again."}
     return {c: {"model": ErrorResponse, "description": what[c]} for c in sorted({400, 401, 429, 503, *codes})}

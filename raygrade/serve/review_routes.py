@@ -78,7 +78,7 @@ class ReviewRoutes:
             "Content-Security-Policy": "default-src 'none'"})
 
     @api.get("/v1/jobs/{job_id}/questions/{question_id}/groups", response_model=AnswerGroupList,
-             responses=_errors(404))
+             responses=_errors(404, 501))
     async def list_groups(self, job_id: str = JobId, question_id: str = QuestionId, threshold: float = Threshold,
                           tenant: str = Tenant) -> AnswerGroupList:
         """The question's graded answers in groups of answers that say much the same thing
@@ -87,7 +87,7 @@ class ReviewRoutes:
         return AnswerGroupList(data=data, threshold=threshold)
 
     @api.post("/v1/jobs/{job_id}/questions/{question_id}/groups/{group_id}/review", response_model=ReviewList,
-              responses=_errors(404, 409))
+              responses=_errors(404, 409, 501))
     async def review_group(self, request: Request, review: ReviewRequest, job_id: str = JobId,
                            question_id: str = QuestionId, group_id: str = GroupId, threshold: float = Threshold,
                            tenant: str = Tenant) -> ReviewList:

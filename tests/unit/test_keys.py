@@ -92,14 +92,18 @@ def test_quotas_cli_sets_lists_with_usage_and_clears(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1:] == []
 
 
-def test_a_retry_after_on_an_error_is_a_header_in_whole_seconds():
-    from raygrade.errors import QuotaExceededError
+def test_a_retry_after_on_an_error_is_a_header_in_whole_seconds_and_a_missing_extra_is_a_501():
+    import json
+
+    from raygrade.errors import MissingDependencyError, QuotaExceededError
     from raygrade.serve.guard import error_response
 
     r = error_response(QuotaExceededError("over", code="items_per_day", retry_after_s=0.2))
     assert r.status_code == 429 and r.headers["retry-after"] == "1"
     assert error_response(QuotaExceededError("over", retry_after_s=3600.5)).headers["retry-after"] == "3601"
     assert "retry-after" not in error_response(QuotaExceededError("over")).headers
+    missing = error_response(MissingDependencyError("answer groups need raygrade[baseline]"))
+    assert missing.status_code == 501 and json.loads(missing.body)["error"]["type"] == "missing_dependency"
 
 
 def test_authenticator_checks_keys_and_caches_valid_and_unknown_ones():
