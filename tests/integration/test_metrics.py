@@ -1,11 +1,14 @@
 """Every metric the Grafana dashboard charts exists on Ray's metrics endpoint after a job that
-grades, fails an item, meets a provider 429 and delivers a webhook, and a job a quota refuses."""
+grades, fails an item, meets a provider 429 and delivers a webhook, a job a quota refuses, and a
+call refused for a spent daily quota."""
 
+import asyncio
 import os
 import re
 import threading
 import time
 import urllib.request
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -13,10 +16,12 @@ import pytest
 from test_api import make_job  # rootdir-relative: pytest puts tests/integration on sys.path
 
 from raygrade.client import Client
-from raygrade.errors import QuotaExceededError
+from raygrade.config import RateLimitConfig
+from raygrade.errors import QuotaExceededError, QuotaExhaustedError
 from raygrade.metrics import METRICS
 from raygrade.protocol import TenantQuota
 from raygrade.store import JobStore
+from raygrade.testing.fake_openai import fake_provider_config
 
 
 def _receiver():
@@ -40,8 +45,28 @@ def scrape() -> str:
         return r.read().decode()
 
 
+def refuse_for_a_spent_day(ns: str) -> None:
+    """A call refused because its key's requests per day are spent, through a shared limiter
+    actor of namespace ``ns`` (the error crosses the actor boundary with its type)."""
+    from raygrade.ratelimit.actor import ActorLimiter
+
+    limiter = ActorLimiter(fake_provider_config("http://127.0.0.1:9/v1", rate_limit=RateLimitConfig(rpd=1)), ns)
+
+    async def spend() -> None:
+        await limiter.acquire("quota-probe", 10)
+        with pytest.raises(QuotaExhaustedError) as refused:
+            await limiter.acquire("quota-probe", 10, patience_s=0)
+        assert refused.value.error_type == "quota_exhausted" and refused.value.reset_at > time.time()
+
+    asyncio.run(spend())
+
+
 def test_dashboard_metrics_exist_after_a_job(fake_app, fake, fake_store_url):
-    rx = _receiver()
+    import ray
+
+    from raygrade.ratelimit.actor import get_rate_limiter
+
+    rx, quota_ns = _receiver(), f"rg-quota-{uuid.uuid4().hex[:8]}"
     try:
         fake.script.append("429")  # one rate-limited answer, retried
         job = make_job(n_students=4, oversize=True)  # the oversize student fails: planning_error
@@ -59,6 +84,7 @@ def test_dashboard_metrics_exist_after_a_job(fake_app, fake, fake_store_url):
             finally:
                 store.clear_quota("default")
                 store.close()
+        refuse_for_a_spent_day(quota_ns)
         want = {m.exported for m in METRICS.values()}
         deadline, missing, text = time.monotonic() + 60, want, ""
         while time.monotonic() < deadline and missing:
@@ -74,4 +100,5 @@ def test_dashboard_metrics_exist_after_a_job(fake_app, fake, fake_store_url):
         assert re.search(r'ray_raygrade_jobs_refused_total\{[^}]*quota="max_active_jobs"', text)
     finally:
         rx.shutdown()
+        ray.kill(get_rate_limiter(quota_ns))
     assert httpx.get(f"{fake_app}/healthz", timeout=10).status_code == 200
