@@ -179,8 +179,9 @@ def report(est: Estimate, provider: ProviderConfig, price_in: float | None = Non
            factor: float = 0.5, *, as_json: bool = False) -> tuple[str, list[str]]:
     """What ``raygrade estimate`` prints: the :func:`table` (or :meth:`Estimate.as_dict` as JSON)
     at the provider's prices (``price_in``/``price_out`` override its input and output prices;
-    its cache prices as configured), and warnings: items that cannot be planned, and a hosted
-    model without a price (its USD figures then leave that part out)."""
+    its cache prices as configured), and warnings: items that cannot be planned, a hosted model
+    without a price (its USD figures then leave that part out), and more requests than the
+    provider's requests per day (``rate_limit.rpd``)."""
     p_in = price_in if price_in is not None else provider.price_per_mtok_input_usd
     p_out = price_out if price_out is not None else provider.price_per_mtok_output_usd
     warnings = [f"{n} items cannot be graded: {reason}" for reason, n in est.unplanned_reasons.items()]
@@ -188,6 +189,10 @@ def report(est: Estimate, provider: ProviderConfig, price_in: float | None = Non
         warnings.append(f"no price for {provider.model!r} (input {p_in}, output {p_out} USD per million tokens): "
                         "the USD figures leave it out; give --price-in/--price-out or the provider's "
                         "price_per_mtok_input_usd/price_per_mtok_output_usd")
+    if (rpd := provider.rate_limit.rpd) is not None and est.requests > rpd:
+        warnings.append(f"{est.requests} requests are more than the provider's {rpd} a day (rate_limit.rpd): the "
+                        f"run spans {-(-est.requests // rpd)} quota days; requests past a day's quota wait for its "
+                        "reset within rate_limit_patience_s, else their items fail as quota_exhausted")
     cache = {"cache_read": provider.price_per_mtok_cache_read_usd,
              "cache_write": provider.price_per_mtok_cache_write_usd}
     if as_json:

@@ -12,6 +12,7 @@ from openai import OpenAI
 from raygrade.bulk import RegradeConfig
 from raygrade.bulk.config import BatchApiConfig
 from raygrade.bulk.pipeline import run_batch_regrade
+from raygrade.config import RateLimitConfig
 from raygrade.datasets import write_dataset
 from raygrade.protocol import Assessment, Question
 from raygrade.testing.fake_openai import FakeBatchAPI, fake_provider_config
@@ -313,3 +314,7 @@ def test_estimate_prices_the_shared_prefix_read_from_the_cache_as_the_provider_r
     text, warnings = report(est, provider)
     assert "USD sync, cached" in text and "USD batch, cached" in text and "cache read 1.25" in text and not warnings
     assert "cached" not in report(est, provider.model_copy(update={"price_per_mtok_cache_read_usd": None}))[0]
+    daily = provider.model_copy(update={"rate_limit": RateLimitConfig(rpd=20)})
+    [warning] = report(est, daily)[1]
+    assert f"{est.requests} requests are more than the provider's 20 a day" in warning
+    assert "spans 3 quota days" in warning
