@@ -25,6 +25,10 @@ with its own trace, and the time per hop (raygrade's spans and Serve's own, from
 span files) is printed: per job, how many spans of each name and their summed time (p50 over the
 jobs), next to the job's end-to-end time from ``POST`` to its last grade.
 
+``--store postgresql`` runs it on a PostgreSQL server started on 127.0.0.1 (Debian's package),
+``--registry-replicas N`` sets the JobRegistry's replicas (the app's default: 1 on SQLite, whose
+file has one writer; 2 on PostgreSQL).
+
 Run: ``.venv/bin/python benchmarks/job_throughput.py`` (≈ 2 min on 2 cores);
 ``.venv/bin/python benchmarks/job_throughput.py --trace 30`` (≈ 1 min).
 """
@@ -174,83 +178,6 @@ def small_jobs(url: str, n: int, concurrency: int = 32, share: bool = False) -> 
             "succeeded": sum(f["state"] == "succeeded" for f in finals)}
 
 
-def traced_jobs(url: str, n: int) -> list[tuple[str, float]]:
-    """``n`` one-student text jobs, one at a time, each POSTed with a sampled ``traceparent``;
-    returns ``(trace id, seconds from POST to the job's terminal state)`` per job."""
-    import secrets
-
-    body, out = text_job(1).model_dump_json(), []
-    with httpx.Client(timeout=60) as http:
-        for _ in range(n):
-            trace_id = secrets.token_hex(16)
-            t0 = time.perf_counter()
-            r = http.post(f"{url}/v1/jobs", content=body, headers={
-                "content-type": "application/json", "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
-            r.raise_for_status()
-            while http.get(f"{url}/v1/jobs/{r.json()['id']}").json()["state"] in ("queued", "running"):
-                time.sleep(0.002)
-            out.append((trace_id, time.perf_counter() - t0))
-    return out
-
-
-def hop_table(spans: list[dict], traces: list[tuple[str, float]]) -> list[dict]:
-    """Per span name over the traced jobs: spans per job, their summed milliseconds per job (p50
-    and p95 over the jobs) and when the hop first starts after the job's first span (p50), in
-    that order."""
-    from datetime import datetime
-
-    def t(iso: str) -> float:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-    by_trace: dict[str, list[tuple[float, float, str]]] = {tid: [] for tid, _ in traces}
-    for s in spans:
-        tid = s["context"]["trace_id"].removeprefix("0x")
-        if tid in by_trace:
-            by_trace[tid].append((t(s["start_time"]), t(s["end_time"]), s["name"]))
-    by_trace = {tid: sp for tid, sp in by_trace.items() if sp}
-    sums: dict[str, dict[str, float]] = {}
-    counts: dict[str, dict[str, int]] = {}
-    starts: dict[str, list[float]] = {}
-    for tid, sp in by_trace.items():
-        t0 = min(a for a, _, _ in sp)
-        for a, b, name in sp:
-            sums.setdefault(name, {})[tid] = sums.get(name, {}).get(tid, 0.0) + (b - a)
-            counts.setdefault(name, {})[tid] = counts.get(name, {}).get(tid, 0) + 1
-            starts.setdefault(name, []).append(a - t0)
-
-    def pct(xs: list[float], q: float) -> float:
-        xs = sorted(xs)
-        return xs[int(q * (len(xs) - 1))]
-
-    rows = []
-    for name in sorted(starts, key=lambda n: pct(starts[n], 0.5)):
-        ms = [1e3 * sums[name].get(tid, 0.0) for tid in by_trace]
-        rows.append({"hop": name, "spans_per_job": sum(counts[name].values()) / len(by_trace),
-                     "start_ms": 1e3 * pct(starts[name], 0.5), "p50_ms": pct(ms, 0.5), "p95_ms": pct(ms, 0.95)})
-    return rows
-
-
-def trace_phase(url: str, n: int) -> dict:
-    """:func:`traced_jobs`, then their spans from the session's span files (waiting until each
-    job's ``raygrade.job`` span is written, at most 30 s) through :func:`hop_table`."""
-    import ray
-
-    from raygrade.tracing import read_span_files
-
-    traces = traced_jobs(url, n)
-    folder = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve" / "spans"
-    wanted, deadline = {f"0x{tid}" for tid, _ in traces}, time.monotonic() + 30
-    while True:
-        spans = [sp for sp in read_span_files(sorted(folder.glob("*.json"))) if sp["context"]["trace_id"] in wanted]
-        done = {sp["context"]["trace_id"] for sp in spans if sp["name"] == "raygrade.job"}
-        if done >= wanted or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    wall = sorted(1e3 * w for _, w in traces)
-    return {"jobs": n, "job_p50_ms": wall[len(wall) // 2], "job_p95_ms": wall[int(0.95 * (len(wall) - 1))],
-            "hops": hop_table(spans, traces)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text-students", type=int, default=1000)
@@ -261,25 +188,40 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32, help="concurrent clients POSTing the small jobs")
     ap.add_argument("--trace", type=int, nargs="?", const=30, default=0, metavar="N",
                     help="instead: N traced one-student jobs, one at a time, and the time per hop (default 30)")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="the job store: SQLite (the default deployment) or a PostgreSQL server started on 127.0.0.1")
+    ap.add_argument("--registry-replicas", type=int, default=None,
+                    help="JobRegistry replicas (default: the app's: 1 on SQLite, 2 on PostgreSQL)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
     a = ap.parse_args()
     if a.trace:
         a.text_students = a.image_students = a.small_jobs = 0
     import ray
+    from _trace_hops import trace_phase
     from ray import serve
 
     from raygrade.app import build_app
 
-    srv = FakeOpenAIProcess()
-    report: dict = {"direct": {}, "raygrade": {}}
-    try:  # the server process and the cluster are stopped whatever happens
+    srv, pg = FakeOpenAIProcess(), None
+    report: dict = {"direct": {}, "raygrade": {}, "store": a.store, "registry_replicas": a.registry_replicas}
+    try:  # the server processes and the cluster are stopped whatever happens
         home = Path(os.environ.setdefault("RAYGRADE_HOME", str(Path("/tmp") / f"rg-throughput-{uuid.uuid4().hex[:6]}")))
+        store_url = f"sqlite:///{home}/jobs.db"
+        if a.store == "postgresql":
+            sys.path.insert(0, str(ROOT / "tests"))  # the tests' PostgreSQL helper (not in the wheel)
+            from support.postgres import PostgresServer
+
+            pg = PostgresServer().start()
+            store_url = pg.create_database(f"tp_{uuid.uuid4().hex[:10]}")
         provider = fake_provider_config(srv.base_url, name="instant", rate_limit=RateLimitConfig(), max_retries=0)
+        replicas = {"JobRegistry": {"num_replicas": a.registry_replicas}} if a.registry_replicas else {}
         args = RaygradeArgs(api=ApiConfig(auth="disabled", max_body_bytes=1 << 30),
-                            provider=provider, batcher=BatcherConfig(), store=StoreConfig(url=f"sqlite:///{home}/jobs.db"),
-                            namespace=f"rg-tp-{uuid.uuid4().hex[:6]}")
+                            provider=provider, batcher=BatcherConfig(),
+                            store=StoreConfig(url=store_url),
+                            namespace=f"rg-tp-{uuid.uuid4().hex[:6]}", deployment_options=replicas)
         print("building jobs ...", flush=True)
-        jobs = {"text": text_job(a.text_students), "image": image_job(a.image_students, a.page)} if not a.trace else {}
+        jobs = {name: make(n) for name, n, make in (("text", a.text_students, text_job),
+                                                     ("image", a.image_students, lambda n: image_job(n, a.page))) if n}
         for name, job in jobs.items():
             report["direct"][name] = direct(args, job, srv.base_url, args.batcher.max_concurrent_batches)
         ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace=args.namespace)
@@ -293,7 +235,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/tp"
         through_raygrade(url, text_job(8))  # warm-up: replicas, tokenizer, connections
         if a.trace:
-            report["trace"] = trace_phase(url, a.trace)
+            report["trace"] = trace_phase(url, a.trace, text_job(1).model_dump_json())
         for name, job in jobs.items():
             report["raygrade"][name] = through_raygrade(url, job)
         if a.small_jobs:
@@ -311,6 +253,8 @@ def main() -> None:
             serve.shutdown()
             ray.shutdown()
         srv.stop()
+        if pg is not None:
+            pg.stop()
     if tr := report.get("trace"):
         print(f"\n{a.trace} one-student text jobs, one at a time: POST to terminal state "
               f"p50 {tr['job_p50_ms']:.1f} ms, p95 {tr['job_p95_ms']:.1f} ms")
