@@ -224,8 +224,6 @@ class RateLimiter:
             for w, c in o.charges(st):  # the provider did not count it: neither do we
                 w.adjust(c, 0, now)
             st.day.refund(o.day)
-        if outcome == "quota_exhausted":
-            st.day.spend(settlement.quota_reset_at)
         elif o is not None and actual_tokens is not None:
             st.stats["settled_tokens"] += actual_tokens - o.reservation.tokens
             if st.limits.refund_unused and o.tok is not None and st.tok is not None:
@@ -236,6 +234,8 @@ class RateLimiter:
             if completion is not None and o.inp is not None and st.inp is not None:
                 # the provider's input count, less the cache reads that do not count toward it
                 st.inp.adjust(o.inp, max(0, actual_tokens - completion - settlement.cached_tokens), now)
+        if outcome == "quota_exhausted":
+            st.day.spend(settlement.quota_reset_at)
         if prompt_tokens and reservation.prompt_estimate and outcome == "ok":
             learn_count_ratio(st, prompt_tokens, reservation.prompt_estimate, reservation.image_estimate)
             recharge_unlearned(st, self._open, now)
