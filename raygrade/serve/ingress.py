@@ -120,8 +120,8 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
         with span("raygrade.accept", {"raygrade.tenant": tenant, "raygrade.students": len(job.submissions),
                                       "raygrade.items": job.item_count()}, parent=extract(request.headers)) as s:
             try:
-                sent = key and (job.has_images() or job.file_pages()) and job.request_hash()
-                if key and sent and (replay := await _call(self._registry.replay.remote(key, sent, tenant))):
+                sent = job.request_hash() if key and (job.has_images() or job.file_pages()) else None
+                if sent and (replay := await _call(self._registry.replay.remote(key, sent, tenant))):
                     # The same request again: answered before its pages are decoded or resolved (a
                     # file it names may have been deleted since; the job holds its pages already).
                     s.set_attributes({"raygrade.job_id": replay.id, "raygrade.created": False})
@@ -145,8 +145,7 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
                         await asyncio.to_thread(refuse_unfit, self._planner, job)
                 # Durable first (the outbox): the batcher drives jobs from the store, so a lost
                 # nudge below only delays the job until the batcher's next poll.
-                status, created = await _call(self._registry.create.remote(job, key, tenant, inject(),
-                                                                           sent or None))
+                status, created = await _call(self._registry.create.remote(job, key, tenant, inject(), sent))
             except QuotaExceededError as refused:
                 self._metrics.inc("raygrade_jobs_refused", 1, {"namespace": self._ns, "quota": refused.code or ""})
                 raise
