@@ -1,11 +1,13 @@
-"""Bulk regrades through OpenAI's Batch API: the same requests at half the price, within 24 h.
+"""Bulk regrades through a provider's batch API (OpenAI's Batch API, Anthropic's Message Batches):
+the same requests at half the price, within 24 h.
 
 ``RegradeConfig.mode = "batch-api"`` (``jobs/regrade.py --mode batch-api``). The submissions are
 planned into requests exactly as the synchronous mode plans them (:class:`~raygrade.bulk.plan.
 BlockPlanner`: same packing, same prompt, same JSON schema); each request is one JSONL line
-whose ``custom_id`` is its deterministic batch id. Lines go into input files split under the
-API's limits (requests and bytes per file); a file is uploaded (``purpose="batch"``) and
-becomes one batch (``/v1/chat/completions``, ``24h``), submitted while the batches not yet
+whose ``custom_id`` derives from its deterministic batch id. Lines go into parts split under
+the API's limits (requests and bytes per file); a part becomes one batch (the provider's side,
+:mod:`raygrade.bulk.batch_backends`: OpenAI's uploaded file and ``/v1/chat/completions``
+batch, or Anthropic's ``messages.batches.create``), submitted while the batches not yet
 finished stay under the model's enqueued-token limit. Finished batches' output lines are
 replayed through the same :class:`~raygrade.grading.BatchGrader` as the synchronous path
 (schema checks, confidence, calibration), so a grade means the same in both modes.
@@ -14,9 +16,10 @@ Exactly once, resumable. Everything lives in ``OUT/_batch_api/``: ``state.json``
 atomically after every step) and per part ``<part>.requests.jsonl`` (what is sent),
 ``<part>.plan.jsonl`` (the planned batches), ``<part>.output.jsonl`` / ``<part>.errors.jsonl``
 (what came back). Before an upload or a batch creation the state records the intent; a
-re-run that finds an intent without its result looks for the file by its name (which carries
-its SHA-256) or the batch by its input file before doing anything, so a driver killed at any
-point never submits the same requests twice and loses no item. A SIGTERM (``ray job stop``)
+re-run that finds an intent without its result looks for what the killed driver made (the
+backend's rule: OpenAI's file by its name, which carries its SHA-256, and batch by its input
+file; Anthropic's batch by its creation time and size) before doing anything, so a driver
+killed at any point never submits the same requests twice and loses no item. A SIGTERM (``ray job stop``)
 cancels the open batches before the driver exits.
 
 Requests that fail (an error line, an expired or cancelled batch, an answer that fails the
@@ -44,6 +47,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from raygrade.batch import GradeBatch
+from raygrade.bulk.batch_backends import BatchView, batch_backend
 from raygrade.bulk.batch_collect import BatchCollection, Replay
 from raygrade.bulk.config import RegradeConfig
 from raygrade.bulk.plan import BlockPlanner
@@ -51,10 +55,8 @@ from raygrade.bulk.schema import page_count
 from raygrade.grading import batch_request
 from raygrade.planner import JSON_OVERHEAD_TOKENS
 from raygrade.protocol import Assessment
-from raygrade.providers.openai_compat import chat_request
 
 logger = logging.getLogger(__name__)
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 class BatchApiRun(BatchCollection):
@@ -64,7 +66,8 @@ class BatchApiRun(BatchCollection):
         cfg: The regrade's configuration (``provider`` an OpenAI-compatible endpoint with a Batch API).
         assessment: The dataset's assessment.
         out_dir: The output folder (``_batch_api/`` and ``_staging/`` inside it).
-        client: An ``openai.OpenAI`` client (default: one for ``cfg.provider``).
+        client: The provider's client (:func:`~raygrade.bulk.batch_backends.batch_backend`: an
+            ``openai.OpenAI`` or an ``anthropic.Anthropic``; default: one for ``cfg.provider``).
         sleep: Seconds to wait between polls (injected in tests).
     """
 
@@ -75,12 +78,7 @@ class BatchApiRun(BatchCollection):
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state: dict[str, Any] = (json.loads((self.dir / "state.json").read_text())
                                       if (self.dir / "state.json").exists() else {"parts": [], "planned": False})
-        if client is None:
-            from openai import OpenAI
-
-            p = cfg.provider
-            client = OpenAI(base_url=p.base_url, api_key=p.api_key().get_secret_value(), max_retries=5, timeout=120)
-        self.client = client
+        self.backend = batch_backend(cfg.provider, client)
         self._replay = Replay()
         self._grader: Any = None
 
@@ -146,9 +144,7 @@ class BatchApiRun(BatchCollection):
 
         for b in batches:
             request = batch_request(b, b.students, max_tokens=b.max_tokens, bounds=self.cfg.provider.schema_bounds)
-            body = chat_request(self.cfg.provider, request) | (self.cfg.provider.extra_body or {})
-            line = json.dumps({"custom_id": b.batch_id, "method": "POST", "url": "/v1/chat/completions",
-                               "body": body}) + "\n"
+            line = json.dumps(self.backend.request_line(self.backend.custom_id(b.batch_id), request)) + "\n"
             if lines and (len(lines) >= limits.max_requests_per_file or size + len(line) > limits.max_file_bytes):
                 flush()
             lines.append(line)
@@ -157,49 +153,28 @@ class BatchApiRun(BatchCollection):
         flush()
 
     # -- submission --------------------------------------------------------------------------
-    def _filename(self, part: dict[str, Any]) -> str:
-        return f"raygrade-{part['name']}-{part['sha256'][:16]}.jsonl"
-
     def submit(self, part: dict[str, Any]) -> None:
-        """Upload ``part``'s file and create its batch; after a kill, adopt what was already made."""
-        if part["file_id"] is None:
-            if part["status"] == "uploading":  # a kill after the intent: was the file made?
-                name = self._filename(part)
-                part["file_id"] = next((f.id for f in self.client.files.list(purpose="batch")
-                                        if f.filename == name), None)
-            if part["file_id"] is None:
-                part["status"] = "uploading"
-                self.save()
-                data = (self.dir / f"{part['name']}.requests.jsonl").read_bytes()
-                part["file_id"] = self.client.files.create(file=(self._filename(part), data), purpose="batch").id
-            part["status"] = "uploaded"
-            self.save()
-        if part["status"] == "creating":  # a kill after the intent: was the batch made?
-            part["batch_id"] = next((b.id for b in self.client.batches.list(limit=100)
-                                     if b.input_file_id == part["file_id"]), None)
-        if part["batch_id"] is None:
-            part["status"] = "creating"
-            self.save()
-            part["batch_id"] = self.client.batches.create(
-                input_file_id=part["file_id"], endpoint="/v1/chat/completions", completion_window="24h",
-                metadata={"raygrade_part": part["name"]}).id
+        """Make ``part``'s batch (the backend's upload and creation); after a kill, adopt what was
+        already made."""
+        data = (self.dir / f"{part['name']}.requests.jsonl").read_bytes()
+        taken = {p["batch_id"] for p in self.parts if p is not part and p["batch_id"]}
+        self.backend.submit(part, data, self.save, taken)
         part["status"], part["batch_status"] = "submitted", "validating"
         self.save()
         logger.info("batch %s submitted (%s, %d requests)", part["batch_id"], part["name"], part["requests"])
 
-    def refresh(self, part: dict[str, Any]) -> Any:
-        """Poll ``part``'s batch; returns it."""
-        b = self.client.batches.retrieve(part["batch_id"])
-        part["batch_status"] = b.status
-        part["counts"] = b.request_counts.model_dump() if b.request_counts is not None else None
+    def refresh(self, part: dict[str, Any]) -> BatchView:
+        """Poll ``part``'s batch; returns its state."""
+        b = self.backend.retrieve(part["batch_id"])
+        part["batch_status"], part["counts"] = b.status, b.counts
         return b
 
     def cancel_open(self) -> list[str]:
         """Cancel every batch not finished (``ray job stop``); returns their ids."""
-        ids = [p["batch_id"] for p in self.parts if p["status"] == "submitted" and p["batch_status"] not in TERMINAL]
+        ids = [p["batch_id"] for p in self.parts if p["status"] == "submitted"]
         for bid in ids:
             try:
-                self.client.batches.cancel(bid)
+                self.backend.cancel(bid)
             except Exception as exc:  # already finished, or the API is unreachable: the next run resumes
                 logger.warning("could not cancel batch %s (%s)", bid, type(exc).__name__)
         self.save()
@@ -219,9 +194,9 @@ class BatchApiRun(BatchCollection):
                 for p in self.parts:
                     if p["status"] == "submitted":
                         b = self.refresh(p)
-                        if b.status in TERMINAL:
-                            if b.status == "failed" and _same_file_again(b):
-                                p.update(status="uploaded", batch_id=None)  # the same file, again later
+                        if b.terminal:
+                            if b.resubmit:  # the same part, again later
+                                p.update(status="uploaded" if p.get("file_id") else "planned", batch_id=None)
                             else:
                                 self.collect(p, b)
                             moved = True
@@ -254,12 +229,6 @@ class BatchApiRun(BatchCollection):
                 "batches": {p["batch_id"]: p["batch_status"] for p in self.parts if p["batch_id"]}}
 
 
+
 def _terminate(signum, frame) -> None:
     raise SystemExit(128 + signum)
-
-
-def _same_file_again(batch: Any) -> bool:
-    """A failed batch none of whose requests ran: over the enqueued-token limit, or (vLLM batch
-    mode) its runner was lost with an earlier driver."""
-    errors = getattr(batch.errors, "data", None) or []
-    return any(getattr(e, "code", None) in ("token_limit_exceeded", "runner_lost") for e in errors)

@@ -7,21 +7,17 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from raygrade.batch import GradeBatch
+from raygrade.bulk.batch_backends import RETRYABLE, BatchBackend, BatchView
 from raygrade.bulk.config import RegradeConfig
 from raygrade.bulk.plan import BlockPlanner
 from raygrade.bulk.schema import error_rows
 from raygrade.grading import UnmeteredLimiter
 from raygrade.protocol import Assessment
 from raygrade.providers.base import ChatRequest, ChatResult
-from raygrade.providers.openai_compat import chat_result
-
-#: Error types of items worth another submission.
-RETRYABLE = frozenset({"output_parse_error", "batch_expired", "batch_cancelled", "provider_error", "batch_missing"})
 
 
 class Replay:
@@ -38,19 +34,6 @@ class Replay:
         """Nothing to release: the answers were read from the Batch API's output."""
 
 
-def line_error(line: dict[str, Any] | None) -> tuple[str, str]:
-    """``(error type, message)`` of a batch output or error line that carries no answer."""
-    if line is None:
-        return "batch_missing", "the batch returned no line for this request"
-    if line.get("error"):
-        code = str(line["error"].get("code") or "batch_error")
-        return (code if code in RETRYABLE else "provider_error"), str(line["error"].get("message") or code)[:300]
-    status = (line.get("response") or {}).get("status_code")
-    body = (line.get("response") or {}).get("body") or {}
-    message = ((body.get("error") or {}).get("message") if isinstance(body, dict) else None) or f"HTTP {status}"
-    return "provider_error", f"HTTP {status}: {message}"[:300]
-
-
 class BatchCollection(abc.ABC):
     """Collection steps of :class:`~raygrade.bulk.batch_api.BatchApiRun` (which provides the
     state, the client and the part files)."""
@@ -59,7 +42,7 @@ class BatchCollection(abc.ABC):
     assessment: Assessment
     dir: Path
     state: dict[str, Any]
-    client: Any
+    backend: BatchBackend
     _replay: Replay
     _grader: Any
 
@@ -76,14 +59,6 @@ class BatchCollection(abc.ABC):
         """Result rows into the staging folder."""
 
     # -- collection --------------------------------------------------------------------------
-    def _download(self, file_id: str | None, path: Path) -> dict[str, dict[str, Any]]:
-        if file_id is not None and not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(self.client.files.content(file_id).read())
-            os.replace(tmp, path)
-        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-        return {x["custom_id"]: x for x in lines}
-
     def _replay_grader(self) -> Any:
         if self._grader is None:
             from raygrade.graders import build_batch_grader
@@ -92,14 +67,10 @@ class BatchCollection(abc.ABC):
                                               chat_provider=self._replay)
         return self._grader
 
-    def collect(self, part: dict[str, Any], batch: Any) -> None:
+    def collect(self, part: dict[str, Any], batch: BatchView) -> None:
         """Grade ``part``'s answers into the staging folder; plan what failed into the next round."""
-        from openai.types.chat import ChatCompletion
-
         name = part["name"]
-        answers = self._download(batch.output_file_id, self.dir / f"{name}.output.jsonl")
-        answers |= {k: v for k, v in self._download(batch.error_file_id, self.dir / f"{name}.errors.jsonl").items()
-                    if k not in answers}
+        answers = self.backend.answers(part, batch, self.dir)
         plans = [GradeBatch.model_validate_json(x) for x in
                  (self.dir / f"{name}.plan.jsonl").read_text().splitlines() if x.strip()]
         by_id = json.loads((self.dir / "rows.json").read_text())
@@ -107,13 +78,13 @@ class BatchCollection(abc.ABC):
         rows: list[dict[str, Any]] = []
         retry: list[tuple[GradeBatch, str, str]] = []  # (what to send again, error type, message)
         for b in plans:
-            line = answers.get(b.batch_id)
-            response = (line or {}).get("response") or {}
-            if response.get("status_code") != 200:
-                retry.append((b, *line_error(line)))
+            line = answers.get(self.backend.custom_id(b.batch_id))
+            answer = (self.backend.reply(line, b.model or self.cfg.provider.model) if line is not None
+                      else ("batch_missing", "the batch returned no line for this request"))
+            if isinstance(answer, tuple):
+                retry.append((b, *answer))
                 continue
-            self._replay.current = chat_result(ChatCompletion.model_validate(response["body"]), {},
-                                               b.model or self.cfg.provider.model)
+            self._replay.current = answer
             outcome = asyncio.run(self._replay_grader().grade(b))
             again = [e for e in outcome.errors if e.type in RETRYABLE]
             outcome.errors = [e for e in outcome.errors if e.type not in RETRYABLE]
