@@ -13,9 +13,10 @@ application (``serve_llm``, or the embedded default) is graded through its deplo
 online app's when ``--serve-config``'s application runs on this cluster, else one this run
 deploys on the cluster for its duration (Ray's LLM serving library; vLLM on the model nodes).
 ``--baseline`` grades with the zero-cost reference-similarity grader. ``--mode batch-api``
-sends the same requests through OpenAI's Batch API (half the price, within 24 h; see
-``raygrade/bulk/batch_api.py``): re-running with the same ``OUT`` resumes without submitting
-anything twice, and ``ray job stop`` cancels the open batches.
+sends the same requests through the provider's batch API (OpenAI's Batch API, Anthropic's
+Message Batches: half the price, within 24 h; see ``raygrade/bulk/batch_api.py``): re-running
+with the same ``OUT`` resumes without submitting anything twice, and ``ray job stop`` cancels
+the open batches.
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compare", help="earlier results folder to report changes against")
     ap.add_argument("--no-retry-errors", action="store_true", help="on resume, keep earlier error rows")
     ap.add_argument("--mode", choices=["sync", "batch-api", "vllm-batch"], default="sync",
-                    help="sync: requests now, through the rate limiter; batch-api: OpenAI's Batch API, within 24 h "
-                         "at half the price (resumable: re-run with the same OUT); vllm-batch: the same files "
-                         "through vLLM's offline batch runner on the model's nodes (a self-hosted model)")
+                    help="sync: requests now, through the rate limiter; batch-api: the provider's batch API "
+                         "(OpenAI, Anthropic), within 24 h at half the price (resumable: re-run with the same "
+                         "OUT); vllm-batch: the same files through vLLM's offline batch runner on the model's "
+                         "nodes (a self-hosted model)")
     ap.add_argument("--max-enqueued-tokens", type=int, help="batch-api: the model's enqueued-token limit")
     ap.add_argument("--poll-interval-s", type=float, default=30.0, help="batch-api: seconds between status polls")
     ap.add_argument("--max-rounds", type=int, default=3, help="batch-api: submissions of failed requests, in all")

@@ -6,7 +6,7 @@ planned into requests exactly as the synchronous mode plans them (:class:`~raygr
 BlockPlanner`: same packing, same prompt, same JSON schema); each request is one JSONL line
 whose ``custom_id`` derives from its deterministic batch id. Lines go into parts split under
 the API's limits (requests and bytes per file); a part becomes one batch (the provider's side,
-:mod:`raygrade.bulk.batch_backends`: OpenAI's uploaded file and ``/v1/chat/completions``
+:mod:`raygrade.providers.batches`: OpenAI's uploaded file and ``/v1/chat/completions``
 batch, or Anthropic's ``messages.batches.create``), submitted while the batches not yet
 finished stay under the model's enqueued-token limit. Finished batches' output lines are
 replayed through the same :class:`~raygrade.grading.BatchGrader` as the synchronous path
@@ -47,7 +47,6 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from raygrade.batch import GradeBatch
-from raygrade.bulk.batch_backends import BatchView, batch_backend
 from raygrade.bulk.batch_collect import BatchCollection, Replay
 from raygrade.bulk.config import RegradeConfig
 from raygrade.bulk.plan import BlockPlanner
@@ -55,6 +54,8 @@ from raygrade.bulk.schema import page_count
 from raygrade.grading import batch_request
 from raygrade.planner import JSON_OVERHEAD_TOKENS
 from raygrade.protocol import Assessment
+from raygrade.providers.batches import BatchView
+from raygrade.providers.registry import build_batch_backend
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class BatchApiRun(BatchCollection):
         cfg: The regrade's configuration (``provider`` an OpenAI-compatible endpoint with a Batch API).
         assessment: The dataset's assessment.
         out_dir: The output folder (``_batch_api/`` and ``_staging/`` inside it).
-        client: The provider's client (:func:`~raygrade.bulk.batch_backends.batch_backend`: an
+        client: The provider's client (:func:`~raygrade.providers.registry.build_batch_backend`: an
             ``openai.OpenAI`` or an ``anthropic.Anthropic``; default: one for ``cfg.provider``).
         sleep: Seconds to wait between polls (injected in tests).
     """
@@ -78,7 +79,7 @@ class BatchApiRun(BatchCollection):
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state: dict[str, Any] = (json.loads((self.dir / "state.json").read_text())
                                       if (self.dir / "state.json").exists() else {"parts": [], "planned": False})
-        self.backend = batch_backend(cfg.provider, client)
+        self.backend = build_batch_backend(cfg.provider, client)
         self._replay = Replay()
         self._grader: Any = None
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from raygrade.batch import GradeBatch
-from raygrade.bulk.batch_backends import RETRYABLE, BatchBackend, BatchView
 from raygrade.bulk.config import RegradeConfig
 from raygrade.bulk.plan import BlockPlanner
 from raygrade.bulk.schema import error_rows
 from raygrade.grading import UnmeteredLimiter
 from raygrade.protocol import Assessment
 from raygrade.providers.base import ChatRequest, ChatResult
+from raygrade.providers.batches import RETRYABLE, BatchBackend, BatchView
 
 
 class Replay:

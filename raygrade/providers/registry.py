@@ -50,6 +50,18 @@ def _local_vllm(config: ProviderConfig, model_handle: Any) -> ChatProvider:
     return (_serve_llm if config.served_in_app else _openai_compatible)(config, model_handle)
 
 
+def _openai_batches(config: ProviderConfig, client: Any) -> Any:
+    from raygrade.providers.batches import OpenAIBatches
+
+    return OpenAIBatches(config, client)
+
+
+def _anthropic_batches(config: ProviderConfig, client: Any) -> Any:
+    from raygrade.providers.batches import AnthropicBatches
+
+    return AnthropicBatches(config, client)
+
+
 def _check_key(config: ProviderConfig) -> None:
     config.api_key()  # the key's variable is set (raises ConfigError naming it)
 
@@ -69,19 +81,23 @@ class ProviderAdapter:
             Serve deployment handle for a model served in the application, else ``None``.
         check: The start-up check of a replica or bulk job (key, endpoint, model), raising
             :class:`~raygrade.errors.ConfigError`; ``None`` where the kind has none.
+        batches: ``(config, client) -> BatchBackend`` (:mod:`raygrade.providers.batches`):
+            the kind's batch API for ``mode: batch-api`` (and vLLM's batch runner, which takes
+            OpenAI's shape); ``None`` where the kind has none.
     """
 
     build: Callable[[ProviderConfig, Any], ChatProvider]
     check: Callable[[ProviderConfig], None] | None = None
+    batches: Callable[[ProviderConfig, Any], Any] | None = None
 
 
 #: The adapter of every kind that calls a model (``PROVIDER_KINDS[kind].calls_model``).
 ADAPTERS: dict[str, ProviderAdapter] = {
-    "openai_compatible": ProviderAdapter(_openai_compatible, check=_check_openai_compatible),
-    "anthropic": ProviderAdapter(_anthropic, check=_check_key),
+    "openai_compatible": ProviderAdapter(_openai_compatible, check=_check_openai_compatible, batches=_openai_batches),
+    "anthropic": ProviderAdapter(_anthropic, check=_check_key, batches=_anthropic_batches),
     "gemini": ProviderAdapter(_gemini, check=_check_key),
-    "local_vllm": ProviderAdapter(_local_vllm),
-    "serve_llm": ProviderAdapter(_serve_llm),
+    "local_vllm": ProviderAdapter(_local_vllm, batches=_openai_batches),  # vllm-batch: OpenAI's shape
+    "serve_llm": ProviderAdapter(_serve_llm, batches=_openai_batches),
 }
 
 
@@ -117,3 +133,19 @@ def check_on_start(config: ProviderConfig) -> None:
     """
     if config.check_on_start and config.traits.calls_model and (check := _adapter(config).check) is not None:
         check(config)
+
+
+def build_batch_backend(config: ProviderConfig, client: Any = None) -> Any:
+    """The batch API of ``config``'s kind (a :class:`raygrade.providers.batches.BatchBackend`).
+
+    Args:
+        config: The provider's config.
+        client: The provider's client (``openai.OpenAI``, ``anthropic.Anthropic``, or vLLM's
+            batch runner); ``None``: one built from ``config``.
+
+    Raises:
+        ConfigError: the kind has no batch API.
+    """
+    if (make := _adapter(config).batches) is None:
+        raise ConfigError(f"provider {config.name!r}: kind {config.kind!r} has no batch API", param="kind")
+    return make(config, client)

@@ -52,7 +52,7 @@ else:
 CHARS_PER_TOKEN = 3.5
 
 
-def _error(status: int, etype: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(status: int, etype: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"type": "error", "error": {"type": etype, "message": message}}, status=status,
                              headers={"request-id": f"req_{uuid.uuid4().hex[:24]}", **(headers or {})})
 
@@ -92,8 +92,37 @@ class MessageRecord:
     max_tokens: int
 
 
-def _text_tokens(text: str) -> int:
+def text_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def auth_error(request: web.Request, api_key: str) -> web.Response | None:
+    """Anthropic's 401/400 for a request without the key or the ``anthropic-version`` header."""
+    bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+    if api_key not in (request.headers.get("x-api-key"), bearer):
+        return error_response(401, "authentication_error", "invalid x-api-key")
+    if not request.headers.get("anthropic-version"):
+        return error_response(400, "invalid_request_error", "anthropic-version: header is required")
+    return None
+
+
+def answer(body: dict[str, Any], fault: str | None = None) -> tuple[list[dict[str, Any]], str]:
+    """``(content blocks, stop_reason)`` of the fake's answer to a Messages request: an instance of
+    the forced tool's ``input_schema`` or of ``output_config.format``'s schema; ``fault``
+    ``"refusal"`` refuses, ``"malformed"`` answers what the schema does not allow."""
+    tool = next((t for t in body.get("tools") or []
+                 if (body.get("tool_choice") or {}).get("name") == t.get("name")), None)
+    fmt = (body.get("output_config") or {}).get("format") or {}
+    if fault == "refusal":
+        return [{"type": "text", "text": "I can't help with that."}], "refusal"
+    if tool is not None:
+        data = {} if fault == "malformed" else schema_instance(tool.get("input_schema") or {})
+        return [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": tool["name"],
+                 "input": data}], "tool_use"
+    if fmt.get("type") == "json_schema":
+        text = '{"grades": [' if fault == "malformed" else json.dumps(schema_instance(fmt.get("schema") or {}))
+        return [{"type": "text", "text": text}], "end_turn"
+    return [{"type": "text", "text": "OK"}], "end_turn"
 
 
 def _image_tokens(block: dict[str, Any]) -> int:
@@ -118,6 +147,9 @@ class FakeAnthropicServer(ThreadedApp):
         cache_ttl_s: How long a cached prefix lives after its last use.
         script: Faults for the next requests, in order (``None`` entries: answer normally).
     """
+
+    #: Largest request body accepted (bytes).
+    client_max_size = 64 * 1024 * 1024
 
     def __init__(self, *, rpm: int | None = None, input_tpm: int | None = None, output_tpm: int | None = None,
                  latency_s: float = 0.0, api_key: str = "sk-ant-test", host: str = "127.0.0.1", port: int = 0,
@@ -149,7 +181,7 @@ class FakeAnthropicServer(ThreadedApp):
         self.script.clear()
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=self.client_max_size)
         app.router.add_post("/v1/messages", self._messages)
         return app
 
@@ -169,26 +201,23 @@ class FakeAnthropicServer(ThreadedApp):
         """``(prefix tokens: tools + system, the rest)`` of a request, by the fake's own count."""
         system = body.get("system") or []
         system_text = system if isinstance(system, str) else "".join(b.get("text", "") for b in system)
-        prefix = _text_tokens(json.dumps(body.get("tools") or []) + system_text)
+        prefix = text_tokens(json.dumps(body.get("tools") or []) + system_text)
         rest = 0
         for m in body.get("messages") or []:
             content = m.get("content")
             for b in ([{"type": "text", "text": content}] if isinstance(content, str) else content or []):
-                rest += _image_tokens(b) if b.get("type") == "image" else _text_tokens(b.get("text", ""))
+                rest += _image_tokens(b) if b.get("type") == "image" else text_tokens(b.get("text", ""))
         return round(prefix * self.multiplier), round(rest * self.multiplier) + 8
 
     async def _messages(self, request: web.Request) -> web.Response:
-        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if self.api_key not in (request.headers.get("x-api-key"), bearer):
-            return _error(401, "authentication_error", "invalid x-api-key")
-        if not request.headers.get("anthropic-version"):
-            return _error(400, "invalid_request_error", "anthropic-version: header is required")
+        if (refused := auth_error(request, self.api_key)) is not None:
+            return refused
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "invalid_request_error", "request body is not valid JSON")
+            return error_response(400, "invalid_request_error", "request body is not valid JSON")
         if not isinstance(body, dict) or not body.get("messages") or not isinstance(body.get("max_tokens"), int):
-            return _error(400, "invalid_request_error", "model, messages and max_tokens are required")
+            return error_response(400, "invalid_request_error", "model, messages and max_tokens are required")
         fault = self.script.pop(0) if self.script else None
         max_tokens = body["max_tokens"]
         async with self._lock:
@@ -203,7 +232,7 @@ class FakeAnthropicServer(ThreadedApp):
             wait = max([b.wait_for(need[d], now) for d, b in self._buckets.items()] + [0.0])
             if fault == "rate_limited" or wait > 0:
                 self.log.append(MessageRecord(now, 429, 0, 0, 0, 0, max_tokens))
-                return _error(429, "rate_limit_error", "This request would exceed your rate limit.",
+                return error_response(429, "rate_limit_error", "This request would exceed your rate limit.",
                               {**self._headers(now), "retry-after": str(max(1, math.ceil(wait)))})
             for d, b in self._buckets.items():
                 b.level -= need[d]
@@ -212,24 +241,11 @@ class FakeAnthropicServer(ThreadedApp):
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         if fault == "overloaded":
-            return _error(529, "overloaded_error", "Overloaded")
+            return error_response(529, "overloaded_error", "Overloaded")
         if fault == "server_error":
-            return _error(500, "api_error", "Internal server error")
-        tool = next((t for t in body.get("tools") or []
-                     if (body.get("tool_choice") or {}).get("name") == t.get("name")), None)
-        fmt = (body.get("output_config") or {}).get("format") or {}
-        if fault == "refusal":
-            content: list[dict[str, Any]] = [{"type": "text", "text": "I can't help with that."}]
-            stop = "refusal"
-        elif tool is not None:
-            content = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": tool["name"],
-                        "input": schema_instance(tool.get("input_schema") or {})}]
-            stop = "tool_use"
-        elif fmt.get("type") == "json_schema":
-            content, stop = [{"type": "text", "text": json.dumps(schema_instance(fmt.get("schema") or {}))}], "end_turn"
-        else:
-            content, stop = [{"type": "text", "text": "OK"}], "end_turn"
-        output = min(max_tokens, _text_tokens(json.dumps(content)))
+            return error_response(500, "api_error", "Internal server error")
+        content, stop = answer(body, fault)
+        output = min(max_tokens, text_tokens(json.dumps(content)))
         usage = {"input_tokens": rest if cacheable else uncached,
                  "cache_creation_input_tokens": prefix if cacheable and not hit else 0,
                  "cache_read_input_tokens": prefix if hit else 0, "output_tokens": output}

@@ -276,10 +276,3 @@ class AnthropicBatches:
         err = ((result.get("error") or {}).get("error") or {})
         return "provider_error", f"{err.get('type') or 'error'}: {err.get('message') or kind}"[:300]
 
-
-def batch_backend(provider: ProviderConfig, client: Any = None) -> BatchBackend:
-    """The backend for ``provider``'s kind: Anthropic's Message Batches for ``kind: anthropic``,
-    OpenAI's Batch API otherwise (``client`` injected in tests; vLLM's runner for ``vllm-batch``)."""
-    if provider.kind == "anthropic":
-        return AnthropicBatches(provider, client)
-    return OpenAIBatches(provider, client)
