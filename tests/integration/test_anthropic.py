@@ -89,8 +89,9 @@ def test_the_request_is_anthropics_own():
         ProviderConfig(structured_output="tool")
     from raygrade.bulk.config import RegradeConfig
 
-    with pytest.raises(ValueError, match="'anthropic' regrades in mode sync, not 'batch-api'"):
-        RegradeConfig(input="in", output="out", provider=ProviderConfig(kind="anthropic"), mode="batch-api")
+    with pytest.raises(ValueError, match="'anthropic' regrades in mode batch-api or sync, not 'vllm-batch'"):
+        RegradeConfig(input="in", output="out", provider=ProviderConfig(kind="anthropic"), mode="vllm-batch")
+    assert RegradeConfig(input="in", output="out", provider=ProviderConfig(kind="anthropic"), mode="batch-api")
     assert ProviderConfig(kind="anthropic").api_key_env == "ANTHROPIC_API_KEY", "the kind's own key variable"
 
 
