@@ -14,7 +14,7 @@ online app's when ``--serve-config``'s application runs on this cluster, else on
 deploys on the cluster for its duration (Ray's LLM serving library; vLLM on the model nodes).
 ``--baseline`` grades with the zero-cost reference-similarity grader. ``--mode batch-api``
 sends the same requests through the provider's batch API (OpenAI's Batch API, Anthropic's
-Message Batches: half the price, within 24 h; see ``raygrade/bulk/batch_api.py``): re-running
+Message Batches, Gemini's batch mode: half the price, within 24 h; see ``raygrade/bulk/batch_api.py``): re-running
 with the same ``OUT`` resumes without submitting anything twice, and ``ray job stop`` cancels
 the open batches.
 """
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-retry-errors", action="store_true", help="on resume, keep earlier error rows")
     ap.add_argument("--mode", choices=["sync", "batch-api", "vllm-batch"], default="sync",
                     help="sync: requests now, through the rate limiter; batch-api: the provider's batch API "
-                         "(OpenAI, Anthropic), within 24 h at half the price (resumable: re-run with the same "
+                         "(OpenAI, Anthropic, Gemini), within 24 h at half the price (resumable: re-run with the same "
                          "OUT); vllm-batch: the same files through vLLM's offline batch runner on the model's "
                          "nodes (a self-hosted model)")
     ap.add_argument("--max-enqueued-tokens", type=int, help="batch-api: the model's enqueued-token limit")

@@ -1,5 +1,5 @@
-"""Bulk regrades through a provider's batch API (OpenAI's Batch API, Anthropic's Message Batches):
-the same requests at half the price, within 24 h.
+"""Bulk regrades through a provider's batch API (OpenAI's Batch API, Anthropic's Message Batches,
+Gemini's batch mode): the same requests at half the price, within 24 h.
 
 ``RegradeConfig.mode = "batch-api"`` (``jobs/regrade.py --mode batch-api``). The submissions are
 planned into requests exactly as the synchronous mode plans them (:class:`~raygrade.bulk.plan.
@@ -7,9 +7,9 @@ BlockPlanner`: same packing, same prompt, same JSON schema); each request is one
 whose ``custom_id`` derives from its deterministic batch id. Lines go into parts split under
 the API's limits (requests and bytes per file); a part becomes one batch (the provider's side,
 :mod:`raygrade.providers.batches`: OpenAI's uploaded file and ``/v1/chat/completions``
-batch, or Anthropic's ``messages.batches.create``), submitted while the batches not yet
-finished stay under the model's enqueued-token limit. Finished batches' output lines are
-replayed through the same :class:`~raygrade.grading.BatchGrader` as the synchronous path
+batch, Anthropic's ``messages.batches.create``, Gemini's ``batches.create``), submitted while
+the batches not yet finished stay under the model's enqueued-token limit. Finished batches'
+answers are replayed through the same :class:`~raygrade.grading.BatchGrader` as the synchronous path
 (schema checks, confidence, calibration), so a grade means the same in both modes.
 
 Exactly once, resumable. Everything lives in ``OUT/_batch_api/``: ``state.json`` (written
@@ -18,9 +18,9 @@ atomically after every step) and per part ``<part>.requests.jsonl`` (what is sen
 (what came back). Before an upload or a batch creation the state records the intent; a
 re-run that finds an intent without its result looks for what the killed driver made (the
 backend's rule: OpenAI's file by its name, which carries its SHA-256, and batch by its input
-file; Anthropic's batch by its creation time and size) before doing anything, so a driver
-killed at any point never submits the same requests twice and loses no item. A SIGTERM (``ray job stop``)
-cancels the open batches before the driver exits.
+file; Anthropic's batch by its creation time and size; Gemini's job by its display name) before
+doing anything, so a driver killed at any point never submits the same requests twice and loses
+no item. A SIGTERM (``ray job stop``) cancels the open batches before the driver exits.
 
 Requests that fail (an error line, an expired or cancelled batch, an answer that fails the
 schema) are resubmitted in a follow-up batch, up to ``batch_api.max_rounds`` submissions in
@@ -125,6 +125,7 @@ class BatchApiRun(BatchCollection):
     def _write_parts(self, round_: int, batches: list[GradeBatch]) -> None:
         """Request and plan files for ``batches``, split under the per-file limits; new state entries."""
         limits, size = self.cfg.batch_api, 0
+        max_bytes = min(limits.max_file_bytes, self.backend.max_part_bytes)
         lines: list[str] = []
         plans: list[GradeBatch] = []
 
@@ -146,7 +147,7 @@ class BatchApiRun(BatchCollection):
         for b in batches:
             request = batch_request(b, b.students, max_tokens=b.max_tokens, bounds=self.cfg.provider.schema_bounds)
             line = json.dumps(self.backend.request_line(self.backend.custom_id(b.batch_id), request)) + "\n"
-            if lines and (len(lines) >= limits.max_requests_per_file or size + len(line) > limits.max_file_bytes):
+            if lines and (len(lines) >= limits.max_requests_per_file or size + len(line) > max_bytes):
                 flush()
             lines.append(line)
             plans.append(b)

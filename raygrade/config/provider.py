@@ -178,7 +178,8 @@ PROVIDER_KINDS: dict[str, ProviderKindTraits] = {
     "anthropic": ProviderKindTraits(hosted=True, api_key_env="ANTHROPIC_API_KEY",
                                     structured_outputs=frozenset({"json_schema", "tool", "none"}),
                                     bulk_modes=frozenset({"sync", "batch-api"})),  # Message Batches
-    "gemini": ProviderKindTraits(hosted=True, api_key_env="GEMINI_API_KEY", bulk_modes=frozenset({"sync"})),
+    "gemini": ProviderKindTraits(hosted=True, api_key_env="GEMINI_API_KEY",
+                                 bulk_modes=frozenset({"sync", "batch-api"})),  # batch mode, inline requests
     "local_vllm": ProviderKindTraits(in_app="without_base_url", own_tokenizer=True, batcher_defaults={
         "max_students_per_request": 2, "completion_tokens_per_item": 256}),
     "serve_llm": ProviderKindTraits(in_app="always"),

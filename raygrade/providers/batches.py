@@ -3,14 +3,21 @@
 :class:`~raygrade.bulk.batch_api.BatchApiRun` plans, keeps the exactly-once state, polls and
 collects; a :class:`BatchBackend` turns a planned request into the provider's request line,
 submits a part (adopting what a killed driver had already made), reads a batch's status and
-its answers. Two backends:
+its answers. Three backends:
 
 - :class:`OpenAIBatches`: OpenAI's Batch API (https://platform.openai.com/docs/guides/batch):
   a JSONL file uploaded with ``purpose="batch"``, then a batch over it (``/v1/chat/completions``,
   ``24h``); output and error files by ``custom_id``. A killed driver's file is found by its
   name (which carries its SHA-256), its batch by its input file. vLLM's offline batch runner
   (:mod:`raygrade.bulk.vllm_batch`) stands in for the same client.
-- :class:`AnthropicBatches`: Anthropic's Message Batches
+- :class:`~raygrade.providers.gemini_batches.GeminiBatches`: Gemini's batch mode (https://ai.google.dev/gemini-api/docs/batch-mode):
+  inline requests (``batches.create(src=[...])``, at most 20 MB per batch, so parts are cut at
+  18 MB of request lines; input files via the Files API are not used), each carrying its
+  ``custom_id`` as ``metadata.key``; answers as ``dest.inlined_responses`` once the job has
+  succeeded. A killed driver's job is found by its ``display_name`` (the part's name and the
+  SHA-256 of its requests). An expired, cancelled or failed job's requests without an answer
+  are typed ``batch_expired``, ``batch_cancelled`` or ``provider_error``.
+- :class:`~raygrade.providers.anthropic_batches.AnthropicBatches`: Anthropic's Message Batches
   (https://docs.anthropic.com/en/docs/build-with-claude/batch-processing): the requests in the
   body of one call (at most 100,000 requests and 256 MB), ``custom_id`` s of 1–64 characters
   from ``[A-Za-z0-9_-]``, results as JSONL by ``custom_id`` once ``processing_status`` is
@@ -23,11 +30,9 @@ its answers. Two backends:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,7 +67,14 @@ class BatchView:
 
 
 class BatchBackend(Protocol):
-    """One provider's batch API (see the module's description)."""
+    """One provider's batch API (see the module's description).
+
+    Attributes:
+        max_part_bytes: The most bytes of request lines one batch may carry (the run cuts parts
+            at the lower of this and ``batch_api.max_file_bytes``).
+    """
+
+    max_part_bytes: int
 
     def custom_id(self, batch_id: str) -> str:
         """The request's ``custom_id`` for raygrade's ``batch_id`` (deterministic)."""
@@ -90,7 +102,7 @@ class BatchBackend(Protocol):
         ran into an error, expired or was cancelled."""
 
 
-def _cached_jsonl(path: Path, fetch: Callable[[], bytes] | None) -> dict[str, dict[str, Any]]:
+def cached_jsonl(path: Path, fetch: Callable[[], bytes] | None) -> dict[str, dict[str, Any]]:
     """JSONL lines by ``custom_id`` from ``path``, first written from ``fetch()`` when missing."""
     if fetch is not None and not path.exists():
         tmp = path.with_suffix(".tmp")
@@ -110,6 +122,7 @@ class OpenAIBatches:
         client: The client (default: one for ``provider``: its ``base_url`` and key).
     """
 
+    max_part_bytes = 200 * 1000 * 1000  # an input file
     #: Error codes of a failed batch none of whose requests ran.
     RESUBMIT_CODES = frozenset({"token_limit_exceeded", "runner_lost"})
 
@@ -172,8 +185,8 @@ class OpenAIBatches:
             return None if file_id is None else (lambda: self.client.files.content(file_id).read())
 
         name = part["name"]
-        out = _cached_jsonl(folder / f"{name}.output.jsonl", fetch(batch.raw.output_file_id))
-        errors = _cached_jsonl(folder / f"{name}.errors.jsonl", fetch(batch.raw.error_file_id))
+        out = cached_jsonl(folder / f"{name}.output.jsonl", fetch(batch.raw.output_file_id))
+        errors = cached_jsonl(folder / f"{name}.errors.jsonl", fetch(batch.raw.error_file_id))
         return out | {k: v for k, v in errors.items() if k not in out}
 
     def reply(self, line: dict[str, Any], model: str) -> ChatResult | tuple[str, str]:
@@ -191,88 +204,3 @@ class OpenAIBatches:
         message = ((body.get("error") or {}).get("message") if isinstance(body, dict) else None) \
             or f"HTTP {response.get('status_code')}"
         return "provider_error", f"HTTP {response.get('status_code')}: {message}"[:300]
-
-
-# -- Anthropic -----------------------------------------------------------------------------------
-class AnthropicBatches:
-    """Anthropic's Message Batches through an ``anthropic.Anthropic`` client.
-
-    Args:
-        provider: The provider (``kind: anthropic``).
-        client: The client (default: one for ``provider``: its ``base_url`` and key).
-        clock: Wall-clock seconds (``time.time``), for the intent's time.
-    """
-
-    #: How far the provider's clock may lag ours when a killed driver's batch is looked for (s).
-    CLOCK_SKEW_S = 120.0
-
-    def __init__(self, provider: ProviderConfig, client: Any = None, clock: Callable[[], float] = time.time):
-        if client is None:
-            from raygrade.providers.anthropic_messages import anthropic
-
-            client = anthropic.Anthropic(api_key=provider.api_key().get_secret_value(), base_url=provider.base_url,
-                                         max_retries=5, timeout=120, default_headers=provider.extra_headers or None)
-        self.provider, self.client, self.clock = provider, client, clock
-
-    def custom_id(self, batch_id: str) -> str:
-        # raygrade's ids carry '~' and ':'; Anthropic's allow [A-Za-z0-9_-]{1,64}
-        return "rg-" + hashlib.sha256(batch_id.encode()).hexdigest()[:48]
-
-    def request_line(self, custom_id: str, request: ChatRequest) -> dict[str, Any]:
-        from raygrade.providers.anthropic_messages import messages_request
-
-        return {"custom_id": custom_id, "params": messages_request(self.provider, request)
-                | (self.provider.extra_body or {})}
-
-    def _adopt(self, part: dict[str, Any], taken: set[str]) -> str | None:
-        """The batch a killed driver made for ``part``: created after the intent, with as many requests."""
-        since = part.get("intent_at", 0.0) - self.CLOCK_SKEW_S
-        found = []
-        for b in self.client.messages.batches.list(limit=100):
-            if b.created_at.timestamp() < since:
-                break  # newest first
-            if b.id not in taken and sum(b.request_counts.model_dump().values()) == part["requests"]:
-                found.append(b)
-        return min(found, key=lambda b: b.created_at).id if found else None
-
-    def submit(self, part: dict[str, Any], data: bytes, save: Callable[[], None], taken: set[str]) -> None:
-        if part["status"] == "creating":  # a kill after the intent: was the batch made?
-            part["batch_id"] = self._adopt(part, taken)
-        if part["batch_id"] is None:
-            part["status"], part["intent_at"] = "creating", self.clock()
-            save()
-            requests = [json.loads(x) for x in data.decode().splitlines() if x.strip()]
-            part["batch_id"] = self.client.messages.batches.create(requests=requests).id
-
-    def retrieve(self, batch_id: str) -> BatchView:
-        b = self.client.messages.batches.retrieve(batch_id)
-        c = b.request_counts
-        counts = {"total": c.processing + c.succeeded + c.errored + c.canceled + c.expired,
-                  "completed": c.succeeded, "failed": c.errored + c.canceled + c.expired}
-        return BatchView(status=b.processing_status, terminal=b.processing_status == "ended", counts=counts, raw=b)
-
-    def cancel(self, batch_id: str) -> None:
-        self.client.messages.batches.cancel(batch_id)
-
-    def answers(self, part: dict[str, Any], batch: BatchView, folder: Path) -> dict[str, dict[str, Any]]:
-        def fetch() -> bytes:
-            lines = self.client.messages.batches.results(batch.raw.id)
-            return "".join(json.dumps(r.model_dump(mode="json")) + "\n" for r in lines).encode()
-
-        return _cached_jsonl(folder / f"{part['name']}.output.jsonl", fetch)
-
-    def reply(self, line: dict[str, Any], model: str) -> ChatResult | tuple[str, str]:
-        from raygrade.providers.anthropic_messages import anthropic, messages_result
-
-        result = line.get("result") or {}
-        kind = result.get("type")
-        if kind == "succeeded":
-            message = anthropic.types.Message.model_validate(result["message"])
-            return messages_result(message, {}, model)
-        if kind == "expired":
-            return "batch_expired", "the batch ended (24 h) before this request ran"
-        if kind == "canceled":
-            return "batch_cancelled", "the batch was cancelled before this request ran"
-        err = ((result.get("error") or {}).get("error") or {})
-        return "provider_error", f"{err.get('type') or 'error'}: {err.get('message') or kind}"[:300]
-

@@ -57,9 +57,15 @@ def _openai_batches(config: ProviderConfig, client: Any) -> Any:
 
 
 def _anthropic_batches(config: ProviderConfig, client: Any) -> Any:
-    from raygrade.providers.batches import AnthropicBatches
+    from raygrade.providers.anthropic_batches import AnthropicBatches
 
     return AnthropicBatches(config, client)
+
+
+def _gemini_batches(config: ProviderConfig, client: Any) -> Any:
+    from raygrade.providers.gemini_batches import GeminiBatches
+
+    return GeminiBatches(config, client)
 
 
 def _check_key(config: ProviderConfig) -> None:
@@ -95,7 +101,7 @@ class ProviderAdapter:
 ADAPTERS: dict[str, ProviderAdapter] = {
     "openai_compatible": ProviderAdapter(_openai_compatible, check=_check_openai_compatible, batches=_openai_batches),
     "anthropic": ProviderAdapter(_anthropic, check=_check_key, batches=_anthropic_batches),
-    "gemini": ProviderAdapter(_gemini, check=_check_key),
+    "gemini": ProviderAdapter(_gemini, check=_check_key, batches=_gemini_batches),
     "local_vllm": ProviderAdapter(_local_vllm, batches=_openai_batches),  # vllm-batch: OpenAI's shape
     "serve_llm": ProviderAdapter(_serve_llm, batches=_openai_batches),
 }
