@@ -21,7 +21,9 @@ the teacher scores whole groups, in order of least confident first, giving each 
 score most of its members deserve and correcting the members that deserve another (one action
 each), until the share of items is covered; reported with the items graded per teacher action.
 ``--target 0.9`` adds a review target on exact agreement (``JobOptions.review_target``): the share
-it picks, the agreement it expects from the confidences, and the agreement reached.
+it picks, the agreement it expects from the confidences, and the agreement reached; ``--target-qwk
+0.8`` the same for a target on the per-question mean QWK (expected from the grades' expected
+errors, :func:`raygrade.review.qwk_target_cut`).
 
     .venv/bin/python benchmarks/review_loop.py --version 2.0 --examples 8
     .venv/bin/python benchmarks/fidelity.py --review-loop --version 2.0     # the same, from fidelity
@@ -149,6 +151,19 @@ class Simulation:
         return self.agreement(final) | {"target": value, "share": len(reviewed) / len(keys), "expected": expected,
                                         "reviewed": len(reviewed)}
 
+    def run_target_qwk(self, value: float) -> dict:
+        """``review_target: {metric: qwk, value}`` as the store applies it to the first grades."""
+        from raygrade.review import TargetItem, expected_sq_error, qwk_target_cut
+
+        keys = sorted(self.initial)
+        items = [TargetItem(k[0], self.initial[k][0], expected_sq_error(
+            self.initial[k][2] * self.max[k[0]], self.initial[k][1], self.steps[k[0]])) for k in keys]
+        picked, expected = qwk_target_cut(items, value)
+        reviewed = {keys[i] for i in picked}
+        final = {k: (self.human[k] if k in reviewed else self.initial[k][0]) for k in self.human}
+        return self.agreement(final) | {"metric": "qwk", "target": value, "share": len(reviewed) / len(keys),
+                                        "expected": expected, "reviewed": len(reviewed)}
+
     def agreement(self, final: dict[Key, float]) -> dict:
         rows = [(self.human[k], final[k], self.max[k[0]], self.steps[k[0]]) for k in self.human]
         by_q: dict[str, list] = {}
@@ -173,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="cosine distance within which answers are grouped")
     ap.add_argument("--target", type=float, action="append", default=[],
                     help="also a review target on exact agreement (repeatable): the share chosen and reached")
+    ap.add_argument("--target-qwk", type=float, action="append", default=[],
+                    help="also a review target on the per-question mean QWK (repeatable)")
     ap.add_argument("--limit", type=int, help="a stratified slice of this many answers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "review_loop.json"))
@@ -190,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["runs"][strategy] = {str(s): sim.run(strategy, s, a.rounds, a.seed) for s in shares}
     if a.groups:
         report["runs"]["groups"] = {str(s): sim.run_groups(s, a.group_threshold) for s in shares}
-    report["targets"] = [sim.run_target(v) for v in a.target]
+    report["targets"] = [sim.run_target(v) for v in a.target] + [sim.run_target_qwk(v) for v in a.target_qwk]
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
@@ -216,6 +233,13 @@ def markdown(report: dict) -> str:
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for t in report.get("targets", []):
+        if t.get("metric") == "qwk":
+            q = t["qwk_per_question"]
+            lines.append(f"\nreview_target qwk >= {t['target']:g}: reviews {t['share']:.1%} of the items "
+                         f"(expected per-question QWK {t['expected']:.3f}); reached per-question QWK "
+                         + (f"{q['value']:.3f} [{q['lo']:.3f}, {q['hi']:.3f}]" if q["value"] is not None else "n/a")
+                         + f", exact {t['exact']:.3f}")
+            continue
         lines.append(f"\nreview_target exact >= {t['target']:g}: reviews {t['share']:.1%} of the items "
                      f"(expected exact {t['expected']:.3f}); reached exact {t['exact']:.3f}, "
                      f"pooled QWK {t['qwk_pooled']:.3f}")

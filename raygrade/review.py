@@ -10,9 +10,10 @@ policy. Measured on SAF (``benchmarks/fidelity.py``, routing table): with the ro
 reviewed, expected-error routing gives the job lower MAE and higher QWK against the human grades
 at most shares, and lower exact agreement (confidence routing maximises that one).
 
-Or a school sets a target agreement (``JobOptions.review_target``): the fewest least confident
-items whose review is expected to reach it are flagged (:func:`target_cut`). As teachers
-review, their agreement with the model is measured (:func:`review_agreement`).
+Or a school sets a target agreement (``JobOptions.review_target``): the fewest items whose review
+is expected to reach it are flagged (exact agreement: the least confident, :func:`target_cut`;
+QWK: the largest expected squared errors, :func:`qwk_target_cut`). As teachers review, their
+agreement with the model is measured (:func:`review_agreement`).
 """
 
 from __future__ import annotations
@@ -119,6 +120,95 @@ def target_cut(confidences: Sequence[float], target: float, *, right: int = 0) -
         expected += 1 - confidences[order[k]]
         k += 1
     return set(order[:k]), expected / n
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetItem:
+    """One graded item as :func:`qwk_target_cut` weighs it.
+
+    Attributes:
+        question_id: Its question (QWK is expected per question, then averaged).
+        score: Its final score (points): the model's, or the teacher's once reviewed.
+        sq_error: Its expected squared error if left unreviewed (points², :func:`expected_sq_error`).
+        reviewed: A teacher has reviewed it (its score is the teacher's; it is not flagged again).
+    """
+
+    question_id: str
+    score: float
+    sq_error: float
+    reviewed: bool = False
+
+
+def expected_sq_error(expected_error: float | None, confidence: float, step: float) -> float:
+    """Expected ``(score − the human's)²`` (points²) of a grade from its expected absolute error
+    ``E|e|`` (``GradeResult.expected_error``, else :func:`miss_error`) and the grid ``step``:
+    ``max(E|e| · step, (π/2) · E|e|²)``.
+
+    ``E|e| · step`` is exact when a miss is one step off (``E|e| = (1 − p)·step``, ``E[e²] =
+    (1 − p)·step²``) and a lower bound on a grid (``|e| ≥ step`` whenever ``e ≠ 0``); ``(π/2)·E|e|²``
+    is ``E[e²]`` of a normal error with that mean absolute value (``E|e| = σ·√(2/π)``), the case
+    of misses spread over several steps of a fine grid. Both are below ``E[e²]`` of a grader
+    that is sometimes far off, so targets estimated from them are optimistic (measured in
+    ``docs/review.md``).
+    """
+    e = max(0.0, expected_error if expected_error is not None else miss_error(confidence, step))
+    return max(e * step, math.pi / 2 * e * e)
+
+
+def qwk_target_cut(items: Sequence[TargetItem], target: float) -> tuple[set[int], float]:
+    """The fewest items to review so that the expected quadratic-weighted kappa between the final
+    scores and the teacher's, per question and averaged over questions, reaches ``target``.
+
+    Per question ``q`` with ``n`` items, weighted kappa (Cohen 1968) with squared weights is
+    ``1 − MSE / (Var(a) + Var(h) + (ā − h̄)²)``: its chance term, the mean squared difference
+    over all pairs of the two raters' scores, is that sum of variances and squared mean gap
+    (population moments); ``a`` the final scores, ``h`` the teacher's. The
+    expected MSE is ``Σ sq_error / n`` over the unreviewed items (a reviewed item's score is the
+    teacher's); the teacher's scores are taken as the model's plus independent errors, so
+    ``Var(h) = Var(a) + mean sq_error`` and ``h̄ = ā``: the chance term is
+    ``D = 2·Var(a) + Σ sq_error / n``, fixed from the grades before any review. Each unreviewed
+    item then adds ``sq_error / (n · D)`` to its question's QWK and ``1 / #questions`` of that to
+    the mean: the items of largest gain are taken until the expected mean reaches ``target``
+    (ties: earlier items first). A question whose ``D`` is 0 expects no disagreement (QWK 1).
+
+    Args:
+        items: Every graded item of the job (reviewed ones included: they count as right).
+        target: The expected mean per-question QWK to reach, in (0, 1].
+
+    Returns:
+        ``(indices of unreviewed items to flag, the expected mean QWK with them reviewed)``; 1.0
+        for no items.
+
+    Raises:
+        ValueError: ``target`` outside (0, 1].
+    """
+    if not 0 < target <= 1:
+        raise ValueError("target must be in (0, 1]")
+    by_q: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        by_q.setdefault(it.question_id, []).append(i)
+    if not by_q:
+        return set(), 1.0
+    kappa, gain = {}, {}
+    for q, idx in by_q.items():
+        n = len(idx)
+        mean = sum(items[i].score for i in idx) / n
+        var = sum((items[i].score - mean) ** 2 for i in idx) / n
+        noise = sum(items[i].sq_error for i in idx) / n   # what a teacher would disagree by, all unreviewed
+        chance = 2 * var + noise
+        open_err = sum(items[i].sq_error for i in idx if not items[i].reviewed)
+        kappa[q] = 1.0 if chance <= 0 else 1.0 - open_err / (n * chance)
+        for i in idx:
+            if not items[i].reviewed:
+                gain[i] = 0.0 if chance <= 0 else items[i].sq_error / (n * chance) / len(by_q)
+    expected = sum(kappa.values()) / len(by_q)
+    picked: set[int] = set()
+    for i in sorted(gain, key=lambda i: (-gain[i], i)):
+        if expected >= target - 1e-12 or gain[i] <= 0:
+            break  # reached, or nothing left that a review is expected to change
+        picked.add(i)
+        expected += gain[i]
+    return picked, min(1.0, expected)
 
 
 def review_agreement(results: list[GradeResult]) -> ReviewAgreement | None:

@@ -156,17 +156,21 @@ class CompletionPolicy(_Input):
 
 
 class ReviewTarget(_Input):
-    """Review as many of the least confident items as a target agreement needs, instead of a fixed share.
+    """Review as many items as a target agreement needs, instead of a fixed share.
 
     With ``metric: exact``, raygrade flags the fewest least confident items ``k`` such that the
     expected share of final scores equal to the teacher's, ``(k + Σ confidence of the others) / n``,
     reaches ``value``: the confidence is P(exact score), so each unreviewed item is expected right
-    with its confidence and each reviewed one is right. The estimate is as good as the confidence's
-    calibration (its ECE; ``benchmarks/review_loop.py --target`` measures what is reached).
+    with its confidence and each reviewed one is right. With ``metric: qwk``, the fewest items of
+    largest expected squared error such that the expected quadratic-weighted kappa between the
+    final scores and the teacher's, per question and averaged over the questions, reaches
+    ``value`` (:func:`raygrade.review.qwk_target_cut`). Either estimate is as good as the grader's
+    calibration (``benchmarks/review_loop.py --target`` / ``--target-qwk`` measure what is reached).
     """
 
-    metric: Literal["exact"] = Field(default="exact", description=(
-        "exact: the share of final scores equal to the teacher's (QWK targets are not estimated yet)."))
+    metric: Literal["exact", "qwk"] = Field(default="exact", description=(
+        "exact: the share of final scores equal to the teacher's; qwk: quadratic-weighted kappa with the "
+        "teacher's scores, per question, averaged over the job's questions."))
     value: float = number(gt=0, le=1, description="The target, e.g. 0.9.")
 
 

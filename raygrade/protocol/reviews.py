@@ -117,9 +117,10 @@ class ReviewPlan(_Model):
     """The share of a job a review target chose (``JobOptions.review_target``), when the job ended
     or after a regrade."""
 
-    metric: Literal["exact"]
+    metric: Literal["exact", "qwk"]
     target: float
     flagged: int = Field(description="Items flagged for review.")
     share: float = Field(description="flagged / graded items.")
-    expected: float = Field(description="Expected agreement once the flagged items are reviewed (from the "
-                                        "confidences, reviewed items counted right).")
+    expected: float = Field(description="Expected agreement (the target's metric) once the flagged items are "
+                                        "reviewed (from the confidences or expected errors, reviewed items "
+                                        "counted right).")

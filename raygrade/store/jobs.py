@@ -214,7 +214,7 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
                 return None
             self._close(conn, job_id, "not_graded", "the job completed without this item "
                         + ("(quorum reached)" if quorum else "(no batch left to grade it)"))
-            self._flag_review(conn, job_id, job.options)
+            self._flag_review(conn, job_id, job)
             errors = json.loads(j["errors"])
             failed = total - graded
             state = "succeeded" if failed == 0 and not errors else ("partial" if graded else "failed")

@@ -91,4 +91,4 @@ class Regrades(Reviews):
                 items.c.job_id == parent_id, items.c.student_id == r.student_id, items.c.question_id == r.question_id,
                 items.c.state == "graded", items.c.reviewed_at.is_(None)).values(
                 result=r.result, confidence=r.confidence, error_share=r.error_share, updated_at=now))
-        self._flag_review(conn, parent_id, self._job_body(conn, parent_id).options)
+        self._flag_review(conn, parent_id, self._job_body(conn, parent_id))

@@ -8,7 +8,6 @@ comment and key) changes nothing: the route is idempotent. The model's grade sta
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,10 +18,8 @@ from raygrade.errors import IllegalTransitionError, InvalidRequestError, NotFoun
 from raygrade.protocol import (
     GradeResult,
     GradingJob,
-    JobOptions,
     Question,
     ReviewItem,
-    ReviewPlan,
     ReviewRequest,
     StoredImage,
     TeacherReview,
@@ -30,9 +27,9 @@ from raygrade.protocol import (
     media_type_of,
     resolved,
 )
-from raygrade.review import most_at_risk, risk, target_cut
 from raygrade.store.core import StoreCore
 from raygrade.store.outbox import REVIEWED
+from raygrade.store.review_plan import choose_for_review
 from raygrade.store.schema import api_keys, batches, items, jobs, reviews
 
 ITEM_PREFIX = "item_"
@@ -209,30 +206,22 @@ class Reviews(StoreCore):
         out = [self._review_item(r, job, texts) for r in rows]
         return out, [texts[r["student_id"]][0] if r["student_id"] in texts else None for r in rows]
 
-    def _flag_review(self, conn, job_id: str, options: JobOptions) -> None:
+    def _flag_review(self, conn, job_id: str, job: GradingJob) -> None:
         """Flag the job's items for review (in the caller's transaction): with ``review_share``, that
         share of the graded items in all, flagged items already reviewed counted first, then the
         unreviewed ones most at risk (:func:`raygrade.review.risk` by ``options.review_by``); with
-        ``review_target``, the fewest least confident unreviewed items
-        whose review is expected to reach it (:func:`raygrade.review.target_cut`; every reviewed item
-        counts right), and the choice is recorded as the job's ``review_plan``. Run when a job ends and
-        again when a regrade of it ends."""
+        ``review_target``, the fewest unreviewed items whose review is expected to reach it (exact:
+        the least confident, :func:`raygrade.review.target_cut`; qwk: the largest expected squared
+        errors, :func:`raygrade.review.qwk_target_cut`; every reviewed item counts right), and the
+        choice is recorded as the job's ``review_plan``. Run when a job ends and again when a regrade
+        of it ends."""
         rows = conn.execute(sa.select(items.c.student_id, items.c.question_id, items.c.confidence,
-                                      items.c.error_share, items.c.reviewed_at, items.c.needs_review)
+                                      items.c.error_share, items.c.reviewed_at, items.c.needs_review,
+                                      items.c.result, items.c.review_score)
                             .where(items.c.job_id == job_id, items.c.state == "graded").order_by(items.c.seq)).all()
         open_rows = [r for r in rows if r.reviewed_at is None]
         reviewed_flagged = sum(1 for r in rows if r.reviewed_at is not None and r.needs_review)
-        confs = [r.confidence for r in open_rows]
-        plan = None
-        if (target := options.review_target) is not None:
-            picked, expected = target_cut(confs, target.value, right=len(rows) - len(open_rows))
-            flagged_n = len(picked) + reviewed_flagged
-            plan = ReviewPlan(metric=target.metric, target=target.value, flagged=flagged_n,
-                              share=flagged_n / len(rows) if rows else 0.0, expected=expected)
-        else:
-            budget = math.ceil(options.review_share * len(rows) - 1e-9)
-            picked = most_at_risk([risk(r.confidence, r.error_share, options.review_by) for r in open_rows],
-                                  budget - reviewed_flagged)
+        picked, plan = choose_for_review(rows, job)
         flagged = [open_rows[i] for i in sorted(picked)]
         conn.execute(items.update().where(items.c.job_id == job_id, items.c.reviewed_at.is_(None),
                                           items.c.needs_review.is_(True)).values(needs_review=False))

@@ -4,6 +4,7 @@ results, tenant scoping, and the pages a reviewer reads."""
 
 import base64
 import io
+import math
 
 import pytest
 from PIL import Image
@@ -243,6 +244,23 @@ def test_a_review_target_flags_the_fewest_items_the_expected_agreement_needs(sto
     assert store.get_job(job_id).options.review_target.value == 0.75   # the stored body reads back
     flagged = [r for r in store.results(job_id).results if r.needs_review]
     assert len(flagged) == 2 and {r.confidence for r in flagged} == {0.2}
+
+
+def test_a_qwk_target_flags_the_largest_expected_errors_per_question(store):
+    job = grid_job(4, review_target={"metric": "qwk", "value": 0.9})
+    job_id = graded(store, job=job)   # per question: 2 items at confidence 0.2, 2 at 0.9, every score 1
+    st = store.status(job_id)
+    # Each question's grid step is 0.5; expected absolute errors (1 - confidence) x 0.5 = 0.4 and 0.05,
+    # squared max(E|e| x step, pi/2 x E|e|^2) = 0.2513 and 0.025. Nothing reviewed expects QWK 0 (every
+    # score 1: the chance term is the mean error); a 0.2 item reviewed adds 0.2513 / (4 x 0.1382) / 2
+    # questions = 0.227, a 0.9 item 0.023: the four 0.2 items reach 0.9.
+    low, high = math.pi / 2 * 0.4 ** 2, 0.025
+    assert st.review_plan.metric == "qwk" and st.review_plan.flagged == 4
+    assert st.review_plan.expected == pytest.approx(2 * low / (2 * low + 2 * high))
+    flagged = [r for r in store.results(job_id).results if r.needs_review]
+    assert sorted(r.confidence for r in flagged) == [0.2, 0.2, 0.2, 0.2]
+    assert {r.question_id for r in flagged} == {"q1", "q2"}
+    assert store.get_job(job_id).options.review_target.metric == "qwk"
 
 
 def test_the_reviewed_webhook_is_queued_once_when_the_queue_empties(store):

@@ -71,3 +71,44 @@ def test_routing_curve_reports_the_kept_items_and_the_job_after_review():
     assert curve[2]["kept"] is None and curve[2]["after_review"]["qwk"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         routing_curve(rows, [0.1])
+
+
+def test_qwk_target_cut_matches_weighted_kappa_and_reviews_the_largest_expected_errors_first():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="the baseline extra")
+    from raygrade.review import TargetItem, expected_sq_error, qwk_target_cut
+
+    # The chance term's model: the teacher's scores are the model's plus mean-zero errors uncorrelated
+    # with them. For such a sample the expected QWK is the weighted kappa itself (Cohen 1968, squared
+    # weights), computed here by scikit-learn on the grid's labels.
+    model = [0.5, 0.5, 1.0, 1.0, 1.5, 1.5, 1.0, 1.0]
+    err = [0.5, -0.5, 0.5, -0.5, 0.5, -0.5, 0.0, 0.0]
+    human = [m + e for m, e in zip(model, err)]
+    items = [TargetItem("q", m, e * e) for m, e in zip(model, err)]
+    picked, expected = qwk_target_cut(items, 1e-9)
+    kappa = sklearn_metrics.cohen_kappa_score([round(h / 0.5) for h in human], [round(m / 0.5) for m in model],
+                                              weights="quadratic")
+    assert picked == set() and expected == pytest.approx(kappa)
+
+    # Reviews go to the largest expected squared errors first, as many as the target needs; each
+    # reviewed item's error is gone from its question's kappa.
+    picked, expected = qwk_target_cut(items, 0.9)
+    assert picked <= {0, 1, 2, 3, 4, 5} and expected >= 0.9
+    assert len(qwk_target_cut(items, 0.5)[0]) < len(picked)
+    everything, full = qwk_target_cut(items, 1.0)
+    assert everything == {0, 1, 2, 3, 4, 5} and full == pytest.approx(1.0)  # the zero-error items need no review
+
+    # Questions weigh equally in the mean; reviewed items count right and are not picked again.
+    two = [TargetItem("a", 1.0, 0.2), TargetItem("a", 1.0, 0.025), TargetItem("b", 1.0, 0.2, reviewed=True),
+           TargetItem("b", 0.0, 0.0)]
+    picked, expected = qwk_target_cut(two, 0.99)
+    assert picked == {0, 1} and expected == pytest.approx(1.0)
+    assert qwk_target_cut([TargetItem("c", 1.0, 0.0)] * 3, 0.5) == (set(), 1.0)  # no disagreement expected
+    assert qwk_target_cut([], 0.5) == (set(), 1.0)
+    with pytest.raises(ValueError):
+        qwk_target_cut(items, 0.0)
+
+    # A grade's expected squared error: one-step misses on a coarse grid, a normal error's second
+    # moment on a fine one.
+    assert expected_sq_error(None, 0.8, 0.5) == pytest.approx(0.2 * 0.5 * 0.5)
+    assert expected_sq_error(0.3, 0.1, 1.0) == pytest.approx(0.3)
+    assert expected_sq_error(0.5, 0.1, 0.125) == pytest.approx(3.141592653589793 / 2 * 0.25)

@@ -83,3 +83,12 @@ def test_a_review_target_reaches_its_expectation_when_confidence_is_calibrated(s
     r = s.run_target(0.9)
     assert r["expected"] >= 0.9 and 0 < r["share"] <= 1 and r["reviewed"] == round(r["share"] * 72)
     assert s.run_target(1.0)["exact"] == 1.0
+
+
+def test_a_qwk_target_reviews_more_for_a_higher_target_and_reports_its_expectation(sim):
+    mod, s = sim
+    low, high = s.run_target_qwk(0.5), s.run_target_qwk(0.95)
+    assert low["metric"] == "qwk" and low["expected"] >= 0.5 and high["expected"] >= 0.95
+    assert 0 <= low["share"] <= high["share"] <= 1 and high["reviewed"] == round(high["share"] * 72)
+    assert "review_target qwk >= 0.95" in mod.markdown({"dataset": "d", "answers": 72, "examples": 0, "rounds": 1,
+                                                        "runs": {"random": {"0": low}}, "targets": [high]})
