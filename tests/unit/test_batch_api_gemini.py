@@ -6,37 +6,35 @@ fake's log is the judge. No Ray."""
 
 import collections
 import json
+from types import SimpleNamespace
 
-import pyarrow.parquet as pq
 import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
+from support.batch_runs import (
+    DyingCreate,
+    Killed,
+    assert_all_graded,
+    items,
+    rows_of,
+    stop_driver,
+    write_batch_dataset,
+)
 
 from raygrade.bulk import RegradeConfig
 from raygrade.bulk.config import BatchApiConfig
 from raygrade.bulk.pipeline import run_batch_regrade
 from raygrade.config import ProviderConfig
-from raygrade.datasets import write_dataset
-from raygrade.protocol import Assessment, Question
 from raygrade.providers.gemini_batches import GeminiBatches
 from raygrade.testing.fake_gemini_batches import FakeGeminiBatches
 
 N = 150
-QUESTIONS = [Question(id="q1", prompt="What does ARP resolve?", max_score=2, score_step=0.5,
-                      reference_answer="IP addresses to MAC addresses"),
-             Question(id="q2", prompt="Why a three-way handshake?", max_score=1, reference_answer="sync sequence")]
 
 
 @pytest.fixture
 def dataset(tmp_path):
-    rows = [{"submission_id": f"sub-{i:03d}", "student_id": f"st{i}", "page_texts": [f"answer number {i}"],
-             "question_ids": ["q1"] if i % 7 == 0 else None} for i in range(N)]
-    return write_dataset(tmp_path / "ds", Assessment(questions=QUESTIONS), rows, rows_per_file=50)
-
-
-def items():
-    return {(f"sub-{i:03d}", q) for i in range(N) for q in (["q1"] if i % 7 == 0 else ["q1", "q2"])}
+    return write_batch_dataset(tmp_path / "ds", N)
 
 
 def config(dataset, out, api, **batch):
@@ -55,9 +53,6 @@ def run(cfg, api, sdk=None, sleep=None):
     return run_batch_regrade(cfg, client=sdk or client(api), sleep=sleep or (lambda s: __import__("time").sleep(0.02)))
 
 
-def rows_of(out):
-    return pq.read_table(out / "results").to_pylist()
-
 
 def assert_once(api):
     """Every request in one batch only, every request run once."""
@@ -72,9 +67,7 @@ def test_every_item_is_graded_once_through_request_errors_malformed_answers_and_
         summary = run(config(dataset, tmp_path / "out", api, max_rounds=5), api)
     finally:
         api.stop()
-    rows = rows_of(tmp_path / "out")
-    assert sorted((r["submission_id"], r["question_id"]) for r in rows) == sorted(items())
-    assert all(r["error_type"] is None for r in rows), collections.Counter(r["error_type"] for r in rows)
+    rows = assert_all_graded(tmp_path / "out", N)
     assert all(0 <= r["score"] <= (2 if r["question_id"] == "q1" else 1) for r in rows)
     assert_once(api)
     made = [b["name"] for b in api.batch_log["batches"]]
@@ -90,37 +83,16 @@ def test_requests_that_never_succeed_end_as_typed_error_rows(tmp_path, dataset):
     finally:
         api.stop()
     rows = rows_of(tmp_path / "out")
-    assert len(rows) == len(items()) and {r["error_type"] for r in rows} == {"provider_error"}
+    assert len(rows) == len(items(N)) and {r["error_type"] for r in rows} == {"provider_error"}
     assert {r["error_message"] for r in rows} == {"13: Internal error encountered."}
     assert len(api.batch_log["requests"]) == 2 * len({r["batch_id"].split("~")[0] for r in rows})  # two rounds
 
 
-class Killed(BaseException):
-    """A driver killed without notice (SIGKILL): nothing catches it, nothing is cancelled."""
-
-
-class KillingClient:
-    """The SDK's client, except that the ``n``-th ``batches.create`` kills the driver after the
-    job is made (``after=True``) or before the request leaves (``after=False``)."""
-
-    def __init__(self, api, n, after):
-        self._c, self._n, self._after = client(api), n, after
-        outer = self
-
-        class Batches:
-            def create(self, **kw):
-                outer._n -= 1
-                if outer._n == 0 and not outer._after:
-                    raise Killed("before create")
-                made = outer._c.batches.create(**kw)
-                if outer._n == 0:
-                    raise Killed("after create")
-                return made
-
-            def __getattr__(self, name):
-                return getattr(outer._c.batches, name)
-
-        self.batches = Batches()
+def killing_client(api, n, after):
+    """The SDK's client whose ``n``-th ``batches.create`` kills the driver (:class:`DyingCreate`)."""
+    sdk = client(api)
+    return SimpleNamespace(batches=DyingCreate(sdk.batches, n, after), client=sdk)  # held: the SDK closes its
+    # HTTP client when the Client is collected
 
 
 @pytest.mark.parametrize("n,after", [(1, True), (3, True), (3, False)])
@@ -129,13 +101,11 @@ def test_a_driver_killed_around_a_creation_resumes_without_creating_a_job_twice(
     cfg = config(dataset, tmp_path / "out", api, max_requests_per_file=6)
     try:
         with pytest.raises(Killed):
-            run(cfg, api, sdk=KillingClient(api, n, after))
+            run(cfg, api, sdk=killing_client(api, n, after))
         state = json.loads((tmp_path / "out" / "_batch_api" / "state.json").read_text())
         assert state["parts"][n - 1]["status"] == "creating" and state["parts"][n - 1]["batch_id"] is None
         run(cfg, api)
-        rows = rows_of(tmp_path / "out")
-        assert sorted((r["submission_id"], r["question_id"]) for r in rows) == sorted(items())
-        assert all(r["error_type"] is None for r in rows)
+        assert_all_graded(tmp_path / "out", N)
         assert_once(api)
         assert len(api.batch_log["batches"]) == len(state["parts"])  # one job per part, no more
         after_run = json.loads((tmp_path / "out" / "_batch_api" / "state.json").read_text())
@@ -147,19 +117,13 @@ def test_a_driver_killed_around_a_creation_resumes_without_creating_a_job_twice(
 def test_stop_cancels_open_jobs_and_a_rerun_sends_their_requests_again_once(tmp_path, dataset):
     api = FakeGeminiBatches(api_key="sk-test", per_request_s=0.01).start()
     cfg = config(dataset, tmp_path / "out", api)
-
-    def stop(s):
-        raise SystemExit(143)
-
     try:
         with pytest.raises(SystemExit):
-            run(cfg, api, sleep=stop)
+            run(cfg, api, sleep=stop_driver)
         states = {j["metadata"]["state"] for j in api.jobs.values()}
         assert "BATCH_STATE_CANCELLED" in states and states <= {"BATCH_STATE_CANCELLED", "BATCH_STATE_SUCCEEDED"}
         run(cfg, api)
-        rows = rows_of(tmp_path / "out")
-        assert sorted((r["submission_id"], r["question_id"]) for r in rows) == sorted(items())
-        assert all(r["error_type"] is None for r in rows)
+        assert_all_graded(tmp_path / "out", N)
         sent = collections.Counter(k for b in api.batch_log["batches"] for k in b["keys"])
         assert max(sent.values()) == 1, "the cancelled jobs' requests go again under their next round's keys"
         assert max(collections.Counter(api.batch_log["requests"]).values()) == 1
@@ -183,6 +147,4 @@ def test_parts_stay_under_the_inline_request_limit(tmp_path, dataset, monkeypatc
     state = json.loads((tmp_path / "out" / "_batch_api" / "state.json").read_text())
     sizes = [(tmp_path / "out" / "_batch_api" / f"{p['name']}.requests.jsonl").stat().st_size for p in state["parts"]]
     assert len(sizes) > 2 and max(sizes) <= 9_000, sizes
-    rows = rows_of(tmp_path / "out")
-    assert sorted((r["submission_id"], r["question_id"]) for r in rows) == sorted(items())
-    assert all(r["error_type"] is None for r in rows)
+    assert_all_graded(tmp_path / "out", N)
