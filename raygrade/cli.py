@@ -209,7 +209,7 @@ def cmd_quotas(a: argparse.Namespace) -> int:
     store = _key_store(a)
     if a.action == "set":
         q = store.set_quota(a.tenant, TenantQuota(max_active_jobs=a.max_active_jobs, items_per_day=a.items_per_day,
-                                                  tokens_per_day=a.tokens_per_day))
+                                                  tokens_per_day=a.tokens_per_day, file_bytes=a.file_bytes))
         print(f"tenant {a.tenant!r}: {q.model_dump_json()}")
     elif a.action == "clear":
         print(f"tenant {a.tenant!r}: " + ("quota removed" if store.clear_quota(a.tenant) else "had no quota"))
@@ -220,11 +220,11 @@ def cmd_quotas(a: argparse.Namespace) -> int:
         def cell(used: int, limit: int | None) -> str:
             return f"{used}/{'-' if limit is None else limit}"
 
-        print(f"{'tenant':<20} {'active jobs':>12} {'items (24 h)':>18} {'tokens (24 h)':>24}")
+        print(f"{'tenant':<20} {'active jobs':>12} {'items (24 h)':>18} {'tokens (24 h)':>24} {'file bytes':>24}")
         for t in tenants:
             u, q = store.usage(t), quotas.get(t, TenantQuota())
             print(f"{t[:20]:<20} {cell(u.active_jobs, q.max_active_jobs):>12} {cell(u.items, q.items_per_day):>18} "
-                  f"{cell(u.tokens, q.tokens_per_day):>24}")
+                  f"{cell(u.tokens, q.tokens_per_day):>24} {cell(u.file_bytes, q.file_bytes):>24}")
     return 0
 
 
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     qset.add_argument("--max-active-jobs", type=int, help="jobs queued or running at once")
     qset.add_argument("--items-per-day", type=int, help="items (student x question) accepted per rolling 24 h")
     qset.add_argument("--tokens-per-day", type=int, help="provider tokens used by jobs accepted per rolling 24 h")
+    qset.add_argument("--file-bytes", type=int, help="bytes of uploaded files (Files API) the tenant may keep")
     qc = qs.add_parser("clear", parents=[store_opt], help="remove a tenant's quota")
     qc.add_argument("tenant")
     ql = qs.add_parser("list", parents=[store_opt], help="quotas with usage (used/limit; - is no limit)")

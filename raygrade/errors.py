@@ -147,12 +147,13 @@ class ConflictError(RaygradeError):
 
 
 class QuotaExceededError(RaygradeError):
-    """A tenant's quota refuses a new job (HTTP 429, OpenAI's ``insufficient_quota`` type).
+    """A tenant's quota refuses a new job or file (HTTP 429, OpenAI's ``insufficient_quota`` type).
 
-    ``code`` names the quota (``max_active_jobs``, ``items_per_day``, ``tokens_per_day``);
+    ``code`` names the quota (``max_active_jobs``, ``items_per_day``, ``tokens_per_day``,
+    ``file_bytes``);
     ``retry_after_s`` is when the rolling window will have room for the job (``None``
-    when only the tenant can make room: ending an active job, or a job larger than the
-    whole quota). Nothing of the refused job is kept.
+    when only the tenant can make room: ending an active job, deleting files, or a job larger
+    than the whole quota). Nothing of the refused job is kept.
     """
 
     status_code = 429

@@ -25,12 +25,16 @@ class TenantQuota(_Model):
             last 24 hours may have used; once reached, new jobs are refused until older ones
             leave the window (jobs already accepted run to the end: a job's tokens are known
             only as it is graded).
+        file_bytes: Bytes of uploaded files (the Files API) the tenant may keep stored; an upload
+            that would pass it is refused (HTTP 429 ``quota_exceeded``, code ``file_bytes``) until
+            the tenant deletes files. Pages of jobs already accepted do not count.
     """
 
     # Bounded by the store's columns (INTEGER, BIGINT): a larger value is a 400 or a one-line CLI error.
     max_active_jobs: int | None = Field(default=None, ge=0, le=2**31 - 1)
     items_per_day: int | None = Field(default=None, ge=0, le=2**63 - 1)
     tokens_per_day: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    file_bytes: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
 class TenantUsage(_Model):
@@ -42,4 +46,6 @@ class TenantUsage(_Model):
     active_jobs: int = Field(description="Jobs queued or running.")
     items: int = Field(description="Items of the jobs accepted in the window.")
     tokens: int = Field(description="Prompt + completion tokens used by the jobs accepted in the window.")
+    files: int = Field(default=0, description="Files stored (the Files API).")
+    file_bytes: int = Field(default=0, description="Bytes of the files stored.")
     quota: TenantQuota | None = Field(default=None, description="The tenant's limits; null: none.")

@@ -43,9 +43,12 @@ class FileRoutes:
                           tenant: str = Tenant) -> FileObject:
         """Upload a page file (a student's or a class's PDF, a TIFF, photos): it is split into page
         images and checked now (400 naming the file if it cannot be), so a job that names its pages
-        is accepted without decoding anything. The body's size is bounded by ``api.max_body_bytes``."""
+        is accepted without decoding anything. The body's size is bounded by ``api.max_body_bytes``,
+        and the tenant's stored files by its ``file_bytes`` quota (429 before anything is stored)."""
         blobs = self._blob_store()
         name = clean_filename(file.filename)
+        if file.size is not None:  # received (spooled) already: refuse it before it is split and stored
+            await _call(self._registry.check_file_quota.remote(tenant, file.size))
         with span("raygrade.upload") as s:
             sha256, size, media_type, pages = await asyncio.to_thread(ingest, file.file, blobs, name, tenant,
                                                                       self._config.max_request_pixels)

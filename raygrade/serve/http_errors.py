@@ -55,7 +55,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
             409: "Conflict: an idempotency key reused with another body, or a job that already ended.",
             413: "The request body is over the size limit.",
             429: "Too many requests: this client sent too many unknown API keys (`rate_limit_error`, code "
-                 "`too_many_failed_authentications`), or, for a new job, the tenant's quota refuses it "
+                 "`too_many_failed_authentications`), or, for a new job or file, the tenant's quota refuses it "
                  "(`insufficient_quota`); `Retry-After` says when to retry where a wait helps.",
             501: "An optional extra the route needs is not installed on the server (`missing_dependency`; the "
                  "message names the extra).",

@@ -191,6 +191,11 @@ class JobRegistryImpl:
         """Record an uploaded file whose blobs are stored (:meth:`JobStore.create_file`)."""
         return await self._do(self._store.create_file, tenant, filename, size, sha256, media_type, pages)
 
+    async def check_file_quota(self, tenant: str, size: int) -> None:
+        """Raise ``QuotaExceededError`` if the tenant's ``file_bytes`` quota has no room for a file
+        of ``size`` bytes (:meth:`JobStore.check_file_quota`; before the upload is split)."""
+        await self._do(self._store.check_file_quota, tenant, size)
+
     async def get_file(self, file_id: str, tenant: str) -> FileObject:
         """The tenant's file (:meth:`JobStore.get_file`). Raises ``NotFoundError``."""
         return await self._do(self._store.get_file, file_id, tenant)

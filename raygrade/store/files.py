@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -27,6 +28,8 @@ class Files:
 
     engine: sa.Engine
     _clock: Callable[[], float]
+    _lock_quota: Callable[[Any, str], None]  # of raygrade.store.quotas.TenantQuotas
+    _enforce_file_quota: Callable[[Any, str, int], None]
 
     def create_file(self, tenant: str, filename: str, size: int, sha256: str, media_type: str,
                     pages: list[StoredImage], purpose: str = "pages") -> FileObject:
@@ -38,11 +41,17 @@ class Files:
             filename: Its name (:func:`raygrade.uploads.clean_filename`).
             size: Bytes of the file; ``sha256``: its blob key; ``media_type``: what it is.
             pages: One reference per page image, in page order (at least one).
+
+        Raises:
+            InvalidRequestError: no page.
+            QuotaExceededError: the tenant's ``file_bytes`` quota has no room for ``size`` bytes.
         """
         if not pages:
             raise InvalidRequestError(f"file {filename!r} holds no page", param="file")
         file_id, now = f"file-{uuid.uuid4().hex[:24]}", self._clock()
         with self.engine.begin() as conn:
+            self._lock_quota(conn, tenant)
+            self._enforce_file_quota(conn, tenant, size)
             conn.execute(files.insert().values(
                 id=file_id, tenant=tenant, filename=filename, purpose=purpose, bytes=size, sha256=sha256,
                 media_type=media_type, page_count=len(pages), created_at=now,

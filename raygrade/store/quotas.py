@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from raygrade.errors import QuotaExceededError
 from raygrade.protocol import QUOTA_WINDOW_S, TenantQuota, TenantUsage
 from raygrade.store.keys import check_tenant
-from raygrade.store.schema import jobs, tenant_quotas
+from raygrade.store.schema import files, jobs, tenant_quotas
 
 #: Job states that count against ``max_active_jobs``.
 ACTIVE_STATES = ("queued", "running")
@@ -34,7 +34,7 @@ def _lock_key(tenant: str) -> int:
 
 def _quota(row) -> TenantQuota:
     return TenantQuota(max_active_jobs=row.max_active_jobs, items_per_day=row.items_per_day,
-                       tokens_per_day=row.tokens_per_day)
+                       tokens_per_day=row.tokens_per_day, file_bytes=row.file_bytes)
 
 
 class TenantQuotas:
@@ -78,12 +78,40 @@ class TenantQuotas:
 
     # -- the tenant's side ------------------------------------------------------------------------
     def usage(self, tenant: str) -> TenantUsage:
-        """``tenant``'s quota and its usage now: active jobs, and the items and tokens of its jobs
-        accepted in the last :data:`QUOTA_WINDOW_S` seconds."""
+        """``tenant``'s quota and its usage now: active jobs, the items and tokens of its jobs
+        accepted in the last :data:`QUOTA_WINDOW_S` seconds, and its stored files."""
         with self.engine.connect() as conn:
             items, tokens = self._window_usage(conn, tenant, self._clock())
+            n_files, n_bytes = self._stored_files(conn, tenant)
             return TenantUsage(tenant=tenant, active_jobs=self._active_jobs(conn, tenant), items=items,
-                               tokens=tokens, quota=self._quota_of(conn, tenant))
+                               tokens=tokens, files=n_files, file_bytes=n_bytes, quota=self._quota_of(conn, tenant))
+
+    def check_file_quota(self, tenant: str, size: int) -> None:
+        """Raise what :meth:`~raygrade.store.files.Files.create_file` would for a new file of ``size``
+        bytes now (a cheap check before an upload is read; the authoritative one is in the file's
+        transaction).
+
+        Raises:
+            QuotaExceededError: the tenant's ``file_bytes`` quota refuses the file (HTTP 429).
+        """
+        with self.engine.connect() as conn:
+            self._enforce_file_quota(conn, tenant, size)
+
+    @staticmethod
+    def _stored_files(conn, tenant: str) -> tuple[int, int]:
+        row = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(files.c.bytes), 0))
+                           .where(files.c.tenant == tenant)).one()
+        return int(row[0]), int(row[1])
+
+    def _enforce_file_quota(self, conn, tenant: str, size: int) -> None:
+        if (quota := self._quota_of(conn, tenant)) is None or quota.file_bytes is None:
+            return
+        _, stored = self._stored_files(conn, tenant)
+        if stored + size > quota.file_bytes:
+            raise QuotaExceededError(
+                f"tenant {tenant!r} stores {stored} bytes of files and its quota allows {quota.file_bytes}; "
+                f"a file of {size} bytes does not fit: delete files (DELETE /v1/files/{{file_id}})",
+                code="file_bytes")
 
     def check_quota(self, tenant: str, items: int, namespace: str = "raygrade",
                     idempotency_key: str | None = None) -> None:

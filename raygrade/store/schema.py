@@ -176,6 +176,7 @@ tenant_quotas = sa.Table(
     sa.Column("max_active_jobs", sa.Integer),
     sa.Column("items_per_day", sa.BigInteger),
     sa.Column("tokens_per_day", sa.BigInteger),
+    sa.Column("file_bytes", sa.BigInteger),  # bytes of stored files (0012)
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 

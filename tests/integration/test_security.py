@@ -386,6 +386,27 @@ def test_reviews_are_the_tenants_own_keep_the_reviewers_key_and_export_as_csv(se
             assert x.batch_id == child_results[x.student_id].batch_id   # the regrade's grade, not the first one
 
 
+def test_a_tenants_file_bytes_quota_refuses_an_upload_before_it_is_stored(secure, fake):
+    """Over its ``file_bytes`` quota an upload is OpenAI's ``insufficient_quota`` 429 naming the
+    quota, nothing of it recorded; ``GET /v1/usage`` shows the stored bytes; a deletion makes room."""
+    from support import scan_files
+
+    _, key = secure.store.create_key("school-f")
+    pdf = scan_files.vector_pdf(1)
+    secure.store.set_quota("school-f", TenantQuota(file_bytes=len(pdf) + 10))
+    client = Client(secure.url, api_key=key)
+    first = client.files.create(pdf, filename="one.pdf")
+    r = httpx.post(f"{secure.url}/v1/files", files={"file": ("two.pdf", pdf)}, data={"purpose": "pages"},
+                   headers=_auth(key), timeout=30)
+    assert r.status_code == 429 and "Retry-After" not in r.headers, r.text
+    assert (r.json()["error"]["type"], r.json()["error"]["code"]) == ("insufficient_quota", "file_bytes")
+    usage = client.usage()
+    assert (usage.files, usage.file_bytes, usage.quota.file_bytes) == (1, len(pdf), len(pdf) + 10)
+    assert [f.id for f in client.files.list().data] == [first.id]
+    client.files.delete(first.id)
+    assert client.files.create(pdf, filename="two.pdf").bytes == len(pdf)
+
+
 def test_files_are_uploaded_once_named_in_jobs_and_are_their_tenants_own(secure, fake):
     """The Files API over HTTP: a 3-page PDF uploaded as multipart (the client streams it), a job
     whose student is its pages 3 and 1 graded with those page images (read back per item); another

@@ -519,7 +519,7 @@ def test_the_revisions_build_exactly_the_declared_schema_and_downgrade_keeps_the
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0001")
     assert "raygrade_job_bodies" not in sa.inspect(s.engine).get_table_names()
-    assert migrate(s.engine) == ["0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011"]
+    assert migrate(s.engine) == ["0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012"]
     assert diff() == []
     assert s.status(job_id) == before and s.get_job(job_id) == job  # bodies and counters survived the round trip
     s.close()

@@ -178,3 +178,26 @@ def test_pixels_are_counted_from_headers_and_a_job_or_file_past_the_limit_is_ref
     with pytest.raises(InvalidRequestError, match="'class.pdf''s pages hold more than"):
         ingest(io.BytesIO(scan_files.vector_pdf(3)), store.blobs, "class.pdf", max_pixels=3 * 1275 * 1650 - 1)
 
+
+
+def test_a_tenants_stored_file_bytes_are_bounded_by_its_quota(store):
+    """``file_bytes``: an upload that would pass it is refused in the file's transaction (and by the
+    cheap check the route makes first), other tenants are not affected, a deletion makes room."""
+    from raygrade.errors import QuotaExceededError
+    from raygrade.protocol import TenantQuota
+
+    pdf = scan_files.vector_pdf(1)
+    store.set_quota("school-a", TenantQuota(file_bytes=len(pdf) + 10))
+    first = upload(store, pdf)
+    u = store.usage("school-a")
+    assert (u.files, u.file_bytes, u.quota.file_bytes) == (1, len(pdf), len(pdf) + 10)
+    store.check_file_quota("school-a", 10)  # what is left fits
+    for refused in (lambda: store.check_file_quota("school-a", 11), lambda: upload(store, pdf, name="again.pdf")):
+        with pytest.raises(QuotaExceededError) as e:
+            refused()
+        assert e.value.code == "file_bytes" and "delete files" in str(e.value)
+    assert store.usage("school-a").files == 1  # nothing recorded for the refused upload
+    assert upload(store, pdf, tenant="school-b").bytes == len(pdf)  # no quota: no limit
+    store.delete_file(first.id, "school-a")
+    assert upload(store, pdf, name="again.pdf").bytes == len(pdf)
+    assert store.get_quota("school-a").file_bytes == len(pdf) + 10

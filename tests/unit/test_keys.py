@@ -76,17 +76,21 @@ def test_quotas_cli_sets_lists_with_usage_and_clears(tmp_path, capsys):
 
     url = f"sqlite:///{tmp_path}/jobs.db"
     JobStore(url, blob_uri=str(tmp_path / "blobs")).close()
+    assert main(["quotas", "--store-url", url, "set", "school-b", "--file-bytes", "1000"]) == 0
     assert main(["quotas", "--store-url", url, "set", "school-a", "--max-active-jobs", "2",
                  "--items-per-day", "100"]) == 0
     capsys.readouterr()
     assert main(["quotas", "--store-url", url, "list"]) == 0
-    row = capsys.readouterr().out.splitlines()[1].split()
-    assert row == ["school-a", "0/2", "0/100", "0/-"]
+    lines = capsys.readouterr().out.splitlines()
+    row = lines[1].split()
+    assert lines[2].split() == ["school-b", "0/-", "0/-", "0/-", "0/1000"]
+    assert row == ["school-a", "0/2", "0/100", "0/-", "0/-"]
     with pytest.raises(ValidationError):  # the console script prints it as one line (raygrade._cli)
         main(["quotas", "--store-url", url, "set", "school-a", "--items-per-day", "-1"])
     with pytest.raises(InvalidRequestError):
         main(["quotas", "--store-url", url, "set", "not a tenant"])
     assert main(["quotas", "--store-url", url, "clear", "school-a"]) == 0
+    assert main(["quotas", "--store-url", url, "clear", "school-b"]) == 0
     assert "quota removed" in capsys.readouterr().out
     assert main(["quotas", "--store-url", url, "list"]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == []
