@@ -23,7 +23,11 @@ each), until the share of items is covered; reported with the items graded per t
 ``--target 0.9`` adds a review target on exact agreement (``JobOptions.review_target``): the share
 it picks, the agreement it expects from the confidences, and the agreement reached; ``--target-qwk
 0.8`` the same for a target on the per-question mean QWK (expected from the grades' expected
-errors, :func:`raygrade.review.qwk_target_cut`).
+errors, :func:`raygrade.review.qwk_target_cut`). ``--audit 0.1`` adds, for each exact target, a
+grader whose confidences are ``--overconfidence`` times too confident in logit (as an LLM's
+self-reported numbers often are) with a random audit sample (``review_audit_share``) reviewed
+first: the target's choice from the raw confidences against the choice after the audits
+recalibrate them (:mod:`raygrade.recalibration`), and the calibration error (ECE) of each.
 
     .venv/bin/python benchmarks/review_loop.py --version 2.0 --examples 8
     .venv/bin/python benchmarks/fidelity.py --review-loop --version 2.0     # the same, from fidelity
@@ -164,6 +168,36 @@ class Simulation:
         return self.agreement(final) | {"metric": "qwk", "target": value, "share": len(reviewed) / len(keys),
                                         "expected": expected, "reviewed": len(reviewed)}
 
+    def run_target_audited(self, value: float, share: float, overconfidence: float) -> dict:
+        """An exact target for an overconfident grader (the baseline's confidences pushed out in
+        logit), with ``share`` of the items audited first: raw against recalibrated confidences."""
+        import math
+
+        from raygrade.evaluation import expected_calibration_error
+        from raygrade.recalibration import fit_recalibration, is_audit
+        from raygrade.review import target_cut
+
+        def distort(c: float) -> float:
+            c = min(max(c, 1e-6), 1 - 1e-6)
+            return 1 / (1 + math.exp(-overconfidence * math.log(c / (1 - c))))
+
+        keys = sorted(self.initial)
+        conf = {k: distort(self.initial[k][1]) for k in keys}
+        right = {k: self.initial[k][0] == self.human[k] for k in keys}
+        audit = {k for k in keys if is_audit("review-loop", k[0], k[1], share)}
+        rest = [k for k in keys if k not in audit]
+        recal = fit_recalibration([(conf[k], right[k]) for k in audit])
+        out = {"target": value, "audit_share": share, "overconfidence": overconfidence, "audited": len(audit),
+               "slope": recal.slope, "intercept": recal.intercept}
+        for name, c in (("raw", conf), ("recalibrated", {k: recal.apply(conf[k]) for k in keys})):
+            picked, expected = target_cut([c[k] for k in rest], value, right=len(audit))
+            reviewed = audit | {rest[i] for i in picked}
+            final = {k: (self.human[k] if k in reviewed else self.initial[k][0]) for k in self.human}
+            out[name] = {"share": len(reviewed) / len(keys), "expected": expected,
+                         "reached": self.agreement(final)["exact"],
+                         "ece": expected_calibration_error([c[k] for k in rest], [right[k] for k in rest])}
+        return out
+
     def agreement(self, final: dict[Key, float]) -> dict:
         rows = [(self.human[k], final[k], self.max[k[0]], self.steps[k[0]]) for k in self.human]
         by_q: dict[str, list] = {}
@@ -190,6 +224,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also a review target on exact agreement (repeatable): the share chosen and reached")
     ap.add_argument("--target-qwk", type=float, action="append", default=[],
                     help="also a review target on the per-question mean QWK (repeatable)")
+    ap.add_argument("--audit", type=float, default=0.0,
+                    help="with --target: also an overconfident grader with this audit share (raw vs recalibrated)")
+    ap.add_argument("--overconfidence", type=float, default=2.5,
+                    help="how many times too confident (in logit) the audited grader is")
     ap.add_argument("--limit", type=int, help="a stratified slice of this many answers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "review_loop.json"))
@@ -208,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.groups:
         report["runs"]["groups"] = {str(s): sim.run_groups(s, a.group_threshold) for s in shares}
     report["targets"] = [sim.run_target(v) for v in a.target] + [sim.run_target_qwk(v) for v in a.target_qwk]
+    if a.audit:
+        report["audited"] = [sim.run_target_audited(v, a.audit, a.overconfidence) for v in a.target]
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
@@ -243,6 +283,14 @@ def markdown(report: dict) -> str:
         lines.append(f"\nreview_target exact >= {t['target']:g}: reviews {t['share']:.1%} of the items "
                      f"(expected exact {t['expected']:.3f}); reached exact {t['exact']:.3f}, "
                      f"pooled QWK {t['qwk_pooled']:.3f}")
+    for t in report.get("audited", []):
+        lines.append(f"\nreview_target exact >= {t['target']:g}, a grader {t['overconfidence']:g}x too confident "
+                     f"(logit), {t['audited']} items audited ({t['audit_share']:.0%}; fitted slope {t['slope']:.2f}, "
+                     f"intercept {t['intercept']:.2f}):")
+        for name in ("raw", "recalibrated"):
+            r = t[name]
+            lines.append(f"- {name}: ECE {r['ece']:.3f}; reviews {r['share']:.1%} "
+                         f"(expected exact {r['expected']:.3f}), reached exact {r['reached']:.3f}")
     return "\n".join(lines)
 
 

@@ -55,6 +55,7 @@ from raygrade.protocol.pages import (
     resolved,
 )
 from raygrade.protocol.results import (
+    ConfidenceRecalibration,
     ErrorDetail,
     ErrorResponse,
     GradeResult,
@@ -84,6 +85,7 @@ __all__ = [
     "AnswerGroupList",
     "Assessment",
     "CompletionPolicy",
+    "ConfidenceRecalibration",
     "ErrorDetail",
     "ErrorResponse",
     "FileDeleted",

@@ -193,6 +193,11 @@ class JobOptions(_Input):
     review_target: ReviewTarget | None = Field(default=None, description=(
         "Flag as many of the least confident items as the expected agreement needs to reach the target "
         "(instead of review_share; the share chosen is in the job's status)."))
+    review_audit_share: float = number(default=0.0, ge=0, le=0.5, description=(
+        "Share of graded items also flagged for review at random (an audit sample, besides review_share or "
+        "review_target): the teacher's scores on them are unbiased evidence of how often the grader is right, "
+        "from which the job's confidences are recalibrated (results' calibrated_confidence) and the review "
+        "target's choice recomputed."))
     batch_across_jobs: bool = Field(default=False, description=(
         "Students of this job may share a provider request with the students of the same tenant's other jobs "
         "that grade the same questions with the same model, sent within the batcher's wait "

@@ -57,7 +57,14 @@ class GradeResult(_Model):
     batch_id: str
     usage: Usage
     needs_review: bool = Field(default=False, description=(
-        "Among the ``review_share`` of the job most at risk (``review_by``), or chosen by its review target."))
+        "Among the ``review_share`` of the job most at risk (``review_by``), chosen by its review target, or "
+        "in its audit sample (``audit``)."))
+    audit: bool = Field(default=False, description=(
+        "In the job's random audit sample (options.review_audit_share): flagged for review whatever its risk, "
+        "so that the teacher's scores on it recalibrate the job's confidences without selection bias."))
+    calibrated_confidence: float | None = Field(default=None, ge=0, le=1, description=(
+        "The confidence recalibrated from the job's audited reviews so far (JobResults.recalibration); "
+        "null before any audit item is reviewed."))
     item_id: str | None = Field(default=None, description=(
         "The item's id within its job (`item_<n>`; the review route's), in the job's results."))
     graded_by: Literal["model", "teacher"] = Field(default="model", description=(
@@ -158,6 +165,15 @@ class JobList(_Model):
     has_more: bool = False
 
 
+class ConfidenceRecalibration(_Model):
+    """``p' = σ(slope · logit(p) + intercept)``, fitted on the job's reviewed audit items
+    (:func:`raygrade.recalibration.fit_recalibration`)."""
+
+    audited: int = Field(description="Audit items reviewed (the fit's data).")
+    slope: float
+    intercept: float
+
+
 class JobResults(_Model):
     """The body of ``GET /v1/jobs/{id}/results``."""
 
@@ -169,6 +185,8 @@ class JobResults(_Model):
     usage: Usage
     review_agreement: ReviewAgreement | None = Field(default=None, description=(
         "Agreement between the model and the teachers on the items reviewed so far (null before any review)."))
+    recalibration: ConfidenceRecalibration | None = Field(default=None, description=(
+        "The job's confidences recalibrated from its reviewed audit items (null before any)."))
 
 
 class ErrorDetail(BaseModel):

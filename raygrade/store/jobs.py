@@ -27,6 +27,7 @@ from raygrade.store.keys import ApiKeys
 from raygrade.store.outbox import WebhookOutbox
 from raygrade.store.quotas import TenantQuotas
 from raygrade.store.regrade import Regrades
+from raygrade.store.review_plan import with_audits
 from raygrade.store.reviews import final_result
 from raygrade.store.schema import batches, items, job_bodies, jobs
 from raygrade.store.states import (
@@ -286,9 +287,13 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
             errors = [GradingErrorItem.model_validate(e) for e in json.loads(j["errors"])]
             errors += [GradingErrorItem(student_ids=[sid], question_ids=qids, type=t or "error", message=m or "",
                                         batch_id=bid) for (sid, t, m, bid), qids in errs.items()]
+            share = self._job_body(conn, job_id).options.review_audit_share
+            recalibration = None
+            if share:
+                out, recalibration = with_audits(job_id, share, out)
             return JobResults(id=job_id, state=JobState(j["state"]), results=out, errors=errors,
                               usage=Usage(prompt_tokens=j["prompt_tokens"], completion_tokens=j["completion_tokens"]),
-                              review_agreement=review_agreement(out))
+                              review_agreement=review_agreement(out), recalibration=recalibration)
 
     def replicas(self, job_id: str, tenant: str | None = None) -> dict[str, int]:
         """Batches completed per grader replica for this job."""

@@ -27,6 +27,7 @@ from raygrade.protocol import (
     media_type_of,
     resolved,
 )
+from raygrade.recalibration import is_audit
 from raygrade.store.core import StoreCore
 from raygrade.store.outbox import REVIEWED
 from raygrade.store.review_plan import choose_for_review
@@ -138,7 +139,7 @@ class Reviews(StoreCore):
         :meth:`review_item`, before anything is written."""
         seqs = [seq_of(i) for i in item_ids]
         with self.engine.begin() as conn:
-            self._job_row(conn, job_id, lock=True, tenant=tenant)
+            ended = self._job_row(conn, job_id, lock=True, tenant=tenant)["finished_at"] is not None
             found = {r["seq"]: r for r in conn.execute(sa.select(items).where(
                 items.c.job_id == job_id, items.c.seq.in_(seqs))).mappings()}
             job = self._job_body(conn, job_id)
@@ -179,6 +180,10 @@ class Reviews(StoreCore):
                 first += standing is None
                 recorded += 1
             self._count(conn, job_id, items_reviewed=first)
+            share = job.options.review_audit_share
+            if recorded and share and ended and any(
+                    is_audit(job_id, found[s]["student_id"], found[s]["question_id"], share) for s in seqs):
+                self._flag_review(conn, job_id, job)  # an audit moves the recalibration: flag again with it
             if recorded:
                 self._announce_if_reviewed(conn, job_id, job)
             rows = {r["seq"]: r for r in conn.execute(sa.select(items).where(
@@ -221,7 +226,7 @@ class Reviews(StoreCore):
                             .where(items.c.job_id == job_id, items.c.state == "graded").order_by(items.c.seq)).all()
         open_rows = [r for r in rows if r.reviewed_at is None]
         reviewed_flagged = sum(1 for r in rows if r.reviewed_at is not None and r.needs_review)
-        picked, plan = choose_for_review(rows, job)
+        picked, plan = choose_for_review(rows, job, job_id)
         flagged = [open_rows[i] for i in sorted(picked)]
         conn.execute(items.update().where(items.c.job_id == job_id, items.c.reviewed_at.is_(None),
                                           items.c.needs_review.is_(True)).values(needs_review=False))

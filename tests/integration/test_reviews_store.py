@@ -263,6 +263,44 @@ def test_a_qwk_target_flags_the_largest_expected_errors_per_question(store):
     assert store.get_job(job_id).options.review_target.metric == "qwk"
 
 
+def test_an_audit_sample_is_flagged_besides_the_share_and_its_reviews_recalibrate_the_job(store):
+    from raygrade.recalibration import is_audit
+
+    job = grid_job(20, review_share=0.1, review_audit_share=0.3)
+    job_id = graded(store, job=job)   # 40 items: 4 at confidence 0.2 (batch 0), 36 at 0.9, every score 1
+    res = store.results(job_id)
+    audit = {r.item_id for r in res.results if is_audit(job_id, r.student_id, r.question_id, 0.3)}
+    assert {r.item_id for r in res.results if r.audit} == audit and 4 < len(audit) < 25
+    risky = {r.item_id for r in res.results if r.needs_review} - audit
+    assert len(risky) == 4  # the share's budget, the audit sample besides it
+    assert {r.item_id for r in res.results if r.needs_review} == audit | risky
+    assert res.recalibration is None and all(r.calibrated_confidence is None for r in res.results)
+
+    # The teacher finds every audited 0.9 grade wrong: the job's 0.9 grades are recalibrated down.
+    confident = [r for r in res.results if r.item_id in audit and r.confidence == 0.9]
+    for r in confident:
+        store.review_item(job_id, r.item_id, ReviewRequest(score=0), tenant="school-a")
+    after = store.results(job_id)
+    assert after.recalibration.audited == len(confident)
+    lowered = {r.calibrated_confidence for r in after.results if r.confidence == 0.9}
+    assert len(lowered) == 1 and lowered.pop() < 0.6
+    outside = next(r for r in after.results if r.item_id not in audit and r.review is None)
+    store.review_item(job_id, outside.item_id, ReviewRequest(score=1), tenant="school-a")
+    assert store.results(job_id).recalibration.audited == len(confident)  # a risk-routed review is not evidence
+
+
+def test_audit_reviews_recompute_a_review_targets_choice(store):
+    job = grid_job(20, review_target={"metric": "exact", "value": 0.8}, review_audit_share=0.3)
+    job_id = graded(store, job=job)
+    before = store.status(job_id).review_plan
+    res = store.results(job_id)
+    for r in res.results:
+        if r.audit and r.confidence == 0.9:
+            store.review_item(job_id, r.item_id, ReviewRequest(score=0), tenant="school-a")
+    plan = store.status(job_id).review_plan
+    assert plan.flagged > before.flagged and plan.expected >= 0.8 - 1e-9  # less trust: more to review
+
+
 def test_the_reviewed_webhook_is_queued_once_when_the_queue_empties(store):
     job = grid_job(4, review_share=0.25, webhook_url="http://127.0.0.1:9/hook")
     job_id = graded(store, job=job)

@@ -92,3 +92,14 @@ def test_a_qwk_target_reviews_more_for_a_higher_target_and_reports_its_expectati
     assert 0 <= low["share"] <= high["share"] <= 1 and high["reviewed"] == round(high["share"] * 72)
     assert "review_target qwk >= 0.95" in mod.markdown({"dataset": "d", "answers": 72, "examples": 0, "rounds": 1,
                                                         "runs": {"random": {"0": low}}, "targets": [high]})
+
+
+def test_an_audit_recalibrates_an_overconfident_grader_toward_its_target(sim):
+    mod, s = sim
+    r = s.run_target_audited(0.9, 0.3, 3.0)
+    assert r["audited"] > 0 and r["slope"] < 1                       # the audits saw the overconfidence
+    assert r["recalibrated"]["ece"] < r["raw"]["ece"]
+    assert r["recalibrated"]["share"] >= r["raw"]["share"]            # more trust lost, more to review
+    assert "recalibrated: ECE" in mod.markdown({"dataset": "d", "answers": 72, "examples": 0, "rounds": 1,
+                                               "runs": {"random": {"0": s.run("random", 0, 1, 0)}},
+                                               "targets": [], "audited": [r]})
