@@ -232,7 +232,7 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     import yaml
 
     from raygrade.bulk import RegradeConfig
-    from raygrade.bulk.estimate import estimate, estimate_job, report
+    from raygrade.bulk.estimate import estimate, estimate_job, report, review_forecast_line
     from raygrade.config import ProviderConfig
     from raygrade.settings import resolve_args
 
@@ -249,6 +249,8 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     for line in warnings:  # e.g. OCR for a text-only model without its extra; no price for a hosted model
         print(f"raygrade: warning: {line}", file=sys.stderr)
     print(text)
+    if a.review_target is not None:
+        print(review_forecast_line(args, a.review_target))
     return 0
 
 
@@ -289,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--price-out", type=float, help="USD per million output tokens (default: the provider's)")
     e.add_argument("--batch-factor", type=float, default=0.5, help="the Batch API's price factor (OpenAI: 0.5)")
     e.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    e.add_argument("--review-target", type=float, help="also the share an exact review target would flag, "
+                   "forecast from the app's store (its recent jobs graded by this model)")
     e.set_defaults(fn=cmd_estimate)
     # --store-url before or after the action (`keys --store-url X create`, `keys create --store-url X`).
     store_help = "the job store (default: $RAYGRADE_STORE_URL or ~/.raygrade/jobs.db)"

@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 from raygrade.bulk.config import RegradeConfig
 from raygrade.bulk.plan import BlockPlanner
 from raygrade.bulk.schema import fs_and_path, load_assessment
-from raygrade.config import ProviderConfig
+from raygrade.config import ProviderConfig, RaygradeArgs
+from raygrade.errors import ConfigError
 from raygrade.planner import JSON_OVERHEAD_TOKENS
 
 
@@ -198,3 +199,36 @@ def report(est: Estimate, provider: ProviderConfig, price_in: float | None = Non
     if as_json:
         return json.dumps(est.as_dict(p_in, p_out, factor, **cache), indent=2), warnings
     return table(est, p_in, p_out, factor, **cache), warnings
+
+
+def review_forecast_line(args: RaygradeArgs, value: float) -> str:
+    """One line: the share of items an exact review target of ``value`` is expected to flag, from
+    the confidences of the recent jobs graded by ``args.provider``'s model in ``args``' store and
+    namespace (:meth:`raygrade.store.JobStore.review_forecast`), or why there is no forecast.
+
+    Raises:
+        ValueError: ``value`` outside (0, 1].
+    """
+    from raygrade.protocol import ReviewTarget
+    from raygrade.store import JobStore
+    from raygrade.store.forecast import MIN_HISTORY
+    from raygrade.store.schema import check_store_url
+
+    url, model = args.store.resolved_url(), args.provider.model
+    try:
+        parsed = check_store_url(url, must_exist=True)
+    except ConfigError:
+        parsed = None
+    if parsed is None or (parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists()):
+        return f"review target exact >= {value:g}: no forecast (no job store at {args.store.url or 'the default'})"
+    store = JobStore(url, blob_uri=args.store.resolved_blob_uri())
+    try:
+        plan = store.review_forecast(args.namespace, model, ReviewTarget(value=value))
+    finally:
+        store.close()
+    if plan is None:
+        return (f"review target exact >= {value:g}: no forecast (fewer than {MIN_HISTORY} graded items of model "
+                f"{model!r} in namespace {args.namespace!r})")
+    return (f"review target exact >= {value:g}: expected to flag {plan.share:.1%} of the items (expected exact "
+            f"{plan.expected:.3f}), from the confidences of {plan.history_items} graded items of model {model!r}")
+

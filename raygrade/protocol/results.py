@@ -143,7 +143,8 @@ class JobStatus(_Model):
     usage: Usage = Field(default_factory=Usage)
     tenant: str = Field(default="default", description="The tenant the job belongs to (its API key's).")
     review_plan: ReviewPlan | None = Field(default=None, description=(
-        "With a review_target: the share of items it flagged and the agreement expected (once the job ended)."))
+        "With a review_target: the share of items it flagged and the agreement expected (once the job ended); "
+        "before, for an exact target, the share forecast from the namespace's recent jobs (basis history)."))
     regrade_of: str | None = Field(default=None, description=(
         "For a regrade (``POST /v1/jobs/{id}/regrade``): the job whose question this job regrades; its "
         "grades replace that job's unreviewed model grades when this job ends."))

@@ -124,3 +124,7 @@ class ReviewPlan(_Model):
     expected: float = Field(description="Expected agreement (the target's metric) once the flagged items are "
                                         "reviewed (from the confidences or expected errors, reviewed items "
                                         "counted right).")
+    basis: Literal["grades", "history"] = Field(default="grades", description=(
+        "grades: chosen from the job's own grades (once it ended); history: a forecast before grading, from the "
+        "confidences of the namespace's recent jobs graded by the same model (flagged 0, share the expected one)."))
+    history_items: int | None = Field(default=None, description="With basis history: the graded items it drew on.")

@@ -23,6 +23,7 @@ from raygrade.protocol import (
 from raygrade.review import review_agreement
 from raygrade.store.batches import BatchLeases
 from raygrade.store.files import Files
+from raygrade.store.forecast import ReviewForecasts
 from raygrade.store.keys import ApiKeys
 from raygrade.store.outbox import WebhookOutbox
 from raygrade.store.quotas import TenantQuotas
@@ -39,7 +40,7 @@ from raygrade.store.states import (
 )
 
 
-class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, Files):
+class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, Files, ReviewForecasts):
     """Jobs, items, batches and webhooks in SQLite or PostgreSQL.
 
     Args:
@@ -114,6 +115,8 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
             conn.execute(job_bodies.insert().values(job_id=job_id, body=body))
             for k in range(0, len(rows), 5000):
                 conn.execute(items.insert(), rows[k:k + 5000])
+            if (forecast := self._forecast(conn, namespace, job.options.model, job.options.review_target)) is not None:
+                conn.execute(jobs.update().where(jobs.c.id == job_id).values(review_plan=forecast.model_dump_json()))
             return self._status(conn, job_id), True
 
     def _replay(self, conn, namespace: str, tenant: str, idempotency_key: str, body_hash: str) -> JobStatus | None:

@@ -301,6 +301,40 @@ def test_audit_reviews_recompute_a_review_targets_choice(store):
     assert plan.flagged > before.flagged and plan.expected >= 0.8 - 1e-9  # less trust: more to review
 
 
+def test_an_exact_target_is_forecast_before_grading_from_the_namespaces_recent_jobs(store, store_url):
+    from raygrade.review import target_cut
+
+    target = {"metric": "exact", "value": 0.9}
+    first = store.create_job(grid_job(30, review_target=target), tenant="school-a")[0]
+    assert first.review_plan is None                          # no history yet
+    done = graded(store, job=grid_job(30, review_share=0.1))  # 60 graded items of model "m", the latest
+    st = store.create_job(grid_job(30, review_target=target), tenant="school-b")[0]
+    picked, expected = target_cut([r.confidence for r in store.results(done).results], 0.9)
+    plan = st.review_plan
+    assert (plan.basis, plan.history_items, plan.flagged) == ("history", 60, 0) and 0 < len(picked) < 60
+    assert plan.share == pytest.approx(len(picked) / 60) and plan.expected == pytest.approx(expected)
+    assert store.create_job(grid_job(3, review_target={"metric": "qwk", "value": 0.8}))[0].review_plan is None
+    other = grid_job(30, review_target=target)
+    other.options.model = "another-model"                     # another model's history: none
+    assert store.create_job(other)[0].review_plan is None
+    assert store.review_forecast("raygrade", None, other.options.review_target) == plan
+    assert store.review_forecast("raygrade", "m", other.options.review_target) == plan
+
+    # `raygrade estimate --review-target 0.9`: the same forecast for the provider's model, from the app's store.
+    from raygrade.bulk.estimate import review_forecast_line
+    from raygrade.config import ProviderConfig, RaygradeArgs, StoreConfig
+
+    args = RaygradeArgs(provider=ProviderConfig(model="m", api_key_env="X"), store=StoreConfig(url=store_url))
+    assert review_forecast_line(args, 0.9) == (f"review target exact >= 0.9: expected to flag {plan.share:.1%} of the "
+                                               f"items (expected exact {plan.expected:.3f}), from the confidences of "
+                                               "60 graded items of model 'm'")
+    assert "fewer than 50 graded items of model 'x'" in review_forecast_line(
+        args.model_copy(update={"provider": ProviderConfig(model="x", api_key_env="X")}), 0.9)
+    missing = args.model_copy(update={"store": StoreConfig(url=f"sqlite:///{store_url.split('///')[-1]}.none")})
+    if store_url.startswith("sqlite"):
+        assert "no job store" in review_forecast_line(missing, 0.9)
+
+
 def test_the_reviewed_webhook_is_queued_once_when_the_queue_empties(store):
     job = grid_job(4, review_share=0.25, webhook_url="http://127.0.0.1:9/hook")
     job_id = graded(store, job=job)
