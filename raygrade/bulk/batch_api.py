@@ -64,11 +64,13 @@ class BatchApiRun(BatchCollection):
     """One regrade's batches: plan, submit, poll, collect (see the module's description).
 
     Args:
-        cfg: The regrade's configuration (``provider`` an OpenAI-compatible endpoint with a Batch API).
+        cfg: The regrade's configuration (``provider`` of a kind with a batch API: an
+            OpenAI-compatible endpoint with OpenAI's Batch API, ``anthropic`` or ``gemini``).
         assessment: The dataset's assessment.
         out_dir: The output folder (``_batch_api/`` and ``_staging/`` inside it).
         client: The provider's client (:func:`~raygrade.providers.registry.build_batch_backend`: an
-            ``openai.OpenAI`` or an ``anthropic.Anthropic``; default: one for ``cfg.provider``).
+            ``openai.OpenAI``, an ``anthropic.Anthropic`` or a ``google.genai.Client``; default: one
+            for ``cfg.provider``).
         sleep: Seconds to wait between polls (injected in tests).
     """
 

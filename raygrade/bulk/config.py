@@ -11,11 +11,15 @@ from raygrade.protocol import ReadingMode
 
 
 class BatchApiConfig(BaseModel):
-    """How ``mode: batch-api`` uses OpenAI's Batch API (https://platform.openai.com/docs/guides/batch).
+    """How ``mode: batch-api`` uses the provider's batch API (OpenAI's Batch API,
+    https://platform.openai.com/docs/guides/batch; Anthropic's Message Batches; Gemini's batch
+    mode: :mod:`raygrade.providers.batches`).
 
     Attributes:
-        max_requests_per_file: Requests per input file (the API allows 50,000).
-        max_file_bytes: Bytes per input file (the API allows 200 MB).
+        max_requests_per_file: Requests per input file, i.e. per batch (OpenAI allows 50,000;
+            Anthropic 100,000).
+        max_file_bytes: Bytes of request lines per batch (OpenAI allows 200 MB; Anthropic 256 MB;
+            Gemini's inline requests 20 MB, so its parts are cut at 18 MB whatever this says).
         max_enqueued_tokens: The model's enqueued-token limit (prompt tokens of batches not yet
             finished, by raygrade's estimate); the next file is submitted when earlier ones
             finish. ``None``: submit every file at once.
@@ -59,8 +63,8 @@ class RegradeConfig(BaseModel):
         model_deployment: ``(application, deployment)`` of the provider's model when it is served
             in a Serve application (a self-hosted model or the embedded default): the actors
             grade through that deployment's handle, on whichever node its replicas run.
-        mode: ``sync`` (requests through the rate limiter, now), ``batch-api`` (OpenAI's Batch
-            API: within 24 h at half the price, resumable; :mod:`raygrade.bulk.batch_api`) or
+        mode: ``sync`` (requests through the rate limiter, now), ``batch-api`` (the provider's
+            batch API: within 24 h at half the price, resumable; :mod:`raygrade.bulk.batch_api`) or
             ``vllm-batch`` (the same files through vLLM's offline batch runner on the cluster's
             model nodes; :mod:`raygrade.bulk.vllm_batch`).
         batch_api: Settings of the two batch modes.

@@ -145,13 +145,15 @@ def run_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] |
 
 def run_batch_regrade(cfg: RegradeConfig, progress: Callable[[dict[str, Any]], None] | None = None, *,
                       client: Any = None, sleep: Callable[[float], None] = time.sleep) -> RegradeSummary:
-    """``cfg.mode == "batch-api"``: regrade through OpenAI's Batch API (:mod:`raygrade.bulk.batch_api`),
-    resumable and exactly once; the results, report and staging are the synchronous mode's, and the
-    report adds the batch ids and the cost at the Batch API's price. ``"vllm-batch"``: the same
-    files through vLLM's offline batch runner on the cluster (:mod:`raygrade.bulk.vllm_batch`).
+    """``cfg.mode == "batch-api"``: regrade through the provider's batch API (OpenAI's, Anthropic's
+    Message Batches, Gemini's batch mode; :mod:`raygrade.bulk.batch_api`), resumable and exactly
+    once; the results, report and staging are the synchronous mode's, and the report adds the
+    batch ids and the cost at the batch price. ``"vllm-batch"``: the same files through vLLM's
+    offline batch runner on the cluster (:mod:`raygrade.bulk.vllm_batch`).
 
-    ``progress`` gets :meth:`BatchApiRun.progress` after each poll; ``client`` (an
-    ``openai.OpenAI``) and ``sleep`` are injected in tests.
+    ``progress`` gets :meth:`BatchApiRun.progress` after each poll; ``client`` (the provider's
+    SDK client: ``openai.OpenAI``, ``anthropic.Anthropic``, ``google.genai.Client``) and ``sleep``
+    are injected in tests.
 
     Raises:
         FileNotFoundError: the dataset has no ``assessment.json`` or no submissions.

@@ -251,3 +251,38 @@ def test_answer_groups_over_the_api_and_one_group_scored_by_keyboard(review_app,
     rows = list(csv.DictReader(io.StringIO(client.results_csv(job_id))))
     assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 8
     assert {r["student_id"] for r in rows if r["graded_by"] == "teacher"} == set(near.student_ids)
+
+
+def test_the_packaged_sample_graded_by_the_baseline_is_reviewed_in_the_page(review_app, browser):
+    """raygrade's own sample (its page images read by OCR, two questions on each page) graded by
+    the baseline: the page lists the flagged half, shows a page and what OCR read, and a reviewer
+    keeps one grade and changes another by keyboard."""
+    from raygrade.datasets.sample_jobs import sample_job
+    from raygrade.protocol import JobOptions
+
+    st = review_app.client.submit(sample_job(JobOptions(review_share=0.5)))
+    assert review_app.client.wait(st.id, timeout_s=180, poll_s=0.2).state.value == "succeeded"
+    flagged = [r for r in review_app.client.results(st.id).results if r.needs_review]
+    assert len(flagged) == 4
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{review_app.url}/review?job={st.id}")
+    page.fill("#api-key", review_app.keys["school-a"])
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#items li")
+    assert page.locator("#items li").count() == 4 and page.inner_text("#progress") == "0 / 4 reviewed"
+    page.wait_for_function("() => { const i = document.querySelector('#pages img');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
+    assert page.inner_text("#transcription").strip()
+    first = page.inner_text("#student")
+    page.keyboard.press("Enter")                       # keeps the model's score
+    page.wait_for_selector("#progress:has-text('1 / 4 reviewed')")
+    page.keyboard.press("0")                           # no credit
+    page.wait_for_selector("#progress:has-text('2 / 4 reviewed')")
+    context.close()
+    assert not errors
+    done = [r for r in review_app.client.results(st.id).results if r.graded_by == "teacher"]
+    assert len(done) == 2 and first in {r.student_id for r in done}
+    assert {r.score for r in done if r.model_score != r.score} <= {0.0}
