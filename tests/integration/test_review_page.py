@@ -97,6 +97,17 @@ def browser():
         b.close()
 
 
+def signed_in(page, review_app, job_id: str, tenant: str = "school-a") -> list[str]:
+    """``page`` at ``/review?job=job_id``, the tenant's key entered; returns the list the page's
+    script errors go to."""
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{review_app.url}/review?job={job_id}")
+    page.fill("#api-key", review_app.keys[tenant])
+    page.click("#login button[type=submit]")
+    return errors
+
+
 def test_the_page_needs_no_key_but_its_data_does_and_it_cannot_be_framed(review_app):
     page = httpx.get(f"{review_app.url}/review", timeout=10)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -181,9 +192,7 @@ def test_a_reviewer_scores_flagged_items_by_keyboard(review_app, browser, tmp_pa
 
 def test_another_tenants_key_sees_no_items(review_app, browser):
     page = browser.new_page()
-    page.goto(f"{review_app.url}/review?job={review_app.job_id}")
-    page.fill("#api-key", review_app.keys["school-b"])
-    page.click("#login button[type=submit]")
+    signed_in(page, review_app, review_app.job_id, "school-b")
     page.wait_for_selector("#workspace:not([hidden])")
     page.wait_for_selector("#empty:not([hidden])")
     assert page.locator("#items li").count() == 0
@@ -209,11 +218,7 @@ def test_answer_groups_over_the_api_and_one_group_scored_by_keyboard(review_app,
         client.review_group(job_id, "q1", "group_999", 1)
 
     page = browser.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{review_app.url}/review?job={job_id}")
-    page.fill("#api-key", review_app.keys["school-a"])
-    page.click("#login button[type=submit]")
+    errors = signed_in(page, review_app, job_id)
     page.wait_for_selector("#workspace:not([hidden])")
     page.select_option("#filter", "groups")
     try:
@@ -266,11 +271,7 @@ def test_the_packaged_sample_graded_by_the_baseline_is_reviewed_in_the_page(revi
     assert len(flagged) == 4
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{review_app.url}/review?job={st.id}")
-    page.fill("#api-key", review_app.keys["school-a"])
-    page.click("#login button[type=submit]")
+    errors = signed_in(page, review_app, st.id)
     page.wait_for_selector("#items li")
     assert page.locator("#items li").count() == 4 and page.inner_text("#progress") == "0 / 4 reviewed"
     page.wait_for_function("() => { const i = document.querySelector('#pages img');"
