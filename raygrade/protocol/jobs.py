@@ -191,8 +191,8 @@ class JobOptions(_Input):
         "What review_share ranks items by: expected_error (the grade's expected |score - the human's| as a share "
         "of the maximum; default) or confidence (P(exact score), least confident first)."))
     review_target: ReviewTarget | None = Field(default=None, description=(
-        "Flag as many of the least confident items as the expected agreement needs to reach the target "
-        "(instead of review_share; the share chosen is in the job's status)."))
+        "Flag as many items (the least confident for exact, the largest expected errors for qwk) as the expected "
+        "agreement needs to reach the target (instead of review_share; the share chosen is in the job's status)."))
     review_audit_share: float = number(default=0.0, ge=0, le=0.5, description=(
         "Share of graded items also flagged for review at random (an audit sample, besides review_share or "
         "review_target): the teacher's scores on them are unbiased evidence of how often the grader is right, "

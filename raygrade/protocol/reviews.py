@@ -115,7 +115,7 @@ class ReviewAgreement(_Model):
 
 class ReviewPlan(_Model):
     """The share of a job a review target chose (``JobOptions.review_target``), when the job ended
-    or after a regrade."""
+    or after a regrade; before grading, its forecast (``basis: history``)."""
 
     metric: Literal["exact", "qwk"]
     target: float

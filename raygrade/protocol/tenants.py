@@ -26,7 +26,7 @@ class TenantQuota(_Model):
             leave the window (jobs already accepted run to the end: a job's tokens are known
             only as it is graded).
         file_bytes: Bytes of uploaded files (the Files API) the tenant may keep stored; an upload
-            that would pass it is refused (HTTP 429 ``quota_exceeded``, code ``file_bytes``) until
+            that would pass it is refused (HTTP 429 ``insufficient_quota``, code ``file_bytes``) until
             the tenant deletes files. Pages of jobs already accepted do not count.
     """
 

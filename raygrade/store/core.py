@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from raygrade.blobs import BlobStore, default_blob_uri, externalize
 from raygrade.errors import NotFoundError, StorageError
-from raygrade.protocol import GradingJob, JobProgress, JobState, JobStatus, JobWarning, Usage
+from raygrade.protocol import GradingJob, JobOptions, JobProgress, JobState, JobStatus, JobWarning, Usage
 from raygrade.store.schema import create_engine, job_bodies, jobs, migrate
 from raygrade.store.states import JOB_TRANSITIONS, sources
 
@@ -84,6 +84,12 @@ class StoreCore:
     def _job_body(conn, job_id: str) -> GradingJob:
         return GradingJob.model_validate_json(
             conn.execute(sa.select(job_bodies.c.body).where(job_bodies.c.job_id == job_id)).scalar_one())
+
+    @staticmethod
+    def _job_options(conn, job_id: str) -> JobOptions:
+        """The job's options alone (its body is not validated: its submissions may be large)."""
+        body = json.loads(conn.execute(sa.select(job_bodies.c.body).where(job_bodies.c.job_id == job_id)).scalar_one())
+        return JobOptions.model_validate(body.get("options") or {})
 
     def _status(self, conn, job_id: str, tenant: str | None = None) -> JobStatus:
         """One row: the job's counters (kept by every write that changes them)."""

@@ -290,7 +290,7 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
             errors = [GradingErrorItem.model_validate(e) for e in json.loads(j["errors"])]
             errors += [GradingErrorItem(student_ids=[sid], question_ids=qids, type=t or "error", message=m or "",
                                         batch_id=bid) for (sid, t, m, bid), qids in errs.items()]
-            share = self._job_body(conn, job_id).options.review_audit_share
+            share = self._job_options(conn, job_id).review_audit_share
             recalibration = None
             if share:
                 out, recalibration = with_audits(job_id, share, out)

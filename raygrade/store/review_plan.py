@@ -76,9 +76,9 @@ def choose_for_review(rows: list[Any], job: GradingJob, job_id: str) -> tuple[se
     options = job.options
     share = options.review_audit_share
     audit = {i for i, r in enumerate(rows) if is_audit(job_id, r.student_id, r.question_id, share)}
-    recal = recalibration_of(job_id, share, [
-        (r.student_id, r.question_id, r.confidence, r.review_score if r.reviewed_at is not None else None,
-         GradeResult.model_validate_json(r.result).score) for r in rows])
+    recal = recalibration_of(job_id, share, [  # only reviewed audit rows' results are read
+        (r.student_id, r.question_id, r.confidence, r.review_score, GradeResult.model_validate_json(r.result).score)
+        for i, r in enumerate(rows) if i in audit and r.reviewed_at is not None])
     open_at = [i for i, r in enumerate(rows) if r.reviewed_at is None]
     audit_open = {k for k, i in enumerate(open_at) if i in audit}
     candidates = [k for k in range(len(open_at)) if k not in audit_open]  # positions in open_at

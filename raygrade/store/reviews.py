@@ -220,9 +220,12 @@ class Reviews(StoreCore):
         errors, :func:`raygrade.review.qwk_target_cut`; every reviewed item counts right), and the
         choice is recorded as the job's ``review_plan``. Run when a job ends and again when a regrade
         of it ends."""
+        target = job.options.review_target  # the grades themselves are read only where they are needed
+        graded = items.c.result if job.options.review_audit_share or (target and target.metric == "qwk") else \
+            sa.null().label("result")
         rows = conn.execute(sa.select(items.c.student_id, items.c.question_id, items.c.confidence,
                                       items.c.error_share, items.c.reviewed_at, items.c.needs_review,
-                                      items.c.result, items.c.review_score)
+                                      graded, items.c.review_score)
                             .where(items.c.job_id == job_id, items.c.state == "graded").order_by(items.c.seq)).all()
         open_rows = [r for r in rows if r.reviewed_at is None]
         reviewed_flagged = sum(1 for r in rows if r.reviewed_at is not None and r.needs_review)
