@@ -234,13 +234,16 @@ class QuotaExhaustedError(ProviderStatusError):
 
     Attributes:
         reset_at: When the quota resets, seconds since the epoch (``None``: not known).
+        from_provider: The provider refused the call (not the limiter's own count): the call may
+            be tried again after ``reset_at`` (:func:`raygrade.retry.call_with_retries`).
     """
 
     error_type = "quota_exhausted"
 
-    def __init__(self, message: str, *, provider_status: int = 429, reset_at: float | None = None, **kwargs: Any):
+    def __init__(self, message: str, *, provider_status: int = 429, reset_at: float | None = None,
+                 from_provider: bool = False, **kwargs: Any):
         super().__init__(message, provider_status=provider_status, **kwargs)
-        self.reset_at = reset_at
+        self.reset_at, self.from_provider = reset_at, from_provider
 
     @property
     def retryable(self) -> bool:  # type: ignore[override]

@@ -2,7 +2,8 @@
 
 Retryable errors are those whose ``retryable`` attribute is true (408, 409,
 429, 5xx, timeouts, connection errors, schema-invalid output); a 429 waits within a
-patience rather than spending retries. ``Retry-After``
+patience rather than spending retries, and so does a provider's refusal for a spent daily quota
+whose reset comes within that patience (it is tried again after the reset, never before). ``Retry-After``
 is honoured up to a cap; otherwise exponential backoff with full jitter
 (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).
 """
@@ -17,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
-from raygrade.errors import RateLimitedError, RaygradeError
+from raygrade.errors import QuotaExhaustedError, RateLimitedError, RaygradeError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,6 +67,7 @@ async def call_with_retries(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
+    wall: Callable[[], float] = time.time,
 ) -> T:
     """Run ``attempt`` and retry it on retryable :class:`RaygradeError` s.
 
@@ -82,6 +84,7 @@ async def call_with_retries(
         sleep: Async sleep (injected in tests).
         clock: Monotonic seconds (injected in tests, with ``sleep``).
         rng: Random source for jitter.
+        wall: Seconds since the epoch (a daily quota's ``reset_at`` is a wall-clock time).
 
     Raises:
         RaygradeError: the last error, when it is not retryable or retries (or patience) ran out.
@@ -92,6 +95,14 @@ async def call_with_retries(
         try:
             return await attempt()
         except RaygradeError as exc:
+            if isinstance(exc, QuotaExhaustedError) and exc.from_provider and exc.reset_at is not None:
+                first_429 = clock() if first_429 is None else first_429
+                wait = max(0.0, exc.reset_at - wall())
+                if rate_limit_patience_s <= 0 or clock() + wait > first_429 + rate_limit_patience_s:
+                    raise
+                logger.info("the provider's daily quota is spent: trying again after its reset in %.0fs", wait)
+                await sleep(wait)
+                continue
             if not getattr(exc, "retryable", False):
                 raise
             waiting = isinstance(exc, RateLimitedError) and rate_limit_patience_s > 0

@@ -1,9 +1,10 @@
 """Configuration models (pydantic v2, unknown fields forbidden, loadable from YAML).
 
 :class:`RaygradeArgs` is what :func:`raygrade.app.build_app` takes, i.e. the
-``args:`` block of an application in ``serve_config.yaml``. Providers and their rate limits
-are in :mod:`raygrade.config.provider`, the application's settings and presets in
-:mod:`raygrade.config.app`, self-hosted models in :mod:`raygrade.selfhosted`.
+``args:`` block of an application in ``serve_config.yaml``. Providers are in
+:mod:`raygrade.config.provider`, their rate limits in :mod:`raygrade.config.rate_limit`, the
+application's settings and presets in :mod:`raygrade.config.app`, self-hosted models in
+:mod:`raygrade.selfhosted`.
 """
 
 from raygrade.config.api import DEFAULT_TENANT, ApiConfig

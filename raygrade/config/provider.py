@@ -7,131 +7,17 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
+from raygrade.config.rate_limit import RateLimitConfig, _Config
 from raygrade.errors import ConfigError
 
-
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+__all__ = ["ImageTokenRule", "ProviderConfig", "ProviderKind", "PROVIDER_KINDS", "RateLimitConfig", "_Config"]
 
 
 ImageTokenRule = Literal["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "qwen2-vl", "idefics3",
                          "claude", "gemini",
                          "none"]
-
-
-class RateLimitConfig(_Config):
-    """A provider's limits for one model, and how the shared limiter treats them.
-
-    Enforced by :class:`raygrade.ratelimit.limiter.RateLimiter` (one actor for the
-    whole cluster), which takes this model as its policy; where callers of one key configure
-    it differently, the limiter keeps the stricter of each field (:meth:`stricter`).
-
-    Attributes:
-        rpm: Requests per minute (``None``: unlimited unless response headers give one).
-        tpm: Tokens per minute, charged as prompt + ``max_tokens`` up front (OpenAI's rule),
-            settled with the reported ``usage`` afterwards.
-        itpm: Input tokens per minute (Anthropic's rule): the prompt only, settled to the reported
-            input less cache reads (which do not count toward it).
-        otpm: Output tokens per minute (Anthropic's rule): ``max_tokens`` up front, settled to the
-            reported output tokens.
-        rpd: Requests per day, counted per calendar day and reset at midnight Pacific time
-            (Gemini's rule, :mod:`raygrade.ratelimit.daily`). Once the day's requests are spent, a
-            call waits for the reset if its caller's patience (``rate_limit_patience_s``) reaches
-            it, else it is refused at once with ``quota_exhausted`` naming the reset time. A
-            provider's own per-day refusal spends the day the same way, configured or not.
-        window_s: The provider's window, seconds (60 for OpenAI; Azure OpenAI checks 1- or
-            10-s windows pro rata); the limiter allows ``rpm·window_s/60`` per window.
-        window_margin_s: Seconds added to the window for the delay between a
-            reservation and the provider counting the call.
-        refund_unused: Refund unused ``max_tokens`` on settlement (turn off for a
-            provider that keeps charging the estimate).
-        learn_from_headers: Lower limits / charge unseen usage from ``x-ratelimit-*`` headers.
-        default_backoff_s: Global pause after a 429 that carries no ``Retry-After``.
-        breaker_failure_threshold: Consecutive provider failures that open the circuit breaker.
-        breaker_cooldown_s: Seconds the breaker stays open before a probe (doubles per failed probe).
-        breaker_max_cooldown_s: Cap on that cooldown.
-        rejected_requests_count: Whether the provider counts a rejected (429) call against its
-            limits. OpenAI documents that it does; many OpenAI-compatible servers do not, and
-            then the limiter refunds the rejected call's charge at once instead of keeping it
-            for a whole window.
-        max_concurrent_requests: Calls in flight at once (admitted, not yet settled): a self-hosted
-            model's budget, whose capacity is concurrent sequences, not a per-minute count.
-        max_concurrent_tokens: Prompt + ``max_tokens`` in flight at once (the KV-cache budget);
-            one larger call still goes when nothing else is in flight.
-        in_flight_timeout_s: After this long an unsettled call stops counting (its caller died).
-        burst_s: Smooth admission: at most this many seconds' worth of each window's steady rate
-            (``limit / window``) is admitted at once, then the steady rate
-            (:class:`raygrade.ratelimit.pacer.Pacer`), so a provider that enforces its per-minute
-            limit over shorter periods (OpenAI may enforce 60,000 RPM as 1,000 per second) sees
-            no bursts; halved, down to 0.1 s, when the provider rejects calls while the window
-            has room. ``None``: off (a whole window's worth may go at once).
-    """
-
-    rpm: int | None = Field(default=None, gt=0)
-    tpm: int | None = Field(default=None, gt=0)
-    itpm: int | None = Field(default=None, gt=0)
-    otpm: int | None = Field(default=None, gt=0)
-    rpd: int | None = Field(default=None, gt=0)
-    window_s: float = Field(default=60.0, gt=0, le=3600)
-    window_margin_s: float = Field(default=1.0, ge=0, le=60)
-    refund_unused: bool = True
-    learn_from_headers: bool = True
-    default_backoff_s: float = Field(default=1.0, gt=0, le=300)
-    breaker_failure_threshold: int = Field(default=5, ge=1)
-    breaker_cooldown_s: float = Field(default=30.0, gt=0)
-    breaker_max_cooldown_s: float = Field(default=300.0, gt=0)
-    rejected_requests_count: bool = True
-    max_concurrent_requests: int | None = Field(default=None, gt=0)
-    max_concurrent_tokens: int | None = Field(default=None, gt=0)
-    in_flight_timeout_s: float = Field(default=900.0, gt=0)
-    burst_s: float | None = Field(default=6.0, gt=0, le=3600)
-
-    def stricter(self, other: RateLimitConfig) -> RateLimitConfig:
-        """The stricter of two callers' limits for the same key, field by field.
-
-        Two callers of one provider and model (replicas of different deployments, a bulk job)
-        may be configured differently; the shared limiter then keeps, for each field, the value
-        that admits less (:data:`STRICTER`): the lower of two limits (a limit beats none), the
-        shorter window (the same rate in smaller bursts), the longer margin, pause and cooldown,
-        counting rejected calls, learning from headers, keeping unused ``max_tokens`` charged.
-
-        Returns:
-            A new config (``self`` when ``other`` is equal).
-        """
-        if other == self:
-            return self
-        return RateLimitConfig(**{name: rule(getattr(self, name), getattr(other, name))
-                                  for name, rule in STRICTER.items()})
-
-
-def _lower_limit(a: int | None, b: int | None) -> int | None:
-    """The lower of two limits, where ``None`` (no limit) is the loosest."""
-    return b if a is None else a if b is None else min(a, b)
-
-
-#: For each field of :class:`RateLimitConfig`: which of two values admits less.
-STRICTER: dict[str, Any] = {
-    "rpm": _lower_limit,
-    "tpm": _lower_limit,
-    "itpm": _lower_limit,
-    "otpm": _lower_limit,
-    "rpd": _lower_limit,
-    "window_s": min,
-    "window_margin_s": max,
-    "refund_unused": lambda a, b: a and b,
-    "learn_from_headers": lambda a, b: a or b,
-    "default_backoff_s": max,
-    "breaker_failure_threshold": min,
-    "breaker_cooldown_s": max,
-    "breaker_max_cooldown_s": max,
-    "rejected_requests_count": lambda a, b: a or b,
-    "max_concurrent_requests": _lower_limit,
-    "max_concurrent_tokens": _lower_limit,
-    "in_flight_timeout_s": max,
-    "burst_s": lambda a, b: b if a is None else a if b is None else min(a, b),  # a smaller burst; off is loosest
-}
 
 
 ProviderKind = Literal["openai_compatible", "anthropic", "gemini", "local_vllm", "serve_llm", "reference_similarity"]

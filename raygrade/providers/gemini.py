@@ -11,7 +11,8 @@ compatibility layer.
 - **Errors** map at :func:`map_genai_errors`: 429 ``RESOURCE_EXHAUSTED`` carries its wait only in
   the body (``RetryInfo.retryDelay``, no ``Retry-After`` header) and names the quota that ran out
   (``QuotaFailure``). A per-minute quota is :class:`RateLimitedError` with that wait; a per-day
-  quota (requests per day, reset at midnight Pacific time) is :class:`QuotaExhaustedError` until
+  quota (requests per day, reset at midnight Pacific time or in ``rate_limit.rpd_reset_zone``) is
+  :class:`QuotaExhaustedError` until
   then (``reset_at``), never retried before the reset: the limiter then sends nothing on the key
   before it (:mod:`raygrade.ratelimit.daily`). ``finish_reason`` ``SAFETY``/``PROHIBITED_CONTENT``/… is
   reported as a refusal.
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from raygrade._optional import import_optional
 from raygrade.config import ProviderConfig
+from raygrade.config.rate_limit import quota_zone
 from raygrade.errors import (
     ProviderConnectionError,
     ProviderStatusError,
@@ -54,10 +56,11 @@ REFUSALS = frozenset({"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECI
 _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
-def next_quota_day(now: dt.datetime | None = None) -> dt.datetime:
-    """The next midnight Pacific time after ``now`` (aware; UTC now by default): when a per-day quota resets."""
-    reset = next_midnight((now or dt.datetime.now(dt.UTC)).timestamp(), PACIFIC)
-    return dt.datetime.fromtimestamp(reset, PACIFIC)
+def next_quota_day(now: dt.datetime | None = None, zone: dt.tzinfo = PACIFIC) -> dt.datetime:
+    """The next midnight in ``zone`` (Pacific time by default) after ``now`` (aware; UTC now by
+    default): when a per-day quota resets."""
+    reset = next_midnight((now or dt.datetime.now(dt.UTC)).timestamp(), zone)
+    return dt.datetime.fromtimestamp(reset, zone)
 
 
 def quota_details(details: Any) -> tuple[float | None, list[str]]:
@@ -83,8 +86,9 @@ def _error_details(exc: Any) -> Any:
 
 
 @contextlib.contextmanager
-def map_genai_errors(now: dt.datetime | None = None) -> Iterator[None]:
-    """Translate ``google-genai``'s exceptions into raygrade's tree (the one boundary).
+def map_genai_errors(now: dt.datetime | None = None, zone: dt.tzinfo = PACIFIC) -> Iterator[None]:
+    """Translate ``google-genai``'s exceptions into raygrade's tree (the one boundary); a per-day
+    quota resets at the next midnight in ``zone`` (``rate_limit.rpd_reset_zone``).
 
     Messages name the status and quota only: the API's messages may echo prompt text.
     """
@@ -98,9 +102,10 @@ def map_genai_errors(now: dt.datetime | None = None) -> Iterator[None]:
         if status == 429:
             delay, quotas = quota_details(_error_details(exc))
             if any("perday" in q.lower() for q in quotas):
-                reset = next_quota_day(now)
+                reset = next_quota_day(now, zone)
                 raise QuotaExhaustedError(f"provider quota {', '.join(quotas)} is spent until {reset.isoformat()}",
-                                          provider_status=429, code=quotas[0], reset_at=reset.timestamp()) from exc
+                                          provider_status=429, code=quotas[0], reset_at=reset.timestamp(),
+                                          from_provider=True) from exc
             raise RateLimitedError(f"provider answered HTTP 429 ({code or 'RESOURCE_EXHAUSTED'}"
                                    f"{': ' + ', '.join(quotas) if quotas else ''})", provider_status=429,
                                    retry_after_s=delay, code=code) from exc
@@ -196,7 +201,7 @@ class GeminiProvider:
         """
         kwargs = generate_request(self.config, request)
         sent_at = time.monotonic()
-        with map_genai_errors():
+        with map_genai_errors(zone=quota_zone(self.config.rate_limit.rpd_reset_zone)):
             response = await self._client.aio.models.generate_content(**kwargs)
         return generate_result(response, kwargs["model"], sent_at)
 

@@ -58,6 +58,12 @@ class DailyQuota:
         if now >= self.resets_at:
             self.used, self.resets_at = 0, next_midnight(now, self._zone)
 
+    def set_zone(self, zone: dt.tzinfo) -> None:
+        """Count days in ``zone`` from now on: the current day ends at the next midnight there."""
+        if zone != self._zone:
+            self._zone = zone
+            self.resets_at = next_midnight(self._wall(), zone)
+
     def wait(self) -> float:
         """Seconds until one more request is allowed today (0: now): to the reset when the
         day's count is at the limit or the provider said the day is spent."""

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from raygrade.config import RateLimitConfig
+from raygrade.config.rate_limit import quota_zone
 from raygrade.ratelimit.breaker import CircuitBreaker
 from raygrade.ratelimit.daily import DailyQuota
 from raygrade.ratelimit.offers import LimitOffers
@@ -91,7 +92,7 @@ class Correction:
 class _KeyState:
     def __init__(self, key: str, limits: RateLimitConfig, now: float = 0.0, wall: Clock = time.time):
         self.key, self.limits = key, limits
-        self.day = DailyQuota(limits.rpd, wall)  # requests per day (Gemini's rule)
+        self.day = DailyQuota(limits.rpd, wall, quota_zone(limits.rpd_reset_zone))  # requests per day (Gemini's rule)
         self.offers = LimitOffers(key, limits, now)  # what each caller configured (RateLimiter.configure)
         self.scale = limits.window_s / 60.0  # per-minute limit -> per-window limit
         self.window_s = limits.window_s + limits.window_margin_s
@@ -140,6 +141,7 @@ class _KeyState:
         (a different window resizes the windows, see :meth:`SlidingWindow.resize`)."""
         old, self.limits = self.limits, limits
         self.day.limit = limits.rpd
+        self.day.set_zone(quota_zone(limits.rpd_reset_zone))
         self.scale = limits.window_s / 60.0
         window_s = limits.window_s + limits.window_margin_s
         if window_s != self.window_s:

@@ -39,6 +39,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from raygrade._optional import import_optional
+from raygrade.testing.child import FakeProcess
 from raygrade.testing.fake_openai.content import schema_instance
 from raygrade.testing.fake_openai.runner import ThreadedApp
 from raygrade.tokens import claude_image_tokens
@@ -81,7 +82,10 @@ class TokenBucket:
 
 @dataclasses.dataclass
 class MessageRecord:
-    """One request the fake answered (or refused)."""
+    """One request the fake answered (or refused): ``t`` when it was answered and ``admitted``
+    when its tokens were taken from the buckets (``time.monotonic()``; a 429: when it was refused),
+    the usage it reported (input without cache reads, cache reads and writes, output) and its
+    ``max_tokens``."""
 
     t: float
     status: int
@@ -90,6 +94,7 @@ class MessageRecord:
     cache_write: int
     output_tokens: int
     max_tokens: int
+    admitted: float = 0.0
 
 
 def text_tokens(text: str) -> int:
@@ -183,7 +188,12 @@ class FakeAnthropicServer(ThreadedApp):
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=self.client_max_size)
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_get("/_raygrade/log", self._get_log)
         return app
+
+    async def _get_log(self, request: web.Request) -> web.Response:
+        """The audit log as JSON (``{"log": [record, ...]}``), for a benchmark in another process."""
+        return web.json_response({"log": [dataclasses.asdict(r) for r in self.log]})
 
     def _headers(self, now: float) -> dict[str, str]:
         out = {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
@@ -231,11 +241,12 @@ class FakeAnthropicServer(ThreadedApp):
             need = {"requests": 1, "input-tokens": uncached, "output-tokens": max_tokens}
             wait = max([b.wait_for(need[d], now) for d, b in self._buckets.items()] + [0.0])
             if fault == "rate_limited" or wait > 0:
-                self.log.append(MessageRecord(now, 429, 0, 0, 0, 0, max_tokens))
+                self.log.append(MessageRecord(now, 429, 0, 0, 0, 0, max_tokens, now))
                 return error_response(429, "rate_limit_error", "This request would exceed your rate limit.",
                               {**self._headers(now), "retry-after": str(max(1, math.ceil(wait)))})
             for d, b in self._buckets.items():
                 b.level -= need[d]
+            admitted = now
             if cacheable:
                 self._cache[key] = now
         if self.latency_s:
@@ -255,8 +266,45 @@ class FakeAnthropicServer(ThreadedApp):
                 out_bucket.refill(now)
                 out_bucket.level = min(out_bucket.capacity, out_bucket.level + max_tokens - output)
             self.log.append(MessageRecord(now, 200, usage["input_tokens"], usage["cache_read_input_tokens"],
-                                          usage["cache_creation_input_tokens"], output, max_tokens))
+                                          usage["cache_creation_input_tokens"], output, max_tokens, admitted))
             headers = self._headers(now)
         return web.json_response({"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
                                   "model": body.get("model"), "content": content, "stop_reason": stop,
                                   "stop_sequence": None, "usage": usage}, headers=headers)
+
+
+class FakeAnthropicProcess(FakeProcess):
+    """The fake in a child process (``python -m raygrade.testing.fake_anthropic``); ``base_url``
+    is the Anthropic client's, ``log()`` the :class:`MessageRecord` s.
+
+    Args:
+        **options: ``rpm``, ``input_tpm``, ``output_tpm``, ``latency_s``, ``api_key``,
+            ``prompt_token_multiplier``, ``min_cache_tokens`` (as :class:`FakeAnthropicServer`).
+    """
+
+    def __init__(self, **options: Any):
+        super().__init__("raygrade.testing.fake_anthropic", "fake Anthropic server", MessageRecord, **options)
+
+
+def main() -> None:  # pragma: no cover - benchmarks and manual use
+    import argparse
+    import threading
+
+    ap = argparse.ArgumentParser(description="the fake Anthropic Messages API in the foreground")
+    ap.add_argument("--port", type=int, default=8200)
+    for name in ("rpm", "input-tpm", "output-tpm", "min-cache-tokens"):
+        ap.add_argument(f"--{name}", type=int)
+    ap.add_argument("--latency-s", type=float, default=0.0)
+    ap.add_argument("--prompt-token-multiplier", type=float, default=1.0)
+    ap.add_argument("--api-key", default="sk-test")
+    a = ap.parse_args()
+    srv = FakeAnthropicServer(rpm=a.rpm, input_tpm=a.input_tpm, output_tpm=a.output_tpm, latency_s=a.latency_s,
+                              api_key=a.api_key, port=a.port, prompt_token_multiplier=a.prompt_token_multiplier,
+                              **({} if a.min_cache_tokens is None else {"min_cache_tokens": a.min_cache_tokens}))
+    srv.start()
+    print(f"fake Anthropic server on {srv.base_url}", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -32,6 +32,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from raygrade._optional import import_optional
+from raygrade.testing.child import FakeProcess
 from raygrade.testing.fake_openai.content import schema_instance
 from raygrade.testing.fake_openai.runner import ThreadedApp
 from raygrade.tokens import gemini_image_tokens
@@ -66,15 +67,34 @@ def _pacific_day() -> str:
     return dt.datetime.now(ZoneInfo("America/Los_Angeles")).date().isoformat()
 
 
+def zone_with_midnight_at(t: float) -> str:
+    """A fixed-offset zone (``UTC+HH:MM:SS``) in which epoch second ``t`` is midnight: a quota day
+    that ends at ``t`` for this fake (``day_zone``) and raygrade (``rate_limit.rpd_reset_zone``)."""
+    offset = round(-t) % 86_400
+    return f"UTC+{offset // 3600:02d}:{offset % 3600 // 60:02d}:{offset % 60:02d}"
+
+
+def day_in(zone: str):
+    """A ``day_reset`` for the day of time zone ``zone`` (:func:`raygrade.config.rate_limit.quota_zone`)."""
+    from raygrade.config.rate_limit import quota_zone
+
+    tz = quota_zone(zone)
+    return lambda: dt.datetime.now(tz).date().isoformat()
+
+
 @dataclasses.dataclass
 class GenerateRecord:
-    """One request the fake answered (or refused)."""
+    """One request the fake answered (or refused): ``t`` when it was answered and ``admitted``
+    when it was counted (``time.monotonic()``; a 429: when it was refused, ``quota`` naming the
+    quota), its prompt, cached and output tokens."""
 
     t: float
     status: int
     prompt_tokens: int
     cached_tokens: int
     output_tokens: int
+    admitted: float = 0.0
+    quota: str = ""
 
 
 class FakeGeminiServer(ThreadedApp):
@@ -118,7 +138,12 @@ class FakeGeminiServer(ThreadedApp):
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/{version}/models/{call}", self._generate)
+        app.router.add_get("/_raygrade/log", self._get_log)
         return app
+
+    async def _get_log(self, request: web.Request) -> web.Response:
+        """The audit log as JSON (``{"log": [record, ...]}``), for a benchmark in another process."""
+        return web.json_response({"log": [dataclasses.asdict(r) for r in self.log]})
 
     def _count(self, body: dict[str, Any]) -> tuple[int, int]:
         """``(system instruction tokens, the rest)`` by the fake's own count."""
@@ -158,15 +183,15 @@ class FakeGeminiServer(ThreadedApp):
             system, rest = self._count(body)
             prompt = system + rest
             if fault == "quota_day" or (self.rpd is not None and self._day_count >= self.rpd):
-                self.log.append(GenerateRecord(now, 429, 0, 0, 0))
+                self.log.append(GenerateRecord(now, 429, 0, 0, 0, now, PER_DAY_QUOTA))
                 return _exhausted(PER_DAY_QUOTA, 3600.0)
             used = sum(t for _, t in self._minute)
             oldest = self._minute[0][0] + 60.0 - now if self._minute else 1.0
             if fault == "rate_limited" or (self.rpm is not None and len(self._minute) >= self.rpm):
-                self.log.append(GenerateRecord(now, 429, 0, 0, 0))
+                self.log.append(GenerateRecord(now, 429, 0, 0, 0, now, PER_MINUTE_QUOTA))
                 return _exhausted(PER_MINUTE_QUOTA, max(0.1, oldest))
             if self.input_tpm is not None and used + prompt > self.input_tpm and self._minute:
-                self.log.append(GenerateRecord(now, 429, 0, 0, 0))
+                self.log.append(GenerateRecord(now, 429, 0, 0, 0, now, TOKENS_PER_MINUTE_QUOTA))
                 return _exhausted(TOKENS_PER_MINUTE_QUOTA, max(0.1, oldest))
             self._minute.append((now, prompt))
             self._day_count += 1
@@ -183,7 +208,7 @@ class FakeGeminiServer(ThreadedApp):
         finish = "SAFETY" if fault == "safety" else "STOP"
         output = min(int(gen.get("maxOutputTokens") or 8192), math.ceil(len(text) / CHARS_PER_TOKEN))
         async with self._lock:
-            self.log.append(GenerateRecord(time.monotonic(), 200, prompt, cached, output))
+            self.log.append(GenerateRecord(time.monotonic(), 200, prompt, cached, output, now))
         candidate: dict[str, Any] = {"finishReason": finish, "index": 0}
         if finish == "STOP":
             candidate["content"] = {"role": "model", "parts": [{"text": text}]}
@@ -203,3 +228,39 @@ def _image_tokens(data: str) -> int:
             return gemini_image_tokens(*im.size)
     except Exception:
         return 258
+
+
+class FakeGeminiProcess(FakeProcess):
+    """The fake in a child process (``python -m raygrade.testing.fake_gemini``); ``base_url`` is
+    the ``google-genai`` client's, ``log()`` the :class:`GenerateRecord` s.
+
+    Args:
+        **options: ``rpm``, ``input_tpm``, ``rpd``, ``latency_s``, ``api_key``, ``day_zone`` (the time
+            zone whose midnight resets the per-day count; Pacific by default).
+    """
+
+    def __init__(self, **options: Any):
+        super().__init__("raygrade.testing.fake_gemini", "fake Gemini server", GenerateRecord, **options)
+
+
+def main() -> None:  # pragma: no cover - benchmarks and manual use
+    import argparse
+    import threading
+
+    ap = argparse.ArgumentParser(description="the fake Gemini API in the foreground")
+    ap.add_argument("--port", type=int, default=8300)
+    for name in ("rpm", "input-tpm", "rpd"):
+        ap.add_argument(f"--{name}", type=int)
+    ap.add_argument("--latency-s", type=float, default=0.0)
+    ap.add_argument("--api-key", default="sk-test")
+    ap.add_argument("--day-zone", default="America/Los_Angeles")
+    a = ap.parse_args()
+    srv = FakeGeminiServer(rpm=a.rpm, input_tpm=a.input_tpm, rpd=a.rpd, latency_s=a.latency_s, api_key=a.api_key,
+                           port=a.port, day_reset=day_in(a.day_zone))
+    srv.start()
+    print(f"fake Gemini server on {srv.base_url}", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

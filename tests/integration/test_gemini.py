@@ -15,6 +15,7 @@ import pytest
 
 from raygrade.batch import GradeBatch
 from raygrade.config import ApiConfig, BatcherConfig, ProviderConfig, RateLimitConfig, RaygradeArgs
+from raygrade.config.rate_limit import quota_zone
 from raygrade.errors import ProviderStatusError, QuotaExhaustedError, RateLimitedError
 from raygrade.graders import build_batch_grader
 from raygrade.prompts import StudentWork
@@ -22,7 +23,7 @@ from raygrade.protocol import Question, TextPage
 from raygrade.providers.base import ChatRequest
 from raygrade.providers.gemini import GeminiProvider, next_quota_day, quota_details
 from raygrade.ratelimit.limiter import RateLimiter
-from raygrade.testing.fake_gemini import FakeGeminiServer
+from raygrade.testing.fake_gemini import PER_DAY_QUOTA, FakeGeminiServer, day_in, zone_with_midnight_at
 from raygrade.tokens import gemini_image_tokens
 
 SCHEMA = {"type": "object", "properties": {"s1": {"type": "object", "properties": {"q1": {
@@ -112,6 +113,11 @@ def test_a_per_minute_429_waits_the_body_delay_and_a_per_day_429_is_spent_until_
     assert not day.value.retryable and day.value.retry_after_s is None and day.value.error_type == "quota_exhausted"
     assert next_quota_day().isoformat() in day.value.message and day.value.code == \
         "GenerateRequestsPerDayPerProjectPerModel"
+    # A provider whose day starts elsewhere (rate_limit.rpd_reset_zone): the reset it names is midnight there.
+    with pytest.raises(QuotaExhaustedError) as tokyo:
+        chat(fresh, rate_limit=RateLimitConfig(rpd_reset_zone="Asia/Tokyo"))
+    reset = next_quota_day(zone=quota_zone("Asia/Tokyo"))
+    assert tokyo.value.reset_at == reset.timestamp() and reset.isoformat().endswith("T00:00:00+09:00")
 
 
 def test_unavailable_bad_key_and_blocked_answers(fresh, monkeypatch):
@@ -205,3 +211,30 @@ def test_a_spent_day_sends_nothing_more_until_the_reset_and_fails_items_as_quota
     assert [r.status for r in fresh.log] == [200, 429, 200], "b3 was never sent; b4 went after the reset"
     assert snap["day_spent_until"] == next_quota_day().isoformat() and snap["quota_refused"] == 1
     assert len(b4.results) == 1 and not b4.errors
+
+
+def test_a_providers_daily_refusal_is_tried_again_after_a_reset_within_the_patience(fresh, monkeypatch):
+    """The provider's day ends 2 s from now (``rate_limit.rpd_reset_zone``) and allows 1 request;
+    raygrade is not told. The second batch's refusal spends the day at the limiter; the batch
+    waits for the reset (within its patience) and is graded then: no item is lost."""
+    zone = zone_with_midnight_at(time.time() + 2)
+    monkeypatch.setattr(fresh, "day_reset", day_in(zone))
+    fresh.rpd = 1
+    fresh.reset()
+
+    async def go():
+        lim = RateLimiter()
+        cfg = config(fresh, rate_limit_patience_s=60, rate_limit=RateLimitConfig(rpd_reset_zone=zone))
+        lim.configure(cfg.bucket_key, cfg.rate_limit)
+        provider = GeminiProvider(cfg)
+        try:
+            g = build_batch_grader(cfg, lim, chat_provider=provider)
+            return [await g.grade(text_batch(b)) for b in ("b1", "b2")], next(iter(lim.snapshot().values()))
+        finally:
+            await provider.close()
+
+    (b1, b2), snap = asyncio.run(go())
+    assert len(b1.results) == len(b2.results) == 1 and not b1.errors and not b2.errors
+    assert [r.status for r in fresh.log] == [200, 429, 200] and fresh.log[1].quota == PER_DAY_QUOTA
+    assert fresh.log[2].admitted - fresh.log[1].admitted < 5, "tried again at the reset, not later"
+    assert snap["quota_refused"] == 0 and snap["day_spent_until"] is None

@@ -9,10 +9,12 @@ import pytest
 from support.clock import VirtualClock
 
 from raygrade.config import RateLimitConfig
+from raygrade.config.rate_limit import quota_zone
 from raygrade.errors import QuotaExhaustedError, RateLimitedError
 from raygrade.grading import classify_outcome
 from raygrade.ratelimit.daily import DailyQuota, next_midnight
 from raygrade.ratelimit.limiter import RateLimiter, Settlement
+from raygrade.ratelimit.offers import OFFER_TTL_S
 
 #: 23:59:00 Pacific (PST) on 3 Dec 2026: the quota day ends 60 s after the clock starts.
 START = dt.datetime(2026, 12, 4, 7, 59, tzinfo=dt.UTC).timestamp()
@@ -127,3 +129,33 @@ def test_callers_offering_different_daily_limits_keep_the_lower():
 def test_a_daily_refusal_settles_as_quota_exhausted_and_a_minute_one_as_rate_limited():
     assert classify_outcome(QuotaExhaustedError("spent", reset_at=START)) == "quota_exhausted"
     assert classify_outcome(RateLimitedError("429", provider_status=429)) == "rate_limited"
+
+
+def test_a_configured_zone_moves_the_days_reset_and_a_wrong_one_is_refused():
+    """``rate_limit.rpd_reset_zone``: the day ends at midnight there (an IANA zone or a fixed
+    offset to the second); an unknown zone is a validation error naming it."""
+    async def main():
+        clock = VirtualClock()
+        # START is 07:59:00 UTC, 23:59:30 at UTC+16:00:30: its midnight falls 30 s later.
+        lim = limiter(clock, rpd=1, rpd_reset_zone="UTC+16:00:30")
+        await lim.acquire("k", 10)
+        assert lim.snapshot()["k"]["day_resets_at"] == "2026-12-05T00:00:00+16:00:30"
+        second = asyncio.create_task(lim.acquire("k", 10))
+        await clock.advance(29.9)
+        assert not second.done()
+        await clock.advance(0.2)
+        assert second.done() and second.result().waited_s == pytest.approx(30, abs=0.2)
+        # A caller configured with UTC: the key keeps its first caller's zone while that caller's
+        # offer is fresh, then counts days in UTC (the current day ends at midnight UTC).
+        lim.configure("k", RateLimitConfig(rpd=1, burst_s=None, rpd_reset_zone="UTC"))
+        assert lim.snapshot()["k"]["day_resets_at"] == "2026-12-06T00:00:00+16:00:30"
+        await clock.advance(OFFER_TTL_S + 1)
+        lim.configure("k", RateLimitConfig(rpd=1, burst_s=None, rpd_reset_zone="UTC"))
+        assert lim.snapshot()["k"]["day_resets_at"] == "2026-12-05T00:00:00+00:00"
+    asyncio.run(main())
+    tokyo = next_midnight(START, quota_zone("Asia/Tokyo"))  # 16:59 in Tokyo: 7 h 1 min to go
+    assert tokyo - START == 7 * 3600 + 60
+    assert quota_zone("UTC-08:00").utcoffset(None) == dt.timedelta(hours=-8)
+    for bad in ("Mars/Olympus", "UTC+24:00", "+05:00"):
+        with pytest.raises(ValueError, match="zone|offset"):
+            RateLimitConfig(rpd_reset_zone=bad)

@@ -7,7 +7,7 @@ import pytest
 from support.clock import VirtualClock
 
 from raygrade.config import RateLimitConfig
-from raygrade.config.provider import STRICTER
+from raygrade.config.rate_limit import STRICTER
 from raygrade.errors import CircuitOpenError
 from raygrade.ratelimit.breaker import CircuitBreaker
 from raygrade.ratelimit.limiter import RateLimiter, Settlement

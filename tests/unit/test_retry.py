@@ -98,3 +98,29 @@ def test_429s_past_the_patience_fail_and_patience_zero_counts_them_as_retries():
         asyncio.run(call_with_retries(always_429, max_retries=3, rate_limit_patience_s=0, sleep=t.sleep,
                                       clock=t.clock))
     assert len(calls) == 4
+
+
+def test_a_providers_daily_refusal_is_tried_once_after_its_reset_only_within_the_patience():
+    from raygrade.errors import QuotaExhaustedError
+
+    t, calls = VirtualTime(), []
+    wall0 = 1_000_000.0
+
+    def refused_until(reset_in: float, from_provider: bool = True):
+        async def attempt():
+            calls.append(t.now)
+            if len(calls) == 1:
+                raise QuotaExhaustedError("day spent", reset_at=wall0 + reset_in, from_provider=from_provider)
+            return "graded"
+        return attempt
+
+    def run(attempt, patience=900):
+        return asyncio.run(call_with_retries(attempt, max_retries=0, rate_limit_patience_s=patience, sleep=t.sleep,
+                                             clock=t.clock, wall=lambda: wall0 + t.now))
+
+    assert run(refused_until(120)) == "graded" and calls == [0.0, 120.0] and t.slept == [120.0], "after the reset"
+    for attempt, patience in ((refused_until(3600), 900), (refused_until(10), 0), (refused_until(10, False), 900)):
+        calls.clear()
+        with pytest.raises(QuotaExhaustedError):  # beyond the patience, no patience, or the limiter's own refusal
+            run(attempt, patience)
+        assert len(calls) == 1
