@@ -6,10 +6,12 @@ checks), as a team running N replicas of a LiteLLM-based grader would configure
 it. It sends its shard of the workload with bounded concurrency and writes one
 outcome per request.
 
-Usage: python _litellm_worker.py PAYLOADS.jsonl SHARD NSHARDS BASE_URL RPM TPM CONCURRENCY OUT.json [DELAY_S]
+Usage: python _litellm_worker.py PAYLOADS.jsonl SHARD NSHARDS BASE_URL RPM TPM CONCURRENCY OUT.json [DELAY_S [MODEL]]
 
 ``DELAY_S`` (default 0): seconds each call sleeps before it is handed to the router (the
-rate-limit matrix's client-side delay).
+rate-limit matrix's client-side delay). ``MODEL`` (default ``openai/fake-grader``): LiteLLM's
+model string; ``anthropic/…`` sends the same OpenAI-shaped payloads through LiteLLM's Anthropic
+translation to ``BASE_URL``'s Messages API.
 """
 
 import asyncio
@@ -22,13 +24,14 @@ async def main() -> None:
     path, shard, nshards, base_url, rpm, tpm, conc, out = sys.argv[1:9]
     shard, nshards, rpm, tpm, conc = int(shard), int(nshards), int(rpm), int(tpm), int(conc)
     delay = float(sys.argv[9]) if len(sys.argv) > 9 else 0.0
+    model = sys.argv[10] if len(sys.argv) > 10 else "openai/fake-grader"
     import litellm
     from litellm import Router
 
     litellm.suppress_debug_info = True
     router = Router(
         model_list=[{"model_name": "grader", "litellm_params": {
-            "model": "openai/fake-grader", "api_base": base_url, "api_key": "sk-test", "rpm": rpm, "tpm": tpm}}],
+            "model": model, "api_base": base_url, "api_key": "sk-test", "rpm": rpm, "tpm": tpm}}],
         routing_strategy="usage-based-routing-v2", enable_pre_call_checks=True, num_retries=3)
     with open(path) as f:
         payloads = [json.loads(line) for i, line in enumerate(f) if i % nshards == shard]

@@ -45,7 +45,12 @@ binding limit (limits derived from the workload):
   (TPM/6 per 10 s, as OpenAI may enforce a limit over shorter periods) while its headers and
   everyone's configuration give the documented per-minute limits: bursts draw 429s; raygrade's
   smooth admission (``rate_limit.burst_s``; ``--burst-s off`` for the earlier limiter) learns its
-  burst down from them.
+  burst down from them;
+- ``anthropic-itpm`` / ``anthropic-otpm``: the fake Messages API (continuously refilled buckets,
+  input and output tokens apart, its own text count), input or output tokens/min binding
+  (``benchmarks/_anthropic_rows.py``; systems raygrade, asyncio with the ``anthropic`` SDK, LiteLLM);
+- ``gemini-rpd``: the fake Gemini API, requests per day running out mid-run and the day's reset
+  (``benchmarks/_gemini_rows.py``; raygrade and asyncio with ``google-genai``).
 
 None of these providers charges rejected requests (``count_rejected`` off, the audit's
 provider), and raygrade is configured so (``rate_limit.rejected_requests_count: false``).
@@ -75,7 +80,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAYGRADE_FAKE_KEY", "sk-test")
 
-from _serving_metrics import serving_throughput  # noqa: E402  (benchmarks/, the script's own folder)
+from _anthropic_rows import ROWS as ANTHROPIC_ROWS  # noqa: E402  (benchmarks/, the script's own folder)
+from _anthropic_rows import run_row as run_anthropic_row  # noqa: E402
+from _gemini_rows import ROWS as GEMINI_ROWS  # noqa: E402
+from _gemini_rows import run_row as run_gemini_row  # noqa: E402
+from _peers import litellm_missing, run_litellm  # noqa: E402
+from _serving_metrics import serving_throughput  # noqa: E402
 
 from raygrade.batch import GradeBatch  # noqa: E402
 from raygrade.config import ApiConfig, BatcherConfig, RateLimitConfig, RaygradeArgs  # noqa: E402
@@ -92,6 +102,8 @@ ROWS: dict[str, dict] = {
     "tpm-4x": {"binding": "tpm", "provider": {"prompt_token_multiplier": 4.0}, "send_delay_s": 0.0},
     "tpm-delay2s": {"binding": "tpm", "provider": {}, "send_delay_s": 2.0},
     "tpm-per10s": {"binding": "tpm", "provider": {"window_s": 10.0, "minute_headers": True}, "send_delay_s": 0.0},
+    **ANTHROPIC_ROWS,  # the fake Messages API's token buckets (benchmarks/_anthropic_rows.py)
+    **GEMINI_ROWS,  # the fake Gemini API's requests per day (benchmarks/_gemini_rows.py)
 }
 
 
@@ -167,38 +179,6 @@ def run_asyncio(payloads: list[dict], base_url: str, a: argparse.Namespace) -> d
         return {"failed_requests": failed, "stopped": False}
     except TimeoutError:
         return {"failed_requests": None, "stopped": True}
-
-
-def litellm_missing(a: argparse.Namespace) -> str | None:
-    """Why the LiteLLM peer cannot run (its own virtualenv is missing), or ``None``."""
-    if Path(a.litellm_python).exists():
-        return None
-    return (f"LiteLLM's python not found at {a.litellm_python}: create it with python -m venv "
-            "benchmarks/out/litellm-venv && benchmarks/out/litellm-venv/bin/pip install litellm aiohttp, "
-            "or leave litellm out of --systems")
-
-
-def run_litellm(payload_file: Path, base_url: str, a: argparse.Namespace) -> dict:
-    outs = [a.out / f"litellm-{i}.json" for i in range(a.workers)]
-    procs = [subprocess.Popen([a.litellm_python, str(ROOT / "benchmarks/_litellm_worker.py"), str(payload_file),
-                               str(i), str(a.workers), base_url, str(a.rpm), str(a.tpm),
-                               str(a.per_worker_concurrency), str(outs[i]), str(a.send_delay_s)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(a.workers)]
-    deadline, stopped = time.monotonic() + a.max_wall_s, False
-    for p in procs:
-        try:
-            p.wait(max(1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            stopped = True
-    if stopped:
-        return {"failed_requests": None, "stopped": True}
-    results = [o for f in outs for o in json.loads(f.read_text())]
-    errors: dict[str, int] = {}
-    for o in results:
-        if not o["ok"]:
-            errors[o["error"]] = errors.get(o["error"], 0) + 1
-    return {"failed_requests": sum(errors.values()), "errors": errors, "stopped": False}
 
 
 def run_ray_data(payload_file: Path, base_url: str, a: argparse.Namespace, charge: float) -> dict:
@@ -410,7 +390,7 @@ def run_systems(w: dict, a: argparse.Namespace, systems: list[str], server_opts:
                     update={"base_url": srv.base_url})})
                 extra = run_raygrade(w["assessment"], w["interactive"], w["bulk_batches"], args_s, a)
             elif name == "litellm":
-                extra = run_litellm(w["payload_file"], srv.base_url, a)
+                extra = run_litellm(w["payload_file"], srv.base_url, a, rpm=a.rpm, tpm=a.tpm, delay_s=a.send_delay_s)
             elif name == "ray-data":
                 extra = run_ray_data(w["payload_file"], srv.base_url, a, w["charge"])
             else:
@@ -441,6 +421,12 @@ def run_matrix(w: dict, a: argparse.Namespace, systems: list[str], rows: list[st
                     "requests": n, "mean_charge_tokens": w["charge"], "rows": {}}
     for row in rows:
         spec = ROWS[row]
+        if spec.get("api") in ("anthropic", "gemini"):
+            a.send_delay_s = 0.0
+            run_row = run_anthropic_row if spec["api"] == "anthropic" else run_gemini_row
+            report["rows"][row] = run_row(row, w, a, systems, run_raygrade)
+            (a.out / "rate_limit_matrix.json").write_text(json.dumps(report, indent=2))
+            continue
         mult = spec["provider"].get("prompt_token_multiplier", 1.0)
         tokens_per_request = w["prompt"] * mult + a.completion_tokens  # the provider's own count, final
         rate = n / a.row_minutes
@@ -468,10 +454,15 @@ def print_matrix(report: dict) -> None:
           "| per full minute |")
     print("|---|---|---|---|---|---|---|")
     for row, r in report["rows"].items():
-        limit = f"{r['rpm']} RPM" if r["binding"] == "rpm" else f"{r['tpm']:,} TPM"
+        limit = f"{r['rpm']} RPM" if r["binding"] == "rpm" else f"{r['tpm']:,} {r['binding'].upper()}"
+        if r["binding"] == "rpd":
+            limit = f"{r['rpm']} RPM, {r['rpd']} RPD"
         for name, m in r["systems"].items():
             failed = "stopped" if m.get("stopped") else f(m.get("failed_requests"), "d")
             mean = m.get("mean_full_minute_use")
+            if r["binding"] == "rpd":  # the minutes in which the day's quota was open throughout
+                m = {**m, "min_full_minute_use": m.get("min_open_minute_use"),
+                     "per_minute_use": [m["per_minute_use"][k] for k in m.get("open_minutes", [])]}
             per = ", ".join(f"{u:.2f}" for u in m.get("per_minute_use") or [])
             print(f"| {row} | {limit} | {name} | {m['rejected_429']} / {m['requests_sent']} "
                   f"({f(m['rejected_429_share'], '.2%')}) | {failed} | {f(mean, '.3f')}, "
@@ -499,6 +490,8 @@ def main() -> None:
     ap.add_argument("--matrix", action="store_true", help="run the provider matrix (see the module doc)")
     ap.add_argument("--rows", default=",".join(ROWS), help="matrix rows to run")
     ap.add_argument("--row-minutes", type=float, default=4.5)
+    ap.add_argument("--rpd-reset-after-s", type=float, default=150.0,
+                    help="gemini-rpd row: seconds into each run at which the quota's day ends")
     ap.add_argument("--burst-s", help="raygrade's rate_limit.burst_s (default: the config's), or 'off'")
     ap.add_argument("--litellm-python", default=str(ROOT / "benchmarks/out/litellm-venv/bin/python"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
