@@ -6,8 +6,8 @@ process: RPM and input tokens/min over a sliding minute, requests per day counte
 A real day is 24 hours: here the quota's day is that of a fixed-offset time zone whose midnight
 falls ``--rpd-reset-after-s`` seconds into each system's run (``rate_limit.rpd_reset_zone:
 UTC+HH:MM:SS`` for raygrade, the fake's ``--day-zone``: both count the same calendar day). The
-per-day quota is 40 % of the workload's requests; RPM is sized so the workload takes
-``--row-minutes`` without it.
+per-day quota is 60 % of the workload's requests (the day runs out mid-run, the next day has room
+for the rest); RPM is sized so the workload takes ``--row-minutes`` without it.
 
 Systems: **raygrade** (``kind: gemini`` through the official ``google-genai`` SDK, 4 Grader
 replicas and a bulk regrade; ``rate_limit`` with the provider's ``rpm``, ``itpm`` and ``rpd``: once
@@ -38,7 +38,7 @@ from raygrade.testing.fake_gemini import PER_DAY_QUOTA, FakeGeminiProcess, Gener
 
 ROWS: dict[str, dict] = {"gemini-rpd": {"binding": "rpd", "api": "gemini"}}
 #: Share of the workload's requests the day allows.
-DAY_SHARE = 0.4
+DAY_SHARE = 0.6
 SLACK = 10
 
 
@@ -109,7 +109,7 @@ def day_metrics(log: list[GenerateRecord], rpm: int, rpd: int, reset_mono: float
 
 
 def run_row(row: str, w: dict, a: argparse.Namespace, systems: list[str], run_raygrade) -> dict:
-    """The Gemini row: RPM sized for ``--row-minutes``, the day's quota 40 % of the requests."""
+    """The Gemini row: RPM sized for ``--row-minutes``, the day's quota 60 % of the requests."""
     reqs = requests(w["batches"], w["args"].provider.schema_bounds)
     n = len(reqs)
     a.rpm = round(n / a.row_minutes)

@@ -490,7 +490,7 @@ def main() -> None:
     ap.add_argument("--matrix", action="store_true", help="run the provider matrix (see the module doc)")
     ap.add_argument("--rows", default=",".join(ROWS), help="matrix rows to run")
     ap.add_argument("--row-minutes", type=float, default=4.5)
-    ap.add_argument("--rpd-reset-after-s", type=float, default=150.0,
+    ap.add_argument("--rpd-reset-after-s", type=float, default=210.0,
                     help="gemini-rpd row: seconds into each run at which the quota's day ends")
     ap.add_argument("--burst-s", help="raygrade's rate_limit.burst_s (default: the config's), or 'off'")
     ap.add_argument("--litellm-python", default=str(ROOT / "benchmarks/out/litellm-venv/bin/python"))
