@@ -32,7 +32,12 @@ from raygrade.ratelimit.window import parse_rate_limit_headers
 logger = logging.getLogger("raygrade.ratelimit.limiter")
 
 
-def _ewma(value: float, sample: float) -> float:
+def _ewma(value: float, sample: float, first: bool = False) -> float:
+    """An EWMA fast up, slow down. A first sample above the prior is taken whole: the prior 1.0 is
+    a guess, not a reading, and averaging with it left a provider counting 4× reserved at 2.5×
+    after one call (under-estimates cost 429s; over-estimates still shrink slowly)."""
+    if first and sample > value:
+        return sample
     return value + (RATIO_ALPHA_UP if sample > value else RATIO_ALPHA_DOWN) * (sample - value)
 
 
@@ -47,11 +52,12 @@ def learn_count_ratio(st: _KeyState, reported: int, estimate: int, images: int =
     leaves :data:`RATIO_WARN_BAND`.
     """
     if images <= 0:
-        st.count_ratio = _ewma(st.count_ratio, min(8.0, max(0.25, reported / estimate)))
+        st.count_ratio = _ewma(st.count_ratio, min(8.0, max(0.25, reported / estimate)), st.text_samples == 0)
     else:
         text = (estimate - images) * st.count_ratio
-        st.mixed_ratio = _ewma(st.mixed_ratio, min(8.0, max(0.25, reported / estimate)))
-        st.image_ratio = _ewma(st.image_ratio, min(100.0, max(0.05, (reported - text) / images)))
+        first = st.image_samples == 0
+        st.mixed_ratio = _ewma(st.mixed_ratio, min(8.0, max(0.25, reported / estimate)), first)
+        st.image_ratio = _ewma(st.image_ratio, min(100.0, max(0.05, (reported - text) / images)), first)
         st.image_samples += 1
     st.ratio_samples += 1
     lo, hi = RATIO_WARN_BAND

