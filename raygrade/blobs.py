@@ -1,154 +1,26 @@
-"""Content-addressed page images: each accepted page's bytes stored once, outside the job rows.
+"""Page images on their way into the blob store: checked, split from page files, stored, read back.
+(The store itself, content-addressed by SHA-256, is :mod:`raygrade.blob_store`, re-exported here.)
 
 The job store keeps references (:class:`raygrade.protocol.StoredImage`: SHA-256, media type,
 pixel size) in job bodies and batch payloads, so leasing, completing and polling a job
 never move or parse image bytes; the batcher reads the bytes of the batch it dispatches
 and hands them to a grader replica through Ray's object store.
-
-Where the bytes live (``StoreConfig.blob_uri``): a folder (default: ``blobs/`` beside the
-SQLite file, or ``$RAYGRADE_HOME/blobs``; on the head node, where the registry and the
-batcher are placed), or any filesystem :func:`pyarrow.fs.FileSystem.from_uri` opens
-(``s3://bucket/prefix``, ``gs://…``, ``hdfs://…``) for clusters whose replicas run
-anywhere. Layout: ``<root>/<first two hex digits>/<sha256>``; writes go to a temporary
-name and are moved into place, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-import uuid
 from collections.abc import Callable
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
-from pyarrow import fs as pafs
-
+from raygrade.blob_store import BlobStore, default_blob_uri, is_local
 from raygrade.decode_pool import decode_pool
-from raygrade.errors import InvalidRequestError, StorageError
+from raygrade.errors import InvalidRequestError
 from raygrade.protocol import MAX_PAGES, GradingJob, ImagePage, StoredImage, media_type_of
 from raygrade.scans import MAX_PAGE_PIXELS, MAX_PAGES_PER_FILE, page_images, pixel_count
 
-_KEY = re.compile(r"^[0-9a-f]{64}$")
+__all__ = ["BlobStore", "check_image", "check_model_answer_images", "check_pixels", "check_student_pages",
+           "default_blob_uri", "externalize", "image_size", "inline", "is_local", "page_bytes", "pages_of"]
 T = TypeVar("T")
-
-
-def default_blob_uri(store_url: str) -> str:
-    """``blobs/`` beside a SQLite file, else ``$RAYGRADE_HOME/blobs`` (default ``~/.raygrade/blobs``)."""
-    if store_url.startswith("sqlite"):
-        import sqlalchemy as sa
-
-        path = sa.engine.make_url(store_url).database
-        if path and path != ":memory:":
-            return os.path.join(os.path.dirname(os.path.abspath(os.path.expanduser(path))), "blobs")
-    home = os.environ.get("RAYGRADE_HOME") or os.path.join(os.path.expanduser("~"), ".raygrade")
-    return os.path.join(home, "blobs")
-
-
-def is_local(uri: str) -> bool:
-    """True for a plain path or ``file://`` URI (readable only on the node that holds it)."""
-    return "://" not in uri or uri.startswith("file://")
-
-
-class BlobStore:
-    """SHA-256-addressed bytes in a folder or a pyarrow filesystem.
-
-    Args:
-        uri: A path, ``file:///path``, or a URI :func:`pyarrow.fs.FileSystem.from_uri` accepts.
-
-    Raises:
-        StorageError: the location cannot be opened or created.
-    """
-
-    def __init__(self, uri: str):
-        self.uri = uri
-        try:
-            if "://" in uri:
-                self._fs, root = pafs.FileSystem.from_uri(uri)
-            else:
-                self._fs, root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
-            self._fs.create_dir(root, recursive=True)
-        except Exception as exc:  # pyarrow raises OSError / ArrowInvalid with the cause
-            raise StorageError(f"blob store {uri!r} cannot be opened: {type(exc).__name__}", param="blob_uri") from exc
-        self._root = root.rstrip("/")
-        self._known: set[str] = set()  # keys this process wrote or saw: skips an existence check
-
-    def _path(self, key: str) -> str:
-        if not _KEY.match(key):
-            raise StorageError(f"not a blob key: {key[:80]!r}", param="sha256")
-        return f"{self._root}/{key[:2]}/{key}"
-
-    def put(self, data: bytes) -> str:
-        """Store ``data`` (once: an existing blob is not rewritten); returns its SHA-256 hex key.
-
-        Raises:
-            StorageError: the write failed.
-        """
-        key = hashlib.sha256(data).hexdigest()
-        if key in self._known:
-            return key
-        path = self._path(key)
-        try:
-            if self._fs.get_file_info(path).type == pafs.FileType.NotFound:
-                self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-                tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-                with self._fs.open_output_stream(tmp) as f:
-                    f.write(data)
-                self._fs.move(tmp, path)
-        except Exception as exc:
-            raise StorageError(f"could not store a page image: {type(exc).__name__}", param="blob_uri") from exc
-        self._known.add(key)
-        return key
-
-    def put_stream(self, src: BinaryIO, chunk: int = 1 << 20) -> tuple[str, int]:
-        """Store the bytes read from ``src`` (to its end), ``chunk`` bytes at a time: never the whole
-        file in memory. Returns ``(SHA-256 hex key, size in bytes)``; an existing blob is kept.
-
-        Raises:
-            StorageError: the write failed.
-        """
-        digest, size = hashlib.sha256(), 0
-        tmp = f"{self._root}/tmp/{uuid.uuid4().hex}.tmp"
-        try:
-            self._fs.create_dir(f"{self._root}/tmp", recursive=True)
-            with self._fs.open_output_stream(tmp) as f:
-                while part := src.read(chunk):
-                    digest.update(part)
-                    size += len(part)
-                    f.write(part)
-            key = digest.hexdigest()
-            path = self._path(key)
-            if key in self._known or self._fs.get_file_info(path).type != pafs.FileType.NotFound:
-                self._fs.delete_file(tmp)
-            else:
-                self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-                self._fs.move(tmp, path)
-        except Exception as exc:
-            if self._fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-                self._fs.delete_file(tmp)
-            raise StorageError(f"could not store an uploaded file: {type(exc).__name__}", param="blob_uri") from exc
-        self._known.add(key)
-        return key, size
-
-    def get(self, key: str) -> bytes:
-        """The bytes stored under ``key``, checked against it.
-
-        Raises:
-            StorageError: no such blob, or its bytes do not match the key (corruption).
-        """
-        path = self._path(key)
-        try:
-            with self._fs.open_input_stream(path) as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise StorageError(f"page image {key[:12]}… is missing from the blob store {self.uri!r}",
-                               param="sha256") from None
-        except Exception as exc:
-            raise StorageError(f"could not read a page image: {type(exc).__name__}", param="sha256") from exc
-        if hashlib.sha256(data).hexdigest() != key:
-            raise StorageError(f"page image {key[:12]}… is corrupt in the blob store", param="sha256")
-        self._known.add(key)
-        return data
 
 
 def image_size(data: bytes) -> tuple[int, int]:

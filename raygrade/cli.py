@@ -17,7 +17,8 @@ their webhooks, written straight into the job store (``--store-url``, default
 keys. A secret is printed once, on stdout.
 
 ``raygrade quotas set|clear|list``: tenants' quotas (active jobs, items and tokens per rolling
-day; :class:`raygrade.protocol.TenantQuota`) in the same store, with each tenant's usage."""
+day; :class:`raygrade.protocol.TenantQuota`) in the same store, with each tenant's usage.
+``raygrade blobs gc``: delete the stored bytes nothing references (:mod:`raygrade.store.blob_gc`)."""
 
 from __future__ import annotations
 
@@ -54,8 +55,7 @@ def start_local_app(args_dict: dict | RaygradeArgs | None = None, *, port: int =
 
 def _print_table(results: JobResults, human: dict[tuple[str, str], float] | None, file=sys.stdout) -> None:
     cols = f"{'student':<22} {'question':<14} {'human':>6} {'model':>6} {'conf':>5} {'pages':>5} {'rev':>3}  feedback"
-    print(cols, file=file)
-    print("-" * len(cols), file=file)
+    print(cols, "-" * len(cols), sep="\n", file=file)
     for r in results.results:
         hs = human.get((r.student_id, r.question_id)) if human else None
         hstr = f"{hs:g}" if hs is not None else "-"
@@ -141,9 +141,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
             pairs = [(human[(r.student_id, r.question_id)], r.score, r.max_score) for r in graded]
             grid_rows = [(h, sc, m, steps[r.question_id]) for (h, sc, m), r in zip(pairs, graded)]
             gr = grid_agreement(grid_rows)
-            by_question: dict[str, list] = {}
-            for row, r in zip(grid_rows, graded):
-                by_question.setdefault(r.question_id, []).append(row)
+            by_question = {q: [row for row, r in zip(grid_rows, graded) if r.question_id == q]
+                           for q in dict.fromkeys(r.question_id for r in graded)}
             pq = per_question_qwk(by_question, n_boot=200)
             head = (f"QWK per question {pq['value']:.3f} [95 % CI {pq['lo']:.3f}, {pq['hi']:.3f}] (mean of "
                     f"{pq['questions']}), " if pq["value"] is not None else "")
@@ -257,6 +256,7 @@ def cmd_estimate(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``raygrade`` command line: each command's ``fn`` is set as a default."""
     from raygrade import __version__, sheets
+    from raygrade.store import blob_gc
 
     ap = argparse.ArgumentParser(prog="raygrade", description="Grade scanned answer pages on Ray.")
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -278,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout-s", type=float, default=1800, help="seconds to wait for the job (default: %(default)s)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar while the job runs")
     d.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("prepare-model", help="convert the embedded model once (optional; done on first use)")
-    p.set_defaults(fn=cmd_prepare_model)
+    sub.add_parser("prepare-model", help="convert the embedded model once (optional; done on first use)"
+                   ).set_defaults(fn=cmd_prepare_model)
     e = sub.add_parser("estimate", help="requests, tokens and USD of a regrade (sync vs Batch API), sending nothing")
     e.add_argument("input", help="a dataset in the regrade layout, or a job JSON file (POST /v1/jobs body)")
     src = e.add_mutually_exclusive_group()
@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     ql.add_argument("--tenant", help="this tenant only (also one without a quota)")
     q.set_defaults(fn=cmd_quotas)
     sheets.add_parser(sub)
+    blob_gc.add_parser(sub, [store_opt], _key_store)
     return ap
 
 

@@ -40,7 +40,7 @@ class StoreCore:
             reason = " ".join(str(exc.orig or exc).split())[:300]
             raise StorageError(f"cannot open the job store at {self.engine.url.render_as_string(hide_password=True)}: "
                                f"{reason}") from None
-        self.blobs = BlobStore(blob_uri or default_blob_uri(url))  # only once the store opened
+        self.blobs = BlobStore(blob_uri or default_blob_uri(url), clock=clock)  # only once the store opened
 
     def close(self) -> None:
         self.engine.dispose()

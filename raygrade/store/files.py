@@ -97,7 +97,8 @@ class Files:
 
     def delete_file(self, file_id: str, tenant: str) -> FileDeleted:
         """Forget the tenant's file: new jobs can no longer name it; jobs accepted before keep
-        their pages (the page images stay in the blob store). Raises ``NotFoundError``."""
+        their pages. Its bytes, and the page images no job uses, go at the next collection of the
+        blob store (:mod:`raygrade.store.blob_gc`). Raises ``NotFoundError``."""
         with self.engine.begin() as conn:
             if conn.execute(files.delete().where(files.c.id == file_id, files.c.tenant == tenant)).rowcount != 1:
                 raise NotFoundError(f"no file with id {file_id!r}", param="file_id")

@@ -346,6 +346,28 @@ def test_a_missing_or_corrupt_blob_is_a_storage_error(store, tmp_path):
         inline(page, BlobStore(str(tmp_path / "blobs")))
 
 
+def test_a_collection_keeps_what_jobs_and_batches_reference_and_deletes_the_rest(store, tmp_path):
+    """``raygrade blobs gc`` on both back ends: the pages of a job (its body and its planned
+    batches) stay; a blob nothing references goes once older than the grace period."""
+    import os
+    import time
+
+    from raygrade.store import blob_gc
+
+    status, _ = store.create_job(image_job(3))
+    stored = store.get_job(status.id)
+    assert store.record_plan(status.id, image_plan(status.id, stored), [], "m")
+    orphan = store.blobs.put(b"a refused upload's page")
+    store.blobs.clock = time.time  # blobs' times are the filesystem's (this store's clock is virtual)
+    old = time.time() - 7200
+    for path in (tmp_path / "blobs").rglob("*"):
+        os.utime(path, (old, old))
+    out = blob_gc.collect(store)
+    assert (out.blobs, out.referenced, out.deleted, out.missing) == (4, 3, 1, 0), out
+    assert not store.blobs.has(orphan)
+    assert all(store.blobs.has(p.sha256) for s in stored.submissions for p in s.pages)
+
+
 def test_status_lease_and_complete_cost_does_not_grow_with_the_job(store):
     """A 5,000-item job against a 50-item one: the same calls, at most a small multiple
     (the store keeps counters and touches only the batch's rows; before, these scanned
