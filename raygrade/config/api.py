@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from raygrade.config.provider import _Config
+from raygrade.config.rate_limit import _Config
 
 #: The tenant every caller belongs to while authentication is disabled.
 DEFAULT_TENANT = "default"

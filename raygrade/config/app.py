@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from raygrade.config.api import ApiConfig
-from raygrade.config.provider import PROVIDER_KINDS, ProviderConfig, RateLimitConfig, _Config
+from raygrade.config.provider import PROVIDER_KINDS, ProviderConfig, RateLimitConfig
+from raygrade.config.rate_limit import _Config
 from raygrade.selfhosted import LocalEngineConfig, ServedModelConfig
 
 

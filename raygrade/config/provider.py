@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, model_validator
 from raygrade.config.rate_limit import RateLimitConfig, _Config
 from raygrade.errors import ConfigError
 
-__all__ = ["ImageTokenRule", "ProviderConfig", "ProviderKind", "PROVIDER_KINDS", "RateLimitConfig", "_Config"]
+__all__ = ["ImageTokenRule", "ProviderConfig", "ProviderKind", "PROVIDER_KINDS", "RateLimitConfig"]
 
 
 ImageTokenRule = Literal["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "qwen2-vl", "idefics3",
