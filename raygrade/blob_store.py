@@ -49,6 +49,11 @@ class BlobInfo(NamedTuple):
     mtime: float | None
 
 
+def _timestamp(info: pafs.FileInfo) -> float | None:
+    """A file's modification time in Unix seconds (``None`` where the filesystem does not say)."""
+    return info.mtime.timestamp() if info.mtime is not None else None
+
+
 def default_blob_uri(store_url: str) -> str:
     """``blobs/`` beside a SQLite file, else ``$RAYGRADE_HOME/blobs`` (default ``~/.raygrade/blobs``)."""
     if store_url.startswith("sqlite"):
@@ -98,26 +103,26 @@ class BlobStore:
             raise StorageError(f"not a blob key: {key[:80]!r}", param="sha256")
         return f"{self._root}/{key[:2]}/{key}"
 
-    def _settle(self, key: str, path: str, write: Callable[[str], None]) -> None:
-        """Put the blob ``key`` in place: ``write(tmp)`` fills a temporary file that is moved to
-        ``path`` when the blob is new, or when the filesystem cannot touch an old blob's
-        modification time (object stores: rewriting the same bytes refreshes it)."""
+    def _settle(self, key: str, path: str, place: Callable[[str], None]) -> bool:
+        """Put the blob ``key`` at ``path``: ``place(path)`` writes it there when the blob is new,
+        or when the filesystem cannot touch an old blob's modification time (object stores:
+        rewriting the same bytes refreshes it). Returns whether ``place`` was called."""
         now = self.clock()
         if now - self._fresh.get(key, -REFRESH_S) < REFRESH_S:
-            return
+            return False
         info = self._fs.get_file_info(path)
-        mtime = info.mtime.timestamp() if info.mtime is not None else None
-        if info.type != pafs.FileType.NotFound and mtime is not None and now - mtime < REFRESH_S:
+        exists, mtime = info.type != pafs.FileType.NotFound, _timestamp(info)
+        if exists and mtime is not None and now - mtime < REFRESH_S:
             self._fresh[key] = mtime
-            return
-        if info.type != pafs.FileType.NotFound and isinstance(self._fs, pafs.LocalFileSystem):
-            os.utime(path, (now, now))
-        else:
+            return False
+        placed = not (exists and isinstance(self._fs, pafs.LocalFileSystem))
+        if placed:
             self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            write(tmp)
-            self._fs.move(tmp, path)
+            place(path)
+        else:
+            os.utime(path, (now, now))
         self._fresh[key] = now
+        return placed
 
     def put(self, data: bytes) -> str:
         """Store ``data`` once (an existing blob is not rewritten, but its modification time is
@@ -128,9 +133,11 @@ class BlobStore:
         """
         key = hashlib.sha256(data).hexdigest()
 
-        def write(tmp: str) -> None:
+        def write(path: str) -> None:  # to a temporary name, then moved: no reader sees half a file
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
             with self._fs.open_output_stream(tmp) as f:
                 f.write(data)
+            self._fs.move(tmp, path)
 
         try:
             self._settle(key, self._path(key), write)
@@ -156,8 +163,7 @@ class BlobStore:
                     size += len(part)
                     f.write(part)
             key = digest.hexdigest()
-            self._settle(key, self._path(key), lambda dest: self._fs.move(tmp, dest))
-            if self._fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            if not self._settle(key, self._path(key), lambda path: self._fs.move(tmp, path)):
                 self._fs.delete_file(tmp)
         except Exception as exc:
             if self._fs.get_file_info(tmp).type != pafs.FileType.NotFound:
@@ -202,8 +208,7 @@ class BlobStore:
             key = name if _KEY.match(name) and info.path.endswith(f"/{name[:2]}/{name}") else None
             if key is None and not name.endswith(".tmp"):
                 continue
-            mtime = info.mtime.timestamp() if info.mtime is not None else None
-            yield BlobInfo(key, info.path, info.size or 0, mtime)
+            yield BlobInfo(key, info.path, info.size or 0, _timestamp(info))
 
     def has(self, key: str) -> bool:
         """Whether a blob is stored under ``key``. Raises ``StorageError`` for a malformed key."""
@@ -213,9 +218,7 @@ class BlobStore:
         """The modification time of ``path`` (a :meth:`list` entry), Unix seconds; ``None`` if it is
         gone or the filesystem does not say."""
         info = self._fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound or info.mtime is None:
-            return None
-        return info.mtime.timestamp()
+        return None if info.type == pafs.FileType.NotFound else _timestamp(info)
 
     def delete(self, path: str) -> None:
         """Remove ``path`` (a :meth:`list` entry); one already gone is no error.
