@@ -8,6 +8,8 @@ import ast
 import graphlib
 from pathlib import Path
 
+from support.source import parse_source
+
 ROOT = Path(__file__).resolve().parents[2] / "raygrade"
 MAX_LINES = 350
 
@@ -22,7 +24,7 @@ def _import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parse_source(path)):
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]

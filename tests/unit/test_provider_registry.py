@@ -6,6 +6,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from support.source import parse_source
 
 from raygrade.config import ProviderConfig, RaygradeArgs, default_batcher, reference_similarity_provider
 from raygrade.config.provider import PROVIDER_KINDS, ProviderKind
@@ -31,7 +32,7 @@ def test_no_kind_branches_outside_the_registry():
     for path in [*ROOT.glob("raygrade/**/*.py"), *ROOT.glob("jobs/*.py"), *ROOT.glob("benchmarks/*.py")]:
         if path in OWNERS:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parse_source(path)):
             if not isinstance(node, ast.Compare):
                 continue
             sides = [node.left, *node.comparators]
