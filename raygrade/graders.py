@@ -74,6 +74,7 @@ def build_batch_grader(provider_config, limiter: Limiter | None, *, max_parse_re
     return BatchGrader(
         chat_provider, limiter, bucket_key=provider_config.bucket_key, max_retries=provider_config.max_retries,
         max_parse_retries=max_parse_retries, schema_bounds=provider_config.schema_bounds,
+        feedback_max_chars=provider_config.feedback_max_chars,
         retry_after_cap_s=provider_config.retry_after_cap_s,
         rate_limit_patience_s=provider_config.rate_limit_patience_s,
         max_completion_tokens=provider_config.max_completion_tokens, fallback=fallback, calibration=calibration,

@@ -26,7 +26,7 @@ from raygrade.errors import (
     RaygradeError,
 )
 from raygrade.evaluation import score_level
-from raygrade.prompts import ParsedGrade, StudentWork, build_messages, output_schema, parse_output
+from raygrade.prompts import MAX_FEEDBACK_CHARS, ParsedGrade, StudentWork, build_messages, output_schema, parse_output
 from raygrade.protocol import GradeResult, GradingErrorItem, Usage
 from raygrade.providers.base import ChatProvider, ChatRequest, ChatResult
 from raygrade.ratelimit.limiter import Outcome, Reservation, Settlement
@@ -48,14 +48,15 @@ class Limiter(Protocol):
     async def settle(self, reservation: Reservation, settlement: Settlement) -> None: ...
 
 
-def batch_request(batch: GradeBatch, students: list[StudentWork], *, max_tokens: int, bounds: bool = False
-                  ) -> ChatRequest:
+def batch_request(batch: GradeBatch, students: list[StudentWork], *, max_tokens: int, bounds: bool = False,
+                  feedback_max_chars: int = MAX_FEEDBACK_CHARS) -> ChatRequest:
     """The request grading ``students`` of ``batch`` (all of them, or those a re-ask carries) with a
     completion budget of ``max_tokens``: its chat messages and output JSON schema; ``bounds`` puts
-    score ranges in the schema."""
+    score ranges and the feedback's length (``feedback_max_chars``) in the schema."""
     messages = build_messages(batch.questions, students, include_model_answer_images=batch.include_model_answer_images)
     return ChatRequest(messages, max_tokens=max_tokens, temperature=batch.temperature,
-                       json_schema=output_schema(batch.questions, students, bounds=bounds), model=batch.model,
+                       json_schema=output_schema(batch.questions, students, bounds=bounds,
+                                                 feedback_max_chars=feedback_max_chars), model=batch.model,
                        cache_key=prefix_cache_key(messages))
 
 
@@ -117,6 +118,7 @@ class BatchGrader:
         max_retries: Transport retries per call (429, 5xx, timeouts).
         max_parse_retries: Re-asks for items whose output failed the schema.
         schema_bounds: Put numeric/length bounds in the JSON schema.
+        feedback_max_chars: The feedback's length bound (characters) with ``schema_bounds``.
         retry_after_cap_s: Cap on a provider's ``Retry-After``.
         rate_limit_patience_s: Seconds a call keeps retrying after the provider's first 429
             (429s do not spend ``max_retries``; :func:`raygrade.retry.call_with_retries`).
@@ -138,6 +140,7 @@ class BatchGrader:
 
     def __init__(self, provider: ChatProvider, limiter: Limiter, *, bucket_key: str, max_retries: int = 3,
                  max_parse_retries: int = 2, schema_bounds: bool = False, retry_after_cap_s: float = 60.0,
+                 feedback_max_chars: int = MAX_FEEDBACK_CHARS,
                  max_completion_tokens: int | None = None, fallback=None, calibration=None, agreement=None,
                  rate_limit_patience_s: float = 0.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic):
@@ -146,7 +149,7 @@ class BatchGrader:
         self._calibration, self._agreement = calibration, agreement
         self._key = bucket_key
         self._max_retries, self._max_parse_retries = max_retries, max_parse_retries
-        self._bounds = schema_bounds
+        self._bounds, self._feedback_max_chars = schema_bounds, feedback_max_chars
         self._retry_after_cap_s = retry_after_cap_s
         self._max_completion_tokens = max_completion_tokens
         self._sleep, self._clock = sleep, clock
@@ -156,7 +159,8 @@ class BatchGrader:
                     timing: dict[str, float] | None = None) -> ChatResult:
         """One request (with retries); adds seconds to ``timing["limiter"]`` and ``timing["provider"]``."""
         timing = timing if timing is not None else {"limiter": 0.0, "provider": 0.0, "grant_to_send": 0.0}
-        request = batch_request(batch, students, max_tokens=max_tokens, bounds=self._bounds)
+        request = batch_request(batch, students, max_tokens=max_tokens, bounds=self._bounds,
+                                feedback_max_chars=self._feedback_max_chars)
         estimate = batch.prompt_tokens_estimate + max_tokens
         # The prompt estimate is the whole batch's: only a call carrying the whole batch teaches the
         # limiter the provider's count (a re-ask of a few students would look like an over-estimate).

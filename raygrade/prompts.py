@@ -118,13 +118,14 @@ def _image_part(img: ImagePage | StoredImage) -> dict[str, Any]:
 
 
 def output_schema(questions: list[Question], students: list[StudentWork], *,
-                  bounds: bool) -> dict[str, Any]:
+                  bounds: bool, feedback_max_chars: int = MAX_FEEDBACK_CHARS) -> dict[str, Any]:
     """JSON schema of the answer: ``{alias: {question_id: {feedback, score, confidence}}}``.
 
     Args:
         bounds: Add ``minimum``/``maximum``/``maxLength`` (vLLM's xgrammar enforces
             them; OpenAI's strict mode does not accept all of them). A question with
             ``score_step`` always gets an ``enum`` of its allowed scores.
+        feedback_max_chars: The feedback's ``maxLength`` (characters) where ``bounds`` is set.
     """
     qmap = {q.id: q for q in questions}
 
@@ -137,7 +138,7 @@ def output_schema(questions: list[Question], students: list[StudentWork], *,
         feedback: dict[str, Any] = {"type": "string"}
         confidence: dict[str, Any] = {"type": "number"}
         if bounds:
-            feedback["maxLength"] = MAX_FEEDBACK_CHARS
+            feedback["maxLength"] = feedback_max_chars
             confidence.update(minimum=0, maximum=1)
         return {"type": "object", "properties": {"feedback": feedback, "score": score, "confidence": confidence},
                 "required": ["feedback", "score", "confidence"], "additionalProperties": False}

@@ -147,7 +147,8 @@ class BatchApiRun(BatchCollection):
             lines, plans, size = [], [], 0
 
         for b in batches:
-            request = batch_request(b, b.students, max_tokens=b.max_tokens, bounds=self.cfg.provider.schema_bounds)
+            request = batch_request(b, b.students, max_tokens=b.max_tokens, bounds=self.cfg.provider.schema_bounds,
+                                    feedback_max_chars=self.cfg.provider.feedback_max_chars)
             line = json.dumps(self.backend.request_line(self.backend.custom_id(b.batch_id), request)) + "\n"
             if lines and (len(lines) >= limits.max_requests_per_file or size + len(line) > max_bytes):
                 flush()

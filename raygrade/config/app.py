@@ -177,7 +177,8 @@ class RaygradeArgs(_Config):
 
 
 def local_vllm_provider(engine: LocalEngineConfig | None = None) -> ProviderConfig:
-    """The provider settings for the embedded default model (text-only: pages are OCR'd)."""
+    """The provider settings for the embedded default model (text-only: pages are OCR'd; feedback of one
+    short sentence, ``feedback_max_chars=80``, for CPU decoding)."""
     engine = engine or LocalEngineConfig()
     return ProviderConfig(
         name="local-vllm",
@@ -190,6 +191,9 @@ def local_vllm_provider(engine: LocalEngineConfig | None = None) -> ProviderConf
         context_window=engine.max_model_len,
         max_completion_tokens=engine.max_model_len // 2,
         schema_bounds=True,
+        # One short sentence: at ≈ 6 tokens/s a stream, the default 200 characters (which SmolLM2 fills
+        # with repeats, ≈ 240 tokens) are 40 s an item; 80 characters are under half of that.
+        feedback_max_chars=80,
         score_logprobs=True,
         timeout_s=900.0,  # CPU decoding is slow (≈ 7 tokens/s per stream on 2 cores)
     )

@@ -114,6 +114,10 @@ class ProviderConfig(_Config):
     schema_bounds: bool = Field(default=False, description=(
         "Put minimum/maximum/maxLength in the output schema (vLLM's xgrammar enforces them; "
         "OpenAI strict mode rejects some)."))
+    feedback_max_chars: int = Field(default=200, ge=1, le=20_000, description=(
+        "With schema_bounds: the feedback's maxLength in the output schema, which the engine's grammar enforces "
+        "(prompts.MAX_FEEDBACK_CHARS by default). Feedback is most of each grade's output tokens: a lower cap "
+        "answers sooner and costs less, and stops a small model that repeats itself sooner."))
     score_logprobs: bool = Field(default=False, description=(
         "Request token log-probabilities and use P(score tokens | prompt, feedback) as each grade's confidence "
         "(vLLM and OpenAI chat models return them)."))

@@ -9,6 +9,7 @@ its Serve deployment handle, with JSON-schema output, and the job completes; a b
 import uuid
 
 import pytest
+from support.engines import FEEDBACK_MAX_CHARS
 
 from raygrade.cli import Client
 from raygrade.config import ApiConfig, LocalEngineConfig, ProviderConfig, RaygradeArgs, local_vllm_batcher
@@ -41,7 +42,7 @@ def test_a_job_and_a_bulk_regrade_through_a_self_hosted_model_on_ray_serve_llm(s
     provider = ProviderConfig(name="self-hosted", kind="serve_llm", model="smollm2-serve", api_key_env=None,
                               supports_vision=False, image_token_rule="none", tokenizer="hf",
                               tokenizer_path=folder, context_window=4096, max_completion_tokens=1024,
-                              schema_bounds=True, check_on_start=False,
+                              schema_bounds=True, check_on_start=False, feedback_max_chars=FEEDBACK_MAX_CHARS,
                               timeout_s=900.0)  # CPU decoding: ≈ 7 tokens/s per stream (as the embedded model's)
     args = RaygradeArgs(api=ApiConfig(auth="disabled"), provider=provider, models=[model], batcher=local_vllm_batcher(),
                         namespace=f"rg-llm-{uuid.uuid4().hex[:8]}")

@@ -12,6 +12,7 @@ import base64
 import uuid
 
 import pytest
+from support.engines import FEEDBACK_MAX_CHARS
 
 from raygrade.cli import Client
 from raygrade.config import ApiConfig, ProviderConfig, RaygradeArgs
@@ -50,7 +51,7 @@ def test_page_images_reach_a_self_hosted_vision_model(serve_url):
     provider = ProviderConfig(name="tiny-vlm", kind="serve_llm", model="tiny-vlm", api_key_env=None,
                               supports_vision=True, image_token_rule="idefics3", tokenizer="hf",
                               tokenizer_path=folder, context_window=4096, max_completion_tokens=512,
-                              schema_bounds=True, check_on_start=False,
+                              schema_bounds=True, check_on_start=False, feedback_max_chars=FEEDBACK_MAX_CHARS,
                               timeout_s=900.0)  # CPU decoding (≈ 7 tokens/s per stream), as the embedded model's
     args = RaygradeArgs(api=ApiConfig(auth="disabled"),
                         provider=provider, models=[model], namespace=f"rg-vlm-{uuid.uuid4().hex[:8]}")

@@ -161,6 +161,31 @@ def test_output_schema_forces_every_item_and_bounds():
     assert s["properties"]["s1"]["properties"]["q2"]["properties"]["score"] == {"enum": [0, 0.5, 1, 1.5, 2]}
 
 
+def test_the_feedback_bound_comes_from_the_provider_config_and_only_with_schema_bounds():
+    """``feedback_max_chars`` is the feedback's ``maxLength`` in every request a grader sends (the
+    engine's grammar enforces it); without ``schema_bounds`` no length is sent."""
+    from raygrade.graders import build_batch_grader
+    from raygrade.prompts import MAX_FEEDBACK_CHARS
+    from raygrade.testing.fake_openai import fake_provider_config
+
+    def feedback_schemas(cfg):
+        provider = ScriptedProvider([good(batch().students)])
+        g, _ = grader(provider, schema_bounds=cfg.schema_bounds, feedback_max_chars=cfg.feedback_max_chars)
+        out = asyncio.run(g.grade(batch()))
+        assert not out.errors
+        schema = provider.calls[0]["schema"]
+        return [schema["properties"][a]["properties"][q]["properties"]["feedback"] for a in ("s1", "s2")
+                for q in ("q1", "q2")]
+
+    cfg = fake_provider_config("http://127.0.0.1:9/v1", schema_bounds=True)
+    assert cfg.feedback_max_chars == MAX_FEEDBACK_CHARS
+    assert feedback_schemas(cfg) == [{"type": "string", "maxLength": MAX_FEEDBACK_CHARS}] * 4
+    short = cfg.model_copy(update={"feedback_max_chars": 40})
+    assert feedback_schemas(short) == [{"type": "string", "maxLength": 40}] * 4
+    assert build_batch_grader(short, RateLimiter())._feedback_max_chars == 40  # wired from the config
+    assert feedback_schemas(short.model_copy(update={"schema_bounds": False})) == [{"type": "string"}] * 4
+
+
 def test_parse_rejects_off_grid_and_bad_confidence():
     ws = [work(1)]
     d = good(ws)

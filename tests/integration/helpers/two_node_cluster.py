@@ -9,6 +9,7 @@ replica.
 
 import json
 import sys
+from pathlib import Path
 
 import ray
 from ray import serve
@@ -21,6 +22,9 @@ from raygrade.engine.local_vllm import prepare_model
 from raygrade.protocol import GradingJob
 from raygrade.selfhosted import ServedModelConfig
 from raygrade.testing.ports import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, for support (run as a script)
+from support.engines import FEEDBACK_MAX_CHARS  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +42,7 @@ def main() -> None:
         provider = ProviderConfig(name="remote", kind="serve_llm", model="smollm2-remote", api_key_env=None,
                                   supports_vision=False, image_token_rule="none", tokenizer="hf",
                                   tokenizer_path=folder, context_window=4096, max_completion_tokens=1024,
-                                  schema_bounds=True, check_on_start=False,
+                                  schema_bounds=True, check_on_start=False, feedback_max_chars=FEEDBACK_MAX_CHARS,
                                   timeout_s=900.0)  # CPU decoding (≈ 7 tokens/s per stream), as the embedded model's
         on_head = {"num_cpus": 0, "resources": {"head": 0.01}}
         args = RaygradeArgs(api=ApiConfig(auth="disabled"),
