@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -51,17 +52,19 @@ def test_the_readme_quick_start_runs_as_written(tmp_path):
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
     work = tmp_path / "work"
     work.mkdir()
-    log = open(tmp_path / "serve-run.log", "wb")
-    server = subprocess.Popen(["bash", "-c", blocks[0][1]], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+
+    def serve_run() -> tuple[subprocess.Popen, Any]:
+        log = open(tmp_path / "serve-run.log", "wb")
+        return subprocess.Popen(["bash", "-c", blocks[0][1]], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True), log
+
+    server, log = serve_run()
     if _ray_start_timed_out(server, tmp_path / "serve-run.log"):
         # Ray gives its raylet a fixed 30 s to register (ray/_private/node.py); under CI's load (a CPU
         # engine loading beside a pip install) it once took longer and `serve run` exited. That is
         # the machine, not the quick start: started once more, as a user would.
         log.close()
-        log = open(tmp_path / "serve-run.log", "wb")
-        server = subprocess.Popen(["bash", "-c", blocks[0][1]], cwd=ROOT, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        server, log = serve_run()
     try:
         # The second block waits for /readyz itself; bounded here so a server that never comes up fails.
         curl = subprocess.run(["bash", "-e", "-c", blocks[1][1]], cwd=work, env=env, capture_output=True, text=True,
