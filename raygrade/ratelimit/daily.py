@@ -8,7 +8,8 @@ spent (whatever the count) until the reset it named. While the day is spent noth
 each waiter waits for the reset if its patience reaches it, and is refused at once with
 :class:`~raygrade.errors.QuotaExhaustedError` (type ``quota_exhausted``, naming the reset) if not.
 
-A plain class with the wall clock injected, unit-tested on a virtual clock.
+A :class:`~raygrade.ratelimit.rules.Rule` in the ``requests`` dimension; a plain class with the
+wall clock injected, unit-tested on a virtual clock.
 """
 
 from __future__ import annotations
@@ -77,20 +78,33 @@ class DailyQuota:
             return self.resets_at - now
         return 0.0
 
-    def charge(self) -> float | None:
+    def wait_for(self, amount: float, now: float) -> float:
+        """:meth:`wait` as a :class:`~raygrade.ratelimit.rules.Rule` (``amount`` and the limiter's
+        ``now`` aside: a day is counted in requests on the wall clock)."""
+        return self.wait()
+
+    def charge(self, amount: float = 1, now: float | None = None) -> float | None:
         """Count one admitted request; returns the day it was counted in (its reset time, for
-        :meth:`refund`), or ``None`` when no limit is configured."""
+        :meth:`adjust`), or ``None`` when no limit is configured."""
         if self.limit is None:
             return None
         self._roll(self._wall())
         self.used += 1
         return self.resets_at
 
-    def refund(self, day: float | None) -> None:
-        """Take back a request counted in ``day`` (:meth:`charge`'s value) that the provider did
-        not count (a rejection it does not count); a day already over is left alone."""
-        if day is not None and day == self.resets_at:
+    def adjust(self, entry: float | None, new_amount: float, now: float | None = None) -> None:
+        """Take back a request counted in day ``entry`` (:meth:`charge`'s value) when the provider
+        did not count it (``new_amount`` 0: a rejection it does not count); a day already over
+        is left alone, and any other amount keeps the request counted."""
+        if entry is not None and new_amount <= 0 and entry == self.resets_at:
             self.used = max(0, self.used - 1)
+
+    def postpone(self, entry: float | None, seconds: float, now: float) -> None:
+        """Nothing to do: a request counts in the day it was admitted in."""
+
+    def prefill(self, now: float) -> None:
+        """Nothing to do: the day's count before a restart is unknown, and the provider's own
+        per-day refusal (:meth:`spend`) stops the key when it is spent."""
 
     def spend(self, until: float | None) -> None:
         """The provider refused a call for its daily quota: nothing is sent before ``until``

@@ -16,8 +16,8 @@ import logging
 from collections.abc import Mapping
 
 from raygrade.ratelimit.pacer import MIN_BURST_S, MIN_RATE_SCALE
+from raygrade.ratelimit.rules import DIMENSIONS
 from raygrade.ratelimit.state import (
-    DIMENSIONS,
     RATIO_ALPHA_DOWN,
     RATIO_ALPHA_UP,
     RATIO_MIN_SAMPLES,
@@ -77,12 +77,12 @@ def recharge_unlearned(st: _KeyState, opens: Mapping[int, _Open], now: float) ->
         return
     for rid, (_, _, probe) in list(st.in_flight.items()):
         o = opens.get(rid)
-        if not probe or o is None or o.tok is None:
+        if not probe or o is None or (tok := o.entry("tokens")) is None:
             continue
         r = o.reservation
         new = st.scaled(r.requested, r.prompt_estimate, r.image_estimate)
-        if new > o.tok.amount:
-            st.tok.adjust(o.tok, new, now)
+        if new > tok.amount:
+            st.tok.adjust(tok, new, now)
 
 
 def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float, now: float,
@@ -211,8 +211,8 @@ def learn_burst(st: _KeyState, o: _Open, now: float, headers: Mapping[str, str] 
             burst <= MIN_BURST_S and st.rate_scale <= MIN_RATE_SCALE):
         return False
     said = parse_rate_limit_headers(headers)
-    for dim, (attr, _) in DIMENSIONS.items():
-        w, c = st.window(dim), getattr(o, attr)
+    for dim in DIMENSIONS:
+        w, c = st.window(dim), o.entry(dim)
         if w is None or c is None:
             continue
         h = said.get(dim)

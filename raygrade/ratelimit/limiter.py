@@ -8,9 +8,10 @@ for the whole cluster.
 Per key (``provider:model``):
 
 - **Reserve, then settle.** A call reserves one request and its estimated tokens
-  (prompt + ``max_tokens``, charged up front as hosted providers do) in two
-  :class:`~raygrade.ratelimit.window.SlidingWindow` s; afterwards it settles with
-  the reported ``usage`` and the unused part of ``max_tokens`` is refunded. A call
+  (prompt + ``max_tokens``, charged up front as hosted providers do) in every rule of its key
+  (:mod:`~raygrade.ratelimit.rules`: a :class:`~raygrade.ratelimit.window.SlidingWindow` per
+  per-minute limit, the day's requests); afterwards each rule settles to what the provider counted
+  in its dimension and the unused part of ``max_tokens`` is refunded. A call
   that failed keeps its estimate (providers count failed calls too).
 - **Queueing.** Waiters are admitted by one pump per key, strictly in order of
   priority class (``interactive`` before ``bulk``: bulk only gets what interactive
@@ -58,6 +59,7 @@ from raygrade.ratelimit.learning import (
     learn_from_headers,
     recharge_unlearned,
 )
+from raygrade.ratelimit.rules import call_amounts, charge_all, settle_charges, settled_amounts, wait_all
 from raygrade.ratelimit.state import (
     OPEN_RESERVATION_TTL_S,
     OPEN_RESERVATIONS_SOFT_CAP,
@@ -124,8 +126,8 @@ class RateLimiter:
         if st is None:
             st = self._keys[key] = _KeyState(key, limits, now, self._wall)
             if self._restarted:
-                for w in st.windows():
-                    w.prefill(now)
+                for _, rule in st.rules():
+                    rule.prefill(now)
             return
         if (merged := st.offers.offer(limits, now)) is not None:
             st.set_limits(merged, now)
@@ -215,36 +217,28 @@ class RateLimiter:
         if bounds:  # the tightest upper bound on admission → sending; never below what was measured
             send_delay_s = max(send_delay_s or 0.0, min(bounds))
         if o is not None and send_delay_s and send_delay_s > 0:
-            for w, c in o.charges(st):
-                w.postpone(c, send_delay_s, now)
+            for c in o.charged:
+                c.rule.postpone(c.entry, send_delay_s, now)
         if o is not None and outcome == "rate_limited":
             st.rejections.append((o.admitted_at, now))
             learn_burst(st, o, now, headers)
-        if o is not None and outcome == "rate_limited" and not st.counts_rejections():
-            for w, c in o.charges(st):  # the provider did not count it: neither do we
-                w.adjust(c, 0, now)
-            st.day.refund(o.day)
-        elif o is not None and actual_tokens is not None:
-            st.stats["settled_tokens"] += actual_tokens - o.reservation.tokens
-            if st.limits.refund_unused and o.tok is not None and st.tok is not None:
-                st.tok.adjust(o.tok, actual_tokens, now)
-            completion = settlement.completion_tokens
-            if completion is not None and st.limits.refund_unused and o.out is not None and st.out is not None:
-                st.out.adjust(o.out, completion, now)
-            if completion is not None and o.inp is not None and st.inp is not None:
-                # the provider's input count, less the cache reads that do not count toward it
-                st.inp.adjust(o.inp, max(0, actual_tokens - completion - settlement.cached_tokens), now)
+        counted = not (outcome == "rate_limited" and not st.counts_rejections())  # else: neither do we
+        if o is not None:
+            if actual_tokens is not None and counted:
+                st.stats["settled_tokens"] += actual_tokens - o.reservation.tokens
+            settle_charges(o.charged, settled_amounts(settlement, refund_unused=st.limits.refund_unused,
+                                                      counted=counted), now)
         if outcome == "quota_exhausted":
             st.day.spend(settlement.quota_reset_at)
         if prompt_tokens and reservation.prompt_estimate and outcome == "ok":
             learn_count_ratio(st, prompt_tokens, reservation.prompt_estimate, reservation.image_estimate)
             recharge_unlearned(st, self._open, now)
-            if o is not None and o.tok is not None and st.tok is not None:
+            if o is not None and (tok := o.entry("tokens")) is not None and st.tok is not None:
                 # What the provider charged when the call arrived (its prompt count + max_tokens): a
                 # header read since may show it; once refunded, that is not usage anyone missed.
-                counted = prompt_tokens + max(0, reservation.requested - reservation.prompt_estimate)
-                st.tok.note_peak(o.tok, counted, now)
-                explain_correction(st, o.admitted_at, counted - reservation.tokens, now)
+                charged = prompt_tokens + max(0, reservation.requested - reservation.prompt_estimate)
+                st.tok.note_peak(tok, charged, now)
+                explain_correction(st, o.admitted_at, charged - reservation.tokens, now)
         if headers and st.limits.learn_from_headers:
             # While calls admitted before the count was known are settling, the gap the headers show
             # is their under-estimates (corrected as they settle), not usage this limiter missed.
@@ -294,25 +288,18 @@ class RateLimiter:
             if (day_wait := st.day.wait()) > 0 and (n := refuse_impatient(st.day, st.key, st.waiters, day_wait)):
                 st.stats["quota_refused"] += n
                 continue
-            wait = max(day_wait, b.retry_in(now), st.paused_until - now,
-                       st.concurrency_wait(now, tokens, w.prompt, w.images),
-                       st.req.wait_for(1, now) if st.req else 0.0,
-                       st.tok.wait_for(tokens, now) if st.tok else 0.0,
-                       st.inp.wait_for(inp_tokens, now) if st.inp else 0.0,
-                       st.out.wait_for(w.output, now) if st.out else 0.0)
+            amounts, rules = call_amounts(tokens, inp_tokens, w.output), st.rules()
+            wait = max(b.retry_in(now), st.paused_until - now, st.concurrency_wait(now, tokens, w.prompt, w.images),
+                       wait_all(rules, amounts, now))
             if wait > 0:
                 st.timer = asyncio.get_running_loop().create_task(self._wake(st, wait))
                 return
             st.waiters.remove(w)
             probe = b.on_admit(now)
-            req = st.req.charge(1, now) if st.req else None
-            tok = st.tok.charge(tokens, now) if st.tok else None
-            inp = st.inp.charge(inp_tokens, now) if st.inp else None
-            out = st.out.charge(w.output, now) if st.out else None
-            day = st.day.charge()
+            charged = charge_all(rules, amounts, now)
             serve_share(st, w, tokens)
             r = Reservation(next(self._ids), st.key, tokens, now - w.enqueued, probe, w.prompt, w.images, w.tokens)
-            self._open[r.id] = _Open(r, req, tok, now, inp, out, day)
+            self._open[r.id] = _Open(r, now, charged)
             if len(self._open) > OPEN_RESERVATIONS_SOFT_CAP:
                 self._expire_open(now)
             st.stats["admitted_requests"] += 1

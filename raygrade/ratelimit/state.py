@@ -19,6 +19,7 @@ from raygrade.ratelimit.breaker import CircuitBreaker
 from raygrade.ratelimit.daily import DailyQuota
 from raygrade.ratelimit.offers import LimitOffers
 from raygrade.ratelimit.pacer import Pacer
+from raygrade.ratelimit.rules import DIMENSIONS, Charged, Rule
 from raygrade.ratelimit.types import Clock, Reservation
 from raygrade.ratelimit.window import Charge, SlidingWindow
 
@@ -42,11 +43,6 @@ UNDER_ESTIMATE_GUARD = 4
 
 
 
-#: The limiter's dimensions: (attribute of the key's window, field of the configured per-minute limit).
-DIMENSIONS: dict[str, tuple[str, str]] = {"requests": ("req", "rpm"), "tokens": ("tok", "tpm"),
-                                          "input_tokens": ("inp", "itpm"), "output_tokens": ("out", "otpm")}
-
-
 @dataclasses.dataclass
 class _Waiter:
     seq: int
@@ -64,18 +60,17 @@ class _Waiter:
 
 @dataclasses.dataclass
 class _Open:
-    reservation: Reservation
-    req: Charge | None
-    tok: Charge | None
-    admitted_at: float
-    inp: Charge | None = None
-    out: Charge | None = None
-    day: float | None = None  # the day its request was counted in (DailyQuota.charge)
+    """An admitted call not yet settled: its reservation, when it was admitted and what it was
+    charged in each of its key's rules."""
 
-    def charges(self, st: _KeyState) -> list[tuple[SlidingWindow, Charge]]:
-        """(window, charge) of every dimension this call was charged in."""
-        pairs = ((st.req, self.req), (st.tok, self.tok), (st.inp, self.inp), (st.out, self.out))
-        return [(w, c) for w, c in pairs if w is not None and c is not None]
+    reservation: Reservation
+    admitted_at: float
+    charged: tuple[Charged, ...] = ()
+
+    def entry(self, dim: str) -> Charge | None:
+        """The call's charge in its key's sliding window of ``dim`` (``None``: not charged there)."""
+        return next((c.entry for c in self.charged if c.dimension == dim and isinstance(c.rule, SlidingWindow)),
+                    None)
 
 
 @dataclasses.dataclass
@@ -273,6 +268,11 @@ class _KeyState:
     def windows(self) -> list[SlidingWindow]:
         """The key's windows in use (a dimension without a limit has none)."""
         return [w for dim in DIMENSIONS if (w := self.window(dim)) is not None]
+
+    def rules(self) -> list[tuple[str, Rule]]:
+        """``(dimension, rule)`` for every rule the key enforces: its sliding windows, then its
+        requests per day (a call is admitted when all of them let it, and charged in each)."""
+        return [*((dim, w) for dim in DIMENSIONS if (w := self.window(dim)) is not None), ("requests", self.day)]
 
     def effective(self, dim: str) -> float | None:
         """The per-minute limit in force: the configured one, lowered by a learned one."""

@@ -44,7 +44,8 @@ class Charge:
 
 
 class SlidingWindow:
-    """At most ``limit`` units charged in any ``window_s``-second window.
+    """At most ``limit`` units charged in any ``window_s``-second window: the per-minute
+    :class:`~raygrade.ratelimit.rules.Rule`.
 
     Args:
         limit: Units (requests or tokens) per window; must be > 0.

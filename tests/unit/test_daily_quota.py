@@ -115,7 +115,7 @@ def test_a_refund_after_the_day_rolled_over_leaves_the_new_day_alone():
     day = q.charge()
     now[0] += 120  # past midnight
     q.charge()
-    q.refund(day)
+    q.adjust(day, 0)
     assert q.used == 1
 
 
