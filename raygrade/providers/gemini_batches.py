@@ -1,8 +1,16 @@
 """Gemini's batch mode for ``mode: batch-api`` (a :class:`~raygrade.providers.batches.
-BatchBackend`; see :mod:`raygrade.providers.batches` for the rules it follows)."""
+BatchBackend`; see :mod:`raygrade.providers.batches` for the rules it follows).
+
+A part of at most :attr:`GeminiBatches.inline_max_bytes` goes as inline requests (Gemini takes
+20 MB of them per job); a larger one as a JSONL input file through the Files API (2 GB a file:
+``{"key", "request"}`` lines, the request in the REST form of ``GenerateContentRequest``), whose
+answers come back as a JSONL file of ``{"key", "response" | "error"}`` lines (Gemini API, "Batch
+API": input file).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +29,8 @@ class GeminiBatches:
         client: The client (default: one for ``provider``: its ``base_url`` and key).
     """
 
-    max_part_bytes = 18 * 1000 * 1000  # inline requests: 20 MB per batch, less the REST wrapping
+    max_part_bytes = 2 * 1000 * 1000 * 1000  # an input file through the Files API (2 GB a file)
+    inline_max_bytes = 18 * 1000 * 1000  # inline requests: 20 MB per batch, less the REST wrapping
     TERMINAL = frozenset({"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
     #: What a request without an answer became, by the job's final state.
     UNANSWERED = {"JOB_STATE_EXPIRED": ("batch_expired", "the batch job expired before this request ran"),
@@ -66,9 +75,33 @@ class GeminiBatches:
         if part["batch_id"] is None:
             part["status"] = "creating"
             save()
-            src = [types.InlinedRequest.model_validate(json.loads(x)) for x in data.decode().splitlines() if x.strip()]
-            model = src[0].model or self.provider.model
+            lines = [types.InlinedRequest.model_validate(json.loads(x))
+                     for x in data.decode().splitlines() if x.strip()]
+            model = lines[0].model or self.provider.model
+            src: Any = lines if len(data) <= self.inline_max_bytes else self._input_file(part, name, lines, save)
             part["batch_id"] = self.client.batches.create(model=model, src=src, config={"display_name": name}).name
+
+    def _input_file(self, part: dict[str, Any], name: str, lines: list[Any], save: Callable[[], None]) -> str:
+        """The name (``files/…``) of the part's input file: the one uploaded before a kill if it is
+        still there (the Files API keeps a file 48 hours), else ``lines`` uploaded now."""
+        from google.genai import batches as genai_batches
+        from google.genai import errors as genai_errors
+
+        if part.get("input_file"):
+            try:
+                return str(self.client.files.get(name=part["input_file"]).name)
+            except genai_errors.ClientError:
+                pass  # expired or deleted: upload again
+        # The SDK's own converter to the REST form (the one batches.create applies to inline
+        # requests); the batch names the model, so the lines do not.
+        rest = [genai_batches._InlinedRequest_to_mldev(self.client._api_client, r) for r in lines]
+        body = "".join(json.dumps({"key": (r.get("metadata") or {}).get("key"),
+                                   "request": {k: v for k, v in r["request"].items() if k != "model"}}) + "\n"
+                       for r in rest).encode()
+        uploaded = self.client.files.upload(file=io.BytesIO(body), config={"display_name": name, "mime_type": "jsonl"})
+        part["input_file"] = uploaded.name
+        save()
+        return str(uploaded.name)
 
     def retrieve(self, batch_id: str) -> BatchView:
         job = self.client.batches.get(name=batch_id)
@@ -85,11 +118,18 @@ class GeminiBatches:
     def answers(self, part: dict[str, Any], batch: BatchView, folder: Path) -> dict[str, dict[str, Any]]:
         def fetch() -> bytes:
             got = {}
-            for r in (batch.raw.dest.inlined_responses or []) if batch.raw.dest is not None else []:
+            dest = batch.raw.dest
+            for r in (dest.inlined_responses or []) if dest is not None else []:
                 key = (r.metadata or {}).get("key")
                 got[key] = {"custom_id": key,
                             "response": r.response.model_dump(mode="json", exclude_none=True) if r.response else None,
                             "error": r.error.model_dump(mode="json", exclude_none=True) if r.error else None}
+            if dest is not None and dest.file_name:  # an input file's job answers in a file
+                for line in self.client.files.download(file=dest.file_name).decode().splitlines():
+                    if line.strip():
+                        r = json.loads(line)
+                        got[r.get("key")] = {"custom_id": r.get("key"), "response": r.get("response"),
+                                             "error": r.get("error") or r.get("status")}
             unanswered = self.UNANSWERED.get(batch.status)
             if unanswered is not None:
                 sent = (folder / f"{part['name']}.requests.jsonl").read_text().splitlines()

@@ -5,13 +5,16 @@ shape the official ``google-genai`` SDK reads (the Gemini Developer API):
 
 - ``POST /v1beta/models/{model}:batchGenerateContent`` with ``{"batch": {"displayName",
   "inputConfig": {"requests": {"requests": [{"request", "metadata"}]}}}}`` (inline requests, at
-  most ``max_inline_bytes``, 20 MB: else 400 ``INVALID_ARGUMENT``; an input file is refused
-  here, the fake has no Files API) answers an operation ``{"name": "batches/…", "metadata":
-  GenerateContentBatch}`` whose ``state`` goes ``BATCH_STATE_PENDING → RUNNING → SUCCEEDED``,
-  or ``CANCELLED`` / ``EXPIRED`` (``expire_batches``: 1-based numbers of jobs that expire after
-  half their requests; an expired or cancelled job returns no output, as the fake reads the
-  docs). When it has succeeded, ``metadata.output.inlinedResponses.inlinedResponses`` holds one
-  ``{"response" | "error", "metadata"}`` per request, in request order, ``metadata`` echoed.
+  most ``max_inline_bytes``, 20 MB: else 400 ``INVALID_ARGUMENT``) or ``"inputConfig":
+  {"fileName": "files/…"}`` (a JSONL file of ``{"key", "request"}`` lines uploaded through the
+  fake Files API, :mod:`raygrade.testing.fake_gemini_files`) answers an operation ``{"name":
+  "batches/…", "metadata": GenerateContentBatch}`` whose ``state`` goes ``BATCH_STATE_PENDING →
+  RUNNING → SUCCEEDED``, or ``CANCELLED`` / ``EXPIRED`` (``expire_batches``: 1-based numbers of
+  jobs that expire after half their requests; an expired or cancelled job returns no output, as
+  the fake reads the docs). When it has succeeded, ``metadata.output.inlinedResponses.
+  inlinedResponses`` holds one ``{"response" | "error", "metadata"}`` per inline request, in
+  request order, ``metadata`` echoed; a file's job writes ``metadata.output.responsesFile``, a
+  generated JSONL file of ``{"key", "response" | "error"}`` lines in reverse request order.
 - ``GET /v1beta/batches/{id}``, ``GET /v1beta/batches`` (``pageSize``/``pageToken``, answering
   ``{"operations", "nextPageToken"}``), ``POST /v1beta/batches/{id}:cancel``.
 - Requests run one at a time (``per_request_s`` each); ``error_every`` makes every n-th request
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from raygrade._optional import import_optional
 from raygrade.testing.fake_gemini import CHARS_PER_TOKEN, FakeGeminiServer, _status
+from raygrade.testing.fake_gemini_files import FakeFilesApi
 from raygrade.testing.fake_openai.content import schema_instance
 
 if TYPE_CHECKING:
@@ -47,7 +51,7 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-class FakeGeminiBatches(FakeGeminiServer):
+class FakeGeminiBatches(FakeFilesApi, FakeGeminiServer):
     """The fake Gemini API with batch mode (see the module docstring).
 
     Args:
@@ -55,12 +59,15 @@ class FakeGeminiBatches(FakeGeminiServer):
         expire_batches: 1-based numbers of jobs that expire after half their requests.
         error_every, malformed_every: Every n-th request run errors / answers outside the schema.
         max_inline_bytes: The API's limit on a job's inline requests.
+        max_file_bytes: The Files API's limit on one file.
         **kwargs: :class:`~raygrade.testing.fake_gemini.FakeGeminiServer`'s.
     """
 
     def __init__(self, *, per_request_s: float = 0.0, expire_batches: set[int] | None = None, error_every: int = 0,
-                 malformed_every: int = 0, max_inline_bytes: int = 20 * 1024 * 1024, **kwargs: Any):
-        super().__init__(**kwargs)
+                 malformed_every: int = 0, max_inline_bytes: int = 20 * 1024 * 1024,
+                 max_file_bytes: int = 2 * 1000 * 1000 * 1000, **kwargs: Any):
+        FakeGeminiServer.__init__(self, **kwargs)
+        FakeFilesApi.__init__(self, max_file_bytes)
         self.per_request_s, self.expire_batches = per_request_s, set(expire_batches or ())
         self.error_every, self.malformed_every = error_every, malformed_every
         self.max_inline_bytes = max_inline_bytes
@@ -74,6 +81,7 @@ class FakeGeminiBatches(FakeGeminiServer):
         app.router.add_get("/{version}/batches", self._list)
         app.router.add_get("/{version}/batches/{id}", self._get)
         app.router.add_post("/{version}/batches/{call}", self._cancel)
+        self.add_file_routes(app)
         return app
 
     def _refused(self, request: web.Request) -> web.Response | None:
@@ -97,8 +105,11 @@ class FakeGeminiBatches(FakeGeminiServer):
         except (ValueError, KeyError, TypeError):
             return _status(400, "INVALID_ARGUMENT", "batch.input_config is required")
         if "fileName" in source:
-            return _status(400, "INVALID_ARGUMENT", "this fake serves inline requests only")
-        requests = (source.get("requests") or {}).get("requests") or []
+            requests = self._file_requests(source["fileName"])
+            if isinstance(requests, web.Response):
+                return requests
+        else:
+            requests = (source.get("requests") or {}).get("requests") or []
         if not requests or not all(isinstance(r, dict) and isinstance(r.get("request"), dict) for r in requests):
             return _status(400, "INVALID_ARGUMENT", "batch.input_config.requests.requests: a non-empty list of "
                                                     "{request, metadata} is required")
@@ -108,12 +119,29 @@ class FakeGeminiBatches(FakeGeminiServer):
             "state": "BATCH_STATE_PENDING", "createTime": _now(), "updateTime": _now(),
             "batchStats": {"requestCount": str(len(requests)), "pendingRequestCount": str(len(requests))}}}
         self.batch_log["batches"].append({"name": name, "keys": [(r.get("metadata") or {}).get("key")
-                                                                 for r in requests]})
+                                                                 for r in requests],
+                                          "input": source.get("fileName", "inline")})
         expire = len(self.batch_log["batches"]) in self.expire_batches
-        task = asyncio.get_running_loop().create_task(self._run(name, requests, expire))
+        task = asyncio.get_running_loop().create_task(self._run(name, requests, expire, "fileName" in source))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return web.json_response(self.jobs[name])
+
+    def _file_requests(self, file_name: str) -> list[dict[str, Any]] | web.Response:
+        """An input file's ``{"key", "request"}`` lines as inline ``{"request", "metadata"}`` ones."""
+        f = self.files.get(file_name)
+        if f is None:
+            return _status(400, "INVALID_ARGUMENT", f"File {file_name} not found.")
+        out = []
+        for n, line in enumerate(f["data"].decode().splitlines(), 1):
+            try:
+                if line.strip():
+                    row = json.loads(line)
+                    out.append({"request": dict(row["request"]), "metadata": {"key": row["key"]}})
+            except (ValueError, KeyError, TypeError):
+                return _status(400, "INVALID_ARGUMENT", f"{file_name} line {n}: a JSON object with \"key\" and "
+                                                        "\"request\" is required")
+        return out
 
     def _one(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request's ``{"response"}`` or ``{"error"}``."""
@@ -134,7 +162,7 @@ class FakeGeminiBatches(FakeGeminiServer):
                              "usageMetadata": {"promptTokenCount": system + rest, "candidatesTokenCount": output,
                                                "totalTokenCount": system + rest + output}}}
 
-    async def _run(self, name: str, requests: list[dict[str, Any]], expire: bool) -> None:
+    async def _run(self, name: str, requests: list[dict[str, Any]], expire: bool, to_file: bool = False) -> None:
         job, out = self.jobs[name], []
         meta = job["metadata"]
         meta.update(state="BATCH_STATE_RUNNING", updateTime=_now())
@@ -151,7 +179,13 @@ class FakeGeminiBatches(FakeGeminiServer):
                     return
             out.append({**self._one(r["request"]), **({"metadata": r["metadata"]} if "metadata" in r else {})})
             self.batch_log["requests"].append((r.get("metadata") or {}).get("key"))
-        output = {"@type": OUTPUT_TYPE, "inlinedResponses": {"inlinedResponses": out}}
+        output: dict[str, Any] = {"@type": OUTPUT_TYPE, "inlinedResponses": {"inlinedResponses": out}}
+        if to_file:
+            lines = [{"key": o.get("metadata", {}).get("key"), **{k: v for k, v in o.items() if k != "metadata"}}
+                     for o in reversed(out)]
+            output = {"@type": OUTPUT_TYPE, "responsesFile": self.store_file(
+                "".join(json.dumps(x) + "\n" for x in lines).encode(), generated=True,
+                display_name=f"{name} responses")["name"]}
         meta.update(state="BATCH_STATE_SUCCEEDED", updateTime=_now(), endTime=_now(), output=output,
                     batchStats={"requestCount": str(len(requests)),
                                 "successfulRequestCount": str(sum("response" in o for o in out)),

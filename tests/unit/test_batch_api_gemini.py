@@ -1,8 +1,8 @@
 """Bulk regrades through Gemini's batch mode, with the official ``google-genai`` SDK against the
 fake batch mode on 127.0.0.1: one row per item through request errors, malformed answers and an
 expired job; a driver killed around a job's creation resumes without creating it twice (found by
-its display name); ``ray job stop`` cancels; parts stay under the inline-request limit. The
-fake's log is the judge. No Ray."""
+its display name); ``ray job stop`` cancels; parts stay under the inline-request limit, and a
+part over it goes as an input file through the Files API. The fake's log is the judge. No Ray."""
 
 import collections
 import json
@@ -91,7 +91,8 @@ def test_requests_that_never_succeed_end_as_typed_error_rows(tmp_path, dataset):
 def killing_client(api, n, after):
     """The SDK's client whose ``n``-th ``batches.create`` kills the driver (:class:`DyingCreate`)."""
     sdk = client(api)
-    return SimpleNamespace(batches=DyingCreate(sdk.batches, n, after), client=sdk)  # held: the SDK closes its
+    return SimpleNamespace(batches=DyingCreate(sdk.batches, n, after), files=sdk.files, _api_client=sdk._api_client,
+                           client=sdk)  # held: the SDK closes its
     # HTTP client when the Client is collected
 
 
@@ -131,11 +132,13 @@ def test_stop_cancels_open_jobs_and_a_rerun_sends_their_requests_again_once(tmp_
         api.stop()
 
 
-def test_parts_stay_under_the_inline_request_limit(tmp_path, dataset, monkeypatch):
-    """Gemini takes at most 20 MB of inline requests per job: parts are cut at the backend's limit
-    (here shrunk with the fake's, so that 40-student requests need several jobs)."""
+def test_parts_are_cut_at_the_backends_limit_and_inline_jobs_stay_under_the_apis(tmp_path, dataset, monkeypatch):
+    """Parts are cut at the backend's limit (the Files API's 2 GB a file) and Gemini takes at most
+    20 MB of inline requests per job (both shrunk here, with the fake's, so that 40-student
+    requests need several inline jobs)."""
     api = FakeGeminiBatches(api_key="sk-test", max_inline_bytes=12_000).start()
     monkeypatch.setattr(GeminiBatches, "max_part_bytes", 9_000)
+    monkeypatch.setattr(GeminiBatches, "inline_max_bytes", 9_000)
     try:
         run(config(dataset, tmp_path / "out", api), api)
         sdk = client(api)  # (held: the SDK closes its HTTP client when the Client is collected)
@@ -147,4 +150,59 @@ def test_parts_stay_under_the_inline_request_limit(tmp_path, dataset, monkeypatc
     state = json.loads((tmp_path / "out" / "_batch_api" / "state.json").read_text())
     sizes = [(tmp_path / "out" / "_batch_api" / f"{p['name']}.requests.jsonl").stat().st_size for p in state["parts"]]
     assert len(sizes) > 2 and max(sizes) <= 9_000, sizes
+    assert {b["input"] for b in api.batch_log["batches"]} == {"inline"}
     assert_all_graded(tmp_path / "out", N)
+
+
+def test_parts_over_the_inline_limit_go_as_input_files_and_answer_in_files(tmp_path, dataset, monkeypatch):
+    """A part over the inline limit is uploaded (Files API, resumable) as ``{"key", "request"}``
+    lines and answered in a generated file, out of order; errors, malformed answers and an expired
+    job still leave every item graded once."""
+    api = FakeGeminiBatches(api_key="sk-test", expire_batches={2}, error_every=13, malformed_every=11).start()
+    monkeypatch.setattr(GeminiBatches, "inline_max_bytes", 30_000)
+    try:
+        summary = run(config(dataset, tmp_path / "out", api, max_rounds=5), api)
+    finally:
+        api.stop()
+    assert_all_graded(tmp_path / "out", N)
+    assert_once(api)
+    state = json.loads((tmp_path / "out" / "_batch_api" / "state.json").read_text())
+    sizes = {p["name"]: (tmp_path / "out" / "_batch_api" / f"{p['name']}.requests.jsonl").stat().st_size
+             for p in state["parts"]}
+    by_file = {p["batch_id"]: p.get("input_file") for p in state["parts"]}
+    assert any(s > 30_000 for s in sizes.values()) and any(s <= 30_000 for s in sizes.values()), sizes
+    for b in api.batch_log["batches"]:
+        part = next(p for p in state["parts"] if p["batch_id"] == b["name"])
+        assert (b["input"] != "inline") == (sizes[part["name"]] > 30_000), (b, sizes[part["name"]])
+        assert b["input"] == (by_file[b["name"]] or "inline")
+    uploaded = [f for f in api.files.values() if f["meta"]["source"] == "UPLOADED"]
+    line = json.loads(uploaded[0]["data"].decode().splitlines()[0])
+    assert set(line) == {"key", "request"} and "generationConfig" in line["request"], "the REST form, camelCase"
+    assert len(uploaded) == sum(b["input"] != "inline" for b in api.batch_log["batches"]), "one upload a part"
+    assert set(summary.report["batch_ids"]) == {b["name"] for b in api.batch_log["batches"]}
+
+
+@pytest.mark.parametrize("expired", [False, True])
+def test_a_driver_killed_before_creating_a_file_job_reuses_its_upload_unless_it_expired(tmp_path, dataset,
+                                                                                          monkeypatch, expired):
+    api = FakeGeminiBatches(api_key="sk-test", per_request_s=0.001).start()
+    monkeypatch.setattr(GeminiBatches, "inline_max_bytes", 0)
+    cfg = config(dataset, tmp_path / "out", api, max_requests_per_file=6)
+    try:
+        with pytest.raises(Killed):
+            run(cfg, api, sdk=killing_client(api, 2, after=False))
+        state = json.loads((tmp_path / "out" / "_batch_api" / "state.json").read_text())
+        left = state["parts"][1]
+        assert left["status"] == "creating" and left["input_file"] in api.files
+        if expired:
+            api.delete_file(left["input_file"])
+        run(cfg, api)
+        assert_all_graded(tmp_path / "out", N)
+        assert_once(api)
+        uploads = sum(f["meta"]["source"] == "UPLOADED" for f in api.files.values())
+        assert uploads == len(state["parts"]), "one upload a part (an expired one's replaced by the next)"
+        parts = json.loads((tmp_path / "out" / "_batch_api" / "state.json").read_text())["parts"]
+        assert (parts[1]["input_file"] == left["input_file"]) is not expired
+        assert len(api.batch_log["batches"]) == len(state["parts"])
+    finally:
+        api.stop()
