@@ -185,6 +185,7 @@ def self_hosted_model(a: argparse.Namespace) -> tuple[Any, ProviderConfig, str]:
                               supports_vision=True, image_token_rule=rule, tokenizer="hf",
                               tokenizer_path=model.model_source, context_window=window,
                               max_completion_tokens=min(4096, window // 4), schema_bounds=True,
+                              feedback_max_chars=a.feedback_max_chars or (80 if a.preset == "cpu" else 200),
                               check_on_start=False, timeout_s=600)
     return model, provider, model.model_source
 
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--node-hour-usd", type=float, default=0.10,
                     help="price of the self-hosted node per hour (CPU default: a 2-core VM; an H100 ≈ 3-4)")
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight per system")
+    ap.add_argument("--feedback-max-chars", type=int,
+                    help="the self-hosted feedback bound (default: 80 on cpu, as the embedded model; 200 on gpu)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "hosted_vs_self_hosted")
     a = ap.parse_args(argv)
 

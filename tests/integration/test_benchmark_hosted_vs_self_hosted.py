@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.engines import FEEDBACK_MAX_CHARS
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "hosted_vs_self_hosted.py"
 
 
 @pytest.mark.slow
 def test_the_benchmark_reports_both_systems_on_the_same_pages(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--sample", "--students", "3", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--sample", "--students", "3", "--out", str(tmp_path),
+                           "--feedback-max-chars", str(FEEDBACK_MAX_CHARS)],
                           capture_output=True, text=True, timeout=840)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((tmp_path / "hosted_vs_self_hosted.json").read_text())
