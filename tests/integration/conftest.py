@@ -1,5 +1,7 @@
 import os
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from support.shared_cluster import TRACING
@@ -66,19 +68,27 @@ def ray_cluster():
     import ray
 
     namespace = f"raygrade-tests-{WORKER or 'main'}-{uuid.uuid4().hex[:8]}"
+    # As after `. .venv/bin/activate`: a job's `python` (`ray job submit -- python ...`) is the one on the
+    # raylet's PATH, and the raylet inherits this process's environment.
+    venv_bin = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != venv_bin:
+        os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
     if _shared():
         from support.shared_cluster import connect
 
         info = connect(namespace)
         os.environ["RAYGRADE_TEST_METRICS_PORT"] = str(info["metrics_port"])
         os.environ["RAYGRADE_TEST_SERVE_PORT"] = str(info["serve_port"])
+        os.environ["RAYGRADE_TEST_DASHBOARD_URL"] = info["dashboard_url"]
         yield
         ray.shutdown()  # the controller stops the cluster once every worker is done
         return
     # Ray's metrics agent serves Prometheus text on this port (tests/integration/test_metrics.py).
     os.environ["RAYGRADE_TEST_METRICS_PORT"] = str(free_port())
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace=namespace,
-             _metrics_export_port=int(os.environ["RAYGRADE_TEST_METRICS_PORT"]))
+    ctx = ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
+                   dashboard_port=free_port(), log_to_driver=False, namespace=namespace,
+                   _metrics_export_port=int(os.environ["RAYGRADE_TEST_METRICS_PORT"]))
+    os.environ["RAYGRADE_TEST_DASHBOARD_URL"] = f"http://{ctx.dashboard_url}"
     yield
     from ray import serve
 

@@ -44,7 +44,8 @@ def _info_path() -> Path:
 
 def connect(namespace: str) -> dict:
     """Start the shared cluster and Serve if no worker has yet, then connect this process to it
-    in ``namespace``. Returns ``{"address", "serve_port", "metrics_port", "pid"}``.
+    in ``namespace``. Returns ``{"address", "serve_port", "metrics_port", "pid", "dashboard_url"}`` (the
+    dashboard, on 127.0.0.1, takes ``ray job submit``: tests/integration/test_job_submit.py).
 
     Raises:
         RuntimeError: the head did not come up within 120 s (its log is in the message).
@@ -57,7 +58,7 @@ def connect(namespace: str) -> dict:
             info = json.loads(info_path.read_text())
             ray.init(address=info["address"], namespace=namespace, log_to_driver=False)
             return info
-        port, metrics_port, serve_port = free_port(), free_port(), free_port()
+        port, metrics_port, serve_port, dashboard_port = free_port(), free_port(), free_port(), free_port()
         # Its own temp folder: `ray start` writes the head's address to <temp>/ray_current_cluster,
         # where any `ray.init()` without an address (`serve run` in the quick-start test) would
         # otherwise find it and join this cluster. Short: Ray's socket paths must fit 107 bytes.
@@ -67,8 +68,12 @@ def connect(namespace: str) -> dict:
         proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
              "--node-ip-address", "127.0.0.1", "--port", str(port), f"--num-cpus={NUM_CPUS}",
-             "--include-dashboard=false", "--disable-usage-stats", f"--metrics-export-port={metrics_port}",
-             f"--temp-dir={temp_dir}"],
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+             # the agents on free ports too: their defaults (52365, …) are what `serve run`'s own cluster takes
+             # in the quick-start test, and a job is submitted through the head's agent
+             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}",
+             "--disable-usage-stats", f"--metrics-export-port={metrics_port}", f"--temp-dir={temp_dir}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         address = f"127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -87,7 +92,8 @@ def connect(namespace: str) -> dict:
         serve.start(http_options={"host": "127.0.0.1", "port": serve_port},
                     logging_config={"enable_access_log": False},
                     tracing_config=TRACING)
-        info = {"address": address, "serve_port": serve_port, "metrics_port": metrics_port, "pid": proc.pid}
+        info = {"address": address, "serve_port": serve_port, "metrics_port": metrics_port, "pid": proc.pid,
+                "dashboard_url": f"http://127.0.0.1:{dashboard_port}"}
         info_path.write_text(json.dumps(info))
         return info
 
