@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from raygrade._optional import import_optional
 from raygrade.testing.fake_gemini import CHARS_PER_TOKEN, FakeGeminiServer, _status
-from raygrade.testing.fake_gemini_files import FakeFilesApi
+from raygrade.testing.fake_gemini_files import FakeFilesApi, _iso
 from raygrade.testing.fake_openai.content import schema_instance
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ TERMINAL = frozenset({"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STAT
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    return _iso(dt.datetime.now(dt.UTC))
 
 
 class FakeGeminiBatches(FakeFilesApi, FakeGeminiServer):
