@@ -179,7 +179,7 @@ def self_hosted_model(a: argparse.Namespace) -> tuple[Any, ProviderConfig, str]:
 
         source = a.model_source or str(prepare_tiny_vlm())
         model = ServedModelConfig(model_id="tiny-vlm", model_source=source, device="cpu", engine_kwargs={
-            "max_model_len": 4096, "dtype": "bfloat16", "limit_mm_per_prompt": {"image": 4}})
+            "max_model_len": 4096, "limit_mm_per_prompt": {"image": 4}})
         rule, window = "idefics3", 4096
     provider = ProviderConfig(name="self-hosted", kind="serve_llm", model=model.model_id, api_key_env=None,
                               supports_vision=True, image_token_rule=rule, tokenizer="hf",

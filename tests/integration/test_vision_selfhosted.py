@@ -47,7 +47,7 @@ def test_page_images_reach_a_self_hosted_vision_model(serve_url):
 
     folder = str(prepare_tiny_vlm())
     model = ServedModelConfig(model_id="tiny-vlm", model_source=folder, device="cpu", engine_kwargs={
-        "max_model_len": 4096, "dtype": "bfloat16", "limit_mm_per_prompt": {"image": 4}})
+        "max_model_len": 4096, "limit_mm_per_prompt": {"image": 4}})
     provider = ProviderConfig(name="tiny-vlm", kind="serve_llm", model="tiny-vlm", api_key_env=None,
                               supports_vision=True, image_token_rule="idefics3", tokenizer="hf",
                               tokenizer_path=folder, context_window=4096, max_completion_tokens=512,

@@ -54,3 +54,37 @@ def test_self_hosted_models_get_whitespace_free_structured_output_unless_they_sa
                             engine_kwargs={"structured_outputs_config": {"backend": "guidance"}})
     cmd = own.batch_command("in.jsonl", "out.jsonl")
     assert json.loads(cmd[cmd.index("--structured-outputs-config") + 1]) == {"backend": "guidance"}
+
+
+AVX2_EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx f16c fma avx2 bmi2 sha_ni\n"
+AVX512 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_vnni\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+ARM_OLD = "processor\t: 0\nFeatures\t: fp asimd crc32\n"
+
+
+@pytest.mark.parametrize("cpuinfo, machine, dtype", [
+    (AVX2_EPYC, "x86_64", "float32"),  # bfloat16 emulated: 4-6x slower here (measured)
+    (AVX512, "x86_64", "bfloat16"),
+    (ARM_BF16, "aarch64", "bfloat16"),
+    (ARM_OLD, "aarch64", "float32"),
+    (AVX512, "ppc64le", "auto"),
+])
+def test_the_native_cpu_dtype_follows_the_cpus_flags(cpuinfo, machine, dtype):
+    from raygrade.selfhosted import native_cpu_dtype
+
+    assert native_cpu_dtype(cpuinfo, machine) == dtype
+
+
+def test_cpu_models_run_in_their_native_dtype_unless_they_name_one(monkeypatch):
+    """vLLM's ``auto`` would take bfloat16 on every x86 CPU; a CPU model without a ``dtype`` gets
+    the one its CPU computes natively, online and in vllm-batch; a GPU model is left to vLLM."""
+    import raygrade.selfhosted as selfhosted
+
+    monkeypatch.setattr(selfhosted, "native_cpu_dtype", lambda: "float32")
+    cmd = ServedModelConfig(model_id="m", model_source="/m", device="cpu").batch_command("in", "out")
+    assert cmd[cmd.index("--dtype") + 1] == "float32"
+    named = ServedModelConfig(model_id="m", model_source="/m", device="cpu", engine_kwargs={"dtype": "bfloat16"})
+    assert named.batch_command("in", "out")[-1] != "float32" and "bfloat16" in named.batch_command("in", "out")
+    assert "--dtype" not in ServedModelConfig(model_id="m", model_source="/m").batch_command("in", "out")
+    assert selfhosted.resolve_dtype({"dtype": "native", "max_model_len": 8}) == {"dtype": "float32", "max_model_len": 8}
+    assert selfhosted.LocalEngineConfig().dtype == "native"

@@ -38,7 +38,7 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
         model = ServedModelConfig(model_id="smollm2-remote", model_source=folder, device="cpu",
                                   resources_per_replica={"model_node": 0.01},
-                                  engine_kwargs={"max_model_len": 4096, "dtype": "bfloat16"})
+                                  engine_kwargs={"max_model_len": 4096})
         provider = ProviderConfig(name="remote", kind="serve_llm", model="smollm2-remote", api_key_env=None,
                                   supports_vision=False, image_token_rule="none", tokenizer="hf",
                                   tokenizer_path=folder, context_window=4096, max_completion_tokens=1024,
