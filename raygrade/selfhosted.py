@@ -148,6 +148,8 @@ class ServedModelConfig(BaseModel):
             raise ValueError("min_replicas must not exceed max_replicas")
         if self.device == "cpu" and self.accelerator_type is not None:
             raise ValueError("accelerator_type applies to device 'gpu' only")
+        if self.device == "gpu" and self.engine_kwargs.get("dtype") == NATIVE_DTYPE:
+            raise ValueError("engine_kwargs.dtype 'native' applies to device 'cpu' only (on GPU: 'auto' or a dtype)")
         return self
 
     @property
