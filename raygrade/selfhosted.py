@@ -292,3 +292,9 @@ class LocalEngineConfig(BaseModel):
     target_ongoing_requests: int = Field(default=16, gt=0)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def engine_dtype(self) -> str:
+        """The dtype asked of the engine: ``engine_kwargs``'s ``dtype`` if it names one, else
+        :attr:`dtype` (:data:`NATIVE_DTYPE` is resolved on the replica's node)."""
+        return str(self.engine_kwargs.get("dtype", self.dtype))
+

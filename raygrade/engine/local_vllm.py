@@ -51,8 +51,8 @@ def embedded_model(config: LocalEngineConfig) -> ServedModelConfig:
         model_id=config.served_model_name, model_source=str(model_dir(config)), device="cpu",
         cpus_per_replica=config.cpus, min_replicas=1, max_replicas=1,
         target_ongoing_requests=config.target_ongoing_requests,
-        engine_kwargs={"max_model_len": config.max_model_len, "dtype": config.dtype,  # structured output:
-                       **config.engine_kwargs},  # ServedModelConfig's default (no free whitespace)
+        engine_kwargs={"max_model_len": config.max_model_len, **config.engine_kwargs,  # structured output:
+                       "dtype": config.engine_dtype},  # ServedModelConfig's default (no free whitespace)
         runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_space_gb)}})
 
 

@@ -36,7 +36,7 @@ class EmbeddedLLMServer(LLMServer):
 
     async def __init__(self, llm_config: Any, *, engine: LocalEngineConfig, **kwargs: Any):  # type: ignore[misc]
         folder = await asyncio.to_thread(prepare_model, engine)
-        if engine.dtype == NATIVE_DTYPE:  # this node's CPU, not the one that built the application
+        if engine.engine_dtype == NATIVE_DTYPE:  # this node's CPU, not the one that built the application
             llm_config.update_engine_kwargs(dtype=native_cpu_dtype())
         logger.info("embedded model ready at %s; starting vLLM in %s", folder, llm_config.engine_kwargs.get("dtype"))
         await super().__init__(llm_config, **kwargs)

@@ -90,3 +90,15 @@ def test_cpu_models_run_in_their_native_dtype_unless_they_name_one(monkeypatch):
     assert "--dtype" not in ServedModelConfig(model_id="m", model_source="/m").batch_command("in", "out")
     assert selfhosted.resolve_dtype({"dtype": "native", "max_model_len": 8}) == {"dtype": "float32", "max_model_len": 8}
     assert selfhosted.LocalEngineConfig().dtype == "native"
+
+
+def test_the_embedded_engine_keeps_a_dtype_named_in_its_engine_kwargs():
+    """``local_engine.engine_kwargs.dtype`` wins over ``local_engine.dtype`` in the deployment and on
+    the replica (which resolves ``native`` again only when that is what was asked)."""
+    from raygrade.engine.local_vllm import embedded_model
+    from raygrade.selfhosted import LocalEngineConfig
+
+    named = LocalEngineConfig(engine_kwargs={"dtype": "bfloat16"})
+    assert named.engine_dtype == "bfloat16" and embedded_model(named).engine_kwargs["dtype"] == "bfloat16"
+    assert LocalEngineConfig().engine_dtype == "native" == embedded_model(LocalEngineConfig()).engine_kwargs["dtype"]
+    assert LocalEngineConfig(dtype="float32").engine_dtype == "float32"
