@@ -13,6 +13,11 @@ own time. Baseline measured in the same run: the same planned requests sent stra
 same server by an ``AsyncOpenAI`` client at the same concurrency (what the provider alone
 allows); the ratio raygrade ÷ direct says what the durable path costs. JSON under ``--out``.
 
+Then **concurrent jobs** (the orchestration ceiling): ``--concurrent-jobs`` text jobs (20) of
+``--concurrent-students`` students × 2 questions (50, so 100 items each), all POSTed at once;
+items/s from the first POST until the last job is terminal, beside the same jobs' requests sent
+straight to the server (the provider's own ceiling at the same concurrency).
+
 Then **small jobs**: ``--small-jobs`` one-student jobs POSTed by ``--clients`` concurrent clients (32)
 (a platform sending each student as it is scanned), once for a tenant without a quota, once
 with a quota that never binds (every quota query runs) and once with ``batch_across_jobs`` (jobs
@@ -59,11 +64,11 @@ from raygrade.testing.fake_openai import FakeOpenAIProcess, fake_provider_config
 from raygrade.testing.ports import free_port  # noqa: E402
 
 
-def text_job(n: int) -> GradingJob:
+def text_job(n: int, prefix: str = "t") -> GradingJob:
     from rate_limit import make_workload
 
     assessment, _ = make_workload(1)
-    subs = [Submission(student_id=f"t{i:05d}", pages=[TextPage(
+    subs = [Submission(student_id=f"{prefix}{i:05d}", pages=[TextPage(
         text=f"Answer {i}: TCP uses a three-way handshake to agree on sequence numbers; UDP has none.")])
         for i in range(n)]
     return GradingJob(assessment=assessment, submissions=subs)
@@ -139,6 +144,42 @@ def through_raygrade(url: str, job: GradingJob) -> dict:
             "items_per_s": p["items_graded"] / wall, "students_per_s": p["students"] / wall}
 
 
+async def _wait_terminal(http: httpx.AsyncClient, url: str, ids: list[str]) -> list[dict]:
+    """Poll each job until it is terminal; returns their last status bodies, in ``ids`` order."""
+    finals = []
+    for jid in ids:
+        while (st := (await http.get(f"{url}/v1/jobs/{jid}")).json())["state"] not in (
+                "succeeded", "partial", "failed", "cancelled"):
+            await asyncio.sleep(0.05)
+        finals.append(st)
+    return finals
+
+
+def concurrent_jobs(url: str, jobs: list[GradingJob]) -> dict:
+    """Every job of ``jobs`` POSTed at once; items/s from the first POST until the last job is
+    terminal (a student's item counted when graded)."""
+    bodies = [j.model_dump_json() for j in jobs]
+
+    async def run() -> tuple[list[dict], float, float]:
+        async with httpx.AsyncClient(timeout=120) as http:
+            async def one(body: str) -> str:
+                r = await http.post(f"{url}/v1/jobs", content=body, headers={"content-type": "application/json"})
+                r.raise_for_status()
+                return r.json()["id"]
+
+            t0 = time.perf_counter()
+            ids = await asyncio.gather(*(one(b) for b in bodies))
+            posted = time.perf_counter() - t0
+            finals = await _wait_terminal(http, url, list(ids))
+            return finals, posted, time.perf_counter() - t0
+
+    finals, posted, wall = asyncio.run(run())
+    graded = sum(f["progress"]["items_graded"] for f in finals)
+    return {"jobs": len(jobs), "items": sum(f["progress"]["items_total"] for f in finals), "graded": graded,
+            "posts_s": posted, "wall_s": wall, "items_per_s": graded / wall,
+            "succeeded": sum(f["state"] == "succeeded" for f in finals)}
+
+
 def small_jobs(url: str, n: int, concurrency: int = 32, share: bool = False) -> dict:
     """``n`` one-student text jobs POSTed ``concurrency`` at a time (``share``: with
     ``options.batch_across_jobs``); POST latency, the wall time until every job is terminal, and
@@ -162,12 +203,7 @@ def small_jobs(url: str, n: int, concurrency: int = 32, share: bool = False) -> 
             t0 = time.perf_counter()
             await asyncio.gather(*(one() for _ in range(n)))
             posted = time.perf_counter() - t0
-            finals = []
-            for jid in ids:
-                while (st := (await http.get(f"{url}/v1/jobs/{jid}")).json())["state"] not in (
-                        "succeeded", "partial", "failed", "cancelled"):
-                    await asyncio.sleep(0.05)
-                finals.append(st)
+            finals = await _wait_terminal(http, url, ids)
             return lat, finals, posted, time.perf_counter() - t0
 
     lat, finals, posted, wall = asyncio.run(run())
@@ -184,6 +220,8 @@ def main() -> None:
     ap.add_argument("--image-students", type=int, default=400)
     ap.add_argument("--page", choices=("scan", "small"), default="scan",
                     help="scan: ≈ 200 KB handwriting-style pages; small: 600×400 blank PNGs (≈ 2 KB)")
+    ap.add_argument("--concurrent-jobs", type=int, default=20, help="text jobs POSTed at once (0: skip the phase)")
+    ap.add_argument("--concurrent-students", type=int, default=50, help="students per concurrent job (2 items each)")
     ap.add_argument("--small-jobs", type=int, default=300, help="one-student jobs, without and with a quota")
     ap.add_argument("--clients", type=int, default=32, help="concurrent clients POSTing the small jobs")
     ap.add_argument("--trace", type=int, nargs="?", const=30, default=0, metavar="N",
@@ -195,7 +233,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
     a = ap.parse_args()
     if a.trace:
-        a.text_students = a.image_students = a.small_jobs = 0
+        a.text_students = a.image_students = a.small_jobs = a.concurrent_jobs = 0
     import ray
     from _trace_hops import trace_phase
     from ray import serve
@@ -224,6 +262,11 @@ def main() -> None:
                                                      ("image", a.image_students, lambda n: image_job(n, a.page))) if n}
         for name, job in jobs.items():
             report["direct"][name] = direct(args, job, srv.base_url, args.batcher.max_concurrent_batches)
+        many = [text_job(a.concurrent_students, f"c{j}-") for j in range(a.concurrent_jobs)]
+        if many:  # the provider's ceiling for these jobs: all their requests, as many at once as raygrade's graders
+            report["direct"]["concurrent"] = direct(args, GradingJob(
+                assessment=many[0].assessment, submissions=[s for j in many for s in j.submissions]),
+                srv.base_url, args.batcher.max_concurrent_batches)
         ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace=args.namespace)
         port = free_port()
         # --trace: Serve's tracing on, with its default exporter (span files under the session's
@@ -238,6 +281,8 @@ def main() -> None:
             report["trace"] = trace_phase(url, a.trace, text_job(1).model_dump_json())
         for name, job in jobs.items():
             report["raygrade"][name] = through_raygrade(url, job)
+        if many:
+            report["concurrent"] = concurrent_jobs(url, many)
         if a.small_jobs:
             from raygrade.protocol import TenantQuota
             from raygrade.store import JobStore
@@ -270,6 +315,12 @@ def main() -> None:
         print(f"| {name} ({r['items']} items, {r['batches']} requests, {r['body_mb']:.1f} MB) | {r['wall_s']:.2f} | "
               f"{r['items_per_s']:.0f} | {r['students_per_s']:.0f} | {r['post_s']:.2f} | {d['items_per_s']:.0f} | "
               f"{r['items_per_s'] / d['items_per_s']:.2f} |")
+    if c := report.get("concurrent"):
+        d = report["direct"]["concurrent"]
+        print(f"\n| concurrent jobs | items | POSTs s | wall s | raygrade items/s | direct items/s | raygrade ÷ direct "
+              f"| succeeded |\n|---|---|---|---|---|---|---|---|\n| {c['jobs']} × {c['items'] // c['jobs']} items | "
+              f"{c['items']} | {c['posts_s']:.2f} | {c['wall_s']:.2f} | {c['items_per_s']:.0f} | "
+              f"{d['items_per_s']:.0f} | {c['items_per_s'] / d['items_per_s']:.2f} | {c['succeeded']} |")
     if small := report.get("small"):
         print(f"\n| small jobs (1 student, {a.clients} concurrent POSTs) | POSTs/s | POST p50 ms | POST p95 ms "
               "| jobs/s to graded | prompt tokens per job | succeeded |")

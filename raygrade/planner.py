@@ -26,14 +26,7 @@ from raygrade.batch import GradeBatch, share_key
 from raygrade.blobs import image_size as blob_image_size
 from raygrade.config import RaygradeArgs
 from raygrade.errors import PlanningError, ReadingError
-from raygrade.prompts import (
-    PROMPT_VERSION,
-    SYSTEM_PROMPT,
-    StudentWork,
-    page_header,
-    question_section,
-    student_header,
-)
+from raygrade.prompts import PROMPT_VERSION, SYSTEM_PROMPT, StudentWork, page_header, question_section, student_header
 from raygrade.protocol import (
     GradingErrorItem,
     GradingJob,
@@ -43,7 +36,7 @@ from raygrade.protocol import (
     TextPage,
     resolved,
 )
-from raygrade.tokens import TokenCounter, counter_for, image_tokens
+from raygrade.tokens import UPPER_BOUND, TokenCounter, counter_for, image_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,8 +223,10 @@ class JobPlanner:
         p = self.args.provider
         return image_tokens(p.image_token_rule, w, h, p.image_detail, model_dir=p.tokenizer_path)
 
-    def student_cost(self, work: StudentWork, group: tuple[str, ...]) -> StudentCost:
-        """Estimated prompt tokens, completion budget and images of one student."""
+    def student_cost(self, work: StudentWork, group: tuple[str, ...], counter: TokenCounter | None = None
+                     ) -> StudentCost:
+        """Estimated prompt tokens, completion budget and images of one student (text counted by
+        ``counter``, the provider's by default)."""
         text = student_header(work.alias) + f" (answers questions: {', '.join(work.question_ids)})"
         tokens, images = 0, 0
         for n, page in enumerate(work.pages, 1):
@@ -242,14 +237,16 @@ class JobPlanner:
                 tokens += self._image_tokens(page)
                 images += 1
         image_tokens = tokens
-        tokens += self.counter.count(text)
+        tokens += (counter or self.counter).count(text)
         completion = len(work.question_ids) * self.args.batcher.completion_tokens_per_item
         return StudentCost(work.student_id, tokens, completion, images, group, image_tokens)
 
-    def overhead(self, questions: list[Question], vision: bool) -> tuple[int, int]:
+    def overhead(self, questions: list[Question], vision: bool, counter: TokenCounter | None = None
+                 ) -> tuple[int, int]:
         """Prompt tokens every request carrying ``questions`` pays (system prompt, questions,
         model-answer images in vision mode), and the images' part of them."""
-        n = self.counter.count(SYSTEM_PROMPT) + self.counter.count(question_section(questions))
+        count = (counter or self.counter).count
+        n = count(SYSTEM_PROMPT) + count(question_section(questions))
         n += CHAT_OVERHEAD_TOKENS + JSON_OVERHEAD_TOKENS
         images = sum(self._image_tokens(img) for q in questions for img in q.model_answer_images) if vision else 0
         return n + images, images
@@ -265,19 +262,22 @@ class JobPlanner:
         Raises:
             ValueError: a page or model-answer image whose size cannot be read.
         """
-        overheads: dict[tuple[str, ...], int] = {}
+        overheads: dict[tuple[str, tuple[str, ...]], int] = {}  # (counter, group) → overhead
         model_limits = dataclasses.replace(self.limits, max_images_per_request=sys.maxsize)
         out = []
         for i, sub in enumerate(job.submissions):
             qs = job.questions_for(sub)
             group = tuple(q.id for q in qs)
-            if group not in overheads:
-                overheads[group] = self.overhead(qs, vision)[0]
             pages = [resolved(p) for p in sub.pages if vision or isinstance(p, TextPage)]
             work = StudentWork(student_id=sub.student_id, alias=f"s{i + 1}", pages=pages,
                                page_indices=list(range(len(pages))), question_ids=list(group))
-            if (reason := _too_big(self.student_cost(work, group), overheads[group], model_limits)) is not None:
-                out.append((i, reason))
+            for counter in (UPPER_BOUND, self.counter):  # most students fit by the bound: no tokenizer
+                if (key := (counter.name, group)) not in overheads:
+                    overheads[key] = self.overhead(qs, vision, counter)[0]
+                if not (reason := _too_big(self.student_cost(work, group, counter), overheads[key], model_limits)):
+                    break
+            else:
+                out.append((i, cast(str, reason)))
         return out
 
     def batches(self, job_id: str, job: GradingJob, works: list[StudentWork], vision: bool, tenant: str = ""

@@ -78,6 +78,24 @@ class HFTokenCounter:
         return len(self._tok.encode(text, add_special_tokens=False))
 
 
+class UpperBoundCounter:
+    """More tokens than any of raygrade's counters gives a text: twice its UTF-8 bytes, plus 16.
+
+    A byte-level BPE (tiktoken, most Hugging Face tokenizers) gives at most one token per byte;
+    the factor 2 and the 16 leave room for a SentencePiece prefix token and normalisations that
+    expand a character. For "does it fit?" checks: the tokenizer runs only where the bound does
+    not settle it."""
+
+    name = "upper-bound"
+
+    def count(self, text: str) -> int:
+        return 2 * len(text.encode("utf-8")) + 16
+
+
+#: The one :class:`UpperBoundCounter`.
+UPPER_BOUND = UpperBoundCounter()
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_counter(kind: str, path: str | None) -> TokenCounter:
     if kind == "hf":

@@ -163,3 +163,45 @@ def test_students_that_no_request_can_hold_are_found_before_reading():
     assert [i for i, _ in unfit] == [1, 2]
     assert "the context window is 16000" in unfit[0][1] and unfit[0][1].startswith("needs ")
     assert [i for i, _ in planner.unfit(job, vision=False)] == [2], "images are read as text later: not counted"
+
+
+def test_the_fit_check_runs_the_tokenizer_only_where_the_upper_bound_does_not_settle_it():
+    """``unfit`` first counts by :data:`~raygrade.tokens.UPPER_BOUND` (no tokenizer); the provider's
+    counter runs only for a student the bound cannot clear, and decides as before."""
+    from raygrade.config import ProviderConfig, RaygradeArgs
+    from raygrade.planner import planner_for
+    from raygrade.protocol import GradingJob
+
+    args = RaygradeArgs(provider=ProviderConfig(base_url="http://x/v1", api_key_env=None, context_window=16_000))
+    planner = planner_for(args)
+    counted: list[int] = []
+    real = planner.counter
+
+    class Counting:
+        name = real.name
+
+        def count(self, text: str) -> int:
+            counted.append(len(text))
+            return real.count(text)
+
+    planner.counter = Counting()
+
+    def job(*texts: str) -> GradingJob:
+        return GradingJob.model_validate({
+            "assessment": {"questions": [{"id": "q1", "prompt": "Why?", "max_score": 1}]},
+            "submissions": [{"student_id": f"s{i}", "pages": [{"type": "text", "text": t}]} for i, t in enumerate(texts)]})
+
+    assert planner.unfit(job("A short answer.", "Another one."), vision=False) == [] and counted == []
+    # ≈ 2,000 tokens in 10,000 bytes: over the bound's 16,000, under the window once counted; then an
+    # essay of ≈ 20,000 tokens that does not fit.
+    unfit = planner.unfit(job("short", "word " * 2_000, "word " * 20_000), vision=False)
+    assert [i for i, _ in unfit] == [2] and "the context window is 16000" in unfit[0][1]
+    assert counted, "the students the bound could not clear were counted"
+
+
+@pytest.mark.parametrize("text", ["plain ASCII answer, with punctuation!", "数据包在网络之间转发", "😀🙃" * 50,
+                                  "\ufdfa" * 20, "x" * 5000, "", " \n\t" * 40, "ﬁ ﬂ ㍿ ＡＢＣ"])
+def test_the_upper_bound_is_above_the_tokenizers_count(text):
+    from raygrade.tokens import UPPER_BOUND, TiktokenCounter
+
+    assert UPPER_BOUND.count(text) >= TiktokenCounter().count(text)
