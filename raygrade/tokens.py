@@ -79,12 +79,14 @@ class HFTokenCounter:
 
 
 class UpperBoundCounter:
-    """More tokens than any of raygrade's counters gives a text: twice its UTF-8 bytes, plus 16.
+    """An upper bound on a text's tokens without a tokenizer: twice its UTF-8 bytes, plus 16.
 
     A byte-level BPE (tiktoken, most Hugging Face tokenizers) gives at most one token per byte;
-    the factor 2 and the 16 leave room for a SentencePiece prefix token and normalisations that
-    expand a character. For "does it fit?" checks: the tokenizer runs only where the bound does
-    not settle it."""
+    the factor 2 and the 16 leave room for a SentencePiece prefix token and most normalisations.
+    For "does it fit?" checks, where the tokenizer runs only if the bound does not settle it. A
+    text the bound undercounts (characters a normaliser expands many-fold) passes the check at
+    submission; a student it then does not fit is still refused when the job is planned
+    (``planning_error``)."""
 
     name = "upper-bound"
 
