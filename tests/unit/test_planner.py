@@ -189,7 +189,8 @@ def test_the_fit_check_runs_the_tokenizer_only_where_the_upper_bound_does_not_se
     def job(*texts: str) -> GradingJob:
         return GradingJob.model_validate({
             "assessment": {"questions": [{"id": "q1", "prompt": "Why?", "max_score": 1}]},
-            "submissions": [{"student_id": f"s{i}", "pages": [{"type": "text", "text": t}]} for i, t in enumerate(texts)]})
+            "submissions": [{"student_id": f"s{i}", "pages": [{"type": "text", "text": t}]}
+                            for i, t in enumerate(texts)]})
 
     assert planner.unfit(job("A short answer.", "Another one."), vision=False) == [] and counted == []
     # ≈ 2,000 tokens in 10,000 bytes: over the bound's 16,000, under the window once counted; then an
