@@ -94,19 +94,23 @@ def image_job(n: int, page: str = "scan") -> GradingJob:
     return GradingJob(assessment=assessment, submissions=subs)
 
 
-def direct(args: RaygradeArgs, job: GradingJob, base_url: str, concurrency: int) -> dict:
-    """The baseline: the planner's requests straight to the server, ``concurrency`` at a time."""
+def direct(args: RaygradeArgs, jobs: GradingJob | list[GradingJob], base_url: str, concurrency: int) -> dict:
+    """The baseline: the planner's requests for ``jobs`` (each planned on its own, as raygrade
+    plans them) straight to the server, ``concurrency`` at a time."""
     import openai
     from rate_limit import payload
 
     from raygrade.planner import planner_for
     from raygrade.prompts import StudentWork
 
-    planner = planner_for(args)
-    works = [StudentWork(student_id=s.student_id, alias=f"s{i + 1}", pages=list(s.pages), page_indices=[0],
-                         question_ids=[q.id for q in job.questions_for(s)]) for i, s in enumerate(job.submissions)]
-    batches, _ = planner.batches("direct", job, works, any(isinstance(p, ImagePage) for w in works for p in w.pages))
-    bodies = [payload(b, False) for b in batches]
+    planner, bodies, items, students = planner_for(args), [], 0, 0
+    for job in jobs if isinstance(jobs, list) else [jobs]:
+        works = [StudentWork(student_id=s.student_id, alias=f"s{i + 1}", pages=list(s.pages), page_indices=[0],
+                             question_ids=[q.id for q in job.questions_for(s)]) for i, s in enumerate(job.submissions)]
+        vision = any(isinstance(p, ImagePage) for w in works for p in w.pages)
+        bodies += [payload(b, False) for b in planner.batches("direct", job, works, vision)[0]]
+        items += sum(len(w.question_ids) for w in works)
+        students += len(works)
 
     async def main() -> float:
         client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", max_retries=0)
@@ -121,8 +125,7 @@ def direct(args: RaygradeArgs, job: GradingJob, base_url: str, concurrency: int)
         return time.perf_counter() - t0
 
     wall = asyncio.run(main())
-    items = sum(len(w.question_ids) for w in works)
-    return {"requests": len(bodies), "wall_s": wall, "items_per_s": items / wall, "students_per_s": len(works) / wall}
+    return {"requests": len(bodies), "wall_s": wall, "items_per_s": items / wall, "students_per_s": students / wall}
 
 
 def through_raygrade(url: str, job: GradingJob) -> dict:
@@ -265,10 +268,8 @@ def main() -> None:
         for name, job in jobs.items():
             report["direct"][name] = direct(args, job, srv.base_url, args.batcher.max_concurrent_batches)
         many = [text_job(a.concurrent_students, f"c{j}-") for j in range(a.concurrent_jobs)]
-        if many:  # the provider's ceiling for these jobs: all their requests, as many at once as in one job
-            report["direct"]["concurrent"] = direct(args, GradingJob(
-                assessment=many[0].assessment, submissions=[s for j in many for s in j.submissions]),
-                srv.base_url, args.batcher.max_concurrent_batches)
+        if many:  # the provider's ceiling for these jobs' requests, as many at once as in one job
+            report["direct"]["concurrent"] = direct(args, many, srv.base_url, args.batcher.max_concurrent_batches)
         ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace=args.namespace)
         port = free_port()
         # --trace: Serve's tracing on, with its default exporter (span files under the session's
