@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 #: 8000 share another group; every other file is a group of its own (its module fixtures and
 #: Serve application names stay on one worker).
 ENGINE_GROUP = "cpu-engine"
-ENGINE_FILES = {"test_local_vllm.py", "test_serve_llm.py", "test_vision_selfhosted.py",
+ENGINE_FILES = {"test_local_vllm.py", "test_vision_selfhosted.py",
                 "test_benchmark_hosted_vs_self_hosted.py", "test_two_nodes.py", "test_regrade.py"}
 PORT_8000_GROUP = "port-8000"
 PORT_8000_FILES = {"test_quickstart.py", "test_serve_config_deploy.py"}
