@@ -318,3 +318,22 @@ def test_estimate_prices_the_shared_prefix_read_from_the_cache_as_the_provider_r
     [warning] = report(est, daily)[1]
     assert f"{est.requests} requests are more than the provider's 20 a day" in warning
     assert "spans 3 quota days" in warning
+
+
+def test_duplicate_submission_ids_are_refused_before_ray_or_the_provider_is_touched(tmp_path):
+    """The synchronous mode reads the ids in the driver: a dataset with a repeated
+    ``submission_id`` is refused at once, no Ray cluster started and nothing written."""
+    import ray
+
+    from raygrade.bulk import run_regrade
+    from raygrade.errors import InvalidRequestError
+
+    rows = [{"submission_id": "sub-1", "student_id": "st1", "page_texts": ["an answer"], "question_ids": None}]
+    ds = write_dataset(tmp_path / "ds", Assessment(questions=QUESTIONS), rows)
+    part = next((ds / "submissions").glob("*.parquet"))  # write_dataset refuses duplicates: add one by hand
+    (part.parent / "part-copy.parquet").write_bytes(part.read_bytes())
+    cfg = RegradeConfig(input=str(ds), output=str(tmp_path / "out"),
+                        provider=fake_provider_config("http://127.0.0.1:9/v1"))
+    with pytest.raises(InvalidRequestError, match="unique"):
+        run_regrade(cfg)
+    assert not ray.is_initialized() and not (tmp_path / "out" / "results").exists()
