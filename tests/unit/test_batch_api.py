@@ -320,11 +320,18 @@ def test_estimate_prices_the_shared_prefix_read_from_the_cache_as_the_provider_r
     assert "spans 3 quota days" in warning
 
 
-def test_duplicate_submission_ids_are_refused_before_ray_or_the_provider_is_touched(tmp_path):
+def test_duplicate_submission_ids_are_refused_before_ray_or_the_provider_is_touched(tmp_path, monkeypatch):
     """The synchronous mode reads the ids in the driver: a dataset with a repeated
-    ``submission_id`` is refused at once, no Ray cluster started and nothing written."""
+    ``submission_id`` is refused at once, no Ray cluster started, no Ray Data read and nothing
+    written. (Ray may already be up in this xdist worker, so ``ray.init`` and the read are trapped.)"""
     import ray
+    import ray.data
 
+    def touched(*a, **k):
+        raise AssertionError("Ray was touched before the ids were checked")
+
+    monkeypatch.setattr(ray, "init", touched)
+    monkeypatch.setattr(ray.data, "read_parquet", touched)
     from raygrade.bulk import run_regrade
     from raygrade.errors import InvalidRequestError
 
@@ -336,4 +343,4 @@ def test_duplicate_submission_ids_are_refused_before_ray_or_the_provider_is_touc
                         provider=fake_provider_config("http://127.0.0.1:9/v1"))
     with pytest.raises(InvalidRequestError, match="unique"):
         run_regrade(cfg)
-    assert not ray.is_initialized() and not (tmp_path / "out" / "results").exists()
+    assert not (tmp_path / "out" / "results").exists()
