@@ -3,7 +3,7 @@
 It drives every unfinished job in the durable store to completion: plans a queued job
 (``queued → running``), leases its batches with bounded concurrency, sends each to a grader
 and writes the outcome back; it renews the leases of the batches it is grading, releases a
-batch whose grader was lost (re-dispatched at once, up to ``max_batch_attempts`` leases) and
+batch whose grader was lost (re-dispatched at once, up to ``max_batch_attempts`` lost calls) and
 re-dispatches, when their lease expires, batches leased by a dispatcher that died. It acts
 only on what the store says, so a restarted dispatcher (or a second one) resumes every job
 where it stood, and the store's compare-and-swap completion writes each grade once
@@ -88,7 +88,8 @@ class JobDispatcher:
             planned (the job fails); any other exception interrupts the job, resumed later.
         grade: Grades one batch. A :class:`RaygradeError` (or one Ray wraps) fails the batch's
             items with its type; any other exception is a lost grader: the batch is released
-            and re-dispatched until it has been leased ``max_batch_attempts`` times.
+            and re-dispatched until ``max_batch_attempts`` of its grader calls were lost (leases
+            taken over from a dispatcher that died do not count).
         metrics: Gauges, job durations and failed items (``raygrade_*`` of :mod:`raygrade.metrics`).
         tags: Tags on every metric (the application's namespace).
         owner: This dispatcher's lease owner id (default: a new random one).
@@ -286,14 +287,17 @@ class JobDispatcher:
                 logger.warning("batch %s: %s", batch.batch_id, err.error_type, extra=ids(job_id, batch.batch_id))
                 error_type, message = err.error_type, err.message
             else:  # the replica died, or the call failed outside BatchGrader
-                attempts = await self._registry.batch_attempts(batch.batch_id)
-                if attempts < self._cfg.max_batch_attempts:
+                # Only lost grader calls count toward the bound; leases taken over from a batcher
+                # that died do not.
+                losses = await self._registry.record_grader_loss(batch.batch_id, self.owner,
+                                                                 self._cfg.max_batch_attempts)
+                if losses is None or losses < self._cfg.max_batch_attempts:
+                    # Released (pending again: lease it at once), or no longer ours: its new owner grades it.
                     logger.warning("batch %s: grader lost (%s), re-dispatching", batch.batch_id, type(exc).__name__,
                                    extra=ids(job_id, batch.batch_id))
-                    await self._registry.release_batch(batch.batch_id, self.owner)
-                    run.exhausted = False  # pending again: lease it at once
+                    run.exhausted = False
                     return None
-                error_type, message = "grader_error", f"grader call failed {attempts} times: {type(exc).__name__}"
+                error_type, message = "grader_error", f"grader call failed {losses} times: {type(exc).__name__}"
             outcome, replica = BatchOutcome(batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[
                 students_error(batch.students, error_type, message, batch.batch_id)]), None
         if run.exhausted and len(run.in_flight) == 1:  # nothing else pending or in flight: the job's last batch

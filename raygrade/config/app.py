@@ -52,8 +52,9 @@ class StoreConfig(_Config):
         url_env: Environment variable whose value, when set, replaces ``url``.
         batch_lease_s: Seconds a batcher owns a dispatched batch without renewing it; a
             batch whose owner died is re-dispatched after this.
-        max_batch_attempts: Dispatches of one batch (grader replica deaths) before its
-            items fail with ``grader_error``.
+        max_batch_attempts: Grader calls of one batch lost to a replica death before its
+            items fail with ``grader_error`` (a batch taken over from a batcher that died is
+            not counted).
         poll_interval_s: How often the batcher looks for unfinished jobs, expired
             leases and due webhooks.
         webhook_secret_env: Environment variable with the HMAC key for webhook signatures

@@ -233,9 +233,6 @@ class JobRegistryImpl:
         """Failed items by error type (:meth:`JobStore.failure_counts`)."""
         return await self._do(self._store.failure_counts, job_id)
 
-    async def batch_attempts(self, batch_id: str) -> int:
-        """How many times the batch was leased (:meth:`JobStore.batch_attempts`)."""
-        return await self._do(self._store.batch_attempts, batch_id)
 
     # -- job transitions ----------------------------------------------------------------------
     async def cancel(self, job_id: str, tenant: str | None = None) -> JobStatus:
@@ -264,9 +261,10 @@ class JobRegistryImpl:
         """Extend ``owner``'s leases (:meth:`JobStore.renew_leases`)."""
         return await self._do(self._store.renew_leases, owner, lease_s, batch_ids)
 
-    async def release_batch(self, batch_id: str, owner: str) -> bool:
-        """``leased → pending`` after a lost grader (:meth:`JobStore.release_batch`)."""
-        return await self._do(self._store.release_batch, batch_id, owner)
+    async def record_grader_loss(self, batch_id: str, owner: str, max_losses: int) -> int | None:
+        """Count a lost grader call and release the batch below ``max_losses``
+        (:meth:`JobStore.record_grader_loss`); ``None``: no longer ``owner``'s."""
+        return await self._do(self._store.record_grader_loss, batch_id, owner, max_losses)
 
     async def complete_batch(self, job_id: str, outcome: BatchOutcome, replica: str | None = None) -> dict[str, int]:
         """Write a graded batch exactly once per item (:meth:`JobStore.complete_batch`)."""

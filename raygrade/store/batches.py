@@ -60,7 +60,7 @@ class BatchLeases(StoreCore):
         """Lease up to ``limit`` of the job's pending batches, or leased ones whose lease expired.
 
         Each lease increments the batch's ``attempts``; the caller sends the batch to a
-        grader and then calls :meth:`complete_batch`, :meth:`release_batch` or renews.
+        grader and then calls :meth:`complete_batch`, :meth:`record_grader_loss` or renews.
         """
         if limit <= 0:
             return []
@@ -110,13 +110,27 @@ class BatchLeases(StoreCore):
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(batches.c.attempts).where(batches.c.id == batch_id)).scalar() or 0)
 
-    def release_batch(self, batch_id: str, owner: str) -> bool:
-        """``leased → pending`` (the grader was lost); only the lease's owner can release it."""
+    def record_grader_loss(self, batch_id: str, owner: str, max_losses: int) -> int | None:
+        """A grader call for ``owner``'s leased batch ended without an answer (the replica died):
+        count the loss and, while the batch has fewer than ``max_losses``, release it
+        (``leased → pending``) to be leased again at once.
+
+        Only lost grader calls count toward ``max_losses``: a lease taken over after a batcher
+        died (:meth:`lease_batches` on an expired lease) is not the batch's fault.
+
+        Returns:
+            The batch's lost calls so far (this one included), or ``None`` when ``owner`` no
+            longer holds its lease (another batcher took it over: nothing is changed).
+        """
+        mine = (batches.c.id == batch_id, batches.c.owner == owner, batches.c.state == "leased")
         with self.engine.begin() as conn:
-            return conn.execute(batches.update().where(batches.c.id == batch_id, batches.c.owner == owner,
-                                                       batches.c.state == "leased")
-                                .values(state="pending", owner=None, lease_expires_at=None,
-                                        updated_at=self._clock())).rowcount == 1
+            losses = conn.execute(batches.update().where(*mine).values(
+                grader_losses=batches.c.grader_losses + 1, updated_at=self._clock())
+                .returning(batches.c.grader_losses)).scalar()
+            if losses is not None and losses < max_losses:
+                conn.execute(batches.update().where(*mine).values(state="pending", owner=None,
+                                                                  lease_expires_at=None))
+        return None if losses is None else int(losses)
 
     def complete_batch(self, job_id: str, outcome: BatchOutcome, replica: str | None = None) -> dict[str, int]:
         """Write a graded batch: each item by compare-and-swap from ``pending``, then ``batch → done``.

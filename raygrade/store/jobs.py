@@ -330,8 +330,10 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
                 .group_by(items.c.error_type)).all()}
 
     def batch_report(self, job_id: str) -> list[dict[str, Any]]:
-        """Per batch: id, state, attempts, duplicates dropped (for operators and chaos tests)."""
+        """Per batch: id, state, attempts (leases), grader losses, duplicates dropped (for
+        operators and chaos tests)."""
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(
-                sa.select(batches.c.id, batches.c.state, batches.c.attempts, batches.c.duplicates_dropped)
+                sa.select(batches.c.id, batches.c.state, batches.c.attempts, batches.c.grader_losses,
+                          batches.c.duplicates_dropped)
                 .where(batches.c.job_id == job_id).order_by(batches.c.seq)).mappings()]

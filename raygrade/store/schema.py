@@ -92,6 +92,7 @@ batches = sa.Table(
     sa.Column("replica", sa.String(128)),
     sa.Column("duplicates_dropped", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("grader_losses", sa.Integer, nullable=False, server_default="0"),  # lost grader calls (0013)
     sa.Index("raygrade_batches_job_state", "job_id", "state"),
     sa.Index("raygrade_batches_job_state_seq", "job_id", "state", "seq"),
 )

@@ -135,6 +135,7 @@ def test_chaos_every_item_graded_exactly_once(serve_url, store_url):
         "kills": kills, "batches": len(report),
         "batch_dispatches": sum(b["attempts"] for b in report),
         "batches_redispatched": sum(1 for b in report if b["attempts"] > 1),
+        "max_grader_losses": max(b["grader_losses"] for b in report),
         "duplicate_grades_dropped": sum(b["duplicates_dropped"] for b in report),
         "provider_requests_ok": sum(1 for r in server.log if r.status == 200),
         "items_sent_to_provider_more_than_once": sum(1 for n in asked.values() if n > 1),

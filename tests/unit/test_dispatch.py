@@ -146,6 +146,34 @@ def test_every_item_graded_once_with_bounded_concurrency(store, registry, clock)
     assert len(store.results(job_id).results) == 10
 
 
+def test_leases_taken_over_from_dead_batchers_do_not_count_as_lost_grader_calls(store, registry, clock):
+    """A batch leased by two batchers that died (their leases expired) and then lost once by a
+    grader is still re-dispatched and graded: only lost grader calls count toward
+    ``max_batch_attempts`` (counting leases failed it with ``grader_error``, seen in the chaos test)."""
+    def behaviour(batch, n):
+        if batch.students[0].student_id == "s0" and n == 1:
+            raise RuntimeError("replica died")
+        return outcome(batch)
+
+    async def main():
+        status, _ = store.create_job(make_job(4))
+        planned, _, _ = await plan_two_per_batch(status.id, make_job(4), "")
+        store.record_plan(status.id, planned, [], "m")
+        for dead in ("batcher-a", "batcher-b"):  # each leases every batch, then dies
+            assert len(store.lease_batches(status.id, dead, LEASE_S, 5)) == 2
+            clock.now += LEASE_S + 1
+        grader = Grader(behaviour)
+        await drive(dispatcher(registry, clock, grader, max_batch_attempts=3).submit(status.id), clock)
+        return status.id, planned, grader
+
+    job_id, planned, grader = asyncio.run(main())
+    final = store.status(job_id)
+    assert final.state == JobState.SUCCEEDED and final.progress.items_graded == 8, store.results(job_id).errors
+    report = {b["id"]: b for b in store.batch_report(job_id)}
+    s0 = planned[0].batch_id
+    assert grader.calls[s0] == 2 and (report[s0]["attempts"], report[s0]["grader_losses"]) == (4, 1)
+
+
 def test_a_lost_grader_is_re_dispatched_and_gives_up_after_max_attempts(store, registry, clock):
     def behaviour(batch, n):
         if batch.students[0].student_id == "s0" and n == 1:
