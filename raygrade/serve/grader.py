@@ -28,8 +28,10 @@ from raygrade.tracing import span
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
 
+# Health-checked every 2 s, as the Batcher (see there): a dead replica is replaced within seconds.
 @serve.deployment(name="Grader", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16,
-                  autoscaling_config={"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 4})
+                  autoscaling_config={"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 4},
+                  health_check_period_s=2)
 class Grader:
     """Grades one :class:`GradeBatch` per call.
 

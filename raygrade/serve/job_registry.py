@@ -325,5 +325,6 @@ class JobRegistryImpl:
         return await self._do(self._store.webhook, job_id, event)
 
 
+# Health-checked every 2 s, as the Batcher (see there): every job waits while the registry is down.
 JobRegistry = serve.deployment(name="JobRegistry", num_replicas=1, ray_actor_options={"num_cpus": 0},
-                               max_ongoing_requests=1000)(JobRegistryImpl)
+                               max_ongoing_requests=1000, health_check_period_s=2)(JobRegistryImpl)
