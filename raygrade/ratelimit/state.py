@@ -197,8 +197,15 @@ class _KeyState:
         one at :data:`UNDER_ESTIMATE_GUARD` times their size would not fit (slow start only
         matters then; a key far below its limit is not held back). The window's own calls
         count at that size too: until the count is learned, they may be under-estimates as well
-        (a first burst at 1× to a provider counting 4× fills its window four times faster)."""
-        return self.tok is not None and (self.tok.used(now) + tokens) * UNDER_ESTIMATE_GUARD > self.tok.limit
+        (a first burst at 1× to a provider counting 4× fills its window four times faster).
+
+        What a restarted limiter assumes was used (:meth:`SlidingWindow.prefill`) does not count:
+        it is not an estimate of any call, and it already holds admissions to the steady rate.
+        Counted, it made every key tight for most of a minute after a restart, so the first
+        three calls were the only ones in flight, and when their caller died with them (a grader
+        replica killed) every caller waited :data:`PROBE_TIMEOUT_S` (15-s stalls in the chaos test)."""
+        return self.tok is not None and \
+            (self.tok.used_by_calls(now) + tokens) * UNDER_ESTIMATE_GUARD > self.tok.limit
 
     def admit(self, reservation: Reservation, now: float) -> None:
         """Count a granted call in flight (as a learning probe when it carries a prompt estimate)."""

@@ -37,6 +37,7 @@ class Charge:
     before: float = 0.0          # amount before the last adjustment
     adjusted_at: float = float("-inf")
     paced: bool = False          # taken from the window's pacer (an admission, not a header correction)
+    assumed: bool = False        # not a call: usage assumed after a restart (:meth:`SlidingWindow.prefill`)
 
     def peak_since(self, since: float) -> float:
         """The largest amount this entry had at any time after ``since``."""
@@ -99,6 +100,11 @@ class SlidingWindow:
         """Units charged in the window ending at ``now``."""
         self._expire(now)
         return self._used
+
+    def used_by_calls(self, now: float) -> float:
+        """:meth:`used` less the usage :meth:`prefill` assumed: what calls charged."""
+        self._expire(now)
+        return self._used - sum(c.amount for c in self._timed if c.assumed)
 
     def wait_for(self, amount: float, now: float) -> float:
         """Seconds from ``now`` until ``amount`` more units fit (0.0 if they fit now): in the
@@ -210,7 +216,7 @@ class SlidingWindow:
             self.pacer.empty(now)
         per = self.limit / steps
         for i in range(1, steps + 1):
-            self._timed.append(Charge(now, per, now + self.window_s * i / steps))
+            self._timed.append(Charge(now, per, now + self.window_s * i / steps, assumed=True))
             self._used += per
 
 

@@ -631,6 +631,36 @@ def test_a_restarted_limiter_does_not_burst():
     run(main)
 
 
+def test_a_restarted_limiter_is_not_held_up_by_the_first_calls_of_a_caller_that_died():
+    """After a restart the window is assumed full (prefilled). That assumption is not an estimate of
+    any call, so it does not make the key "tight" for slow start: when the first three calls'
+    caller dies without settling them (a grader replica killed just after the limiter), the other
+    callers go on at once instead of waiting out the probes' 15-s timeout (seen in the chaos test)."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, restarted=True, rpm=6000, tpm=4_000_000)
+        admitted: list[float] = []
+
+        async def caller(dies: bool):
+            while True:
+                r = await lim.acquire("k", 3000, prompt_tokens=2000, output_tokens=1000)
+                admitted.append(clock.now)
+                await clock.sleep(1.0)
+                if dies:
+                    return  # killed holding its reservation: never settled
+                await lim.settle(r, Settlement(2100, prompt_tokens=2000, completion_tokens=100))
+
+        dead = [asyncio.create_task(caller(True)) for _ in range(3)]
+        await clock.advance(1.5)
+        assert len(admitted) == 3  # the first calls, all the dead caller's
+        live = [asyncio.create_task(caller(False)) for _ in range(3)]
+        await clock.advance(5.0)
+        for t in (*dead, *live):
+            t.cancel()
+        assert len(admitted) >= 3 + 3 * 4, f"others admitted after the first calls were lost: {admitted}"
+    run(main)
+
+
 def test_short_provider_windows_allow_the_pro_rata_share():
     async def main():
         clock = VirtualClock()
