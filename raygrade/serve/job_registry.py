@@ -233,7 +233,6 @@ class JobRegistryImpl:
         """Failed items by error type (:meth:`JobStore.failure_counts`)."""
         return await self._do(self._store.failure_counts, job_id)
 
-
     # -- job transitions ----------------------------------------------------------------------
     async def cancel(self, job_id: str, tenant: str | None = None) -> JobStatus:
         """Cancel a queued or running job (:meth:`JobStore.cancel`). Raises ``NotFoundError``."""
