@@ -71,8 +71,10 @@ READY_CACHE_S = 5.0
 
 
 # Stalled uploads hold a slot each until the guard's body timeouts close them: room for many.
+# Health-checked every 2 s (Serve's default 10): after the replica was killed, POSTs failed for
+# 10.9 s with the default and 3.8 s with this.
 @serve.deployment(name="RaygradeIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000,
-                  num_replicas=1)
+                  num_replicas=1, health_check_period_s=2)
 @serve.ingress(api)
 class RaygradeIngress(ReviewRoutes, FileRoutes):
     """FastAPI ingress: validates jobs, stores their page images, records them, and hands them
