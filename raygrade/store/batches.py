@@ -106,10 +106,6 @@ class BatchLeases(StoreCore):
             return conn.execute(batches.update().where(*cond)
                                 .values(lease_expires_at=now + lease_s, updated_at=now)).rowcount
 
-    def batch_attempts(self, batch_id: str) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(batches.c.attempts).where(batches.c.id == batch_id)).scalar() or 0)
-
     def record_grader_loss(self, batch_id: str, owner: str, max_losses: int) -> int | None:
         """A grader call for ``owner``'s leased batch ended without an answer (the replica died):
         count the loss and, while the batch has fewer than ``max_losses``, release it

@@ -153,7 +153,7 @@ def test_expired_leases_are_taken_over_and_only_the_owner_releases(store):
     clock.now += 31  # A died: its lease expired, B takes over (and B's own lease expired too)
     took = store.lease_batches(job_id, "B", 30, 5)
     assert [b.batch_id for b in took] == [b.batch_id for b in batches]
-    assert store.batch_attempts(batches[0].batch_id) == 2
+    assert {b["id"]: b for b in store.batch_report(job_id)}[batches[0].batch_id]["attempts"] == 2
     assert store.record_grader_loss(batches[0].batch_id, "A", 3) is None  # no longer A's: nothing counted
     # The takeover is not a lost grader call: B's first loss is the batch's first, and releases it.
     assert store.record_grader_loss(batches[0].batch_id, "B", 3) == 1
