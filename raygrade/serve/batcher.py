@@ -23,6 +23,7 @@ from raygrade.dispatch import JobDispatcher, planning_failed
 from raygrade.metrics import Recorder
 from raygrade.planner import BatchLimits, JobPlanner, planner_for
 from raygrade.protocol import GradingErrorItem, GradingJob, ReadingMode, StoredImage
+from raygrade.serve import HEALTH_CHECK_PERIOD_S
 from raygrade.serve.reader import read_submissions, reading_mode
 from raygrade.serve.webhook_sender import WebhookSender
 from raygrade.tracing import detached, span
@@ -44,11 +45,8 @@ class HandleCalls:
         return call
 
 
-# Serve replaces a dead replica only once a health check finds it (every 10 s by default): every job
-# waits for a new Batcher, so it is checked every 2 s (grading stalled 6.9-7.6 s after a Batcher was
-# killed, 3.5-4.0 s with this; the check is a call the replica answers, no store or grader work).
 @serve.deployment(name="Batcher", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100, num_replicas=1,
-                  health_check_period_s=2)
+                  health_check_period_s=HEALTH_CHECK_PERIOD_S)
 class Batcher:
     """Drives every unfinished job in the store to completion (:class:`JobDispatcher`).
 

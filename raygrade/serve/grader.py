@@ -21,6 +21,7 @@ from raygrade.graders import cluster_grader
 from raygrade.grading import BatchGrader
 from raygrade.metrics import Recorder
 from raygrade.providers.registry import check_on_start
+from raygrade.serve import HEALTH_CHECK_PERIOD_S
 from raygrade.tracing import span
 
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config
@@ -28,10 +29,9 @@ from raygrade.tracing import span
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
 
-# Health-checked every 2 s, as the Batcher (see there): a dead replica is replaced within seconds.
 @serve.deployment(name="Grader", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16,
                   autoscaling_config={"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 4},
-                  health_check_period_s=2)
+                  health_check_period_s=HEALTH_CHECK_PERIOD_S)
 class Grader:
     """Grades one :class:`GradeBatch` per call.
 

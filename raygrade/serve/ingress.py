@@ -54,6 +54,7 @@ from raygrade.protocol import (
     JobStatus,
     TenantUsage,
 )
+from raygrade.serve import HEALTH_CHECK_PERIOD_S
 from raygrade.serve.admission import refuse_unfit
 from raygrade.serve.file_routes import FileRoutes
 from raygrade.serve.guard import Authenticator
@@ -71,10 +72,8 @@ READY_CACHE_S = 5.0
 
 
 # Stalled uploads hold a slot each until the guard's body timeouts close them: room for many.
-# Health-checked every 2 s (Serve's default 10): after the replica was killed, POSTs failed for
-# 10.9 s with the default and 3.8 s with this.
 @serve.deployment(name="RaygradeIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000,
-                  num_replicas=1, health_check_period_s=2)
+                  num_replicas=1, health_check_period_s=HEALTH_CHECK_PERIOD_S)
 @serve.ingress(api)
 class RaygradeIngress(ReviewRoutes, FileRoutes):
     """FastAPI ingress: validates jobs, stores their page images, records them, and hands them

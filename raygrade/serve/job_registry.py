@@ -35,6 +35,7 @@ from raygrade.protocol import (
     StoredImage,
     TenantUsage,
 )
+from raygrade.serve import HEALTH_CHECK_PERIOD_S
 from raygrade.store import JobStore
 from raygrade.store.outbox import COMPLETED
 from raygrade.tracing import span
@@ -324,6 +325,5 @@ class JobRegistryImpl:
         return await self._do(self._store.webhook, job_id, event)
 
 
-# Health-checked every 2 s, as the Batcher (see there): every job waits while the registry is down.
 JobRegistry = serve.deployment(name="JobRegistry", num_replicas=1, ray_actor_options={"num_cpus": 0},
-                               max_ongoing_requests=1000, health_check_period_s=2)(JobRegistryImpl)
+                               max_ongoing_requests=1000, health_check_period_s=HEALTH_CHECK_PERIOD_S)(JobRegistryImpl)
