@@ -67,7 +67,7 @@ def test_replicas_sharing_the_limiter_never_exceed_the_limit_even_across_an_acto
     namespace = f"rl-{uuid.uuid4().hex[:8]}"
     provider = fake_provider_config(limited_server.base_url, name="limited")
     # A margin of 2 s for the delay between the actor's grant and the server counting the call. On
-    # CI's 2 cores beside a CPU vLLM engine that delay passed 0.25 s (one 429 with no margin) and
+    # CI's 2 cores beside a CPU vLLM engine that delay passed 0.25 s (one 429 with a 0.25-s margin) and
     # then 1 s (four 429s with a 1-s margin); here, with four busy loops beside it, calls granted
     # seconds apart reached the server in the same millisecond, with or without a restart. A
     # restart that forgot what was sent would still draw 429s: it would admit a whole window at
