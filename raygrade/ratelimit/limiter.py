@@ -219,6 +219,12 @@ class RateLimiter:
         if o is not None and send_delay_s and send_delay_s > 0:
             for c in o.charged:
                 c.rule.postpone(c.entry, send_delay_s, now)
+            st.send_delays.append((now, send_delay_s))
+            if send_delay_s > st.limits.window_margin_s and not st.delay_warned:
+                st.delay_warned = True
+                logger.warning("key %s: a call left %.2f s after its admission, beyond window_margin_s (%.2f s): "
+                               "calls admitted before it settled may reach the provider in one window; raise "
+                               "window_margin_s", reservation.key, send_delay_s, st.limits.window_margin_s)
         if o is not None and outcome == "rate_limited":
             st.rejections.append((o.admitted_at, now))
             learn_burst(st, o, now, headers)

@@ -126,6 +126,10 @@ class _KeyState:
         self.ratio_samples = 0
         self.image_samples = 0
         self.ratio_warned = False
+        # Admission → sending of settled calls, (settled at, seconds), and whether one passing
+        # window_margin_s was logged (RateLimiter.settle).
+        self.send_delays: collections.deque[tuple[float, float]] = collections.deque(maxlen=1024)
+        self.delay_warned = False
         self.timer: asyncio.Task | None = None
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
                       "failures": 0, "rejected_open": 0, "header_corrections": 0, "burst_lowered": 0,
@@ -258,6 +262,7 @@ class _KeyState:
             "image_count_ratio": self.image_ratio, "image_count_ratio_samples": self.image_samples,
             "mixed_count_ratio": self.mixed_ratio, "burst_s": self.burst_s(), "pace_rate_scale": self.rate_scale,
             "rejections_counted": self.counts_rejections(),
+            "max_send_delay_s": max((d for t, d in self.send_delays if t > now - self.window_s), default=None),
             "header_correction_tokens": sum(c.charge.amount for d, c in self.corrections.items()
                                             if d == "tokens" and c.charge.expires > now),
             "breaker": self.breaker.state, "breaker_opened": self.breaker.times_opened,

@@ -726,6 +726,25 @@ def test_the_grants_own_trip_to_the_caller_counts_as_send_delay(grant_trip_s, de
     run(main)
 
 
+def test_send_delays_are_shown_and_one_beyond_the_margin_is_logged_once(caplog):
+    """The largest admission → sending delay of the last window is in the snapshot; one past
+    ``window_margin_s`` (the default 1 s) is logged once per key, naming the setting."""
+    async def main():
+        clock = VirtualClock()
+        lim = limiter(clock, rpm=100)
+        assert lim.snapshot()["k"]["max_send_delay_s"] is None
+        for delay in (0.4, 1.5, 2.5):
+            await lim.settle(await lim.acquire("k", 1), Settlement(1, send_delay_s=delay))
+        assert lim.snapshot()["k"]["max_send_delay_s"] == pytest.approx(2.5)
+        await clock.advance(W + 1)
+        assert lim.snapshot()["k"]["max_send_delay_s"] is None, "only the last window's delays"
+
+    with caplog.at_level("WARNING", logger="raygrade.ratelimit.limiter"):
+        run(main)
+    warned = [r.getMessage() for r in caplog.records if "window_margin_s" in r.getMessage()]
+    assert len(warned) == 1 and "1.50 s" in warned[0], warned
+
+
 def test_reservations_never_settled_are_forgotten_after_an_hour(monkeypatch):
     import raygrade.ratelimit.limiter as limiter_mod
 
