@@ -126,8 +126,8 @@ class _KeyState:
         self.ratio_samples = 0
         self.image_samples = 0
         self.ratio_warned = False
-        # Admission → sending of settled calls, (settled at, seconds), and whether one passing
-        # window_margin_s was logged (RateLimiter.settle).
+        # Admission → sending of the latest 1,024 settled calls, (settled at, seconds); the snapshot
+        # shows the largest in the window. And whether one past window_margin_s was logged.
         self.send_delays: collections.deque[tuple[float, float]] = collections.deque(maxlen=1024)
         self.delay_warned = False
         self.timer: asyncio.Task | None = None
