@@ -343,6 +343,32 @@ def per_minute(log: list[RequestRecord], binding: str, limit: int) -> list[float
     return out
 
 
+def rule_allows(log: list[RequestRecord], tpm: int, window_s: float, latency_s: float,
+                latency_per_token_s: float) -> list[float]:
+    """What a provider's token rule allows for this run's requests: per full minute, the final tokens
+    ÷ TPM of a client that knows the rule exactly and sends each request the moment it fits.
+
+    The rule is the fake's: at most ``tpm·window_s/60`` tokens in any ``window_s`` seconds, a request
+    charged its input + ``max_tokens`` when it arrives and settled to its usage when it is answered
+    (``latency_s + latency_per_token_s × completion tokens`` later). The requests are the run's
+    answered ones, in the order they arrived. Where the window is shorter than the minute, the part of
+    a request that does not fit at each boundary and the up-front charges of the calls in flight are
+    a larger share of the window: no client reaches the TPM there.
+    """
+    reqs = sorted((r for r in log if r.status == 200), key=lambda r: r.mono)
+    limit, t, live, times = tpm * window_s / 60, 0.0, [], []  # live: (arrived, charge, final, answered)
+    for r in reqs:
+        while True:
+            live = [e for e in live if e[0] > t - window_s]
+            if sum(e[2] if e[3] <= t else e[1] for e in live) + r.charged_tokens <= limit + 1e-9 or not live:
+                break
+            t = min([e[0] + window_s for e in live] + [e[3] for e in live if e[3] > t])
+        live.append((t, r.charged_tokens, r.final_tokens, t + latency_s + latency_per_token_s * r.completion_tokens))
+        times.append(t)
+    return [sum(r.final_tokens for r, s in zip(reqs, times) if 60 * k <= s < 60 * (k + 1)) / tpm
+            for k in range(int(times[-1] // 60))] if times else []
+
+
 def build(a: argparse.Namespace) -> dict:
     """The workload, planned once: interactive jobs, bulk batches and the request bodies."""
     provider = fake_provider_config("http://127.0.0.1:1/v1", name="bench", rate_limit=RateLimitConfig(
@@ -377,6 +403,7 @@ def run_systems(w: dict, a: argparse.Namespace, systems: list[str], server_opts:
     # raygrade is told the provider's documented rule for rejected requests (the fake's count_rejected).
     provider = w["args"].provider.model_copy(update={"rate_limit": RateLimitConfig(
         rpm=a.rpm, tpm=a.tpm, rejected_requests_count=bool(server_opts.get("count_rejected", False)),
+        short_window_s=a.short_window_s,
         **({} if a.burst_s is None else {"burst_s": None if a.burst_s == "off" else float(a.burst_s)}))})
     for name in systems:
         srv = FakeOpenAIProcess(rpm=a.rpm, tpm=a.tpm, latency_s=a.latency_s,
@@ -409,6 +436,13 @@ def run_systems(w: dict, a: argparse.Namespace, systems: list[str], server_opts:
         m["per_minute_use"] = minutes
         m["min_full_minute_use"] = min(minutes) if minutes else None
         m["mean_full_minute_use"] = sum(minutes) / len(minutes) if minutes else None
+        if (win := server_opts.get("window_s", 60.0)) < 60 and binding == "tpm" and log:
+            allowed = rule_allows(log, a.tpm, win, a.latency_s, a.latency_per_token_s)
+            m["rule_allows_per_minute"] = allowed
+            if allowed and minutes:  # each full minute against the rule's mean over its full minutes
+                steady = sum(allowed) / len(allowed)
+                m["rule_allows"] = steady
+                m["min_full_minute_of_allowed"] = min(minutes) / steady
         out[name] = {**m, **extra}
         print(json.dumps({k2: v for k2, v in out[name].items() if k2 != "tokens_per_10s"}), flush=True)
     return out
@@ -464,6 +498,9 @@ def print_matrix(report: dict) -> None:
                 m = {**m, "min_full_minute_use": m.get("min_open_minute_use"),
                      "per_minute_use": [m["per_minute_use"][k] for k in m.get("open_minutes", [])]}
             per = ", ".join(f"{u:.2f}" for u in m.get("per_minute_use") or [])
+            if m.get("rule_allows"):  # a rule over less than a minute: no client reaches the TPM
+                per += (f" (the rule allows {m['rule_allows']:.3f} of the TPM; the least minute "
+                        f"{m['min_full_minute_of_allowed']:.3f} of that)")
             print(f"| {row} | {limit} | {name} | {m['rejected_429']} / {m['requests_sent']} "
                   f"({f(m['rejected_429_share'], '.2%')}) | {failed} | {f(mean, '.3f')}, "
                   f"{f(m.get('min_full_minute_use'), '.3f')} | {per} |")
@@ -493,6 +530,8 @@ def main() -> None:
     ap.add_argument("--rpd-reset-after-s", type=float, default=210.0,
                     help="gemini-rpd row: seconds into each run at which the quota's day ends")
     ap.add_argument("--burst-s", help="raygrade's rate_limit.burst_s (default: the config's), or 'off'")
+    ap.add_argument("--short-window-s", type=float, default=None,
+                    help="raygrade's rate_limit.short_window_s (default: none until a 429 teaches one)")
     ap.add_argument("--litellm-python", default=str(ROOT / "benchmarks/out/litellm-venv/bin/python"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out")
     a = ap.parse_args()

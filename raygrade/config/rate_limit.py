@@ -61,7 +61,14 @@ class RateLimitConfig(_Config):
             (:class:`raygrade.ratelimit.pacer.Pacer`), so a provider that enforces its per-minute
             limit over shorter periods (OpenAI may enforce 60,000 RPM as 1,000 per second) sees
             no bursts; halved, down to 0.1 s, when the provider rejects calls while the window
-            has room. ``None``: off (a whole window's worth may go at once).
+            has room. ``None``: off (a whole window's worth may go at once), and nothing is learned
+            from such rejections.
+        short_window_s: The provider also enforces each per-minute limit pro rata over any window
+            of this many seconds (OpenAI may enforce a limit over shorter periods; Azure OpenAI
+            checks 1- or 10-s windows): the limiter then keeps an exact sliding window of
+            ``limit·short_window_s/60`` beside each per-minute one
+            (:mod:`raygrade.ratelimit.short`). ``None``: learned — the first rejection that comes
+            while the minute had room turns on a 10-s one (with ``burst_s`` set).
     """
 
     rpm: int | None = Field(default=None, gt=0)
@@ -85,6 +92,7 @@ class RateLimitConfig(_Config):
     max_concurrent_tokens: int | None = Field(default=None, gt=0)
     in_flight_timeout_s: float = Field(default=900.0, gt=0)
     burst_s: float | None = Field(default=6.0, gt=0, le=3600)
+    short_window_s: float | None = Field(default=None, gt=0, le=60)
 
     @field_validator("rpd_reset_zone")
     @classmethod
@@ -155,6 +163,7 @@ STRICTER: dict[str, Any] = {
     "max_concurrent_tokens": _lower_limit,
     "in_flight_timeout_s": max,
     "burst_s": lambda a, b: b if a is None else a if b is None else min(a, b),  # a smaller burst; off is loosest
+    "short_window_s": lambda a, b: b if a is None else a if b is None else min(a, b),  # a shorter window
 }
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from raygrade.ratelimit.pacer import MIN_BURST_S, MIN_RATE_SCALE
 from raygrade.ratelimit.rules import DIMENSIONS
+from raygrade.ratelimit.short import LEARNED_SHORT_WINDOW_S
 from raygrade.ratelimit.state import (
     RATIO_ALPHA_DOWN,
     RATIO_ALPHA_UP,
@@ -109,7 +110,7 @@ def learn_from_headers(st: _KeyState, headers: Mapping[str, str], sent_at: float
             st.learned[dim] = h.limit / st.scale
             changed = True
     if changed:
-        st.apply_limits()
+        st.apply_limits(now)
     for dim, h in parsed.items():
         w = st.window(dim)
         # Input and output budgets learn their limits only: their remaining is rounded (Anthropic
@@ -194,7 +195,9 @@ def learn_burst(st: _KeyState, o: _Open, now: float, headers: Mapping[str, str] 
 
     When the provider rejects a call although its per-minute budget had room for it, it enforces
     its limit over periods shorter than the minute (OpenAI documents enforcing 60,000 RPM as
-    1,000 per second), so the burst is halved (down to :data:`~raygrade.ratelimit.pacer.MIN_BURST_S`).
+    1,000 per second). The first such rejection gives a key without one a short window of
+    :data:`~raygrade.ratelimit.short.LEARNED_SHORT_WINDOW_S` (:mod:`raygrade.ratelimit.short`);
+    each later one halves the burst (down to :data:`~raygrade.ratelimit.pacer.MIN_BURST_S`).
     Room, per dimension the call was charged in: the 429's ``x-ratelimit-remaining-*`` header
     covers the call (the provider's own count), else this limiter's window is below
     :data:`ROOM_SHARE` of its limit. Only a call admitted after the last lowering counts: the calls
@@ -204,7 +207,7 @@ def learn_burst(st: _KeyState, o: _Open, now: float, headers: Mapping[str, str] 
     replica, the send), and a provider counting over a few seconds has no minute's margin for it.
 
     Returns:
-        Whether the burst (or the pace) was lowered.
+        Whether a short window was added or the burst (or the pace) lowered.
     """
     burst = st.burst_s()
     if burst is None or o.admitted_at <= st.burst_learned_at or (
@@ -220,13 +223,21 @@ def learn_burst(st: _KeyState, o: _Open, now: float, headers: Mapping[str, str] 
             w.used(now) < ROOM_SHARE * w.limit
         if not room:
             return False  # the minute was full: its own count explains the 429
+    st.burst_learned_at = now
+    if st.short_s is None:  # first: the provider's rule, as an exact window (raygrade.ratelimit.short)
+        st.short_s = LEARNED_SHORT_WINDOW_S
+        st.stats["short_window_learned"] += 1
+        st.apply_limits(now)
+        logger.warning("%s: the provider rejected a call while the minute had room (it enforces its limits over "
+                       "shorter periods); now also admitting at most its pro rata share in any %.0f s "
+                       "(rate_limit.short_window_s)", st.key, st.short_s)
+        return True
     if burst > MIN_BURST_S:
         st.learned_burst_s = max(MIN_BURST_S, burst / 2)
     else:
         st.rate_scale = max(MIN_RATE_SCALE, st.rate_scale * 0.98)
-    st.burst_learned_at = now
     st.stats["burst_lowered"] += 1
-    st.apply_limits()
+    st.apply_limits(now)
     logger.warning("%s: the provider rejected a call while the window had room (it enforces its limit over shorter "
                    "periods); admitting at most %.2f s of the steady rate at once, at %.2f of it", st.key,
                    st.burst_s() or 0.0, st.rate_scale)

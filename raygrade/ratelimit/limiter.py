@@ -52,6 +52,7 @@ from typing import Any
 from raygrade.config import RateLimitConfig
 from raygrade.errors import CircuitOpenError
 from raygrade.ratelimit.daily import refuse_impatient
+from raygrade.ratelimit.fair import head_waiter, join_share, serve_share
 from raygrade.ratelimit.learning import (
     explain_correction,
     learn_burst,
@@ -66,9 +67,6 @@ from raygrade.ratelimit.state import (
     _KeyState,
     _Open,
     _Waiter,
-    head_waiter,
-    join_share,
-    serve_share,
 )
 from raygrade.ratelimit.types import (  # noqa: F401  (Clock, Outcome, Priority, Reservation, Settlement, Sleep: public here too)
     PRIORITY_RANK,

@@ -20,6 +20,7 @@ from raygrade.ratelimit.daily import DailyQuota
 from raygrade.ratelimit.offers import LimitOffers
 from raygrade.ratelimit.pacer import Pacer
 from raygrade.ratelimit.rules import DIMENSIONS, Charged, Rule
+from raygrade.ratelimit.short import sync_short_windows
 from raygrade.ratelimit.types import Clock, Reservation
 from raygrade.ratelimit.window import Charge, SlidingWindow
 
@@ -101,7 +102,11 @@ class _KeyState:
         self.tok: SlidingWindow | None = None
         self.inp: SlidingWindow | None = None  # input tokens (itpm)
         self.out: SlidingWindow | None = None  # output tokens (otpm)
-        self.apply_limits()
+        # Short windows (raygrade.ratelimit.short): their period, configured or learned, and one
+        # per dimension with a per-minute window.
+        self.short_s = limits.short_window_s
+        self.short: dict[str, SlidingWindow] = {}
+        self.apply_limits(now)
         self.breaker = self._breaker(limits)
         self.waiters: list[_Waiter] = []
         # Start-time fair queueing in two levels: virtual times per (rank, tenant) and per
@@ -133,7 +138,7 @@ class _KeyState:
         self.timer: asyncio.Task | None = None
         self.stats = {"admitted_requests": 0, "admitted_tokens": 0, "settled_tokens": 0, "rate_limited": 0,
                       "failures": 0, "rejected_open": 0, "header_corrections": 0, "burst_lowered": 0,
-                      "quota_refused": 0}
+                      "quota_refused": 0, "short_window_learned": 0}
 
     def set_limits(self, limits: RateLimitConfig, now: float) -> None:
         """Put ``limits`` in force, keeping everything charged, queued, in flight and learned
@@ -150,7 +155,9 @@ class _KeyState:
         if (old.breaker_failure_threshold, old.breaker_cooldown_s, old.breaker_max_cooldown_s) != (
                 limits.breaker_failure_threshold, limits.breaker_cooldown_s, limits.breaker_max_cooldown_s):
             self.breaker = self._breaker(limits)
-        self.apply_limits()
+        if limits.short_window_s is not None:  # configured: in force (a learned one only if shorter)
+            self.short_s = min(limits.short_window_s, self.short_s or limits.short_window_s)
+        self.apply_limits(now)
 
     def counts_rejections(self) -> bool:
         """Whether a rejected call stays charged: configured so, or learned from the headers."""
@@ -261,7 +268,7 @@ class _KeyState:
             "count_ratio": self.count_ratio, "count_ratio_samples": self.ratio_samples,
             "image_count_ratio": self.image_ratio, "image_count_ratio_samples": self.image_samples,
             "mixed_count_ratio": self.mixed_ratio, "burst_s": self.burst_s(), "pace_rate_scale": self.rate_scale,
-            "rejections_counted": self.counts_rejections(),
+            "rejections_counted": self.counts_rejections(), "short_window_s": self.short_s if self.short else None,
             "max_send_delay_s": max((d for t, d in self.send_delays if t > now - self.window_s), default=None),
             "header_correction_tokens": sum(c.charge.amount for d, c in self.corrections.items()
                                             if d == "tokens" and c.charge.expires > now),
@@ -284,7 +291,8 @@ class _KeyState:
     def rules(self) -> list[tuple[str, Rule]]:
         """``(dimension, rule)`` for every rule the key enforces: its sliding windows, then its
         requests per day (a call is admitted when all of them let it, and charged in each)."""
-        return [*((dim, w) for dim in DIMENSIONS if (w := self.window(dim)) is not None), ("requests", self.day)]
+        return [*((dim, w) for dim in DIMENSIONS if (w := self.window(dim)) is not None), *self.short.items(),
+                ("requests", self.day)]
 
     def effective(self, dim: str) -> float | None:
         """The per-minute limit in force: the configured one, lowered by a learned one."""
@@ -300,7 +308,9 @@ class _KeyState:
         cfg = self.limits.burst_s
         return None if cfg is None else min(cfg, self.learned_burst_s or cfg)
 
-    def apply_limits(self) -> None:
+    def apply_limits(self, now: float) -> None:
+        """Put the effective limits (configured, lowered by learned ones), the burst and the short
+        windows in force; a window appears with its first limit and goes with its last."""
         burst = self.burst_s()
         for dim, (attr, _) in DIMENSIONS.items():
             eff, w = self.effective(dim), self.window(dim)
@@ -315,35 +325,6 @@ class _KeyState:
                 if w.pacer is not None and burst is not None:
                     w.pacer.burst_s, w.pacer.scale = burst, self.rate_scale
             setattr(self, attr, w)
+        minute = {dim: w for dim in DIMENSIONS if (w := self.window(dim)) is not None}
+        sync_short_windows(self.short, minute, self.short_s, self.limits.window_s, self.limits.window_margin_s, now)
 
-
-def join_share(st: _KeyState, rank: int, tenant: str, job: str) -> None:
-    """A waiter of (``tenant``, ``job``) joins ``st``'s queue: a tenant, or a job within its
-    tenant, that was not queued starts at its level's virtual clock (no credit for idle time)."""
-    tk, jk = (rank, tenant), (rank, tenant, job)
-    if not any(w.rank == rank and w.tenant == tenant for w in st.waiters):
-        st.vtime[tk] = max(st.vtime.get(tk, 0.0), st.vclock.get((rank,), 0.0))
-    if not any(w.rank == rank and w.tenant == tenant and w.job == job for w in st.waiters):
-        st.vtime[jk] = max(st.vtime.get(jk, 0.0), st.vclock.get(tk, 0.0))
-
-
-def head_waiter(st: _KeyState) -> _Waiter:
-    """The next waiter: the best priority class, then the tenant granted the fewest tokens, then
-    that tenant's job granted the fewest, then FIFO (Goyal et al., "Start-time Fair Queueing",
-    SIGCOMM 1996, applied per level as in hierarchical SFQ, OSDI 1996)."""
-    rank = min(w.rank for w in st.waiters)
-    return min((w for w in st.waiters if w.rank == rank),
-               key=lambda w: (st.vtime.get((w.rank, w.tenant), 0.0), st.vtime.get((w.rank, w.tenant, w.job), 0.0),
-                              w.seq))
-
-
-def serve_share(st: _KeyState, w: _Waiter, tokens: int) -> None:
-    """Account ``tokens`` granted to ``w`` at both levels and advance the virtual clocks."""
-    tk, jk = (w.rank, w.tenant), (w.rank, w.tenant, w.job)
-    st.vclock[(w.rank,)] = st.vtime.get(tk, 0.0)
-    st.vclock[tk] = st.vtime.get(jk, 0.0)
-    st.vtime[tk] = st.vtime.get(tk, 0.0) + max(1, tokens)
-    st.vtime[jk] = st.vtime.get(jk, 0.0) + max(1, tokens)
-    if len(st.vtime) > 4096:  # forget what is not queued
-        queued = {k for w2 in st.waiters for k in ((w2.rank, w2.tenant), (w2.rank, w2.tenant, w2.job))}
-        st.vtime = {k: v for k, v in st.vtime.items() if k in queued}

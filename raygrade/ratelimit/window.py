@@ -96,6 +96,11 @@ class SlidingWindow:
         return sum(c.peak_since(since) for c in (*self._log, *self._timed)) + sum(
             c.peak_since(since) for c in self._expired if c.expires > since)
 
+    def live(self, now: float) -> list[Charge]:
+        """The entries not yet expired at ``now`` (calls, corrections and assumed usage)."""
+        self._expire(now)
+        return [*self._log, *self._timed]
+
     def used(self, now: float) -> float:
         """Units charged in the window ending at ``now``."""
         self._expire(now)
