@@ -43,9 +43,13 @@ binding limit (limits derived from the workload):
   each call);
 - ``tpm-per10s``: TPM binding, the provider enforces its per-minute limit pro rata over any 10 s
   (TPM/6 per 10 s, as OpenAI may enforce a limit over shorter periods) while its headers and
-  everyone's configuration give the documented per-minute limits: bursts draw 429s; raygrade's
-  smooth admission (``rate_limit.burst_s``; ``--burst-s off`` for the earlier limiter) learns its
-  burst down from them;
+  everyone's configuration give the documented per-minute limits: bursts draw 429s; raygrade
+  learns a 10-s short window from the first (``--short-window-s 10`` configures it instead, as for
+  a provider that documents its rule; ``--burst-s off`` for the limiter before smooth admission).
+  No client reaches the TPM under such a rule (a request's part that does not fit at each 10-s
+  boundary, and the up-front charges of calls in flight, are a larger share of 10 s than of a
+  minute), so the row also prints what the rule allows: the use per minute of a client that knows
+  it exactly and sends each request the moment it fits (:func:`rule_allows`);
 - ``anthropic-itpm`` / ``anthropic-otpm``: the fake Messages API (continuously refilled buckets,
   input and output tokens apart, its own text count), input or output tokens/min binding
   (``benchmarks/_anthropic_rows.py``; systems raygrade, asyncio with the ``anthropic`` SDK, LiteLLM);
@@ -63,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -359,7 +364,7 @@ def rule_allows(log: list[RequestRecord], tpm: int, window_s: float, latency_s: 
     limit, t, live, times = tpm * window_s / 60, 0.0, [], []  # live: (arrived, charge, final, answered)
     for r in reqs:
         while True:
-            live = [e for e in live if e[0] > t - window_s]
+            live = [e for e in live if e[0] + window_s > t]  # the same sum as the expiries below: t advances
             if sum(e[2] if e[3] <= t else e[1] for e in live) + r.charged_tokens <= limit + 1e-9 or not live:
                 break
             t = min([e[0] + window_s for e in live] + [e[3] for e in live if e[3] > t])
@@ -426,6 +431,8 @@ def run_systems(w: dict, a: argparse.Namespace, systems: list[str], server_opts:
             log = srv.log()
         finally:
             srv.stop()
+        with (a.out / f"server-log-{name}.jsonl").open("w") as fh:  # the provider's own record, to audit
+            fh.writelines(json.dumps(dataclasses.asdict(r)) + "\n" for r in log)
         m = metrics(log, a.tpm, len(w["batches"]), t_start, t_end)
         if log and [r for r in log if r.status == 200]:
             m["wall_s"] = max(r.t for r in log) - min(r.t for r in log)  # first request to last answer

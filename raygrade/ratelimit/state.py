@@ -20,7 +20,7 @@ from raygrade.ratelimit.daily import DailyQuota
 from raygrade.ratelimit.offers import LimitOffers
 from raygrade.ratelimit.pacer import Pacer
 from raygrade.ratelimit.rules import DIMENSIONS, Charged, Rule
-from raygrade.ratelimit.short import sync_short_windows
+from raygrade.ratelimit.short import SHORT_BURST_SHARE, sync_short_windows
 from raygrade.ratelimit.types import Clock, Reservation
 from raygrade.ratelimit.window import Charge, SlidingWindow
 
@@ -303,9 +303,11 @@ class _KeyState:
         return configured or learned
 
     def burst_s(self) -> float | None:
-        """The smooth-admission burst in force: the configured one, lowered by a learned one
-        (``None``: off)."""
+        """The smooth-admission burst in force: the configured one, at most a tenth of a short
+        window, lowered by a learned one (``None``: off)."""
         cfg = self.limits.burst_s
+        if cfg is not None and self.short_s is not None:  # see raygrade.ratelimit.short.SHORT_BURST_SHARE
+            cfg = min(cfg, self.short_s * SHORT_BURST_SHARE)
         return None if cfg is None else min(cfg, self.learned_burst_s or cfg)
 
     def apply_limits(self, now: float) -> None:

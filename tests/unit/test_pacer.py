@@ -72,20 +72,20 @@ def test_a_429_while_the_window_has_room_adds_a_short_window_then_halves_the_bur
         rs = [await lim.acquire("k", 100) for _ in range(3)]
         for r in rs:                               # one burst rejected together: learned from once
             await lim.settle(r, Settlement(None, outcome="rate_limited"))
-        snap = lim.snapshot()["k"]                 # first a 10-s window (raygrade.ratelimit.short)
+        snap = lim.snapshot()["k"]                 # first a 10-s window (raygrade.ratelimit.short) ...
         assert snap["short_window_s"] == 10 and snap["short_window_learned"] == 1
-        assert snap["burst_s"] == 4 and snap["burst_lowered"] == 0
+        assert snap["burst_s"] == 1 and snap["burst_lowered"] == 0, "... which allows a tenth of it at once"
         await clock.advance(1)
         await lim.settle(await lim.acquire("k", 100), Settlement(None, outcome="rate_limited"))
         snap = lim.snapshot()["k"]
-        assert snap["burst_s"] == 2 and snap["burst_lowered"] == 1 and snap["short_window_learned"] == 1
+        assert snap["burst_s"] == 0.5 and snap["burst_lowered"] == 1 and snap["short_window_learned"] == 1
         for _ in range(16):
             await clock.advance(2)
             await lim.settle(await lim.acquire("k", 100), Settlement(None, outcome="rate_limited"))
         snap = lim.snapshot()["k"]
         assert snap["burst_s"] == MIN_BURST_S, "never below the floor"
         # then the pace: 2 % a time, down to its floor
-        assert snap["pace_rate_scale"] == MIN_RATE_SCALE and snap["burst_lowered"] == 6 + 9  # halvings, then 2 % steps
+        assert snap["pace_rate_scale"] == MIN_RATE_SCALE and snap["burst_lowered"] == 4 + 9  # halvings, then 2 % steps
 
         # A 429 with the window (nearly) full is the window's business: the burst stays.
         full = RateLimiter(clock=clock, sleep=clock.sleep)

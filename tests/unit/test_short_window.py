@@ -41,8 +41,8 @@ def test_a_configured_short_window_holds_every_span_to_its_share_and_refunds_rea
     async def main():
         clock = VirtualClock()
         lim = RateLimiter(clock=clock, sleep=clock.sleep)
-        # 6,000 TPM with a burst of the whole minute: only the 10-s window (1,000) holds it.
-        lim.configure("k", RateLimitConfig(tpm=6000, window_margin_s=0, burst_s=60, short_window_s=10))
+        # 6,000 TPM without smooth admission: only the 10-s window (1,000) holds it.
+        lim.configure("k", RateLimitConfig(tpm=6000, window_margin_s=0, burst_s=None, short_window_s=10))
         rs = [await lim.acquire("k", 250) for _ in range(4)]
         waiter = asyncio.create_task(lim.acquire("k", 200))
         await clock.advance(0.1)
@@ -66,3 +66,48 @@ def test_callers_that_disagree_keep_the_shorter_short_window():
     assert a.stricter(RateLimitConfig(tpm=6000, short_window_s=1)).short_window_s == 1
     with pytest.raises(ValueError):
         RateLimitConfig(short_window_s=0)
+    lim = RateLimiter()
+    lim.configure("k", a)
+    assert lim.snapshot()["k"]["burst_s"] == 1, "a tenth of the short window at once, not the default 6 s"
+
+
+def test_against_a_real_server_enforcing_per_2_s_a_configured_short_window_draws_no_429():
+    """Through HTTP on the real clock (no Ray): the fake OpenAI server allows TPM/30 in any 2 s and
+    gives the per-minute limits in its headers. Four callers send calls for 3 s each run: with
+    ``short_window_s=2`` none is rejected; without it, the limiter's 6-s burst draws 429s at once
+    (the double disagrees with a per-minute reading)."""
+    import httpx
+
+    from raygrade.testing.fake_openai import FakeOpenAIServer
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 150}
+
+    async def run(short_window_s):
+        srv = FakeOpenAIServer(tpm=60_000, window_s=2, minute_headers=True).start()
+        lim = RateLimiter()
+        lim.configure("k", RateLimitConfig(tpm=60_000, rejected_requests_count=False, window_margin_s=0.25,
+                                           short_window_s=short_window_s))
+        statuses: list[int] = []
+        try:
+            async with httpx.AsyncClient(base_url=srv.base_url, timeout=10,
+                                         headers={"Authorization": "Bearer sk-test"}) as http:
+                end = asyncio.get_running_loop().time() + 3
+
+                async def caller():
+                    while asyncio.get_running_loop().time() < end:
+                        r = await lim.acquire("k", 200)
+                        resp = await http.post("/chat/completions", json=body)
+                        statuses.append(resp.status_code)
+                        usage = resp.json().get("usage") or {}
+                        await lim.settle(r, Settlement(usage.get("total_tokens"), headers=dict(resp.headers),
+                                                       outcome="ok" if resp.status_code == 200 else "rate_limited"))
+
+                await asyncio.gather(*(caller() for _ in range(4)))
+        finally:
+            srv.stop()
+        return statuses
+
+    with_short = asyncio.run(run(2.0))
+    assert with_short.count(429) == 0 and with_short.count(200) >= 30, with_short
+    without = asyncio.run(run(None))
+    assert without.count(429) > 0, without
