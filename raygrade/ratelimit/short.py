@@ -15,9 +15,9 @@ it (up front, refunded to the provider's count, moved by the call's send delay),
 what such a provider counts, charge for charge. Its margin is the minute window's, scaled to its
 length (``window_margin_s · P / window_s``): the same share of the window.
 
-It costs a provider that counts per minute only: any P seconds then hold one P-th of a minute's
-share at most, and the part of a call that does not fit at each boundary is lost more often
-than in the minute. So unless ``rate_limit.short_window_s`` configures it, a key has none until
+It costs a provider that counts per minute only: any P seconds then hold at most ``P/60`` of the
+minute's limit, and the part of a call that does not fit at each boundary is lost ``60/P`` times
+as often as in the minute. So unless ``rate_limit.short_window_s`` configures it, a key has none until
 a 429 comes while its minute windows had room (:func:`raygrade.ratelimit.learning.learn_burst`):
 then one of :data:`LEARNED_SHORT_WINDOW_S` is added, holding what the minute windows charged in
 its span. A key with a short window also admits smaller bursts (:data:`SHORT_BURST_SHARE`).
