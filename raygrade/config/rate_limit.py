@@ -137,8 +137,8 @@ def quota_zone(name: str) -> dt.tzinfo:
         raise ValueError(f"unknown time zone {name!r} (an IANA name, or UTC+HH:MM)") from exc
 
 
-def _lower_limit(a: int | None, b: int | None) -> int | None:
-    """The lower of two limits, where ``None`` (no limit) is the loosest."""
+def _lower_limit(a: Any, b: Any) -> Any:
+    """The lower of two values (limits, a burst, a short window), where ``None`` (none) is the loosest."""
     return b if a is None else a if b is None else min(a, b)
 
 
@@ -162,8 +162,8 @@ STRICTER: dict[str, Any] = {
     "max_concurrent_requests": _lower_limit,
     "max_concurrent_tokens": _lower_limit,
     "in_flight_timeout_s": max,
-    "burst_s": lambda a, b: b if a is None else a if b is None else min(a, b),  # a smaller burst; off is loosest
-    "short_window_s": lambda a, b: b if a is None else a if b is None else min(a, b),  # a shorter window
+    "burst_s": _lower_limit,  # a smaller burst; off is loosest
+    "short_window_s": _lower_limit,  # a shorter window; none is loosest
 }
 
 

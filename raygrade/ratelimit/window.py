@@ -92,8 +92,7 @@ class SlidingWindow:
         """Units that were live at some time in ``[since, now]``, each at its largest amount
         then (before a refund): an upper bound on what a provider that answered in that
         interval can have counted from these charges."""
-        self._expire(now)
-        return sum(c.peak_since(since) for c in (*self._log, *self._timed)) + sum(
+        return sum(c.peak_since(since) for c in self.live(now)) + sum(
             c.peak_since(since) for c in self._expired if c.expires > since)
 
     def live(self, now: float) -> list[Charge]:
