@@ -13,7 +13,8 @@ A short window is the exact rule instead: a :class:`~raygrade.ratelimit.window.S
 ``limit·P/60`` over P seconds beside each per-minute one, charged, settled and postponed like
 it (up front, refunded to the provider's count, moved by the call's send delay), so it admits
 what such a provider counts, charge for charge. Its margin is the minute window's, scaled to its
-length (``window_margin_s · P / window_s``): the same share of the window.
+length (``window_margin_s · P / window_s``: the same share of the window), but not below
+:data:`SHORT_MARGIN_FLOOR_S` (nor above ``window_margin_s``).
 
 It costs a provider that counts per minute only: any P seconds then hold at most ``P/60`` of the
 minute's limit, and the part of a call that does not fit at each boundary is lost ``60/P`` times
@@ -36,15 +37,23 @@ from raygrade.ratelimit.window import SlidingWindow
 #: short window's whole margin) and two calls of the next window were rejected.
 SHORT_BURST_SHARE = 0.1
 
+#: The least margin of a short window, in seconds (unless ``window_margin_s`` is less). A call
+#: is counted by the provider a little after it leaves, and that delay does not shrink with the
+#: window: measured against the fake provider at the start of a run (fresh connections, busy
+#: server), calls were counted more than 0.17 s (10 s scaled from a 1-s minute margin) after the
+#: limiter let them out, and one call of the next window was rejected.
+SHORT_MARGIN_FLOOR_S = 0.25
+
 #: The period a key learns from a rejection its minute windows do not explain (Azure OpenAI's
 #: 10-s windows; a provider enforcing over 1 s is met by the pacer learning its burst down).
 LEARNED_SHORT_WINDOW_S = 10.0
 
 
 def short_length(period_s: float, window_s: float, margin_s: float) -> float:
-    """Length of a short window of ``period_s`` beside a minute window of ``window_s`` with a
-    margin of ``margin_s``: ``period_s · (1 + margin_s / window_s)`` seconds."""
-    return period_s * (1.0 + margin_s / window_s)
+    """Length in seconds of a short window of ``period_s`` beside a minute window of ``window_s``
+    with a margin of ``margin_s``: ``period_s`` plus its margin, ``margin_s · period_s /
+    window_s`` but at least :data:`SHORT_MARGIN_FLOOR_S` and at most ``margin_s``."""
+    return period_s + min(margin_s, max(margin_s * period_s / window_s, SHORT_MARGIN_FLOOR_S))
 
 
 def sync_short_windows(short: dict[str, SlidingWindow], minute: Mapping[str, SlidingWindow],

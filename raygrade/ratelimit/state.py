@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -32,6 +33,11 @@ OPEN_RESERVATIONS_SOFT_CAP = 10_000
 RATIO_MIN_SAMPLES = 3
 #: EWMA weights of a new ratio sample: fast up (an under-estimate causes 429s), slow down.
 RATIO_ALPHA_UP, RATIO_ALPHA_DOWN = 0.5, 0.1
+#: Share added to a prompt's estimate scaled by a learned ratio while its call is in flight. The
+#: ratio is an average and the provider counts each call up front: measured, a call charged at the
+#: learned ratio was counted 2 tokens above its charge while a short window was full to the token,
+#: and the provider rejected the next call. The excess is refunded when the call settles.
+ESTIMATE_MARGIN = 0.005
 #: Outside this band the estimates are off enough to warn about.
 RATIO_WARN_BAND = (0.8, 1.25)
 #: Readings in a row that show refunded rejections counted by the provider before it is believed.
@@ -240,12 +246,15 @@ class _KeyState:
         """``tokens`` with its prompt part as the provider will count it: text × the text ratio,
         images × the image ratio (``images`` is part of ``prompt``); for a call with images at
         least prompt × the ratio learned on whole prompts with images, in case the provider
-        miscounts their text too (the split then cannot tell text from images apart)."""
+        miscounts their text too (the split then cannot tell text from images apart). A prompt
+        scaled by a learned ratio gets :data:`ESTIMATE_MARGIN` on top, rounded up."""
         text_r, image_r, mixed_r = self.ratios()
         counted = (prompt - images) * text_r + images * image_r
         if images:
             counted = max(counted, prompt * mixed_r)
-        return max(0, tokens + round(counted - prompt))
+        if counted == prompt:
+            return tokens
+        return max(0, tokens + math.ceil(counted * (1.0 + ESTIMATE_MARGIN) - prompt))
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Effective limits, availability, queue, pause, learned counts, breaker and counters."""

@@ -2,6 +2,7 @@
 breaker and restarts, on a virtual clock (no Ray, no waiting)."""
 
 import asyncio
+import math
 
 import pytest
 from support.clock import VirtualClock
@@ -12,6 +13,7 @@ from raygrade.errors import CircuitOpenError
 from raygrade.ratelimit.breaker import CircuitBreaker
 from raygrade.ratelimit.limiter import RateLimiter, Settlement
 from raygrade.ratelimit.offers import OFFER_TTL_S
+from raygrade.ratelimit.state import ESTIMATE_MARGIN
 from raygrade.ratelimit.window import SlidingWindow, parse_duration, parse_rate_limit_headers
 
 W = 61.0  # 60 s + the default 1 s margin
@@ -866,7 +868,8 @@ def test_the_rule_for_rejected_calls_is_learned_from_remaining_requests(provider
 # -- the provider's own count ---------------------------------------------------------------
 def test_reservations_learn_the_providers_prompt_count():
     """A provider that counts 4x raygrade's prompt estimate (images by another rule): from the
-    second call every reservation is prompt x 4 + max_tokens, so the window holds what it charges."""
+    second call every reservation is prompt x 4 (plus the estimate margin) + max_tokens, so the
+    window holds what it charges."""
     async def main():
         clock = VirtualClock()
         lim = limiter(clock, tpm=100_000)
@@ -876,7 +879,8 @@ def test_reservations_learn_the_providers_prompt_count():
             sizes.append(r.tokens)
             await lim.settle(r, Settlement(4_000 + 50, prompt_tokens=4_000))
         assert sizes[0] == 1_200 and sizes[-1] > 3_900 + 200
-        assert sizes[1] == 4_000 + 200, "one reading above the prior guess is taken whole, not averaged with it"
+        assert sizes[1] == math.ceil(4_000 * (1 + ESTIMATE_MARGIN)) + 200, \
+            "one reading above the prior guess is taken whole, not averaged with it"
         snap = lim.snapshot()["k"]
         assert snap["count_ratio"] == pytest.approx(4.0, rel=0.05) and snap["count_ratio_samples"] == 6
 

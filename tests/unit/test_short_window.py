@@ -22,9 +22,11 @@ def test_short_windows_follow_the_minute_windows_and_start_with_what_they_hold()
     sync_short_windows(short, minute, 10.0, 60.0, 1.0, now=60.0)
     assert set(short) == {"tokens", "requests"}
     tok = short["tokens"]
-    assert tok.limit == 1000 and tok.window_s == pytest.approx(short_length(10, 60, 1)) == pytest.approx(10 + 1 / 6)
+    # The minute's margin scaled to the short window (1/6 s), but not below the floor.
+    assert tok.limit == 1000 and tok.window_s == pytest.approx(short_length(10, 60, 1)) == pytest.approx(10.25)
+    assert short_length(10, 60, 3) == pytest.approx(10.5) and short_length(10, 60, 0.1) == pytest.approx(10.1)
     assert tok.used(60.0) == 1000                             # 700 + 300, each freeing one short window after it
-    assert tok.used(65.2) == 300 and tok.used(70.2) == 0      # 55 + 10.17; 58 + 2 + 10.17
+    assert tok.used(65.3) == 300 and tok.used(70.3) == 0      # 55 + 10.25; 58 + 2 + 10.25
     # A lower limit learned later reaches the short window; its charges stay.
     tok.charge(400, 71.0)
     minute["tokens"].limit = 3000
