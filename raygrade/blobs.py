@@ -16,7 +16,7 @@ from raygrade.blob_store import BlobStore, default_blob_uri, is_local
 from raygrade.decode_pool import decode_pool
 from raygrade.errors import InvalidRequestError
 from raygrade.protocol import MAX_PAGES, GradingJob, ImagePage, StoredImage, media_type_of
-from raygrade.scans import MAX_PAGE_PIXELS, MAX_PAGES_PER_FILE, page_images, pixel_count
+from raygrade.scans import MAX_PAGE_PIXELS, MAX_PAGES_PER_FILE, MapPages, page_images, pixel_count
 
 __all__ = ["BlobStore", "check_image", "check_model_answer_images", "check_pixels", "check_student_pages",
            "default_blob_uri", "externalize", "image_size", "inline", "is_local", "page_bytes", "pages_of"]
@@ -107,15 +107,17 @@ def check_model_answer_images(job: GradingJob, tenant: str = "") -> None:
             raise InvalidRequestError(f"{name}: {res}", param=f"{name}.data") from None
 
 
-def pages_of(data: bytes, max_pages: int = MAX_PAGES_PER_FILE) -> list[tuple[bytes, tuple[int, int]]]:
+def pages_of(data: bytes, max_pages: int = MAX_PAGES_PER_FILE, map_pages: MapPages | None = None
+             ) -> list[tuple[bytes, tuple[int, int]]]:
     """The page images of one uploaded page file (:func:`raygrade.scans.page_images`, at most
-    ``max_pages``) with their pixel sizes: a PNG or JPEG kept as uploaded is decoded
-    (:func:`check_image`); one that scans encoded from decoded pixels has its size read from its header.
+    ``max_pages``, a PDF's pages finished through ``map_pages``) with their pixel sizes: a PNG or
+    JPEG kept as uploaded is decoded (:func:`check_image`); one that scans encoded from decoded
+    pixels has its size read from its header.
 
     Raises:
         ValueError: the file or a page image cannot be read, or has too many pages (see both functions)."""
     return [(img, check_image(img) if img is data else image_size(img))
-            for img in page_images(data, max_pages=max_pages)]
+            for img in page_images(data, max_pages=max_pages, map_pages=map_pages)]
 
 
 def check_pixels(files: list[bytes], max_pixels: int | None, what: str) -> None:

@@ -19,6 +19,7 @@ clock with a store on a temporary SQLite file (``tests/unit/test_dispatch.py``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -75,6 +76,8 @@ class _Run:
     def __init__(self) -> None:
         self.in_flight: set[asyncio.Task] = set()
         self.exhausted = False
+        # The job's context (its span): a batch leased by another batch's task is the job's child too.
+        self.context = contextvars.copy_context()
 
 
 class JobDispatcher:
@@ -300,8 +303,17 @@ class JobDispatcher:
                 error_type, message = "grader_error", f"grader call failed {losses} times: {type(exc).__name__}"
             outcome, replica = BatchOutcome(batch_id=batch.batch_id, results=[], usage={}, calls=0, errors=[
                 students_error(batch.students, error_type, message, batch.batch_id)]), None
-        if run.exhausted and len(run.in_flight) == 1:  # nothing else pending or in flight: the job's last batch
+        if run.exhausted and sum(not t.done() for t in run.in_flight) == 1:  # nothing else pending or in flight
             _, final = await self._registry.complete_and_finish(job_id, outcome, replica)
             return final
-        await self._registry.complete_batch(job_id, outcome, replica)
+        if run.exhausted:
+            await self._registry.complete_batch(job_id, outcome, replica)
+            return None
+        # The slot this batch frees goes to the job's next batch, leased in the same round trip;
+        # it joins the run's tasks before this one leaves them, so the run never holds more than its limit.
+        _, leased = await self._registry.complete_and_lease(job_id, outcome, replica, self.owner,
+                                                            self._cfg.batch_lease_s, 1)
+        run.exhausted = run.exhausted or not leased
+        run.in_flight |= {asyncio.create_task(self._grade(job_id, b, run), context=run.context.copy())
+                         for b in leased}
         return None

@@ -26,7 +26,9 @@ counts what is sent.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from collections.abc import Callable
 
 #: Most pixels a page image may have (width × height): 64 M, an A4 page scanned at 600 dpi
 #: (4961 × 7016 = 34.8 M) with room to spare. Checked from the header before any pixel is
@@ -66,8 +68,12 @@ def is_page_file(data: bytes) -> bool:
     return sniff(data) in {"png", "jpeg", "webp", "tiff", "heif", "pdf"}
 
 
+#: ``map_pages(fn, pages)`` → ``[fn(k) for k in pages]``, in order, perhaps on several threads.
+MapPages = Callable[[Callable[[int], bytes], list[int]], list[bytes]]
+
+
 def page_images(data: bytes, *, pdf_dpi: int = DEFAULT_PDF_DPI, max_pixels: int = MAX_PAGE_PIXELS,
-                max_pages: int = MAX_PAGES_PER_FILE) -> list[bytes]:
+                max_pages: int = MAX_PAGES_PER_FILE, map_pages: MapPages | None = None) -> list[bytes]:
     """The page images (PNG or JPEG files, in page order) of one uploaded page file.
 
     Args:
@@ -75,6 +81,10 @@ def page_images(data: bytes, *, pdf_dpi: int = DEFAULT_PDF_DPI, max_pixels: int 
         pdf_dpi: Dots per inch a PDF page is rendered at.
         max_pixels: Most pixels (width × height) of one page, checked before decoding it.
         max_pages: Most pages the file may hold.
+        map_pages: How a PDF's pages are finished once PDFium has read them (checking a scanned
+            JPEG, encoding a render: Pillow, outside the process's PDFium lock): a parallel map
+            spreads one file over every core (the Files API passes the decode pool's);
+            ``None``: one after another, here.
 
     Raises:
         ValueError: a format not accepted (named), an encrypted, corrupt or empty file, more than
@@ -85,7 +95,7 @@ def page_images(data: bytes, *, pdf_dpi: int = DEFAULT_PDF_DPI, max_pixels: int 
     if kind in ("png", "jpeg"):
         return [_upright_jpeg(data, max_pixels) if kind == "jpeg" else data]
     if kind == "pdf":
-        return _pdf_pages(data, pdf_dpi, max_pixels, max_pages)
+        return _pdf_pages(data, pdf_dpi, max_pixels, max_pages, map_pages or (lambda fn, ks: [fn(k) for k in ks]))
     if kind in ("webp", "tiff", "heif"):
         return _frames(data, kind, max_pixels, max_pages)
     found = f"a {kind.upper()} file" if kind else "not an image or PDF file"
@@ -104,15 +114,19 @@ def pixel_count(data: bytes, pdf_dpi: int = DEFAULT_PDF_DPI) -> int:
     if kind == "pdf":
         try:
             import pypdfium2 as pdfium
-
-            pdf = pdfium.PdfDocument(data)
-        except Exception:
-            raise ValueError("the PDF file cannot be read") from None
-        try:
-            scale = pdf_dpi / 72.0
-            return sum(round(w * scale) * round(h * scale) for w, h in (pdf.get_page_size(k) for k in range(len(pdf))))
-        finally:
-            pdf.close()
+        except ImportError:  # a core dependency; only a broken install lacks it
+            raise ValueError("the PDF file cannot be read (no pypdfium2 package)") from None
+        scale = pdf_dpi / 72.0
+        with _PDFIUM:
+            try:
+                pdf = pdfium.PdfDocument(data)
+            except Exception:
+                raise ValueError("the PDF file cannot be read") from None
+            try:
+                sizes = (pdf.get_page_size(k) for k in range(len(pdf)))
+                return sum(round(w * scale) * round(h * scale) for w, h in sizes)
+            finally:
+                pdf.close()
     if kind is None:
         raise ValueError("not a page file")
     from PIL import ImageSequence
@@ -226,15 +240,13 @@ def _frames(data: bytes, kind: str, max_pixels: int, max_pages: int) -> list[byt
     return pages
 
 
-def _scanned_jpeg(pdfium, page, w: int, h: int) -> bytes | None:
+def _jpeg_stream(pdfium, page, w: int, h: int) -> bytes | None:
     """The JPEG a scanned PDF page is, when the page is exactly that: one upright image object
-    covering the page, a plain JPEG stream (``DCTDecode`` only) in grey or RGB, no larger than the
-    page rendered at the stated dpi (``w`` × ``h`` pixels, 5 % slack) and without an EXIF
-    orientation. Its bytes are what a render would show, taken as they are instead of rendering and
-    re-encoding the page (≈ 0.1 ms instead of ≈ 20 ms; measured in ``benchmarks/uploads.py``);
-    decoded once here (at 1/8 scale) so a corrupt stream is rendered instead. ``None`` otherwise."""
-    from PIL import Image
-
+    covering the page, a plain JPEG stream (``DCTDecode`` only), no larger than the page rendered
+    at the stated dpi (``w`` × ``h`` pixels, 5 % slack). Its bytes are what a render would show,
+    taken as they are instead of rendering and re-encoding the page (≈ 0.1 ms instead of ≈ 20 ms;
+    measured in ``benchmarks/uploads.py``) once :func:`_plain_jpeg` accepts them. ``None``
+    otherwise. PDFium calls only: the caller holds :data:`_PDFIUM`."""
     if page.get_rotation() % 360:
         return None
     objs = list(page.get_objects(max_depth=1))
@@ -249,53 +261,90 @@ def _scanned_jpeg(pdfium, page, w: int, h: int) -> bytes | None:
         return None
     if (right - left) * (top - bottom) < 0.95 * w_pt * h_pt:
         return None
-    data = bytes(img.get_data(decode_simple=False))
+    return bytes(img.get_data(decode_simple=False))
+
+
+def _plain_jpeg(data: bytes) -> bool:
+    """Whether ``data`` is a JPEG in grey or RGB without an EXIF orientation that decodes (at 1/8
+    scale: every coefficient is still read), so a corrupt stream is rendered instead."""
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format != "JPEG" or im.mode not in ("L", "RGB") or im.getexif().get(0x0112, 1) not in (None, 1):
-                return None
+                return False
+            iw, ih = im.size
             im.draft(im.mode, (max(1, iw // 8), max(1, ih // 8)))
             im.load()
     except Exception:  # a stream Pillow cannot read: the render decides
-        return None
-    return data
+        return False
+    return True
 
 
-def _pdf_pages(data: bytes, dpi: int, max_pixels: int, max_pages: int) -> list[bytes]:
+#: PDFium is not thread-safe, not even across documents ("only a single pdfium call at a time",
+#: pypdfium2's docs): every PDFium call in the process holds this lock. Pillow's share of a page
+#: (checking its JPEG, encoding its render) runs outside it, so one file's pages are finished on
+#: every core at once when :func:`page_images` is given a parallel ``map_pages``.
+_PDFIUM = threading.Lock()
+
+
+def _pdf_pages(data: bytes, dpi: int, max_pixels: int, max_pages: int, map_pages: MapPages) -> list[bytes]:
     """Every page of a PDF rendered at ``dpi`` (PDFium, through ``pypdfium2``) and re-encoded,
-    or the scanned JPEG it is (:func:`_scanned_jpeg`)."""
+    or the scanned JPEG it is (:func:`_jpeg_stream`); pages run through ``map_pages``. Every
+    page's size is checked against ``max_pixels`` before any page is read."""
     try:
         import pypdfium2 as pdfium
     except ImportError:  # a core dependency; only a broken install lacks it
         raise ValueError("PDF pages need the pypdfium2 package") from None
-    try:
-        pdf = pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as exc:
-        reason = "encrypted (a password is needed)" if "password" in str(exc).lower() else "not a readable PDF"
-        raise ValueError(f"the PDF file is {reason}") from None
-    try:
-        n = len(pdf)
-        if n == 0:
-            raise ValueError("the PDF file has no pages")
-        if n > max_pages:
-            raise ValueError(f"the PDF file has {n} pages; the limit is {max_pages}")
-        scale = dpi / 72.0  # PDF user space is 1/72 inch
-        pages = []
-        for k in range(n):
+    scale = dpi / 72.0  # PDF user space is 1/72 inch
+    with _PDFIUM:
+        try:
+            pdf = pdfium.PdfDocument(data)
+        except pdfium.PdfiumError as exc:
+            reason = "encrypted (a password is needed)" if "password" in str(exc).lower() else "not a readable PDF"
+            raise ValueError(f"the PDF file is {reason}") from None
+    closed = False  # set (under the lock) when the document is closed: a page task still queued stops
+    sizes: list[tuple[int, int]] = []
+
+    def render(k: int, jpeg: bool):
+        """Page ``k``'s JPEG stream (``jpeg``, when it is one) or its render as a PIL image."""
+        with _PDFIUM:
+            if closed:
+                raise ValueError("the PDF file was closed")
             page = pdf[k]
             try:
-                w_pt, h_pt = page.get_size()
-                w, h = round(w_pt * scale), round(h_pt * scale)
-                _check_pixels(w, h, max_pixels, f"page {k + 1} of the PDF file at {dpi} dpi")
-                if (scan := _scanned_jpeg(pdfium, page, w, h)) is not None:
-                    pages.append(scan)
-                    continue
+                if jpeg and (stream := _jpeg_stream(pdfium, page, *sizes[k])) is not None:
+                    return stream
                 bitmap = page.render(scale=scale, grayscale=False)
-                pages.append(_encode(_grey_if_no_colour(bitmap.to_pil())))
+                try:
+                    return bitmap.to_pil().copy()  # PIL may share the bitmap's buffer: copied before it is freed
+                finally:
+                    bitmap.close()
             finally:
                 page.close()
-        return pages
+
+    def one(k: int) -> bytes:
+        got = render(k, jpeg=True)
+        if isinstance(got, bytes):
+            if _plain_jpeg(got):
+                return got
+            got = render(k, jpeg=False)  # a stream Pillow refuses: rendered like any other page
+        return _encode(_grey_if_no_colour(got))
+
+    try:
+        with _PDFIUM:
+            n = len(pdf)
+            if n == 0:
+                raise ValueError("the PDF file has no pages")
+            if n > max_pages:
+                raise ValueError(f"the PDF file has {n} pages; the limit is {max_pages}")
+            sizes += [(round(w * scale), round(h * scale)) for w, h in (pdf.get_page_size(k) for k in range(n))]
+        for k, (w, h) in enumerate(sizes):
+            _check_pixels(w, h, max_pixels, f"page {k + 1} of the PDF file at {dpi} dpi")
+        return map_pages(one, list(range(n)))
     except pdfium.PdfiumError as exc:
         raise ValueError(f"the PDF file cannot be rendered ({type(exc).__name__})") from None
     finally:
-        pdf.close()
+        with _PDFIUM:
+            closed = True
+            pdf.close()

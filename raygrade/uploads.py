@@ -10,6 +10,7 @@ pages (:class:`raygrade.protocol.FilePage`) and carries no image bytes at all.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import unicodedata
@@ -47,8 +48,8 @@ def ingest(src: BinaryIO, blobs: BlobStore, filename: str, tenant: str = "", max
             to store it; Starlette's spooled upload file is).
         blobs: The blob store.
         filename: The file's name, for error messages.
-        tenant: The uploader: the file is split as one of its tasks on the decode pool, where
-            tenants take turns (:class:`raygrade.decode_pool.FairPool`).
+        tenant: The uploader: the file is split as its tasks on the decode pool (a PDF's pages
+            one task each), where tenants take turns (:class:`raygrade.decode_pool.FairPool`).
         max_pixels: Most pixels its pages may hold in all, counted from its headers before any
             is decoded (:func:`raygrade.blobs.check_pixels`); ``None``: no limit.
 
@@ -69,8 +70,12 @@ def ingest(src: BinaryIO, blobs: BlobStore, filename: str, tenant: str = "", max
     src.seek(0)
     data = src.read()  # splitting needs the whole file (bounded by api.max_body_bytes)
     check_pixels([data], max_pixels, f"file {filename!r}'s pages")
+    pool = decode_pool()
     try:
-        pages = decode_pool().submit(tenant, pages_of, data, MAX_FILE_PAGES).result()
+        if sniff(head) == "pdf":  # one task per page (PDFium's share of each under its lock): every core splits it
+            pages = pages_of(data, MAX_FILE_PAGES, functools.partial(pool.map, tenant))
+        else:
+            pages = pool.submit(tenant, pages_of, data, MAX_FILE_PAGES).result()
     except ValueError as exc:
         raise InvalidRequestError(f"file {filename!r}: {exc}", param="file") from None
     del data

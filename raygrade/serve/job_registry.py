@@ -305,6 +305,17 @@ class JobRegistryImpl:
 
         return await self._do(complete_and_finish)
 
+    async def complete_and_lease(self, job_id: str, outcome: BatchOutcome, replica: str | None, owner: str,
+                                 lease_s: float, limit: int) -> tuple[dict[str, int], list[GradeBatch]]:
+        """:meth:`complete_batch`, then :meth:`lease_batches` of up to ``limit`` batches to
+        ``owner``: a batch's slot handed to the job's next batch in the same round trip. Returns the
+        counts and the batches leased (fewer than ``limit``: none is pending now)."""
+        def complete_and_lease():
+            counts = self._store.complete_batch(job_id, outcome, replica)
+            return counts, self._store.lease_batches(job_id, owner, lease_s, limit)
+
+        return await self._do(complete_and_lease)
+
     # -- the webhook outbox -------------------------------------------------------------------
     async def lease_webhooks(self, owner: str, lease_s: float, limit: int = 16) -> list[tuple[str, str, str, int]]:
         """Due webhooks leased to ``owner`` (:meth:`JobStore.lease_webhooks`)."""

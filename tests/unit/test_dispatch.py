@@ -305,11 +305,19 @@ def test_a_failing_store_interrupts_the_job_and_the_control_loop_resumes_it(stor
         def __getattr__(self, name):
             return getattr(registry, name)
 
-        async def lease_batches(self, *args):
+        def _fail_once(self):
             if self.failures:
                 self.failures -= 1
                 raise ConnectionError("registry restarting")
+
+        async def lease_batches(self, *args):
+            self._fail_once()
             return await registry.lease_batches(*args)
+
+        async def complete_and_lease(self, job_id, outcome, replica, *lease):
+            counts = await registry.complete_batch(job_id, outcome, replica)  # the batch written, its lease lost
+            self._fail_once()
+            return counts, await registry.lease_batches(job_id, *lease)
 
     async def main():
         status, _ = store.create_job(make_job(3))
@@ -367,12 +375,12 @@ class CountingRegistry:
 @pytest.mark.parametrize(("students", "expected"), [
     # One batch: its status and body, the plan with the first lease, the grade with the finish.
     (2, {"status_and_job": 1, "plan_and_lease": 1, "complete_and_finish": 1}),
-    # Three batches, two at a time: the third leased when a slot frees, the last one finishing the job.
-    (6, {"status_and_job": 1, "plan_and_lease": 1, "lease_batches": 1, "complete_batch": 2,
-         "complete_and_finish": 1}),
+    # Five batches, two at a time: each completion leases the next batch into its slot in the same
+    # call (the fourth finds none left), the last one finishing the job: one call per batch.
+    (10, {"status_and_job": 1, "plan_and_lease": 1, "complete_and_lease": 4, "complete_and_finish": 1}),
 ])
-def test_a_small_job_takes_three_registry_calls_and_a_large_one_one_more_per_batch(store, registry, clock, students,
-                                                                                   expected):
+def test_a_small_job_takes_three_registry_calls_and_a_large_one_one_per_batch(store, registry, clock, students,
+                                                                              expected):
     async def main():
         status, _ = store.create_job(make_job(students))
         counting = CountingRegistry(registry)

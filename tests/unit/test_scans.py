@@ -168,3 +168,49 @@ def test_bulk_rows_split_their_page_files_the_same_way():
     assert [(s.student_id, len(s.pages)) for s in subs] == [("a", 4)]
     assert [(e["submission_id"], e["error_type"]) for e in errors] == [("b", "invalid_request_error")]
     assert errors[0]["error_message"].startswith("page_images[0]: the PDF file is encrypted")
+
+
+def _mixed_pdf() -> bytes:
+    """Vector pages, scanned pages and a scanned page whose JPEG stream Pillow cannot open."""
+    import pypdfium2 as pdfium
+
+    broken = scan_files.scanned_pdf(1).replace(b"\xff\xd8\xff", b"\xff\xd9\xff", 1)  # no JPEG SOI any more
+    doc = pdfium.PdfDocument.new()
+    for part in (scan_files.vector_pdf(2), scan_files.scanned_pdf(3), broken, scan_files.vector_pdf(1)):
+        src = pdfium.PdfDocument(part)
+        doc.import_pages(src)
+        src.close()
+    out = io.BytesIO()
+    doc.save(out)
+    doc.close()
+    return out.getvalue()
+
+
+def test_a_pdf_split_on_many_threads_at_once_gives_the_pages_of_a_serial_split():
+    """PDFium is not thread-safe, even across documents: every call holds one process-wide lock,
+    while Pillow finishes pages (checking a scan's JPEG, encoding a render) on every thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pdf = _mixed_pdf()
+    serial = page_images(pdf)
+    assert [_open(p).format for p in serial] == ["PNG", "PNG", "JPEG", "JPEG", "JPEG", "PNG", "PNG"]
+    assert all(p in pdf for p in serial[2:5]) and serial[5] not in pdf  # the broken stream is rendered
+    with ThreadPoolExecutor(4) as pages_pool, ThreadPoolExecutor(4) as files_pool:
+        def split(_: int) -> list[bytes]:
+            return page_images(pdf, map_pages=lambda fn, ks: list(pages_pool.map(fn, ks)))
+
+        assert list(files_pool.map(split, range(8))) == [serial] * 8
+        # Every page's size is checked before any page is read.
+        with pytest.raises(ValueError, match="page 1 of the PDF file"):
+            page_images(pdf, max_pixels=1275 * 1650 - 1, map_pages=lambda fn, ks: list(pages_pool.map(fn, ks)))
+        # A split that fails while pages are queued (the first failure is raised, the rest still
+        # run): the document is closed under the lock, and the pages not begun stop without reading it.
+        queued = []
+
+        def failing(fn, ks):
+            queued.extend(pages_pool.submit(fn, k) for k in ks)
+            raise ValueError("a page failed")
+
+        with pytest.raises(ValueError, match="a page failed"):
+            page_images(pdf, map_pages=failing)
+        assert all(f.exception() is None or "was closed" in str(f.exception()) for f in queued)

@@ -54,8 +54,8 @@ def test_a_submitted_job_is_one_trace_under_the_call_that_submitted_it(store, re
     assert sorted(b.attributes["raygrade.students"] for b in named["raygrade.batch"]) == [1, 2, 2]
     # Store calls made while driving the job are its children, with the job's trace id.
     stored = [s for s in spans.get_finished_spans() if s.name.startswith("raygrade.store ")]
-    assert {"raygrade.store status_and_job", "raygrade.store plan_and_lease", "raygrade.store lease_batches",
-            "raygrade.store complete_batch", "raygrade.store complete_and_finish"} == {s.name for s in stored}
+    assert {"raygrade.store status_and_job", "raygrade.store plan_and_lease", "raygrade.store complete_and_lease",
+            "raygrade.store complete_and_finish"} == {s.name for s in stored}
     assert {s.context.trace_id for s in stored} == {caller.get_span_context().trace_id}
 
 
