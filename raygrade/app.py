@@ -81,8 +81,9 @@ def build_app(args: RaygradeArgs | dict[str, Any] | None = None) -> Application:
     # Self-hosted models (and the embedded default) on Ray's LLM serving library: one LLMServer
     # deployment each; graders get their handles (Serve routes to a replica on any node).
     models = model_deployments(args)  # {} without served models (Ray's LLM library is not imported then)
-    grader = dep(Grader).bind(args.provider, args.batcher, args.namespace, models)
-    batcher = dep(batcher_dep).bind(args, registry, reader, grader)
+    grader_d = dep(Grader)
+    grader = grader_d.bind(args.provider, args.batcher, args.namespace, models)
+    batcher = dep(batcher_dep).bind(args, registry, reader, grader, grader_d.max_ongoing_requests)
     return dep(ingress_dep).bind(registry, batcher, args.store, args.api, args.namespace, args)
 
 

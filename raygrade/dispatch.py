@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from raygrade.batch import BatchOutcome, GradeBatch, students_error
 from raygrade.config import StoreConfig
 from raygrade.errors import PlanningError, RaygradeError, raygrade_cause
+from raygrade.inflight import GraderSlots
 from raygrade.protocol import GradingErrorItem, GradingJob, JobStatus
 from raygrade.serve.logs import ids
 from raygrade.tracing import extract, new_trace, span
@@ -110,6 +111,8 @@ class JobDispatcher:
         self.owner = owner or f"batcher-{uuid.uuid4().hex[:12]}"
         self._clock, self._sleep = clock, sleep
         self._jobs: dict[str, asyncio.Task] = {}
+        # Grader calls in flight across all jobs (unbounded until the Serve wrapper sizes it).
+        self.grader_slots = GraderSlots()
         self._leased: set[str] = set()  # batches this dispatcher is grading now (their leases are renewed)
         self._gauges_at = float("-inf")  # when the store's gauges were last read
 
@@ -281,7 +284,8 @@ class JobDispatcher:
 
     async def _grade_once(self, job_id: str, batch: GradeBatch, run: _Run) -> JobStatus | None:
         try:
-            outcome, replica = await self._grade_fn(batch)
+            async with self.grader_slots:  # leased while it waits: its lease is renewed as any other
+                outcome, replica = await self._grade_fn(batch)
         except Exception as exc:
             if (err := raygrade_cause(exc)) is not None:
                 # A page image missing from the blob store, or an error raised inside the grader

@@ -12,6 +12,7 @@ from :class:`raygrade.serve.webhook_sender.WebhookSender`, in a task of their ow
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from ray import serve
 
@@ -27,6 +28,8 @@ from raygrade.serve import HEALTH_CHECK_PERIOD_S
 from raygrade.serve.reader import read_submissions, reading_mode
 from raygrade.serve.webhook_sender import WebhookSender
 from raygrade.tracing import detached, span
+
+logger = logging.getLogger(f"ray.serve.{__name__}")
 
 
 class HandleCalls:
@@ -56,9 +59,13 @@ class Batcher:
         registry: ``JobRegistry`` handle (the store).
         reader: ``PageReader`` handle (OCR).
         grader: ``Grader`` handle.
+        grader_slots: The ``Grader`` deployment's ``max_ongoing_requests``: the batcher keeps at
+            most that many grader calls in flight per running Grader replica, across all jobs
+            (:class:`raygrade.inflight.GraderSlots`, resized every ``poll_interval_s`` from
+            ``serve.status()``); ``None``: not bounded here.
     """
 
-    def __init__(self, args: RaygradeArgs, registry, reader, grader):
+    def __init__(self, args: RaygradeArgs, registry, reader, grader, grader_slots: int | None = None):
         self._args = args
         self._store_cfg = args.store
         self._registry, self._reader, self._grader = registry, reader, grader
@@ -73,6 +80,8 @@ class Batcher:
         self._webhooks = WebhookSender(registry, args.store, self._dispatcher.owner, self._metrics, self._ns)
         self._control: asyncio.Task | None = None
         self._webhook_loop: asyncio.Task | None = None
+        self._grader_slots = grader_slots
+        self._slots_loop: asyncio.Task | None = None
         self._ensure_control_loop()
 
     def _ensure_control_loop(self) -> None:
@@ -87,6 +96,25 @@ class Batcher:
             # Its own task: a slow webhook receiver never holds up dispatch, leases or other jobs.
             self._webhook_loop = loop.create_task(self._webhooks.run(self._store_cfg.poll_interval_s),
                                                   context=detached())
+        if self._grader_slots is not None and (self._slots_loop is None or self._slots_loop.done()):
+            self._slots_loop = loop.create_task(self._size_grader_slots(self._grader_slots), context=detached())
+
+    async def _size_grader_slots(self, per_replica: int) -> None:
+        """Every ``poll_interval_s``: grader calls in flight bounded by the running Grader replicas
+        × their ``max_ongoing_requests`` (the calls over it would wait in Serve's router, retried
+        with back-off in no fixed order; here they wait first come, first served). A status that
+        cannot be read keeps the last bound."""
+        from ray.serve.schema import ReplicaState
+
+        while True:
+            try:
+                status = await asyncio.to_thread(serve.status)
+                grader = status.applications[self._grader.app_name].deployments[self._grader.deployment_name]
+                running = grader.replica_states.get(ReplicaState.RUNNING, 0)
+                self._dispatcher.grader_slots.resize(max(1, running) * per_replica)
+            except Exception as exc:  # the controller restarting: keep the last bound
+                logger.warning("batcher: could not read the Grader replicas (%s)", type(exc).__name__)
+            await asyncio.sleep(self._store_cfg.poll_interval_s)
 
     async def check_health(self) -> None:
         """Serve's periodic health check; (re)starts the control loop if it is not running."""

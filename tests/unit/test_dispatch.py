@@ -412,3 +412,20 @@ def test_a_job_handed_over_by_the_ingress_is_planned_without_reading_it_back(sto
     assert calls == {"plan_and_lease": 1, "complete_and_finish": 1}
     assert store.status(job_id).state == JobState.SUCCEEDED
     assert store.status(cancelled_id).state == JobState.CANCELLED and not store.results(cancelled_id).results
+
+
+def test_grader_calls_across_jobs_stay_within_the_grader_slots(store, registry, clock):
+    """Each job may have ``max_concurrent_batches`` in flight, but all jobs together no more than
+    the grader slots (the Grader replicas' capacity): the rest wait here, in order, not in Serve's router."""
+    async def main():
+        ids = [store.create_job(make_job(8))[0].id for _ in range(3)]  # 3 jobs × 4 batches
+        grader = Grader()
+        d = dispatcher(registry, clock, grader, limit=4)
+        d.grader_slots.resize(3)
+        for task in [d.submit(i) for i in ids]:
+            await drive(task, clock)
+        return ids, grader
+
+    ids, grader = asyncio.run(main())
+    assert grader.max_in_flight == 3 and sum(grader.calls.values()) == 12
+    assert all(store.status(i).state == JobState.SUCCEEDED for i in ids)
