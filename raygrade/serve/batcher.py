@@ -103,17 +103,24 @@ class Batcher:
         """Every ``poll_interval_s``: grader calls in flight bounded by the running Grader replicas
         × their ``max_ongoing_requests`` (the calls over it would wait in Serve's router, retried
         with back-off in no fixed order; here they wait first come, first served). A status that
-        cannot be read keeps the last bound."""
+        cannot be read keeps the last bound (logged once until it can be read again)."""
         from ray.serve.schema import ReplicaState
 
+        failing = False
         while True:
             try:
                 status = await asyncio.to_thread(serve.status)
                 grader = status.applications[self._grader.app_name].deployments[self._grader.deployment_name]
                 running = grader.replica_states.get(ReplicaState.RUNNING, 0)
                 self._dispatcher.grader_slots.resize(max(1, running) * per_replica)
-            except Exception as exc:  # the controller restarting: keep the last bound
-                logger.warning("batcher: could not read the Grader replicas (%s)", type(exc).__name__)
+                failing = False
+            except KeyError:  # the application not listed: being deployed or deleted
+                pass
+            except Exception as exc:  # the controller restarting
+                if not failing:
+                    logger.warning("batcher: could not read the Grader replicas (%s); keeping the last bound",
+                                   type(exc).__name__)
+                failing = True
             await asyncio.sleep(self._store_cfg.poll_interval_s)
 
     async def check_health(self) -> None:
