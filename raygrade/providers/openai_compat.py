@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from raygrade.config import ProviderConfig
 from raygrade.errors import (
@@ -154,6 +155,10 @@ def chat_result(completion: Any, headers: dict[str, str], model: str, sent_at: f
     )
 
 
+#: The header by which openai-python answers a request with its raw response (status, headers,
+#: ``.parse()``), as ``with_raw_response`` asks for it.
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+
 #: Request extension where :func:`_stamp_send` records when a request left.
 _SENT_AT = "raygrade_sent_at"
 
@@ -202,14 +207,20 @@ class OpenAICompatibleProvider:
             ProviderStatusError, RateLimitedError, ProviderTimeoutError,
             ProviderConnectionError: translated by :func:`map_openai_errors`.
         """
-        kwargs = chat_request(self.config, request)
+        body = chat_request(self.config, request)
+        options: dict[str, Any] = {"headers": {_RAW_RESPONSE_HEADER: "true"}}
         if self.config.extra_body:
-            kwargs["extra_body"] = self.config.extra_body
+            options["extra_json"] = self.config.extra_body
         with map_openai_errors():
-            raw = await self._client.chat.completions.with_raw_response.create(**kwargs)
+            # ``client.post`` rather than ``chat.completions.create``: the same request and
+            # response handling, without ``create``'s walk of the body against its TypedDicts
+            # (no aliases or formats in a chat body; ≈ 12 % of a Grader's CPU with a page image
+            # per student, measured with py-spy). The body is ``chat_request``'s, built here.
+            raw: Any = await self._client.post(  # type: ignore[call-overload]  # a raw response (the header)
+                "/chat/completions", cast_to=ChatCompletion, body=body, options=options)
             completion = raw.parse()
         sent_at = raw.http_request.extensions.get(_SENT_AT)
-        return chat_result(completion, {k.lower(): v for k, v in raw.headers.items()}, kwargs["model"], sent_at)
+        return chat_result(completion, {k.lower(): v for k, v in raw.headers.items()}, body["model"], sent_at)
 
     async def close(self) -> None:
         await self._client.close()

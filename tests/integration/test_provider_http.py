@@ -211,3 +211,61 @@ def test_prompt_cache_key_names_the_shared_prefix_and_goes_to_openai_only(fake_o
     assert fake_openai.last_prompt_cache_key == a.cache_key
     asyncio.run(OpenAICompatibleProvider(fake_provider(fake_openai.base_url)).chat(a))
     assert fake_openai.last_prompt_cache_key is None
+
+
+def test_the_body_on_the_wire_is_what_chat_completions_create_sends():
+    """The provider posts its body without openai-python's ``create`` (which walks the body
+    against its TypedDicts): what reaches the server must be the JSON ``create`` sends for the
+    same request, page images, schema, logprobs and extra body included."""
+    import http.server
+    import json
+    import threading
+
+    import openai
+
+    from raygrade.providers.openai_compat import chat_request
+    from raygrade.testing.ports import free_port
+
+    bodies: list[bytes] = []
+    completion = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+                  "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                               "message": {"role": "assistant", "content": '{"score": 1}'}}],
+                  "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+
+    class Capture(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(self.rfile.read(int(self.headers["content-length"])))
+            out = json.dumps(completion).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(out)))
+            self.send_header("x-ratelimit-remaining-requests", "99")
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Capture)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        cfg = fake_provider(base, score_logprobs=True, extra_body={"top_k": 5})
+        image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"}}
+        req = ChatRequest([{"role": "system", "content": "Grade."},
+                           {"role": "user", "content": [{"type": "text", "text": "Student s1:"}, image]}],
+                          max_tokens=50, temperature=0, json_schema=SCHEMA, cache_key="abc")
+        res = asyncio.run(OpenAICompatibleProvider(cfg).chat(req))
+        assert res.content == '{"score": 1}' and res.usage.prompt_tokens == 7
+        assert res.headers["x-ratelimit-remaining-requests"] == "99" and res.sent_at is not None
+
+        async def via_create():
+            client = openai.AsyncOpenAI(api_key="sk-test", base_url=base, max_retries=0)
+            await client.chat.completions.create(**chat_request(cfg, req), extra_body=cfg.extra_body)
+            await client.close()
+
+        asyncio.run(via_create())
+        assert len(bodies) == 2 and json.loads(bodies[0]) == json.loads(bodies[1])  # keys in another order
+    finally:
+        srv.shutdown()
+        srv.server_close()
