@@ -264,21 +264,21 @@ def _jpeg_stream(pdfium, page, w: int, h: int) -> bytes | None:
     return bytes(img.get_data(decode_simple=False))
 
 
-def _plain_jpeg(data: bytes) -> bool:
-    """Whether ``data`` is a JPEG in grey or RGB without an EXIF orientation that decodes (at 1/8
-    scale: every coefficient is still read), so a corrupt stream is rendered instead."""
+def _plain_jpeg(data: bytes, w: int, h: int) -> bool:
+    """Whether ``data`` is a whole JPEG in grey or RGB, without an EXIF orientation, at most ``w``
+    × ``h`` pixels (5 % slack): its markers up to the scan parse (Pillow) and it ends with EOI (a
+    truncated stream is rendered instead). Not decoded, as ``img2pdf`` and ``pdfimages`` take such
+    streams: a 1/8-scale decode took ≈ 0.6 ms a page, half the CPU of splitting a class PDF."""
     from PIL import Image
 
+    if not data.rstrip(b"\x00\t\n\r ").endswith(b"\xff\xd9"):
+        return False
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.format != "JPEG" or im.mode not in ("L", "RGB") or im.getexif().get(0x0112, 1) not in (None, 1):
-                return False
-            iw, ih = im.size
-            im.draft(im.mode, (max(1, iw // 8), max(1, ih // 8)))
-            im.load()
+            return (im.format == "JPEG" and im.mode in ("L", "RGB") and im.getexif().get(0x0112, 1) in (None, 1)
+                    and im.width <= w * 1.05 and im.height <= h * 1.05)
     except Exception:  # a stream Pillow cannot read: the render decides
         return False
-    return True
 
 
 #: PDFium is not thread-safe, not even across documents ("only a single pdfium call at a time",
@@ -326,7 +326,7 @@ def _pdf_pages(data: bytes, dpi: int, max_pixels: int, max_pages: int, map_pages
     def one(k: int) -> bytes:
         got = render(k, jpeg=True)
         if isinstance(got, bytes):
-            if _plain_jpeg(got):
+            if _plain_jpeg(got, *sizes[k]):
                 return got
             got = render(k, jpeg=False)  # a stream Pillow refuses: rendered like any other page
         return _encode(_grey_if_no_colour(got))

@@ -214,3 +214,25 @@ def test_a_pdf_split_on_many_threads_at_once_gives_the_pages_of_a_serial_split()
         with pytest.raises(ValueError, match="a page failed"):
             page_images(pdf, map_pages=failing)
         assert all(f.exception() is None or "was closed" in str(f.exception()) for f in queued)
+
+
+def test_a_scanned_pages_jpeg_is_taken_only_when_whole_plain_and_no_larger_than_the_page():
+    """The stream is checked from its markers, not decoded: a truncated stream (no EOI), CMYK, an
+    EXIF rotation or a size over the page's render (a header that lies) makes the page rendered."""
+    from raygrade.scans import _plain_jpeg
+
+    def jpeg(mode: str = "L", size=(200, 100), **kw) -> bytes:
+        out = io.BytesIO()
+        Image.effect_noise(size, 60).convert(mode).save(out, format="JPEG", **kw)  # mostly scan data
+        return out.getvalue()
+
+    good = jpeg()
+    assert _plain_jpeg(good, 200, 100) and _plain_jpeg(jpeg("RGB"), 200, 100)
+    assert _plain_jpeg(good + b"\x00\x00\r\n", 200, 100)  # padding after EOI, as some scanners write
+    assert not _plain_jpeg(good[:len(good) // 2], 200, 100)  # truncated in the scan: no EOI
+    assert not _plain_jpeg(jpeg("CMYK"), 200, 100)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert not _plain_jpeg(jpeg(exif=exif.tobytes()), 200, 100)
+    assert not _plain_jpeg(good, 190, 95) and _plain_jpeg(good, 191, 96)  # 5 % slack
+    assert not _plain_jpeg(b"\xff\xd9" + good[2:], 200, 100)  # no SOI
