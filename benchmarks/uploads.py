@@ -89,12 +89,16 @@ def upload_all(url: str, files: list[tuple[str, bytes]], clients: int) -> list[d
     return asyncio.run(run())
 
 
-def with_pages(job: GradingJob, pages: list[list[dict]]) -> bytes:
-    """``job``'s JSON with student *i*'s pages replaced by ``pages[i]``."""
-    body = json.loads(job.model_dump_json())
-    for sub, p in zip(body["submissions"], pages, strict=True):
-        sub["pages"] = p
-    return json.dumps(body).encode()
+def skeleton(job: GradingJob) -> dict:
+    """``job`` as JSON without its students' pages (built once, before any timing: a client
+    naming uploaded files never holds the pages' base64)."""
+    return json.loads(job.model_dump_json(exclude={"submissions": {"__all__": {"pages"}}}))
+
+
+def with_pages(body: dict, pages: list[list[dict]]) -> bytes:
+    """The job ``body`` (:func:`skeleton`) with student *i*'s pages ``pages[i]``, as JSON."""
+    subs = [dict(sub, pages=p) for sub, p in zip(body["submissions"], pages, strict=True)]
+    return json.dumps(dict(body, submissions=subs)).encode()
 
 
 def main() -> None:
@@ -114,6 +118,7 @@ def main() -> None:
     pngs = [s.pages[0].image_bytes() for s in job.submissions]
     single = [(f"{s.student_id}.pdf", pdf_of([p], s.student_id)) for s, p in zip(job.submissions, pngs, strict=True)]
     stack = pdf_of(pngs, "class")
+    bare = skeleton(job)
     srv = FakeOpenAIProcess()
     runs: dict[str, list[dict]] = {"base64 JSON": [], "one PDF per student": [], "class PDF": []}
     try:  # the server process and the cluster are stopped whatever happens
@@ -139,7 +144,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 objs = upload_all(url, single, a.clients)
                 up = time.perf_counter() - t0
-                body = with_pages(job, [[{"type": "file", "file_id": o["id"]}] for o in objs])
+                body = with_pages(bare, [[{"type": "file", "file_id": o["id"]}] for o in objs])
                 runs["one PDF per student"].append(dict(wait_job(http, url, body, t0), upload_s=up,
                                                         upload_mb=sum(len(d) for _, d in single) / 1e6))
                 print("class PDF ...", flush=True)
@@ -147,7 +152,7 @@ def main() -> None:
                 obj = upload_all(url, [("class.pdf", stack)], 1)[0]
                 up = time.perf_counter() - t0
                 assert obj["pages"] == a.students, obj
-                body = with_pages(job, [[{"type": "file", "file_id": obj["id"], "page": k + 1}]
+                body = with_pages(bare, [[{"type": "file", "file_id": obj["id"], "page": k + 1}]
                                         for k in range(a.students)])
                 runs["class PDF"].append(dict(wait_job(http, url, body, t0), upload_s=up, upload_mb=len(stack) / 1e6))
     finally:

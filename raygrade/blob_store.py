@@ -98,6 +98,12 @@ class BlobStore:
         # within REFRESH_S of that skips the existence check and the refresh.
         self._fresh: dict[str, float] = {}
 
+    @property
+    def location(self) -> str:
+        """The URI that opens this store from another process: a folder's absolute path (a
+        relative one depends on the working directory), any other URI as given."""
+        return self.uri if "://" in self.uri else self._root
+
     def _path(self, key: str) -> str:
         if not _KEY.match(key):
             raise StorageError(f"not a blob key: {key[:80]!r}", param="sha256")

@@ -3,14 +3,15 @@
 
 The job store keeps references (:class:`raygrade.protocol.StoredImage`: SHA-256, media type,
 pixel size) in job bodies and batch payloads, so leasing, completing and polling a job
-never move or parse image bytes; the batcher reads the bytes of the batch it dispatches
-and hands them to a grader replica through Ray's object store.
+never move or parse image bytes; a grader replica reads the bytes of the batch it grades
+(:func:`inline_batch`), or, when the store is a folder on another node, the batcher reads them
+and hands them over through Ray's object store.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from raygrade.blob_store import BlobStore, default_blob_uri, is_local
 from raygrade.decode_pool import decode_pool
@@ -18,8 +19,12 @@ from raygrade.errors import InvalidRequestError
 from raygrade.protocol import MAX_PAGES, GradingJob, ImagePage, StoredImage, media_type_of
 from raygrade.scans import MAX_PAGE_PIXELS, MAX_PAGES_PER_FILE, MapPages, page_images, pixel_count
 
+if TYPE_CHECKING:
+    from raygrade.batch import GradeBatch
+
 __all__ = ["BlobStore", "check_image", "check_model_answer_images", "check_pixels", "check_student_pages",
-           "default_blob_uri", "externalize", "image_size", "inline", "is_local", "page_bytes", "pages_of"]
+           "default_blob_uri", "externalize", "has_stored_pages", "image_size", "inline", "inline_batch", "is_local",
+           "page_bytes", "pages_of"]
 T = TypeVar("T")
 
 
@@ -220,3 +225,21 @@ def inline(page, blobs: BlobStore):
 
     # Bytes from raygrade's own store, checked against their SHA-256: no re-validation.
     return ImagePage.model_construct(type="image", data=base64.b64encode(page_bytes(page, blobs)).decode())
+
+
+def has_stored_pages(batch: GradeBatch) -> bool:
+    """Whether any page of ``batch`` is a :class:`StoredImage` (its bytes in the blob store)."""
+    return any(isinstance(p, StoredImage) for st in batch.students for p in st.pages)
+
+
+def inline_batch(batch: GradeBatch, blobs: BlobStore) -> GradeBatch:
+    """``batch`` with its stored pages as :class:`ImagePage` s (:func:`inline`); ``batch`` itself
+    when it has none.
+
+    Raises:
+        StorageError: a blob is missing or corrupt.
+    """
+    if not has_stored_pages(batch):
+        return batch
+    students = [st.model_copy(update={"pages": [inline(p, blobs) for p in st.pages]}) for st in batch.students]
+    return batch.model_copy(update={"students": students})

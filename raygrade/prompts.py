@@ -41,7 +41,7 @@ class StudentWork(BaseModel):
 
     student_id: str
     alias: str
-    pages: list[ResolvedPage]  # StoredImage only inside the job store and the batcher; graders get ImagePage
+    pages: list[ResolvedPage]  # StoredImage in the job store and batcher; graders read them into ImagePage
     page_indices: list[int]
     question_ids: list[str]
 

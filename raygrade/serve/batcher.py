@@ -14,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import ray
 from ray import serve
 
 from raygrade.batch import BatchOutcome, GradeBatch
-from raygrade.blobs import BlobStore, inline
+from raygrade.blobs import BlobStore, has_stored_pages, inline_batch
 from raygrade.coalesce import Coalescer
 from raygrade.config import RaygradeArgs
 from raygrade.dispatch import JobDispatcher, planning_failed
 from raygrade.metrics import Recorder
 from raygrade.planner import BatchLimits, JobPlanner, planner_for
-from raygrade.protocol import GradingErrorItem, GradingJob, ReadingMode, StoredImage
+from raygrade.protocol import GradingErrorItem, GradingJob, ReadingMode
 from raygrade.serve import HEALTH_CHECK_PERIOD_S
+from raygrade.serve.grader import PagesElsewhere, PagesFrom
 from raygrade.serve.reader import read_submissions, reading_mode
 from raygrade.serve.webhook_sender import WebhookSender
 from raygrade.tracing import detached, span
@@ -77,6 +79,9 @@ class Batcher:
         self._registry, self._reader, self._grader = registry, reader, grader
         self._planner: JobPlanner | None = None
         self._blobs: BlobStore | None = None
+        # Graders read the page images themselves until one runs on another node than their folder.
+        self._graders_read_pages = True
+        self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         self._metrics = Recorder()  # raygrade.metrics
         self._ns = {"namespace": args.namespace}
         # Batches of jobs that allow it share requests with other jobs' (raygrade.coalesce).
@@ -181,16 +186,18 @@ class Batcher:
             raise planning_failed(exc) from exc
         return batches, read_errors + plan_errors, job.options.model or self._args.provider.model
 
-    def _inline(self, batch: GradeBatch) -> GradeBatch:
-        """``batch`` with its stored page images as :class:`ImagePage` s (bytes from the blob
-        store, read here; they reach the grader replica through Ray's object store)."""
-        if not any(isinstance(p, StoredImage) for st in batch.students for p in st.pages):
-            return batch
-        blobs = self._blob_store()
-        students = [st.model_copy(update={"pages": [inline(p, blobs) for p in st.pages]}) for st in batch.students]
-        return batch.model_copy(update={"students": students})
-
     async def _grade(self, batch: GradeBatch) -> tuple[BatchOutcome, str | None]:
-        """Grade one batch on a ``Grader`` replica: ``(outcome, replica id)``."""
-        request = await asyncio.to_thread(self._inline, batch)
+        """Grade one batch on a ``Grader`` replica: ``(outcome, replica id)``. The replica reads
+        the batch's stored page images itself (:class:`PagesFrom`); once one answers that they
+        are in a folder on another node (:class:`PagesElsewhere`), the batcher reads them and
+        sends them with every batch (through Ray's object store), as on a cluster whose
+        Graders run on other nodes than the head's folder."""
+        if self._graders_read_pages and has_stored_pages(batch):
+            try:
+                return await self._grader.grade.remote(batch, PagesFrom(self._blob_store().location, self._node_id))
+            except PagesElsewhere:
+                logger.info("batcher: a Grader replica runs on another node than the page images' folder; "
+                            "sending page images with each batch from now on")
+                self._graders_read_pages = False
+        request = await asyncio.to_thread(inline_batch, batch, self._blob_store())
         return await self._grader.grade.remote(request)

@@ -4,18 +4,23 @@ Each replica builds its provider kind's adapter (:mod:`raygrade.providers.regist
 API or a vLLM server by URL; a model deployed in the application, self-hosted or the embedded
 default, over its ``ray.serve.llm`` deployment handle) and reserves every call in the
 cluster-wide rate limiter actor; or, for a kind that calls no model, the zero-cost baseline
-grader.
+grader. A batch's stored page images are read here from the blob store the batcher names
+(:class:`PagesFrom`), unless that store is a folder on another node (:class:`PagesElsewhere`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from typing import NamedTuple
 
+import ray
 from ray import serve
 
 from raygrade.baseline.similarity import ReferenceSimilarityGrader
 from raygrade.batch import BatchOutcome, GradeBatch
+from raygrade.blobs import BlobStore, has_stored_pages, inline_batch, is_local
 from raygrade.config import BatcherConfig, ProviderConfig
 from raygrade.graders import cluster_grader
 from raygrade.grading import BatchGrader
@@ -27,6 +32,19 @@ from raygrade.tracing import span
 # A child of Serve's logger: lines go to the replica's log file in the app's logging_config
 # format (JSON in serve_config.yaml), as Serve documents for deployment code.
 logger = logging.getLogger(f"ray.serve.{__name__}")
+
+
+class PagesFrom(NamedTuple):
+    """Where a batch's stored page images are: the blob store's URI and the node the caller
+    runs on (a folder is readable only there)."""
+
+    blob_uri: str
+    node_id: str
+
+
+class PagesElsewhere(Exception):
+    """Raised by :meth:`Grader.grade` before any work when the batch's page images are in a
+    folder on another node: the caller sends the batch again with its pages inlined."""
 
 
 @serve.deployment(name="Grader", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16,
@@ -57,6 +75,8 @@ class Grader:
         self.replica_id = ctx.replica_id.unique_id if ctx else "local"
         self._metrics = Recorder()  # raygrade.metrics: exported as ray_raygrade_* on each node's metrics port
         self._tags = {"provider": provider.name, "model": provider.model}
+        self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        self._blobs: dict[str, BlobStore] = {}
 
     async def _get(self) -> BatchGrader | ReferenceSimilarityGrader:
         if self._grader is None:
@@ -73,8 +93,30 @@ class Grader:
         if self._model_handle is not None:
             await self._model_handle.check_health.remote()
 
-    async def grade(self, batch: GradeBatch) -> tuple[BatchOutcome, str]:
-        """Grade a batch; returns the outcome and this replica's id."""
+    async def _read_pages(self, batch: GradeBatch, pages_from: PagesFrom | None) -> GradeBatch:
+        """``batch`` with its stored page images read from ``pages_from``'s blob store (SHA-256
+        checked), on a thread.
+
+        Raises:
+            PagesElsewhere: the store is a folder on another node than this replica's.
+            StorageError: a page image is missing or corrupt (its items fail with it).
+        """
+        if pages_from is None or not has_stored_pages(batch):
+            return batch
+        if is_local(pages_from.blob_uri) and pages_from.node_id != self._node_id:
+            raise PagesElsewhere(f"page images are in a folder on node {pages_from.node_id[:12]}")
+        if (blobs := self._blobs.get(pages_from.blob_uri)) is None:
+            blobs = self._blobs[pages_from.blob_uri] = BlobStore(pages_from.blob_uri)
+        return await asyncio.to_thread(inline_batch, batch, blobs)
+
+    async def grade(self, batch: GradeBatch, pages_from: PagesFrom | None = None) -> tuple[BatchOutcome, str]:
+        """Grade a batch; returns the outcome and this replica's id. Its stored page images
+        (:class:`raygrade.protocol.StoredImage`) are read from ``pages_from`` first.
+
+        Raises:
+            PagesElsewhere: ``pages_from`` is a folder on another node (nothing was graded).
+        """
+        batch = await self._read_pages(batch, pages_from)
         grader = await self._get()
         t0 = time.monotonic()
         with span("raygrade.grade", {"raygrade.batch_id": batch.batch_id, "raygrade.replica": self.replica_id}) as s:
