@@ -2,8 +2,8 @@
 
 The job store keeps references (:class:`raygrade.protocol.StoredImage`: SHA-256, media type,
 pixel size) in job bodies and batch payloads, so leasing, completing and polling a job
-never move or parse image bytes; the batcher reads the bytes of the batch it dispatches
-and hands them to a grader replica through Ray's object store.
+never move or parse image bytes; a grader replica reads the bytes of the batch it grades
+(:mod:`raygrade.serve.grader`).
 
 Where the bytes live (``StoreConfig.blob_uri``): a folder (default: ``blobs/`` beside the
 SQLite file, or ``$RAYGRADE_HOME/blobs``; on the head node, where the registry and the

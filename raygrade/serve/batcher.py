@@ -4,8 +4,8 @@ A thin wrapper around :class:`raygrade.dispatch.JobDispatcher` (the exactly-once
 lease and re-dispatch loop, a plain class unit-tested on a virtual clock): it gives the
 dispatcher the ``JobRegistry`` handle's calls, planning (pages read for text-only models by
 :func:`raygrade.serve.reader.read_submissions`, every student's tokens estimated and batches
-packed by :mod:`raygrade.planner`, never splitting a student) and grading (stored page images
-inlined from the blob store, then the ``Grader`` deployment). Job-completion webhooks go out
+packed by :mod:`raygrade.planner`, never splitting a student) and grading (the ``Grader``
+deployment, which reads the batch's stored page images itself). Job-completion webhooks go out
 from :class:`raygrade.serve.webhook_sender.WebhookSender`, in a task of their own.
 """
 
