@@ -113,16 +113,17 @@ def direct(args: RaygradeArgs, jobs: GradingJob | list[GradingJob], base_url: st
         students += len(works)
 
     async def main() -> float:
-        client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", max_retries=0)
         sem = asyncio.Semaphore(concurrency)
+        # Closed on this loop (left to the garbage collector, its connections were closed after
+        # asyncio.run had closed the loop: "Event loop is closed" on stderr).
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", max_retries=0) as client:
+            async def one(p):
+                async with sem:
+                    await client.chat.completions.create(**p)
 
-        async def one(p):
-            async with sem:
-                await client.chat.completions.create(**p)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(p) for p in bodies))
-        return time.perf_counter() - t0
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(p) for p in bodies))
+            return time.perf_counter() - t0
 
     wall = asyncio.run(main())
     return {"requests": len(bodies), "wall_s": wall, "items_per_s": items / wall, "students_per_s": students / wall}
