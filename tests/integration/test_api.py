@@ -202,3 +202,39 @@ def test_a_student_no_request_can_hold_is_refused_at_submission_naming_them(fake
     assert [j["id"] for j in after] == [j["id"] for j in before], "nothing was recorded"
     body["submissions"][2]["pages"] = [page(2048, 2048)] * 8   # 8 × 765 fits
     assert httpx.post(f"{fake_app}/v1/jobs", json=body, timeout=60).status_code == 202
+
+
+def test_a_grader_replica_reads_stored_pages_and_refuses_a_folder_on_another_node(fake_app, tmp_path):
+    """Through Serve, as the batcher calls it: a Grader replica reads a batch's stored page images
+    from the folder the caller names on its own node; for a folder on another node it raises
+    PagesElsewhere (the batcher's cue to send the images itself), which crosses Serve as that type."""
+    import asyncio
+    import os
+
+    import pytest
+    import ray
+    from ray import serve
+
+    from raygrade.batch import GradeBatch
+    from raygrade.blobs import BlobStore
+    from raygrade.prompts import StudentWork
+    from raygrade.protocol import Question, StoredImage
+    from raygrade.serve.grader import PagesElsewhere, PagesFrom
+
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    data = base64.b64decode(png(64, 64))
+    page = StoredImage(sha256=blobs.put(data), media_type="image/png", width=64, height=64, size=len(data))
+    batch = GradeBatch(batch_id="pages-b1", job_id="pages-j1", max_tokens=400, prompt_tokens_estimate=200,
+                       questions=[Question(id="q1", prompt="Name two TCP header fields.", max_score=2)],
+                       students=[StudentWork(student_id="s1", alias="s1", pages=[page], page_indices=[0],
+                                             question_ids=["q1"])])
+    grader = serve.get_deployment_handle("Grader", app_name=f"fake{os.environ.get('PYTEST_XDIST_WORKER', '')}")
+    here = ray.get_runtime_context().get_node_id()
+
+    async def grade(pages_from):
+        return await grader.grade.remote(batch, pages_from)
+
+    outcome, _ = asyncio.run(grade(PagesFrom(blobs.location, here)))
+    assert [(r.student_id, r.question_id) for r in outcome.results] == [("s1", "q1")] and outcome.calls == 1
+    with pytest.raises(PagesElsewhere):
+        asyncio.run(grade(PagesFrom(blobs.location, "0" * 56)))
