@@ -22,6 +22,7 @@ from raygrade.baseline.similarity import ReferenceSimilarityGrader
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.blobs import BlobStore, has_stored_pages, inline_batch, is_local
 from raygrade.config import BatcherConfig, ProviderConfig
+from raygrade.errors import StorageError
 from raygrade.graders import cluster_grader
 from raygrade.grading import BatchGrader
 from raygrade.metrics import Recorder
@@ -98,7 +99,8 @@ class Grader:
         checked), on a thread.
 
         Raises:
-            PagesElsewhere: the store is a folder on another node than this replica's.
+            PagesElsewhere: the store is a folder on another node than this replica's, or this
+                replica cannot open it (e.g. object storage without credentials on its node).
             StorageError: a page image is missing or corrupt (its items fail with it).
         """
         if pages_from is None or not has_stored_pages(batch):
@@ -106,7 +108,10 @@ class Grader:
         if is_local(pages_from.blob_uri) and pages_from.node_id != self._node_id:
             raise PagesElsewhere(f"page images are in a folder on node {pages_from.node_id[:12]}")
         if (blobs := self._blobs.get(pages_from.blob_uri)) is None:
-            blobs = self._blobs[pages_from.blob_uri] = BlobStore(pages_from.blob_uri)
+            try:
+                blobs = self._blobs[pages_from.blob_uri] = BlobStore(pages_from.blob_uri)
+            except StorageError as exc:
+                raise PagesElsewhere(f"this replica cannot open the blob store: {exc.message}") from None
         return await asyncio.to_thread(inline_batch, batch, blobs)
 
     async def grade(self, batch: GradeBatch, pages_from: PagesFrom | None = None) -> tuple[BatchOutcome, str]:

@@ -34,7 +34,7 @@ def _grader(node_id: str):
     return g
 
 
-def test_a_grader_reads_stored_pages_on_its_node_and_refuses_a_folder_on_another(tmp_path):
+def test_a_grader_reads_stored_pages_on_its_node_and_refuses_a_store_it_cannot_read(tmp_path):
     blobs = BlobStore(str(tmp_path / "blobs"))
     batch = _batch(blobs, [b"page one", b"page two"])
     g = _grader("node-a")
@@ -44,6 +44,9 @@ def test_a_grader_reads_stored_pages_on_its_node_and_refuses_a_folder_on_another
     assert asyncio.run(g._read_pages(batch, None)) is batch  # pages already inline (or none stored)
     with pytest.raises(PagesElsewhere):
         asyncio.run(g._read_pages(batch, PagesFrom(blobs.location, "node-b")))
+    (tmp_path / "not-a-folder").write_bytes(b"")  # a store this replica cannot open: the caller sends the pages
+    with pytest.raises(PagesElsewhere, match="cannot open the blob store"):
+        asyncio.run(g._read_pages(batch, PagesFrom(str(tmp_path / "not-a-folder" / "blobs"), "node-a")))
     (tmp_path / "blobs" / batch.students[1].pages[0].sha256[:2] / batch.students[1].pages[0].sha256).write_bytes(b"x")
     with pytest.raises(StorageError, match="corrupt"):  # checked against its SHA-256, as the batcher does
         asyncio.run(g._read_pages(batch, PagesFrom(blobs.location, "node-a")))
