@@ -188,16 +188,15 @@ class Batcher:
 
     async def _grade(self, batch: GradeBatch) -> tuple[BatchOutcome, str | None]:
         """Grade one batch on a ``Grader`` replica: ``(outcome, replica id)``. The replica reads
-        the batch's stored page images itself (:class:`PagesFrom`); once one answers that they
-        are in a folder on another node (:class:`PagesElsewhere`), the batcher reads them and
-        sends them with every batch (through Ray's object store), as on a cluster whose
-        Graders run on other nodes than the head's folder."""
+        the batch's stored page images itself (:class:`PagesFrom`); once one answers that it
+        cannot (:class:`PagesElsewhere`: a folder on another node, or a store it cannot open),
+        the batcher reads them and sends them with every batch (through Ray's object store)."""
         if self._graders_read_pages and has_stored_pages(batch):
             try:
                 return await self._grader.grade.remote(batch, PagesFrom(self._blob_store().location, self._node_id))
             except PagesElsewhere:
-                logger.info("batcher: a Grader replica runs on another node than the page images' folder; "
-                            "sending page images with each batch from now on")
+                logger.info("batcher: a Grader replica cannot read the page images' store (a folder on another "
+                            "node, or a store it cannot open); sending page images with each batch from now on")
                 self._graders_read_pages = False
         request = await asyncio.to_thread(inline_batch, batch, self._blob_store())
         return await self._grader.grade.remote(request)

@@ -44,8 +44,9 @@ class PagesFrom(NamedTuple):
 
 
 class PagesElsewhere(Exception):
-    """Raised by :meth:`Grader.grade` before any work when the batch's page images are in a
-    folder on another node: the caller sends the batch again with its pages inlined."""
+    """Raised by :meth:`Grader.grade` before any work when this replica cannot read the batch's
+    page images (a folder on another node, or a store it cannot open): the caller sends the
+    batch again with its pages inlined."""
 
 
 @serve.deployment(name="Grader", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16,
@@ -119,7 +120,7 @@ class Grader:
         (:class:`raygrade.protocol.StoredImage`) are read from ``pages_from`` first.
 
         Raises:
-            PagesElsewhere: ``pages_from`` is a folder on another node (nothing was graded).
+            PagesElsewhere: this replica cannot read ``pages_from`` (nothing was graded).
         """
         batch = await self._read_pages(batch, pages_from)
         grader = await self._get()
