@@ -60,7 +60,13 @@ def test_chaos_every_item_graded_exactly_once(serve_url, store_url):
     namespace = f"rg-chaos-{uuid.uuid4().hex[:8]}"
     args = RaygradeArgs(api=ApiConfig(auth="disabled"), provider=fake_provider_config(server.base_url),
                         batcher=BatcherConfig(max_students_per_request=4, max_concurrent_batches=3),
-                        store=StoreConfig(url=store_url, batch_lease_s=3.0, poll_interval_s=0.25),
+                        # Every replica death here is the test's doing, not the batch's: a batch that shares
+                        # a replica with others is lost with them at each kill, and batches re-dispatched
+                        # together share the next replica too, so the same batch can be in flight at three
+                        # of the ~10 Grader kills (CI, 2026-12-06: two batches failed with grader_error).
+                        # The bound on lost calls (a poison batch) has its own test (test_dispatch.py).
+                        store=StoreConfig(url=store_url, batch_lease_s=3.0, poll_interval_s=0.25,
+                                          max_batch_attempts=100),
                         namespace=namespace)
     app, url = "chaos", f"{serve_url}/chaos"
 
@@ -105,7 +111,9 @@ def test_chaos_every_item_graded_exactly_once(serve_url, store_url):
                 n_graded = (status.get("progress") or {}).get("items_graded")
                 print(f"{time.monotonic() - t0:6.1f}s {status.get('state')} {n_graded} {kills}", flush=True)
                 time.sleep(1.0)
-            assert status.get("state") == "succeeded", (status, kills)
+            if status.get("state") != "succeeded":  # the items' errors say why
+                errors = http.get(f"{url}/v1/jobs/{job_id}/results").json().get("errors")
+                pytest.fail(f"job {status.get('state')} after kills {kills}: errors {errors}")
             results = http.get(f"{url}/v1/jobs/{job_id}/results").json()
     finally:
         serve.delete(app)
