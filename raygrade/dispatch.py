@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from raygrade.batch import BatchOutcome, GradeBatch, students_error
 from raygrade.config import StoreConfig
@@ -33,6 +33,9 @@ from raygrade.inflight import GraderSlots
 from raygrade.protocol import GradingErrorItem, GradingJob, JobStatus
 from raygrade.serve.logs import ids
 from raygrade.tracing import extract, new_trace, span
+
+if TYPE_CHECKING:
+    from opentelemetry import context as otel_context
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -121,8 +124,8 @@ class JobDispatcher:
         """Ids of the batches this dispatcher is grading now."""
         return frozenset(self._leased)
 
-    def submit(self, job_id: str, started_by: str = "submit", *, known: tuple[GradingJob, str] | None = None
-               ) -> asyncio.Task:
+    def submit(self, job_id: str, started_by: str = "submit", *, known: tuple[GradingJob, str] | None = None,
+               parent: otel_context.Context | None = None) -> asyncio.Task:
         """Drive ``job_id`` now, unless this dispatcher already is (the control loop would find
         it within ``poll_interval_s``); returns the job's task. Call on the event loop.
 
@@ -130,11 +133,12 @@ class JobDispatcher:
         trace) or ``"poll"`` (found in the store: it joins the trace stored with the job).
         ``known``: the job as stored and its tenant, from a caller that just recorded it: the
         job is planned without asking the store for it (a job already planned, cancelled or
-        ended meanwhile is found so by the plan's compare-and-swap)."""
+        ended meanwhile is found so by the plan's compare-and-swap). ``parent``: the trace
+        context the job's span joins (default: the caller's current one)."""
         task = self._jobs.get(job_id)
         if task is None or task.done():
             task = self._jobs[job_id] = asyncio.get_running_loop().create_task(
-                self.run_job(job_id, started_by, known=known))
+                self.run_job(job_id, started_by, known=known, parent=parent))
         return task
 
     async def control_step(self) -> None:
@@ -190,13 +194,14 @@ class JobDispatcher:
                                                        self._cfg.batch_lease_s, self._limit)
 
     async def run_job(self, job_id: str, started_by: str = "submit", *,
-                      known: tuple[GradingJob, str] | None = None) -> None:
+                      known: tuple[GradingJob, str] | None = None,
+                      parent: otel_context.Context | None = None) -> None:
         """Drive one job until it is finished; returns early (to be resumed by the control loop)
         if the store or the registry fails. Never raises. Spans: ``raygrade.job`` (a child of
-        the current context when ``started_by`` is ``"submit"``, else of the trace context stored
-        with the job, else a new trace), with ``raygrade.plan`` and one ``raygrade.batch`` per batch."""
-        parent = None
-        if started_by != "submit":  # found in the store: the trace its submission joined, if any
+        ``parent``, else of the current context when ``started_by`` is ``"submit"``, else of the
+        trace context stored with the job, else a new trace), with ``raygrade.plan`` and one
+        ``raygrade.batch`` per batch."""
+        if started_by != "submit" and parent is None:  # found in the store: the trace its submission joined, if any
             try:
                 parent = extract(await self._registry.trace_context(job_id) or {}) or new_trace()
             except Exception:  # the store unreachable: run_job's first call says so again

@@ -11,9 +11,11 @@ span                            where
 ``raygrade.accept``             ingress, ``POST /v1/jobs`` (a caller's ``traceparent`` header
                                 is its parent: the platform's trace continues into raygrade)
 ``raygrade.quota``,             ingress: the quota check, page images to the blob store, the
-``raygrade.externalize``,       students no request could hold, the batcher's nudge
-``raygrade.admission``,
-``raygrade.nudge``
+``raygrade.externalize``,       students no request could hold
+``raygrade.admission``
+``raygrade.create``,            ingress: the registry call that records the jobs submitted
+``raygrade.nudge``              together, and the batcher's nudge (``raygrade.jobs``: how many;
+                                the group's spans join its first job's trace)
 ``raygrade.store <call>``       registry: one store call (``raygrade.store.queued_ms``: the
                                 wait for the store's thread)
 ``raygrade.job``                batcher: driving one job (``raygrade.job.started_by``: ``submit``

@@ -29,7 +29,7 @@ from raygrade.serve import HEALTH_CHECK_PERIOD_S
 from raygrade.serve.grader import PagesElsewhere, PagesFrom
 from raygrade.serve.reader import read_submissions, reading_mode
 from raygrade.serve.webhook_sender import WebhookSender
-from raygrade.tracing import detached, span
+from raygrade.tracing import detached, extract, new_trace, span
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -156,6 +156,15 @@ class Batcher:
         ingress, just after recording it), so that it is planned without being read back."""
         self._ensure_control_loop()
         self._dispatcher.submit(job_id, known=(job, tenant) if job is not None and tenant is not None else None)
+
+    async def submit_many(self, jobs: list[tuple[str, GradingJob | None, str, dict[str, str]]]) -> None:
+        """:meth:`submit` for several jobs in one call (:class:`raygrade.serve.accept.JobAcceptor`):
+        ``(job_id, job or None, tenant, trace_context)`` each; a job's span joins the trace in
+        its ``trace_context`` (W3C headers), that of the submission that recorded it."""
+        self._ensure_control_loop()
+        for job_id, job, tenant, trace_context in jobs:
+            self._dispatcher.submit(job_id, known=(job, tenant) if job is not None else None,
+                                    parent=extract(trace_context) or new_trace())
 
     async def _get_planner(self) -> JobPlanner:
         if self._planner is None:

@@ -55,6 +55,7 @@ from raygrade.protocol import (
     TenantUsage,
 )
 from raygrade.serve import HEALTH_CHECK_PERIOD_S
+from raygrade.serve.accept import JobAcceptor, NewJob
 from raygrade.serve.admission import refuse_unfit
 from raygrade.serve.file_routes import FileRoutes
 from raygrade.serve.guard import Authenticator
@@ -92,6 +93,7 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
     def __init__(self, registry, batcher, store: StoreConfig | None = None, config: ApiConfig | None = None,
                  namespace: str = "raygrade", args: RaygradeArgs | None = None):
         self._registry, self._batcher = registry, batcher
+        self._acceptor = JobAcceptor(registry, batcher)
         self._metrics, self._ns = Recorder(), namespace
         self._ready_probe: asyncio.Task | None = None  # the one readiness probe in flight (see readyz)
         self._ready_until = 0.0  # monotonic time until which the last success stands
@@ -145,15 +147,16 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
                     with span("raygrade.admission"):
                         await asyncio.to_thread(refuse_unfit, self._planner, job)
                 # Durable first (the outbox): the batcher drives jobs from the store, so a lost
-                # nudge below only delays the job until the batcher's next poll.
-                status, created = await _call(self._registry.create.remote(job, key, tenant, inject(), sent))
+                # nudge only delays the job until the batcher's next poll. Submissions that arrive
+                # together are recorded, and their jobs nudged, in one call each (raygrade.serve.accept).
+                # The stored form of a job without inline images is what the batcher would read back.
+                status, created = await self._acceptor.accept(NewJob(job, key, tenant, inject(), sent,
+                                                                     nudge_with_job=not job.has_images()))
             except QuotaExceededError as refused:
                 self._metrics.inc("raygrade_jobs_refused", 1, {"namespace": self._ns, "quota": refused.code or ""})
                 raise
             s.set_attributes({"raygrade.job_id": status.id, "raygrade.created": created})
-            with span("raygrade.nudge"):
-                # The stored form of a job without inline images is what the batcher would read back.
-                return await accepted(self._batcher, status, created, None if job.has_images() else job)
+            return JSONResponse(status_code=202 if created else 200, content=status.model_dump(mode="json"))
 
     @api.get("/v1/jobs", response_model=JobList, responses=_errors(404))
     async def list_jobs(self, status: JobState | None = Query(default=None),

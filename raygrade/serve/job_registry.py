@@ -10,7 +10,6 @@ serialise anyway; four for PostgreSQL).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,7 +19,7 @@ from ray import serve
 from raygrade.answer_groups import DEFAULT_THRESHOLD, AnswerGrouper
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.config import DEFAULT_TENANT, StoreConfig
-from raygrade.errors import InvalidRequestError, NotFoundError
+from raygrade.errors import NotFoundError, RaygradeError
 from raygrade.protocol import (
     AnswerGroup,
     FileDeleted,
@@ -36,13 +35,12 @@ from raygrade.protocol import (
     TenantUsage,
 )
 from raygrade.serve import HEALTH_CHECK_PERIOD_S
+from raygrade.serve.registry_webhooks import WebhookOutbox
 from raygrade.store import JobStore
-from raygrade.store.outbox import COMPLETED
 from raygrade.tracing import span
-from raygrade.webhooks import check_url, resolve_checked
 
 
-class JobRegistryImpl:
+class JobRegistryImpl(WebhookOutbox):
     """The store behind async methods (plain class; :data:`JobRegistry` deploys it).
 
     Args:
@@ -85,17 +83,44 @@ class JobRegistryImpl:
                 one whose host webhooks may not reach (:func:`raygrade.webhooks.resolve_checked`).
             ConflictError: the idempotency key was used with a different body.
         """
-        if job.options.webhook_url and not os.environ.get(self._config.webhook_secret_env):
-            raise InvalidRequestError(
-                f"webhooks are not enabled on this server (set {self._config.webhook_secret_env})",
-                param="options.webhook_url")
-        if job.options.webhook_url:
+        [result] = await self.create_many([(job, idempotency_key, tenant, trace_context, request_hash)])
+        if isinstance(result, RaygradeError):
+            raise result
+        return result
+
+    async def create_many(self, requests: list[tuple[GradingJob, str | None, str, dict[str, str] | None, str | None]]
+                          ) -> list[tuple[JobStatus, bool] | RaygradeError]:
+        """:meth:`create` for several jobs in one call (:class:`raygrade.serve.accept.JobAcceptor`):
+        ``requests`` holds ``(job, idempotency_key, tenant, trace_context, request_hash)`` tuples.
+        Each job is recorded in a transaction of its own, in order, on the store's thread.
+
+        Returns:
+            One entry per request: ``(status, created)``, or the :class:`RaygradeError` that
+            :meth:`create` would have raised for that job alone.
+
+        Raises:
+            Exception: the store failed (what :meth:`create` raises then); jobs recorded
+                before the failure stay recorded, as a retry with their idempotency key finds.
+        """
+        results: list[tuple[JobStatus, bool] | RaygradeError | None] = [None] * len(requests)
+        for i, (job, *_) in enumerate(requests):
             try:
-                await resolve_checked(check_url(job.options.webhook_url), self._config.webhook_allowed_networks)
-            except ValueError as exc:
-                raise InvalidRequestError(str(exc), param="options.webhook_url") from None
-        return await self._do(self._store.create_job, job, idempotency_key, self._namespace, tenant,
-                              trace_context=trace_context, request_hash=request_hash)
+                await self._check_webhook(job)
+            except RaygradeError as err:
+                results[i] = err
+
+        def create_jobs() -> None:
+            for i, (job, key, tenant, trace_context, request_hash) in enumerate(requests):
+                if results[i] is None:
+                    try:
+                        results[i] = self._store.create_job(job, key, self._namespace, tenant,
+                                                            trace_context=trace_context, request_hash=request_hash)
+                    except RaygradeError as err:
+                        results[i] = err
+
+        await self._do(create_jobs)
+        return results  # type: ignore[return-value]  # every entry set above
+
 
     async def replay(self, idempotency_key: str, request_hash: str, tenant: str = DEFAULT_TENANT) -> JobStatus | None:
         """The job an idempotent replay of the same request names, or ``None`` (:meth:`JobStore.replay_request`)."""
@@ -315,25 +340,6 @@ class JobRegistryImpl:
             return counts, self._store.lease_batches(job_id, owner, lease_s, limit)
 
         return await self._do(complete_and_lease)
-
-    # -- the webhook outbox -------------------------------------------------------------------
-    async def lease_webhooks(self, owner: str, lease_s: float, limit: int = 16) -> list[tuple[str, str, str, int]]:
-        """Due webhooks leased to ``owner`` (:meth:`JobStore.lease_webhooks`)."""
-        return await self._do(self._store.lease_webhooks, owner, lease_s, limit)
-
-    async def signing_secret(self, job_id: str) -> tuple[str, str | None]:
-        """The job's tenant and its webhook secret (:meth:`JobStore.signing_secret`)."""
-        return await self._do(self._store.signing_secret, job_id)
-
-    async def webhook_result(self, job_id: str, *, event: str = COMPLETED, ok: bool, error: str | None = None,
-                             retry_in_s: float | None = None, max_attempts: int = 8) -> str:
-        """Record a delivery attempt (:meth:`JobStore.webhook_result`); returns the new state."""
-        return await self._do(self._store.webhook_result, job_id, event=event, ok=ok, error=error,
-                              retry_in_s=retry_in_s, max_attempts=max_attempts)
-
-    async def webhook(self, job_id: str, event: str = COMPLETED) -> dict[str, Any] | None:
-        """The job's webhook row for ``event`` (:meth:`JobStore.webhook`)."""
-        return await self._do(self._store.webhook, job_id, event)
 
 
 JobRegistry = serve.deployment(name="JobRegistry", num_replicas=1, ray_actor_options={"num_cpus": 0},

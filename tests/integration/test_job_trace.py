@@ -14,8 +14,8 @@ from raygrade.tracing import read_span_files
 from tests.integration.test_jobs_api import job
 
 #: Spans a one-student text job must leave in its trace (Serve's own spans come in between).
-HOPS = {"raygrade.accept", "raygrade.store create_job", "raygrade.nudge", "raygrade.job", "raygrade.read",
-        "raygrade.plan", "raygrade.store plan_and_lease", "raygrade.batch", "raygrade.grade",
+HOPS = {"raygrade.accept", "raygrade.create", "raygrade.store create_jobs", "raygrade.nudge", "raygrade.job",
+        "raygrade.read", "raygrade.plan", "raygrade.store plan_and_lease", "raygrade.batch", "raygrade.grade",
         "raygrade.limiter.acquire", "raygrade.limiter.settle"}
 #: How the last batch's outcome is written: with the job's completion in one registry call when
 #: the batcher knows it is the last, or (when a poll tick re-opened leasing while it was graded,
