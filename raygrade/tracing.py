@@ -139,6 +139,21 @@ def extract(headers: Mapping[str, str]) -> otel_context.Context | None:
     return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
 
 
+@contextmanager
+def joined(headers: Mapping[str, str]) -> Iterator[None]:
+    """The trace context in ``headers`` (W3C, from :func:`inject`) current inside the block:
+    spans started there join that trace. Nothing changes when ``headers`` carry none."""
+    ctx = extract(headers)
+    if ctx is None:
+        yield
+        return
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def detached() -> contextvars.Context:
     """A copy of the current context variables without a trace context: for a long-lived task
     started while a request is handled (``asyncio.create_task(coro, context=detached())``), so

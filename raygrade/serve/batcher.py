@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import ray
 from ray import serve
@@ -22,14 +23,16 @@ from raygrade.blobs import BlobStore, has_stored_pages, inline_batch
 from raygrade.coalesce import Coalescer
 from raygrade.config import RaygradeArgs
 from raygrade.dispatch import JobDispatcher, planning_failed
+from raygrade.grouped import GroupedCall
 from raygrade.metrics import Recorder
 from raygrade.planner import BatchLimits, JobPlanner, planner_for
 from raygrade.protocol import GradingErrorItem, GradingJob, ReadingMode
 from raygrade.serve import HEALTH_CHECK_PERIOD_S
 from raygrade.serve.grader import PagesElsewhere, PagesFrom
 from raygrade.serve.reader import read_submissions, reading_mode
+from raygrade.serve.registry_short_path import GROUPED_CALLS
 from raygrade.serve.webhook_sender import WebhookSender
-from raygrade.tracing import detached, extract, new_trace, span
+from raygrade.tracing import detached, extract, inject, new_trace, span
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -42,12 +45,29 @@ GRADER_STATUS_INTERVAL_S = 5.0
 
 class HandleCalls:
     """A deployment handle's methods as coroutines: ``await HandleCalls(h).m(*a)`` is
-    ``await h.m.remote(*a)`` (what :class:`JobDispatcher` expects of its registry)."""
+    ``await h.m.remote(*a)`` (what :class:`JobDispatcher` expects of its registry).
 
-    def __init__(self, handle):
+    With ``grouped``, calls to those methods that come while earlier ones are in flight go
+    together in one ``h.call_many`` call (:class:`raygrade.grouped.GroupedCall`, at most
+    ``max_in_flight`` at once): a batcher driving many small jobs plans and completes them in
+    a few registry calls, not two or more per job. Each call's result or exception is its own.
+    """
+
+    def __init__(self, handle, grouped: frozenset[str] = frozenset(), max_in_flight: int = 1):
         self._handle = handle
+        self._grouped_names = grouped
+        self._group: GroupedCall[tuple[str, tuple, dict, dict[str, str]], Any] = GroupedCall(
+            lambda calls: handle.call_many.remote(calls), max_in_flight=max_in_flight)
 
     def __getattr__(self, name: str):
+        if name in self._grouped_names:
+            group = self._group
+
+            async def grouped(*args, **kwargs):
+                # Its store call joins the caller's trace, whichever call carries it.
+                return await group((name, args, kwargs, inject()))
+
+            return grouped
         method = getattr(self._handle, name)
 
         async def call(*args, **kwargs):
@@ -86,7 +106,10 @@ class Batcher:
         self._ns = {"namespace": args.namespace}
         # Batches of jobs that allow it share requests with other jobs' (raygrade.coalesce).
         self._coalescer = Coalescer(self._grade, BatchLimits.of(args), args.batcher.share_wait_s)
-        self._dispatcher = JobDispatcher(args.store, args.batcher.max_concurrent_batches, HandleCalls(registry),
+        # Planning and completions of concurrent jobs reach the registry together: one call while
+        # SQLite's one writer thread is busy, up to its four threads' worth on PostgreSQL.
+        calls = HandleCalls(registry, GROUPED_CALLS, 1 if args.store.resolved_url().startswith("sqlite") else 4)
+        self._dispatcher = JobDispatcher(args.store, args.batcher.max_concurrent_batches, calls,
                                          self._plan, self._coalescer.grade, self._metrics, tags=self._ns)
         self._webhooks = WebhookSender(registry, args.store, self._dispatcher.owner, self._metrics, self._ns)
         self._control: asyncio.Task | None = None

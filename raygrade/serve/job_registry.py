@@ -35,12 +35,13 @@ from raygrade.protocol import (
     TenantUsage,
 )
 from raygrade.serve import HEALTH_CHECK_PERIOD_S
+from raygrade.serve.registry_short_path import ShortPath
 from raygrade.serve.registry_webhooks import WebhookOutbox
 from raygrade.store import JobStore
 from raygrade.tracing import span
 
 
-class JobRegistryImpl(WebhookOutbox):
+class JobRegistryImpl(ShortPath, WebhookOutbox):
     """The store behind async methods (plain class; :data:`JobRegistry` deploys it).
 
     Args:
@@ -294,52 +295,6 @@ class JobRegistryImpl(WebhookOutbox):
     async def complete_batch(self, job_id: str, outcome: BatchOutcome, replica: str | None = None) -> dict[str, int]:
         """Write a graded batch exactly once per item (:meth:`JobStore.complete_batch`)."""
         return await self._do(self._store.complete_batch, job_id, outcome, replica)
-
-    # -- the short path: a batcher's consecutive store calls in one registry call ---------------
-    # Each runs its store calls one after another on the store's thread, in their own
-    # transactions as when called one by one (a crash between them leaves what the separate
-    # calls would have left); they save the batcher a round trip through Serve each.
-    async def status_and_job(self, job_id: str) -> tuple[JobStatus, GradingJob | None]:
-        """The job's status and, while it is queued, the job as stored (what a batcher needs to
-        plan it): :meth:`JobStore.status` then :meth:`JobStore.get_job`. Raises ``NotFoundError``."""
-        def status_and_job():
-            status = self._store.status(job_id)
-            return status, self._store.get_job(job_id) if status.state == JobState.QUEUED else None
-
-        return await self._do(status_and_job)
-
-    async def plan_and_lease(self, job_id: str, planned: list[GradeBatch], errors: list[GradingErrorItem],
-                             model: str | None, owner: str, lease_s: float, limit: int) -> list[GradeBatch]:
-        """:meth:`record_plan`, then :meth:`lease_batches` of up to ``limit`` batches to ``owner``
-        (a plan recorded before, by another batcher, is not recorded again; its batches are leased
-        as any pending batch)."""
-        def plan_and_lease():
-            self._store.record_plan(job_id, planned, errors, model)
-            return self._store.lease_batches(job_id, owner, lease_s, limit)
-
-        return await self._do(plan_and_lease)
-
-    async def complete_and_finish(self, job_id: str, outcome: BatchOutcome, replica: str | None = None
-                                  ) -> tuple[dict[str, int], JobStatus | None]:
-        """:meth:`complete_batch`, then :meth:`finish_if_complete`: for what a batcher expects to
-        be the job's last batch. Returns the counts and the terminal status (``None`` while
-        batches are still open, e.g. leased by another batcher)."""
-        def complete_and_finish():
-            counts = self._store.complete_batch(job_id, outcome, replica)
-            return counts, self._store.finish_if_complete(job_id)
-
-        return await self._do(complete_and_finish)
-
-    async def complete_and_lease(self, job_id: str, outcome: BatchOutcome, replica: str | None, owner: str,
-                                 lease_s: float, limit: int) -> tuple[dict[str, int], list[GradeBatch]]:
-        """:meth:`complete_batch`, then :meth:`lease_batches` of up to ``limit`` batches to
-        ``owner``: a batch's slot handed to the job's next batch in the same round trip. Returns the
-        counts and the batches leased (fewer than ``limit``: none is pending now)."""
-        def complete_and_lease():
-            counts = self._store.complete_batch(job_id, outcome, replica)
-            return counts, self._store.lease_batches(job_id, owner, lease_s, limit)
-
-        return await self._do(complete_and_lease)
 
 
 JobRegistry = serve.deployment(name="JobRegistry", num_replicas=1, ray_actor_options={"num_cpus": 0},

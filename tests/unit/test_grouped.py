@@ -10,7 +10,7 @@ import functools
 import pytest
 
 from raygrade.config import StoreConfig
-from raygrade.errors import ConflictError, InvalidRequestError, QuotaExceededError
+from raygrade.errors import ConflictError, InvalidRequestError, NotFoundError, QuotaExceededError
 from raygrade.grouped import GroupedCall
 from raygrade.protocol import GradingJob, TenantQuota
 from raygrade.serve.accept import JobAcceptor, NewJob
@@ -192,3 +192,40 @@ async def test_a_batcher_that_cannot_be_reached_loses_no_accepted_job(registry):
     results = await asyncio.gather(*(acceptor.accept(new(job(str(i)))) for i in range(3)))
     assert all(created for _, created in results)
     assert sorted(store.unfinished_jobs("raygrade")) == sorted(s.id for s, _ in results)
+
+
+class CountingHandle(Handle):
+    """:class:`Handle`, counting the calls of each method."""
+
+    def __init__(self, target):
+        super().__init__(target)
+        self.count: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        self.count[name] = self.count.get(name, 0) + 1
+        return super().__getattr__(name)
+
+
+@aio
+async def test_a_batchers_registry_calls_of_several_jobs_go_in_one_call_each_with_its_own_result(registry):
+    from raygrade.serve.batcher import HandleCalls
+    from raygrade.serve.registry_short_path import GROUPED_CALLS
+
+    reg, store = registry
+    handle = CountingHandle(reg)
+    calls = HandleCalls(handle, GROUPED_CALLS)
+    (a, _), (b, _) = store.create_job(job("a")), store.create_job(job("b"))
+    results = await asyncio.gather(
+        calls.plan_and_lease(a.id, [], [], "m", "owner", 30.0, 1),
+        calls.plan_and_lease("job_missing", [], [], "m", "owner", 30.0, 1),
+        calls.plan_and_lease(b.id, [], [], "m", "owner", 30.0, 1),
+        calls.complete_batch(b.id, "not an outcome"),  # fails inside the store, not with a RaygradeError
+        return_exceptions=True)
+    assert handle.count == {"call_many": 1}  # created once; then every call went through it
+    assert results[0] == [] and results[2] == []  # planned (no batches): nothing to lease
+    assert isinstance(results[1], NotFoundError)
+    assert isinstance(results[3], RuntimeError) and str(results[3]) == "complete_batch failed: AttributeError"
+    assert store.status(a.id).state.value == store.status(b.id).state.value == "running"
+    assert calls.gauges.__name__ == "call"  # a method not grouped goes on its own
+    with pytest.raises(ValueError, match="cancel"):  # only the grouped methods
+        await reg.call_many([("cancel", (a.id,), {}, {})])
