@@ -216,8 +216,9 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
             quorum = policy.rule == "quorum" and graded >= policy.min_graded_share * total
             if pending and open_batches and not quorum:
                 return None
-            self._close(conn, job_id, "not_graded", "the job completed without this item "
-                        + ("(quorum reached)" if quorum else "(no batch left to grade it)"))
+            if pending or open_batches:  # else nothing is left to cancel (the counters say so)
+                self._close(conn, job_id, "not_graded", "the job completed without this item "
+                            + ("(quorum reached)" if quorum else "(no batch left to grade it)"))
             self._flag_review(conn, job_id, job)
             errors = json.loads(j["errors"])
             failed = total - graded
