@@ -77,16 +77,18 @@ def test_completion_webhook_is_signed_and_retried(fake_app, fake):
 
 
 def test_cancel_a_running_job(fake_app, fake, fake_store_url):
-    fake.latency_s = 2.0  # every request takes 2 s: the job is surely running when cancelled
+    # Every request takes 3 s: the job is surely running when cancelled. The store is opened
+    # before the job is sent: opening it (migrations checked) took seconds on a loaded machine,
+    # long enough for a 2-s job to finish unseen (2026-12-06).
+    store = JobStore(fake_store_url)  # the app's SQLite file
+    fake.latency_s = 3.0
     try:
         client = Client(fake_app)
         st = client.submit(GradingJob.model_validate(job(40)))
-        store = JobStore(fake_store_url)  # the app's SQLite file
         deadline = time.monotonic() + 30
         while not any(b["state"] == "leased" for b in store.batch_report(st.id)):
             assert time.monotonic() < deadline, "no batch was dispatched"
             time.sleep(0.05)
-        store.close()
         r = httpx.post(f"{fake_app}/v1/jobs/{st.id}/cancel", timeout=30)
         assert r.status_code == 200 and r.json()["state"] == "cancelled"
         cancelled = r.json()["progress"]
@@ -106,6 +108,7 @@ def test_cancel_a_running_job(fake_app, fake, fake_store_url):
         assert res.state.value == "cancelled" and {e.type for e in res.errors} == {"cancelled"}
     finally:
         fake.latency_s = 0.02
+        store.close()
 
 
 @pytest.mark.parametrize("url", [
