@@ -23,9 +23,6 @@ from raygrade.tracing import detached
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: ``call(items)`` → one result per item, in order: a value, or the exception that item's caller gets.
-GroupFn = Callable[[list[T]], Awaitable[list["R | BaseException"]]]
-
 
 class GroupedCall(Generic[T, R]):
     """``await grouped(item)`` → ``item``'s result from ``call([..., item, ...])``.

@@ -29,6 +29,7 @@ from raygrade.planner import BatchLimits, JobPlanner, planner_for
 from raygrade.protocol import GradingErrorItem, GradingJob, ReadingMode
 from raygrade.serve import HEALTH_CHECK_PERIOD_S
 from raygrade.serve.grader import PagesElsewhere, PagesFrom
+from raygrade.serve.job_registry import store_threads
 from raygrade.serve.reader import read_submissions, reading_mode
 from raygrade.serve.registry_short_path import GROUPED_CALLS
 from raygrade.serve.webhook_sender import WebhookSender
@@ -106,9 +107,9 @@ class Batcher:
         self._ns = {"namespace": args.namespace}
         # Batches of jobs that allow it share requests with other jobs' (raygrade.coalesce).
         self._coalescer = Coalescer(self._grade, BatchLimits.of(args), args.batcher.share_wait_s)
-        # Planning and completions of concurrent jobs reach the registry together: one call while
-        # SQLite's one writer thread is busy, up to its four threads' worth on PostgreSQL.
-        calls = HandleCalls(registry, GROUPED_CALLS, 1 if args.store.resolved_url().startswith("sqlite") else 4)
+        # Planning and completions of concurrent jobs reach the registry together: as many calls in
+        # flight as the registry has store threads (one on SQLite), the rest grouped behind them.
+        calls = HandleCalls(registry, GROUPED_CALLS, store_threads(args.store.resolved_url()))
         self._dispatcher = JobDispatcher(args.store, args.batcher.max_concurrent_batches, calls,
                                          self._plan, self._coalescer.grade, self._metrics, tags=self._ns)
         self._webhooks = WebhookSender(registry, args.store, self._dispatcher.owner, self._metrics, self._ns)

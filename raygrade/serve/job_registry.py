@@ -41,6 +41,12 @@ from raygrade.store import JobStore
 from raygrade.tracing import span
 
 
+def store_threads(dialect: str) -> int:
+    """Threads a registry replica runs store calls on for ``dialect`` (or a store URL): one for
+    SQLite, whose writers serialise anyway; four for PostgreSQL."""
+    return 1 if dialect.startswith("sqlite") else 4
+
+
 class JobRegistryImpl(ShortPath, WebhookOutbox):
     """The store behind async methods (plain class; :data:`JobRegistry` deploys it).
 
@@ -55,7 +61,7 @@ class JobRegistryImpl(ShortPath, WebhookOutbox):
         self._config, self._namespace = config, namespace
         self._store = store or JobStore(config.resolved_url(), blob_uri=config.resolved_blob_uri())
         self._pool = None if store is not None else ThreadPoolExecutor(
-            1 if self._store.dialect == "sqlite" else 4, thread_name_prefix="raygrade-store")
+            store_threads(self._store.dialect), thread_name_prefix="raygrade-store")
         self._grouper = AnswerGrouper()
         self._group_pool = ThreadPoolExecutor(1, thread_name_prefix="raygrade-groups")
 
