@@ -82,6 +82,21 @@ class _Run:
         self.exhausted = False
         # The job's context (its span): a batch leased by another batch's task is the job's child too.
         self.context = contextvars.copy_context()
+        self.planned: frozenset[str] | None = None  # the batches of the plan this run recorded
+        self.leased: set[str] = set()  # every batch this run leased
+
+    def took(self, batches: list[GradeBatch]) -> list[GradeBatch]:
+        """Note ``batches`` as leased by this run; returns them."""
+        self.leased.update(b.batch_id for b in batches)
+        return batches
+
+    @property
+    def holds_all(self) -> bool:
+        """Whether every batch of the job was leased by this run (it recorded the plan, and has
+        leased each of its batches): none can be pending but one this run's lost grader
+        released, which says so itself. Whether another dispatcher's lease expired need not be
+        asked then."""
+        return self.planned is not None and self.planned <= self.leased
 
 
 class JobDispatcher:
@@ -184,14 +199,17 @@ class JobDispatcher:
         await self._report_finished(job_id, final)
         return final.state.value
 
-    async def _plan(self, job_id: str, job: GradingJob, tenant: str) -> list[GradeBatch]:
+    async def _plan(self, job_id: str, job: GradingJob, tenant: str, run: _Run) -> list[GradeBatch]:
         """Read, plan and record a queued job (``queued → running``; idempotent in the store) and
-        lease its first batches in the same registry call; returns them."""
+        lease its first batches in the same registry call; returns them (noted in ``run``)."""
         with span("raygrade.plan") as s:
             batches, errors, model = await self._plan_fn(job_id, job, tenant)
             s.set_attributes({"raygrade.batches": len(batches), "raygrade.errors": len(errors)})
-            return await self._registry.plan_and_lease(job_id, batches, errors, model, self.owner,
-                                                       self._cfg.batch_lease_s, self._limit)
+            # If another dispatcher recorded a plan first, its batch ids are the ones stored: this
+            # run then never holds all of ``planned`` and keeps looking for expired leases.
+            run.planned = frozenset(b.batch_id for b in batches)
+            return run.took(await self._registry.plan_and_lease(job_id, batches, errors, model, self.owner,
+                                                                self._cfg.batch_lease_s, self._limit))
 
     async def run_job(self, job_id: str, started_by: str = "submit", *,
                       known: tuple[GradingJob, str] | None = None,
@@ -222,12 +240,12 @@ class JobDispatcher:
                 if status.state.terminal:
                     return status.state.value
                 tenant = status.tenant
-            first: list[GradeBatch] | None = await self._plan(job_id, job, tenant) if job is not None else None
+            first: list[GradeBatch] | None = await self._plan(job_id, job, tenant, run) if job is not None else None
             while True:
                 if len(in_flight) < self._limit and not run.exhausted:  # ask the store only when a slot is free
                     want = self._limit - len(in_flight)
-                    leased = first if first is not None else await reg.lease_batches(
-                        job_id, self.owner, self._cfg.batch_lease_s, want)
+                    leased = first if first is not None else run.took(await reg.lease_batches(
+                        job_id, self.owner, self._cfg.batch_lease_s, want))
                     first = None
                     # Fewer than asked: no batch is pending now (one released, or whose lease
                     # expires, is looked for again after the next poll interval).
@@ -241,14 +259,14 @@ class JobDispatcher:
                     await self._sleep(self._cfg.poll_interval_s)
                     run.exhausted = False
                     continue
-                # A batch finished, or poll_interval_s passed (batches released by a lost
-                # grader, or whose lease expired, are leased again).
+                # A batch finished, or poll_interval_s passed (batches whose lease expired are
+                # leased again; those released by this run's lost graders are at once).
                 tick = asyncio.ensure_future(self._sleep(self._cfg.poll_interval_s))
                 try:
                     done, _ = await asyncio.wait(in_flight | {tick}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     tick.cancel()
-                if tick in done:
+                if tick in done and not run.holds_all:
                     run.exhausted = False
                 for t in done - {tick}:
                     in_flight.discard(t)
@@ -322,6 +340,7 @@ class JobDispatcher:
         # it joins the run's tasks before this one leaves them, so the run never holds more than its limit.
         _, leased = await self._registry.complete_and_lease(job_id, outcome, replica, self.owner,
                                                             self._cfg.batch_lease_s, 1)
+        run.took(leased)
         run.exhausted = run.exhausted or not leased
         run.in_flight |= {asyncio.create_task(self._grade(job_id, b, run), context=run.context.copy())
                          for b in leased}

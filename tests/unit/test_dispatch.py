@@ -395,6 +395,59 @@ def test_a_small_job_takes_three_registry_calls_and_a_large_one_one_per_batch(st
     assert len(store.results(job_id).results) == 2 * students
 
 
+def test_a_slow_grader_costs_no_extra_store_calls_when_the_run_holds_every_batch(store, registry, clock):
+    """Polls while the job's only batch is graded (five poll intervals) do not ask the store for
+    batches: this run recorded the plan and leased all of it."""
+    async def main():
+        status, _ = store.create_job(make_job(2))
+        counting = CountingRegistry(registry)
+
+        async def slow(batch):
+            await clock.sleep(5 * POLL_S)
+            return outcome(batch), "replica-slow"
+
+        d = dispatcher(counting, clock, slow, limit=2)
+        assert await drive(d.submit(status.id), clock, step_s=POLL_S / 2) is None
+        return status.id, counting.calls
+
+    job_id, calls = asyncio.run(main())
+    assert dict(calls) == {"status_and_job": 1, "plan_and_lease": 1, "complete_and_finish": 1}
+    assert store.status(job_id).state == JobState.SUCCEEDED
+
+
+def test_a_dead_dispatchers_expired_lease_is_taken_while_the_run_grades_another_batch(store, registry, clock):
+    """A run that did not record the plan keeps looking, at every poll, for batches whose lease
+    expired: the dead dispatcher's batch is graded while this run's own is still in flight."""
+    async def main():
+        status, _ = store.create_job(make_job(4))
+        hung = Grader(lambda b, n: None, feedback="dead")
+        dead = dispatcher(registry, clock, hung, owner="dead", limit=1)
+        task = dead.submit(status.id)
+        await clock.settle()
+        assert hung.in_flight == 1
+        task.cancel()  # its one lease is neither renewed nor released
+        await clock.settle()
+
+        graded_at: dict[str, float] = {}
+
+        async def slow(batch):
+            await clock.sleep(3 * LEASE_S)
+            graded_at[batch.batch_id] = clock()
+            return outcome(batch, "alive"), "replica-alive"
+
+        alive = dispatcher(registry, clock, slow, owner="alive")
+        job_task = alive.submit(status.id)
+        control = asyncio.ensure_future(alive.control_loop())  # renews the leases of the batches it grades
+        await drive(job_task, clock)
+        control.cancel()
+        return status.id, graded_at
+
+    job_id, graded_at = asyncio.run(main())
+    first, second = sorted(graded_at.values())
+    assert second - first <= LEASE_S + 2 * POLL_S  # taken at its lease's expiry, not after the first batch
+    assert {r.feedback for r in store.results(job_id).results} == {"alive"}
+
+
 def test_a_job_handed_over_by_the_ingress_is_planned_without_reading_it_back(store, registry, clock):
     async def main():
         job = make_job(2)
