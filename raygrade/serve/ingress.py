@@ -62,6 +62,7 @@ from raygrade.serve.guard import Authenticator
 from raygrade.serve.http_app import JobId, Tenant, _call, accepted, api, logger
 from raygrade.serve.http_errors import error_responses as _errors
 from raygrade.serve.review_routes import ReviewRoutes
+from raygrade.serve.store_reads import StoreReads
 from raygrade.tracing import extract, inject, span
 
 #: Seconds ``/readyz`` waits for the store, a Grader and the model before answering 503; a
@@ -94,6 +95,8 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
                  namespace: str = "raygrade", args: RaygradeArgs | None = None):
         self._registry, self._batcher = registry, batcher
         self._acceptor = JobAcceptor(registry, batcher)
+        # A job's status, a tenant's jobs and a job's results: read here, not through the registry, where we can.
+        self._reads = StoreReads(registry, store, namespace)
         self._metrics, self._ns = Recorder(), namespace
         self._ready_probe: asyncio.Task | None = None  # the one readiness probe in flight (see readyz)
         self._ready_until = 0.0  # monotonic time until which the last success stands
@@ -159,28 +162,28 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
             return JSONResponse(status_code=202 if created else 200, content=status.model_dump(mode="json"))
 
     @api.get("/v1/jobs", response_model=JobList, responses=_errors(404))
-    async def list_jobs(self, status: JobState | None = Query(default=None),
+    async def list_jobs(self, request: Request, status: JobState | None = Query(default=None),
                         limit: int = Query(default=20, ge=1, le=100),
                         after: str | None = Query(default=None, min_length=1, max_length=64),
                         tenant: str = Tenant) -> JobList:
         """The caller's jobs, newest first; ``after`` = the previous page's ``last_id`` (404 if unknown)."""
-        data, more = await _call(self._registry.list_jobs.remote(tenant, status, limit, after))
+        data, more = await self._reads.list_jobs(tenant, status, limit, after, parent=extract(request.headers))
         return JobList(data=data, has_more=more, first_id=data[0].id if data else None,
                        last_id=data[-1].id if data else None)
 
     @api.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=_errors(404))
-    async def get_job(self, job_id: str = JobId, tenant: str = Tenant) -> JobStatus:
-        return await _call(self._registry.status.remote(job_id, tenant))
+    async def get_job(self, request: Request, job_id: str = JobId, tenant: str = Tenant) -> JobStatus:
+        return await self._reads.status(job_id, tenant, parent=extract(request.headers))
 
     @api.get("/v1/jobs/{job_id}/results", response_model=JobResults, responses={
         200: {"content": {"text/csv": {"schema": {"type": "string"}}},
               "description": "The results (JSON), or with `format=csv` one CSV row per student × question."},
         **_errors(404)})
-    async def get_results(self, job_id: str = JobId, format: Literal["json", "csv"] = Query(default="json"),
-                          tenant: str = Tenant) -> Any:
+    async def get_results(self, request: Request, job_id: str = JobId,
+                          format: Literal["json", "csv"] = Query(default="json"), tenant: str = Tenant) -> Any:
         """Grades and errors so far; a teacher's review replaces the model's score (``graded_by``,
         ``model_score``). ``format=csv``: what a gradebook imports (:mod:`raygrade.export`)."""
-        results = await _call(self._registry.results.remote(job_id, tenant))
+        results = await self._reads.results(job_id, tenant, parent=extract(request.headers))
         if format == "csv":
             return Response(content=results_csv(results), media_type="text/csv; charset=utf-8",
                             headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})

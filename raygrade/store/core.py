@@ -23,18 +23,25 @@ class StoreCore:
             created or upgraded on open (:func:`raygrade.store.schema.migrate`).
         clock: Wall clock, Unix seconds (injected in tests).
         blob_uri: Where page images go (default: a folder beside a SQLite file).
+        migrate_schema: Create or upgrade the schema on open; ``False``: only check that it is
+            the newest (a reader beside the registry, which migrates it) and raise
+            ``StorageError`` if not.
 
     Raises:
         ConfigError: a URL :func:`~raygrade.store.schema.check_store_url` refuses.
         StorageError: the database cannot be reached or opened (one line, no password).
     """
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time, blob_uri: str | None = None):
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time, blob_uri: str | None = None,
+                 migrate_schema: bool = True):
         self.engine = create_engine(url)
         self.dialect = self.engine.dialect.name
         self._clock = clock
         try:
-            migrate(self.engine)
+            migrate(self.engine, upgrade=migrate_schema)
+        except StorageError:
+            self.engine.dispose()
+            raise
         except sa.exc.OperationalError as exc:  # unreachable server, refused login, unreadable file
             self.engine.dispose()
             reason = " ".join(str(exc.orig or exc).split())[:300]

@@ -277,8 +277,11 @@ _MIGRATION_LOCK = 0x7261796772616465  # "raygrade": PostgreSQL advisory lock key
 _migrating = threading.Lock()  # Alembic's op/context proxies are module globals: one upgrade per process
 
 
-def migrate(engine: sa.Engine) -> list[str]:
+def migrate(engine: sa.Engine, *, upgrade: bool = True) -> list[str]:
     """Create or upgrade the job store's schema to the newest Alembic revision; returns the revisions applied.
+
+    With ``upgrade=False`` nothing is written: a store whose schema is not the newest raises
+    :class:`~raygrade.errors.StorageError` (a reader beside the store's writer, which migrates it).
 
     The revisions are in :mod:`raygrade.migrations`. A new database gets every revision in
     order; a store made before the store used Alembic (tables but no version table) is
@@ -291,6 +294,7 @@ def migrate(engine: sa.Engine) -> list[str]:
     Raises:
         alembic.util.CommandError: the database carries a revision this raygrade does not
             know (it was upgraded by a newer raygrade).
+        StorageError: with ``upgrade=False``, a schema that is not the newest.
     """
     from alembic import command
     from alembic.config import Config
@@ -300,6 +304,15 @@ def migrate(engine: sa.Engine) -> list[str]:
     cfg = Config()
     cfg.set_main_option("script_location", "raygrade:migrations")
     script = ScriptDirectory.from_config(cfg)
+    if not upgrade:
+        from raygrade.errors import StorageError
+
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        if current != (head := script.get_current_head()):
+            raise StorageError(f"the job store's schema is at revision {current or 'none'}, not {head}: the "
+                               "registry creates or upgrades it when it starts")
+        return []
     with _migrating, engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})

@@ -74,3 +74,21 @@ def test_a_job_without_traceparent_records_nothing(fake_app, fake):
     assert Client(fake_app).wait(r.json()["id"], timeout_s=60, poll_s=0.2, progress=False).state.value == "succeeded"
     new = [s for s in read_span_files(span_files()) if s["context"]["span_id"] not in before]
     assert not [s for s in new if s["attributes"].get("raygrade.job_id") == r.json()["id"]]
+
+
+def test_a_status_read_goes_to_the_store_from_the_ingress_not_through_the_registry(fake_app, fake):
+    """The default deployment (SQLite; the ingress on the head node beside the file): a traced
+    ``GET /v1/jobs/{id}`` is read by the ingress itself, with no store call in the registry."""
+    r = httpx.post(f"{fake_app}/v1/jobs", json=job(1), timeout=30)
+    assert r.status_code == 202, r.text
+    trace_id = secrets.token_hex(16)
+    got = httpx.get(f"{fake_app}/v1/jobs/{r.json()['id']}",
+                    headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}, timeout=30)
+    assert got.status_code == 200 and got.json()["id"] == r.json()["id"], got.text
+    deadline, spans = time.monotonic() + 30, []
+    while time.monotonic() < deadline and not spans:
+        spans = [s for s in read_span_files(span_files())
+                 if s["context"]["trace_id"] == f"0x{trace_id}" and s["name"].startswith("raygrade.")]
+        time.sleep(0.2)
+    assert [(s["name"], s["attributes"]["raygrade.read.direct"]) for s in spans] == [
+        ("raygrade.ingress_read status", True)], spans
