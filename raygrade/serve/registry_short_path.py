@@ -64,14 +64,10 @@ class ShortPath:
 
     async def plan_and_lease(self, job_id: str, planned: list[GradeBatch], errors: list[GradingErrorItem],
                              model: str | None, owner: str, lease_s: float, limit: int) -> list[GradeBatch]:
-        """:meth:`record_plan`, then :meth:`lease_batches` of up to ``limit`` batches to ``owner``
-        (a plan recorded before, by another batcher, is not recorded again; its batches are leased
-        as any pending batch)."""
-        def plan_and_lease():
-            self._store.record_plan(job_id, planned, errors, model)
-            return self._store.lease_batches(job_id, owner, lease_s, limit)
-
-        return await self._do(plan_and_lease)
+        """:meth:`JobStore.plan_and_lease`: the plan recorded with its first ``limit`` batches leased
+        to ``owner`` in one transaction (a plan recorded before, by another batcher, is not
+        recorded again; its batches are leased as any pending batch)."""
+        return await self._do(self._store.plan_and_lease, job_id, planned, errors, model, owner, lease_s, limit)
 
     async def complete_and_finish(self, job_id: str, outcome: BatchOutcome, replica: str | None = None
                                   ) -> tuple[dict[str, int], JobStatus | None]:

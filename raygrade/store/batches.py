@@ -17,21 +17,31 @@ class BatchLeases(StoreCore):
     """Recording a job's plan, leasing its batches to batchers, writing their outcomes."""
 
     def record_plan(self, job_id: str, planned: list[GradeBatch], errors: list[GradingErrorItem],
-                    model: str | None) -> bool:
+                    model: str | None, *, lease: tuple[str, float, int] | None = None) -> bool:
         """Record a job's batches and planning/reading errors, ``queued → running``.
 
         Idempotent: only the first plan of a job is recorded (``False`` after that, or
         when the job is no longer queued, e.g. cancelled meanwhile).
+
+        ``lease``: ``(owner, lease_s, limit)``: the plan's first ``limit`` batches are recorded
+        already leased to ``owner`` (``attempts`` 1), as :meth:`lease_batches` would lease them
+        (see :meth:`plan_and_lease`).
         """
         now = self._clock()
+        owner, lease_s, n_leased = lease if lease is not None else (None, 0.0, 0)
         with self.engine.begin() as conn:
             if not self._set_job_state(conn, job_id, "running", model=model, batches_total=len(planned)):
                 self._job_row(conn, job_id)  # NotFoundError for an unknown id
                 return False
             if planned:
+                # No batch of the job can exist yet (the state's compare-and-swap above let only
+                # this plan through), so each row is inserted as given.
                 conn.execute(self._insert_ignore(batches), [
-                    {"id": b.batch_id, "job_id": job_id, "seq": k, "state": "pending", "payload": b.model_dump_json(),
-                     "updated_at": now} for k, b in enumerate(planned)])
+                    {"id": b.batch_id, "job_id": job_id, "seq": k, "payload": b.model_dump_json(), "updated_at": now,
+                     **({"state": "leased", "owner": owner, "lease_expires_at": now + lease_s, "attempts": 1}
+                        if k < n_leased else {"state": "pending", "owner": None, "lease_expires_at": None,
+                                              "attempts": 0})}
+                    for k, b in enumerate(planned)])
                 # Each item learns its batch, so completing a batch touches only its own items.
                 conn.execute(items.update().where(
                     items.c.job_id == sa.bindparam("j"), items.c.student_id == sa.bindparam("s"),
@@ -54,6 +64,21 @@ class BatchLeases(StoreCore):
             ).values(state="failed", error_type=e.type, error_message=e.message[:2000], batch_id=batch_id,
                      updated_at=now)).rowcount
         return n
+
+    def plan_and_lease(self, job_id: str, planned: list[GradeBatch], errors: list[GradingErrorItem],
+                       model: str | None, owner: str, lease_s: float, limit: int) -> list[GradeBatch]:
+        """:meth:`record_plan`, then :meth:`lease_batches` of up to ``limit`` batches to ``owner``;
+        returns the batches leased, in plan order. When this call records the plan, both happen
+        in its one transaction (the first batches written already leased: one commit and four
+        statements fewer than the two calls); when a plan was recorded before (by another
+        batcher), its pending batches are leased as by :meth:`lease_batches`.
+
+        Raises:
+            NotFoundError: no job ``job_id``.
+        """
+        if self.record_plan(job_id, planned, errors, model, lease=(owner, lease_s, max(0, limit))):
+            return planned[:max(0, limit)]
+        return self.lease_batches(job_id, owner, lease_s, limit)
 
     # ------------------------------------------------------------------ batches
     def lease_batches(self, job_id: str, owner: str, lease_s: float, limit: int) -> list[GradeBatch]:

@@ -167,6 +167,37 @@ def test_expired_leases_are_taken_over_and_only_the_owner_releases(store):
     assert store.status(job_id).progress.batches_redispatched == 4
 
 
+def test_plan_and_lease_leases_the_first_batches_as_two_calls_would(store):
+    """One transaction when it records the plan: the first ``limit`` batches leased to the caller
+    (attempts 1, a live lease that expires and renews as any), the rest pending; a second
+    batcher's plan of the same job is not recorded and leases only what is pending."""
+    job = make_job(6)
+    status, _ = store.create_job(job)
+    batches = plan(status.id, job)  # three batches
+    got = store.plan_and_lease(status.id, batches, [], "m", "A", 30, 2)
+    assert [b.batch_id for b in got] == [b.batch_id for b in batches[:2]] and got[0] == batches[0]
+    report = {b["id"]: b for b in store.batch_report(status.id)}
+    assert [(report[b.batch_id]["state"], report[b.batch_id]["attempts"]) for b in batches] == [
+        ("leased", 1), ("leased", 1), ("pending", 0)]
+    st = store.status(status.id)
+    assert st.state == JobState.RUNNING and st.progress.batches_total == 3 and st.progress.batches_redispatched == 0
+    # Another batcher planned the same job meanwhile: nothing recorded, the pending batch leased.
+    assert [b.batch_id for b in store.plan_and_lease(status.id, batches, [], "m", "B", 30, 5)] == [batches[2].batch_id]
+    assert store.lease_batches(status.id, "C", 30, 5) == []  # A's leases are live
+    assert store.renew_leases("A", 30) == 2
+    store._clock.now += 31  # A and B died
+    assert [b.batch_id for b in store.lease_batches(status.id, "C", 30, 5)] == [b.batch_id for b in batches]
+    assert store.status(status.id).progress.batches_redispatched == 3
+    for b in batches:
+        store.complete_batch(status.id, outcome(b))
+    assert store.finish_if_complete(status.id).progress.items_graded == 12
+    with pytest.raises(NotFoundError):
+        store.plan_and_lease("job_nope", batches, [], "m", "A", 30, 2)
+    cancelled, _ = store.create_job(make_job(2))
+    store.cancel(cancelled.id)
+    assert store.plan_and_lease(cancelled.id, plan(cancelled.id, make_job(2)), [], "m", "A", 30, 2) == []
+
+
 def test_quorum_completion_cancels_what_is_left(store):
     job_id, batches = started(store, 4, completion={"rule": "quorum", "min_graded_share": 0.5})
     store.lease_batches(job_id, "A", 30, 5)
