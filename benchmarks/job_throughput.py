@@ -21,8 +21,9 @@ provider's own ceiling at the same concurrency).
 
 Then **small jobs**: ``--small-jobs`` one-student jobs POSTed by ``--clients`` concurrent clients (32)
 (a platform sending each student as it is scanned), once for a tenant without a quota, once
-with a quota that never binds (every quota query runs) and once with ``batch_across_jobs`` (jobs
-share provider requests); POSTs/s, POST p50/p95, the wall time until all are graded and the
+with a quota that never binds (every quota query runs), once with ``batch_across_jobs`` (jobs
+share provider requests) and once as one-page image students (``--page``, each page distinct,
+with the quota); POSTs/s, POST p50/p95, the wall time until all are graded and the
 provider's prompt tokens per job, with the ratio quota ÷ none.
 
 With ``--trace N`` the throughput phases are skipped: Serve's tracing is switched on (sampling
@@ -185,19 +186,24 @@ def concurrent_jobs(url: str, jobs: list[GradingJob]) -> dict:
             "succeeded": sum(f["state"] == "succeeded" for f in finals)}
 
 
-def small_jobs(url: str, n: int, concurrency: int = 32, share: bool = False) -> dict:
+def small_jobs(url: str, n: int, concurrency: int = 32, share: bool = False, image_page: str | None = None) -> dict:
     """``n`` one-student text jobs POSTed ``concurrency`` at a time (``share``: with
-    ``options.batch_across_jobs``); POST latency, the wall time until every job is terminal, and
-    the provider's prompt tokens per job."""
-    job = text_job(1)
-    if share:
-        job = job.model_copy(update={"options": job.options.model_copy(update={"batch_across_jobs": True})})
-    body = job.model_dump_json()
+    ``options.batch_across_jobs``; ``image_page``: one-page image students instead, each page
+    distinct, see :func:`image_job`); POST latency, the wall time until every job is terminal,
+    and the provider's prompt tokens per job."""
+    if image_page is not None:
+        whole = image_job(n, image_page)
+        bodies = [whole.model_copy(update={"submissions": [sub]}).model_dump_json() for sub in whole.submissions]
+    else:
+        job = text_job(1)
+        if share:
+            job = job.model_copy(update={"options": job.options.model_copy(update={"batch_across_jobs": True})})
+        bodies = [job.model_dump_json()] * n
 
     async def run() -> tuple[list[float], list[str], float]:
         sem, lat, ids = asyncio.Semaphore(concurrency), [], []
         async with httpx.AsyncClient(timeout=120) as http:
-            async def one():
+            async def one(body: str):
                 async with sem:
                     t = time.perf_counter()
                     r = await http.post(f"{url}/v1/jobs", content=body, headers={"content-type": "application/json"})
@@ -206,7 +212,7 @@ def small_jobs(url: str, n: int, concurrency: int = 32, share: bool = False) -> 
                     ids.append(r.json()["id"])
 
             t0 = time.perf_counter()
-            await asyncio.gather(*(one() for _ in range(n)))
+            await asyncio.gather(*(one(body) for body in bodies))
             posted = time.perf_counter() - t0
             finals = await _wait_terminal(http, url, ids)
             return lat, finals, posted, time.perf_counter() - t0
@@ -300,6 +306,7 @@ def main() -> None:
             store.close()
             report["small"]["quota"] = small_jobs(url, a.small_jobs, a.clients)
             report["small"]["batch_across_jobs"] = small_jobs(url, a.small_jobs, a.clients, share=True)
+            report["small"][f"one {a.page} page"] = small_jobs(url, a.small_jobs, a.clients, image_page=a.page)
     finally:
         if ray.is_initialized():
             serve.shutdown()
