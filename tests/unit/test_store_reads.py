@@ -64,10 +64,15 @@ def store(url):
     s.close()
 
 
-def test_reads_go_to_the_store_on_its_node_and_answer_as_the_registry_does(store, url):
+def on_its_node(store: JobStore, url: str):
+    """A job of tenant ``t1`` in ``store``, the registry double over it, and reads on the store's node."""
     status, _ = store.create_job(JOB, None, "raygrade", "t1")
     registry = Registry(store)
-    reads = StoreReads(registry, StoreConfig(url=url), "raygrade", on_store_node=lambda: True)
+    return status, registry, StoreReads(registry, StoreConfig(url=url), "raygrade", on_store_node=lambda: True)
+
+
+def test_reads_go_to_the_store_on_its_node_and_answer_as_the_registry_does(store, url):
+    status, registry, reads = on_its_node(store, url)
 
     async def main():
         got = await reads.status(status.id, "t1")
@@ -121,9 +126,7 @@ def test_a_store_not_yet_migrated_is_read_through_the_registry_and_not_migrated_
 
 
 def test_a_failing_direct_read_is_answered_by_the_registry(store, url):
-    status, _ = store.create_job(JOB, None, "raygrade", "t1")
-    registry = Registry(store)
-    reads = StoreReads(registry, StoreConfig(url=url), "raygrade", on_store_node=lambda: True)
+    status, registry, reads = on_its_node(store, url)
 
     async def main():
         await reads.status(status.id, "t1")
