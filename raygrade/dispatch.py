@@ -157,10 +157,11 @@ class JobDispatcher:
         return task
 
     async def control_step(self) -> None:
-        """One round of the control loop: start every unfinished job not being driven, forget
-        finished tasks, renew this dispatcher's leases, report the gauges when due. Raises what
-        the registry raises."""
-        for job_id in await self._registry.unfinished_jobs():
+        """One round of the control loop: start every unfinished job not being driven (a queued
+        one once it is ``poll_interval_s`` old: the ingress's nudge, with the job, brings a new
+        one sooner, and a lost nudge costs one poll), forget finished tasks, renew this
+        dispatcher's leases, report the gauges when due. Raises what the registry raises."""
+        for job_id in await self._registry.unfinished_jobs(self._cfg.poll_interval_s):
             self.submit(job_id, "poll")
         for job_id in [j for j, t in self._jobs.items() if t.done()]:
             del self._jobs[job_id]

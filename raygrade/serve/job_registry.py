@@ -137,9 +137,9 @@ class JobRegistryImpl(ShortPath, WebhookOutbox):
         """This application's jobs by state and pending batches (see :meth:`JobStore.gauges`)."""
         return await self._do(self._store.gauges, self._namespace)
 
-    async def unfinished_jobs(self) -> list[str]:
+    async def unfinished_jobs(self, queued_for_s: float = 0.0) -> list[str]:
         """This application's unfinished jobs (see :meth:`JobStore.unfinished_jobs`)."""
-        return await self._do(self._store.unfinished_jobs, self._namespace)
+        return await self._do(self._store.unfinished_jobs, self._namespace, queued_for_s=queued_for_s)
 
     # -- reads ------------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> GradingJob:

@@ -184,12 +184,16 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
             out = [self._status_of(r) for r in rows]
         return out[:limit], len(out) > limit
 
-    def unfinished_jobs(self, namespace: str = "raygrade") -> list[str]:
+    def unfinished_jobs(self, namespace: str = "raygrade", *, queued_for_s: float = 0.0) -> list[str]:
         """Ids of the namespace's jobs accepted but not in a terminal state, oldest first
-        (what a restart resumes)."""
+        (what a restart resumes); ``queued_for_s``: only queued jobs created at least that many
+        seconds ago (younger ones are on their way to a batcher with the ingress's nudge)."""
+        queued = jobs.c.state == "queued"
+        if queued_for_s > 0:
+            queued = sa.and_(queued, jobs.c.created_at <= self._clock() - queued_for_s)
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(jobs.c.id).where(jobs.c.namespace == namespace,
-                                                                jobs.c.state.in_(["queued", "running"]))
+                                                                sa.or_(jobs.c.state == "running", queued))
                                      .order_by(jobs.c.created_at)).scalars())
     def finish_if_complete(self, job_id: str) -> JobStatus | None:
         """Apply the job's completion policy; if it is met, make the job terminal.

@@ -90,6 +90,9 @@ def test_create_is_idempotent_per_key_and_rejects_a_different_body(store):
     assert created3 and s3.id != s1.id
     assert store.get_job(s1.id) == job  # text pages are stored as they are
     assert store.unfinished_jobs() == [s1.id, s3.id]
+    assert store.unfinished_jobs(queued_for_s=1.0) == []  # just created: left to their nudge
+    store._clock.now += 1.0
+    assert store.unfinished_jobs(queued_for_s=1.0) == [s1.id, s3.id]
     with pytest.raises(NotFoundError):
         store.status("job_nope")
 

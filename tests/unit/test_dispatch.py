@@ -256,7 +256,7 @@ def test_leases_are_renewed_while_a_slow_grader_works(store, registry, clock):
         slow = Grader(lambda b, n: None, feedback="slow")
         owner = dispatcher(registry, clock, slow, owner="slow")
         control = asyncio.ensure_future(owner.control_loop())  # starts the job and renews its lease
-        await clock.settle()
+        await clock.advance(POLL_S)  # a queued job is found once a poll interval old
         assert slow.in_flight == 1
 
         other = Grader(feedback="other")
@@ -446,6 +446,29 @@ def test_a_dead_dispatchers_expired_lease_is_taken_while_the_run_grades_another_
     first, second = sorted(graded_at.values())
     assert second - first <= LEASE_S + 2 * POLL_S  # taken at its lease's expiry, not after the first batch
     assert {r.feedback for r in store.results(job_id).results} == {"alive"}
+
+
+def test_the_control_loop_leaves_a_new_queued_job_to_its_nudge_for_one_poll_interval(store, registry, clock):
+    """A job just recorded is on its way with the ingress's nudge: the poll does not start it
+    too (a job found by the poll is read back from the store); a job whose nudge was lost is
+    started one poll later, and a running job (a restarted batcher's) at once."""
+    async def main():
+        running, _ = store.create_job(make_job(2))
+        store.record_plan(running.id, (await plan_two_per_batch(running.id, make_job(2), ""))[0], [], "m")
+        clock.now += POLL_S / 2
+        fresh, _ = store.create_job(make_job(2))
+        d = dispatcher(registry, clock, Grader())
+        await d.control_step()
+        first = set(d._jobs)
+        clock.now += POLL_S
+        await d.control_step()
+        for job_id in list(d._jobs):
+            await drive(d._jobs[job_id], clock)
+        return running.id, fresh.id, first
+
+    running, fresh, first = asyncio.run(main())
+    assert first == {running}
+    assert store.status(fresh).state == JobState.SUCCEEDED and store.status(running).state == JobState.SUCCEEDED
 
 
 def test_a_job_handed_over_by_the_ingress_is_planned_without_reading_it_back(store, registry, clock):

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.trace import StatusCode
 from support.spans import by_name, memory_exporter
-from test_dispatch import Grader, clock, dispatcher, drive, make_job, registry, store  # noqa: F401  (fixtures)
+from test_dispatch import POLL_S, Grader, clock, dispatcher, drive, make_job, registry, store  # noqa: F401  (fixtures)
 from test_grading import ScriptedProvider, batch, good, grader
 
 from raygrade.errors import ProviderStatusError
@@ -64,6 +64,7 @@ def test_a_job_found_in_the_store_joins_the_trace_its_submission_stored(store, r
         traced, _ = store.create_job(make_job(1), trace_context={"traceparent": PARENT})
         untraced, _ = store.create_job(make_job(1))
         d = dispatcher(registry, clock, Grader())
+        clock.now += POLL_S  # queued jobs are found once a poll interval old (their nudge would come first)
         await d.control_step()  # what the control loop does every poll_interval_s
         for job_id in (traced.id, untraced.id):
             await drive(d.submit(job_id), clock)
