@@ -5,12 +5,20 @@ Each job is still recorded in a transaction of its own, and answered only once i
 a job refused (its quota, an idempotency key used with another body, a webhook it may not
 reach) is refused alone; a registry that cannot be reached fails the group's requests as it
 failed each request before.
+
+Where every process may write the store (PostgreSQL), the ingress records jobs itself
+(:meth:`raygrade.serve.direct_store.DirectStore.create_jobs`), with no round trip through a
+registry replica: the same :meth:`JobStore.create_job` transaction, whose idempotency-key insert
+is safe between concurrent writers. A job with a ``webhook_url`` still goes through the registry, which
+checks the webhook's signing secret and host where webhooks are sent from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from raygrade.errors import RaygradeError
 from raygrade.grouped import GroupedCall
 from raygrade.protocol import GradingJob, JobStatus
 from raygrade.serve.http_app import _call, logger
@@ -50,10 +58,16 @@ class JobAcceptor:
         registry: ``JobRegistry`` handle (``create_many``).
         batcher: ``Batcher`` handle (``submit_many``).
         max_jobs: The most jobs per call.
+        direct: ``await direct(news)`` records ``news`` from this process and returns their
+            results, or returns ``None`` where it cannot (then the registry records them):
+            :meth:`DirectStore.create_jobs`. Jobs with a ``webhook_url`` always go to the registry.
     """
 
-    def __init__(self, registry, batcher, max_jobs: int = MAX_JOBS_PER_CALL):
-        self._registry, self._batcher = registry, batcher
+    def __init__(self, registry, batcher, max_jobs: int = MAX_JOBS_PER_CALL, *,
+                 direct: Callable[[list[NewJob]], Awaitable[list[tuple[JobStatus, bool] | RaygradeError] | None]]
+                 | None = None):
+        self._registry, self._batcher, self._direct = registry, batcher, direct
+        self.direct_jobs = 0  # jobs recorded here, not through the registry (a test's and a benchmark's figure)
         self._grouped: GroupedCall[NewJob, tuple[JobStatus, bool]] = GroupedCall(self._record, max_items=max_jobs)
 
     @property
@@ -68,16 +82,17 @@ class JobAcceptor:
             ``(status, created)``: ``created`` is False for a replay of an idempotency key.
 
         Raises:
-            RaygradeError: what :meth:`JobRegistryImpl.create` raises for this job.
+            RaygradeError: what :meth:`JobRegistryImpl.create` raises for this job (or, recorded
+                here, :meth:`JobStore.create_job`: the same errors).
         """
         return await self._grouped(new)
 
     async def _record(self, news: list[NewJob]) -> list[tuple[JobStatus, bool] | BaseException]:
         # The group's spans join its first job's trace (a traced job sent alone has them all).
         parent = extract(news[0].trace_context) or new_trace()
-        with span("raygrade.create", {"raygrade.jobs": len(news)}, parent=parent):
-            results = await _call(self._registry.create_many.remote([
-                (n.job, n.idempotency_key, n.tenant, n.trace_context, n.request_hash) for n in news]))
+        with span("raygrade.create", {"raygrade.jobs": len(news)}, parent=parent) as s:
+            results, direct = await self._create(news)
+            s.set_attribute("raygrade.create.direct", direct)
         nudges = [(r[0].id, n.job if n.nudge_with_job else None, r[0].tenant, n.trace_context)
                   for n, r in zip(news, results) if not isinstance(r, BaseException) and r[1]]
         if nudges:
@@ -89,3 +104,18 @@ class JobAcceptor:
                     logger.warning("%d jobs: batcher not reachable (%s); it will pick them up from the store",
                                    len(nudges), type(exc).__name__)
         return results
+
+    async def _create(self, news: list[NewJob]) -> tuple[list[tuple[JobStatus, bool] | BaseException], int]:
+        """Each job recorded here where ``direct`` can (no ``webhook_url``), the rest by the
+        registry: their results in ``news`` order, and how many were recorded here."""
+        here = [i for i, n in enumerate(news) if not n.job.options.webhook_url] if self._direct is not None else []
+        done = await self._direct([news[i] for i in here]) if here and self._direct is not None else None
+        if done is None:
+            here, done = [], []
+        self.direct_jobs += len(here)
+        rest = [i for i in range(len(news)) if i not in set(here)]
+        via = await _call(self._registry.create_many.remote([
+            (n.job, n.idempotency_key, n.tenant, n.trace_context, n.request_hash)
+            for n in (news[i] for i in rest)])) if rest else []
+        by_index = dict(zip(here, done)) | dict(zip(rest, via))
+        return [by_index[i] for i in range(len(news))], len(here)

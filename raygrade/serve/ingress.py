@@ -57,12 +57,12 @@ from raygrade.protocol import (
 from raygrade.serve import HEALTH_CHECK_PERIOD_S
 from raygrade.serve.accept import JobAcceptor, NewJob
 from raygrade.serve.admission import refuse_unfit
+from raygrade.serve.direct_store import DirectStore
 from raygrade.serve.file_routes import FileRoutes
 from raygrade.serve.guard import Authenticator
 from raygrade.serve.http_app import JobId, Tenant, _call, accepted, api, logger
 from raygrade.serve.http_errors import error_responses as _errors
 from raygrade.serve.review_routes import ReviewRoutes
-from raygrade.serve.store_reads import StoreReads
 from raygrade.tracing import extract, inject, span
 
 #: Seconds ``/readyz`` waits for the store, a Grader and the model before answering 503; a
@@ -94,9 +94,10 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
     def __init__(self, registry, batcher, store: StoreConfig | None = None, config: ApiConfig | None = None,
                  namespace: str = "raygrade", args: RaygradeArgs | None = None):
         self._registry, self._batcher = registry, batcher
-        self._acceptor = JobAcceptor(registry, batcher)
-        # A job's status, a tenant's jobs and a job's results: read here, not through the registry, where we can.
-        self._reads = StoreReads(registry, store, namespace)
+        # A job's status, a tenant's jobs and a job's results: read here, not through the registry,
+        # where we can; on PostgreSQL new jobs are recorded here too.
+        self._reads = DirectStore(registry, store, namespace)
+        self._acceptor = JobAcceptor(registry, batcher, direct=self._reads.create_jobs)
         self._metrics, self._ns = Recorder(), namespace
         self._ready_probe: asyncio.Task | None = None  # the one readiness probe in flight (see readyz)
         self._ready_until = 0.0  # monotonic time until which the last success stands

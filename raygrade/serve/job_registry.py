@@ -1,9 +1,10 @@
 """``JobRegistry``: the Serve deployment in front of the durable job store.
 
-Every read and write of job state goes through here to :class:`raygrade.store.JobStore`
-(SQLite on the head node by default, PostgreSQL for clusters), so a restart of any
-deployment, of the Serve application or of the whole Ray cluster loses nothing that
-was accepted. Store calls run in a worker thread (one for SQLite, whose writers
+Writes of job state go through here to :class:`raygrade.store.JobStore` (SQLite on the
+head node by default, PostgreSQL for clusters), so a restart of any deployment, of the Serve
+application or of the whole Ray cluster loses nothing that was accepted. The ingress reads
+the store itself where it can, and on PostgreSQL records new jobs itself too
+(:mod:`raygrade.serve.direct_store`); the registry creates and migrates the schema. Store calls run in a worker thread (one for SQLite, whose writers
 serialise anyway; four for PostgreSQL).
 """
 

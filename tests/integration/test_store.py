@@ -598,3 +598,30 @@ def test_replicas_opening_a_new_store_at_once_migrate_it_once(store_url, tmp_pat
     assert all(s.status(job_id).id == job_id for s in stores)
     for s in stores:
         s.close()
+
+
+def test_the_ingress_records_jobs_itself_on_postgresql_only(store, store_url):
+    """``DirectStore.create_jobs`` (the ingress's writes): on PostgreSQL each job is recorded in the
+    registry's store with its own result (a replay of a key, a key used with another body); on
+    SQLite nothing is written (``None``: the registry is its one writer)."""
+    import asyncio
+
+    from raygrade.config import StoreConfig
+    from raygrade.serve.accept import NewJob
+    from raygrade.serve.direct_store import DirectStore
+
+    direct = DirectStore(None, StoreConfig(url=store_url), "raygrade", on_store_node=lambda: True)
+    job = make_job()
+    news = [NewJob(j, key, "t1", {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}, None, True)
+            for j, key in ((job, "k1"), (job, "k1"), (make_job(4), "k1"), (job, None))]
+    results = asyncio.run(direct.create_jobs(news))
+    if store.dialect == "sqlite":
+        assert results is None and store.unfinished_jobs() == []
+        return
+    assert results is not None
+    (first, created1), (replay, created2), conflict, (other, created3) = results
+    assert created1 and not created2 and replay.id == first.id and created3 and other.id != first.id
+    assert isinstance(conflict, ConflictError)
+    assert store.unfinished_jobs() == [first.id, other.id]  # the registry's store sees them
+    assert store.status(first.id, "t1").progress.items_total == 6 and store.get_job(first.id) == job
+    assert store.trace_context(first.id) == news[0].trace_context

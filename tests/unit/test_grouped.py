@@ -229,3 +229,66 @@ async def test_a_batchers_registry_calls_of_several_jobs_go_in_one_call_each_wit
     assert calls.gauges.__name__ == "call"  # a method not grouped goes on its own
     with pytest.raises(ValueError, match="cancel"):  # only the grouped methods
         await reg.call_many([("cancel", (a.id,), {}, {})])
+
+
+class Direct:
+    """``JobAcceptor``'s ``direct`` over ``store`` (as :meth:`DirectStore.create_jobs` on
+    PostgreSQL): records what it is given, or answers ``None`` (cannot write here) or fails."""
+
+    def __init__(self, store: JobStore | None, fail: Exception | None = None):
+        self.store, self.fail, self.given = store, fail, []
+
+    async def __call__(self, news):
+        self.given.append([n.job.submissions[0].pages[0].text for n in news])
+        if self.fail is not None:
+            raise self.fail
+        if self.store is None:
+            return None
+        out = []
+        for n in news:
+            try:
+                out.append(self.store.create_job(n.job, n.idempotency_key, "raygrade", n.tenant,
+                                                 trace_context=n.trace_context, request_hash=n.request_hash))
+            except (ConflictError, QuotaExceededError) as err:
+                out.append(err)
+        return out
+
+
+@aio
+async def test_jobs_recorded_by_the_ingress_itself_skip_the_registry_except_those_with_a_webhook(registry):
+    reg, store = registry
+    handle, batcher, direct = CountingHandle(reg), Batcher(), Direct(store)
+    acceptor = JobAcceptor(handle, Handle(batcher), direct=direct)
+    subs = [new(job("a"), key="k1"), new(job("b"), key="k1"), new(job("c")),
+            new(job("d", webhook="https://example.com/h"))]  # webhooks not enabled: the registry refuses it
+    results = await asyncio.gather(*(acceptor.accept(n) for n in subs), return_exceptions=True)
+    (first, created), conflict, (third, created3), hook = results
+    assert created and created3 and isinstance(conflict, ConflictError) and isinstance(hook, InvalidRequestError)
+    # The ingress recorded every job without a webhook; only the webhook's job went to the registry.
+    assert sorted(t for g in direct.given for t in g) == ["a", "b", "c"] and acceptor.direct_jobs == 3
+    assert handle.count == {"create_many": 1}
+    nudged = sorted(n[0] for call in batcher.submitted for n in call)
+    assert nudged == sorted([first.id, third.id])
+    assert {store.status(s.id).state.value for s in (first, third)} == {"queued"}
+
+
+@aio
+async def test_where_the_ingress_cannot_write_the_registry_records_every_job(registry):
+    reg, store = registry
+    handle, direct = CountingHandle(reg), Direct(None)  # SQLite, or a store not opened yet
+    acceptor = JobAcceptor(handle, Handle(Batcher()), direct=direct)
+    (status, created), = await asyncio.gather(acceptor.accept(new(job("a"))))
+    assert created and acceptor.direct_jobs == 0 and handle.count == {"create_many": 1}
+    assert store.status(status.id).state.value == "queued"
+
+
+@aio
+async def test_a_failed_direct_write_fails_its_group_and_is_not_sent_to_the_registry_again(registry):
+    reg, store = registry
+    handle = CountingHandle(reg)
+    acceptor = JobAcceptor(handle, Handle(Batcher()), direct=Direct(store, fail=ConnectionError("server gone")))
+    results = await asyncio.gather(*(acceptor.accept(new(job(t))) for t in "ab"), return_exceptions=True)
+    # Its transaction may have committed: retried through the registry, a job without a key could
+    # be recorded twice. The caller retries (with its idempotency key).
+    assert all(isinstance(r, ConnectionError) for r in results) and handle.count == {}
+    assert store.unfinished_jobs("raygrade") == []

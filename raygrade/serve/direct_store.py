@@ -1,4 +1,4 @@
-"""``StoreReads``: the ingress's reads of the job store, without the registry where it can.
+"""``DirectStore``: the ingress's own access to the job store, without the registry where it can.
 
 A client polling ``GET /v1/jobs/{id}`` cost a handle call to the ``JobRegistry`` per poll
 (≈ 10.6 ms of CPU per GET across the proxy, ingress and registry on 2 cores, 2.3 ms of it the
@@ -11,10 +11,17 @@ jobs and a job's results itself, on threads of its own, wherever it can open the
 - SQLite: only on the node the file is on (the head node, where the registry is pinned), and
   only once the file exists.
 
+On PostgreSQL, where every process may write, the ingress also records new jobs itself
+(:meth:`DirectStore.create_jobs`, used by :class:`raygrade.serve.accept.JobAcceptor`): the
+same :meth:`JobStore.create_job` transaction a registry replica runs, with no round trip through
+one. SQLite keeps one writer, the registry.
+
 The store is opened without migrating it (the registry creates and upgrades the schema); a
 store not yet created or not yet upgraded, an ingress on another node, or a read that fails
 for a reason of the store's (not a :class:`~raygrade.errors.RaygradeError` such as a 404) goes
-through the registry as before, and opening is tried again after :data:`REOPEN_S`.
+through the registry as before, and opening is tried again after :data:`REOPEN_S`. A write is
+never retried through the registry: a job whose transaction failed in an unknown state is
+the caller's to retry, with its idempotency key.
 """
 
 from __future__ import annotations
@@ -39,11 +46,13 @@ from raygrade.tracing import span
 if TYPE_CHECKING:
     from opentelemetry import context as otel_context
 
+    from raygrade.serve.accept import NewJob
+
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
 #: Seconds before a store that could not be opened for reading is tried again.
 REOPEN_S = 30.0
-#: Threads the ingress reads the store on.
+#: Threads the ingress reads (and on PostgreSQL writes) the store on.
 READ_THREADS = 4
 
 
@@ -57,9 +66,10 @@ def on_head_node() -> bool:
     return any(n["NodeID"] == here and "node:__internal_head__" in n.get("Resources", {}) for n in ray.nodes())
 
 
-class StoreReads:
+class DirectStore:
     """A job's status, a tenant's jobs and a job's results: read from the store by this process
-    where it can (see the module's docstring), else through the registry.
+    where it can (see the module's docstring), else through the registry; new jobs recorded by
+    this process on PostgreSQL.
 
     Args:
         registry: ``JobRegistry`` handle (``status``, ``list_jobs``, ``results`` as its methods).
@@ -69,7 +79,7 @@ class StoreReads:
             :func:`on_head_node`); unit tests inject it.
         clock: Monotonic seconds (when opening is tried again).
 
-    Every method raises what the registry's raises: ``NotFoundError`` for a job that is not
+    Every read raises what the registry's raises: ``NotFoundError`` for a job that is not
     the tenant's, ``StorageError`` when neither way reaches the store.
     """
 
@@ -149,3 +159,33 @@ class StoreReads:
         """Grades and errors so far (:meth:`JobStore.results`)."""
         return await self._read("results", lambda s: s.results(job_id, tenant),
                                 lambda: self._registry.results.remote(job_id, tenant), parent)
+
+    async def create_jobs(self, news: list[NewJob]) -> list[tuple[JobStatus, bool] | RaygradeError] | None:
+        """Record each of ``news`` in the store from this process, in a transaction of its own, in
+        order (what :meth:`JobRegistryImpl.create_many` does), where every process may write:
+        PostgreSQL. ``None`` (nothing recorded) on SQLite, whose one writer is the registry, or
+        while the store cannot be opened here.
+
+        Returns:
+            One entry per job: ``(status, created)``, or the :class:`RaygradeError` that
+            :meth:`JobStore.create_job` raised for it (a quota, a key used with another body).
+
+        Raises:
+            Exception: the store failed; the jobs before the failing one stay recorded, as a
+                retry with their idempotency key finds.
+        """
+        store = await self._reader()
+        if store is None or store.dialect != "postgresql":
+            return None
+
+        def create() -> list[tuple[JobStatus, bool] | RaygradeError]:
+            out: list[tuple[JobStatus, bool] | RaygradeError] = []
+            for n in news:
+                try:
+                    out.append(store.create_job(n.job, n.idempotency_key, self._namespace, n.tenant,
+                                                trace_context=n.trace_context, request_hash=n.request_hash))
+                except RaygradeError as err:
+                    out.append(err)
+            return out
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, create)

@@ -1,4 +1,4 @@
-"""The ingress's reads of the job store (``raygrade.serve.store_reads.StoreReads``), without Ray.
+"""The ingress's reads of the job store (``raygrade.serve.direct_store.DirectStore``), without Ray.
 
 A real :class:`JobStore` on a temporary SQLite file plays the registry's store; the "registry"
 is a handle-shaped double over the same store that records which reads reached it.
@@ -16,7 +16,7 @@ from support.clock import VirtualClock
 from raygrade.config import StoreConfig
 from raygrade.errors import NotFoundError, StorageError
 from raygrade.protocol import GradingJob
-from raygrade.serve.store_reads import REOPEN_S, StoreReads
+from raygrade.serve.direct_store import REOPEN_S, DirectStore
 from raygrade.store import JobStore, migrate
 from raygrade.store.schema import create_engine
 
@@ -68,7 +68,7 @@ def on_its_node(store: JobStore, url: str):
     """A job of tenant ``t1`` in ``store``, the registry double over it, and reads on the store's node."""
     status, _ = store.create_job(JOB, None, "raygrade", "t1")
     registry = Registry(store)
-    return status, registry, StoreReads(registry, StoreConfig(url=url), "raygrade", on_store_node=lambda: True)
+    return status, registry, DirectStore(registry, StoreConfig(url=url), "raygrade", on_store_node=lambda: True)
 
 
 def test_reads_go_to_the_store_on_its_node_and_answer_as_the_registry_does(store, url):
@@ -94,7 +94,7 @@ def test_a_sqlite_file_this_process_cannot_see_is_read_through_the_registry(stor
     status, _ = store.create_job(JOB, None, "raygrade", "t1")
     registry = Registry(store)
     missing = f"sqlite:///{tmp_path}/elsewhere/jobs.db"
-    reads = StoreReads(registry, StoreConfig(url=url if where == "another node" else missing), "raygrade",
+    reads = DirectStore(registry, StoreConfig(url=url if where == "another node" else missing), "raygrade",
                        on_store_node=lambda: where != "another node")
     assert asyncio.run(reads.status(status.id, "t1")).id == status.id
     assert registry.calls == ["status"] and not reads.direct
@@ -107,7 +107,7 @@ def test_a_store_not_yet_migrated_is_read_through_the_registry_and_not_migrated_
     url = f"sqlite:///{path}"
     clock = VirtualClock(start=0.0)
     registry = Registry()
-    reads = StoreReads(registry, StoreConfig(url=url), "raygrade", on_store_node=lambda: True, clock=clock)
+    reads = DirectStore(registry, StoreConfig(url=url), "raygrade", on_store_node=lambda: True, clock=clock)
 
     with pytest.raises(NotFoundError):  # the registry's answer
         asyncio.run(reads.status("job_x", "t1"))
