@@ -4,8 +4,9 @@ Writes of job state go through here to :class:`raygrade.store.JobStore` (SQLite 
 head node by default, PostgreSQL for clusters), so a restart of any deployment, of the Serve
 application or of the whole Ray cluster loses nothing that was accepted. The ingress reads
 the store itself where it can, and on PostgreSQL records new jobs itself too
-(:mod:`raygrade.serve.direct_store`); the registry creates and migrates the schema. Store calls run in a worker thread (one for SQLite, whose writers
-serialise anyway; four for PostgreSQL).
+(:mod:`raygrade.serve.direct_store`); the registry creates and migrates the schema. Store
+calls run in a worker thread (one for SQLite, whose writers serialise anyway; four for
+PostgreSQL).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 from raygrade.batch import BatchOutcome, GradeBatch
 from raygrade.errors import RaygradeError
 from raygrade.protocol import GradingErrorItem, GradingJob, JobState, JobStatus
-from raygrade.store import JobStore
+from raygrade.serve.registry_part import RegistryPart
 from raygrade.tracing import joined
 
 #: The registry's methods a batcher may group in one :meth:`ShortPath.call_many`: those it
@@ -16,13 +16,8 @@ from raygrade.tracing import joined
 GROUPED_CALLS = frozenset({"plan_and_lease", "complete_and_finish", "complete_and_lease", "complete_batch"})
 
 
-class ShortPath:
+class ShortPath(RegistryPart):
     """Combined calls over ``self._store`` on the registry's store thread (``self._do``)."""
-
-    _store: JobStore
-
-    async def _do(self, fn, *args, **kwargs) -> Any:
-        raise NotImplementedError
 
     async def call_many(self, calls: list[tuple[str, tuple, dict[str, Any], dict[str, str]]]) -> list[Any]:
         """Several of the batcher's calls in one (:class:`raygrade.serve.batcher.HandleCalls`

@@ -7,22 +7,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from raygrade.config import StoreConfig
 from raygrade.errors import InvalidRequestError
 from raygrade.protocol import GradingJob
-from raygrade.store import JobStore
+from raygrade.serve.registry_part import RegistryPart
 from raygrade.store.outbox import COMPLETED
 from raygrade.webhooks import check_url, resolve_checked
 
 
-class WebhookOutbox:
+class WebhookOutbox(RegistryPart):
     """Webhook calls over ``self._store`` on the registry's store thread (``self._do``)."""
-
-    _config: StoreConfig
-    _store: JobStore
-
-    async def _do(self, fn, *args, **kwargs) -> Any:
-        raise NotImplementedError
 
     async def _check_webhook(self, job: GradingJob) -> None:
         """Refuse a ``webhook_url`` while no signing secret is configured, or one whose host
