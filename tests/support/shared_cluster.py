@@ -25,7 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from raygrade.testing.ports import free_port
+from raygrade.testing.ports import ports_for_another_process
 
 #: Environment variable naming the run's shared folder (set by the controller before workers start).
 SHARED_DIR_ENV = "RAYGRADE_TEST_SHARED_DIR"
@@ -58,7 +58,8 @@ def connect(namespace: str) -> dict:
             info = json.loads(info_path.read_text())
             ray.init(address=info["address"], namespace=namespace, log_to_driver=False)
             return info
-        port, metrics_port, serve_port, dashboard_port = free_port(), free_port(), free_port(), free_port()
+        # Outside the ephemeral range: Ray's own processes, starting meanwhile, take ports there.
+        port, metrics_port, serve_port, dashboard_port, *agents = ports_for_another_process(7)
         # Its own temp folder: `ray start` writes the head's address to <temp>/ray_current_cluster,
         # where any `ray.init()` without an address (`serve run` in the quick-start test) would
         # otherwise find it and join this cluster. Short: Ray's socket paths must fit 107 bytes.
@@ -71,8 +72,8 @@ def connect(namespace: str) -> dict:
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
              # the agents on free ports too: their defaults (52365, …) are what `serve run`'s own cluster takes
              # in the quick-start test, and a job is submitted through the head's agent
-             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-             f"--runtime-env-agent-port={free_port()}",
+             f"--dashboard-agent-listen-port={agents[0]}", f"--dashboard-agent-grpc-port={agents[1]}",
+             f"--runtime-env-agent-port={agents[2]}",
              "--disable-usage-stats", f"--metrics-export-port={metrics_port}", f"--temp-dir={temp_dir}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         address = f"127.0.0.1:{port}"
