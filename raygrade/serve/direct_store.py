@@ -5,7 +5,8 @@ A client polling ``GET /v1/jobs/{id}`` cost a handle call to the ``JobRegistry``
 registry's) and a turn on the registry's one SQLite thread, behind every write. Reads need
 neither: SQLite in WAL mode lets another process read while the registry writes, and every
 registry replica reads PostgreSQL the same way. So the ingress reads a job's status, a tenant's
-jobs and a job's results itself, on threads of its own, wherever it can open the store:
+jobs, a job's results, an idempotent replay and a quota's pre-check itself, on threads of its
+own, wherever it can open the store:
 
 - PostgreSQL: always;
 - SQLite: only on the node the file is on (the head node, where the registry is pinned), and
@@ -159,6 +160,22 @@ class DirectStore:
         """Grades and errors so far (:meth:`JobStore.results`)."""
         return await self._read("results", lambda s: s.results(job_id, tenant),
                                 lambda: self._registry.results.remote(job_id, tenant), parent)
+
+    async def replay(self, idempotency_key: str, request_hash: str, tenant: str, *,
+                     parent: otel_context.Context | None = None) -> JobStatus | None:
+        """The job an idempotent replay of the same request names, or ``None``
+        (:meth:`JobStore.replay_request`)."""
+        return await self._read(
+            "replay", lambda s: s.replay_request(idempotency_key, request_hash, self._namespace, tenant),
+            lambda: self._registry.replay.remote(idempotency_key, request_hash, tenant), parent)
+
+    async def check_quota(self, tenant: str, items: int, idempotency_key: str | None, *,
+                          parent: otel_context.Context | None = None) -> None:
+        """Raise ``QuotaExceededError`` if the tenant's quota would refuse a job of ``items``
+        items now (:meth:`JobStore.check_quota`: a read, before a job's pages are decoded)."""
+        await self._read(
+            "check_quota", lambda s: s.check_quota(tenant, items, self._namespace, idempotency_key),
+            lambda: self._registry.check_quota.remote(tenant, items, idempotency_key), parent)
 
     async def create_jobs(self, news: list[NewJob]) -> list[tuple[JobStatus, bool] | RaygradeError] | None:
         """Record each of ``news`` in the store from this process, in a transaction of its own, in

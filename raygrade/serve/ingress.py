@@ -94,8 +94,8 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
     def __init__(self, registry, batcher, store: StoreConfig | None = None, config: ApiConfig | None = None,
                  namespace: str = "raygrade", args: RaygradeArgs | None = None):
         self._registry, self._batcher = registry, batcher
-        # A job's status, a tenant's jobs and a job's results: read here, not through the registry,
-        # where we can; on PostgreSQL new jobs are recorded here too.
+        # A job's status, a tenant's jobs, its results, a replay and a quota's pre-check: read here, not
+        # through the registry, where we can; on PostgreSQL new jobs are recorded here too.
         self._reads = DirectStore(registry, store, namespace)
         self._acceptor = JobAcceptor(registry, batcher, direct=self._reads.create_jobs)
         self._metrics, self._ns = Recorder(), namespace
@@ -128,7 +128,7 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
                                       "raygrade.items": job.item_count()}, parent=extract(request.headers)) as s:
             try:
                 sent = job.request_hash() if key and (job.has_images() or job.file_pages()) else None
-                if sent and (replay := await _call(self._registry.replay.remote(key, sent, tenant))):
+                if key and sent and (replay := await self._reads.replay(key, sent, tenant)):
                     # The same request again: answered before its pages are decoded or resolved (a
                     # file it names may have been deleted since; the job holds its pages already).
                     s.set_attributes({"raygrade.job_id": replay.id, "raygrade.created": False})
@@ -137,7 +137,7 @@ class RaygradeIngress(ReviewRoutes, FileRoutes):
                     # Before the pages are decoded: a job the quota refuses costs no decoding (a replay is
                     # never refused). Text jobs skip this call: the store's transaction checks every job.
                     with span("raygrade.quota"):
-                        await _call(self._registry.check_quota.remote(tenant, job.item_count(), key))
+                        await self._reads.check_quota(tenant, job.item_count(), key)
                 if job.file_pages():
                     # Uploaded files' pages (the Files API): their stored page images, nothing to decode.
                     with span("raygrade.files"):

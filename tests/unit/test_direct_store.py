@@ -152,3 +152,27 @@ def test_a_store_opened_without_migrating_refuses_a_schema_that_is_not_the_newes
         JobStore(f"sqlite:///{tmp_path}/old.db", migrate_schema=False)
     with create_engine(f"sqlite:///{tmp_path}/old.db").connect() as conn:
         assert conn.execute(sa.text("SELECT version_num FROM raygrade_alembic_version")).scalar() == "0001"
+
+
+def test_a_replay_and_a_quota_pre_check_are_read_from_the_store_and_refuse_as_the_registry_does(store, url):
+    from raygrade.errors import QuotaExceededError
+    from raygrade.protocol import TenantQuota
+
+    sent = JOB.request_hash()
+    first, _ = store.create_job(JOB, "key-1", "raygrade", "t1", request_hash=sent)
+    store.set_quota("t1", TenantQuota(max_active_jobs=1))  # the job above is active
+    registry = Registry(store)
+    reads = DirectStore(registry, StoreConfig(url=url), "raygrade", on_store_node=lambda: True)
+
+    async def main():
+        replay = await reads.replay("key-1", sent, "t1")
+        other = await reads.replay("key-1", "another request", "t1")
+        await reads.check_quota("t1", 1, "key-1")  # its replay is never refused
+        with pytest.raises(QuotaExceededError):  # a new job is: raised as the registry would, not retried there
+            await reads.check_quota("t1", 1, None)
+        await reads.check_quota("t2", 1, None)  # no quota
+        return replay, other
+
+    replay, other = asyncio.run(main())
+    assert replay == store.status(first.id, "t1") and other is None
+    assert reads.direct and registry.calls == []
