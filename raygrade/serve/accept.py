@@ -9,8 +9,8 @@ failed each request before.
 Where every process may write the store (PostgreSQL), the ingress records jobs itself
 (:meth:`raygrade.serve.direct_store.DirectStore.create_jobs`), with no round trip through a
 registry replica: the same :meth:`JobStore.create_job` transaction, whose idempotency-key insert
-is safe between concurrent writers. A job with a ``webhook_url`` still goes through the registry, which
-checks the webhook's signing secret and host where webhooks are sent from.
+is safe between concurrent writers. A job with a ``webhook_url`` still goes through the
+registry, which checks the webhook's signing secret and host where webhooks are sent from.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class JobAcceptor:
                  direct: Callable[[list[NewJob]], Awaitable[list[tuple[JobStatus, bool] | RaygradeError] | None]]
                  | None = None):
         self._registry, self._batcher, self._direct = registry, batcher, direct
-        self.direct_jobs = 0  # jobs recorded here, not through the registry (a test's and a benchmark's figure)
+        self.direct_jobs = 0  # jobs recorded here, not through the registry (a test's figure)
         self._grouped: GroupedCall[NewJob, tuple[JobStatus, bool]] = GroupedCall(self._record, max_items=max_jobs)
 
     @property
@@ -113,7 +113,8 @@ class JobAcceptor:
         if done is None:
             here, done = [], []
         self.direct_jobs += len(here)
-        rest = [i for i in range(len(news)) if i not in set(here)]
+        recorded = set(here)
+        rest = [i for i in range(len(news)) if i not in recorded]
         via = await _call(self._registry.create_many.remote([
             (n.job, n.idempotency_key, n.tenant, n.trace_context, n.request_hash)
             for n in (news[i] for i in rest)])) if rest else []

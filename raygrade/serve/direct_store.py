@@ -68,12 +68,13 @@ def on_head_node() -> bool:
 
 
 class DirectStore:
-    """A job's status, a tenant's jobs and a job's results: read from the store by this process
-    where it can (see the module's docstring), else through the registry; new jobs recorded by
-    this process on PostgreSQL.
+    """A job's status, a tenant's jobs, a job's results, an idempotent replay and a quota's
+    pre-check: read from the store by this process where it can (see the module's docstring),
+    else through the registry; new jobs recorded by this process on PostgreSQL.
 
     Args:
-        registry: ``JobRegistry`` handle (``status``, ``list_jobs``, ``results`` as its methods).
+        registry: ``JobRegistry`` handle (``status``, ``list_jobs``, ``results``, ``replay``,
+            ``check_quota`` as its methods).
         store: The store's settings; ``None``: always the registry.
         namespace: The application's namespace (its jobs in a shared database).
         on_store_node: Whether this process runs where a SQLite file is (default:
