@@ -22,6 +22,7 @@ from raygrade.errors import RaygradeError
 from raygrade.grouped import GroupedCall
 from raygrade.protocol import GradingJob, JobStatus
 from raygrade.serve.http_app import _call, logger
+from raygrade.serve.registry_part import JobRequest
 from raygrade.tracing import extract, new_trace, span
 
 #: The most jobs one registry call records (a group that arrived while the previous call was in flight).
@@ -48,6 +49,12 @@ class NewJob:
     trace_context: dict[str, str]
     request_hash: str | None
     nudge_with_job: bool
+
+    @property
+    def request(self) -> JobRequest:
+        """The job as :func:`~raygrade.serve.registry_part.create_jobs` (and the registry's
+        ``create_many``) records it."""
+        return self.job, self.idempotency_key, self.tenant, self.trace_context, self.request_hash
 
 
 class JobAcceptor:
@@ -115,8 +122,6 @@ class JobAcceptor:
         self.direct_jobs += len(here)
         recorded = set(here)
         rest = [i for i in range(len(news)) if i not in recorded]
-        via = await _call(self._registry.create_many.remote([
-            (n.job, n.idempotency_key, n.tenant, n.trace_context, n.request_hash)
-            for n in (news[i] for i in rest)])) if rest else []
+        via = await _call(self._registry.create_many.remote([news[i].request for i in rest])) if rest else []
         by_index = dict(zip(here, done)) | dict(zip(rest, via))
         return [by_index[i] for i in range(len(news))], len(here)

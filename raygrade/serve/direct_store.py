@@ -41,6 +41,7 @@ from raygrade.config import StoreConfig
 from raygrade.errors import RaygradeError
 from raygrade.protocol import JobResults, JobState, JobStatus
 from raygrade.serve.http_app import _call
+from raygrade.serve.registry_part import create_jobs
 from raygrade.store import JobStore
 from raygrade.tracing import span
 
@@ -179,10 +180,11 @@ class DirectStore:
             lambda: self._registry.check_quota.remote(tenant, items, idempotency_key), parent)
 
     async def create_jobs(self, news: list[NewJob]) -> list[tuple[JobStatus, bool] | RaygradeError] | None:
-        """Record each of ``news`` in the store from this process, in a transaction of its own, in
-        order (what :meth:`JobRegistryImpl.create_many` does), where every process may write:
-        PostgreSQL. ``None`` (nothing recorded) on SQLite, whose one writer is the registry, or
-        while the store cannot be opened here.
+        """Record each of ``news`` in the store from this process, each in a transaction of its own,
+        in order (:func:`~raygrade.serve.registry_part.create_jobs`, as the registry's
+        ``create_many`` does), where every process may write: PostgreSQL. ``None`` (nothing
+        recorded) on SQLite, whose one writer is the registry, or while the store cannot be
+        opened here.
 
         Returns:
             One entry per job: ``(status, created)``, or the :class:`RaygradeError` that
@@ -196,14 +198,5 @@ class DirectStore:
         if store is None or store.dialect != "postgresql":
             return None
 
-        def create() -> list[tuple[JobStatus, bool] | RaygradeError]:
-            out: list[tuple[JobStatus, bool] | RaygradeError] = []
-            for n in news:
-                try:
-                    out.append(store.create_job(n.job, n.idempotency_key, self._namespace, n.tenant,
-                                                trace_context=n.trace_context, request_hash=n.request_hash))
-                except RaygradeError as err:
-                    out.append(err)
-            return out
-
-        return await asyncio.get_running_loop().run_in_executor(self._pool, create)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, create_jobs, store, self._namespace, [n.request for n in news])

@@ -37,6 +37,7 @@ from raygrade.protocol import (
     TenantUsage,
 )
 from raygrade.serve import HEALTH_CHECK_PERIOD_S
+from raygrade.serve.registry_part import JobRequest, create_jobs
 from raygrade.serve.registry_short_path import ShortPath
 from raygrade.serve.registry_webhooks import WebhookOutbox
 from raygrade.store import JobStore
@@ -97,8 +98,7 @@ class JobRegistryImpl(ShortPath, WebhookOutbox):
             raise result
         return result
 
-    async def create_many(self, requests: list[tuple[GradingJob, str | None, str, dict[str, str] | None, str | None]]
-                          ) -> list[tuple[JobStatus, bool] | RaygradeError]:
+    async def create_many(self, requests: list[JobRequest]) -> list[tuple[JobStatus, bool] | RaygradeError]:
         """:meth:`create` for several jobs in one call (:class:`raygrade.serve.accept.JobAcceptor`):
         ``requests`` holds ``(job, idempotency_key, tenant, trace_context, request_hash)`` tuples.
         Each job is recorded in a transaction of its own, in order, on the store's thread.
@@ -111,24 +111,16 @@ class JobRegistryImpl(ShortPath, WebhookOutbox):
             Exception: the store failed (what :meth:`create` raises then); jobs recorded
                 before the failure stay recorded, as a retry with their idempotency key finds.
         """
-        results: list[tuple[JobStatus, bool] | RaygradeError | None] = [None] * len(requests)
+        refused: dict[int, RaygradeError] = {}
         for i, (job, *_) in enumerate(requests):
             try:
                 await self._check_webhook(job)
             except RaygradeError as err:
-                results[i] = err
-
-        def create_jobs() -> None:
-            for i, (job, key, tenant, trace_context, request_hash) in enumerate(requests):
-                if results[i] is None:
-                    try:
-                        results[i] = self._store.create_job(job, key, self._namespace, tenant,
-                                                            trace_context=trace_context, request_hash=request_hash)
-                    except RaygradeError as err:
-                        results[i] = err
-
-        await self._do(create_jobs)
-        return results  # type: ignore[return-value]  # every entry set above
+                refused[i] = err
+        rest = [i for i in range(len(requests)) if i not in refused]
+        created = await self._do(create_jobs, self._store, self._namespace, [requests[i] for i in rest])
+        results = refused | dict(zip(rest, created))
+        return [results[i] for i in range(len(requests))]
 
 
     async def replay(self, idempotency_key: str, request_hash: str, tenant: str = DEFAULT_TENANT) -> JobStatus | None:

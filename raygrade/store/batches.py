@@ -76,8 +76,9 @@ class BatchLeases(StoreCore):
         Raises:
             NotFoundError: no job ``job_id``.
         """
-        if self.record_plan(job_id, planned, errors, model, lease=(owner, lease_s, max(0, limit))):
-            return planned[:max(0, limit)]
+        n = max(0, limit)
+        if self.record_plan(job_id, planned, errors, model, lease=(owner, lease_s, n)):
+            return planned[:n]
         return self.lease_batches(job_id, owner, lease_s, limit)
 
     # ------------------------------------------------------------------ batches

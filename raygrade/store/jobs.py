@@ -195,6 +195,7 @@ class JobStore(BatchLeases, WebhookOutbox, ApiKeys, TenantQuotas, Regrades, File
             return list(conn.execute(sa.select(jobs.c.id).where(jobs.c.namespace == namespace,
                                                                 sa.or_(jobs.c.state == "running", queued))
                                      .order_by(jobs.c.created_at)).scalars())
+
     def finish_if_complete(self, job_id: str) -> JobStatus | None:
         """Apply the job's completion policy; if it is met, make the job terminal.
 

@@ -15,6 +15,7 @@ from raygrade.grouped import GroupedCall
 from raygrade.protocol import GradingJob, TenantQuota
 from raygrade.serve.accept import JobAcceptor, NewJob
 from raygrade.serve.job_registry import JobRegistryImpl
+from raygrade.serve.registry_part import create_jobs
 from raygrade.store import JobStore
 
 
@@ -244,14 +245,7 @@ class Direct:
             raise self.fail
         if self.store is None:
             return None
-        out = []
-        for n in news:
-            try:
-                out.append(self.store.create_job(n.job, n.idempotency_key, "raygrade", n.tenant,
-                                                 trace_context=n.trace_context, request_hash=n.request_hash))
-            except (ConflictError, QuotaExceededError) as err:
-                out.append(err)
-        return out
+        return create_jobs(self.store, "raygrade", [n.request for n in news])
 
 
 @aio
